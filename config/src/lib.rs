@@ -1,0 +1,27 @@
+//! Leaky Tokens configuration.
+//!
+//! - `schema`: the YAML users write (serde, `deny_unknown_fields`, JSON Schema via schemars).
+//! - `load`: files, `extends` overlays, positions, typed errors as `file:line:col: message`.
+//! - `validate`: rules serde cannot express (references resolve, addresses parse, secrets interpolate).
+//! - `model`: the validated result the data plane builds its snapshot from.
+
+mod interpolate;
+mod load;
+pub mod model;
+pub mod schema;
+mod validate;
+pub mod yaml;
+
+pub use interpolate::interpolate;
+pub use load::{load, load_with_env, ConfigError, ConfigErrors};
+pub use model::*;
+pub use schema::*;
+pub use validate::JWT_ALGORITHMS;
+
+/// The JSON Schema of the config file format, pretty-printed (what `config/schema.json` holds).
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(ConfigFile);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,257 @@
+//! Reading config files: overlays (`extends`), parsing with positions, typed deserialization, and
+//! turning every error into `file:line:col: message`.
+
+use crate::yaml::{self, LocationIndex, Pos};
+use crate::{validate, Config, ConfigFile};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in a configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub pos: Option<Pos>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pos {
+            Some(p) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                p.line,
+                p.col,
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found in one load, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The files behind one merged config, overlay first, with their location indexes.
+pub(crate) struct Sources {
+    files: Vec<(PathBuf, LocationIndex)>,
+}
+
+impl Sources {
+    /// An error at `path` (serde_path_to_error spelling) in whichever file defines that node; a node
+    /// defined nowhere (a missing field) is reported at its nearest defined ancestor.
+    pub(crate) fn error_at(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        for (file, idx) in &self.files {
+            if let Some(pos) = idx.exact(path) {
+                return ConfigError {
+                    file: file.clone(),
+                    pos: Some(pos),
+                    message,
+                };
+            }
+        }
+        let mut best: Option<(usize, &PathBuf, Pos)> = None;
+        for (file, idx) in &self.files {
+            let mut p = path;
+            while let Some(cut) = p.rfind(['.', '[']) {
+                p = &p[..cut];
+                if let Some(pos) = idx.exact(p) {
+                    if best.is_none_or(|(len, ..)| p.len() > len) {
+                        best = Some((p.len(), file, pos));
+                    }
+                    break;
+                }
+            }
+        }
+        match best {
+            Some((_, file, pos)) => ConfigError {
+                file: file.clone(),
+                pos: Some(pos),
+                message,
+            },
+            None => {
+                let file = self
+                    .files
+                    .first()
+                    .map(|(f, _)| f.clone())
+                    .unwrap_or_default();
+                ConfigError {
+                    file,
+                    pos: Some(Pos { line: 1, col: 1 }),
+                    message,
+                }
+            }
+        }
+    }
+
+    /// An error about the key `key` of the mapping at `path` (e.g. an unknown field).
+    fn error_at_key(&self, path: &str, key: &str, message: String) -> ConfigError {
+        for (file, idx) in &self.files {
+            if let Some(pos) = idx.key(path, key) {
+                return ConfigError {
+                    file: file.clone(),
+                    pos: Some(pos),
+                    message,
+                };
+            }
+        }
+        self.error_at(path, message)
+    }
+}
+
+const MAX_EXTENDS_DEPTH: usize = 8;
+
+/// Loads, merges, validates. Environment variables are read through `env`.
+pub fn load_with_env(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut sources = Sources { files: Vec::new() };
+    let merged = read_merged(path, &mut sources, 0).map_err(|e| ConfigErrors(vec![e]))?;
+    let hash = hex::encode(Sha256::digest(
+        serde_json::to_vec(&merged).unwrap_or_default(),
+    ));
+    let file: ConfigFile = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let p = serde_path(e.path());
+        let msg = e.inner().to_string();
+        let err = match msg
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split_once('`'))
+        {
+            Some((key, _)) => sources.error_at_key(&p, key, msg.clone()),
+            None => sources.error_at(&p, msg),
+        };
+        ConfigErrors(vec![err])
+    })?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let files = sources.files.iter().map(|(f, _)| f.clone()).collect();
+    validate::validate(file, &sources, env, files, base_dir, hash)
+}
+
+/// Loads with the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_with_env(path, &|k| std::env::var(k).ok())
+}
+
+fn read_merged(path: &Path, sources: &mut Sources, depth: usize) -> Result<Value, ConfigError> {
+    let at = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        pos: None,
+        message,
+    };
+    if depth > MAX_EXTENDS_DEPTH {
+        return Err(at(format!(
+            "`extends` nests deeper than {MAX_EXTENDS_DEPTH} files (a cycle?)"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| at(format!("cannot read config: {e}")))?;
+    let (mut value, index) = yaml::parse(&text).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        pos: Some(e.pos),
+        message: e.message,
+    })?;
+    if value.is_null() {
+        value = Value::Object(Default::default());
+    }
+    let extends = match value.as_object_mut().and_then(|m| m.remove("extends")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            let pos = index.exact("extends");
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                pos,
+                message: "`extends` must be a file path".into(),
+            });
+        }
+    };
+    let extends_pos = index.exact("extends");
+    sources.files.push((path.to_path_buf(), index));
+    let Some(base_name) = extends else {
+        return Ok(value);
+    };
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(&base_name);
+    if !base_path.is_file() {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            pos: extends_pos,
+            message: format!("`extends` names `{base_name}`, which is not a file next to this one"),
+        });
+    }
+    let mut base = read_merged(&base_path, sources, depth + 1)?;
+    merge(&mut base, value);
+    Ok(base)
+}
+
+/// Overlay merge: mappings merge key by key, anything else in the overlay replaces the base.
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn serde_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Enum { .. } => {}
+            Segment::Unknown => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::merge;
+    use serde_json::json;
+
+    #[test]
+    fn overlay_merges_maps_and_replaces_lists() {
+        let mut base =
+            json!({"server": {"listen": "a", "threads": 2}, "routes": [1, 2], "keep": true});
+        merge(&mut base, json!({"server": {"listen": "b"}, "routes": [3]}));
+        assert_eq!(
+            base,
+            json!({"server": {"listen": "b", "threads": 2}, "routes": [3], "keep": true})
+        );
+    }
+}

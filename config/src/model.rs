@@ -1,0 +1,151 @@
+//! The validated configuration the data plane is built from: every reference resolved, every secret
+//! interpolated, every key hash decoded. Constructed only by `load`, so holding a `Config` means it is valid.
+
+use crate::schema::{Dialect, FilterSpec, ModelSource, Priority, UpstreamAuth};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub providers: BTreeMap<String, Provider>,
+    pub routes: Vec<Route>,
+    pub tiers: BTreeMap<String, Tier>,
+    pub keys: Vec<ApiKey>,
+    /// Files this config was read from, overlay first.
+    pub files: Vec<PathBuf>,
+    /// Directory of the top-level file; relative paths in filters resolve against it.
+    pub base_dir: PathBuf,
+    /// Hex SHA-256 of the merged configuration.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub max_body_bytes: u64,
+    pub grace_period_seconds: u64,
+}
+
+/// A string that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub auth: UpstreamAuth,
+    pub credential: Option<Secret>,
+    pub models: Vec<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Provider {
+    /// `host:port` as sent in the upstream `Host` header (port omitted when it is the scheme's default).
+    pub fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Normalised prefix: starts with `/`, no trailing `/` (except the root route `/`).
+    pub prefix: String,
+    pub dialect: Dialect,
+    pub model_source: ModelSource,
+    pub upstream: RouteUpstream,
+    pub filters: Vec<FilterSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteUpstream {
+    Fixed(Target),
+    ByModel(Vec<ModelTarget>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub provider: String,
+    /// Replaces the route prefix upstream; no trailing `/`.
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelTarget {
+    pub models: Vec<ModelPattern>,
+    pub target: Target,
+}
+
+/// An exact model name, a `prefix*`, or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl ModelPattern {
+    pub fn parse(s: &str) -> Self {
+        match s.strip_suffix('*') {
+            Some(p) => ModelPattern::Prefix(p.to_string()),
+            None => ModelPattern::Exact(s.to_string()),
+        }
+    }
+
+    pub fn matches(&self, model: &str) -> bool {
+        match self {
+            ModelPattern::Exact(m) => m == model,
+            ModelPattern::Prefix(p) => model.starts_with(p.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+    pub priority: Priority,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub user: String,
+    pub org: Option<String>,
+    pub tier: String,
+    pub roles: Vec<String>,
+    /// Empty allows every model.
+    pub models: Vec<ModelPattern>,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+}

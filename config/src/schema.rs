@@ -1,0 +1,368 @@
+//! What platform teams write: the YAML schema, exactly as it appears on disk.
+//!
+//! Every struct denies unknown fields so a typo is an error with a location, not a silently ignored
+//! setting. These types are *not* what the data plane runs on: `validate` turns them into the checked
+//! model in `model.rs` (references resolved, secrets interpolated, hashes decoded).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A Leaky Tokens configuration file. An environment overlay names its base with `extends`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Path of a base file (relative to this one) that this file overlays. Mappings merge key by key;
+    /// lists and scalars in the overlay replace the base's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    #[serde(default)]
+    pub server: ServerSpec,
+    /// Upstream providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSpec>,
+    /// Routes, matched by longest path prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Tiers by name; keys and JWT principals refer to them.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierSpec>,
+    /// API keys, stored as SHA-256 hashes.
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
+}
+
+/// Listeners and process settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Address of the proxy listener.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address of the admin listener (/healthz, /readyz, /metrics, /admin/config).
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Largest request body accepted, in bytes; larger ones get 413 in the route's dialect.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Seconds a graceful shutdown waits for in-flight requests.
+    #[serde(default = "default_grace_period")]
+    pub grace_period_seconds: u64,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        ServerSpec {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            threads: default_threads(),
+            max_body_bytes: default_max_body_bytes(),
+            grace_period_seconds: default_grace_period(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_grace_period() -> u64 {
+    5
+}
+
+/// How the gateway authenticates itself to a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// `Authorization: Bearer <credential>` (OpenAI, DashScope, OpenAI-compatible endpoints).
+    Bearer,
+    /// `x-goog-api-key: <credential>` (Gemini native).
+    GoogApiKey,
+    /// No credential is sent.
+    None,
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// `http://host:port` or `https://host:port`, with no path. `${ENV}` / `${ENV:-default}` allowed.
+    pub base_url: String,
+    /// How the credential is presented upstream.
+    #[serde(default = "default_auth")]
+    pub auth: UpstreamAuth,
+    /// The upstream credential; use `${ENV_VAR}` or `${ENV_VAR:-default}` rather than a literal secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Models this provider serves (listed by the gateway's `GET /v1/models`).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// TCP connect timeout, milliseconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for any single read from the upstream (first byte, next chunk), milliseconds.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+    /// How long an idle pooled connection is kept; keep it below the upstream's own keep-alive timeout.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_auth() -> UpstreamAuth {
+    UpstreamAuth::Bearer
+}
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+fn default_read_timeout() -> u64 {
+    300_000
+}
+fn default_idle_timeout() -> u64 {
+    30_000
+}
+
+/// The error format of a route: rejections are rendered the way the caller's SDK expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dialect {
+    /// `{"error":{"message","type","param","code"}}`
+    Openai,
+    /// `{"error":{"code","message","status"}}`
+    Google,
+    /// `{"request_id","code","message"}`
+    Dashscope,
+}
+
+/// Where a route finds the model of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelSource {
+    /// The JSON body's `model` field.
+    Body,
+    /// The path segment `models/{model}[:method]` (Gemini native).
+    Path,
+    /// The route does not look at the model.
+    None,
+}
+
+/// One route: a path prefix, where it goes, and the filters that run on it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// Path prefix, matched on segment boundaries; the longest matching prefix wins.
+    pub prefix: String,
+    /// Error format of this route.
+    #[serde(default = "default_dialect")]
+    pub dialect: Dialect,
+    /// Where the model comes from (default: `path` for the google dialect, else `body`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_source: Option<ModelSource>,
+    /// The upstream: one provider, or a choice by model.
+    pub upstream: UpstreamSpec,
+    /// The filter chain, run in this order.
+    #[serde(default)]
+    pub filters: Vec<FilterSpec>,
+}
+
+fn default_dialect() -> Dialect {
+    Dialect::Openai
+}
+
+/// Where a route sends requests. Exactly one of `provider` or `by_model`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Send everything to this provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Upstream path that replaces the route prefix (with `provider`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Choose the provider by model, first match wins; unknown models get 404 in the route's dialect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_model: Option<Vec<ModelTargetSpec>>,
+}
+
+/// Models matching any pattern go to `provider`, with the route prefix replaced by `path_prefix`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelTargetSpec {
+    /// Exact names or prefixes ending in `*` (e.g. `gpt-*`).
+    pub models: Vec<String>,
+    pub provider: String,
+    pub path_prefix: String,
+}
+
+/// A filter of a route's chain, selected by `kind`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum FilterSpec {
+    /// Accept or mint `x-request-id`; propagate it upstream and return it.
+    RequestId(RequestIdSpec),
+    /// Authenticate with an API key from the `keys` list.
+    ApiKey(ApiKeySpec),
+    /// Authenticate with a JWT verified against a JWKS.
+    Jwt(JwtSpec),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdSpec {
+    /// Keep a well-formed incoming `x-request-id` (default true); otherwise always mint one.
+    #[serde(default = "yes")]
+    pub trust_incoming: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// Pass requests that carry no API key (a later filter, e.g. `jwt`, must authenticate them).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// JWT authentication. Only asymmetric algorithms are accepted.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    /// A JWKS JSON file (relative paths are relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<String>,
+    /// A JWKS URL, fetched at load, cached, refreshed on an unknown `kid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Accepted algorithms: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA.
+    pub algorithms: Vec<String>,
+    /// Required `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one must match); empty = `aud` not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Shortest interval between two JWKS fetches triggered by unknown `kid`s, seconds.
+    #[serde(default = "default_refresh")]
+    pub min_refresh_interval_seconds: u64,
+    /// Claim names mapped onto the principal.
+    #[serde(default)]
+    pub claims: JwtClaimsSpec,
+    /// Tier of tokens without a tier claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_tier: Option<String>,
+    /// Pass requests that carry no bearer JWT (a later filter must authenticate them).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+fn default_refresh() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtClaimsSpec {
+    #[serde(default = "claim_sub")]
+    pub user: String,
+    #[serde(default = "claim_org")]
+    pub org: String,
+    #[serde(default = "claim_tier")]
+    pub tier: String,
+    #[serde(default = "claim_roles")]
+    pub roles: String,
+    #[serde(default = "claim_models")]
+    pub models: String,
+}
+
+impl Default for JwtClaimsSpec {
+    fn default() -> Self {
+        JwtClaimsSpec {
+            user: claim_sub(),
+            org: claim_org(),
+            tier: claim_tier(),
+            roles: claim_roles(),
+            models: claim_models(),
+        }
+    }
+}
+
+fn claim_sub() -> String {
+    "sub".into()
+}
+fn claim_org() -> String {
+    "org".into()
+}
+fn claim_tier() -> String {
+    "tier".into()
+}
+fn claim_roles() -> String {
+    "roles".into()
+}
+fn claim_models() -> String {
+    "models".into()
+}
+
+/// A tier. Its limits arrive with the rate-limiting filters; today it carries a priority.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Shedding priority when shared pools saturate.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+/// An API key. The plaintext is never stored: `sha256` is the hex SHA-256 of the key.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// Stable id of the key (shown in logs and usage records, never the key itself).
+    pub id: String,
+    /// Lower-case hex SHA-256 of the key (`printf %s KEY | sha256sum`).
+    pub sha256: String,
+    /// Owning user.
+    pub user: String,
+    /// Owning organization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    pub tier: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Allowed models (exact names or prefixes ending in `*`); empty allows all.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// RFC 3339 expiry; the key is refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}

@@ -1,0 +1,170 @@
+//! The filter trait, the per-request context, and building a route's chain from its YAML specs.
+
+use crate::{ApiKeyFilter, JwtFilter, KeyIndex, Principal, Rejection, RequestIdFilter};
+use async_trait::async_trait;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use leaky_config::{Dialect, FilterSpec};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The request as filters see it: read-only; changes go through `RequestCtx`.
+#[derive(Debug)]
+pub struct RequestInfo<'a> {
+    pub method: &'a Method,
+    /// Path as received, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+impl RequestInfo<'_> {
+    /// The first value of query parameter `name`, undecoded.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query?
+            .split('&')
+            .find_map(|kv| match kv.split_once('=') {
+                Some((k, v)) if k == name => Some(v),
+                _ => None,
+            })
+    }
+}
+
+/// Everything a request accumulates on its way through the chain.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    /// Set by `request-id`; the proxy mints one if the route has no such filter.
+    pub request_id: String,
+    /// The caller's W3C `traceparent`, passed upstream unchanged.
+    pub traceparent: Option<HeaderValue>,
+    /// Set by an auth filter.
+    pub principal: Option<Arc<Principal>>,
+    /// The request's model, once known (body or path), before `on_request_body`.
+    pub model: Option<String>,
+    /// Error dialect of the route.
+    pub dialect: Option<Dialect>,
+    /// Unix seconds at the start of the request (the injected clock for expiry checks).
+    pub now_unix: i64,
+    /// Headers to add to the upstream request.
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers to add to the response.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Response status, once known.
+    pub status: Option<u16>,
+    /// Response body bytes seen so far.
+    pub response_bytes: u64,
+}
+
+/// One filter of a chain. Every phase has a pass-through default; implement the ones you need.
+#[async_trait]
+pub trait Filter: Send + Sync {
+    /// The YAML `kind`, for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// Request headers arrived (body not read yet). Reject here to answer without reading the body.
+    async fn on_request(
+        &self,
+        _req: &RequestInfo<'_>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// The body was read and `ctx.model` resolved.
+    fn on_request_body(&self, _body: &[u8], _ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// The upstream's status and headers arrived.
+    fn on_response(&self, _status: u16, _headers: &HeaderMap, _ctx: &mut RequestCtx) {}
+
+    /// A response body chunk is about to go to the client.
+    fn on_response_chunk(&self, _chunk: &[u8], _ctx: &mut RequestCtx) {}
+
+    /// The request is over, whatever happened. Always runs, once.
+    fn on_complete(&self, _ctx: &RequestCtx) {}
+}
+
+/// What filters may need from the config version they are built for.
+#[derive(Clone)]
+pub struct BuildContext {
+    pub keys: Arc<KeyIndex>,
+    /// Directory relative file paths resolve against.
+    pub base_dir: PathBuf,
+}
+
+/// A route's filters, in order.
+#[derive(Clone, Default)]
+pub struct Chain {
+    filters: Vec<Arc<dyn Filter>>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.filters.iter().map(|x| x.kind()))
+            .finish()
+    }
+}
+
+impl Chain {
+    pub fn new(filters: Vec<Arc<dyn Filter>>) -> Self {
+        Chain { filters }
+    }
+
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.filters.iter().map(|f| f.kind()).collect()
+    }
+
+    pub fn has(&self, kind: &str) -> bool {
+        self.filters.iter().any(|f| f.kind() == kind)
+    }
+
+    pub async fn on_request(
+        &self,
+        req: &RequestInfo<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        for f in &self.filters {
+            f.on_request(req, ctx).await?;
+        }
+        Ok(())
+    }
+
+    pub fn on_request_body(&self, body: &[u8], ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        self.filters
+            .iter()
+            .try_for_each(|f| f.on_request_body(body, ctx))
+    }
+
+    pub fn on_response(&self, status: u16, headers: &HeaderMap, ctx: &mut RequestCtx) {
+        ctx.status = Some(status);
+        self.filters
+            .iter()
+            .for_each(|f| f.on_response(status, headers, ctx));
+    }
+
+    pub fn on_response_chunk(&self, chunk: &[u8], ctx: &mut RequestCtx) {
+        ctx.response_bytes += chunk.len() as u64;
+        self.filters
+            .iter()
+            .for_each(|f| f.on_response_chunk(chunk, ctx));
+    }
+
+    pub fn on_complete(&self, ctx: &RequestCtx) {
+        self.filters.iter().for_each(|f| f.on_complete(ctx));
+    }
+}
+
+/// The registry: YAML `kind` → filter. Fallible only on I/O (e.g. an unreadable JWKS file), which
+/// fails the reload and keeps the previous config serving.
+pub fn build_chain(specs: &[FilterSpec], cx: &BuildContext) -> Result<Chain, String> {
+    let mut filters: Vec<Arc<dyn Filter>> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        filters.push(match spec {
+            FilterSpec::RequestId(s) => Arc::new(RequestIdFilter::from_config(s)),
+            FilterSpec::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx)),
+            FilterSpec::Jwt(s) => Arc::new(JwtFilter::from_config(s, cx)?),
+        });
+    }
+    Ok(Chain { filters })
+}

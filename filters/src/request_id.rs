@@ -1,0 +1,134 @@
+//! `request-id`: keep a well-formed incoming `x-request-id` or mint one; the proxy sends it upstream and
+//! returns it. The caller's W3C `traceparent` is kept for the upstream request unchanged.
+
+use crate::chain::{Filter, RequestCtx, RequestInfo};
+use crate::Rejection;
+use async_trait::async_trait;
+use leaky_config::RequestIdSpec;
+
+pub struct RequestIdFilter {
+    trust_incoming: bool,
+}
+
+/// Longest incoming id kept; longer or odd ones are replaced (they end up in logs and headers).
+const MAX_LEN: usize = 128;
+
+impl RequestIdFilter {
+    pub fn from_config(spec: &RequestIdSpec) -> Self {
+        RequestIdFilter {
+            trust_incoming: spec.trust_incoming,
+        }
+    }
+
+    /// A fresh id: `req_` + 32 hex digits of a v4 UUID.
+    pub fn mint() -> String {
+        format!("req_{}", uuid::Uuid::new_v4().simple())
+    }
+
+    fn acceptable(id: &str) -> bool {
+        !id.is_empty()
+            && id.len() <= MAX_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    }
+}
+
+#[async_trait]
+impl Filter for RequestIdFilter {
+    fn kind(&self) -> &'static str {
+        "request-id"
+    }
+
+    async fn on_request(
+        &self,
+        req: &RequestInfo<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        let incoming = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok());
+        ctx.request_id = match incoming {
+            Some(id) if self.trust_incoming && Self::acceptable(id) => id.to_string(),
+            _ => Self::mint(),
+        };
+        ctx.traceparent = req
+            .headers
+            .get("traceparent")
+            .filter(|v| valid_traceparent(v.as_bytes()))
+            .cloned();
+        Ok(())
+    }
+}
+
+/// `version-traceid-parentid-flags`: 2, 32, 16 and 2 lower-case hex digits; all-zero ids are invalid.
+fn valid_traceparent(v: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = v.split(|b| *b == b'-').collect();
+    let hex = |p: &[u8], n: usize| {
+        p.len() == n && p.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != b"ff"
+        && hex(parts[1], 32)
+        && parts[1].iter().any(|b| *b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].iter().any(|b| *b != b'0')
+        && hex(parts[3], 2)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, Method};
+
+    async fn run(headers: &HeaderMap, trust: bool) -> RequestCtx {
+        let f = RequestIdFilter {
+            trust_incoming: trust,
+        };
+        let mut ctx = RequestCtx::default();
+        let req = RequestInfo {
+            method: &Method::POST,
+            path: "/v1",
+            query: None,
+            headers,
+        };
+        f.on_request(&req, &mut ctx).await.unwrap();
+        ctx
+    }
+
+    #[tokio::test]
+    async fn keeps_well_formed_incoming_id() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(run(&h, true).await.request_id, "abc-123");
+    }
+
+    #[tokio::test]
+    async fn mints_when_absent_untrusted_or_malformed() {
+        let mut h = HeaderMap::new();
+        let minted = run(&h, true).await.request_id;
+        assert!(minted.starts_with("req_") && minted.len() == 36, "{minted}");
+        h.insert("x-request-id", "abc".parse().unwrap());
+        assert_ne!(run(&h, false).await.request_id, "abc");
+        h.insert("x-request-id", "has space".parse().unwrap());
+        assert!(run(&h, true).await.request_id.starts_with("req_"));
+    }
+
+    #[tokio::test]
+    async fn keeps_valid_traceparent_only() {
+        let mut h = HeaderMap::new();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert("traceparent", tp.parse().unwrap());
+        assert_eq!(run(&h, true).await.traceparent.unwrap(), tp);
+        h.insert(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert!(run(&h, true).await.traceparent.is_none());
+    }
+}

@@ -1,0 +1,157 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `GET /admin/config`, `POST /admin/reload`.
+//!
+//! `/admin/config` shows what is serving (version, hash, files, routes, providers, key ids) and the
+//! outcome of the last reload, including every error of a failed one. It never shows a secret: provider
+//! credentials appear as `set`/`unset`, keys by id only.
+
+use crate::reload::ConfigState;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use leaky_config::{Config, RouteUpstream};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub struct Admin {
+    pub state: Arc<ConfigState>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = r.body().len();
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, len.into());
+    r
+}
+
+fn json_reply(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            ("GET", "/readyz") => {
+                let s = self.state.snapshot();
+                json_reply(
+                    StatusCode::OK,
+                    &json!({"ready": true, "config_version": s.version}),
+                )
+            }
+            ("GET", "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::render().into_bytes(),
+            ),
+            ("GET", "/admin/config") => json_reply(StatusCode::OK, &self.config_view()),
+            ("POST", "/admin/reload") => {
+                let state = self.state.clone();
+                let result = tokio::task::spawn_blocking(move || state.reload()).await;
+                match result {
+                    Ok(Ok(v)) => {
+                        json_reply(StatusCode::OK, &json!({"result": "success", "version": v}))
+                    }
+                    Ok(Err(errors)) => json_reply(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &json!({"result": "error", "errors": errors}),
+                    ),
+                    Err(e) => json_reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &json!({"result": "error", "errors": [e.to_string()]}),
+                    ),
+                }
+            }
+            _ => json_reply(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("no admin endpoint {method} {path}")}),
+            ),
+        }
+    }
+}
+
+impl Admin {
+    fn config_view(&self) -> Value {
+        let s = self.state.snapshot();
+        let status = self.state.status();
+        json!({
+            "version": s.version,
+            "hash": s.config.hash,
+            "files": s.config.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "reload": status,
+            "config": redacted(&s.config),
+        })
+    }
+}
+
+/// The active config with secrets replaced by whether they are set.
+fn redacted(c: &Config) -> Value {
+    let providers: serde_json::Map<String, Value> = c
+        .providers
+        .iter()
+        .map(|(name, p)| {
+            let scheme = if p.tls { "https" } else { "http" };
+            (
+                name.clone(),
+                json!({
+                    "base_url": format!("{scheme}://{}", p.authority()),
+                    "auth": p.auth,
+                    "credential": if p.credential.is_some() { "set" } else { "unset" },
+                    "models": p.models,
+                    "connect_timeout_ms": p.connect_timeout.as_millis() as u64,
+                    "read_timeout_ms": p.read_timeout.as_millis() as u64,
+                    "idle_timeout_ms": p.idle_timeout.as_millis() as u64,
+                }),
+            )
+        })
+        .collect();
+    let routes: Vec<Value> = c
+        .routes
+        .iter()
+        .map(|r| {
+            let upstream = match &r.upstream {
+                RouteUpstream::Fixed(t) => json!({"provider": t.provider, "path_prefix": t.path_prefix}),
+                RouteUpstream::ByModel(list) => json!({"by_model": list.iter().map(|m| json!({
+                    "models": m.models.iter().map(|p| match p {
+                        leaky_config::ModelPattern::Exact(s) => s.clone(),
+                        leaky_config::ModelPattern::Prefix(s) => format!("{s}*"),
+                    }).collect::<Vec<_>>(),
+                    "provider": m.target.provider,
+                    "path_prefix": m.target.path_prefix,
+                })).collect::<Vec<_>>()}),
+            };
+            json!({
+                "name": r.name, "prefix": r.prefix, "dialect": r.dialect, "model_source": r.model_source,
+                "upstream": upstream, "filters": r.filters,
+            })
+        })
+        .collect();
+    let keys: Vec<Value> = c
+        .keys
+        .iter()
+        .map(|k| json!({"id": k.id, "user": k.user, "org": k.org, "tier": k.tier, "roles": k.roles, "expires_at": k.expires_at}))
+        .collect();
+    json!({
+        "server": {
+            "listen": c.server.listen.to_string(),
+            "admin_listen": c.server.admin_listen.to_string(),
+            "threads": c.server.threads,
+            "max_body_bytes": c.server.max_body_bytes,
+            "grace_period_seconds": c.server.grace_period_seconds,
+        },
+        "providers": providers,
+        "routes": routes,
+        "tiers": c.tiers.iter().map(|(n, t)| (n.clone(), json!({"priority": t.priority}))).collect::<serde_json::Map<_, _>>(),
+        "keys": keys,
+    })
+}

@@ -1,0 +1,204 @@
+//! Prometheus metrics of the data plane (`leaky_` prefix, base units, bounded labels).
+//!
+//! Per-request handles are resolved once per config version (`RequestMetrics::new`) and stored in the
+//! snapshot, so the hot path increments pre-resolved counters instead of hashing label values.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+use std::sync::OnceLock;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+/// Every metric family of the proxy, registered in one registry.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub rejections: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub config_version: IntGauge,
+    pub config_last_reload_success: IntGauge,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "leaky_requests_total",
+            "Requests answered, by route, provider and status class",
+        ),
+        &["route", "provider", "status_class"],
+    )?;
+    let duration = HistogramVec::new(
+        HistogramOpts::new(
+            "leaky_request_duration_seconds",
+            "Time from request start to the last response byte",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["route", "provider"],
+    )?;
+    let upstream_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "leaky_upstream_duration_seconds",
+            "Time from sending the upstream request to its response headers",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["provider"],
+    )?;
+    let rejections = IntCounterVec::new(
+        Opts::new(
+            "leaky_rejections_total",
+            "Requests refused by the gateway, by route and reason",
+        ),
+        &["route", "reason"],
+    )?;
+    let upstream_retries = IntCounterVec::new(
+        Opts::new(
+            "leaky_upstream_retries_total",
+            "Upstream attempts repeated, by provider and reason",
+        ),
+        &["provider", "reason"],
+    )?;
+    let reloads = IntCounterVec::new(
+        Opts::new(
+            "leaky_config_reloads_total",
+            "Config reloads, by result (success, error)",
+        ),
+        &["result"],
+    )?;
+    let config_version = IntGauge::new(
+        "leaky_config_version",
+        "Version number of the active config snapshot",
+    )?;
+    let config_last_reload_success = IntGauge::new(
+        "leaky_config_last_reload_successful",
+        "1 if the last reload attempt succeeded, 0 if the active config is older than a failed edit",
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(duration.clone()))?;
+    registry.register(Box::new(upstream_duration.clone()))?;
+    registry.register(Box::new(rejections.clone()))?;
+    registry.register(Box::new(upstream_retries.clone()))?;
+    registry.register(Box::new(reloads.clone()))?;
+    registry.register(Box::new(config_version.clone()))?;
+    registry.register(Box::new(config_last_reload_success.clone()))?;
+    Ok(Metrics {
+        registry,
+        requests,
+        duration,
+        upstream_duration,
+        rejections,
+        upstream_retries,
+        reloads,
+        config_version,
+        config_last_reload_success,
+    })
+}
+
+static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
+
+/// The process-wide metrics; `None` only if registration failed (a bug: names collide), in which case
+/// the proxy serves without metrics rather than not at all.
+pub fn metrics() -> Option<&'static Metrics> {
+    METRICS
+        .get_or_init(|| match build() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "metrics registration failed; serving without metrics");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Prometheus text exposition of every metric.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let Some(m) = metrics() else {
+        return String::new();
+    };
+    let mut buf = Vec::new();
+    if prometheus::TextEncoder::new()
+        .encode(&m.registry.gather(), &mut buf)
+        .is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Pre-resolved handles for one (route, provider) pair.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    /// Indexed by status class 1..=5 (index 0 for anything else).
+    by_class: [Option<IntCounter>; 6],
+    duration: Option<Histogram>,
+    upstream: Option<Histogram>,
+}
+
+impl RequestMetrics {
+    pub fn new(route: &str, provider: &str) -> Self {
+        let Some(m) = metrics() else {
+            return RequestMetrics {
+                by_class: Default::default(),
+                duration: None,
+                upstream: None,
+            };
+        };
+        let class = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+        RequestMetrics {
+            by_class: class.map(|c| {
+                m.requests
+                    .get_metric_with_label_values(&[route, provider, c])
+                    .ok()
+            }),
+            duration: m
+                .duration
+                .get_metric_with_label_values(&[route, provider])
+                .ok(),
+            upstream: m
+                .upstream_duration
+                .get_metric_with_label_values(&[provider])
+                .ok(),
+        }
+    }
+
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let i = match status / 100 {
+            c @ 1..=5 => c as usize,
+            _ => 0,
+        };
+        if let Some(c) = &self.by_class[i] {
+            c.inc();
+        }
+        if let Some(h) = &self.duration {
+            h.observe(seconds);
+        }
+    }
+
+    pub fn observe_upstream(&self, seconds: f64) {
+        if let Some(h) = &self.upstream {
+            h.observe(seconds);
+        }
+    }
+}
+
+pub fn count_rejection(route: &str, reason: &str) {
+    if let Some(m) = metrics() {
+        m.rejections.with_label_values(&[route, reason]).inc();
+    }
+}
+
+pub fn count_retry(provider: &str, reason: &str) {
+    if let Some(m) = metrics() {
+        m.upstream_retries
+            .with_label_values(&[provider, reason])
+            .inc();
+    }
+}

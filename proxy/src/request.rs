@@ -1,0 +1,250 @@
+//! Reading what the request says: framing checks, the body (up to the configured maximum), the model
+//! (from the JSON body or the path), and the upstream path and headers.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use leaky_filters::{RejectKind, Rejection};
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// Request smuggling guard: one request must not carry both framings (pingora issue #945).
+pub fn check_framing(headers: &HeaderMap, max_body: u64) -> Result<Option<u64>, Rejection> {
+    let te = headers.contains_key(header::TRANSFER_ENCODING);
+    let cl = headers.get(header::CONTENT_LENGTH);
+    if te && cl.is_some() {
+        return Err(Rejection::new(
+            RejectKind::InvalidRequest,
+            "A request may carry Content-Length or Transfer-Encoding, not both.",
+        ));
+    }
+    let Some(cl) = cl else { return Ok(None) };
+    let len = cl
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            Rejection::new(
+                RejectKind::InvalidRequest,
+                "Content-Length is not a number.",
+            )
+        })?;
+    if len > max_body {
+        return Err(too_large(max_body));
+    }
+    Ok(Some(len))
+}
+
+pub fn too_large(max_body: u64) -> Rejection {
+    Rejection::new(
+        RejectKind::PayloadTooLarge,
+        format!("The request body is larger than the gateway's limit of {max_body} bytes."),
+    )
+}
+
+/// The only fields the gateway reads from a JSON body; everything else is skipped without allocating.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+}
+
+/// The body's `model`. `Ok(None)` for an empty body; an error for a body that is not a JSON object.
+pub fn model_from_body(body: &[u8]) -> Result<Option<String>, Rejection> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Peek<'_>>(body) {
+        Ok(p) => Ok(p.model.map(Cow::into_owned)),
+        Err(e) => Err(Rejection::new(
+            RejectKind::InvalidRequest,
+            format!("We could not parse the JSON body of your request: {e}."),
+        )),
+    }
+}
+
+/// The model of `models/{model}[:method]` anywhere in `rest` (Gemini native paths, `/v1/models/{id}`).
+pub fn model_from_path(rest: &str) -> Option<String> {
+    let after = rest.split("/models/").nth(1)?;
+    let seg = after.split('/').next()?;
+    let model = seg.split(':').next()?;
+    (!model.is_empty()).then(|| model.to_string())
+}
+
+/// Headers never copied from the client to the upstream: hop-by-hop headers, framing (recomputed),
+/// the caller's own credentials (the gateway's credential replaces them) and `expect` (the body is
+/// already read).
+pub fn is_dropped_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "host"
+            | "expect"
+            | "authorization"
+            | "x-goog-api-key"
+            | "x-api-key"
+            | "accept-encoding"
+            | "x-request-id"
+    )
+}
+
+/// Headers never copied from the upstream's response to the client.
+pub fn is_dropped_response_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// `path_prefix` + the part of `path` after the route prefix + the query without the caller's `key`.
+pub fn upstream_path(path_prefix: &str, rest: &str, query: Option<&str>) -> String {
+    let mut out =
+        String::with_capacity(path_prefix.len() + rest.len() + query.map_or(0, str::len) + 1);
+    out.push_str(path_prefix);
+    out.push_str(rest);
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        let mut first = true;
+        for kv in q
+            .split('&')
+            .filter(|kv| !kv.is_empty() && *kv != "key" && !kv.starts_with("key="))
+        {
+            out.push(if first { '?' } else { '&' });
+            out.push_str(kv);
+            first = false;
+        }
+    }
+    out
+}
+
+/// Accumulates a request body, refusing it as soon as it passes `max`.
+pub struct BodyBuf {
+    buf: Vec<u8>,
+    max: u64,
+}
+
+impl BodyBuf {
+    pub fn new(expected: Option<u64>, max: u64) -> Self {
+        // Pre-size from Content-Length (already checked against `max`), but never trust it for more.
+        let cap = expected.unwrap_or(0).min(max) as usize;
+        BodyBuf {
+            buf: Vec::with_capacity(cap),
+            max,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), Rejection> {
+        if (self.buf.len() + chunk.len()) as u64 > self.max {
+            return Err(too_large(self.max));
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub fn finish(self) -> Bytes {
+        Bytes::from(self.buf)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_double_framing_and_oversized_length() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "10".parse().unwrap());
+        assert_eq!(check_framing(&h, 100).unwrap(), Some(10));
+        assert_eq!(
+            check_framing(&h, 5).unwrap_err().kind,
+            RejectKind::PayloadTooLarge
+        );
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        assert_eq!(
+            check_framing(&h, 100).unwrap_err().kind,
+            RejectKind::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn reads_model_from_body() {
+        assert_eq!(
+            model_from_body(br#"{"model":"gpt-4o","messages":[]}"#)
+                .unwrap()
+                .as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(
+            model_from_body(br#"{"model":"g\u0070t"}"#)
+                .unwrap()
+                .as_deref(),
+            Some("gpt")
+        );
+        assert_eq!(model_from_body(b"{}").unwrap(), None);
+        assert_eq!(model_from_body(b"  ").unwrap(), None);
+        let e = model_from_body(b"{\"model\":").unwrap_err();
+        assert_eq!(e.kind, RejectKind::InvalidRequest);
+        assert!(
+            e.message.starts_with("We could not parse the JSON body"),
+            "{}",
+            e.message
+        );
+        assert!(model_from_body(b"[1]").is_err());
+    }
+
+    #[test]
+    fn reads_model_from_path() {
+        assert_eq!(
+            model_from_path("/models/gemini-2.5-flash:generateContent").as_deref(),
+            Some("gemini-2.5-flash")
+        );
+        assert_eq!(model_from_path("/models/gpt-4o").as_deref(), Some("gpt-4o"));
+        assert_eq!(model_from_path("/models"), None);
+        assert_eq!(model_from_path("/chat/completions"), None);
+    }
+
+    #[test]
+    fn rewrites_path_and_strips_caller_key() {
+        assert_eq!(
+            upstream_path("/v1", "/chat/completions", None),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            upstream_path(
+                "/v1beta",
+                "/models/m:streamGenerateContent",
+                Some("key=secret&alt=sse")
+            ),
+            "/v1beta/models/m:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(upstream_path("", "", Some("key=x")), "/");
+        assert_eq!(
+            upstream_path("/a", "/b", Some("x=1&key&keyring=2")),
+            "/a/b?x=1&keyring=2"
+        );
+    }
+
+    #[test]
+    fn body_buffer_enforces_maximum() {
+        let mut b = BodyBuf::new(Some(4), 8);
+        b.push(b"1234").unwrap();
+        b.push(b"5678").unwrap();
+        assert_eq!(b.push(b"9").unwrap_err().kind, RejectKind::PayloadTooLarge);
+    }
+}

@@ -1,0 +1,506 @@
+//! The data plane's request path, as a Pingora `ProxyHttp` whose `request_filter` answers every request
+//! itself.
+//!
+//! ```text
+//! request_filter
+//!   ├─ snapshot (one ArcSwap load) ─ framing check ─ route match (longest prefix)
+//!   ├─ chain.on_request            (request-id, auth …)            ─ reject → error in route dialect
+//!   ├─ body read (≤ max_body_bytes) ─ model (JSON body or path) ─ upstream pick (by model)
+//!   ├─ chain.on_request_body       (model allow-list …)
+//!   ├─ upstream::send              (pooled h1, stale-connection retry)
+//!   ├─ chain.on_response ─ response header ─ body chunks streamed as they arrive (on_response_chunk)
+//!   └─ upstream connection back to the pool
+//! logging (always)                 chain.on_complete, metrics, one structured log line
+//! ```
+//!
+//! Pingora's own upstream phases are never reached: `request_filter` returns `Ok(true)`. A failure after
+//! the response header went out returns `Err` and `fail_to_proxy` writes nothing, so the client sees a
+//! truncated response (the connection is closed) rather than a well-formed but incomplete one.
+
+use crate::reload::ConfigState;
+use crate::request::{self, BodyBuf};
+use crate::snapshot::{CompiledRoute, Snapshot, Upstream};
+use crate::upstream;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use leaky_config::{Dialect, ModelSource};
+use leaky_filters::{RejectKind, Rejection, RequestCtx, RequestIdFilter, RequestInfo};
+use pingora::connectors::TransportConnector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Gateway {
+    state: Arc<ConfigState>,
+    transport: TransportConnector,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<ConfigState>) -> Self {
+        Gateway {
+            state,
+            transport: TransportConnector::new(None),
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    snapshot: Option<Arc<Snapshot>>,
+    /// Index into the snapshot's routes.
+    route: Option<usize>,
+    upstream: Option<Arc<Upstream>>,
+    pub req: RequestCtx,
+    /// The response header went to the client: failures from here on cannot become error responses.
+    response_started: bool,
+    status: u16,
+    reject_reason: Option<&'static str>,
+    upstream_seconds: Option<f64>,
+    request_bytes: usize,
+}
+
+impl Ctx {
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+    pub fn elapsed_seconds(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+    pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
+        self.snapshot.as_ref()
+    }
+    pub fn route_index(&self) -> Option<usize> {
+        self.route
+    }
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.upstream.as_ref()
+    }
+    pub fn upstream_seconds(&self) -> Option<f64> {
+        self.upstream_seconds
+    }
+    pub fn request_bytes(&self) -> usize {
+        self.request_bytes
+    }
+    pub fn reject_reason(&self) -> Option<&'static str> {
+        self.reject_reason
+    }
+}
+
+/// How handling a request ended, short of success.
+enum Fail {
+    /// Answer with this error in the route's dialect.
+    Reject(Rejection),
+    /// Nothing more can be written (client gone, or upstream broke mid-body).
+    Abort(Box<Error>),
+}
+
+impl From<Rejection> for Fail {
+    fn from(r: Rejection) -> Self {
+        Fail::Reject(r)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            snapshot: None,
+            route: None,
+            upstream: None,
+            req: RequestCtx::default(),
+            response_started: false,
+            status: 0,
+            reject_reason: None,
+            upstream_seconds: None,
+            request_bytes: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snapshot = self.state.snapshot();
+        ctx.snapshot = Some(snapshot.clone());
+        match self.handle(session, ctx, &snapshot).await {
+            Ok(()) => Ok(true),
+            Err(Fail::Reject(r)) => {
+                self.reject(session, ctx, &snapshot, r).await?;
+                Ok(true)
+            }
+            Err(Fail::Abort(e)) => Err(e),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Unreachable: request_filter always answers. Fail closed if that ever changes.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "upstream_peer is not used by this gateway",
+        )
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if !ctx.response_started {
+            // Only reachable for downstream errors before any byte was written (e.g. reading the body).
+            let code = match e.etype() {
+                ErrorType::ReadTimedout => 408,
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            };
+            if code > 0 {
+                ctx.status = code;
+                let _ = session.respond_error(code).await;
+            }
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        crate::access_log::complete(session, e, ctx);
+    }
+}
+
+impl Gateway {
+    async fn handle(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        snap: &Arc<Snapshot>,
+    ) -> std::result::Result<(), Fail> {
+        ctx.req.now_unix = unix_now();
+        let head = session.req_header();
+        let path = head.uri.path().to_string();
+        let query = head.uri.query().map(str::to_string);
+        let method = head.method.clone();
+
+        let Some((idx, route)) = snap.route(&path) else {
+            return Err(Rejection::new(
+                RejectKind::NotFound,
+                format!("Unknown request URL: {method} {path}."),
+            )
+            .into());
+        };
+        ctx.route = Some(idx);
+        ctx.req.dialect = Some(route.dialect);
+        let expected_len =
+            request::check_framing(&session.req_header().headers, snap.max_body_bytes)?;
+
+        {
+            let head = session.req_header();
+            let info = RequestInfo {
+                method: &method,
+                path: &path,
+                query: query.as_deref(),
+                headers: &head.headers,
+            };
+            route.chain.on_request(&info, &mut ctx.req).await?;
+        }
+        ensure_request_id(&mut ctx.req);
+        let rest = &path[route.prefix.len().min(path.len())..];
+
+        if method == Method::GET && rest == "/models" {
+            if let Some(list) = &route.models_list {
+                return self
+                    .respond_json(session, ctx, StatusCode::OK, list.clone())
+                    .await;
+            }
+        }
+
+        let body = self
+            .read_body(session, ctx, expected_len, snap.max_body_bytes)
+            .await?;
+        let model = match route.model_source {
+            ModelSource::Body => match request::model_from_body(&body)? {
+                Some(m) => Some(m),
+                None => request::model_from_path(rest),
+            },
+            ModelSource::Path => request::model_from_path(rest),
+            ModelSource::None => None,
+        };
+        let up = pick(route, model.as_deref())?.clone();
+        ctx.req.model = model;
+        route.chain.on_request_body(&body, &mut ctx.req)?;
+        ctx.upstream = Some(up.clone());
+
+        let req = self.upstream_request(session, ctx, &up, rest, query.as_deref(), body.len())?;
+        let sent = Instant::now();
+        let mut resp = upstream::send(&self.transport, &up, &req, &body).await?;
+        let upstream_seconds = sent.elapsed().as_secs_f64();
+        ctx.upstream_seconds = Some(upstream_seconds);
+        up.metrics.observe_upstream(upstream_seconds);
+        self.relay(session, ctx, route, &mut resp).await?;
+        upstream::release(&self.transport, &up, resp.session).await;
+        Ok(())
+    }
+
+    async fn read_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        expected: Option<u64>,
+        max: u64,
+    ) -> std::result::Result<Bytes, Fail> {
+        if session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            session
+                .write_continue_response()
+                .await
+                .map_err(Fail::Abort)?;
+        }
+        let mut buf = BodyBuf::new(expected, max);
+        while let Some(chunk) = session.read_request_body().await.map_err(Fail::Abort)? {
+            if let Err(r) = buf.push(&chunk) {
+                // The rest of the body is unread: this connection cannot carry another request.
+                session.set_keepalive(None);
+                return Err(r.into());
+            }
+        }
+        let body = buf.finish();
+        ctx.request_bytes = body.len();
+        Ok(body)
+    }
+
+    fn upstream_request(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        up: &Upstream,
+        rest: &str,
+        query: Option<&str>,
+        body_len: usize,
+    ) -> std::result::Result<RequestHeader, Fail> {
+        let head = session.req_header();
+        let path = request::upstream_path(&up.path_prefix, rest, query);
+        let internal = |e: Box<Error>| {
+            Fail::Reject(Rejection::new(
+                RejectKind::Internal,
+                format!("building the upstream request: {e}"),
+            ))
+        };
+        let mut req = RequestHeader::build_no_case(
+            head.method.clone(),
+            path.as_bytes(),
+            Some(head.headers.len() + 4),
+        )
+        .map_err(internal)?;
+        for (name, value) in head.headers.iter() {
+            if !request::is_dropped_request_header(name) {
+                req.append_header(name.clone(), value.clone())
+                    .map_err(internal)?;
+            }
+        }
+        req.insert_header(http::header::HOST, up.host.clone())
+            .map_err(internal)?;
+        if let Some((name, value)) = &up.auth {
+            req.insert_header(name.clone(), value.clone())
+                .map_err(internal)?;
+        }
+        if body_len > 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
+            req.insert_header(http::header::CONTENT_LENGTH, body_len)
+                .map_err(internal)?;
+        }
+        req.insert_header("x-request-id", ctx.req.request_id.as_str())
+            .map_err(internal)?;
+        for (name, value) in &ctx.req.upstream_headers {
+            req.insert_header(name.clone(), value.clone())
+                .map_err(internal)?;
+        }
+        Ok(req)
+    }
+
+    /// Streams the upstream's response to the client as it arrives.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &CompiledRoute,
+        resp: &mut upstream::Response,
+    ) -> std::result::Result<(), Fail> {
+        let Some(up_head) = resp.session.resp_header() else {
+            return Err(Rejection::new(
+                RejectKind::BadGateway,
+                "The upstream sent no response header.",
+            )
+            .into());
+        };
+        let status = up_head.status;
+        let bad = |e: Box<Error>| {
+            Fail::Reject(Rejection::new(
+                RejectKind::BadGateway,
+                format!("The upstream response header was invalid: {e}"),
+            ))
+        };
+        let mut out =
+            ResponseHeader::build_no_case(status, Some(up_head.headers.len() + 4)).map_err(bad)?;
+        for (name, value) in up_head.headers.iter() {
+            if !request::is_dropped_response_header(name) {
+                out.append_header(name.clone(), value.clone())
+                    .map_err(bad)?;
+            }
+        }
+        if !out.headers.contains_key(http::header::CONTENT_LENGTH)
+            && status != StatusCode::NO_CONTENT
+            && status != StatusCode::NOT_MODIFIED
+        {
+            out.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                .map_err(bad)?;
+        }
+        route
+            .chain
+            .on_response(status.as_u16(), &out.headers, &mut ctx.req);
+        self.finish_headers(&mut out, ctx).map_err(bad)?;
+        ctx.status = status.as_u16();
+        session
+            .write_response_header(Box::new(out), false)
+            .await
+            .map_err(Fail::Abort)?;
+        ctx.response_started = true;
+        while let Some(chunk) = resp.session.read_body_bytes().await.map_err(Fail::Abort)? {
+            route.chain.on_response_chunk(&chunk, &mut ctx.req);
+            session
+                .write_response_body(Some(chunk), false)
+                .await
+                .map_err(Fail::Abort)?;
+        }
+        Ok(())
+    }
+
+    /// Headers every response carries: `x-request-id` and whatever the chain asked for.
+    fn finish_headers(&self, out: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        out.insert_header("x-request-id", ctx.req.request_id.as_str())?;
+        for (name, value) in ctx.req.response_headers.drain(..) {
+            out.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+
+    async fn respond_json(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: StatusCode,
+        body: Bytes,
+    ) -> std::result::Result<(), Fail> {
+        let mut out = ResponseHeader::build_no_case(status, Some(4)).map_err(Fail::Abort)?;
+        out.insert_header(http::header::CONTENT_TYPE, "application/json")
+            .map_err(Fail::Abort)?;
+        out.insert_header(http::header::CONTENT_LENGTH, body.len())
+            .map_err(Fail::Abort)?;
+        self.finish_headers(&mut out, ctx).map_err(Fail::Abort)?;
+        ctx.status = status.as_u16();
+        session
+            .write_response_header(Box::new(out), false)
+            .await
+            .map_err(Fail::Abort)?;
+        ctx.response_started = true;
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(Fail::Abort)
+    }
+
+    /// Writes a rejection in the route's dialect (OpenAI's when no route matched).
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        snap: &Snapshot,
+        r: Rejection,
+    ) -> Result<()> {
+        ensure_request_id(&mut ctx.req);
+        ctx.reject_reason = Some(r.kind.label());
+        let route_name = ctx
+            .route
+            .and_then(|i| snap.routes().get(i))
+            .map_or("none", |r| &*r.name);
+        crate::metrics::count_rejection(route_name, r.kind.label());
+        if ctx.response_started {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("failed after the response started: {}", r.message),
+            );
+        }
+        let dialect = ctx.req.dialect.unwrap_or(Dialect::Openai);
+        let body = Bytes::from(r.render(dialect, &ctx.req.request_id));
+        self.drain_or_close(session, ctx, snap, r.kind).await;
+        let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match self.respond_json(session, ctx, status, body).await {
+            Ok(()) => Ok(()),
+            Err(Fail::Abort(e)) => Err(e),
+            Err(Fail::Reject(_)) => Ok(()),
+        }
+    }
+}
+
+impl Gateway {
+    /// A request refused before its body was read leaves that body on the connection. A small one is
+    /// drained so the client's keep-alive connection survives; anything else closes the connection.
+    async fn drain_or_close(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        snap: &Snapshot,
+        kind: RejectKind,
+    ) {
+        const DRAIN_LIMIT: u64 = 64 * 1024;
+        let unread = ctx.request_bytes == 0 && !session.is_body_done();
+        let head = &session.req_header().headers;
+        let declared = head
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let drainable = kind != RejectKind::PayloadTooLarge
+            && !head.contains_key(http::header::TRANSFER_ENCODING)
+            && declared.is_some_and(|n| n <= DRAIN_LIMIT.min(snap.max_body_bytes));
+        if unread && (!drainable || session.drain_request_body().await.is_err()) {
+            session.set_keepalive(None);
+        }
+    }
+}
+
+fn pick<'a>(
+    route: &'a CompiledRoute,
+    model: Option<&str>,
+) -> std::result::Result<&'a Arc<Upstream>, Rejection> {
+    route.pick(model).ok_or_else(|| match model {
+        None => Rejection::new(
+            RejectKind::InvalidRequest,
+            "You must provide a model parameter.",
+        )
+        .with_param("model"),
+        Some(m) => Rejection::new(
+            RejectKind::ModelNotFound,
+            format!("The model `{m}` does not exist or is not served by this gateway."),
+        )
+        .with_param("model"),
+    })
+}
+
+fn ensure_request_id(req: &mut RequestCtx) {
+    if req.request_id.is_empty() {
+        req.request_id = RequestIdFilter::mint();
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

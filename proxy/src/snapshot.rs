@@ -1,0 +1,210 @@
+//! One immutable view of a config version: the route table, compiled filter chains, upstream peers and
+//! pre-resolved metric handles. Built off the hot path by `Snapshot::build`; requests load it once from
+//! the `ArcSwap` in `reload.rs` and never lock.
+
+use crate::metrics::RequestMetrics;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use leaky_config::{
+    Config, Dialect, ModelPattern, ModelSource, Provider, RouteUpstream, Target, UpstreamAuth,
+};
+use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};
+use pingora::upstreams::peer::HttpPeer;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+
+/// Where a request goes once its route (and model) is known.
+pub struct Upstream {
+    pub provider: Arc<str>,
+    /// Replaces the route prefix upstream.
+    pub path_prefix: String,
+    pub peer: HttpPeer,
+    pub host: HeaderValue,
+    /// The gateway's credential for this provider, as the header it travels in.
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    pub idle_timeout: std::time::Duration,
+    pub metrics: RequestMetrics,
+}
+
+pub enum RouteTarget {
+    Fixed(Arc<Upstream>),
+    ByModel(Vec<(Vec<ModelPattern>, Arc<Upstream>)>),
+}
+
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    pub prefix: String,
+    pub dialect: Dialect,
+    pub model_source: ModelSource,
+    pub target: RouteTarget,
+    pub chain: Chain,
+    /// The gateway's own `GET {prefix}/models` answer on model-routed routes (the union of providers).
+    pub models_list: Option<Bytes>,
+    /// Metrics of requests refused before an upstream was chosen.
+    pub metrics: RequestMetrics,
+}
+
+impl CompiledRoute {
+    /// Matches `path` on a segment boundary.
+    fn matches(&self, path: &str) -> bool {
+        self.prefix == "/"
+            || (path.starts_with(self.prefix.as_str())
+                && matches!(path.as_bytes().get(self.prefix.len()), None | Some(b'/')))
+    }
+
+    /// The upstream for `model`, or `None` when this route does not serve that model.
+    pub fn pick(&self, model: Option<&str>) -> Option<&Arc<Upstream>> {
+        match &self.target {
+            RouteTarget::Fixed(u) => Some(u),
+            RouteTarget::ByModel(list) => {
+                let model = model?;
+                list.iter()
+                    .find(|(pats, _)| pats.iter().any(|p| p.matches(model)))
+                    .map(|(_, u)| u)
+            }
+        }
+    }
+
+    pub fn is_model_routed(&self) -> bool {
+        matches!(self.target, RouteTarget::ByModel(_))
+    }
+}
+
+pub struct Snapshot {
+    pub version: u64,
+    pub config: Arc<Config>,
+    /// Longest prefix first.
+    routes: Vec<CompiledRoute>,
+    pub max_body_bytes: u64,
+    /// The `not_found` metric bucket for requests that match no route.
+    pub unmatched: RequestMetrics,
+}
+
+impl Snapshot {
+    /// Compiles `config` as version `version`. Fails on what validation cannot see: unresolvable
+    /// upstream hosts, unreadable JWKS files.
+    pub fn build(config: Arc<Config>, version: u64) -> Result<Snapshot, String> {
+        let keys = Arc::new(KeyIndex::new(&config.keys));
+        let cx = BuildContext {
+            keys,
+            base_dir: config.base_dir.clone(),
+        };
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let up = |t: &Target| upstream(&config, &r.name, t).map(Arc::new);
+            let (target, models_list) = match &r.upstream {
+                RouteUpstream::Fixed(t) => (RouteTarget::Fixed(up(t)?), None),
+                RouteUpstream::ByModel(list) => {
+                    let mut out = Vec::with_capacity(list.len());
+                    for mt in list {
+                        out.push((mt.models.clone(), up(&mt.target)?));
+                    }
+                    let providers: Vec<&Provider> = list
+                        .iter()
+                        .filter_map(|mt| config.providers.get(&mt.target.provider))
+                        .collect();
+                    (RouteTarget::ByModel(out), Some(models_list(&providers)))
+                }
+            };
+            let chain =
+                build_chain(&r.filters, &cx).map_err(|e| format!("route `{}`: {e}", r.name))?;
+            routes.push(CompiledRoute {
+                name: r.name.as_str().into(),
+                prefix: r.prefix.clone(),
+                dialect: r.dialect,
+                model_source: r.model_source,
+                target,
+                chain,
+                models_list,
+                metrics: RequestMetrics::new(&r.name, "none"),
+            });
+        }
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Ok(Snapshot {
+            version,
+            max_body_bytes: config.server.max_body_bytes,
+            config,
+            routes,
+            unmatched: RequestMetrics::new("none", "none"),
+        })
+    }
+
+    /// The route for `path`: the longest prefix matching on a segment boundary. Routes are few (one per
+    /// provider surface), so this is a short scan over a list sorted once per config version.
+    pub fn route(&self, path: &str) -> Option<(usize, &CompiledRoute)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(path))
+    }
+
+    pub fn routes(&self) -> &[CompiledRoute] {
+        &self.routes
+    }
+}
+
+fn upstream(config: &Config, route: &str, t: &Target) -> Result<Upstream, String> {
+    let p = config
+        .providers
+        .get(&t.provider)
+        .ok_or_else(|| format!("route `{route}`: unknown provider `{}`", t.provider))?;
+    // Resolved here, once per config version: HttpPeer must not resolve on the request path.
+    let addr = (p.host.as_str(), p.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("provider `{}`: cannot resolve `{}`: {e}", p.name, p.host))?
+        .next()
+        .ok_or_else(|| format!("provider `{}`: `{}` resolved to no address", p.name, p.host))?;
+    let mut peer = HttpPeer::new(addr, p.tls, p.host.clone());
+    peer.options.connection_timeout = Some(p.connect_timeout);
+    peer.options.read_timeout = Some(p.read_timeout);
+    peer.options.write_timeout = Some(p.read_timeout);
+    peer.options.idle_timeout = Some(p.idle_timeout);
+    let host = HeaderValue::from_str(&p.authority())
+        .map_err(|e| format!("provider `{}`: host: {e}", p.name))?;
+    let auth = match (&p.auth, &p.credential) {
+        (UpstreamAuth::None, _) | (_, None) => None,
+        (UpstreamAuth::Bearer, Some(c)) => Some((
+            http::header::AUTHORIZATION,
+            bearer(c.expose()).map_err(|e| format!("provider `{}`: credential: {e}", p.name))?,
+        )),
+        (UpstreamAuth::GoogApiKey, Some(c)) => Some((
+            HeaderName::from_static("x-goog-api-key"),
+            secret_value(c.expose())
+                .map_err(|e| format!("provider `{}`: credential: {e}", p.name))?,
+        )),
+    };
+    Ok(Upstream {
+        provider: p.name.as_str().into(),
+        path_prefix: t.path_prefix.clone(),
+        peer,
+        host,
+        auth,
+        idle_timeout: p.idle_timeout,
+        metrics: RequestMetrics::new(route, &p.name),
+    })
+}
+
+fn bearer(secret: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    secret_value(&format!("Bearer {secret}"))
+}
+
+fn secret_value(s: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut v = HeaderValue::from_str(s)?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// OpenAI's list shape: `{"object":"list","data":[{"id","object":"model","created","owned_by"}]}`.
+fn models_list(providers: &[&Provider]) -> Bytes {
+    let mut seen = std::collections::BTreeSet::new();
+    let data: Vec<serde_json::Value> = providers
+        .iter()
+        .flat_map(|p| p.models.iter().map(move |m| (m, p)))
+        .filter(|(m, _)| seen.insert(m.as_str()))
+        .map(|(m, p)| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": p.name}))
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default(),
+    )
+}

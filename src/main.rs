@@ -1,0 +1,272 @@
+//! `leaky-tokens`: the command line. Everything it runs lives in the library crates.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use leaky_proxy::RunOptions;
+use pingora_shim::{add_stubs, ServerExt};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod pingora_shim;
+
+#[derive(Parser)]
+#[command(
+    name = "leaky-tokens",
+    version,
+    about = "LLM API gateway: OpenAI, Gemini and Qwen behind one base URL, with exact token accounting"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Log format: `text` for terminals, `json` for log pipelines (one object per line).
+    #[arg(long, global = true, env = "LEAKY_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `info,access=warn`.
+    #[arg(long, global = true, env = "LEAKY_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+enum LatencyArg {
+    #[default]
+    Realistic,
+    Off,
+}
+
+impl From<LatencyArg> for leaky_stubs::Latency {
+    fn from(l: LatencyArg) -> Self {
+        match l {
+            LatencyArg::Realistic => leaky_stubs::Latency::Realistic,
+            LatencyArg::Off => leaky_stubs::Latency::Off,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct ProxyArgs {
+    /// Config file (environment overlays name their base with `extends`).
+    #[arg(long, short, default_value = "config/dev.yaml")]
+    config: PathBuf,
+    /// Proxy listener, overriding `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listener, overriding `server.admin_listen`.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Proxy worker threads, overriding `server.threads`.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl Default for ProxyArgs {
+    fn default() -> Self {
+        ProxyArgs {
+            config: PathBuf::from("config/dev.yaml"),
+            listen: None,
+            admin_listen: None,
+            threads: None,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct StubArgs {
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    openai_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:18002")]
+    gemini_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:18003")]
+    qwen_listen: SocketAddr,
+    /// `off` removes simulated model latency (benchmarks, tests).
+    #[arg(long, default_value = "realistic")]
+    latency: LatencyArg,
+}
+
+impl Default for StubArgs {
+    fn default() -> Self {
+        let d = leaky_stubs::StubsConfig::default();
+        StubArgs {
+            openai_listen: d.openai,
+            gemini_listen: d.gemini,
+            qwen_listen: d.qwen,
+            latency: LatencyArg::Realistic,
+        }
+    }
+}
+
+impl StubArgs {
+    fn config(&self) -> leaky_stubs::StubsConfig {
+        leaky_stubs::StubsConfig {
+            openai: self.openai_listen,
+            gemini: self.gemini_listen,
+            qwen: self.qwen_listen,
+            latency: self.latency.into(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The quickstart (default): provider stubs and the proxy in one process, from config/dev.yaml.
+    Up {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+        #[command(flatten)]
+        stubs: StubArgs,
+    },
+    /// The proxy alone.
+    Proxy {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
+    /// The OpenAI, Gemini and Qwen stubs alone.
+    Stubs {
+        #[command(flatten)]
+        stubs: StubArgs,
+    },
+    /// Validate config files; prints every error as `file:line:col: message` and exits 1 if any.
+    CheckConfig {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the config format (the content of config/schema.json).
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format, &cli.log);
+    let result = match cli.command.unwrap_or(Command::Up {
+        proxy: ProxyArgs::default(),
+        stubs: StubArgs::default(),
+    }) {
+        Command::CheckConfig { files } => return check_config(&files),
+        Command::Schema => {
+            print!("{}", leaky_config::json_schema());
+            Ok(())
+        }
+        Command::Stubs { stubs } => run_stubs(stubs),
+        Command::Proxy { proxy } => run_proxy(&proxy, None),
+        Command::Up { proxy, stubs } => run_proxy(&proxy, Some(stubs)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leaky-tokens: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn check_config(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for f in files {
+        match leaky_config::load(f) {
+            Ok(c) => println!(
+                "{}: ok ({} routes, {} providers, {} keys)",
+                f.display(),
+                c.routes.len(),
+                c.providers.len(),
+                c.keys.len()
+            ),
+            Err(errors) => {
+                failed = true;
+                for e in &errors.0 {
+                    println!("{e}");
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_stubs(stubs: StubArgs) -> anyhow::Result<()> {
+    let rt = tokio_rt()?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        leaky_stubs::serve(stubs.config(), shutdown).await
+    })?;
+    Ok(())
+}
+
+fn tokio_rt() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn run_proxy(proxy: &ProxyArgs, stubs: Option<StubArgs>) -> anyhow::Result<()> {
+    let opts = RunOptions {
+        config: proxy.config.clone(),
+        listen: proxy.listen,
+        admin_listen: proxy.admin_listen,
+        threads: proxy.threads,
+    };
+    if !opts.config.is_file() {
+        anyhow::bail!(
+            "config file `{}` not found (run from the repository root, or pass --config FILE)",
+            opts.config.display()
+        );
+    }
+    let stub_cfg = stubs.as_ref().map(StubArgs::config);
+    let (server, state) = leaky_proxy::build(&opts, |server| {
+        if let Some(cfg) = stub_cfg {
+            add_stubs(server, cfg);
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if stubs.is_some() {
+        let snap = state.snapshot();
+        print_banner(&snap.config, snap.version);
+    }
+    server.run_until_stopped();
+    Ok(())
+}
+
+fn print_banner(c: &leaky_config::Config, version: u64) {
+    let proxy = c.server.listen;
+    let admin = c.server.admin_listen;
+    println!(
+        "\nLeaky Tokens is up (config {}, version {})\n\
+         \n  proxy    http://{proxy}   (/v1, /openai/v1, /gemini/v1beta, /qwen/api/v1, /qwen/compatible-mode/v1)\
+         \n  admin    http://{admin}   (/healthz /readyz /metrics /admin/config)\
+         \n  stubs    OpenAI http://127.0.0.1:18001  Gemini http://127.0.0.1:18002  Qwen http://127.0.0.1:18003\
+         \n\n  demo keys: lt-demo-free (free)  lt-demo-pro (pro)  lt-demo-enterprise (enterprise)\
+         \n\n  curl -s http://{proxy}/v1/chat/completions -H 'Authorization: Bearer lt-demo-pro' \\\
+         \n    -H 'Content-Type: application/json' \\\
+         \n    -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'\n",
+        c.files.first().map(|f| f.display().to_string()).unwrap_or_default(),
+        version
+    );
+}
