@@ -215,7 +215,7 @@ pub enum FilterSpec {
     /// Authenticate with an API key from the `keys` list.
     ApiKey(ApiKeySpec),
     /// Authenticate with a JWT verified against a JWKS.
-    Jwt(JwtSpec),
+    Jwt(Box<JwtSpec>),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -439,9 +439,10 @@ impl Gateway {
         }
         let dialect = ctx.req.dialect.unwrap_or(Dialect::Openai);
         let body = Bytes::from(r.render(dialect, &ctx.req.request_id));
-        self.drain_or_close(session, ctx, snap, r.kind).await;
         let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        match self.respond_json(session, ctx, status, body).await {
+        let written = self.respond_json(session, ctx, status, body).await;
+        self.drain_or_close(session, ctx, snap, r.kind).await;
+        match written {
             Ok(()) => Ok(()),
             Err(Fail::Abort(e)) => Err(e),
             Err(Fail::Reject(_)) => Ok(()),
@@ -450,8 +451,11 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// A request refused before its body was read leaves that body on the connection. A small one is
-    /// drained so the client's keep-alive connection survives; anything else closes the connection.
+    /// A request refused before its body was read leaves that body on the connection (called after the
+    /// error response is written). A small declared body is drained so the keep-alive connection
+    /// survives. Anything else is drained for at most `LINGER` and the connection closed: closing with
+    /// unread bytes makes the kernel send a reset, and a client still uploading (an 11 MiB body refused
+    /// by its Content-Length) would see "connection reset" instead of the 413 already sent.
     async fn drain_or_close(
         &self,
         session: &mut Session,
@@ -459,19 +463,24 @@ impl Gateway {
         snap: &Snapshot,
         kind: RejectKind,
     ) {
-        const DRAIN_LIMIT: u64 = 64 * 1024;
-        let unread = ctx.request_bytes == 0 && !session.is_body_done();
+        const KEEPALIVE_DRAIN_LIMIT: u64 = 64 * 1024;
+        const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+        if ctx.request_bytes > 0 || session.is_body_done() {
+            return;
+        }
         let head = &session.req_header().headers;
         let declared = head
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let drainable = kind != RejectKind::PayloadTooLarge
+        let keep_alive = kind != RejectKind::PayloadTooLarge
             && !head.contains_key(http::header::TRANSFER_ENCODING)
-            && declared.is_some_and(|n| n <= DRAIN_LIMIT.min(snap.max_body_bytes));
-        if unread && (!drainable || session.drain_request_body().await.is_err()) {
-            session.set_keepalive(None);
+            && declared.is_some_and(|n| n <= KEEPALIVE_DRAIN_LIMIT.min(snap.max_body_bytes));
+        if keep_alive && session.drain_request_body().await.is_ok() {
+            return;
         }
+        session.set_keepalive(None);
+        let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
     }
 }
 

@@ -1,0 +1,283 @@
+//! Harness for the integration tests: the real `leaky-tokens` binary on free ports with a temp config,
+//! in front of in-process upstreams (the provider stubs, and a capture server that reports exactly what
+//! it received).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod capture;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PRO_KEY: &str = "lt-test-pro";
+pub const LIMITED_KEY: &str = "lt-test-limited";
+pub const EXPIRED_KEY: &str = "lt-test-expired";
+/// What the gateway's OpenAI credential interpolates to (set in the child's environment).
+pub const OPENAI_CREDENTIAL: &str = "sk-from-environment";
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A free loopback port. The listener is dropped before the gateway binds it, so another process could
+/// take it in between; tests pick ports this way because Pingora cannot report the port it bound for 0.
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub struct Upstreams {
+    pub stubs: leaky_stubs::BoundStubs,
+    pub capture: capture::Capture,
+}
+
+impl Upstreams {
+    pub async fn start() -> Upstreams {
+        let cfg = leaky_stubs::StubsConfig {
+            openai: "127.0.0.1:0".parse().unwrap(),
+            gemini: "127.0.0.1:0".parse().unwrap(),
+            qwen: "127.0.0.1:0".parse().unwrap(),
+            latency: leaky_stubs::Latency::Off,
+        };
+        let (stubs, serve) = leaky_stubs::bind(cfg).await.unwrap();
+        tokio::spawn(serve);
+        Upstreams {
+            stubs,
+            capture: capture::Capture::start().await,
+        }
+    }
+
+    /// A full config: the shipped route layout plus a `capture` provider reachable through `/v1`
+    /// (models `capture-*`) and `/capture`.
+    pub fn config(&self, extra_keys: &str) -> String {
+        let s = &self.stubs;
+        let c = self.capture.addr;
+        format!(
+            r#"server:
+  threads: 2
+  max_body_bytes: 10485760
+providers:
+  openai:
+    base_url: http://{openai}
+    credential: ${{LT_TEST_OPENAI_KEY}}
+    models: [gpt-4o, gpt-4o-mini]
+  gemini:
+    base_url: http://{gemini}
+    auth: goog-api-key
+    credential: gemini-credential
+    models: [gemini-2.5-flash]
+  gemini-openai:
+    base_url: http://{gemini}
+    credential: gemini-credential
+    models: [gemini-2.5-flash]
+  qwen:
+    base_url: http://{qwen}
+    credential: ${{LT_TEST_UNSET:-qwen-credential}}
+    models: [qwen-plus]
+  capture:
+    base_url: http://{c}
+    credential: capture-credential
+    models: [capture-1]
+    idle_timeout_ms: 60000
+routes:
+  - name: v1
+    prefix: /v1
+    upstream:
+      by_model:
+        - {{ models: ["gpt-*", "o*"], provider: openai, path_prefix: /v1 }}
+        - {{ models: ["gemini-*"], provider: gemini-openai, path_prefix: /v1beta/openai }}
+        - {{ models: ["qwen-*"], provider: qwen, path_prefix: /compatible-mode/v1 }}
+        - {{ models: ["capture-*"], provider: capture, path_prefix: /echo }}
+    filters: &chain
+      - kind: request-id
+      - kind: api-key
+  - name: gemini
+    prefix: /gemini/v1beta
+    dialect: google
+    upstream: {{ provider: gemini, path_prefix: /v1beta }}
+    filters: *chain
+  - name: qwen
+    prefix: /qwen/api/v1
+    dialect: dashscope
+    upstream: {{ provider: qwen, path_prefix: /api/v1 }}
+    filters: *chain
+  - name: capture
+    prefix: /capture
+    upstream: {{ provider: capture, path_prefix: /echo }}
+    filters: *chain
+tiers:
+  pro: {{ priority: normal }}
+  free: {{ priority: low }}
+keys:
+  - {{ id: test-pro, sha256: {pro}, user: alice, org: acme, tier: pro }}
+  - {{ id: test-limited, sha256: {limited}, user: bob, tier: free, models: [gpt-4o-mini] }}
+  - {{ id: test-expired, sha256: {expired}, user: carol, tier: free, expires_at: "2001-01-01T00:00:00Z" }}
+{extra_keys}"#,
+            openai = s.openai,
+            gemini = s.gemini,
+            qwen = s.qwen,
+            pro = sha256_hex(PRO_KEY.as_bytes()),
+            limited = sha256_hex(LIMITED_KEY.as_bytes()),
+            expired = sha256_hex(EXPIRED_KEY.as_bytes()),
+        )
+    }
+}
+
+/// The gateway binary, running until dropped.
+pub struct Gateway {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub client: reqwest::Client,
+}
+
+impl Gateway {
+    pub async fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let (proxy, admin) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_leaky-tokens"))
+            .args(["--log-format", "json", "proxy", "--config"])
+            .arg(&config_path)
+            .args([
+                "--listen",
+                &proxy.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .env("LT_TEST_OPENAI_KEY", OPENAI_CREDENTIAL)
+            .env_remove("LT_TEST_UNSET")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(4)
+            .build()
+            .unwrap();
+        let gw = Gateway {
+            child,
+            proxy,
+            admin,
+            dir,
+            config_path,
+            client,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready = format!("http://{}/readyz", self.admin);
+        loop {
+            let admin_up =
+                matches!(self.client.get(&ready).send().await, Ok(r) if r.status() == 200);
+            let proxy_up = tokio::net::TcpStream::connect(self.proxy).await.is_ok();
+            if admin_up && proxy_up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not become ready; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub async fn admin_text(&self, path: &str) -> String {
+        self.client
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn config_version(&self) -> u64 {
+        let v: serde_json::Value = self
+            .client
+            .get(self.admin_url("/admin/config"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["version"].as_u64().unwrap()
+    }
+
+    /// Polls `/admin/config` until the version differs from `from`; returns the new version and the
+    /// time it took. Panics after `within`.
+    pub async fn wait_version_change(&self, from: u64, within: Duration) -> (u64, Duration) {
+        let start = Instant::now();
+        loop {
+            let v = self.config_version().await;
+            if v != from {
+                return (v, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < within,
+                "config version still {from} after {within:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Value of a metric sample line (exact label set as rendered) or 0.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.admin_text("/metrics").await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Replaces the config file the way editors do: write a sibling, then rename over it.
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.path().join(".gateway.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn chat(model: &str, content: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]})
+}
