@@ -137,7 +137,17 @@ pub fn load_with_env(
             .strip_prefix("unknown field `")
             .and_then(|r| r.split_once('`'))
         {
-            Some((key, _)) => sources.error_at_key(&p, key, msg.clone()),
+            // The path of an unknown field may end with the field itself; its key is in the parent.
+            Some((key, _)) => {
+                let parent = if p == key {
+                    ""
+                } else {
+                    p.strip_suffix(key)
+                        .and_then(|q| q.strip_suffix('.'))
+                        .unwrap_or(&p)
+                };
+                sources.error_at_key(parent, key, msg.clone())
+            }
             None => sources.error_at(&p, msg),
         };
         ConfigErrors(vec![err])
@@ -158,11 +168,6 @@ fn read_merged(path: &Path, sources: &mut Sources, depth: usize) -> Result<Value
         pos: None,
         message,
     };
-    if depth > MAX_EXTENDS_DEPTH {
-        return Err(at(format!(
-            "`extends` nests deeper than {MAX_EXTENDS_DEPTH} files (a cycle?)"
-        )));
-    }
     let text = std::fs::read_to_string(path).map_err(|e| at(format!("cannot read config: {e}")))?;
     let (mut value, index) = yaml::parse(&text).map_err(|e| ConfigError {
         file: path.to_path_buf(),
@@ -171,6 +176,15 @@ fn read_merged(path: &Path, sources: &mut Sources, depth: usize) -> Result<Value
     })?;
     if value.is_null() {
         value = Value::Object(Default::default());
+    }
+    if !value.is_object() {
+        // serde would read a sequence as the struct's fields in order; a config file is a mapping.
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            pos: index.exact(""),
+            message: "a config file must be a mapping (`server:`, `providers:`, `routes:`, ...)"
+                .into(),
+        });
     }
     let extends = match value.as_object_mut().and_then(|m| m.remove("extends")) {
         None | Some(Value::Null) => None,
@@ -190,12 +204,32 @@ fn read_merged(path: &Path, sources: &mut Sources, depth: usize) -> Result<Value
         return Ok(value);
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(&base_name);
+    let at_extends = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        pos: extends_pos,
+        message,
+    };
     if !base_path.is_file() {
-        return Err(ConfigError {
-            file: path.to_path_buf(),
-            pos: extends_pos,
-            message: format!("`extends` names `{base_name}`, which is not a file next to this one"),
-        });
+        return Err(at_extends(format!(
+            "`extends` names `{base_name}`, which is not a file next to this one"
+        )));
+    }
+    // Every file read so far is an ancestor of this one in the (linear) `extends` chain.
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let base_canonical = canonical(&base_path);
+    if sources
+        .files
+        .iter()
+        .any(|(f, _)| canonical(f) == base_canonical)
+    {
+        return Err(at_extends(format!(
+            "`extends` names `{base_name}`, which is already being loaded (an `extends` cycle)"
+        )));
+    }
+    if depth >= MAX_EXTENDS_DEPTH {
+        return Err(at_extends(format!(
+            "`extends` chains more than {MAX_EXTENDS_DEPTH} base files"
+        )));
     }
     let mut base = read_merged(&base_path, sources, depth + 1)?;
     merge(&mut base, value);

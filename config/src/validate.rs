@@ -308,9 +308,16 @@ fn upstream(
             }
             (out.len() == list.len()).then_some(RouteUpstream::ByModel(out))
         }
-        _ => {
+        (_, by_model) => {
+            // Point at `by_model` when it is there (superfluous next to `provider`, or empty); at the
+            // `upstream` mapping when it lacks both.
+            let at = if by_model.is_some() {
+                format!("{path}.by_model")
+            } else {
+                path.to_string()
+            };
             c.err(
-                path,
+                &at,
                 "`upstream` needs exactly one of `provider` or a non-empty `by_model`",
             );
             None
@@ -320,7 +327,13 @@ fn upstream(
 
 fn jwt(c: &mut Check<'_>, path: &str, j: &JwtSpec, tiers: &BTreeMap<String, Tier>) {
     if j.jwks_file.is_some() == j.jwks_url.is_some() {
-        c.err(path, "`jwt` needs exactly one of `jwks_file` or `jwks_url`");
+        // Both: point at the second source; neither: at the filter mapping that lacks them.
+        let at = if j.jwks_url.is_some() {
+            format!("{path}.jwks_url")
+        } else {
+            path.to_string()
+        };
+        c.err(&at, "`jwt` needs exactly one of `jwks_file` or `jwks_url`");
     }
     if j.algorithms.is_empty() {
         c.err(

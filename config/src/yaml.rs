@@ -116,7 +116,7 @@ impl Builder<'_> {
                 }
             },
             Event::SequenceStart(anchor, _) => (self.sequence(&path)?, anchor),
-            Event::MappingStart(anchor, _) => (self.mapping(&path)?, anchor),
+            Event::MappingStart(anchor, _) => (self.mapping(&path, &mark)?, anchor),
             other => {
                 return Err(SyntaxError {
                     pos: Pos::from_marker(&mark),
@@ -142,10 +142,17 @@ impl Builder<'_> {
         }
     }
 
-    fn mapping(&mut self, path: &str) -> Result<Value, SyntaxError> {
+    fn mapping(&mut self, path: &str, start: &Marker) -> Result<Value, SyntaxError> {
         let mut map = Map::new();
         loop {
             let (ev, mark) = self.next()?;
+            if map.is_empty() && mark.index() < start.index() {
+                // yaml-rust2 marks a *block* mapping's start after its first key (at the `:`); the
+                // mapping starts where that key does.
+                self.index
+                    .nodes
+                    .insert(path.to_string(), Pos::from_marker(&mark));
+            }
             let key = match ev {
                 Event::MappingEnd => return Ok(Value::Object(map)),
                 Event::Scalar(s, ..) => s,
@@ -231,6 +238,16 @@ mod tests {
             idx.find("routes[0].prefix.missing"),
             Some(Pos { line: 3, col: 13 })
         );
+    }
+
+    #[test]
+    fn block_mappings_start_at_their_first_key() {
+        let text = "x:\n  y: 1\nl:\n  - a: 1\n    b: 2\nf: {c: 3}\n";
+        let (_, idx) = parse(text).unwrap();
+        assert_eq!(idx.exact(""), Some(Pos { line: 1, col: 1 }));
+        assert_eq!(idx.exact("x"), Some(Pos { line: 2, col: 3 }));
+        assert_eq!(idx.exact("l[0]"), Some(Pos { line: 4, col: 5 }));
+        assert_eq!(idx.exact("f"), Some(Pos { line: 6, col: 4 }));
     }
 
     #[test]

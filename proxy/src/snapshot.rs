@@ -119,7 +119,7 @@ impl Snapshot {
                 metrics: RequestMetrics::new(&r.name, "none"),
             });
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Snapshot {
             version,
             max_body_bytes: config.server.max_body_bytes,

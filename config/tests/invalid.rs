@@ -1,0 +1,83 @@
+//! Golden tests: every `invalid/*.yaml` fixture is a complete config with exactly one problem, and its
+//! first line says the one error it must produce: `# expect: <file>:<line>:<col>: <message>`, with
+//! `<file>` relative to `config/tests/invalid/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+const EXPECT: &str = "# expect: ";
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid")
+}
+
+/// Every variable is unset: `${X:-default}` takes its default, `${X}` is an error.
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// The one-line result of loading `path`, or why it is not one error.
+fn actual(dir: &Path, path: &Path) -> String {
+    match leaky_config::load_with_env(path, &no_env) {
+        Ok(_) => "loaded without errors".into(),
+        Err(errs) => {
+            let lines: Vec<String> = errs
+                .0
+                .iter()
+                .map(|e| {
+                    let shown = e.to_string();
+                    let prefix = format!("{}/", dir.display());
+                    shown.strip_prefix(&prefix).unwrap_or(&shown).to_string()
+                })
+                .collect();
+            if lines.len() == 1 {
+                lines[0].clone()
+            } else {
+                format!("{} errors:\n      {}", lines.len(), lines.join("\n      "))
+            }
+        }
+    }
+}
+
+#[test]
+fn every_invalid_fixture_yields_exactly_its_expected_error() {
+    let dir = fixture_dir();
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    fixtures.sort();
+    assert!(
+        fixtures.len() >= 40,
+        "only {} fixtures found in {}",
+        fixtures.len(),
+        dir.display()
+    );
+
+    let mut mismatches = Vec::new();
+    for path in &fixtures {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(path).unwrap();
+        let got = actual(&dir, path);
+        let Some(expected) = text.lines().next().and_then(|l| l.strip_prefix(EXPECT)) else {
+            mismatches.push(format!(
+                "{name}: first line must be `{EXPECT}<file>:<line>:<col>: <message>`\n    actual:   {got}"
+            ));
+            continue;
+        };
+        if got != expected.trim_end() {
+            mismatches.push(format!(
+                "{name}:\n    expected: {}\n    actual:   {got}",
+                expected.trim_end()
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} fixtures do not match:\n{}",
+        mismatches.len(),
+        fixtures.len(),
+        mismatches.join("\n")
+    );
+}
