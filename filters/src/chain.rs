@@ -90,6 +90,8 @@ pub struct BuildContext {
     pub keys: Arc<KeyIndex>,
     /// Directory relative file paths resolve against.
     pub base_dir: PathBuf,
+    /// Names of the configured tiers (a JWT may only claim one of these).
+    pub tiers: Arc<std::collections::BTreeSet<String>>,
 }
 
 /// A route's filters, in order.

@@ -88,6 +88,7 @@ impl Snapshot {
         let cx = BuildContext {
             keys,
             base_dir: config.base_dir.clone(),
+            tiers: Arc::new(config.tiers.keys().cloned().collect()),
         };
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {

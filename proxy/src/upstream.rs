@@ -13,11 +13,14 @@
 use crate::metrics::count_retry;
 use crate::snapshot::Upstream;
 use bytes::Bytes;
+use http::Method;
 use leaky_filters::{RejectKind, Rejection};
 use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
-use pingora::protocols::http::v1::client::HttpSession;
-use pingora::ErrorType;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
+use pingora::protocols::Stream;
+use pingora::{ErrorType, OrErr};
+use tokio::io::AsyncWriteExt;
 
 /// A response whose header has been read; the body is read by the caller.
 pub struct Response {
@@ -31,9 +34,8 @@ pub async fn send(
     body: &Bytes,
 ) -> Result<Response, Rejection> {
     if let Some(stream) = transport.reused_stream(&up.peer).await {
-        let mut session = HttpSession::new_with_options(stream, &up.peer);
-        match exchange(&mut session, req, body).await {
-            Ok(()) => return Ok(Response { session }),
+        match exchange(stream, up, req, body).await {
+            Ok(session) => return Ok(Response { session }),
             Err(e) if is_stale(&e) => {
                 count_retry(&up.provider, "stale_connection");
                 tracing::debug!(provider = %up.provider, error = %e, "pooled connection was stale; retrying fresh");
@@ -45,29 +47,64 @@ pub async fn send(
         .new_stream(&up.peer)
         .await
         .map_err(|e| to_rejection(&up.provider, &e))?;
-    let mut session = HttpSession::new_with_options(stream, &up.peer);
-    exchange(&mut session, req, body)
+    let session = exchange(stream, up, req, body)
         .await
         .map_err(|e| to_rejection(&up.provider, &e))?;
     Ok(Response { session })
 }
 
+/// Bodies up to this size go out in the same write as the header.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Sends the request and reads the response header.
+///
+/// Pingora's client flushes the request header on its own, so header and body would cost two `send`s
+/// and wake the upstream twice. For the common case (not HEAD, body ≤ 64 KiB) the serialized header and
+/// the body go out in one write on the raw stream; the session is then used only to read the response.
+/// That session never saw the request, which matters only for HEAD (no response body), upgrades and a
+/// request `Connection` header — HEAD takes the regular path, and the gateway forwards neither
+/// `Connection` nor upgrades.
 async fn exchange(
-    session: &mut HttpSession,
+    mut stream: Stream,
+    up: &Upstream,
     req: &RequestHeader,
     body: &Bytes,
-) -> pingora::Result<()> {
-    session.write_request_header(Box::new(req.clone())).await?;
-    if !body.is_empty() {
-        session.write_body(body).await?;
-    }
-    session.finish_body().await?;
+) -> pingora::Result<HttpSession> {
+    let mut session = if req.method != Method::HEAD && body.len() <= COALESCE_LIMIT {
+        let mut wire = http_req_header_to_wire(req).ok_or_else(|| {
+            pingora::Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "request header cannot be serialized",
+            )
+        })?;
+        wire.extend_from_slice(body);
+        let write = async {
+            stream.write_all(&wire).await?;
+            stream.flush().await
+        };
+        let written = match up.peer.options.write_timeout {
+            Some(t) => tokio::time::timeout(t, write).await.map_err(|_| {
+                pingora::Error::explain(ErrorType::WriteTimedout, "writing the upstream request")
+            })?,
+            None => write.await,
+        };
+        written.or_err(ErrorType::WriteError, "writing the upstream request")?;
+        HttpSession::new_with_options(stream, &up.peer)
+    } else {
+        let mut session = HttpSession::new_with_options(stream, &up.peer);
+        session.write_request_header(Box::new(req.clone())).await?;
+        if !body.is_empty() {
+            session.write_body(body).await?;
+        }
+        session.finish_body().await?;
+        session
+    };
     // Skip informational responses (100 Continue, 103 Early Hints).
     loop {
         session.read_response().await?;
         match session.get_status() {
             Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
-            _ => return Ok(()),
+            _ => return Ok(session),
         }
     }
 }

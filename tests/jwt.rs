@@ -1,0 +1,116 @@
+//! JWT authentication through the real binary: a JWKS file, an RS256 token, claims as the principal.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/tests/fixtures/jwt")
+}
+
+fn token(claims: Value) -> String {
+    let pem = std::fs::read(fixtures().join("rsa.pem")).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_route_authenticated_by_jwt_or_api_key() {
+    let up = Upstreams::start().await;
+    let jwks = fixtures().join("jwks.json");
+    // The capture route accepts a JWT (checked first) or an API key.
+    let chain = format!(
+        "    filters:\n      - kind: request-id\n      - kind: jwt\n        jwks_file: {}\n        algorithms: [RS256]\n        issuer: https://idp.test\n        audiences: [leaky]\n        optional: true\n      - kind: api-key\n",
+        jwks.display()
+    );
+    let config = up.config("").replace(
+        "  - name: capture\n    prefix: /capture\n    upstream: { provider: capture, path_prefix: /echo }\n    filters: *chain\n",
+        &format!("  - name: capture\n    prefix: /capture\n    upstream: {{ provider: capture, path_prefix: /echo }}\n{chain}"),
+    );
+    assert_ne!(config, up.config(""), "route replaced");
+    let gw = Gateway::start(&config).await;
+
+    let good = token(
+        json!({"sub": "erin", "org": "acme", "tier": "pro", "iss": "https://idp.test", "aud": "leaky",
+                            "exp": now() + 300, "models": ["capture-*"]}),
+    );
+    let r = gw
+        .client
+        .post(gw.url("/capture/x"))
+        .bearer_auth(&good)
+        .json(&json!({"model": "capture-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["headers"]["authorization"], "Bearer capture-credential",
+        "the JWT is not forwarded"
+    );
+
+    // Outside the token's model allow-list.
+    let r = gw
+        .client
+        .post(gw.url("/capture/x"))
+        .bearer_auth(&good)
+        .json(&json!({"model": "other-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let expired = token(
+        json!({"sub": "erin", "tier": "pro", "iss": "https://idp.test", "aud": "leaky", "exp": now() - 3600}),
+    );
+    let r = gw
+        .client
+        .post(gw.url("/capture/x"))
+        .bearer_auth(&expired)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let msg = r.json::<Value>().await.unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("expired"), "{msg}");
+
+    let wrong_aud = token(
+        json!({"sub": "erin", "tier": "pro", "iss": "https://idp.test", "aud": "other", "exp": now() + 300}),
+    );
+    let r = gw
+        .client
+        .post(gw.url("/capture/x"))
+        .bearer_auth(&wrong_aud)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // An API key still works on the same route; and the access log names the JWT principal.
+    let r = gw
+        .client
+        .post(gw.url("/capture/x"))
+        .bearer_auth(PRO_KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
