@@ -87,6 +87,12 @@ struct StubArgs {
     /// `off` removes simulated model latency (benchmarks, tests).
     #[arg(long, default_value = "realistic")]
     latency: LatencyArg,
+    /// Provider-side requests per minute per provider key, enforced by each stub (0 = unlimited).
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Provider-side tokens per minute per provider key, enforced by each stub (0 = unlimited).
+    #[arg(long)]
+    tpm: Option<u64>,
 }
 
 impl Default for StubArgs {
@@ -97,18 +103,29 @@ impl Default for StubArgs {
             gemini_listen: d.gemini,
             qwen_listen: d.qwen,
             latency: LatencyArg::Realistic,
+            rpm: None,
+            tpm: None,
         }
     }
 }
 
 impl StubArgs {
     fn config(&self) -> leaky_stubs::StubsConfig {
-        leaky_stubs::StubsConfig {
+        let mut cfg = leaky_stubs::StubsConfig {
             openai: self.openai_listen,
             gemini: self.gemini_listen,
             qwen: self.qwen_listen,
             latency: self.latency.into(),
+            ..Default::default()
+        };
+        let d = leaky_stubs::RateLimits::default();
+        if self.rpm.is_some() || self.tpm.is_some() {
+            cfg.limits = leaky_stubs::PerProvider::all(leaky_stubs::RateLimits {
+                requests_per_minute: self.rpm.unwrap_or(d.requests_per_minute),
+                tokens_per_minute: self.tpm.unwrap_or(d.tokens_per_minute),
+            });
         }
+        cfg
     }
 }
 

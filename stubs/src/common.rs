@@ -18,9 +18,10 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
+use crate::control::{FaultCounters, FaultPlan, Limiter};
 use crate::gen::{self, Hasher, Rng};
-use crate::tokens;
-use crate::Latency;
+use crate::tokens::Tokenizer;
+use crate::{Latency, StubOptions};
 
 /// Largest request body the stubs accept.
 pub const BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -37,15 +38,21 @@ pub struct Ctx {
     pub latency: Latency,
     pub dialect: Dialect,
     pub metrics: Metrics,
+    pub faults: FaultPlan,
+    pub fault_counters: FaultCounters,
+    pub limiter: Limiter,
 }
 
 impl Ctx {
-    pub fn new(provider: &'static str, latency: Latency, dialect: Dialect) -> Arc<Self> {
+    pub fn new(provider: &'static str, dialect: Dialect, opts: &StubOptions) -> Arc<Self> {
         Arc::new(Ctx {
             provider,
-            latency,
+            latency: opts.latency,
             dialect,
             metrics: Metrics::default(),
+            faults: opts.faults.clone(),
+            fault_counters: FaultCounters::default(),
+            limiter: Limiter::new(opts.limits, opts.clock.clone()),
         })
     }
 }
@@ -71,6 +78,7 @@ impl Metrics {
     }
 
     pub fn tokens(&self, prompt: u64, completion: u64) {
+        crate::control::record_tokens(prompt + completion);
         self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(completion, Ordering::Relaxed);
@@ -271,14 +279,36 @@ pub enum Dialect {
     DashScopeCompat,
 }
 
+/// Why a request was refused with a 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Throttle {
+    /// The key's requests-per-minute limit.
+    Requests,
+    /// The key's tokens-per-minute limit.
+    Tokens,
+    /// An injected 429 fault.
+    Injected,
+}
+
 #[derive(Debug, Clone)]
 pub enum ErrKind {
+    Throttled {
+        kind: Throttle,
+        limit: u64,
+        used: u64,
+        retry_after: u64,
+    },
+    ServerError,
+    Overloaded,
     BadRequest,
     MalformedJson,
     MissingKey,
     InvalidKey(String),
     ModelNotFound(String),
-    RouteNotFound { method: String, path: String },
+    RouteNotFound {
+        method: String,
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -347,6 +377,26 @@ impl ApiError {
         e.code = Some("invalid_value");
         e
     }
+    /// A provider 429 (rate limit or injected).
+    pub fn throttled(kind: Throttle, limit: u64, used: u64, retry_after: u64) -> Self {
+        Self::new(
+            ErrKind::Throttled {
+                kind,
+                limit,
+                used,
+                retry_after,
+            },
+            String::new(),
+        )
+    }
+    /// A provider 500.
+    pub fn server_error() -> Self {
+        Self::new(ErrKind::ServerError, String::new())
+    }
+    /// A provider 503.
+    pub fn overloaded() -> Self {
+        Self::new(ErrKind::Overloaded, String::new())
+    }
     pub fn with_status(mut self, s: StatusCode) -> Self {
         self.status = Some(s);
         self
@@ -363,7 +413,42 @@ impl ApiError {
     }
 
     fn render_openai(&self, request_id: Option<String>) -> Response {
+        let compat = request_id.is_some();
+        let mut etype = "invalid_request_error";
         let (status, message, code): (StatusCode, String, Option<&str>) = match &self.kind {
+            ErrKind::Throttled { kind, limit, used, retry_after } => {
+                let (what, unit) = match kind {
+                    Throttle::Tokens => ("tokens", "tokens per min (TPM)"),
+                    _ => ("requests", "requests per min (RPM)"),
+                };
+                etype = if compat {
+                    if *kind == Throttle::Tokens { "limit_tokens" } else { "limit_requests" }
+                } else {
+                    what
+                };
+                let injected = if *kind == Throttle::Injected { " (injected fault)" } else { "" };
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("Rate limit reached for {what} in organization org-stub on {unit}: Limit {limit}, Used {used}, Requested 1. Please try again in {retry_after}s.{injected} Visit https://platform.openai.com/account/rate-limits to learn more."),
+                    Some(if compat { etype } else { "rate_limit_exceeded" }),
+                )
+            }
+            ErrKind::ServerError => {
+                etype = "server_error";
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "The server had an error while processing your request. Sorry about that!".to_string(),
+                    None,
+                )
+            }
+            ErrKind::Overloaded => {
+                etype = "server_error";
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The engine is currently overloaded, please try again later.".to_string(),
+                    None,
+                )
+            }
             ErrKind::BadRequest => (StatusCode::BAD_REQUEST, self.message.clone(), self.code),
             ErrKind::MalformedJson => (
                 StatusCode::BAD_REQUEST,
@@ -397,7 +482,7 @@ impl ApiError {
         let mut body = json!({
             "error": {
                 "message": message,
-                "type": "invalid_request_error",
+                "type": etype,
                 "param": self.param,
                 "code": code,
             }
@@ -411,6 +496,39 @@ impl ApiError {
     fn render_google(&self, wrap: bool) -> Response {
         let (status, gstatus, message, details): (StatusCode, &str, String, Option<Value>) =
             match &self.kind {
+                ErrKind::Throttled { kind, limit, retry_after, .. } => {
+                    let (metric, id) = match kind {
+                        Throttle::Tokens => ("generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count", "GenerateContentPaidTierInputTokensPerModelPerMinute"),
+                        _ => ("generativelanguage.googleapis.com/generate_content_paid_tier_requests", "GenerateRequestsPerMinutePerProjectPerModel"),
+                    };
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "RESOURCE_EXHAUSTED",
+                        "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.".to_string(),
+                        Some(json!([
+                            {
+                                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                                "violations": [{"quotaMetric": metric, "quotaId": id, "quotaValue": limit.to_string()}]
+                            },
+                            {
+                                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                "retryDelay": format!("{retry_after}s")
+                            }
+                        ])),
+                    )
+                }
+                ErrKind::ServerError => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting".to_string(),
+                    None,
+                ),
+                ErrKind::Overloaded => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "The model is overloaded. Please try again later.".to_string(),
+                    None,
+                ),
                 ErrKind::BadRequest => (
                     StatusCode::BAD_REQUEST,
                     "INVALID_ARGUMENT",
@@ -475,6 +593,33 @@ impl ApiError {
 
     fn render_dashscope(&self) -> Response {
         let (status, code, message): (StatusCode, &str, String) = match &self.kind {
+            ErrKind::Throttled { kind, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                match kind {
+                    Throttle::Requests => "Throttling.RateQuota",
+                    Throttle::Tokens => "Throttling.AllocationQuota",
+                    Throttle::Injected => "Throttling",
+                },
+                match kind {
+                    Throttle::Tokens => {
+                        "Allocated quota exceeded, please increase your quota limit."
+                    }
+                    Throttle::Requests => "Requests rate limit exceeded, please try again later.",
+                    Throttle::Injected => "Requests throttling triggered.",
+                }
+                .to_string(),
+            ),
+            ErrKind::ServerError => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "An internal error has occured, please try again later or contact service support."
+                    .to_string(),
+            ),
+            ErrKind::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable, please try again later.".to_string(),
+            ),
             ErrKind::BadRequest => (
                 StatusCode::BAD_REQUEST,
                 "InvalidParameter",
@@ -537,6 +682,19 @@ fn type_phrase(v: &Value) -> &'static str {
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON response from any serializable value.
+pub fn serialize_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut bytes = Vec::with_capacity(1024);
+    let _ = serde_json::to_writer(&mut bytes, body);
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -748,13 +906,15 @@ fn chunk_ascii_4(s: String) -> Vec<Cow<'static, str>> {
 
 /// Generates a completion for `seed`: `target` tokens (or the default
 /// length), capped at `max` (finish `Length`), truncated at the first stop
-/// sequence (finish `Stop`).
+/// sequence (finish `Stop`). `tk` decides how pieces are built and counted:
+/// with a BPE encoding each text piece is exactly one token.
 pub fn complete(
     seed: u64,
     target: Option<usize>,
     max: Option<u64>,
     stops: &[String],
     format: &Format,
+    tk: Tokenizer,
 ) -> Completion {
     let want = target.unwrap_or_else(|| default_length(seed));
     let (n, capped) = match max {
@@ -764,9 +924,13 @@ pub fn complete(
     let finish = if capped { Finish::Length } else { Finish::Stop };
     let pieces = match format {
         Format::Text => {
-            let mut p = gen::pieces(seed, n);
+            let mut p = if tk.is_bpe() {
+                gen::bpe_pieces(seed, n)
+            } else {
+                gen::pieces(seed, n)
+            };
             if gen::apply_stop(&mut p, stops) {
-                let tokens = tokens::text(&gen::join(&p));
+                let tokens = tk.text(&gen::join(&p));
                 return Completion {
                     pieces: p,
                     finish: Finish::Stop,
@@ -783,7 +947,7 @@ pub fn complete(
     };
     let tokens = match format {
         Format::Text => n as u64,
-        _ => tokens::text(&gen::join(&pieces)),
+        _ => tk.text(&gen::join(&pieces)),
     };
     Completion {
         pieces,
@@ -883,21 +1047,47 @@ pub fn sse_data(v: &Value) -> Bytes {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::tokens;
 
     #[test]
     fn completion_respects_target_max_and_stop() {
-        let c = complete(1, Some(10), None, &[], &Format::Text);
+        let a = Tokenizer::Approx;
+        let c = complete(1, Some(10), None, &[], &Format::Text, a);
         assert_eq!(c.tokens, 10);
         assert_eq!(c.finish, Finish::Stop);
         assert_eq!(tokens::text(&c.text()), 10);
-        let c = complete(1, Some(10), Some(4), &[], &Format::Text);
+        let c = complete(1, Some(10), Some(4), &[], &Format::Text, a);
         assert_eq!(c.tokens, 4);
         assert_eq!(c.finish, Finish::Length);
-        let d = complete(1, None, None, &[], &Format::Text);
+        let d = complete(1, None, None, &[], &Format::Text, a);
         assert!((20..=60).contains(&d.tokens));
-        let j = complete(9, Some(12), None, &[], &Format::JsonObject);
+        let j = complete(9, Some(12), None, &[], &Format::JsonObject, a);
         assert_eq!(j.tokens, 12);
         let _: Value = serde_json::from_str(&j.text()).unwrap();
+    }
+
+    #[test]
+    fn bpe_completions_encode_to_exactly_the_reported_count() {
+        for tk in [Tokenizer::O200k, Tokenizer::Cl100k] {
+            for seed in 0..200u64 {
+                for n in [1usize, 2, 7, 20, 61] {
+                    let c = complete(seed, Some(n), None, &[], &Format::Text, tk);
+                    assert_eq!(c.tokens, n as u64);
+                    assert_eq!(c.pieces.len(), n);
+                    assert_eq!(
+                        tk.text(&c.text()),
+                        n as u64,
+                        "{tk:?} seed {seed} n {n}: {:?}",
+                        c.text()
+                    );
+                    for p in &c.pieces {
+                        assert_eq!(tk.text(p), 1, "{tk:?} piece {p:?}");
+                    }
+                }
+            }
+            let j = complete(3, Some(12), None, &[], &Format::JsonObject, tk);
+            assert_eq!(j.tokens, tk.text(&j.text()));
+        }
     }
 
     #[test]

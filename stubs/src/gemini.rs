@@ -17,8 +17,8 @@ use crate::common::{
 };
 use crate::gen::{self, mix, Rng};
 use crate::openai::{compat_routes, f32_json, finish_router, Flavor, ModelInfo};
-use crate::tokens;
-use crate::Latency;
+use crate::tokens::{self, Tokenizer};
+use crate::{Latency, StubOptions};
 
 fn family(m: &str) -> bool {
     ["gemini-", "gemma-", "text-embedding-", "embedding-"]
@@ -88,11 +88,17 @@ pub static COMPAT: Flavor = Flavor {
     goog_key: true,
     default_embed_dim,
     supports_dimensions,
+    bpe: false,
 };
 
 /// The Gemini router.
 pub fn router(latency: Latency) -> Router {
-    let ctx = common::Ctx::new("gemini", latency, Dialect::Google);
+    router_with(&StubOptions::new(latency))
+}
+
+/// The router with faults, limits and a clock.
+pub fn router_with(opts: &StubOptions) -> Router {
+    let ctx = common::Ctx::new("gemini", Dialect::Google, opts);
     let api = compat_routes(&COMPAT, "/v1beta/openai")
         .route(
             "/v1beta/models",
@@ -595,7 +601,14 @@ async fn generate(
             let tokens = tokens::text(&name) + tokens::text(&args.to_string());
             cands.push(Candidate::Call { name, args, tokens });
         } else {
-            cands.push(Candidate::Text(complete(s, forced, max, &stops, &format)));
+            cands.push(Candidate::Text(complete(
+                s,
+                forced,
+                max,
+                &stops,
+                &format,
+                Tokenizer::Approx,
+            )));
         }
     }
     let completion: u64 = cands.iter().map(Candidate::tokens).sum();

@@ -147,6 +147,36 @@ pub fn pieces(seed: u64, n: usize) -> Vec<Cow<'static, str>> {
     out
 }
 
+/// Generates `n` pieces that are each exactly one token in OpenAI's
+/// `o200k_base` and `cl100k_base` encodings, and that stay separate tokens
+/// when joined (every word starts with a space; a sentence ends with a
+/// separate `"."` token). So the joined text encodes to exactly `n` tokens.
+pub fn bpe_pieces(seed: u64, n: usize) -> Vec<Cow<'static, str>> {
+    let mut rng = Rng::new(seed);
+    let mut out: Vec<Cow<'static, str>> = Vec::with_capacity(n);
+    let mut sentence_len = 0u64;
+    let mut target = rng.range(6, 14);
+    for i in 0..n {
+        let r = rng.next_u64();
+        let piece: &'static str = if sentence_len == 0 {
+            STARTS[(r % STARTS.len() as u64) as usize]
+        } else if sentence_len >= target || i + 1 == n {
+            sentence_len = 0;
+            target = rng.range(6, 14);
+            out.push(Cow::Borrowed("."));
+            continue;
+        } else {
+            WORDS[(r % WORDS.len() as u64) as usize]
+        };
+        sentence_len += 1;
+        out.push(Cow::Borrowed(piece));
+    }
+    if let Some(Cow::Borrowed(s)) = out.first().cloned() {
+        out[0] = Cow::Borrowed(&s[1..]);
+    }
+    out
+}
+
 /// Joins pieces into one string.
 pub fn join(pieces: &[Cow<'static, str>]) -> String {
     let mut s = String::with_capacity(pieces.len() * 4);

@@ -4,6 +4,7 @@
 //! run all three on their own listeners. See `stubs/README.md`.
 
 mod common;
+pub mod control;
 pub mod gemini;
 mod gen;
 pub mod openai;
@@ -12,6 +13,10 @@ pub mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use common::Throttle;
+pub use control::{Clock, FaultPlan, Hang, ManualClock, RateLimits, SystemClock};
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -27,13 +32,37 @@ pub enum Latency {
     Off,
 }
 
-/// Where to serve the three stubs.
+/// One value per provider stub.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PerProvider<T> {
+    pub openai: T,
+    pub gemini: T,
+    pub qwen: T,
+}
+
+impl<T: Clone> PerProvider<T> {
+    /// The same value for every stub.
+    pub fn all(v: T) -> Self {
+        PerProvider {
+            openai: v.clone(),
+            gemini: v.clone(),
+            qwen: v,
+        }
+    }
+}
+
+/// Where to serve the three stubs, and how they behave.
 #[derive(Clone, Debug)]
 pub struct StubsConfig {
     pub openai: SocketAddr,
     pub gemini: SocketAddr,
     pub qwen: SocketAddr,
     pub latency: Latency,
+    /// Injected faults per stub (default: none).
+    pub faults: PerProvider<FaultPlan>,
+    /// Provider-side limits per key, per stub (default: 10,000,000 RPM and
+    /// 1,000,000,000 TPM, above any benchmark).
+    pub limits: PerProvider<RateLimits>,
 }
 
 impl Default for StubsConfig {
@@ -43,7 +72,54 @@ impl Default for StubsConfig {
             gemini: SocketAddr::from(([127, 0, 0, 1], 18002)),
             qwen: SocketAddr::from(([127, 0, 0, 1], 18003)),
             latency: Latency::Realistic,
+            faults: PerProvider::default(),
+            limits: PerProvider::default(),
         }
+    }
+}
+
+/// Behaviour of one stub router.
+#[derive(Clone, Debug)]
+pub struct StubOptions {
+    pub latency: Latency,
+    pub faults: FaultPlan,
+    pub limits: RateLimits,
+    /// Clock of the rate limiter (tests use [`ManualClock`]).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl StubOptions {
+    /// `latency`, no faults, default limits, the system clock.
+    pub fn new(latency: Latency) -> Self {
+        StubOptions {
+            latency,
+            faults: FaultPlan::default(),
+            limits: RateLimits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl Default for StubOptions {
+    fn default() -> Self {
+        StubOptions::new(Latency::Realistic)
+    }
+}
+
+impl StubsConfig {
+    fn options(&self, faults: &FaultPlan, limits: RateLimits) -> StubOptions {
+        StubOptions {
+            faults: faults.clone(),
+            limits,
+            ..StubOptions::new(self.latency)
+        }
+    }
+    fn routers(&self) -> (axum::Router, axum::Router, axum::Router) {
+        (
+            openai::router_with(&self.options(&self.faults.openai, self.limits.openai)),
+            gemini::router_with(&self.options(&self.faults.gemini, self.limits.gemini)),
+            qwen::router_with(&self.options(&self.faults.qwen, self.limits.qwen)),
+        )
     }
 }
 
@@ -85,6 +161,21 @@ pub fn gemini_router(latency: Latency) -> axum::Router {
 /// The Qwen / DashScope stub (`/api/v1/...` and `/compatible-mode/v1/...`).
 pub fn qwen_router(latency: Latency) -> axum::Router {
     qwen::router(latency)
+}
+
+/// The OpenAI stub with faults, limits and a clock.
+pub fn openai_router_with(opts: &StubOptions) -> axum::Router {
+    openai::router_with(opts)
+}
+
+/// The Gemini stub with faults, limits and a clock.
+pub fn gemini_router_with(opts: &StubOptions) -> axum::Router {
+    gemini::router_with(opts)
+}
+
+/// The Qwen stub with faults, limits and a clock.
+pub fn qwen_router_with(opts: &StubOptions) -> axum::Router {
+    qwen::router_with(opts)
 }
 
 async fn bind_one(
@@ -149,13 +240,14 @@ pub async fn bind(
     cfg: StubsConfig,
 ) -> Result<(BoundStubs, impl Future<Output = ()> + Send), StubsError> {
     let (l, bound) = bind_all(&cfg).await?;
-    let latency = cfg.latency;
+    tokens::warm_up();
+    let (ro, rg, rq) = cfg.routers();
     let fut = async move {
         let never = futures::future::pending::<()>;
         let (a, b, c) = tokio::join!(
-            run("openai", l.openai, openai_router(latency), never()),
-            run("gemini", l.gemini, gemini_router(latency), never()),
-            run("qwen", l.qwen, qwen_router(latency), never()),
+            run("openai", l.openai, ro, never()),
+            run("gemini", l.gemini, rg, never()),
+            run("qwen", l.qwen, rq, never()),
         );
         for r in [a, b, c] {
             if let Err(e) = r {
@@ -182,22 +274,13 @@ pub async fn serve(
         shutdown.await;
         let _ = tx.send(true);
     };
-    let latency = cfg.latency;
+    tokens::warm_up();
+    let (ro, rg, rq) = cfg.routers();
     let (_, a, b, c) = tokio::join!(
         trigger,
-        run(
-            "openai",
-            l.openai,
-            openai_router(latency),
-            signal(rx.clone())
-        ),
-        run(
-            "gemini",
-            l.gemini,
-            gemini_router(latency),
-            signal(rx.clone())
-        ),
-        run("qwen", l.qwen, qwen_router(latency), signal(rx)),
+        run("openai", l.openai, ro, signal(rx.clone())),
+        run("gemini", l.gemini, rg, signal(rx.clone())),
+        run("qwen", l.qwen, rq, signal(rx)),
     );
     a?;
     b?;

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::common::{
@@ -18,8 +19,8 @@ use crate::common::{
     Dialect, Finish, Format, Pacer, SharedCtx,
 };
 use crate::gen::{self, mix, Hasher, Rng};
-use crate::tokens;
-use crate::Latency;
+use crate::tokens::Tokenizer;
+use crate::{Latency, StubOptions};
 
 /// A model advertised by a stub's model listing.
 pub struct ModelInfo {
@@ -48,9 +49,20 @@ pub struct Flavor {
     pub default_embed_dim: fn(&str) -> Option<usize>,
     /// Whether the `dimensions` parameter is supported by a model.
     pub supports_dimensions: fn(&str) -> bool,
+    /// Count with the model's real BPE encoding instead of the approximation.
+    pub bpe: bool,
 }
 
 impl Flavor {
+    /// How this surface counts tokens for `model`.
+    pub fn tokenizer(&self, model: &str) -> Tokenizer {
+        if self.bpe {
+            Tokenizer::for_openai_model(model)
+        } else {
+            Tokenizer::Approx
+        }
+    }
+
     pub fn normalise<'a>(&self, model: &'a str) -> &'a str {
         model.strip_prefix("models/").unwrap_or(model)
     }
@@ -146,16 +158,33 @@ pub static OPENAI: Flavor = Flavor {
     goog_key: false,
     default_embed_dim: openai_embed_default,
     supports_dimensions: openai_supports_dimensions,
+    bpe: true,
 };
 
 /// The OpenAI router.
 pub fn router(latency: Latency) -> Router {
-    let ctx = common::Ctx::new("openai", latency, Dialect::OpenAi);
+    router_with(&StubOptions::new(latency))
+}
+
+/// The router with faults, limits and a clock.
+pub fn router_with(opts: &StubOptions) -> Router {
+    let ctx = common::Ctx::new("openai", Dialect::OpenAi, opts);
     let api = compat_routes(&OPENAI, "/v1").route(
         "/v1/completions",
         post(
             |State(ctx): State<SharedCtx>, headers: HeaderMap, body: Bytes| async move {
                 match legacy_completions(&ctx, &headers, &body).await {
+                    Ok(r) => r,
+                    Err(e) => e.render(Dialect::OpenAi),
+                }
+            },
+        ),
+    );
+    let api = api.route(
+        "/v1/responses",
+        post(
+            |State(ctx): State<SharedCtx>, headers: HeaderMap, body: Bytes| async move {
+                match responses(&ctx, &headers, &body).await {
                     Ok(r) => r,
                     Err(e) => e.render(Dialect::OpenAi),
                 }
@@ -175,6 +204,10 @@ pub fn finish_router(api: Router<SharedCtx>, ctx: SharedCtx) -> Router {
             resp.extensions_mut().insert(common::Unmatched);
             resp
         })
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            crate::control::control,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             common::observe,
@@ -518,6 +551,96 @@ fn usage(fl: &Flavor, prompt: u64, completion: u64) -> Value {
     }
 }
 
+#[derive(Serialize)]
+struct ChatOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<ChoiceOut<'a>>,
+    usage: UsageOut,
+    service_tier: &'static str,
+    system_fingerprint: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: usize,
+    message: MessageOut<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallOut<'a>; 1]>,
+    refusal: Option<()>,
+    annotations: [(); 0],
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct PromptDetails {
+    cached_tokens: u64,
+    audio_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct CompletionDetails {
+    reasoning_tokens: u64,
+    audio_tokens: u64,
+    accepted_prediction_tokens: u64,
+    rejected_prediction_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct UsageOut {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+impl UsageOut {
+    /// The same object as [`usage`], typed.
+    fn new(fl: &Flavor, prompt: u64, completion: u64) -> Self {
+        UsageOut {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: fl.rich_usage.then_some(PromptDetails {
+                cached_tokens: 0,
+                audio_tokens: 0,
+            }),
+            completion_tokens_details: fl.rich_usage.then_some(CompletionDetails {
+                reasoning_tokens: 0,
+                audio_tokens: 0,
+                accepted_prediction_tokens: 0,
+                rejected_prediction_tokens: 0,
+            }),
+        }
+    }
+}
+
 fn completion_id(fl: &Flavor, prefix: &str) -> String {
     if fl.uuid_ids {
         format!("{prefix}{}", gen::uuid())
@@ -611,7 +734,8 @@ async fn chat(
     let format = response_format(&o)?;
     let forced = forced_tokens(headers)?;
 
-    let prompt_tokens = tokens::chat(messages, o.get("tools"));
+    let tk = fl.tokenizer(model);
+    let prompt_tokens = tk.chat(messages, o.get("tools"));
     let base_seed = request_seed(&[o.get("messages").unwrap_or(&Value::Null)], seed);
     let last_role = messages
         .last()
@@ -639,7 +763,7 @@ async fn chat(
                 .cloned()
                 .unwrap_or_else(|| json!({"type":"object"}));
             let args = gen::value_from_schema(&schema, &mut rng, 0).to_string();
-            let tokens = tokens::text(&name) + tokens::text(&args);
+            let tokens = tk.text(&name) + tk.text(&args);
             answers.push(Answer::Tool {
                 id: gen::id("call_", 24),
                 name,
@@ -647,7 +771,7 @@ async fn chat(
                 tokens,
             });
         } else {
-            answers.push(Answer::Text(complete(s, forced, max, &stops, &format)));
+            answers.push(Answer::Text(complete(s, forced, max, &stops, &format, tk)));
         }
     }
     let completion_tokens: u64 = answers.iter().map(Answer::tokens).sum();
@@ -656,46 +780,62 @@ async fn chat(
     let id = completion_id(fl, "chatcmpl-");
     let created = gen::now_secs();
     let mut pacer = Pacer::new(ctx.latency, base_seed);
-    let usage = usage(fl, prompt_tokens, completion_tokens);
 
     if !stream {
-        let choices: Vec<Value> = answers
+        // Typed serialization: no intermediate `Value` tree on the hot path.
+        let contents: Vec<Option<String>> = answers
             .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let message = match a {
-                    Answer::Text(c) => json!({
-                        "role": "assistant",
-                        "content": c.text(),
-                        "refusal": null,
-                        "annotations": []
-                    }),
-                    Answer::Tool { id, name, args, .. } => json!({
-                        "role": "assistant",
-                        "content": null,
-                        "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": args}}],
-                        "refusal": null,
-                        "annotations": []
-                    }),
-                };
-                json!({"index": i, "message": message, "logprobs": null, "finish_reason": a.finish()})
+            .map(|a| match a {
+                Answer::Text(c) => Some(c.text()),
+                Answer::Tool { .. } => None,
             })
             .collect();
-        let body = json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            "usage": usage,
-            "service_tier": "default",
-            "system_fingerprint": fingerprint(fl),
-        });
+        let choices: Vec<ChoiceOut<'_>> = answers
+            .iter()
+            .zip(&contents)
+            .enumerate()
+            .map(|(i, (a, text))| {
+                let tool_calls = match a {
+                    Answer::Text(_) => None,
+                    Answer::Tool { id, name, args, .. } => Some([ToolCallOut {
+                        id,
+                        kind: "function",
+                        function: FunctionOut {
+                            name,
+                            arguments: args,
+                        },
+                    }]),
+                };
+                ChoiceOut {
+                    index: i,
+                    message: MessageOut {
+                        role: "assistant",
+                        content: text.as_deref(),
+                        tool_calls,
+                        refusal: None,
+                        annotations: [],
+                    },
+                    logprobs: None,
+                    finish_reason: a.finish(),
+                }
+            })
+            .collect();
+        let body = ChatOut {
+            id: &id,
+            object: "chat.completion",
+            created,
+            model,
+            choices,
+            usage: UsageOut::new(fl, prompt_tokens, completion_tokens),
+            service_tier: "default",
+            system_fingerprint: fl.fingerprint.then_some("fp_stub0001"),
+        };
         common::delay(pacer.unary(completion_tokens / n.max(1))).await;
-        return Ok(json_response(StatusCode::OK, &body));
+        return Ok(common::serialize_response(StatusCode::OK, &body));
     }
 
     // Streaming.
+    let usage = usage(fl, prompt_tokens, completion_tokens);
     let fp = fingerprint(fl);
     let chunk = |choices: Value, with_usage: Option<&Value>| -> Value {
         let mut c = json!({
@@ -778,14 +918,15 @@ async fn legacy_completions(
     auth_headers(fl, headers)?;
     let o = parse_object(body)?;
     let model = check_model(fl, &o)?;
+    let tk = fl.tokenizer(model);
     // prompt: string | [string] | [int] | [[int]]
     let prompts: Vec<(String, u64)> = match o.get("prompt") {
         None | Some(Value::Null) => return Err(ApiError::missing("prompt")),
-        Some(Value::String(s)) => vec![(s.clone(), tokens::text(s))],
+        Some(Value::String(s)) => vec![(s.clone(), tk.text(s))],
         Some(Value::Array(a)) if a.iter().all(Value::is_string) && !a.is_empty() => a
             .iter()
             .filter_map(Value::as_str)
-            .map(|s| (s.to_string(), tokens::text(s)))
+            .map(|s| (s.to_string(), tk.text(s)))
             .collect(),
         Some(Value::Array(a)) if a.iter().all(Value::is_u64) && !a.is_empty() => {
             vec![(Value::Array(a.clone()).to_string(), a.len() as u64)]
@@ -830,7 +971,7 @@ async fn legacy_completions(
             };
             answers.push((
                 p.clone(),
-                complete(s, forced, Some(max), &stops, &Format::Text),
+                complete(s, forced, Some(max), &stops, &Format::Text, tk),
             ));
         }
     }
@@ -924,7 +1065,7 @@ pub fn f32_json(x: f32) -> Value {
 }
 
 /// `(hash, tokens)` of each embedding input.
-fn embedding_inputs(v: Option<&Value>) -> Result<Vec<(u64, u64)>, ApiError> {
+fn embedding_inputs(v: Option<&Value>, tk: Tokenizer) -> Result<Vec<(u64, u64)>, ApiError> {
     let empty = || {
         ApiError::invalid_value(
             "input",
@@ -937,7 +1078,7 @@ fn embedding_inputs(v: Option<&Value>) -> Result<Vec<(u64, u64)>, ApiError> {
             if s.is_empty() {
                 return Err(empty());
             }
-            Ok(vec![(Hasher::default().str(s).finish(), tokens::text(s))])
+            Ok(vec![(Hasher::default().str(s).finish(), tk.text(s))])
         }
         Some(Value::Array(a)) if a.is_empty() => Err(empty()),
         Some(Value::Array(a)) if a.iter().all(Value::is_u64) => Ok(vec![(
@@ -948,7 +1089,7 @@ fn embedding_inputs(v: Option<&Value>) -> Result<Vec<(u64, u64)>, ApiError> {
             .iter()
             .map(|x| match x {
                 Value::String(s) if !s.is_empty() => {
-                    Ok((Hasher::default().str(s).finish(), tokens::text(s)))
+                    Ok((Hasher::default().str(s).finish(), tk.text(s)))
                 }
                 Value::Array(t) if !t.is_empty() && t.iter().all(Value::is_u64) => {
                     Ok((Hasher::default().value(x).finish(), t.len() as u64))
@@ -974,7 +1115,7 @@ fn embeddings(
             "The model `{model}` does not support embeddings."
         )));
     };
-    let inputs = embedding_inputs(o.get("input"))?;
+    let inputs = embedding_inputs(o.get("input"), fl.tokenizer(model))?;
     let dim = match opt_u64(&o, "dimensions")? {
         None => full_dim,
         Some(d) => {
@@ -1037,4 +1178,213 @@ fn embeddings(
             "usage": {"prompt_tokens": total, "total_tokens": total},
         }),
     ))
+}
+
+// ---------------------------------------------------------------------------
+// Responses API
+// ---------------------------------------------------------------------------
+
+/// The `input` (and `instructions`) of a Responses request as chat messages.
+fn responses_messages(o: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+    let mut msgs = Vec::new();
+    match o.get("instructions") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => msgs.push(json!({"role": "developer", "content": s})),
+        Some(v) => return Err(ApiError::invalid_type("instructions", "a string", v)),
+    }
+    match o.get("input") {
+        None | Some(Value::Null) => return Err(ApiError::missing("input")),
+        Some(Value::String(s)) => msgs.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => {
+            for (i, it) in items.iter().enumerate() {
+                let role = it.get("role").and_then(Value::as_str).unwrap_or("user");
+                let content = match it.get("content") {
+                    Some(Value::String(s)) => Value::String(s.clone()),
+                    Some(Value::Array(parts)) => Value::Array(
+                        parts
+                            .iter()
+                            .map(|p| match p.get("text") {
+                                Some(t) => json!({"type": "text", "text": t}),
+                                None => p.clone(),
+                            })
+                            .collect(),
+                    ),
+                    Some(v) => {
+                        return Err(ApiError::invalid_type(
+                            &format!("input[{i}].content"),
+                            "a string or array",
+                            v,
+                        ))
+                    }
+                    None => return Err(ApiError::missing(&format!("input[{i}].content"))),
+                };
+                msgs.push(json!({"role": role, "content": content}));
+            }
+        }
+        Some(v) => return Err(ApiError::invalid_type("input", "a string or array", v)),
+    }
+    Ok(msgs)
+}
+
+async fn responses(
+    ctx: &SharedCtx,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let fl = &OPENAI;
+    auth_headers(fl, headers)?;
+    let o = parse_object(body)?;
+    let model = check_model(fl, &o)?.to_string();
+    let msgs = responses_messages(&o)?;
+    let stream = opt_bool(&o, "stream")?.unwrap_or(false);
+    let max = opt_u64(&o, "max_output_tokens")?;
+    if max == Some(0) {
+        return Err(ApiError::invalid_value(
+            "max_output_tokens",
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got 0 instead.",
+        ));
+    }
+    let seed = opt_i64(&o, "seed")?;
+    let forced = forced_tokens(headers)?;
+    let tk = fl.tokenizer(&model);
+    let input_tokens = tk.chat(&msgs, None);
+    let base_seed = request_seed(&[o.get("input").unwrap_or(&Value::Null)], seed);
+    let c = complete(base_seed, forced, max, &[], &Format::Text, tk);
+    let output_tokens = c.tokens;
+    ctx.metrics.tokens(input_tokens, output_tokens);
+    let text = c.text();
+    let resp_id = gen::id("resp_", 48);
+    let msg_id = gen::id("msg_", 48);
+    let created = gen::now_secs();
+    let incomplete = c.finish == Finish::Length;
+    let usage = json!({
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    });
+    let item = |status: &str, text: Option<&str>| -> Value {
+        let content = match text {
+            Some(t) => {
+                json!([{"type": "output_text", "text": t, "annotations": [], "logprobs": []}])
+            }
+            None => json!([]),
+        };
+        json!({"id": msg_id, "type": "message", "status": status, "role": "assistant", "content": content})
+    };
+    let response = |status: &str, output: Value, usage: Value| -> Value {
+        json!({
+            "id": resp_id,
+            "object": "response",
+            "created_at": created,
+            "status": status,
+            "background": false,
+            "error": null,
+            "incomplete_details": if status == "incomplete" { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+            "instructions": o.get("instructions").cloned().unwrap_or(Value::Null),
+            "max_output_tokens": max,
+            "model": model,
+            "output": output,
+            "parallel_tool_calls": true,
+            "previous_response_id": null,
+            "reasoning": {"effort": null, "summary": null},
+            "service_tier": "default",
+            "store": true,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": usage,
+            "user": null,
+            "metadata": {},
+        })
+    };
+    let final_status = if incomplete {
+        "incomplete"
+    } else {
+        "completed"
+    };
+    let item_status = final_status;
+    let mut pacer = Pacer::new(ctx.latency, base_seed);
+    if !stream {
+        let body = response(final_status, json!([item(item_status, Some(&text))]), usage);
+        common::delay(pacer.unary(output_tokens)).await;
+        return Ok(json_response(StatusCode::OK, &body));
+    }
+    let mut seq = 0u64;
+    let mut ev = |name: &str, mut v: Value| -> Bytes {
+        if let Value::Object(m) = &mut v {
+            m.insert("type".into(), Value::String(name.to_string()));
+            m.insert("sequence_number".into(), Value::from(seq));
+        }
+        seq += 1;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        let _ = serde_json::to_writer(&mut out, &v);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    };
+    let mut events: Vec<(Duration, Bytes)> = Vec::with_capacity(c.pieces.len() + 8);
+    let started = response("in_progress", json!([]), Value::Null);
+    events.push((
+        pacer.ttft(),
+        ev("response.created", json!({"response": started})),
+    ));
+    events.push((
+        Duration::ZERO,
+        ev("response.in_progress", json!({"response": started})),
+    ));
+    events.push((
+        Duration::ZERO,
+        ev(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": item("in_progress", None)}),
+        ),
+    ));
+    events.push((
+        Duration::ZERO,
+        ev(
+            "response.content_part.added",
+            json!({"item_id": msg_id, "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+        ),
+    ));
+    for p in &c.pieces {
+        events.push((
+            pacer.inter(),
+            ev("response.output_text.delta", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "delta": p, "logprobs": []})),
+        ));
+    }
+    events.push((
+        Duration::ZERO,
+        ev("response.output_text.done", json!({"item_id": msg_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []})),
+    ));
+    events.push((
+        Duration::ZERO,
+        ev(
+            "response.content_part.done",
+            json!({"item_id": msg_id, "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}),
+        ),
+    ));
+    events.push((
+        Duration::ZERO,
+        ev(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": item(item_status, Some(&text))}),
+        ),
+    ));
+    let done = response(final_status, json!([item(item_status, Some(&text))]), usage);
+    let done_name = if incomplete {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    events.push((Duration::ZERO, ev(done_name, json!({"response": done}))));
+    Ok(stream_response("text/event-stream; charset=utf-8", events))
 }

@@ -17,8 +17,8 @@ use crate::common::{
 };
 use crate::gen::{self, mix, Hasher, Rng};
 use crate::openai::{compat_routes, f32_json, finish_router, Flavor, ModelInfo};
-use crate::tokens;
-use crate::Latency;
+use crate::tokens::{self, Tokenizer};
+use crate::{Latency, StubOptions};
 
 fn family(m: &str) -> bool {
     m.starts_with("qwen") || m.starts_with("text-embedding-v")
@@ -72,6 +72,7 @@ pub static COMPAT: Flavor = Flavor {
     goog_key: false,
     default_embed_dim,
     supports_dimensions,
+    bpe: false,
 };
 
 /// Dimensions accepted by `text-embedding-v3`-style models.
@@ -79,7 +80,12 @@ const V3_DIMS: [u64; 6] = [1024, 768, 512, 256, 128, 64];
 
 /// The Qwen / DashScope router.
 pub fn router(latency: Latency) -> Router {
-    let ctx = common::Ctx::new("qwen", latency, Dialect::DashScope);
+    router_with(&StubOptions::new(latency))
+}
+
+/// The router with faults, limits and a clock.
+pub fn router_with(opts: &StubOptions) -> Router {
+    let ctx = common::Ctx::new("qwen", Dialect::DashScope, opts);
     let api = compat_routes(&COMPAT, "/compatible-mode/v1")
         .route(
             "/api/v1/services/aigc/text-generation/generation",
@@ -354,7 +360,14 @@ async fn generation(
                 tokens,
             });
         } else {
-            answers.push(Answer::Text(complete(s, forced, max, &stops, &format)));
+            answers.push(Answer::Text(complete(
+                s,
+                forced,
+                max,
+                &stops,
+                &format,
+                Tokenizer::Approx,
+            )));
         }
     }
     let completion: u64 = answers.iter().map(Answer::tokens).sum();

@@ -15,6 +15,7 @@ async fn start() -> (BoundStubs, Client) {
         gemini: any,
         qwen: any,
         latency: Latency::Off,
+        ..StubsConfig::default()
     };
     let (bound, fut) = bind(cfg).await.unwrap();
     tokio::spawn(fut);
@@ -68,6 +69,9 @@ fn assert_openai_error(v: &Value, code: Option<&str>) {
 }
 
 mod openai {
+    use leaky_stubs::tokens::Tokenizer;
+    const O200K: Tokenizer = Tokenizer::O200k;
+    const CL100K: Tokenizer = Tokenizer::Cl100k;
     use super::*;
 
     fn url(b: &BoundStubs, p: &str) -> String {
@@ -112,11 +116,11 @@ mod openai {
         assert_eq!(choice["finish_reason"], "stop");
         let content = choice["message"]["content"].as_str().unwrap();
         let u = &v["usage"];
-        let prompt = tokens::chat(messages.as_array().unwrap(), None);
+        let prompt = O200K.chat(messages.as_array().unwrap(), None);
         assert_eq!(u["prompt_tokens"], prompt);
         let completion = u["completion_tokens"].as_u64().unwrap();
         assert!((20..=60).contains(&completion), "{completion}");
-        assert_eq!(tokens::text(content), completion);
+        assert_eq!(O200K.text(content), completion);
         assert_eq!(u["total_tokens"].as_u64().unwrap(), prompt + completion);
         assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 0);
         assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 0);
@@ -145,7 +149,7 @@ mod openai {
         assert_eq!(v["usage"]["completion_tokens"], 7);
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(
-            tokens::text(v["choices"][0]["message"]["content"].as_str().unwrap()),
+            O200K.text(v["choices"][0]["message"]["content"].as_str().unwrap()),
             7
         );
 
@@ -225,11 +229,11 @@ mod openai {
         let u = &usage_chunk["usage"];
         assert_eq!(
             u["completion_tokens"].as_u64().unwrap(),
-            tokens::text(&content)
+            O200K.text(&content)
         );
         assert_eq!(
             u["prompt_tokens"],
-            tokens::chat(body["messages"].as_array().unwrap(), None)
+            O200K.chat(body["messages"].as_array().unwrap(), None)
         );
         // content deltas are one token each
         assert_eq!(
@@ -284,7 +288,7 @@ mod openai {
         assert!(args["city"].is_string() && args["days"].is_u64());
         assert_eq!(
             v["usage"]["prompt_tokens"],
-            tokens::chat(msgs.as_array().unwrap(), Some(&tools))
+            O200K.chat(msgs.as_array().unwrap(), Some(&tools))
         );
 
         let (_, _, v) = chat(
@@ -300,7 +304,7 @@ mod openai {
         let content = v["choices"][0]["message"]["content"].as_str().unwrap();
         assert!(serde_json::from_str::<Value>(content).unwrap().is_object());
         assert_eq!(
-            tokens::text(content),
+            O200K.text(content),
             v["usage"]["completion_tokens"].as_u64().unwrap()
         );
 
@@ -321,7 +325,7 @@ mod openai {
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(
             v["usage"]["completion_tokens"].as_u64().unwrap(),
-            tokens::text(got)
+            O200K.text(got)
         );
     }
 
@@ -348,7 +352,7 @@ mod openai {
             assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), dim);
             assert_eq!(
                 v["usage"]["prompt_tokens"],
-                tokens::text("hello world") + tokens::text("second")
+                CL100K.text("hello world") + CL100K.text("second")
             );
         }
         let v = post(json!({"model": "text-embedding-3-small", "input": "abc", "dimensions": 256}))
@@ -512,7 +516,7 @@ mod openai {
         assert_eq!(v["usage"]["completion_tokens"], 16);
         assert_eq!(
             v["usage"]["prompt_tokens"],
-            tokens::text("Say this is a test")
+            CL100K.text("Say this is a test")
         );
 
         let text = c
@@ -1254,6 +1258,7 @@ mod lifecycle {
             gemini: taken.local_addr().unwrap(),
             qwen: any,
             latency: Latency::Off,
+            ..StubsConfig::default()
         };
         let err = leaky_stubs::serve(cfg, async {}).await.unwrap_err();
         assert!(
@@ -1272,6 +1277,7 @@ mod lifecycle {
             gemini: any,
             qwen: any,
             latency: Latency::Off,
+            ..StubsConfig::default()
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(leaky_stubs::serve(cfg, async move {
@@ -1288,6 +1294,15 @@ mod lifecycle {
         assert_eq!(d.gemini.to_string(), "127.0.0.1:18002");
         assert_eq!(d.qwen.to_string(), "127.0.0.1:18003");
         assert_eq!(d.latency, Latency::Realistic);
+        assert!(
+            d.faults.openai.is_empty() && d.faults.gemini.is_empty() && d.faults.qwen.is_empty()
+        );
+        assert_eq!(
+            d.limits,
+            leaky_stubs::PerProvider::all(leaky_stubs::RateLimits::default())
+        );
+        assert_eq!(d.limits.openai.requests_per_minute, 10_000_000);
+        assert_eq!(d.limits.openai.tokens_per_minute, 1_000_000_000);
     }
 
     #[tokio::test]

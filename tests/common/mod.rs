@@ -42,6 +42,7 @@ impl Upstreams {
             gemini: "127.0.0.1:0".parse().unwrap(),
             qwen: "127.0.0.1:0".parse().unwrap(),
             latency: leaky_stubs::Latency::Off,
+            ..Default::default()
         };
         let (stubs, serve) = leaky_stubs::bind(cfg).await.unwrap();
         tokio::spawn(serve);
