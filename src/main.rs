@@ -10,6 +10,11 @@ use std::process::ExitCode;
 
 mod pingora_shim;
 
+/// glibc's allocator showed up as ~17% of the proxy's CPU under load (malloc, free, consolidation);
+/// mimalloc's thread-local free lists are cheaper for the many small per-request allocations.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "leaky-tokens",

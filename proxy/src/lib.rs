@@ -9,6 +9,7 @@
 mod access_log;
 pub mod admin;
 pub mod metrics;
+mod pool;
 pub mod reload;
 mod request;
 pub mod server;

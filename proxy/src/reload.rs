@@ -6,6 +6,7 @@
 //! started with.
 
 use crate::metrics::metrics;
+use crate::pool::Pools;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
 use leaky_config::Config;
@@ -32,6 +33,8 @@ pub struct ConfigState {
     next_version: AtomicU64,
     /// Written only by reloads and read only by the admin endpoint: never on the request path.
     status: Mutex<ReloadStatus>,
+    /// Idle upstream connections, kept across versions.
+    pools: Pools,
 }
 
 fn now() -> String {
@@ -45,7 +48,8 @@ impl ConfigState {
     pub fn load(path: &Path, apply: impl Fn(&mut Config)) -> Result<Arc<Self>, String> {
         let mut config = leaky_config::load(path).map_err(|e| e.to_string())?;
         apply(&mut config);
-        let snapshot = Snapshot::build(Arc::new(config), 1)?;
+        let pools = Pools::default();
+        let snapshot = Snapshot::build(Arc::new(config), 1, &pools)?;
         if let Some(m) = metrics() {
             m.config_version.set(1);
             m.config_last_reload_success.set(1);
@@ -61,6 +65,7 @@ impl ConfigState {
                 last_result: "success",
                 ..Default::default()
             }),
+            pools,
         }))
     }
 
@@ -94,7 +99,7 @@ impl ConfigState {
                 c.server.admin_listen = old.config.server.admin_listen;
                 c.server.threads = old.config.server.threads;
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                Snapshot::build(Arc::new(c), version)
+                Snapshot::build(Arc::new(c), version, &self.pools)
                     .map(|s| (s, pending))
                     .map_err(|e| vec![e])
             });

@@ -242,7 +242,7 @@ impl Gateway {
         ctx.upstream_seconds = Some(upstream_seconds);
         up.metrics.observe_upstream(upstream_seconds);
         self.relay(session, ctx, route, &mut resp).await?;
-        upstream::release(&self.transport, &up, resp.session).await;
+        upstream::release(&up, resp.session).await;
         Ok(())
     }
 

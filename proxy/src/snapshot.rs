@@ -3,6 +3,7 @@
 //! the `ArcSwap` in `reload.rs` and never lock.
 
 use crate::metrics::RequestMetrics;
+use crate::pool::{IdlePool, Pools};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use leaky_config::{
@@ -22,7 +23,8 @@ pub struct Upstream {
     pub host: HeaderValue,
     /// The gateway's credential for this provider, as the header it travels in.
     pub auth: Option<(HeaderName, HeaderValue)>,
-    pub idle_timeout: std::time::Duration,
+    /// Idle connections to this peer (shared with every snapshot that uses the same peer).
+    pub pool: Arc<IdlePool>,
     pub metrics: RequestMetrics,
 }
 
@@ -83,7 +85,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compiles `config` as version `version`. Fails on what validation cannot see: unresolvable
     /// upstream hosts, unreadable JWKS files.
-    pub fn build(config: Arc<Config>, version: u64) -> Result<Snapshot, String> {
+    pub fn build(config: Arc<Config>, version: u64, pools: &Pools) -> Result<Snapshot, String> {
         let keys = Arc::new(KeyIndex::new(&config.keys));
         let cx = BuildContext {
             keys,
@@ -92,7 +94,7 @@ impl Snapshot {
         };
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let up = |t: &Target| upstream(&config, &r.name, t).map(Arc::new);
+            let up = |t: &Target| upstream(&config, &r.name, t, pools).map(Arc::new);
             let (target, models_list) = match &r.upstream {
                 RouteUpstream::Fixed(t) => (RouteTarget::Fixed(up(t)?), None),
                 RouteUpstream::ByModel(list) => {
@@ -144,7 +146,7 @@ impl Snapshot {
     }
 }
 
-fn upstream(config: &Config, route: &str, t: &Target) -> Result<Upstream, String> {
+fn upstream(config: &Config, route: &str, t: &Target, pools: &Pools) -> Result<Upstream, String> {
     let p = config
         .providers
         .get(&t.provider)
@@ -174,13 +176,17 @@ fn upstream(config: &Config, route: &str, t: &Target) -> Result<Upstream, String
                 .map_err(|e| format!("provider `{}`: credential: {e}", p.name))?,
         )),
     };
+    let pool = pools.get(
+        pingora::upstreams::peer::Peer::reuse_hash(&peer),
+        p.idle_timeout,
+    );
     Ok(Upstream {
         provider: p.name.as_str().into(),
         path_prefix: t.path_prefix.clone(),
         peer,
         host,
         auth,
-        idle_timeout: p.idle_timeout,
+        pool,
         metrics: RequestMetrics::new(route, &p.name),
     })
 }

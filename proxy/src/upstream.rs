@@ -33,7 +33,7 @@ pub async fn send(
     req: &RequestHeader,
     body: &Bytes,
 ) -> Result<Response, Rejection> {
-    if let Some(stream) = transport.reused_stream(&up.peer).await {
+    if let Some(stream) = up.pool.take(std::time::Instant::now()) {
         match exchange(stream, up, req, body).await {
             Ok(session) => return Ok(Response { session }),
             Err(e) if is_stale(&e) => {
@@ -140,13 +140,9 @@ fn to_rejection(provider: &str, e: &pingora::Error) -> Rejection {
 }
 
 /// Returns a finished response's connection to the pool when it can be reused.
-pub async fn release(transport: &TransportConnector, up: &Upstream, mut session: HttpSession) {
+pub async fn release(up: &Upstream, mut session: HttpSession) {
     session.respect_keepalive();
     if let Some(stream) = session.reuse().await {
-        transport.release_stream(
-            stream,
-            pingora::upstreams::peer::Peer::reuse_hash(&up.peer),
-            Some(up.idle_timeout),
-        );
+        up.pool.put(stream, std::time::Instant::now());
     }
 }
