@@ -54,19 +54,21 @@ async fn a_broken_edit_keeps_the_old_config_serving_and_is_reported() {
     // Unclosed flow sequence on line 3.
     let broken = good.replacen("  threads: 2\n", "  threads: [2\n", 1);
     gw.write_config(&broken);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while gw
-        .metric("leaky_config_reloads_total{result=\"error\"}")
-        .await
-        < 1.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failed reload counted; log:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let errors = |n: f64| {
+        let gw = &gw;
+        move || async move {
+            gw.metric("leaky_config_reloads_total{result=\"error\"}")
+                .await
+                >= n
+        }
+    };
+    eventually(
+        "a failed reload is counted",
+        Duration::from_secs(5),
+        Some(&gw),
+        errors(1.0),
+    )
+    .await;
     assert_eq!(gw.config_version().await, 1);
     assert_eq!(gw.metric("leaky_config_last_reload_successful").await, 0.0);
     assert_eq!(
@@ -101,18 +103,13 @@ async fn a_broken_edit_keeps_the_old_config_serving_and_is_reported() {
     // A semantic error is reported with the position of the offending value.
     let semantic = good.replace("tier: free, models", "tier: platinum, models");
     gw.write_config(&semantic);
-    while gw
-        .metric("leaky_config_reloads_total{result=\"error\"}")
-        .await
-        < 2.0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no second failed reload; log:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "a second failed reload is counted",
+        Duration::from_secs(5),
+        Some(&gw),
+        errors(2.0),
+    )
+    .await;
     let admin: Value = gw
         .client
         .get(gw.admin_url("/admin/config"))
@@ -219,14 +216,13 @@ async fn in_flight_requests_finish_on_the_snapshot_they_started_with() {
             .await
     });
     // Wait until the request is parked at the upstream (the gate's receiver has been taken).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !up.capture.gate_taken().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "the request reaches the upstream",
+        Duration::from_secs(5),
+        None,
+        || up.capture.gate_taken(),
+    )
+    .await;
     // The new config removes the route the request is on.
     let without_capture = up.config("").replace(
         "  - name: capture\n    prefix: /capture\n",

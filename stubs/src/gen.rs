@@ -122,29 +122,7 @@ const STARTS: [&str; 16] = [
 
 /// Generates `n` text pieces (one token each) from `seed`.
 pub fn pieces(seed: u64, n: usize) -> Vec<Cow<'static, str>> {
-    let mut rng = Rng::new(seed);
-    let mut out: Vec<Cow<'static, str>> = Vec::with_capacity(n);
-    let mut sentence_len = 0u64;
-    let mut target = rng.range(6, 14);
-    for i in 0..n {
-        let r = rng.next_u64();
-        let piece: &'static str = if sentence_len == 0 {
-            STARTS[(r % STARTS.len() as u64) as usize]
-        } else if sentence_len >= target || i + 1 == n {
-            sentence_len = 0;
-            target = rng.range(6, 14);
-            out.push(Cow::Borrowed(ENDINGS[(r % ENDINGS.len() as u64) as usize]));
-            continue;
-        } else {
-            WORDS[(r % WORDS.len() as u64) as usize]
-        };
-        sentence_len += 1;
-        out.push(Cow::Borrowed(piece));
-    }
-    if let Some(Cow::Borrowed(s)) = out.first().cloned() {
-        out[0] = Cow::Borrowed(&s[1..]);
-    }
-    out
+    sentences(seed, n, |r| ENDINGS[(r % ENDINGS.len() as u64) as usize])
 }
 
 /// Generates `n` pieces that are each exactly one token in OpenAI's
@@ -152,6 +130,11 @@ pub fn pieces(seed: u64, n: usize) -> Vec<Cow<'static, str>> {
 /// when joined (every word starts with a space; a sentence ends with a
 /// separate `"."` token). So the joined text encodes to exactly `n` tokens.
 pub fn bpe_pieces(seed: u64, n: usize) -> Vec<Cow<'static, str>> {
+    sentences(seed, n, |_| ".")
+}
+
+/// Sentences of 6–13 words drawn from `seed`, each closed by `ending(random)`, as `n` pieces.
+fn sentences(seed: u64, n: usize, ending: impl Fn(u64) -> &'static str) -> Vec<Cow<'static, str>> {
     let mut rng = Rng::new(seed);
     let mut out: Vec<Cow<'static, str>> = Vec::with_capacity(n);
     let mut sentence_len = 0u64;
@@ -163,7 +146,7 @@ pub fn bpe_pieces(seed: u64, n: usize) -> Vec<Cow<'static, str>> {
         } else if sentence_len >= target || i + 1 == n {
             sentence_len = 0;
             target = rng.range(6, 14);
-            out.push(Cow::Borrowed("."));
+            out.push(Cow::Borrowed(ending(r)));
             continue;
         } else {
             WORDS[(r % WORDS.len() as u64) as usize]

@@ -177,22 +177,19 @@ impl Gateway {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
         let ready = format!("http://{}/readyz", self.admin);
-        loop {
+        let up = || async {
             let admin_up =
                 matches!(self.client.get(&ready).send().await, Ok(r) if r.status() == 200);
-            let proxy_up = tokio::net::TcpStream::connect(self.proxy).await.is_ok();
-            if admin_up && proxy_up {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not become ready; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            admin_up && tokio::net::TcpStream::connect(self.proxy).await.is_ok()
+        };
+        eventually(
+            "the gateway becomes ready",
+            Duration::from_secs(20),
+            Some(self),
+            up,
+        )
+        .await;
     }
 
     pub fn log(&self) -> String {
@@ -276,6 +273,24 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it holds; panics with `what` (and the gateway log, if given) after `within`.
+/// The tests wait on conditions this way, never on fixed sleeps.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, log: Option<&Gateway>, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (not within {within:?}); log:\n{}",
+            log.map(Gateway::log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
