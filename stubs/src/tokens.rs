@@ -302,6 +302,20 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn contract_test_message_costs_fourteen_prompt_tokens() {
+        // The message of stubs/contract/test_openai_sdk.py (MSGS): the SDK test asserts that the usage
+        // it parses equals this count. OpenAI's own formula gives the same: 3 per message + 1 for the
+        // role + 7 content tokens (o200k) + 3 priming the reply.
+        let msgs =
+            [serde_json::json!({"role": "user", "content": "Tell me something about foxes."})];
+        assert_eq!(Tokenizer::O200k.text("Tell me something about foxes."), 7);
+        assert_eq!(
+            Tokenizer::for_openai_model("gpt-4o-mini").chat(&msgs, None),
+            14
+        );
+    }
+
+    #[test]
     fn bpe_counts_match_known_values() {
         // Reference counts from OpenAI's tiktoken.
         assert_eq!(Tokenizer::O200k.text("hello world"), 2);
