@@ -77,15 +77,7 @@ async fn a_broken_edit_keeps_the_old_config_serving_and_is_reported() {
         "old config must keep serving"
     );
 
-    let admin: Value = gw
-        .client
-        .get(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = gw.admin_json("/admin/config").await;
     assert_eq!(admin["reload"]["last_result"], "error");
     let err = admin["reload"]["last_errors"][0].as_str().unwrap();
     let file = gw.config_path.display().to_string();
@@ -110,15 +102,7 @@ async fn a_broken_edit_keeps_the_old_config_serving_and_is_reported() {
         errors(2.0),
     )
     .await;
-    let admin: Value = gw
-        .client
-        .get(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = gw.admin_json("/admin/config").await;
     let err = admin["reload"]["last_errors"][0].as_str().unwrap();
     let line = semantic
         .lines()
@@ -141,15 +125,7 @@ async fn a_broken_edit_keeps_the_old_config_serving_and_is_reported() {
     let (v, _) = gw.wait_version_change(1, Duration::from_secs(5)).await;
     assert_eq!(v, 2);
     assert_eq!(status_with(&gw, NEW_KEY).await, 200);
-    let admin: Value = gw
-        .client
-        .get(gw.admin_url("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = gw.admin_json("/admin/config").await;
     assert_eq!(admin["reload"]["last_result"], "success");
     assert_eq!(admin["reload"]["last_errors"], json!([]));
 }

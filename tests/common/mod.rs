@@ -215,17 +215,16 @@ impl Gateway {
             .unwrap()
     }
 
+    /// An admin endpoint's JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = self.client.get(self.admin_url(path)).send().await.unwrap();
+        r.json().await.unwrap()
+    }
+
     pub async fn config_version(&self) -> u64 {
-        let v: serde_json::Value = self
-            .client
-            .get(self.admin_url("/admin/config"))
-            .send()
-            .await
+        self.admin_json("/admin/config").await["version"]
+            .as_u64()
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["version"].as_u64().unwrap()
     }
 
     /// Polls `/admin/config` until the version differs from `from`; returns the new version and the
