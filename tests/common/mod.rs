@@ -21,13 +21,25 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(b))
 }
 
-/// A free loopback port. The listener is dropped before the gateway binds it, so another process could
-/// take it in between; tests pick ports this way because Pingora cannot report the port it bound for 0.
+/// A free loopback port for the gateway, which must be given a port (Pingora cannot report the port
+/// it bound for 0).
+///
+/// Ports come from a per-process counter *below* the kernel's ephemeral range (32768+), where every
+/// in-process server of the tests binds `:0`; a port taken from `:0` and released could be handed to
+/// one of those servers before the gateway binds it. Each candidate is test-bound first, which skips
+/// ports other processes hold; the process id spreads concurrent test binaries apart.
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 60) * 200;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // 20000..32000: below the ephemeral range whatever the offset.
+        let port = u16::try_from(20_000 + (offset + n) % 12_000).unwrap();
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 pub struct Upstreams {
@@ -190,6 +202,14 @@ impl Gateway {
             up,
         )
         .await;
+        // Ready must mean *this* gateway: a process that failed to bind has exited.
+        assert!(self.running(), "the gateway exited; log:\n{}", self.log());
+    }
+
+    fn running(&self) -> bool {
+        // `try_wait` needs `&mut`; /proc tells whether the child is alive (and not a zombie).
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .is_ok_and(|stat| stat.split_whitespace().nth(2) != Some("Z"))
     }
 
     pub fn log(&self) -> String {
