@@ -505,21 +505,39 @@ async fn metrics_count_requests_by_route_provider_and_class() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        gw.metric("leaky_requests_total{provider=\"openai\",route=\"v1\",status_class=\"2xx\"}")
-            .await,
-        3.0
-    );
-    assert_eq!(
-        gw.metric("leaky_requests_total{provider=\"none\",route=\"v1\",status_class=\"4xx\"}")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        gw.metric("leaky_rejections_total{reason=\"unauthenticated\",route=\"v1\"}")
-            .await,
-        1.0
-    );
+    // Metrics are recorded when a request completes (Pingora's logging phase), just after the
+    // response is written: wait for the counts rather than read them the instant the client returns.
+    let expected = [
+        (
+            "leaky_requests_total{provider=\"openai\",route=\"v1\",status_class=\"2xx\"}",
+            3.0,
+        ),
+        (
+            "leaky_requests_total{provider=\"none\",route=\"v1\",status_class=\"4xx\"}",
+            1.0,
+        ),
+        (
+            "leaky_rejections_total{reason=\"unauthenticated\",route=\"v1\"}",
+            1.0,
+        ),
+    ];
+    let all_counted = || async {
+        let mut ok = true;
+        for (sample, n) in expected {
+            ok &= gw.metric(sample).await >= n;
+        }
+        ok
+    };
+    eventually(
+        "every request is counted",
+        std::time::Duration::from_secs(5),
+        Some(&gw),
+        all_counted,
+    )
+    .await;
+    for (sample, n) in expected {
+        assert_eq!(gw.metric(sample).await, n, "{sample}");
+    }
     let text = gw.admin_text("/metrics").await;
     assert!(
         text.contains("leaky_request_duration_seconds_bucket"),

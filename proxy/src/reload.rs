@@ -110,16 +110,18 @@ impl ConfigState {
             Ok((snapshot, pending)) => {
                 let version = snapshot.version;
                 let hash = snapshot.config.hash.clone();
-                self.current.store(Arc::new(snapshot));
-                status.loaded_at = status.last_attempt_at.clone();
-                status.last_result = "success";
-                status.last_errors.clear();
-                status.pending_restart = pending;
+                // Count and record first, publish last: whoever sees the new version (on /admin/config
+                // or in a response) also sees it in /metrics and the reload status.
                 if let Some(m) = m {
                     m.reloads.with_label_values(&["success"]).inc();
                     m.config_version.set(version as i64);
                     m.config_last_reload_success.set(1);
                 }
+                status.loaded_at = status.last_attempt_at.clone();
+                status.last_result = "success";
+                status.last_errors.clear();
+                status.pending_restart = pending;
+                self.current.store(Arc::new(snapshot));
                 tracing::info!(version, hash = %hash, "config reloaded");
                 Ok(version)
             }
