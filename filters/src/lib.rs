@@ -17,6 +17,7 @@ mod api_key;
 mod chain;
 mod jwt;
 mod key_index;
+pub mod limit;
 mod principal;
 mod reject;
 mod request_id;
