@@ -1,0 +1,289 @@
+//! `RedisStore`: bucket state in Redis, shared by every replica of the proxy.
+//!
+//! One `take` is one atomic Lua call (`EVALSHA`, falling back to `EVAL` on `NOSCRIPT`) over all the
+//! request's buckets: it checks every charge and commits all of them only if all admit, else
+//! reports the first refusal. One `adjust` is one Lua call for the whole batch. The scripts
+//! (`redis_common.lua` + `redis_take.lua` / `redis_adjust.lua`) mirror `algo.rs` in floating point
+//! microseconds (Lua numbers are doubles; µs since the epoch fit in 2^53), with a small tolerance
+//! so float rounding never refuses what the exact integer rules admit.
+//!
+//! Keys are `{key_prefix}:{{{hash_tag}}}:{charge.key}`; window counters get `:w{start_secs}`
+//! appended (the window's start, computed in Rust by `calendar::bounds` from the caller's clock),
+//! so a new window is a new key and the Lua only keeps `used`. **Every limiter key shares one hash
+//! tag**, so a single script may touch any buckets of a request on Redis Cluster too. The trade-off:
+//! all limiter keys live in one slot, hence on one shard (one primary's CPU and memory bound the
+//! limiter; shard the limiter across several tags or deployments if that ever becomes the limit).
+//!
+//! Clocks: with [`RedisClock::Server`] the script reads `TIME`, so every replica shares the server's
+//! clock (Redis ≥ 7 replicates script effects, so `TIME` in a script is safe); with
+//! [`RedisClock::Caller`] the caller's `now` is used (tests with a controlled clock).
+//!
+//! TTLs: a leaky bucket expires when it is idle again (its `tat` passed) plus a margin; a token
+//! bucket when it would be full again; a window counter at the window's end plus 60 s; a
+//! concurrency counter 10 minutes after its last take or adjust (so a crashed proxy's slots expire).
+//! An idle bucket is deleted rather than written.
+
+use super::algo::{Admit, Algorithm, Deny, Nanos, Status};
+use super::calendar;
+use super::guard::limit_of;
+use super::store::{Adjust, Charge, Store, StoreError, Taken};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+const COMMON_LUA: &str = include_str!("redis_common.lua");
+const TAKE_LUA: &str = include_str!("redis_take.lua");
+const ADJUST_LUA: &str = include_str!("redis_adjust.lua");
+
+/// Whose clock the scripts use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisClock {
+    /// Redis `TIME`: one clock for every replica.
+    #[default]
+    Server,
+    /// The `now` passed to `take`/`adjust` (tests).
+    Caller,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    pub key_prefix: String,
+    /// Hash tag shared by every limiter key (Cluster: one slot, so one script sees all buckets).
+    pub hash_tag: String,
+    pub clock: RedisClock,
+    /// Bound on each (re)connection attempt.
+    pub connect_timeout: Duration,
+    /// Bound on each command; `Guarded` adds its own, tighter one.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            key_prefix: "lt".to_string(),
+            hash_tag: "lt".to_string(),
+            clock: RedisClock::Server,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    take: redis::Script,
+    adjust: redis::Script,
+    /// `{key_prefix}:{{{hash_tag}}}:`
+    prefix: String,
+    clock: RedisClock,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects (multiplexed, reconnecting in the background after failures) and loads nothing
+    /// yet: scripts are sent on first use (`NOSCRIPT` → `EVAL`).
+    pub async fn connect(url: &str, opts: RedisOptions) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(map_err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(opts.connect_timeout)
+            .set_response_timeout(opts.response_timeout)
+            // Reconnect quickly after an outage: a few attempts, at most a second apart; the next
+            // command after they all failed starts another round.
+            .set_number_of_retries(3)
+            .set_factor(50)
+            .set_max_delay(1000);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(map_err)?;
+        Ok(Self {
+            conn,
+            take: redis::Script::new(&format!("{COMMON_LUA}\n{TAKE_LUA}")),
+            adjust: redis::Script::new(&format!("{COMMON_LUA}\n{ADJUST_LUA}")),
+            prefix: format!("{}:{{{}}}:", opts.key_prefix, opts.hash_tag),
+            clock: opts.clock,
+        })
+    }
+
+    /// The Redis key of a bucket at `now` (windows are keyed by their start).
+    pub fn key_for(&self, key: &str, algo: &Algorithm, now: Nanos) -> String {
+        match algo {
+            Algorithm::Window { window, tz, .. } => {
+                let (start, _) = calendar::bounds(*window, *tz, now);
+                format!("{}{}:w{}", self.prefix, key, start / 1_000_000_000)
+            }
+            _ => format!("{}{}", self.prefix, key),
+        }
+    }
+
+    fn now_arg(&self, now: Nanos) -> i64 {
+        match self.clock {
+            RedisClock::Server => -1,
+            RedisClock::Caller => i64::try_from(now / 1000).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Pushes one bucket's key and its 7 script fields.
+    fn push_bucket(
+        &self,
+        inv: &mut redis::ScriptInvocation<'_>,
+        key: &str,
+        algo: &Algorithm,
+        now: Nanos,
+        amount: i64,
+        reserve: u32,
+    ) {
+        inv.key(self.key_for(key, algo, now));
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let (kind, p1, p2, p3, p4): (u8, f64, f64, f64, f64) = match algo {
+            Algorithm::Leaky {
+                rate,
+                period_ns,
+                burst,
+                shape_max_wait_ns,
+            } => (
+                1,
+                *rate as f64,
+                us(*period_ns),
+                *burst as f64,
+                shape_max_wait_ns.map_or(-1.0, us),
+            ),
+            Algorithm::Token {
+                capacity,
+                rate,
+                period_ns,
+            } => (2, *capacity as f64, *rate as f64, us(*period_ns), 0.0),
+            Algorithm::Window {
+                limit,
+                window,
+                tz,
+                soft,
+            } => {
+                let (_, end) = calendar::bounds(*window, *tz, now);
+                (
+                    3,
+                    *limit as f64,
+                    if *soft { 1.0 } else { 0.0 },
+                    (end / 1000) as f64,
+                    0.0,
+                )
+            }
+            Algorithm::Concurrency { limit } => (4, *limit as f64, 0.0, 0.0, 0.0),
+        };
+        inv.arg(kind)
+            .arg(p1)
+            .arg(p2)
+            .arg(p3)
+            .arg(p4)
+            .arg(amount)
+            .arg(reserve.min(1000));
+    }
+}
+
+fn map_err(e: redis::RedisError) -> StoreError {
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+    {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Protocol(e.to_string())
+    }
+}
+
+fn us_to_ns(us: i64) -> u64 {
+    u64::try_from(us).unwrap_or(0).saturating_mul(1000)
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn amount(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Reads the take script's reply.
+fn parse_take(reply: &[i64], charges: &[Charge]) -> Result<Taken, StoreError> {
+    let garbage = || StoreError::Protocol(format!("take script replied {reply:?}"));
+    match reply.first() {
+        Some(1) if reply.len() == 1 + 4 * charges.len() => {
+            let admits = reply[1..]
+                .chunks_exact(4)
+                .zip(charges)
+                .map(|(f, c)| Admit {
+                    delay_ns: us_to_ns(f[0]),
+                    soft_exceeded: f[1] != 0,
+                    status: Status {
+                        limit: limit_of(&c.algo),
+                        remaining: count(f[2]),
+                        reset_ns: us_to_ns(f[3]),
+                    },
+                })
+                .collect();
+            Ok(Taken::Admitted(admits))
+        }
+        Some(0) if reply.len() == 6 => {
+            let index = usize::try_from(reply[1]).map_err(|_| garbage())?;
+            let c = charges.get(index).ok_or_else(garbage)?;
+            Ok(Taken::Denied {
+                index,
+                deny: Deny {
+                    retry_after_ns: us_to_ns(reply[2]),
+                    never_fits: reply[3] != 0,
+                    status: Status {
+                        limit: limit_of(&c.algo),
+                        remaining: count(reply[4]),
+                        reset_ns: us_to_ns(reply[5]),
+                    },
+                },
+            })
+        }
+        _ => Err(garbage()),
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn take(&self, now: Nanos, charges: &[Charge]) -> Result<Taken, StoreError> {
+        if charges.is_empty() {
+            return Ok(Taken::Admitted(Vec::new()));
+        }
+        let mut inv = self.take.prepare_invoke();
+        inv.arg(self.now_arg(now));
+        for c in charges {
+            self.push_bucket(&mut inv, &c.key, &c.algo, now, amount(c.cost), c.reserve);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(map_err)?;
+        parse_take(&reply, charges)
+    }
+
+    async fn adjust(&self, now: Nanos, adjusts: &[Adjust]) -> Result<(), StoreError> {
+        let adjusts: Vec<&Adjust> = adjusts.iter().filter(|a| a.delta != 0).collect();
+        if adjusts.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.adjust.prepare_invoke();
+        inv.arg(self.now_arg(now));
+        for a in &adjusts {
+            self.push_bucket(&mut inv, &a.key, &a.algo, now, a.delta, 0);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(map_err)?;
+        Ok(())
+    }
+}

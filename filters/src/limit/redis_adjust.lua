@@ -1,0 +1,22 @@
+-- adjust: settles every bucket (delta > 0 charges more and may overdraw; delta < 0 gives back,
+-- never above capacity; concurrency -1 releases a slot). Returns the number of buckets settled.
+local now = clock()
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local s = spec(i)
+  local st = load(s, redis.call('GET', key), now)
+  local d = s.amount
+  if s.kind == 1 then
+    -- Overdraw is remembered (tat moves past the burst); a refund never goes below now.
+    if s.p1 > 0 then
+      st.tat = math.max(now, st.tat + d * s.p2 / s.p1)
+    end
+  elseif s.kind == 2 then
+    -- The level clamps at empty (debt beyond it is forgotten) and at full.
+    st.level = math.max(0, math.min(s.p1, st.level - d))
+  else
+    st.n = math.max(0, st.n + d)
+  end
+  store(key, s, st, now)
+end
+return #KEYS
