@@ -1,0 +1,424 @@
+//! `MemoryStore`: bucket state in process memory, the embedded default backend.
+//!
+//! A sharded map (`DashMap`) from key to `Arc<Mutex<Entry>>`. A `take` first looks up (or creates)
+//! every bucket of the request, cloning the `Arc`s so no map shard lock is held while it waits on a
+//! bucket, then locks the buckets in key order (so two requests sharing buckets cannot deadlock),
+//! runs every charge on the locked states and stores the results only if all were admitted.
+//!
+//! A request may name one key twice: the bucket is locked once and its charges apply one after the
+//! other, in the caller's order.
+//!
+//! `evict_idle` drops buckets whose state equals a fresh one (a background sweep calls it). A bucket
+//! some `take` is using (its `Arc` is cloned) is never evicted, so no admission is lost to a sweep.
+
+use super::algo::{Admit, Algorithm, Nanos, State};
+use super::store::{Adjust, Charge, Store, StoreError, Taken};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
+
+/// One bucket.
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    /// The algorithm that last used the bucket: what `evict_idle` judges idleness by.
+    algo: Arc<Algorithm>,
+    last_used: Nanos,
+}
+
+type Slot = Arc<Mutex<Entry>>;
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    buckets: DashMap<Arc<str>, Slot>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of buckets held.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// The bucket's standing at `now`, if it exists (for tests and admin views).
+    pub fn status(&self, key: &str, now: Nanos) -> Option<super::algo::Status> {
+        let slot = self.buckets.get(key).map(|r| Arc::clone(r.value()))?;
+        let e = slot.lock();
+        Some(e.algo.status(&e.state, now))
+    }
+
+    /// The bucket's raw state, if it exists.
+    pub fn state(&self, key: &str) -> Option<State> {
+        let slot = self.buckets.get(key).map(|r| Arc::clone(r.value()))?;
+        let state = slot.lock().state;
+        Some(state)
+    }
+
+    /// Drops every bucket whose state is equivalent to a fresh one at `now`; returns how many.
+    pub fn evict_idle(&self, now: Nanos) -> usize {
+        let mut evicted = 0;
+        self.buckets.retain(|_, slot| {
+            // Holding the shard's write lock: nobody can clone this `Arc` meanwhile, and a count
+            // above 1 means a `take` or `adjust` holds it.
+            if Arc::strong_count(slot) != 1 {
+                return true;
+            }
+            let idle = match slot.try_lock() {
+                Some(e) => e.algo.is_idle(&e.state, now),
+                None => false,
+            };
+            if idle {
+                evicted += 1;
+            }
+            !idle
+        });
+        evicted
+    }
+
+    /// The synchronous `take`: never blocks on I/O, only on bucket mutexes.
+    pub fn take_sync(&self, now: Nanos, charges: &[Charge]) -> Taken {
+        match charges {
+            [] => Taken::Admitted(Vec::new()),
+            [one] => self.take_one(now, one),
+            _ => self.take_many(now, charges),
+        }
+    }
+
+    /// The synchronous `adjust`.
+    pub fn adjust_sync(&self, now: Nanos, adjusts: &[Adjust]) {
+        for a in adjusts {
+            if a.delta == 0 {
+                continue;
+            }
+            // A refund to a missing (evicted, hence fresh) bucket changes nothing: don't create it.
+            let slot = if a.delta < 0 {
+                match self.buckets.get(&*a.key) {
+                    Some(r) => Arc::clone(r.value()),
+                    None => continue,
+                }
+            } else {
+                self.slot(&a.key, &a.algo, now)
+            };
+            let mut e = slot.lock();
+            e.state = a.algo.adjust(&e.state, now, a.delta);
+            touch(&mut e, &a.algo, now);
+        }
+    }
+
+    /// Gets or creates the bucket; the map's shard lock is released on return.
+    fn slot(&self, key: &Arc<str>, algo: &Arc<Algorithm>, now: Nanos) -> Slot {
+        if let Some(r) = self.buckets.get(&**key) {
+            return Arc::clone(r.value());
+        }
+        let r = self.buckets.entry(Arc::clone(key)).or_insert_with(|| {
+            Arc::new(Mutex::new(Entry {
+                state: algo.fresh(now),
+                algo: Arc::clone(algo),
+                last_used: now,
+            }))
+        });
+        Arc::clone(r.value())
+    }
+
+    fn take_one(&self, now: Nanos, c: &Charge) -> Taken {
+        // Fast path: lock the bucket under the shard's read lock (no `Arc` traffic). Safe: nothing
+        // waits for a shard lock while holding a bucket, and `evict_idle` only `try_lock`s.
+        if let Some(r) = self.buckets.get(&*c.key) {
+            return Self::take_locked(&mut r.value().lock(), now, c);
+        }
+        let slot = self.slot(&c.key, &c.algo, now);
+        let mut e = slot.lock();
+        Self::take_locked(&mut e, now, c)
+    }
+
+    fn take_locked(e: &mut Entry, now: Nanos, c: &Charge) -> Taken {
+        match c.algo.take(&e.state, now, c.cost, c.reserve) {
+            Ok((state, admit)) => {
+                e.state = state;
+                touch(e, &c.algo, now);
+                Taken::Admitted(vec![admit])
+            }
+            Err(deny) => Taken::Denied { index: 0, deny },
+        }
+    }
+
+    fn take_many(&self, now: Nanos, charges: &[Charge]) -> Taken {
+        // Buckets in key order, with the charge each belongs to.
+        let mut order: Vec<(usize, Slot)> = charges
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, self.slot(&c.key, &c.algo, now)))
+            .collect();
+        order.sort_by(|a, b| charges[a.0].key.cmp(&charges[b.0].key));
+
+        // Lock each distinct bucket once, in that order; `of[charge]` is its guard's index.
+        let mut guards: Vec<MutexGuard<'_, Entry>> = Vec::with_capacity(order.len());
+        let mut of = vec![0usize; charges.len()];
+        let mut prev: Option<&Slot> = None;
+        for (i, slot) in &order {
+            match prev {
+                Some(p) if Arc::ptr_eq(p, slot) => {}
+                _ => guards.push(slot.lock()),
+            }
+            of[*i] = guards.len() - 1;
+            prev = Some(slot);
+        }
+
+        // Work on copies; commit only when every charge is admitted.
+        let mut work: Vec<State> = guards.iter().map(|g| g.state).collect();
+        let mut admits: Vec<Admit> = Vec::with_capacity(charges.len());
+        for (i, c) in charges.iter().enumerate() {
+            let g = of[i];
+            match c.algo.take(&work[g], now, c.cost, c.reserve) {
+                Ok((state, admit)) => {
+                    work[g] = state;
+                    admits.push(admit);
+                }
+                Err(deny) => return Taken::Denied { index: i, deny },
+            }
+        }
+        for (i, c) in charges.iter().enumerate() {
+            let g = &mut guards[of[i]];
+            g.state = work[of[i]];
+            touch(g, &c.algo, now);
+        }
+        Taken::Admitted(admits)
+    }
+}
+
+fn touch(e: &mut Entry, algo: &Arc<Algorithm>, now: Nanos) {
+    if !Arc::ptr_eq(&e.algo, algo) {
+        e.algo = Arc::clone(algo);
+    }
+    e.last_used = e.last_used.max(now);
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn take(&self, now: Nanos, charges: &[Charge]) -> Result<Taken, StoreError> {
+        Ok(self.take_sync(now, charges))
+    }
+
+    async fn adjust(&self, now: Nanos, adjusts: &[Adjust]) -> Result<(), StoreError> {
+        self.adjust_sync(now, adjusts);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::limit::algo::CalendarWindow;
+    use crate::limit::store::OnStoreError;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn leaky(rate: u64, burst: u64) -> Arc<Algorithm> {
+        Arc::new(Algorithm::Leaky {
+            rate,
+            period_ns: SEC,
+            burst,
+            shape_max_wait_ns: None,
+        })
+    }
+
+    fn charge(key: &str, algo: &Arc<Algorithm>, cost: u64) -> Charge {
+        Charge {
+            key: Arc::from(key),
+            algo: Arc::clone(algo),
+            cost,
+            reserve: 0,
+            on_error: OnStoreError::Local,
+        }
+    }
+
+    fn adjust(key: &str, algo: &Arc<Algorithm>, delta: i64) -> Adjust {
+        Adjust {
+            key: Arc::from(key),
+            algo: Arc::clone(algo),
+            delta,
+        }
+    }
+
+    fn admitted(t: &Taken) -> bool {
+        matches!(t, Taken::Admitted(_))
+    }
+
+    #[test]
+    fn single_bucket_burst_then_refusal() {
+        let s = MemoryStore::new();
+        let a = leaky(1, 3);
+        for _ in 0..3 {
+            assert!(admitted(&s.take_sync(0, &[charge("k", &a, 1)])));
+        }
+        match s.take_sync(0, &[charge("k", &a, 1)]) {
+            Taken::Denied { index, deny } => {
+                assert_eq!(index, 0);
+                assert_eq!(deny.retry_after_ns, SEC);
+            }
+            t => panic!("{t:?}"),
+        }
+        assert!(admitted(&s.take_sync(SEC, &[charge("k", &a, 1)])));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn all_or_nothing_when_a_later_bucket_refuses() {
+        let s = MemoryStore::new();
+        let wide = leaky(10, 100);
+        let narrow = leaky(1, 2);
+        assert!(admitted(&s.take_sync(0, &[charge("narrow", &narrow, 2)])));
+        let before = s.state("narrow").unwrap();
+        // "wide" sorts after "narrow" but comes first in the request: the index is the caller's.
+        let t = s.take_sync(0, &[charge("wide", &wide, 5), charge("narrow", &narrow, 1)]);
+        match t {
+            Taken::Denied { index, deny } => {
+                assert_eq!(index, 1);
+                assert!(!deny.never_fits);
+            }
+            t => panic!("{t:?}"),
+        }
+        // The first bucket was created fresh and left untouched.
+        assert_eq!(s.status("wide", 0).unwrap().remaining, 100);
+        assert_eq!(s.state("narrow").unwrap(), before);
+        // Both admitted: both stored, admits in the caller's order.
+        let t = s.take_sync(
+            SEC,
+            &[charge("wide", &wide, 5), charge("narrow", &narrow, 1)],
+        );
+        match t {
+            Taken::Admitted(v) => {
+                assert_eq!(v.len(), 2);
+                assert_eq!(v[0].status.limit, 100);
+                assert_eq!(v[1].status.limit, 2);
+            }
+            t => panic!("{t:?}"),
+        }
+        assert_eq!(s.status("wide", SEC).unwrap().remaining, 95);
+        assert_eq!(s.status("narrow", SEC).unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn repeated_key_applies_charges_in_turn() {
+        let s = MemoryStore::new();
+        let a = leaky(1, 3);
+        let t = s.take_sync(0, &[charge("k", &a, 2), charge("k", &a, 1)]);
+        assert!(admitted(&t));
+        assert_eq!(s.status("k", 0).unwrap().remaining, 0);
+        let t = s.take_sync(SEC, &[charge("k", &a, 1), charge("k", &a, 1)]);
+        assert!(matches!(t, Taken::Denied { index: 1, .. }));
+        assert_eq!(s.status("k", SEC).unwrap().remaining, 1);
+    }
+
+    #[test]
+    fn adjust_charges_and_refunds() {
+        let s = MemoryStore::new();
+        let c = Arc::new(Algorithm::Concurrency { limit: 1 });
+        assert!(admitted(&s.take_sync(0, &[charge("c", &c, 1)])));
+        assert!(!admitted(&s.take_sync(0, &[charge("c", &c, 1)])));
+        s.adjust_sync(0, &[adjust("c", &c, -1)]);
+        assert!(admitted(&s.take_sync(0, &[charge("c", &c, 1)])));
+
+        // A refund to a bucket that does not exist creates nothing.
+        s.adjust_sync(0, &[adjust("missing", &c, -1)]);
+        assert!(s.state("missing").is_none());
+        // A charge does.
+        let l = leaky(1, 10);
+        s.adjust_sync(0, &[adjust("post", &l, 4)]);
+        assert_eq!(s.status("post", 0).unwrap().remaining, 6);
+    }
+
+    #[test]
+    fn evicts_only_idle_buckets() {
+        let s = MemoryStore::new();
+        let a = leaky(1, 10);
+        let w = Arc::new(Algorithm::Window {
+            limit: 10,
+            window: CalendarWindow::Hour,
+            tz: chrono_tz::Tz::UTC,
+            soft: false,
+        });
+        assert!(admitted(&s.take_sync(0, &[charge("a", &a, 2)])));
+        assert!(admitted(&s.take_sync(0, &[charge("b", &a, 5)])));
+        assert!(admitted(&s.take_sync(0, &[charge("w", &w, 1)])));
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.evict_idle(SEC), 0);
+        assert_eq!(s.evict_idle(2 * SEC), 1); // "a" drained
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.evict_idle(5 * SEC), 1); // "b" drained
+        assert_eq!(s.evict_idle(3_600 * SEC - 1), 0); // the window holds usage until it rolls
+        assert_eq!(s.evict_idle(3_600 * SEC), 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_bucket_in_use_is_not_evicted() {
+        let s = MemoryStore::new();
+        let a = leaky(1, 10);
+        let held = s.slot(&Arc::from("k"), &a, 0);
+        assert_eq!(s.evict_idle(0), 0);
+        drop(held);
+        assert_eq!(s.evict_idle(0), 1);
+    }
+
+    #[test]
+    fn store_trait_is_async_wrapper() {
+        let s = MemoryStore::new();
+        assert_eq!(s.name(), "memory");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let a = leaky(1, 1);
+        let t = rt
+            .block_on(Store::take(&s, 0, &[charge("k", &a, 1)]))
+            .unwrap();
+        assert!(admitted(&t));
+        rt.block_on(Store::adjust(&s, 0, &[adjust("k", &a, -1)]))
+            .unwrap();
+        assert_eq!(s.status("k", 0).unwrap().remaining, 1);
+    }
+
+    #[test]
+    fn concurrent_takes_never_over_admit() {
+        let s = Arc::new(MemoryStore::new());
+        let a = leaky(1, 1000);
+        let b = Arc::new(Algorithm::Concurrency { limit: 700 });
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (s, a, b) = (Arc::clone(&s), Arc::clone(&a), Arc::clone(&b));
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    for i in 0..600 {
+                        // Alternate the request order: key-ordered locking keeps it deadlock-free.
+                        let cs = if (i + t) % 2 == 0 {
+                            [charge("x", &a, 1), charge("y", &b, 1)]
+                        } else {
+                            [charge("y", &b, 1), charge("x", &a, 1)]
+                        };
+                        if admitted(&s.take_sync(0, &cs)) {
+                            n += 1;
+                        }
+                        let _ = s.evict_idle(0);
+                    }
+                    n
+                })
+            })
+            .collect();
+        let total: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(total, 700);
+        assert_eq!(s.status("x", 0).unwrap().remaining, 300);
+    }
+}
