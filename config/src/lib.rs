@@ -6,14 +6,17 @@
 //! - `model`: the validated result the data plane builds its snapshot from.
 
 mod interpolate;
+pub mod limits;
 mod load;
 pub mod model;
 pub mod schema;
 mod validate;
+mod validate_limits;
 pub mod yaml;
 
 pub use interpolate::interpolate;
 pub use load::{load, load_with_env, ConfigError, ConfigErrors};
+pub use limits::*;
 pub use model::*;
 pub use schema::*;
 pub use validate::JWT_ALGORITHMS;

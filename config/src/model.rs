@@ -15,6 +15,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub tiers: BTreeMap<String, Tier>,
     pub keys: Vec<ApiKey>,
+    pub limits: crate::limits::Limits,
     /// Files this config was read from, overlay first.
     pub files: Vec<PathBuf>,
     /// Directory of the top-level file; relative paths in filters resolve against it.

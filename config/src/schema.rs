@@ -30,6 +30,9 @@ pub struct ConfigFile {
     /// API keys, stored as SHA-256 hashes.
     #[serde(default)]
     pub keys: Vec<KeySpec>,
+    /// Rate limits and quotas shared across tiers, and where limiter state lives.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsSpec,
 }
 
 /// Listeners and process settings.
@@ -216,7 +219,14 @@ pub enum FilterSpec {
     ApiKey(ApiKeySpec),
     /// Authenticate with a JWT verified against a JWKS.
     Jwt(Box<JwtSpec>),
+    /// Enforce the principal's tier limits and the shared policies of `limits` (reserve before the
+    /// upstream call, settle with the provider's usage). Place it after authentication.
+    RateLimit(RateLimitSpec),
 }
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {}
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -323,7 +333,7 @@ fn claim_models() -> String {
     "models".into()
 }
 
-/// A tier. Its limits arrive with the rate-limiting filters; today it carries a priority.
+/// A tier: the limits its keys and JWT principals get, and its shedding priority.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierSpec {
@@ -332,9 +342,14 @@ pub struct TierSpec {
     /// Shedding priority when shared pools saturate.
     #[serde(default)]
     pub priority: Priority,
+    /// Limits of every principal of this tier (per API key unless a policy's `scope` says otherwise).
+    #[serde(default)]
+    pub limits: Vec<crate::limits::PolicySpec>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Priority {
     Low,

@@ -18,18 +18,22 @@ pub const JWT_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
-struct Check<'a> {
+pub(crate) struct Check<'a> {
     sources: &'a Sources,
     env: &'a dyn Fn(&str) -> Option<String>,
     errors: Vec<ConfigError>,
 }
 
 impl Check<'_> {
-    fn err(&mut self, path: &str, msg: impl Into<String>) {
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    pub(crate) fn err(&mut self, path: &str, msg: impl Into<String>) {
         self.errors.push(self.sources.error_at(path, msg));
     }
 
-    fn interpolated(&mut self, path: &str, s: &str) -> Option<String> {
+    pub(crate) fn interpolated(&mut self, path: &str, s: &str) -> Option<String> {
         match interpolate(s, self.env) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -125,6 +129,7 @@ pub(crate) fn validate(
     }
 
     let keys = keys(&mut c, &file, &tiers);
+    let limits = crate::validate_limits::limits(&mut c, &file, &providers, &routes);
 
     if c.errors.is_empty() {
         if let (Some(listen), Some(admin_listen)) = (listen, admin_listen) {
@@ -141,6 +146,7 @@ pub(crate) fn validate(
                 routes,
                 tiers,
                 keys,
+                limits,
                 files,
                 base_dir,
                 hash,

@@ -52,6 +52,19 @@ pub struct RequestCtx {
     pub status: Option<u16>,
     /// Response body bytes seen so far.
     pub response_bytes: u64,
+    /// Route name (a rate-limit dimension).
+    pub route: Option<Arc<str>>,
+    /// Provider of the chosen upstream, once picked.
+    pub provider: Option<Arc<str>>,
+    /// The request's token cost estimate, set by the proxy before `on_admit` when the route meters tokens.
+    pub cost: Option<crate::limit::TokenCost>,
+    /// Tokens the request used: the provider's report, or counted from what was streamed when the
+    /// response was cut. Set before `on_usage` / `on_complete`.
+    pub usage: Option<crate::limit::TokenUsage>,
+    /// What the rate limiter decided and reserved (settled by `on_usage` or `on_complete`).
+    pub limit: Option<Box<crate::limit::Reservation>>,
+    /// Shaping delay the limiter asked for before the upstream call.
+    pub delay: Option<std::time::Duration>,
 }
 
 /// One filter of a chain. Every phase has a pass-through default; implement the ones you need.
@@ -74,6 +87,16 @@ pub trait Filter: Send + Sync {
         Ok(())
     }
 
+    /// Admission, after `on_request_body` and before the upstream call (`ctx.provider` and `ctx.cost`
+    /// known): the rate limiter reserves here.
+    async fn on_admit(&self, _ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// The provider's usage is known (`ctx.usage`), before the response's last bytes go out, so the
+    /// caller's next request already sees it settled.
+    async fn on_usage(&self, _ctx: &mut RequestCtx) {}
+
     /// The upstream's status and headers arrived.
     fn on_response(&self, _status: u16, _headers: &HeaderMap, _ctx: &mut RequestCtx) {}
 
@@ -92,6 +115,8 @@ pub struct BuildContext {
     pub base_dir: PathBuf,
     /// Names of the configured tiers (a JWT may only claim one of these).
     pub tiers: Arc<std::collections::BTreeSet<String>>,
+    /// The config version's compiled limiter (policies + store), shared by every route's `rate-limit`.
+    pub limiter: Option<Arc<crate::limit::Limiter>>,
 }
 
 /// A route's filters, in order.
@@ -138,6 +163,19 @@ impl Chain {
             .try_for_each(|f| f.on_request_body(body, ctx))
     }
 
+    pub async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        for f in &self.filters {
+            f.on_admit(ctx).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn on_usage(&self, ctx: &mut RequestCtx) {
+        for f in &self.filters {
+            f.on_usage(ctx).await;
+        }
+    }
+
     pub fn on_response(&self, status: u16, headers: &HeaderMap, ctx: &mut RequestCtx) {
         ctx.status = Some(status);
         self.filters
@@ -166,6 +204,10 @@ pub fn build_chain(specs: &[FilterSpec], cx: &BuildContext) -> Result<Chain, Str
             FilterSpec::RequestId(s) => Arc::new(RequestIdFilter::from_config(s)),
             FilterSpec::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx)),
             FilterSpec::Jwt(s) => Arc::new(JwtFilter::from_config(s, cx)?),
+            FilterSpec::RateLimit(_) => match &cx.limiter {
+                Some(l) => Arc::new(crate::limit::RateLimitFilter::new(l.clone())),
+                None => return Err("the `rate-limit` filter needs the limiter".into()),
+            },
         });
     }
     Ok(Chain { filters })

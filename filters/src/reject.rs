@@ -26,8 +26,12 @@ pub enum RejectKind {
     MethodNotAllowed,
     /// 413: the body exceeds the configured maximum.
     PayloadTooLarge,
-    /// 429: a limit was hit.
+    /// 429: a request-rate (or concurrency) limit was hit.
     RateLimited,
+    /// 429: a token-rate limit was hit (OpenAI reports these with type `tokens`).
+    TokensRateLimited,
+    /// 429: a calendar quota (hour/day/month) is used up.
+    QuotaExceeded,
     /// 500: a bug or an unexpected state in the gateway.
     Internal,
     /// 502: the upstream failed or answered garbage.
@@ -47,7 +51,9 @@ impl RejectKind {
             RejectKind::NotFound | RejectKind::ModelNotFound => 404,
             RejectKind::MethodNotAllowed => 405,
             RejectKind::PayloadTooLarge => 413,
-            RejectKind::RateLimited => 429,
+            RejectKind::RateLimited | RejectKind::TokensRateLimited | RejectKind::QuotaExceeded => {
+                429
+            }
             RejectKind::Internal => 500,
             RejectKind::BadGateway => 502,
             RejectKind::Unavailable => 503,
@@ -66,6 +72,8 @@ impl RejectKind {
             RejectKind::MethodNotAllowed => "method_not_allowed",
             RejectKind::PayloadTooLarge => "payload_too_large",
             RejectKind::RateLimited => "rate_limited",
+            RejectKind::TokensRateLimited => "tokens_rate_limited",
+            RejectKind::QuotaExceeded => "quota_exceeded",
             RejectKind::Internal => "internal",
             RejectKind::BadGateway => "bad_gateway",
             RejectKind::Unavailable => "unavailable",
@@ -83,6 +91,8 @@ impl RejectKind {
             RejectKind::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
             RejectKind::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
             RejectKind::RateLimited => ("requests", Some("rate_limit_exceeded")),
+            RejectKind::TokensRateLimited => ("tokens", Some("rate_limit_exceeded")),
+            RejectKind::QuotaExceeded => ("insufficient_quota", Some("insufficient_quota")),
             RejectKind::Internal => ("server_error", None),
             RejectKind::BadGateway => ("server_error", Some("bad_gateway")),
             RejectKind::Unavailable => ("server_error", Some("service_unavailable")),
@@ -98,7 +108,9 @@ impl RejectKind {
             RejectKind::NotFound | RejectKind::ModelNotFound | RejectKind::MethodNotAllowed => {
                 "NOT_FOUND"
             }
-            RejectKind::RateLimited => "RESOURCE_EXHAUSTED",
+            RejectKind::RateLimited
+            | RejectKind::TokensRateLimited
+            | RejectKind::QuotaExceeded => "RESOURCE_EXHAUSTED",
             RejectKind::Internal | RejectKind::BadGateway => "INTERNAL",
             RejectKind::Unavailable => "UNAVAILABLE",
             RejectKind::GatewayTimeout => "DEADLINE_EXCEEDED",
@@ -114,7 +126,8 @@ impl RejectKind {
             RejectKind::PermissionDenied => "AccessDenied",
             RejectKind::NotFound => "NotFound",
             RejectKind::ModelNotFound => "ModelNotFound",
-            RejectKind::RateLimited => "Throttling",
+            RejectKind::RateLimited | RejectKind::TokensRateLimited => "Throttling",
+            RejectKind::QuotaExceeded => "Throttling.AllocationQuota",
             RejectKind::Internal | RejectKind::BadGateway => "InternalError",
             RejectKind::Unavailable => "ServiceUnavailable",
             RejectKind::GatewayTimeout => "RequestTimeOut",

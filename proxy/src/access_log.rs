@@ -1,7 +1,9 @@
 //! The completion phase: the chain's `on_complete`, request metrics, and one structured log line per
 //! request (target `access`). Runs for every request, answered or failed.
 
+use crate::metrics::metrics;
 use crate::service::Ctx;
+use crate::usage_log::{record, UsageRecord};
 use pingora::proxy::Session;
 use pingora::Error;
 
@@ -11,6 +13,13 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         s => s,
     };
     let seconds = ctx.elapsed_seconds();
+    if let Some(m) = &ctx.metering {
+        // Not settled in the response loop: the client left mid-stream or the upstream broke. Settle
+        // with what was generated so far (counted from the chunks that went out).
+        if !m.is_settled() {
+            ctx.req.usage = m.usage();
+        }
+    }
     let snapshot = ctx.snapshot();
     let route = ctx
         .route_index()
@@ -24,6 +33,7 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     if let Some(r) = route {
         r.chain.on_complete(&ctx.req);
     }
+    account(ctx, status, seconds);
     let principal = ctx.req.principal.as_ref();
     tracing::info!(
         target: "access",
@@ -46,4 +56,55 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         config_version = snapshot.map_or(0, |s| s.version),
         "request"
     );
+}
+
+/// Rate-limit decisions and token counts in metrics, and the request's usage record.
+fn account(ctx: &Ctx, status: u16, seconds: f64) {
+    let m = metrics();
+    if let (Some(m), Some(r)) = (m, ctx.req.limit.as_deref()) {
+        for (policy, decision) in &r.decisions {
+            m.ratelimit_decisions
+                .with_label_values(&[&**policy, decision])
+                .inc();
+        }
+    }
+    if ctx.metering.is_none() {
+        return;
+    }
+    let provider = ctx.upstream().map_or("none", |u| &*u.provider);
+    let usage = ctx.req.usage.unwrap_or_default();
+    let source = match ctx.req.usage {
+        Some(u) if u.reported => "reported",
+        Some(_) => "counted",
+        None => "refunded",
+    };
+    if let Some(m) = m {
+        m.ratelimit_settlements.with_label_values(&[source]).inc();
+        if usage.prompt > 0 {
+            m.tokens
+                .with_label_values(&[provider, "prompt"])
+                .inc_by(usage.prompt);
+        }
+        if usage.completion > 0 {
+            m.tokens
+                .with_label_values(&[provider, "completion"])
+                .inc_by(usage.completion);
+        }
+    }
+    let p = ctx.req.principal.as_deref();
+    record(UsageRecord {
+        request_id: ctx.req.request_id.clone(),
+        principal: p.map_or("-", |p| &*p.id).to_string(),
+        user: p.map_or("-", |p| &*p.user).to_string(),
+        org: p.and_then(|p| p.org.as_deref()).unwrap_or("-").to_string(),
+        tier: p.map_or("-", |p| &*p.tier).to_string(),
+        route: ctx.req.route.as_deref().unwrap_or("-").to_string(),
+        model: ctx.req.model.clone().unwrap_or_default(),
+        provider: provider.to_string(),
+        prompt_tokens: usage.prompt,
+        completion_tokens: usage.completion,
+        source,
+        status,
+        latency_ms: seconds * 1000.0,
+    });
 }

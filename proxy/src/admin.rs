@@ -49,11 +49,14 @@ impl ServeHttp for Admin {
                     &json!({"ready": true, "config_version": s.version}),
                 )
             }
-            ("GET", "/metrics") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                crate::metrics::render().into_bytes(),
-            ),
+            ("GET", "/metrics") => {
+                crate::metrics::sync_store_stats(self.state.snapshot().backend.guard_stats());
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    crate::metrics::render().into_bytes(),
+                )
+            }
             ("GET", "/admin/config") => json_reply(StatusCode::OK, &self.config_view()),
             ("POST", "/admin/reload") => {
                 let state = self.state.clone();

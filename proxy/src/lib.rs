@@ -7,6 +7,9 @@
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`; `metrics`: Prometheus families.
 
 mod access_log;
+pub mod limiter;
+mod metering;
+mod usage_log;
 pub mod admin;
 pub mod metrics;
 mod pool;

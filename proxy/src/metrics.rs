@@ -24,6 +24,14 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub config_version: IntGauge,
     pub config_last_reload_success: IntGauge,
+    pub ratelimit_decisions: IntCounterVec,
+    pub ratelimit_settlements: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub store_degraded: IntGauge,
+    pub store_errors: IntCounter,
+    pub store_fallbacks: IntCounter,
+    pub store_trips: IntCounter,
+    pub usage_records_dropped: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -80,6 +88,55 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "leaky_config_last_reload_successful",
         "1 if the last reload attempt succeeded, 0 if the active config is older than a failed edit",
     )?;
+    let ratelimit_decisions = IntCounterVec::new(
+        Opts::new(
+            "leaky_ratelimit_decisions_total",
+            "Rate-limit decisions, by policy and decision (allowed, delayed, soft_exceeded, denied, unavailable)",
+        ),
+        &["policy", "decision"],
+    )?;
+    let ratelimit_settlements = IntCounterVec::new(
+        Opts::new(
+            "leaky_ratelimit_settlements_total",
+            "Settled reservations, by source of the usage (reported, counted, refunded)",
+        ),
+        &["source"],
+    )?;
+    let tokens = IntCounterVec::new(
+        Opts::new(
+            "leaky_tokens_total",
+            "Tokens used through the gateway, by provider and kind (prompt, completion)",
+        ),
+        &["provider", "kind"],
+    )?;
+    let store_degraded = IntGauge::new(
+        "leaky_ratelimit_store_degraded",
+        "1 while the shared limiter store (Redis) is unavailable and policies follow on_store_error",
+    )?;
+    let store_errors = IntCounter::new(
+        "leaky_ratelimit_store_errors_total",
+        "Limiter store calls that failed or timed out",
+    )?;
+    let store_fallbacks = IntCounter::new(
+        "leaky_ratelimit_store_fallbacks_total",
+        "Limiter decisions taken by a fallback mode (fail_open, fail_closed, local)",
+    )?;
+    let store_trips = IntCounter::new(
+        "leaky_ratelimit_store_breaker_trips_total",
+        "Times the limiter store's breaker opened",
+    )?;
+    let usage_records_dropped = IntCounter::new(
+        "leaky_usage_records_dropped_total",
+        "Usage records dropped because the usage channel was full",
+    )?;
+    for c in [&ratelimit_decisions, &ratelimit_settlements, &tokens] {
+        registry.register(Box::new(c.clone()))?;
+    }
+    registry.register(Box::new(store_degraded.clone()))?;
+    for c in [&store_errors, &store_fallbacks, &store_trips] {
+        registry.register(Box::new(c.clone()))?;
+    }
+    registry.register(Box::new(usage_records_dropped.clone()))?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(upstream_duration.clone()))?;
@@ -98,6 +155,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         reloads,
         config_version,
         config_last_reload_success,
+        ratelimit_decisions,
+        ratelimit_settlements,
+        tokens,
+        store_degraded,
+        store_errors,
+        store_fallbacks,
+        store_trips,
+        usage_records_dropped,
     })
 }
 
@@ -115,6 +180,22 @@ pub fn metrics() -> Option<&'static Metrics> {
             }
         })
         .as_ref()
+}
+
+/// Copies the limiter store's guard counters into the registry (at scrape time: they are atomics in
+/// the guard, not touched per request by this module).
+pub fn sync_store_stats(stats: Option<leaky_filters::limit::GuardStats>) {
+    let (Some(m), Some(s)) = (metrics(), stats) else {
+        return;
+    };
+    m.store_degraded.set(i64::from(s.degraded));
+    for (c, v) in [
+        (&m.store_errors, s.errors_total),
+        (&m.store_fallbacks, s.fallbacks_total),
+        (&m.store_trips, s.trips_total),
+    ] {
+        c.inc_by(v.saturating_sub(c.get()));
+    }
 }
 
 /// Prometheus text exposition of every metric.

@@ -5,11 +5,12 @@
 //! `/admin/config`. In-flight requests hold their own `Arc<Snapshot>` and finish on the version they
 //! started with.
 
+use crate::limiter::LimiterBackend;
 use crate::metrics::metrics;
 use crate::pool::Pools;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
-use leaky_config::Config;
+use leaky_config::{Config, LimitStore};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ pub struct ConfigState {
     status: Mutex<ReloadStatus>,
     /// Idle upstream connections, kept across versions.
     pools: Pools,
+    /// The limiter's store, kept across versions while `limits.store`/`limits.redis` are unchanged.
+    backend: Mutex<Arc<LimiterBackend>>,
 }
 
 fn now() -> String {
@@ -49,7 +52,8 @@ impl ConfigState {
         let mut config = leaky_config::load(path).map_err(|e| e.to_string())?;
         apply(&mut config);
         let pools = Pools::default();
-        let snapshot = Snapshot::build(Arc::new(config), 1, &pools)?;
+        let backend = Arc::new(LimiterBackend::new(&config.limits.store)?);
+        let snapshot = Snapshot::build(Arc::new(config), 1, &pools, &backend)?;
         if let Some(m) = metrics() {
             m.config_version.set(1);
             m.config_last_reload_success.set(1);
@@ -66,6 +70,7 @@ impl ConfigState {
                 ..Default::default()
             }),
             pools,
+            backend: Mutex::new(backend),
         }))
     }
 
@@ -87,6 +92,16 @@ impl ConfigState {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The backend for `settings`: the current one when they did not change (buckets survive).
+    fn backend_for(&self, settings: &LimitStore) -> Result<Arc<LimiterBackend>, String> {
+        let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        if b.settings != *settings {
+            tracing::info!("limits.store changed: starting a new limiter store");
+            *b = Arc::new(LimiterBackend::new(settings)?);
+        }
+        Ok(b.clone())
+    }
+
     /// Re-reads the config. On success the new snapshot serves every request that starts afterwards.
     pub fn reload(&self) -> Result<u64, Vec<String>> {
         let old = self.snapshot();
@@ -98,8 +113,9 @@ impl ConfigState {
                 c.server.listen = old.config.server.listen;
                 c.server.admin_listen = old.config.server.admin_listen;
                 c.server.threads = old.config.server.threads;
+                let backend = self.backend_for(&c.limits.store).map_err(|e| vec![e])?;
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                Snapshot::build(Arc::new(c), version, &self.pools)
+                Snapshot::build(Arc::new(c), version, &self.pools, &backend)
                     .map(|s| (s, pending))
                     .map_err(|e| vec![e])
             });

@@ -62,6 +62,8 @@ pub struct Ctx {
     reject_reason: Option<&'static str>,
     upstream_seconds: Option<f64>,
     request_bytes: usize,
+    /// Token metering of this request (routes with `rate-limit`).
+    pub(crate) metering: Option<crate::metering::Metering>,
 }
 
 impl Ctx {
@@ -121,6 +123,7 @@ impl ProxyHttp for Gateway {
             reject_reason: None,
             upstream_seconds: None,
             request_bytes: 0,
+            metering: None,
         }
     }
 
@@ -234,6 +237,14 @@ impl Gateway {
         ctx.req.model = model;
         route.chain.on_request_body(&body, &mut ctx.req)?;
         ctx.upstream = Some(up.clone());
+        ctx.req.route = Some(route.name.clone());
+        ctx.req.provider = Some(up.provider.clone());
+        let body = if route.meters {
+            crate::metering::prepare(session.req_header(), ctx, route.dialect, &up, rest, body)
+        } else {
+            body
+        };
+        route.chain.on_admit(&mut ctx.req).await?;
 
         let req = self.upstream_request(session, ctx, &up, rest, query.as_deref(), body.len())?;
         let sent = Instant::now();
@@ -365,6 +376,9 @@ impl Gateway {
         route
             .chain
             .on_response(status.as_u16(), &out.headers, &mut ctx.req);
+        if let Some(m) = &mut ctx.metering {
+            m.on_response(status.as_u16(), &out.headers);
+        }
         self.finish_headers(&mut out, ctx).map_err(bad)?;
         ctx.status = status.as_u16();
         session
@@ -373,13 +387,46 @@ impl Gateway {
             .map_err(Fail::Abort)?;
         ctx.response_started = true;
         while let Some(chunk) = resp.session.read_body_bytes().await.map_err(Fail::Abort)? {
+            let chunk = match &mut ctx.metering {
+                Some(m) => m.on_chunk(chunk),
+                None => chunk,
+            };
+            // The provider's usage is settled before the last byte goes out, so a caller that sends
+            // its next request on receiving this response already sees it in the headers.
+            if resp.session.is_body_done() {
+                self.settle(route, ctx).await;
+            }
+            if chunk.is_empty() {
+                continue;
+            }
             route.chain.on_response_chunk(&chunk, &mut ctx.req);
             session
                 .write_response_body(Some(chunk), false)
                 .await
                 .map_err(Fail::Abort)?;
         }
+        if let Some(m) = &mut ctx.metering {
+            let held = m.on_end();
+            self.settle(route, ctx).await;
+            if !held.is_empty() {
+                route.chain.on_response_chunk(&held, &mut ctx.req);
+                session
+                    .write_response_body(Some(held), false)
+                    .await
+                    .map_err(Fail::Abort)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Hands the response's usage to the chain (`on_usage`) once, when it is complete.
+    async fn settle(&self, route: &CompiledRoute, ctx: &mut Ctx) {
+        if let Some(m) = &mut ctx.metering {
+            if let Some(usage) = m.finish_once() {
+                ctx.req.usage = usage;
+                route.chain.on_usage(&mut ctx.req).await;
+            }
+        }
     }
 
     /// Headers every response carries: `x-request-id` and whatever the chain asked for.

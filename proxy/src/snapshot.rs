@@ -9,6 +9,9 @@ use http::{HeaderName, HeaderValue};
 use leaky_config::{
     Config, Dialect, ModelPattern, ModelSource, Provider, RouteUpstream, Target, UpstreamAuth,
 };
+use crate::limiter::LimiterBackend;
+use leaky_filters::limit::settle::system_now;
+use leaky_filters::limit::Limiter;
 use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::ToSocketAddrs;
@@ -40,6 +43,8 @@ pub struct CompiledRoute {
     pub model_source: ModelSource,
     pub target: RouteTarget,
     pub chain: Chain,
+    /// The chain rate-limits: estimate the token cost before the call and track usage after it.
+    pub meters: bool,
     /// The gateway's own `GET {prefix}/models` answer on model-routed routes (the union of providers).
     pub models_list: Option<Bytes>,
     /// Metrics of requests refused before an upstream was chosen.
@@ -74,6 +79,9 @@ impl CompiledRoute {
 
 pub struct Snapshot {
     pub version: u64,
+    pub limiter: Arc<Limiter>,
+    /// The limiter's store, shared with the versions before and after this one.
+    pub backend: Arc<LimiterBackend>,
     pub config: Arc<Config>,
     /// Longest prefix first.
     routes: Vec<CompiledRoute>,
@@ -85,12 +93,29 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compiles `config` as version `version`. Fails on what validation cannot see: unresolvable
     /// upstream hosts, unreadable JWKS files.
-    pub fn build(config: Arc<Config>, version: u64, pools: &Pools) -> Result<Snapshot, String> {
+    pub fn build(
+        config: Arc<Config>,
+        version: u64,
+        pools: &Pools,
+        backend: &Arc<LimiterBackend>,
+    ) -> Result<Snapshot, String> {
         let keys = Arc::new(KeyIndex::new(&config.keys));
+        let mut limiter = Limiter::new(
+            &config.limits,
+            &config.tiers,
+            backend.store.clone(),
+            Some(backend.settler.clone()),
+            Arc::new(system_now),
+        )?;
+        if let Some(m) = &backend.memory {
+            limiter = limiter.with_inline_memory(m.clone());
+        }
+        let limiter = Arc::new(limiter);
         let cx = BuildContext {
             keys,
             base_dir: config.base_dir.clone(),
             tiers: Arc::new(config.tiers.keys().cloned().collect()),
+            limiter: Some(limiter.clone()),
         };
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
@@ -112,6 +137,7 @@ impl Snapshot {
             let chain =
                 build_chain(&r.filters, &cx).map_err(|e| format!("route `{}`: {e}", r.name))?;
             routes.push(CompiledRoute {
+                meters: chain.has("rate-limit"),
                 name: r.name.as_str().into(),
                 prefix: r.prefix.clone(),
                 dialect: r.dialect,
@@ -124,6 +150,8 @@ impl Snapshot {
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Snapshot {
+            limiter,
+            backend: backend.clone(),
             version,
             max_body_bytes: config.server.max_body_bytes,
             config,

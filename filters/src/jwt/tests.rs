@@ -85,6 +85,7 @@ fn cx(dir: &Path) -> BuildContext {
         keys: Arc::new(KeyIndex::new(&[])),
         base_dir: dir.to_path_buf(),
         tiers: Arc::new(["free", "pro", "enterprise"].map(String::from).into()),
+        limiter: None,
     }
 }
 

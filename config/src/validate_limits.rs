@@ -1,0 +1,246 @@
+//! `limits:` and `tiers.*.limits` → validated `Limits`. Each rule has an invalid fixture in
+//! `config/tests/invalid/` (files named `limit-*.yaml`).
+
+use crate::limits::*;
+use crate::model::{ModelPattern, Provider, Route};
+use crate::schema::{ConfigFile, Priority};
+use crate::validate::Check;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+pub(crate) fn limits(
+    c: &mut Check<'_>,
+    file: &ConfigFile,
+    providers: &BTreeMap<String, Provider>,
+    routes: &[Route],
+) -> Limits {
+    let spec = &file.limits;
+    let store = match (spec.store, &spec.redis) {
+        (StoreKind::Memory, _) => LimitStore::Memory,
+        (StoreKind::Redis, None) => {
+            c.err(
+                "limits.store",
+                "`store: redis` needs a `limits.redis` section with its `url`",
+            );
+            LimitStore::Memory
+        }
+        (StoreKind::Redis, Some(r)) => redis(c, r),
+    };
+    let known = Known {
+        tiers: file.tiers.keys().map(String::as_str).collect(),
+        providers: providers.keys().map(String::as_str).collect(),
+        routes: routes.iter().map(|r| r.name.as_str()).collect(),
+    };
+    let mut names = HashSet::new();
+    let mut policies = Vec::new();
+    for (i, p) in spec.policies.iter().enumerate() {
+        let path = format!("limits.policies[{i}]");
+        if let Some(p) = policy(c, &path, p, None, spec, &known, &mut names) {
+            policies.push(p);
+        }
+    }
+    for (tier, t) in &file.tiers {
+        for (i, p) in t.limits.iter().enumerate() {
+            let path = format!("tiers.{tier}.limits[{i}]");
+            if let Some(p) = policy(c, &path, p, Some(tier), spec, &known, &mut names) {
+                policies.push(p);
+            }
+        }
+    }
+    Limits { store, policies }
+}
+
+struct Known<'a> {
+    tiers: HashSet<&'a str>,
+    providers: HashSet<&'a str>,
+    routes: HashSet<&'a str>,
+}
+
+fn redis(c: &mut Check<'_>, r: &RedisSpec) -> LimitStore {
+    let url = c
+        .interpolated("limits.redis.url", &r.url)
+        .unwrap_or_default();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.is_empty()) {
+        c.err(
+            "limits.redis.url",
+            format!("`{url}` is not a Redis URL (write redis://HOST:PORT)"),
+        );
+    }
+    for (field, v) in [("key_prefix", &r.key_prefix), ("hash_tag", &r.hash_tag)] {
+        if v.is_empty() || v.contains(['{', '}', ' ']) {
+            c.err(
+                &format!("limits.redis.{field}"),
+                format!("`{field}` must be non-empty without braces or spaces"),
+            );
+        }
+    }
+    if r.timeout_ms == 0 || r.replicas == 0 || r.failures_to_open == 0 {
+        c.err(
+            "limits.redis",
+            "`timeout_ms`, `failures_to_open` and `replicas` must be at least 1",
+        );
+    }
+    LimitStore::Redis(RedisSettings {
+        url,
+        timeout: Duration::from_millis(r.timeout_ms),
+        failures_to_open: r.failures_to_open,
+        open_for: Duration::from_millis(r.open_ms.max(1)),
+        key_prefix: r.key_prefix.clone(),
+        hash_tag: r.hash_tag.clone(),
+        replicas: r.replicas.max(1),
+    })
+}
+
+fn policy<'a>(
+    c: &mut Check<'_>,
+    path: &str,
+    p: &'a PolicySpec,
+    tier: Option<&str>,
+    spec: &LimitsSpec,
+    known: &Known<'_>,
+    names: &mut HashSet<&'a str>,
+) -> Option<Policy> {
+    let errors_before = c_errors(c);
+    if p.name.is_empty() || !p.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+        c.err(
+            &format!("{path}.name"),
+            format!("policy name `{}` must be letters, digits, `-`, `_` or `.`", p.name),
+        );
+    } else if !names.insert(p.name.as_str()) {
+        c.err(&format!("{path}.name"), format!("duplicate policy name `{}`", p.name));
+    }
+    let kind = kind(c, path, p)?;
+    if tier.is_some() && !p.matcher.tiers.is_empty() {
+        c.err(
+            &format!("{path}.match.tiers"),
+            "a tier's limits apply to that tier: remove `match.tiers` (or move the policy to `limits.policies`)",
+        );
+    }
+    for (field, list, set) in [
+        ("tiers", &p.matcher.tiers, &known.tiers),
+        ("providers", &p.matcher.providers, &known.providers),
+        ("routes", &p.matcher.routes, &known.routes),
+    ] {
+        for (j, v) in list.iter().enumerate() {
+            if !set.contains(v.as_str()) {
+                let mut defined: Vec<&str> = set.iter().copied().collect();
+                defined.sort_unstable();
+                c.err(
+                    &format!("{path}.match.{field}[{j}]"),
+                    format!("unknown {} `{v}` (defined: {})", &field[..field.len() - 1], defined.join(", ")),
+                );
+            }
+        }
+    }
+    let mut reserve_permille = [0u32; 3];
+    for (prio, share) in &p.reserve {
+        if !(0.0..1.0).contains(share) {
+            c.err(
+                &format!("{path}.reserve"),
+                format!("a reserve share must be in [0, 1), got {share}"),
+            );
+        }
+        let idx = match prio {
+            Priority::Low => 0,
+            Priority::Normal => 1,
+            Priority::High => 2,
+        };
+        reserve_permille[idx] = (share.clamp(0.0, 0.999) * 1000.0).round() as u32;
+    }
+    let mut scope = p
+        .scope
+        .clone()
+        .unwrap_or_else(|| if tier.is_some() { vec![Dimension::Key] } else { Vec::new() });
+    scope.sort_unstable();
+    scope.dedup();
+    if c_errors(c) > errors_before {
+        return None;
+    }
+    Some(Policy {
+        name: p.name.clone(),
+        unit: p.unit,
+        kind,
+        scope,
+        tiers: match tier {
+            Some(t) => vec![t.to_string()],
+            None => p.matcher.tiers.clone(),
+        },
+        models: p.matcher.models.iter().map(|m| ModelPattern::parse(m)).collect(),
+        providers: p.matcher.providers.clone(),
+        routes: p.matcher.routes.clone(),
+        reserve_permille,
+        on_store_error: p.on_store_error,
+        default_max_tokens: p.default_max_tokens.unwrap_or(spec.default_max_tokens),
+    })
+}
+
+fn c_errors(c: &Check<'_>) -> usize {
+    c.error_count()
+}
+
+fn kind(c: &mut Check<'_>, path: &str, p: &PolicySpec) -> Option<PolicyKind> {
+    let bucket = p.rate.is_some() || p.per.is_some() || p.burst.is_some();
+    if p.unit == Unit::ConcurrentRequests {
+        if bucket || p.quota.is_some() {
+            c.err(path, "a `concurrent_requests` policy takes only `limit` (no `rate`, `per`, `burst` or `quota`)");
+            return None;
+        }
+        return match p.limit {
+            Some(limit) if limit > 0 => Some(PolicyKind::Concurrent { limit }),
+            _ => {
+                c.err(path, "a `concurrent_requests` policy needs `limit` ≥ 1");
+                None
+            }
+        };
+    }
+    if let Some(window) = p.quota {
+        if bucket {
+            c.err(path, "a policy is either a bucket (`rate`, `per`) or a `quota` with a `limit`, not both");
+            return None;
+        }
+        let Some(limit) = p.limit.filter(|l| *l > 0) else {
+            c.err(path, "a `quota` needs `limit` ≥ 1");
+            return None;
+        };
+        let timezone = p.timezone.clone().unwrap_or_else(|| "UTC".into());
+        if timezone.parse::<chrono_tz::Tz>().is_err() {
+            c.err(
+                &format!("{path}.timezone"),
+                format!("unknown time zone `{timezone}` (use an IANA name such as UTC or Europe/Berlin)"),
+            );
+            return None;
+        }
+        return Some(PolicyKind::Quota {
+            window,
+            limit,
+            timezone,
+            soft: p.enforcement == Enforcement::Soft,
+        });
+    }
+    if p.limit.is_some() || p.timezone.is_some() {
+        c.err(path, "`limit` and `timezone` belong to a `quota` or a `concurrent_requests` policy; a bucket takes `rate` and `per`");
+        return None;
+    }
+    let (Some(rate), Some(per)) = (p.rate, p.per) else {
+        c.err(path, "a policy needs `rate` and `per` (a bucket), `quota` and `limit`, or `unit: concurrent_requests` and `limit`");
+        return None;
+    };
+    if rate == 0 || p.burst == Some(0) {
+        c.err(path, "`rate` and `burst` must be at least 1");
+        return None;
+    }
+    if p.shape_max_wait_ms.is_some() && p.algorithm != AlgorithmKind::Leaky {
+        c.err(
+            &format!("{path}.shape_max_wait_ms"),
+            "shaping (delaying instead of refusing) needs `algorithm: leaky`",
+        );
+        return None;
+    }
+    Some(PolicyKind::Bucket {
+        algorithm: p.algorithm,
+        rate,
+        period: per.duration(),
+        burst: p.burst.unwrap_or(rate),
+        shape_max_wait: p.shape_max_wait_ms.map(Duration::from_millis),
+    })
+}

@@ -1,0 +1,271 @@
+//! Policies compiled once per config version, and the request's charges built from them.
+//!
+//! A request's applicable policies are its tier's limits plus every shared policy whose `match` holds
+//! (tier, model, provider, route). Each policy contributes one bucket, keyed by the policy's name, a
+//! fingerprint of its settings (an edited policy starts fresh buckets; an unchanged one keeps its state
+//! across reloads) and the values of its `scope` dimensions.
+
+use super::algo::{Algorithm, CalendarWindow};
+use super::store::{Charge, OnStoreError, Store};
+use crate::chain::RequestCtx;
+use leaky_config::{
+    AlgorithmKind, Dimension, Limits, OnStoreErrorSpec, Policy, PolicyKind, Priority, QuotaWindow,
+    Tier, Unit,
+};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// A request's token cost before the upstream call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCost {
+    /// Estimated prompt tokens (the provider's tokenizer rules).
+    pub prompt: u64,
+    /// The request's completion cap (`max_tokens` …), if it set one.
+    pub max_completion: Option<u64>,
+}
+
+/// Tokens a request used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub prompt: u64,
+    pub completion: u64,
+    /// The provider reported these numbers (otherwise they were counted from what was streamed).
+    pub reported: bool,
+}
+
+/// One compiled policy.
+pub struct CompiledPolicy {
+    pub policy: Policy,
+    pub name: Arc<str>,
+    pub algo: Arc<Algorithm>,
+    /// `name:fingerprint:`
+    key_prefix: String,
+    on_error: OnStoreError,
+}
+
+impl CompiledPolicy {
+    fn compile(policy: &Policy) -> Result<Self, String> {
+        let algo = algorithm(&policy.kind)?;
+        let mut h = Sha256::new();
+        h.update(format!("{:?}|{:?}|{:?}", algo, policy.unit, policy.scope).as_bytes());
+        let fp = hex::encode(&h.finalize()[..4]);
+        Ok(CompiledPolicy {
+            name: Arc::from(policy.name.as_str()),
+            key_prefix: format!("{}:{fp}:", policy.name),
+            algo: Arc::new(algo),
+            on_error: match policy.on_store_error {
+                OnStoreErrorSpec::FailOpen => OnStoreError::FailOpen,
+                OnStoreErrorSpec::FailClosed => OnStoreError::FailClosed,
+                OnStoreErrorSpec::Local => OnStoreError::Local,
+            },
+            policy: policy.clone(),
+        })
+    }
+
+    fn applies(&self, ctx: &RequestCtx) -> bool {
+        let p = &self.policy;
+        let model = ctx.model.as_deref();
+        (p.models.is_empty() || model.is_some_and(|m| p.models.iter().any(|pat| pat.matches(m))))
+            && (p.providers.is_empty()
+                || ctx
+                    .provider
+                    .as_deref()
+                    .is_some_and(|v| p.providers.iter().any(|x| x == v)))
+            && (p.routes.is_empty()
+                || ctx
+                    .route
+                    .as_deref()
+                    .is_some_and(|v| p.routes.iter().any(|x| x == v)))
+    }
+
+    /// Units this request reserves on the policy's bucket; `None` when the policy does not meter it
+    /// (a token policy on a request with no token cost, e.g. `GET /models`).
+    pub fn cost(&self, ctx: &RequestCtx) -> Option<u64> {
+        let cap = |c: &TokenCost| c.max_completion.unwrap_or(self.policy.default_max_tokens);
+        match self.policy.unit {
+            Unit::Requests | Unit::ConcurrentRequests => Some(1),
+            Unit::Tokens => ctx.cost.map(|c| c.prompt.saturating_add(cap(&c))),
+            Unit::PromptTokens => ctx.cost.map(|c| c.prompt),
+            Unit::CompletionTokens => ctx.cost.map(|c| cap(&c)),
+        }
+    }
+
+    fn key(&self, ctx: &RequestCtx) -> Arc<str> {
+        let mut k = String::with_capacity(self.key_prefix.len() + 48);
+        k.push_str(&self.key_prefix);
+        let p = ctx.principal.as_deref();
+        for (i, d) in self.policy.scope.iter().enumerate() {
+            if i > 0 {
+                k.push(',');
+            }
+            let (tag, v): (&str, Option<&str>) = match d {
+                Dimension::Key => ("k", p.map(|p| &*p.id)),
+                Dimension::User => ("u", p.map(|p| &*p.user)),
+                Dimension::Org => ("o", p.and_then(|p| p.org.as_deref())),
+                Dimension::Tier => ("t", p.map(|p| &*p.tier)),
+                Dimension::Model => ("m", ctx.model.as_deref()),
+                Dimension::Provider => ("p", ctx.provider.as_deref()),
+                Dimension::Route => ("r", ctx.route.as_deref()),
+            };
+            let _ = write!(k, "{tag}={}", v.unwrap_or("-"));
+        }
+        Arc::from(k)
+    }
+}
+
+fn algorithm(kind: &PolicyKind) -> Result<Algorithm, String> {
+    let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Ok(match kind {
+        PolicyKind::Bucket {
+            algorithm: AlgorithmKind::Leaky,
+            rate,
+            period,
+            burst,
+            shape_max_wait,
+        } => Algorithm::Leaky {
+            rate: *rate,
+            period_ns: ns(*period),
+            burst: *burst,
+            shape_max_wait_ns: shape_max_wait.map(ns),
+        },
+        PolicyKind::Bucket {
+            algorithm: AlgorithmKind::Token,
+            rate,
+            period,
+            burst,
+            ..
+        } => Algorithm::Token {
+            capacity: *burst,
+            rate: *rate,
+            period_ns: ns(*period),
+        },
+        PolicyKind::Quota {
+            window,
+            limit,
+            timezone,
+            soft,
+        } => Algorithm::Window {
+            limit: *limit,
+            window: match window {
+                QuotaWindow::Hourly => CalendarWindow::Hour,
+                QuotaWindow::Daily => CalendarWindow::Day,
+                QuotaWindow::Monthly => CalendarWindow::Month,
+            },
+            tz: timezone
+                .parse()
+                .map_err(|_| format!("unknown time zone `{timezone}`"))?,
+            soft: *soft,
+        },
+        PolicyKind::Concurrent { limit } => Algorithm::Concurrency { limit: *limit },
+    })
+}
+
+pub use super::settle::Clock;
+
+/// The compiled policies of one config version and the store they charge.
+pub struct Limiter {
+    pub(crate) policies: Vec<CompiledPolicy>,
+    /// Per tier: indexes of the policies that may apply (its own limits and untiered or matching
+    /// shared ones). Principals of unknown tiers, and anonymous requests, use `untiered`.
+    by_tier: HashMap<String, (Priority, Vec<usize>)>,
+    untiered: Vec<usize>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) settler: Option<super::settle::SettlerHandle>,
+    /// The in-process store, when that is the store: settlements apply inline (no queue, no task), so
+    /// the caller's next request sees them whatever the timing.
+    pub(crate) inline: Option<Arc<super::memory::MemoryStore>>,
+    pub(crate) clock: Clock,
+}
+
+impl Limiter {
+    /// Compiles `limits` against `store`. Settlements after the response go through `settler` when
+    /// given (batched, off the request path), else straight to the store.
+    pub fn new(
+        limits: &Limits,
+        tiers: &BTreeMap<String, Tier>,
+        store: Arc<dyn Store>,
+        settler: Option<super::settle::SettlerHandle>,
+        clock: Clock,
+    ) -> Result<Self, String> {
+        let policies = limits
+            .policies
+            .iter()
+            .map(CompiledPolicy::compile)
+            .collect::<Result<Vec<_>, _>>()?;
+        let untiered: Vec<usize> = (0..policies.len())
+            .filter(|i| policies[*i].policy.tiers.is_empty())
+            .collect();
+        let by_tier = tiers
+            .iter()
+            .map(|(name, t)| {
+                let idx = (0..policies.len())
+                    .filter(|i| {
+                        let ts = &policies[*i].policy.tiers;
+                        ts.is_empty() || ts.iter().any(|x| x == name)
+                    })
+                    .collect();
+                (name.clone(), (t.priority, idx))
+            })
+            .collect();
+        Ok(Limiter {
+            policies,
+            by_tier,
+            untiered,
+            store,
+            settler,
+            inline: None,
+            clock,
+        })
+    }
+
+    /// Settle inline on `memory` (which must be the limiter's store) instead of through the settler.
+    pub fn with_inline_memory(mut self, memory: Arc<super::memory::MemoryStore>) -> Self {
+        self.inline = Some(memory);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().map(|p| &p.policy)
+    }
+
+    /// The request's charges, with the index of each one's policy.
+    pub(crate) fn charges(&self, ctx: &RequestCtx) -> (Vec<usize>, Vec<Charge>) {
+        let (priority, candidates) = match ctx
+            .principal
+            .as_deref()
+            .and_then(|p| self.by_tier.get(&*p.tier))
+        {
+            Some((prio, idx)) => (*prio, idx.as_slice()),
+            None => (Priority::Normal, self.untiered.as_slice()),
+        };
+        let slot = match priority {
+            Priority::Low => 0,
+            Priority::Normal => 1,
+            Priority::High => 2,
+        };
+        let mut which = Vec::with_capacity(candidates.len());
+        let mut charges = Vec::with_capacity(candidates.len());
+        for &i in candidates {
+            let p = &self.policies[i];
+            if !p.applies(ctx) {
+                continue;
+            }
+            let Some(cost) = p.cost(ctx) else { continue };
+            which.push(i);
+            charges.push(Charge {
+                key: p.key(ctx),
+                algo: p.algo.clone(),
+                cost,
+                reserve: p.policy.reserve_permille[slot],
+                on_error: p.on_error,
+            });
+        }
+        (which, charges)
+    }
+}
