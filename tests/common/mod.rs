@@ -152,9 +152,24 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(config: &str) -> Gateway {
+        Self::start_with(config, &[]).await
+    }
+
+    /// Starts with `config` and extra environment variables.
+    pub async fn start_with(config: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gateway.yaml");
         std::fs::write(&config_path, config).unwrap();
+        Self::spawn(dir, config_path, env).await
+    }
+
+    /// Starts on a config file that already exists (e.g. the shipped `config/dev.yaml`).
+    pub async fn start_file(path: &std::path::Path, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(dir, path.to_path_buf(), env).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Gateway {
         let (proxy, admin) = (free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_leaky-tokens"))
@@ -168,6 +183,7 @@ impl Gateway {
             ])
             .env("LT_TEST_OPENAI_KEY", OPENAI_CREDENTIAL)
             .env_remove("LT_TEST_UNSET")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

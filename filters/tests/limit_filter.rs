@@ -1,0 +1,235 @@
+//! The `rate-limit` filter on the in-process store with an injected clock: which policies apply to a
+//! request, priority shedding on a shared pool, shaping delays (paused tokio time), concurrency slots
+//! given back at completion, settlement and refunds, and bucket state kept across config versions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use leaky_filters::limit::{Limiter, MemoryStore, RateLimitFilter, TokenCost, TokenUsage};
+use leaky_filters::{AuthMethod, Filter, Principal, RejectKind, RequestCtx};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BASE: &str = "providers:
+  openai: { base_url: http://127.0.0.1:1 }
+  qwen: { base_url: http://127.0.0.1:2 }
+routes:
+  - { name: v1, prefix: /v1, upstream: { provider: openai } }
+";
+
+fn config(yaml: &str) -> leaky_config::Config {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.yaml");
+    std::fs::write(&p, format!("{BASE}{yaml}")).unwrap();
+    leaky_config::load(&p).unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Rig {
+    filter: RateLimitFilter,
+    now: Arc<AtomicU64>,
+}
+
+fn rig_on(yaml: &str, store: Arc<MemoryStore>, now: Arc<AtomicU64>) -> Rig {
+    let c = config(yaml);
+    let clock = now.clone();
+    let limiter = Limiter::new(
+        &c.limits,
+        &c.tiers,
+        store.clone(),
+        None,
+        Arc::new(move || clock.load(Ordering::Relaxed)),
+    )
+    .unwrap()
+    .with_inline_memory(store);
+    Rig {
+        filter: RateLimitFilter::new(Arc::new(limiter)),
+        now,
+    }
+}
+
+fn rig(yaml: &str) -> Rig {
+    rig_on(
+        yaml,
+        Arc::new(MemoryStore::new()),
+        Arc::new(AtomicU64::new(1_800_000_000_000_000_000)),
+    )
+}
+
+fn ctx(key: &str, tier: &str, org: &str, provider: &str) -> RequestCtx {
+    RequestCtx {
+        principal: Some(Arc::new(Principal {
+            id: key.into(),
+            user: format!("user-{key}").into(),
+            org: Some(org.into()),
+            tier: tier.into(),
+            roles: Arc::from(Vec::new()),
+            models: Arc::from(Vec::new()),
+            method: AuthMethod::ApiKey,
+        })),
+        model: Some("gpt-4o".into()),
+        provider: Some(provider.into()),
+        route: Some("v1".into()),
+        cost: Some(TokenCost {
+            prompt: 10,
+            max_completion: Some(90),
+        }),
+        ..Default::default()
+    }
+}
+
+fn header<'a>(c: &'a RequestCtx, name: &str) -> Option<&'a str> {
+    c.response_headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn shared_pool_sheds_low_priority_first() {
+    let r = rig("tiers:
+  free: { priority: low }
+  ent: { priority: high }
+limits:
+  policies:
+    - { name: org, unit: tokens, rate: 1000, per: hour, scope: [org], reserve: { low: 0.3 } }
+");
+    // Low priority may use the pool down to 30% (700 tokens = 7 requests of 100).
+    let mut admitted = 0;
+    for i in 0..10 {
+        let mut c = ctx(&format!("k{i}"), "free", "acme", "openai");
+        if r.filter.on_admit(&mut c).await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 7);
+    // High priority still gets the reserved 30%, from the same org pool.
+    for _ in 0..3 {
+        let mut c = ctx("boss", "ent", "acme", "openai");
+        r.filter.on_admit(&mut c).await.unwrap();
+    }
+    let mut c = ctx("boss", "ent", "acme", "openai");
+    let e = r.filter.on_admit(&mut c).await.unwrap_err();
+    assert_eq!(e.kind, RejectKind::TokensRateLimited);
+    // Another organization has its own pool.
+    let mut c = ctx("k0", "free", "other", "openai");
+    assert!(r.filter.on_admit(&mut c).await.is_ok());
+}
+
+#[tokio::test]
+async fn provider_pool_applies_only_to_its_provider() {
+    let r = rig("tiers: { pro: {} }
+limits:
+  policies:
+    - { name: openai-pool, unit: requests, rate: 2, per: hour, scope: [provider], match: { providers: [openai] } }
+");
+    for key in ["a", "b"] {
+        let mut c = ctx(key, "pro", "o", "openai");
+        r.filter.on_admit(&mut c).await.unwrap();
+    }
+    let mut c = ctx("c", "pro", "o", "openai");
+    assert!(r.filter.on_admit(&mut c).await.is_err(), "the pool is shared by every key");
+    let mut c = ctx("c", "pro", "o", "qwen");
+    r.filter.on_admit(&mut c).await.unwrap();
+    assert!(c.response_headers.is_empty(), "no policy applied to qwen");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shaping_delays_instead_of_refusing() {
+    let r = rig("tiers:
+  batch:
+    limits:
+      - { name: shaped, rate: 10, per: second, burst: 1, shape_max_wait_ms: 250 }
+");
+    let start = tokio::time::Instant::now();
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let mut c = ctx("k", "batch", "o", "openai");
+        r.filter.on_admit(&mut c).await.unwrap();
+        delays.push(c.delay.map_or(0, |d| d.as_millis()));
+    }
+    // 1 now, then one every 100 ms: queued 100, 200 ms; the 4th would wait 300 ms > 250 ms.
+    assert_eq!(delays, vec![0, 100, 200]);
+    let mut c = ctx("k", "batch", "o", "openai");
+    let e = r.filter.on_admit(&mut c).await.unwrap_err();
+    assert_eq!(e.kind, RejectKind::RateLimited);
+    assert!(e.message.contains("try again in 300ms"), "{}", e.message);
+    assert!(start.elapsed() >= Duration::from_millis(300), "the filter slept the delays");
+}
+
+#[tokio::test]
+async fn concurrency_slots_come_back_at_completion() {
+    let r = rig("tiers:
+  pro:
+    limits:
+      - { name: inflight, unit: concurrent_requests, limit: 2 }
+");
+    let mut a = ctx("k", "pro", "o", "openai");
+    let mut b = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut a).await.unwrap();
+    r.filter.on_admit(&mut b).await.unwrap();
+    let mut c = ctx("k", "pro", "o", "openai");
+    assert!(r.filter.on_admit(&mut c).await.is_err());
+    a.status = Some(200);
+    r.filter.on_complete(&a);
+    r.filter.on_admit(&mut c).await.unwrap();
+}
+
+#[tokio::test]
+async fn settles_with_reported_usage_and_refunds_failures() {
+    let r = rig("tiers:
+  pro:
+    limits:
+      - { name: day, unit: tokens, quota: daily, limit: 1000 }
+      - { name: out, unit: completion_tokens, quota: daily, limit: 1000 }
+");
+    let remaining = |c: &RequestCtx, p: &str| -> u64 {
+        let f = header(c, "ratelimit").unwrap();
+        let item = f.split(", ").find(|i| i.contains(&format!("\"{p}\""))).unwrap();
+        item.split(';').find_map(|kv| kv.strip_prefix("r=")).unwrap().parse().unwrap()
+    };
+    let mut a = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut a).await.unwrap();
+    assert_eq!((remaining(&a, "day"), remaining(&a, "out")), (900, 910));
+    a.status = Some(200);
+    a.usage = Some(TokenUsage { prompt: 12, completion: 30, reported: true });
+    r.filter.on_usage(&mut a).await;
+    r.filter.on_complete(&a); // already settled: no second adjustment
+
+    let mut b = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut b).await.unwrap();
+    assert_eq!((remaining(&b, "day"), remaining(&b, "out")), (1000 - 42 - 100, 1000 - 30 - 90));
+    // The upstream failed: everything b reserved comes back.
+    b.status = Some(502);
+    r.filter.on_complete(&b);
+    let mut c = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut c).await.unwrap();
+    assert_eq!(remaining(&c, "day"), 1000 - 42 - 100);
+    // Reset headers count down to the window's end (the clock is injected).
+    r.now.fetch_add(3_600_000_000_000, Ordering::Relaxed);
+    let mut d = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut d).await.unwrap();
+    assert_eq!(remaining(&d, "day"), 1000 - 42 - 100 - 100);
+}
+
+#[tokio::test]
+async fn unchanged_policies_keep_their_buckets_across_versions() {
+    let store = Arc::new(MemoryStore::new());
+    let now = Arc::new(AtomicU64::new(1_800_000_000_000_000_000));
+    let v1 = "tiers:
+  pro:
+    limits:
+      - { name: rpm, rate: 2, per: hour }
+";
+    let r1 = rig_on(v1, store.clone(), now.clone());
+    for _ in 0..2 {
+        let mut c = ctx("k", "pro", "o", "openai");
+        r1.filter.on_admit(&mut c).await.unwrap();
+    }
+    // The same policy in a new config version (another filter instance): still exhausted.
+    let r2 = rig_on(&format!("{v1}      - {{ name: other, rate: 9, per: hour }}\n"), store.clone(), now.clone());
+    let mut c = ctx("k", "pro", "o", "openai");
+    assert!(r2.filter.on_admit(&mut c).await.is_err());
+    // An edited policy starts fresh.
+    let r3 = rig_on(&v1.replace("rate: 2", "rate: 3"), store, now);
+    let mut c = ctx("k", "pro", "o", "openai");
+    assert!(r3.filter.on_admit(&mut c).await.is_ok());
+}
