@@ -69,12 +69,18 @@ async fn free_demo_key_is_cut_off_at_its_advertised_limits() {
     // nothing from any bucket (all or nothing).
     let r = post(&gw, "lt-demo-free", &capped("gpt-4o-mini", 20_000)).await;
     assert_eq!(r.status(), 429);
-    assert!(r.headers().get("retry-after").is_none(), "waiting cannot help");
+    assert!(
+        r.headers().get("retry-after").is_none(),
+        "waiting cannot help"
+    );
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "tokens");
     assert_eq!(e["error"]["code"], "rate_limit_exceeded");
     let msg = e["error"]["message"].as_str().unwrap();
-    assert!(msg.starts_with("Request too large (policy `free-tpm`)"), "{msg}");
+    assert!(
+        msg.starts_with("Request too large (policy `free-tpm`)"),
+        "{msg}"
+    );
 
     // 20 requests/min: the 20 go through, the 21st is refused with Retry-After.
     for i in 0..20 {
@@ -88,8 +94,15 @@ async fn free_demo_key_is_cut_off_at_its_advertised_limits() {
     }
     let r = post(&gw, "lt-demo-free", &capped("gpt-4o-mini", 16)).await;
     assert_eq!(r.status(), 429);
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=3).contains(&retry), "one request per 3 s refills: {retry}");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=3).contains(&retry),
+        "one request per 3 s refills: {retry}"
+    );
     assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "requests");
@@ -125,10 +138,17 @@ async fn free_demo_key_is_cut_off_at_its_advertised_limits() {
     assert!(e["request_id"].as_str().is_some_and(|s| !s.is_empty()));
 
     // Every decision is counted per policy (in the completion phase, just after the response).
-    let denied = |p: &str| format!("leaky_ratelimit_decisions_total{{decision=\"denied\",policy=\"{p}\"}}");
-    eventually("denials are counted", Duration::from_secs(5), Some(&gw), || async {
-        gw.metric(&denied("free-rpm")).await == 3.0 && gw.metric(&denied("free-tpm")).await == 1.0
-    })
+    let denied =
+        |p: &str| format!("leaky_ratelimit_decisions_total{{decision=\"denied\",policy=\"{p}\"}}");
+    eventually(
+        "denials are counted",
+        Duration::from_secs(5),
+        Some(&gw),
+        || async {
+            gw.metric(&denied("free-rpm")).await == 3.0
+                && gw.metric(&denied("free-tpm")).await == 1.0
+        },
+    )
     .await;
 }
 
@@ -202,7 +222,11 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
         .filter_map(|l| l.strip_prefix("data: "))
         .filter(|d| *d != "[DONE]")
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(String::from))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
         .collect();
     let c5 = leaky_tokenize::Tokenizer::O200k.text(&content);
     let r6 = post(&gw, key, &plain).await;
@@ -210,9 +234,12 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
     assert_eq!(q6, q5 + (p1 + 25) - (p1 + c5) - (p1 + 40), "t4={t4}");
 
     // The usage records went to the log, one per request, with the provider's numbers.
-    eventually("usage records are logged", Duration::from_secs(5), Some(&gw), || async {
-        gw.log().matches("\"source\":\"reported\"").count() >= 6
-    })
+    eventually(
+        "usage records are logged",
+        Duration::from_secs(5),
+        Some(&gw),
+        || async { gw.log().matches("\"source\":\"reported\"").count() >= 6 },
+    )
     .await;
 }
 
@@ -287,7 +314,11 @@ async fn a_stream_cut_by_the_client_settles_the_tokens_already_streamed() {
     let mut buf = String::new();
     let mut chunks = 0;
     while chunks < 10 {
-        let bytes = r.chunk().await.unwrap().expect("the stream is longer than 10 chunks");
+        let bytes = r
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream is longer than 10 chunks");
         buf.push_str(std::str::from_utf8(&bytes).unwrap());
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
@@ -307,21 +338,26 @@ async fn a_stream_cut_by_the_client_settles_the_tokens_already_streamed() {
 
     // The gateway notices on its next write, settles with what it streamed, and logs a counted record.
     let mut counted = 0;
-    eventually("the cut stream is settled", Duration::from_secs(10), Some(&gw), || {
-        let log = gw.log();
-        let rid = rid.clone();
-        let found = log
-            .lines()
-            .filter(|l| l.contains("\"source\":\"counted\"") && l.contains(&rid))
-            .find_map(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                v["completion_tokens"].as_u64()
-            });
-        if let Some(c) = found {
-            counted = c;
-        }
-        async move { found.is_some() }
-    })
+    eventually(
+        "the cut stream is settled",
+        Duration::from_secs(10),
+        Some(&gw),
+        || {
+            let log = gw.log();
+            let rid = rid.clone();
+            let found = log
+                .lines()
+                .filter(|l| l.contains("\"source\":\"counted\"") && l.contains(&rid))
+                .find_map(|l| {
+                    let v: Value = serde_json::from_str(l).ok()?;
+                    v["completion_tokens"].as_u64()
+                });
+            if let Some(c) = found {
+                counted = c;
+            }
+            async move { found.is_some() }
+        },
+    )
     .await;
     assert!(
         counted >= received && counted <= received + 8 && counted < 400,
@@ -336,7 +372,10 @@ async fn a_stream_cut_by_the_client_settles_the_tokens_already_streamed() {
     let prompt = r.json::<Value>().await.unwrap()["usage"]["prompt_tokens"]
         .as_u64()
         .unwrap();
-    assert_eq!(q_next, q_stream + (prompt + 400) - (prompt + counted) - (prompt + 10));
+    assert_eq!(
+        q_next,
+        q_stream + (prompt + 400) - (prompt + counted) - (prompt + 10)
+    );
 }
 
 /// Adds `rate-limit` to every route's chain and `limits` to the `pro` tier of the test config.

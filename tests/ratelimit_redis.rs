@@ -86,10 +86,15 @@ async fn three_replicas_share_one_redis_and_ride_out_its_outage() {
         Gateway::start(&cfg).await,
         Gateway::start(&cfg).await,
     ];
-    eventually("every replica reaches Redis", Duration::from_secs(10), None, || async {
-        let r = hammer(&gws, "gpt-4o", 3, 3).await;
-        count(&r, 200) == 3
-    })
+    eventually(
+        "every replica reaches Redis",
+        Duration::from_secs(10),
+        None,
+        || async {
+            let r = hammer(&gws, "gpt-4o", 3, 3).await;
+            count(&r, 200) == 3
+        },
+    )
     .await;
 
     // Hammered together on one key: 600 requests against 300/hour shared through Redis.
@@ -142,10 +147,15 @@ async fn three_replicas_share_one_redis_and_ride_out_its_outage() {
     // Redis returns (empty: no persistence): every replica recovers by itself.
     redis.restart().unwrap();
     for gw in &gws {
-        eventually("the replica recovers", Duration::from_secs(20), Some(gw), || async {
-            hammer(std::slice::from_ref(gw), "gpt-4o", 1, 1).await[0].0 == 200
-                && gw.metric("leaky_ratelimit_store_degraded").await == 0.0
-        })
+        eventually(
+            "the replica recovers",
+            Duration::from_secs(20),
+            Some(gw),
+            || async {
+                hammer(std::slice::from_ref(gw), "gpt-4o", 1, 1).await[0].0 == 200
+                    && gw.metric("leaky_ratelimit_store_degraded").await == 0.0
+            },
+        )
         .await;
     }
     // Shared again: the fresh 1/hour bucket admits one request across all three.

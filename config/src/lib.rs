@@ -15,8 +15,8 @@ mod validate_limits;
 pub mod yaml;
 
 pub use interpolate::interpolate;
-pub use load::{load, load_with_env, ConfigError, ConfigErrors};
 pub use limits::*;
+pub use load::{load, load_with_env, ConfigError, ConfigErrors};
 pub use model::*;
 pub use schema::*;
 pub use validate::JWT_ALGORITHMS;

@@ -101,13 +101,24 @@ fn policy<'a>(
     names: &mut HashSet<&'a str>,
 ) -> Option<Policy> {
     let errors_before = c_errors(c);
-    if p.name.is_empty() || !p.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+    if p.name.is_empty()
+        || !p
+            .name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
         c.err(
             &format!("{path}.name"),
-            format!("policy name `{}` must be letters, digits, `-`, `_` or `.`", p.name),
+            format!(
+                "policy name `{}` must be letters, digits, `-`, `_` or `.`",
+                p.name
+            ),
         );
     } else if !names.insert(p.name.as_str()) {
-        c.err(&format!("{path}.name"), format!("duplicate policy name `{}`", p.name));
+        c.err(
+            &format!("{path}.name"),
+            format!("duplicate policy name `{}`", p.name),
+        );
     }
     let kind = kind(c, path, p)?;
     if tier.is_some() && !p.matcher.tiers.is_empty() {
@@ -127,7 +138,11 @@ fn policy<'a>(
                 defined.sort_unstable();
                 c.err(
                     &format!("{path}.match.{field}[{j}]"),
-                    format!("unknown {} `{v}` (defined: {})", &field[..field.len() - 1], defined.join(", ")),
+                    format!(
+                        "unknown {} `{v}` (defined: {})",
+                        &field[..field.len() - 1],
+                        defined.join(", ")
+                    ),
                 );
             }
         }
@@ -147,10 +162,13 @@ fn policy<'a>(
         };
         reserve_permille[idx] = (share.clamp(0.0, 0.999) * 1000.0).round() as u32;
     }
-    let mut scope = p
-        .scope
-        .clone()
-        .unwrap_or_else(|| if tier.is_some() { vec![Dimension::Key] } else { Vec::new() });
+    let mut scope = p.scope.clone().unwrap_or_else(|| {
+        if tier.is_some() {
+            vec![Dimension::Key]
+        } else {
+            Vec::new()
+        }
+    });
     scope.sort_unstable();
     scope.dedup();
     if c_errors(c) > errors_before {
@@ -165,7 +183,12 @@ fn policy<'a>(
             Some(t) => vec![t.to_string()],
             None => p.matcher.tiers.clone(),
         },
-        models: p.matcher.models.iter().map(|m| ModelPattern::parse(m)).collect(),
+        models: p
+            .matcher
+            .models
+            .iter()
+            .map(|m| ModelPattern::parse(m))
+            .collect(),
         providers: p.matcher.providers.clone(),
         routes: p.matcher.routes.clone(),
         reserve_permille,
@@ -195,7 +218,10 @@ fn kind(c: &mut Check<'_>, path: &str, p: &PolicySpec) -> Option<PolicyKind> {
     }
     if let Some(window) = p.quota {
         if bucket {
-            c.err(path, "a policy is either a bucket (`rate`, `per`) or a `quota` with a `limit`, not both");
+            c.err(
+                path,
+                "a policy is either a bucket (`rate`, `per`) or a `quota` with a `limit`, not both",
+            );
             return None;
         }
         let Some(limit) = p.limit.filter(|l| *l > 0) else {

@@ -108,9 +108,9 @@ impl RejectKind {
             RejectKind::NotFound | RejectKind::ModelNotFound | RejectKind::MethodNotAllowed => {
                 "NOT_FOUND"
             }
-            RejectKind::RateLimited
-            | RejectKind::TokensRateLimited
-            | RejectKind::QuotaExceeded => "RESOURCE_EXHAUSTED",
+            RejectKind::RateLimited | RejectKind::TokensRateLimited | RejectKind::QuotaExceeded => {
+                "RESOURCE_EXHAUSTED"
+            }
             RejectKind::Internal | RejectKind::BadGateway => "INTERNAL",
             RejectKind::Unavailable => "UNAVAILABLE",
             RejectKind::GatewayTimeout => "DEADLINE_EXCEEDED",

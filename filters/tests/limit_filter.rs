@@ -126,7 +126,10 @@ limits:
         r.filter.on_admit(&mut c).await.unwrap();
     }
     let mut c = ctx("c", "pro", "o", "openai");
-    assert!(r.filter.on_admit(&mut c).await.is_err(), "the pool is shared by every key");
+    assert!(
+        r.filter.on_admit(&mut c).await.is_err(),
+        "the pool is shared by every key"
+    );
     let mut c = ctx("c", "pro", "o", "qwen");
     r.filter.on_admit(&mut c).await.unwrap();
     assert!(c.response_headers.is_empty(), "no policy applied to qwen");
@@ -152,7 +155,10 @@ async fn shaping_delays_instead_of_refusing() {
     let e = r.filter.on_admit(&mut c).await.unwrap_err();
     assert_eq!(e.kind, RejectKind::RateLimited);
     assert!(e.message.contains("try again in 300ms"), "{}", e.message);
-    assert!(start.elapsed() >= Duration::from_millis(300), "the filter slept the delays");
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "the filter slept the delays"
+    );
 }
 
 #[tokio::test]
@@ -183,20 +189,34 @@ async fn settles_with_reported_usage_and_refunds_failures() {
 ");
     let remaining = |c: &RequestCtx, p: &str| -> u64 {
         let f = header(c, "ratelimit").unwrap();
-        let item = f.split(", ").find(|i| i.contains(&format!("\"{p}\""))).unwrap();
-        item.split(';').find_map(|kv| kv.strip_prefix("r=")).unwrap().parse().unwrap()
+        let item = f
+            .split(", ")
+            .find(|i| i.contains(&format!("\"{p}\"")))
+            .unwrap();
+        item.split(';')
+            .find_map(|kv| kv.strip_prefix("r="))
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let mut a = ctx("k", "pro", "o", "openai");
     r.filter.on_admit(&mut a).await.unwrap();
     assert_eq!((remaining(&a, "day"), remaining(&a, "out")), (900, 910));
     a.status = Some(200);
-    a.usage = Some(TokenUsage { prompt: 12, completion: 30, reported: true });
+    a.usage = Some(TokenUsage {
+        prompt: 12,
+        completion: 30,
+        reported: true,
+    });
     r.filter.on_usage(&mut a).await;
     r.filter.on_complete(&a); // already settled: no second adjustment
 
     let mut b = ctx("k", "pro", "o", "openai");
     r.filter.on_admit(&mut b).await.unwrap();
-    assert_eq!((remaining(&b, "day"), remaining(&b, "out")), (1000 - 42 - 100, 1000 - 30 - 90));
+    assert_eq!(
+        (remaining(&b, "day"), remaining(&b, "out")),
+        (1000 - 42 - 100, 1000 - 30 - 90)
+    );
     // The upstream failed: everything b reserved comes back.
     b.status = Some(502);
     r.filter.on_complete(&b);
@@ -225,7 +245,11 @@ async fn unchanged_policies_keep_their_buckets_across_versions() {
         r1.filter.on_admit(&mut c).await.unwrap();
     }
     // The same policy in a new config version (another filter instance): still exhausted.
-    let r2 = rig_on(&format!("{v1}      - {{ name: other, rate: 9, per: hour }}\n"), store.clone(), now.clone());
+    let r2 = rig_on(
+        &format!("{v1}      - {{ name: other, rate: 9, per: hour }}\n"),
+        store.clone(),
+        now.clone(),
+    );
     let mut c = ctx("k", "pro", "o", "openai");
     assert!(r2.filter.on_admit(&mut c).await.is_err());
     // An edited policy starts fresh.

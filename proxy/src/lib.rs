@@ -7,10 +7,9 @@
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`; `metrics`: Prometheus families.
 
 mod access_log;
+pub mod admin;
 pub mod limiter;
 mod metering;
-mod usage_log;
-pub mod admin;
 pub mod metrics;
 mod pool;
 pub mod reload;
@@ -19,6 +18,7 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 mod upstream;
+mod usage_log;
 pub mod watch;
 
 pub use reload::ConfigState;

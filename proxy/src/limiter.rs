@@ -74,7 +74,11 @@ impl LimiterBackend {
                         let Some(m) = weak.upgrade() else { break };
                         let evicted = m.evict_idle(system_now());
                         if evicted > 0 {
-                            tracing::debug!(evicted, active = m.len(), "evicted idle rate-limit buckets");
+                            tracing::debug!(
+                                evicted,
+                                active = m.len(),
+                                "evicted idle rate-limit buckets"
+                            );
                         }
                     }
                 });
@@ -109,7 +113,6 @@ impl LimiterBackend {
     pub fn guard_stats(&self) -> Option<GuardStats> {
         self.guard.as_ref().map(|g| g.stats())
     }
-
 }
 
 /// A Redis store that connects in the background: until the first connection succeeds every call

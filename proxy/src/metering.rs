@@ -39,7 +39,10 @@ pub fn prepare(
     if !surface.is_metered() {
         return body;
     }
-    let sse_requested = head.headers.get("x-dashscope-sse").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enable"))
+    let sse_requested = head
+        .headers
+        .get("x-dashscope-sse")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enable"))
         || head
             .headers
             .get(http::header::ACCEPT)

@@ -2,6 +2,7 @@
 //! pre-resolved metric handles. Built off the hot path by `Snapshot::build`; requests load it once from
 //! the `ArcSwap` in `reload.rs` and never lock.
 
+use crate::limiter::LimiterBackend;
 use crate::metrics::RequestMetrics;
 use crate::pool::{IdlePool, Pools};
 use bytes::Bytes;
@@ -9,7 +10,6 @@ use http::{HeaderName, HeaderValue};
 use leaky_config::{
     Config, Dialect, ModelPattern, ModelSource, Provider, RouteUpstream, Target, UpstreamAuth,
 };
-use crate::limiter::LimiterBackend;
 use leaky_filters::limit::settle::system_now;
 use leaky_filters::limit::Limiter;
 use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};

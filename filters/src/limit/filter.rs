@@ -67,7 +67,13 @@ impl RateLimitFilter {
             .collect()
     }
 
-    fn rejection(&self, which: &[usize], charges: &[Charge], index: usize, deny: &Deny) -> Rejection {
+    fn rejection(
+        &self,
+        which: &[usize],
+        charges: &[Charge],
+        index: usize,
+        deny: &Deny,
+    ) -> Rejection {
         let p = &self.limiter.policies[which[index]];
         let (limit, window) = p.policy.quota_and_window();
         let cost = charges[index].cost;
@@ -197,7 +203,9 @@ impl Filter for RateLimitFilter {
             Err(e) => {
                 tracing::warn!(error = %e, "rate limiter store unavailable; a fail_closed policy refuses the request");
                 ctx.limit = Some(Box::new(Reservation {
-                    decisions: (0..charges.len()).map(|i| (names(i), "unavailable")).collect(),
+                    decisions: (0..charges.len())
+                        .map(|i| (names(i), "unavailable"))
+                        .collect(),
                     items: Vec::new(),
                     settled: true,
                 }));
@@ -210,7 +218,9 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_usage(&self, ctx: &mut RequestCtx) {
-        let Some(r) = ctx.limit.as_deref() else { return };
+        let Some(r) = ctx.limit.as_deref() else {
+            return;
+        };
         if r.settled {
             return;
         }
@@ -228,7 +238,9 @@ impl Filter for RateLimitFilter {
     }
 
     fn on_complete(&self, ctx: &RequestCtx) {
-        let Some(r) = ctx.limit.as_deref() else { return };
+        let Some(r) = ctx.limit.as_deref() else {
+            return;
+        };
         if r.settled {
             return;
         }

@@ -50,7 +50,11 @@ pub(crate) fn add(
     for (slot, kind) in [(0, "requests"), (1, "tokens")] {
         if let Some((quota, st)) = tightest[slot] {
             push(h, &format!("x-ratelimit-limit-{kind}"), quota.to_string());
-            push(h, &format!("x-ratelimit-remaining-{kind}"), st.remaining.to_string());
+            push(
+                h,
+                &format!("x-ratelimit-remaining-{kind}"),
+                st.remaining.to_string(),
+            );
             push(
                 h,
                 &format!("x-ratelimit-reset-{kind}"),
@@ -61,7 +65,11 @@ pub(crate) fn add(
     push(h, "ratelimit-policy", policy_field);
     push(h, "ratelimit", state_field);
     if let Some(d) = deny.filter(|d| !d.never_fits) {
-        push(h, "retry-after", ceil_secs(d.retry_after_ns).max(1).to_string());
+        push(
+            h,
+            "retry-after",
+            ceil_secs(d.retry_after_ns).max(1).to_string(),
+        );
     }
 }
 
