@@ -21,6 +21,7 @@ pub mod limit;
 mod principal;
 mod reject;
 mod request_id;
+pub mod usage;
 
 pub use api_key::ApiKeyFilter;
 pub use chain::{build_chain, BuildContext, Chain, Filter, RequestCtx, RequestInfo};

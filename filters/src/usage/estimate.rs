@@ -1,0 +1,154 @@
+//! What a request will cost, before the upstream call; and the `include_usage` rewrite.
+
+use serde_json::{Map, Value};
+
+use super::Surface;
+
+/// The estimated cost of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCost {
+    /// Prompt tokens, counted with the provider's rule (bytes / 4 when the body is not JSON).
+    pub prompt_tokens: u64,
+    /// The most completion tokens the request can generate: the per-choice cap (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`, `generationConfig.maxOutputTokens`,
+    /// `parameters.max_tokens`; legacy completions default to 16) times the number of
+    /// choices (and of prompts for legacy completions). `Some(0)` for embeddings and
+    /// unmetered surfaces; `None` when uncapped.
+    pub max_completion: Option<u64>,
+    /// The answer streams (`stream: true`, `:streamGenerateContent`, DashScope SSE).
+    pub stream: bool,
+    /// The caller asked for `stream_options.include_usage: true` (OpenAI-shaped streams).
+    pub wants_usage: bool,
+    /// DashScope `parameters.incremental_output: true` (stream events carry deltas, not the
+    /// whole text so far); give it to [`UsageTracker::incremental_output`](super::UsageTracker::incremental_output).
+    pub incremental: bool,
+}
+
+impl RequestCost {
+    /// Tokens to reserve: the prompt plus the completion cap, or `default_completion` when
+    /// the request sets none.
+    pub fn reserve(&self, default_completion: u64) -> u64 {
+        self.prompt_tokens
+            .saturating_add(self.max_completion.unwrap_or(default_completion))
+    }
+}
+
+/// Estimates a request on `surface` for `model` from its raw body. `sse_requested`: the
+/// DashScope native `X-DashScope-SSE: enable` header or an `Accept: text/event-stream` (only
+/// DashScope generation looks at it). Never panics; a body that is not JSON costs
+/// `ceil(bytes / 4)` prompt tokens.
+pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool) -> RequestCost {
+    let Some(api) = surface.api().filter(|_| surface.is_metered()) else {
+        return RequestCost {
+            max_completion: Some(0),
+            ..RequestCost::default()
+        };
+    };
+    let stream_by_surface = match surface {
+        Surface::GeminiStreamGenerate => true,
+        Surface::DashScopeGeneration => sse_requested,
+        _ => false,
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return RequestCost {
+            prompt_tokens: (body.len() as u64).div_ceil(4),
+            max_completion: (!surface.generates()).then_some(0),
+            stream: stream_by_surface,
+            ..RequestCost::default()
+        };
+    };
+    let vendor = surface.vendor().unwrap_or(leaky_tokenize::Vendor::OpenAi);
+    let prompt_tokens = leaky_tokenize::prompt_tokens(vendor, api, model, &req);
+    let empty = Map::new();
+    let o = req.as_object().unwrap_or(&empty);
+    let u = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_u64);
+    let choices = |o: &Map<String, Value>, k: &str| u(o, k).unwrap_or(1).max(1);
+    let times = |cap: Option<u64>, n: u64| cap.map(|c| c.saturating_mul(n));
+    let mut cost = RequestCost {
+        prompt_tokens,
+        stream: stream_by_surface || o.get("stream").and_then(Value::as_bool) == Some(true),
+        ..RequestCost::default()
+    };
+    match surface {
+        Surface::ChatCompletions(_) => {
+            let cap = u(o, "max_completion_tokens").or_else(|| u(o, "max_tokens"));
+            cost.max_completion = times(cap, choices(o, "n"));
+            cost.wants_usage = include_usage(o);
+        }
+        Surface::Completions(_) => {
+            let prompts = match o.get("prompt") {
+                Some(Value::Array(a)) if a.iter().all(|x| x.is_string() || x.is_array()) => {
+                    a.len().max(1) as u64
+                }
+                _ => 1,
+            };
+            let n = choices(o, "n").max(choices(o, "best_of"));
+            let cap = u(o, "max_tokens").unwrap_or(16);
+            cost.max_completion = times(Some(cap), n.saturating_mul(prompts));
+            cost.wants_usage = include_usage(o);
+        }
+        Surface::Responses(_) => cost.max_completion = u(o, "max_output_tokens"),
+        Surface::GeminiGenerate | Surface::GeminiStreamGenerate => {
+            let gc = o
+                .get("generationConfig")
+                .or_else(|| o.get("generation_config"))
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            let cap = u(gc, "maxOutputTokens").or_else(|| u(gc, "max_output_tokens"));
+            let n = u(gc, "candidateCount").or_else(|| u(gc, "candidate_count"));
+            cost.max_completion = times(cap, n.unwrap_or(1).max(1));
+        }
+        Surface::DashScopeGeneration => {
+            let p = o
+                .get("parameters")
+                .and_then(Value::as_object)
+                .unwrap_or(&empty);
+            cost.incremental = p.get("incremental_output").and_then(Value::as_bool) == Some(true);
+            cost.stream = sse_requested || cost.incremental;
+            cost.max_completion = times(u(p, "max_tokens"), choices(p, "n"));
+        }
+        _ => cost.max_completion = Some(0),
+    }
+    cost
+}
+
+fn include_usage(o: &Map<String, Value>) -> bool {
+    o.get("stream_options")
+        .and_then(|s| s.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true)
+}
+
+/// For an OpenAI-shaped streaming request (`stream: true` with `messages` or `prompt`, i.e.
+/// chat or legacy completions) that does not already set `stream_options.include_usage:
+/// true`: the body re-serialized with it set, every other field kept (other
+/// `stream_options` members too). `None` when not applicable (not JSON, not streaming, a
+/// Responses or native request, `stream_options` not an object, or already set).
+pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let mut req: Value = serde_json::from_slice(body).ok()?;
+    let o = req.as_object_mut()?;
+    if o.get("stream").and_then(Value::as_bool) != Some(true)
+        || !(o.contains_key("messages") || o.contains_key("prompt"))
+        || o.contains_key("input")
+        || include_usage(o)
+    {
+        return None;
+    }
+    match o.get_mut("stream_options") {
+        None | Some(Value::Null) => {
+            let mut so = Map::new();
+            so.insert("include_usage".into(), Value::Bool(true));
+            o.insert("stream_options".into(), Value::Object(so));
+        }
+        Some(Value::Object(so)) => {
+            so.insert("include_usage".into(), Value::Bool(true));
+        }
+        Some(_) => return None,
+    }
+    serde_json::to_vec(&req).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "estimate_tests.rs"]
+mod tests;

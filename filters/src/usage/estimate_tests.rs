@@ -1,0 +1,165 @@
+use super::*;
+use leaky_tokenize::{Tokenizer, Vendor};
+use serde_json::json;
+
+fn est(surface: Surface, model: &str, v: Value) -> RequestCost {
+    estimate(surface, model, v.to_string().as_bytes(), false)
+}
+
+#[test]
+fn chat_prompt_cap_stream_and_usage_flag() {
+    let s = Surface::ChatCompletions(Vendor::OpenAi);
+    let msgs = json!([{"role": "user", "content": "Tell me something about foxes."}]);
+    let c = est(
+        s,
+        "gpt-4o-mini",
+        json!({"messages": msgs, "max_tokens": 50, "n": 2}),
+    );
+    assert_eq!(c.prompt_tokens, 14);
+    assert_eq!(c.max_completion, Some(100));
+    assert!(!c.stream && !c.wants_usage);
+    let c = est(
+        s,
+        "gpt-4o-mini",
+        json!({"messages": msgs, "max_tokens": 50, "max_completion_tokens": 20,
+               "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(c.max_completion, Some(20));
+    assert!(c.stream && c.wants_usage);
+    assert_eq!(
+        est(s, "gpt-4o", json!({"messages": msgs})).max_completion,
+        None
+    );
+    assert_eq!(c.reserve(1000), 14 + 20);
+    assert_eq!(RequestCost::default().reserve(7), 7);
+}
+
+#[test]
+fn legacy_completions_default_to_sixteen_per_choice_and_prompt() {
+    let s = Surface::Completions(Vendor::OpenAi);
+    let m = "gpt-3.5-turbo-instruct";
+    let c = est(s, m, json!({"prompt": "hello world"}));
+    assert_eq!((c.prompt_tokens, c.max_completion), (2, Some(16)));
+    let c = est(s, m, json!({"prompt": ["a", "b"], "n": 3, "max_tokens": 5}));
+    assert_eq!(c.max_completion, Some(30));
+    let c = est(s, m, json!({"prompt": [1, 2, 3], "max_tokens": 5}));
+    assert_eq!((c.prompt_tokens, c.max_completion), (3, Some(5)));
+}
+
+#[test]
+fn responses_embeddings_gemini_and_dashscope_caps() {
+    let r = est(
+        Surface::Responses(Vendor::OpenAi),
+        "gpt-4o",
+        json!({"input": "hi", "max_output_tokens": 64, "stream": true}),
+    );
+    assert_eq!((r.max_completion, r.stream), (Some(64), true));
+    let t = Tokenizer::O200k;
+    assert_eq!(r.prompt_tokens, 3 + 3 + t.text("user") + t.text("hi"));
+    let e = est(
+        Surface::Embeddings(Vendor::OpenAi),
+        "text-embedding-3-small",
+        json!({"input": ["a", "b"]}),
+    );
+    assert_eq!((e.prompt_tokens, e.max_completion), (2, Some(0)));
+    let g = json!({"contents": [{"parts": [{"text": "abcdefgh"}]}],
+                   "generationConfig": {"maxOutputTokens": 100, "candidateCount": 2}});
+    let c = est(Surface::GeminiGenerate, "gemini-2.5-flash", g.clone());
+    assert_eq!(
+        (c.prompt_tokens, c.max_completion, c.stream),
+        (2, Some(200), false)
+    );
+    assert!(est(Surface::GeminiStreamGenerate, "gemini-2.5-flash", g).stream);
+    let snake = json!({"contents": [], "generation_config": {"max_output_tokens": 9}});
+    assert_eq!(
+        est(Surface::GeminiGenerate, "g", snake).max_completion,
+        Some(9)
+    );
+    let d = json!({"model": "qwen-plus", "input": {"prompt": "abcd"},
+                   "parameters": {"max_tokens": 30, "incremental_output": true}});
+    let c = est(Surface::DashScopeGeneration, "qwen-plus", d.clone());
+    assert_eq!((c.prompt_tokens, c.max_completion), (3 + 1 + 3, Some(30)));
+    assert!(c.stream && c.incremental);
+    let plain = json!({"input": {"prompt": "abcd"}});
+    assert!(!est(Surface::DashScopeGeneration, "qwen-plus", plain.clone()).stream);
+    assert!(
+        estimate(
+            Surface::DashScopeGeneration,
+            "qwen-plus",
+            plain.to_string().as_bytes(),
+            true
+        )
+        .stream
+    );
+}
+
+#[test]
+fn unmetered_and_malformed_bodies() {
+    let c = est(
+        Surface::Other,
+        "x",
+        json!({"messages": [{"content": "abc"}]}),
+    );
+    assert_eq!(
+        c,
+        RequestCost {
+            max_completion: Some(0),
+            ..RequestCost::default()
+        }
+    );
+    let c = est(Surface::GeminiCountTokens, "g", json!({"contents": []}));
+    assert_eq!((c.prompt_tokens, c.max_completion), (0, Some(0)));
+    let junk = b"{\"messages\": [ not json at all";
+    let c = estimate(
+        Surface::ChatCompletions(Vendor::OpenAi),
+        "gpt-4o",
+        junk,
+        false,
+    );
+    assert_eq!(c.prompt_tokens, (junk.len() as u64).div_ceil(4));
+    assert_eq!(c.max_completion, None);
+    let c = estimate(Surface::Embeddings(Vendor::OpenAi), "e", b"\xff\xfe", false);
+    assert_eq!((c.prompt_tokens, c.max_completion), (1, Some(0)));
+    assert_eq!(
+        estimate(Surface::GeminiGenerate, "g", b"[]", false).prompt_tokens,
+        0
+    );
+}
+
+#[test]
+fn include_usage_injection_keeps_every_other_field() {
+    let body = json!({"model": "gpt-4o", "stream": true, "temperature": 0.5,
+        "messages": [{"role": "user", "content": "hi \"there\" \u{e9}"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "stream_options": {"include_obfuscation": false}, "metadata": {"a": [1, 2, null]}});
+    let out = with_include_usage(body.to_string().as_bytes()).unwrap();
+    let mut got: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(got["stream_options"]["include_usage"], json!(true));
+    assert_eq!(got["stream_options"]["include_obfuscation"], json!(false));
+    got["stream_options"]
+        .as_object_mut()
+        .unwrap()
+        .remove("include_usage");
+    assert_eq!(got, body);
+    // No stream_options at all, or explicitly false: set.
+    let plain = json!({"stream": true, "prompt": "x", "model": "m"});
+    let out: Value =
+        serde_json::from_slice(&with_include_usage(plain.to_string().as_bytes()).unwrap()).unwrap();
+    assert_eq!(out["stream_options"], json!({"include_usage": true}));
+    assert_eq!(out["prompt"], json!("x"));
+    let off = json!({"stream": true, "messages": [], "stream_options": {"include_usage": false}});
+    assert!(with_include_usage(off.to_string().as_bytes()).is_some());
+}
+
+#[test]
+fn include_usage_not_applicable() {
+    let none = |v: Value| assert_eq!(with_include_usage(v.to_string().as_bytes()), None, "{v}");
+    none(json!({"messages": [], "stream": false}));
+    none(json!({"messages": []}));
+    none(json!({"messages": [], "stream": true, "stream_options": {"include_usage": true}}));
+    none(json!({"messages": [], "stream": true, "stream_options": "yes"}));
+    none(json!({"input": "hi", "stream": true}));
+    none(json!({"contents": [], "stream": true}));
+    none(json!([1, 2]));
+    assert_eq!(with_include_usage(b"{nope"), None);
+}

@@ -1,0 +1,196 @@
+//! Per-request token accounting for reserve-then-settle.
+//!
+//! Everything here is pure and synchronous; the proxy wires it in:
+//!
+//! 1. Classify the upstream call: [`Surface::classify`] (route dialect + upstream path).
+//! 2. Before the upstream call, [`estimate`] the request: prompt tokens counted with the
+//!    provider's own rule (`leaky-tokenize`, the same the stubs report), the completion cap
+//!    (`max_tokens`...), and whether the response streams. Reserve `prompt + cap`.
+//! 3. For an OpenAI-shaped streaming request whose caller did not ask for usage,
+//!    [`with_include_usage`] rewrites the body so that the provider reports it anyway; the
+//!    response tracker is then told to strip the extra usage chunk.
+//! 4. Feed every response body chunk to a [`UsageTracker`] ([`UsageTracker::on_chunk`] says
+//!    whether to forward the chunk as is or replacement bytes), call
+//!    [`UsageTracker::on_end`] at the end of the body, then [`UsageTracker::finish`] gives the
+//!    [`Usage`] to settle with: the provider's numbers when it reported them, otherwise the
+//!    prompt estimate plus the tokens of the text generated so far (a stream cut short).
+//!
+//! Error responses carry no usage: settle them as the policy says (usually to zero), the
+//! tracker does not look at the status.
+
+mod estimate;
+mod extract;
+mod json;
+mod native;
+mod text;
+mod tracker;
+
+#[cfg(test)]
+mod tests;
+
+pub use estimate::{estimate, with_include_usage, RequestCost};
+pub use leaky_tokenize::Vendor;
+pub use tracker::{Chunk, UsageTracker};
+
+use leaky_config::Dialect;
+use leaky_tokenize::{Api, Tokenizer};
+
+/// The kind of upstream call, which decides how a request is counted and where a response
+/// reports its usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Surface {
+    /// OpenAI-shaped `chat/completions` (OpenAI, Gemini `/v1beta/openai`, DashScope
+    /// `/compatible-mode/v1`); the vendor decides the tokenizer.
+    ChatCompletions(Vendor),
+    /// OpenAI-shaped legacy `completions`.
+    Completions(Vendor),
+    /// The Responses API (`/v1/responses`).
+    Responses(Vendor),
+    /// OpenAI-shaped `embeddings`.
+    Embeddings(Vendor),
+    /// Gemini `models/{m}:generateContent`.
+    GeminiGenerate,
+    /// Gemini `models/{m}:streamGenerateContent` (SSE with `alt=sse`, else a JSON array).
+    GeminiStreamGenerate,
+    /// Gemini `models/{m}:embedContent` / `:batchEmbedContents` (no usage in the answer).
+    GeminiEmbed,
+    /// Gemini `models/{m}:countTokens`: free at the provider, not metered.
+    GeminiCountTokens,
+    /// DashScope native text (or multimodal) generation.
+    DashScopeGeneration,
+    /// DashScope native text embedding.
+    DashScopeEmbedding,
+    /// Anything else (model listings...): not metered for tokens.
+    Other,
+}
+
+impl Surface {
+    /// Classifies an upstream call from the route's dialect and the upstream path (a query
+    /// string is ignored). OpenAI-shaped paths under `/v1beta/openai/` are Gemini's and under
+    /// `/compatible-mode/` DashScope's whatever the dialect; other OpenAI-shaped paths belong to
+    /// the dialect's vendor.
+    pub fn classify(dialect: Dialect, path: &str) -> Surface {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let path = path.trim_end_matches('/');
+        let last = path.rsplit('/').next().unwrap_or(path);
+        if let Some((_, method)) = last.rsplit_once(':') {
+            return match method {
+                "generateContent" => Surface::GeminiGenerate,
+                "streamGenerateContent" => Surface::GeminiStreamGenerate,
+                "embedContent" | "batchEmbedContents" => Surface::GeminiEmbed,
+                "countTokens" => Surface::GeminiCountTokens,
+                _ => Surface::Other,
+            };
+        }
+        if path.ends_with("/services/aigc/text-generation/generation")
+            || path.ends_with("/services/aigc/multimodal-generation/generation")
+        {
+            return Surface::DashScopeGeneration;
+        }
+        if path.ends_with("/services/embeddings/text-embedding/text-embedding") {
+            return Surface::DashScopeEmbedding;
+        }
+        let vendor = if path.contains("/v1beta/openai/") {
+            Vendor::Google
+        } else if path.contains("/compatible-mode/") {
+            Vendor::DashScope
+        } else {
+            match dialect {
+                Dialect::Openai => Vendor::OpenAi,
+                Dialect::Google => Vendor::Google,
+                Dialect::Dashscope => Vendor::DashScope,
+            }
+        };
+        if path.ends_with("/chat/completions") {
+            Surface::ChatCompletions(vendor)
+        } else if path.ends_with("/completions") {
+            Surface::Completions(vendor)
+        } else if path.ends_with("/responses") {
+            Surface::Responses(vendor)
+        } else if path.ends_with("/embeddings") {
+            Surface::Embeddings(vendor)
+        } else {
+            Surface::Other
+        }
+    }
+
+    /// Whether tokens are metered on this surface (not [`Surface::Other`] nor `countTokens`).
+    pub fn is_metered(self) -> bool {
+        !matches!(self, Surface::Other | Surface::GeminiCountTokens)
+    }
+
+    /// Whether the surface is OpenAI-shaped with `stream_options.include_usage`.
+    pub fn supports_include_usage(self) -> bool {
+        matches!(self, Surface::ChatCompletions(_) | Surface::Completions(_))
+    }
+
+    /// Whether the surface generates text (has completion tokens).
+    pub fn generates(self) -> bool {
+        matches!(
+            self,
+            Surface::ChatCompletions(_)
+                | Surface::Completions(_)
+                | Surface::Responses(_)
+                | Surface::GeminiGenerate
+                | Surface::GeminiStreamGenerate
+                | Surface::DashScopeGeneration
+        )
+    }
+
+    /// Who serves the surface.
+    pub fn vendor(self) -> Option<Vendor> {
+        match self {
+            Surface::ChatCompletions(v)
+            | Surface::Completions(v)
+            | Surface::Responses(v)
+            | Surface::Embeddings(v) => Some(v),
+            Surface::GeminiGenerate
+            | Surface::GeminiStreamGenerate
+            | Surface::GeminiEmbed
+            | Surface::GeminiCountTokens => Some(Vendor::Google),
+            Surface::DashScopeGeneration | Surface::DashScopeEmbedding => Some(Vendor::DashScope),
+            Surface::Other => None,
+        }
+    }
+
+    /// The request shape the prompt is counted from.
+    pub(crate) fn api(self) -> Option<Api> {
+        Some(match self {
+            Surface::ChatCompletions(_) => Api::Chat,
+            Surface::Completions(_) => Api::Completions,
+            Surface::Responses(_) => Api::Responses,
+            Surface::Embeddings(_) => Api::Embeddings,
+            Surface::GeminiGenerate | Surface::GeminiStreamGenerate => Api::GeminiGenerate,
+            Surface::GeminiEmbed => Api::GeminiEmbed,
+            Surface::GeminiCountTokens => Api::GeminiCountTokens,
+            Surface::DashScopeGeneration => Api::DashScopeGeneration,
+            Surface::DashScopeEmbedding => Api::DashScopeEmbedding,
+            Surface::Other => return None,
+        })
+    }
+
+    /// How the surface counts text for `model` (the approximation when unknown).
+    pub fn tokenizer(self, model: &str) -> Tokenizer {
+        self.vendor()
+            .map(|v| v.tokenizer(model))
+            .unwrap_or(Tokenizer::Approx)
+    }
+}
+
+/// Tokens to settle a request with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The provider reported these numbers (a complete answer). Otherwise the prompt is the
+    /// estimate (or the provider's partial count) and the completion the tokens of the text
+    /// received before the stream ended.
+    pub reported: bool,
+}
+
+impl Usage {
+    /// Prompt plus completion tokens.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
