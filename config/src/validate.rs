@@ -129,7 +129,7 @@ pub(crate) fn validate(
     }
 
     let keys = keys(&mut c, &file, &tiers);
-    let limits = crate::validate_limits::limits(&mut c, &file, &providers, &routes);
+    let limits = crate::validate_limits::limits(&mut c, &file);
 
     if c.errors.is_empty() {
         if let (Some(listen), Some(admin_listen)) = (listen, admin_listen) {

@@ -2,18 +2,13 @@
 //! `config/tests/invalid/` (files named `limit-*.yaml`).
 
 use crate::limits::*;
-use crate::model::{ModelPattern, Provider, Route};
+use crate::model::ModelPattern;
 use crate::schema::{ConfigFile, Priority};
 use crate::validate::Check;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
-pub(crate) fn limits(
-    c: &mut Check<'_>,
-    file: &ConfigFile,
-    providers: &BTreeMap<String, Provider>,
-    routes: &[Route],
-) -> Limits {
+pub(crate) fn limits(c: &mut Check<'_>, file: &ConfigFile) -> Limits {
     let spec = &file.limits;
     let store = match (spec.store, &spec.redis) {
         (StoreKind::Memory, _) => LimitStore::Memory,
@@ -28,8 +23,10 @@ pub(crate) fn limits(
     };
     let known = Known {
         tiers: file.tiers.keys().map(String::as_str).collect(),
-        providers: providers.keys().map(String::as_str).collect(),
-        routes: routes.iter().map(|r| r.name.as_str()).collect(),
+        // Names as written (not only the ones that validated), so one broken provider or route does
+        // not also report every policy that names it.
+        providers: file.providers.keys().map(String::as_str).collect(),
+        routes: file.routes.iter().map(|r| r.name.as_str()).collect(),
     };
     let mut names = HashSet::new();
     let mut policies = Vec::new();

@@ -12,11 +12,13 @@ fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
-/// Every variable is set: provider URLs to a well-formed URL, everything else (credentials) to a
-/// recognisable dummy.
+/// Every variable is set: provider URLs to a well-formed URL, the Redis URL to a Redis one,
+/// everything else (credentials) to a recognisable dummy.
 fn dummy_env(name: &str) -> Option<String> {
     Some(if name.ends_with("_BASE_URL") {
         "https://dummy.example.com".into()
+    } else if name == "REDIS_URL" {
+        "redis://redis.example.com:6379".into()
     } else {
         format!("dummy-{name}")
     })
@@ -52,6 +54,49 @@ fn base_and_dev_load_with_no_variables_set() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn staging_and_prod_share_limits_through_redis_and_dev_limits_in_process() {
+    for name in ["staging.yaml", "prod.yaml"] {
+        let config = load_ok(&shipped(name), &dummy_env);
+        match &config.limits.store {
+            leaky_config::LimitStore::Redis(r) => {
+                assert_eq!(r.url, "redis://redis.example.com:6379", "{name}");
+                assert_eq!((r.timeout.as_millis(), r.replicas), (20, 3), "{name}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let dev = load_ok(&shipped("dev.yaml"), &no_env);
+    assert_eq!(dev.limits.store, leaky_config::LimitStore::Memory);
+    // The demo tiers carry the limits the README advertises.
+    let names: Vec<&str> = dev
+        .limits
+        .policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    for p in [
+        "free-rpm",
+        "free-tpm",
+        "free-tpd",
+        "pro-rpm",
+        "pro-tpm",
+        "pro-tpd",
+        "enterprise-rpm",
+        "enterprise-tpm",
+    ] {
+        assert!(names.contains(&p), "{p} missing from {names:?}");
+    }
+    let free_rpm = dev
+        .limits
+        .policies
+        .iter()
+        .find(|p| p.name == "free-rpm")
+        .unwrap();
+    assert_eq!(free_rpm.quota_and_window(), (20, 60));
+    assert_eq!(free_rpm.tiers, vec!["free".to_string()]);
 }
 
 #[test]
