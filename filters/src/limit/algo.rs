@@ -269,7 +269,7 @@ impl Algorithm {
             ) => {
                 let t = Token::new(*capacity, *rate, *period_ns);
                 let (level, at) = t.refill(level, at, now);
-                let units = u128::from(amount) * t.period;
+                let units = wide(amount, t.period);
                 let level = if charge {
                     level.saturating_sub(units)
                 } else {
@@ -418,19 +418,24 @@ fn clamp_u64(x: u128) -> u64 {
     u64::try_from(x).unwrap_or(u64::MAX)
 }
 
+/// The exact product of two `u64`s (always fits a `u128`).
+fn wide(a: u64, b: u64) -> u128 {
+    u128::from(a) * u128::from(b)
+}
+
 /// GCRA in units of ns × rate: one unit of cost is `period` of those.
 struct Leaky {
-    rate: u128,
-    period: u128,
-    burst: u128,
+    rate: u64,
+    period: u64,
+    burst: u64,
 }
 
 impl Leaky {
-    fn new(rate: u64, period_ns: u64, burst: u64) -> Self {
+    fn new(rate: u64, period: u64, burst: u64) -> Self {
         Self {
-            rate: u128::from(rate),
-            period: u128::from(period_ns),
-            burst: u128::from(burst),
+            rate,
+            period,
+            burst,
         }
     }
 
@@ -442,8 +447,6 @@ impl Leaky {
         keep: u128,
         shape_max_wait_ns: Option<u64>,
     ) -> Result<(State, Admit), Deny> {
-        let never_fits =
-            u128::from(cost).saturating_mul(PERMILLE) > self.burst.saturating_mul(keep);
         if self.rate == 0 {
             // Nothing ever drains: a misconfigured bucket admits nothing.
             return Err(Deny {
@@ -452,13 +455,11 @@ impl Leaky {
                 status: self.status(tat, now),
             });
         }
-        let now_r = u128::from(now).saturating_mul(self.rate);
-        let new_tat = tat
-            .max(now_r)
-            .saturating_add(u128::from(cost).saturating_mul(self.period));
+        let now_r = wide(now, self.rate);
+        let new_tat = tat.max(now_r).saturating_add(wide(cost, self.period));
         // Scaled by 1000 so the reserve's share is exact.
         let need = (new_tat - now_r).saturating_mul(PERMILLE);
-        let allowed = self.burst.saturating_mul(self.period).saturating_mul(keep);
+        let allowed = wide(self.burst, self.period).saturating_mul(keep);
         let admit = |delay_ns: u64| {
             Ok((
                 State::Leaky { tat: new_tat },
@@ -472,6 +473,7 @@ impl Leaky {
         if need <= allowed {
             return admit(0);
         }
+        let never_fits = u128::from(cost) * PERMILLE > u128::from(self.burst) * keep;
         if never_fits {
             return Err(Deny {
                 retry_after_ns: 0,
@@ -480,7 +482,7 @@ impl Leaky {
             });
         }
         // It fits once now·rate has grown by (need − allowed)/1000.
-        let wait = clamp_u64(ceil_div(need - allowed, self.rate.saturating_mul(PERMILLE)));
+        let wait = clamp_u64(ceil_div(need - allowed, u128::from(self.rate) * PERMILLE));
         match shape_max_wait_ns {
             Some(max_wait) if wait <= max_wait => admit(wait),
             _ => Err(Deny {
@@ -492,8 +494,8 @@ impl Leaky {
     }
 
     fn adjust(&self, tat: u128, now: Nanos, charge: bool, amount: u64) -> u128 {
-        let now_r = u128::from(now).saturating_mul(self.rate);
-        let units = u128::from(amount).saturating_mul(self.period);
+        let now_r = wide(now, self.rate);
+        let units = wide(amount, self.period);
         if charge {
             tat.max(now_r).saturating_add(units)
         } else {
@@ -502,7 +504,7 @@ impl Leaky {
     }
 
     fn status(&self, tat: u128, now: Nanos) -> Status {
-        let limit = clamp_u64(self.burst);
+        let limit = self.burst;
         if self.rate == 0 {
             return Status {
                 limit,
@@ -510,50 +512,47 @@ impl Leaky {
                 reset_ns: 0,
             };
         }
-        let excess = tat.saturating_sub(u128::from(now).saturating_mul(self.rate));
+        let excess = tat.saturating_sub(wide(now, self.rate));
         let remaining = if self.period == 0 {
             limit
         } else {
             clamp_u64(floor_div(
-                self.burst
-                    .saturating_mul(self.period)
-                    .saturating_sub(excess),
-                self.period,
+                wide(self.burst, self.period).saturating_sub(excess),
+                u128::from(self.period),
             ))
         };
         Status {
             limit,
             remaining,
-            reset_ns: clamp_u64(ceil_div(excess, self.rate)),
+            reset_ns: clamp_u64(ceil_div(excess, u128::from(self.rate))),
         }
     }
 }
 
 /// Token bucket in units of tokens × period.
 struct Token {
-    capacity: u128,
-    rate: u128,
-    period: u128,
+    capacity: u64,
+    rate: u64,
+    period: u64,
 }
 
 impl Token {
-    fn new(capacity: u64, rate: u64, period_ns: u64) -> Self {
+    fn new(capacity: u64, rate: u64, period: u64) -> Self {
         Self {
-            capacity: u128::from(capacity),
-            rate: u128::from(rate),
-            period: u128::from(period_ns),
+            capacity,
+            rate,
+            period,
         }
     }
 
     fn full(&self) -> u128 {
-        self.capacity.saturating_mul(self.period)
+        wide(self.capacity, self.period)
     }
 
     /// The level at `now`; the clock never goes back (`at` is monotonic).
     fn refill(&self, level: u128, at: Nanos, now: Nanos) -> (u128, Nanos) {
-        let elapsed = u128::from(now.saturating_sub(at));
         let level = level
-            .saturating_add(elapsed.saturating_mul(self.rate))
+            .saturating_add(wide(now.saturating_sub(at), self.rate))
             .min(self.full());
         (level, at.max(now))
     }
@@ -567,7 +566,7 @@ impl Token {
         keep: u128,
     ) -> Result<(State, Admit), Deny> {
         let (level, at) = self.refill(level, at, now);
-        let units = u128::from(cost).saturating_mul(self.period);
+        let units = wide(cost, self.period);
         let full = self.full();
         // level − units ≥ full·reserve/1000, scaled by 1000.
         let need = units
@@ -585,13 +584,13 @@ impl Token {
                 },
             ));
         }
-        let never_fits = self.rate == 0
-            || u128::from(cost).saturating_mul(PERMILLE) > self.capacity.saturating_mul(keep);
+        let never_fits =
+            self.rate == 0 || u128::from(cost) * PERMILLE > u128::from(self.capacity) * keep;
         Err(Deny {
             retry_after_ns: if never_fits {
                 0
             } else {
-                clamp_u64(ceil_div(need - have, self.rate.saturating_mul(PERMILLE)))
+                clamp_u64(ceil_div(need - have, u128::from(self.rate) * PERMILLE))
             },
             never_fits,
             status: self.status(level, at, now),
@@ -600,15 +599,14 @@ impl Token {
 
     fn status(&self, level: u128, at: Nanos, now: Nanos) -> Status {
         let (level, _) = self.refill(level, at, now);
-        let limit = clamp_u64(self.capacity);
         Status {
-            limit,
+            limit: self.capacity,
             remaining: if self.period == 0 {
-                limit
+                self.capacity
             } else {
-                clamp_u64(floor_div(level, self.period))
+                clamp_u64(floor_div(level, u128::from(self.period)))
             },
-            reset_ns: clamp_u64(ceil_div(self.full() - level, self.rate)),
+            reset_ns: clamp_u64(ceil_div(self.full() - level, u128::from(self.rate))),
         }
     }
 }
