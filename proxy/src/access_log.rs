@@ -6,6 +6,7 @@ use crate::service::Ctx;
 use crate::usage_log::{record, UsageRecord};
 use pingora::proxy::Session;
 use pingora::Error;
+use std::sync::Arc;
 
 pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     let status = match ctx.status() {
@@ -92,15 +93,16 @@ fn account(ctx: &Ctx, status: u16, seconds: f64) {
         }
     }
     let p = ctx.req.principal.as_deref();
+    let dash = || Arc::<str>::from("-");
     record(UsageRecord {
         request_id: ctx.req.request_id.clone(),
-        principal: p.map_or("-", |p| &*p.id).to_string(),
-        user: p.map_or("-", |p| &*p.user).to_string(),
-        org: p.and_then(|p| p.org.as_deref()).unwrap_or("-").to_string(),
-        tier: p.map_or("-", |p| &*p.tier).to_string(),
-        route: ctx.req.route.as_deref().unwrap_or("-").to_string(),
+        principal: p.map_or_else(dash, |p| p.id.clone()),
+        user: p.map_or_else(dash, |p| p.user.clone()),
+        org: p.and_then(|p| p.org.clone()),
+        tier: p.map_or_else(dash, |p| p.tier.clone()),
+        route: ctx.req.route.clone(),
         model: ctx.req.model.clone().unwrap_or_default(),
-        provider: provider.to_string(),
+        provider: ctx.upstream().map_or_else(dash, |u| u.provider.clone()),
         prompt_tokens: usage.prompt,
         completion_tokens: usage.completion,
         source,

@@ -109,6 +109,13 @@ pub fn is_dropped_response_header(name: &HeaderName) -> bool {
     )
 }
 
+/// Rate-limit standing headers (OpenAI `x-ratelimit-*`, IETF `ratelimit*`). A provider's own
+/// `retry-after` on its 429 still reaches the caller.
+pub fn is_limit_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-ratelimit-") || n.starts_with("ratelimit")
+}
+
 /// `path_prefix` + the part of `path` after the route prefix + the query without the caller's `key`.
 pub fn upstream_path(path_prefix: &str, rest: &str, query: Option<&str>) -> String {
     let mut out =

@@ -361,7 +361,11 @@ impl Gateway {
         let mut out =
             ResponseHeader::build_no_case(status, Some(up_head.headers.len() + 4)).map_err(bad)?;
         for (name, value) in up_head.headers.iter() {
-            if !request::is_dropped_response_header(name) {
+            // On rate-limited routes the gateway's own limit headers describe the caller; the
+            // provider's describe the gateway's upstream key and would contradict them.
+            if !request::is_dropped_response_header(name)
+                && !(route.meters && request::is_limit_header(name))
+            {
                 out.append_header(name.clone(), value.clone())
                     .map_err(bad)?;
             }

@@ -1,21 +1,25 @@
 //! Usage records: one per metered request (request id, principal, model, provider, tokens, status,
-//! latency), sent on a bounded in-process channel to a sink that writes them to the log (target
-//! `usage`, one JSON line each with `--log-format json`). The control plane's consumer will replace the
-//! sink; the request path only does a non-blocking `try_send` (a full channel drops and counts).
+//! latency), pushed on a bounded in-process queue that a sink drains to the log (target `usage`, one
+//! JSON line each with `--log-format json`). The control plane's consumer will replace the sink.
+//!
+//! The request path does one lock-free push and never wakes anything: the sink polls the queue every
+//! `DRAIN_EVERY` (a wake-up per record cost the proxy a cross-thread futex call per request). A full
+//! queue drops the record and counts it in `leaky_usage_records_dropped_total`.
 
-use std::sync::OnceLock;
-use tokio::sync::mpsc;
+use crossbeam_queue::ArrayQueue;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
     pub request_id: String,
-    pub principal: String,
-    pub user: String,
-    pub org: String,
-    pub tier: String,
-    pub route: String,
+    pub principal: Arc<str>,
+    pub user: Arc<str>,
+    pub org: Option<Arc<str>>,
+    pub tier: Arc<str>,
+    pub route: Option<Arc<str>>,
     pub model: String,
-    pub provider: String,
+    pub provider: Arc<str>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     /// `reported` (the provider's numbers) or `counted` (from the streamed text; the stream was cut).
@@ -25,42 +29,51 @@ pub struct UsageRecord {
 }
 
 const CAPACITY: usize = 65_536;
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
-fn channel() -> Option<&'static mpsc::Sender<UsageRecord>> {
-    static TX: OnceLock<Option<mpsc::Sender<UsageRecord>>> = OnceLock::new();
-    TX.get_or_init(|| {
-        let (tx, rx) = mpsc::channel(CAPACITY);
-        crate::limiter::spawn_background(sink(rx)).then_some(tx)
+fn queue() -> Option<&'static Arc<ArrayQueue<UsageRecord>>> {
+    static Q: OnceLock<Option<Arc<ArrayQueue<UsageRecord>>>> = OnceLock::new();
+    Q.get_or_init(|| {
+        let q = Arc::new(ArrayQueue::new(CAPACITY));
+        crate::limiter::spawn_background(sink(q.clone())).then_some(q)
     })
     .as_ref()
 }
 
-async fn sink(mut rx: mpsc::Receiver<UsageRecord>) {
-    while let Some(r) = rx.recv().await {
-        tracing::info!(
-            target: "usage",
-            request_id = %r.request_id,
-            principal = %r.principal,
-            user = %r.user,
-            org = %r.org,
-            tier = %r.tier,
-            route = %r.route,
-            model = %r.model,
-            provider = %r.provider,
-            prompt_tokens = r.prompt_tokens,
-            completion_tokens = r.completion_tokens,
-            total_tokens = r.prompt_tokens + r.completion_tokens,
-            source = r.source,
-            status = r.status,
-            latency_ms = r.latency_ms,
-            "usage"
-        );
+async fn sink(q: Arc<ArrayQueue<UsageRecord>>) {
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    loop {
+        tick.tick().await;
+        while let Some(r) = q.pop() {
+            log(&r);
+        }
     }
 }
 
+fn log(r: &UsageRecord) {
+    tracing::info!(
+        target: "usage",
+        request_id = %r.request_id,
+        principal = %r.principal,
+        user = %r.user,
+        org = r.org.as_deref().unwrap_or("-"),
+        tier = %r.tier,
+        route = r.route.as_deref().unwrap_or("-"),
+        model = %r.model,
+        provider = %r.provider,
+        prompt_tokens = r.prompt_tokens,
+        completion_tokens = r.completion_tokens,
+        total_tokens = r.prompt_tokens + r.completion_tokens,
+        source = r.source,
+        status = r.status,
+        latency_ms = r.latency_ms,
+        "usage"
+    );
+}
+
 pub fn record(r: UsageRecord) {
-    let sent = channel().is_some_and(|tx| tx.try_send(r).is_ok());
-    if !sent {
+    let pushed = queue().is_some_and(|q| q.push(r).is_ok());
+    if !pushed {
         if let Some(m) = crate::metrics::metrics() {
             m.usage_records_dropped.inc();
         }
