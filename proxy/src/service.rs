@@ -363,9 +363,8 @@ impl Gateway {
         for (name, value) in up_head.headers.iter() {
             // On rate-limited routes the gateway's own limit headers describe the caller; the
             // provider's describe the gateway's upstream key and would contradict them.
-            if !request::is_dropped_response_header(name)
-                && !(route.meters && request::is_limit_header(name))
-            {
+            let provider_limit = route.meters && request::is_limit_header(name);
+            if !request::is_dropped_response_header(name) && !provider_limit {
                 out.append_header(name.clone(), value.clone())
                     .map_err(bad)?;
             }
