@@ -62,11 +62,9 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
 /// Rate-limit decisions and token counts in metrics, and the request's usage record.
 fn account(ctx: &Ctx, status: u16, seconds: f64) {
     let m = metrics();
-    if let (Some(m), Some(r)) = (m, ctx.req.limit.as_deref()) {
+    if let (Some(s), Some(r)) = (ctx.snapshot(), ctx.req.limit.as_deref()) {
         for (policy, decision) in &r.decisions {
-            m.ratelimit_decisions
-                .with_label_values(&[&**policy, decision])
-                .inc();
+            s.count_decision(*policy, *decision);
         }
     }
     if ctx.metering.is_none() {

@@ -270,6 +270,14 @@ impl RequestMetrics {
     }
 }
 
+/// The `leaky_ratelimit_decisions_total` counter of one policy and decision.
+pub fn decision_counter(policy: &str, decision: &str) -> Option<IntCounter> {
+    metrics()?
+        .ratelimit_decisions
+        .get_metric_with_label_values(&[policy, decision])
+        .ok()
+}
+
 pub fn count_rejection(route: &str, reason: &str) {
     if let Some(m) = metrics() {
         m.rejections.with_label_values(&[route, reason]).inc();

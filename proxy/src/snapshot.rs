@@ -11,9 +11,10 @@ use leaky_config::{
     Config, Dialect, ModelPattern, ModelSource, Provider, RouteUpstream, Target, UpstreamAuth,
 };
 use leaky_filters::limit::settle::system_now;
-use leaky_filters::limit::Limiter;
+use leaky_filters::limit::{Decision, Limiter};
 use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};
 use pingora::upstreams::peer::HttpPeer;
+use prometheus::IntCounter;
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 
@@ -88,6 +89,8 @@ pub struct Snapshot {
     pub max_body_bytes: u64,
     /// The `not_found` metric bucket for requests that match no route.
     pub unmatched: RequestMetrics,
+    /// `leaky_ratelimit_decisions_total` per policy (by index) and decision, resolved once here.
+    decisions: Vec<[Option<IntCounter>; 5]>,
 }
 
 impl Snapshot {
@@ -149,6 +152,10 @@ impl Snapshot {
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let decisions = limiter
+            .policies()
+            .map(|p| Decision::ALL.map(|d| crate::metrics::decision_counter(&p.name, d.as_str())))
+            .collect();
         Ok(Snapshot {
             limiter,
             backend: backend.clone(),
@@ -157,6 +164,7 @@ impl Snapshot {
             config,
             routes,
             unmatched: RequestMetrics::new("none", "none"),
+            decisions,
         })
     }
 
@@ -171,6 +179,13 @@ impl Snapshot {
 
     pub fn routes(&self) -> &[CompiledRoute] {
         &self.routes
+    }
+
+    pub fn count_decision(&self, policy: usize, decision: Decision) {
+        let slot = Decision::ALL.iter().position(|d| *d == decision);
+        if let Some(c) = slot.and_then(|i| self.decisions.get(policy)?[i].as_ref()) {
+            c.inc();
+        }
     }
 }
 

@@ -18,11 +18,45 @@ use leaky_config::{PolicyKind, Unit};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What the limiter decided for one policy of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    /// Admitted after a shaping delay.
+    Delayed,
+    /// Admitted over a soft quota.
+    SoftExceeded,
+    Denied,
+    /// The store could not answer and the policy fails closed.
+    Unavailable,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 5] = [
+        Decision::Allowed,
+        Decision::Delayed,
+        Decision::SoftExceeded,
+        Decision::Denied,
+        Decision::Unavailable,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Delayed => "delayed",
+            Decision::SoftExceeded => "soft_exceeded",
+            Decision::Denied => "denied",
+            Decision::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// What one request reserved, and what the limiter decided (for metrics and the usage record).
 #[derive(Debug, Clone, Default)]
 pub struct Reservation {
-    /// (policy name, decision): `allowed`, `delayed`, `soft_exceeded`, `denied`, `unavailable`.
-    pub decisions: Vec<(Arc<str>, &'static str)>,
+    /// (index of the policy in `Limiter::policies`, decision).
+    pub decisions: Vec<(usize, Decision)>,
     items: Vec<Reserved>,
     pub settled: bool,
 }
@@ -146,7 +180,6 @@ impl Filter for RateLimitFilter {
             return Ok(());
         }
         let now = (self.limiter.clock)();
-        let names = |i: usize| self.limiter.policies[which[i]].name.clone();
         match self.limiter.store.take(now, &charges).await {
             Ok(Taken::Admitted(admits)) => {
                 let statuses: Vec<(usize, Status)> = which
@@ -156,18 +189,18 @@ impl Filter for RateLimitFilter {
                     .collect();
                 headers::add(&self.limiter, &statuses, None, ctx);
                 let delay = admits.iter().map(|a| a.delay_ns).max().unwrap_or(0);
-                let decisions = admits
+                let decisions = which
                     .iter()
-                    .enumerate()
+                    .zip(&admits)
                     .map(|(i, a)| {
                         let d = if a.soft_exceeded {
-                            "soft_exceeded"
+                            Decision::SoftExceeded
                         } else if a.delay_ns > 0 {
-                            "delayed"
+                            Decision::Delayed
                         } else {
-                            "allowed"
+                            Decision::Allowed
                         };
-                        (names(i), d)
+                        (*i, d)
                     })
                     .collect();
                 let items = which
@@ -194,7 +227,7 @@ impl Filter for RateLimitFilter {
                 let statuses = [(which[index], deny.status)];
                 headers::add(&self.limiter, &statuses, Some(&deny), ctx);
                 ctx.limit = Some(Box::new(Reservation {
-                    decisions: vec![(names(index), "denied")],
+                    decisions: vec![(which[index], Decision::Denied)],
                     items: Vec::new(),
                     settled: true,
                 }));
@@ -203,9 +236,7 @@ impl Filter for RateLimitFilter {
             Err(e) => {
                 tracing::warn!(error = %e, "rate limiter store unavailable; a fail_closed policy refuses the request");
                 ctx.limit = Some(Box::new(Reservation {
-                    decisions: (0..charges.len())
-                        .map(|i| (names(i), "unavailable"))
-                        .collect(),
+                    decisions: which.iter().map(|i| (*i, Decision::Unavailable)).collect(),
                     items: Vec::new(),
                     settled: true,
                 }));

@@ -47,35 +47,42 @@ pub(crate) fn add(
         }
     }
     let h = &mut ctx.response_headers;
-    for (slot, kind) in [(0, "requests"), (1, "tokens")] {
+    for (slot, [limit, remaining, reset]) in NAMES.into_iter().enumerate() {
         if let Some((quota, st)) = tightest[slot] {
-            push(h, &format!("x-ratelimit-limit-{kind}"), quota.to_string());
-            push(
-                h,
-                &format!("x-ratelimit-remaining-{kind}"),
-                st.remaining.to_string(),
-            );
-            push(
-                h,
-                &format!("x-ratelimit-reset-{kind}"),
-                duration(Duration::from_nanos(st.reset_ns)),
-            );
+            push(h, limit, quota.to_string());
+            push(h, remaining, st.remaining.to_string());
+            push(h, reset, duration(Duration::from_nanos(st.reset_ns)));
         }
     }
-    push(h, "ratelimit-policy", policy_field);
-    push(h, "ratelimit", state_field);
+    push(h, RATELIMIT_POLICY, policy_field);
+    push(h, RATELIMIT, state_field);
     if let Some(d) = deny.filter(|d| !d.never_fits) {
-        push(
-            h,
-            "retry-after",
-            ceil_secs(d.retry_after_ns).max(1).to_string(),
-        );
+        let secs = ceil_secs(d.retry_after_ns).max(1);
+        push(h, http::header::RETRY_AFTER, secs.to_string());
     }
 }
 
-fn push(h: &mut Vec<(HeaderName, HeaderValue)>, name: &str, value: String) {
-    if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-        h.push((n, v));
+// Header names are constants: `from_static` runs at compile time (an invalid name fails the build).
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// OpenAI's names, for request and token policies.
+const NAMES: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
+
+fn push(h: &mut Vec<(HeaderName, HeaderValue)>, name: HeaderName, value: String) {
+    if let Ok(v) = HeaderValue::try_from(value) {
+        h.push((name, v));
     }
 }
 

@@ -14,7 +14,7 @@ pub mod store;
 
 pub use self::redis::{RedisClock, RedisOptions, RedisStore};
 pub use algo::{Admit, Algorithm, CalendarWindow, Deny, Nanos, State, Status};
-pub use filter::{RateLimitFilter, Reservation};
+pub use filter::{Decision, RateLimitFilter, Reservation};
 pub use guard::{BreakerState, GuardOptions, GuardStats, Guarded};
 pub use headers::duration as reset_duration;
 pub use memory::MemoryStore;
