@@ -233,6 +233,18 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
     let q6 = remaining(r6.headers(), "pro-tpd");
     assert_eq!(q6, q5 + (p1 + 25) - (p1 + c5) - (p1 + 40), "t4={t4}");
 
+    // Tokens and settlements are counted: t1 + t2 + t4 completion-bearing plain requests, both streams.
+    let completion = "leaky_tokens_total{kind=\"completion\",provider=\"openai\"}";
+    let reported = "leaky_ratelimit_settlements_total{source=\"reported\"}";
+    eventually(
+        "tokens and settlements are counted",
+        Duration::from_secs(5),
+        Some(&gw),
+        || async {
+            gw.metric(reported).await == 6.0 && gw.metric(completion).await >= (t1 - p1) as f64
+        },
+    )
+    .await;
     // The usage records went to the log, one per request, with the provider's numbers.
     eventually(
         "usage records are logged",

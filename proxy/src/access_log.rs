@@ -1,7 +1,6 @@
 //! The completion phase: the chain's `on_complete`, request metrics, and one structured log line per
 //! request (target `access`). Runs for every request, answered or failed.
 
-use crate::metrics::metrics;
 use crate::service::Ctx;
 use crate::usage_log::{record, UsageRecord};
 use pingora::proxy::Session;
@@ -61,7 +60,6 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
 
 /// Rate-limit decisions and token counts in metrics, and the request's usage record.
 fn account(ctx: &Ctx, status: u16, seconds: f64) {
-    let m = metrics();
     if let (Some(s), Some(r)) = (ctx.snapshot(), ctx.req.limit.as_deref()) {
         for (policy, decision) in &r.decisions {
             s.count_decision(*policy, *decision);
@@ -70,25 +68,15 @@ fn account(ctx: &Ctx, status: u16, seconds: f64) {
     if ctx.metering.is_none() {
         return;
     }
-    let provider = ctx.upstream().map_or("none", |u| &*u.provider);
     let usage = ctx.req.usage.unwrap_or_default();
     let source = match ctx.req.usage {
         Some(u) if u.reported => "reported",
         Some(_) => "counted",
         None => "refunded",
     };
-    if let Some(m) = m {
-        m.ratelimit_settlements.with_label_values(&[source]).inc();
-        if usage.prompt > 0 {
-            m.tokens
-                .with_label_values(&[provider, "prompt"])
-                .inc_by(usage.prompt);
-        }
-        if usage.completion > 0 {
-            m.tokens
-                .with_label_values(&[provider, "completion"])
-                .inc_by(usage.completion);
-        }
+    crate::metrics::count_settlement(source);
+    if let Some(up) = ctx.upstream() {
+        up.metrics.count_tokens(usage.prompt, usage.completion);
     }
     let p = ctx.req.principal.as_deref();
     let dash = || Arc::<str>::from("-");

@@ -221,6 +221,8 @@ pub struct RequestMetrics {
     by_class: [Option<IntCounter>; 6],
     duration: Option<Histogram>,
     upstream: Option<Histogram>,
+    /// `leaky_tokens_total{provider, kind="prompt"|"completion"}`.
+    tokens: [Option<IntCounter>; 2],
 }
 
 impl RequestMetrics {
@@ -230,6 +232,7 @@ impl RequestMetrics {
                 by_class: Default::default(),
                 duration: None,
                 upstream: None,
+                tokens: Default::default(),
             };
         };
         let class = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -247,6 +250,8 @@ impl RequestMetrics {
                 .upstream_duration
                 .get_metric_with_label_values(&[provider])
                 .ok(),
+            tokens: ["prompt", "completion"]
+                .map(|k| m.tokens.get_metric_with_label_values(&[provider, k]).ok()),
         }
     }
 
@@ -263,6 +268,14 @@ impl RequestMetrics {
         }
     }
 
+    pub fn count_tokens(&self, prompt: u64, completion: u64) {
+        for (c, n) in self.tokens.iter().zip([prompt, completion]) {
+            if let (Some(c), true) = (c, n > 0) {
+                c.inc_by(n);
+            }
+        }
+    }
+
     pub fn observe_upstream(&self, seconds: f64) {
         if let Some(h) = &self.upstream {
             h.observe(seconds);
@@ -276,6 +289,24 @@ pub fn decision_counter(policy: &str, decision: &str) -> Option<IntCounter> {
         .ratelimit_decisions
         .get_metric_with_label_values(&[policy, decision])
         .ok()
+}
+
+/// `leaky_ratelimit_settlements_total{source}`: three counters, resolved once.
+pub fn count_settlement(source: &'static str) {
+    static COUNTERS: OnceLock<Option<[IntCounter; 3]>> = OnceLock::new();
+    const SOURCES: [&str; 3] = ["reported", "counted", "refunded"];
+    let counters = COUNTERS.get_or_init(|| {
+        let m = metrics()?;
+        let c = |s: &str| {
+            m.ratelimit_settlements
+                .get_metric_with_label_values(&[s])
+                .ok()
+        };
+        Some([c(SOURCES[0])?, c(SOURCES[1])?, c(SOURCES[2])?])
+    });
+    if let (Some(cs), Some(i)) = (counters, SOURCES.iter().position(|s| *s == source)) {
+        cs[i].inc();
+    }
 }
 
 pub fn count_rejection(route: &str, reason: &str) {
