@@ -401,3 +401,40 @@ fn with_limits(config: &str, pro_limits: &str) -> String {
         &format!("  pro:\n    priority: normal\n{pro_limits}"),
     )
 }
+
+#[tokio::test]
+async fn buckets_survive_a_reload_unless_their_policy_changed() {
+    let up = Upstreams::start().await;
+    let limits = "    limits:\n      - { name: two, unit: requests, rate: 2, per: hour }\n";
+    let config = with_limits(&up.config(""), limits);
+    let gw = Gateway::start(&config).await;
+    let status = |gw: &Gateway| {
+        let req = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(PRO_KEY)
+            .json(&chat("gpt-4o-mini", "hi"));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!((status(&gw).await, status(&gw).await), (200, 200));
+    assert_eq!(status(&gw).await, 429);
+
+    // An unrelated edit (a new tier): the `two` bucket keeps its state.
+    let v = gw.config_version().await;
+    gw.write_config(&config.replace(
+        "  free: { priority: low }\n",
+        "  free: { priority: low }\n  gold: { priority: high }\n",
+    ));
+    gw.wait_version_change(v, Duration::from_secs(10)).await;
+    assert_eq!(
+        status(&gw).await,
+        429,
+        "an unchanged policy keeps its bucket"
+    );
+
+    // The policy itself changes: a fresh bucket under the new settings.
+    let v = gw.config_version().await;
+    gw.write_config(&config.replace("rate: 2, per: hour", "rate: 3, per: hour"));
+    gw.wait_version_change(v, Duration::from_secs(10)).await;
+    assert_eq!(status(&gw).await, 200, "an edited policy starts fresh");
+}
