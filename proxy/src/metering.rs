@@ -14,7 +14,7 @@ use pingora::http::RequestHeader;
 pub struct Metering {
     surface: Surface,
     model: String,
-    pub prompt_estimate: u64,
+    prompt_estimate: u64,
     incremental: bool,
     /// The gateway added `include_usage`: strip the usage chunk from the caller's stream.
     strip: bool,
@@ -96,20 +96,18 @@ impl Metering {
         }
     }
 
-    /// The body ended: bytes a stripping tracker still held.
-    pub fn on_end(&mut self) -> Bytes {
-        self.tracker
-            .as_mut()
-            .map_or_else(Bytes::new, |t| Bytes::from(t.on_end()))
-    }
-
-    /// The usage, the first time only: `Some(None)` when the answer was not a success.
-    pub fn finish_once(&mut self) -> Option<Option<TokenUsage>> {
+    /// The body ended (first call only): the bytes a stripping tracker still held, to forward after
+    /// the usage (`None` when the answer was not a success).
+    pub fn finish_once(&mut self) -> Option<(Bytes, Option<TokenUsage>)> {
         if self.settled {
             return None;
         }
         self.settled = true;
-        Some(self.usage())
+        let held = self
+            .tracker
+            .as_mut()
+            .map_or_else(Bytes::new, |t| Bytes::from(t.on_end()));
+        Some((held, self.usage()))
     }
 
     /// The usage so far (provider-reported, or counted from what was streamed).

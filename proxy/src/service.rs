@@ -396,40 +396,48 @@ impl Gateway {
             };
             // The provider's usage is settled before the last byte goes out, so a caller that sends
             // its next request on receiving this response already sees it in the headers.
-            if resp.session.is_body_done() {
-                self.settle(route, ctx).await;
-            }
-            if chunk.is_empty() {
-                continue;
-            }
-            route.chain.on_response_chunk(&chunk, &mut ctx.req);
-            session
-                .write_response_body(Some(chunk), false)
-                .await
-                .map_err(Fail::Abort)?;
-        }
-        if let Some(m) = &mut ctx.metering {
-            let held = m.on_end();
-            self.settle(route, ctx).await;
-            if !held.is_empty() {
-                route.chain.on_response_chunk(&held, &mut ctx.req);
-                session
-                    .write_response_body(Some(held), false)
-                    .await
-                    .map_err(Fail::Abort)?;
+            let tail = if resp.session.is_body_done() {
+                self.settle(route, ctx).await
+            } else {
+                Bytes::new()
+            };
+            for out in [chunk, tail] {
+                self.forward(session, route, ctx, out).await?;
             }
         }
+        // Chunked bodies end with an empty read: settle here (once) and forward what was held.
+        let tail = self.settle(route, ctx).await;
+        self.forward(session, route, ctx, tail).await?;
         Ok(())
     }
 
-    /// Hands the response's usage to the chain (`on_usage`) once, when it is complete.
-    async fn settle(&self, route: &CompiledRoute, ctx: &mut Ctx) {
-        if let Some(m) = &mut ctx.metering {
-            if let Some(usage) = m.finish_once() {
-                ctx.req.usage = usage;
-                route.chain.on_usage(&mut ctx.req).await;
-            }
+    /// The body is complete: hands its usage to the chain (`on_usage`), once, and returns the bytes a
+    /// stripping tracker still held.
+    async fn settle(&self, route: &CompiledRoute, ctx: &mut Ctx) -> Bytes {
+        let Some((held, usage)) = ctx.metering.as_mut().and_then(|m| m.finish_once()) else {
+            return Bytes::new();
+        };
+        ctx.req.usage = usage;
+        route.chain.on_usage(&mut ctx.req).await;
+        held
+    }
+
+    /// One body chunk to the client (nothing for an empty one).
+    async fn forward(
+        &self,
+        session: &mut Session,
+        route: &CompiledRoute,
+        ctx: &mut Ctx,
+        chunk: Bytes,
+    ) -> std::result::Result<(), Fail> {
+        if chunk.is_empty() {
+            return Ok(());
         }
+        route.chain.on_response_chunk(&chunk, &mut ctx.req);
+        session
+            .write_response_body(Some(chunk), false)
+            .await
+            .map_err(Fail::Abort)
     }
 
     /// Headers every response carries: `x-request-id` and whatever the chain asked for.

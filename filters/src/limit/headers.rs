@@ -91,7 +91,7 @@ fn ceil_secs(ns: u64) -> u64 {
 }
 
 /// OpenAI's reset format: `20ms`, `1s`, `6m0s`, `1h2m3s`.
-pub fn duration(d: Duration) -> String {
+pub(crate) fn duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         return format!("{ms}ms");

@@ -16,7 +16,6 @@ pub use self::redis::{RedisClock, RedisOptions, RedisStore};
 pub use algo::{Admit, Algorithm, CalendarWindow, Deny, Nanos, State, Status};
 pub use filter::{Decision, RateLimitFilter, Reservation};
 pub use guard::{BreakerState, GuardOptions, GuardStats, Guarded};
-pub use headers::duration as reset_duration;
 pub use memory::MemoryStore;
 pub use policy::{Clock, Limiter, TokenCost, TokenUsage};
 pub use settle::{Settler, SettlerHandle};

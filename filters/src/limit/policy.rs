@@ -226,10 +226,6 @@ impl Limiter {
         self
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     pub fn policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.iter().map(|p| &p.policy)
     }
