@@ -257,3 +257,27 @@ async fn unchanged_policies_keep_their_buckets_across_versions() {
     let mut c = ctx("k", "pro", "o", "openai");
     assert!(r3.filter.on_admit(&mut c).await.is_ok());
 }
+
+#[tokio::test]
+async fn an_exhausted_quota_is_insufficient_quota_until_the_window_rolls() {
+    let r = rig("tiers:
+  pro:
+    limits:
+      - { name: day, unit: requests, quota: daily, limit: 1 }
+");
+    let mut a = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut a).await.unwrap();
+    let mut b = ctx("k", "pro", "o", "openai");
+    let e = r.filter.on_admit(&mut b).await.unwrap_err();
+    assert_eq!(e.kind, RejectKind::QuotaExceeded);
+    assert!(
+        e.message
+            .starts_with("You exceeded your daily quota of 1 requests (policy `day`)"),
+        "{}",
+        e.message
+    );
+    assert!(header(&b, "retry-after").is_some());
+    r.now.fetch_add(86_400_000_000_000, Ordering::Relaxed);
+    let mut c = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut c).await.unwrap();
+}

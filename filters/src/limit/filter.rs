@@ -14,7 +14,7 @@ use super::store::{Adjust, Charge, Taken};
 use crate::chain::{Filter, RequestCtx};
 use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
-use leaky_config::{PolicyKind, Unit};
+use leaky_config::{PolicyKind, QuotaWindow, Unit};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,16 +120,20 @@ impl RateLimitFilter {
         };
         let wait = headers::duration(Duration::from_nanos(deny.retry_after_ns));
         let (kind, message) = match (&p.policy.kind, deny.never_fits) {
-            (PolicyKind::Quota { window: w, .. }, _) => (
-                RejectKind::QuotaExceeded,
-                format!(
-                    "You exceeded your {w:?} quota of {limit} {unit} (policy `{}`). It resets in {wait}.",
-                    p.name
+            (PolicyKind::Quota { window: w, .. }, _) => {
+                let w = match w {
+                    QuotaWindow::Hourly => "hourly",
+                    QuotaWindow::Daily => "daily",
+                    QuotaWindow::Monthly => "monthly",
+                };
+                (
+                    RejectKind::QuotaExceeded,
+                    format!(
+                        "You exceeded your {w} quota of {limit} {unit} (policy `{}`). It resets in {wait}.",
+                        p.name
+                    ),
                 )
-                .replace("Hourly", "hourly")
-                .replace("Daily", "daily")
-                .replace("Monthly", "monthly"),
-            ),
+            }
             (_, true) => (
                 kind_for(p.policy.unit),
                 format!(
