@@ -9,9 +9,11 @@ mod interpolate;
 pub mod limits;
 mod load;
 pub mod model;
+pub mod resilience;
 pub mod schema;
 mod validate;
 mod validate_limits;
+mod validate_resilience;
 pub mod yaml;
 
 pub use interpolate::interpolate;

@@ -64,6 +64,12 @@ pub struct Provider {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The pool, never empty (one deployment at `base_url` when none is listed).
+    pub deployments: Vec<crate::resilience::Deployment>,
+    pub breaker: crate::resilience::Breaker,
+    pub health_check: Option<crate::resilience::HealthCheck>,
+    /// Queue settings of each deployment's bulkhead (its size is the deployment's `max_concurrent`).
+    pub bulkhead: Option<crate::resilience::Bulkhead>,
 }
 
 impl Provider {
@@ -87,6 +93,32 @@ pub struct Route {
     pub model_source: ModelSource,
     pub upstream: RouteUpstream,
     pub filters: Vec<FilterSpec>,
+    pub timeouts: crate::resilience::Timeouts,
+    pub retry: crate::resilience::Retry,
+    pub fallbacks: crate::resilience::Fallbacks,
+    /// Per-tenant concurrency on this route.
+    pub tenant_bulkhead: Option<crate::resilience::Bulkhead>,
+}
+
+impl Route {
+    /// The provider serving `model` on this route, if any.
+    pub fn target_for(&self, model: &str) -> Option<&Target> {
+        match &self.upstream {
+            RouteUpstream::Fixed(t) => Some(t),
+            RouteUpstream::ByModel(list) => list
+                .iter()
+                .find(|mt| mt.models.iter().any(|p| p.matches(model)))
+                .map(|mt| &mt.target),
+        }
+    }
+
+    /// The fallback models for `model`, in order (empty when none are configured).
+    pub fn fallbacks_for(&self, model: &str) -> &[String] {
+        self.fallbacks
+            .iter()
+            .find(|(p, _)| p.matches(model))
+            .map_or(&[], |(_, alts)| alts.as_slice())
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -101,7 +101,9 @@ pub enum UpstreamAuth {
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     /// `http://host:port` or `https://host:port`, with no path. `${ENV}` / `${ENV:-default}` allowed.
-    pub base_url: String,
+    /// Required unless `deployments` lists the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
     /// How the credential is presented upstream.
     #[serde(default = "default_auth")]
     pub auth: UpstreamAuth,
@@ -120,6 +122,19 @@ pub struct ProviderSpec {
     /// How long an idle pooled connection is kept; keep it below the upstream's own keep-alive timeout.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+    /// The provider's pool: several endpoints (regions, keys, accounts) chosen per request by weight
+    /// and load, skipping open circuits and exhausted budgets. Default: one deployment at `base_url`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<crate::resilience::DeploymentSpec>,
+    /// Circuit breaker of each deployment.
+    #[serde(default)]
+    pub breaker: crate::resilience::BreakerSpec,
+    /// Active health check of each deployment (off when absent; the breaker still acts on failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<crate::resilience::HealthCheckSpec>,
+    /// Concurrency limit of each deployment (default 1024 in flight, no queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<crate::resilience::BulkheadSpec>,
 }
 
 fn default_auth() -> UpstreamAuth {
@@ -178,6 +193,19 @@ pub struct RouteSpec {
     /// The filter chain, run in this order.
     #[serde(default)]
     pub filters: Vec<FilterSpec>,
+    /// Upstream timeouts (connect, first byte, idle between chunks, total).
+    #[serde(default)]
+    pub timeouts: crate::resilience::TimeoutsSpec,
+    /// Retries over the provider's pool, within a retry budget.
+    #[serde(default)]
+    pub retry: crate::resilience::RetrySpec,
+    /// Models tried, in order, when a model's pool is exhausted: `{gpt-4o: [qwen-plus]}`. Each must be
+    /// served by this route. The response's `x-leaky-served-model` header names the model that answered.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fallbacks: crate::resilience::FallbacksSpec,
+    /// Concurrency limits on this route.
+    #[serde(default)]
+    pub bulkhead: crate::resilience::RouteBulkheadSpec,
 }
 
 fn default_dialect() -> Dialect {

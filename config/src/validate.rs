@@ -160,40 +160,42 @@ pub(crate) fn validate(
 }
 
 fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Option<Provider> {
+    use crate::validate_resilience as res;
     let path = format!("providers.{name}");
-    let url = c.interpolated(&format!("{path}.base_url"), &p.base_url)?;
+    let errors = c.error_count();
     let credential = match &p.credential {
         Some(cred) => Some(Secret::new(
             c.interpolated(&format!("{path}.credential"), cred)?,
         )),
         None => None,
     };
-    let bad_url = |c: &mut Check<'_>| {
-        c.err(
-            &format!("{path}.base_url"),
-            format!("`{url}` is not an http(s)://host[:port] URL without a path"),
-        );
-        None
+    let main = match &p.base_url {
+        Some(url) => Some(res::base_url(c, &format!("{path}.base_url"), url)?),
+        None if p.deployments.is_empty() => {
+            c.err(
+                &path,
+                "a provider needs a `base_url` or a non-empty `deployments` list",
+            );
+            return None;
+        }
+        None => None,
     };
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return bad_url(c);
-    };
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return bad_url(c),
-    };
-    let (Some(host), true) = (
-        uri.host(),
-        matches!(uri.path(), "" | "/") && uri.query().is_none(),
-    ) else {
-        return bad_url(c);
-    };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let deployments = res::deployments(c, &path, p, &credential, main.as_ref());
+    let breaker = res::breaker(c, &format!("{path}.breaker"), &p.breaker);
+    let health_check = p
+        .health_check
+        .as_ref()
+        .and_then(|h| res::health_check(c, &format!("{path}.health_check"), h));
+    let bulkhead = p
+        .bulkhead
+        .as_ref()
+        .map(|b| res::bulkhead(c, &format!("{path}.bulkhead"), b));
+    let deployments = deployments?;
+    if c.error_count() != errors {
+        return None;
+    }
+    let first = deployments.first()?;
+    let (tls, host, port) = main.unwrap_or((first.tls, first.host.clone(), first.port));
     Some(Provider {
         name: name.to_string(),
         tls,
@@ -205,6 +207,10 @@ fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Option<Provider>
         connect_timeout: Duration::from_millis(p.connect_timeout_ms),
         read_timeout: Duration::from_millis(p.read_timeout_ms),
         idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+        deployments,
+        breaker,
+        health_check,
+        bulkhead,
     })
 }
 
@@ -249,14 +255,25 @@ fn route(
         );
         return None;
     }
-    Some(Route {
+    let mut route = Route {
         name: r.name.clone(),
         prefix: prefix?,
         dialect: r.dialect,
         model_source,
         upstream: upstream?,
         filters: r.filters.clone(),
-    })
+        timeouts: crate::resilience::Timeouts {
+            connect: None,
+            first_byte: None,
+            idle: None,
+            total: Duration::from_secs(600),
+        },
+        retry: Default::default(),
+        fallbacks: Vec::new(),
+        tenant_bulkhead: None,
+    };
+    crate::validate_resilience::route(c, path, r, &mut route);
+    Some(route)
 }
 
 fn upstream(
