@@ -65,6 +65,10 @@ pub struct FaultPlan {
     pub disconnect_after: Option<u32>,
     /// Truncate the JSON of this body chunk (1-based).
     pub malformed_chunk: Option<u32>,
+    /// Stop sending after this many body chunks and keep the connection open (a stalled stream).
+    pub stall_after: Option<u32>,
+    /// `retry-after` of injected 429s, in seconds (default: the provider window's reset).
+    pub retry_after: Option<u64>,
 }
 
 /// Statuses a plan may inject.
@@ -122,6 +126,8 @@ impl FaultPlan {
     /// * `slow-stream=DURATION`
     /// * `disconnect-after=N` (body chunks)
     /// * `malformed-chunk=N` (1-based body chunk)
+    /// * `stall-after=N` (body chunks; then silence on an open connection)
+    /// * `retry-after=SECONDS` (on injected 429s)
     ///
     /// Durations: `200ms`, `2s`, `1.5s`, `1m`, or a bare number of ms.
     pub fn parse(s: &str) -> Result<FaultPlan, String> {
@@ -179,6 +185,15 @@ impl FaultPlan {
                     }
                     plan.malformed_chunk = Some(n);
                 }
+                "stall-after" => {
+                    let v = need(&k, v)?;
+                    plan.stall_after =
+                        Some(v.parse().map_err(|_| format!("bad chunk count `{v}`"))?);
+                }
+                "retry-after" => {
+                    let v = need(&k, v)?;
+                    plan.retry_after = Some(v.parse().map_err(|_| format!("bad seconds `{v}`"))?);
+                }
                 other => return Err(format!("unknown fault `{other}`")),
             }
         }
@@ -210,6 +225,7 @@ impl FaultPlan {
         self.slow_stream.is_some()
             || self.disconnect_after.is_some()
             || self.malformed_chunk.is_some()
+            || self.stall_after.is_some()
     }
 }
 
@@ -646,7 +662,10 @@ pub async fn control(State(ctx): State<SharedCtx>, req: Request, next: Next) -> 
         if let Some(status) = plan.decide(k) {
             let resp = match status {
                 429 => {
-                    let v = view(&admitted);
+                    let mut v = view(&admitted);
+                    if let Some(secs) = plan.retry_after {
+                        v.reset_ms = secs.saturating_mul(1000);
+                    }
                     let limit = limits.requests_per_minute;
                     throttled(dialect, Throttle::Injected, limit, v.requests_used, &v)
                 }
@@ -700,6 +719,10 @@ fn with_body_faults(resp: Response, plan: FaultPlan) -> Response {
         if done {
             return None;
         }
+        if plan.stall_after.is_some_and(|n| i >= n) {
+            // Silence on an open connection: the client's idle timeout has to end it.
+            futures::future::pending::<()>().await;
+        }
         if plan.disconnect_after.is_some_and(|n| i >= n) {
             // Let the server write out the chunks sent so far, then abort.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -741,6 +764,8 @@ mod tests {
             FaultPlan::parse("hang=1.5s").unwrap().hang,
             Some(Hang::For(Duration::from_millis(1500)))
         );
+        let p = FaultPlan::parse("stall-after=2;retry-after=7").unwrap();
+        assert_eq!((p.stall_after, p.retry_after), (Some(2), Some(7)));
         let p = FaultPlan::parse("slow-stream=200ms;disconnect-after=5;malformed-chunk=3").unwrap();
         assert_eq!(p.slow_stream, Some(Duration::from_millis(200)));
         assert_eq!(p.disconnect_after, Some(5));
