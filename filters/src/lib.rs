@@ -21,6 +21,7 @@ pub mod limit;
 mod principal;
 mod reject;
 mod request_id;
+pub mod resilience;
 pub mod usage;
 
 pub use api_key::ApiKeyFilter;
