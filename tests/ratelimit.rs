@@ -47,13 +47,7 @@ fn remaining(h: &HeaderMap, policy: &str) -> u64 {
 }
 
 async fn post(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
-    gw.client
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    gw.post_chat(key, body).await
 }
 
 fn capped(model: &str, max_tokens: u64) -> Value {

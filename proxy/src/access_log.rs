@@ -8,6 +8,9 @@ use pingora::Error;
 use std::sync::Arc;
 
 pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+    // Free the bulkhead slots now rather than when Pingora drops the context.
+    ctx.permit = None;
+    ctx.tenant_permit = None;
     let status = match ctx.status() {
         0 => session.response_written().map_or(0, |r| r.status.as_u16()),
         s => s,
@@ -34,6 +37,14 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         r.chain.on_complete(&ctx.req);
     }
     account(ctx, status, seconds);
+    if let Some(d) = ctx.deployment() {
+        if ctx.charged_tokens > 0 {
+            let used = ctx.req.usage.map_or(0, |u| u.prompt + u.completion);
+            d.state
+                .quota
+                .settle(crate::balancer::now_ms(), ctx.charged_tokens, used);
+        }
+    }
     let principal = ctx.req.principal.as_ref();
     tracing::info!(
         target: "access",
@@ -42,6 +53,11 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         path = %session.req_header().uri.path(),
         route = route.map_or("none", |r| &*r.name),
         provider = ctx.upstream().map_or("none", |u| &*u.provider),
+        deployment = ctx.deployment().map_or("-", |d| &*d.name),
+        attempts = ctx.attempts,
+        failed_attempts = ctx.trail.as_deref(),
+        served_model = ctx.served_model.as_deref(),
+        cut = ctx.cut,
         principal = principal.map_or("-", |p| &*p.id),
         user = principal.map_or("-", |p| &*p.user),
         tier = principal.map_or("-", |p| &*p.tier),

@@ -8,6 +8,8 @@
 
 mod access_log;
 pub mod admin;
+pub mod balancer;
+mod call;
 pub mod limiter;
 mod metering;
 pub mod metrics;

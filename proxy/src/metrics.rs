@@ -322,3 +322,115 @@ pub fn count_retry(provider: &str, reason: &str) {
             .inc();
     }
 }
+
+/// Upstream resilience: circuits, health, retries, bulkheads, fallbacks, stream cuts.
+pub struct ResilienceMetrics {
+    pub circuit_state: prometheus::IntGaugeVec,
+    pub transitions: IntCounterVec,
+    pub healthy: prometheus::IntGaugeVec,
+    pub cooldowns: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub budget_exhausted: IntCounterVec,
+    pub bulkhead_rejected: IntCounterVec,
+    pub bulkhead_queued: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub stream_cuts: IntCounterVec,
+}
+
+fn build_resilience(registry: &Registry) -> Result<ResilienceMetrics, prometheus::Error> {
+    let gauge = |name: &str, help: &str, labels: &[&str]| {
+        prometheus::IntGaugeVec::new(Opts::new(name, help), labels)
+    };
+    let counter =
+        |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
+    let m = ResilienceMetrics {
+        circuit_state: gauge(
+            "leaky_circuit_state",
+            "Circuit breaker state per deployment (provider/name): 0 closed, 1 open, 2 half-open",
+            &["upstream"],
+        )?,
+        transitions: counter(
+            "leaky_circuit_transitions_total",
+            "Circuit breaker state changes per deployment",
+            &["upstream", "from", "to"],
+        )?,
+        healthy: gauge(
+            "leaky_upstream_healthy",
+            "1 while a deployment passes its active health check (always 1 without one)",
+            &["upstream"],
+        )?,
+        cooldowns: counter(
+            "leaky_upstream_cooldowns_total",
+            "Times a deployment was skipped for its 429 retry-after",
+            &["upstream"],
+        )?,
+        attempts: counter(
+            "leaky_upstream_attempts_total",
+            "Upstream attempts per deployment by outcome (ok, connect, timeout, 429, 5xx)",
+            &["upstream", "outcome"],
+        )?,
+        budget_exhausted: counter(
+            "leaky_retry_budget_exhausted_total",
+            "Retries not made because the route's retry budget was spent",
+            &["route"],
+        )?,
+        bulkhead_rejected: counter(
+            "leaky_bulkhead_rejected_total",
+            "Requests refused by a full bulkhead, by scope (tenant, deployment) and reason (queue_full, queue_timeout)",
+            &["scope", "reason"],
+        )?,
+        bulkhead_queued: counter(
+            "leaky_bulkhead_queued_total",
+            "Requests that waited in a bulkhead queue, by scope",
+            &["scope"],
+        )?,
+        fallbacks: counter(
+            "leaky_fallbacks_total",
+            "Requests served by a fallback model after the primary pool was exhausted",
+            &["route", "from", "to"],
+        )?,
+        stream_cuts: counter(
+            "leaky_upstream_stream_cuts_total",
+            "Responses cut by the gateway after they started (idle, total)",
+            &["upstream", "reason"],
+        )?,
+    };
+    for c in [
+        &m.transitions,
+        &m.cooldowns,
+        &m.attempts,
+        &m.budget_exhausted,
+        &m.bulkhead_rejected,
+        &m.bulkhead_queued,
+        &m.fallbacks,
+        &m.stream_cuts,
+    ] {
+        registry.register(Box::new(c.clone()))?;
+    }
+    registry.register(Box::new(m.circuit_state.clone()))?;
+    registry.register(Box::new(m.healthy.clone()))?;
+    Ok(m)
+}
+
+/// The resilience metric families (registered on first use in the proxy's registry).
+pub fn resilience() -> Option<&'static ResilienceMetrics> {
+    static R: OnceLock<Option<ResilienceMetrics>> = OnceLock::new();
+    R.get_or_init(|| {
+        let m = metrics()?;
+        match build_resilience(&m.registry) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "resilience metrics registration failed");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// Increments `vec{labels}` (off the per-request fast path: failures, retries, rejections).
+pub fn bump(vec: impl Fn(&ResilienceMetrics) -> &IntCounterVec, labels: &[&str]) {
+    if let Some(c) = resilience().and_then(|m| vec(m).get_metric_with_label_values(labels).ok()) {
+        c.inc();
+    }
+}

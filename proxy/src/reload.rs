@@ -7,8 +7,7 @@
 
 use crate::limiter::LimiterBackend;
 use crate::metrics::metrics;
-use crate::pool::Pools;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Shared, Snapshot};
 use arc_swap::ArcSwap;
 use leaky_config::{Config, LimitStore};
 use std::path::{Path, PathBuf};
@@ -34,8 +33,8 @@ pub struct ConfigState {
     next_version: AtomicU64,
     /// Written only by reloads and read only by the admin endpoint: never on the request path.
     status: Mutex<ReloadStatus>,
-    /// Idle upstream connections, kept across versions.
-    pools: Pools,
+    /// Idle upstream connections and deployment/tenant state, kept across versions.
+    shared: Shared,
     /// The limiter's store, kept across versions while `limits.store`/`limits.redis` are unchanged.
     backend: Mutex<Arc<LimiterBackend>>,
 }
@@ -51,9 +50,9 @@ impl ConfigState {
     pub fn load(path: &Path, apply: impl Fn(&mut Config)) -> Result<Arc<Self>, String> {
         let mut config = leaky_config::load(path).map_err(|e| e.to_string())?;
         apply(&mut config);
-        let pools = Pools::default();
+        let shared = Shared::default();
         let backend = Arc::new(LimiterBackend::new(&config.limits.store)?);
-        let snapshot = Snapshot::build(Arc::new(config), 1, &pools, &backend)?;
+        let snapshot = Snapshot::build(Arc::new(config), 1, &shared, &backend)?;
         if let Some(m) = metrics() {
             m.config_version.set(1);
             m.config_last_reload_success.set(1);
@@ -69,7 +68,7 @@ impl ConfigState {
                 last_result: "success",
                 ..Default::default()
             }),
-            pools,
+            shared,
             backend: Mutex::new(backend),
         }))
     }
@@ -115,7 +114,7 @@ impl ConfigState {
                 c.server.threads = old.config.server.threads;
                 let backend = self.backend_for(&c.limits.store).map_err(|e| vec![e])?;
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                Snapshot::build(Arc::new(c), version, &self.pools, &backend)
+                Snapshot::build(Arc::new(c), version, &self.shared, &backend)
                     .map(|s| (s, pending))
                     .map_err(|e| vec![e])
             });

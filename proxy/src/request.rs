@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
+use leaky_config::Dialect;
 use leaky_filters::{RejectKind, Rejection};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -166,6 +167,24 @@ impl BodyBuf {
     pub fn finish(self) -> Bytes {
         Bytes::from(self.buf)
     }
+}
+
+/// A terminating error event for an event stream cut by the gateway, in the stream's own format:
+/// `data: {"error": ...}` for OpenAI and Gemini streams, DashScope's `event:error` with its status line
+/// for Qwen's native API.
+pub fn stream_error_event(dialect: Dialect, request_id: &str, message: &str) -> Bytes {
+    let r = Rejection::new(RejectKind::GatewayTimeout, message);
+    let json = r.render(dialect, request_id);
+    let mut out = Vec::with_capacity(json.len() + 48);
+    match dialect {
+        Dialect::Dashscope => {
+            out.extend_from_slice(b"event:error\n:HTTP_STATUS/504\ndata:");
+        }
+        Dialect::Openai | Dialect::Google => out.extend_from_slice(b"data: "),
+    }
+    out.extend_from_slice(&json);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 #[cfg(test)]

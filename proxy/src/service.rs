@@ -17,6 +17,7 @@
 //! the response header went out returns `Err` and `fail_to_proxy` writes nothing, so the client sees a
 //! truncated response (the connection is closed) rather than a well-formed but incomplete one.
 
+use crate::balancer::Deployment;
 use crate::reload::ConfigState;
 use crate::request::{self, BodyBuf};
 use crate::snapshot::{CompiledRoute, Snapshot, Upstream};
@@ -25,6 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use leaky_config::{Dialect, ModelSource};
+use leaky_filters::resilience::BulkheadPermit;
 use leaky_filters::{RejectKind, Rejection, RequestCtx, RequestIdFilter, RequestInfo};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -36,7 +38,7 @@ use std::time::Instant;
 
 pub struct Gateway {
     state: Arc<ConfigState>,
-    transport: TransportConnector,
+    pub(crate) transport: TransportConnector,
 }
 
 impl Gateway {
@@ -60,10 +62,30 @@ pub struct Ctx {
     response_started: bool,
     status: u16,
     reject_reason: Option<&'static str>,
-    upstream_seconds: Option<f64>,
+    pub(crate) upstream_seconds: Option<f64>,
     request_bytes: usize,
     /// Token metering of this request (routes with `rate-limit`).
     pub(crate) metering: Option<crate::metering::Metering>,
+    /// Index of the deployment that answered, in `upstream.pool.deployments`.
+    pub(crate) deployment: Option<usize>,
+    /// The slot held on that deployment's bulkhead until the response is relayed.
+    pub(crate) permit: Option<BulkheadPermit>,
+    /// The tenant's slot on the route's bulkhead.
+    pub(crate) tenant_permit: Option<BulkheadPermit>,
+    /// Upstream attempts made (retries and fallbacks included).
+    pub(crate) attempts: u32,
+    /// Failed attempts as `provider/deployment:outcome`, space-separated (`None` when none failed).
+    pub(crate) trail: Option<String>,
+    /// The fallback model that answered, when not the requested one.
+    pub(crate) served_model: Option<String>,
+    /// Tokens charged to the deployment's own budget, settled with the usage at the end.
+    pub(crate) charged_tokens: u64,
+    /// End of the upstream exchange (route `timeouts.total_ms`).
+    pub(crate) deadline: Option<Instant>,
+    /// The response is an event stream (a cut can end it with an error event).
+    sse: bool,
+    /// Why the gateway cut the response after it started (`idle`, `total`).
+    pub(crate) cut: Option<&'static str>,
 }
 
 impl Ctx {
@@ -91,10 +113,18 @@ impl Ctx {
     pub fn reject_reason(&self) -> Option<&'static str> {
         self.reject_reason
     }
+    /// The deployment that answered.
+    pub fn deployment(&self) -> Option<&Deployment> {
+        self.upstream
+            .as_ref()?
+            .pool
+            .deployments
+            .get(self.deployment?)
+    }
 }
 
 /// How handling a request ended, short of success.
-enum Fail {
+pub(crate) enum Fail {
     /// Answer with this error in the route's dialect.
     Reject(Rejection),
     /// Nothing more can be written (client gone, or upstream broke mid-body).
@@ -124,6 +154,16 @@ impl ProxyHttp for Gateway {
             upstream_seconds: None,
             request_bytes: 0,
             metering: None,
+            deployment: None,
+            permit: None,
+            tenant_permit: None,
+            attempts: 0,
+            trail: None,
+            served_model: None,
+            charged_tokens: 0,
+            deadline: None,
+            sse: false,
+            cut: None,
         }
     }
 
@@ -245,15 +285,27 @@ impl Gateway {
             body
         };
         route.chain.on_admit(&mut ctx.req).await?;
+        self.tenant_slot(route, ctx).await?;
 
-        let req = self.upstream_request(session, ctx, &up, rest, query.as_deref(), body.len())?;
-        let sent = Instant::now();
-        let mut resp = upstream::send(&self.transport, &up, &req, &body).await?;
-        let upstream_seconds = sent.elapsed().as_secs_f64();
-        ctx.upstream_seconds = Some(upstream_seconds);
-        up.metrics.observe_upstream(upstream_seconds);
-        self.relay(session, ctx, route, &mut resp).await?;
-        upstream::release(&up, resp.session).await;
+        let answer = self
+            .call(session, ctx, route, up, rest, query.as_deref(), body)
+            .await?;
+        let crate::call::Answer {
+            upstream: up,
+            deployment,
+            mut response,
+            permit,
+        } = answer;
+        ctx.upstream = Some(up.clone());
+        ctx.req.provider = Some(up.provider.clone());
+        ctx.deployment = Some(deployment);
+        ctx.permit = Some(permit);
+        let reusable = self.relay(session, ctx, route, &up, &mut response).await?;
+        if reusable {
+            if let Some(d) = up.pool.deployments.get(deployment) {
+                upstream::release(d, response.session).await;
+            }
+        }
         Ok(())
     }
 
@@ -288,11 +340,11 @@ impl Gateway {
         Ok(body)
     }
 
-    fn upstream_request(
-        &self,
+    pub(crate) fn upstream_request(
         session: &Session,
         ctx: &Ctx,
         up: &Upstream,
+        d: &Deployment,
         rest: &str,
         query: Option<&str>,
         body_len: usize,
@@ -317,9 +369,9 @@ impl Gateway {
                     .map_err(internal)?;
             }
         }
-        req.insert_header(http::header::HOST, up.host.clone())
+        req.insert_header(http::header::HOST, d.host.clone())
             .map_err(internal)?;
-        if let Some((name, value)) = &up.auth {
+        if let Some((name, value)) = &d.auth {
             req.insert_header(name.clone(), value.clone())
                 .map_err(internal)?;
         }
@@ -336,14 +388,17 @@ impl Gateway {
         Ok(req)
     }
 
-    /// Streams the upstream's response to the client as it arrives.
+    /// Streams the upstream's response to the client as it arrives, each read bounded by the route's
+    /// idle timeout and the exchange's deadline. Returns whether the upstream connection can be reused
+    /// (not after a cut).
     async fn relay(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         route: &CompiledRoute,
+        up: &Upstream,
         resp: &mut upstream::Response,
-    ) -> std::result::Result<(), Fail> {
+    ) -> std::result::Result<bool, Fail> {
         let Some(up_head) = resp.session.resp_header() else {
             return Err(Rejection::new(
                 RejectKind::BadGateway,
@@ -382,6 +437,15 @@ impl Gateway {
         if let Some(m) = &mut ctx.metering {
             m.on_response(status.as_u16(), &out.headers);
         }
+        ctx.sse = out
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if let Some(m) = ctx.served_model.as_deref().or(ctx.req.model.as_deref()) {
+            if let Ok(v) = http::HeaderValue::from_str(m) {
+                out.insert_header("x-leaky-served-model", v).map_err(bad)?;
+            }
+        }
         self.finish_headers(&mut out, ctx).map_err(bad)?;
         ctx.status = status.as_u16();
         session
@@ -389,7 +453,21 @@ impl Gateway {
             .await
             .map_err(Fail::Abort)?;
         ctx.response_started = true;
-        while let Some(chunk) = resp.session.read_body_bytes().await.map_err(Fail::Abort)? {
+        let deadline = ctx
+            .deadline
+            .unwrap_or_else(|| Instant::now() + route.total_timeout);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = up.idle.min(left);
+            let read = tokio::time::timeout(wait, resp.session.read_body_bytes()).await;
+            let Ok(read) = read else {
+                let reason = if left <= up.idle { "total" } else { "idle" };
+                self.cut(session, ctx, route, reason, wait).await?;
+                return Ok(false);
+            };
+            let Some(chunk) = read.map_err(Fail::Abort)? else {
+                break;
+            };
             let chunk = match &mut ctx.metering {
                 Some(m) => m.on_chunk(chunk),
                 None => chunk,
@@ -408,7 +486,48 @@ impl Gateway {
         // Chunked bodies end with an empty read: settle here (once) and forward what was held.
         let tail = self.settle(route, ctx).await;
         self.forward(session, route, ctx, tail).await?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// The upstream went quiet (`idle`) or ran out of time (`total`) mid-response. An event stream ends
+    /// with an error event in its own format and a clean end of body; any other body cannot be
+    /// completed and the connection is closed (the client sees a truncated response).
+    async fn cut(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &CompiledRoute,
+        reason: &'static str,
+        waited: std::time::Duration,
+    ) -> std::result::Result<(), Fail> {
+        ctx.cut = Some(reason);
+        if let Some(d) = ctx.deployment() {
+            d.state.record_stream_failure(crate::balancer::now_ms());
+            crate::metrics::bump(|m| &m.stream_cuts, &[&d.label, reason]);
+            tracing::warn!(upstream = %d.label, reason, waited_ms = waited.as_millis() as u64, "upstream response stalled; cut");
+        }
+        let tail = self.settle(route, ctx).await;
+        self.forward(session, route, ctx, tail).await?;
+        if !ctx.sse {
+            return Err(Fail::Abort(Error::explain(
+                ErrorType::ReadTimedout,
+                format!("upstream response {reason} timeout"),
+            )));
+        }
+        let message = match reason {
+            "idle" => format!(
+                "The upstream stream stalled: no data for {} ms.",
+                waited.as_millis()
+            ),
+            _ => "The upstream response exceeded the route's total timeout.".to_string(),
+        };
+        let dialect = ctx.req.dialect.unwrap_or(Dialect::Openai);
+        let event = crate::request::stream_error_event(dialect, &ctx.req.request_id, &message);
+        self.forward(session, route, ctx, event).await?;
+        session
+            .write_response_body(None, true)
+            .await
+            .map_err(Fail::Abort)
     }
 
     /// The body is complete: hands its usage to the chain (`on_usage`), once, and returns the bytes a

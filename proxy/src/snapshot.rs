@@ -2,34 +2,49 @@
 //! pre-resolved metric handles. Built off the hot path by `Snapshot::build`; requests load it once from
 //! the `ArcSwap` in `reload.rs` and never lock.
 
+use crate::balancer::{self, Deployment, ProviderPool, TenantBulkheads};
 use crate::limiter::LimiterBackend;
 use crate::metrics::RequestMetrics;
-use crate::pool::{IdlePool, Pools};
+use crate::pool::Pools;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use leaky_config::resilience::{Bulkhead as BulkheadConfig, Retry};
 use leaky_config::{
-    Config, Dialect, ModelPattern, ModelSource, Provider, RouteUpstream, Target, UpstreamAuth,
+    Config, Dialect, ModelPattern, ModelSource, Provider, Route, RouteUpstream, Target,
+    UpstreamAuth,
 };
 use leaky_filters::limit::settle::system_now;
 use leaky_filters::limit::{Decision, Limiter};
+use leaky_filters::resilience::RetryBudget;
 use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntCounter;
+use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Where a request goes once its route (and model) is known.
+/// Where a request goes once its route (and model) is known: a provider's pool of deployments.
 pub struct Upstream {
     pub provider: Arc<str>,
     /// Replaces the route prefix upstream.
     pub path_prefix: String,
-    pub peer: HttpPeer,
-    pub host: HeaderValue,
-    /// The gateway's credential for this provider, as the header it travels in.
-    pub auth: Option<(HeaderName, HeaderValue)>,
-    /// Idle connections to this peer (shared with every snapshot that uses the same peer).
-    pub pool: Arc<IdlePool>,
+    pub pool: Arc<ProviderPool>,
     pub metrics: RequestMetrics,
+    /// Connect timeout when the route overrides the provider's.
+    pub connect: Option<Duration>,
+    /// From request sent to response header.
+    pub first_byte: Duration,
+    /// Longest gap between two response body chunks.
+    pub idle: Duration,
+}
+
+/// Everything kept across config versions: idle connections, deployment and tenant state.
+#[derive(Default)]
+pub struct Shared {
+    pub pools: Pools,
+    pub deployments: balancer::Registry,
+    pub tenants: balancer::TenantRegistry,
 }
 
 pub enum RouteTarget {
@@ -50,6 +65,15 @@ pub struct CompiledRoute {
     pub models_list: Option<Bytes>,
     /// Metrics of requests refused before an upstream was chosen.
     pub metrics: RequestMetrics,
+    pub retry: Retry,
+    /// Retries of this route so far, against `retry.budget_ratio` of its requests.
+    pub budget: RetryBudget,
+    /// The whole upstream exchange, retries and fallbacks included.
+    pub total_timeout: Duration,
+    /// Per-model fallbacks, most specific pattern first.
+    pub fallbacks: Vec<(ModelPattern, Vec<String>)>,
+    /// Per-tenant concurrency limits.
+    pub tenants: Option<Arc<TenantBulkheads>>,
 }
 
 impl CompiledRoute {
@@ -76,6 +100,14 @@ impl CompiledRoute {
     pub fn is_model_routed(&self) -> bool {
         matches!(self.target, RouteTarget::ByModel(_))
     }
+
+    /// The models tried after `model`'s pool is exhausted, in order.
+    pub fn fallbacks_for(&self, model: &str) -> &[String] {
+        self.fallbacks
+            .iter()
+            .find(|(p, _)| p.matches(model))
+            .map_or(&[], |(_, alts)| alts.as_slice())
+    }
 }
 
 pub struct Snapshot {
@@ -99,7 +131,7 @@ impl Snapshot {
     pub fn build(
         config: Arc<Config>,
         version: u64,
-        pools: &Pools,
+        shared: &Shared,
         backend: &Arc<LimiterBackend>,
     ) -> Result<Snapshot, String> {
         let keys = Arc::new(KeyIndex::new(&config.keys));
@@ -120,9 +152,13 @@ impl Snapshot {
             tiers: Arc::new(config.tiers.keys().cloned().collect()),
             limiter: Some(limiter.clone()),
         };
+        let mut pools = HashMap::new();
+        for (name, p) in &config.providers {
+            pools.insert(name.as_str(), Arc::new(provider_pool(p, shared)?));
+        }
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let up = |t: &Target| upstream(&config, &r.name, t, pools).map(Arc::new);
+            let up = |t: &Target| upstream(&config, r, t, &pools).map(Arc::new);
             let (target, models_list) = match &r.upstream {
                 RouteUpstream::Fixed(t) => (RouteTarget::Fixed(up(t)?), None),
                 RouteUpstream::ByModel(list) => {
@@ -149,6 +185,18 @@ impl Snapshot {
                 chain,
                 models_list,
                 metrics: RequestMetrics::new(&r.name, "none"),
+                budget: RetryBudget::new(
+                    r.retry.budget_ratio,
+                    r.retry.budget_min_per_second,
+                    r.retry.budget_window_ms,
+                ),
+                retry: r.retry.clone(),
+                total_timeout: r.timeouts.total,
+                fallbacks: r.fallbacks.clone(),
+                tenants: r
+                    .tenant_bulkhead
+                    .as_ref()
+                    .map(|b: &BulkheadConfig| shared.tenants.get(&r.name, b)),
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -189,49 +237,90 @@ impl Snapshot {
     }
 }
 
-fn upstream(config: &Config, route: &str, t: &Target, pools: &Pools) -> Result<Upstream, String> {
+fn upstream(
+    config: &Config,
+    route: &Route,
+    t: &Target,
+    pools: &HashMap<&str, Arc<ProviderPool>>,
+) -> Result<Upstream, String> {
     let p = config
         .providers
         .get(&t.provider)
-        .ok_or_else(|| format!("route `{route}`: unknown provider `{}`", t.provider))?;
-    // Resolved here, once per config version: HttpPeer must not resolve on the request path.
-    let addr = (p.host.as_str(), p.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("provider `{}`: cannot resolve `{}`: {e}", p.name, p.host))?
-        .next()
-        .ok_or_else(|| format!("provider `{}`: `{}` resolved to no address", p.name, p.host))?;
-    let mut peer = HttpPeer::new(addr, p.tls, p.host.clone());
-    peer.options.connection_timeout = Some(p.connect_timeout);
-    peer.options.read_timeout = Some(p.read_timeout);
-    peer.options.write_timeout = Some(p.read_timeout);
-    peer.options.idle_timeout = Some(p.idle_timeout);
-    let host = HeaderValue::from_str(&p.authority())
-        .map_err(|e| format!("provider `{}`: host: {e}", p.name))?;
-    let auth = match (&p.auth, &p.credential) {
-        (UpstreamAuth::None, _) | (_, None) => None,
-        (UpstreamAuth::Bearer, Some(c)) => Some((
-            http::header::AUTHORIZATION,
-            bearer(c.expose()).map_err(|e| format!("provider `{}`: credential: {e}", p.name))?,
-        )),
-        (UpstreamAuth::GoogApiKey, Some(c)) => Some((
-            HeaderName::from_static("x-goog-api-key"),
-            secret_value(c.expose())
-                .map_err(|e| format!("provider `{}`: credential: {e}", p.name))?,
-        )),
-    };
-    let pool = pools.get(
-        pingora::upstreams::peer::Peer::reuse_hash(&peer),
-        p.idle_timeout,
-    );
+        .ok_or_else(|| format!("route `{}`: unknown provider `{}`", route.name, t.provider))?;
+    let pool = pools
+        .get(t.provider.as_str())
+        .ok_or_else(|| format!("route `{}`: unknown provider `{}`", route.name, t.provider))?;
     Ok(Upstream {
         provider: p.name.as_str().into(),
         path_prefix: t.path_prefix.clone(),
-        peer,
-        host,
-        auth,
-        pool,
-        metrics: RequestMetrics::new(route, &p.name),
+        pool: pool.clone(),
+        metrics: RequestMetrics::new(&route.name, &p.name),
+        connect: route.timeouts.connect,
+        first_byte: route.timeouts.first_byte.unwrap_or(p.read_timeout),
+        idle: route.timeouts.idle.unwrap_or(p.read_timeout),
     })
+}
+
+/// The provider's deployments, each resolved once here (HttpPeer must not resolve on the request path).
+fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> {
+    let bulkhead = BulkheadConfig {
+        max_concurrent: 0,
+        max_queue: 0,
+        queue_timeout: Duration::from_millis(1_000),
+    };
+    let bulkhead = p.bulkhead.clone().unwrap_or(bulkhead);
+    let mut out = Vec::with_capacity(p.deployments.len());
+    for d in &p.deployments {
+        let label = format!("{}/{}", p.name, d.name);
+        let addr = (d.host.as_str(), d.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("deployment `{label}`: cannot resolve `{}`: {e}", d.host))?
+            .next()
+            .ok_or_else(|| format!("deployment `{label}`: `{}` resolved to no address", d.host))?;
+        let mut peer = HttpPeer::new(addr, d.tls, d.host.clone());
+        peer.options.connection_timeout = Some(p.connect_timeout);
+        // First-byte and idle timeouts are the route's, applied around each read by the caller.
+        peer.options.read_timeout = None;
+        peer.options.write_timeout = Some(p.read_timeout);
+        peer.options.idle_timeout = Some(p.idle_timeout);
+        let host = HeaderValue::from_str(&d.authority())
+            .map_err(|e| format!("deployment `{label}`: host: {e}"))?;
+        let auth = match (&p.auth, &d.credential) {
+            (UpstreamAuth::None, _) | (_, None) => None,
+            (UpstreamAuth::Bearer, Some(c)) => Some((
+                http::header::AUTHORIZATION,
+                bearer(c.expose()).map_err(|e| format!("deployment `{label}`: credential: {e}"))?,
+            )),
+            (UpstreamAuth::GoogApiKey, Some(c)) => Some((
+                HeaderName::from_static("x-goog-api-key"),
+                secret_value(c.expose())
+                    .map_err(|e| format!("deployment `{label}`: credential: {e}"))?,
+            )),
+        };
+        let idle = shared.pools.get(
+            pingora::upstreams::peer::Peer::reuse_hash(&peer),
+            p.idle_timeout,
+        );
+        let probe = p.health_check.as_ref().map(|check| balancer::Probe {
+            peer: peer.clone(),
+            host: host.clone(),
+            auth: auth.clone(),
+            check: check.clone(),
+        });
+        let state = shared.deployments.state(p, d, &bulkhead, probe);
+        out.push(Deployment {
+            name: d.name.as_str().into(),
+            label: label.into(),
+            provider: p.name.as_str().into(),
+            peer,
+            host,
+            auth,
+            pool: idle,
+            weight: d.weight,
+            state,
+        });
+    }
+    Ok(ProviderPool::new(p.name.as_str().into(), out))
 }
 
 fn bearer(secret: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {

@@ -10,8 +10,8 @@
 //! fresh connection (counted in `leaky_upstream_retries_total{reason="stale_connection"}`); a fresh
 //! connection's failure is final, so a request is never sent twice to an upstream that answered.
 
+use crate::balancer::{Deployment, Outcome, Probe};
 use crate::metrics::count_retry;
-use crate::snapshot::Upstream;
 use bytes::Bytes;
 use http::Method;
 use leaky_filters::{RejectKind, Rejection};
@@ -20,6 +20,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
 use pingora::protocols::Stream;
 use pingora::{ErrorType, OrErr};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// A response whose header has been read; the body is read by the caller.
@@ -27,30 +28,58 @@ pub struct Response {
     pub session: HttpSession,
 }
 
+/// A failed attempt: what kind of failure (for the breaker and the retry policy) and the error the
+/// client gets if nothing else answers.
+pub struct Failed {
+    pub outcome: Outcome,
+    pub rejection: Rejection,
+}
+
+/// One attempt on deployment `d`: connect (pooled, else fresh within `connect`), send, and wait at most
+/// `first_byte` for the response header.
 pub async fn send(
     transport: &TransportConnector,
-    up: &Upstream,
+    d: &Deployment,
+    connect: Option<Duration>,
+    first_byte: Duration,
     req: &RequestHeader,
     body: &Bytes,
-) -> Result<Response, Rejection> {
-    if let Some(stream) = up.pool.take(std::time::Instant::now()) {
-        match exchange(stream, up, req, body).await {
-            Ok(session) => return Ok(Response { session }),
-            Err(e) if is_stale(&e) => {
-                count_retry(&up.provider, "stale_connection");
-                tracing::debug!(provider = %up.provider, error = %e, "pooled connection was stale; retrying fresh");
+) -> Result<Response, Failed> {
+    let timed_out = || Failed {
+        outcome: Outcome::Timeout,
+        rejection: Rejection::new(
+            RejectKind::GatewayTimeout,
+            format!(
+                "The upstream provider `{}` did not answer within {} ms.",
+                d.provider,
+                first_byte.as_millis()
+            ),
+        ),
+    };
+    if let Some(stream) = d.pool.take(std::time::Instant::now()) {
+        match tokio::time::timeout(first_byte, exchange(stream, d, req, body)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(session)) => return Ok(Response { session }),
+            Ok(Err(e)) if is_stale(&e) => {
+                count_retry(&d.provider, "stale_connection");
+                tracing::debug!(upstream = %d.label, error = %e, "pooled connection was stale; retrying fresh");
             }
-            Err(e) => return Err(to_rejection(&up.provider, &e)),
+            Ok(Err(e)) => return Err(failed(d, &e)),
         }
     }
-    let stream = transport
-        .new_stream(&up.peer)
-        .await
-        .map_err(|e| to_rejection(&up.provider, &e))?;
-    let session = exchange(stream, up, req, body)
-        .await
-        .map_err(|e| to_rejection(&up.provider, &e))?;
-    Ok(Response { session })
+    let stream = match connect {
+        Some(t) => match tokio::time::timeout(t, transport.new_stream(&d.peer)).await {
+            Ok(r) => r,
+            Err(_) => pingora::Error::e_explain(ErrorType::ConnectTimedout, "route connect_ms"),
+        },
+        None => transport.new_stream(&d.peer).await,
+    }
+    .map_err(|e| failed(d, &e))?;
+    match tokio::time::timeout(first_byte, exchange(stream, d, req, body)).await {
+        Err(_) => Err(timed_out()),
+        Ok(Ok(session)) => Ok(Response { session }),
+        Ok(Err(e)) => Err(failed(d, &e)),
+    }
 }
 
 /// Bodies up to this size go out in the same write as the header.
@@ -66,7 +95,7 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 /// `Connection` nor upgrades.
 async fn exchange(
     mut stream: Stream,
-    up: &Upstream,
+    up: &Deployment,
     req: &RequestHeader,
     body: &Bytes,
 ) -> pingora::Result<HttpSession> {
@@ -120,27 +149,49 @@ fn is_stale(e: &pingora::Error) -> bool {
     )
 }
 
-fn to_rejection(provider: &str, e: &pingora::Error) -> Rejection {
-    let kind = match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            RejectKind::GatewayTimeout
-        }
-        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
-            RejectKind::BadGateway
-        }
-        _ => RejectKind::BadGateway,
-    };
-    tracing::warn!(provider, error = %e, "upstream call failed");
-    let what = if kind == RejectKind::GatewayTimeout {
-        "did not answer in time"
+/// A connection-level failure (connect refused or timed out, reset before the response header): the
+/// request may not have been processed, and another deployment may well answer.
+fn failed(d: &Deployment, e: &pingora::Error) -> Failed {
+    let timeout = matches!(e.etype(), ErrorType::ConnectTimedout);
+    tracing::warn!(upstream = %d.label, error = %e, "upstream attempt failed");
+    let (kind, what) = if timeout {
+        (
+            RejectKind::GatewayTimeout,
+            "did not accept a connection in time",
+        )
     } else {
-        "could not be reached"
+        (RejectKind::BadGateway, "could not be reached")
     };
-    Rejection::new(kind, format!("The upstream provider `{provider}` {what}."))
+    Failed {
+        outcome: Outcome::Connect,
+        rejection: Rejection::new(
+            kind,
+            format!("The upstream provider `{}` {what}.", d.provider),
+        ),
+    }
+}
+
+/// An active health check: `GET {path}` on a fresh connection; healthy when it answers 2xx in time.
+pub async fn probe(transport: &TransportConnector, p: &Probe, timeout: Duration) -> bool {
+    let run = async {
+        let stream = transport.new_stream(&p.peer).await.ok()?;
+        let mut session = HttpSession::new_with_options(stream, &p.peer);
+        let mut req = RequestHeader::build(Method::GET, p.check.path.as_bytes(), Some(3)).ok()?;
+        req.insert_header(http::header::HOST, p.host.clone()).ok()?;
+        if let Some((name, value)) = &p.auth {
+            req.insert_header(name.clone(), value.clone()).ok()?;
+        }
+        req.insert_header(http::header::CONNECTION, "close").ok()?;
+        session.write_request_header(Box::new(req)).await.ok()?;
+        session.finish_body().await.ok()?;
+        session.read_response().await.ok()?;
+        session.get_status().map(|s| s.is_success())
+    };
+    matches!(tokio::time::timeout(timeout, run).await, Ok(Some(true)))
 }
 
 /// Returns a finished response's connection to the pool when it can be reused.
-pub async fn release(up: &Upstream, mut session: HttpSession) {
+pub async fn release(up: &Deployment, mut session: HttpSession) {
     session.respect_keepalive();
     if let Some(stream) = session.reuse().await {
         up.pool.put(stream, std::time::Instant::now());

@@ -292,6 +292,17 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// `POST /v1/chat/completions` with `key` as the bearer token.
+    pub async fn post_chat(&self, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,0 +1,447 @@
+//! Provider pools: each provider is a list of deployments (endpoint, credential, weight, own RPM/TPM
+//! budget), each with a circuit breaker, an active health state, a bulkhead and a `retry-after`
+//! cool-down. The algorithms are the pure, clock-injected ones of `leaky_filters::resilience`; this
+//! module binds them to peers, metrics and logs.
+//!
+//! Deployment state (breaker, health, quota, bulkhead) lives in a [`Registry`] shared by every config
+//! version, keyed by the deployment and its settings: a reload that leaves a deployment unchanged keeps
+//! its open circuit, its in-flight count and its health; one that changes it starts it fresh. In-flight
+//! requests keep the `Arc`s of the version they started on.
+
+use crate::pool::IdlePool;
+use http::{HeaderName, HeaderValue};
+use leaky_config::resilience::{Breaker as BreakerConfig, HealthCheck};
+use leaky_filters::resilience::{
+    pick, Admission, Breaker, BreakerSettings, BreakerState, Bulkhead, Candidate, DeploymentQuota,
+    Health, HealthSettings, Transition,
+};
+use pingora::upstreams::peer::HttpPeer;
+use prometheus::{IntCounter, IntGauge};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// Milliseconds on the process's monotonic clock: the `now_ms` of every resilience decision.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// How an upstream attempt ended, as the breaker and the retry policy see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Connect,
+    Timeout,
+    Status(u16),
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Connect => "connect",
+            Outcome::Timeout => "timeout",
+            Outcome::Status(429) => "429",
+            Outcome::Status(s) if s >= 500 => "5xx",
+            Outcome::Status(_) => "ok",
+        }
+    }
+}
+
+/// The live state of one deployment, shared across config versions.
+pub struct DeploymentState {
+    pub label: Arc<str>,
+    pub breaker: Breaker,
+    pub health: Health,
+    pub quota: DeploymentQuota,
+    pub bulkhead: Arc<Bulkhead>,
+    /// `now_ms` before which the deployment is skipped: the provider's `retry-after` on a 429.
+    cooldown_until: AtomicU64,
+    failure: BreakerConfig,
+    metrics: StateMetrics,
+}
+
+struct StateMetrics {
+    /// `leaky_circuit_state{upstream}`: 0 closed, 1 open, 2 half-open.
+    state: Option<IntGauge>,
+    /// `leaky_upstream_healthy{upstream}`.
+    healthy: Option<IntGauge>,
+    cooldowns: Option<IntCounter>,
+    /// `leaky_upstream_attempts_total{upstream, outcome="ok"}`, the per-request one, resolved here.
+    ok: Option<IntCounter>,
+}
+
+impl DeploymentState {
+    fn new(
+        label: &str,
+        cfg: &BreakerConfig,
+        health: Option<&HealthCheck>,
+        d: &leaky_config::resilience::Deployment,
+        bulkhead: &leaky_config::resilience::Bulkhead,
+    ) -> Self {
+        let settings = BreakerSettings {
+            consecutive_failures: cfg.consecutive_failures,
+            failure_ratio: cfg.failure_ratio,
+            min_requests: cfg.min_requests,
+            window_ms: cfg.window_ms,
+            open_ms: cfg.open_ms,
+            max_open_ms: cfg.max_open_ms,
+            half_open_probes: cfg.half_open_probes,
+        };
+        let hs = health.map_or_else(HealthSettings::default, |h| HealthSettings {
+            interval_ms: h.interval.as_millis() as u64,
+            timeout_ms: h.timeout.as_millis() as u64,
+            unhealthy_after: h.unhealthy_after,
+            healthy_after: h.healthy_after,
+        });
+        let m = crate::metrics::resilience();
+        let metrics = StateMetrics {
+            state: m.and_then(|m| m.circuit_state.get_metric_with_label_values(&[label]).ok()),
+            healthy: m.and_then(|m| m.healthy.get_metric_with_label_values(&[label]).ok()),
+            cooldowns: m.and_then(|m| m.cooldowns.get_metric_with_label_values(&[label]).ok()),
+            ok: m.and_then(|m| m.attempts.get_metric_with_label_values(&[label, "ok"]).ok()),
+        };
+        if let Some(g) = &metrics.state {
+            g.set(0);
+        }
+        if let Some(g) = &metrics.healthy {
+            g.set(1);
+        }
+        DeploymentState {
+            label: label.into(),
+            breaker: Breaker::new(settings),
+            health: Health::new_with(&hs),
+            quota: DeploymentQuota::new(d.rpm, d.tpm),
+            bulkhead: Arc::new(Bulkhead::new(
+                d.max_concurrent,
+                bulkhead.max_queue,
+                bulkhead.queue_timeout,
+            )),
+            cooldown_until: AtomicU64::new(0),
+            failure: cfg.clone(),
+            metrics,
+        }
+    }
+
+    /// Whether the deployment may take a request of `tokens` now (bulkhead room aside).
+    pub fn eligible(&self, now: u64, tokens: u64) -> bool {
+        self.health.is_healthy()
+            && self.cooldown_until.load(Ordering::Relaxed) <= now
+            && self.breaker.available(now)
+            && self.quota.has_headroom(now, tokens)
+    }
+
+    /// Asks the breaker for a slot: `Some(probe)` when admitted.
+    pub fn admit(&self, now: u64) -> Option<bool> {
+        let (admission, t) = self.breaker.try_acquire(now);
+        self.transition(t);
+        match admission {
+            Admission::Allowed => Some(false),
+            Admission::Probe => Some(true),
+            Admission::Rejected { .. } => None,
+        }
+    }
+
+    /// Whether this outcome counts against the breaker (per the provider's `failure_on`).
+    pub fn is_failure(&self, o: Outcome) -> bool {
+        match o {
+            Outcome::Connect => self.failure.on_connect,
+            Outcome::Timeout => self.failure.on_timeout,
+            Outcome::Status(429) => self.failure.on_429,
+            Outcome::Status(s) => s >= 500 && self.failure.on_5xx,
+        }
+    }
+
+    /// Feeds an attempt's outcome to the breaker and the attempt counter.
+    pub fn record(&self, now: u64, probe: bool, o: Outcome) {
+        match (o.label(), &self.metrics.ok) {
+            ("ok", Some(c)) => c.inc(),
+            ("ok", None) => {}
+            (label, _) => crate::metrics::bump(|m| &m.attempts, &[&self.label, label]),
+        }
+        let t = if self.is_failure(o) {
+            self.breaker.on_failure(now, probe)
+        } else {
+            self.breaker.on_success(now, probe)
+        };
+        self.transition(t);
+    }
+
+    /// A failure seen after the response header (a stream that stalled): counts against the breaker.
+    pub fn record_stream_failure(&self, now: u64) {
+        if self.failure.on_timeout {
+            self.transition(self.breaker.on_failure(now, false));
+        }
+    }
+
+    pub fn cancel(&self, probe: bool) {
+        self.breaker.on_cancel(probe);
+    }
+
+    /// Skip this deployment for `ms` (a 429's `retry-after`).
+    pub fn cool_down(&self, now: u64, ms: u64) {
+        self.cooldown_until
+            .fetch_max(now.saturating_add(ms), Ordering::Relaxed);
+        if let Some(c) = &self.metrics.cooldowns {
+            c.inc();
+        }
+        tracing::info!(upstream = %self.label, retry_after_ms = ms, "upstream asked to back off; skipping it until then");
+    }
+
+    pub fn cooling_until(&self) -> u64 {
+        self.cooldown_until.load(Ordering::Relaxed)
+    }
+
+    fn transition(&self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        if let Some(g) = &self.metrics.state {
+            g.set(t.to.gauge());
+        }
+        if let Some(m) = crate::metrics::resilience() {
+            if let Ok(c) = m.transitions.get_metric_with_label_values(&[
+                &self.label,
+                t.from.as_str(),
+                t.to.as_str(),
+            ]) {
+                c.inc();
+            }
+        }
+        if t.to == BreakerState::Open {
+            tracing::warn!(upstream = %self.label, from = t.from.as_str(), to = t.to.as_str(), open_ms = t.open_ms, "circuit opened");
+        } else {
+            tracing::info!(upstream = %self.label, from = t.from.as_str(), to = t.to.as_str(), "circuit state changed");
+        }
+    }
+
+    fn on_probe(&self, ok: bool) {
+        if let Some(healthy) = self.health.on_probe(ok) {
+            if let Some(g) = &self.metrics.healthy {
+                g.set(i64::from(healthy));
+            }
+            if healthy {
+                tracing::info!(upstream = %self.label, "health check passing again; back in the pool");
+            } else {
+                tracing::warn!(upstream = %self.label, "health check failing; out of the pool");
+            }
+        }
+    }
+}
+
+/// One deployment of one config version: how to reach it, and its shared state.
+pub struct Deployment {
+    pub name: Arc<str>,
+    /// `provider/name`, the `upstream` label of metrics and logs.
+    pub label: Arc<str>,
+    pub provider: Arc<str>,
+    pub peer: HttpPeer,
+    pub host: HeaderValue,
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    pub pool: Arc<IdlePool>,
+    pub weight: u32,
+    pub state: Arc<DeploymentState>,
+}
+
+/// A provider's deployments, and the choice among them.
+pub struct ProviderPool {
+    pub provider: Arc<str>,
+    pub deployments: Vec<Deployment>,
+    rotate: AtomicU64,
+}
+
+/// A chosen deployment: its index, and whether it has bulkhead room (else the request queues).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub index: usize,
+    pub has_room: bool,
+}
+
+impl ProviderPool {
+    pub fn new(provider: Arc<str>, deployments: Vec<Deployment>) -> Self {
+        ProviderPool {
+            provider,
+            deployments,
+            rotate: AtomicU64::new(0),
+        }
+    }
+
+    /// Weighted least-in-flight among eligible deployments not in `tried` (a bit per index), those
+    /// with bulkhead room first. `None` when every deployment is tried, open, unhealthy, cooling down
+    /// or out of budget.
+    pub fn choose(&self, now: u64, tokens: u64, tried: u64) -> Option<Choice> {
+        const MAX: usize = 64;
+        let n = self.deployments.len().min(MAX);
+        let mut cands = [Candidate {
+            weight: 1,
+            in_flight: 0,
+            eligible: false,
+            tried: false,
+        }; MAX];
+        let mut any_full = false;
+        for (i, d) in self.deployments.iter().take(n).enumerate() {
+            let s = &d.state;
+            let open = tried & (1 << i) == 0 && s.eligible(now, tokens);
+            let room = s.bulkhead.has_room();
+            any_full |= open && !room;
+            cands[i] = Candidate {
+                weight: d.weight,
+                in_flight: s.bulkhead.in_flight(),
+                eligible: open && room,
+                tried: false,
+            };
+        }
+        let rotate = self.rotate.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = pick(&cands[..n], rotate) {
+            return Some(Choice {
+                index: i,
+                has_room: true,
+            });
+        }
+        if !any_full {
+            return None;
+        }
+        // Every open deployment is at its concurrency limit: queue at the least loaded.
+        for (i, d) in self.deployments.iter().take(n).enumerate() {
+            cands[i].eligible = tried & (1 << i) == 0 && d.state.eligible(now, tokens);
+        }
+        pick(&cands[..n], rotate).map(|i| Choice {
+            index: i,
+            has_room: false,
+        })
+    }
+}
+
+/// Deployment states by deployment and settings, shared by every config version.
+#[derive(Default)]
+pub struct Registry {
+    states: Mutex<HashMap<String, Weak<DeploymentState>>>,
+}
+
+/// What an active health check needs, per deployment.
+pub struct Probe {
+    pub peer: HttpPeer,
+    pub host: HeaderValue,
+    pub auth: Option<(HeaderName, HeaderValue)>,
+    pub check: HealthCheck,
+}
+
+impl Registry {
+    /// The state of deployment `d` of `provider` with these settings: the existing one when nothing
+    /// changed, else a fresh one (and its health-check task, when `probe` is given).
+    pub fn state(
+        &self,
+        provider: &leaky_config::Provider,
+        d: &leaky_config::resilience::Deployment,
+        bulkhead: &leaky_config::resilience::Bulkhead,
+        probe: Option<Probe>,
+    ) -> Arc<DeploymentState> {
+        let label = format!("{}/{}", provider.name, d.name);
+        let key = format!(
+            "{label}@{}:{}|{:?}|{:?}|{:?}|{:?}|{}|{bulkhead:?}",
+            d.host, d.port, provider.breaker, provider.health_check, d.rpm, d.tpm, d.max_concurrent
+        );
+        let mut map = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
+            return s;
+        }
+        let state = Arc::new(DeploymentState::new(
+            &label,
+            &provider.breaker,
+            provider.health_check.as_ref(),
+            d,
+            bulkhead,
+        ));
+        map.insert(key, Arc::downgrade(&state));
+        if let Some(p) = probe {
+            spawn_health_check(Arc::downgrade(&state), p);
+        }
+        state
+    }
+}
+
+/// Probes the deployment every interval until no config version uses it any more.
+fn spawn_health_check(state: Weak<DeploymentState>, p: Probe) {
+    let task = async move {
+        let transport = pingora::connectors::TransportConnector::new(None);
+        loop {
+            tokio::time::sleep(p.check.interval).await;
+            let Some(s) = state.upgrade() else { return };
+            let ok = crate::upstream::probe(&transport, &p, p.check.timeout).await;
+            s.on_probe(ok);
+        }
+    };
+    if !crate::limiter::spawn_background(task) {
+        tracing::error!("no background runtime: active health checks are off");
+    }
+}
+
+/// Per-tenant bulkheads of one route, shared by every config version with the same settings.
+pub struct TenantBulkheads {
+    settings: leaky_config::resilience::Bulkhead,
+    by_tenant: dashmap::DashMap<Arc<str>, Arc<Bulkhead>>,
+}
+
+impl TenantBulkheads {
+    pub fn new(settings: leaky_config::resilience::Bulkhead) -> Self {
+        TenantBulkheads {
+            settings,
+            by_tenant: dashmap::DashMap::new(),
+        }
+    }
+
+    pub fn max_concurrent(&self) -> u32 {
+        self.settings.max_concurrent
+    }
+
+    /// The tenant's bulkhead (created on its first request).
+    pub fn get(&self, tenant: &Arc<str>) -> Arc<Bulkhead> {
+        if let Some(b) = self.by_tenant.get(tenant) {
+            return b.clone();
+        }
+        self.by_tenant
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(Bulkhead::new(
+                    self.settings.max_concurrent,
+                    self.settings.max_queue,
+                    self.settings.queue_timeout,
+                ))
+            })
+            .clone()
+    }
+}
+
+/// Tenant bulkheads by route and settings, shared across config versions.
+#[derive(Default)]
+pub struct TenantRegistry {
+    routes: Mutex<HashMap<String, Weak<TenantBulkheads>>>,
+}
+
+impl TenantRegistry {
+    pub fn get(
+        &self,
+        route: &str,
+        settings: &leaky_config::resilience::Bulkhead,
+    ) -> Arc<TenantBulkheads> {
+        let key = format!("{route}|{settings:?}");
+        let mut map = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(t) = map.get(&key).and_then(Weak::upgrade) {
+            return t;
+        }
+        let t = Arc::new(TenantBulkheads::new(settings.clone()));
+        map.insert(key, Arc::downgrade(&t));
+        t
+    }
+}
+
+/// The wait before retry `attempt` (1 = first retry), full jitter.
+pub fn backoff(attempt: u32, retry: &leaky_config::resilience::Retry) -> Duration {
+    let r = leaky_filters::resilience::backoff::jitter_seed();
+    Duration::from_millis(leaky_filters::resilience::backoff_ms(
+        attempt,
+        retry.backoff_base_ms,
+        retry.backoff_max_ms,
+        r,
+    ))
+}
