@@ -731,3 +731,23 @@ async fn a_reload_updates_the_pool_without_dropping_in_flight_requests() {
     assert_eq!(a.hits(), 1);
     assert_eq!(b.hits(), 5);
 }
+
+#[tokio::test]
+async fn a_deployment_out_of_its_minute_budget_is_skipped() {
+    let a = Dep::start(None).await;
+    let b = Dep::start(None).await;
+    let text = config(&[&a, &b], "", "").replace(
+        &format!("{{ name: a, base_url: http://{} }}", a.addr),
+        &format!(
+            "{{ name: a, base_url: http://{}, rpm: 3, weight: 10 }}",
+            a.addr
+        ),
+    );
+    let gw = Gateway::start(&text).await;
+    for _ in 0..12 {
+        assert_eq!(ask(&gw).await.0, 200);
+    }
+    // a has ten times b's weight but only three requests a minute: the rest go to b.
+    assert_eq!(a.hits(), 3);
+    assert_eq!(b.hits(), 9);
+}
