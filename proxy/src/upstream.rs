@@ -153,7 +153,7 @@ fn is_stale(e: &pingora::Error) -> bool {
 /// request may not have been processed, and another deployment may well answer.
 fn failed(d: &Deployment, e: &pingora::Error) -> Failed {
     let timeout = matches!(e.etype(), ErrorType::ConnectTimedout);
-    tracing::warn!(upstream = %d.label, error = %e, "upstream attempt failed");
+    tracing::debug!(upstream = %d.label, error = %e, "upstream attempt failed");
     let (kind, what) = if timeout {
         (
             RejectKind::GatewayTimeout,
