@@ -127,6 +127,8 @@ impl Gateway {
             None => &[],
         };
         let mut last: Option<Rejection> = None;
+        // How the previous attempt failed: the `reason` of the retry that follows it.
+        let mut failed: Option<Outcome> = None;
         let mut attempts = 0u32;
         'stages: for stage in 0..=fallbacks.len() {
             let (up, body, rest) = if stage == 0 {
@@ -208,7 +210,7 @@ impl Gateway {
                             &[&route.name, from, &fallbacks[stage - 1]],
                         );
                     }
-                    crate::metrics::count_retry(&up.provider, last_reason(ctx));
+                    crate::metrics::count_retry(&up.provider, failed.map_or("5xx", retry_reason));
                 }
                 attempts += 1;
                 in_stage += 1;
@@ -265,6 +267,7 @@ impl Gateway {
                 };
                 d.state.quota.settle(now_ms(), tokens, 0);
                 trail(ctx, &d.label, outcome);
+                failed = Some(outcome);
                 drop(permit);
                 if let Some(r) = failure {
                     last = Some(r);
@@ -344,13 +347,14 @@ fn full_label(f: BulkheadFull) -> &'static str {
     }
 }
 
-/// Why the previous attempt failed, as the `reason` of `leaky_upstream_retries_total`.
-fn last_reason(ctx: &Ctx) -> &'static str {
-    match ctx.trail.as_deref().and_then(|t| t.rsplit(':').next()) {
-        Some("connect") => "connect",
-        Some("timeout") => "timeout",
-        Some("429") => "429",
-        _ => "5xx",
+/// A failed attempt's outcome as the `reason` of `leaky_upstream_retries_total`.
+fn retry_reason(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Connect => "connect",
+        Outcome::Timeout => "timeout",
+        Outcome::Status(429) => "429",
+        Outcome::Status(s) if s >= 500 => "5xx",
+        Outcome::Status(_) => "4xx",
     }
 }
 
