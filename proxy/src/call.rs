@@ -203,13 +203,6 @@ impl Gateway {
                     done: false,
                 };
                 if attempts > 0 {
-                    if stage > 0 && in_stage == 0 {
-                        let from = ctx.req.model.as_deref().unwrap_or("-");
-                        bump(
-                            |m| &m.fallbacks,
-                            &[&route.name, from, &fallbacks[stage - 1]],
-                        );
-                    }
                     crate::metrics::count_retry(&up.provider, failed.map_or("5xx", retry_reason));
                 }
                 attempts += 1;
@@ -248,7 +241,10 @@ impl Gateway {
                             ))
                         {
                             if stage > 0 {
-                                ctx.served_model = Some(fallbacks[stage - 1].clone());
+                                let alt = &fallbacks[stage - 1];
+                                let from = ctx.req.model.as_deref().unwrap_or("-");
+                                bump(|m| &m.fallbacks, &[&route.name, from, alt]);
+                                ctx.served_model = Some(alt.clone());
                             }
                             ctx.charged_tokens = tokens;
                             return Ok(Answer {
