@@ -75,12 +75,17 @@ pub struct Provider {
 impl Provider {
     /// `host:port` as sent in the upstream `Host` header (port omitted when it is the scheme's default).
     pub fn authority(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        if self.port == default {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        authority(self.tls, &self.host, self.port)
+    }
+}
+
+/// `host:port` as sent in the upstream `Host` header, the port omitted when it is the scheme's default.
+pub fn authority(tls: bool, host: &str, port: u16) -> String {
+    let default = if tls { 443 } else { 80 };
+    if port == default {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
     }
 }
 

@@ -284,12 +284,7 @@ pub struct Deployment {
 impl Deployment {
     /// `host:port` as sent in the upstream `Host` header (port omitted when it is the scheme's default).
     pub fn authority(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        if self.port == default {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        crate::model::authority(self.tls, &self.host, self.port)
     }
 }
 
