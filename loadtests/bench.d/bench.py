@@ -406,11 +406,11 @@ def main():
         "ladder": [2000, 6000, 12000] if quick else
                   [1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 17000, 20000, 24000, 28000, 32000],
         "ladder_litellm": [25, 100] if quick else [25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500],
-        "cpu_dur": "2s" if quick else "10s", "cpu_rate": 2000,
-        "streams": 200 if quick else 1000,
-        "mt_keys": 2000 if quick else 10000, "mt_dur": "2s" if quick else "10s",
+        "cpu_dur": "1s" if quick else "10s", "cpu_rate": 2000,
+        "streams": 100 if quick else 1000,
+        "mt_keys": 2000 if quick else 10000, "mt_dur": "1s" if quick else "10s",
         "tight": 10 if quick else 100, "per_key_r": 90, "per_key_t": 75,
-        "keys_100k": 2500 if quick else 100000,
+        "keys_100k": 1500 if quick else 100000,
     }
     res = {"quick": quick, "Q": Q}
     env_base = dict(os.environ)
@@ -625,7 +625,7 @@ def main():
         curl_check("leaky-100k", url, "lt-k-000000", [r"^x-ratelimit-limit-requests: 100000000"])
         log(f"memory: one request per key over {n} keys")
         # each key once, in order (wrk's request() walks the keys; enough time for all of them)
-        mem["load"] = wrk(url, f"{max(5 if quick else 15, n // 650)}s", 50, os.path.join(HERE, "keys-once.lua"),
+        mem["load"] = wrk(url, f"{max(3 if quick else 15, n // 650)}s", 50, os.path.join(HERE, "keys-once.lua"),
                           {"BENCH_KEYS": str(n), "BENCH_PAYLOAD": PAYLOAD})
         if mem["load"]["n"] < n:
             die(f"memory: only {mem['load']['n']} requests for {n} keys")
