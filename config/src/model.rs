@@ -116,14 +116,6 @@ impl Route {
                 .map(|mt| &mt.target),
         }
     }
-
-    /// The fallback models for `model`, in order (empty when none are configured).
-    pub fn fallbacks_for(&self, model: &str) -> &[String] {
-        self.fallbacks
-            .iter()
-            .find(|(p, _)| p.matches(model))
-            .map_or(&[], |(_, alts)| alts.as_slice())
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,7 @@ use crate::service::{Ctx, Fail, Gateway};
 use crate::snapshot::{CompiledRoute, Upstream};
 use crate::upstream::{self, Failed};
 use bytes::Bytes;
+use leaky_config::resilience::Retry;
 use leaky_config::ModelSource;
 use leaky_filters::resilience::{retry_after_ms, BulkheadFull, BulkheadPermit};
 use leaky_filters::{RejectKind, Rejection};
@@ -218,13 +219,12 @@ impl Gateway {
                 let seconds = sent.elapsed().as_secs_f64();
                 ctx.upstream_seconds = Some(seconds);
                 up.metrics.observe_upstream(seconds);
-                let (outcome, failure) = match result {
+                let (outcome, result) = match result {
                     Ok(response) => {
                         let status = response
                             .session
                             .resp_header()
                             .map_or(502, |h| h.status.as_u16());
-                        let outcome = Outcome::Status(status);
                         if status == 429 {
                             let wait = response
                                 .session
@@ -233,60 +233,52 @@ impl Gateway {
                                 .unwrap_or(DEFAULT_COOLDOWN_MS);
                             d.state.cool_down(now_ms(), wait);
                         }
-                        admitted.record(outcome);
-                        let retryable = route.retry.retries_status(status);
-                        if !(retryable
-                            && self.may_retry(
-                                ctx, route, &up, tried, in_stage, stage, fallbacks, deadline,
-                            ))
-                        {
-                            if stage > 0 {
-                                let alt = &fallbacks[stage - 1];
-                                let from = ctx.req.model.as_deref().unwrap_or("-");
-                                bump(|m| &m.fallbacks, &[&route.name, from, alt]);
-                                ctx.served_model = Some(alt.clone());
-                            }
-                            ctx.charged_tokens = tokens;
-                            return Ok(Answer {
-                                upstream: up,
-                                deployment: choice.index,
-                                response,
-                                permit,
-                            });
-                        }
-                        (outcome, None)
+                        (Outcome::Status(status), Ok(response))
                     }
-                    Err(Failed { outcome, rejection }) => {
-                        admitted.record(outcome);
-                        (outcome, Some(rejection))
-                    }
+                    Err(Failed { outcome, rejection }) => (outcome, Err(rejection)),
                 };
+                admitted.record(outcome);
+                let again = retryable(&route.retry, outcome)
+                    && may_retry(
+                        route,
+                        &up,
+                        tokens,
+                        in_stage,
+                        stage < fallbacks.len(),
+                        deadline,
+                    );
+                let rejection = match result {
+                    Ok(response) if !again => {
+                        if stage > 0 {
+                            let alt = &fallbacks[stage - 1];
+                            let from = ctx.req.model.as_deref().unwrap_or("-");
+                            bump(|m| &m.fallbacks, &[&route.name, from, alt]);
+                            ctx.served_model = Some(alt.clone());
+                        }
+                        ctx.charged_tokens = tokens;
+                        return Ok(Answer {
+                            upstream: up,
+                            deployment: choice.index,
+                            response,
+                            permit,
+                        });
+                    }
+                    // Dropped for a retry; what the caller gets should the retry find nothing.
+                    Ok(_) => Rejection::new(
+                        RejectKind::BadGateway,
+                        format!("The upstream provider `{}` failed.", up.provider),
+                    ),
+                    Err(r) => r,
+                };
+                last = Some(rejection);
                 d.state.quota.settle(now_ms(), tokens, 0);
                 trail(ctx, &d.label, outcome);
                 failed = Some(outcome);
                 drop(permit);
-                if let Some(r) = failure {
-                    last = Some(r);
-                    let retryable = match outcome {
-                        Outcome::Connect => route.retry.on_connect,
-                        Outcome::Timeout => route.retry.on_timeout,
-                        Outcome::Status(_) => false,
-                    };
-                    if !(retryable
-                        && self.may_retry(
-                            ctx, route, &up, tried, in_stage, stage, fallbacks, deadline,
-                        ))
-                    {
-                        break 'stages;
-                    }
-                } else {
-                    last = Some(Rejection::new(
-                        RejectKind::BadGateway,
-                        format!("The upstream provider `{}` failed.", up.provider),
-                    ));
+                if !again {
+                    break 'stages;
                 }
-                let n = attempts;
-                let pause = crate::balancer::backoff(n, &route.retry)
+                let pause = crate::balancer::backoff(attempts, &route.retry)
                     .min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(pause).await;
             }
@@ -301,39 +293,38 @@ impl Gateway {
             )
         })))
     }
+}
 
-    /// Whether the failed attempt may be followed by another: attempts left in this stage with a
-    /// deployment to try (or a fallback stage), time left, and the route's retry budget.
-    #[allow(clippy::too_many_arguments)]
-    fn may_retry(
-        &self,
-        ctx: &Ctx,
-        route: &CompiledRoute,
-        up: &Upstream,
-        tried: u64,
-        in_stage: u32,
-        stage: usize,
-        fallbacks: &[String],
-        deadline: Instant,
-    ) -> bool {
-        let now = now_ms();
-        let tokens = ctx.req.cost.map_or(0, |c| {
-            c.prompt.saturating_add(c.max_completion.unwrap_or(0))
-        });
-        let more_here = in_stage < route.retry.max_attempts
-            && (up.pool.choose(now, tokens, tried).is_some()
-                // Every deployment tried once: a retry may go back to one that is still eligible.
-                || up.pool.choose(now, tokens, 0).is_some());
-        let next_stage = stage < fallbacks.len();
-        if !(more_here || next_stage) || Instant::now() >= deadline {
-            return false;
-        }
-        if route.budget.try_retry(now) {
-            return true;
-        }
-        bump(|m| &m.budget_exhausted, &[&route.name]);
-        false
+/// Whether the route's retry policy retries this outcome.
+fn retryable(retry: &Retry, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Connect => retry.on_connect,
+        Outcome::Timeout => retry.on_timeout,
+        Outcome::Status(s) => retry.retries_status(s),
     }
+}
+
+/// Whether a failed attempt may be followed by another: attempts left in this stage with a deployment
+/// still eligible (tried ones included: a retry may go back to one), or a fallback stage; time left;
+/// and the route's retry budget, which a `true` consumes.
+fn may_retry(
+    route: &CompiledRoute,
+    up: &Upstream,
+    tokens: u64,
+    in_stage: u32,
+    next_stage: bool,
+    deadline: Instant,
+) -> bool {
+    let now = now_ms();
+    let more_here = in_stage < route.retry.max_attempts && up.pool.choose(now, tokens, 0).is_some();
+    if !(more_here || next_stage) || Instant::now() >= deadline {
+        return false;
+    }
+    if route.budget.try_retry(now) {
+        return true;
+    }
+    bump(|m| &m.budget_exhausted, &[&route.name]);
+    false
 }
 
 fn full_label(f: BulkheadFull) -> &'static str {
