@@ -401,14 +401,14 @@ def main():
     only = set(a.only.split(",")) if a.only else {"overhead", "saturation", "cpu", "stream", "tenants", "memory"}
     t_start = time.time()
     Q = {
-        "c1_rounds": 1 if quick else 3, "c1_dur": "1s" if quick else "5s",
-        "sweep_dur": "1s" if quick else "5s",
+        "c1_rounds": 1 if quick else 3, "c1_dur": "1s" if quick else "3s",
+        "sweep_dur": "1s" if quick else "3s",
         "ladder": [2000, 6000, 12000] if quick else
                   [1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 17000, 20000, 24000, 28000, 32000],
         "ladder_litellm": [25, 100] if quick else [25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500],
-        "cpu_dur": "1s" if quick else "10s", "cpu_rate": 2000,
+        "cpu_dur": "1s" if quick else "6s", "cpu_rate": 2000,
         "streams": 100 if quick else 1000,
-        "mt_keys": 2000 if quick else 10000, "mt_dur": "1s" if quick else "10s",
+        "mt_keys": 2000 if quick else 10000, "mt_dur": "1s" if quick else "5s",
         "tight": 10 if quick else 100, "per_key_r": 90, "per_key_t": 75,
         "keys_100k": 1500 if quick else 100000,
     }
@@ -624,11 +624,15 @@ def main():
         url = f"http://127.0.0.1:{P_100K}/v1/chat/completions"
         curl_check("leaky-100k", url, "lt-k-000000", [r"^x-ratelimit-limit-requests: 100000000"])
         log(f"memory: one request per key over {n} keys")
-        # each key once, in order (wrk's request() walks the keys; enough time for all of them)
-        mem["load"] = wrk(url, f"{max(3 if quick else 15, n // 650)}s", 50, os.path.join(HERE, "keys-once.lua"),
-                          {"BENCH_KEYS": str(n), "BENCH_PAYLOAD": PAYLOAD})
-        if mem["load"]["n"] < n:
-            die(f"memory: only {mem['load']['n']} requests for {n} keys")
+        # each key once, over 50 keep-alive connections; the client ends when the last key answered
+        out = f"{LOG_DIR}/keys-once.json"
+        argv = ["taskset", "-c", "1", sys.executable, os.path.join(HERE, "clients.py"), "once", url, "lt-k-",
+                str(n), "50", PAYLOAD, out]
+        COMMANDS.append(("keys-once", " ".join(shlex.quote(x) for x in argv)))
+        subprocess.run(argv, check=True, cwd=ROOT)
+        mem["load"] = json.load(open(out))
+        if mem["load"]["counts"] != {"200": n}:
+            die(f"memory: expected {n} answers 200, got {mem['load']['counts']}")
         mem["rss_active"] = rss_mib(gw.pid)
         res["memory"] = mem
         stop(gw)

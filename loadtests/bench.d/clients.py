@@ -6,6 +6,10 @@
   python clients.py accuracy URL KEYS_FILE PER_KEY OUT.json
       For each key in KEYS_FILE (one `plaintext tier` a line) send PER_KEY requests back to back (keys in
       parallel); count 200 / 429 per key and the time between a key's first and last request.
+  python clients.py once URL KEY_PREFIX N CONNS PAYLOAD OUT.json
+      One request for each key KEY_PREFIX000000 .. KEY_PREFIX<N-1> (six digits), over CONNS keep-alive
+      connections, then stop; count statuses. (wrk cannot end a run when the work is done: its main thread
+      sleeps out the whole `-d`, so a run sized for the slowest case idled for minutes.)
 
 Plain asyncio protocols over HTTP/1.1 keep the client's own cost per event small (uvloop when
 installed), so the gaps measured are the server's, not Python's.
@@ -196,11 +200,34 @@ async def accuracy_main(url, keys_file, per_key, out_path, payload):
     json.dump({"keys": out, "wall_s": time.monotonic() - t0}, open(out_path, "w"))
 
 
+async def once_main(url, prefix, n, conns, payload, out_path):
+    host, port, path = split_url(url)
+    body = open(payload, "rb").read().strip()
+    counts = {}
+    next_key = iter(range(n))
+
+    async def worker():
+        c = Conn(host, port)
+        await c.open()
+        for i in next_key:  # one shared iterator: each key exactly once across the workers
+            s = await c.post(request_bytes(host, port, path, f"{prefix}{i:06d}", body))
+            counts[s] = counts.get(s, 0) + 1
+        c.w.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(conns)))
+    wall = time.monotonic() - t0
+    json.dump({"n": sum(counts.values()), "counts": {str(k): v for k, v in counts.items()},
+               "wall_s": wall, "rps": sum(counts.values()) / wall}, open(out_path, "w"))
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "sse":
         asyncio.run(sse_main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]))
     elif cmd == "accuracy":
         asyncio.run(accuracy_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]))
+    elif cmd == "once":
+        asyncio.run(once_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]))
     else:
         sys.exit(f"unknown command {cmd}")

@@ -264,7 +264,7 @@ def write(res, commands, out, bin_, oha, py):
     if mem:
         L.append(f"| full chain (memory) with {mem['keys']:,} keys in the config, idle (config load {mem['startup_s']:.1f} s) | {mem['rss_config']:.0f} MiB |")
         L.append(f"| same after one request on each of the {mem['keys']:,} keys ({3 * mem['keys']:,} live buckets; "
-                 f"{mem['load']['rps']:,.0f} req/s) | {mem['rss_active']:.0f} MiB |")
+                 f"{mem['load']['rps']:,.0f} req/s from one Python client) | {mem['rss_active']:.0f} MiB |")
     L.append("")
     L += ["## LiteLLM notes", "",
           "- Installed with `pip install 'litellm[proxy]==1.106.12'` in `~/.cache/leaky-bench/litellm-venv` (newer "
@@ -289,8 +289,6 @@ def write(res, commands, out, bin_, oha, py):
             L.append(f"# sweep {n} (first point)\n{pts[0]['cmd']}")
     for var, m in (mt or {}).items():
         L.append(f"# tenants {var}\n{m['load']['cmd']}")
-    if mem:
-        L.append(f"# memory\n{mem['load']['cmd']}")
     L += ["```", ""]
     if files:
         L += ["## Charts", ""] + [f"![{f}]({f})" for f in files] + [""]
