@@ -204,6 +204,14 @@ impl Breaker {
         }
     }
 
+    /// While the open period lasts: the rejection, with the time left.
+    fn still_open(&self, now_ms: u64) -> Option<Admission> {
+        let until = self.open_until.load(Ordering::Acquire);
+        (now_ms < until).then(|| Admission::Rejected {
+            retry_in_ms: until - now_ms,
+        })
+    }
+
     /// Admits a request: `Allowed` in Closed; `Probe` in HalfOpen while a probe slot is free (an Open
     /// breaker whose period elapsed moves to HalfOpen here, returned as the `Transition`); `Rejected`
     /// otherwise.
@@ -211,14 +219,8 @@ impl Breaker {
         match self.load_state() {
             BreakerState::Closed => return (Admission::Allowed, None),
             BreakerState::Open => {
-                let until = self.open_until.load(Ordering::Acquire);
-                if now_ms < until {
-                    return (
-                        Admission::Rejected {
-                            retry_in_ms: until - now_ms,
-                        },
-                        None,
-                    );
+                if let Some(rejected) = self.still_open(now_ms) {
+                    return (rejected, None);
                 }
             }
             BreakerState::HalfOpen => {}
@@ -228,14 +230,8 @@ impl Breaker {
         match self.load_state() {
             BreakerState::Closed => return (Admission::Allowed, None),
             BreakerState::Open => {
-                let until = self.open_until.load(Ordering::Acquire);
-                if now_ms < until {
-                    return (
-                        Admission::Rejected {
-                            retry_in_ms: until - now_ms,
-                        },
-                        None,
-                    );
+                if let Some(rejected) = self.still_open(now_ms) {
+                    return (rejected, None);
                 }
                 inner.successes = 0;
                 self.probes.store(0, Ordering::Release);
