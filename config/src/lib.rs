@@ -4,7 +4,9 @@
 //! - `load`: files, `extends` overlays, positions, typed errors as `file:line:col: message`.
 //! - `validate`: rules serde cannot express (references resolve, addresses parse, secrets interpolate).
 //! - `model`: the validated result the data plane builds its snapshot from.
+//! - `forwarding`: which headers cross the gateway, trusted proxies, provider account headers.
 
+pub mod forwarding;
 mod interpolate;
 pub mod limits;
 mod load;
@@ -16,6 +18,7 @@ mod validate_limits;
 mod validate_resilience;
 pub mod yaml;
 
+pub use forwarding::{Cidr, HeaderPattern, NEVER_FORWARDED};
 pub use interpolate::interpolate;
 pub use limits::*;
 pub use load::{load, load_with_env, ConfigError, ConfigErrors};

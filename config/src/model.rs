@@ -31,6 +31,8 @@ pub struct Server {
     pub threads: usize,
     pub max_body_bytes: u64,
     pub grace_period_seconds: u64,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` chain is kept and appended to.
+    pub trusted_proxies: Vec<crate::forwarding::Cidr>,
 }
 
 /// A string that never prints itself.
@@ -70,6 +72,14 @@ pub struct Provider {
     pub health_check: Option<crate::resilience::HealthCheck>,
     /// Queue settings of each deployment's bulkhead (its size is the deployment's `max_concurrent`).
     pub bulkhead: Option<crate::resilience::Bulkhead>,
+    /// `OpenAI-Organization` sent upstream.
+    pub organization: Option<String>,
+    /// `OpenAI-Project` sent upstream.
+    pub project: Option<String>,
+    /// `X-DashScope-WorkSpace` sent upstream.
+    pub workspace: Option<String>,
+    /// Headers passed through both ways beyond the dialect's defaults.
+    pub forward_headers: Vec<crate::forwarding::HeaderPattern>,
 }
 
 impl Provider {
@@ -103,6 +113,8 @@ pub struct Route {
     pub fallbacks: crate::resilience::Fallbacks,
     /// Per-tenant concurrency on this route.
     pub tenant_bulkhead: Option<crate::resilience::Bulkhead>,
+    /// Headers passed through both ways beyond the dialect's defaults.
+    pub forward_headers: Vec<crate::forwarding::HeaderPattern>,
 }
 
 impl Route {

@@ -54,6 +54,11 @@ pub struct ServerSpec {
     /// Seconds a graceful shutdown waits for in-flight requests.
     #[serde(default = "default_grace_period")]
     pub grace_period_seconds: u64,
+    /// Peers (IP addresses or CIDR blocks, e.g. a load balancer's subnet) whose `X-Forwarded-For` and
+    /// `Forwarded` headers are kept, with the peer's address appended. From any other peer those
+    /// headers are replaced by the peer's own address. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSpec {
@@ -64,6 +69,7 @@ impl Default for ServerSpec {
             threads: default_threads(),
             max_body_bytes: default_max_body_bytes(),
             grace_period_seconds: default_grace_period(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -135,6 +141,22 @@ pub struct ProviderSpec {
     /// Concurrency limit of each deployment (default 1024 in flight, no queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bulkhead: Option<crate::resilience::BulkheadSpec>,
+    /// OpenAI organization of the gateway's account, sent as `OpenAI-Organization`. A caller's own
+    /// `OpenAI-Organization` is never forwarded. `${ENV}` allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// OpenAI project of the gateway's account, sent as `OpenAI-Project` (a caller's is never forwarded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// DashScope workspace of the gateway's account, sent as `X-DashScope-WorkSpace` (a caller's is never
+    /// forwarded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Headers passed through as they are, beyond the route dialect's defaults, on every route that
+    /// sends to this provider: the caller's to the provider and the provider's back. Names or prefixes
+    /// ending in `*`; credentials, account, hop-by-hop and gateway-owned headers are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<String>,
 }
 
 fn default_auth() -> UpstreamAuth {
@@ -206,6 +228,12 @@ pub struct RouteSpec {
     /// Concurrency limits on this route.
     #[serde(default)]
     pub bulkhead: crate::resilience::RouteBulkheadSpec,
+    /// Headers passed through as they are, beyond the dialect's defaults: the caller's to the provider
+    /// and the provider's back (e.g. `[x-stub-fault, "x-stub-*"]` for the stubs' fault injection in
+    /// tests). Names or prefixes ending in `*`; credentials, account, hop-by-hop and gateway-owned
+    /// headers are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<String>,
 }
 
 fn default_dialect() -> Dialect {

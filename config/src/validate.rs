@@ -83,6 +83,8 @@ pub(crate) fn validate(
         );
     }
 
+    let trusted_proxies = crate::forwarding::trusted_proxies(&mut c, &s.trusted_proxies);
+
     let mut providers = BTreeMap::new();
     for (name, p) in &file.providers {
         if let Some(p) = provider(&mut c, name, p) {
@@ -139,6 +141,7 @@ pub(crate) fn validate(
                 threads: s.threads,
                 max_body_bytes: s.max_body_bytes,
                 grace_period_seconds: s.grace_period_seconds,
+                trusted_proxies,
             };
             return Ok(Config {
                 server,
@@ -190,6 +193,17 @@ fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Option<Provider>
         .bulkhead
         .as_ref()
         .map(|b| res::bulkhead(c, &format!("{path}.bulkhead"), b));
+    let account = |c: &mut Check<'_>, field: &str, v: Option<&String>| {
+        crate::forwarding::account_value(c, &path, field, v)
+    };
+    let organization = account(c, "organization", p.organization.as_ref());
+    let project = account(c, "project", p.project.as_ref());
+    let workspace = account(c, "workspace", p.workspace.as_ref());
+    let forward_headers = crate::forwarding::forward_headers(
+        c,
+        &format!("{path}.forward_headers"),
+        &p.forward_headers,
+    );
     let deployments = deployments?;
     if c.error_count() != errors {
         return None;
@@ -211,6 +225,10 @@ fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Option<Provider>
         breaker,
         health_check,
         bulkhead,
+        organization,
+        project,
+        workspace,
+        forward_headers,
     })
 }
 
@@ -271,6 +289,11 @@ fn route(
         retry: Default::default(),
         fallbacks: Vec::new(),
         tenant_bulkhead: None,
+        forward_headers: crate::forwarding::forward_headers(
+            c,
+            &format!("{path}.forward_headers"),
+            &r.forward_headers,
+        ),
     };
     crate::validate_resilience::route(c, path, r, &mut route);
     Some(route)
