@@ -236,6 +236,8 @@ pub struct Deployment {
     pub peer: HttpPeer,
     pub host: HeaderValue,
     pub auth: Option<(HeaderName, HeaderValue)>,
+    /// The provider account headers (`OpenAI-Organization`, `OpenAI-Project`, `X-DashScope-WorkSpace`).
+    pub account: Box<[(HeaderName, HeaderValue)]>,
     pub pool: Arc<IdlePool>,
     pub weight: u32,
     pub state: Arc<DeploymentState>,

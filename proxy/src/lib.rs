@@ -3,6 +3,7 @@
 //! - `service`: the request path (`ProxyHttp` impl; phase chart in its module docs).
 //! - `snapshot`: one immutable, compiled config version; `reload` swaps it atomically; `watch` triggers
 //!   reloads on file change and `SIGHUP`.
+//! - `headers`: which request and response headers cross the gateway (compiled per route and provider).
 //! - `upstream`: pooled HTTP/1.1 upstream calls with the whole body (beyond Pingora's 64 KiB retry buffer).
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`; `metrics`: Prometheus families.
 
@@ -10,6 +11,7 @@ mod access_log;
 pub mod admin;
 pub mod balancer;
 mod call;
+mod headers;
 pub mod limiter;
 mod metering;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! Reading what the request says: framing checks, the body (up to the configured maximum), the model
-//! (from the JSON body or the path), and the upstream path and headers.
+//! (from the JSON body or the path) and whether it is a well-formed model name, and the upstream path.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
@@ -71,43 +71,29 @@ pub fn model_from_path(rest: &str) -> Option<String> {
     (!model.is_empty()).then(|| model.to_string())
 }
 
-/// Headers never copied from the client to the upstream: hop-by-hop headers, framing (recomputed),
-/// the caller's own credentials (the gateway's credential replaces them) and `expect` (the body is
-/// already read).
-pub fn is_dropped_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "host"
-            | "expect"
-            | "authorization"
-            | "x-goog-api-key"
-            | "x-api-key"
-            | "accept-encoding"
-            | "x-request-id"
-    )
-}
+/// Longest model name accepted (real ids are far shorter; fine-tuned ones reach ~100 characters).
+pub const MAX_MODEL_LEN: usize = 256;
 
-/// Headers never copied from the upstream's response to the client.
-pub fn is_dropped_response_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
+/// A model name is refused at the edge unless it is 1..=256 characters of what real model ids use:
+/// ASCII letters, digits and `-._:/@+` (`gpt-4o-2024-08-06`, `ft:gpt-4o-mini:org::id`,
+/// `models/gemini-2.5-flash`, `claude-3-5-sonnet@20240620`). It goes into logs, usage records,
+/// metrics and headers; nothing else (control characters, spaces, quotes, `%`) has a place there.
+pub fn check_model(model: &str) -> Result<(), Rejection> {
+    let ok = !model.is_empty()
+        && model.len() <= MAX_MODEL_LEN
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:/@+".contains(&b));
+    if ok {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        RejectKind::InvalidRequest,
+        format!(
+            "Invalid model name: use 1 to {MAX_MODEL_LEN} characters of letters, digits and `-._:/@+`."
+        ),
     )
+    .with_param("model"))
 }
 
 /// Rate-limit standing headers (OpenAI `x-ratelimit-*`, IETF `ratelimit*`). A provider's own
@@ -243,6 +229,34 @@ mod tests {
         assert_eq!(model_from_path("/models/gpt-4o").as_deref(), Some("gpt-4o"));
         assert_eq!(model_from_path("/models"), None);
         assert_eq!(model_from_path("/chat/completions"), None);
+    }
+
+    #[test]
+    fn model_names_are_bounded_and_printable() {
+        for ok in [
+            "gpt-4o",
+            "ft:gpt-4o-mini:acme::abc123",
+            "models/gemini-2.5-flash",
+            "claude-3-5-sonnet@20240620",
+            "qwen2.5-72b-instruct",
+        ] {
+            assert!(check_model(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(MAX_MODEL_LEN + 1);
+        for bad in [
+            "",
+            "gpt-4o\r\nforged",
+            "gpt 4o",
+            "gpt\u{1b}[31m",
+            "gpt%0a",
+            "gpt-é",
+            &long,
+        ] {
+            let e = check_model(bad).unwrap_err();
+            assert_eq!(e.kind, RejectKind::InvalidRequest, "{bad:?}");
+            assert_eq!(e.param, Some("model"));
+        }
+        assert!(check_model(&"a".repeat(MAX_MODEL_LEN)).is_ok());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! truncated response (the connection is closed) rather than a well-formed but incomplete one.
 
 use crate::balancer::Deployment;
+use crate::headers::{self, ConnectionNamed};
 use crate::reload::ConfigState;
 use crate::request::{self, BodyBuf};
 use crate::snapshot::{CompiledRoute, Snapshot, Upstream};
@@ -273,6 +274,9 @@ impl Gateway {
             ModelSource::Path => request::model_from_path(rest),
             ModelSource::None => None,
         };
+        if let Some(m) = &model {
+            request::check_model(m)?;
+        }
         let up = pick(route, model.as_deref())?.clone();
         ctx.req.model = model;
         route.chain.on_request_body(&body, &mut ctx.req)?;
@@ -363,17 +367,29 @@ impl Gateway {
             Some(head.headers.len() + 4),
         )
         .map_err(internal)?;
+        let hop = ConnectionNamed::of(&head.headers);
         for (name, value) in head.headers.iter() {
-            if !request::is_dropped_request_header(name) {
+            if up.headers.forwards(name) && !hop.contains(name) {
                 req.append_header(name.clone(), value.clone())
                     .map_err(internal)?;
             }
         }
         req.insert_header(http::header::HOST, d.host.clone())
             .map_err(internal)?;
-        if let Some((name, value)) = &d.auth {
+        for (name, value) in d.auth.iter().chain(d.account.iter()) {
             req.insert_header(name.clone(), value.clone())
                 .map_err(internal)?;
+        }
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+            let trusted = ctx
+                .snapshot()
+                .map_or(&[][..], |s| &s.config.server.trusted_proxies);
+            let (xff, fwd) = headers::forwarded_for(&head.headers, peer.ip(), trusted);
+            for (name, value) in [("x-forwarded-for", xff), ("forwarded", fwd)] {
+                if let Some(v) = value {
+                    req.insert_header(name, v).map_err(internal)?;
+                }
+            }
         }
         if body_len > 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
             req.insert_header(http::header::CONTENT_LENGTH, body_len)
@@ -415,11 +431,12 @@ impl Gateway {
         };
         let mut out =
             ResponseHeader::build_no_case(status, Some(up_head.headers.len() + 4)).map_err(bad)?;
+        let hop = ConnectionNamed::of(&up_head.headers);
         for (name, value) in up_head.headers.iter() {
             // On rate-limited routes the gateway's own limit headers describe the caller; the
             // provider's describe the gateway's upstream key and would contradict them.
             let provider_limit = route.meters && request::is_limit_header(name);
-            if !request::is_dropped_response_header(name) && !provider_limit {
+            if up.headers.returns(name) && !hop.contains(name) && !provider_limit {
                 out.append_header(name.clone(), value.clone())
                     .map_err(bad)?;
             }

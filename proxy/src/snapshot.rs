@@ -3,6 +3,7 @@
 //! the `ArcSwap` in `reload.rs` and never lock.
 
 use crate::balancer::{self, Deployment, ProviderPool, TenantBulkheads};
+use crate::headers::HeaderPolicy;
 use crate::limiter::LimiterBackend;
 use crate::metrics::RequestMetrics;
 use crate::pool::Pools;
@@ -37,6 +38,8 @@ pub struct Upstream {
     pub first_byte: Duration,
     /// Longest gap between two response body chunks.
     pub idle: Duration,
+    /// Which request and response headers cross the gateway on this route towards this provider.
+    pub headers: HeaderPolicy,
 }
 
 /// Everything kept across config versions: idle connections, deployment and tenant state.
@@ -258,6 +261,7 @@ fn upstream(
         connect: route.timeouts.connect,
         first_byte: route.timeouts.first_byte.unwrap_or(p.read_timeout),
         idle: route.timeouts.idle.unwrap_or(p.read_timeout),
+        headers: HeaderPolicy::new(route.dialect, &route.forward_headers, &p.forward_headers),
     })
 }
 
@@ -297,6 +301,7 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> 
                     .map_err(|e| format!("deployment `{label}`: credential: {e}"))?,
             )),
         };
+        let account = account_headers(p).map_err(|e| format!("deployment `{label}`: {e}"))?;
         let idle = shared.pools.get(
             pingora::upstreams::peer::Peer::reuse_hash(&peer),
             p.idle_timeout,
@@ -315,12 +320,31 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> 
             peer,
             host,
             auth,
+            account,
             pool: idle,
             weight: d.weight,
             state,
         });
     }
     Ok(ProviderPool::new(p.name.as_str().into(), out))
+}
+
+/// The provider account the gateway's requests are billed to (`organization`, `project`, `workspace`).
+fn account_headers(
+    p: &Provider,
+) -> Result<Box<[(HeaderName, HeaderValue)]>, http::header::InvalidHeaderValue> {
+    let fields = [
+        ("openai-organization", &p.organization),
+        ("openai-project", &p.project),
+        ("x-dashscope-workspace", &p.workspace),
+    ];
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        if let Some(v) = value {
+            out.push((HeaderName::from_static(name), HeaderValue::from_str(v)?));
+        }
+    }
+    Ok(out.into_boxed_slice())
 }
 
 fn bearer(secret: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {

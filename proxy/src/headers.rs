@@ -1,0 +1,260 @@
+//! Which headers cross the gateway. Requests: an allow-list per route and provider, compiled once per
+//! config version (the dialect's defaults plus `forward_headers`); never a header named in the
+//! request's `Connection`; `X-Forwarded-For` / `Forwarded` from the real peer. Responses: everything
+//! but hop-by-hop headers, what a provider sets for its own origin or account, and the stubs'
+//! `x-stub-*` diagnostics (unless `forward_headers` lets them back).
+//!
+//! Credentials, the provider account headers (`OpenAI-Organization`, …), `Host`, framing and
+//! `x-request-id` are set by the caller of this module from the deployment and the request context.
+
+use bytes::Bytes;
+use http::header::{GetAll, HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use leaky_config::{Cidr, Dialect, HeaderPattern};
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// Request headers every dialect forwards: what the body is and what the caller accepts, the caller's
+/// client, W3C trace context.
+const COMMON: &[&str] = &[
+    "content-type",
+    "accept",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+];
+/// What the OpenAI SDKs send beyond those: `OpenAI-Beta` selects API betas (`assistants=v2`);
+/// `x-stainless-*` are the SDKs' telemetry (language, runtime, retry count, timeout).
+const OPENAI: &[&str] = &["openai-beta", "x-stainless-*"];
+/// google-genai: `x-goog-api-client` (SDK telemetry) and `x-server-timeout` (the caller's deadline).
+const GOOGLE: &[&str] = &["x-goog-api-client", "x-server-timeout"];
+/// The DashScope SDK: `X-DashScope-SSE: enable` asks for a stream.
+const DASHSCOPE: &[&str] = &["x-dashscope-sse"];
+
+/// The dialect's default request headers, as written in the README.
+pub fn defaults(dialect: Dialect) -> impl Iterator<Item = &'static str> {
+    let own = match dialect {
+        Dialect::Openai => OPENAI,
+        Dialect::Google => GOOGLE,
+        Dialect::Dashscope => DASHSCOPE,
+    };
+    COMMON.iter().chain(own).copied()
+}
+
+/// The header policy of one route towards one provider.
+pub struct HeaderPolicy {
+    /// Request headers forwarded by exact name.
+    names: HashSet<HeaderName>,
+    /// Request headers forwarded by prefix (lower case).
+    prefixes: Box<[Box<str>]>,
+    /// The route's and provider's `forward_headers`: they also let matching `x-stub-*` response
+    /// headers back.
+    configured: Box<[HeaderPattern]>,
+}
+
+impl HeaderPolicy {
+    /// Compiles the dialect's defaults and both `forward_headers` lists (validated by the config crate:
+    /// none of them can name a header in `NEVER_FORWARDED`).
+    pub fn new(dialect: Dialect, route: &[HeaderPattern], provider: &[HeaderPattern]) -> Self {
+        let mut names = HashSet::new();
+        let mut prefixes = Vec::new();
+        let mut add = |p: HeaderPattern| match p {
+            HeaderPattern::Exact(n) => {
+                if let Ok(name) = HeaderName::from_bytes(n.as_bytes()) {
+                    names.insert(name);
+                }
+            }
+            HeaderPattern::Prefix(p) => prefixes.push(p.into_boxed_str()),
+        };
+        for d in defaults(dialect) {
+            add(match d.strip_suffix('*') {
+                Some(p) => HeaderPattern::Prefix(p.to_string()),
+                None => HeaderPattern::Exact(d.to_string()),
+            });
+        }
+        let configured: Box<[HeaderPattern]> = route.iter().chain(provider).cloned().collect();
+        for p in configured.iter() {
+            add(p.clone());
+        }
+        HeaderPolicy {
+            names,
+            prefixes: prefixes.into_boxed_slice(),
+            configured,
+        }
+    }
+
+    /// Whether the caller's header `name` goes to the provider (before the `Connection` check).
+    pub fn forwards(&self, name: &HeaderName) -> bool {
+        self.names.contains(name)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| name.as_str().starts_with(&**p))
+    }
+
+    /// Whether the provider's response header `name` goes back to the caller (before the
+    /// `Connection` check).
+    pub fn returns(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        if never_returned(n) {
+            return false;
+        }
+        // The stubs' diagnostics (one echoes the credential the gateway sent).
+        !n.starts_with("x-stub-") || self.configured.iter().any(|p| p.matches(n))
+    }
+}
+
+/// Response headers that only matter between the gateway and the provider: hop-by-hop headers
+/// (framing is redone for the caller), cookies and origin-wide policies the provider sets for its own
+/// origin, and the provider account the gateway used.
+fn never_returned(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "set-cookie"
+            | "set-cookie2"
+            | "alt-svc"
+            | "strict-transport-security"
+            | "openai-organization"
+            | "openai-project"
+            | "x-dashscope-workspace"
+    )
+}
+
+/// The header names one message lists in `Connection` (hop-by-hop for that message).
+pub struct ConnectionNamed<'a>(Option<GetAll<'a, HeaderValue>>);
+
+impl<'a> ConnectionNamed<'a> {
+    pub fn of(headers: &'a HeaderMap) -> Self {
+        ConnectionNamed(
+            headers
+                .contains_key(CONNECTION)
+                .then(|| headers.get_all(CONNECTION)),
+        )
+    }
+
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        let Some(all) = &self.0 else { return false };
+        let name = name.as_str().as_bytes();
+        all.iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+        })
+    }
+}
+
+/// `X-Forwarded-For` and `Forwarded` for the upstream request. A peer in `trusted` is a proxy
+/// reporting its own client: the chain it sent is kept and the peer appended. Any other peer is the
+/// client, and what it sent about addresses is replaced by its own address.
+pub fn forwarded_for(
+    client: &HeaderMap,
+    peer: IpAddr,
+    trusted: &[Cidr],
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    let peer = peer.to_canonical();
+    let keep = trusted.iter().any(|n| n.contains(peer));
+    let received = |name: &str| keep.then(|| client.get_all(name));
+    let ip = peer.to_string();
+    let node = match peer {
+        IpAddr::V4(_) => format!("for={ip}"),
+        IpAddr::V6(_) => format!("for=\"[{ip}]\""),
+    };
+    (
+        chained(received("x-forwarded-for"), &ip),
+        chained(received("forwarded"), &node),
+    )
+}
+
+/// `received` values joined by `, `, then `last`.
+fn chained(received: Option<GetAll<'_, HeaderValue>>, last: &str) -> Option<HeaderValue> {
+    let mut out = Vec::with_capacity(last.len() + 32);
+    for v in received.iter().flat_map(GetAll::iter) {
+        if !v.is_empty() {
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(last.as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn name(s: &'static str) -> HeaderName {
+        HeaderName::from_static(s)
+    }
+
+    #[test]
+    fn defaults_never_name_a_header_the_gateway_owns() {
+        for d in [Dialect::Openai, Dialect::Google, Dialect::Dashscope] {
+            for h in defaults(d) {
+                let p = match h.strip_suffix('*') {
+                    Some(p) => HeaderPattern::Prefix(p.into()),
+                    None => HeaderPattern::Exact(h.into()),
+                };
+                assert!(
+                    !leaky_config::NEVER_FORWARDED.iter().any(|n| p.matches(n)),
+                    "{h}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn allow_list_per_dialect_plus_configured() {
+        let route = [HeaderPattern::Prefix("x-stub-".into())];
+        let p = HeaderPolicy::new(Dialect::Openai, &route, &[]);
+        assert!(p.forwards(&name("content-type")));
+        assert!(p.forwards(&name("x-stainless-os")));
+        assert!(p.forwards(&name("x-stub-fault")));
+        assert!(!p.forwards(&name("openai-organization")));
+        assert!(!p.forwards(&name("x-foo")));
+        assert!(!p.forwards(&name("x-dashscope-sse")));
+        assert!(p.returns(&name("x-stub-saw-path")));
+        let g = HeaderPolicy::new(Dialect::Google, &[], &[]);
+        assert!(g.forwards(&name("x-goog-api-client")));
+        assert!(!g.forwards(&name("x-stainless-os")));
+        assert!(!g.returns(&name("x-stub-saw-authorization")));
+        assert!(!g.returns(&name("set-cookie")));
+        assert!(g.returns(&name("openai-processing-ms")));
+    }
+
+    #[test]
+    fn connection_named_headers() {
+        let mut h = HeaderMap::new();
+        assert!(!ConnectionNamed::of(&h).contains(&name("x-foo")));
+        h.append(CONNECTION, "keep-alive, X-Foo".parse().unwrap());
+        h.append(CONNECTION, "x-bar".parse().unwrap());
+        let c = ConnectionNamed::of(&h);
+        assert!(c.contains(&name("x-foo")));
+        assert!(c.contains(&name("x-bar")));
+        assert!(!c.contains(&name("x-baz")));
+    }
+
+    #[test]
+    fn forwarded_for_replaces_or_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        h.insert("forwarded", "for=203.0.113.9".parse().unwrap());
+        let peer: IpAddr = "10.0.0.7".parse().unwrap();
+        let (xff, fwd) = forwarded_for(&h, peer, &[]);
+        assert_eq!(xff.unwrap(), "10.0.0.7");
+        assert_eq!(fwd.unwrap(), "for=10.0.0.7");
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let (xff, fwd) = forwarded_for(&h, peer, &trusted);
+        assert_eq!(xff.unwrap(), "203.0.113.9, 10.0.0.7");
+        assert_eq!(fwd.unwrap(), "for=203.0.113.9, for=10.0.0.7");
+        let (_, fwd) = forwarded_for(&HeaderMap::new(), "2001:db8::1".parse().unwrap(), &[]);
+        assert_eq!(fwd.unwrap(), "for=\"[2001:db8::1]\"");
+    }
+}
