@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod log_fields;
 mod pingora_shim;
 
 /// glibc's allocator showed up as ~17% of the proxy's CPU under load (malloc, free, consolidation);
@@ -220,7 +221,8 @@ fn init_logs(format: LogFormat, filter: &str) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Caller-supplied values (a model, a path) are escaped: one event is one line.
+        LogFormat::Text => builder.fmt_fields(log_fields::EscapedFields).try_init(),
     };
 }
 

@@ -1,5 +1,6 @@
 //! Upstream resilience end to end: the gateway binary in front of several OpenAI stub deployments whose
-//! faults are switched by the test (through the stubs' own `x-stub-fault` injection). Each deployment
+//! faults are switched by the test (through the stubs' own `x-stub-fault` injection, which the test
+//! configs let through the gateway with `forward_headers`). Each deployment
 //! counts the requests it receives, so retries and cool-downs are checked against what the upstreams
 //! saw, not only against what the gateway reports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -126,6 +127,7 @@ routes:
     prefix: /v1
     upstream: {{ provider: openai, path_prefix: /v1 }}
     filters: [{{ kind: request-id }}, {{ kind: api-key }}]
+    forward_headers: [x-stub-fault] # the tests' own fault injection, sent through the gateway
 {route_extra}
 {keys}"#,
         keys = keys()
@@ -416,18 +418,21 @@ routes:
     upstream: {{ provider: openai, path_prefix: /v1 }}
     filters: &chain [{{ kind: request-id }}, {{ kind: api-key }}]
     timeouts: {{ idle_ms: 300 }}
+    forward_headers: &faults [x-stub-fault]
   - name: gemini
     prefix: /gemini/v1beta
     dialect: google
     upstream: {{ provider: gemini, path_prefix: /v1beta }}
     filters: *chain
     timeouts: {{ idle_ms: 300 }}
+    forward_headers: *faults
   - name: qwen
     prefix: /qwen/api/v1
     dialect: dashscope
     upstream: {{ provider: qwen, path_prefix: /api/v1 }}
     filters: *chain
     timeouts: {{ idle_ms: 300 }}
+    forward_headers: *faults
 {keys}"#,
         o = s.openai,
         g = s.gemini,

@@ -86,6 +86,9 @@ async fn handle(
             )
         })
         .collect();
+    // What a provider may set that only concerns the gateway: a cookie for its own origin, the
+    // account it billed, and stub diagnostics (one echoing the credential it received).
+    let provider_only = uri.path() == "/echo/cookies";
     let report = serde_json::json!({
         "method": method.as_str(),
         "path": uri.path(),
@@ -94,9 +97,19 @@ async fn handle(
         "body_len": body.len(),
         "body_sha256": super::sha256_hex(&body),
     });
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(&report).unwrap()))
+    let mut resp = Response::builder().header("content-type", "application/json");
+    if provider_only {
+        let auth = headers.get("authorization").cloned();
+        resp = resp
+            .header("set-cookie", "__cf_bm=provider-session; Path=/; HttpOnly")
+            .header("openai-organization", "org-of-the-gateway")
+            .header("openai-processing-ms", "7")
+            .header(
+                "x-stub-saw-authorization",
+                auth.unwrap_or(axum::http::HeaderValue::from_static("")),
+            );
+    }
+    resp.body(Body::from(serde_json::to_vec(&report).unwrap()))
         .unwrap()
 }
 

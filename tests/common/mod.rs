@@ -108,11 +108,13 @@ routes:
     filters: &chain
       - kind: request-id
       - kind: api-key
+    forward_headers: ["x-stub-*"]  # the stubs' diagnostics (x-stub-saw-*) back to the tests
   - name: gemini
     prefix: /gemini/v1beta
     dialect: google
     upstream: {{ provider: gemini, path_prefix: /v1beta }}
     filters: *chain
+    forward_headers: ["x-stub-*"]
   - name: qwen
     prefix: /qwen/api/v1
     dialect: dashscope
@@ -122,6 +124,7 @@ routes:
     prefix: /capture
     upstream: {{ provider: capture, path_prefix: /echo }}
     filters: *chain
+    forward_headers: [x-custom]
 tiers:
   pro: {{ priority: normal }}
   free: {{ priority: low }}
@@ -160,20 +163,33 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gateway.yaml");
         std::fs::write(&config_path, config).unwrap();
-        Self::spawn(dir, config_path, env).await
+        Self::spawn(dir, config_path, env, "json").await
+    }
+
+    /// Starts with `config`, logging in the text format (what a terminal shows).
+    pub async fn start_text_log(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::spawn(dir, config_path, &[], "text").await
     }
 
     /// Starts on a config file that already exists (e.g. the shipped `config/dev.yaml`).
     pub async fn start_file(path: &std::path::Path, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn(dir, path.to_path_buf(), env).await
+        Self::spawn(dir, path.to_path_buf(), env, "json").await
     }
 
-    async fn spawn(dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, &str)]) -> Gateway {
+    async fn spawn(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+        log_format: &str,
+    ) -> Gateway {
         let (proxy, admin) = (free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_leaky-tokens"))
-            .args(["--log-format", "json", "proxy", "--config"])
+            .args(["--log-format", log_format, "proxy", "--config"])
             .arg(&config_path)
             .args([
                 "--listen",
