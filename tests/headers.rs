@@ -213,7 +213,13 @@ async fn wait_logged(gw: &Gateway, ids: &[&str]) -> String {
 #[tokio::test]
 async fn a_model_with_control_characters_is_refused_in_dialect_and_forges_no_log_line() {
     let up = Upstreams::start().await;
-    let gw = Gateway::start_text_log(&up.config("")).await;
+    // Metered routes, so an accepted request would also write a usage record with its model.
+    let metered = up.config("").replace(
+        "      - kind: api-key\n",
+        "      - kind: api-key\n      - kind: rate-limit\n",
+    );
+    assert!(metered.contains("kind: rate-limit"));
+    let gw = Gateway::start_text_log(&metered).await;
     let forged = "capture-1\r\nFORGED 2026-01-01T00:00:00Z  INFO usage: total_tokens=0";
     let send = |path: &str, id: &'static str, body: Value| {
         gw.client

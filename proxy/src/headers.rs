@@ -152,37 +152,39 @@ impl<'a> ConnectionNamed<'a> {
 
 /// `X-Forwarded-For` and `Forwarded` for the upstream request. A peer in `trusted` is a proxy
 /// reporting its own client: the chain it sent is kept and the peer appended. Any other peer is the
-/// client, and what it sent about addresses is replaced by its own address.
+/// client, and what it sent about addresses is replaced by its own address. One buffer per header,
+/// handed to the `HeaderValue` without a copy.
 pub fn forwarded_for(
     client: &HeaderMap,
     peer: IpAddr,
     trusted: &[Cidr],
 ) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    use std::io::Write;
     let peer = peer.to_canonical();
     let keep = trusted.iter().any(|n| n.contains(peer));
-    let received = |name: &str| keep.then(|| client.get_all(name));
-    let ip = peer.to_string();
-    let node = match peer {
-        IpAddr::V4(_) => format!("for={ip}"),
-        IpAddr::V6(_) => format!("for=\"[{ip}]\""),
+    let mut xff = received(keep, client, "x-forwarded-for");
+    let mut fwd = received(keep, client, "forwarded");
+    // Writing into a Vec cannot fail.
+    let _ = write!(xff, "{peer}");
+    let _ = match peer {
+        IpAddr::V4(_) => write!(fwd, "for={peer}"),
+        IpAddr::V6(_) => write!(fwd, "for=\"[{peer}]\""),
     };
-    (
-        chained(received("x-forwarded-for"), &ip),
-        chained(received("forwarded"), &node),
-    )
+    let value = |b: Vec<u8>| HeaderValue::from_maybe_shared(Bytes::from(b)).ok();
+    (value(xff), value(fwd))
 }
 
-/// `received` values joined by `, `, then `last`.
-fn chained(received: Option<GetAll<'_, HeaderValue>>, last: &str) -> Option<HeaderValue> {
-    let mut out = Vec::with_capacity(last.len() + 32);
-    for v in received.iter().flat_map(GetAll::iter) {
-        if !v.is_empty() {
+/// The values of `name` the caller sent, joined by `, ` and ready for one more entry (empty unless
+/// `keep`).
+fn received(keep: bool, client: &HeaderMap, name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    if keep {
+        for v in client.get_all(name).iter().filter(|v| !v.is_empty()) {
             out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(last.as_bytes());
-    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+    out
 }
 
 #[cfg(test)]
