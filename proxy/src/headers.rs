@@ -40,6 +40,8 @@ pub fn defaults(dialect: Dialect) -> impl Iterator<Item = &'static str> {
     COMMON.iter().chain(own).copied()
 }
 
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The header policy of one route towards one provider.
 pub struct HeaderPolicy {
     /// Request headers forwarded by exact name.

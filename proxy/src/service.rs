@@ -385,7 +385,8 @@ impl Gateway {
                 .snapshot()
                 .map_or(&[][..], |s| &s.config.server.trusted_proxies);
             let (xff, fwd) = headers::forwarded_for(&head.headers, peer.ip(), trusted);
-            for (name, value) in [("x-forwarded-for", xff), ("forwarded", fwd)] {
+            let names = [headers::X_FORWARDED_FOR, http::header::FORWARDED];
+            for (name, value) in names.into_iter().zip([xff, fwd]) {
                 if let Some(v) = value {
                     req.insert_header(name, v).map_err(internal)?;
                 }
