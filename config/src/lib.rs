@@ -4,7 +4,9 @@
 //! - `load`: files, `extends` overlays, positions, typed errors as `file:line:col: message`.
 //! - `validate`: rules serde cannot express (references resolve, addresses parse, secrets interpolate).
 //! - `model`: the validated result the data plane builds its snapshot from.
+//! - `endpoints`: a route's endpoint allow-list (spec, model, per-dialect defaults, pattern match).
 
+pub mod endpoints;
 mod interpolate;
 pub mod limits;
 mod load;
@@ -12,6 +14,7 @@ pub mod model;
 pub mod resilience;
 pub mod schema;
 mod validate;
+mod validate_endpoints;
 mod validate_limits;
 mod validate_resilience;
 pub mod yaml;

@@ -103,6 +103,8 @@ pub struct Route {
     pub fallbacks: crate::resilience::Fallbacks,
     /// Per-tenant concurrency on this route.
     pub tenant_bulkhead: Option<crate::resilience::Bulkhead>,
+    /// The endpoint allow-list: the dialect's defaults (unless turned off), then the route's own.
+    pub endpoints: Vec<crate::endpoints::Endpoint>,
 }
 
 impl Route {

@@ -206,6 +206,10 @@ pub struct RouteSpec {
     /// Concurrency limits on this route.
     #[serde(default)]
     pub bulkhead: crate::resilience::RouteBulkheadSpec,
+    /// What callers may reach upstream (method + path under the prefix): the dialect's inference and
+    /// model-listing endpoints unless configured otherwise; anything else is a 404 in the route's dialect.
+    #[serde(default)]
+    pub endpoints: crate::endpoints::EndpointsSpec,
 }
 
 fn default_dialect() -> Dialect {

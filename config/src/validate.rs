@@ -255,6 +255,13 @@ fn route(
         );
         return None;
     }
+    let endpoints = crate::validate_endpoints::endpoints(
+        c,
+        &format!("{path}.endpoints"),
+        &r.endpoints,
+        r.dialect,
+        tiers,
+    );
     let mut route = Route {
         name: r.name.clone(),
         prefix: prefix?,
@@ -271,6 +278,7 @@ fn route(
         retry: Default::default(),
         fallbacks: Vec::new(),
         tenant_bulkhead: None,
+        endpoints: endpoints?,
     };
     crate::validate_resilience::route(c, path, r, &mut route);
     Some(route)
