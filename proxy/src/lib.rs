@@ -4,15 +4,18 @@
 //! - `snapshot`: one immutable, compiled config version; `reload` swaps it atomically; `watch` triggers
 //!   reloads on file change and `SIGHUP`.
 //! - `upstream`: pooled HTTP/1.1 upstream calls with the whole body (beyond Pingora's 64 KiB retry buffer).
+//! - `path`: request path normalization; `endpoints`: a route's compiled endpoint allow-list.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`; `metrics`: Prometheus families.
 
 mod access_log;
 pub mod admin;
 pub mod balancer;
 mod call;
+pub mod endpoints;
 pub mod limiter;
 mod metering;
 pub mod metrics;
+pub mod path;
 mod pool;
 pub mod reload;
 mod request;
