@@ -7,6 +7,9 @@
 //! - `forwarding`: which headers cross the gateway, trusted proxies, provider account headers.
 
 pub mod forwarding;
+//! - `endpoints`: a route's endpoint allow-list (spec, model, per-dialect defaults, pattern match).
+
+pub mod endpoints;
 mod interpolate;
 pub mod limits;
 mod load;
@@ -14,6 +17,7 @@ pub mod model;
 pub mod resilience;
 pub mod schema;
 mod validate;
+mod validate_endpoints;
 mod validate_limits;
 mod validate_resilience;
 pub mod yaml;

@@ -115,6 +115,8 @@ pub struct Route {
     pub tenant_bulkhead: Option<crate::resilience::Bulkhead>,
     /// Headers passed through both ways beyond the dialect's defaults.
     pub forward_headers: Vec<crate::forwarding::HeaderPattern>,
+    /// The endpoint allow-list: the dialect's defaults (unless turned off), then the route's own.
+    pub endpoints: Vec<crate::endpoints::Endpoint>,
 }
 
 impl Route {

@@ -234,6 +234,10 @@ pub struct RouteSpec {
     /// headers are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_headers: Vec<String>,
+    /// What callers may reach upstream (method + path under the prefix): the dialect's inference and
+    /// model-listing endpoints unless configured otherwise; anything else is a 404 in the route's dialect.
+    #[serde(default)]
+    pub endpoints: crate::endpoints::EndpointsSpec,
 }
 
 fn default_dialect() -> Dialect {

@@ -273,6 +273,13 @@ fn route(
         );
         return None;
     }
+    let endpoints = crate::validate_endpoints::endpoints(
+        c,
+        &format!("{path}.endpoints"),
+        &r.endpoints,
+        r.dialect,
+        tiers,
+    );
     let mut route = Route {
         name: r.name.clone(),
         prefix: prefix?,
@@ -294,6 +301,7 @@ fn route(
             &format!("{path}.forward_headers"),
             &r.forward_headers,
         ),
+        endpoints: endpoints?,
     };
     crate::validate_resilience::route(c, path, r, &mut route);
     Some(route)

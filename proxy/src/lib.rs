@@ -5,16 +5,19 @@
 //!   reloads on file change and `SIGHUP`.
 //! - `headers`: which request and response headers cross the gateway (compiled per route and provider).
 //! - `upstream`: pooled HTTP/1.1 upstream calls with the whole body (beyond Pingora's 64 KiB retry buffer).
+//! - `path`: request path normalization; `endpoints`: a route's compiled endpoint allow-list.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`; `metrics`: Prometheus families.
 
 mod access_log;
 pub mod admin;
 pub mod balancer;
 mod call;
+pub mod endpoints;
 mod headers;
 pub mod limiter;
 mod metering;
 pub mod metrics;
+pub mod path;
 mod pool;
 pub mod reload;
 mod request;

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! request_filter
-//!   ├─ snapshot (one ArcSwap load) ─ framing check ─ route match (longest prefix)
+//!   ├─ snapshot (one ArcSwap load) ─ path normalization (path.rs; 400 if unsafe)
+//!   ├─ route match (longest prefix, normalized path) ─ framing check
 //!   ├─ chain.on_request            (request-id, auth …)            ─ reject → error in route dialect
+//!   ├─ endpoint allow-list         (method + path after the prefix; 404 otherwise)
 //!   ├─ body read (≤ max_body_bytes) ─ model (JSON body or path) ─ upstream pick (by model)
 //!   ├─ chain.on_request_body       (model allow-list …)
 //!   ├─ upstream::send              (pooled h1, stale-connection retry)
@@ -226,19 +228,32 @@ impl Gateway {
     ) -> std::result::Result<(), Fail> {
         ctx.req.now_unix = unix_now();
         let head = session.req_header();
-        let path = head.uri.path().to_string();
+        // Routing, filters, the endpoint allow-list, the model in the path and the upstream request all
+        // see this one normalized path.
+        let normal = match crate::path::normalize(head.uri.path()) {
+            Ok(n) => n,
+            Err(e) => return Err(bad_path(snap, ctx, head.uri.path(), e)),
+        };
+        let climbed_to = normal.min_depth;
+        let path = normal.path.into_owned();
         let query = head.uri.query().map(str::to_string);
         let method = head.method.clone();
 
         let Some((idx, route)) = snap.route(&path) else {
-            return Err(Rejection::new(
-                RejectKind::NotFound,
-                format!("Unknown request URL: {method} {path}."),
-            )
-            .into());
+            return Err(unknown_url(&method, &path).into());
         };
         ctx.route = Some(idx);
         ctx.req.dialect = Some(route.dialect);
+        if climbed_to.is_some_and(|d| d < route.prefix_depth) {
+            return Err(Rejection::new(
+                RejectKind::InvalidRequest,
+                format!(
+                    "Invalid request path: `..` climbs above the route prefix `{}`.",
+                    route.prefix
+                ),
+            )
+            .into());
+        }
         let expected_len =
             request::check_framing(&session.req_header().headers, snap.max_body_bytes)?;
 
@@ -254,6 +269,13 @@ impl Gateway {
         }
         ensure_request_id(&mut ctx.req);
         let rest = &path[route.prefix.len().min(path.len())..];
+        // Only the route's endpoints reach the provider with the gateway's credential.
+        if !route
+            .endpoints
+            .allows(&method, rest, ctx.req.principal.as_deref())
+        {
+            return Err(unknown_url(&method, &path).into());
+        }
 
         if method == Method::GET && rest == "/models" {
             if let Some(list) = &route.models_list {
@@ -695,6 +717,27 @@ fn pick<'a>(
         )
         .with_param("model"),
     })
+}
+
+/// 404 for a path no route serves, or an endpoint the route does not allow (indistinguishable on purpose).
+fn unknown_url(method: &Method, path: &str) -> Rejection {
+    Rejection::new(
+        RejectKind::NotFound,
+        format!("Unknown request URL: {method} {path}."),
+    )
+}
+
+/// A path that cannot be normalized safely: 400, in the dialect of the route its raw form falls under.
+fn bad_path(snap: &Snapshot, ctx: &mut Ctx, raw: &str, e: crate::path::PathError) -> Fail {
+    if let Some((idx, route)) = snap.route(raw) {
+        ctx.route = Some(idx);
+        ctx.req.dialect = Some(route.dialect);
+    }
+    Rejection::new(
+        RejectKind::InvalidRequest,
+        format!("Invalid request path: {e}."),
+    )
+    .into()
 }
 
 fn ensure_request_id(req: &mut RequestCtx) {

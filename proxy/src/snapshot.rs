@@ -3,6 +3,7 @@
 //! the `ArcSwap` in `reload.rs` and never lock.
 
 use crate::balancer::{self, Deployment, ProviderPool, TenantBulkheads};
+use crate::endpoints::EndpointMatcher;
 use crate::headers::HeaderPolicy;
 use crate::limiter::LimiterBackend;
 use crate::metrics::RequestMetrics;
@@ -58,6 +59,10 @@ pub enum RouteTarget {
 pub struct CompiledRoute {
     pub name: Arc<str>,
     pub prefix: String,
+    /// Segments in `prefix`: a `..` may not climb below this depth.
+    pub prefix_depth: usize,
+    /// What callers may reach upstream (method + path after the prefix).
+    pub endpoints: EndpointMatcher,
     pub dialect: Dialect,
     pub model_source: ModelSource,
     pub target: RouteTarget,
@@ -182,6 +187,8 @@ impl Snapshot {
                 meters: chain.has("rate-limit"),
                 name: r.name.as_str().into(),
                 prefix: r.prefix.clone(),
+                prefix_depth: crate::path::depth(&r.prefix),
+                endpoints: EndpointMatcher::new(&r.endpoints),
                 dialect: r.dialect,
                 model_source: r.model_source,
                 target,

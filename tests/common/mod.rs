@@ -65,7 +65,7 @@ impl Upstreams {
     }
 
     /// A full config: the shipped route layout plus a `capture` provider reachable through `/v1`
-    /// (models `capture-*`) and `/capture`.
+    /// (models `capture-*`) and `/capture` (which allows any endpoint: `/capture/x`, `/capture/stream` …).
     pub fn config(&self, extra_keys: &str) -> String {
         let s = &self.stubs;
         let c = self.capture.addr;
@@ -125,6 +125,7 @@ routes:
     upstream: {{ provider: capture, path_prefix: /echo }}
     filters: *chain
     forward_headers: [x-custom]
+    endpoints: {{ allow: [{{ method: "*", path: "/**" }}] }} # a test surface: any endpoint
 tiers:
   pro: {{ priority: normal }}
   free: {{ priority: low }}
