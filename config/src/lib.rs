@@ -18,7 +18,7 @@ pub mod yaml;
 
 pub use interpolate::interpolate;
 pub use limits::*;
-pub use load::{load, load_with_env, ConfigError, ConfigErrors};
+pub use load::{load, load_with_env, ConfigError, ConfigErrors, MAX_CONFIG_BYTES};
 pub use model::*;
 pub use schema::*;
 pub use validate::JWT_ALGORITHMS;
