@@ -4,10 +4,12 @@
 //! - `snapshot`: one immutable, compiled config version; `reload` swaps it atomically; `watch` triggers
 //!   reloads on file change and `SIGHUP`.
 //! - `upstream`: pooled HTTP/1.1 upstream calls with the whole body (beyond Pingora's 64 KiB retry buffer).
-//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`; `metrics`: Prometheus families.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`, `POST /admin/reload`; `admin_auth`:
+//!   who may call them; `metrics`: Prometheus families.
 
 mod access_log;
 pub mod admin;
+pub mod admin_auth;
 pub mod balancer;
 mod call;
 pub mod limiter;
