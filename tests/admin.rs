@@ -309,7 +309,7 @@ async fn a_config_caught_mid_write_is_never_applied() {
     // A non-atomic writer: truncate, write half, pause (holding the file open) well past the
     // debounce (150 ms), then finish and close.
     let mut f = std::fs::File::create(&gw.config_path).unwrap();
-    f.write_all(new[..cut].as_bytes()).unwrap();
+    f.write_all(&new.as_bytes()[..cut]).unwrap();
     f.flush().unwrap();
     let pause = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < pause {
@@ -321,7 +321,7 @@ async fn a_config_caught_mid_write_is_never_applied() {
         assert_eq!(gw.config_version().await, 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    f.write_all(new[cut..].as_bytes()).unwrap();
+    f.write_all(&new.as_bytes()[cut..]).unwrap();
     drop(f);
 
     let (v, _) = gw.wait_version_change(1, Duration::from_secs(5)).await;
