@@ -151,10 +151,11 @@ async fn sighup_reloads() {
 #[tokio::test]
 async fn admin_reload_endpoint_reports_errors() {
     let up = Upstreams::start().await;
-    let gw = Gateway::start(&up.config("")).await;
+    let gw = Gateway::start(&with_admin_token(&up.config(""))).await;
     let r = gw
         .client
         .post(gw.admin_url("/admin/reload"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -165,6 +166,7 @@ async fn admin_reload_endpoint_reports_errors() {
     let r = gw
         .client
         .post(gw.admin_url("/admin/reload"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

@@ -25,7 +25,7 @@ pub mod yaml;
 pub use forwarding::{Cidr, HeaderPattern, NEVER_FORWARDED};
 pub use interpolate::interpolate;
 pub use limits::*;
-pub use load::{load, load_with_env, ConfigError, ConfigErrors};
+pub use load::{load, load_with_env, ConfigError, ConfigErrors, MAX_CONFIG_BYTES};
 pub use model::*;
 pub use schema::*;
 pub use validate::JWT_ALGORITHMS;

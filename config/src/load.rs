@@ -120,6 +120,34 @@ impl Sources {
 
 const MAX_EXTENDS_DEPTH: usize = 8;
 
+/// Largest config file read, in bytes: a bound on what one load may allocate (real configs are a
+/// few KiB; a generated key list of 100,000 keys is about 15 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads at most `MAX_CONFIG_BYTES` (+1 to tell a larger file), whatever the file claims to be:
+/// a FIFO or a file still growing is bounded the same way as a large regular file.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let too_large = || {
+        format!(
+            "config file is larger than {} MiB ({MAX_CONFIG_BYTES} bytes)",
+            MAX_CONFIG_BYTES / (1024 * 1024)
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read config: {e}"))?;
+    if file.metadata().is_ok_and(|m| m.len() > MAX_CONFIG_BYTES) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read config: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| "cannot read config: it is not UTF-8 text".to_string())
+}
+
 /// Loads, merges, validates. Environment variables are read through `env`.
 pub fn load_with_env(
     path: &Path,
@@ -168,7 +196,7 @@ fn read_merged(path: &Path, sources: &mut Sources, depth: usize) -> Result<Value
         pos: None,
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| at(format!("cannot read config: {e}")))?;
+    let text = read_bounded(path).map_err(at)?;
     let (mut value, index) = yaml::parse(&text).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         pos: Some(e.pos),

@@ -28,11 +28,60 @@ pub struct Config {
 pub struct Server {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The admin listener's bearer token (none: mutating admin endpoints are refused).
+    pub admin_token: Option<AdminToken>,
     pub threads: usize,
     pub max_body_bytes: u64,
     pub grace_period_seconds: u64,
     /// Peers whose `X-Forwarded-For` / `Forwarded` chain is kept and appended to.
     pub trusted_proxies: Vec<crate::forwarding::Cidr>,
+}
+
+impl Server {
+    /// Why this server must not run: an admin listener reachable beyond loopback with no token.
+    /// Checked on load (with the file's address) and again once `--admin-listen` has been applied.
+    pub fn admin_exposure_error(&self) -> Option<String> {
+        admin_exposure_error(self.admin_listen, self.admin_token.is_some())
+    }
+}
+
+pub(crate) fn admin_exposure_error(admin_listen: SocketAddr, has_token: bool) -> Option<String> {
+    (!has_token && !admin_listen.ip().to_canonical().is_loopback()).then(|| {
+        format!(
+            "the admin listener `{admin_listen}` is reachable beyond loopback but has no token: \
+             set `server.admin_token` (e.g. `${{LEAKY_ADMIN_TOKEN}}`) or listen on 127.0.0.1"
+        )
+    })
+}
+
+/// The admin listener's bearer token, kept only as its SHA-256: the admin listener compares digests
+/// in constant time (which also hides the token's length), and nothing can print the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    sha256: [u8; 32],
+}
+
+impl AdminToken {
+    pub fn new(token: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        AdminToken {
+            sha256: Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+
+    /// Whether `presented` is the token, in time independent of both (fixed-size digests).
+    pub fn matches(&self, presented: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        digest.ct_eq(&self.sha256).into()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
 }
 
 /// A string that never prints itself.

@@ -42,9 +42,15 @@ pub struct ServerSpec {
     /// Address of the proxy listener.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Address of the admin listener (/healthz, /readyz, /metrics, /admin/config).
+    /// Address of the admin listener (/healthz, /readyz, /metrics, /admin/config, POST /admin/reload).
+    /// Anything but a loopback address needs `admin_token`.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// Bearer token for the admin listener, e.g. `${LEAKY_ADMIN_TOKEN}`: required by `POST
+    /// /admin/reload` (refused while unset), and by every endpoint but /healthz and /readyz when the
+    /// listener is bound beyond loopback. Empty means unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
     pub threads: usize,
@@ -66,6 +72,7 @@ impl Default for ServerSpec {
         ServerSpec {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
+            admin_token: None,
             threads: default_threads(),
             max_body_bytes: default_max_body_bytes(),
             grace_period_seconds: default_grace_period(),

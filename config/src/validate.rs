@@ -73,6 +73,12 @@ pub(crate) fn validate(
     let s = &file.server;
     let listen = c.addr("server.listen", &s.listen);
     let admin_listen = c.addr("server.admin_listen", &s.admin_listen);
+    let admin_token = admin_token(&mut c, s.admin_token.as_deref());
+    if let (Some(addr), Some(token)) = (admin_listen, &admin_token) {
+        if let Some(msg) = admin_exposure_error(addr, token.is_some()) {
+            c.err("server.admin_listen", msg);
+        }
+    }
     if s.threads == 0 {
         c.err("server.threads", "`threads` must be at least 1");
     }
@@ -138,6 +144,7 @@ pub(crate) fn validate(
             let server = Server {
                 listen,
                 admin_listen,
+                admin_token: admin_token.flatten(),
                 threads: s.threads,
                 max_body_bytes: s.max_body_bytes,
                 grace_period_seconds: s.grace_period_seconds,
@@ -160,6 +167,25 @@ pub(crate) fn validate(
         (&a.file, a.pos.map(|p| (p.line, p.col))).cmp(&(&b.file, b.pos.map(|p| (p.line, p.col))))
     });
     Err(ConfigErrors(c.errors))
+}
+
+/// `server.admin_token`: `Some(None)` when unset or empty, `None` when it is in error.
+fn admin_token(c: &mut Check<'_>, spec: Option<&str>) -> Option<Option<AdminToken>> {
+    let Some(spec) = spec else {
+        return Some(None);
+    };
+    let token = c.interpolated("server.admin_token", spec)?;
+    if token.is_empty() {
+        return Some(None);
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        c.err(
+            "server.admin_token",
+            "`admin_token` must be visible ASCII without spaces (it is sent as `Authorization: Bearer <token>`)",
+        );
+        return None;
+    }
+    Some(Some(AdminToken::new(&token)))
 }
 
 fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Option<Provider> {

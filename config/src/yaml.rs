@@ -7,11 +7,23 @@
 //!
 //! Scalars follow the YAML 1.2 core schema: plain `null`/`~`/empty, `true`/`false`, integers and floats
 //! are typed; anything quoted stays a string.
+//!
+//! Config is input the process must survive (pushed, edited, half-written), so the tree is bounded:
+//! anchors and aliases may copy at most [`MAX_ALIAS_NODES`] nodes (a 1.5 KB "billion laughs" file otherwise
+//! expands without end) and nesting stops at [`MAX_DEPTH`] levels (the builder, serde and `Drop`
+//! all recurse). Either limit is an ordinary error at the offending node.
 
 use serde_json::{Map, Number, Value};
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Most nodes that anchors and aliases may copy in one file: far beyond any real config's reuse (a
+/// filter chain shared by a few routes is tens of nodes), far below what hurts.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
+/// Deepest nesting of sequences and mappings in one file (real configs nest about 6 levels).
+pub const MAX_DEPTH: usize = 64;
 
 /// A 1-based line and column in a source file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +84,8 @@ pub fn parse(text: &str) -> Result<(Value, LocationIndex), SyntaxError> {
         parser: Parser::new_from_str(text),
         index: LocationIndex::default(),
         anchors: HashMap::new(),
+        alias_nodes: 0,
+        depth: 0,
     };
     loop {
         let (ev, mark) = b.next()?;
@@ -79,7 +93,7 @@ pub fn parse(text: &str) -> Result<(Value, LocationIndex), SyntaxError> {
             Event::StreamStart | Event::DocumentStart => continue,
             Event::StreamEnd => return Ok((Value::Null, b.index)),
             ev => {
-                let v = b.node(ev, mark, String::new())?;
+                let (v, _) = b.node(ev, mark, String::new())?;
                 return Ok((v, b.index));
             }
         }
@@ -89,7 +103,12 @@ pub fn parse(text: &str) -> Result<(Value, LocationIndex), SyntaxError> {
 struct Builder<'a> {
     parser: Parser<std::str::Chars<'a>>,
     index: LocationIndex,
-    anchors: HashMap<usize, Value>,
+    /// Each anchored node's value and how many nodes it holds (itself included).
+    anchors: HashMap<usize, (Value, usize)>,
+    /// Nodes added by expanding aliases so far; bounded by `MAX_ALIAS_NODES`.
+    alias_nodes: usize,
+    /// Sequences and mappings currently open; bounded by `MAX_DEPTH`.
+    depth: usize,
 }
 
 impl Builder<'_> {
@@ -100,50 +119,87 @@ impl Builder<'_> {
         })
     }
 
-    fn node(&mut self, ev: Event, mark: Marker, path: String) -> Result<Value, SyntaxError> {
+    /// Builds the node that `ev` starts; returns its value and how many nodes it holds.
+    fn node(
+        &mut self,
+        ev: Event,
+        mark: Marker,
+        path: String,
+    ) -> Result<(Value, usize), SyntaxError> {
+        let at = |message: String| SyntaxError {
+            pos: Pos::from_marker(&mark),
+            message,
+        };
         self.index
             .nodes
             .insert(path.clone(), Pos::from_marker(&mark));
-        let (value, anchor) = match ev {
-            Event::Scalar(s, style, anchor, _) => (scalar(s, style), anchor),
-            Event::Alias(id) => match self.anchors.get(&id) {
-                Some(v) => (v.clone(), 0),
-                None => {
-                    return Err(SyntaxError {
-                        pos: Pos::from_marker(&mark),
-                        message: "unknown YAML alias".into(),
-                    })
-                }
-            },
-            Event::SequenceStart(anchor, _) => (self.sequence(&path)?, anchor),
-            Event::MappingStart(anchor, _) => (self.mapping(&path, &mark)?, anchor),
-            other => {
-                return Err(SyntaxError {
-                    pos: Pos::from_marker(&mark),
-                    message: format!("unexpected YAML event {other:?}"),
-                })
+        let (value, count, anchor) = match ev {
+            Event::Scalar(s, style, anchor, _) => (scalar(s, style), 1, anchor),
+            Event::Alias(id) => {
+                let Some(&(_, count)) = self.anchors.get(&id) else {
+                    return Err(at("unknown YAML alias".into()));
+                };
+                // Counted before cloning: the clone is what a bomb multiplies.
+                self.copied(count).map_err(at)?;
+                let v = self.anchors.get(&id).map(|(v, _)| v.clone());
+                (v.unwrap_or_default(), count, 0)
             }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.depth >= MAX_DEPTH => {
+                return Err(at(format!(
+                    "YAML nesting is deeper than {MAX_DEPTH} levels"
+                )));
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.depth += 1;
+                let (v, n) = self.sequence(&path)?;
+                self.depth -= 1;
+                (v, n, anchor)
+            }
+            Event::MappingStart(anchor, _) => {
+                self.depth += 1;
+                let (v, n) = self.mapping(&path, &mark)?;
+                self.depth -= 1;
+                (v, n, anchor)
+            }
+            other => return Err(at(format!("unexpected YAML event {other:?}"))),
         };
         if anchor > 0 {
-            self.anchors.insert(anchor, value.clone());
+            // Keeping the anchored value is a copy too (nested anchors would multiply it).
+            self.copied(count).map_err(at)?;
+            self.anchors.insert(anchor, (value.clone(), count));
         }
-        Ok(value)
+        Ok((value, count))
     }
 
-    fn sequence(&mut self, path: &str) -> Result<Value, SyntaxError> {
+    /// Charges `nodes` copied for an anchor or an alias against `MAX_ALIAS_NODES`.
+    fn copied(&mut self, nodes: usize) -> Result<(), String> {
+        self.alias_nodes = self.alias_nodes.saturating_add(nodes);
+        if self.alias_nodes > MAX_ALIAS_NODES {
+            return Err(format!(
+                "YAML anchors and aliases copy more than {MAX_ALIAS_NODES} nodes (an alias bomb?)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn sequence(&mut self, path: &str) -> Result<(Value, usize), SyntaxError> {
         let mut items = Vec::new();
+        let mut count = 1;
         loop {
             let (ev, mark) = self.next()?;
             if ev == Event::SequenceEnd {
-                return Ok(Value::Array(items));
+                return Ok((Value::Array(items), count));
             }
             let child = format!("{path}[{}]", items.len());
-            items.push(self.node(ev, mark, child)?);
+            let (v, n) = self.node(ev, mark, child)?;
+            count += n;
+            items.push(v);
         }
     }
 
-    fn mapping(&mut self, path: &str, start: &Marker) -> Result<Value, SyntaxError> {
+    fn mapping(&mut self, path: &str, start: &Marker) -> Result<(Value, usize), SyntaxError> {
         let mut map = Map::new();
+        let mut count = 1;
         loop {
             let (ev, mark) = self.next()?;
             if map.is_empty() && mark.index() < start.index() {
@@ -154,7 +210,7 @@ impl Builder<'_> {
                     .insert(path.to_string(), Pos::from_marker(&mark));
             }
             let key = match ev {
-                Event::MappingEnd => return Ok(Value::Object(map)),
+                Event::MappingEnd => return Ok((Value::Object(map), count)),
                 Event::Scalar(s, ..) => s,
                 _ => {
                     return Err(SyntaxError {
@@ -178,7 +234,8 @@ impl Builder<'_> {
                 format!("{path}.{key}")
             };
             let (ev, vmark) = self.next()?;
-            let v = self.node(ev, vmark, child)?;
+            let (v, n) = self.node(ev, vmark, child)?;
+            count += n + 1;
             map.insert(key, v);
         }
     }
@@ -273,5 +330,36 @@ mod tests {
     fn resolves_aliases() {
         let (v, _) = parse("x: &p {a: 1}\ny: *p\n").unwrap();
         assert_eq!(v["y"], serde_json::json!({"a": 1}));
+    }
+
+    /// Nine levels of ten aliases: 10^9 nodes if expanded. Refused after copying at most
+    /// `MAX_ALIAS_NODES`, at the alias that crosses the bound.
+    #[test]
+    fn bounds_what_aliases_copy() {
+        let mut text = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*l{}", i - 1); 10].join(", ");
+            text.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+        }
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            err.message,
+            "YAML anchors and aliases copy more than 100000 nodes (an alias bomb?)"
+        );
+        assert_eq!(err.pos.line, 5, "{err:?}");
+        // Ordinary reuse is untouched.
+        let (v, _) = parse("c: &c [{kind: a}, {kind: b}]\nr1: *c\nr2: *c\n").unwrap();
+        assert_eq!(v["r2"][1]["kind"], "b");
+    }
+
+    #[test]
+    fn bounds_nesting() {
+        let deep = |n: usize| format!("a: {}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse(&deep(MAX_DEPTH - 1)).is_ok());
+        let err = parse(&deep(MAX_DEPTH)).unwrap_err();
+        assert_eq!(err.message, "YAML nesting is deeper than 64 levels");
+        // Block sequences nest two bytes a level: without the bound, recursion would overflow.
+        let err = parse(&"- ".repeat(1_000_000)).unwrap_err();
+        assert_eq!(err.message, "YAML nesting is deeper than 64 levels");
     }
 }

@@ -81,3 +81,28 @@ fn every_invalid_fixture_yields_exactly_its_expected_error() {
         mismatches.join("\n")
     );
 }
+
+/// Too large to commit as a fixture: a valid config padded past `MAX_CONFIG_BYTES` with comments.
+#[test]
+fn an_oversized_file_is_refused_before_it_is_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("oversized.yaml");
+    let mut text = String::from(
+        "providers:\n  openai:\n    base_url: http://127.0.0.1:18001\nroutes:\n  - name: v1\n    \
+         prefix: /v1\n    upstream: { provider: openai }\n",
+    );
+    let line = format!("# {}\n", "x".repeat(1021));
+    while (text.len() as u64) <= leaky_config::MAX_CONFIG_BYTES {
+        text.push_str(&line);
+    }
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(
+        actual(dir.path(), &path),
+        "oversized.yaml: config file is larger than 16 MiB (16777216 bytes)"
+    );
+    // One byte under the limit still loads.
+    text.truncate(leaky_config::MAX_CONFIG_BYTES as usize - 1);
+    text.truncate(text.rfind('\n').unwrap() + 1);
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(actual(dir.path(), &path), "loaded without errors");
+}

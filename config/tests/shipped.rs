@@ -129,6 +129,20 @@ fn staging_and_prod_take_credentials_from_the_environment() {
 }
 
 #[test]
+fn dev_has_the_documented_admin_token_and_base_none() {
+    let dev = load_ok(&shipped("dev.yaml"), &no_env);
+    let token = dev
+        .server
+        .admin_token
+        .as_ref()
+        .expect("dev.yaml sets admin_token");
+    assert!(token.matches("lt-dev-admin"));
+    assert!(!token.matches("lt-dev-admi"));
+    let base = load_ok(&shipped("base.yaml"), &no_env);
+    assert!(base.server.admin_token.is_none(), "empty means unset");
+}
+
+#[test]
 fn dev_has_the_three_demo_keys() {
     let config = load_ok(&shipped("dev.yaml"), &no_env);
     let got: Vec<(&str, &str, String)> = config

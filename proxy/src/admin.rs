@@ -1,5 +1,7 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `GET /admin/config`, `POST /admin/reload`.
 //!
+//! Access rules (browser checks, `server.admin_token`) are `admin_auth`'s, applied before any endpoint.
+//!
 //! `/admin/config` shows what is serving (version, hash, files, routes, providers, key ids) and the
 //! outcome of the last reload, including every error of a failed one. It never shows a secret: provider
 //! credentials appear as `set`/`unset`, keys by id only.
@@ -40,6 +42,24 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        let server = self.state.snapshot().config.server.clone();
+        if let Err(refusal) = crate::admin_auth::check(
+            &method,
+            &path,
+            &session.req_header().headers,
+            server.admin_listen,
+            server.admin_token.as_ref(),
+        ) {
+            tracing::warn!(%method, %path, reason = %refusal, "admin request refused");
+            let mut r = json_reply(refusal.status(), &json!({"error": refusal.to_string()}));
+            if refusal.status() == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"leaky-tokens admin\""),
+                );
+            }
+            return r;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             ("GET", "/readyz") => {
@@ -148,6 +168,7 @@ fn redacted(c: &Config) -> Value {
         "server": {
             "listen": c.server.listen.to_string(),
             "admin_listen": c.server.admin_listen.to_string(),
+            "admin_token": if c.server.admin_token.is_some() { "set" } else { "unset" },
             "threads": c.server.threads,
             "max_body_bytes": c.server.max_body_bytes,
             "grace_period_seconds": c.server.grace_period_seconds,

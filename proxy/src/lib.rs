@@ -6,10 +6,12 @@
 //! - `headers`: which request and response headers cross the gateway (compiled per route and provider).
 //! - `upstream`: pooled HTTP/1.1 upstream calls with the whole body (beyond Pingora's 64 KiB retry buffer).
 //! - `path`: request path normalization; `endpoints`: a route's compiled endpoint allow-list.
-//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`; `metrics`: Prometheus families.
+//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`, `POST /admin/reload`; `admin_auth`:
+//!   who may call them; `metrics`: Prometheus families.
 
 mod access_log;
 pub mod admin;
+pub mod admin_auth;
 pub mod balancer;
 mod call;
 pub mod endpoints;

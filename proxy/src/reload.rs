@@ -50,6 +50,10 @@ impl ConfigState {
     pub fn load(path: &Path, apply: impl Fn(&mut Config)) -> Result<Arc<Self>, String> {
         let mut config = leaky_config::load(path).map_err(|e| e.to_string())?;
         apply(&mut config);
+        // Again after `apply`: `--admin-listen` may have moved the listener beyond loopback.
+        if let Some(e) = config.server.admin_exposure_error() {
+            return Err(format!("{}: {e}", path.display()));
+        }
         let shared = Shared::default();
         let backend = Arc::new(LimiterBackend::new(&config.limits.store)?);
         let snapshot = Snapshot::build(Arc::new(config), 1, &shared, &backend)?;
@@ -112,6 +116,10 @@ impl ConfigState {
                 c.server.listen = old.config.server.listen;
                 c.server.admin_listen = old.config.server.admin_listen;
                 c.server.threads = old.config.server.threads;
+                // The running listener decides whether the new config may drop the token.
+                if let Some(e) = c.server.admin_exposure_error() {
+                    return Err(vec![format!("{}: {e}", self.path.display())]);
+                }
                 let backend = self.backend_for(&c.limits.store).map_err(|e| vec![e])?;
                 let version = self.next_version.fetch_add(1, Ordering::Relaxed);
                 Snapshot::build(Arc::new(c), version, &self.shared, &backend)

@@ -360,3 +360,15 @@ where
 pub fn chat(model: &str, content: &str) -> serde_json::Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]})
 }
+
+/// The admin token of configs made by `with_admin_token`.
+pub const ADMIN_TOKEN: &str = "lt-test-admin-token";
+
+/// `config` (one with a `server:` section, as `Upstreams::config` makes) with `server.admin_token`.
+pub fn with_admin_token(config: &str) -> String {
+    config.replacen(
+        "server:\n",
+        &format!("server:\n  admin_token: {ADMIN_TOKEN}\n"),
+        1,
+    )
+}
