@@ -39,6 +39,15 @@ impl Dep {
         .await
     }
 
+    /// A stub whose provider account allows one request a minute: an injected 429 then also says the
+    /// account is out (`x-ratelimit-remaining-requests: 0`), the provider-wide signal a cool-down
+    /// needs (a 429 without it is one tenant's; see tests/isolation.rs).
+    async fn start_exhausted(fault: Option<&str>) -> Dep {
+        let mut opts = leaky_stubs::StubOptions::new(leaky_stubs::Latency::Off);
+        opts.limits.requests_per_minute = 1;
+        Self::start_router(leaky_stubs::openai_router_with(&opts), fault).await
+    }
+
     async fn start_router(router: axum::Router, fault: Option<&str>) -> Dep {
         let hits = Arc::new(AtomicU64::new(0));
         let fault = Arc::new(Mutex::new(fault.map(String::from)));
@@ -150,7 +159,7 @@ async fn a_failing_deployment_opens_its_circuit_and_traffic_flows_to_the_healthy
     let b = Dep::start(None).await;
     let gw = Gateway::start(&config(
         &[&a, &b],
-        "    breaker: { consecutive_failures: 3, failure_ratio: 0, open_ms: 600000, max_open_ms: 600000 }",
+        "    breaker: { consecutive_failures: 3, failure_ratio: 0, open_ms: 600000, max_open_ms: 600000, min_tenants: 1 }",
         "    retry: { max_attempts: 2, budget_ratio: 1.0 }",
     ))
     .await;
@@ -200,7 +209,7 @@ async fn after_the_open_period_a_probe_closes_the_circuit_again() {
     let b = Dep::start(None).await;
     let gw = Gateway::start(&config(
         &[&a, &b],
-        "    breaker: { consecutive_failures: 2, failure_ratio: 0, open_ms: 300, max_open_ms: 300 }",
+        "    breaker: { consecutive_failures: 2, failure_ratio: 0, open_ms: 300, max_open_ms: 300, min_tenants: 1 }",
         "    retry: { max_attempts: 2, budget_ratio: 1.0 }",
     ))
     .await;
@@ -373,7 +382,7 @@ async fn a_hung_upstream_is_cut_at_the_first_byte_timeout_and_retried_elsewhere(
 
 #[tokio::test]
 async fn a_429_with_retry_after_cools_the_deployment_down_and_the_pool_moves_on() {
-    let a = Dep::start(Some("status=429;retry-after=30")).await;
+    let a = Dep::start_exhausted(Some("status=429;retry-after=30")).await;
     let b = Dep::start(None).await;
     let gw = Gateway::start(&config(
         &[&a, &b],
@@ -392,7 +401,7 @@ async fn a_429_with_retry_after_cools_the_deployment_down_and_the_pool_moves_on(
         1.0
     );
     // The only deployment cooling down: the caller gets the provider's 429 as it was sent.
-    let solo = Dep::start(Some("status=429;retry-after=30")).await;
+    let solo = Dep::start_exhausted(Some("status=429;retry-after=30")).await;
     let gw = Gateway::start(&config(&[&solo], "", "")).await;
     let r = post(&gw, KEY, &chat("gpt-4o", "hi")).await;
     assert_eq!(r.status(), 429);

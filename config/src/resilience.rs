@@ -81,9 +81,23 @@ pub struct BreakerSpec {
     /// Probe requests let through at once when half-open; that many successes close the circuit.
     #[serde(default = "one")]
     pub half_open_probes: u32,
+    /// Longest a half-open probe holds its slot: after this the next request may probe (the first
+    /// one is not cut; its outcome still counts while half-open).
+    #[serde(default = "d_probe_timeout_ms")]
+    pub probe_timeout_ms: u64,
     /// Outcomes that count as failures.
     #[serde(default = "d_failure_on")]
     pub failure_on: Vec<FailureKind>,
+    /// One tenant cannot take a deployment out for everyone: a failure rule that is met opens the
+    /// circuit, and a `429` without the provider's own exhaustion headers cools the deployment down,
+    /// only once at least this many distinct tenants (org, else user, else client address) failed
+    /// within `window_ms`. Connect failures and exhaustion headers count regardless (provider-wide).
+    /// 1: any failures (one tenant may trip it).
+    #[serde(default = "d_min_tenants")]
+    pub min_tenants: u32,
+    /// Cap of a `429` cool-down, whatever `retry-after` the provider sent (0: no cool-downs).
+    #[serde(default = "d_max_cooldown_ms")]
+    pub max_cooldown_ms: u64,
 }
 
 impl Default for BreakerSpec {
@@ -96,7 +110,10 @@ impl Default for BreakerSpec {
             open_ms: d_open(),
             max_open_ms: d_max_open(),
             half_open_probes: 1,
+            probe_timeout_ms: d_probe_timeout_ms(),
             failure_on: d_failure_on(),
+            min_tenants: d_min_tenants(),
+            max_cooldown_ms: d_max_cooldown_ms(),
         }
     }
 }
@@ -118,6 +135,18 @@ fn d_open() -> u64 {
 }
 fn d_max_open() -> u64 {
     60_000
+}
+/// Largest `min_tenants`: the tenants a deployment's breaker tells apart within a window.
+pub const MAX_MIN_TENANTS: u32 = 16;
+
+fn d_probe_timeout_ms() -> u64 {
+    2_000
+}
+fn d_min_tenants() -> u32 {
+    2
+}
+fn d_max_cooldown_ms() -> u64 {
+    30_000
 }
 fn d_failure_on() -> Vec<FailureKind> {
     vec![
@@ -297,6 +326,11 @@ pub struct Breaker {
     pub open_ms: u64,
     pub max_open_ms: u64,
     pub half_open_probes: u32,
+    pub probe_timeout_ms: u64,
+    /// Distinct tenants whose failures (or `429`s) are provider-wide evidence.
+    pub min_tenants: u32,
+    /// Cap of a `429` cool-down (0: none).
+    pub max_cooldown_ms: u64,
     pub on_connect: bool,
     pub on_timeout: bool,
     pub on_5xx: bool,

@@ -164,6 +164,22 @@ pub(crate) fn breaker(c: &mut Check<'_>, path: &str, b: &BreakerSpec) -> Breaker
             "`half_open_probes` must be at least 1",
         );
     }
+    if b.probe_timeout_ms == 0 {
+        c.err(
+            &format!("{path}.probe_timeout_ms"),
+            "`probe_timeout_ms` must be at least 1",
+        );
+    }
+    let max_tenants = MAX_MIN_TENANTS;
+    if b.min_tenants == 0 || b.min_tenants > max_tenants {
+        c.err(
+            &format!("{path}.min_tenants"),
+            format!(
+                "`min_tenants` {} must be within 1..={max_tenants} (1: one tenant's failures may open the circuit)",
+                b.min_tenants
+            ),
+        );
+    }
     let has = |k| b.failure_on.contains(&k);
     Breaker {
         consecutive_failures: b.consecutive_failures,
@@ -173,6 +189,9 @@ pub(crate) fn breaker(c: &mut Check<'_>, path: &str, b: &BreakerSpec) -> Breaker
         open_ms: b.open_ms,
         max_open_ms: b.max_open_ms,
         half_open_probes: b.half_open_probes,
+        probe_timeout_ms: b.probe_timeout_ms,
+        min_tenants: b.min_tenants,
+        max_cooldown_ms: b.max_cooldown_ms,
         on_connect: has(FailureKind::Connect),
         on_timeout: has(FailureKind::Timeout),
         on_5xx: has(FailureKind::ServerError),

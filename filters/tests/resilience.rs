@@ -5,13 +5,17 @@
 
 use leaky_filters::resilience::{
     backoff_ms, pick, retry_after_ms, Admission, Breaker, BreakerSettings, BreakerState, Bulkhead,
-    BulkheadFull, Candidate, RetryBudget, SplitMix, Transition,
+    BulkheadFull, Candidate, Cause, RetryBudget, SplitMix, Transition,
 };
 use proptest::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 
 use BreakerState::{Closed, HalfOpen, Open};
+
+/// The breaker's failures here are provider-wide (a connect failure): tenant isolation is tested
+/// beside the breaker (`filters/src/resilience/breaker.rs`) and end to end in `tests/isolation.rs`.
+const PROVIDER: Cause = Cause::Provider;
 
 fn t(from: BreakerState, to: BreakerState, open_ms: u64) -> Option<Transition> {
     Some(Transition { from, to, open_ms })
@@ -32,13 +36,13 @@ fn consecutive(n: u32) -> BreakerSettings {
 #[test]
 fn breaker_opens_after_n_consecutive_failures() {
     let b = Breaker::new(consecutive(3));
-    assert_eq!(b.on_failure(0, false), None);
-    assert_eq!(b.on_failure(1, false), None);
+    assert_eq!(b.on_failure(0, false, PROVIDER), None);
+    assert_eq!(b.on_failure(1, false, PROVIDER), None);
     assert_eq!(b.on_success(2, false), None); // breaks the run
-    assert_eq!(b.on_failure(3, false), None);
-    assert_eq!(b.on_failure(4, false), None);
+    assert_eq!(b.on_failure(3, false, PROVIDER), None);
+    assert_eq!(b.on_failure(4, false, PROVIDER), None);
     assert_eq!(b.state(4), Closed);
-    assert_eq!(b.on_failure(5, false), t(Closed, Open, 5_000));
+    assert_eq!(b.on_failure(5, false, PROVIDER), t(Closed, Open, 5_000));
     assert_eq!(b.state(5), Open);
     assert_eq!(b.trips(), 1);
     assert!(!b.available(5));
@@ -62,11 +66,11 @@ fn breaker_ratio_rule_waits_for_min_requests() {
         b.on_success(i, false);
     }
     for i in 0..5 {
-        assert_eq!(b.on_failure(10 + i, false), None);
+        assert_eq!(b.on_failure(10 + i, false, PROVIDER), None);
     }
     assert_eq!(b.state(20), Closed);
     // The 10th outcome, a failure: 6/10 ≥ 0.5.
-    assert_eq!(b.on_failure(20, false), t(Closed, Open, 5_000));
+    assert_eq!(b.on_failure(20, false, PROVIDER), t(Closed, Open, 5_000));
 
     // Below the ratio with plenty of outcomes: stays closed.
     let b = Breaker::new(s);
@@ -74,9 +78,9 @@ fn breaker_ratio_rule_waits_for_min_requests() {
         b.on_success(i, false);
     }
     for i in 0..9 {
-        assert_eq!(b.on_failure(10 + i, false), None); // 9/19 < 0.5
+        assert_eq!(b.on_failure(10 + i, false, PROVIDER), None); // 9/19 < 0.5
     }
-    assert_eq!(b.on_failure(30, false), t(Closed, Open, 5_000)); // 10/20
+    assert_eq!(b.on_failure(30, false, PROVIDER), t(Closed, Open, 5_000)); // 10/20
 }
 
 #[test]
@@ -85,7 +89,7 @@ fn half_open_admits_exactly_the_probe_slots() {
         half_open_probes: 2,
         ..consecutive(1)
     });
-    assert_eq!(b.on_failure(0, false), t(Closed, Open, 5_000));
+    assert_eq!(b.on_failure(0, false, PROVIDER), t(Closed, Open, 5_000));
     assert_eq!(
         b.try_acquire(4_999),
         (Admission::Rejected { retry_in_ms: 1 }, None)
@@ -115,7 +119,7 @@ fn half_open_admits_exactly_the_probe_slots() {
     assert_eq!(b.state(5_200), Closed);
     assert_eq!(b.try_acquire(5_201), (Admission::Allowed, None));
     // The third probe's late result arrives in Closed: ignored.
-    assert_eq!(b.on_failure(5_300, true), None);
+    assert_eq!(b.on_failure(5_300, true, PROVIDER), None);
     assert_eq!(b.state(5_300), Closed);
     assert_eq!(b.trips(), 1);
 }
@@ -128,10 +132,13 @@ fn probe_failure_reopens_with_doubled_capped_period_and_closing_resets_it() {
         ..consecutive(1)
     });
     let mut now = 0;
-    assert_eq!(b.on_failure(now, false), t(Closed, Open, 1_000));
+    assert_eq!(b.on_failure(now, false, PROVIDER), t(Closed, Open, 1_000));
     for expected in [2_000, 3_000, 3_000] {
         now = b_half_open_at(&b, now);
-        assert_eq!(b.on_failure(now, true), t(HalfOpen, Open, expected));
+        assert_eq!(
+            b.on_failure(now, true, PROVIDER),
+            t(HalfOpen, Open, expected)
+        );
         assert_eq!(
             b.try_acquire(now + expected - 1),
             (Admission::Rejected { retry_in_ms: 1 }, None)
@@ -140,11 +147,14 @@ fn probe_failure_reopens_with_doubled_capped_period_and_closing_resets_it() {
     }
     assert_eq!(b.try_acquire(now), (Admission::Probe, t(Open, HalfOpen, 0)));
     assert_eq!(b.on_success(now, true), t(HalfOpen, Closed, 0));
-    assert_eq!(b.on_failure(now + 1, false), t(Closed, Open, 1_000)); // reset to open_ms
+    assert_eq!(
+        b.on_failure(now + 1, false, PROVIDER),
+        t(Closed, Open, 1_000)
+    ); // reset to open_ms
     assert_eq!(b.trips(), 5);
     // And the next re-open doubles from there again.
     let now = b_half_open_at(&b, now + 1);
-    assert_eq!(b.on_failure(now, true), t(HalfOpen, Open, 2_000));
+    assert_eq!(b.on_failure(now, true, PROVIDER), t(HalfOpen, Open, 2_000));
 }
 
 /// Takes the probe slot at the end of the current open period; returns that instant.
@@ -168,28 +178,31 @@ fn window_roll_over_forgets_old_outcomes() {
     // 10 buckets of 1 s: at t = 9.999 s the failures of t = 0 still count...
     let b = Breaker::new(s.clone());
     for _ in 0..3 {
-        b.on_failure(0, false);
+        b.on_failure(0, false, PROVIDER);
     }
-    assert_eq!(b.on_failure(9_999, false), t(Closed, Open, 5_000));
+    assert_eq!(b.on_failure(9_999, false, PROVIDER), t(Closed, Open, 5_000));
     // ...at t = 10 s they have left the window.
     let b = Breaker::new(s);
     for _ in 0..3 {
-        b.on_failure(0, false);
+        b.on_failure(0, false, PROVIDER);
     }
-    assert_eq!(b.on_failure(10_000, false), None);
-    assert_eq!(b.on_failure(10_001, false), None);
-    assert_eq!(b.on_failure(10_002, false), None);
-    assert_eq!(b.on_failure(10_003, false), t(Closed, Open, 5_000));
+    assert_eq!(b.on_failure(10_000, false, PROVIDER), None);
+    assert_eq!(b.on_failure(10_001, false, PROVIDER), None);
+    assert_eq!(b.on_failure(10_002, false, PROVIDER), None);
+    assert_eq!(
+        b.on_failure(10_003, false, PROVIDER),
+        t(Closed, Open, 5_000)
+    );
 }
 
 #[test]
 fn stale_outcomes_do_not_corrupt_state() {
     let b = Breaker::new(consecutive(2));
-    b.on_failure(0, false);
-    assert_eq!(b.on_failure(1, false), t(Closed, Open, 5_000));
+    b.on_failure(0, false, PROVIDER);
+    assert_eq!(b.on_failure(1, false, PROVIDER), t(Closed, Open, 5_000));
     // Requests admitted while Closed report while Open: ignored.
     assert_eq!(b.on_success(2, false), None);
-    assert_eq!(b.on_failure(3, false), None);
+    assert_eq!(b.on_failure(3, false, PROVIDER), None);
     assert_eq!(b.on_success(4, true), None); // no probe was ever admitted
     assert_eq!(b.state(4), Open);
     assert_eq!(
@@ -202,18 +215,18 @@ fn stale_outcomes_do_not_corrupt_state() {
         (Admission::Probe, t(Open, HalfOpen, 0))
     );
     // Non-probe outcomes while HalfOpen are not probe results.
-    assert_eq!(b.on_failure(5_002, false), None);
+    assert_eq!(b.on_failure(5_002, false, PROVIDER), None);
     assert_eq!(b.on_success(5_003, false), None);
     assert_eq!(b.state(5_003), HalfOpen);
     assert!(!b.available(5_003)); // the probe slot is still taken
                                   // A cancelled probe frees its slot; a late result for it is then ignored.
     b.on_cancel(true);
-    assert_eq!(b.on_failure(5_004, true), None);
+    assert_eq!(b.on_failure(5_004, true, PROVIDER), None);
     assert_eq!(b.state(5_004), HalfOpen);
     assert_eq!(b.try_acquire(5_005), (Admission::Probe, None));
     assert_eq!(b.on_success(5_006, true), t(HalfOpen, Closed, 0));
     // Closing started a fresh window and run: one failure does not trip a 2-in-a-row rule.
-    assert_eq!(b.on_failure(5_007, false), None);
+    assert_eq!(b.on_failure(5_007, false, PROVIDER), None);
     assert_eq!(b.trips(), 1);
 }
 
@@ -225,7 +238,7 @@ fn concurrent_failures_trip_once() {
             let b = b.clone();
             std::thread::spawn(move || {
                 (0..200)
-                    .filter(|i| b.on_failure(*i, false).is_some())
+                    .filter(|i| b.on_failure(*i, false, PROVIDER).is_some())
                     .count()
             })
         })

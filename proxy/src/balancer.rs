@@ -1,7 +1,9 @@
 //! Provider pools: each provider is a list of deployments (endpoint, credential, weight, own RPM/TPM
 //! budget), each with a circuit breaker, an active health state, a bulkhead and a `retry-after`
 //! cool-down. The algorithms are the pure, clock-injected ones of `leaky_filters::resilience`; this
-//! module binds them to peers, metrics and logs.
+//! module binds them to peers, metrics and logs, and attributes each failure to its cause: a connect
+//! failure or a `429` with the provider's exhaustion headers to the provider, anything else to the
+//! request's tenant (so one tenant alone cannot open a circuit or start a cool-down).
 //!
 //! Deployment state (breaker, health, quota, bulkhead) lives in a [`Registry`] shared by every config
 //! version, keyed by the deployment and its settings: a reload that leaves a deployment unchanged keeps
@@ -12,8 +14,8 @@ use crate::pool::IdlePool;
 use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::{Breaker as BreakerConfig, HealthCheck};
 use leaky_filters::resilience::{
-    pick, Admission, Breaker, BreakerSettings, BreakerState, Bulkhead, Candidate, DeploymentQuota,
-    Health, HealthSettings, Transition,
+    pick, Admission, Breaker, BreakerSettings, BreakerState, Bulkhead, Candidate, Cause, CoolDown,
+    DeploymentQuota, Health, HealthSettings, Transition,
 };
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::{IntCounter, IntGauge};
@@ -21,6 +23,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+
+// The breaker's tenant set must tell apart as many tenants as the config lets `min_tenants` ask for.
+const _: () = assert!(
+    leaky_filters::resilience::tenants::SLOTS as u32 == leaky_config::resilience::MAX_MIN_TENANTS
+);
 
 /// Milliseconds on the process's monotonic clock: the `now_ms` of every resilience decision.
 pub fn now_ms() -> u64 {
@@ -55,8 +62,8 @@ pub struct DeploymentState {
     pub health: Health,
     pub quota: DeploymentQuota,
     pub bulkhead: Arc<Bulkhead>,
-    /// `now_ms` before which the deployment is skipped: the provider's `retry-after` on a 429.
-    cooldown_until: AtomicU64,
+    /// The provider's `retry-after` on a provider-wide 429: the deployment is skipped until then.
+    cooldown: CoolDown,
     failure: BreakerConfig,
     metrics: StateMetrics,
 }
@@ -87,6 +94,8 @@ impl DeploymentState {
             open_ms: cfg.open_ms,
             max_open_ms: cfg.max_open_ms,
             half_open_probes: cfg.half_open_probes,
+            min_tenants: cfg.min_tenants,
+            probe_timeout_ms: cfg.probe_timeout_ms,
         };
         let hs = health.map_or_else(HealthSettings::default, |h| HealthSettings {
             interval_ms: h.interval.as_millis() as u64,
@@ -117,7 +126,7 @@ impl DeploymentState {
                 bulkhead.max_queue,
                 bulkhead.queue_timeout,
             )),
-            cooldown_until: AtomicU64::new(0),
+            cooldown: CoolDown::new(cfg.window_ms, cfg.min_tenants, cfg.max_cooldown_ms),
             failure: cfg.clone(),
             metrics,
         }
@@ -126,7 +135,7 @@ impl DeploymentState {
     /// Whether the deployment may take a request of `tokens` now (bulkhead room aside).
     pub fn eligible(&self, now: u64, tokens: u64) -> bool {
         self.health.is_healthy()
-            && self.cooldown_until.load(Ordering::Relaxed) <= now
+            && self.cooldown.until() <= now
             && self.breaker.available(now)
             && self.quota.has_headroom(now, tokens)
     }
@@ -152,25 +161,32 @@ impl DeploymentState {
         }
     }
 
-    /// Feeds an attempt's outcome to the breaker and the attempt counter.
-    pub fn record(&self, now: u64, probe: bool, o: Outcome) {
+    /// Feeds an attempt's outcome to the breaker and the attempt counter. `tenant` (the request's
+    /// tenant hash) is asked only for a failure a tenant could have provoked; a connect failure is the
+    /// provider's.
+    pub fn record(&self, now: u64, probe: bool, o: Outcome, tenant: impl FnOnce() -> u64) {
         match (o.label(), &self.metrics.ok) {
             ("ok", Some(c)) => c.inc(),
             ("ok", None) => {}
             (label, _) => crate::metrics::bump(|m| &m.attempts, &[&self.label, label]),
         }
         let t = if self.is_failure(o) {
-            self.breaker.on_failure(now, probe)
+            let cause = match o {
+                Outcome::Connect => Cause::Provider,
+                _ => Cause::Tenant(tenant()),
+            };
+            self.breaker.on_failure(now, probe, cause)
         } else {
             self.breaker.on_success(now, probe)
         };
         self.transition(t);
     }
 
-    /// A failure seen after the response header (a stream that stalled): counts against the breaker.
-    pub fn record_stream_failure(&self, now: u64) {
+    /// A failure seen after the response header (a stream that stalled) of `tenant`'s request: counts
+    /// against the breaker.
+    pub fn record_stream_failure(&self, now: u64, tenant: u64) {
         if self.failure.on_timeout {
-            self.transition(self.breaker.on_failure(now, false));
+            self.transition(self.breaker.on_failure(now, false, Cause::Tenant(tenant)));
         }
     }
 
@@ -178,18 +194,36 @@ impl DeploymentState {
         self.breaker.on_cancel(probe);
     }
 
-    /// Skip this deployment for `ms` (a 429's `retry-after`).
-    pub fn cool_down(&self, now: u64, ms: u64) {
-        self.cooldown_until
-            .fetch_max(now.saturating_add(ms), Ordering::Relaxed);
-        if let Some(c) = &self.metrics.cooldowns {
-            c.inc();
+    /// A 429 that asked for `ms` (its `retry-after`): the deployment is skipped for that long, capped
+    /// by `max_cooldown_ms`, when the evidence is provider-wide — `exhausted` (the response's own
+    /// rate-limit headers say the account is out) or `min_tenants` tenants got one within the window;
+    /// `tenant` (the request's tenant hash) is asked only when not `exhausted`.
+    pub fn on_429(&self, now: u64, ms: u64, exhausted: bool, tenant: impl FnOnce() -> u64) {
+        let cause = if exhausted {
+            Cause::Provider
+        } else {
+            Cause::Tenant(tenant())
+        };
+        match self.cooldown.on_429(now, ms, cause) {
+            Some(applied) => {
+                if let Some(c) = &self.metrics.cooldowns {
+                    c.inc();
+                }
+                let reason = if exhausted {
+                    "provider_exhausted"
+                } else {
+                    "tenants"
+                };
+                tracing::info!(upstream = %self.label, retry_after_ms = ms, cooldown_ms = applied, reason, "upstream asked to back off; skipping it until then");
+            }
+            None => {
+                tracing::debug!(upstream = %self.label, retry_after_ms = ms, "429 not (yet) provider-wide; deployment stays in the pool");
+            }
         }
-        tracing::info!(upstream = %self.label, retry_after_ms = ms, "upstream asked to back off; skipping it until then");
     }
 
     pub fn cooling_until(&self) -> u64 {
-        self.cooldown_until.load(Ordering::Relaxed)
+        self.cooldown.until()
     }
 
     fn transition(&self, t: Option<Transition>) {

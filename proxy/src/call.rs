@@ -15,6 +15,10 @@
 //!
 //! A response is only dropped for a retry before any of it reached the client: once the header is
 //! relayed, the request is answered by this attempt.
+//!
+//! Failures and `429`s are attributed to the request's tenant ([`tenant_hash`]) unless they are
+//! provider-wide by nature (a connect failure, a `429` whose rate-limit headers say the account is
+//! out), so one tenant cannot open a circuit or cool a deployment down for everyone (see `balancer`).
 
 use crate::balancer::{now_ms, DeploymentState, Outcome};
 use crate::metrics::bump;
@@ -25,11 +29,12 @@ use crate::upstream::{self, Failed};
 use bytes::Bytes;
 use leaky_config::resilience::Retry;
 use leaky_config::ModelSource;
-use leaky_filters::resilience::{retry_after_ms, BulkheadFull, BulkheadPermit};
+use leaky_filters::resilience::{provider_exhausted, retry_after_ms, BulkheadFull, BulkheadPermit};
 use leaky_filters::{RejectKind, Rejection};
 use pingora::proxy::Session;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Default cool-down after a 429 that names no `retry-after`.
@@ -52,9 +57,26 @@ struct Admitted<'a> {
 }
 
 impl Admitted<'_> {
-    fn record(mut self, outcome: Outcome) {
+    fn record(mut self, outcome: Outcome, tenant: impl FnOnce() -> u64) {
         self.done = true;
-        self.state.record(now_ms(), self.probe, outcome);
+        self.state.record(now_ms(), self.probe, outcome, tenant);
+    }
+}
+
+/// The request's tenant as the breaker and the `429` cool-down count them: a per-process hash of the
+/// principal's org, else its user (as the tenant bulkhead), else, unauthenticated, the client's IP.
+/// Computed only when a failure needs attributing.
+pub(crate) fn tenant_hash(ctx: &Ctx, session: &Session) -> u64 {
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    match &ctx.req.principal {
+        Some(p) => keys.hash_one(p.org.as_deref().unwrap_or(&p.user)),
+        None => keys.hash_one(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        ),
     }
 }
 
@@ -225,19 +247,18 @@ impl Gateway {
                             .session
                             .resp_header()
                             .map_or(502, |h| h.status.as_u16());
-                        if status == 429 {
-                            let wait = response
-                                .session
-                                .resp_header()
-                                .and_then(|h| retry_after_ms(&h.headers, unix_ms()))
+                        if let Some(h) = response.session.resp_header().filter(|_| status == 429) {
+                            let wait = retry_after_ms(&h.headers, unix_ms())
                                 .unwrap_or(DEFAULT_COOLDOWN_MS);
-                            d.state.cool_down(now_ms(), wait);
+                            let exhausted = provider_exhausted(&h.headers);
+                            d.state
+                                .on_429(now_ms(), wait, exhausted, || tenant_hash(ctx, session));
                         }
                         (Outcome::Status(status), Ok(response))
                     }
                     Err(Failed { outcome, rejection }) => (outcome, Err(rejection)),
                 };
-                admitted.record(outcome);
+                admitted.record(outcome, || tenant_hash(ctx, session));
                 let again = retryable(&route.retry, outcome)
                     && may_retry(
                         route,

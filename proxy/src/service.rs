@@ -542,7 +542,9 @@ impl Gateway {
     ) -> std::result::Result<(), Fail> {
         ctx.cut = Some(reason);
         if let Some(d) = ctx.deployment() {
-            d.state.record_stream_failure(crate::balancer::now_ms());
+            let tenant = crate::call::tenant_hash(ctx, session);
+            d.state
+                .record_stream_failure(crate::balancer::now_ms(), tenant);
             crate::metrics::bump(|m| &m.stream_cuts, &[&d.label, reason]);
             tracing::warn!(upstream = %d.label, reason, waited_ms = waited.as_millis() as u64, "upstream response stalled; cut");
         }

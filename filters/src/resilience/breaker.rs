@@ -13,10 +13,23 @@
 //! ≥ `min_requests` of them. The window is 10 buckets of `window_ms / 10`, so it covers between 90%
 //! and 100% of `window_ms`. A rule set to 0 is off.
 //!
+//! **Tenant isolation**: a rule that is met trips the breaker only on provider-wide evidence: a
+//! failure with [`Cause::Provider`] (a connect failure) within the last `window_ms`, or failures from
+//! at least `min_tenants` distinct tenants within it (kept in a [`RecentTenants`]). One tenant whose
+//! requests make the provider fail or stall cannot open the circuit for everyone. `min_tenants: 1`
+//! lets any failures trip.
+//!
 //! **Half-open**: at most `half_open_probes` requests are in flight as probes at once (0 counts as 1);
 //! each success frees its slot, and that many successes in a row close the breaker; any probe failure
 //! re-opens it for twice the last period (capped at `max_open_ms`). Closing resets the period to
 //! `open_ms` and starts a fresh window.
+//!
+//! **Probe leases**: a probe holds its slot for at most `probe_timeout_ms`. A slot held longer is
+//! released (on the next `try_acquire`; `available` sees it at once) and the next request probes, so a
+//! hung probe never blocks the deployment beyond that. The released probe is not cut: its request runs
+//! on under its own timeouts, and its outcome still counts while the half-open period lasts (a late
+//! success is evidence of health, a late failure re-opens). Outcomes carry no lease id: one is matched
+//! to the oldest live lease, else to a released probe; a mismatch only shifts which slot frees when.
 //!
 //! **Stale outcomes**: an outcome is attributed by its `probe` flag. While HalfOpen only probe
 //! outcomes count, and only while a probe is in flight; while Open all outcomes are ignored; while
@@ -26,11 +39,13 @@
 //! benign mix-up (both are probes of the same deployment).
 //!
 //! **Cost**: in Closed, `available`, `try_acquire` and `on_success` are lock-free (atomic loads, one
-//! CAS on a window bucket); `on_failure` takes the lock only when a rule trips. Open/HalfOpen
-//! transitions and probe accounting take a short `parking_lot` lock.
+//! CAS on a window bucket); `on_failure` adds a scan of the 16-slot tenant set and takes the lock only
+//! when a rule trips. Open/HalfOpen transitions and probe accounting take a short `parking_lot` lock.
 
+use super::tenants::{Cause, RecentTenants};
 use super::window::Ring;
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// Breaker thresholds; see the module docs for their exact meaning.
@@ -50,6 +65,11 @@ pub struct BreakerSettings {
     pub max_open_ms: u64,
     /// Probes in flight at once in half-open; that many probe successes in a row close the breaker.
     pub half_open_probes: u32,
+    /// A met rule trips only when failures came from this many distinct tenants within `window_ms`
+    /// (or a provider-wide failure is in it); 1: any failure counts.
+    pub min_tenants: u32,
+    /// Longest a probe holds its slot; then the slot goes to the next request.
+    pub probe_timeout_ms: u64,
 }
 
 impl Default for BreakerSettings {
@@ -62,6 +82,8 @@ impl Default for BreakerSettings {
             open_ms: 5_000,
             max_open_ms: 60_000,
             half_open_probes: 1,
+            min_tenants: 2,
+            probe_timeout_ms: 2_000,
         }
     }
 }
@@ -130,12 +152,18 @@ pub struct Breaker {
     state: AtomicU8,
     /// End of the open period (valid while Open); written before `state`.
     open_until: AtomicU64,
-    /// Probes in flight (HalfOpen); written under `inner`, read lock-free by `available`.
+    /// Live probe leases (HalfOpen); written under `inner`, read lock-free by `available`.
     probes: AtomicU32,
+    /// When the oldest live lease expires (`u64::MAX`: none); written under `inner`.
+    lease_end: AtomicU64,
     /// Closed-state failures in a row.
     consecutive: AtomicU32,
     /// Closed-state outcomes: (outcomes, failures) per bucket.
     window: Ring,
+    /// Closed-state failing tenants of the last `window_ms`.
+    tenants: RecentTenants,
+    /// `now_ms + 1` of the last provider-wide failure while Closed (0: none since closing).
+    provider_failed_at: AtomicU64,
     trips: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -145,6 +173,10 @@ struct Inner {
     open_ms: u64,
     /// Probe successes in a row in the current half-open period.
     successes: u32,
+    /// Start of each live probe lease, oldest first (at most `max_probes`).
+    leases: VecDeque<u64>,
+    /// Probes of this half-open period whose lease expired before their outcome arrived.
+    released: u32,
 }
 
 const BUCKETS: u64 = 10;
@@ -157,12 +189,17 @@ impl Breaker {
             state: AtomicU8::new(BreakerState::Closed as u8),
             open_until: AtomicU64::new(0),
             probes: AtomicU32::new(0),
+            lease_end: AtomicU64::new(u64::MAX),
             consecutive: AtomicU32::new(0),
             window: Ring::new(BUCKETS as usize),
+            tenants: RecentTenants::new(settings.window_ms),
+            provider_failed_at: AtomicU64::new(0),
             trips: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 open_ms: settings.open_ms,
                 successes: 0,
+                leases: VecDeque::with_capacity(settings.half_open_probes.clamp(1, 64) as usize),
+                released: 0,
             }),
             settings,
         }
@@ -200,7 +237,10 @@ impl Breaker {
         match self.load_state() {
             BreakerState::Closed => true,
             BreakerState::Open => now_ms >= self.open_until.load(Ordering::Acquire),
-            BreakerState::HalfOpen => self.probes.load(Ordering::Acquire) < self.max_probes(),
+            BreakerState::HalfOpen => {
+                self.probes.load(Ordering::Acquire) < self.max_probes()
+                    || now_ms >= self.lease_end.load(Ordering::Acquire)
+            }
         }
     }
 
@@ -212,9 +252,9 @@ impl Breaker {
         })
     }
 
-    /// Admits a request: `Allowed` in Closed; `Probe` in HalfOpen while a probe slot is free (an Open
-    /// breaker whose period elapsed moves to HalfOpen here, returned as the `Transition`); `Rejected`
-    /// otherwise.
+    /// Admits a request: `Allowed` in Closed; `Probe` in HalfOpen while a probe slot is free or its
+    /// lease expired (an Open breaker whose period elapsed moves to HalfOpen here, returned as the
+    /// `Transition`); `Rejected` otherwise.
     pub fn try_acquire(&self, now_ms: u64) -> (Admission, Option<Transition>) {
         match self.load_state() {
             BreakerState::Closed => return (Admission::Allowed, None),
@@ -234,7 +274,8 @@ impl Breaker {
                     return (rejected, None);
                 }
                 inner.successes = 0;
-                self.probes.store(0, Ordering::Release);
+                Self::drop_leases(&mut inner);
+                self.sync_leases(&inner);
                 self.set_state(BreakerState::HalfOpen);
                 transition = Some(Transition {
                     from: BreakerState::Open,
@@ -244,9 +285,10 @@ impl Breaker {
             }
             BreakerState::HalfOpen => {}
         }
-        let probes = self.probes.load(Ordering::Acquire);
-        if probes < self.max_probes() {
-            self.probes.store(probes + 1, Ordering::Release);
+        self.expire_leases(&mut inner, now_ms);
+        if inner.leases.len() < self.max_probes() as usize {
+            inner.leases.push_back(now_ms);
+            self.sync_leases(&inner);
             (Admission::Probe, transition)
         } else {
             (Admission::Rejected { retry_in_ms: 0 }, transition)
@@ -263,7 +305,7 @@ impl Breaker {
             return None;
         }
         let mut inner = self.inner.lock();
-        if !self.take_probe() {
+        if !self.take_probe(&mut inner) {
             return None;
         }
         inner.successes += 1;
@@ -272,8 +314,12 @@ impl Breaker {
         }
         inner.successes = 0;
         inner.open_ms = self.settings.open_ms;
+        Self::drop_leases(&mut inner);
+        self.sync_leases(&inner);
         self.consecutive.store(0, Ordering::Release);
         self.window.clear();
+        self.tenants.clear();
+        self.provider_failed_at.store(0, Ordering::Release);
         self.set_state(BreakerState::Closed);
         Some(Transition {
             from: BreakerState::HalfOpen,
@@ -282,11 +328,13 @@ impl Breaker {
         })
     }
 
-    /// Records a failure of an admitted request (`probe`: it was admitted as [`Admission::Probe`]).
-    pub fn on_failure(&self, now_ms: u64, probe: bool) -> Option<Transition> {
+    /// Records a failure of an admitted request (`probe`: it was admitted as [`Admission::Probe`]),
+    /// attributed to `cause` (see the module docs on tenant isolation; a probe's failure re-opens
+    /// whatever its cause).
+    pub fn on_failure(&self, now_ms: u64, probe: bool, cause: Cause) -> Option<Transition> {
         if probe {
             let mut inner = self.inner.lock();
-            if !self.take_probe() {
+            if !self.take_probe(&mut inner) {
                 return None;
             }
             inner.open_ms = inner
@@ -303,7 +351,8 @@ impl Breaker {
             .consecutive
             .fetch_add(1, Ordering::AcqRel)
             .saturating_add(1);
-        if !self.should_trip(now_ms, in_a_row) {
+        // The tenant is recorded on every failure, so the check comes first.
+        if !self.provider_wide(now_ms, cause) || !self.should_trip(now_ms, in_a_row) {
             return None;
         }
         let mut inner = self.inner.lock();
@@ -318,8 +367,8 @@ impl Breaker {
     /// records nothing.
     pub fn on_cancel(&self, probe: bool) {
         if probe {
-            let _inner = self.inner.lock();
-            self.take_probe();
+            let mut inner = self.inner.lock();
+            self.take_probe(&mut inner);
         }
     }
 
@@ -328,15 +377,75 @@ impl Breaker {
         self.trips.load(Ordering::Relaxed)
     }
 
-    /// Frees a probe slot if this is HalfOpen with a probe in flight; false means a stale probe outcome.
-    /// Call with `inner` locked.
-    fn take_probe(&self) -> bool {
-        let probes = self.probes.load(Ordering::Acquire);
-        if self.load_state() != BreakerState::HalfOpen || probes == 0 {
+    /// Matches a probe outcome to a probe of this half-open period: the oldest live lease (freeing its
+    /// slot), else a released one. False means a stale probe outcome.
+    fn take_probe(&self, inner: &mut Inner) -> bool {
+        if self.load_state() != BreakerState::HalfOpen {
             return false;
         }
-        self.probes.store(probes - 1, Ordering::Release);
-        true
+        if inner.leases.pop_front().is_some() {
+            self.sync_leases(inner);
+            return true;
+        }
+        if inner.released > 0 {
+            inner.released -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// Releases the leases held `probe_timeout_ms` or longer: their slots go to the next requests.
+    fn expire_leases(&self, inner: &mut Inner, now_ms: u64) {
+        let timeout = self.settings.probe_timeout_ms;
+        let mut expired = false;
+        while inner
+            .leases
+            .front()
+            .is_some_and(|&at| now_ms >= at.saturating_add(timeout))
+        {
+            inner.leases.pop_front();
+            inner.released = inner.released.saturating_add(1);
+            expired = true;
+        }
+        if expired {
+            self.sync_leases(inner);
+        }
+    }
+
+    fn drop_leases(inner: &mut Inner) {
+        inner.leases.clear();
+        inner.released = 0;
+    }
+
+    /// Publishes the lease count and the oldest lease's expiry for the lock-free `available`.
+    fn sync_leases(&self, inner: &Inner) {
+        let end = inner.leases.front().map_or(u64::MAX, |&at| {
+            at.saturating_add(self.settings.probe_timeout_ms)
+        });
+        self.lease_end.store(end, Ordering::Release);
+        self.probes
+            .store(inner.leases.len() as u32, Ordering::Release);
+    }
+
+    /// Whether a failure at `now_ms` is backed by provider-wide evidence: it has a provider-wide cause,
+    /// one was seen in the window, or `min_tenants` distinct tenants failed in it (this one recorded).
+    fn provider_wide(&self, now_ms: u64, cause: Cause) -> bool {
+        match cause {
+            Cause::Provider => {
+                self.provider_failed_at
+                    .store(now_ms.saturating_add(1), Ordering::Release);
+                true
+            }
+            Cause::Tenant(tenant) => {
+                let at = self.provider_failed_at.load(Ordering::Acquire);
+                if at != 0 && now_ms.saturating_sub(at - 1) < self.settings.window_ms {
+                    self.tenants.record(now_ms, tenant);
+                    return true;
+                }
+                self.tenants
+                    .record_and_reach(now_ms, tenant, self.settings.min_tenants)
+            }
+        }
     }
 
     fn should_trip(&self, now_ms: u64, in_a_row: u32) -> bool {
@@ -356,7 +465,8 @@ impl Breaker {
     /// Opens for `inner.open_ms` from `now_ms`. Call with `inner` locked.
     fn trip(&self, inner: &mut Inner, now_ms: u64, from: BreakerState) -> Transition {
         inner.successes = 0;
-        self.probes.store(0, Ordering::Release);
+        Self::drop_leases(inner);
+        self.sync_leases(inner);
         self.consecutive.store(0, Ordering::Release);
         self.open_until
             .store(now_ms.saturating_add(inner.open_ms), Ordering::Release);
@@ -371,46 +481,4 @@ impl Breaker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels() {
-        assert_eq!(BreakerState::HalfOpen.as_str(), "half_open");
-        assert_eq!(BreakerState::Open.gauge(), 1);
-        for s in [
-            BreakerState::Closed,
-            BreakerState::Open,
-            BreakerState::HalfOpen,
-        ] {
-            assert_eq!(BreakerState::from_u8(s as u8), s);
-        }
-    }
-
-    #[test]
-    fn rules_off_never_trip() {
-        let b = Breaker::new(BreakerSettings {
-            consecutive_failures: 0,
-            failure_ratio: 0.0,
-            ..Default::default()
-        });
-        for t in 0..1000 {
-            assert_eq!(b.on_failure(t, false), None);
-        }
-        assert_eq!(b.state(1000), BreakerState::Closed);
-    }
-
-    #[test]
-    fn cancelled_probe_frees_its_slot() {
-        let b = Breaker::new(BreakerSettings {
-            consecutive_failures: 1,
-            ..Default::default()
-        });
-        b.on_failure(0, false);
-        assert_eq!(b.try_acquire(5_000).0, Admission::Probe);
-        assert!(!b.available(5_000));
-        b.on_cancel(true);
-        assert!(b.available(5_000));
-        assert_eq!(b.state(5_000), BreakerState::HalfOpen);
-    }
-}
+mod tests;
