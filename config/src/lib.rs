@@ -5,11 +5,10 @@
 //! - `validate`: rules serde cannot express (references resolve, addresses parse, secrets interpolate).
 //! - `model`: the validated result the data plane builds its snapshot from.
 //! - `forwarding`: which headers cross the gateway, trusted proxies, provider account headers.
-
-pub mod forwarding;
 //! - `endpoints`: a route's endpoint allow-list (spec, model, per-dialect defaults, pattern match).
 
 pub mod endpoints;
+pub mod forwarding;
 mod interpolate;
 pub mod limits;
 mod load;
