@@ -5,7 +5,8 @@
 //! limits:
 //!   store: memory                 # or redis (shared by every proxy replica)
 //!   redis: { url: "redis://127.0.0.1:6379", timeout_ms: 20 }
-//!   default_max_tokens: 1024      # completion cap reserved when a request names none
+//!   default_max_tokens: 1024      # completion cap reserved (per choice) when a request names none
+//!   enforce_max_tokens: false     # true: send that cap upstream, so no answer outgrows its reservation
 //!   policies:                     # shared pools: organizations, providers, models …
 //!     - { name: openai-pool, unit: tokens, rate: 2000000, per: minute, scope: [provider],
 //!         match: { providers: [openai] } }
@@ -33,9 +34,17 @@ pub struct LimitsSpec {
     pub store: StoreKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
-    /// Completion tokens reserved when a request sets no `max_tokens` (per-policy override).
+    /// Completion tokens reserved per choice when a request sets no `max_tokens` (per-policy
+    /// override).
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
+    /// Hard cap: a request that sets no completion cap is sent upstream with the reserved
+    /// `default_max_tokens` as its cap (`max_tokens`, `max_completion_tokens`, `max_output_tokens`,
+    /// `generationConfig.maxOutputTokens` or `parameters.max_tokens`, per choice), so the provider
+    /// never generates more than was admitted; answers longer than that end with
+    /// `finish_reason: length`. Default off (per-policy override).
+    #[serde(default)]
+    pub enforce_max_tokens: bool,
     /// Policies that apply across tiers (selected by `match`).
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
@@ -143,9 +152,14 @@ pub struct PolicySpec {
     /// What happens when the store (Redis) cannot answer in time.
     #[serde(default)]
     pub on_store_error: OnStoreErrorSpec,
-    /// Completion tokens reserved when a request sets no cap (default `limits.default_max_tokens`).
+    /// Completion tokens reserved per choice when a request sets no cap (default
+    /// `limits.default_max_tokens`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_max_tokens: Option<u64>,
+    /// Send this policy's `default_max_tokens` upstream as the cap of a request that sets none
+    /// (default `limits.enforce_max_tokens`; `unit: tokens` or `completion_tokens` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforce_max_tokens: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
@@ -166,6 +180,11 @@ impl Unit {
             self,
             Unit::Tokens | Unit::PromptTokens | Unit::CompletionTokens
         )
+    }
+
+    /// Whether a request's completion cap (or `default_max_tokens`) is part of its cost.
+    pub fn reserves_completion(self) -> bool {
+        matches!(self, Unit::Tokens | Unit::CompletionTokens)
     }
 }
 
@@ -293,7 +312,10 @@ pub struct Policy {
     /// Per mille kept back from each priority: [low, normal, high].
     pub reserve_permille: [u32; 3],
     pub on_store_error: OnStoreErrorSpec,
+    /// Completion tokens reserved per choice when a request sets no cap.
     pub default_max_tokens: u64,
+    /// An uncapped request is sent upstream with `default_max_tokens` as its cap.
+    pub enforce_max_tokens: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

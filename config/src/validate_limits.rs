@@ -159,6 +159,24 @@ fn policy<'a>(
         };
         reserve_permille[idx] = (share.clamp(0.0, 0.999) * 1000.0).round() as u32;
     }
+    let default_max_tokens = p.default_max_tokens.unwrap_or(spec.default_max_tokens);
+    let enforce_max_tokens = match p.enforce_max_tokens {
+        Some(true) if !p.unit.reserves_completion() => {
+            c.err(
+                &format!("{path}.enforce_max_tokens"),
+                "`enforce_max_tokens` needs a policy that reserves completion tokens (`unit: tokens` or `completion_tokens`)",
+            );
+            false
+        }
+        Some(on) => on,
+        None => spec.enforce_max_tokens && p.unit.reserves_completion(),
+    };
+    if enforce_max_tokens && default_max_tokens == 0 {
+        c.err(
+            &format!("{path}.default_max_tokens"),
+            "`enforce_max_tokens` sends `default_max_tokens` upstream as the completion cap: it must be at least 1",
+        );
+    }
     let mut scope = p.scope.clone().unwrap_or_else(|| {
         if tier.is_some() {
             vec![Dimension::Key]
@@ -190,7 +208,8 @@ fn policy<'a>(
         routes: p.matcher.routes.clone(),
         reserve_permille,
         on_store_error: p.on_store_error,
-        default_max_tokens: p.default_max_tokens.unwrap_or(spec.default_max_tokens),
+        default_max_tokens,
+        enforce_max_tokens,
     })
 }
 

@@ -61,6 +61,9 @@ pub struct RequestCtx {
     /// Tokens the request used: the provider's report, or counted from what was streamed when the
     /// response was cut. Set before `on_usage` / `on_complete`.
     pub usage: Option<crate::limit::TokenUsage>,
+    /// The per-choice completion cap the proxy must send upstream because the request set none and
+    /// a policy enforces its reservation (`enforce_max_tokens`); set by the limiter in `on_admit`.
+    pub completion_cap: Option<u64>,
     /// What the rate limiter decided and reserved (settled by `on_usage` or `on_complete`).
     pub limit: Option<Box<crate::limit::Reservation>>,
     /// Shaping delay the limiter asked for before the upstream call.

@@ -3,7 +3,9 @@
 //! given back at completion, settlement and refunds, and bucket state kept across config versions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use leaky_filters::limit::{Limiter, MemoryStore, RateLimitFilter, TokenCost, TokenUsage};
+use leaky_filters::limit::{
+    Limiter, MemoryStore, RateLimitFilter, TokenCost, TokenUsage, UsageSource,
+};
 use leaky_filters::{AuthMethod, Filter, Principal, RejectKind, RequestCtx};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,6 +73,7 @@ fn ctx(key: &str, tier: &str, org: &str, provider: &str) -> RequestCtx {
         cost: Some(TokenCost {
             prompt: 10,
             max_completion: Some(90),
+            choices: 1,
         }),
         ..Default::default()
     }
@@ -206,7 +209,7 @@ async fn settles_with_reported_usage_and_refunds_failures() {
     a.usage = Some(TokenUsage {
         prompt: 12,
         completion: 30,
-        reported: true,
+        source: UsageSource::Reported,
     });
     r.filter.on_usage(&mut a).await;
     r.filter.on_complete(&a); // already settled: no second adjustment
@@ -280,4 +283,70 @@ async fn an_exhausted_quota_is_insufficient_quota_until_the_window_rolls() {
     r.now.fetch_add(86_400_000_000_000, Ordering::Relaxed);
     let mut c = ctx("k", "pro", "o", "openai");
     r.filter.on_admit(&mut c).await.unwrap();
+}
+
+/// `r=` of `policy` in the context's `RateLimit` header.
+fn left(c: &RequestCtx, policy: &str) -> u64 {
+    let f = header(c, "ratelimit").unwrap();
+    let item = f
+        .split(", ")
+        .find(|i| i.contains(&format!("\"{policy}\"")))
+        .unwrap();
+    item.split(';')
+        .find_map(|kv| kv.strip_prefix("r="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn uncapped(choices: u64) -> RequestCtx {
+    let mut c = ctx("k", "pro", "o", "openai");
+    c.cost = Some(TokenCost {
+        prompt: 10,
+        max_completion: None,
+        choices,
+    });
+    c
+}
+
+#[tokio::test]
+async fn choices_multiply_the_default_and_an_enforcing_policy_caps_uncapped_requests() {
+    let r = rig("limits:
+  default_max_tokens: 100
+  policies:
+    - { name: shared, unit: tokens, quota: daily, limit: 100000, default_max_tokens: 50, enforce_max_tokens: true }
+    - { name: prompts, unit: prompt_tokens, quota: daily, limit: 100000 }
+tiers:
+  pro:
+    limits:
+      - { name: day, unit: tokens, quota: daily, limit: 10000 }
+");
+    let mut a = uncapped(3);
+    r.filter.on_admit(&mut a).await.unwrap();
+    // Each policy reserves its own per-choice default times the choices.
+    assert_eq!(left(&a, "day"), 10000 - 10 - 300);
+    assert_eq!(left(&a, "shared"), 100000 - 10 - 150);
+    assert_eq!(left(&a, "prompts"), 100000 - 10);
+    // Only `shared` enforces: its default goes upstream as the per-choice cap.
+    assert_eq!(a.completion_cap, Some(50));
+    assert_eq!(a.limit.as_ref().unwrap().completion, 300);
+
+    // A capped request is sent as it is.
+    let mut b = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut b).await.unwrap();
+    assert_eq!(b.completion_cap, None);
+
+    // No usage to be had: each bucket is charged what it reserved, or the settled numbers when
+    // larger (b, capped at 90, stays reserved).
+    a.status = Some(200);
+    a.usage = Some(TokenUsage {
+        prompt: 10,
+        completion: 200,
+        source: UsageSource::Reservation,
+    });
+    r.filter.on_usage(&mut a).await;
+    let mut c = uncapped(1);
+    r.filter.on_admit(&mut c).await.unwrap();
+    assert_eq!(left(&c, "day"), 10000 - 310 - 100 - 110);
+    assert_eq!(left(&c, "shared"), 100000 - 210 - 100 - 60);
 }

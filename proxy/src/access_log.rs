@@ -16,11 +16,13 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         s => s,
     };
     let seconds = ctx.elapsed_seconds();
+    let reserved = crate::metering::reserved_completion(ctx);
     if let Some(m) = &ctx.metering {
         // Not settled in the response loop: the client left mid-stream or the upstream broke. Settle
-        // with what was generated so far (counted from the chunks that went out).
+        // with what was generated so far (counted from the chunks that went out); a non-streamed
+        // answer that never completed settles as its reservation.
         if !m.is_settled() {
-            ctx.req.usage = m.usage();
+            ctx.req.usage = m.usage(reserved);
         }
     }
     let snapshot = ctx.snapshot();
@@ -85,11 +87,7 @@ fn account(ctx: &Ctx, status: u16, seconds: f64) {
         return;
     }
     let usage = ctx.req.usage.unwrap_or_default();
-    let source = match ctx.req.usage {
-        Some(u) if u.reported => "reported",
-        Some(_) => "counted",
-        None => "refunded",
-    };
+    let source = ctx.req.usage.map_or("refunded", |u| u.source.as_str());
     crate::metrics::count_settlement(source);
     if let Some(up) = ctx.upstream() {
         up.metrics.count_tokens(usage.prompt, usage.completion);

@@ -1,14 +1,22 @@
-//! Token metering on routes with `rate-limit`: the request's estimated cost (before `on_admit`), the
-//! OpenAI `include_usage` rewrite for streams whose caller did not ask for usage, and the response's
-//! usage (the provider's report, or what was streamed when the response was cut).
+//! Token metering on routes with `rate-limit`: the request's estimated cost (before `on_admit`;
+//! choices bounded by [`usage::MAX_CHOICES`]), the OpenAI `include_usage` rewrite for streams whose
+//! caller did not ask for usage, the completion cap an `enforce_max_tokens` policy sends upstream
+//! (after `on_admit`), and the response's usage.
+//!
+//! The tenant is charged what the provider bills: its reported usage when the answer carries one
+//! (the gateway keeps reading a non-streamed answer whose client left, see `service::relay`); for a
+//! stream without it, the tokens of the text streamed (`counted`); for a non-streamed answer without
+//! it (client gone before its end, malformed, no usage), the whole reservation or the counted tokens
+//! if more (`reservation`).
 
 use crate::service::Ctx;
 use crate::snapshot::Upstream;
 use bytes::Bytes;
 use http::HeaderMap;
 use leaky_config::Dialect;
-use leaky_filters::limit::{TokenCost, TokenUsage};
+use leaky_filters::limit::{TokenCost, TokenUsage, UsageSource};
 use leaky_filters::usage::{self, Chunk, Surface, UsageTracker};
+use leaky_filters::{RejectKind, Rejection};
 use pingora::http::RequestHeader;
 
 pub struct Metering {
@@ -16,6 +24,10 @@ pub struct Metering {
     model: String,
     prompt_estimate: u64,
     incremental: bool,
+    /// The request asked for a streamed answer.
+    stream: bool,
+    /// The request's completion cap, if it set one (all choices).
+    max_completion: Option<u64>,
     /// The gateway added `include_usage`: strip the usage chunk from the caller's stream.
     strip: bool,
     tracker: Option<UsageTracker>,
@@ -23,7 +35,8 @@ pub struct Metering {
     settled: bool,
 }
 
-/// Estimates the request's cost into `ctx.req.cost` and returns the body to send upstream.
+/// Estimates the request's cost into `ctx.req.cost` and returns the body to send upstream. Refuses a
+/// request for more than [`usage::MAX_CHOICES`] choices.
 pub fn prepare(
     head: &RequestHeader,
     ctx: &mut Ctx,
@@ -31,13 +44,13 @@ pub fn prepare(
     up: &Upstream,
     rest: &str,
     body: Bytes,
-) -> Bytes {
+) -> Result<Bytes, Rejection> {
     let mut path = String::with_capacity(up.path_prefix.len() + rest.len());
     path.push_str(&up.path_prefix);
     path.push_str(rest);
     let surface = Surface::classify(dialect, &path);
     if !surface.is_metered() {
-        return body;
+        return Ok(body);
     }
     let sse_requested = head
         .headers
@@ -49,9 +62,22 @@ pub fn prepare(
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let model = ctx.req.model.clone().unwrap_or_default();
     let cost = usage::estimate(surface, &model, &body, sse_requested);
+    if cost.choices > usage::MAX_CHOICES {
+        let field = usage::choices_field(surface);
+        return Err(Rejection::new(
+            RejectKind::InvalidRequest,
+            format!(
+                "Invalid '{field}': {}. Expected a value between 1 and {}.",
+                cost.choices,
+                usage::MAX_CHOICES
+            ),
+        )
+        .with_param(field));
+    }
     ctx.req.cost = Some(TokenCost {
         prompt: cost.prompt_tokens,
         max_completion: cost.max_completion,
+        choices: cost.choices,
     });
     let mut strip = false;
     let mut body = body;
@@ -66,11 +92,32 @@ pub fn prepare(
         model,
         prompt_estimate: cost.prompt_tokens,
         incremental: cost.incremental,
+        stream: cost.stream,
+        max_completion: cost.max_completion,
         strip,
         tracker: None,
         settled: false,
     });
-    body
+    Ok(body)
+}
+
+/// After admission: the body with the completion cap a policy enforces on an uncapped request
+/// (`ctx.req.completion_cap`, per choice) in the dialect's own field; otherwise `body` unchanged.
+pub fn cap(ctx: &Ctx, body: Bytes) -> Bytes {
+    let (Some(cap), Some(m)) = (ctx.req.completion_cap, &ctx.metering) else {
+        return body;
+    };
+    match usage::with_completion_cap(m.surface, &m.model, &body, cap) {
+        Some(b) => Bytes::from(b),
+        None => body,
+    }
+}
+
+/// Completion tokens the request reserved: the most any bucket reserved, at least its own cap.
+pub fn reserved_completion(ctx: &Ctx) -> u64 {
+    let limiter = ctx.req.limit.as_deref().map_or(0, |r| r.completion);
+    let own = ctx.metering.as_ref().and_then(|m| m.max_completion);
+    limiter.max(own.unwrap_or(0))
 }
 
 impl Metering {
@@ -97,8 +144,8 @@ impl Metering {
     }
 
     /// The body ended (first call only): the bytes a stripping tracker still held, to forward after
-    /// the usage (`None` when the answer was not a success).
-    pub fn finish_once(&mut self) -> Option<(Bytes, Option<TokenUsage>)> {
+    /// the usage (`None` when the answer was not a success). `reserved`: [`reserved_completion`].
+    pub fn finish_once(&mut self, reserved: u64) -> Option<(Bytes, Option<TokenUsage>)> {
         if self.settled {
             return None;
         }
@@ -107,19 +154,38 @@ impl Metering {
             .tracker
             .as_mut()
             .map_or_else(Bytes::new, |t| Bytes::from(t.on_end()));
-        Some((held, self.usage()))
+        Some((held, self.usage(reserved)))
     }
 
-    /// The usage so far (provider-reported, or counted from what was streamed).
-    pub fn usage(&self) -> Option<TokenUsage> {
+    /// The usage so far: provider-reported; else counted from what was streamed; else, for a
+    /// non-streamed answer that generates, the reservation (`reserved` completion tokens) or the
+    /// counted tokens if more.
+    pub fn usage(&self, reserved: u64) -> Option<TokenUsage> {
         self.tracker.as_ref().map(|t| {
             let u = t.finish(self.prompt_estimate);
+            let source = if u.reported {
+                UsageSource::Reported
+            } else if self.reads_to_the_end() && self.surface.generates() {
+                UsageSource::Reservation
+            } else {
+                UsageSource::Counted
+            };
+            let completion = match source {
+                UsageSource::Reservation => u.completion_tokens.max(reserved),
+                _ => u.completion_tokens,
+            };
             TokenUsage {
                 prompt: u.prompt_tokens,
-                completion: u.completion_tokens,
-                reported: u.reported,
+                completion,
+                source,
             }
         })
+    }
+
+    /// A successful non-streamed answer: the gateway reads it to its end (for its usage) even when
+    /// the client has left. A stream whose client leaves is closed and settled as counted.
+    pub fn reads_to_the_end(&self) -> bool {
+        self.tracker.as_ref().is_some_and(|t| !t.is_event_stream()) && !self.stream
     }
 
     pub fn is_settled(&self) -> bool {

@@ -98,7 +98,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let ratelimit_settlements = IntCounterVec::new(
         Opts::new(
             "leaky_ratelimit_settlements_total",
-            "Settled reservations, by source of the usage (reported, counted, refunded)",
+            "Settled reservations, by source of the usage (reported, counted, reservation, refunded)",
         ),
         &["source"],
     )?;
@@ -293,8 +293,8 @@ pub fn decision_counter(policy: &str, decision: &str) -> Option<IntCounter> {
 
 /// `leaky_ratelimit_settlements_total{source}`: three counters, resolved once.
 pub fn count_settlement(source: &'static str) {
-    static COUNTERS: OnceLock<Option<[IntCounter; 3]>> = OnceLock::new();
-    const SOURCES: [&str; 3] = ["reported", "counted", "refunded"];
+    static COUNTERS: OnceLock<Option<[IntCounter; 4]>> = OnceLock::new();
+    const SOURCES: [&str; 4] = ["reported", "counted", "reservation", "refunded"];
     let counters = COUNTERS.get_or_init(|| {
         let m = metrics()?;
         let c = |s: &str| {
@@ -302,7 +302,12 @@ pub fn count_settlement(source: &'static str) {
                 .get_metric_with_label_values(&[s])
                 .ok()
         };
-        Some([c(SOURCES[0])?, c(SOURCES[1])?, c(SOURCES[2])?])
+        Some([
+            c(SOURCES[0])?,
+            c(SOURCES[1])?,
+            c(SOURCES[2])?,
+            c(SOURCES[3])?,
+        ])
     });
     if let (Some(cs), Some(i)) = (counters, SOURCES.iter().position(|s| *s == source)) {
         cs[i].inc();

@@ -306,11 +306,12 @@ impl Gateway {
         ctx.req.route = Some(route.name.clone());
         ctx.req.provider = Some(up.provider.clone());
         let body = if route.meters {
-            crate::metering::prepare(session.req_header(), ctx, route.dialect, &up, rest, body)
+            crate::metering::prepare(session.req_header(), ctx, route.dialect, &up, rest, body)?
         } else {
             body
         };
         route.chain.on_admit(&mut ctx.req).await?;
+        let body = crate::metering::cap(ctx, body);
         self.tenant_slot(route, ctx).await?;
 
         let answer = self
@@ -488,14 +489,13 @@ impl Gateway {
         }
         self.finish_headers(&mut out, ctx).map_err(bad)?;
         ctx.status = status.as_u16();
-        session
-            .write_response_header(Box::new(out), false)
-            .await
-            .map_err(Fail::Abort)?;
-        ctx.response_started = true;
         let deadline = ctx
             .deadline
             .unwrap_or_else(|| Instant::now() + route.total_timeout);
+        if let Err(e) = session.write_response_header(Box::new(out), false).await {
+            return Err(self.client_gone(ctx, route, up, resp, deadline, e).await);
+        }
+        ctx.response_started = true;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = up.idle.min(left);
@@ -520,13 +520,53 @@ impl Gateway {
                 Bytes::new()
             };
             for out in [chunk, tail] {
-                self.forward(session, route, ctx, out).await?;
+                match self.forward(session, route, ctx, out).await {
+                    Ok(()) => {}
+                    Err(Fail::Abort(e)) => {
+                        return Err(self.client_gone(ctx, route, up, resp, deadline, e).await)
+                    }
+                    Err(f) => return Err(f),
+                }
             }
         }
         // Chunked bodies end with an empty read: settle here (once) and forward what was held.
         let tail = self.settle(route, ctx).await;
         self.forward(session, route, ctx, tail).await?;
         Ok(true)
+    }
+
+    /// A write to the client failed (it left). A non-streamed answer is still read to its end
+    /// through the usage tracker, each read bounded by the idle timeout and the exchange's deadline,
+    /// so the tenant is charged the provider's reported usage (the provider bills the whole answer
+    /// whether or not anyone reads it); without one it settles as the reservation. A stream is left
+    /// to the completion phase, which settles what was generated so far. Returns the abort.
+    async fn client_gone(
+        &self,
+        ctx: &mut Ctx,
+        route: &CompiledRoute,
+        up: &Upstream,
+        resp: &mut upstream::Response,
+        deadline: Instant,
+        e: Box<Error>,
+    ) -> Fail {
+        let drain = ctx
+            .metering
+            .as_ref()
+            .is_some_and(|m| m.reads_to_the_end() && !m.is_settled());
+        if drain {
+            while !resp.session.is_body_done() {
+                let wait = up
+                    .idle
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                let read = tokio::time::timeout(wait, resp.session.read_body_bytes()).await;
+                let (Ok(Ok(Some(chunk))), Some(m)) = (read, ctx.metering.as_mut()) else {
+                    break;
+                };
+                m.on_chunk(chunk);
+            }
+            let _ = self.settle(route, ctx).await;
+        }
+        Fail::Abort(e)
     }
 
     /// The upstream went quiet (`idle`) or ran out of time (`total`) mid-response. An event stream ends
@@ -575,7 +615,9 @@ impl Gateway {
     /// The body is complete: hands its usage to the chain (`on_usage`), once, and returns the bytes a
     /// stripping tracker still held.
     async fn settle(&self, route: &CompiledRoute, ctx: &mut Ctx) -> Bytes {
-        let Some((held, usage)) = ctx.metering.as_mut().and_then(|m| m.finish_once()) else {
+        let reserved = crate::metering::reserved_completion(ctx);
+        let Some((held, usage)) = ctx.metering.as_mut().and_then(|m| m.finish_once(reserved))
+        else {
             return Bytes::new();
         };
         ctx.req.usage = usage;

@@ -22,7 +22,9 @@ pub struct UsageRecord {
     pub provider: Arc<str>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    /// `reported` (the provider's numbers) or `counted` (from the streamed text; the stream was cut).
+    /// `reported` (the provider's numbers), `counted` (from the streamed text: the stream was cut or
+    /// had no usage chunk) or `reservation` (a non-streamed answer without usage, e.g. malformed or
+    /// unfinished: the prompt estimate plus the reserved completion, or the counted tokens if more).
     pub source: &'static str,
     pub status: u16,
     pub latency_ms: f64,

@@ -9,7 +9,7 @@
 
 use super::algo::{Deny, Status};
 use super::headers;
-use super::policy::{Limiter, TokenUsage};
+use super::policy::{Limiter, TokenUsage, UsageSource};
 use super::store::{Adjust, Charge, Taken};
 use crate::chain::{Filter, RequestCtx};
 use crate::{RejectKind, Rejection};
@@ -59,6 +59,9 @@ pub struct Reservation {
     pub decisions: Vec<(usize, Decision)>,
     items: Vec<Reserved>,
     pub settled: bool,
+    /// The most completion tokens reserved on any bucket: what a request settled from its
+    /// reservation ([`UsageSource::Reservation`]) is charged for its completion.
+    pub completion: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +93,13 @@ impl RateLimitFilter {
                     (Unit::Tokens, Some(u)) => total(u),
                     (Unit::PromptTokens, Some(u)) => u.prompt as i64,
                     (Unit::CompletionTokens, Some(u)) => u.completion as i64,
+                };
+                // No usage to be had: never less than what this bucket reserved.
+                let used = match ctx.usage {
+                    Some(u) if !failed && u.source == UsageSource::Reservation => {
+                        used.max(reserved)
+                    }
+                    _ => used,
                 };
                 let delta = used - reserved;
                 (delta != 0).then(|| Adjust {
@@ -179,7 +189,12 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
-        let (which, charges) = self.limiter.charges(ctx);
+        let super::policy::Charges {
+            which,
+            charges,
+            completion,
+            cap,
+        } = self.limiter.charges(ctx);
         if charges.is_empty() {
             return Ok(());
         }
@@ -219,7 +234,9 @@ impl Filter for RateLimitFilter {
                     decisions,
                     items,
                     settled: false,
+                    completion,
                 }));
+                ctx.completion_cap = cap;
                 if delay > 0 {
                     let d = Duration::from_nanos(delay);
                     ctx.delay = Some(d);
@@ -234,6 +251,7 @@ impl Filter for RateLimitFilter {
                     decisions: vec![(which[index], Decision::Denied)],
                     items: Vec::new(),
                     settled: true,
+                    completion: 0,
                 }));
                 Err(self.rejection(&which, &charges, index, &deny))
             }
@@ -243,6 +261,7 @@ impl Filter for RateLimitFilter {
                     decisions: which.iter().map(|i| (*i, Decision::Unavailable)).collect(),
                     items: Vec::new(),
                     settled: true,
+                    completion: 0,
                 }));
                 Err(Rejection::new(
                     RejectKind::Unavailable,

@@ -17,6 +17,6 @@ pub use algo::{Admit, Algorithm, CalendarWindow, Deny, Nanos, State, Status};
 pub use filter::{Decision, RateLimitFilter, Reservation};
 pub use guard::{BreakerState, GuardOptions, GuardStats, Guarded};
 pub use memory::MemoryStore;
-pub use policy::{Clock, Limiter, TokenCost, TokenUsage};
+pub use policy::{Clock, Limiter, TokenCost, TokenUsage, UsageSource};
 pub use settle::{Settler, SettlerHandle};
 pub use store::{Adjust, Charge, OnStoreError, Store, StoreError, Taken};

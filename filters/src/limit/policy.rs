@@ -22,8 +22,44 @@ use std::sync::Arc;
 pub struct TokenCost {
     /// Estimated prompt tokens (the provider's tokenizer rules).
     pub prompt: u64,
-    /// The request's completion cap (`max_tokens` …), if it set one.
+    /// The request's completion cap for all its choices (`max_tokens` × `n` …), if it set one.
     pub max_completion: Option<u64>,
+    /// Choices the provider generates (`n`, `candidateCount`, `parameters.n`; 0 counts as 1). A
+    /// policy's `default_max_tokens` is per choice, so an uncapped request reserves it this many times.
+    pub choices: u64,
+}
+
+impl TokenCost {
+    /// The completion tokens reserved under a policy whose per-choice default is `default`.
+    pub fn completion(&self, default: u64) -> u64 {
+        self.max_completion
+            .unwrap_or_else(|| default.saturating_mul(self.choices.max(1)))
+    }
+}
+
+/// Where a request's settled token numbers come from (the usage record's `source`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UsageSource {
+    /// The provider's own numbers, from a complete answer.
+    Reported,
+    /// Counted by the gateway from the text that was streamed (a stream cut short, or one without
+    /// a usage chunk).
+    #[default]
+    Counted,
+    /// No usage could be had from a non-streamed answer (client gone before the answer ended, a
+    /// malformed or usage-less body): the whole reservation is charged, or what was counted if more.
+    Reservation,
+}
+
+impl UsageSource {
+    /// The label in usage records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Reported => "reported",
+            UsageSource::Counted => "counted",
+            UsageSource::Reservation => "reservation",
+        }
+    }
 }
 
 /// Tokens a request used.
@@ -31,8 +67,7 @@ pub struct TokenCost {
 pub struct TokenUsage {
     pub prompt: u64,
     pub completion: u64,
-    /// The provider reported these numbers (otherwise they were counted from what was streamed).
-    pub reported: bool,
+    pub source: UsageSource,
 }
 
 /// One compiled policy.
@@ -43,6 +78,9 @@ pub struct CompiledPolicy {
     /// `name:fingerprint:`
     key_prefix: String,
     on_error: OnStoreError,
+    /// The policy reserves completion tokens and enforces them: an uncapped request is sent upstream
+    /// with its `default_max_tokens` as the completion cap.
+    enforces_cap: bool,
 }
 
 impl CompiledPolicy {
@@ -60,6 +98,8 @@ impl CompiledPolicy {
                 OnStoreErrorSpec::FailClosed => OnStoreError::FailClosed,
                 OnStoreErrorSpec::Local => OnStoreError::Local,
             },
+            enforces_cap: policy.enforce_max_tokens
+                && matches!(policy.unit, Unit::Tokens | Unit::CompletionTokens),
             policy: policy.clone(),
         })
     }
@@ -83,7 +123,7 @@ impl CompiledPolicy {
     /// Units this request reserves on the policy's bucket; `None` when the policy does not meter it
     /// (a token policy on a request with no token cost, e.g. `GET /models`).
     pub fn cost(&self, ctx: &RequestCtx) -> Option<u64> {
-        let cap = |c: &TokenCost| c.max_completion.unwrap_or(self.policy.default_max_tokens);
+        let cap = |c: &TokenCost| c.completion(self.policy.default_max_tokens);
         match self.policy.unit {
             Unit::Requests | Unit::ConcurrentRequests => Some(1),
             Unit::Tokens => ctx.cost.map(|c| c.prompt.saturating_add(cap(&c))),
@@ -231,7 +271,7 @@ impl Limiter {
     }
 
     /// The request's charges, with the index of each one's policy.
-    pub(crate) fn charges(&self, ctx: &RequestCtx) -> (Vec<usize>, Vec<Charge>) {
+    pub(crate) fn charges(&self, ctx: &RequestCtx) -> Charges {
         let (priority, candidates) = match ctx
             .principal
             .as_deref()
@@ -247,12 +287,21 @@ impl Limiter {
         };
         let mut which = Vec::with_capacity(candidates.len());
         let mut charges = Vec::with_capacity(candidates.len());
+        let mut completion = 0;
+        let mut cap: Option<u64> = None;
         for &i in candidates {
             let p = &self.policies[i];
             if !p.applies(ctx) {
                 continue;
             }
             let Some(cost) = p.cost(ctx) else { continue };
+            if let (Some(c), true) = (ctx.cost, p.policy.unit.reserves_completion()) {
+                completion = completion.max(c.completion(p.policy.default_max_tokens));
+                if p.enforces_cap && c.max_completion.is_none() {
+                    let d = p.policy.default_max_tokens;
+                    cap = Some(cap.map_or(d, |x| x.min(d)));
+                }
+            }
             which.push(i);
             charges.push(Charge {
                 key: p.key(ctx),
@@ -262,6 +311,22 @@ impl Limiter {
                 on_error: p.on_error,
             });
         }
-        (which, charges)
+        Charges {
+            which,
+            charges,
+            completion,
+            cap,
+        }
     }
+}
+
+/// What a request reserves: the policies that apply and their charges, side by side.
+pub(crate) struct Charges {
+    pub which: Vec<usize>,
+    pub charges: Vec<Charge>,
+    /// The most completion tokens any applicable token policy reserved.
+    pub completion: u64,
+    /// The per-choice completion cap to send upstream (an uncapped request under a policy with
+    /// `enforce_max_tokens`; the smallest such policy's `default_max_tokens`).
+    pub cap: Option<u64>,
 }

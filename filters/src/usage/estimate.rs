@@ -1,4 +1,6 @@
-//! What a request will cost, before the upstream call; and the `include_usage` rewrite.
+//! What a request will cost, before the upstream call (prompt, completion cap, number of choices);
+//! and the request rewrites metering needs: `include_usage` for streams, the completion cap the
+//! gateway enforces on uncapped requests.
 
 use serde_json::{Map, Value};
 
@@ -15,6 +17,10 @@ pub struct RequestCost {
     /// choices (and of prompts for legacy completions). `Some(0)` for embeddings and
     /// unmetered surfaces; `None` when uncapped.
     pub max_completion: Option<u64>,
+    /// Choices generated per request: `n` (chat; `max(n, best_of)` × prompts for legacy
+    /// completions), Gemini `generationConfig.candidateCount`, DashScope `parameters.n`; 1 otherwise.
+    /// An uncapped request reserves the default completion this many times.
+    pub choices: u64,
     /// The answer streams (`stream: true`, `:streamGenerateContent`, DashScope SSE).
     pub stream: bool,
     /// The caller asked for `stream_options.include_usage: true` (OpenAI-shaped streams).
@@ -28,10 +34,16 @@ impl RequestCost {
     /// Tokens to reserve: the prompt plus the completion cap, or `default_completion` when
     /// the request sets none.
     pub fn reserve(&self, default_completion: u64) -> u64 {
-        self.prompt_tokens
-            .saturating_add(self.max_completion.unwrap_or(default_completion))
+        self.prompt_tokens.saturating_add(
+            self.max_completion
+                .unwrap_or_else(|| default_completion.saturating_mul(self.choices.max(1))),
+        )
     }
 }
+
+/// The most choices one request may ask for (OpenAI's own bound on `n`). More is refused before
+/// any reservation: each choice multiplies the completion reserved.
+pub const MAX_CHOICES: u64 = 128;
 
 /// Estimates a request on `surface` for `model` from its raw body. `sse_requested`: the
 /// DashScope native `X-DashScope-SSE: enable` header or an `Accept: text/event-stream` (only
@@ -41,6 +53,7 @@ pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool)
     let Some(api) = surface.api().filter(|_| surface.is_metered()) else {
         return RequestCost {
             max_completion: Some(0),
+            choices: 1,
             ..RequestCost::default()
         };
     };
@@ -53,6 +66,7 @@ pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool)
         return RequestCost {
             prompt_tokens: (body.len() as u64).div_ceil(4),
             max_completion: (!surface.generates()).then_some(0),
+            choices: 1,
             stream: stream_by_surface,
             ..RequestCost::default()
         };
@@ -66,13 +80,15 @@ pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool)
     let times = |cap: Option<u64>, n: u64| cap.map(|c| c.saturating_mul(n));
     let mut cost = RequestCost {
         prompt_tokens,
+        choices: 1,
         stream: stream_by_surface || o.get("stream").and_then(Value::as_bool) == Some(true),
         ..RequestCost::default()
     };
     match surface {
         Surface::ChatCompletions(_) => {
             let cap = u(o, "max_completion_tokens").or_else(|| u(o, "max_tokens"));
-            cost.max_completion = times(cap, choices(o, "n"));
+            cost.choices = choices(o, "n");
+            cost.max_completion = times(cap, cost.choices);
             cost.wants_usage = include_usage(o);
         }
         Surface::Completions(_) => {
@@ -84,7 +100,8 @@ pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool)
             };
             let n = choices(o, "n").max(choices(o, "best_of"));
             let cap = u(o, "max_tokens").unwrap_or(16);
-            cost.max_completion = times(Some(cap), n.saturating_mul(prompts));
+            cost.choices = n.saturating_mul(prompts);
+            cost.max_completion = times(Some(cap), cost.choices);
             cost.wants_usage = include_usage(o);
         }
         Surface::Responses(_) => cost.max_completion = u(o, "max_output_tokens"),
@@ -96,7 +113,8 @@ pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool)
                 .unwrap_or(&empty);
             let cap = u(gc, "maxOutputTokens").or_else(|| u(gc, "max_output_tokens"));
             let n = u(gc, "candidateCount").or_else(|| u(gc, "candidate_count"));
-            cost.max_completion = times(cap, n.unwrap_or(1).max(1));
+            cost.choices = n.unwrap_or(1).max(1);
+            cost.max_completion = times(cap, cost.choices);
         }
         Surface::DashScopeGeneration => {
             let p = o
@@ -105,7 +123,8 @@ pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool)
                 .unwrap_or(&empty);
             cost.incremental = p.get("incremental_output").and_then(Value::as_bool) == Some(true);
             cost.stream = sse_requested || cost.incremental;
-            cost.max_completion = times(u(p, "max_tokens"), choices(p, "n"));
+            cost.choices = choices(p, "n");
+            cost.max_completion = times(u(p, "max_tokens"), cost.choices);
         }
         _ => cost.max_completion = Some(0),
     }
@@ -146,6 +165,84 @@ pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
         Some(_) => return None,
     }
     serde_json::to_vec(&req).ok()
+}
+
+/// The request field that sets the number of choices on `surface` (for error messages).
+pub fn choices_field(surface: Surface) -> &'static str {
+    match surface {
+        Surface::GeminiGenerate | Surface::GeminiStreamGenerate => {
+            "generationConfig.candidateCount"
+        }
+        Surface::DashScopeGeneration => "parameters.n",
+        _ => "n",
+    }
+}
+
+/// The request with the per-choice completion cap `cap` set in its surface's own field, for a
+/// request that sets none: OpenAI-shaped chat `max_completion_tokens` for OpenAI reasoning models
+/// (o-series, gpt-5), `max_tokens` otherwise (what Gemini's and DashScope's compatible modes take);
+/// legacy completions `max_tokens`; Responses `max_output_tokens`; Gemini
+/// `generationConfig.maxOutputTokens`; DashScope `parameters.max_tokens`. `None` when not
+/// applicable (a surface that does not generate, a body that is not a JSON object, a cap already set).
+pub fn with_completion_cap(
+    surface: Surface,
+    model: &str,
+    body: &[u8],
+    cap: u64,
+) -> Option<Vec<u8>> {
+    let mut req: Value = serde_json::from_slice(body).ok()?;
+    let o = req.as_object_mut()?;
+    let (target, field) = match surface {
+        Surface::ChatCompletions(v) => {
+            if o.contains_key("max_tokens") || o.contains_key("max_completion_tokens") {
+                return None;
+            }
+            let reasoning = v == leaky_tokenize::Vendor::OpenAi && is_reasoning_model(model);
+            let field = if reasoning {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            (o, field)
+        }
+        Surface::Completions(_) => (o, "max_tokens"),
+        Surface::Responses(_) => (o, "max_output_tokens"),
+        Surface::GeminiGenerate | Surface::GeminiStreamGenerate => {
+            let key = if o.contains_key("generation_config") {
+                "generation_config"
+            } else {
+                "generationConfig"
+            };
+            let gc = o
+                .entry(key)
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()?;
+            if gc.contains_key("max_output_tokens") {
+                return None;
+            }
+            (gc, "maxOutputTokens")
+        }
+        Surface::DashScopeGeneration => {
+            let p = o
+                .entry("parameters")
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()?;
+            (p, "max_tokens")
+        }
+        _ => return None,
+    };
+    if target.get(field).is_some_and(|v| !v.is_null()) {
+        return None;
+    }
+    target.insert(field.into(), Value::from(cap));
+    serde_json::to_vec(&req).ok()
+}
+
+/// OpenAI models that take `max_completion_tokens` and refuse `max_tokens`.
+fn is_reasoning_model(model: &str) -> bool {
+    let b = model.as_bytes();
+    (b.first() == Some(&b'o') && b.get(1).is_some_and(u8::is_ascii_digit))
+        || model.starts_with("gpt-5")
 }
 
 #[cfg(test)]

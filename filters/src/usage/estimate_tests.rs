@@ -104,6 +104,7 @@ fn unmetered_and_malformed_bodies() {
         c,
         RequestCost {
             max_completion: Some(0),
+            choices: 1,
             ..RequestCost::default()
         }
     );
@@ -162,4 +163,130 @@ fn include_usage_not_applicable() {
     none(json!({"contents": [], "stream": true}));
     none(json!([1, 2]));
     assert_eq!(with_include_usage(b"{nope"), None);
+}
+
+#[test]
+fn choices_multiply_the_default_completion_of_an_uncapped_request() {
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let chat = Surface::ChatCompletions(Vendor::OpenAi);
+    let c = est(chat, "gpt-4o", json!({"messages": msgs, "n": 3}));
+    assert_eq!((c.max_completion, c.choices), (None, 3));
+    assert_eq!(c.reserve(100), c.prompt_tokens + 300);
+    let c = est(
+        chat,
+        "gpt-4o",
+        json!({"messages": msgs, "n": 3, "max_tokens": 10}),
+    );
+    assert_eq!(
+        (c.max_completion, c.reserve(100)),
+        (Some(30), c.prompt_tokens + 30)
+    );
+    let g = est(
+        Surface::GeminiGenerate,
+        "gemini-2.5-flash",
+        json!({"contents": [], "generationConfig": {"candidateCount": 4}}),
+    );
+    assert_eq!((g.max_completion, g.choices), (None, 4));
+    let q = est(
+        Surface::DashScopeGeneration,
+        "qwen-plus",
+        json!({"input": {"messages": msgs}, "parameters": {"n": 2}}),
+    );
+    assert_eq!((q.max_completion, q.choices), (None, 2));
+    let compat = Surface::ChatCompletions(Vendor::Google);
+    assert_eq!(
+        est(
+            compat,
+            "gemini-2.5-flash",
+            json!({"messages": msgs, "n": 5})
+        )
+        .choices,
+        5
+    );
+    assert_eq!(
+        est(chat, "gpt-4o", json!({"messages": msgs, "n": 0})).choices,
+        1
+    );
+    assert_eq!(est(chat, "gpt-4o", json!({"messages": msgs})).choices, 1);
+    assert_eq!(
+        choices_field(Surface::GeminiGenerate),
+        "generationConfig.candidateCount"
+    );
+}
+
+#[test]
+fn completion_cap_goes_in_each_dialects_own_field() {
+    let cap = |s: Surface, model: &str, v: Value| -> Option<Value> {
+        with_completion_cap(s, model, v.to_string().as_bytes(), 77)
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    };
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    let chat = Surface::ChatCompletions(Vendor::OpenAi);
+    let out = cap(
+        chat,
+        "gpt-4o",
+        json!({"model": "gpt-4o", "messages": msgs, "n": 2}),
+    )
+    .unwrap();
+    assert_eq!(
+        (out["max_tokens"].as_u64(), out["n"].as_u64()),
+        (Some(77), Some(2))
+    );
+    assert!(out.get("max_completion_tokens").is_none());
+    let out = cap(chat, "o3-mini", json!({"messages": msgs})).unwrap();
+    assert_eq!(out["max_completion_tokens"], json!(77));
+    assert!(out.get("max_tokens").is_none());
+    let out = cap(
+        Surface::ChatCompletions(Vendor::Google),
+        "o1-lookalike",
+        json!({"messages": msgs}),
+    );
+    assert_eq!(out.unwrap()["max_tokens"], json!(77));
+    let out = cap(
+        Surface::Responses(Vendor::OpenAi),
+        "gpt-4o",
+        json!({"input": "hi"}),
+    )
+    .unwrap();
+    assert_eq!(out["max_output_tokens"], json!(77));
+    let out = cap(
+        Surface::GeminiGenerate,
+        "gemini-2.5-flash",
+        json!({"contents": [], "generationConfig": {"candidateCount": 2}}),
+    )
+    .unwrap();
+    assert_eq!(
+        out["generationConfig"],
+        json!({"candidateCount": 2, "maxOutputTokens": 77})
+    );
+    let out = cap(
+        Surface::GeminiStreamGenerate,
+        "gemini-2.5-flash",
+        json!({"contents": []}),
+    );
+    assert_eq!(
+        out.unwrap()["generationConfig"]["maxOutputTokens"],
+        json!(77)
+    );
+    let out = cap(
+        Surface::DashScopeGeneration,
+        "qwen-plus",
+        json!({"input": {}}),
+    )
+    .unwrap();
+    assert_eq!(out["parameters"]["max_tokens"], json!(77));
+    // Already capped, not generating, not JSON: untouched.
+    assert!(cap(
+        chat,
+        "gpt-4o",
+        json!({"messages": msgs, "max_completion_tokens": 5})
+    )
+    .is_none());
+    assert!(cap(
+        Surface::Embeddings(Vendor::OpenAi),
+        "e",
+        json!({"input": "x"})
+    )
+    .is_none());
+    assert!(with_completion_cap(chat, "gpt-4o", b"{nope", 5).is_none());
 }

@@ -28,7 +28,9 @@ mod tracker;
 #[cfg(test)]
 mod tests;
 
-pub use estimate::{estimate, with_include_usage, RequestCost};
+pub use estimate::{
+    choices_field, estimate, with_completion_cap, with_include_usage, RequestCost, MAX_CHOICES,
+};
 pub use leaky_tokenize::Vendor;
 pub use tracker::{Chunk, UsageTracker};
 

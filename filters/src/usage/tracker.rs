@@ -150,6 +150,11 @@ impl UsageTracker {
         self.surface
     }
 
+    /// The response is an event stream (SSE).
+    pub fn is_event_stream(&self) -> bool {
+        matches!(self.body, Body::Sse(_))
+    }
+
     /// Reads a body chunk. Forward what the answer says. Without stripping this is always
     /// [`Chunk::Pass`]: bytes are never delayed.
     pub fn on_chunk(&mut self, chunk: &[u8]) -> Chunk {
