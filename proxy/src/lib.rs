@@ -4,6 +4,8 @@
 //! - `snapshot`: one immutable, compiled config version; `reload` swaps it atomically; `watch` triggers
 //!   reloads on file change and `SIGHUP`.
 //! - `upstream`: pooled HTTP/1.1 upstream calls with the whole body (beyond Pingora's 64 KiB retry buffer).
+//! - `listener`: the connection layer under both listeners (limits, head timeout and size, keep-alive,
+//!   strict framing, pipelining).
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`; `metrics`: Prometheus families.
 
 mod access_log;
@@ -11,6 +13,7 @@ pub mod admin;
 pub mod balancer;
 mod call;
 pub mod limiter;
+pub mod listener;
 mod metering;
 pub mod metrics;
 mod pool;
