@@ -265,7 +265,8 @@ async fn http11_without_host_is_400() {
 async fn content_length_with_transfer_encoding_is_400_and_closed() {
     let (_up, gw) = start("").await;
     let mut conn = Conn::open(gw.proxy).await;
-    let body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    // A request the upstream would answer 200 if the gateway let it through.
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
     let raw = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {PRO_KEY}\r\n\
          Content-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -275,6 +276,10 @@ async fn content_length_with_transfer_encoding_is_400_and_closed() {
     conn.send(raw.as_bytes()).await;
     let r = conn.response().await.unwrap();
     assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("not both"),
+        "{r:?}"
+    );
     assert_eq!(r.header("connection"), Some("close"));
     conn.closed_after().await;
     assert!(conn.buf.is_empty(), "nothing after the 400");
