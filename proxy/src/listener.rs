@@ -11,7 +11,7 @@
 //! - **Keep-alive idle timeout.** Between requests a connection may sit idle `keepalive_timeout`,
 //!   then it is closed quietly. Pingora would wait forever (its HTTP/1.1 keep-alive is infinite).
 //! - **Head size.** A head larger than `max_header_bytes` gets `431` and the connection is closed;
-//!   at most that many bytes (plus one read) are ever buffered for a head.
+//!   at most that many bytes are ever buffered for a head.
 //! - **Strict framing** (RFC 9112): an HTTP/1.1 request without `Host` → `400`; `Content-Length`
 //!   with `Transfer-Encoding` → `400`; a transfer coding other than a lone `chunked` → `501`. Each
 //!   closes the connection, since the body's end is unknowable.
@@ -224,7 +224,9 @@ async fn read_head(
             }
             deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
         }
-        let room = limits.max_header_bytes + 1 - buf.len().min(limits.max_header_bytes);
+        // Never more than the limit in the buffer (so never more than Pingora's own ceiling either);
+        // a partial head that fills it was refused above, so there is always room here.
+        let room = limits.max_header_bytes.saturating_sub(buf.len()).max(1);
         buf.reserve(room.min(INITIAL_BUF));
         let mut limited = (&mut *buf).limit(room);
         let read = stream.read_buf(&mut limited);
@@ -258,7 +260,7 @@ fn check_head(buf: &[u8], max: usize) -> Result<Option<Head>, Ended> {
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > max => {
+        Ok(httparse::Status::Partial) if buf.len() >= max => {
             return Err(Ended::Refused(Refusal::HeadTooLarge))
         }
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -266,7 +268,7 @@ fn check_head(buf: &[u8], max: usize) -> Result<Option<Head>, Ended> {
         Err(httparse::Error::Token | httparse::Error::Version) => {
             return match head_end(buf) {
                 Some(len) if len <= max => Ok(Some(Head { len, body: None })),
-                None if buf.len() <= max => Ok(None),
+                None if buf.len() < max => Ok(None),
                 _ => Err(Ended::Refused(Refusal::HeadTooLarge)),
             };
         }
@@ -364,7 +366,7 @@ async fn refuse(mut stream: Stream, r: Refusal) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
