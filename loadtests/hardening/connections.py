@@ -9,9 +9,10 @@ and measures, on raw sockets:
   idle        how long an idle keep-alive connection (after one answered request) stays open
               (capped at --idle-cap);
   big header  what a request with a ~1 MiB header block gets;
-  flood       with --sockets idle connections held open (the script raises its own RLIMIT_NOFILE to
-              the hard limit and stays under it), how many the proxy keeps, whether a held one, a new
-              proxy connection and the admin /healthz still answer, and how fast.
+  flood       with --sockets idle connections held open (by helper processes of 9,000 each, so no
+              process of the script runs out of descriptors), how many the proxy keeps, whether a
+              connection opened before the flood, a new proxy connection and the admin /healthz
+              still answer, and how fast.
 
 Python 3 standard library only. Usage (from anywhere):
 
@@ -162,54 +163,79 @@ def probe(addr, path, key=True):
     return status, (time.monotonic() - start) * 1000
 
 
-def flood(proxy, admin, n, out):
+def hold(proxy, n, conn):
+    """Child process: open `n` idle connections, report, then report what the server closed."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    n = min(n, hard - 256)
     socks, failed = [], 0
-    start = time.monotonic()
-    for _ in range(n):
+    for _ in range(min(n, hard - 64)):
         try:
             socks.append(socket.create_connection(proxy, timeout=2))
         except OSError:
             failed += 1
-    opened = time.monotonic() - start
-    time.sleep(2)  # let the server accept (or refuse) the backlog
-    # Which connections did the server close (or answer) on its own?
+    conn.send((len(socks), failed))
+    conn.recv()  # measure now
     poller = select.poll()
     for s in socks:
         poller.register(s, select.POLLIN)
     answered = {fd for fd, _ in poller.poll(0)}
-    kept = [s for s in socks if s.fileno() not in answered]
     refused_503 = 0
     for s in socks:
         if s.fileno() in answered:
             s.settimeout(0.5)
             try:
-                if s.recv(64).startswith(b"HTTP/1.1 503"):
-                    refused_503 += 1
+                refused_503 += s.recv(64).startswith(b"HTTP/1.1 503")
             except OSError:
                 pass
-    held = "n/a"
-    if kept:
-        # The newest: a server with a head timeout closes the oldest never-used ones first.
-        try:
-            kept[-1].sendall(request())
-            st, secs = read_response(kept[-1], 5)
-            held = f"{st} in {secs * 1000:.0f} ms"
-        except OSError as e:
-            held = f"error ({e.__class__.__name__})"
+    conn.send((len(socks) - len(answered), len(answered), refused_503))
+    conn.recv()  # release
+    for s in socks:
+        s.close()
+
+
+def flood(proxy, admin, n, out):
+    """`n` idle connections from helper processes (each under its own RLIMIT_NOFILE), plus one held
+    here that sends a request once the flood is in place."""
+    import multiprocessing
+
+    per = 9000
+    workers = []
+    start = time.monotonic()
+    # A client already served once (a kept-alive connection): does it still get answers?
+    mine = socket.create_connection(proxy, timeout=5)
+    mine.sendall(request())
+    read_response(mine, 5)
+    for i in range(0, n, per):
+        parent, child = multiprocessing.Pipe()
+        p = multiprocessing.Process(target=hold, args=(proxy, min(per, n - i), child), daemon=True)
+        p.start()
+        workers.append((p, parent))
+    opened = [w.recv() for _, w in workers]
+    took = time.monotonic() - start
+    time.sleep(2)  # let the server accept (or refuse) the backlog
+    for _, w in workers:
+        w.send("measure")
+    counts = [w.recv() for _, w in workers]
+    kept, closed, refused = (sum(c[i] for c in counts) for i in range(3))
+    try:
+        mine.sendall(request())
+        st, secs = read_response(mine, 5)
+        held = f"{st} in {secs * 1000:.0f} ms"
+    except OSError as e:
+        held = f"error ({e.__class__.__name__})"
     new_proxy = probe(proxy, "/v1/models")
     health = probe(admin, "/healthz", key=False)
     out[f"flood ({n} idle sockets)"] = (
-        f"opened {len(socks)} in {opened:.1f} s ({failed} connects failed); server still holds "
-        f"{len(kept)}, closed {len(socks) - len(kept)} ({refused_503} with a 503)\n"
-        f"    a held connection's request: {held}\n"
+        f"opened {sum(o[0] for o in opened)} in {took:.1f} s ({sum(o[1] for o in opened)} connects "
+        f"failed); the server still holds {kept}, closed {closed} ({refused} with a 503)\n"
+        f"    a kept-alive connection from before the flood: {held}\n"
         f"    new proxy connection: {new_proxy[0]} in {new_proxy[1]:.0f} ms\n"
         f"    admin /healthz: {health[0]} in {health[1]:.0f} ms"
     )
-    for s in socks:
-        s.close()
+    for p, w in workers:
+        w.send("release")
+        p.join(10)
+    mine.close()
 
 
 def main():
