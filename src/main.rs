@@ -277,6 +277,7 @@ fn run_proxy(proxy: &ProxyArgs, stubs: Option<StubArgs>) -> anyhow::Result<()> {
         listen: proxy.listen,
         admin_listen: proxy.admin_listen,
         threads: proxy.threads,
+        open_files: raise_open_file_limit(),
     };
     if !opts.config.is_file() {
         anyhow::bail!(
@@ -297,6 +298,21 @@ fn run_proxy(proxy: &ProxyArgs, stubs: Option<StubArgs>) -> anyhow::Result<()> {
     }
     server.run_until_stopped();
     Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (a soft limit of 1024 is common and far below
+/// what a proxy holding thousands of connections needs) and returns the limit now in force, which
+/// the proxy's connection limit is fitted under. `None` if it cannot be read.
+fn raise_open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
 }
 
 fn print_banner(c: &leaky_config::Config, version: u64) {

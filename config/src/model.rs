@@ -35,6 +35,16 @@ pub struct Server {
     pub grace_period_seconds: u64,
     /// Peers whose `X-Forwarded-For` / `Forwarded` chain is kept and appended to.
     pub trusted_proxies: Vec<crate::forwarding::Cidr>,
+    /// The whole request head must arrive within this (408 and close otherwise).
+    pub header_timeout: Duration,
+    /// A kept-alive connection idle this long is closed.
+    pub keepalive_timeout: Duration,
+    /// Largest request head in bytes (431 and close beyond).
+    pub max_header_bytes: usize,
+    /// Proxy listener connections held at once (503 and close beyond).
+    pub max_connections: usize,
+    /// Admin listener connections held at once.
+    pub admin_max_connections: usize,
 }
 
 impl Server {

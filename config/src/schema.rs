@@ -65,6 +65,26 @@ pub struct ServerSpec {
     /// headers are replaced by the peer's own address. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// Milliseconds a client has to send a whole request head (request line and headers), counted
+    /// from the connection's accept or, on a kept-alive connection, from the head's first byte: a
+    /// total, not a per-read timeout. On expiry the gateway answers 408 and closes.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a kept-alive connection may sit idle between requests before it is closed.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes; a larger one gets 431 and the
+    /// connection is closed. At most 1048575 (Pingora's own ceiling).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Client connections the proxy listener holds at once; one more is answered 503 with
+    /// `Connection: close`, unread. Lowered at start-up to fit under the process's open-file limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Client connections the admin listener holds at once (its own budget, so a proxy flood cannot
+    /// starve `/healthz`).
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
 }
 
 impl Default for ServerSpec {
@@ -77,6 +97,11 @@ impl Default for ServerSpec {
             max_body_bytes: default_max_body_bytes(),
             grace_period_seconds: default_grace_period(),
             trusted_proxies: Vec::new(),
+            header_timeout_ms: default_header_timeout_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+            admin_max_connections: default_admin_max_connections(),
         }
     }
 }
@@ -95,6 +120,21 @@ fn default_max_body_bytes() -> u64 {
 }
 fn default_grace_period() -> u64 {
     5
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_keepalive_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_admin_max_connections() -> usize {
+    64
 }
 
 /// How the gateway authenticates itself to a provider.

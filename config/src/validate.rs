@@ -57,6 +57,36 @@ impl Check<'_> {
     }
 }
 
+/// Pingora refuses a request head past this many bytes whatever the gateway's own limit is.
+pub const MAX_HEADER_BYTES_CEILING: usize = 1_048_575;
+
+/// The listeners' connection settings (`server.header_timeout_ms` …).
+fn connection_limits(c: &mut Check<'_>, s: &crate::schema::ServerSpec) {
+    let positive = [
+        ("header_timeout_ms", s.header_timeout_ms),
+        ("keepalive_timeout_ms", s.keepalive_timeout_ms),
+        ("max_connections", s.max_connections as u64),
+        ("admin_max_connections", s.admin_max_connections as u64),
+    ];
+    for (field, value) in positive {
+        if value == 0 {
+            c.err(
+                &format!("server.{field}"),
+                format!("`{field}` must be at least 1"),
+            );
+        }
+    }
+    if !(1024..=MAX_HEADER_BYTES_CEILING).contains(&s.max_header_bytes) {
+        c.err(
+            "server.max_header_bytes",
+            format!(
+                "`max_header_bytes` must be between 1024 and {MAX_HEADER_BYTES_CEILING}, not {}",
+                s.max_header_bytes
+            ),
+        );
+    }
+}
+
 pub(crate) fn validate(
     file: ConfigFile,
     sources: &Sources,
@@ -88,6 +118,7 @@ pub(crate) fn validate(
             "`max_body_bytes` must be at least 1",
         );
     }
+    connection_limits(&mut c, s);
 
     let trusted_proxies = crate::forwarding::trusted_proxies(&mut c, &s.trusted_proxies);
 
@@ -149,6 +180,11 @@ pub(crate) fn validate(
                 max_body_bytes: s.max_body_bytes,
                 grace_period_seconds: s.grace_period_seconds,
                 trusted_proxies,
+                header_timeout: Duration::from_millis(s.header_timeout_ms),
+                keepalive_timeout: Duration::from_millis(s.keepalive_timeout_ms),
+                max_header_bytes: s.max_header_bytes,
+                max_connections: s.max_connections,
+                admin_max_connections: s.admin_max_connections,
             };
             return Ok(Config {
                 server,

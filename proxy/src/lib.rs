@@ -8,6 +8,8 @@
 //! - `path`: request path normalization; `endpoints`: a route's compiled endpoint allow-list.
 //! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`, `POST /admin/reload`; `admin_auth`:
 //!   who may call them; `metrics`: Prometheus families.
+//! - `listener`: the connection layer under both listeners (limits, head timeout and size, keep-alive,
+//!   strict framing, pipelining).
 
 mod access_log;
 pub mod admin;
@@ -17,6 +19,7 @@ mod call;
 pub mod endpoints;
 mod headers;
 pub mod limiter;
+pub mod listener;
 mod metering;
 pub mod metrics;
 pub mod path;

@@ -1,7 +1,9 @@
 //! Assembles the Pingora server: the proxy listener, the admin listener and the config watcher, all
-//! sharing one `ConfigState`.
+//! sharing one `ConfigState`. Both listeners sit behind `listener::Listener` (connection limit,
+//! head timeout and size, keep-alive idle timeout), each with its own connection budget.
 
 use crate::admin::Admin;
+use crate::listener::{ConnLimits, Listener};
 use crate::reload::ConfigState;
 use crate::service::Gateway;
 use crate::watch::ConfigWatcher;
@@ -21,6 +23,24 @@ pub struct RunOptions {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub threads: Option<usize>,
+    /// The process's open-file limit (`RLIMIT_NOFILE`, already raised); the proxy's connection limit
+    /// is lowered to fit under it.
+    pub open_files: Option<u64>,
+}
+
+/// File descriptors kept outside the connection budgets: config files, logs, the watcher, listeners.
+const RESERVED_FDS: u64 = 256;
+
+/// The proxy listener's connection limit: the configured one, lowered so that every connection can
+/// also hold an upstream connection and the admin listener its own budget, under `open_files`.
+pub fn proxy_connection_limit(configured: usize, admin: usize, open_files: Option<u64>) -> usize {
+    let Some(open) = open_files else {
+        return configured;
+    };
+    let budget = open.saturating_sub(RESERVED_FDS + admin as u64) / 2;
+    configured
+        .min(usize::try_from(budget).unwrap_or(usize::MAX))
+        .max(1)
 }
 
 /// Quiet period after the last file event before a reload.
@@ -55,20 +75,38 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state.clone()),
-        "proxy",
+    let max_connections = proxy_connection_limit(
+        server_cfg.max_connections,
+        server_cfg.admin_max_connections,
+        opts.open_files,
     );
+    if max_connections < server_cfg.max_connections {
+        tracing::warn!(
+            configured = server_cfg.max_connections,
+            max_connections,
+            open_files = opts.open_files,
+            "server.max_connections lowered to fit under the open-file limit"
+        );
+    }
+    let limits = ConnLimits {
+        header_timeout: server_cfg.header_timeout,
+        keepalive_timeout: server_cfg.keepalive_timeout,
+        max_header_bytes: server_cfg.max_header_bytes,
+        max_connections,
+    };
+    let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    let mut proxy = Service::new("proxy".to_string(), Listener::new(gateway, limits));
     proxy.add_tcp(&server_cfg.listen.to_string());
     proxy.threads = Some(server_cfg.threads);
 
-    let mut admin = Service::new(
-        "admin".to_string(),
-        Admin {
-            state: state.clone(),
-        },
-    );
+    let admin_limits = ConnLimits {
+        max_connections: server_cfg.admin_max_connections,
+        ..limits
+    };
+    let admin_app = Admin {
+        state: state.clone(),
+    };
+    let mut admin = Service::new("admin".to_string(), Listener::new(admin_app, admin_limits));
     admin.add_tcp(&server_cfg.admin_listen.to_string());
     admin.threads = Some(1);
 
