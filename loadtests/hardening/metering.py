@@ -98,6 +98,19 @@ def send_and_leave(proxy, rid, tokens):
     s.close()  # gone before the response header
 
 
+def stub_knob_config(binary, base, tmp):
+    """The config to run. Gateways that forward an allow-list of headers (issue #11, point 6) pass
+    the stub's `x-stub-completion-tokens` only where a config allows it: an overlay of `base` that
+    allows it on the OpenAI provider. Older gateways forward every header and do not know the
+    setting, so they get `base` itself (`check-config` tells the two apart)."""
+    overlay = os.path.join(tmp, "metering.yaml")
+    with open(overlay, "w") as f:
+        f.write(f"extends: {os.path.relpath(os.path.abspath(base), tmp)}\n"
+                "providers:\n  openai:\n    forward_headers: [x-stub-completion-tokens]\n")
+    ok = subprocess.run([binary, "check-config", overlay], capture_output=True).returncode == 0
+    return overlay if ok else base
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--bin", required=True, help="a leaky-tokens binary")
@@ -108,6 +121,7 @@ def main():
 
     proxy, admin, o, g, q = (free_port() for _ in range(5))
     logdir = tempfile.mkdtemp(prefix="lt-metering-")
+    config = stub_knob_config(args.bin, args.config, logdir)
     log_path = os.path.join(logdir, "gateway.log")
     env = dict(
         os.environ,
@@ -117,7 +131,7 @@ def main():
         LEAKY_LOG="info",
     )
     cmd = [
-        args.bin, "--log-format", "json", "up", "--config", args.config,
+        args.bin, "--log-format", "json", "up", "--config", config,
         "--listen", f"127.0.0.1:{proxy}", "--admin-listen", f"127.0.0.1:{admin}",
         "--openai-listen", f"127.0.0.1:{o}", "--gemini-listen", f"127.0.0.1:{g}",
         "--qwen-listen", f"127.0.0.1:{q}", "--latency", "off",
