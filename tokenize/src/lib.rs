@@ -36,5 +36,5 @@ pub use approx::{
     chat, chat_message, content, gemini, gemini_content, text, NON_TEXT_PART, PER_MESSAGE,
     PER_NAME, REPLY_PRIMING,
 };
-pub use bpe::{warm_up, Tokenizer};
-pub use prompt::{input_tokens, prompt_tokens, Api, Vendor};
+pub use bpe::{segments, warm_up, Tokenizer, SEGMENT_BYTES};
+pub use prompt::{input_tokens, prompt_bounds, prompt_tokens, Api, PromptBounds, Vendor};

@@ -28,7 +28,7 @@ mod tracker;
 #[cfg(test)]
 mod tests;
 
-pub use estimate::{estimate, with_include_usage, RequestCost};
+pub use estimate::{estimate, estimate_floor, with_include_usage, RequestCost};
 pub use leaky_tokenize::Vendor;
 pub use tracker::{Chunk, UsageTracker};
 
