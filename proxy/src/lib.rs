@@ -13,6 +13,7 @@ mod call;
 pub mod limiter;
 mod metering;
 pub mod metrics;
+mod offload;
 mod pool;
 pub mod reload;
 mod request;
