@@ -6,8 +6,10 @@ ports and prints markdown tables:
 
 1. per prompt (single-string chat prompts with the pro key, one at a time): gateway CPU ms
    (utime + stime delta from /proc/PID/stat), peak RSS while it was handled (VmRSS sampled every
-   5 ms), the slowest `GET /v1/models` sent back to back meanwhile, and the status returned;
-2. memory: idle RSS, the peak under 8 concurrent 10 MiB prompts, and RSS 5 s and 30 s after.
+   5 ms), the slowest `GET /v1/models` sent back to back meanwhile, and the status returned. The
+   proxy runs with one worker thread here, so a request that holds its worker shows;
+2. memory, on a fresh process with the shipped config: idle RSS, the peak under 8 concurrent
+   10 MiB prompts, and RSS 5 s and 30 s after.
 
 The stubs run in the same process (`up`), so an admitted prompt's CPU includes the stub's own token
 count of it; refused prompts never reach the stub.
@@ -102,7 +104,7 @@ def request(port, method, path, body=None, timeout=600):
 
 
 class Gateway:
-    def __init__(self, binary):
+    def __init__(self, binary, threads=None):
         self.proxy, self.admin = free_port(), free_port()
         stubs = [free_port() for _ in range(3)]
         env = dict(os.environ)
@@ -117,7 +119,7 @@ class Gateway:
             [binary, "up", "--latency", "off", "--config", os.path.join(ROOT, "config/dev.yaml"),
              "--listen", f"127.0.0.1:{self.proxy}", "--admin-listen", f"127.0.0.1:{self.admin}",
              "--openai-listen", f"127.0.0.1:{stubs[0]}", "--gemini-listen", f"127.0.0.1:{stubs[1]}",
-             "--qwen-listen", f"127.0.0.1:{stubs[2]}"],
+             "--qwen-listen", f"127.0.0.1:{stubs[2]}"] + (["--threads", str(threads)] if threads else []),
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         self.pid = self.proc.pid
         deadline = time.time() + 30
@@ -144,7 +146,14 @@ def one_prompt(gw, size, kind):
     result = {}
 
     def big():
-        result["status"], _ = request(gw.proxy, "POST", "/v1/chat/completions", body)
+        status, data = request(gw.proxy, "POST", "/v1/chat/completions", body)
+        result["status"] = str(status)
+        if status != 200:
+            try:
+                message = json.loads(data)["error"]["message"]
+                result["status"] += f" ({message.split(':')[0]})"
+            except (ValueError, KeyError, TypeError):
+                pass
 
     cpu0 = cpu_ms(gw.pid)
     with RssSampler(gw.pid) as rss:
@@ -162,7 +171,7 @@ def one_prompt(gw, size, kind):
     return cpu, rss.peak, slowest * 1000, count, result["status"]
 
 
-def spike(gw, n, size):
+def spike(gw, n, size, waits):
     idle = rss_kib(gw.pid)
     body = prompt_body(size, "words")
     statuses = []
@@ -177,9 +186,9 @@ def spike(gw, n, size):
         for t in threads:
             t.join()
     done = time.time()
-    time.sleep(max(0.0, done + 5 - time.time()))
+    time.sleep(max(0.0, done + waits[0] - time.time()))
     after5 = rss_kib(gw.pid)
-    time.sleep(max(0.0, done + 30 - time.time()))
+    time.sleep(max(0.0, done + waits[1] - time.time()))
     after30 = rss_kib(gw.pid)
     return idle, rss.peak, after5, after30, statuses
 
@@ -192,23 +201,38 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True, help="the leaky-tokens binary to measure")
     ap.add_argument("--label", default=None, help="a name for the tables (default: the binary path)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run of this script: 64 KiB and 640 KiB prompts, 2 s / 3 s after")
     args = ap.parse_args()
     label = args.label or args.bin
+    unit = MIB // 16 if args.quick else MIB
 
-    gw = Gateway(os.path.abspath(args.bin))
+    binary = os.path.abspath(args.bin)
+    print(f"### {label}\n")
+    # One worker thread: a request that holds its worker shows in the concurrent GETs' latency.
+    gw = Gateway(binary, threads=1)
     try:
         request(gw.proxy, "POST", "/v1/chat/completions", prompt_body(2048, "words"))
-        print(f"### {label}\n")
-        print(f"Idle RSS after one small request: {mib(rss_kib(gw.pid))}.\n")
+        print("One proxy worker thread (`--threads 1`), prompts one at a time:\n")
         print("| prompt | gateway CPU | peak RSS | slowest concurrent `GET /v1/models` (count) | status |")
         print("|---|---|---|---|---|")
-        for size, kind in [(MIB, "piece"), (MIB, "words"), (10 * MIB, "piece"), (10 * MIB, "words")]:
+        for size, kind in [(unit, "piece"), (unit, "words"), (10 * unit, "piece"), (10 * unit, "words")]:
             cpu, peak, slowest, count, status = one_prompt(gw, size, kind)
-            name = f"{size // MIB} MiB, {'one word, no space' if kind == 'piece' else 'words'}"
+            name = f"{size / MIB:g} MiB, {'one word, no space' if kind == 'piece' else 'words'}"
             print(f"| {name} | {cpu:,.0f} ms | {mib(peak)} | {slowest:,.1f} ms ({count}) | {status} |",
                   flush=True)
-        idle, peak, after5, after30, statuses = spike(gw, 8, 10 * MIB)
-        print("\n| idle RSS | 8 concurrent 10 MiB prompts (peak) | 5 s after | 30 s after | statuses |")
+    finally:
+        gw.stop()
+    # A fresh process with the shipped config (two worker threads) for the spike.
+    gw = Gateway(binary)
+    try:
+        request(gw.proxy, "POST", "/v1/chat/completions", prompt_body(2048, "words"))
+        time.sleep(2)
+        waits = (2, 3) if args.quick else (5, 30)
+        idle, peak, after5, after30, statuses = spike(gw, 8, 10 * unit, waits)
+        print(f"\nShipped config (two worker threads), fresh process, 8 concurrent {10 * unit / MIB:g} MiB "
+              f"prompts (words):\n")
+        print(f"| idle RSS | peak during | {waits[0]} s after | {waits[1]} s after | statuses |")
         print("|---|---|---|---|---|")
         codes = ", ".join(f"{c}×{statuses.count(c)}" for c in sorted(set(statuses)))
         print(f"| {mib(idle)} | {mib(peak)} | {mib(after5)} | {mib(after30)} | {codes} |\n", flush=True)
