@@ -197,18 +197,7 @@ def mib(kib):
     return f"{kib / 1024:.0f} MiB"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", required=True, help="the leaky-tokens binary to measure")
-    ap.add_argument("--label", default=None, help="a name for the tables (default: the binary path)")
-    ap.add_argument("--quick", action="store_true",
-                    help="a smoke run of this script: 64 KiB and 640 KiB prompts, 2 s / 3 s after")
-    args = ap.parse_args()
-    label = args.label or args.bin
-    unit = MIB // 16 if args.quick else MIB
-
-    binary = os.path.abspath(args.bin)
-    print(f"### {label}\n")
+def prompt_table(binary, unit):
     # One worker thread: a request that holds its worker shows in the concurrent GETs' latency.
     gw = Gateway(binary, threads=1)
     try:
@@ -223,6 +212,23 @@ def main():
                   flush=True)
     finally:
         gw.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", required=True, help="the leaky-tokens binary to measure")
+    ap.add_argument("--label", default=None, help="a name for the tables (default: the binary path)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run of this script: 64 KiB and 640 KiB prompts, 2 s / 3 s after")
+    ap.add_argument("--spike-only", action="store_true", help="only the memory table")
+    args = ap.parse_args()
+    label = args.label or args.bin
+    unit = MIB // 16 if args.quick else MIB
+
+    binary = os.path.abspath(args.bin)
+    print(f"### {label}\n")
+    if not args.spike_only:
+        prompt_table(binary, unit)
     # A fresh process with the shipped config (two worker threads) for the spike.
     gw = Gateway(binary)
     try:
