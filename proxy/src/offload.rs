@@ -34,11 +34,16 @@ where
         )
     };
     // The semaphore is never closed.
-    let _permit = permits()
+    let permit = permits()
         .acquire()
         .await
         .map_err(|_| failed("pool closed"))?;
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(|_| failed("estimate aborted"))
+    // The slot goes with the job, not with this future: a client that hangs up cannot free it while
+    // its job still runs (a blocking job cannot be cancelled).
+    tokio::task::spawn_blocking(move || {
+        let _slot = permit;
+        job()
+    })
+    .await
+    .map_err(|_| failed("estimate aborted"))
 }
