@@ -26,7 +26,9 @@
 //!
 //! [`prompt_tokens`] applies the rule of a provider surface ([`Vendor`] and
 //! [`Api`]) to a parsed request body: for a stub upstream it equals the
-//! prompt tokens the stub reports.
+//! prompt tokens the stub reports. [`prompt_bounds`] bounds that count from the
+//! byte length of the texts (no BPE runs), and a BPE count is linear in the
+//! text with bounded memory (texts go to tiktoken in [`segments`]).
 
 mod approx;
 mod bpe;
