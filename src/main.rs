@@ -16,25 +16,63 @@ mod pingora_shim;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc commits (and the kernel backs) whole arena chunks eagerly by default on Linux. With 1,000
-/// concurrent streams that put the gateway at 272 MiB RSS, most of it memory never written; committing
-/// on demand measured 148 MiB for the same run (`loadtests/bench`, streaming scenario) and lowered the
-/// idle RSS by a quarter. The option must be set before the first allocation creates an arena, so it is
-/// set from an ELF constructor, which runs before the Rust runtime allocates anything.
+/// mimalloc's settings, and the purger that returns freed memory to the system.
+///
+/// - Lazy arena commit: mimalloc commits (and the kernel backs) whole arena chunks eagerly by default
+///   on Linux. With 1,000 concurrent streams that put the gateway at 272 MiB RSS, most of it memory
+///   never written; committing on demand measured 148 MiB for the same run (`loadtests/bench`,
+///   streaming scenario) and lowered the idle RSS by a quarter.
+/// - Purging: freed memory goes back to the system (`MADV_DONTNEED`) only `purge_delay` ms after
+///   it was freed, and only when some thread next enters mimalloc's slow path. After a spike (large
+///   prompts, a connection flood) an idle gateway enters it rarely, so the spike's memory stayed
+///   resident. The purger thread calls `mi_collect` every [`PURGE_TICK`]: memory freed at least
+///   `purge_delay` earlier is released while the gateway idles (`loadtests/hardening/cost.py`
+///   measures it). A short delay also returns a spike's memory sooner; it is not zero, which
+///   would make every freed page a system call on the request path.
+///
+/// The options must be set before the first allocation creates an arena, so they are set from an
+/// ELF constructor, which runs before the Rust runtime allocates anything.
 #[allow(unsafe_code)]
-mod lazy_commit {
-    /// `mi_option_arena_eager_commit` in mimalloc v3's `mi_option_e` (not exported by the -sys crate).
-    const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+mod allocator {
+    use libmimalloc_sys::mi_option_t;
+    use std::time::Duration;
+
+    // Indexes in mimalloc v3's `mi_option_e` (not all exported by the -sys crate).
+    const MI_OPTION_ARENA_EAGER_COMMIT: mi_option_t = 4;
+    const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
+
+    /// Milliseconds a freed range stays committed before it may be purged (mimalloc v3: 1,000).
+    const PURGE_DELAY_MS: std::ffi::c_long = 250;
+    /// How often the purger releases what is due.
+    pub const PURGE_TICK: Duration = Duration::from_millis(500);
 
     extern "C" fn set_options() {
         // SAFETY: `mi_option_set` only stores an integer in mimalloc's option table; it neither
         // allocates nor touches Rust state, so it is sound to call before `main`.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) }
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        }
     }
 
     #[used]
     #[link_section = ".init_array"]
     static SET_OPTIONS: extern "C" fn() = set_options;
+
+    /// Starts the purger thread (for the long-running subcommands).
+    pub fn spawn_purger() {
+        let purger = std::thread::Builder::new()
+            .name("mi-purge".into())
+            .spawn(|| loop {
+                std::thread::sleep(PURGE_TICK);
+                // SAFETY: `mi_collect` is thread-safe: it collects this thread's own (nearly empty)
+                // heap and purges arena ranges whose delay expired, whoever freed them.
+                unsafe { libmimalloc_sys::mi_collect(false) }
+            });
+        if let Err(e) = purger {
+            tracing::warn!(error = %e, "allocator purger not started; freed memory returns to the system later");
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -285,6 +323,7 @@ fn run_proxy(proxy: &ProxyArgs, stubs: Option<StubArgs>) -> anyhow::Result<()> {
             opts.config.display()
         );
     }
+    allocator::spawn_purger();
     let stub_cfg = stubs.as_ref().map(StubArgs::config);
     let (server, state) = leaky_proxy::build(&opts, |server| {
         if let Some(cfg) = stub_cfg {

@@ -90,6 +90,14 @@ pub trait Filter: Send + Sync {
         Ok(())
     }
 
+    /// Before the exact estimate of a large request: `ctx.cost` holds a lower bound of its cost
+    /// (the prompt's floor from its byte length). Refuse here what can never be admitted, so the
+    /// exact count (seconds of CPU for a multi-megabyte prompt) is never paid for it. Synchronous
+    /// and without store access: only what no bucket state can change.
+    fn on_cost_floor(&self, _ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        Ok(())
+    }
+
     /// Admission, after `on_request_body` and before the upstream call (`ctx.provider` and `ctx.cost`
     /// known): the rate limiter reserves here.
     async fn on_admit(&self, _ctx: &mut RequestCtx) -> Result<(), Rejection> {
@@ -164,6 +172,10 @@ impl Chain {
         self.filters
             .iter()
             .try_for_each(|f| f.on_request_body(body, ctx))
+    }
+
+    pub fn on_cost_floor(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        self.filters.iter().try_for_each(|f| f.on_cost_floor(ctx))
     }
 
     pub async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {

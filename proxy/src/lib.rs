@@ -22,6 +22,7 @@ pub mod limiter;
 pub mod listener;
 mod metering;
 pub mod metrics;
+mod offload;
 pub mod path;
 mod pool;
 pub mod reload;

@@ -1,7 +1,8 @@
 //! Token metering on routes with `rate-limit`: the request's estimated cost (before `on_admit`;
-//! choices bounded by [`usage::MAX_CHOICES`]), the OpenAI `include_usage` rewrite for streams whose
-//! caller did not ask for usage, the completion cap an `enforce_max_tokens` policy sends upstream
-//! (after `on_admit`), and the response's usage.
+//! choices bounded by [`usage::MAX_CHOICES`]; large bodies on the bounded estimate pool, refused early
+//! when a lower bound cannot fit), the OpenAI `include_usage` rewrite for streams whose caller did not
+//! ask for usage, the completion cap an `enforce_max_tokens` policy sends upstream (after `on_admit`),
+//! and the response's usage.
 //!
 //! The tenant is charged what the provider bills: its reported usage when the answer carries one
 //! (the gateway keeps reading a non-streamed answer whose client left, see `service::relay`); for a
@@ -9,11 +10,11 @@
 //! it (client gone before its end, malformed, no usage), the whole reservation or the counted tokens
 //! if more (`reservation`).
 
+use crate::offload;
 use crate::service::Ctx;
-use crate::snapshot::Upstream;
+use crate::snapshot::{CompiledRoute, Upstream};
 use bytes::Bytes;
 use http::HeaderMap;
-use leaky_config::Dialect;
 use leaky_filters::limit::{TokenCost, TokenUsage, UsageSource};
 use leaky_filters::usage::{self, Chunk, Surface, UsageTracker};
 use leaky_filters::{RejectKind, Rejection};
@@ -35,12 +36,19 @@ pub struct Metering {
     settled: bool,
 }
 
-/// Estimates the request's cost into `ctx.req.cost` and returns the body to send upstream. Refuses a
-/// request for more than [`usage::MAX_CHOICES`] choices.
-pub fn prepare(
+/// Bodies up to this size are estimated inline, on the request's worker: their exact count takes
+/// well under a millisecond (at worst a few, for adversarial text). Larger ones go to the bounded
+/// estimate pool ([`crate::offload`]), lower bound first.
+const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;
+
+/// Estimates the request's cost into `ctx.req.cost` and returns the body to send upstream. A large
+/// body is estimated off the request workers: first a lower bound from the byte length of its texts
+/// (a request that can never fit a limit is refused here, its prompt never tokenized), then the
+/// exact count. Refuses a request for more than [`usage::MAX_CHOICES`] choices.
+pub async fn prepare(
     head: &RequestHeader,
     ctx: &mut Ctx,
-    dialect: Dialect,
+    route: &CompiledRoute,
     up: &Upstream,
     rest: &str,
     body: Bytes,
@@ -48,7 +56,7 @@ pub fn prepare(
     let mut path = String::with_capacity(up.path_prefix.len() + rest.len());
     path.push_str(&up.path_prefix);
     path.push_str(rest);
-    let surface = Surface::classify(dialect, &path);
+    let surface = Surface::classify(route.dialect, &path);
     if !surface.is_metered() {
         return Ok(body);
     }
@@ -61,32 +69,16 @@ pub fn prepare(
             .get(http::header::ACCEPT)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let model = ctx.req.model.clone().unwrap_or_default();
-    let cost = usage::estimate(surface, &model, &body, sse_requested);
-    if cost.choices > usage::MAX_CHOICES {
-        let field = usage::choices_field(surface);
-        return Err(Rejection::new(
-            RejectKind::InvalidRequest,
-            format!(
-                "Invalid '{field}': {}. Expected a value between 1 and {}.",
-                cost.choices,
-                usage::MAX_CHOICES
-            ),
-        )
-        .with_param(field));
-    }
-    ctx.req.cost = Some(TokenCost {
-        prompt: cost.prompt_tokens,
-        max_completion: cost.max_completion,
-        choices: cost.choices,
-    });
-    let mut strip = false;
-    let mut body = body;
-    if cost.stream && !cost.wants_usage && surface.supports_include_usage() {
-        if let Some(b) = usage::with_include_usage(&body) {
-            body = Bytes::from(b);
-            strip = true;
-        }
-    }
+    let (cost, rewritten) = if body.len() <= INLINE_ESTIMATE_BYTES {
+        let cost = usage::estimate(surface, &model, &body, sse_requested);
+        check_choices(surface, &cost)?;
+        let rewritten = include_usage(surface, &cost, &body);
+        (cost, rewritten)
+    } else {
+        estimate_large(ctx, route, surface, &model, &body, sse_requested).await?
+    };
+    ctx.req.cost = Some(token_cost(&cost));
+    let strip = rewritten.is_some();
     ctx.metering = Some(Metering {
         surface,
         model,
@@ -98,7 +90,76 @@ pub fn prepare(
         tracker: None,
         settled: false,
     });
-    Ok(body)
+    Ok(rewritten.map_or(body, Bytes::from))
+}
+
+fn token_cost(cost: &usage::RequestCost) -> TokenCost {
+    TokenCost {
+        prompt: cost.prompt_tokens,
+        max_completion: cost.max_completion,
+        choices: cost.choices,
+    }
+}
+
+/// More than [`usage::MAX_CHOICES`] choices is a 400 naming the dialect's field.
+fn check_choices(surface: Surface, cost: &usage::RequestCost) -> Result<(), Rejection> {
+    if cost.choices <= usage::MAX_CHOICES {
+        return Ok(());
+    }
+    let field = usage::choices_field(surface);
+    Err(Rejection::new(
+        RejectKind::InvalidRequest,
+        format!(
+            "Invalid '{field}': {}. Expected a value between 1 and {}.",
+            cost.choices,
+            usage::MAX_CHOICES
+        ),
+    )
+    .with_param(field))
+}
+
+/// The body with `include_usage` set, for an OpenAI-shaped stream whose caller did not ask for usage.
+fn include_usage(surface: Surface, cost: &usage::RequestCost, body: &[u8]) -> Option<Vec<u8>> {
+    (cost.stream && !cost.wants_usage && surface.supports_include_usage())
+        .then(|| usage::with_include_usage(body))
+        .flatten()
+}
+
+/// The estimate (and `include_usage` rewrite) of a large body, on the estimate pool: the lower
+/// bound, the chain's `on_cost_floor` check, then the exact count unless the bound was exact.
+async fn estimate_large(
+    ctx: &mut Ctx,
+    route: &CompiledRoute,
+    surface: Surface,
+    model: &str,
+    body: &Bytes,
+    sse_requested: bool,
+) -> Result<(usage::RequestCost, Option<Vec<u8>>), Rejection> {
+    let counters = crate::metrics::estimates();
+    if let Some(m) = counters {
+        m.offloaded.inc();
+    }
+    let (b, m) = (body.clone(), model.to_owned());
+    let (floor, exact) =
+        offload::run(move || usage::estimate_floor(surface, &m, &b, sse_requested)).await?;
+    check_choices(surface, &floor)?;
+    ctx.req.cost = Some(token_cost(&floor));
+    if let Err(r) = route.chain.on_cost_floor(&mut ctx.req) {
+        if let Some(m) = counters {
+            m.bound_rejections.inc();
+        }
+        return Err(r);
+    }
+    let (b, m) = (body.clone(), model.to_owned());
+    offload::run(move || {
+        let cost = if exact {
+            floor
+        } else {
+            usage::estimate(surface, &m, &b, sse_requested)
+        };
+        (cost, include_usage(surface, &cost, &b))
+    })
+    .await
 }
 
 /// After admission: the body with the completion cap a policy enforces on an uncapped request

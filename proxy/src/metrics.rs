@@ -439,3 +439,36 @@ pub fn bump(vec: impl Fn(&ResilienceMetrics) -> &IntCounterVec, labels: &[&str])
         c.inc();
     }
 }
+
+/// Token estimates of large request bodies (`metering::prepare`).
+pub struct EstimateMetrics {
+    /// `leaky_estimate_offloaded_total`: estimates run on the bounded pool.
+    pub offloaded: IntCounter,
+    /// `leaky_estimate_bound_rejections_total`: requests refused from the byte bound of their
+    /// prompt, before any exact count.
+    pub bound_rejections: IntCounter,
+}
+
+/// The estimate counters (registered on first use in the proxy's registry).
+pub fn estimates() -> Option<&'static EstimateMetrics> {
+    static E: OnceLock<Option<EstimateMetrics>> = OnceLock::new();
+    E.get_or_init(|| {
+        let registry = &metrics()?.registry;
+        let counter = |name: &str, help: &str| -> Option<IntCounter> {
+            let c = IntCounter::new(name, help).ok()?;
+            registry.register(Box::new(c.clone())).ok()?;
+            Some(c)
+        };
+        Some(EstimateMetrics {
+            offloaded: counter(
+                "leaky_estimate_offloaded_total",
+                "Token estimates of large bodies run on the bounded estimate pool",
+            )?,
+            bound_rejections: counter(
+                "leaky_estimate_bound_rejections_total",
+                "Requests refused because a lower bound of their cost can never fit a limit, before an exact count",
+            )?,
+        })
+    })
+    .as_ref()
+}

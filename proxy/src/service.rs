@@ -306,7 +306,7 @@ impl Gateway {
         ctx.req.route = Some(route.name.clone());
         ctx.req.provider = Some(up.provider.clone());
         let body = if route.meters {
-            crate::metering::prepare(session.req_header(), ctx, route.dialect, &up, rest, body)?
+            crate::metering::prepare(session.req_header(), ctx, route, &up, rest, body).await?
         } else {
             body
         };

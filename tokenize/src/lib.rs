@@ -26,7 +26,9 @@
 //!
 //! [`prompt_tokens`] applies the rule of a provider surface ([`Vendor`] and
 //! [`Api`]) to a parsed request body: for a stub upstream it equals the
-//! prompt tokens the stub reports.
+//! prompt tokens the stub reports. [`prompt_bounds`] bounds that count from the
+//! byte length of the texts (no BPE runs), and a BPE count is linear in the
+//! text with bounded memory (texts go to tiktoken in [`segments`]).
 
 mod approx;
 mod bpe;
@@ -36,5 +38,5 @@ pub use approx::{
     chat, chat_message, content, gemini, gemini_content, text, NON_TEXT_PART, PER_MESSAGE,
     PER_NAME, REPLY_PRIMING,
 };
-pub use bpe::{warm_up, Tokenizer};
-pub use prompt::{input_tokens, prompt_tokens, Api, Vendor};
+pub use bpe::{segments, warm_up, Tokenizer, SEGMENT_BYTES};
+pub use prompt::{input_tokens, prompt_bounds, prompt_tokens, Api, PromptBounds, Vendor};

@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::approx::{self, NON_TEXT_PART, PER_MESSAGE, REPLY_PRIMING};
+use crate::bpe::Counter;
 use crate::Tokenizer;
 
 /// Who serves a surface; decides how text is counted.
@@ -56,18 +57,58 @@ pub enum Api {
 /// Prompt tokens of the request `req` (a parsed JSON body) on a surface.
 /// Missing or mistyped fields count 0; never panics.
 pub fn prompt_tokens(vendor: Vendor, api: Api, model: &str, req: &Value) -> u64 {
+    count(Counter::exact(vendor.tokenizer(model)), api, req)
+}
+
+/// Bounds on [`prompt_tokens`] of a request, from the byte length of the texts it counts: no BPE
+/// runs, so this costs a pass over the parsed body (the exact count of a multi-megabyte prompt
+/// costs seconds of CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromptBounds {
+    /// `prompt_tokens` is at least this: every BPE token is at most
+    /// [`Tokenizer::longest_token_bytes`] long.
+    pub floor: u64,
+    /// `prompt_tokens` is at most this: every BPE token is at least one byte.
+    pub ceiling: u64,
+}
+
+impl PromptBounds {
+    /// The bounds pin the count down (the approximation is counted exactly here).
+    pub fn is_exact(&self) -> bool {
+        self.floor == self.ceiling
+    }
+}
+
+/// [`PromptBounds`] of the request `req` on a surface.
+pub fn prompt_bounds(vendor: Vendor, api: Api, model: &str, req: &Value) -> PromptBounds {
+    let tk = vendor.tokenizer(model);
+    // Fixed overheads count as themselves, texts by their bytes: an upper bound.
+    let ceiling = count(Counter::bytes(tk), api, req);
+    match tk.longest_token_bytes() {
+        // ceil(ceiling / L) ≤ overheads + Σ ceil(bytes_i / L) ≤ the exact count.
+        Some(longest) => PromptBounds {
+            floor: ceiling.div_ceil(longest.max(1)),
+            ceiling,
+        },
+        None => PromptBounds {
+            floor: ceiling,
+            ceiling,
+        },
+    }
+}
+
+fn count(c: Counter, api: Api, req: &Value) -> u64 {
     let Value::Object(o) = req else {
         return 0;
     };
-    let tk = vendor.tokenizer(model);
     match api {
         Api::Chat => {
             let msgs = o.get("messages").and_then(Value::as_array);
-            tk.chat(msgs.map(Vec::as_slice).unwrap_or(&[]), o.get("tools"))
+            c.chat(msgs.map(Vec::as_slice).unwrap_or(&[]), o.get("tools"))
         }
-        Api::Completions => input_tokens(tk, o.get("prompt")),
-        Api::Responses => responses(tk, o),
-        Api::Embeddings => input_tokens(tk, o.get("input")),
+        Api::Completions => input_count(c, o.get("prompt")),
+        Api::Responses => responses(c, o),
+        Api::Embeddings => input_count(c, o.get("input")),
         Api::GeminiGenerate => gemini_generate(o),
         Api::GeminiCountTokens => {
             match field(o, "generateContentRequest", "generate_content_request") {
@@ -95,13 +136,17 @@ pub fn prompt_tokens(vendor: Vendor, api: Api, model: &str, req: &Value) -> u64 
 /// of strings, a pre-tokenized array of integers (its length), or an array of
 /// such arrays.
 pub fn input_tokens(tk: Tokenizer, v: Option<&Value>) -> u64 {
+    input_count(Counter::exact(tk), v)
+}
+
+fn input_count(c: Counter, v: Option<&Value>) -> u64 {
     match v {
-        Some(Value::String(s)) => tk.text(s),
+        Some(Value::String(s)) => c.text(s),
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => a.len() as u64,
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| match x {
-                Value::String(s) => tk.text(s),
+                Value::String(s) => c.text(s),
                 Value::Array(t) => t.len() as u64,
                 _ => 0,
             })
@@ -149,9 +194,9 @@ fn gemini_embed_text(c: &Value) -> u64 {
 
 /// The Responses API counts `instructions` as a `developer` message, then
 /// each input item as a chat message.
-fn responses(tk: Tokenizer, o: &Map<String, Value>) -> u64 {
+fn responses(tk: Counter, o: &Map<String, Value>) -> u64 {
     let msg = |role: &str, content: u64| {
-        PER_MESSAGE + if tk.is_bpe() { tk.text(role) } else { 0 } + content
+        PER_MESSAGE + if tk.tk.is_bpe() { tk.text(role) } else { 0 } + content
     };
     let mut n = REPLY_PRIMING;
     if let Some(Value::String(s)) = o.get("instructions") {
@@ -180,7 +225,7 @@ fn responses(tk: Tokenizer, o: &Map<String, Value>) -> u64 {
     n
 }
 
-fn response_part(tk: Tokenizer, p: &Value) -> u64 {
+fn response_part(tk: Counter, p: &Value) -> u64 {
     match (p.get("text"), p) {
         (Some(Value::String(s)), _) => tk.text(s),
         (Some(_), _) | (None, Value::Object(_)) => NON_TEXT_PART,

@@ -162,3 +162,45 @@ fn openai_vendor_strips_models_prefix() {
     assert_eq!(Vendor::OpenAi.tokenizer("models/gpt-4"), Tokenizer::Cl100k);
     assert_eq!(Vendor::Google.tokenizer("gpt-4"), Tokenizer::Approx);
 }
+
+#[test]
+fn bounds_hold_and_are_exact_for_the_approximation() {
+    let long = "lorem ipsum dolor ".repeat(1000);
+    let one_piece = "x".repeat(20_000);
+    let reqs = [
+        (
+            Api::Chat,
+            json!({"messages": [{"role": "user", "content": long}], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        ),
+        (
+            Api::Chat,
+            json!({"messages": [{"role": "user", "name": "bob", "content": [{"type": "text", "text": one_piece}, {"type": "image_url"}]}]}),
+        ),
+        (
+            Api::Completions,
+            json!({"prompt": ["hello world", [1, 2, 3]]}),
+        ),
+        (
+            Api::Responses,
+            json!({"instructions": "Be brief.", "input": long}),
+        ),
+        (Api::Embeddings, json!({"input": one_piece})),
+    ];
+    for (api, req) in &reqs {
+        for model in ["gpt-4o", "gpt-4"] {
+            let exact = prompt_tokens(Vendor::OpenAi, *api, model, req);
+            let b = prompt_bounds(Vendor::OpenAi, *api, model, req);
+            assert!(
+                b.floor <= exact && exact <= b.ceiling,
+                "{api:?} {model} {b:?} {exact}"
+            );
+        }
+        let exact = prompt_tokens(Vendor::Google, *api, "gemini-2.5-flash", req);
+        let b = prompt_bounds(Vendor::Google, *api, "gemini-2.5-flash", req);
+        assert!(b.is_exact() && b.floor == exact, "{api:?}");
+    }
+    // A megabyte of text is at least 8,192 tokens whatever it says: enough to refuse it
+    // against a 1,000-token limit without counting.
+    let mib = json!({"messages": [{"role": "user", "content": "a".repeat(1 << 20)}]});
+    assert!(prompt_bounds(Vendor::OpenAi, Api::Chat, "gpt-4o", &mib).floor >= 8192);
+}

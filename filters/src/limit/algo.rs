@@ -237,6 +237,22 @@ impl Algorithm {
         }
     }
 
+    /// Whether `take` can ever admit `cost` for a caller with `reserve`: the same test as its
+    /// `never_fits`, without a bucket's state (a soft window admits anything).
+    pub fn can_ever_fit(&self, cost: u64, reserve: ReservePermille) -> bool {
+        let keep = keep(reserve);
+        let within = |cap: u64| u128::from(cost) * PERMILLE <= u128::from(cap) * keep;
+        match self {
+            Algorithm::Leaky { rate, burst, .. } => *rate > 0 && within(*burst),
+            Algorithm::Token { capacity, .. } => within(*capacity),
+            Algorithm::Window {
+                limit, soft: false, ..
+            } => within(*limit),
+            Algorithm::Window { soft: true, .. } => true,
+            Algorithm::Concurrency { limit } => within(*limit),
+        }
+    }
+
     /// Settlement: `delta > 0` charges more (may overdraw; never refused), `delta < 0` gives units
     /// back (never above capacity; for `Concurrency`, −1 releases the request's slot).
     ///

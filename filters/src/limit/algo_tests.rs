@@ -431,3 +431,37 @@ fn degenerate_rates() {
         take(&a, &mut st, T0, 5, 0).unwrap();
     }
 }
+
+#[test]
+fn can_ever_fit_agrees_with_a_fresh_buckets_never_fits() {
+    let window = |soft| Algorithm::Window {
+        limit: 1000,
+        window: CalendarWindow::Day,
+        tz: chrono_tz::UTC,
+        soft,
+    };
+    let algos = [
+        leaky(10, SEC, 1000),
+        token(1000, 10, SEC),
+        window(false),
+        window(true),
+        Algorithm::Concurrency { limit: 1000 },
+        leaky(0, SEC, 1000),
+    ];
+    for a in &algos {
+        for reserve in [0, 300, 1000] {
+            for cost in [0, 1, 699, 700, 701, 999, 1000, 1001, u64::MAX] {
+                let fresh = a.fresh(T0);
+                let never = match a.take(&fresh, T0, cost, reserve) {
+                    Ok(_) => false,
+                    Err(d) => d.never_fits,
+                };
+                assert_eq!(
+                    a.can_ever_fit(cost, reserve),
+                    !never,
+                    "{a:?} cost {cost} reserve {reserve}"
+                );
+            }
+        }
+    }
+}

@@ -2,9 +2,10 @@
 //! with the provider's usage, and tell the caller where it stands.
 //!
 //! ```text
-//! on_admit    charges ─ store.take ─ admitted: headers, shaping delay │ refused: 429 + Retry-After
-//! on_usage    usage known before the last bytes go out ─ store.adjust (the next request sees it)
-//! on_complete not settled yet (client gone, upstream failed) ─ settle what was used, refund the rest
+//! on_cost_floor a lower bound of the cost never fits a policy: 429 before the exact estimate
+//! on_admit      charges ─ store.take ─ admitted: headers, shaping delay │ refused: 429 + Retry-After
+//! on_usage      usage known before the last bytes go out ─ store.adjust (the next request sees it)
+//! on_complete   not settled yet (client gone, upstream failed) ─ settle what was used, refund the rest
 //! ```
 
 use super::algo::{Deny, Status};
@@ -121,13 +122,7 @@ impl RateLimitFilter {
         let p = &self.limiter.policies[which[index]];
         let (limit, window) = p.policy.quota_and_window();
         let cost = charges[index].cost;
-        let unit = match p.policy.unit {
-            Unit::Requests => "requests",
-            Unit::ConcurrentRequests => "concurrent requests",
-            Unit::Tokens => "tokens",
-            Unit::PromptTokens => "prompt tokens",
-            Unit::CompletionTokens => "completion tokens",
-        };
+        let unit = unit_name(p.policy.unit);
         let wait = headers::duration(Duration::from_nanos(deny.retry_after_ns));
         let (kind, message) = match (&p.policy.kind, deny.never_fits) {
             (PolicyKind::Quota { window: w, .. }, _) => {
@@ -144,13 +139,7 @@ impl RateLimitFilter {
                     ),
                 )
             }
-            (_, true) => (
-                kind_for(p.policy.unit),
-                format!(
-                    "Request too large (policy `{}`): it needs {cost} {unit} but the limit is {limit} {unit} per {window}s. Lower `max_tokens` or shorten the prompt.",
-                    p.name
-                ),
-            ),
+            (_, true) => return self.too_large(which[index], cost),
             (PolicyKind::Concurrent { .. }, false) => (
                 RejectKind::RateLimited,
                 format!(
@@ -170,6 +159,33 @@ impl RateLimitFilter {
     }
 }
 
+impl RateLimitFilter {
+    /// `cost` can never fit policy `policy` (an index into the limiter's policies), whatever its
+    /// bucket holds.
+    fn too_large(&self, policy: usize, cost: u64) -> Rejection {
+        let p = &self.limiter.policies[policy];
+        let (limit, window) = p.policy.quota_and_window();
+        let unit = unit_name(p.policy.unit);
+        Rejection::new(
+            kind_for(p.policy.unit),
+            format!(
+                "Request too large (policy `{}`): it needs {cost} {unit} but the limit is {limit} {unit} per {window}s. Lower `max_tokens` or shorten the prompt.",
+                p.name
+            ),
+        )
+    }
+}
+
+fn unit_name(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Requests => "requests",
+        Unit::ConcurrentRequests => "concurrent requests",
+        Unit::Tokens => "tokens",
+        Unit::PromptTokens => "prompt tokens",
+        Unit::CompletionTokens => "completion tokens",
+    }
+}
+
 fn kind_for(unit: Unit) -> RejectKind {
     if unit.is_tokens() {
         RejectKind::TokensRateLimited
@@ -186,6 +202,19 @@ fn total(u: TokenUsage) -> i64 {
 impl Filter for RateLimitFilter {
     fn kind(&self) -> &'static str {
         "rate-limit"
+    }
+
+    fn on_cost_floor(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        let Some((policy, cost)) = self.limiter.never_fits(ctx) else {
+            return Ok(());
+        };
+        ctx.limit = Some(Box::new(Reservation {
+            decisions: vec![(policy, Decision::Denied)],
+            items: Vec::new(),
+            completion: 0,
+            settled: true,
+        }));
+        Err(self.too_large(policy, cost))
     }
 
     async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {

@@ -270,8 +270,9 @@ impl Limiter {
         self.policies.iter().map(|p| &p.policy)
     }
 
-    /// The request's charges, with the index of each one's policy.
-    pub(crate) fn charges(&self, ctx: &RequestCtx) -> Charges {
+    /// The policies that may apply to the request's principal, and the slot of its priority in
+    /// `reserve_permille`.
+    fn candidates(&self, ctx: &RequestCtx) -> (usize, &[usize]) {
         let (priority, candidates) = match ctx
             .principal
             .as_deref()
@@ -285,6 +286,28 @@ impl Limiter {
             Priority::Normal => 1,
             Priority::High => 2,
         };
+        (slot, candidates)
+    }
+
+    /// The first applicable policy on which the request's cost (`ctx.cost`, possibly a lower bound
+    /// of it) can never be admitted, whatever its bucket's state, with that cost. No allocation and
+    /// no store access.
+    pub(crate) fn never_fits(&self, ctx: &RequestCtx) -> Option<(usize, u64)> {
+        let (slot, candidates) = self.candidates(ctx);
+        candidates.iter().find_map(|&i| {
+            let p = &self.policies[i];
+            if !p.applies(ctx) {
+                return None;
+            }
+            let cost = p.cost(ctx)?;
+            let reserve = p.policy.reserve_permille[slot];
+            (!p.algo.can_ever_fit(cost, reserve)).then_some((i, cost))
+        })
+    }
+
+    /// The request's charges, with the index of each one's policy.
+    pub(crate) fn charges(&self, ctx: &RequestCtx) -> Charges {
+        let (slot, candidates) = self.candidates(ctx);
         let mut which = Vec::with_capacity(candidates.len());
         let mut charges = Vec::with_capacity(candidates.len());
         let mut completion = 0;

@@ -50,12 +50,43 @@ pub const MAX_CHOICES: u64 = 128;
 /// DashScope generation looks at it). Never panics; a body that is not JSON costs
 /// `ceil(bytes / 4)` prompt tokens.
 pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool) -> RequestCost {
+    estimate_with(surface, model, body, sse_requested, Prompt::Exact).0
+}
+
+/// [`estimate`] with a lower bound of the prompt in `prompt_tokens`, computed from the byte length
+/// of the texts the provider's tokenizer would encode (no BPE runs: a pass over the body), and
+/// whether that bound is the exact count. A request whose bound can never fit its limits is
+/// refused without paying for the exact count.
+pub fn estimate_floor(
+    surface: Surface,
+    model: &str,
+    body: &[u8],
+    sse_requested: bool,
+) -> (RequestCost, bool) {
+    estimate_with(surface, model, body, sse_requested, Prompt::Floor)
+}
+
+/// How the prompt is counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prompt {
+    Exact,
+    Floor,
+}
+
+fn estimate_with(
+    surface: Surface,
+    model: &str,
+    body: &[u8],
+    sse_requested: bool,
+    prompt: Prompt,
+) -> (RequestCost, bool) {
+    let whole = |c: RequestCost| (c, true);
     let Some(api) = surface.api().filter(|_| surface.is_metered()) else {
-        return RequestCost {
+        return whole(RequestCost {
             max_completion: Some(0),
             choices: 1,
             ..RequestCost::default()
-        };
+        });
     };
     let stream_by_surface = match surface {
         Surface::GeminiStreamGenerate => true,
@@ -63,16 +94,25 @@ pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool)
         _ => false,
     };
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
-        return RequestCost {
+        return whole(RequestCost {
             prompt_tokens: (body.len() as u64).div_ceil(4),
             max_completion: (!surface.generates()).then_some(0),
             choices: 1,
             stream: stream_by_surface,
             ..RequestCost::default()
-        };
+        });
     };
     let vendor = surface.vendor().unwrap_or(leaky_tokenize::Vendor::OpenAi);
-    let prompt_tokens = leaky_tokenize::prompt_tokens(vendor, api, model, &req);
+    let (prompt_tokens, exact) = match prompt {
+        Prompt::Exact => (
+            leaky_tokenize::prompt_tokens(vendor, api, model, &req),
+            true,
+        ),
+        Prompt::Floor => {
+            let b = leaky_tokenize::prompt_bounds(vendor, api, model, &req);
+            (b.floor, b.is_exact())
+        }
+    };
     let empty = Map::new();
     let o = req.as_object().unwrap_or(&empty);
     let u = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_u64);
@@ -128,7 +168,7 @@ pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool)
         }
         _ => cost.max_completion = Some(0),
     }
-    cost
+    (cost, exact)
 }
 
 fn include_usage(o: &Map<String, Value>) -> bool {

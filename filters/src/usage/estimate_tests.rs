@@ -290,3 +290,37 @@ fn completion_cap_goes_in_each_dialects_own_field() {
     .is_none());
     assert!(with_completion_cap(chat, "gpt-4o", b"{nope", 5).is_none());
 }
+#[test]
+fn floor_estimate_bounds_the_prompt_and_keeps_everything_else() {
+    let chat = Surface::ChatCompletions(Vendor::OpenAi);
+    let body = json!({"model": "gpt-4o", "max_tokens": 7, "stream": true,
+        "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let bytes = body.to_string();
+    let exact = estimate(chat, "gpt-4o", bytes.as_bytes(), false);
+    let (floor, is_exact) = estimate_floor(chat, "gpt-4o", bytes.as_bytes(), false);
+    assert!(!is_exact);
+    assert!(floor.prompt_tokens <= exact.prompt_tokens);
+    // 100,000 bytes of text: at least 100,000 / 128 tokens.
+    assert!(floor.prompt_tokens >= 100_000 / 128);
+    assert_eq!(
+        RequestCost {
+            prompt_tokens: exact.prompt_tokens,
+            ..floor
+        },
+        exact
+    );
+    // The approximation (Gemini, Qwen) is cheap: its floor is the exact count.
+    let gemini = Surface::ChatCompletions(Vendor::Google);
+    let (g, is_exact) = estimate_floor(gemini, "gemini-2.5-flash", bytes.as_bytes(), false);
+    assert!(is_exact);
+    assert_eq!(
+        g,
+        estimate(gemini, "gemini-2.5-flash", bytes.as_bytes(), false)
+    );
+    // Not JSON: bytes / 4 either way.
+    let junk = b"{ not json";
+    assert_eq!(
+        estimate_floor(chat, "gpt-4o", junk, false),
+        (estimate(chat, "gpt-4o", junk, false), true)
+    );
+}
