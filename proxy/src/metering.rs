@@ -140,8 +140,13 @@ async fn estimate_large(
         m.offloaded.inc();
     }
     let (b, m) = (body.clone(), model.to_owned());
-    let (floor, exact) =
-        offload::run(move || usage::estimate_floor(surface, &m, &b, sse_requested)).await?;
+    // One parse for both passes: the bound, then (unless refused or exact) the count.
+    let (floor, exact, parsed) = offload::run(move || {
+        let parsed = usage::ParsedBody::parse(&b);
+        let (floor, exact) = usage::estimate_floor_parsed(surface, &m, &parsed, sse_requested);
+        (floor, exact, parsed)
+    })
+    .await?;
     check_choices(surface, &floor)?;
     ctx.req.cost = Some(token_cost(&floor));
     if let Err(r) = route.chain.on_cost_floor(&mut ctx.req) {
@@ -155,7 +160,7 @@ async fn estimate_large(
         let cost = if exact {
             floor
         } else {
-            usage::estimate(surface, &m, &b, sse_requested)
+            usage::estimate_parsed(surface, &m, &parsed, sse_requested)
         };
         (cost, include_usage(surface, &cost, &b))
     })

@@ -50,7 +50,51 @@ pub const MAX_CHOICES: u64 = 128;
 /// DashScope generation looks at it). Never panics; a body that is not JSON costs
 /// `ceil(bytes / 4)` prompt tokens.
 pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool) -> RequestCost {
+    estimate_with(
+        surface,
+        model,
+        &ParsedBody::parse(body),
+        sse_requested,
+        Prompt::Exact,
+    )
+    .0
+}
+
+/// A request body parsed once, for a lower bound ([`estimate_floor_parsed`]) and then the exact
+/// count ([`estimate_parsed`]) without parsing it twice (a multi-megabyte body's parse costs about
+/// as much as its count).
+pub struct ParsedBody {
+    req: Option<Value>,
+    len: usize,
+}
+
+impl ParsedBody {
+    pub fn parse(body: &[u8]) -> Self {
+        ParsedBody {
+            req: serde_json::from_slice::<Value>(body).ok(),
+            len: body.len(),
+        }
+    }
+}
+
+/// [`estimate`] of an already parsed body.
+pub fn estimate_parsed(
+    surface: Surface,
+    model: &str,
+    body: &ParsedBody,
+    sse_requested: bool,
+) -> RequestCost {
     estimate_with(surface, model, body, sse_requested, Prompt::Exact).0
+}
+
+/// [`estimate_floor`] of an already parsed body.
+pub fn estimate_floor_parsed(
+    surface: Surface,
+    model: &str,
+    body: &ParsedBody,
+    sse_requested: bool,
+) -> (RequestCost, bool) {
+    estimate_with(surface, model, body, sse_requested, Prompt::Floor)
 }
 
 /// [`estimate`] with a lower bound of the prompt in `prompt_tokens`, computed from the byte length
@@ -63,7 +107,13 @@ pub fn estimate_floor(
     body: &[u8],
     sse_requested: bool,
 ) -> (RequestCost, bool) {
-    estimate_with(surface, model, body, sse_requested, Prompt::Floor)
+    estimate_with(
+        surface,
+        model,
+        &ParsedBody::parse(body),
+        sse_requested,
+        Prompt::Floor,
+    )
 }
 
 /// How the prompt is counted.
@@ -76,7 +126,7 @@ enum Prompt {
 fn estimate_with(
     surface: Surface,
     model: &str,
-    body: &[u8],
+    body: &ParsedBody,
     sse_requested: bool,
     prompt: Prompt,
 ) -> (RequestCost, bool) {
@@ -93,9 +143,9 @@ fn estimate_with(
         Surface::DashScopeGeneration => sse_requested,
         _ => false,
     };
-    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+    let Some(req) = &body.req else {
         return whole(RequestCost {
-            prompt_tokens: (body.len() as u64).div_ceil(4),
+            prompt_tokens: (body.len as u64).div_ceil(4),
             max_completion: (!surface.generates()).then_some(0),
             choices: 1,
             stream: stream_by_surface,
@@ -104,12 +154,9 @@ fn estimate_with(
     };
     let vendor = surface.vendor().unwrap_or(leaky_tokenize::Vendor::OpenAi);
     let (prompt_tokens, exact) = match prompt {
-        Prompt::Exact => (
-            leaky_tokenize::prompt_tokens(vendor, api, model, &req),
-            true,
-        ),
+        Prompt::Exact => (leaky_tokenize::prompt_tokens(vendor, api, model, req), true),
         Prompt::Floor => {
-            let b = leaky_tokenize::prompt_bounds(vendor, api, model, &req);
+            let b = leaky_tokenize::prompt_bounds(vendor, api, model, req);
             (b.floor, b.is_exact())
         }
     };

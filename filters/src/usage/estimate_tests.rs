@@ -290,6 +290,7 @@ fn completion_cap_goes_in_each_dialects_own_field() {
     .is_none());
     assert!(with_completion_cap(chat, "gpt-4o", b"{nope", 5).is_none());
 }
+
 #[test]
 fn floor_estimate_bounds_the_prompt_and_keeps_everything_else() {
     let chat = Surface::ChatCompletions(Vendor::OpenAi);

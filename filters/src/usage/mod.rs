@@ -29,8 +29,8 @@ mod tracker;
 mod tests;
 
 pub use estimate::{
-    choices_field, estimate, estimate_floor, with_completion_cap, with_include_usage, RequestCost,
-    MAX_CHOICES,
+    choices_field, estimate, estimate_floor, estimate_floor_parsed, estimate_parsed,
+    with_completion_cap, with_include_usage, ParsedBody, RequestCost, MAX_CHOICES,
 };
 pub use leaky_tokenize::Vendor;
 pub use tracker::{Chunk, UsageTracker};
