@@ -42,7 +42,7 @@ def free_port():
 
 
 def request(path="/v1/models", extra=""):
-    return (f"GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {KEY}\r\n{extra}\r\n").encode()
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n{extra}\r\n").encode()
 
 
 def read_response(sock, timeout):
@@ -98,7 +98,7 @@ def status_line(data):
 
 def slowloris(proxy, trickle, cap, out):
     s = socket.create_connection(proxy)
-    s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+    s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
     stop = threading.Event()
 
     def drip():
@@ -155,7 +155,7 @@ def probe(addr, path, key=True):
     except OSError as e:
         return f"connect failed ({e.__class__.__name__})", (time.monotonic() - start) * 1000
     try:
-        s.sendall(request(path) if key else f"GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+        s.sendall(request(path) if key else f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         status, _ = read_response(s, 5)
     except OSError as e:
         status = f"error ({e.__class__.__name__})"
