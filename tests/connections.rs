@@ -161,6 +161,15 @@ async fn slowloris_is_closed_after_the_header_timeout_although_bytes_keep_coming
         took < Duration::from_secs(3),
         "closed only after {took:?} (header timeout 300 ms)"
     );
+    assert_eq!(refused(&gw, "head_timeout").await, 1.0);
+}
+
+/// `leaky_connections_refused_total` of the proxy listener for `reason`.
+async fn refused(gw: &Gateway, reason: &str) -> f64 {
+    gw.metric(&format!(
+        "leaky_connections_refused_total{{listener=\"proxy\",reason=\"{reason}\"}}"
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -196,6 +205,7 @@ async fn a_header_block_over_the_limit_gets_431_and_close() {
     let mut ok = Conn::open(gw.proxy).await;
     ok.send(models_request("fits").as_bytes()).await;
     assert_eq!(ok.response().await.unwrap().status, 200);
+    assert_eq!(refused(&gw, "head_too_large").await, 1.0);
 }
 
 #[tokio::test]
@@ -233,6 +243,11 @@ async fn over_the_connection_limit_is_refused_while_held_connections_and_admin_a
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    assert_eq!(refused(&gw, "overloaded").await, 1.0);
+    let open = gw
+        .metric("leaky_connections_open{listener=\"proxy\"}")
+        .await;
+    assert_eq!(open, 4.0, "the four held connections");
 
     // A freed slot is usable again.
     drop(held.pop());
@@ -259,6 +274,7 @@ async fn http11_without_host_is_400() {
     assert_eq!(r.status, 400, "{r:?}");
     assert!(String::from_utf8_lossy(&r.body).contains("Host"));
     conn.closed_after().await;
+    assert_eq!(refused(&gw, "bad_request").await, 1.0);
 }
 
 #[tokio::test]
@@ -299,6 +315,7 @@ async fn transfer_codings_other_than_a_lone_chunked_are_501() {
         assert_eq!(r.status, 501, "Transfer-Encoding: {te}: {r:?}");
         conn.closed_after().await;
     }
+    assert_eq!(refused(&gw, "unsupported_coding").await, 2.0);
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@
 //! The head is parsed here with `httparse` (the parser Pingora uses, same version) and handed to
 //! Pingora as a "pipelined prefix": Pingora parses it from memory without another socket read.
 
+use crate::metrics::ListenerMetrics;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -61,14 +62,46 @@ pub struct Listener<A> {
     app: Arc<A>,
     limits: ConnLimits,
     slots: Semaphore,
+    /// `leaky_connections_open` and `leaky_connections_refused_total` of this listener.
+    metrics: Option<ListenerMetrics>,
 }
 
 impl<A> Listener<A> {
-    pub fn new(app: A, limits: ConnLimits) -> Self {
+    /// `name` labels the listener's connection metrics (`proxy`, `admin`).
+    pub fn new(name: &str, app: A, limits: ConnLimits) -> Self {
         Listener {
             app: Arc::new(app),
             slots: Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)),
             limits,
+            metrics: ListenerMetrics::new(name),
+        }
+    }
+
+    /// Counts the refusal, then writes it and closes.
+    async fn refuse(&self, stream: Stream, r: Refusal) {
+        if let Some(m) = &self.metrics {
+            m.refused[r.reason_index()].inc();
+        }
+        refuse(stream, r).await;
+    }
+}
+
+/// One open connection in `leaky_connections_open`, for as long as it lives.
+struct Open<'a>(Option<&'a ListenerMetrics>);
+
+impl<'a> Open<'a> {
+    fn new(m: Option<&'a ListenerMetrics>) -> Self {
+        if let Some(m) = m {
+            m.open.inc();
+        }
+        Open(m)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.open.dec();
         }
     }
 }
@@ -81,9 +114,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Ok(_slot) = self.slots.try_acquire() else {
-            refuse(stream, Refusal::Overloaded).await;
+            self.refuse(stream, Refusal::Overloaded).await;
             return None;
         };
+        let _open = Open::new(self.metrics.as_ref());
         self.serve(stream, shutdown).await;
         None
     }
@@ -103,7 +137,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
             let head = match read_head(&mut stream, &mut buf, first, &self.limits, shutdown).await {
                 Ok(head) => head,
                 Err(Ended::Quietly) => return,
-                Err(Ended::Refused(r)) => return refuse(stream, r).await,
+                Err(Ended::Refused(r)) => return self.refuse(stream, r).await,
             };
             // Hand Pingora exactly this request when its end is known; keep what follows (the next
             // pipelined request) for the next turn.
@@ -163,6 +197,17 @@ enum Refusal {
 }
 
 impl Refusal {
+    /// Its `reason` in [`crate::metrics::REFUSAL_REASONS`].
+    fn reason_index(self) -> usize {
+        match self {
+            Refusal::Overloaded => 0,
+            Refusal::HeadTimeout => 1,
+            Refusal::HeadTooLarge => 2,
+            Refusal::BadRequest(_) => 3,
+            Refusal::UnsupportedCoding => 4,
+        }
+    }
+
     fn response(self) -> Vec<u8> {
         let (status, code, message) = match self {
             Refusal::Overloaded => (

@@ -472,3 +472,71 @@ pub fn estimates() -> Option<&'static EstimateMetrics> {
     })
     .as_ref()
 }
+
+/// One listener's connection counters, resolved once when the listener is built: the connection
+/// path increments pre-resolved handles (one atomic per connection, one per refusal).
+pub struct ListenerMetrics {
+    /// `leaky_connections_open{listener}`.
+    pub open: IntGauge,
+    /// `leaky_connections_refused_total{listener,reason}`, indexed like [`REFUSAL_REASONS`].
+    pub refused: [IntCounter; 5],
+}
+
+/// The `reason` label values of `leaky_connections_refused_total`.
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "overloaded",
+    "head_timeout",
+    "head_too_large",
+    "bad_request",
+    "unsupported_coding",
+];
+
+struct ConnectionFamilies {
+    open: prometheus::IntGaugeVec,
+    refused: IntCounterVec,
+}
+
+fn connection_families() -> Option<&'static ConnectionFamilies> {
+    static F: OnceLock<Option<ConnectionFamilies>> = OnceLock::new();
+    F.get_or_init(|| {
+        let registry = &metrics()?.registry;
+        let open = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "leaky_connections_open",
+                "Client connections a listener holds (each takes a slot of its max_connections)",
+            ),
+            &["listener"],
+        )
+        .ok()?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "leaky_connections_refused_total",
+                "Connections a listener answered itself and closed: overloaded (503, at its connection limit), head_timeout (408), head_too_large (431), bad_request (400: no Host, Content-Length with Transfer-Encoding, unparsable head), unsupported_coding (501)",
+            ),
+            &["listener", "reason"],
+        )
+        .ok()?;
+        registry.register(Box::new(open.clone())).ok()?;
+        registry.register(Box::new(refused.clone())).ok()?;
+        Some(ConnectionFamilies { open, refused })
+    })
+    .as_ref()
+}
+
+impl ListenerMetrics {
+    /// The handles of listener `name` (`proxy`, `admin`); `None` if the registry is unavailable.
+    pub fn new(name: &str) -> Option<Self> {
+        let f = connection_families()?;
+        let refused = |r: &str| f.refused.get_metric_with_label_values(&[name, r]).ok();
+        Some(ListenerMetrics {
+            open: f.open.get_metric_with_label_values(&[name]).ok()?,
+            refused: [
+                refused(REFUSAL_REASONS[0])?,
+                refused(REFUSAL_REASONS[1])?,
+                refused(REFUSAL_REASONS[2])?,
+                refused(REFUSAL_REASONS[3])?,
+                refused(REFUSAL_REASONS[4])?,
+            ],
+        })
+    }
+}

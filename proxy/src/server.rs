@@ -95,7 +95,7 @@ pub fn build(
         max_connections,
     };
     let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
-    let mut proxy = Service::new("proxy".to_string(), Listener::new(gateway, limits));
+    let mut proxy = Service::new("proxy".to_string(), Listener::new("proxy", gateway, limits));
     proxy.add_tcp(&server_cfg.listen.to_string());
     proxy.threads = Some(server_cfg.threads);
 
@@ -106,7 +106,10 @@ pub fn build(
     let admin_app = Admin {
         state: state.clone(),
     };
-    let mut admin = Service::new("admin".to_string(), Listener::new(admin_app, admin_limits));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Listener::new("admin", admin_app, admin_limits),
+    );
     admin.add_tcp(&server_cfg.admin_listen.to_string());
     admin.threads = Some(1);
 
