@@ -110,9 +110,7 @@ impl Dep {
                 }
             },
         ));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
+        let addr = common::serve(router).await;
         Dep { addr, hits, plan }
     }
 
@@ -132,14 +130,8 @@ impl Dep {
 /// Provider `openai` over `deps` (a, b, ...), `breaker` as its breaker settings; route `/v1` without
 /// retries (each request's answer is its one attempt's), keys of two tenants.
 fn config(deps: &[&Dep], breaker: &str) -> String {
-    let mut list = String::new();
-    for (i, d) in deps.iter().enumerate() {
-        let name = (b'a' + i as u8) as char;
-        list.push_str(&format!(
-            "      - {{ name: {name}, base_url: http://{} }}\n",
-            d.addr
-        ));
-    }
+    let addrs: Vec<_> = deps.iter().map(|d| d.addr).collect();
+    let list = common::deployments_yaml(&addrs);
     format!(
         r#"server:
   threads: 2

@@ -68,10 +68,7 @@ async fn serve(router: axum::Router) -> (SocketAddr, Knobs) {
             async move { knobs_layer(k, req, next).await }
         },
     ));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
-    (addr, knobs)
+    (common::serve(router).await, knobs)
 }
 
 async fn knobs_layer(k: Knobs, req: Request, next: Next) -> Response {

@@ -78,9 +78,7 @@ impl Dep {
                 }
             },
         ));
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
+        let addr = common::serve(router).await;
         Dep {
             addr,
             hits,
@@ -114,14 +112,8 @@ keys:
 /// A config with provider `openai` over `deps` (named a, b, c...), `provider_extra` under the
 /// provider and `route_extra` under the route `/v1`.
 fn config(deps: &[&Dep], provider_extra: &str, route_extra: &str) -> String {
-    let mut list = String::new();
-    for (i, d) in deps.iter().enumerate() {
-        let name = (b'a' + i as u8) as char;
-        list.push_str(&format!(
-            "      - {{ name: {name}, base_url: http://{} }}\n",
-            d.addr
-        ));
-    }
+    let addrs: Vec<_> = deps.iter().map(|d| d.addr).collect();
+    let list = common::deployments_yaml(&addrs);
     format!(
         r#"server:
   threads: 2

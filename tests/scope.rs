@@ -33,9 +33,7 @@ impl Recorder {
                 axum::Json(json!({}))
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = common::serve(app).await;
         Recorder { addr, seen }
     }
 

@@ -372,3 +372,24 @@ pub fn with_admin_token(config: &str) -> String {
         1,
     )
 }
+
+/// Serves `router` on a free loopback port for the rest of the test; returns its address.
+pub async fn serve(router: axum::Router) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, router).await.unwrap() });
+    addr
+}
+
+/// A provider's `deployments:` entries (indented for `providers.<name>.deployments`), named a, b, c...
+/// in the order of `addrs`.
+pub fn deployments_yaml(addrs: &[SocketAddr]) -> String {
+    let mut list = String::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let name = (b'a' + i as u8) as char;
+        list.push_str(&format!(
+            "      - {{ name: {name}, base_url: http://{addr} }}\n"
+        ));
+    }
+    list
+}
