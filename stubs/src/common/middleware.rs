@@ -133,6 +133,26 @@ fn percent_decode(s: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_labels_keep_the_api_version_and_hide_the_model() {
+        for (path, label) in [
+            (
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                "/v1beta/models/{model}:generateContent",
+            ),
+            (
+                "/v1/models/gemini-2.5-flash:streamGenerateContent",
+                "/v1/models/{model}:streamGenerateContent",
+            ),
+            ("/v1/models/x:frobnicate", "/v1/models/{model}:unknown"),
+            ("/v1/models/gemini-2.5-flash", "/v1/models/{model}"),
+            ("/v1/chat/completions", "/v1/chat/completions"),
+        ] {
+            assert_eq!(endpoint_label(path), label, "{path}");
+        }
+    }
+
     #[test]
     fn query_params_decode() {
         assert_eq!(
