@@ -359,7 +359,7 @@ fn print_banner(c: &leaky_config::Config, version: u64) {
     let admin = c.server.admin_listen;
     println!(
         "\nLeaky Tokens is up (config {}, version {})\n\
-         \n  proxy    http://{proxy}   (/v1, /openai/v1, /gemini/v1beta, /qwen/api/v1, /qwen/compatible-mode/v1)\
+         \n  proxy    http://{proxy}   (/v1, /openai/v1, /gemini/v1beta, /gemini/v1, /qwen/api/v1, /qwen/compatible-mode/v1)\
          \n  admin    http://{admin}   (/healthz /readyz /metrics /admin/config)\
          \n  stubs    OpenAI http://127.0.0.1:18001  Gemini http://127.0.0.1:18002  Qwen http://127.0.0.1:18003\
          \n\n  demo keys: lt-demo-free (free)  lt-demo-pro (pro)  lt-demo-enterprise (enterprise)\

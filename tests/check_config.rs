@@ -57,7 +57,7 @@ fn shipped_configs_pass() {
     let (code, stdout) = check_config(&dir, &["dev.yaml", "base.yaml"], &[]);
     assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.starts_with("dev.yaml: ok (5 routes, 4 providers, 3 keys)"),
+        stdout.starts_with("dev.yaml: ok (6 routes, 4 providers, 3 keys)"),
         "{stdout}"
     );
     // Staging and production take every credential from the environment.

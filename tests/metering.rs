@@ -119,8 +119,8 @@ struct Rig {
     _capture: common::capture::Capture,
 }
 
-/// The gateway with rate limits on `/v1` (OpenAI models, `capture-*` to the capture server) and
-/// `/gemini/v1beta`; `limits` is added under the top-level `limits:`; the OpenAI stub injects
+/// The gateway with rate limits on `/v1` (OpenAI models, `capture-*` to the capture server),
+/// `/gemini/v1beta` and `/gemini/v1`; `limits` is added under the top-level `limits:`; the OpenAI stub injects
 /// `openai_faults`.
 async fn rig(limits: &str, openai_faults: leaky_stubs::FaultPlan) -> Rig {
     let (openai_addr, openai) = serve(leaky_stubs::openai_router_with(&stub_options(
@@ -165,6 +165,12 @@ routes:
     dialect: google
     upstream: {{ provider: gemini, path_prefix: /v1beta }}
     filters: *chain
+  - name: gemini-v1
+    prefix: /gemini/v1
+    dialect: google
+    upstream: {{ provider: gemini, path_prefix: /v1 }}
+    filters: *chain
+    forward_headers: ["x-stub-saw-path"]
 limits:
   default_max_tokens: {DEFAULT}
 {limits}
@@ -490,4 +496,94 @@ async fn without_enforcement_no_cap_is_added() {
     assert_eq!(r.status(), 200);
     let sent = rig.openai.last_body();
     assert_eq!(sent, question(), "forwarded as sent");
+}
+
+/// The `usageMetadata` a Gemini answer reports: the JSON body, or the last SSE event carrying it.
+fn gemini_usage(body: &str, sse: bool) -> Value {
+    if !sse {
+        let v: Value = serde_json::from_str(body).unwrap();
+        return v["usageMetadata"].clone();
+    }
+    body.split("\r\n\r\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v.get("usageMetadata").cloned())
+        .last()
+        .unwrap_or_else(|| panic!("no usageMetadata in {body}"))
+}
+
+/// Issue #12: Google serves the native API under `/v1` as well as `/v1beta` (the google-genai SDK
+/// defaults to `/v1` with a base URL). `/gemini/v1/...` reaches the provider's `/v1/...`, and
+/// `generateContent` and `streamGenerateContent?alt=sse` are charged the provider's reported usage
+/// exactly like under `/v1beta`. Before, the gateway had no `/gemini/v1` route (404) and the stub
+/// served no `/v1/models/...` (404).
+#[tokio::test]
+async fn gemini_native_under_v1_is_served_and_metered_like_v1beta() {
+    let rig = rig("", leaky_stubs::FaultPlan::default()).await;
+    let gw = &rig.gw;
+    let body = json!({
+        "contents": [{"role": "user", "parts": [{"text": "Tell me about buckets."}]}],
+        "generationConfig": {"maxOutputTokens": 50},
+    });
+    let mut charged = 0;
+    for (method, sse) in [
+        ("generateContent", false),
+        ("streamGenerateContent?alt=sse", true),
+    ] {
+        let mut reported = Vec::new();
+        for version in ["v1beta", "v1"] {
+            let r = gw
+                .client
+                .post(gw.url(&format!(
+                    "/gemini/{version}/models/gemini-2.5-flash:{method}"
+                )))
+                .header("x-goog-api-key", PRO_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{version} {method}");
+            if version == "v1" {
+                assert_eq!(
+                    r.headers()["x-stub-saw-path"],
+                    format!("/v1/models/gemini-2.5-flash:{method}").as_str()
+                );
+            }
+            let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            let usage = gemini_usage(&r.text().await.unwrap(), sse);
+            let prompt = usage["promptTokenCount"].as_u64().unwrap();
+            let completion = usage["candidatesTokenCount"].as_u64().unwrap();
+            let record = usage_record(gw, &rid).await;
+            assert_eq!(record["source"], "reported", "{version} {method}: {record}");
+            assert_eq!(
+                record["prompt_tokens"], prompt,
+                "{version} {method}: {record}"
+            );
+            assert_eq!(
+                record["completion_tokens"], completion,
+                "{version} {method}: {record}"
+            );
+            charged += prompt + completion;
+            reported.push((prompt, completion));
+        }
+        assert_eq!(reported[0], reported[1], "{method}: v1 metered like v1beta");
+    }
+    // The daily quota moved by exactly what the provider reported (and the probe's reservation).
+    let (q, p) = probe(gw).await;
+    assert_eq!(q, DAY - charged - (p + 1));
+
+    let r = gw
+        .client
+        .get(gw.url("/gemini/v1/models"))
+        .header("x-goog-api-key", PRO_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "models/gemini-2.5-flash"));
 }

@@ -151,26 +151,30 @@ async fn bad_keys_get_401_in_each_dialect() {
     assert_eq!(v["error"]["message"], "The API key provided has expired.");
 }
 
+/// Under both API versions Google serves natively (`/gemini/v1` since issue #12: the google-genai
+/// SDK's default with a base URL).
 #[tokio::test]
 async fn gemini_native_key_from_query_is_replaced_by_the_gateway_credential() {
     let (_up, gw) = setup().await;
-    let r = gw
-        .client
-        .post(gw.url(&format!(
-            "/gemini/v1beta/models/gemini-2.5-flash:generateContent?key={PRO_KEY}"
-        )))
-        .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-stub-saw-authorization"], "gemini-credential");
-    assert_eq!(
-        r.headers()["x-stub-saw-path"],
-        "/v1beta/models/gemini-2.5-flash:generateContent"
-    );
-    let v: Value = r.json().await.unwrap();
-    assert!(v["usageMetadata"]["totalTokenCount"].as_u64().unwrap() > 0);
+    for version in ["v1beta", "v1"] {
+        let r = gw
+            .client
+            .post(gw.url(&format!(
+                "/gemini/{version}/models/gemini-2.5-flash:generateContent?key={PRO_KEY}"
+            )))
+            .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{version}");
+        assert_eq!(r.headers()["x-stub-saw-authorization"], "gemini-credential");
+        assert_eq!(
+            r.headers()["x-stub-saw-path"],
+            format!("/{version}/models/gemini-2.5-flash:generateContent").as_str()
+        );
+        let v: Value = r.json().await.unwrap();
+        assert!(v["usageMetadata"]["totalTokenCount"].as_u64().unwrap() > 0);
+    }
 }
 
 #[tokio::test]

@@ -213,7 +213,7 @@ fn seg(s: &str) -> Option<Seg> {
 
 /// The endpoints a route of `dialect` serves when its config lists none: inference and model listing,
 /// relative to the shipped route prefixes (`/v1`, `/openai/v1`, `/qwen/compatible-mode/v1` for the
-/// OpenAI dialect, `/gemini/v1beta` for Google's, `/qwen/api/v1` for DashScope's).
+/// OpenAI dialect, `/gemini/v1beta` and `/gemini/v1` for Google's, `/qwen/api/v1` for DashScope's).
 pub fn default_endpoints(dialect: Dialect) -> &'static [(EndpointMethod, &'static str)] {
     use EndpointMethod::{Get, Post};
     match dialect {

@@ -37,8 +37,32 @@ fn every_shipped_file_loads_with_all_variables_set() {
     for name in SHIPPED {
         let config = load_ok(&shipped(name), &dummy_env);
         assert_eq!(config.providers.len(), 4, "{name}");
-        assert_eq!(config.routes.len(), 5, "{name}");
+        assert_eq!(config.routes.len(), 6, "{name}");
         assert_eq!(config.tiers.len(), 3, "{name}");
+        // Gemini native under both API versions, same chain (the SDK defaults to /v1).
+        let gemini: Vec<_> = config
+            .routes
+            .iter()
+            .filter(|r| r.dialect == leaky_config::Dialect::Google)
+            .map(|r| match &r.upstream {
+                RouteUpstream::Fixed(t) => (
+                    r.prefix.as_str(),
+                    t.provider.as_str(),
+                    t.path_prefix.as_str(),
+                    r.filters.len(),
+                ),
+                RouteUpstream::ByModel(_) => panic!("{name}: {} routes by model", r.name),
+            })
+            .collect();
+        let chain = config.routes[0].filters.len();
+        assert_eq!(
+            gemini,
+            [
+                ("/gemini/v1beta", "gemini", "/v1beta", chain),
+                ("/gemini/v1", "gemini", "/v1", chain)
+            ],
+            "{name}"
+        );
     }
 }
 

@@ -1,5 +1,5 @@
-//! Gemini API (`/v1beta`) stub, plus its OpenAI-compatible endpoints under
-//! `/v1beta/openai/`.
+//! Gemini API stub: the native surface under `/v1beta` and `/v1` (Google serves
+//! both), plus its OpenAI-compatible endpoints under `/v1beta/openai/` only.
 
 use std::time::Duration;
 
@@ -99,34 +99,46 @@ pub fn router(latency: Latency) -> Router {
 /// The router with faults, limits and a clock.
 pub fn router_with(opts: &StubOptions) -> Router {
     let ctx = common::Ctx::new("gemini", Dialect::Google, opts);
-    let api = compat_routes(&COMPAT, "/v1beta/openai")
-        .route(
-            "/v1beta/models",
-            get(|headers: HeaderMap, uri: Uri| async move {
-                list_models(&headers, &uri).unwrap_or_else(|e| e.render(Dialect::Google))
-            }),
-        )
-        .route(
-            "/v1beta/models/{*rest}",
-            get(
-                |headers: HeaderMap, uri: Uri, Path(rest): Path<String>| async move {
-                    get_model(&headers, &uri, &rest).unwrap_or_else(|e| e.render(Dialect::Google))
-                },
-            )
-            .post(
-                |State(ctx): State<SharedCtx>,
-                 headers: HeaderMap,
-                 uri: Uri,
-                 Path(rest): Path<String>,
-                 body: Bytes| async move {
-                    match dispatch(&ctx, &headers, &uri, &rest, &body).await {
-                        Ok(r) => r,
-                        Err(e) => e.render(Dialect::Google),
-                    }
-                },
-            ),
-        );
+    let api = NATIVE_VERSIONS
+        .iter()
+        .fold(compat_routes(&COMPAT, "/v1beta/openai"), |api, v| {
+            native_routes(api, v)
+        });
     finish_router(api, ctx)
+}
+
+/// The API versions Google serves the native surface under (`/v1` is what the
+/// `google-genai` SDK uses by default with a custom base URL).
+pub const NATIVE_VERSIONS: [&str; 2] = ["/v1beta", "/v1"];
+
+/// The native surface (`models`, `models/{m}`, `models/{m}:{method}`) under `version`.
+fn native_routes(api: Router<SharedCtx>, version: &str) -> Router<SharedCtx> {
+    api.route(
+        &format!("{version}/models"),
+        get(|headers: HeaderMap, uri: Uri| async move {
+            list_models(&headers, &uri).unwrap_or_else(|e| e.render(Dialect::Google))
+        }),
+    )
+    .route(
+        &format!("{version}/models/{{*rest}}"),
+        get(
+            |headers: HeaderMap, uri: Uri, Path(rest): Path<String>| async move {
+                get_model(&headers, &uri, &rest).unwrap_or_else(|e| e.render(Dialect::Google))
+            },
+        )
+        .post(
+            |State(ctx): State<SharedCtx>,
+             headers: HeaderMap,
+             uri: Uri,
+             Path(rest): Path<String>,
+             body: Bytes| async move {
+                match dispatch(&ctx, &headers, &uri, &rest, &body).await {
+                    Ok(r) => r,
+                    Err(e) => e.render(Dialect::Google),
+                }
+            },
+        ),
+    )
 }
 
 fn api_key(headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {

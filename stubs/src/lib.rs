@@ -153,7 +153,7 @@ pub fn openai_router(latency: Latency) -> axum::Router {
     openai::router(latency)
 }
 
-/// The Gemini stub (`/v1beta/...`, including `/v1beta/openai/...`).
+/// The Gemini stub (`/v1beta/...` and `/v1/...`, plus `/v1beta/openai/...`).
 pub fn gemini_router(latency: Latency) -> axum::Router {
     gemini::router(latency)
 }

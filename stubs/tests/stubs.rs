@@ -567,6 +567,9 @@ mod openai {
 mod gemini {
     use super::*;
 
+    /// Google serves the native surface under both API versions; every native test runs on each.
+    const VERSIONS: [&str; 2] = ["/v1beta", "/v1"];
+
     fn url(b: &BoundStubs, p: &str) -> String {
         format!("http://{}{p}", b.gemini)
     }
@@ -599,11 +602,17 @@ mod gemini {
 
     #[tokio::test]
     async fn generate_count_tokens_and_headers() {
+        for ver in VERSIONS {
+            generate_count_tokens_and_headers_at(ver).await;
+        }
+    }
+
+    async fn generate_count_tokens_and_headers_at(ver: &str) {
         let (b, c) = start().await;
         let (s, h, v) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &format!("{ver}/models/gemini-2.5-flash:generateContent"),
             &req(),
         )
         .await;
@@ -634,7 +643,7 @@ mod gemini {
         let (s, _, ct) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-2.5-flash:countTokens",
+            &format!("{ver}/models/gemini-2.5-flash:countTokens"),
             &json!({"generateContentRequest": req()}),
         )
         .await;
@@ -645,14 +654,14 @@ mod gemini {
         let (_, _, g) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &format!("{ver}/models/gemini-2.5-flash:generateContent"),
             &no_sys,
         )
         .await;
         let (_, _, ct) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-2.5-flash:countTokens",
+            &format!("{ver}/models/gemini-2.5-flash:countTokens"),
             &no_sys,
         )
         .await;
@@ -662,7 +671,7 @@ mod gemini {
         let r = c
             .post(url(
                 &b,
-                "/v1beta/models/gemini-2.0-flash:generateContent?key=qkey",
+                &format!("{ver}/models/gemini-2.0-flash:generateContent?key=qkey"),
             ))
             .json(&req())
             .send()
@@ -677,7 +686,7 @@ mod gemini {
         let (_, _, v) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-2.5-pro:generateContent",
+            &format!("{ver}/models/gemini-2.5-pro:generateContent"),
             &capped,
         )
         .await;
@@ -686,7 +695,7 @@ mod gemini {
         let (_, _, again) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-2.5-pro:generateContent",
+            &format!("{ver}/models/gemini-2.5-pro:generateContent"),
             &capped,
         )
         .await;
@@ -695,11 +704,17 @@ mod gemini {
 
     #[tokio::test]
     async fn streaming_sse_and_json_array() {
+        for ver in VERSIONS {
+            streaming_sse_and_json_array_at(ver).await;
+        }
+    }
+
+    async fn streaming_sse_and_json_array_at(ver: &str) {
         let (b, c) = start().await;
         let (_, _, unary) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &format!("{ver}/models/gemini-2.5-flash:generateContent"),
             &req(),
         )
         .await;
@@ -710,7 +725,7 @@ mod gemini {
         let r = c
             .post(url(
                 &b,
-                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                &format!("{ver}/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
             ))
             .header("x-goog-api-key", "k")
             .json(&req())
@@ -748,7 +763,7 @@ mod gemini {
         let r = c
             .post(url(
                 &b,
-                "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                &format!("{ver}/models/gemini-2.5-flash:streamGenerateContent"),
             ))
             .header("x-goog-api-key", "k")
             .json(&req())
@@ -765,11 +780,17 @@ mod gemini {
 
     #[tokio::test]
     async fn embeddings_and_models() {
+        for ver in VERSIONS {
+            embeddings_and_models_at(ver).await;
+        }
+    }
+
+    async fn embeddings_and_models_at(ver: &str) {
         let (b, c) = start().await;
         let (s, _, v) = post(
             &c,
             &b,
-            "/v1beta/models/text-embedding-004:embedContent",
+            &format!("{ver}/models/text-embedding-004:embedContent"),
             &json!({"content": {"parts": [{"text": "hello"}]}}),
         )
         .await;
@@ -778,7 +799,7 @@ mod gemini {
         let (_, _, v) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-embedding-001:embedContent",
+            &format!("{ver}/models/gemini-embedding-001:embedContent"),
             &json!({"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 128}),
         )
         .await;
@@ -786,7 +807,7 @@ mod gemini {
         let (s, _, v) = post(
             &c,
             &b,
-            "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+            &format!("{ver}/models/gemini-embedding-001:batchEmbedContents"),
             &json!({"requests": [
                 {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a"}]}},
                 {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]}}
@@ -800,7 +821,7 @@ mod gemini {
         assert_ne!(embs[0], embs[1]);
 
         let v: Value = c
-            .get(url(&b, "/v1beta/models"))
+            .get(url(&b, &format!("{ver}/models")))
             .header("x-goog-api-key", "k")
             .send()
             .await
@@ -819,7 +840,7 @@ mod gemini {
                 && names.contains(&"models/text-embedding-004")
         );
         let r = c
-            .get(url(&b, "/v1beta/models/gemini-2.5-flash"))
+            .get(url(&b, &format!("{ver}/models/gemini-2.5-flash")))
             .header("x-goog-api-key", "k")
             .send()
             .await
@@ -832,8 +853,14 @@ mod gemini {
 
     #[tokio::test]
     async fn google_errors() {
+        for ver in VERSIONS {
+            google_errors_at(ver).await;
+        }
+    }
+
+    async fn google_errors_at(ver: &str) {
         let (b, c) = start().await;
-        let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+        let path = format!("{ver}/models/gemini-2.5-flash:generateContent");
         let check = |v: &Value, code: u16, status: &str| {
             assert_eq!(v["error"]["code"], code, "{v}");
             assert_eq!(v["error"]["status"], status, "{v}");
@@ -841,11 +868,11 @@ mod gemini {
                 .as_str()
                 .is_some_and(|m| !m.is_empty()));
         };
-        let r = c.post(url(&b, path)).json(&req()).send().await.unwrap();
+        let r = c.post(url(&b, &path)).json(&req()).send().await.unwrap();
         assert_eq!(r.status(), 403);
         check(&r.json().await.unwrap(), 403, "PERMISSION_DENIED");
         let r = c
-            .post(url(&b, path))
+            .post(url(&b, &path))
             .header("x-goog-api-key", "invalid")
             .json(&req())
             .send()
@@ -856,7 +883,7 @@ mod gemini {
         check(&v, 400, "INVALID_ARGUMENT");
         assert_eq!(v["error"]["details"][0]["reason"], "API_KEY_INVALID");
         let r = c
-            .post(url(&b, path))
+            .post(url(&b, &path))
             .header("x-goog-api-key", "k")
             .body("{oops")
             .send()
@@ -864,26 +891,32 @@ mod gemini {
             .unwrap();
         assert_eq!(r.status(), 400);
         check(&r.json().await.unwrap(), 400, "INVALID_ARGUMENT");
-        let (s, _, v) = post(&c, &b, path, &json!({"generationConfig": {}})).await;
+        let (s, _, v) = post(&c, &b, &path, &json!({"generationConfig": {}})).await;
         assert_eq!(s, 400);
         check(&v, 400, "INVALID_ARGUMENT");
-        let (s, _, v) = post(&c, &b, path, &json!({"contents": "hello"})).await;
+        let (s, _, v) = post(&c, &b, &path, &json!({"contents": "hello"})).await;
         assert_eq!(s, 400);
         check(&v, 400, "INVALID_ARGUMENT");
         let (s, _, v) = post(
             &c,
             &b,
-            path,
+            &path,
             &json!({"contents": req()["contents"], "generationConfig": {"maxOutputTokens": "x"}}),
         )
         .await;
         assert_eq!(s, 400);
         check(&v, 400, "INVALID_ARGUMENT");
-        let (s, _, v) = post(&c, &b, "/v1beta/models/palm-2:generateContent", &req()).await;
+        let (s, _, v) = post(
+            &c,
+            &b,
+            &format!("{ver}/models/palm-2:generateContent"),
+            &req(),
+        )
+        .await;
         assert_eq!(s, 404);
         check(&v, 404, "NOT_FOUND");
         let r = c
-            .get(url(&b, "/v1beta/models/palm-2"))
+            .get(url(&b, &format!("{ver}/models/palm-2")))
             .header("x-goog-api-key", "k")
             .send()
             .await
@@ -961,6 +994,16 @@ mod gemini {
         assert_eq!(r.status(), 400);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v[0]["error"]["status"], "INVALID_ARGUMENT");
+
+        // Google serves the OpenAI-compatible layer under /v1beta only.
+        let r = c
+            .post(url(&b, "/v1/openai/chat/completions"))
+            .bearer_auth("AIza")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
     }
 }
 

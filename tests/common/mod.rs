@@ -115,6 +115,12 @@ routes:
     upstream: {{ provider: gemini, path_prefix: /v1beta }}
     filters: *chain
     forward_headers: ["x-stub-*"]
+  - name: gemini-v1
+    prefix: /gemini/v1
+    dialect: google
+    upstream: {{ provider: gemini, path_prefix: /v1 }}
+    filters: *chain
+    forward_headers: ["x-stub-*"]
   - name: qwen
     prefix: /qwen/api/v1
     dialect: dashscope

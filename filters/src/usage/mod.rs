@@ -69,7 +69,8 @@ pub enum Surface {
 
 impl Surface {
     /// Classifies an upstream call from the route's dialect and the upstream path (a query
-    /// string is ignored). OpenAI-shaped paths under `/v1beta/openai/` are Gemini's and under
+    /// string is ignored). Gemini's native methods are recognised by their `:method` suffix under
+    /// any API version (`/v1beta`, `/v1`). OpenAI-shaped paths under `/v1beta/openai/` are Gemini's and under
     /// `/compatible-mode/` DashScope's whatever the dialect; other OpenAI-shaped paths belong to
     /// the dialect's vendor.
     pub fn classify(dialect: Dialect, path: &str) -> Surface {

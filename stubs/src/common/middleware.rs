@@ -11,18 +11,12 @@ use axum::response::Response;
 
 use super::{ApiError, SharedCtx, BODY_LIMIT, H_PROVIDER, H_REQUEST_BYTES, H_SAW_AUTH, H_SAW_PATH};
 
-const GEMINI_METHODS: [(&str, &str); 5] = [
-    ("generateContent", "/v1beta/models/{model}:generateContent"),
-    (
-        "streamGenerateContent",
-        "/v1beta/models/{model}:streamGenerateContent",
-    ),
-    ("countTokens", "/v1beta/models/{model}:countTokens"),
-    ("embedContent", "/v1beta/models/{model}:embedContent"),
-    (
-        "batchEmbedContents",
-        "/v1beta/models/{model}:batchEmbedContents",
-    ),
+const GEMINI_METHODS: [&str; 5] = [
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "embedContent",
+    "batchEmbedContents",
 ];
 
 /// Marker extension set on responses produced by a router's fallback.
@@ -36,12 +30,13 @@ fn endpoint_label(path: &str) -> Cow<'_, str> {
         let prefix = &path[..idx];
         let rest = &path[idx + "/models/".len()..];
         if let Some((_, method)) = rest.rsplit_once(':') {
-            for (name, label) in GEMINI_METHODS {
-                if name == method {
-                    return Cow::Borrowed(label);
-                }
-            }
-            return Cow::Borrowed("/v1beta/models/{model}:unknown");
+            // The prefix is the API version (`/v1beta`, `/v1`): a matched route, so bounded.
+            let method = GEMINI_METHODS
+                .iter()
+                .find(|m| **m == method)
+                .copied()
+                .unwrap_or("unknown");
+            return Cow::Owned(format!("{prefix}/models/{{model}}:{method}"));
         }
         return Cow::Owned(format!("{prefix}/models/{{model}}"));
     }
@@ -138,6 +133,26 @@ fn percent_decode(s: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_labels_keep_the_api_version_and_hide_the_model() {
+        for (path, label) in [
+            (
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                "/v1beta/models/{model}:generateContent",
+            ),
+            (
+                "/v1/models/gemini-2.5-flash:streamGenerateContent",
+                "/v1/models/{model}:streamGenerateContent",
+            ),
+            ("/v1/models/x:frobnicate", "/v1/models/{model}:unknown"),
+            ("/v1/models/gemini-2.5-flash", "/v1/models/{model}"),
+            ("/v1/chat/completions", "/v1/chat/completions"),
+        ] {
+            assert_eq!(endpoint_label(path), label, "{path}");
+        }
+    }
+
     #[test]
     fn query_params_decode() {
         assert_eq!(

@@ -32,6 +32,28 @@ pub(super) fn run(
     (out, t.finish(estimate))
 }
 
+/// Google serves the native API under `/v1` and `/v1beta`: both are metered the same way.
+#[test]
+fn classify_gemini_native_is_version_agnostic() {
+    use Surface::*;
+    for (method, surface) in [
+        ("generateContent", GeminiGenerate),
+        ("streamGenerateContent?alt=sse", GeminiStreamGenerate),
+        ("embedContent", GeminiEmbed),
+        ("batchEmbedContents", GeminiEmbed),
+        ("countTokens", GeminiCountTokens),
+    ] {
+        for version in ["/v1beta", "/v1"] {
+            let path = format!("{version}/models/gemini-2.5-flash:{method}");
+            assert_eq!(Surface::classify(Dialect::Google, &path), surface, "{path}");
+        }
+    }
+    for version in ["/v1beta", "/v1"] {
+        let path = format!("{version}/models");
+        assert_eq!(Surface::classify(Dialect::Google, &path), Other, "{path}");
+    }
+}
+
 #[test]
 fn classify_surfaces() {
     use Surface::*;
