@@ -232,15 +232,6 @@ async fn an_admin_listener_beyond_loopback_needs_a_token() {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn an_alias_bomb_in_the_watched_config_is_refused_and_the_old_config_keeps_serving() {
     let up = Upstreams::start().await;
@@ -279,7 +270,7 @@ async fn an_alias_bomb_in_the_watched_config_is_refused_and_the_old_config_keeps
         "the old config serves"
     );
     // Expanded, it would be 10^9 nodes; bounded, the process stays near its idle size.
-    let rss = rss_kib(gw.pid());
+    let rss = common::rss_kib(gw.pid());
     assert!(rss < 256 * 1024, "RSS {rss} KiB");
 }
 

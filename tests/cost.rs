@@ -124,16 +124,6 @@ async fn a_prompt_too_large_for_the_free_tier_is_refused_without_counting_it() {
     assert_eq!(ok.status(), 200);
 }
 
-/// Resident memory of the gateway, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn memory_taken_by_a_burst_of_large_bodies_goes_back_to_the_system() {
     let up = Upstreams::start().await;
@@ -142,24 +132,24 @@ async fn memory_taken_by_a_burst_of_large_bodies_goes_back_to_the_system() {
         .post_chat(LIMITED_KEY, &chat("gpt-4o-mini", "hello"))
         .await;
     assert_eq!(warm.status(), 200);
-    let idle = rss_kib(gw.pid());
+    let idle = common::rss_kib(gw.pid());
     // Eight 10 MiB bodies at once: read, parsed for their bound, refused.
     let burst = (0..8).map(|_| post_raw(&gw, LIMITED_KEY, ten_mib_prompt("gpt-4o-mini")));
     for r in futures::future::join_all(burst).await {
         assert_eq!(r.status(), 429);
     }
-    let peak = rss_kib(gw.pid());
+    let peak = common::rss_kib(gw.pid());
     // Back within 16 MiB of the idle figure, without any further request.
     let pid = gw.pid();
     eventually(
         "resident memory returns toward the idle figure",
         Duration::from_secs(20),
         Some(&gw),
-        || async move { rss_kib(pid) < idle + 16 * 1024 },
+        || async move { common::rss_kib(pid) < idle + 16 * 1024 },
     )
     .await;
     eprintln!(
         "idle {idle} KiB, after the burst {peak} KiB, then {} KiB",
-        rss_kib(pid)
+        common::rss_kib(pid)
     );
 }

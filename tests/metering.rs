@@ -15,7 +15,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use common::{chat, eventually, sha256_hex, Gateway, PRO_KEY};
 use futures::StreamExt;
-use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -192,20 +191,6 @@ keys:
     }
 }
 
-/// `r=` of `policy` in the IETF `RateLimit` field: what is left after this request's reservation.
-fn remaining(h: &HeaderMap, policy: &str) -> u64 {
-    let field = h["ratelimit"].to_str().unwrap();
-    let item = field
-        .split(", ")
-        .find(|i| i.starts_with(&format!("\"{policy}\";")))
-        .unwrap_or_else(|| panic!("no {policy} in {field}"));
-    item.split(';')
-        .find_map(|kv| kv.strip_prefix("r="))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The usage record of request `rid` in the gateway's log (waits for the sink to write it).
 async fn usage_record(gw: &Gateway, rid: &str) -> Value {
     let find = || {
@@ -238,7 +223,7 @@ async fn probe(gw: &Gateway) -> (u64, u64) {
     body["max_tokens"] = json!(1);
     let r = gw.post_chat(PRO_KEY, &body).await;
     assert_eq!(r.status(), 200);
-    let q = remaining(r.headers(), "day");
+    let q = common::ratelimit_remaining(r.headers(), "day");
     let usage: Value = r.json().await.unwrap();
     (q, usage["usage"]["prompt_tokens"].as_u64().unwrap())
 }
@@ -298,7 +283,7 @@ async fn a_malformed_or_usage_less_answer_is_charged_the_reservation() {
     capped["max_tokens"] = json!(40);
     let r = gw.post_chat(PRO_KEY, &capped).await;
     assert_eq!(r.status(), 200);
-    let q0 = remaining(r.headers(), "day");
+    let q0 = common::ratelimit_remaining(r.headers(), "day");
     let rid0 = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let text = r.text().await.unwrap();
     assert!(
@@ -336,7 +321,7 @@ async fn a_malformed_or_usage_less_answer_is_charged_the_reservation() {
     let mut next = question();
     next["max_tokens"] = json!(1);
     let r = gw.post_chat(PRO_KEY, &next).await;
-    let q = remaining(r.headers(), "day");
+    let q = common::ratelimit_remaining(r.headers(), "day");
     assert_eq!(q, DAY - (p + 40) - (p + DEFAULT) - (pc + 30) - (p + 1));
     let settled = "leaky_ratelimit_settlements_total{source=\"reservation\"}";
     eventually(
@@ -358,7 +343,7 @@ async fn choices_multiply_the_default_completion_reservation() {
 
     let r1 = gw.post_chat(PRO_KEY, &question()).await;
     assert_eq!(r1.status(), 200);
-    let q1 = remaining(r1.headers(), "day");
+    let q1 = common::ratelimit_remaining(r1.headers(), "day");
     let u1: Value = r1.json().await.unwrap();
     let (p, t1) = (
         u1["usage"]["prompt_tokens"].as_u64().unwrap(),
@@ -370,7 +355,7 @@ async fn choices_multiply_the_default_completion_reservation() {
     three["n"] = json!(3);
     let r2 = gw.post_chat(PRO_KEY, &three).await;
     assert_eq!(r2.status(), 200);
-    let q2 = remaining(r2.headers(), "day");
+    let q2 = common::ratelimit_remaining(r2.headers(), "day");
     assert_eq!(
         q2,
         DAY - t1 - (p + 3 * DEFAULT),
@@ -392,7 +377,7 @@ async fn choices_multiply_the_default_completion_reservation() {
         .await
         .unwrap();
     assert_eq!(r3.status(), 200);
-    let q3 = remaining(r3.headers(), "day");
+    let q3 = common::ratelimit_remaining(r3.headers(), "day");
     let u3: Value = r3.json().await.unwrap();
     let p3 = u3["usageMetadata"]["promptTokenCount"].as_u64().unwrap();
     assert_eq!(

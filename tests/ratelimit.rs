@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -30,20 +29,6 @@ async fn quickstart() -> (Upstreams, Gateway) {
     )
     .await;
     (up, gw)
-}
-
-/// `r=` of `policy` in the IETF `RateLimit` field.
-fn remaining(h: &HeaderMap, policy: &str) -> u64 {
-    let field = h["ratelimit"].to_str().unwrap();
-    let item = field
-        .split(", ")
-        .find(|i| i.starts_with(&format!("\"{policy}\";")))
-        .unwrap_or_else(|| panic!("no {policy} in {field}"));
-    item.split(';')
-        .find_map(|kv| kv.strip_prefix("r="))
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 async fn post(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
@@ -156,7 +141,7 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
 
     let r1 = post(&gw, key, &plain).await;
     assert_eq!(r1.status(), 200);
-    let q1 = remaining(r1.headers(), "pro-tpd");
+    let q1 = common::ratelimit_remaining(r1.headers(), "pro-tpd");
     let u1: Value = r1.json().await.unwrap();
     let (p1, t1) = (
         u1["usage"]["prompt_tokens"].as_u64().unwrap(),
@@ -166,7 +151,7 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
     // The estimate is the stub's own count, so after settlement the next identical request's
     // standing is the first one's minus exactly what the provider reported.
     let r2 = post(&gw, key, &plain).await;
-    let q2 = remaining(r2.headers(), "pro-tpd");
+    let q2 = common::ratelimit_remaining(r2.headers(), "pro-tpd");
     assert_eq!(q2, q1 - t1, "q1={q1} usage={t1}");
     assert_eq!(r2.headers()["x-ratelimit-limit-tokens"], "200000");
     let t2 = r2.json::<Value>().await.unwrap()["usage"]["total_tokens"]
@@ -178,7 +163,7 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({"include_usage": true});
     let r3 = post(&gw, key, &streamed).await;
-    let q3 = remaining(r3.headers(), "pro-tpd");
+    let q3 = common::ratelimit_remaining(r3.headers(), "pro-tpd");
     assert_eq!(q3, q2 + (p1 + 40) - t2 - (p1 + 30));
     let text = r3.text().await.unwrap();
     let usage = text
@@ -193,7 +178,7 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
         usage["usage"]["total_tokens"].as_u64().unwrap(),
     );
     let r4 = post(&gw, key, &plain).await;
-    let q4 = remaining(r4.headers(), "pro-tpd");
+    let q4 = common::ratelimit_remaining(r4.headers(), "pro-tpd");
     assert_eq!(q4, q3 + (p3 + 30) - t3 - (p1 + 40));
     let t4 = r4.json::<Value>().await.unwrap()["usage"]["total_tokens"]
         .as_u64()
@@ -204,7 +189,7 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
     streamed.as_object_mut().unwrap().remove("stream_options");
     streamed["max_tokens"] = json!(25);
     let r5 = post(&gw, key, &streamed).await;
-    let q5 = remaining(r5.headers(), "pro-tpd");
+    let q5 = common::ratelimit_remaining(r5.headers(), "pro-tpd");
     let text = r5.text().await.unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(
@@ -224,7 +209,7 @@ async fn streamed_and_unstreamed_usage_show_up_exactly_in_the_next_headers() {
         .collect();
     let c5 = leaky_tokenize::Tokenizer::O200k.text(&content);
     let r6 = post(&gw, key, &plain).await;
-    let q6 = remaining(r6.headers(), "pro-tpd");
+    let q6 = common::ratelimit_remaining(r6.headers(), "pro-tpd");
     assert_eq!(q6, q5 + (p1 + 25) - (p1 + c5) - (p1 + 40), "t4={t4}");
 
     // Tokens and settlements are counted: t1 + t2 + t4 completion-bearing plain requests, both streams.
@@ -313,7 +298,7 @@ async fn a_stream_cut_by_the_client_settles_the_tokens_already_streamed() {
     body["stream"] = json!(true);
     let mut r = post(&gw, PRO_KEY, &body).await;
     assert_eq!(r.status(), 200);
-    let q_stream = remaining(r.headers(), "day");
+    let q_stream = common::ratelimit_remaining(r.headers(), "day");
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     // Read ten content chunks, then hang up.
     let mut seen = String::new();
@@ -374,7 +359,7 @@ async fn a_stream_cut_by_the_client_settles_the_tokens_already_streamed() {
     let mut plain = capped("gpt-4o-mini", 10);
     plain["messages"] = body["messages"].clone();
     let r = post(&gw, PRO_KEY, &plain).await;
-    let q_next = remaining(r.headers(), "day");
+    let q_next = common::ratelimit_remaining(r.headers(), "day");
     let prompt = r.json::<Value>().await.unwrap()["usage"]["prompt_tokens"]
         .as_u64()
         .unwrap();

@@ -399,3 +399,28 @@ pub fn deployments_yaml(addrs: &[SocketAddr]) -> String {
     }
     list
 }
+
+/// Resident memory of process `pid`, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `r=` of `policy` in the IETF `RateLimit` response field: what is left after this request's
+/// reservation.
+pub fn ratelimit_remaining(h: &reqwest::header::HeaderMap, policy: &str) -> u64 {
+    let field = h["ratelimit"].to_str().unwrap();
+    let item = field
+        .split(", ")
+        .find(|i| i.starts_with(&format!("\"{policy}\";")))
+        .unwrap_or_else(|| panic!("no {policy} in {field}"));
+    item.split(';')
+        .find_map(|kv| kv.strip_prefix("r="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
