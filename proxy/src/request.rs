@@ -8,7 +8,10 @@ use leaky_filters::{RejectKind, Rejection};
 use serde::Deserialize;
 use std::borrow::Cow;
 
-/// Request smuggling guard: one request must not carry both framings (pingora issue #945).
+/// The declared body length, checked against the maximum. Also refuses both framings on one request
+/// (pingora issue #945) as a second line: the listener (`listener.rs`) already refuses such a head
+/// with 400 before Pingora parses it (Pingora drops `Content-Length` when `Transfer-Encoding` is
+/// present, so by the time a request gets here the pair is normally gone).
 pub fn check_framing(headers: &HeaderMap, max_body: u64) -> Result<Option<u64>, Rejection> {
     let te = headers.contains_key(header::TRANSFER_ENCODING);
     let cl = headers.get(header::CONTENT_LENGTH);
