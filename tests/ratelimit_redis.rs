@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use leaky_filters::limit::redis_server::RedisServer;
+use leaky_limit::redis_server::RedisServer;
 use std::time::{Duration, Instant};
 
 fn config(up: &Upstreams, redis_url: &str) -> String {

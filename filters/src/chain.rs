@@ -57,15 +57,15 @@ pub struct RequestCtx {
     /// Provider of the chosen upstream, once picked.
     pub provider: Option<Arc<str>>,
     /// The request's token cost estimate, set by the proxy before `on_admit` when the route meters tokens.
-    pub cost: Option<crate::limit::TokenCost>,
+    pub cost: Option<leaky_limit::TokenCost>,
     /// Tokens the request used: the provider's report, or counted from what was streamed when the
     /// response was cut. Set before `on_usage` / `on_complete`.
-    pub usage: Option<crate::limit::TokenUsage>,
+    pub usage: Option<leaky_limit::TokenUsage>,
     /// The per-choice completion cap the proxy must send upstream because the request set none and
     /// a policy enforces its reservation (`enforce_max_tokens`); set by the limiter in `on_admit`.
     pub completion_cap: Option<u64>,
     /// What the rate limiter decided and reserved (settled by `on_usage` or `on_complete`).
-    pub limit: Option<Box<crate::limit::Reservation>>,
+    pub limit: Option<Box<crate::rate_limit::Reservation>>,
     /// Shaping delay the limiter asked for before the upstream call.
     pub delay: Option<std::time::Duration>,
 }
@@ -127,7 +127,7 @@ pub struct BuildContext {
     /// Names of the configured tiers (a JWT may only claim one of these).
     pub tiers: Arc<std::collections::BTreeSet<String>>,
     /// The config version's compiled limiter (policies + store), shared by every route's `rate-limit`.
-    pub limiter: Option<Arc<crate::limit::Limiter>>,
+    pub limiter: Option<Arc<leaky_limit::Limiter>>,
 }
 
 /// A route's filters, in order.
@@ -220,7 +220,7 @@ pub fn build_chain(specs: &[FilterSpec], cx: &BuildContext) -> Result<Chain, Str
             FilterSpec::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx)),
             FilterSpec::Jwt(s) => Arc::new(JwtFilter::from_config(s, cx)?),
             FilterSpec::RateLimit(_) => match &cx.limiter {
-                Some(l) => Arc::new(crate::limit::RateLimitFilter::new(l.clone())),
+                Some(l) => Arc::new(crate::rate_limit::RateLimitFilter::new(l.clone())),
                 None => return Err("the `rate-limit` filter needs the limiter".into()),
             },
         });

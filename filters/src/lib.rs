@@ -17,12 +17,10 @@ mod api_key;
 mod chain;
 mod jwt;
 mod key_index;
-pub mod limit;
 mod principal;
+pub mod rate_limit;
 mod reject;
 mod request_id;
-pub mod resilience;
-pub mod usage;
 
 pub use api_key::ApiKeyFilter;
 pub use chain::{build_chain, BuildContext, Chain, Filter, RequestCtx, RequestInfo};

@@ -3,10 +3,9 @@
 //! given back at completion, settlement and refunds, and bucket state kept across config versions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use leaky_filters::limit::{
-    Limiter, MemoryStore, RateLimitFilter, TokenCost, TokenUsage, UsageSource,
-};
+use leaky_filters::rate_limit::RateLimitFilter;
 use leaky_filters::{AuthMethod, Filter, Principal, RejectKind, RequestCtx};
+use leaky_limit::{Limiter, MemoryStore, TokenCost, TokenUsage, UsageSource};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

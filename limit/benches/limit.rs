@@ -3,11 +3,11 @@
 //!
 //! `now` advances by hand, 1 µs per decision, so the bucket (1M/s, burst 1000) keeps admitting.
 //!
-//! Run: `cargo bench -p leaky-filters --bench limit -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench -p leaky-limit --bench limit -- --warm-up-time 1 --measurement-time 3`
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use leaky_filters::limit::{Algorithm, Charge, MemoryStore, OnStoreError, Store, Taken};
+use leaky_limit::{Algorithm, Charge, MemoryStore, OnStoreError, Store, Taken};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};

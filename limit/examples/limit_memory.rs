@@ -1,11 +1,11 @@
 //! Memory of the in-process limiter with many active keys, and after idle eviction.
 //!
-//! Run: `cargo run --release -p leaky-filters --example limit_memory [KEYS]` (default 100,000).
+//! Run: `cargo run --release -p leaky-limit --example limit_memory [KEYS]` (default 100,000).
 //! Every key gets the buckets a free-tier request charges in the quickstart config (requests/min,
 //! tokens/min, tokens/day), keyed as the gateway keys them. Prints the process's RSS (from
 //! /proc/self/status) before, with every key active, and after the buckets went idle and were evicted.
 
-use leaky_filters::limit::{Algorithm, CalendarWindow, Charge, MemoryStore, OnStoreError, Taken};
+use leaky_limit::{Algorithm, CalendarWindow, Charge, MemoryStore, OnStoreError, Taken};
 use std::sync::Arc;
 
 fn rss_kib() -> u64 {

@@ -1,10 +1,14 @@
-//! Token-aware rate limiting: algorithms (pure), stores (memory, Redis), policies and accounting.
+//! The limit engine behind token-aware rate limits and quotas: exact integer algorithms on an
+//! injected clock (`algo`, `calendar`), the stores that hold bucket state (`memory`, `redis`, the
+//! fail-over `guard`), policies compiled once per config version into a request's charges (`policy`),
+//! and batched settlement off the request path (`settle`).
+//!
+//! Nothing here knows about Pingora, HTTP or the filter chain: callers describe a request as a
+//! borrowed [`Subject`]; the `rate-limit` filter in `leaky-filters` is the one that drives it.
 
 pub mod algo;
 pub mod calendar;
-mod filter;
 pub mod guard;
-mod headers;
 pub mod memory;
 pub mod policy;
 pub mod redis;
@@ -14,9 +18,10 @@ pub mod store;
 
 pub use self::redis::{RedisClock, RedisOptions, RedisStore};
 pub use algo::{Admit, Algorithm, CalendarWindow, Deny, Nanos, State, Status};
-pub use filter::{Decision, RateLimitFilter, Reservation};
 pub use guard::{BreakerState, GuardOptions, GuardStats, Guarded};
 pub use memory::MemoryStore;
-pub use policy::{Clock, Limiter, TokenCost, TokenUsage, UsageSource};
+pub use policy::{
+    Charges, Clock, Limiter, PolicyError, Subject, TokenCost, TokenUsage, UsageSource,
+};
 pub use settle::{Settler, SettlerHandle};
 pub use store::{Adjust, Charge, OnStoreError, Store, StoreError, Taken};

@@ -221,8 +221,8 @@ impl Store for MemoryStore {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::limit::algo::CalendarWindow;
-    use crate::limit::store::OnStoreError;
+    use crate::algo::CalendarWindow;
+    use crate::store::OnStoreError;
 
     const SEC: u64 = 1_000_000_000;
 

@@ -4,10 +4,12 @@
 //! (tier, model, provider, route). Each policy contributes one bucket, keyed by the policy's name, a
 //! fingerprint of its settings (an edited policy starts fresh buckets; an unchanged one keeps its state
 //! across reloads) and the values of its `scope` dimensions.
+//!
+//! The request is described by a borrowed [`Subject`] the caller builds from its own context, so the
+//! engine does not depend on the filter chain's types.
 
 use super::algo::{Algorithm, CalendarWindow};
 use super::store::{Charge, OnStoreError, Store};
-use crate::chain::RequestCtx;
 use leaky_config::{
     AlgorithmKind, Dimension, Limits, OnStoreErrorSpec, Policy, PolicyKind, Priority, QuotaWindow,
     Tier, Unit,
@@ -16,6 +18,33 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
+
+/// The request as the limiter sees it: who calls and what it asks for, borrowed from the caller's
+/// request context for one decision (building it allocates nothing). `None` where the request has
+/// no such value: an anonymous caller, a model or provider not known yet, a request with no token
+/// cost (`GET /models`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subject<'a> {
+    /// The principal's id (an API key id, a JWT's `jti` or subject): the `key` scope dimension.
+    pub key: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub org: Option<&'a str>,
+    /// The principal's tier; an anonymous caller or an unknown tier gets only the untiered policies.
+    pub tier: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub route: Option<&'a str>,
+    /// The token cost estimate (or a lower bound of it, before the exact estimate).
+    pub cost: Option<TokenCost>,
+}
+
+/// Why a config version's limits could not be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A quota's `timezone` is not an IANA time zone name.
+    #[error("unknown time zone `{0}`")]
+    UnknownTimeZone(String),
+}
 
 /// A request's token cost before the upstream call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,7 +113,7 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    fn compile(policy: &Policy) -> Result<Self, String> {
+    fn compile(policy: &Policy) -> Result<Self, PolicyError> {
         let algo = algorithm(&policy.kind)?;
         let mut h = Sha256::new();
         h.update(format!("{:?}|{:?}|{:?}", algo, policy.unit, policy.scope).as_bytes());
@@ -104,50 +133,44 @@ impl CompiledPolicy {
         })
     }
 
-    fn applies(&self, ctx: &RequestCtx) -> bool {
+    fn applies(&self, s: &Subject<'_>) -> bool {
         let p = &self.policy;
-        let model = ctx.model.as_deref();
-        (p.models.is_empty() || model.is_some_and(|m| p.models.iter().any(|pat| pat.matches(m))))
+        (p.models.is_empty()
+            || s.model
+                .is_some_and(|m| p.models.iter().any(|pat| pat.matches(m))))
             && (p.providers.is_empty()
-                || ctx
-                    .provider
-                    .as_deref()
+                || s.provider
                     .is_some_and(|v| p.providers.iter().any(|x| x == v)))
-            && (p.routes.is_empty()
-                || ctx
-                    .route
-                    .as_deref()
-                    .is_some_and(|v| p.routes.iter().any(|x| x == v)))
+            && (p.routes.is_empty() || s.route.is_some_and(|v| p.routes.iter().any(|x| x == v)))
     }
 
     /// Units this request reserves on the policy's bucket; `None` when the policy does not meter it
     /// (a token policy on a request with no token cost, e.g. `GET /models`).
-    pub fn cost(&self, ctx: &RequestCtx) -> Option<u64> {
+    pub fn cost(&self, s: &Subject<'_>) -> Option<u64> {
         let cap = |c: &TokenCost| c.completion(self.policy.default_max_tokens);
         match self.policy.unit {
             Unit::Requests | Unit::ConcurrentRequests => Some(1),
-            Unit::Tokens => ctx.cost.map(|c| c.prompt.saturating_add(cap(&c))),
-            Unit::PromptTokens => ctx.cost.map(|c| c.prompt),
-            Unit::CompletionTokens => ctx.cost.map(|c| cap(&c)),
+            Unit::Tokens => s.cost.map(|c| c.prompt.saturating_add(cap(&c))),
+            Unit::PromptTokens => s.cost.map(|c| c.prompt),
+            Unit::CompletionTokens => s.cost.map(|c| cap(&c)),
         }
     }
 
-    fn key(&self, ctx: &RequestCtx) -> Arc<str> {
+    fn key(&self, s: &Subject<'_>) -> Arc<str> {
         let mut k = String::with_capacity(self.key_prefix.len() + 48);
         k.push_str(&self.key_prefix);
-        let p = ctx.principal.as_deref();
         for (i, d) in self.policy.scope.iter().enumerate() {
             if i > 0 {
                 k.push(',');
             }
             let (tag, v): (&str, Option<&str>) = match d {
-                Dimension::Key => ("k", p.map(|p| &*p.id)),
-                Dimension::User => ("u", p.map(|p| &*p.user)),
-                Dimension::Org => ("o", p.and_then(|p| p.org.as_deref())),
-                Dimension::Tier => ("t", p.map(|p| &*p.tier)),
-                Dimension::Model => ("m", ctx.model.as_deref()),
-                Dimension::Provider => ("p", ctx.provider.as_deref()),
-                Dimension::Route => ("r", ctx.route.as_deref()),
+                Dimension::Key => ("k", s.key),
+                Dimension::User => ("u", s.user),
+                Dimension::Org => ("o", s.org),
+                Dimension::Tier => ("t", s.tier),
+                Dimension::Model => ("m", s.model),
+                Dimension::Provider => ("p", s.provider),
+                Dimension::Route => ("r", s.route),
             };
             let _ = write!(k, "{tag}={}", v.unwrap_or("-"));
         }
@@ -155,7 +178,7 @@ impl CompiledPolicy {
     }
 }
 
-fn algorithm(kind: &PolicyKind) -> Result<Algorithm, String> {
+fn algorithm(kind: &PolicyKind) -> Result<Algorithm, PolicyError> {
     let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     Ok(match kind {
         PolicyKind::Bucket {
@@ -195,7 +218,7 @@ fn algorithm(kind: &PolicyKind) -> Result<Algorithm, String> {
             },
             tz: timezone
                 .parse()
-                .map_err(|_| format!("unknown time zone `{timezone}`"))?,
+                .map_err(|_| PolicyError::UnknownTimeZone(timezone.clone()))?,
             soft: *soft,
         },
         PolicyKind::Concurrent { limit } => Algorithm::Concurrency { limit: *limit },
@@ -205,18 +228,24 @@ fn algorithm(kind: &PolicyKind) -> Result<Algorithm, String> {
 pub use super::settle::Clock;
 
 /// The compiled policies of one config version and the store they charge.
+///
+/// Built only by [`Limiter::new`] (the tier index is private). The other fields are public for the
+/// `rate-limit` filter, which drives the store and names policies in its headers and refusals; a
+/// built limiter is shared behind an `Arc` and never changed.
 pub struct Limiter {
-    pub(crate) policies: Vec<CompiledPolicy>,
+    /// In config order; a [`Charges::which`] or decision index points here.
+    pub policies: Vec<CompiledPolicy>,
     /// Per tier: indexes of the policies that may apply (its own limits and untiered or matching
     /// shared ones). Principals of unknown tiers, and anonymous requests, use `untiered`.
     by_tier: HashMap<String, (Priority, Vec<usize>)>,
     untiered: Vec<usize>,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) settler: Option<super::settle::SettlerHandle>,
+    pub store: Arc<dyn Store>,
+    /// Batched settlement off the request path, when the store is shared.
+    pub settler: Option<super::settle::SettlerHandle>,
     /// The in-process store, when that is the store: settlements apply inline (no queue, no task), so
     /// the caller's next request sees them whatever the timing.
-    pub(crate) inline: Option<Arc<super::memory::MemoryStore>>,
-    pub(crate) clock: Clock,
+    pub inline: Option<Arc<super::memory::MemoryStore>>,
+    pub clock: Clock,
 }
 
 impl Limiter {
@@ -228,7 +257,7 @@ impl Limiter {
         store: Arc<dyn Store>,
         settler: Option<super::settle::SettlerHandle>,
         clock: Clock,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PolicyError> {
         let policies = limits
             .policies
             .iter()
@@ -272,12 +301,8 @@ impl Limiter {
 
     /// The policies that may apply to the request's principal, and the slot of its priority in
     /// `reserve_permille`.
-    fn candidates(&self, ctx: &RequestCtx) -> (usize, &[usize]) {
-        let (priority, candidates) = match ctx
-            .principal
-            .as_deref()
-            .and_then(|p| self.by_tier.get(&*p.tier))
-        {
+    fn candidates(&self, s: &Subject<'_>) -> (usize, &[usize]) {
+        let (priority, candidates) = match s.tier.and_then(|t| self.by_tier.get(t)) {
             Some((prio, idx)) => (*prio, idx.as_slice()),
             None => (Priority::Normal, self.untiered.as_slice()),
         };
@@ -289,36 +314,36 @@ impl Limiter {
         (slot, candidates)
     }
 
-    /// The first applicable policy on which the request's cost (`ctx.cost`, possibly a lower bound
+    /// The first applicable policy on which the request's cost (`s.cost`, possibly a lower bound
     /// of it) can never be admitted, whatever its bucket's state, with that cost. No allocation and
     /// no store access.
-    pub(crate) fn never_fits(&self, ctx: &RequestCtx) -> Option<(usize, u64)> {
-        let (slot, candidates) = self.candidates(ctx);
+    pub fn never_fits(&self, s: &Subject<'_>) -> Option<(usize, u64)> {
+        let (slot, candidates) = self.candidates(s);
         candidates.iter().find_map(|&i| {
             let p = &self.policies[i];
-            if !p.applies(ctx) {
+            if !p.applies(s) {
                 return None;
             }
-            let cost = p.cost(ctx)?;
+            let cost = p.cost(s)?;
             let reserve = p.policy.reserve_permille[slot];
             (!p.algo.can_ever_fit(cost, reserve)).then_some((i, cost))
         })
     }
 
     /// The request's charges, with the index of each one's policy.
-    pub(crate) fn charges(&self, ctx: &RequestCtx) -> Charges {
-        let (slot, candidates) = self.candidates(ctx);
+    pub fn charges(&self, s: &Subject<'_>) -> Charges {
+        let (slot, candidates) = self.candidates(s);
         let mut which = Vec::with_capacity(candidates.len());
         let mut charges = Vec::with_capacity(candidates.len());
         let mut completion = 0;
         let mut cap: Option<u64> = None;
         for &i in candidates {
             let p = &self.policies[i];
-            if !p.applies(ctx) {
+            if !p.applies(s) {
                 continue;
             }
-            let Some(cost) = p.cost(ctx) else { continue };
-            if let (Some(c), true) = (ctx.cost, p.policy.unit.reserves_completion()) {
+            let Some(cost) = p.cost(s) else { continue };
+            if let (Some(c), true) = (s.cost, p.policy.unit.reserves_completion()) {
                 completion = completion.max(c.completion(p.policy.default_max_tokens));
                 if p.enforces_cap && c.max_completion.is_none() {
                     let d = p.policy.default_max_tokens;
@@ -327,7 +352,7 @@ impl Limiter {
             }
             which.push(i);
             charges.push(Charge {
-                key: p.key(ctx),
+                key: p.key(s),
                 algo: p.algo.clone(),
                 cost,
                 reserve: p.policy.reserve_permille[slot],
@@ -344,7 +369,7 @@ impl Limiter {
 }
 
 /// What a request reserves: the policies that apply and their charges, side by side.
-pub(crate) struct Charges {
+pub struct Charges {
     pub which: Vec<usize>,
     pub charges: Vec<Charge>,
     /// The most completion tokens any applicable token policy reserved.

@@ -190,8 +190,8 @@ pub fn system_now() -> Nanos {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::limit::store::{Charge, StoreError, Taken};
-    use crate::limit::Algorithm;
+    use crate::store::{Charge, StoreError, Taken};
+    use crate::Algorithm;
     use async_trait::async_trait;
     use parking_lot::Mutex;
     use std::time::Duration;

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use chrono::{Datelike, Offset, TimeZone, Timelike};
-use leaky_filters::limit::{Algorithm, CalendarWindow, Nanos, State};
+use leaky_limit::{Algorithm, CalendarWindow, Nanos, State};
 use proptest::prelude::*;
 
 const SEC: u64 = 1_000_000_000;

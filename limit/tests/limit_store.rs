@@ -6,8 +6,8 @@
 //! spawns a throwaway `redis-server` on a free port. Without `redis-server` the Redis tests fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use leaky_filters::limit::redis_server::RedisServer;
-use leaky_filters::limit::{
+use leaky_limit::redis_server::RedisServer;
+use leaky_limit::{
     Adjust, Algorithm, BreakerState, CalendarWindow, Charge, GuardOptions, Guarded, MemoryStore,
     Nanos, OnStoreError, RedisClock, RedisOptions, RedisStore, Store, StoreError, Taken,
 };
@@ -140,11 +140,7 @@ async fn admit(store: &dyn Store, now: Nanos, charges: &[Charge]) -> Vec<u64> {
 }
 
 /// Takes and expects a denial; returns (index, deny).
-async fn deny(
-    store: &dyn Store,
-    now: Nanos,
-    charges: &[Charge],
-) -> (usize, leaky_filters::limit::Deny) {
+async fn deny(store: &dyn Store, now: Nanos, charges: &[Charge]) -> (usize, leaky_limit::Deny) {
     match store.take(now, charges).await.unwrap() {
         Taken::Denied { index, deny } => (index, deny),
         Taken::Admitted(a) => panic!("{}: admitted: {a:?}", store.name()),
@@ -585,7 +581,7 @@ async fn guarded_redis_survives_a_kill_and_recovers() {
             local_share_permille: 1000,
         },
     );
-    let now = leaky_filters::limit::settle::system_now;
+    let now = leaky_limit::settle::system_now;
     let w = Arc::new(hourly(5, false));
     let local = |key: &str| Charge {
         on_error: OnStoreError::Local,

@@ -1,6 +1,6 @@
 //! Provider pools: each provider is a list of deployments (endpoint, credential, weight, own RPM/TPM
 //! budget), each with a circuit breaker, an active health state, a bulkhead and a `retry-after`
-//! cool-down. The algorithms are the pure, clock-injected ones of `leaky_filters::resilience`; this
+//! cool-down. The algorithms are the pure, clock-injected ones of `leaky_resilience`; this
 //! module binds them to peers, metrics and logs, and attributes each failure to its cause: a connect
 //! failure or a `429` with the provider's exhaustion headers to the provider, anything else to the
 //! request's tenant (so one tenant alone cannot open a circuit or start a cool-down).
@@ -13,7 +13,7 @@
 use crate::pool::IdlePool;
 use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::{Breaker as BreakerConfig, HealthCheck};
-use leaky_filters::resilience::{
+use leaky_resilience::{
     pick, Admission, Breaker, BreakerSettings, BreakerState, Bulkhead, Candidate, Cause, CoolDown,
     DeploymentQuota, Health, HealthSettings, Transition,
 };
@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 // The breaker's tenant set must tell apart as many tenants as the config lets `min_tenants` ask for.
-const _: () = assert!(
-    leaky_filters::resilience::tenants::SLOTS as u32 == leaky_config::resilience::MAX_MIN_TENANTS
-);
+const _: () =
+    assert!(leaky_resilience::tenants::SLOTS as u32 == leaky_config::resilience::MAX_MIN_TENANTS);
 
 /// Milliseconds on the process's monotonic clock: the `now_ms` of every resilience decision.
 pub fn now_ms() -> u64 {
@@ -473,8 +472,8 @@ impl TenantRegistry {
 
 /// The wait before retry `attempt` (1 = first retry), full jitter.
 pub fn backoff(attempt: u32, retry: &leaky_config::resilience::Retry) -> Duration {
-    let r = leaky_filters::resilience::backoff::jitter_seed();
-    Duration::from_millis(leaky_filters::resilience::backoff_ms(
+    let r = leaky_resilience::backoff::jitter_seed();
+    Duration::from_millis(leaky_resilience::backoff_ms(
         attempt,
         retry.backoff_base_ms,
         retry.backoff_max_ms,

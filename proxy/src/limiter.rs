@@ -9,8 +9,8 @@
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use leaky_config::{LimitStore, RedisSettings};
-use leaky_filters::limit::settle::system_now;
-use leaky_filters::limit::{
+use leaky_limit::settle::system_now;
+use leaky_limit::{
     Adjust, Charge, GuardOptions, GuardStats, Guarded, MemoryStore, Nanos, RedisOptions,
     RedisStore, Settler, SettlerHandle, Store, StoreError, Taken,
 };

@@ -15,9 +15,9 @@ use crate::service::Ctx;
 use crate::snapshot::{CompiledRoute, Upstream};
 use bytes::Bytes;
 use http::HeaderMap;
-use leaky_filters::limit::{TokenCost, TokenUsage, UsageSource};
-use leaky_filters::usage::{self, Chunk, Surface, UsageTracker};
 use leaky_filters::{RejectKind, Rejection};
+use leaky_limit::{TokenCost, TokenUsage, UsageSource};
+use leaky_usage::{self as usage, Chunk, Surface, UsageTracker};
 use pingora::http::RequestHeader;
 
 pub struct Metering {

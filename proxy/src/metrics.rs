@@ -184,7 +184,7 @@ pub fn metrics() -> Option<&'static Metrics> {
 
 /// Copies the limiter store's guard counters into the registry (at scrape time: they are atomics in
 /// the guard, not touched per request by this module).
-pub fn sync_store_stats(stats: Option<leaky_filters::limit::GuardStats>) {
+pub fn sync_store_stats(stats: Option<leaky_limit::GuardStats>) {
     let (Some(m), Some(s)) = (metrics(), stats) else {
         return;
     };

@@ -15,10 +15,11 @@ use leaky_config::{
     Config, Dialect, ModelPattern, ModelSource, Provider, Route, RouteUpstream, Target,
     UpstreamAuth,
 };
-use leaky_filters::limit::settle::system_now;
-use leaky_filters::limit::{Decision, Limiter};
-use leaky_filters::resilience::RetryBudget;
+use leaky_filters::rate_limit::Decision;
 use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};
+use leaky_limit::settle::system_now;
+use leaky_limit::Limiter;
+use leaky_resilience::RetryBudget;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntCounter;
 use std::collections::HashMap;
@@ -149,7 +150,8 @@ impl Snapshot {
             backend.store.clone(),
             Some(backend.settler.clone()),
             Arc::new(system_now),
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         if let Some(m) = &backend.memory {
             limiter = limiter.with_inline_memory(m.clone());
         }

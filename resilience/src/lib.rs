@@ -1,4 +1,4 @@
-//! Upstream resilience primitives, pure logic on injected clocks (`now_ms`, any monotonic scale in
+//! Upstream resilience algorithms, pure logic on injected clocks (`now_ms`, any monotonic scale in
 //! milliseconds): circuit breaker, `429` cool-down, tenant attribution of failures, retry budget,
 //! backoff and `retry-after`, bulkhead, health state, a deployment's own RPM/TPM headroom and weighted
 //! deployment choice. The proxy wires them together; nothing here knows about Pingora, config or

@@ -3,7 +3,7 @@
 //! bulkhead's queue, backoff bounds and `retry-after` parsing. No sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use leaky_filters::resilience::{
+use leaky_resilience::{
     backoff_ms, pick, retry_after_ms, Admission, Breaker, BreakerSettings, BreakerState, Bulkhead,
     BulkheadFull, Candidate, Cause, RetryBudget, SplitMix, Transition,
 };

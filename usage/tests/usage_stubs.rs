@@ -5,7 +5,7 @@
 mod usage_stubs_support;
 
 use leaky_config::Dialect;
-use leaky_filters::usage::{estimate, with_include_usage, Surface, Usage, UsageTracker};
+use leaky_usage::{estimate, with_include_usage, Surface, Usage, UsageTracker};
 use serde_json::{json, Value};
 use usage_stubs_support::{check, send, stubs, track, with, Call};
 
@@ -104,7 +104,7 @@ async fn every_surface_of_every_stub() {
     .await;
     assert_eq!(
         estimate(
-            Surface::Embeddings(leaky_filters::usage::Vendor::OpenAi),
+            Surface::Embeddings(leaky_usage::Vendor::OpenAi),
             "text-embedding-3-small",
             emb.to_string().as_bytes(),
             false

@@ -8,14 +8,12 @@
 //! on_complete   not settled yet (client gone, upstream failed) ─ settle what was used, refund the rest
 //! ```
 
-use super::algo::{Deny, Status};
-use super::headers;
-use super::policy::{Limiter, TokenUsage, UsageSource};
-use super::store::{Adjust, Charge, Taken};
+use super::{headers, subject};
 use crate::chain::{Filter, RequestCtx};
 use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::{PolicyKind, QuotaWindow, Unit};
+use leaky_limit::{Adjust, Charge, Charges, Deny, Limiter, Status, Taken, TokenUsage, UsageSource};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,7 +203,7 @@ impl Filter for RateLimitFilter {
     }
 
     fn on_cost_floor(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
-        let Some((policy, cost)) = self.limiter.never_fits(ctx) else {
+        let Some((policy, cost)) = self.limiter.never_fits(&subject(ctx)) else {
             return Ok(());
         };
         ctx.limit = Some(Box::new(Reservation {
@@ -218,12 +216,12 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
-        let super::policy::Charges {
+        let Charges {
             which,
             charges,
             completion,
             cap,
-        } = self.limiter.charges(ctx);
+        } = self.limiter.charges(&subject(ctx));
         if charges.is_empty() {
             return Ok(());
         }

@@ -5,10 +5,9 @@
 //!   policy that applied: `"free-rpm";q=20;w=60` and `"free-rpm";r=19;t=3`;
 //! - `Retry-After` (whole seconds, at least 1) on a refusal that waiting can cure.
 
-use super::algo::{Deny, Status};
-use super::policy::Limiter;
 use crate::chain::RequestCtx;
 use http::{HeaderName, HeaderValue};
+use leaky_limit::{Deny, Limiter, Status};
 use std::fmt::Write;
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::limit::algo::Deny;
+use crate::algo::Deny;
 use std::sync::atomic::AtomicU8;
 
 const T0: Nanos = 1_700_000_000_000_000_000;

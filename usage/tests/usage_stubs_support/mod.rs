@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use leaky_config::Dialect;
-use leaky_filters::usage::{estimate, with_include_usage, Chunk, Surface, Usage, UsageTracker};
 use leaky_stubs::{BoundStubs, Latency, StubsConfig};
+use leaky_usage::{estimate, with_include_usage, Chunk, Surface, Usage, UsageTracker};
 use serde_json::Value;
 
 pub async fn stubs() -> BoundStubs {
