@@ -24,3 +24,54 @@ pub(crate) fn subject(ctx: &RequestCtx) -> Subject<'_> {
         cost: ctx.cost,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AuthMethod, Principal};
+    use leaky_limit::TokenCost;
+    use std::sync::Arc;
+
+    #[test]
+    fn subject_borrows_the_principal_and_the_request() {
+        let cost = TokenCost {
+            prompt: 3,
+            max_completion: None,
+            choices: 1,
+        };
+        let mut ctx = RequestCtx {
+            model: Some("gpt-4o".into()),
+            provider: Some("openai".into()),
+            route: Some("v1".into()),
+            cost: Some(cost),
+            ..Default::default()
+        };
+        let anonymous = subject(&ctx);
+        assert_eq!(
+            (anonymous.key, anonymous.user, anonymous.org, anonymous.tier),
+            (None, None, None, None)
+        );
+        ctx.principal = Some(Arc::new(Principal {
+            id: "k1".into(),
+            user: "u1".into(),
+            org: Some("acme".into()),
+            tier: "pro".into(),
+            roles: Arc::from(Vec::new()),
+            models: Arc::from(Vec::new()),
+            method: AuthMethod::ApiKey,
+        }));
+        assert_eq!(
+            subject(&ctx),
+            Subject {
+                key: Some("k1"),
+                user: Some("u1"),
+                org: Some("acme"),
+                tier: Some("pro"),
+                model: Some("gpt-4o"),
+                provider: Some("openai"),
+                route: Some("v1"),
+                cost: Some(cost),
+            }
+        );
+    }
+}
