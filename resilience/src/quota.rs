@@ -1,6 +1,6 @@
 //! A deployment's own requests/tokens-per-minute budget, used as a **headroom heuristic** when choosing
 //! a deployment ("is there room for this request on this key this minute?"). It is not a rate limiter:
-//! the exact per-tenant limits live in `limit/`. Windows are fixed calendar minutes on the caller's
+//! the exact per-tenant limits live in `leaky-limit`. Windows are fixed calendar minutes on the caller's
 //! clock (`minute = now_ms / 60_000`), counted with atomics; the check and the charge are separate
 //! steps, so concurrent requests may overshoot a limit by the number racing at the boundary.
 //!

@@ -14,7 +14,7 @@ use std::time::Duration;
 use BreakerState::{Closed, HalfOpen, Open};
 
 /// The breaker's failures here are provider-wide (a connect failure): tenant isolation is tested
-/// beside the breaker (`filters/src/resilience/breaker.rs`) and end to end in `tests/isolation.rs`.
+/// beside the breaker (`resilience/src/breaker.rs`) and end to end in `tests/isolation.rs`.
 const PROVIDER: Cause = Cause::Provider;
 
 fn t(from: BreakerState, to: BreakerState, open_ms: u64) -> Option<Transition> {

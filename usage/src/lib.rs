@@ -1,4 +1,4 @@
-//! Per-request token accounting for reserve-then-settle.
+//! Usage extraction: per-request token accounting for reserve-then-settle.
 //!
 //! Everything here is pure and synchronous; the proxy wires it in:
 //!
