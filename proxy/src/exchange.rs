@@ -1,51 +1,264 @@
-//! The upstream call with its resilience: tenant bulkhead, deployment choice, deployment bulkhead,
-//! breaker admission, attempts with first-byte timeouts, retries within the route's budget with
-//! backoff, `retry-after` cool-downs, and fallback models when a pool is exhausted.
+//! The upstream exchange: deployment choice, attempts, retries within the route's budget with backoff,
+//! `retry-after` cool-downs, fallback models when a pool is exhausted, all within the route's deadline.
+//!
+//! It is one free function, [`exchange`], over a [`Transport`] (how one attempt reaches a deployment;
+//! the Pingora one is in `upstream.rs`) and a [`Clock`]. Every input is a value ([`Plan`]: the route and
+//! upstream from the snapshot, the body, the tenant, the deadline) and the upstream request head is
+//! built by a closure the caller passes, so the exchange knows nothing of the request context or the
+//! Pingora session; time is tokio's (`Instant`, `sleep`, `timeout`) plus the clock's milliseconds for
+//! the resilience algorithms, so the unit tests below run every retry rule on paused time.
 //!
 //! ```text
-//! tenant slot (bulkhead, bounded queue) ─ 429 when full
-//! for each stage (the model, then its fallbacks):
-//!   choose deployment (healthy, not cooling, circuit admits, budget headroom; least in flight by weight)
-//!   deployment slot (bulkhead, bounded queue) ─ breaker admission (probe when half-open)
-//!   attempt: connect ─ send ─ response header within first_byte
+//! (tenant slot: `tenant_slot`, taken by the caller before the exchange; 429 when full)
+//! for each stage (the model, then its fallbacks with `model` rewritten in the body or the path):
+//!   choose deployment (healthy, not cooling, circuit admits, budget headroom; least in flight by
+//!                      weight; untried first)
+//!   deployment slot (bulkhead, bounded queue, within the deadline) ─ breaker admission (probe when
+//!                    half-open)
+//!   attempt: Transport::send ─ response header within min(first_byte, time left)
+//!   outcome recorded on the breaker (once per attempt); a 429 may start a cool-down
 //!   failure (connect, timeout, retryable status) and another attempt possible and the budget allows:
-//!     drop it, back off (full jitter), next deployment (untried first) or next stage
-//!   otherwise: this response (or error) is the answer
+//!     drop it, back off (full jitter, within the deadline), next deployment (untried first) or stage
+//!   otherwise: this response ([`Exchanged`], with its [`UpstreamHolds`]) or error ([`Failure`])
 //! ```
 //!
 //! A response is only dropped for a retry before any of it reached the client: once the header is
 //! relayed, the request is answered by this attempt.
 //!
-//! Failures and `429`s are attributed to the request's tenant ([`tenant_hash`]) unless they are
-//! provider-wide by nature (a connect failure, a `429` whose rate-limit headers say the account is
-//! out), so one tenant cannot open a circuit or cool a deployment down for everyone (see `balancer`).
+//! Failures and `429`s are attributed to the request's [`Tenant`] unless they are provider-wide by
+//! nature (a connect failure, a `429` whose rate-limit headers say the account is out), so one tenant
+//! cannot open a circuit or cool a deployment down for everyone (see `balancer`).
 
-use crate::balancer::{now_ms, DeploymentState, Outcome};
+use crate::balancer::{Choice, Deployment, DeploymentState, Outcome};
 use crate::metrics::bump;
 use crate::request;
-use crate::service::{Ctx, Fail, Gateway};
 use crate::snapshot::{CompiledRoute, Upstream};
-use crate::upstream::{self, Failed};
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::Retry;
 use leaky_config::ModelSource;
-use leaky_filters::resilience::{provider_exhausted, retry_after_ms, BulkheadFull, BulkheadPermit};
-use leaky_filters::{RejectKind, Rejection};
-use pingora::proxy::Session;
+use leaky_filters::resilience::{
+    backoff_ms, jitter_seed, provider_exhausted, retry_after_ms, BulkheadFull, BulkheadPermit,
+};
+use leaky_filters::{Principal, RejectKind, Rejection};
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Default cool-down after a 429 that names no `retry-after`.
 const DEFAULT_COOLDOWN_MS: u64 = 1_000;
 
-/// The deployment that answered, and what the request holds on it until the response is relayed.
-pub struct Answer {
-    pub upstream: Arc<Upstream>,
-    pub deployment: usize,
-    pub response: upstream::Response,
-    pub permit: BulkheadPermit,
+/// The clocks the exchange reads besides tokio's (which drives its deadline, sleeps and timeouts):
+/// the resilience algorithms' monotonic milliseconds, wall-clock milliseconds (only to read a
+/// `retry-after` HTTP-date) and the random draw of the backoff jitter. Injected so that tests are
+/// deterministic.
+pub trait Clock: Sync {
+    /// Monotonic milliseconds, the `now_ms` of breakers, cool-downs, budgets and quotas.
+    fn now_ms(&self) -> u64;
+    /// Unix epoch milliseconds.
+    fn unix_ms(&self) -> u64;
+    /// A uniformly random `u64` for the backoff's full jitter.
+    fn jitter(&self) -> u64;
+}
+
+/// The process's clocks: `balancer::now_ms`, the system time, and the shared jitter source.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        crate::balancer::now_ms()
+    }
+
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn jitter(&self) -> u64 {
+        jitter_seed()
+    }
+}
+
+/// One attempt on one deployment: the head and body to send, and how long to wait for the answer.
+pub struct Attempt<'a> {
+    pub deployment: &'a Deployment,
+    /// Connect timeout when the route overrides the provider's.
+    pub connect: Option<Duration>,
+    /// From request sent to response header, already capped by the time left.
+    pub first_byte: Duration,
+    pub head: &'a RequestHeader,
+    pub body: &'a Bytes,
+}
+
+/// A failed attempt: what kind of failure (for the breaker and the retry policy) and the error the
+/// client gets if nothing else answers.
+pub struct Failed {
+    pub outcome: Outcome,
+    pub rejection: Rejection,
+}
+
+/// How one attempt reaches a deployment: send the request, return once the response header is in
+/// (the body is read by the caller of the exchange), or a classified failure.
+pub trait Transport: Sync {
+    type Response: Send;
+
+    fn send(
+        &self,
+        attempt: Attempt<'_>,
+    ) -> impl Future<Output = Result<Self::Response, Failed>> + Send;
+
+    /// The response header (`None`: the upstream sent none; counted as a 502).
+    fn head(response: &Self::Response) -> Option<&ResponseHeader>;
+}
+
+/// Builds the upstream request head for a deployment of an upstream, the path after the route prefix
+/// (a fallback may have rewritten it) and the body's length. The caller's closure, so the exchange
+/// needs neither the Pingora session nor the request context.
+pub trait BuildHead:
+    Fn(&Upstream, &Deployment, &str, usize) -> Result<RequestHeader, Rejection> + Sync
+{
+}
+
+impl<F> BuildHead for F where
+    F: Fn(&Upstream, &Deployment, &str, usize) -> Result<RequestHeader, Rejection> + Sync
+{
+}
+
+/// Whose request this is, as breakers and `429` cool-downs count tenants: the principal's org, else
+/// its user (as the tenant bulkhead), else, unauthenticated, the client's IP. Hashed only when a
+/// failure needs attributing.
+#[derive(Clone, Copy, Debug)]
+pub enum Tenant<'a> {
+    Named(&'a str),
+    Address(Option<IpAddr>),
+}
+
+impl<'a> Tenant<'a> {
+    pub fn of(principal: Option<&'a Principal>, client: Option<IpAddr>) -> Self {
+        match principal {
+            Some(p) => Tenant::Named(p.org.as_deref().unwrap_or(&p.user)),
+            None => Tenant::Address(client),
+        }
+    }
+
+    /// A per-process hash (random keys, so tenants cannot aim at each other's slots).
+    pub fn hash(self) -> u64 {
+        static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        let keys = KEYS.get_or_init(Default::default);
+        match self {
+            Tenant::Named(name) => keys.hash_one(name),
+            Tenant::Address(ip) => keys.hash_one(ip),
+        }
+    }
+}
+
+/// What one exchange needs, all of it values: the route and upstream from the request's snapshot, the
+/// request after admission, the tenant and the deadline.
+pub struct Plan<'a> {
+    /// Retry policy, retry budget, fallbacks and the model's place (body or path) come from the route.
+    pub route: &'a CompiledRoute,
+    /// The pool the requested model routes to.
+    pub primary: Arc<Upstream>,
+    /// The requested model, whose fallbacks are tried when its pool is exhausted.
+    pub model: Option<&'a str>,
+    /// The path after the route prefix.
+    pub rest: &'a str,
+    pub body: Bytes,
+    /// Tokens charged to the answering deployment's own `tpm` budget (the request's estimate).
+    pub tokens: u64,
+    pub tenant: Tenant<'a>,
+    /// End of the exchange: the route's `timeouts.total_ms` from its start.
+    pub deadline: Instant,
+}
+
+/// How the attempts went, answered or not (logged with the request).
+#[derive(Debug, Default)]
+pub struct Attempts {
+    /// Attempts made, retries and fallbacks included.
+    pub count: u32,
+    /// Failed attempts as `provider/deployment:outcome`, space-separated (`None` when none failed).
+    pub failed: Option<String>,
+    /// Seconds of the last attempt, from sending to its response header or failure.
+    pub upstream_seconds: Option<f64>,
+}
+
+/// A deployment answered: its response (header read), what the request holds on it, and the trail.
+pub struct Exchanged<R> {
+    pub response: R,
+    pub holds: UpstreamHolds,
+    /// The fallback model that answered, when not the requested one.
+    pub served_model: Option<String>,
+    pub attempts: Attempts,
+}
+
+/// No deployment answered: the error for the client, and the trail.
+pub struct Failure {
+    pub rejection: Rejection,
+    pub attempts: Attempts,
+}
+
+/// What the request holds on the deployment that answered until its response is relayed and its usage
+/// known, as one value its owner keeps and ends once:
+/// - the deployment's bulkhead slot ([`release_slot`](Self::release_slot), or on drop);
+/// - the tokens charged to the deployment's own `tpm` budget ([`settle`](Self::settle) with the usage;
+///   refunded on drop if never settled);
+/// - which deployment answered, for the access log and a stream cut's breaker record.
+///
+/// The breaker admission is not among them: it ends with its attempt, when the header's outcome is
+/// recorded; a stream that fails later is recorded on its own (`record_stream_failure`).
+pub struct UpstreamHolds {
+    upstream: Arc<Upstream>,
+    index: usize,
+    slot: Option<BulkheadPermit>,
+    /// Tokens still charged to the deployment's budget (0 once settled).
+    charged: u64,
+}
+
+impl UpstreamHolds {
+    /// The pool of the stage that answered (a fallback's, after a fallback).
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// The answering deployment's index in `upstream().pool.deployments`.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn deployment(&self) -> Option<&Deployment> {
+        self.upstream.pool.deployments.get(self.index)
+    }
+
+    /// Frees the deployment's bulkhead slot (the response is relayed).
+    pub fn release_slot(&mut self) {
+        self.slot = None;
+    }
+
+    /// Replaces the charge on the deployment's `tpm` budget by the `used` tokens; once (later calls and
+    /// the drop do nothing).
+    pub fn settle(&mut self, now_ms: u64, used: u64) {
+        if self.charged == 0 {
+            return;
+        }
+        if let Some(d) = self.deployment() {
+            d.state.quota.settle(now_ms, self.charged, used);
+        }
+        self.charged = 0;
+    }
+}
+
+impl Drop for UpstreamHolds {
+    fn drop(&mut self) {
+        // Never settled (the request ended without its completion phase): nothing was used.
+        self.settle(crate::balancer::now_ms(), 0);
+    }
 }
 
 /// A breaker admission that must end in an outcome; dropped without one (the request was cancelled),
@@ -57,26 +270,9 @@ struct Admitted<'a> {
 }
 
 impl Admitted<'_> {
-    fn record(mut self, outcome: Outcome, tenant: impl FnOnce() -> u64) {
+    fn record(mut self, now_ms: u64, outcome: Outcome, tenant: impl FnOnce() -> u64) {
         self.done = true;
-        self.state.record(now_ms(), self.probe, outcome, tenant);
-    }
-}
-
-/// The request's tenant as the breaker and the `429` cool-down count them: a per-process hash of the
-/// principal's org, else its user (as the tenant bulkhead), else, unauthenticated, the client's IP.
-/// Computed only when a failure needs attributing.
-pub(crate) fn tenant_hash(ctx: &Ctx, session: &Session) -> u64 {
-    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    let keys = KEYS.get_or_init(Default::default);
-    match &ctx.req.principal {
-        Some(p) => keys.hash_one(p.org.as_deref().unwrap_or(&p.user)),
-        None => keys.hash_one(
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-        ),
+        self.state.record(now_ms, self.probe, outcome, tenant);
     }
 }
 
@@ -88,232 +284,394 @@ impl Drop for Admitted<'_> {
     }
 }
 
-impl Gateway {
-    /// Takes the tenant's slot on this route (held in `ctx` until the request ends).
-    pub(crate) async fn tenant_slot(
-        &self,
-        route: &CompiledRoute,
-        ctx: &mut Ctx,
-    ) -> Result<(), Fail> {
-        let Some(tenants) = &route.tenants else {
-            return Ok(());
-        };
-        let tenant: Arc<str> = match &ctx.req.principal {
-            Some(p) => p.org.clone().unwrap_or_else(|| p.user.clone()),
-            None => Arc::from("anonymous"),
-        };
-        let bulkhead = tenants.get(&tenant);
-        let permit = match bulkhead.try_acquire() {
-            Some(p) => p,
-            None => {
-                bump(|m| &m.bulkhead_queued, &["tenant"]);
-                bulkhead.acquire().await.map_err(|full| {
-                    bump(|m| &m.bulkhead_rejected, &["tenant", full_label(full)]);
-                    ctx.req.response_headers.push((
-                        http::header::RETRY_AFTER,
-                        http::HeaderValue::from_static("1"),
-                    ));
-                    Fail::Reject(Rejection::new(
-                        RejectKind::RateLimited,
-                        format!(
-                            "Too many concurrent requests for `{tenant}` on this route (at most {} at once). Retry shortly.",
-                            tenants.max_concurrent()
-                        ),
-                    ))
-                })?
-            }
-        };
-        ctx.tenant_permit = Some(permit);
-        Ok(())
+/// Takes the tenant's slot on this route's tenant bulkhead, if it has one (held until the request
+/// ends). Full: a 429 with `Retry-After: 1` added to `response_headers`.
+pub async fn tenant_slot(
+    route: &CompiledRoute,
+    principal: Option<&Principal>,
+    response_headers: &mut Vec<(HeaderName, HeaderValue)>,
+) -> Result<Option<BulkheadPermit>, Rejection> {
+    let Some(tenants) = &route.tenants else {
+        return Ok(None);
+    };
+    let tenant: Arc<str> = match principal {
+        Some(p) => p.org.clone().unwrap_or_else(|| p.user.clone()),
+        None => Arc::from("anonymous"),
+    };
+    let bulkhead = tenants.get(&tenant);
+    if let Some(p) = bulkhead.try_acquire() {
+        return Ok(Some(p));
     }
+    bump(|m| &m.bulkhead_queued, &["tenant"]);
+    bulkhead.acquire().await.map(Some).map_err(|full| {
+        bump(|m| &m.bulkhead_rejected, &["tenant", full_label(full)]);
+        response_headers.push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+        Rejection::new(
+            RejectKind::RateLimited,
+            format!(
+                "Too many concurrent requests for `{tenant}` on this route (at most {} at once). Retry shortly.",
+                tenants.max_concurrent()
+            ),
+        )
+    })
+}
 
-    /// Calls the upstream for this request; see the module docs.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn call(
-        &self,
-        session: &Session,
-        ctx: &mut Ctx,
-        route: &CompiledRoute,
-        primary: Arc<Upstream>,
-        rest: &str,
-        query: Option<&str>,
-        body: Bytes,
-    ) -> Result<Answer, Fail> {
-        let deadline = Instant::now() + route.total_timeout;
-        ctx.deadline = Some(deadline);
-        route.budget.on_request(now_ms());
-        let tokens = ctx.req.cost.map_or(0, |c| {
-            c.prompt.saturating_add(c.max_completion.unwrap_or(0))
-        });
-        let fallbacks: &[String] = match &ctx.req.model {
-            Some(m) => route.fallbacks_for(m),
-            None => &[],
+/// What every step of one exchange reads.
+struct Env<'p, 'a, T, C, B> {
+    transport: &'p T,
+    clock: &'p C,
+    plan: &'p Plan<'a>,
+    head: &'p B,
+}
+
+/// The running state across stages and attempts.
+#[derive(Default)]
+struct Run {
+    attempts: Attempts,
+    /// What the caller gets should nothing answer.
+    last: Option<Rejection>,
+    /// How the previous attempt failed: the `reason` of the retry that follows it.
+    failed: Option<Outcome>,
+}
+
+/// One stage: the requested model's pool, or a fallback model's with the request rewritten for it.
+struct Stage<'a> {
+    up: Arc<Upstream>,
+    body: Bytes,
+    rest: Cow<'a, str>,
+    /// The fallback model (`None`: the requested one).
+    alt: Option<&'a str>,
+    /// A fallback stage follows.
+    more: bool,
+}
+
+enum StageEnd<R> {
+    Answered(Box<Exchanged<R>>),
+    /// No attempt left in this stage: the next one (if any) goes on.
+    Exhausted,
+    /// The exchange is over: `Run::last` is the answer.
+    Stop,
+}
+
+/// Runs the exchange; see the module docs. `head` builds each attempt's request head.
+pub async fn exchange<T, C, B>(
+    transport: &T,
+    clock: &C,
+    plan: Plan<'_>,
+    head: B,
+) -> Result<Exchanged<T::Response>, Failure>
+where
+    T: Transport,
+    C: Clock,
+    B: BuildHead,
+{
+    let route = plan.route;
+    route.budget.on_request(clock.now_ms());
+    let fallbacks = plan.model.map_or(&[][..], |m| route.fallbacks_for(m));
+    let env = Env {
+        transport,
+        clock,
+        plan: &plan,
+        head: &head,
+    };
+    let mut run = Run::default();
+    for i in 0..=fallbacks.len() {
+        let Some(stage) = stage(&plan, fallbacks, i) else {
+            continue;
         };
-        let mut last: Option<Rejection> = None;
-        // How the previous attempt failed: the `reason` of the retry that follows it.
-        let mut failed: Option<Outcome> = None;
-        let mut attempts = 0u32;
-        'stages: for stage in 0..=fallbacks.len() {
-            let (up, body, rest) = if stage == 0 {
-                (
-                    primary.clone(),
-                    body.clone(),
-                    std::borrow::Cow::Borrowed(rest),
-                )
-            } else {
-                let alt = &fallbacks[stage - 1];
-                let Some(up) = route.pick(Some(alt)) else {
-                    continue;
-                };
-                let Some((body, rest)) = with_model(route.model_source, &body, rest, alt) else {
-                    continue;
-                };
-                (up.clone(), body, rest)
-            };
-            let mut tried = 0u64;
-            let mut in_stage = 0u32;
-            // An attempt was made since every deployment was last marked tried: retries may go
-            // back to a deployment already tried (a one-deployment pool retries itself).
-            let mut attempted = false;
-            while in_stage < route.retry.max_attempts {
-                let now = now_ms();
-                let choice = match up.pool.choose(now, tokens, tried) {
-                    Some(c) => c,
-                    None if attempted => {
-                        attempted = false;
-                        tried = 0;
-                        match up.pool.choose(now, tokens, tried) {
-                            Some(c) => c,
-                            None => break,
-                        }
-                    }
-                    None => break,
-                };
-                tried |= 1 << choice.index;
-                let d = &up.pool.deployments[choice.index];
-                let permit = match choice
-                    .has_room
-                    .then(|| d.state.bulkhead.try_acquire())
-                    .flatten()
-                {
-                    Some(p) => p,
-                    None => {
-                        bump(|m| &m.bulkhead_queued, &["deployment"]);
-                        let wait = deadline.saturating_duration_since(Instant::now());
-                        match tokio::time::timeout(wait, d.state.bulkhead.acquire()).await {
-                            Ok(Ok(p)) => p,
-                            Ok(Err(full)) => {
-                                bump(|m| &m.bulkhead_rejected, &["deployment", full_label(full)]);
-                                last = Some(Rejection::new(
-                                    RejectKind::Unavailable,
-                                    format!(
-                                        "The upstream provider `{}` is at its concurrency limit. Retry shortly.",
-                                        up.provider
-                                    ),
-                                ));
-                                continue;
-                            }
-                            Err(_) => break 'stages,
-                        }
-                    }
-                };
-                let Some(probe) = d.state.admit(now_ms()) else {
-                    continue; // the circuit opened since the choice
-                };
-                let admitted = Admitted {
-                    state: &d.state,
-                    probe,
-                    done: false,
-                };
-                if attempts > 0 {
-                    crate::metrics::count_retry(&up.provider, failed.map_or("5xx", retry_reason));
-                }
-                attempts += 1;
-                in_stage += 1;
-                attempted = true;
-                ctx.attempts = attempts;
-                d.state.quota.charge(now_ms(), tokens);
-                let req = Self::upstream_request(session, ctx, &up, d, &rest, query, body.len())?;
-                let sent = Instant::now();
-                let first_byte = up.first_byte.min(deadline.saturating_duration_since(sent));
-                let result =
-                    upstream::send(&self.transport, d, up.connect, first_byte, &req, &body).await;
-                let seconds = sent.elapsed().as_secs_f64();
-                ctx.upstream_seconds = Some(seconds);
-                up.metrics.observe_upstream(seconds);
-                let (outcome, result) = match result {
-                    Ok(response) => {
-                        let status = response
-                            .session
-                            .resp_header()
-                            .map_or(502, |h| h.status.as_u16());
-                        if let Some(h) = response.session.resp_header().filter(|_| status == 429) {
-                            let wait = retry_after_ms(&h.headers, unix_ms())
-                                .unwrap_or(DEFAULT_COOLDOWN_MS);
-                            let exhausted = provider_exhausted(&h.headers);
-                            d.state
-                                .on_429(now_ms(), wait, exhausted, || tenant_hash(ctx, session));
-                        }
-                        (Outcome::Status(status), Ok(response))
-                    }
-                    Err(Failed { outcome, rejection }) => (outcome, Err(rejection)),
-                };
-                admitted.record(outcome, || tenant_hash(ctx, session));
-                let again = retryable(&route.retry, outcome)
-                    && may_retry(
-                        route,
-                        &up,
-                        tokens,
-                        in_stage,
-                        stage < fallbacks.len(),
-                        deadline,
-                    );
-                let rejection = match result {
-                    Ok(response) if !again => {
-                        if stage > 0 {
-                            let alt = &fallbacks[stage - 1];
-                            let from = ctx.req.model.as_deref().unwrap_or("-");
-                            bump(|m| &m.fallbacks, &[&route.name, from, alt]);
-                            ctx.served_model = Some(alt.clone());
-                        }
-                        ctx.charged_tokens = tokens;
-                        return Ok(Answer {
-                            upstream: up,
-                            deployment: choice.index,
-                            response,
-                            permit,
-                        });
-                    }
-                    // Dropped for a retry; what the caller gets should the retry find nothing.
-                    Ok(_) => Rejection::new(
-                        RejectKind::BadGateway,
-                        format!("The upstream provider `{}` failed.", up.provider),
-                    ),
-                    Err(r) => r,
-                };
-                last = Some(rejection);
-                d.state.quota.settle(now_ms(), tokens, 0);
-                trail(ctx, &d.label, outcome);
-                failed = Some(outcome);
-                drop(permit);
-                if !again {
-                    break 'stages;
-                }
-                let pause = crate::balancer::backoff(attempts, &route.retry)
-                    .min(deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
-            }
+        match run_stage(&env, &stage, &mut run).await {
+            StageEnd::Answered(x) => return Ok(*x),
+            StageEnd::Exhausted => {}
+            StageEnd::Stop => break,
         }
-        Err(Fail::Reject(last.unwrap_or_else(|| {
-            let provider = &primary.provider;
-            Rejection::new(
+    }
+    let rejection = run.last.unwrap_or_else(|| {
+        let provider = &plan.primary.provider;
+        Rejection::new(
+            RejectKind::Unavailable,
+            format!(
+                "No deployment of the upstream provider `{provider}` is available right now (circuits open, cooling down or out of budget). Retry shortly."
+            ),
+        )
+    });
+    Err(Failure {
+        rejection,
+        attempts: run.attempts,
+    })
+}
+
+/// Stage `i`: 0 is the requested model; `i > 0` fallback `i - 1`, skipped (`None`) when the route
+/// serves no such model or the request cannot be rewritten for it.
+fn stage<'a>(plan: &Plan<'a>, fallbacks: &'a [String], i: usize) -> Option<Stage<'a>> {
+    let more = i < fallbacks.len();
+    let Some(alt) = i.checked_sub(1).and_then(|j| fallbacks.get(j)) else {
+        return Some(Stage {
+            up: plan.primary.clone(),
+            body: plan.body.clone(),
+            rest: Cow::Borrowed(plan.rest),
+            alt: None,
+            more,
+        });
+    };
+    let up = plan.route.pick(Some(alt))?.clone();
+    let (body, rest) = with_model(plan.route.model_source, &plan.body, plan.rest, alt)?;
+    Some(Stage {
+        up,
+        body,
+        rest,
+        alt: Some(alt),
+        more,
+    })
+}
+
+/// The attempts of one stage, up to the route's `max_attempts`.
+async fn run_stage<T: Transport, C: Clock, B: BuildHead>(
+    env: &Env<'_, '_, T, C, B>,
+    s: &Stage<'_>,
+    run: &mut Run,
+) -> StageEnd<T::Response> {
+    let (plan, clock) = (env.plan, env.clock);
+    let mut tried = Tried::default();
+    let mut in_stage = 0u32;
+    while in_stage < plan.route.retry.max_attempts {
+        let Some(choice) = tried.choose(&s.up, clock.now_ms(), plan.tokens) else {
+            break;
+        };
+        let Some(d) = s.up.pool.deployments.get(choice.index) else {
+            break;
+        };
+        let permit = match slot(env, s, d, choice.has_room, run).await {
+            Slot::Got(p) => p,
+            Slot::Skip => continue,
+            Slot::Stop => return StageEnd::Stop,
+        };
+        let Some(admitted) = admit(s, d, clock.now_ms(), run) else {
+            continue; // the circuit opened since the choice
+        };
+        in_stage += 1;
+        tried.attempted = true;
+        let head = match (env.head)(&s.up, d, &s.rest, s.body.len()) {
+            Ok(h) => h,
+            Err(r) => {
+                run.last = Some(r);
+                return StageEnd::Stop;
+            }
+        };
+        d.state.quota.charge(clock.now_ms(), plan.tokens);
+        let (outcome, result) = attempt(env, s, d, &head, run).await;
+        admitted.record(clock.now_ms(), outcome, || plan.tenant.hash());
+        let again =
+            retryable(&plan.route.retry, outcome) && may_retry(env, &s.up, in_stage, s.more);
+        let rejection = match result {
+            Ok(response) if !again => {
+                return StageEnd::Answered(Box::new(answered(
+                    env, s, choice, response, permit, run,
+                )))
+            }
+            // Dropped for a retry; what the caller gets should the retry find nothing.
+            Ok(_) => Rejection::new(
+                RejectKind::BadGateway,
+                format!("The upstream provider `{}` failed.", s.up.provider),
+            ),
+            Err(r) => r,
+        };
+        failed(env, d, outcome, rejection, permit, run);
+        if !again {
+            return StageEnd::Stop;
+        }
+        backoff(env, run.attempts.count).await;
+    }
+    StageEnd::Exhausted
+}
+
+/// Which deployments a stage tried: untried ones first; once every eligible one was tried and an
+/// attempt was made since, all are eligible again (a one-deployment pool retries itself).
+#[derive(Default)]
+struct Tried {
+    mask: u64,
+    attempted: bool,
+}
+
+impl Tried {
+    fn choose(&mut self, up: &Upstream, now: u64, tokens: u64) -> Option<Choice> {
+        let choice = match up.pool.choose(now, tokens, self.mask) {
+            Some(c) => c,
+            None if self.attempted => {
+                self.attempted = false;
+                self.mask = 0;
+                up.pool.choose(now, tokens, self.mask)?
+            }
+            None => return None,
+        };
+        // `choose` considers at most 64 deployments: the index fits the mask.
+        self.mask |= 1u64.checked_shl(choice.index as u32).unwrap_or(0);
+        Some(choice)
+    }
+}
+
+/// The breaker's admission for an attempt on `d` (`None`: the circuit opened since the choice); an
+/// admitted attempt is counted (and, after the first, counted as a retry for the previous failure).
+fn admit<'d>(s: &Stage<'_>, d: &'d Deployment, now_ms: u64, run: &mut Run) -> Option<Admitted<'d>> {
+    let probe = d.state.admit(now_ms)?;
+    if run.attempts.count > 0 {
+        crate::metrics::count_retry(&s.up.provider, run.failed.map_or("5xx", retry_reason));
+    }
+    run.attempts.count += 1;
+    Some(Admitted {
+        state: &d.state,
+        probe,
+        done: false,
+    })
+}
+
+enum Slot {
+    Got(BulkheadPermit),
+    /// The deployment's queue is full or timed out: try another.
+    Skip,
+    /// The deadline passed while queued.
+    Stop,
+}
+
+/// A slot on the deployment's bulkhead: at once when the choice saw room, else queued for at most the
+/// bulkhead's queue timeout and the time left.
+async fn slot<T, C, B>(
+    env: &Env<'_, '_, T, C, B>,
+    s: &Stage<'_>,
+    d: &Deployment,
+    has_room: bool,
+    run: &mut Run,
+) -> Slot {
+    if let Some(p) = has_room.then(|| d.state.bulkhead.try_acquire()).flatten() {
+        return Slot::Got(p);
+    }
+    bump(|m| &m.bulkhead_queued, &["deployment"]);
+    let wait = env.plan.deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(wait, d.state.bulkhead.acquire()).await {
+        Ok(Ok(p)) => Slot::Got(p),
+        Ok(Err(full)) => {
+            bump(|m| &m.bulkhead_rejected, &["deployment", full_label(full)]);
+            run.last = Some(Rejection::new(
                 RejectKind::Unavailable,
                 format!(
-                    "No deployment of the upstream provider `{provider}` is available right now (circuits open, cooling down or out of budget). Retry shortly."
+                    "The upstream provider `{}` is at its concurrency limit. Retry shortly.",
+                    s.up.provider
                 ),
-            )
-        })))
+            ));
+            Slot::Skip
+        }
+        Err(_) => Slot::Stop,
     }
+}
+
+/// One attempt through the transport, its response header bounded by `first_byte` and the time left.
+/// A `429` may cool the deployment down.
+async fn attempt<T, C, B>(
+    env: &Env<'_, '_, T, C, B>,
+    s: &Stage<'_>,
+    d: &Deployment,
+    head: &RequestHeader,
+    run: &mut Run,
+) -> (Outcome, Result<T::Response, Rejection>)
+where
+    T: Transport,
+    C: Clock,
+{
+    let sent = Instant::now();
+    let first_byte =
+        s.up.first_byte
+            .min(env.plan.deadline.saturating_duration_since(sent));
+    let attempt = Attempt {
+        deployment: d,
+        connect: s.up.connect,
+        first_byte,
+        head,
+        body: &s.body,
+    };
+    let result = env.transport.send(attempt).await;
+    let seconds = sent.elapsed().as_secs_f64();
+    run.attempts.upstream_seconds = Some(seconds);
+    s.up.metrics.observe_upstream(seconds);
+    match result {
+        Ok(response) => {
+            let h = T::head(&response);
+            let status = h.map_or(502, |h| h.status.as_u16());
+            if let Some(h) = h.filter(|_| status == 429) {
+                let clock = env.clock;
+                let wait =
+                    retry_after_ms(&h.headers, clock.unix_ms()).unwrap_or(DEFAULT_COOLDOWN_MS);
+                let exhausted = provider_exhausted(&h.headers);
+                let tenant = env.plan.tenant;
+                d.state
+                    .on_429(clock.now_ms(), wait, exhausted, || tenant.hash());
+            }
+            (Outcome::Status(status), Ok(response))
+        }
+        Err(Failed { outcome, rejection }) => (outcome, Err(rejection)),
+    }
+}
+
+/// The answer: the response with what the request now holds on the deployment.
+fn answered<T, C, B, R>(
+    env: &Env<'_, '_, T, C, B>,
+    s: &Stage<'_>,
+    choice: Choice,
+    response: R,
+    permit: BulkheadPermit,
+    run: &mut Run,
+) -> Exchanged<R> {
+    let route = env.plan.route;
+    if let Some(alt) = s.alt {
+        let from = env.plan.model.unwrap_or("-");
+        bump(|m| &m.fallbacks, &[&route.name, from, alt]);
+    }
+    Exchanged {
+        response,
+        holds: UpstreamHolds {
+            upstream: s.up.clone(),
+            index: choice.index,
+            slot: Some(permit),
+            charged: env.plan.tokens,
+        },
+        served_model: s.alt.map(str::to_string),
+        attempts: std::mem::take(&mut run.attempts),
+    }
+}
+
+/// A failed (or dropped) attempt: its charge refunded, its slot freed, the trail extended.
+fn failed<T, C: Clock, B>(
+    env: &Env<'_, '_, T, C, B>,
+    d: &Deployment,
+    outcome: Outcome,
+    rejection: Rejection,
+    permit: BulkheadPermit,
+    run: &mut Run,
+) {
+    run.last = Some(rejection);
+    d.state.quota.settle(env.clock.now_ms(), env.plan.tokens, 0);
+    let t = run.attempts.failed.get_or_insert_with(String::new);
+    if !t.is_empty() {
+        t.push(' ');
+    }
+    let label = &d.label;
+    let _ = match outcome {
+        Outcome::Status(s) => write!(t, "{label}:{s}"),
+        o => write!(t, "{label}:{}", o.label()),
+    };
+    run.failed = Some(outcome);
+    drop(permit);
+}
+
+/// The pause before retry `attempt` (1 = the first retry): full jitter, within the time left.
+async fn backoff<T, C: Clock, B>(env: &Env<'_, '_, T, C, B>, attempt: u32) {
+    let retry = &env.plan.route.retry;
+    let ms = backoff_ms(
+        attempt,
+        retry.backoff_base_ms,
+        retry.backoff_max_ms,
+        env.clock.jitter(),
+    );
+    let left = env.plan.deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(Duration::from_millis(ms).min(left)).await;
 }
 
 /// Whether the route's retry policy retries this outcome.
@@ -328,17 +686,16 @@ fn retryable(retry: &Retry, outcome: Outcome) -> bool {
 /// Whether a failed attempt may be followed by another: attempts left in this stage with a deployment
 /// still eligible (tried ones included: a retry may go back to one), or a fallback stage; time left;
 /// and the route's retry budget, which a `true` consumes.
-fn may_retry(
-    route: &CompiledRoute,
+fn may_retry<T, C: Clock, B>(
+    env: &Env<'_, '_, T, C, B>,
     up: &Upstream,
-    tokens: u64,
     in_stage: u32,
     next_stage: bool,
-    deadline: Instant,
 ) -> bool {
-    let now = now_ms();
-    let more_here = in_stage < route.retry.max_attempts && up.pool.choose(now, tokens, 0).is_some();
-    if !(more_here || next_stage) || Instant::now() >= deadline {
+    let (route, now) = (env.plan.route, env.clock.now_ms());
+    let more_here =
+        in_stage < route.retry.max_attempts && up.pool.choose(now, env.plan.tokens, 0).is_some();
+    if !(more_here || next_stage) || Instant::now() >= env.plan.deadline {
         return false;
     }
     if route.budget.try_retry(now) {
@@ -366,18 +723,6 @@ fn retry_reason(o: Outcome) -> &'static str {
     }
 }
 
-/// Appends `label:outcome` to the request's attempt trail (logged): only failed attempts write it.
-fn trail(ctx: &mut Ctx, label: &str, outcome: Outcome) {
-    let t = ctx.trail.get_or_insert_with(String::new);
-    if !t.is_empty() {
-        t.push(' ');
-    }
-    let _ = match outcome {
-        Outcome::Status(s) => write!(t, "{label}:{s}"),
-        o => write!(t, "{label}:{}", o.label()),
-    };
-}
-
 /// The request for fallback model `alt`: the JSON `model` replaced (body routes) or the
 /// `/models/{model}` path segment (path routes).
 fn with_model<'a>(
@@ -385,31 +730,22 @@ fn with_model<'a>(
     body: &Bytes,
     rest: &'a str,
     alt: &str,
-) -> Option<(Bytes, std::borrow::Cow<'a, str>)> {
+) -> Option<(Bytes, Cow<'a, str>)> {
     match source {
         ModelSource::Body => {
             let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
             *v.as_object_mut()?.get_mut("model")? = serde_json::Value::String(alt.to_string());
             let b = serde_json::to_vec(&v).ok()?;
-            Some((Bytes::from(b), std::borrow::Cow::Borrowed(rest)))
+            Some((Bytes::from(b), Cow::Borrowed(rest)))
         }
         ModelSource::Path => {
             let model = request::model_from_path(rest)?;
             let from = format!("/models/{model}");
             let to = format!("/models/{alt}");
-            Some((
-                body.clone(),
-                std::borrow::Cow::Owned(rest.replacen(&from, &to, 1)),
-            ))
+            Some((body.clone(), Cow::Owned(rest.replacen(&from, &to, 1))))
         }
         ModelSource::None => None,
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
