@@ -749,34 +749,4 @@ fn with_model<'a>(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fallback_rewrites_the_body_model_and_keeps_the_rest() {
-        let body = Bytes::from_static(
-            br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
-        );
-        let (b, rest) =
-            with_model(ModelSource::Body, &body, "/chat/completions", "qwen-plus").unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["model"], "qwen-plus");
-        assert_eq!(v["stream"], true);
-        assert_eq!(v["messages"][0]["content"], "hi");
-        assert_eq!(rest, "/chat/completions");
-        assert!(with_model(ModelSource::Body, &Bytes::from_static(b"{}"), "/x", "m").is_none());
-    }
-
-    #[test]
-    fn fallback_rewrites_the_path_model() {
-        let (_, rest) = with_model(
-            ModelSource::Path,
-            &Bytes::new(),
-            "/models/gemini-2.5-pro:streamGenerateContent",
-            "gemini-2.5-flash",
-        )
-        .unwrap();
-        assert_eq!(rest, "/models/gemini-2.5-flash:streamGenerateContent");
-    }
-}
+mod tests;
