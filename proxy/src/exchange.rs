@@ -345,8 +345,9 @@ struct Stage<'a> {
     more: bool,
 }
 
+// Not boxed: the answer is moved once per request, and a box would allocate on the hot path.
 enum StageEnd<R> {
-    Answered(Box<Exchanged<R>>),
+    Answered(Exchanged<R>),
     /// No attempt left in this stage: the next one (if any) goes on.
     Exhausted,
     /// The exchange is over: `Run::last` is the answer.
@@ -380,7 +381,7 @@ where
             continue;
         };
         match run_stage(&env, &stage, &mut run).await {
-            StageEnd::Answered(x) => return Ok(*x),
+            StageEnd::Answered(x) => return Ok(x),
             StageEnd::Exhausted => {}
             StageEnd::Stop => break,
         }
@@ -464,9 +465,7 @@ async fn run_stage<T: Transport, C: Clock, B: BuildHead>(
             retryable(&plan.route.retry, outcome) && may_retry(env, &s.up, in_stage, s.more);
         let rejection = match result {
             Ok(response) if !again => {
-                return StageEnd::Answered(Box::new(answered(
-                    env, s, choice, response, permit, run,
-                )))
+                return StageEnd::Answered(answered(env, s, choice, response, permit, run))
             }
             // Dropped for a retry; what the caller gets should the retry find nothing.
             Ok(_) => Rejection::new(
