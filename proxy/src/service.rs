@@ -363,20 +363,17 @@ impl Gateway {
             Self::upstream_request(session, c, up, d, rest, query, len)
         };
         let result = exchange(&self.transport, &SystemClock, plan, head).await;
-        let trail = match &result {
-            Ok(x) => &x.attempts,
-            Err(f) => &f.attempts,
-        };
-        ctx.attempts = trail.count;
-        ctx.trail = trail.failed.clone();
-        ctx.upstream_seconds = trail.upstream_seconds;
-        match result {
+        let (attempts, answer) = match result {
             Ok(x) => {
                 ctx.served_model = x.served_model;
-                Ok((x.response, x.holds))
+                (x.attempts, Ok((x.response, x.holds)))
             }
-            Err(f) => Err(Fail::Reject(f.rejection)),
-        }
+            Err(f) => (f.attempts, Err(Fail::Reject(f.rejection))),
+        };
+        ctx.attempts = attempts.count;
+        ctx.trail = attempts.failed;
+        ctx.upstream_seconds = attempts.upstream_seconds;
+        answer
     }
 
     async fn read_body(
