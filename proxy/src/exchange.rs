@@ -6,7 +6,9 @@
 //! upstream from the snapshot, the body, the tenant, the deadline) and the upstream request head is
 //! built by a closure the caller passes, so the exchange knows nothing of the request context or the
 //! Pingora session; time is tokio's (`Instant`, `sleep`, `timeout`) plus the clock's milliseconds for
-//! the resilience algorithms, so the unit tests below run every retry rule on paused time.
+//! the resilience algorithms, so the unit tests (`exchange/tests.rs`) run every retry rule on paused
+//! time. `seams` holds what the exchange is given (transport, head builder, clock, tenant); `holds`
+//! what the request keeps because of it (tenant slot, [`UpstreamHolds`], breaker admissions).
 //!
 //! ```text
 //! (tenant slot: `tenant_slot`, taken by the caller before the exchange; 429 when full)
@@ -29,135 +31,32 @@
 //! nature (a connect failure, a `429` whose rate-limit headers say the account is out), so one tenant
 //! cannot open a circuit or cool a deployment down for everyone (see `balancer`).
 
-use crate::balancer::{Choice, Deployment, DeploymentState, Outcome};
+use crate::balancer::{Choice, Deployment, Outcome};
 use crate::metrics::bump;
 use crate::request;
 use crate::snapshot::{CompiledRoute, Upstream};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::Retry;
 use leaky_config::ModelSource;
-use leaky_filters::resilience::{
-    backoff_ms, jitter_seed, provider_exhausted, retry_after_ms, BulkheadFull, BulkheadPermit,
-};
-use leaky_filters::{Principal, RejectKind, Rejection};
-use pingora::http::{RequestHeader, ResponseHeader};
+use leaky_filters::resilience::{backoff_ms, provider_exhausted, retry_after_ms, BulkheadPermit};
+use leaky_filters::{RejectKind, Rejection};
+use pingora::http::RequestHeader;
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::hash::BuildHasher;
-use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+mod holds;
+mod seams;
+
+pub use holds::{tenant_slot, UpstreamHolds};
+pub use seams::{Attempt, BuildHead, Clock, Failed, SystemClock, Tenant, Transport};
+
+use holds::{full_label, Admitted};
+
 /// Default cool-down after a 429 that names no `retry-after`.
 const DEFAULT_COOLDOWN_MS: u64 = 1_000;
-
-/// The clocks the exchange reads besides tokio's (which drives its deadline, sleeps and timeouts):
-/// the resilience algorithms' monotonic milliseconds, wall-clock milliseconds (only to read a
-/// `retry-after` HTTP-date) and the random draw of the backoff jitter. Injected so that tests are
-/// deterministic.
-pub trait Clock: Sync {
-    /// Monotonic milliseconds, the `now_ms` of breakers, cool-downs, budgets and quotas.
-    fn now_ms(&self) -> u64;
-    /// Unix epoch milliseconds.
-    fn unix_ms(&self) -> u64;
-    /// A uniformly random `u64` for the backoff's full jitter.
-    fn jitter(&self) -> u64;
-}
-
-/// The process's clocks: `balancer::now_ms`, the system time, and the shared jitter source.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        crate::balancer::now_ms()
-    }
-
-    fn unix_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-
-    fn jitter(&self) -> u64 {
-        jitter_seed()
-    }
-}
-
-/// One attempt on one deployment: the head and body to send, and how long to wait for the answer.
-pub struct Attempt<'a> {
-    pub deployment: &'a Deployment,
-    /// Connect timeout when the route overrides the provider's.
-    pub connect: Option<Duration>,
-    /// From request sent to response header, already capped by the time left.
-    pub first_byte: Duration,
-    pub head: &'a RequestHeader,
-    pub body: &'a Bytes,
-}
-
-/// A failed attempt: what kind of failure (for the breaker and the retry policy) and the error the
-/// client gets if nothing else answers.
-pub struct Failed {
-    pub outcome: Outcome,
-    pub rejection: Rejection,
-}
-
-/// How one attempt reaches a deployment: send the request, return once the response header is in
-/// (the body is read by the caller of the exchange), or a classified failure.
-pub trait Transport: Sync {
-    type Response: Send;
-
-    fn send(
-        &self,
-        attempt: Attempt<'_>,
-    ) -> impl Future<Output = Result<Self::Response, Failed>> + Send;
-
-    /// The response header (`None`: the upstream sent none; counted as a 502).
-    fn head(response: &Self::Response) -> Option<&ResponseHeader>;
-}
-
-/// Builds the upstream request head for a deployment of an upstream, the path after the route prefix
-/// (a fallback may have rewritten it) and the body's length. The caller's closure, so the exchange
-/// needs neither the Pingora session nor the request context.
-pub trait BuildHead:
-    Fn(&Upstream, &Deployment, &str, usize) -> Result<RequestHeader, Rejection> + Sync
-{
-}
-
-impl<F> BuildHead for F where
-    F: Fn(&Upstream, &Deployment, &str, usize) -> Result<RequestHeader, Rejection> + Sync
-{
-}
-
-/// Whose request this is, as breakers and `429` cool-downs count tenants: the principal's org, else
-/// its user (as the tenant bulkhead), else, unauthenticated, the client's IP. Hashed only when a
-/// failure needs attributing.
-#[derive(Clone, Copy, Debug)]
-pub enum Tenant<'a> {
-    Named(&'a str),
-    Address(Option<IpAddr>),
-}
-
-impl<'a> Tenant<'a> {
-    pub fn of(principal: Option<&'a Principal>, client: Option<IpAddr>) -> Self {
-        match principal {
-            Some(p) => Tenant::Named(p.org.as_deref().unwrap_or(&p.user)),
-            None => Tenant::Address(client),
-        }
-    }
-
-    /// A per-process hash (random keys, so tenants cannot aim at each other's slots).
-    pub fn hash(self) -> u64 {
-        static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-        let keys = KEYS.get_or_init(Default::default);
-        match self {
-            Tenant::Named(name) => keys.hash_one(name),
-            Tenant::Address(ip) => keys.hash_one(ip),
-        }
-    }
-}
 
 /// What one exchange needs, all of it values: the route and upstream from the request's snapshot, the
 /// request after admission, the tenant and the deadline.
@@ -202,118 +101,6 @@ pub struct Exchanged<R> {
 pub struct Failure {
     pub rejection: Rejection,
     pub attempts: Attempts,
-}
-
-/// What the request holds on the deployment that answered until its response is relayed and its usage
-/// known, as one value its owner keeps and ends once:
-/// - the deployment's bulkhead slot ([`release_slot`](Self::release_slot), or on drop);
-/// - the tokens charged to the deployment's own `tpm` budget ([`settle`](Self::settle) with the usage;
-///   refunded on drop if never settled);
-/// - which deployment answered, for the access log and a stream cut's breaker record.
-///
-/// The breaker admission is not among them: it ends with its attempt, when the header's outcome is
-/// recorded; a stream that fails later is recorded on its own (`record_stream_failure`).
-pub struct UpstreamHolds {
-    upstream: Arc<Upstream>,
-    index: usize,
-    slot: Option<BulkheadPermit>,
-    /// Tokens still charged to the deployment's budget (0 once settled).
-    charged: u64,
-}
-
-impl UpstreamHolds {
-    /// The pool of the stage that answered (a fallback's, after a fallback).
-    pub fn upstream(&self) -> &Arc<Upstream> {
-        &self.upstream
-    }
-
-    /// The answering deployment's index in `upstream().pool.deployments`.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    pub fn deployment(&self) -> Option<&Deployment> {
-        self.upstream.pool.deployments.get(self.index)
-    }
-
-    /// Frees the deployment's bulkhead slot (the response is relayed).
-    pub fn release_slot(&mut self) {
-        self.slot = None;
-    }
-
-    /// Replaces the charge on the deployment's `tpm` budget by the `used` tokens; once (later calls and
-    /// the drop do nothing).
-    pub fn settle(&mut self, now_ms: u64, used: u64) {
-        if self.charged == 0 {
-            return;
-        }
-        if let Some(d) = self.deployment() {
-            d.state.quota.settle(now_ms, self.charged, used);
-        }
-        self.charged = 0;
-    }
-}
-
-impl Drop for UpstreamHolds {
-    fn drop(&mut self) {
-        // Never settled (the request ended without its completion phase): nothing was used.
-        self.settle(crate::balancer::now_ms(), 0);
-    }
-}
-
-/// A breaker admission that must end in an outcome; dropped without one (the request was cancelled),
-/// it frees its probe slot.
-struct Admitted<'a> {
-    state: &'a DeploymentState,
-    probe: bool,
-    done: bool,
-}
-
-impl Admitted<'_> {
-    fn record(mut self, now_ms: u64, outcome: Outcome, tenant: impl FnOnce() -> u64) {
-        self.done = true;
-        self.state.record(now_ms, self.probe, outcome, tenant);
-    }
-}
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.state.cancel(self.probe);
-        }
-    }
-}
-
-/// Takes the tenant's slot on this route's tenant bulkhead, if it has one (held until the request
-/// ends). Full: a 429 with `Retry-After: 1` added to `response_headers`.
-pub async fn tenant_slot(
-    route: &CompiledRoute,
-    principal: Option<&Principal>,
-    response_headers: &mut Vec<(HeaderName, HeaderValue)>,
-) -> Result<Option<BulkheadPermit>, Rejection> {
-    let Some(tenants) = &route.tenants else {
-        return Ok(None);
-    };
-    let tenant: Arc<str> = match principal {
-        Some(p) => p.org.clone().unwrap_or_else(|| p.user.clone()),
-        None => Arc::from("anonymous"),
-    };
-    let bulkhead = tenants.get(&tenant);
-    if let Some(p) = bulkhead.try_acquire() {
-        return Ok(Some(p));
-    }
-    bump(|m| &m.bulkhead_queued, &["tenant"]);
-    bulkhead.acquire().await.map(Some).map_err(|full| {
-        bump(|m| &m.bulkhead_rejected, &["tenant", full_label(full)]);
-        response_headers.push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
-        Rejection::new(
-            RejectKind::RateLimited,
-            format!(
-                "Too many concurrent requests for `{tenant}` on this route (at most {} at once). Retry shortly.",
-                tenants.max_concurrent()
-            ),
-        )
-    })
 }
 
 /// What every step of one exchange reads.
@@ -516,11 +303,7 @@ fn admit<'d>(s: &Stage<'_>, d: &'d Deployment, now_ms: u64, run: &mut Run) -> Op
         crate::metrics::count_retry(&s.up.provider, run.failed.map_or("5xx", retry_reason));
     }
     run.attempts.count += 1;
-    Some(Admitted {
-        state: &d.state,
-        probe,
-        done: false,
-    })
+    Some(Admitted::new(&d.state, probe))
 }
 
 enum Slot {
@@ -625,12 +408,7 @@ fn answered<T, C, B, R>(
     }
     Exchanged {
         response,
-        holds: UpstreamHolds {
-            upstream: s.up.clone(),
-            index: choice.index,
-            slot: Some(permit),
-            charged: env.plan.tokens,
-        },
+        holds: UpstreamHolds::new(s.up.clone(), choice.index, permit, env.plan.tokens),
         served_model: s.alt.map(str::to_string),
         attempts: std::mem::take(&mut run.attempts),
     }
@@ -702,13 +480,6 @@ fn may_retry<T, C: Clock, B>(
     }
     bump(|m| &m.budget_exhausted, &[&route.name]);
     false
-}
-
-fn full_label(f: BulkheadFull) -> &'static str {
-    match f {
-        BulkheadFull::QueueFull => "queue_full",
-        BulkheadFull::QueueTimeout => "queue_timeout",
-    }
 }
 
 /// A failed attempt's outcome as the `reason` of `leaky_upstream_retries_total`.

@@ -6,7 +6,9 @@
 use super::*;
 use crate::limiter::LimiterBackend;
 use crate::snapshot::{Shared, Snapshot};
+use pingora::http::ResponseHeader;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Mutex;
 
 /// The resilience clock starts well past 0 (0 means "never" in some of their fields).
