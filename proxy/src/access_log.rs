@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     // Free the bulkhead slots now rather than when Pingora drops the context.
-    ctx.permit = None;
+    if let Some(h) = &mut ctx.holds {
+        h.release_slot();
+    }
     ctx.tenant_permit = None;
     let status = match ctx.status() {
         0 => session.response_written().map_or(0, |r| r.status.as_u16()),
@@ -25,6 +27,11 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             ctx.req.usage = m.usage(reserved);
         }
     }
+    // The deployment's `tpm` charge becomes the tokens used.
+    let used = ctx.req.usage.map_or(0, |u| u.prompt + u.completion);
+    if let Some(h) = &mut ctx.holds {
+        h.settle(crate::balancer::now_ms(), used);
+    }
     let snapshot = ctx.snapshot();
     let route = ctx
         .route_index()
@@ -39,14 +46,6 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         r.chain.on_complete(&ctx.req);
     }
     account(ctx, status, seconds);
-    if let Some(d) = ctx.deployment() {
-        if ctx.charged_tokens > 0 {
-            let used = ctx.req.usage.map_or(0, |u| u.prompt + u.completion);
-            d.state
-                .quota
-                .settle(crate::balancer::now_ms(), ctx.charged_tokens, used);
-        }
-    }
     let principal = ctx.req.principal.as_ref();
     tracing::info!(
         target: "access",

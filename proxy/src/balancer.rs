@@ -22,7 +22,7 @@ use prometheus::{IntCounter, IntGauge};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 // The breaker's tenant set must tell apart as many tenants as the config lets `min_tenants` ask for.
 const _: () =
@@ -468,15 +468,4 @@ impl TenantRegistry {
         map.insert(key, Arc::downgrade(&t));
         t
     }
-}
-
-/// The wait before retry `attempt` (1 = first retry), full jitter.
-pub fn backoff(attempt: u32, retry: &leaky_config::resilience::Retry) -> Duration {
-    let r = leaky_resilience::backoff::jitter_seed();
-    Duration::from_millis(leaky_resilience::backoff_ms(
-        attempt,
-        retry.backoff_base_ms,
-        retry.backoff_max_ms,
-        r,
-    ))
 }

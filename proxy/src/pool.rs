@@ -15,7 +15,9 @@ use crossbeam_queue::ArrayQueue;
 use pingora::protocols::Stream;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, as everywhere in the exchange (paused in tests).
+use tokio::time::Instant;
 
 /// Idle connections kept per upstream peer; more are closed when released.
 pub const IDLE_PER_PEER: usize = 512;

@@ -20,6 +20,7 @@
 //! truncated response (the connection is closed) rather than a well-formed but incomplete one.
 
 use crate::balancer::Deployment;
+use crate::exchange::{exchange, Plan, SystemClock, Tenant, UpstreamHolds};
 use crate::headers::{self, ConnectionNamed};
 use crate::reload::ConfigState;
 use crate::request::{self, BodyBuf};
@@ -69,10 +70,8 @@ pub struct Ctx {
     request_bytes: usize,
     /// Token metering of this request (routes with `rate-limit`).
     pub(crate) metering: Option<crate::metering::Metering>,
-    /// Index of the deployment that answered, in `upstream.pool.deployments`.
-    pub(crate) deployment: Option<usize>,
-    /// The slot held on that deployment's bulkhead until the response is relayed.
-    pub(crate) permit: Option<BulkheadPermit>,
+    /// What the request holds on the deployment that answered (its bulkhead slot, its `tpm` charge).
+    pub(crate) holds: Option<UpstreamHolds>,
     /// The tenant's slot on the route's bulkhead.
     pub(crate) tenant_permit: Option<BulkheadPermit>,
     /// Upstream attempts made (retries and fallbacks included).
@@ -81,8 +80,6 @@ pub struct Ctx {
     pub(crate) trail: Option<String>,
     /// The fallback model that answered, when not the requested one.
     pub(crate) served_model: Option<String>,
-    /// Tokens charged to the deployment's own budget, settled with the usage at the end.
-    pub(crate) charged_tokens: u64,
     /// End of the upstream exchange (route `timeouts.total_ms`).
     pub(crate) deadline: Option<Instant>,
     /// The response is an event stream (a cut can end it with an error event).
@@ -118,11 +115,7 @@ impl Ctx {
     }
     /// The deployment that answered.
     pub fn deployment(&self) -> Option<&Deployment> {
-        self.upstream
-            .as_ref()?
-            .pool
-            .deployments
-            .get(self.deployment?)
+        self.holds.as_ref()?.deployment()
     }
 }
 
@@ -157,13 +150,11 @@ impl ProxyHttp for Gateway {
             upstream_seconds: None,
             request_bytes: 0,
             metering: None,
-            deployment: None,
-            permit: None,
+            holds: None,
             tenant_permit: None,
             attempts: 0,
             trail: None,
             served_model: None,
-            charged_tokens: 0,
             deadline: None,
             sse: false,
             cut: None,
@@ -312,21 +303,21 @@ impl Gateway {
         };
         route.chain.on_admit(&mut ctx.req).await?;
         let body = crate::metering::cap(ctx, body);
-        self.tenant_slot(route, ctx).await?;
+        ctx.tenant_permit = crate::exchange::tenant_slot(
+            route,
+            ctx.req.principal.as_deref(),
+            &mut ctx.req.response_headers,
+        )
+        .await?;
 
-        let answer = self
-            .call(session, ctx, route, up, rest, query.as_deref(), body)
+        let (mut response, holds) = self
+            .exchange(session, ctx, route, up, rest, query.as_deref(), body)
             .await?;
-        let crate::call::Answer {
-            upstream: up,
-            deployment,
-            mut response,
-            permit,
-        } = answer;
+        let up = holds.upstream().clone();
+        let deployment = holds.index();
         ctx.upstream = Some(up.clone());
         ctx.req.provider = Some(up.provider.clone());
-        ctx.deployment = Some(deployment);
-        ctx.permit = Some(permit);
+        ctx.holds = Some(holds);
         let reusable = self.relay(session, ctx, route, &up, &mut response).await?;
         if reusable {
             if let Some(d) = up.pool.deployments.get(deployment) {
@@ -334,6 +325,55 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Runs the upstream exchange (`exchange.rs`) with this request's inputs, and records its trail
+    /// (attempts, failed attempts, served model, upstream time) in `ctx` for the access log.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        route: &CompiledRoute,
+        primary: Arc<Upstream>,
+        rest: &str,
+        query: Option<&str>,
+        body: Bytes,
+    ) -> std::result::Result<(upstream::Response, UpstreamHolds), Fail> {
+        let deadline = tokio::time::Instant::now() + route.total_timeout;
+        ctx.deadline = Some(deadline.into_std());
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let c: &Ctx = ctx;
+        let plan = Plan {
+            route,
+            primary,
+            model: c.req.model.as_deref(),
+            rest,
+            body,
+            tokens: c.req.cost.map_or(0, |c| {
+                c.prompt.saturating_add(c.max_completion.unwrap_or(0))
+            }),
+            tenant: Tenant::of(c.req.principal.as_deref(), client),
+            deadline,
+        };
+        let head = |up: &Upstream, d: &Deployment, rest: &str, len: usize| {
+            Self::upstream_request(session, c, up, d, rest, query, len)
+        };
+        let result = exchange(&self.transport, &SystemClock, plan, head).await;
+        let (attempts, answer) = match result {
+            Ok(x) => {
+                ctx.served_model = x.served_model;
+                (x.attempts, Ok((x.response, x.holds)))
+            }
+            Err(f) => (f.attempts, Err(Fail::Reject(f.rejection))),
+        };
+        ctx.attempts = attempts.count;
+        ctx.trail = attempts.failed;
+        ctx.upstream_seconds = attempts.upstream_seconds;
+        answer
     }
 
     async fn read_body(
@@ -375,14 +415,14 @@ impl Gateway {
         rest: &str,
         query: Option<&str>,
         body_len: usize,
-    ) -> std::result::Result<RequestHeader, Fail> {
+    ) -> std::result::Result<RequestHeader, Rejection> {
         let head = session.req_header();
         let path = request::upstream_path(&up.path_prefix, rest, query);
         let internal = |e: Box<Error>| {
-            Fail::Reject(Rejection::new(
+            Rejection::new(
                 RejectKind::Internal,
                 format!("building the upstream request: {e}"),
-            ))
+            )
         };
         let mut req = RequestHeader::build_no_case(
             head.method.clone(),
@@ -582,7 +622,11 @@ impl Gateway {
     ) -> std::result::Result<(), Fail> {
         ctx.cut = Some(reason);
         if let Some(d) = ctx.deployment() {
-            let tenant = crate::call::tenant_hash(ctx, session);
+            let client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let tenant = Tenant::of(ctx.req.principal.as_deref(), client).hash();
             d.state
                 .record_stream_failure(crate::balancer::now_ms(), tenant);
             crate::metrics::bump(|m| &m.stream_cuts, &[&d.label, reason]);

@@ -9,30 +9,44 @@
 //! When a *reused* connection fails before any response byte arrives, the request is sent again on a
 //! fresh connection (counted in `leaky_upstream_retries_total{reason="stale_connection"}`); a fresh
 //! connection's failure is final, so a request is never sent twice to an upstream that answered.
+//!
+//! `TransportConnector` is the exchange's [`Transport`] (one attempt = [`send`]); idle connections are
+//! aged on tokio's clock like the rest of the exchange.
 
 use crate::balancer::{Deployment, Outcome, Probe};
+use crate::exchange::{Attempt, Failed, Transport};
 use crate::metrics::count_retry;
 use bytes::Bytes;
 use http::Method;
 use leaky_filters::{RejectKind, Rejection};
 use pingora::connectors::TransportConnector;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
 use pingora::protocols::Stream;
 use pingora::{ErrorType, OrErr};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 /// A response whose header has been read; the body is read by the caller.
 pub struct Response {
     pub session: HttpSession,
 }
 
-/// A failed attempt: what kind of failure (for the breaker and the retry policy) and the error the
-/// client gets if nothing else answers.
-pub struct Failed {
-    pub outcome: Outcome,
-    pub rejection: Rejection,
+/// The exchange's transport in production: Pingora's connector and this module's pooled sessions.
+impl Transport for TransportConnector {
+    type Response = Response;
+
+    fn send(
+        &self,
+        a: Attempt<'_>,
+    ) -> impl std::future::Future<Output = Result<Response, Failed>> + Send {
+        send(self, a.deployment, a.connect, a.first_byte, a.head, a.body)
+    }
+
+    fn head(response: &Response) -> Option<&ResponseHeader> {
+        response.session.resp_header()
+    }
 }
 
 /// One attempt on deployment `d`: connect (pooled, else fresh within `connect`), send, and wait at most
@@ -56,7 +70,7 @@ pub async fn send(
             ),
         ),
     };
-    if let Some(stream) = d.pool.take(std::time::Instant::now()) {
+    if let Some(stream) = d.pool.take(Instant::now()) {
         match tokio::time::timeout(first_byte, exchange(stream, d, req, body)).await {
             Err(_) => return Err(timed_out()),
             Ok(Ok(session)) => return Ok(Response { session }),
@@ -194,6 +208,6 @@ pub async fn probe(transport: &TransportConnector, p: &Probe, timeout: Duration)
 pub async fn release(up: &Deployment, mut session: HttpSession) {
     session.respect_keepalive();
     if let Some(stream) = session.reuse().await {
-        up.pool.put(stream, std::time::Instant::now());
+        up.pool.put(stream, Instant::now());
     }
 }
