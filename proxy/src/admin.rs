@@ -7,6 +7,7 @@
 //! credentials appear as `set`/`unset`, keys by id only.
 
 use crate::reload::ConfigState;
+use crate::source::ConfigSource;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use leaky_config::{Config, RouteUpstream};
@@ -17,6 +18,8 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub state: Arc<ConfigState>,
+    /// Where `POST /admin/reload` asks for the config again.
+    pub source: Arc<dyn ConfigSource>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -79,15 +82,15 @@ impl ServeHttp for Admin {
             }
             ("GET", "/admin/config") => json_reply(StatusCode::OK, &self.config_view()),
             ("POST", "/admin/reload") => {
-                let state = self.state.clone();
-                let result = tokio::task::spawn_blocking(move || state.reload()).await;
+                let (state, source) = (self.state.clone(), self.source.clone());
+                let result = tokio::task::spawn_blocking(move || source.reload(&state)).await;
                 match result {
                     Ok(Ok(v)) => {
                         json_reply(StatusCode::OK, &json!({"result": "success", "version": v}))
                     }
-                    Ok(Err(errors)) => json_reply(
+                    Ok(Err(e)) => json_reply(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        &json!({"result": "error", "errors": errors}),
+                        &json!({"result": "error", "errors": e.messages()}),
                     ),
                     Err(e) => json_reply(
                         StatusCode::INTERNAL_SERVER_ERROR,
