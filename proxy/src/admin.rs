@@ -81,23 +81,7 @@ impl ServeHttp for Admin {
                 )
             }
             ("GET", "/admin/config") => json_reply(StatusCode::OK, &self.config_view()),
-            ("POST", "/admin/reload") => {
-                let (state, source) = (self.state.clone(), self.source.clone());
-                let result = tokio::task::spawn_blocking(move || source.reload(&state)).await;
-                match result {
-                    Ok(Ok(v)) => {
-                        json_reply(StatusCode::OK, &json!({"result": "success", "version": v}))
-                    }
-                    Ok(Err(e)) => json_reply(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        &json!({"result": "error", "errors": e.messages()}),
-                    ),
-                    Err(e) => json_reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        &json!({"result": "error", "errors": [e.to_string()]}),
-                    ),
-                }
-            }
+            ("POST", "/admin/reload") => self.reload().await,
             _ => json_reply(
                 StatusCode::NOT_FOUND,
                 &json!({"error": format!("no admin endpoint {method} {path}")}),
@@ -107,6 +91,23 @@ impl ServeHttp for Admin {
 }
 
 impl Admin {
+    /// Asks the config source for the config again and applies it (off the async workers: it reads
+    /// files and resolves hosts).
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let (state, source) = (self.state.clone(), self.source.clone());
+        match tokio::task::spawn_blocking(move || source.reload(&state)).await {
+            Ok(Ok(v)) => json_reply(StatusCode::OK, &json!({"result": "success", "version": v})),
+            Ok(Err(e)) => json_reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({"result": "error", "errors": e.messages()}),
+            ),
+            Err(e) => json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"result": "error", "errors": [e.to_string()]}),
+            ),
+        }
+    }
+
     fn config_view(&self) -> Value {
         let s = self.state.snapshot();
         let status = self.state.status();
@@ -141,27 +142,7 @@ fn redacted(c: &Config) -> Value {
             )
         })
         .collect();
-    let routes: Vec<Value> = c
-        .routes
-        .iter()
-        .map(|r| {
-            let upstream = match &r.upstream {
-                RouteUpstream::Fixed(t) => json!({"provider": t.provider, "path_prefix": t.path_prefix}),
-                RouteUpstream::ByModel(list) => json!({"by_model": list.iter().map(|m| json!({
-                    "models": m.models.iter().map(|p| match p {
-                        leaky_config::ModelPattern::Exact(s) => s.clone(),
-                        leaky_config::ModelPattern::Prefix(s) => format!("{s}*"),
-                    }).collect::<Vec<_>>(),
-                    "provider": m.target.provider,
-                    "path_prefix": m.target.path_prefix,
-                })).collect::<Vec<_>>()}),
-            };
-            json!({
-                "name": r.name, "prefix": r.prefix, "dialect": r.dialect, "model_source": r.model_source,
-                "upstream": upstream, "filters": r.filters,
-            })
-        })
-        .collect();
+    let routes: Vec<Value> = c.routes.iter().map(route_view).collect();
     let keys: Vec<Value> = c
         .keys
         .iter()
@@ -180,5 +161,24 @@ fn redacted(c: &Config) -> Value {
         "routes": routes,
         "tiers": c.tiers.iter().map(|(n, t)| (n.clone(), json!({"priority": t.priority}))).collect::<serde_json::Map<_, _>>(),
         "keys": keys,
+    })
+}
+
+/// One route as `/admin/config` shows it.
+fn route_view(r: &leaky_config::Route) -> Value {
+    let upstream = match &r.upstream {
+        RouteUpstream::Fixed(t) => json!({"provider": t.provider, "path_prefix": t.path_prefix}),
+        RouteUpstream::ByModel(list) => json!({"by_model": list.iter().map(|m| json!({
+            "models": m.models.iter().map(|p| match p {
+                leaky_config::ModelPattern::Exact(s) => s.clone(),
+                leaky_config::ModelPattern::Prefix(s) => format!("{s}*"),
+            }).collect::<Vec<_>>(),
+            "provider": m.target.provider,
+            "path_prefix": m.target.path_prefix,
+        })).collect::<Vec<_>>()}),
+    };
+    json!({
+        "name": r.name, "prefix": r.prefix, "dialect": r.dialect, "model_source": r.model_source,
+        "upstream": upstream, "filters": r.filters,
     })
 }
