@@ -15,6 +15,7 @@ use std::time::Duration;
 pub struct Bootstrap {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Worker threads of the proxy listener.
     pub threads: usize,
     pub max_connections: usize,
     pub admin_max_connections: usize,

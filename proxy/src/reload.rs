@@ -70,6 +70,8 @@ pub struct ReloadStatus {
     pub origin: Option<Origin>,
 }
 
+/// The serving config version and everything needed to apply the next one: one per process,
+/// shared by the listeners (which read `snapshot()`) and the config source (which calls `apply`).
 pub struct ConfigState {
     current: ArcSwap<Snapshot>,
     /// What the listeners were started with; documents cannot change it.

@@ -202,6 +202,7 @@ impl FileSource {
         }
     }
 
+    /// The top-level config file.
     pub fn root(&self) -> &Path {
         &self.root
     }
