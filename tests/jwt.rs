@@ -114,3 +114,77 @@ async fn a_route_authenticated_by_jwt_or_api_key() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// The JWKS cache lives outside the filters: reloads (a key change, then an unrelated edit) rebuild the
+/// chains but keep the keys fetched from the URL, so the identity provider is asked once.
+#[tokio::test]
+async fn reloads_keep_the_keys_fetched_from_a_jwks_url() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let jwks: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("jwks.json")).unwrap()).unwrap();
+    let router = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get({
+            let fetches = fetches.clone();
+            move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let jwks = jwks.clone();
+                async move { axum::Json(jwks) }
+            }
+        }),
+    );
+    let idp = serve(router).await;
+    let up = Upstreams::start().await;
+    let chain = format!(
+        "    filters:\n      - kind: jwt\n        jwks_url: http://{idp}/jwks\n        algorithms: [RS256]\n        issuer: https://idp.test\n        audiences: [leaky]\n        optional: true\n      - kind: api-key\n"
+    );
+    let with_jwt = |extra_keys: &str| {
+        up.config(extra_keys).replace(
+            "  - name: capture\n    prefix: /capture\n    upstream: { provider: capture, path_prefix: /echo }\n    filters: *chain\n",
+            &format!("  - name: capture\n    prefix: /capture\n    upstream: {{ provider: capture, path_prefix: /echo }}\n{chain}"),
+        )
+    };
+    let gw = Gateway::start(&with_jwt("")).await;
+    let good = token(
+        json!({"sub": "erin", "tier": "pro", "iss": "https://idp.test", "aud": "leaky", "exp": now() + 300}),
+    );
+    let call = |bearer: String| {
+        let r = gw
+            .client
+            .post(gw.url("/capture/x"))
+            .bearer_auth(bearer)
+            .json(&json!({}))
+            .send();
+        async move { r.await.unwrap().status().as_u16() }
+    };
+    assert_eq!(call(good.clone()).await, 200);
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    // Reload 1: only the keys change; the new key works, the JWKS is not fetched again.
+    let new_key = "lt-test-jwks-reload";
+    let added = format!(
+        "  - {{ id: added, sha256: {}, user: dave, tier: pro }}\n",
+        sha256_hex(new_key.as_bytes())
+    );
+    let v0 = gw.config_version().await;
+    gw.write_config(&with_jwt(&added));
+    let (v1, _) = gw.wait_version_change(v0, Duration::from_secs(5)).await;
+    assert_eq!(call(new_key.to_string()).await, 200);
+    assert_eq!(call(good.clone()).await, 200);
+
+    // Reload 2: an unrelated edit.
+    gw.write_config(
+        &with_jwt(&added).replace("max_body_bytes: 10485760", "max_body_bytes: 10485761"),
+    );
+    gw.wait_version_change(v1, Duration::from_secs(5)).await;
+    assert_eq!(call(good).await, 200);
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "one fetch across two reloads"
+    );
+}

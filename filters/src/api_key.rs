@@ -3,14 +3,15 @@
 //! SDK works unchanged. Unknown or expired → 401; a model outside the key's allow-list → 403.
 
 use crate::chain::{BuildContext, Filter, RequestCtx, RequestInfo};
-use crate::key_index::{KeyIndex, Lookup};
+use crate::key_index::{Lookup, SharedKeyIndex};
 use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::ApiKeySpec;
 use std::sync::Arc;
 
 pub struct ApiKeyFilter {
-    keys: Arc<KeyIndex>,
+    /// The live index (published per config version), not a copy: a key change needs no new filter.
+    keys: Arc<SharedKeyIndex>,
     optional: bool,
 }
 
@@ -67,7 +68,8 @@ impl Filter for ApiKeyFilter {
                 "You didn't provide an API key. Send it as `Authorization: Bearer KEY`, `x-goog-api-key: KEY` or `?key=KEY`.",
             ));
         };
-        match self.keys.lookup(key, ctx.now_unix) {
+        let keys = self.keys.load();
+        match keys.lookup(key, ctx.now_unix) {
             Lookup::Valid(p) => {
                 ctx.principal = Some(p.clone());
                 Ok(())
@@ -107,6 +109,7 @@ pub(crate) fn check_model_allowed(ctx: &RequestCtx) -> Result<(), Rejection> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::KeyIndex;
     use http::{HeaderMap, Method};
     use leaky_config::{ApiKey, ModelPattern};
     use sha2::{Digest, Sha256};
@@ -123,7 +126,7 @@ mod tests {
             expires_at: Some(1_000),
         };
         ApiKeyFilter {
-            keys: Arc::new(KeyIndex::new(&[k])),
+            keys: Arc::new(SharedKeyIndex::new(Arc::new(KeyIndex::new(&[k])))),
             optional,
         }
     }

@@ -1,6 +1,8 @@
 //! The filter trait, the per-request context, and building a route's chain from its YAML specs.
 
-use crate::{ApiKeyFilter, JwtFilter, KeyIndex, Principal, Rejection, RequestIdFilter};
+use crate::{
+    ApiKeyFilter, JwksCache, JwtFilter, Principal, Rejection, RequestIdFilter, SharedKeyIndex,
+};
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use leaky_config::{Dialect, FilterSpec};
@@ -121,7 +123,10 @@ pub trait Filter: Send + Sync {
 /// What filters may need from the config version they are built for.
 #[derive(Clone)]
 pub struct BuildContext {
-    pub keys: Arc<KeyIndex>,
+    /// The live key index (published per version, outside the chains).
+    pub keys: Arc<SharedKeyIndex>,
+    /// JWKS keys by source, kept across versions.
+    pub jwks: Arc<JwksCache>,
     /// Directory relative file paths resolve against.
     pub base_dir: PathBuf,
     /// Names of the configured tiers (a JWT may only claim one of these).
@@ -218,7 +223,9 @@ pub fn build_chain(specs: &[FilterSpec], cx: &BuildContext) -> Result<Chain, Str
         filters.push(match spec {
             FilterSpec::RequestId(s) => Arc::new(RequestIdFilter::from_config(s)),
             FilterSpec::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx)),
-            FilterSpec::Jwt(s) => Arc::new(JwtFilter::from_config(s, cx)?),
+            FilterSpec::Jwt(s) => {
+                Arc::new(JwtFilter::from_config(s, cx).map_err(|e| e.to_string())?)
+            }
             FilterSpec::RateLimit(_) => match &cx.limiter {
                 Some(l) => Arc::new(crate::rate_limit::RateLimitFilter::new(l.clone())),
                 None => return Err("the `rate-limit` filter needs the limiter".into()),

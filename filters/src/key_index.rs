@@ -1,8 +1,13 @@
 //! API keys by hash: one hash-map hit per request on the SHA-256 of the presented key, and the final
 //! equality check in constant time. Built once per config version; principals are shared `Arc`s, so a
 //! hit allocates nothing.
+//!
+//! `SharedKeyIndex` is the one cell every `api-key` filter reads: the index is published into it when
+//! its config version goes live, so filters (and the chains holding them) do not own the keys and a
+//! key change swaps one pointer instead of requiring new filters.
 
 use crate::{AuthMethod, Principal};
+use arc_swap::{ArcSwap, Guard};
 use leaky_config::ApiKey;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -111,6 +116,37 @@ impl KeyIndex {
     }
 }
 
+/// The live key index, shared by every `api-key` filter of every config version: one atomic load
+/// per request (no lock), swapped by the reload that publishes a new version.
+#[derive(Default)]
+pub struct SharedKeyIndex {
+    current: ArcSwap<KeyIndex>,
+}
+
+impl std::fmt::Debug for SharedKeyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedKeyIndex({:?})", **self.current.load())
+    }
+}
+
+impl SharedKeyIndex {
+    pub fn new(index: Arc<KeyIndex>) -> Self {
+        SharedKeyIndex {
+            current: ArcSwap::new(index),
+        }
+    }
+
+    /// The index in force now; hold the guard only for one lookup.
+    pub fn load(&self) -> Guard<Arc<KeyIndex>> {
+        self.current.load()
+    }
+
+    /// Makes `index` the one every filter reads from the next request on.
+    pub fn publish(&self, index: Arc<KeyIndex>) {
+        self.current.store(index);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
@@ -153,5 +189,20 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_published_index_replaces_the_old_one_for_every_reader() {
+        let shared = SharedKeyIndex::new(Arc::new(KeyIndex::new(&[key("a", "secret-a", None)])));
+        assert!(matches!(
+            shared.load().lookup(b"secret-a", 0),
+            Lookup::Valid(_)
+        ));
+        shared.publish(Arc::new(KeyIndex::new(&[key("b", "secret-b", None)])));
+        assert_eq!(shared.load().lookup(b"secret-a", 0), Lookup::Unknown);
+        assert!(matches!(
+            shared.load().lookup(b"secret-b", 0),
+            Lookup::Valid(_)
+        ));
     }
 }

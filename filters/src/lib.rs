@@ -24,8 +24,8 @@ mod request_id;
 
 pub use api_key::ApiKeyFilter;
 pub use chain::{build_chain, BuildContext, Chain, Filter, RequestCtx, RequestInfo};
-pub use jwt::JwtFilter;
-pub use key_index::KeyIndex;
+pub use jwt::{JwksCache, JwksError, JwtBuildError, JwtFilter};
+pub use key_index::{KeyIndex, SharedKeyIndex};
 pub use principal::{AuthMethod, Principal};
 pub use reject::{RejectKind, Rejection};
 pub use request_id::RequestIdFilter;

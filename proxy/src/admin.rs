@@ -7,6 +7,7 @@
 //! credentials appear as `set`/`unset`, keys by id only.
 
 use crate::reload::ConfigState;
+use crate::source::ConfigSource;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use leaky_config::{Config, RouteUpstream};
@@ -17,6 +18,8 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub state: Arc<ConfigState>,
+    /// Where `POST /admin/reload` asks for the config again.
+    pub source: Arc<dyn ConfigSource>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -78,23 +81,7 @@ impl ServeHttp for Admin {
                 )
             }
             ("GET", "/admin/config") => json_reply(StatusCode::OK, &self.config_view()),
-            ("POST", "/admin/reload") => {
-                let state = self.state.clone();
-                let result = tokio::task::spawn_blocking(move || state.reload()).await;
-                match result {
-                    Ok(Ok(v)) => {
-                        json_reply(StatusCode::OK, &json!({"result": "success", "version": v}))
-                    }
-                    Ok(Err(errors)) => json_reply(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        &json!({"result": "error", "errors": errors}),
-                    ),
-                    Err(e) => json_reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        &json!({"result": "error", "errors": [e.to_string()]}),
-                    ),
-                }
-            }
+            ("POST", "/admin/reload") => self.reload().await,
             _ => json_reply(
                 StatusCode::NOT_FOUND,
                 &json!({"error": format!("no admin endpoint {method} {path}")}),
@@ -104,6 +91,23 @@ impl ServeHttp for Admin {
 }
 
 impl Admin {
+    /// Asks the config source for the config again and applies it (off the async workers: it reads
+    /// files and resolves hosts).
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let (state, source) = (self.state.clone(), self.source.clone());
+        match tokio::task::spawn_blocking(move || source.reload(&state)).await {
+            Ok(Ok(v)) => json_reply(StatusCode::OK, &json!({"result": "success", "version": v})),
+            Ok(Err(e)) => json_reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({"result": "error", "errors": e.messages()}),
+            ),
+            Err(e) => json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"result": "error", "errors": [e.to_string()]}),
+            ),
+        }
+    }
+
     fn config_view(&self) -> Value {
         let s = self.state.snapshot();
         let status = self.state.status();
@@ -138,27 +142,7 @@ fn redacted(c: &Config) -> Value {
             )
         })
         .collect();
-    let routes: Vec<Value> = c
-        .routes
-        .iter()
-        .map(|r| {
-            let upstream = match &r.upstream {
-                RouteUpstream::Fixed(t) => json!({"provider": t.provider, "path_prefix": t.path_prefix}),
-                RouteUpstream::ByModel(list) => json!({"by_model": list.iter().map(|m| json!({
-                    "models": m.models.iter().map(|p| match p {
-                        leaky_config::ModelPattern::Exact(s) => s.clone(),
-                        leaky_config::ModelPattern::Prefix(s) => format!("{s}*"),
-                    }).collect::<Vec<_>>(),
-                    "provider": m.target.provider,
-                    "path_prefix": m.target.path_prefix,
-                })).collect::<Vec<_>>()}),
-            };
-            json!({
-                "name": r.name, "prefix": r.prefix, "dialect": r.dialect, "model_source": r.model_source,
-                "upstream": upstream, "filters": r.filters,
-            })
-        })
-        .collect();
+    let routes: Vec<Value> = c.routes.iter().map(route_view).collect();
     let keys: Vec<Value> = c
         .keys
         .iter()
@@ -177,5 +161,24 @@ fn redacted(c: &Config) -> Value {
         "routes": routes,
         "tiers": c.tiers.iter().map(|(n, t)| (n.clone(), json!({"priority": t.priority}))).collect::<serde_json::Map<_, _>>(),
         "keys": keys,
+    })
+}
+
+/// One route as `/admin/config` shows it.
+fn route_view(r: &leaky_config::Route) -> Value {
+    let upstream = match &r.upstream {
+        RouteUpstream::Fixed(t) => json!({"provider": t.provider, "path_prefix": t.path_prefix}),
+        RouteUpstream::ByModel(list) => json!({"by_model": list.iter().map(|m| json!({
+            "models": m.models.iter().map(|p| match p {
+                leaky_config::ModelPattern::Exact(s) => s.clone(),
+                leaky_config::ModelPattern::Prefix(s) => format!("{s}*"),
+            }).collect::<Vec<_>>(),
+            "provider": m.target.provider,
+            "path_prefix": m.target.path_prefix,
+        })).collect::<Vec<_>>()}),
+    };
+    json!({
+        "name": r.name, "prefix": r.prefix, "dialect": r.dialect, "model_source": r.model_source,
+        "upstream": upstream, "filters": r.filters,
     })
 }

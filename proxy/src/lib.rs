@@ -1,8 +1,10 @@
 //! Leaky Tokens data plane on Pingora.
 //!
 //! - `service`: the request path (`ProxyHttp` impl; phase chart in its module docs).
-//! - `snapshot`: one immutable, compiled config version; `reload` swaps it atomically; `watch` triggers
-//!   reloads on file change and `SIGHUP`.
+//! - `snapshot`: one immutable, compiled config version; `reload` (`ConfigState`) applies config
+//!   documents (`document`) and swaps snapshots atomically; `source`: the `ConfigSource` seam (and a
+//!   pushed source); `watch`: the file source (files, inotify, `SIGHUP`); `bootstrap`: the settings
+//!   fixed at start (listeners, threads, connection limits).
 //! - `headers`: which request and response headers cross the gateway (compiled per route and provider).
 //! - `upstream`: pooled HTTP/1.1 upstream calls with the whole body (beyond Pingora's 64 KiB retry buffer).
 //! - `path`: request path normalization; `endpoints`: a route's compiled endpoint allow-list.
@@ -15,6 +17,8 @@ mod access_log;
 pub mod admin;
 pub mod admin_auth;
 pub mod balancer;
+pub mod bootstrap;
+pub mod document;
 pub mod endpoints;
 mod exchange;
 mod headers;
@@ -30,9 +34,12 @@ mod request;
 pub mod server;
 pub mod service;
 pub mod snapshot;
+pub mod source;
 mod upstream;
 mod usage_log;
 pub mod watch;
 
-pub use reload::ConfigState;
-pub use server::{build, RunOptions};
+pub use document::{ConfigDocument, Origin, SourceError};
+pub use reload::{ApplyError, ConfigState};
+pub use server::{build, RunOptions, StartError};
+pub use source::{ConfigSource, PushHandle, PushedSource};

@@ -17,6 +17,14 @@ use leaky_limit::{
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why the limiter's backend cannot start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimiterError {
+    /// The process-wide limiter runtime could not start (kept: every later attempt reports it).
+    #[error("starting the limiter runtime: {0}")]
+    Runtime(Arc<std::io::Error>),
+}
+
 /// How often idle buckets are evicted from the in-process store.
 const EVICT_EVERY: Duration = Duration::from_secs(10);
 
@@ -30,8 +38,8 @@ pub struct LimiterBackend {
 
 /// The limiter's runtime: one per process, never dropped (a runtime must not be dropped from async
 /// code, and the last reference to an old backend may go away on a proxy thread).
-fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
-    static RT: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+fn runtime() -> Result<&'static tokio::runtime::Runtime, LimiterError> {
+    static RT: std::sync::OnceLock<Result<tokio::runtime::Runtime, LimiterError>> =
         std::sync::OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -39,7 +47,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, String> {
             .thread_name("leaky-limiter")
             .enable_all()
             .build()
-            .map_err(|e| format!("starting the limiter runtime: {e}"))
+            .map_err(|e| LimiterError::Runtime(Arc::new(e)))
     })
     .as_ref()
     .map_err(Clone::clone)
@@ -60,7 +68,7 @@ where
 }
 
 impl LimiterBackend {
-    pub fn new(settings: &LimitStore) -> Result<Self, String> {
+    pub fn new(settings: &LimitStore) -> Result<Self, LimiterError> {
         let runtime = runtime()?;
         let _enter = runtime.enter();
         let (store, memory, guard): (Arc<dyn Store>, _, _) = match settings {

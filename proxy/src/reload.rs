@@ -1,19 +1,58 @@
-//! Hot reload: parse → validate → build a snapshot → one atomic store.
+//! The reload state: applies config documents (validate against the running bootstrap → build a
+//! snapshot → one atomic store) whatever source they come from. It holds no file path and reads
+//! nothing: sources (`source`, `watch`) produce documents, this applies them.
 //!
-//! A failed reload changes nothing that serves traffic: the last good snapshot stays, the error (with
+//! A failed apply changes nothing that serves traffic: the last good snapshot stays, the error (with
 //! `file:line:col`) is logged, counted in `leaky_config_reloads_total{result="error"}` and shown on
 //! `/admin/config`. In-flight requests hold their own `Arc<Snapshot>` and finish on the version they
 //! started with.
 
-use crate::limiter::LimiterBackend;
+use crate::bootstrap::Bootstrap;
+use crate::document::{lines, ConfigDocument, Origin, SourceError};
+use crate::limiter::{LimiterBackend, LimiterError};
 use crate::metrics::metrics;
 use crate::snapshot::{Shared, Snapshot};
 use arc_swap::ArcSwap;
-use leaky_config::{Config, LimitStore};
-use std::path::{Path, PathBuf};
+use leaky_config::{Config, ConfigError, LimitStore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
+
+/// Why a document was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The document is not a valid config, or not one the running listeners may serve.
+    #[error("{}", lines(.0))]
+    Invalid(Vec<ConfigError>),
+    /// The source had no document to offer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The limiter's store (a changed `limits.store`) could not start.
+    #[error(transparent)]
+    Limiter(#[from] LimiterError),
+    /// What validation cannot see: unresolvable upstream hosts, unreadable JWKS files.
+    #[error("{0}")]
+    Build(String),
+}
+
+impl From<SourceError> for ApplyError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::Invalid(errors) => ApplyError::Invalid(errors),
+            SourceError::Unavailable(why) => ApplyError::Unavailable(why),
+        }
+    }
+}
+
+impl ApplyError {
+    /// One message per problem, as `/admin/config` and `/admin/reload` list them.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ApplyError::Invalid(errors) => errors.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
 
 /// What `/admin/config` reports about reloads.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -23,17 +62,26 @@ pub struct ReloadStatus {
     pub last_result: &'static str,
     /// Every error of the last failed attempt, as `file:line:col: message`; empty after a success.
     pub last_errors: Vec<String>,
-    /// Settings that changed on disk but need a restart to apply (listeners, threads).
+    /// Settings that changed in the source but need a restart to apply (listeners, threads, ...).
     pub pending_restart: Vec<String>,
+    /// The source's version of the document serving now (content hash, pushed version).
+    pub source_version: String,
+    /// Where the document serving now came from.
+    pub origin: Option<Origin>,
 }
 
+/// The serving config version and everything needed to apply the next one: one per process,
+/// shared by the listeners (which read `snapshot()`) and the config source (which calls `apply`).
 pub struct ConfigState {
     current: ArcSwap<Snapshot>,
-    path: PathBuf,
+    /// What the listeners were started with; documents cannot change it.
+    bootstrap: Bootstrap,
     next_version: AtomicU64,
-    /// Written only by reloads and read only by the admin endpoint: never on the request path.
+    /// One apply at a time, so versions are published in the order they were numbered.
+    applying: Mutex<()>,
+    /// Written only by applies and read only by the admin endpoint: never on the request path.
     status: Mutex<ReloadStatus>,
-    /// Idle upstream connections and deployment/tenant state, kept across versions.
+    /// Idle upstream connections, deployment/tenant state, the live key index and JWKS caches.
     shared: Shared,
     /// The limiter's store, kept across versions while `limits.store`/`limits.redis` are unchanged.
     backend: Mutex<Arc<LimiterBackend>>,
@@ -45,31 +93,46 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
+/// The admin listener `bootstrap` binds may not be exposed by `config`'s token setting.
+fn check_exposure(config: &Config, origin: &Origin) -> Result<(), ApplyError> {
+    match config.server.admin_exposure_error() {
+        None => Ok(()),
+        Some(message) => Err(ApplyError::Invalid(vec![ConfigError {
+            file: origin.label(),
+            pos: None,
+            message,
+        }])),
+    }
+}
+
 impl ConfigState {
-    /// Loads the first config; an error here stops the process with every problem listed.
-    pub fn load(path: &Path, apply: impl Fn(&mut Config)) -> Result<Arc<Self>, String> {
-        let mut config = leaky_config::load(path).map_err(|e| e.to_string())?;
-        apply(&mut config);
-        // Again after `apply`: `--admin-listen` may have moved the listener beyond loopback.
-        if let Some(e) = config.server.admin_exposure_error() {
-            return Err(format!("{}: {e}", path.display()));
-        }
+    /// Applies the first document under `bootstrap` (the document's own, with command-line overrides);
+    /// an error here stops the process with every problem listed.
+    pub fn new(mut doc: ConfigDocument, bootstrap: Bootstrap) -> Result<Arc<Self>, ApplyError> {
+        bootstrap.pin(&mut doc.config.server);
+        // Checked under the running bootstrap: `--admin-listen` may have moved the listener beyond loopback.
+        check_exposure(&doc.config, &doc.origin)?;
         let shared = Shared::default();
-        let backend = Arc::new(LimiterBackend::new(&config.limits.store)?);
-        let snapshot = Snapshot::build(Arc::new(config), 1, &shared, &backend)?;
+        let backend = Arc::new(LimiterBackend::new(&doc.config.limits.store)?);
+        let snapshot = Snapshot::build(Arc::new(doc.config), 1, &shared, &backend)
+            .map_err(ApplyError::Build)?;
         if let Some(m) = metrics() {
             m.config_version.set(1);
             m.config_last_reload_success.set(1);
         }
         let t = now();
+        shared.keys.publish(snapshot.keys.clone());
         Ok(Arc::new(ConfigState {
             current: ArcSwap::from_pointee(snapshot),
-            path: path.to_path_buf(),
+            bootstrap,
             next_version: AtomicU64::new(2),
+            applying: Mutex::new(()),
             status: Mutex::new(ReloadStatus {
                 loaded_at: t.clone(),
                 last_attempt_at: t,
                 last_result: "success",
+                source_version: doc.version,
+                origin: Some(doc.origin),
                 ..Default::default()
             }),
             shared,
@@ -82,13 +145,9 @@ impl ConfigState {
         self.current.load_full()
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Files the active config was read from (the watcher reloads when any of them changes).
-    pub fn files(&self) -> Vec<PathBuf> {
-        self.current.load().config.files.clone()
+    /// What the listeners run with.
+    pub fn bootstrap(&self) -> &Bootstrap {
+        &self.bootstrap
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -96,7 +155,7 @@ impl ConfigState {
     }
 
     /// The backend for `settings`: the current one when they did not change (buckets survive).
-    fn backend_for(&self, settings: &LimitStore) -> Result<Arc<LimiterBackend>, String> {
+    fn backend_for(&self, settings: &LimitStore) -> Result<Arc<LimiterBackend>, LimiterError> {
         let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
         if b.settings != *settings {
             tracing::info!("limits.store changed: starting a new limiter store");
@@ -105,84 +164,98 @@ impl ConfigState {
         Ok(b.clone())
     }
 
-    /// Re-reads the config. On success the new snapshot serves every request that starts afterwards.
-    pub fn reload(&self) -> Result<u64, Vec<String>> {
-        let old = self.snapshot();
-        let result = leaky_config::load(&self.path)
-            .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())
-            .and_then(|mut c| {
-                // Listeners and threads are bound at start; keep the running values, report the change.
-                let pending = restart_only_changes(&old.config, &c);
-                c.server.listen = old.config.server.listen;
-                c.server.admin_listen = old.config.server.admin_listen;
-                c.server.threads = old.config.server.threads;
-                // The running listener decides whether the new config may drop the token.
-                if let Some(e) = c.server.admin_exposure_error() {
-                    return Err(vec![format!("{}: {e}", self.path.display())]);
-                }
-                let backend = self.backend_for(&c.limits.store).map_err(|e| vec![e])?;
-                let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-                Snapshot::build(Arc::new(c), version, &self.shared, &backend)
-                    .map(|s| (s, pending))
-                    .map_err(|e| vec![e])
-            });
+    /// Applies what a source fetched: a document, or the reason it has none (recorded as a failure).
+    pub fn apply_fetched(
+        &self,
+        fetched: Result<ConfigDocument, SourceError>,
+    ) -> Result<u64, ApplyError> {
+        match fetched {
+            Ok(doc) => self.apply(doc),
+            Err(e) => {
+                let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+                self.record(Err(e.into()))
+            }
+        }
+    }
+
+    /// Applies `doc`. On success its snapshot serves every request that starts afterwards and the
+    /// new version is returned; on failure the last good one keeps serving.
+    pub fn apply(&self, doc: ConfigDocument) -> Result<u64, ApplyError> {
+        let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let prepared = self.prepare(doc);
+        self.record(prepared)
+    }
+
+    /// Everything fallible: bootstrap check, limiter store, snapshot build.
+    fn prepare(&self, mut doc: ConfigDocument) -> Result<Prepared, ApplyError> {
+        // Listeners and threads are bound at start; keep the running values, report the change.
+        let pending = self
+            .bootstrap
+            .changes_to(&Bootstrap::of(&doc.config.server));
+        self.bootstrap.pin(&mut doc.config.server);
+        // The running listener decides whether the new config may drop the token.
+        check_exposure(&doc.config, &doc.origin)?;
+        let backend = self.backend_for(&doc.config.limits.store)?;
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        let snapshot = Snapshot::build(Arc::new(doc.config), version, &self.shared, &backend)
+            .map_err(ApplyError::Build)?;
+        Ok(Prepared {
+            snapshot,
+            pending,
+            source_version: doc.version,
+            origin: doc.origin,
+        })
+    }
+
+    /// Records the outcome (status, metrics, log) and, on success, publishes the snapshot.
+    fn record(&self, result: Result<Prepared, ApplyError>) -> Result<u64, ApplyError> {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_attempt_at = now();
         let m = metrics();
-        match result {
-            Ok((snapshot, pending)) => {
-                let version = snapshot.version;
-                let hash = snapshot.config.hash.clone();
-                // Count and record first, publish last: whoever sees the new version (on /admin/config
-                // or in a response) also sees it in /metrics and the reload status.
-                if let Some(m) = m {
-                    m.reloads.with_label_values(&["success"]).inc();
-                    m.config_version.set(version as i64);
-                    m.config_last_reload_success.set(1);
-                }
-                status.loaded_at = status.last_attempt_at.clone();
-                status.last_result = "success";
-                status.last_errors.clear();
-                status.pending_restart = pending;
-                self.current.store(Arc::new(snapshot));
-                tracing::info!(version, hash = %hash, "config reloaded");
-                Ok(version)
-            }
-            Err(errors) => {
+        let p = match result {
+            Ok(p) => p,
+            Err(e) => {
+                let errors = e.messages();
                 for e in &errors {
                     tracing::error!(error = %e, "config reload failed; the previous config keeps serving");
                 }
                 status.last_result = "error";
-                status.last_errors = errors.clone();
+                status.last_errors = errors;
                 if let Some(m) = m {
                     m.reloads.with_label_values(&["error"]).inc();
                     m.config_last_reload_success.set(0);
                 }
-                Err(errors)
+                return Err(e);
             }
+        };
+        let version = p.snapshot.version;
+        let hash = p.snapshot.config.hash.clone();
+        // Count and record first, publish last: whoever sees the new version (on /admin/config or in
+        // a response) also sees it in /metrics and the reload status.
+        if let Some(m) = m {
+            m.reloads.with_label_values(&["success"]).inc();
+            m.config_version.set(version as i64);
+            m.config_last_reload_success.set(1);
         }
+        status.loaded_at = status.last_attempt_at.clone();
+        status.last_result = "success";
+        status.last_errors.clear();
+        status.pending_restart = p.pending;
+        status.source_version = p.source_version;
+        status.origin = Some(p.origin);
+        // Keys first: the instant between the two stores, a request on the old version already sees
+        // the new keys (never a request on the new version with the old keys).
+        self.shared.keys.publish(p.snapshot.keys.clone());
+        self.current.store(Arc::new(p.snapshot));
+        tracing::info!(version, hash = %hash, "config reloaded");
+        Ok(version)
     }
 }
 
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.server.listen != new.server.listen {
-        out.push(format!(
-            "server.listen: {} → {} (restart to apply)",
-            old.server.listen, new.server.listen
-        ));
-    }
-    if old.server.admin_listen != new.server.admin_listen {
-        out.push(format!(
-            "server.admin_listen: {} → {} (restart to apply)",
-            old.server.admin_listen, new.server.admin_listen
-        ));
-    }
-    if old.server.threads != new.server.threads {
-        out.push(format!(
-            "server.threads: {} → {} (restart to apply)",
-            old.server.threads, new.server.threads
-        ));
-    }
-    out
+/// A built, not yet published version.
+struct Prepared {
+    snapshot: Snapshot,
+    pending: Vec<String>,
+    source_version: String,
+    origin: Origin,
 }

@@ -1,12 +1,16 @@
-//! Assembles the Pingora server: the proxy listener, the admin listener and the config watcher, all
-//! sharing one `ConfigState`. Both listeners sit behind `listener::Listener` (connection limit,
-//! head timeout and size, keep-alive idle timeout), each with its own connection budget.
+//! Assembles the Pingora server: the proxy listener, the admin listener and the config source (the
+//! files, watched), all sharing one `ConfigState`. The listeners are sized from the bootstrap settings
+//! (`bootstrap.rs`), fixed here for the life of the process. Both sit behind `listener::Listener`
+//! (connection limit, head timeout and size, keep-alive idle timeout), each with its own budget.
 
 use crate::admin::Admin;
+use crate::bootstrap::Bootstrap;
+use crate::document::{ConfigDocument, SourceError};
 use crate::listener::{ConnLimits, Listener};
-use crate::reload::ConfigState;
+use crate::reload::{ApplyError, ConfigState};
 use crate::service::Gateway;
-use crate::watch::ConfigWatcher;
+use crate::source::{ConfigSource, SourceService};
+use crate::watch::FileSource;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -46,78 +50,107 @@ pub fn proxy_connection_limit(configured: usize, admin: usize, open_files: Optio
 /// Quiet period after the last file event before a reload.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config files cannot be read into a valid document.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The first document cannot be applied (exposed admin listener, unresolvable upstream, ...).
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// The document's bootstrap with the command line's overrides.
+fn bootstrap_for(doc: &ConfigDocument, opts: &RunOptions) -> Bootstrap {
+    let mut b = Bootstrap::of(&doc.config.server);
+    if let Some(a) = opts.listen {
+        b.listen = a;
+    }
+    if let Some(a) = opts.admin_listen {
+        b.admin_listen = a;
+    }
+    if let Some(t) = opts.threads {
+        b.threads = t.max(1);
+    }
+    b
+}
+
+/// Reads the config through the file source and applies it as the first version.
+fn load(opts: &RunOptions) -> Result<(Arc<FileSource>, Arc<ConfigState>), StartError> {
+    let source = Arc::new(FileSource::new(opts.config.clone(), RELOAD_DEBOUNCE));
+    let doc = source.fetch()?;
+    let files = doc.config.files.clone();
+    let bootstrap = bootstrap_for(&doc, opts);
+    let state = ConfigState::new(doc, bootstrap)?;
+    source.watch_files(files);
+    Ok((source, state))
+}
+
+/// The proxy listener's connection limits, fitted under the open-file limit.
+fn proxy_limits(b: &Bootstrap, open_files: Option<u64>) -> ConnLimits {
+    let max_connections =
+        proxy_connection_limit(b.max_connections, b.admin_max_connections, open_files);
+    if max_connections < b.max_connections {
+        tracing::warn!(
+            configured = b.max_connections,
+            max_connections,
+            open_files,
+            "server.max_connections lowered to fit under the open-file limit"
+        );
+    }
+    ConnLimits {
+        header_timeout: b.header_timeout,
+        keepalive_timeout: b.keepalive_timeout,
+        max_header_bytes: b.max_header_bytes,
+        max_connections,
+    }
+}
+
 /// Loads the config and builds the server; `extra` adds services (e.g. the stubs of `leaky-tokens up`).
 pub fn build(
     opts: &RunOptions,
     extra: impl FnOnce(&mut Server),
-) -> Result<(Server, Arc<ConfigState>), String> {
-    let state = ConfigState::load(&opts.config, |c| {
-        if let Some(a) = opts.listen {
-            c.server.listen = a;
-        }
-        if let Some(a) = opts.admin_listen {
-            c.server.admin_listen = a;
-        }
-        if let Some(t) = opts.threads {
-            c.server.threads = t.max(1);
-        }
-    })?;
-    let snap = state.snapshot();
-    let server_cfg = &snap.config.server;
-
+) -> Result<(Server, Arc<ConfigState>), StartError> {
+    let (source, state) = load(opts)?;
+    let boot = state.bootstrap().clone();
     let conf = ServerConf {
-        threads: server_cfg.threads,
-        grace_period_seconds: Some(server_cfg.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(server_cfg.grace_period_seconds),
+        threads: boot.threads,
+        grace_period_seconds: Some(boot.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(boot.grace_period_seconds),
         upstream_keepalive_pool_size: 1024,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let max_connections = proxy_connection_limit(
-        server_cfg.max_connections,
-        server_cfg.admin_max_connections,
-        opts.open_files,
-    );
-    if max_connections < server_cfg.max_connections {
-        tracing::warn!(
-            configured = server_cfg.max_connections,
-            max_connections,
-            open_files = opts.open_files,
-            "server.max_connections lowered to fit under the open-file limit"
-        );
-    }
-    let limits = ConnLimits {
-        header_timeout: server_cfg.header_timeout,
-        keepalive_timeout: server_cfg.keepalive_timeout,
-        max_header_bytes: server_cfg.max_header_bytes,
-        max_connections,
-    };
+    let limits = proxy_limits(&boot, opts.open_files);
     let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
     let mut proxy = Service::new("proxy".to_string(), Listener::new("proxy", gateway, limits));
-    proxy.add_tcp(&server_cfg.listen.to_string());
-    proxy.threads = Some(server_cfg.threads);
+    proxy.add_tcp(&boot.listen.to_string());
+    proxy.threads = Some(boot.threads);
 
     let admin_limits = ConnLimits {
-        max_connections: server_cfg.admin_max_connections,
+        max_connections: boot.admin_max_connections,
         ..limits
     };
+    let source: Arc<dyn ConfigSource> = source;
     let admin_app = Admin {
         state: state.clone(),
+        source: source.clone(),
     };
     let mut admin = Service::new(
         "admin".to_string(),
         Listener::new("admin", admin_app, admin_limits),
     );
-    admin.add_tcp(&server_cfg.admin_listen.to_string());
+    admin.add_tcp(&boot.admin_listen.to_string());
     admin.threads = Some(1);
 
     let watcher = background_service(
         "config-watcher",
-        ConfigWatcher {
+        SourceService {
+            source,
             state: state.clone(),
-            debounce: RELOAD_DEBOUNCE,
         },
     );
 

@@ -16,7 +16,7 @@ use leaky_config::{
     UpstreamAuth,
 };
 use leaky_filters::rate_limit::Decision;
-use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};
+use leaky_filters::{build_chain, BuildContext, Chain, JwksCache, KeyIndex, SharedKeyIndex};
 use leaky_limit::settle::system_now;
 use leaky_limit::Limiter;
 use leaky_resilience::RetryBudget;
@@ -44,12 +44,16 @@ pub struct Upstream {
     pub headers: HeaderPolicy,
 }
 
-/// Everything kept across config versions: idle connections, deployment and tenant state.
+/// Everything kept across config versions: idle connections, deployment and tenant state, the live
+/// key index the `api-key` filters read and the JWKS caches the `jwt` filters share.
 #[derive(Default)]
 pub struct Shared {
     pub pools: Pools,
     pub deployments: balancer::Registry,
     pub tenants: balancer::TenantRegistry,
+    /// Where `ConfigState` publishes each version's `Snapshot::keys` as the version goes live.
+    pub keys: Arc<SharedKeyIndex>,
+    pub jwks: Arc<JwksCache>,
 }
 
 pub enum RouteTarget {
@@ -125,6 +129,8 @@ pub struct Snapshot {
     /// The limiter's store, shared with the versions before and after this one.
     pub backend: Arc<LimiterBackend>,
     pub config: Arc<Config>,
+    /// This version's API keys; the filters read them from `Shared::keys` once published.
+    pub keys: Arc<KeyIndex>,
     /// Longest prefix first.
     routes: Vec<CompiledRoute>,
     pub max_body_bytes: u64,
@@ -157,7 +163,8 @@ impl Snapshot {
         }
         let limiter = Arc::new(limiter);
         let cx = BuildContext {
-            keys,
+            keys: shared.keys.clone(),
+            jwks: shared.jwks.clone(),
             base_dir: config.base_dir.clone(),
             tiers: Arc::new(config.tiers.keys().cloned().collect()),
             limiter: Some(limiter.clone()),
@@ -221,6 +228,7 @@ impl Snapshot {
             backend: backend.clone(),
             version,
             max_body_bytes: config.server.max_body_bytes,
+            keys,
             config,
             routes,
             unmatched: RequestMetrics::new("none", "none"),

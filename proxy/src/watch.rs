@@ -1,4 +1,6 @@
-//! Triggers for reloads: a `notify` watch on the config files' directories, and `SIGHUP`.
+//! The file `ConfigSource`: the config files (the top-level file and every file it `extends`), read into
+//! documents and reloaded on a `notify` watch of their directories and on `SIGHUP`. It owns the paths;
+//! the reload state only applies what it reads.
 //!
 //! A config file caught mid-write must never be applied (a truncated file is often valid YAML that
 //! silently drops keys), so a write alone never reloads:
@@ -14,12 +16,14 @@
 //! once the directory has been quiet for the debounce window. It runs on tokio time, so tests drive it
 //! with a paused clock.
 
-use crate::reload::ConfigState;
+use crate::document::{ConfigDocument, SourceError};
+use crate::reload::{ApplyError, ConfigState};
+use crate::source::ConfigSource;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::EventKind;
 use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -179,15 +183,43 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime, u64
     files.iter().map(|f| one(f)).collect()
 }
 
-/// Background service: watches the config and reloads on change or `SIGHUP`.
-pub struct ConfigWatcher {
-    pub state: Arc<ConfigState>,
-    pub debounce: Duration,
+/// The config files as a source of documents.
+pub struct FileSource {
+    root: PathBuf,
+    /// Quiet period after the last file event before a reload.
+    debounce: Duration,
+    /// The files of the document serving now (`extends` included): what the watch reacts to.
+    watched: Arc<ArcSwap<Vec<PathBuf>>>,
 }
 
-/// Forwards the signals of events on the active config's files.
+impl FileSource {
+    /// The source of the config at `root`; `watch_files` tells it which files the serving one read.
+    pub fn new(root: PathBuf, debounce: Duration) -> Self {
+        FileSource {
+            root,
+            debounce,
+            watched: Arc::default(),
+        }
+    }
+
+    /// The top-level config file.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The serving document's files; set after each document from here is applied.
+    pub fn watch_files(&self, files: Vec<PathBuf>) {
+        self.watched.store(Arc::new(files));
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        self.watched.load().to_vec()
+    }
+}
+
+/// Forwards the signals of events on the serving config's files.
 fn handler(
-    state: Arc<ConfigState>,
+    watched: Arc<ArcSwap<Vec<PathBuf>>>,
     tx: mpsc::UnboundedSender<Signal>,
     detection: Detection,
 ) -> impl FnMut(notify::Result<notify::Event>) + Send + 'static {
@@ -197,8 +229,8 @@ fn handler(
             .filter_map(|f| f.file_name().map(|n| n.to_os_string()))
             .collect()
     };
-    // Watched names are re-read from the active config on every event, so adding a file through
-    // `extends` is picked up after the reload that introduced it.
+    // Watched names are re-read on every event, so adding a file through `extends` is picked up after
+    // the reload that introduced it.
     move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
         let Some(signal) = classify(&ev.kind, detection) else {
@@ -210,7 +242,7 @@ fn handler(
             _ => None,
         }
         .unwrap_or(&ev.paths[..]);
-        let wanted = names(&state.files());
+        let wanted = names(&watched.load());
         if paths
             .iter()
             .any(|p| p.file_name().is_some_and(|n| wanted.contains(n)))
@@ -220,7 +252,7 @@ fn handler(
     }
 }
 
-impl ConfigWatcher {
+impl FileSource {
     fn watch(
         &self,
         tx: mpsc::UnboundedSender<Signal>,
@@ -232,13 +264,13 @@ impl ConfigWatcher {
             Detection::Stability
         };
         let (mut watcher, detection): (Box<dyn Watcher + Send>, _) =
-            match notify::recommended_watcher(handler(self.state.clone(), tx.clone(), native)) {
+            match notify::recommended_watcher(handler(self.watched.clone(), tx.clone(), native)) {
                 Ok(w) => (Box::new(w), native),
                 Err(e) => {
                     tracing::warn!(error = %e, "no native file watcher; polling the config every second");
                     let config =
                         notify::Config::default().with_poll_interval(Duration::from_secs(1));
-                    let h = handler(self.state.clone(), tx, Detection::Stability);
+                    let h = handler(self.watched.clone(), tx, Detection::Stability);
                     match notify::PollWatcher::new(h, config) {
                         Ok(w) => (Box::new(w), Detection::Stability),
                         Err(e) => {
@@ -249,7 +281,6 @@ impl ConfigWatcher {
                 }
             };
         let dirs: HashSet<PathBuf> = self
-            .state
             .files()
             .iter()
             .map(|f| {
@@ -269,7 +300,7 @@ impl ConfigWatcher {
 
     /// In stability mode: waits until the files stop changing; `false` when they keep changing.
     async fn stable(&self) -> bool {
-        let files = self.state.files();
+        let files = self.files();
         let read = || {
             let files = files.clone();
             async move {
@@ -280,42 +311,69 @@ impl ConfigWatcher {
         };
         until_stable(read, self.debounce, STABILITY_ROUNDS).await
     }
+
+    /// Reloads on a blocking thread: parsing and building touch the disk and DNS.
+    async fn reload_off_workers(self: &Arc<Self>, state: &Arc<ConfigState>) {
+        let (source, state) = (self.clone(), state.clone());
+        let _ = tokio::task::spawn_blocking(move || source.reload(&state)).await;
+    }
+}
+
+/// `SIGHUP`s, forwarded to a channel (none when the signal cannot be listened for).
+fn hangups() -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut h) => {
+            tokio::spawn(async move {
+                while h.recv().await.is_some() {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP"),
+    }
+    rx
 }
 
 #[async_trait]
-impl BackgroundService for ConfigWatcher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl ConfigSource for FileSource {
+    fn describe(&self) -> String {
+        format!("config file `{}`", self.root.display())
+    }
+
+    fn fetch(&self) -> Result<ConfigDocument, SourceError> {
+        leaky_config::load(&self.root)
+            .map(|c| ConfigDocument::from_files(&self.root, c))
+            .map_err(|e| SourceError::Invalid(e.0))
+    }
+
+    /// Reads the files again and applies them; on success the watch follows the new file set.
+    fn reload(&self, state: &ConfigState) -> Result<u64, ApplyError> {
+        let fetched = self.fetch();
+        let files = fetched.as_ref().map(|d| d.config.files.clone()).ok();
+        let applied = state.apply_fetched(fetched);
+        if let (Ok(_), Some(files)) = (&applied, files) {
+            self.watch_files(files);
+        }
+        applied
+    }
+
+    async fn run(self: Arc<Self>, state: Arc<ConfigState>, mut shutdown: ShutdownWatch) {
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher = self.watch(tx.clone());
         let detection = watcher.as_ref().map(|(_, d)| *d);
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP");
-                None
-            }
-        };
         // SIGHUP is an explicit request: it reloads at once, whatever the file events say.
-        let (hup_tx, mut hup_rx) = mpsc::unbounded_channel::<()>();
-        let hup = async move {
-            if let Some(h) = hangup.as_mut() {
-                while h.recv().await.is_some() {
-                    let _ = hup_tx.send(());
-                }
-            }
-            std::future::pending::<()>().await;
-        };
-        tokio::pin!(hup);
+        let mut hup_rx = hangups();
         drop(tx);
         let mut debouncer = Debouncer::new(rx, self.debounce);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = &mut hup => {}
                 Some(()) = hup_rx.recv() => {
                     tracing::debug!("SIGHUP: reloading the config");
-                    self.reload().await;
+                    self.reload_off_workers(&state).await;
                 }
                 burst = debouncer.next(), if detection.is_some() => {
                     let Some(n) = burst else { return };
@@ -324,18 +382,10 @@ impl BackgroundService for ConfigWatcher {
                         tracing::warn!("the config files are still changing; not reloading them yet");
                         continue;
                     }
-                    self.reload().await;
+                    self.reload_off_workers(&state).await;
                 }
             }
         }
-    }
-}
-
-impl ConfigWatcher {
-    async fn reload(&self) {
-        let state = self.state.clone();
-        // Parsing and building touch the disk and DNS: keep them off the async workers.
-        let _ = tokio::task::spawn_blocking(move || state.reload()).await;
     }
 }
 

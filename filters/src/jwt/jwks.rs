@@ -9,6 +9,28 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why a JWKS could not be read or used (a refresh that fails this way keeps the previous keys).
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("fetch failed: {0}")]
+    Fetch(#[source] reqwest::Error),
+    #[error("fetch answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("fetch failed reading the body: {0}")]
+    Body(#[source] reqwest::Error),
+    #[error("the JWKS exceeds {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("not a JWKS (no `keys` array)")]
+    NotAJwks,
+    /// The accepted algorithms, listed.
+    #[error("no usable signing key (the accepted algorithms are {0})")]
+    NoUsableKey(String),
+}
+
 /// A JWKS fetch (connect + response) must finish within this.
 pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// A JWKS larger than this is refused.
@@ -86,28 +108,21 @@ impl KeySet {
     }
 }
 
-pub(super) async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("fetch failed: {e}"))?;
+pub(super) async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, JwksError> {
+    let resp = client.get(url).send().await.map_err(JwksError::Fetch)?;
     let status = resp.status();
     if !status.is_success() {
-        return Err(format!("fetch answered {status}"));
+        return Err(JwksError::Status(status));
     }
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
     {
-        return Err(format!("the JWKS exceeds {MAX_JWKS_BYTES} bytes"));
+        return Err(JwksError::TooLarge);
     }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| format!("fetch failed reading the body: {e}"))?;
+    let body = resp.bytes().await.map_err(JwksError::Body)?;
     if body.len() > MAX_JWKS_BYTES {
-        return Err(format!("the JWKS exceeds {MAX_JWKS_BYTES} bytes"));
+        return Err(JwksError::TooLarge);
     }
     Ok(body.to_vec())
 }
@@ -115,10 +130,10 @@ pub(super) async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>
 /// Parse a JWKS, keeping the keys that can verify at least one of `allowed`. Keys of other types
 /// (symmetric `oct`, encryption keys, unknown curves) are skipped; a set with no usable key is an error,
 /// so a bad refresh never replaces working keys with none.
-pub(super) fn parse_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<KeySet, String> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+pub(super) fn parse_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<KeySet, JwksError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(JwksError::Json)?;
     let Some(Value::Array(entries)) = v.get("keys") else {
-        return Err("not a JWKS (no `keys` array)".into());
+        return Err(JwksError::NotAJwks);
     };
     let mut set = KeySet::default();
     for (i, entry) in entries.iter().enumerate() {
@@ -152,13 +167,12 @@ pub(super) fn parse_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<KeySet, 
         set.all.push(k);
     }
     if set.all.is_empty() {
-        return Err(format!(
-            "no usable signing key (the accepted algorithms are {})",
+        return Err(JwksError::NoUsableKey(
             allowed
                 .iter()
                 .map(|a| format!("{a:?}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
         ));
     }
     Ok(set)

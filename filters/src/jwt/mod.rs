@@ -2,9 +2,11 @@
 //!
 //! - The JWKS comes from a file (read when the config is built: an unreadable or invalid file fails the
 //!   reload) or a URL (fetched lazily on the first token, never while building).
-//! - Keys are cached by `kid` behind an `ArcSwap`, so a request reads them without a lock. A token whose
-//!   `kid` is unknown refreshes the set (file: re-read; URL: fetch), single-flight and at most once per
-//!   `min_refresh_interval_seconds`, then the lookup is retried once. A failed refresh keeps the old keys.
+//! - Keys live in the process-wide `JwksCache` (`cache.rs`), one entry per source, not in the filter:
+//!   a reload keeps the keys fetched from a URL and the refresh rate limit. They are read without a
+//!   lock. A token whose `kid` is unknown refreshes the set (file: re-read; URL: fetch), single-flight
+//!   and at most once per `min_refresh_interval_seconds`, then the lookup is retried once. A failed
+//!   refresh keeps the old keys.
 //! - Only the configured asymmetric algorithms are accepted, and only with a key of the matching type
 //!   (and curve); `none` and HS* never are. `exp` is required; `nbf`, `iss`, `aud` are checked.
 //! - Time: jsonwebtoken's own `exp`/`nbf` checks read the system clock, so they are turned off and done
@@ -17,7 +19,6 @@
 use crate::api_key::check_model_allowed;
 use crate::chain::{BuildContext, Filter, RequestCtx, RequestInfo};
 use crate::{AuthMethod, Principal, RejectKind, Rejection};
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
@@ -27,19 +28,50 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
+mod cache;
 mod jwks;
 #[cfg(test)]
 mod tests;
 
-use jwks::{fetch, parse_jwks, KeySet, Lookup, Source, VerifyKey, FETCH_TIMEOUT};
+use cache::Jwks;
+pub use cache::JwksCache;
+pub use jwks::JwksError;
+use jwks::{Lookup, VerifyKey};
+
+/// Why a `jwt` filter cannot be built from its settings (fails the reload; the last good config stays).
+#[derive(Debug, thiserror::Error)]
+pub enum JwtBuildError {
+    #[error("jwt: unsupported algorithm `{0}`")]
+    UnsupportedAlgorithm(String),
+    #[error("jwt: `algorithms` must list at least one algorithm")]
+    NoAlgorithm,
+    #[error("jwt: needs exactly one of `jwks_file` or `jwks_url`")]
+    JwksSource,
+    /// `what` names the source (`JWKS file `path``).
+    #[error("jwt: cannot read {what}: {error}")]
+    ReadFile {
+        what: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("jwt: {what}: {error}")]
+    Jwks {
+        what: String,
+        #[source]
+        error: JwksError,
+    },
+    #[error("jwt: cannot build the HTTP client for `{url}`: {error}")]
+    HttpClient {
+        url: String,
+        #[source]
+        error: reqwest::Error,
+    },
+}
 
 pub struct JwtFilter {
-    source: Source,
-    keys: ArcSwap<KeySet>,
-    /// Single-flight guard for refreshes; holds when the last refresh was attempted.
-    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// The source's keys, shared with every version's filters naming the same source.
+    jwks: Arc<Jwks>,
     min_refresh: Duration,
     algorithms: Vec<Algorithm>,
     /// One validation per accepted algorithm (jsonwebtoken insists every listed algorithm matches the key's
@@ -54,7 +86,7 @@ pub struct JwtFilter {
 }
 
 impl JwtFilter {
-    pub fn from_config(spec: &JwtSpec, cx: &BuildContext) -> Result<Self, String> {
+    pub fn from_config(spec: &JwtSpec, cx: &BuildContext) -> Result<Self, JwtBuildError> {
         ensure_crypto_provider();
         let mut algorithms = Vec::with_capacity(spec.algorithms.len());
         for name in &spec.algorithms {
@@ -64,49 +96,23 @@ impl JwtFilter {
                         algorithms.push(a);
                     }
                 }
-                _ => return Err(format!("jwt: unsupported algorithm `{name}`")),
+                _ => return Err(JwtBuildError::UnsupportedAlgorithm(name.clone())),
             }
         }
         if algorithms.is_empty() {
-            return Err("jwt: `algorithms` must list at least one algorithm".into());
+            return Err(JwtBuildError::NoAlgorithm);
         }
         let validations = algorithms
             .iter()
             .map(|a| (*a, validation(*a, spec)))
             .collect();
-
-        let (source, keys) = match (&spec.jwks_file, &spec.jwks_url) {
-            (Some(file), None) => {
-                let path = cx.base_dir.join(file);
-                let source = Source::File(path.clone());
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| format!("jwt: cannot read {}: {e}", source.describe()))?;
-                let mut keys = parse_jwks(&bytes, &algorithms)
-                    .map_err(|e| format!("jwt: {}: {e}", source.describe()))?;
-                keys.generation = 1;
-                (source, keys)
-            }
-            (None, Some(url)) => {
-                let client = reqwest::Client::builder()
-                    .timeout(FETCH_TIMEOUT)
-                    .connect_timeout(FETCH_TIMEOUT)
-                    .build()
-                    .map_err(|e| format!("jwt: cannot build the HTTP client for `{url}`: {e}"))?;
-                (
-                    Source::Url {
-                        url: url.clone(),
-                        client,
-                    },
-                    KeySet::default(),
-                )
-            }
-            _ => return Err("jwt: needs exactly one of `jwks_file` or `jwks_url`".into()),
+        let jwks = match (&spec.jwks_file, &spec.jwks_url) {
+            (Some(file), None) => cx.jwks.file(cx.base_dir.join(file), &algorithms)?,
+            (None, Some(url)) => cx.jwks.url(url, &algorithms)?,
+            _ => return Err(JwtBuildError::JwksSource),
         };
-
         Ok(JwtFilter {
-            source,
-            keys: ArcSwap::from_pointee(keys),
-            last_refresh: tokio::sync::Mutex::new(None),
+            jwks,
             min_refresh: Duration::from_secs(spec.min_refresh_interval_seconds),
             algorithms,
             validations,
@@ -153,54 +159,8 @@ impl JwtFilter {
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<Arc<VerifyKey>, Rejection> {
-        let seen = {
-            let set = self.keys.load();
-            match set.lookup(kid, alg) {
-                Lookup::Missing => set.generation,
-                other => return lookup_result(other, kid, alg),
-            }
-        };
-        self.refresh(seen).await;
-        lookup_result(self.keys.load().lookup(kid, alg), kid, alg)
-    }
-
-    /// Reload the key set unless another request already did since generation `seen`, or the last
-    /// attempt was less than `min_refresh` ago. Concurrent callers queue on the mutex: one loads, the
-    /// others then see the new generation (or the rate limit) and do not load again.
-    async fn refresh(&self, seen: u64) {
-        let mut last = self.last_refresh.lock().await;
-        let current = self.keys.load().generation;
-        if current != seen {
-            return;
-        }
-        let now = Instant::now();
-        if let Some(at) = *last {
-            if now.saturating_duration_since(at) < self.min_refresh {
-                tracing::debug!(source = %self.source.describe(), "jwt: unknown key id, JWKS refresh rate-limited");
-                return;
-            }
-        }
-        *last = Some(now);
-        match self.load().await {
-            Ok(mut set) => {
-                set.generation = current + 1;
-                tracing::info!(source = %self.source.describe(), keys = set.all.len(), "jwt: JWKS loaded");
-                self.keys.store(Arc::new(set));
-            }
-            Err(e) => {
-                tracing::warn!(source = %self.source.describe(), error = %e, "jwt: JWKS refresh failed; keeping the previous keys");
-            }
-        }
-    }
-
-    async fn load(&self) -> Result<KeySet, String> {
-        let bytes = match &self.source {
-            Source::File(path) => tokio::fs::read(path)
-                .await
-                .map_err(|e| format!("cannot read: {e}"))?,
-            Source::Url { url, client } => fetch(client, url).await?,
-        };
-        parse_jwks(&bytes, &self.algorithms)
+        let found = self.jwks.find_key(kid, alg, self.min_refresh).await;
+        lookup_result(found, kid, alg)
     }
 
     fn principal(&self, c: &Map<String, Value>) -> Result<Principal, Rejection> {

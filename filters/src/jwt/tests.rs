@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::KeyIndex;
+use crate::{JwksCache, KeyIndex, SharedKeyIndex};
 use axum::extract::State;
 use axum::http::StatusCode;
 use http::{HeaderMap, Method};
@@ -82,7 +82,8 @@ fn url_spec(url: &str, min_refresh: u64) -> JwtSpec {
 
 fn cx(dir: &Path) -> BuildContext {
     BuildContext {
-        keys: Arc::new(KeyIndex::new(&[])),
+        keys: Arc::new(SharedKeyIndex::new(Arc::new(KeyIndex::new(&[])))),
+        jwks: Arc::new(JwksCache::default()),
         base_dir: dir.to_path_buf(),
         tiers: Arc::new(["free", "pro", "enterprise"].map(String::from).into()),
         limiter: None,
@@ -532,6 +533,7 @@ async fn bad_jwks_files_fail_the_build() {
         )
         .err()
         .unwrap()
+        .to_string()
     };
     assert!(build_with("missing.json").contains("missing.json"));
     std::fs::write(dir.path().join("bad.json"), "{not json").unwrap();
@@ -709,6 +711,68 @@ async fn failed_fetches_keep_the_old_keys() {
         principal(&f, &ta).await;
     }
     assert_eq!(idp.fetches(), 5);
+}
+
+/// A reload builds new filters with the process's `JwksCache`: the same URL keeps its fetched keys.
+#[tokio::test]
+async fn rebuilt_filters_with_the_same_jwks_url_keep_the_fetched_keys() {
+    let idp = Idp::new(jwks(&[("rsa-1", "a")]), 1000);
+    let url = serve(idp.clone()).await;
+    let cx = cx(&fixtures());
+    let token = sign(Algorithm::RS256, Some("a"), &rsa(), &claims());
+    let v1 = JwtFilter::from_config(&url_spec(&url, 10), &cx).unwrap();
+    principal(&v1, &token).await;
+    assert_eq!(idp.fetches(), 1);
+
+    // Two reloads (one also changing a setting that is not the source): no new fetch.
+    let v2 = JwtFilter::from_config(&url_spec(&url, 10), &cx).unwrap();
+    drop(v1);
+    let v3 = JwtFilter::from_config(&url_spec(&url, 30), &cx).unwrap();
+    drop(v2);
+    principal(&v3, &token).await;
+    assert_eq!(idp.fetches(), 1);
+
+    // Other accepted algorithms parse the set differently: their own entry, fetched on first use.
+    let es_only = JwtSpec {
+        algorithms: vec!["ES256".into()],
+        ..url_spec(&url, 10)
+    };
+    let other = JwtFilter::from_config(&es_only, &cx).unwrap();
+    idp.set(200, jwks(&[("ec-1", "b")]));
+    principal(&other, &sign(Algorithm::ES256, Some("b"), &ec(), &claims())).await;
+    assert_eq!(idp.fetches(), 2);
+
+    // Once no version uses a source, its entry goes: a later config naming it fetches afresh.
+    drop(v3);
+    idp.set(200, jwks(&[("rsa-1", "a")]));
+    let v4 = JwtFilter::from_config(&url_spec(&url, 10), &cx).unwrap();
+    principal(&v4, &token).await;
+    assert_eq!(idp.fetches(), 3);
+}
+
+/// A rebuilt filter re-reads its JWKS file (a bad file still fails the reload) into the shared entry.
+#[tokio::test]
+async fn rebuilt_filters_reread_the_jwks_file_into_the_shared_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    std::fs::write(&path, jwks(&[("rsa-1", "rsa-1")]).to_string()).unwrap();
+    let cx = cx(dir.path());
+    let file_spec = JwtSpec {
+        jwks_file: Some("keys.json".into()),
+        min_refresh_interval_seconds: 3600,
+        ..spec()
+    };
+    let v1 = JwtFilter::from_config(&file_spec, &cx).unwrap();
+    std::fs::write(&path, jwks(&[("ec-1", "ec-new")]).to_string()).unwrap();
+    let v2 = JwtFilter::from_config(&file_spec, &cx).unwrap();
+    let t = sign(Algorithm::ES256, Some("ec-new"), &ec(), &claims());
+    // Both versions see the new keys without a refresh (the first would be rate-limited for an hour).
+    assert_eq!(&*principal(&v2, &t).await.user, "alice");
+    assert_eq!(&*principal(&v1, &t).await.user, "alice");
+    std::fs::write(&path, "garbage").unwrap();
+    let e = JwtFilter::from_config(&file_spec, &cx).err().unwrap();
+    assert!(matches!(e, JwtBuildError::Jwks { .. }), "{e}");
+    principal(&v2, &t).await;
 }
 
 #[test]
