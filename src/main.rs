@@ -325,17 +325,19 @@ fn run_proxy(proxy: &ProxyArgs, stubs: Option<StubArgs>) -> anyhow::Result<()> {
     }
     allocator::spawn_purger();
     let stub_cfg = stubs.as_ref().map(StubArgs::config);
-    let (server, state) = leaky_proxy::build(&opts, |server| {
+    let built = leaky_proxy::build(&opts, |server| {
         if let Some(cfg) = stub_cfg {
             add_stubs(server, cfg);
         }
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     if stubs.is_some() {
-        let snap = state.snapshot();
+        let snap = built.state.snapshot();
         print_banner(&snap.config, snap.version);
     }
-    server.run_until_stopped();
+    built.server.run_until_stopped();
+    // Every proxy runtime has exited: nothing queues usage any more, so this flush is the last.
+    built.background.shutdown();
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 mod access_log;
 pub mod admin;
 pub mod admin_auth;
+pub mod background;
 pub mod balancer;
 mod call;
 pub mod endpoints;
@@ -31,8 +32,8 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 mod upstream;
-mod usage_log;
+pub mod usage_log;
 pub mod watch;
 
 pub use reload::ConfigState;
-pub use server::{build, RunOptions};
+pub use server::{build, Built, RunOptions};

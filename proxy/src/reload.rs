@@ -5,6 +5,7 @@
 //! `/admin/config`. In-flight requests hold their own `Arc<Snapshot>` and finish on the version they
 //! started with.
 
+use crate::background::Background;
 use crate::limiter::LimiterBackend;
 use crate::metrics::metrics;
 use crate::snapshot::{Shared, Snapshot};
@@ -46,16 +47,21 @@ fn now() -> String {
 }
 
 impl ConfigState {
-    /// Loads the first config; an error here stops the process with every problem listed.
-    pub fn load(path: &Path, apply: impl Fn(&mut Config)) -> Result<Arc<Self>, String> {
+    /// Loads the first config; an error here stops the process with every problem listed. The
+    /// limiter's and health checks' tasks run on `background`.
+    pub fn load(
+        path: &Path,
+        background: &Background,
+        apply: impl Fn(&mut Config),
+    ) -> Result<Arc<Self>, String> {
         let mut config = leaky_config::load(path).map_err(|e| e.to_string())?;
         apply(&mut config);
         // Again after `apply`: `--admin-listen` may have moved the listener beyond loopback.
         if let Some(e) = config.server.admin_exposure_error() {
             return Err(format!("{}: {e}", path.display()));
         }
-        let shared = Shared::default();
-        let backend = Arc::new(LimiterBackend::new(&config.limits.store)?);
+        let shared = Shared::new(background.clone());
+        let backend = Arc::new(LimiterBackend::new(&config.limits.store, background));
         let snapshot = Snapshot::build(Arc::new(config), 1, &shared, &backend)?;
         if let Some(m) = metrics() {
             m.config_version.set(1);
@@ -100,7 +106,7 @@ impl ConfigState {
         let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
         if b.settings != *settings {
             tracing::info!("limits.store changed: starting a new limiter store");
-            *b = Arc::new(LimiterBackend::new(settings)?);
+            *b = Arc::new(LimiterBackend::new(settings, &self.shared.background));
         }
         Ok(b.clone())
     }

@@ -1,8 +1,10 @@
-//! Assembles the Pingora server: the proxy listener, the admin listener and the config watcher, all
-//! sharing one `ConfigState`. Both listeners sit behind `listener::Listener` (connection limit,
-//! head timeout and size, keep-alive idle timeout), each with its own connection budget.
+//! Assembles the Pingora server: the proxy listener, the admin listener, the config watcher and the
+//! background service (usage flush), all sharing one `ConfigState`. Both listeners sit behind
+//! `listener::Listener` (connection limit, head timeout and size, keep-alive idle timeout), each
+//! with its own connection budget.
 
 use crate::admin::Admin;
+use crate::background::Background;
 use crate::listener::{ConnLimits, Listener};
 use crate::reload::ConfigState;
 use crate::service::Gateway;
@@ -46,12 +48,18 @@ pub fn proxy_connection_limit(configured: usize, admin: usize, open_files: Optio
 /// Quiet period after the last file event before a reload.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// What `build` assembled. After `server` has run, call `background.shutdown()`: it writes the
+/// usage records queued while the server stopped.
+pub struct Built {
+    pub server: Server,
+    pub state: Arc<ConfigState>,
+    pub background: Background,
+}
+
 /// Loads the config and builds the server; `extra` adds services (e.g. the stubs of `leaky-tokens up`).
-pub fn build(
-    opts: &RunOptions,
-    extra: impl FnOnce(&mut Server),
-) -> Result<(Server, Arc<ConfigState>), String> {
-    let state = ConfigState::load(&opts.config, |c| {
+pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built, String> {
+    let background = Background::start().map_err(|e| e.to_string())?;
+    let state = ConfigState::load(&opts.config, &background, |c| {
         if let Some(a) = opts.listen {
             c.server.listen = a;
         }
@@ -124,6 +132,11 @@ pub fn build(
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(watcher);
+    server.add_service(background.service());
     extra(&mut server);
-    Ok((server, state))
+    Ok(Built {
+        server,
+        state,
+        background,
+    })
 }

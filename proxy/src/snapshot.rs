@@ -2,12 +2,14 @@
 //! pre-resolved metric handles. Built off the hot path by `Snapshot::build`; requests load it once from
 //! the `ArcSwap` in `reload.rs` and never lock.
 
+use crate::background::Background;
 use crate::balancer::{self, Deployment, ProviderPool, TenantBulkheads};
 use crate::endpoints::EndpointMatcher;
 use crate::headers::HeaderPolicy;
 use crate::limiter::LimiterBackend;
 use crate::metrics::RequestMetrics;
 use crate::pool::Pools;
+use crate::usage_log::UsageSink;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::{Bulkhead as BulkheadConfig, Retry};
@@ -43,12 +45,24 @@ pub struct Upstream {
     pub headers: HeaderPolicy,
 }
 
-/// Everything kept across config versions: idle connections, deployment and tenant state.
-#[derive(Default)]
+/// Everything kept across config versions: idle connections, deployment and tenant state, and the
+/// background service their tasks run on.
 pub struct Shared {
     pub pools: Pools,
     pub deployments: balancer::Registry,
     pub tenants: balancer::TenantRegistry,
+    pub background: Background,
+}
+
+impl Shared {
+    pub fn new(background: Background) -> Self {
+        Shared {
+            pools: Pools::default(),
+            deployments: balancer::Registry::new(background.clone()),
+            tenants: balancer::TenantRegistry::default(),
+            background,
+        }
+    }
 }
 
 pub enum RouteTarget {
@@ -131,6 +145,9 @@ pub struct Snapshot {
     pub unmatched: RequestMetrics,
     /// `leaky_ratelimit_decisions_total` per policy (by index) and decision, resolved once here.
     decisions: Vec<[Option<IntCounter>; 5]>,
+    /// Where this version's requests queue their usage records (the background service's queue,
+    /// the same for every version).
+    pub usage: UsageSink,
 }
 
 impl Snapshot {
@@ -223,6 +240,7 @@ impl Snapshot {
             routes,
             unmatched: RequestMetrics::new("none", "none"),
             decisions,
+            usage: shared.background.usage().clone(),
         })
     }
 
