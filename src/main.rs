@@ -213,10 +213,14 @@ enum Command {
         #[command(flatten)]
         stubs: StubArgs,
     },
-    /// Validate config files; prints every error as `file:line:col: message` and exits 1 if any.
+    /// Validate config files, then build each as start-up would (filter chains, JWKS files, upstream
+    /// addresses, limiter; no connection to Redis); prints every error and exits 1 if any.
     CheckConfig {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Skip resolving upstream host names (for machines without DNS).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print the JSON Schema of the config format (the content of config/schema.json).
     Schema,
@@ -229,7 +233,7 @@ fn main() -> ExitCode {
         proxy: ProxyArgs::default(),
         stubs: StubArgs::default(),
     }) {
-        Command::CheckConfig { files } => return check_config(&files),
+        Command::CheckConfig { files, offline } => return check_config(&files, offline),
         Command::Schema => {
             print!("{}", leaky_config::json_schema());
             Ok(())
@@ -264,17 +268,32 @@ fn init_logs(format: LogFormat, filter: &str) {
     };
 }
 
-fn check_config(files: &[PathBuf]) -> ExitCode {
+fn check_config(files: &[PathBuf], offline: bool) -> ExitCode {
+    let resolve = if offline {
+        leaky_proxy::snapshot::Resolve::Skip
+    } else {
+        leaky_proxy::snapshot::Resolve::System
+    };
     let mut failed = false;
     for f in files {
         match leaky_config::load(f) {
-            Ok(c) => println!(
-                "{}: ok ({} routes, {} providers, {} keys)",
-                f.display(),
-                c.routes.len(),
-                c.providers.len(),
-                c.keys.len()
-            ),
+            Ok(c) => {
+                let counts = (c.routes.len(), c.providers.len(), c.keys.len());
+                // What validation cannot see, found as start-up would find it.
+                match leaky_proxy::check::check_snapshot(c, resolve) {
+                    Ok(()) => println!(
+                        "{}: ok ({} routes, {} providers, {} keys)",
+                        f.display(),
+                        counts.0,
+                        counts.1,
+                        counts.2
+                    ),
+                    Err(e) => {
+                        failed = true;
+                        println!("{}: {e}", f.display());
+                    }
+                }
+            }
             Err(errors) => {
                 failed = true;
                 for e in &errors.0 {

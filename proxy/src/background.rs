@@ -105,7 +105,9 @@ impl Background {
     /// The last flush, after the server stopped: writes every queued record, then stops the runtime.
     pub fn shutdown(&self) {
         let flushed = self.inner.usage.drain();
-        tracing::info!(flushed, "background service stopped; usage records flushed");
+        if flushed > 0 {
+            tracing::info!(flushed, "background service stopped; usage records flushed");
+        }
         let rt = self
             .inner
             .runtime

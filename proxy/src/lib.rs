@@ -17,6 +17,7 @@ pub mod admin_auth;
 pub mod background;
 pub mod balancer;
 mod call;
+pub mod check;
 pub mod endpoints;
 mod headers;
 pub mod limiter;

@@ -8,7 +8,7 @@
 use crate::background::Background;
 use crate::limiter::LimiterBackend;
 use crate::metrics::metrics;
-use crate::snapshot::{Shared, Snapshot};
+use crate::snapshot::{Resolve, Shared, Snapshot};
 use arc_swap::ArcSwap;
 use leaky_config::{Config, LimitStore};
 use std::path::{Path, PathBuf};
@@ -60,7 +60,7 @@ impl ConfigState {
         if let Some(e) = config.server.admin_exposure_error() {
             return Err(format!("{}: {e}", path.display()));
         }
-        let shared = Shared::new(background.clone());
+        let shared = Shared::new(background.clone(), Resolve::System);
         let backend = Arc::new(LimiterBackend::new(&config.limits.store, background));
         let snapshot = Snapshot::build(Arc::new(config), 1, &shared, &backend)?;
         if let Some(m) = metrics() {

@@ -24,7 +24,7 @@ use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntCounter;
 use std::collections::HashMap;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,15 +52,38 @@ pub struct Shared {
     pub deployments: balancer::Registry,
     pub tenants: balancer::TenantRegistry,
     pub background: Background,
+    pub resolve: Resolve,
 }
 
 impl Shared {
-    pub fn new(background: Background) -> Self {
+    pub fn new(background: Background, resolve: Resolve) -> Self {
         Shared {
             pools: Pools::default(),
             deployments: balancer::Registry::new(background.clone()),
             tenants: balancer::TenantRegistry::default(),
             background,
+            resolve,
+        }
+    }
+}
+
+/// How deployment hosts become addresses while a snapshot is built (never on the request path:
+/// `HttpPeer` must not resolve there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// The system resolver: start-up, reloads and `check-config`.
+    System,
+    /// No lookup, every host stands for the unspecified address: `check-config --offline`, for
+    /// machines without DNS (CI); such a snapshot is never served.
+    Skip,
+}
+
+impl Resolve {
+    /// The first address of `host:port`; `Err(None)` when the name has no address.
+    fn address(self, host: &str, port: u16) -> Result<SocketAddr, Option<std::io::Error>> {
+        match self {
+            Resolve::System => (host, port).to_socket_addrs()?.next().ok_or(None),
+            Resolve::Skip => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
         }
     }
 }
@@ -301,11 +324,13 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> 
     let mut out = Vec::with_capacity(p.deployments.len());
     for d in &p.deployments {
         let label = format!("{}/{}", p.name, d.name);
-        let addr = (d.host.as_str(), d.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("deployment `{label}`: cannot resolve `{}`: {e}", d.host))?
-            .next()
-            .ok_or_else(|| format!("deployment `{label}`: `{}` resolved to no address", d.host))?;
+        let addr = shared
+            .resolve
+            .address(&d.host, d.port)
+            .map_err(|e| match e {
+                Some(e) => format!("deployment `{label}`: cannot resolve `{}`: {e}", d.host),
+                None => format!("deployment `{label}`: `{}` resolved to no address", d.host),
+            })?;
         let mut peer = HttpPeer::new(addr, d.tls, d.host.clone());
         peer.options.connection_timeout = Some(p.connect_timeout);
         // First-byte and idle timeouts are the route's, applied around each read by the caller.
