@@ -1,5 +1,8 @@
 //! `leaky-tokens`: the command line. Everything it runs lives in the library crates.
 
+// The CLI is where output is printed (check-config's report, the schema, the banner, fatal errors).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use leaky_proxy::RunOptions;
@@ -64,6 +67,8 @@ mod allocator {
         let purger = std::thread::Builder::new()
             .name("mi-purge".into())
             .spawn(|| loop {
+                // A dedicated thread, not async code: sleeping is what it is for.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(PURGE_TICK);
                 // SAFETY: `mi_collect` is thread-safe: it collects this thread's own (nearly empty)
                 // heap and purges arena ranges whose delay expired, whoever freed them.
