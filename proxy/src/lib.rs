@@ -10,6 +10,8 @@
 //!   who may call them; `metrics`: Prometheus families.
 //! - `listener`: the connection layer under both listeners (limits, head timeout and size, keep-alive,
 //!   strict framing, pipelining).
+//! - `background`: the runtime long-lived tasks run on and the usage queue (`usage_log`), a Pingora
+//!   service that flushes usage at shutdown; `check`: `check-config`'s snapshot build.
 
 mod access_log;
 pub mod admin;
