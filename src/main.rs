@@ -1,5 +1,8 @@
 //! `leaky-tokens`: the command line. Everything it runs lives in the library crates.
 
+// The CLI is where output is printed (check-config's report, the schema, the banner, fatal errors).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use leaky_proxy::RunOptions;
@@ -64,6 +67,8 @@ mod allocator {
         let purger = std::thread::Builder::new()
             .name("mi-purge".into())
             .spawn(|| loop {
+                // A dedicated thread, not async code: sleeping is what it is for.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(PURGE_TICK);
                 // SAFETY: `mi_collect` is thread-safe: it collects this thread's own (nearly empty)
                 // heap and purges arena ranges whose delay expired, whoever freed them.
@@ -213,10 +218,14 @@ enum Command {
         #[command(flatten)]
         stubs: StubArgs,
     },
-    /// Validate config files; prints every error as `file:line:col: message` and exits 1 if any.
+    /// Validate config files, then build each as start-up would (filter chains, JWKS files, upstream
+    /// addresses, limiter; no connection to Redis); prints every error and exits 1 if any.
     CheckConfig {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Skip resolving upstream host names (for machines without DNS).
+        #[arg(long)]
+        offline: bool,
     },
     /// Print the JSON Schema of the config format (the content of config/schema.json).
     Schema,
@@ -229,7 +238,7 @@ fn main() -> ExitCode {
         proxy: ProxyArgs::default(),
         stubs: StubArgs::default(),
     }) {
-        Command::CheckConfig { files } => return check_config(&files),
+        Command::CheckConfig { files, offline } => return check_config(&files, offline),
         Command::Schema => {
             print!("{}", leaky_config::json_schema());
             Ok(())
@@ -264,17 +273,32 @@ fn init_logs(format: LogFormat, filter: &str) {
     };
 }
 
-fn check_config(files: &[PathBuf]) -> ExitCode {
+fn check_config(files: &[PathBuf], offline: bool) -> ExitCode {
+    let resolve = if offline {
+        leaky_proxy::snapshot::Resolve::Skip
+    } else {
+        leaky_proxy::snapshot::Resolve::System
+    };
     let mut failed = false;
     for f in files {
         match leaky_config::load(f) {
-            Ok(c) => println!(
-                "{}: ok ({} routes, {} providers, {} keys)",
-                f.display(),
-                c.routes.len(),
-                c.providers.len(),
-                c.keys.len()
-            ),
+            Ok(c) => {
+                let counts = (c.routes.len(), c.providers.len(), c.keys.len());
+                // What validation cannot see, found as start-up would find it.
+                match leaky_proxy::check::check_snapshot(c, resolve) {
+                    Ok(()) => println!(
+                        "{}: ok ({} routes, {} providers, {} keys)",
+                        f.display(),
+                        counts.0,
+                        counts.1,
+                        counts.2
+                    ),
+                    Err(e) => {
+                        failed = true;
+                        println!("{}: {e}", f.display());
+                    }
+                }
+            }
             Err(errors) => {
                 failed = true;
                 for e in &errors.0 {
@@ -325,17 +349,19 @@ fn run_proxy(proxy: &ProxyArgs, stubs: Option<StubArgs>) -> anyhow::Result<()> {
     }
     allocator::spawn_purger();
     let stub_cfg = stubs.as_ref().map(StubArgs::config);
-    let (server, state) = leaky_proxy::build(&opts, |server| {
+    let built = leaky_proxy::build(&opts, |server| {
         if let Some(cfg) = stub_cfg {
             add_stubs(server, cfg);
         }
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     if stubs.is_some() {
-        let snap = state.snapshot();
+        let snap = built.state.snapshot();
         print_banner(&snap.config, snap.version);
     }
-    server.run_until_stopped();
+    built.server.run_until_stopped();
+    // Every proxy runtime has exited: nothing queues usage any more, so this flush is the last.
+    built.background.shutdown();
     Ok(())
 }
 

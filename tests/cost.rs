@@ -3,6 +3,8 @@
 //! length alone cannot fit the caller's limits is refused before any exact count, and the memory a
 //! burst of large bodies took goes back to the system afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// The figures this test measures are printed for the record.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! they admit no more than the limit, and when Redis dies each policy follows its `on_store_error`
 //! with bounded latency, then the proxies recover on their own when Redis returns.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// The figures this test measures are printed for the record.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! Every key gets the buckets a free-tier request charges in the quickstart config (requests/min,
 //! tokens/min, tokens/day), keyed as the gateway keys them. Prints the process's RSS (from
 //! /proc/self/status) before, with every key active, and after the buckets went idle and were evicted.
+// An example's output is its report.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use leaky_limit::{Algorithm, CalendarWindow, Charge, MemoryStore, OnStoreError, Taken};
 use std::sync::Arc;

@@ -74,6 +74,8 @@ impl RedisServer {
             match self.start() {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => return Err(e),
+                // A test helper's synchronous wait, never on a runtime thread.
+                #[allow(clippy::disallowed_methods)]
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
@@ -117,6 +119,7 @@ impl RedisServer {
                     format!("redis-server on port {port} did not answer PING within 10 s"),
                 ));
             }
+            #[allow(clippy::disallowed_methods)] // a synchronous wait, see `restart`
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -2,7 +2,7 @@
 //! request (target `access`). Runs for every request, answered or failed.
 
 use crate::service::Ctx;
-use crate::usage_log::{record, UsageRecord};
+use leaky_wire::{UsageRecord, UsageSource};
 use pingora::proxy::Session;
 use pingora::Error;
 use std::sync::Arc;
@@ -82,18 +82,21 @@ fn account(ctx: &Ctx, status: u16, seconds: f64) {
             s.count_decision(*policy, *decision);
         }
     }
-    if ctx.metering.is_none() {
+    let (Some(_), Some(snapshot)) = (&ctx.metering, ctx.snapshot()) else {
         return;
-    }
+    };
     let usage = ctx.req.usage.unwrap_or_default();
-    let source = ctx.req.usage.map_or("refunded", |u| u.source.as_str());
-    crate::metrics::count_settlement(source);
+    let source = ctx.req.usage.map_or(UsageSource::Refunded, |u| {
+        crate::usage_log::source(u.source)
+    });
+    crate::metrics::count_settlement(source.as_str());
     if let Some(up) = ctx.upstream() {
         up.metrics.count_tokens(usage.prompt, usage.completion);
     }
     let p = ctx.req.principal.as_deref();
     let dash = || Arc::<str>::from("-");
-    record(UsageRecord {
+    snapshot.usage.record(UsageRecord {
+        schema_version: UsageRecord::SCHEMA_VERSION,
         request_id: ctx.req.request_id.clone(),
         principal: p.map_or_else(dash, |p| p.id.clone()),
         user: p.map_or_else(dash, |p| p.user.clone()),

@@ -10,6 +10,7 @@
 //! its open circuit, its in-flight count and its health; one that changes it starts it fresh. In-flight
 //! requests keep the `Arc`s of the version they started on.
 
+use crate::background::Background;
 use crate::pool::IdlePool;
 use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::{Breaker as BreakerConfig, HealthCheck};
@@ -346,9 +347,10 @@ impl ProviderPool {
 }
 
 /// Deployment states by deployment and settings, shared by every config version.
-#[derive(Default)]
 pub struct Registry {
     states: Mutex<HashMap<String, Weak<DeploymentState>>>,
+    /// Where health checks run.
+    background: Background,
 }
 
 /// What an active health check needs, per deployment.
@@ -360,6 +362,13 @@ pub struct Probe {
 }
 
 impl Registry {
+    pub fn new(background: Background) -> Self {
+        Registry {
+            states: Mutex::default(),
+            background,
+        }
+    }
+
     /// The state of deployment `d` of `provider` with these settings: the existing one when nothing
     /// changed, else a fresh one (and its health-check task, when `probe` is given).
     pub fn state(
@@ -388,14 +397,14 @@ impl Registry {
         ));
         map.insert(key, Arc::downgrade(&state));
         if let Some(p) = probe {
-            spawn_health_check(Arc::downgrade(&state), p);
+            spawn_health_check(&self.background, Arc::downgrade(&state), p);
         }
         state
     }
 }
 
 /// Probes the deployment every interval until no config version uses it any more.
-fn spawn_health_check(state: Weak<DeploymentState>, p: Probe) {
+fn spawn_health_check(background: &Background, state: Weak<DeploymentState>, p: Probe) {
     let task = async move {
         let transport = pingora::connectors::TransportConnector::new(None);
         loop {
@@ -405,9 +414,7 @@ fn spawn_health_check(state: Weak<DeploymentState>, p: Probe) {
             s.on_probe(ok);
         }
     };
-    if !crate::limiter::spawn_background(task) {
-        tracing::error!("no background runtime: active health checks are off");
-    }
+    background.spawn(task);
 }
 
 /// Per-tenant bulkheads of one route, shared by every config version with the same settings.

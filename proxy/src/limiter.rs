@@ -1,11 +1,12 @@
 //! The limiter's backend, kept across config versions: the store (in-process, or Redis behind the
-//! outage guard), the batching settler, idle-bucket eviction, and the small runtime they run on.
+//! outage guard), the batching settler and idle-bucket eviction.
 //!
-//! Pingora gives each service its own runtime; the limiter's background work (the Redis connection's
-//! driver, the settler, eviction) runs on one runtime owned here, so it outlives any request and is
-//! shared by every proxy thread. A reload that keeps `limits.store` and `limits.redis` keeps this
-//! backend, so buckets survive; a changed store setting builds a new one.
+//! The limiter's background work (the Redis connection's driver, the settler, eviction) runs on the
+//! `Background` service's runtime, so it outlives any request and is shared by every proxy thread.
+//! A reload that keeps `limits.store` and `limits.redis` keeps this backend, so buckets survive; a
+//! changed store setting builds a new one.
 
+use crate::background::Background;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use leaky_config::{LimitStore, RedisSettings};
@@ -16,14 +17,6 @@ use leaky_limit::{
 };
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Why the limiter's backend cannot start.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LimiterError {
-    /// The process-wide limiter runtime could not start (kept: every later attempt reports it).
-    #[error("starting the limiter runtime: {0}")]
-    Runtime(Arc<std::io::Error>),
-}
 
 /// How often idle buckets are evicted from the in-process store.
 const EVICT_EVERY: Duration = Duration::from_secs(10);
@@ -36,46 +29,16 @@ pub struct LimiterBackend {
     pub guard: Option<Arc<Guarded>>,
 }
 
-/// The limiter's runtime: one per process, never dropped (a runtime must not be dropped from async
-/// code, and the last reference to an old backend may go away on a proxy thread).
-fn runtime() -> Result<&'static tokio::runtime::Runtime, LimiterError> {
-    static RT: std::sync::OnceLock<Result<tokio::runtime::Runtime, LimiterError>> =
-        std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("leaky-limiter")
-            .enable_all()
-            .build()
-            .map_err(|e| LimiterError::Runtime(Arc::new(e)))
-    })
-    .as_ref()
-    .map_err(Clone::clone)
-}
-
-/// Runs `fut` on the limiter's runtime (background sinks); false when that runtime could not start.
-pub fn spawn_background<F>(fut: F) -> bool
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    match runtime() {
-        Ok(rt) => {
-            rt.spawn(fut);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
 impl LimiterBackend {
-    pub fn new(settings: &LimitStore) -> Result<Self, LimiterError> {
-        let runtime = runtime()?;
-        let _enter = runtime.enter();
+    /// Starts the store's tasks on `background` (never connects here: Redis is reached in the
+    /// background, so this never fails and never blocks).
+    pub fn new(settings: &LimitStore, background: &Background) -> Self {
+        let _enter = background.enter();
         let (store, memory, guard): (Arc<dyn Store>, _, _) = match settings {
             LimitStore::Memory => {
                 let m = Arc::new(MemoryStore::new());
                 let weak = Arc::downgrade(&m);
-                runtime.spawn(async move {
+                background.spawn(async move {
                     let mut tick = tokio::time::interval(EVICT_EVERY);
                     loop {
                         tick.tick().await;
@@ -94,7 +57,7 @@ impl LimiterBackend {
             }
             LimitStore::Redis(r) => {
                 let lazy = Arc::new(LazyRedis::default());
-                spawn_connect(runtime, Arc::downgrade(&lazy), r.clone());
+                spawn_connect(background, Arc::downgrade(&lazy), r.clone());
                 let guard = Arc::new(Guarded::new(
                     lazy,
                     GuardOptions {
@@ -109,13 +72,13 @@ impl LimiterBackend {
         };
         let settler = Settler::spawn(store.clone(), 4096);
         drop(_enter);
-        Ok(LimiterBackend {
+        LimiterBackend {
             settings: settings.clone(),
             store,
             settler,
             memory,
             guard,
-        })
+        }
     }
 
     pub fn guard_stats(&self) -> Option<GuardStats> {
@@ -131,8 +94,8 @@ struct LazyRedis {
     inner: ArcSwapOption<RedisStore>,
 }
 
-fn spawn_connect(rt: &tokio::runtime::Runtime, lazy: std::sync::Weak<LazyRedis>, r: RedisSettings) {
-    rt.spawn(async move {
+fn spawn_connect(bg: &Background, lazy: std::sync::Weak<LazyRedis>, r: RedisSettings) {
+    bg.spawn(async move {
         let opts = RedisOptions {
             key_prefix: r.key_prefix.clone(),
             hash_tag: r.hash_tag.clone(),

@@ -7,11 +7,12 @@
 //! `/admin/config`. In-flight requests hold their own `Arc<Snapshot>` and finish on the version they
 //! started with.
 
+use crate::background::Background;
 use crate::bootstrap::Bootstrap;
 use crate::document::{lines, ConfigDocument, Origin, SourceError};
-use crate::limiter::{LimiterBackend, LimiterError};
+use crate::limiter::LimiterBackend;
 use crate::metrics::metrics;
-use crate::snapshot::{Shared, Snapshot};
+use crate::snapshot::{Resolve, Shared, Snapshot};
 use arc_swap::ArcSwap;
 use leaky_config::{Config, ConfigError, LimitStore};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,9 +28,6 @@ pub enum ApplyError {
     /// The source had no document to offer.
     #[error("{0}")]
     Unavailable(String),
-    /// The limiter's store (a changed `limits.store`) could not start.
-    #[error(transparent)]
-    Limiter(#[from] LimiterError),
     /// What validation cannot see: unresolvable upstream hosts, unreadable JWKS files.
     #[error("{0}")]
     Build(String),
@@ -107,13 +105,18 @@ fn check_exposure(config: &Config, origin: &Origin) -> Result<(), ApplyError> {
 
 impl ConfigState {
     /// Applies the first document under `bootstrap` (the document's own, with command-line overrides);
-    /// an error here stops the process with every problem listed.
-    pub fn new(mut doc: ConfigDocument, bootstrap: Bootstrap) -> Result<Arc<Self>, ApplyError> {
+    /// an error here stops the process with every problem listed. The limiter's and health checks' tasks
+    /// run on `background`.
+    pub fn new(
+        mut doc: ConfigDocument,
+        bootstrap: Bootstrap,
+        background: &Background,
+    ) -> Result<Arc<Self>, ApplyError> {
         bootstrap.pin(&mut doc.config.server);
         // Checked under the running bootstrap: `--admin-listen` may have moved the listener beyond loopback.
         check_exposure(&doc.config, &doc.origin)?;
-        let shared = Shared::default();
-        let backend = Arc::new(LimiterBackend::new(&doc.config.limits.store)?);
+        let shared = Shared::new(background.clone(), Resolve::System);
+        let backend = Arc::new(LimiterBackend::new(&doc.config.limits.store, background));
         let snapshot = Snapshot::build(Arc::new(doc.config), 1, &shared, &backend)
             .map_err(ApplyError::Build)?;
         if let Some(m) = metrics() {
@@ -155,13 +158,13 @@ impl ConfigState {
     }
 
     /// The backend for `settings`: the current one when they did not change (buckets survive).
-    fn backend_for(&self, settings: &LimitStore) -> Result<Arc<LimiterBackend>, LimiterError> {
+    fn backend_for(&self, settings: &LimitStore) -> Arc<LimiterBackend> {
         let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
         if b.settings != *settings {
             tracing::info!("limits.store changed: starting a new limiter store");
-            *b = Arc::new(LimiterBackend::new(settings)?);
+            *b = Arc::new(LimiterBackend::new(settings, &self.shared.background));
         }
-        Ok(b.clone())
+        b.clone()
     }
 
     /// Applies what a source fetched: a document, or the reason it has none (recorded as a failure).
@@ -195,7 +198,7 @@ impl ConfigState {
         self.bootstrap.pin(&mut doc.config.server);
         // The running listener decides whether the new config may drop the token.
         check_exposure(&doc.config, &doc.origin)?;
-        let backend = self.backend_for(&doc.config.limits.store)?;
+        let backend = self.backend_for(&doc.config.limits.store);
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         let snapshot = Snapshot::build(Arc::new(doc.config), version, &self.shared, &backend)
             .map_err(ApplyError::Build)?;

@@ -1,9 +1,10 @@
 //! Assembles the Pingora server: the proxy listener, the admin listener and the config source (the
-//! files, watched), all sharing one `ConfigState`. The listeners are sized from the bootstrap settings
+//! files, watched) and the background service (usage flush), all sharing one `ConfigState`. The listeners are sized from the bootstrap settings
 //! (`bootstrap.rs`), fixed here for the life of the process. Both sit behind `listener::Listener`
 //! (connection limit, head timeout and size, keep-alive idle timeout), each with its own budget.
 
 use crate::admin::Admin;
+use crate::background::{Background, BackgroundError};
 use crate::bootstrap::Bootstrap;
 use crate::document::{ConfigDocument, SourceError};
 use crate::listener::{ConnLimits, Listener};
@@ -56,6 +57,9 @@ pub enum StartError {
     /// The config files cannot be read into a valid document.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The background runtime cannot start.
+    #[error(transparent)]
+    Background(#[from] BackgroundError),
     /// The first document cannot be applied (exposed admin listener, unresolvable upstream, ...).
     #[error(transparent)]
     Apply(#[from] ApplyError),
@@ -77,12 +81,15 @@ fn bootstrap_for(doc: &ConfigDocument, opts: &RunOptions) -> Bootstrap {
 }
 
 /// Reads the config through the file source and applies it as the first version.
-fn load(opts: &RunOptions) -> Result<(Arc<FileSource>, Arc<ConfigState>), StartError> {
+fn load(
+    opts: &RunOptions,
+    background: &Background,
+) -> Result<(Arc<FileSource>, Arc<ConfigState>), StartError> {
     let source = Arc::new(FileSource::new(opts.config.clone(), RELOAD_DEBOUNCE));
     let doc = source.fetch()?;
     let files = doc.config.files.clone();
     let bootstrap = bootstrap_for(&doc, opts);
-    let state = ConfigState::new(doc, bootstrap)?;
+    let state = ConfigState::new(doc, bootstrap, background)?;
     source.watch_files(files);
     Ok((source, state))
 }
@@ -107,12 +114,18 @@ fn proxy_limits(b: &Bootstrap, open_files: Option<u64>) -> ConnLimits {
     }
 }
 
+/// What `build` assembled. After `server` has run, call `background.shutdown()`: it writes the
+/// usage records queued while the server stopped.
+pub struct Built {
+    pub server: Server,
+    pub state: Arc<ConfigState>,
+    pub background: Background,
+}
+
 /// Loads the config and builds the server; `extra` adds services (e.g. the stubs of `leaky-tokens up`).
-pub fn build(
-    opts: &RunOptions,
-    extra: impl FnOnce(&mut Server),
-) -> Result<(Server, Arc<ConfigState>), StartError> {
-    let (source, state) = load(opts)?;
+pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built, StartError> {
+    let background = Background::start()?;
+    let (source, state) = load(opts, &background)?;
     let boot = state.bootstrap().clone();
     let conf = ServerConf {
         threads: boot.threads,
@@ -157,6 +170,11 @@ pub fn build(
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(watcher);
+    server.add_service(background.service());
     extra(&mut server);
-    Ok((server, state))
+    Ok(Built {
+        server,
+        state,
+        background,
+    })
 }

@@ -2,12 +2,14 @@
 //! pre-resolved metric handles. Built off the hot path by `Snapshot::build`; requests load it once from
 //! the `ArcSwap` in `reload.rs` and never lock.
 
+use crate::background::Background;
 use crate::balancer::{self, Deployment, ProviderPool, TenantBulkheads};
 use crate::endpoints::EndpointMatcher;
 use crate::headers::HeaderPolicy;
 use crate::limiter::LimiterBackend;
 use crate::metrics::RequestMetrics;
 use crate::pool::Pools;
+use crate::usage_log::UsageSink;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::{Bulkhead as BulkheadConfig, Retry};
@@ -23,7 +25,7 @@ use leaky_resilience::RetryBudget;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntCounter;
 use std::collections::HashMap;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,8 +47,8 @@ pub struct Upstream {
 }
 
 /// Everything kept across config versions: idle connections, deployment and tenant state, the live
-/// key index the `api-key` filters read and the JWKS caches the `jwt` filters share.
-#[derive(Default)]
+/// key index the `api-key` filters read, the JWKS caches the `jwt` filters share, and the background
+/// service their tasks run on.
 pub struct Shared {
     pub pools: Pools,
     pub deployments: balancer::Registry,
@@ -54,6 +56,43 @@ pub struct Shared {
     /// Where `ConfigState` publishes each version's `Snapshot::keys` as the version goes live.
     pub keys: Arc<SharedKeyIndex>,
     pub jwks: Arc<JwksCache>,
+    pub background: Background,
+    pub resolve: Resolve,
+}
+
+impl Shared {
+    pub fn new(background: Background, resolve: Resolve) -> Self {
+        Shared {
+            pools: Pools::default(),
+            deployments: balancer::Registry::new(background.clone()),
+            tenants: balancer::TenantRegistry::default(),
+            keys: Arc::default(),
+            jwks: Arc::default(),
+            background,
+            resolve,
+        }
+    }
+}
+
+/// How deployment hosts become addresses while a snapshot is built (never on the request path:
+/// `HttpPeer` must not resolve there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// The system resolver: start-up, reloads and `check-config`.
+    System,
+    /// No lookup, every host stands for the unspecified address: `check-config --offline`, for
+    /// machines without DNS (CI); such a snapshot is never served.
+    Skip,
+}
+
+impl Resolve {
+    /// The first address of `host:port`; `Err(None)` when the name has no address.
+    fn address(self, host: &str, port: u16) -> Result<SocketAddr, Option<std::io::Error>> {
+        match self {
+            Resolve::System => (host, port).to_socket_addrs()?.next().ok_or(None),
+            Resolve::Skip => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
+        }
+    }
 }
 
 pub enum RouteTarget {
@@ -138,6 +177,9 @@ pub struct Snapshot {
     pub unmatched: RequestMetrics,
     /// `leaky_ratelimit_decisions_total` per policy (by index) and decision, resolved once here.
     decisions: Vec<[Option<IntCounter>; 5]>,
+    /// Where this version's requests queue their usage records (the background service's queue,
+    /// the same for every version).
+    pub usage: UsageSink,
 }
 
 impl Snapshot {
@@ -233,6 +275,7 @@ impl Snapshot {
             routes,
             unmatched: RequestMetrics::new("none", "none"),
             decisions,
+            usage: shared.background.usage().clone(),
         })
     }
 
@@ -293,11 +336,13 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> 
     let mut out = Vec::with_capacity(p.deployments.len());
     for d in &p.deployments {
         let label = format!("{}/{}", p.name, d.name);
-        let addr = (d.host.as_str(), d.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("deployment `{label}`: cannot resolve `{}`: {e}", d.host))?
-            .next()
-            .ok_or_else(|| format!("deployment `{label}`: `{}` resolved to no address", d.host))?;
+        let addr = shared
+            .resolve
+            .address(&d.host, d.port)
+            .map_err(|e| match e {
+                Some(e) => format!("deployment `{label}`: cannot resolve `{}`: {e}", d.host),
+                None => format!("deployment `{label}`: `{}` resolved to no address", d.host),
+            })?;
         let mut peer = HttpPeer::new(addr, d.tls, d.host.clone());
         peer.options.connection_timeout = Some(p.connect_timeout);
         // First-byte and idle timeouts are the route's, applied around each read by the caller.

@@ -163,7 +163,8 @@ user: u1\n    tier: pro\n";
 
     fn first(doc: ConfigDocument) -> Arc<ConfigState> {
         let boot = crate::bootstrap::Bootstrap::of(&doc.config.server);
-        ConfigState::new(doc, boot).unwrap()
+        let background = crate::background::Background::start().unwrap();
+        ConfigState::new(doc, boot, &background).unwrap()
     }
 
     #[tokio::test]

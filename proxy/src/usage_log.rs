@@ -1,60 +1,81 @@
-//! Usage records: one per metered request (request id, principal, model, provider, tokens, status,
-//! latency), pushed on a bounded in-process queue that a sink drains to the log (target `usage`, one
-//! JSON line each with `--log-format json`). The control plane's consumer will replace the sink.
+//! The usage sink: a bounded in-process queue of [`UsageRecord`]s (one per metered request) and the
+//! drain that writes them to the log (target `usage`, one JSON line each with `--log-format json`).
+//! The record type is `leaky_wire::UsageRecord`; the control plane's consumer will replace this
+//! sink. The queue belongs to the [`Background`](crate::background::Background) service, which
+//! drains it while the server runs and once more at shutdown.
 //!
-//! The request path does one lock-free push and never wakes anything: the sink polls the queue every
-//! `DRAIN_EVERY` (a wake-up per record cost the proxy a cross-thread futex call per request). A full
-//! queue drops the record and counts it in `leaky_usage_records_dropped_total`.
+//! The request path does one lock-free push and never wakes anything: the background service drains
+//! the queue every `DRAIN_EVERY` (a wake-up per record cost the proxy a cross-thread futex call per
+//! request). A full queue drops the record and counts it in `leaky_usage_records_dropped_total`.
 
 use crossbeam_queue::ArrayQueue;
-use std::sync::{Arc, OnceLock};
+use leaky_wire::{UsageRecord, UsageSource};
+use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
-pub struct UsageRecord {
-    pub request_id: String,
-    pub principal: Arc<str>,
-    pub user: Arc<str>,
-    pub org: Option<Arc<str>>,
-    pub tier: Arc<str>,
-    pub route: Option<Arc<str>>,
-    pub model: String,
-    pub provider: Arc<str>,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    /// `reported` (the provider's numbers), `counted` (from the streamed text: the stream was cut or
-    /// had no usage chunk) or `reservation` (a non-streamed answer without usage, e.g. malformed or
-    /// unfinished: the prompt estimate plus the reserved completion, or the counted tokens if more).
-    pub source: &'static str,
-    pub status: u16,
-    pub latency_ms: f64,
+/// Records held between two drains: far above what one `DRAIN_EVERY` of traffic produces.
+pub const CAPACITY: usize = 65_536;
+/// How often the queue is drained to the log.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
+/// The producer's and the drain's handle to one queue (clones share it).
+#[derive(Clone)]
+pub struct UsageSink {
+    queue: Arc<ArrayQueue<UsageRecord>>,
 }
 
-const CAPACITY: usize = 65_536;
-const DRAIN_EVERY: Duration = Duration::from_millis(50);
-
-fn queue() -> Option<&'static Arc<ArrayQueue<UsageRecord>>> {
-    static Q: OnceLock<Option<Arc<ArrayQueue<UsageRecord>>>> = OnceLock::new();
-    Q.get_or_init(|| {
-        let q = Arc::new(ArrayQueue::new(CAPACITY));
-        crate::limiter::spawn_background(sink(q.clone())).then_some(q)
-    })
-    .as_ref()
-}
-
-async fn sink(q: Arc<ArrayQueue<UsageRecord>>) {
-    let mut tick = tokio::time::interval(DRAIN_EVERY);
-    loop {
-        tick.tick().await;
-        while let Some(r) = q.pop() {
-            log(&r);
+impl UsageSink {
+    pub fn new(capacity: usize) -> Self {
+        UsageSink {
+            queue: Arc::new(ArrayQueue::new(capacity.max(1))),
         }
+    }
+
+    /// Queues `r` for the log (request path: one push, no wake-up); a full queue drops and counts it.
+    pub fn record(&self, r: UsageRecord) {
+        if self.queue.push(r).is_err() {
+            if let Some(m) = crate::metrics::metrics() {
+                m.usage_records_dropped.inc();
+            }
+        }
+    }
+
+    /// Writes every queued record to the log; returns how many.
+    pub fn drain(&self) -> usize {
+        let mut n = 0;
+        while let Some(r) = self.queue.pop() {
+            log(&r);
+            n += 1;
+        }
+        n
+    }
+
+    /// Records waiting for the next drain.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
     }
 }
 
+/// The record's name for where the limiter's usage came from.
+pub fn source(s: leaky_limit::UsageSource) -> UsageSource {
+    use leaky_limit::UsageSource as Limit;
+    match s {
+        Limit::Reported => UsageSource::Reported,
+        Limit::Counted => UsageSource::Counted,
+        Limit::Reservation => UsageSource::Reservation,
+    }
+}
+
+/// One `usage` log line. The fields and their order are what log consumers parse (tests and
+/// pipelines): absent values are written `-` like every log line, not `null` as on the wire.
 fn log(r: &UsageRecord) {
     tracing::info!(
         target: "usage",
+        schema_version = r.schema_version,
         request_id = %r.request_id,
         principal = %r.principal,
         user = %r.user,
@@ -65,19 +86,13 @@ fn log(r: &UsageRecord) {
         provider = %r.provider,
         prompt_tokens = r.prompt_tokens,
         completion_tokens = r.completion_tokens,
-        total_tokens = r.prompt_tokens + r.completion_tokens,
-        source = r.source,
+        total_tokens = r.total_tokens(),
+        source = r.source.as_str(),
         status = r.status,
         latency_ms = r.latency_ms,
         "usage"
     );
 }
 
-pub fn record(r: UsageRecord) {
-    let pushed = queue().is_some_and(|q| q.push(r).is_ok());
-    if !pushed {
-        if let Some(m) = crate::metrics::metrics() {
-            m.usage_records_dropped.inc();
-        }
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -330,6 +330,28 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Sends SIGTERM (Pingora's graceful stop) and waits for the process to exit; panics after
+    /// `within`.
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running {within:?} after SIGTERM; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Replaces the config file the way editors do: write a sibling, then rename over it.
     pub fn write_config(&self, text: &str) {
         let tmp = self.dir.path().join(".gateway.yaml.tmp");

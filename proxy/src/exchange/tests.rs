@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use crate::background::Background;
 use crate::limiter::LimiterBackend;
-use crate::snapshot::{Shared, Snapshot};
+use crate::snapshot::{Resolve, Shared, Snapshot};
 use pingora::http::ResponseHeader;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -194,8 +195,10 @@ routes:
     let config = leaky_config::load(&path)
         .map_err(|e| e.to_string())
         .unwrap();
-    let backend = Arc::new(LimiterBackend::new(&config.limits.store).unwrap());
-    Snapshot::build(Arc::new(config), 1, &Shared::default(), &backend).unwrap()
+    let background = Background::start().unwrap();
+    let backend = Arc::new(LimiterBackend::new(&config.limits.store, &background));
+    let shared = Shared::new(background, Resolve::System);
+    Snapshot::build(Arc::new(config), 1, &shared, &backend).unwrap()
 }
 
 fn head(

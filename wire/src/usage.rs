@@ -1,0 +1,159 @@
+//! The usage record: one per metered request, written by the proxy when the request ends.
+//!
+//! Today the proxy's log sink writes it (target `usage`, the fields below as one JSON line with
+//! `--log-format json`); with issue #15 it becomes the `data` of the `leaky.usage.v1` event. The
+//! full-stack contract names two fields differently there: `key_id` is [`UsageRecord::principal`]
+//! and `usage_source` is [`UsageRecord::source`]; `total_tokens` is derived, so it is written but
+//! never read back.
+
+use serde::{Deserialize, Serialize, Serializer};
+use std::sync::Arc;
+
+/// Where a record's token counts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    /// The provider's own numbers, from a complete answer.
+    Reported,
+    /// Counted by the gateway from the streamed text (the stream was cut or had no usage chunk).
+    Counted,
+    /// A non-streamed answer without usage (malformed, unfinished): the prompt estimate plus the
+    /// reserved completion, or the counted tokens if more.
+    Reservation,
+    /// Nothing was used (the request never reached a provider's answer): the reservation was
+    /// handed back whole.
+    Refunded,
+}
+
+impl UsageSource {
+    /// The label in records, logs and metrics (what serde writes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Reported => "reported",
+            UsageSource::Counted => "counted",
+            UsageSource::Reservation => "reservation",
+            UsageSource::Refunded => "refunded",
+        }
+    }
+}
+
+/// One metered request. Values shared with the request (principal, provider, route) are `Arc<str>`
+/// so building a record copies no strings on the request path.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "Read")]
+pub struct UsageRecord {
+    /// [`UsageRecord::SCHEMA_VERSION`] when written by this crate.
+    pub schema_version: u16,
+    pub request_id: String,
+    /// The API key id, or the JWT's `jti`/subject (`-` when nobody authenticated).
+    pub principal: Arc<str>,
+    pub user: Arc<str>,
+    pub org: Option<Arc<str>>,
+    pub tier: Arc<str>,
+    pub route: Option<Arc<str>>,
+    pub model: String,
+    pub provider: Arc<str>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub source: UsageSource,
+    /// The HTTP status the caller got.
+    pub status: u16,
+    pub latency_ms: f64,
+}
+
+impl UsageRecord {
+    /// The version this crate writes; see the crate docs for when it changes.
+    pub const SCHEMA_VERSION: u16 = 1;
+
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+/// What is written: the record in its field order, with `total_tokens` after the two counts (a
+/// derived value, so it is not stored and cannot disagree with them).
+#[derive(Serialize)]
+struct Written<'a> {
+    schema_version: u16,
+    request_id: &'a str,
+    principal: &'a str,
+    user: &'a str,
+    org: Option<&'a str>,
+    tier: &'a str,
+    route: Option<&'a str>,
+    model: &'a str,
+    provider: &'a str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    source: UsageSource,
+    status: u16,
+    latency_ms: f64,
+}
+
+/// What is read: owned strings, shared afterwards (serde's `rc` feature would do the same but
+/// changes serde's features for every crate of the workspace, and so rebuilds all of them).
+#[derive(Deserialize)]
+struct Read {
+    schema_version: u16,
+    request_id: String,
+    principal: String,
+    user: String,
+    org: Option<String>,
+    tier: String,
+    route: Option<String>,
+    model: String,
+    provider: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    source: UsageSource,
+    status: u16,
+    latency_ms: f64,
+}
+
+impl From<Read> for UsageRecord {
+    fn from(r: Read) -> Self {
+        UsageRecord {
+            schema_version: r.schema_version,
+            request_id: r.request_id,
+            principal: r.principal.into(),
+            user: r.user.into(),
+            org: r.org.map(Into::into),
+            tier: r.tier.into(),
+            route: r.route.map(Into::into),
+            model: r.model,
+            provider: r.provider.into(),
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            source: r.source,
+            status: r.status,
+            latency_ms: r.latency_ms,
+        }
+    }
+}
+
+impl Serialize for UsageRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Written {
+            schema_version: self.schema_version,
+            request_id: &self.request_id,
+            principal: &self.principal,
+            user: &self.user,
+            org: self.org.as_deref(),
+            tier: &self.tier,
+            route: self.route.as_deref(),
+            model: &self.model,
+            provider: &self.provider,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.total_tokens(),
+            source: self.source,
+            status: self.status,
+            latency_ms: self.latency_ms,
+        }
+        .serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests;
