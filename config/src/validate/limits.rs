@@ -1,9 +1,11 @@
 //! `limits:` and `tiers.*.limits` → validated `Limits`. Each rule has an invalid fixture in
 //! `config/tests/invalid/` (files named `limit-*.yaml`).
 
-use crate::limits::*;
-use crate::model::ModelPattern;
-use crate::schema::{ConfigFile, Priority};
+use crate::model::{
+    AlgorithmKind, Dimension, LimitStore, Limits, ModelPattern, Policy, PolicyKind, Priority,
+    RedisSettings, Unit,
+};
+use crate::spec::{ConfigFile, Enforcement, LimitsSpec, PolicySpec, RedisSpec, StoreKind};
 use crate::validate::Check;
 use std::collections::HashSet;
 use std::time::Duration;

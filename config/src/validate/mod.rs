@@ -1,22 +1,29 @@
-//! Schema → model: every rule that serde's types cannot express. Each rule has one invalid fixture in
-//! `config/tests/invalid/` asserting its exact message.
+//! Spec → model: every rule that serde's types cannot express, and the only layer that knows both
+//! `spec` and `model`. Each rule has one invalid fixture in `config/tests/invalid/` asserting its exact
+//! message. Errors are collected, not returned at the first: one load reports every problem.
+//!
+//! - `mod.rs`: the entry point, `server`, tiers, keys;
+//! - `routes`: providers and routes (prefix, upstream);
+//! - `filters`: a route's filter chain (`FilterSpec` → `FilterConfig`);
+//! - `limits`, `resilience`, `endpoints`, `forwarding`: the rules of those sections.
 
+mod endpoints;
+mod filters;
+mod forwarding;
+mod limits;
+mod resilience;
+mod routes;
+
+use crate::error::{ConfigError, ConfigErrors, Sources};
 use crate::interpolate::interpolate;
-use crate::load::{ConfigError, ConfigErrors, Sources};
-use crate::model::*;
-use crate::schema::Dialect;
-use crate::schema::{
-    ConfigFile, FilterSpec, JwtSpec, ModelSource, ProviderSpec, RouteSpec, UpstreamSpec,
+use crate::model::{
+    admin_exposure_error, AdminToken, ApiKey, Config, ModelPattern, Route, Server, Tier,
 };
+use crate::spec::{ConfigFile, ServerSpec};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// JWT algorithms the `jwt` filter accepts: asymmetric only, so a leaked verification key cannot sign.
-pub const JWT_ALGORITHMS: &[&str] = &[
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-];
 
 pub(crate) struct Check<'a> {
     sources: &'a Sources,
@@ -37,7 +44,7 @@ impl Check<'_> {
         match interpolate(s, self.env) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.err(path, e);
+                self.err(path, e.to_string());
                 None
             }
         }
@@ -61,7 +68,7 @@ impl Check<'_> {
 pub const MAX_HEADER_BYTES_CEILING: usize = 1_048_575;
 
 /// The listeners' connection settings (`server.header_timeout_ms` …).
-fn connection_limits(c: &mut Check<'_>, s: &crate::schema::ServerSpec) {
+fn connection_limits(c: &mut Check<'_>, s: &ServerSpec) {
     let positive = [
         ("header_timeout_ms", s.header_timeout_ms),
         ("keepalive_timeout_ms", s.keepalive_timeout_ms),
@@ -87,6 +94,7 @@ fn connection_limits(c: &mut Check<'_>, s: &crate::schema::ServerSpec) {
     }
 }
 
+/// The model of `file`, or every problem found in it, sorted by file and position.
 pub(crate) fn validate(
     file: ConfigFile,
     sources: &Sources,
@@ -100,10 +108,44 @@ pub(crate) fn validate(
         env,
         errors: Vec::new(),
     };
-    let s = &file.server;
+    let server = server(&mut c, &file.server);
+    let mut providers = BTreeMap::new();
+    for (name, p) in &file.providers {
+        if let Some(p) = routes::provider(&mut c, name, p) {
+            providers.insert(name.clone(), p);
+        }
+    }
+    let tiers = tiers(&file);
+    let routes = all_routes(&mut c, &file, &tiers);
+    let keys = keys(&mut c, &file, &tiers);
+    let limits = limits::limits(&mut c, &file);
+    match server {
+        Some(server) if c.errors.is_empty() => Ok(Config {
+            server,
+            providers,
+            routes,
+            tiers,
+            keys,
+            limits,
+            files,
+            base_dir,
+            hash,
+        }),
+        _ => {
+            c.errors.sort_by(|a, b| {
+                (&a.file, a.pos.map(|p| (p.line, p.col)))
+                    .cmp(&(&b.file, b.pos.map(|p| (p.line, p.col))))
+            });
+            Err(ConfigErrors(c.errors))
+        }
+    }
+}
+
+/// `server:`; `None` when an address does not parse (its error is recorded).
+fn server(c: &mut Check<'_>, s: &ServerSpec) -> Option<Server> {
     let listen = c.addr("server.listen", &s.listen);
     let admin_listen = c.addr("server.admin_listen", &s.admin_listen);
-    let admin_token = admin_token(&mut c, s.admin_token.as_deref());
+    let admin_token = admin_token(c, s.admin_token.as_deref());
     if let (Some(addr), Some(token)) = (admin_listen, &admin_token) {
         if let Some(msg) = admin_exposure_error(addr, token.is_some()) {
             c.err("server.admin_listen", msg);
@@ -118,31 +160,40 @@ pub(crate) fn validate(
             "`max_body_bytes` must be at least 1",
         );
     }
-    connection_limits(&mut c, s);
+    connection_limits(c, s);
+    let trusted_proxies = forwarding::trusted_proxies(c, &s.trusted_proxies);
+    Some(Server {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        admin_token: admin_token.flatten(),
+        threads: s.threads,
+        max_body_bytes: s.max_body_bytes,
+        grace_period_seconds: s.grace_period_seconds,
+        trusted_proxies,
+        header_timeout: Duration::from_millis(s.header_timeout_ms),
+        keepalive_timeout: Duration::from_millis(s.keepalive_timeout_ms),
+        max_header_bytes: s.max_header_bytes,
+        max_connections: s.max_connections,
+        admin_max_connections: s.admin_max_connections,
+    })
+}
 
-    let trusted_proxies = crate::forwarding::trusted_proxies(&mut c, &s.trusted_proxies);
-
-    let mut providers = BTreeMap::new();
-    for (name, p) in &file.providers {
-        if let Some(p) = provider(&mut c, name, p) {
-            providers.insert(name.clone(), p);
-        }
-    }
-    let tiers: BTreeMap<String, Tier> = file
-        .tiers
+fn tiers(file: &ConfigFile) -> BTreeMap<String, Tier> {
+    file.tiers
         .iter()
         .map(|(n, t)| {
-            (
-                n.clone(),
-                Tier {
-                    name: n.clone(),
-                    priority: t.priority,
-                },
-            )
+            let tier = Tier {
+                name: n.clone(),
+                priority: t.priority,
+            };
+            (n.clone(), tier)
         })
-        .collect();
+        .collect()
+}
 
-    let mut routes = Vec::new();
+/// Every route that validates, with unique names and prefixes.
+fn all_routes(c: &mut Check<'_>, file: &ConfigFile, tiers: &BTreeMap<String, Tier>) -> Vec<Route> {
+    let mut out = Vec::new();
     let mut names = HashSet::new();
     let mut prefixes = HashMap::new();
     for (i, r) in file.routes.iter().enumerate() {
@@ -153,7 +204,7 @@ pub(crate) fn validate(
                 format!("duplicate route name `{}`", r.name),
             );
         }
-        if let Some(route) = route(&mut c, &path, r, &file, &tiers) {
+        if let Some(route) = routes::route(c, &path, r, file, tiers) {
             if let Some(other) = prefixes.insert(route.prefix.clone(), r.name.clone()) {
                 c.err(
                     &format!("{path}.prefix"),
@@ -163,46 +214,10 @@ pub(crate) fn validate(
                     ),
                 );
             }
-            routes.push(route);
+            out.push(route);
         }
     }
-
-    let keys = keys(&mut c, &file, &tiers);
-    let limits = crate::validate_limits::limits(&mut c, &file);
-
-    if c.errors.is_empty() {
-        if let (Some(listen), Some(admin_listen)) = (listen, admin_listen) {
-            let server = Server {
-                listen,
-                admin_listen,
-                admin_token: admin_token.flatten(),
-                threads: s.threads,
-                max_body_bytes: s.max_body_bytes,
-                grace_period_seconds: s.grace_period_seconds,
-                trusted_proxies,
-                header_timeout: Duration::from_millis(s.header_timeout_ms),
-                keepalive_timeout: Duration::from_millis(s.keepalive_timeout_ms),
-                max_header_bytes: s.max_header_bytes,
-                max_connections: s.max_connections,
-                admin_max_connections: s.admin_max_connections,
-            };
-            return Ok(Config {
-                server,
-                providers,
-                routes,
-                tiers,
-                keys,
-                limits,
-                files,
-                base_dir,
-                hash,
-            });
-        }
-    }
-    c.errors.sort_by(|a, b| {
-        (&a.file, a.pos.map(|p| (p.line, p.col))).cmp(&(&b.file, b.pos.map(|p| (p.line, p.col))))
-    });
-    Err(ConfigErrors(c.errors))
+    out
 }
 
 /// `server.admin_token`: `Some(None)` when unset or empty, `None` when it is in error.
@@ -222,260 +237,6 @@ fn admin_token(c: &mut Check<'_>, spec: Option<&str>) -> Option<Option<AdminToke
         return None;
     }
     Some(Some(AdminToken::new(&token)))
-}
-
-fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Option<Provider> {
-    use crate::validate_resilience as res;
-    let path = format!("providers.{name}");
-    let errors = c.error_count();
-    let credential = match &p.credential {
-        Some(cred) => Some(Secret::new(
-            c.interpolated(&format!("{path}.credential"), cred)?,
-        )),
-        None => None,
-    };
-    let main = match &p.base_url {
-        Some(url) => Some(res::base_url(c, &format!("{path}.base_url"), url)?),
-        None if p.deployments.is_empty() => {
-            c.err(
-                &path,
-                "a provider needs a `base_url` or a non-empty `deployments` list",
-            );
-            return None;
-        }
-        None => None,
-    };
-    let deployments = res::deployments(c, &path, p, &credential, main.as_ref());
-    let breaker = res::breaker(c, &format!("{path}.breaker"), &p.breaker);
-    let health_check = p
-        .health_check
-        .as_ref()
-        .and_then(|h| res::health_check(c, &format!("{path}.health_check"), h));
-    let bulkhead = p
-        .bulkhead
-        .as_ref()
-        .map(|b| res::bulkhead(c, &format!("{path}.bulkhead"), b));
-    let account = |c: &mut Check<'_>, field: &str, v: Option<&String>| {
-        crate::forwarding::account_value(c, &path, field, v)
-    };
-    let organization = account(c, "organization", p.organization.as_ref());
-    let project = account(c, "project", p.project.as_ref());
-    let workspace = account(c, "workspace", p.workspace.as_ref());
-    let forward_headers = crate::forwarding::forward_headers(
-        c,
-        &format!("{path}.forward_headers"),
-        &p.forward_headers,
-    );
-    let deployments = deployments?;
-    if c.error_count() != errors {
-        return None;
-    }
-    let first = deployments.first()?;
-    let (tls, host, port) = main.unwrap_or((first.tls, first.host.clone(), first.port));
-    Some(Provider {
-        name: name.to_string(),
-        tls,
-        host,
-        port,
-        auth: p.auth,
-        credential,
-        models: p.models.clone(),
-        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
-        read_timeout: Duration::from_millis(p.read_timeout_ms),
-        idle_timeout: Duration::from_millis(p.idle_timeout_ms),
-        deployments,
-        breaker,
-        health_check,
-        bulkhead,
-        organization,
-        project,
-        workspace,
-        forward_headers,
-    })
-}
-
-fn normalise_prefix(c: &mut Check<'_>, path: &str, p: &str) -> Option<String> {
-    if !p.starts_with('/') || p.contains("//") || p.contains(['?', '#']) {
-        c.err(
-            path,
-            format!("`{p}` must be a path starting with `/` (no `//`, `?` or `#`)"),
-        );
-        return None;
-    }
-    let trimmed = p.trim_end_matches('/');
-    Some(if trimmed.is_empty() {
-        "/".into()
-    } else {
-        trimmed.into()
-    })
-}
-
-fn route(
-    c: &mut Check<'_>,
-    path: &str,
-    r: &RouteSpec,
-    file: &ConfigFile,
-    tiers: &BTreeMap<String, Tier>,
-) -> Option<Route> {
-    let prefix = normalise_prefix(c, &format!("{path}.prefix"), &r.prefix);
-    let upstream = upstream(c, &format!("{path}.upstream"), &r.upstream, file);
-    for (j, f) in r.filters.iter().enumerate() {
-        if let FilterSpec::Jwt(j_spec) = f {
-            jwt(c, &format!("{path}.filters[{j}]"), j_spec, tiers);
-        }
-    }
-    let model_source = r.model_source.unwrap_or(match r.dialect {
-        Dialect::Google => ModelSource::Path,
-        _ => ModelSource::Body,
-    });
-    if matches!(upstream, Some(RouteUpstream::ByModel(_))) && model_source == ModelSource::None {
-        c.err(
-            &format!("{path}.model_source"),
-            "a route with `upstream.by_model` needs a model: `model_source` cannot be `none`",
-        );
-        return None;
-    }
-    let endpoints = crate::validate_endpoints::endpoints(
-        c,
-        &format!("{path}.endpoints"),
-        &r.endpoints,
-        r.dialect,
-        tiers,
-    );
-    let mut route = Route {
-        name: r.name.clone(),
-        prefix: prefix?,
-        dialect: r.dialect,
-        model_source,
-        upstream: upstream?,
-        filters: r.filters.clone(),
-        timeouts: crate::resilience::Timeouts {
-            connect: None,
-            first_byte: None,
-            idle: None,
-            total: Duration::from_secs(600),
-        },
-        retry: Default::default(),
-        fallbacks: Vec::new(),
-        tenant_bulkhead: None,
-        forward_headers: crate::forwarding::forward_headers(
-            c,
-            &format!("{path}.forward_headers"),
-            &r.forward_headers,
-        ),
-        endpoints: endpoints?,
-    };
-    crate::validate_resilience::route(c, path, r, &mut route);
-    Some(route)
-}
-
-fn upstream(
-    c: &mut Check<'_>,
-    path: &str,
-    u: &UpstreamSpec,
-    file: &ConfigFile,
-) -> Option<RouteUpstream> {
-    let target = |c: &mut Check<'_>, p: &str, provider: &str, prefix: &str| -> Option<Target> {
-        if !file.providers.contains_key(provider) {
-            let known: Vec<&str> = file.providers.keys().map(String::as_str).collect();
-            c.err(
-                &format!("{p}.provider"),
-                format!(
-                    "unknown provider `{provider}` (defined: {})",
-                    known.join(", ")
-                ),
-            );
-            return None;
-        }
-        let prefix = normalise_prefix(c, &format!("{p}.path_prefix"), prefix)?;
-        Some(Target {
-            provider: provider.to_string(),
-            path_prefix: if prefix == "/" { String::new() } else { prefix },
-        })
-    };
-    match (&u.provider, &u.by_model) {
-        (Some(p), None) => {
-            target(c, path, p, u.path_prefix.as_deref().unwrap_or("/")).map(RouteUpstream::Fixed)
-        }
-        (None, Some(list)) if !list.is_empty() => {
-            if u.path_prefix.is_some() {
-                c.err(
-                    &format!("{path}.path_prefix"),
-                    "`path_prefix` belongs inside each `by_model` entry",
-                );
-                return None;
-            }
-            let mut out = Vec::new();
-            for (i, m) in list.iter().enumerate() {
-                let p = format!("{path}.by_model[{i}]");
-                if m.models.is_empty() {
-                    c.err(
-                        &format!("{p}.models"),
-                        "`models` must list at least one model or pattern",
-                    );
-                }
-                let t = target(c, &p, &m.provider, &m.path_prefix);
-                if let Some(t) = t {
-                    out.push(ModelTarget {
-                        models: m.models.iter().map(|s| ModelPattern::parse(s)).collect(),
-                        target: t,
-                    });
-                }
-            }
-            (out.len() == list.len()).then_some(RouteUpstream::ByModel(out))
-        }
-        (_, by_model) => {
-            // Point at `by_model` when it is there (superfluous next to `provider`, or empty); at the
-            // `upstream` mapping when it lacks both.
-            let at = if by_model.is_some() {
-                format!("{path}.by_model")
-            } else {
-                path.to_string()
-            };
-            c.err(
-                &at,
-                "`upstream` needs exactly one of `provider` or a non-empty `by_model`",
-            );
-            None
-        }
-    }
-}
-
-fn jwt(c: &mut Check<'_>, path: &str, j: &JwtSpec, tiers: &BTreeMap<String, Tier>) {
-    if j.jwks_file.is_some() == j.jwks_url.is_some() {
-        // Both: point at the second source; neither: at the filter mapping that lacks them.
-        let at = if j.jwks_url.is_some() {
-            format!("{path}.jwks_url")
-        } else {
-            path.to_string()
-        };
-        c.err(&at, "`jwt` needs exactly one of `jwks_file` or `jwks_url`");
-    }
-    if j.algorithms.is_empty() {
-        c.err(
-            &format!("{path}.algorithms"),
-            "`algorithms` must list at least one algorithm",
-        );
-    }
-    for (i, a) in j.algorithms.iter().enumerate() {
-        if !JWT_ALGORITHMS.contains(&a.as_str()) {
-            c.err(
-                &format!("{path}.algorithms[{i}]"),
-                format!(
-                    "unsupported JWT algorithm `{a}` (accepted: {})",
-                    JWT_ALGORITHMS.join(", ")
-                ),
-            );
-        }
-    }
-    if let Some(t) = &j.default_tier {
-        if !tiers.contains_key(t) {
-            c.err(
-                &format!("{path}.default_tier"),
-                format!("unknown tier `{t}`"),
-            );
-        }
-    }
 }
 
 fn keys(c: &mut Check<'_>, file: &ConfigFile, tiers: &BTreeMap<String, Tier>) -> Vec<ApiKey> {

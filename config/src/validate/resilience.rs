@@ -1,9 +1,13 @@
-//! Validation of the resilience settings (`resilience.rs`): deployments, breaker, health check,
+//! Validation of the resilience settings (`spec::resilience` → `model::resilience`): deployments, breaker, health check,
 //! bulkheads, timeouts, retries and fallbacks. Each rule has an invalid fixture in `config/tests/invalid/`.
 
-use crate::model::{ModelPattern, Route, RouteUpstream, Secret};
-use crate::resilience::*;
-use crate::schema::{ProviderSpec, RouteSpec};
+use crate::model::{
+    Breaker, Bulkhead, Deployment, HealthCheck, ModelPattern, ModelSource, Retry, Route,
+    RouteUpstream, Secret, Timeouts, MAX_MIN_TENANTS,
+};
+use crate::spec::{
+    BreakerSpec, BulkheadSpec, FailureKind, HealthCheckSpec, ProviderSpec, RouteSpec,
+};
 use crate::validate::Check;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -363,7 +367,7 @@ pub(crate) fn route(c: &mut Check<'_>, path: &str, spec: &RouteSpec, route: &mut
     });
     route.fallbacks = fallbacks;
     if matches!(route.upstream, RouteUpstream::Fixed(_))
-        && route.model_source == crate::ModelSource::None
+        && route.model_source == ModelSource::None
         && !route.fallbacks.is_empty()
     {
         c.err(

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
-use leaky_config::{JwtClaimsSpec, JwtSpec, ModelPattern};
+use leaky_config::{JwksSource, JwtAlgorithm, JwtClaims, JwtConfig, ModelPattern};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -46,7 +46,7 @@ pub struct JwtFilter {
     /// family, so a multi-family list cannot be shared).
     validations: HashMap<Algorithm, Validation>,
     leeway: i64,
-    claims: JwtClaimsSpec,
+    claims: JwtClaims,
     default_tier: Option<Arc<str>>,
     /// Configured tier names; a token naming another tier is refused.
     tiers: Arc<std::collections::BTreeSet<String>>,
@@ -54,29 +54,23 @@ pub struct JwtFilter {
 }
 
 impl JwtFilter {
-    pub fn from_config(spec: &JwtSpec, cx: &BuildContext) -> Result<Self, String> {
+    /// Builds from validated settings (`leaky_config` checked the algorithms, the JWKS source and the
+    /// default tier); fails only on I/O: an unreadable or invalid JWKS file, an HTTP client.
+    pub fn from_config(spec: &JwtConfig, cx: &BuildContext) -> Result<Self, String> {
         ensure_crypto_provider();
         let mut algorithms = Vec::with_capacity(spec.algorithms.len());
-        for name in &spec.algorithms {
-            match Algorithm::from_str(name) {
-                Ok(a) if leaky_config::JWT_ALGORITHMS.contains(&name.as_str()) => {
-                    if !algorithms.contains(&a) {
-                        algorithms.push(a);
-                    }
-                }
-                _ => return Err(format!("jwt: unsupported algorithm `{name}`")),
+        for a in spec.algorithms.iter().map(|a| algorithm(*a)) {
+            if !algorithms.contains(&a) {
+                algorithms.push(a);
             }
-        }
-        if algorithms.is_empty() {
-            return Err("jwt: `algorithms` must list at least one algorithm".into());
         }
         let validations = algorithms
             .iter()
             .map(|a| (*a, validation(*a, spec)))
             .collect();
 
-        let (source, keys) = match (&spec.jwks_file, &spec.jwks_url) {
-            (Some(file), None) => {
+        let (source, keys) = match &spec.jwks {
+            JwksSource::File(file) => {
                 let path = cx.base_dir.join(file);
                 let source = Source::File(path.clone());
                 let bytes = std::fs::read(&path)
@@ -86,7 +80,7 @@ impl JwtFilter {
                 keys.generation = 1;
                 (source, keys)
             }
-            (None, Some(url)) => {
+            JwksSource::Url(url) => {
                 let client = reqwest::Client::builder()
                     .timeout(FETCH_TIMEOUT)
                     .connect_timeout(FETCH_TIMEOUT)
@@ -100,17 +94,16 @@ impl JwtFilter {
                     KeySet::default(),
                 )
             }
-            _ => return Err("jwt: needs exactly one of `jwks_file` or `jwks_url`".into()),
         };
 
         Ok(JwtFilter {
             source,
             keys: ArcSwap::from_pointee(keys),
             last_refresh: tokio::sync::Mutex::new(None),
-            min_refresh: Duration::from_secs(spec.min_refresh_interval_seconds),
+            min_refresh: spec.min_refresh_interval,
             algorithms,
             validations,
-            leeway: i64::try_from(spec.leeway_seconds).unwrap_or(i64::MAX),
+            leeway: i64::try_from(spec.leeway.as_secs()).unwrap_or(i64::MAX),
             claims: spec.claims.clone(),
             default_tier: spec.default_tier.as_deref().map(Arc::from),
             tiers: cx.tiers.clone(),
@@ -309,7 +302,22 @@ fn ensure_crypto_provider() {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
 }
 
-fn validation(alg: Algorithm, spec: &JwtSpec) -> Validation {
+/// jsonwebtoken's name for an algorithm the config accepted.
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::RS384 => Algorithm::RS384,
+        JwtAlgorithm::RS512 => Algorithm::RS512,
+        JwtAlgorithm::PS256 => Algorithm::PS256,
+        JwtAlgorithm::PS384 => Algorithm::PS384,
+        JwtAlgorithm::PS512 => Algorithm::PS512,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+        JwtAlgorithm::ES384 => Algorithm::ES384,
+        JwtAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+fn validation(alg: Algorithm, spec: &JwtConfig) -> Validation {
     let mut v = Validation::new(alg);
     // exp/nbf are checked in `check_times` against the request's clock; jsonwebtoken reads the system clock.
     v.validate_exp = false;
