@@ -114,3 +114,101 @@ fn algorithms(c: &mut Check<'_>, path: &str, names: &[String]) -> Vec<JwtAlgorit
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::error::Sources;
+    use crate::model::Priority;
+    use serde_json::{json, Value};
+
+    /// `filters` of `routes[0]` (written as JSON) validated with one tier `pro`: the model and the
+    /// error messages.
+    fn validated(filters: &Value) -> (Vec<FilterConfig>, Vec<String>) {
+        let specs: Vec<FilterSpec> = serde_json::from_value(filters.clone()).unwrap();
+        let sources = Sources { files: Vec::new() };
+        let env = |_: &str| None;
+        let mut c = Check {
+            sources: &sources,
+            env: &env,
+            errors: Vec::new(),
+        };
+        let pro = Tier {
+            name: "pro".into(),
+            priority: Priority::Normal,
+        };
+        let tiers = BTreeMap::from([("pro".to_string(), pro)]);
+        let out = super::filters(&mut c, "routes[0]", &specs, &tiers);
+        (out, c.errors.into_iter().map(|e| e.message).collect())
+    }
+
+    #[test]
+    fn jwt_settings_are_parsed_once() {
+        let (model, errors) = validated(&json!([{
+            "kind": "jwt", "jwks_file": "keys/jwks.json", "algorithms": ["ES256", "EdDSA"],
+            "leeway_seconds": 5, "claims": {"tier": "plan"}, "default_tier": "pro",
+        }]));
+        assert_eq!(errors, Vec::<String>::new());
+        let [FilterConfig::Jwt(j)] = model.as_slice() else {
+            panic!("{model:?}");
+        };
+        assert_eq!(j.jwks, JwksSource::File("keys/jwks.json".into()));
+        assert_eq!(j.algorithms, [JwtAlgorithm::ES256, JwtAlgorithm::EdDSA]);
+        assert_eq!(j.leeway, Duration::from_secs(5));
+        assert_eq!(j.min_refresh_interval, Duration::from_secs(10));
+        assert_eq!(
+            j.claims,
+            JwtClaims {
+                tier: "plan".into(),
+                ..JwtClaims::default()
+            }
+        );
+        assert_eq!(j.default_tier.as_deref(), Some("pro"));
+    }
+
+    #[test]
+    fn an_invalid_filter_is_reported_and_left_out() {
+        let (model, errors) = validated(&json!([
+            {"kind": "request-id"},
+            {"kind": "jwt", "algorithms": ["HS256"], "default_tier": "gold"},
+            {"kind": "rate-limit"},
+        ]));
+        assert_eq!(
+            errors,
+            [
+                "`jwt` needs exactly one of `jwks_file` or `jwks_url`".to_string(),
+                format!(
+                    "unsupported JWT algorithm `HS256` (accepted: {})",
+                    JWT_ALGORITHMS.join(", ")
+                ),
+                "unknown tier `gold`".to_string(),
+            ]
+        );
+        let kinds: Vec<&str> = model.iter().map(FilterConfig::kind).collect();
+        assert_eq!(kinds, ["request-id", "rate-limit"]);
+    }
+
+    /// `/admin/config` shows a route's filters by serializing them: the model must render exactly as
+    /// the spec did (defaults filled in, repeats kept, unset options left out).
+    #[test]
+    fn the_model_serializes_as_the_spec_does() {
+        let written = json!([
+            {"kind": "request-id"},
+            {"kind": "request-id", "trust_incoming": false},
+            {"kind": "api-key", "optional": true},
+            {"kind": "jwt", "jwks_url": "https://idp.example/jwks", "algorithms": ["RS256", "EdDSA", "RS256"],
+             "issuer": "https://idp.example", "audiences": ["a", "b"], "default_tier": "pro", "optional": true},
+            {"kind": "jwt", "jwks_file": "jwks.json", "algorithms": ["PS512"],
+             "claims": {"user": "email", "roles": "scope"}, "min_refresh_interval_seconds": 60},
+            {"kind": "rate-limit"},
+        ]);
+        let specs: Vec<FilterSpec> = serde_json::from_value(written.clone()).unwrap();
+        let (model, errors) = validated(&written);
+        assert_eq!(errors, Vec::<String>::new());
+        assert_eq!(
+            serde_json::to_value(&model).unwrap(),
+            serde_json::to_value(&specs).unwrap()
+        );
+    }
+}
