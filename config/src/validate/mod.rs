@@ -272,23 +272,8 @@ fn keys(c: &mut Check<'_>, file: &ConfigFile, tiers: &BTreeMap<String, Tier>) ->
                 format!("the same key hash is already used by key `{other}`"),
             );
         }
-        let expires_at = match &k.expires_at {
-            None => None,
-            Some(s) => {
-                match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                {
-                    Ok(t) => Some(t.unix_timestamp()),
-                    Err(_) => {
-                        c.err(
-                            &format!("{path}.expires_at"),
-                            format!(
-                                "`{s}` is not an RFC 3339 timestamp (e.g. 2027-01-31T00:00:00Z)"
-                            ),
-                        );
-                        continue;
-                    }
-                }
-            }
+        let Some(expires_at) = expires_at(c, &path, k.expires_at.as_deref()) else {
+            continue;
         };
         out.push(ApiKey {
             id: k.id.clone(),
@@ -302,4 +287,21 @@ fn keys(c: &mut Check<'_>, file: &ConfigFile, tiers: &BTreeMap<String, Tier>) ->
         });
     }
     out
+}
+
+/// A key's `expires_at` as unix seconds: `Some(None)` when unset, `None` when it is in error.
+fn expires_at(c: &mut Check<'_>, path: &str, s: Option<&str>) -> Option<Option<i64>> {
+    let Some(s) = s else {
+        return Some(None);
+    };
+    match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        Ok(t) => Some(Some(t.unix_timestamp())),
+        Err(_) => {
+            c.err(
+                &format!("{path}.expires_at"),
+                format!("`{s}` is not an RFC 3339 timestamp (e.g. 2027-01-31T00:00:00Z)"),
+            );
+            None
+        }
+    }
 }

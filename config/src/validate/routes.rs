@@ -2,11 +2,12 @@
 //! upstream, filters, endpoints and resilience settings. Each rule has an invalid fixture in
 //! `config/tests/invalid/`.
 
+use super::resilience::BaseUrl;
 use crate::model::{
     Dialect, ModelPattern, ModelSource, ModelTarget, Provider, Route, RouteUpstream, Secret,
     Target, Tier, Timeouts,
 };
-use crate::spec::{ConfigFile, ProviderSpec, RouteSpec, UpstreamSpec};
+use crate::spec::{ConfigFile, ModelTargetSpec, ProviderSpec, RouteSpec, UpstreamSpec};
 use crate::validate::Check;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,23 +16,7 @@ pub(crate) fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Optio
     use super::resilience as res;
     let path = format!("providers.{name}");
     let errors = c.error_count();
-    let credential = match &p.credential {
-        Some(cred) => Some(Secret::new(
-            c.interpolated(&format!("{path}.credential"), cred)?,
-        )),
-        None => None,
-    };
-    let main = match &p.base_url {
-        Some(url) => Some(res::base_url(c, &format!("{path}.base_url"), url)?),
-        None if p.deployments.is_empty() => {
-            c.err(
-                &path,
-                "a provider needs a `base_url` or a non-empty `deployments` list",
-            );
-            return None;
-        }
-        None => None,
-    };
+    let (credential, main) = credential_and_base_url(c, &path, p)?;
     let deployments = res::deployments(c, &path, p, &credential, main.as_ref());
     let breaker = res::breaker(c, &format!("{path}.breaker"), &p.breaker);
     let health_check = p
@@ -42,12 +27,12 @@ pub(crate) fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Optio
         .bulkhead
         .as_ref()
         .map(|b| res::bulkhead(c, &format!("{path}.bulkhead"), b));
-    let account = |c: &mut Check<'_>, field: &str, v: Option<&String>| {
-        super::forwarding::account_value(c, &path, field, v)
-    };
-    let organization = account(c, "organization", p.organization.as_ref());
-    let project = account(c, "project", p.project.as_ref());
-    let workspace = account(c, "workspace", p.workspace.as_ref());
+    let [organization, project, workspace] = [
+        ("organization", p.organization.as_ref()),
+        ("project", p.project.as_ref()),
+        ("workspace", p.workspace.as_ref()),
+    ]
+    .map(|(field, v)| super::forwarding::account_value(c, &path, field, v));
     let forward_headers = super::forwarding::forward_headers(
         c,
         &format!("{path}.forward_headers"),
@@ -79,6 +64,37 @@ pub(crate) fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Optio
         workspace,
         forward_headers,
     })
+}
+
+/// The provider's own credential and `base_url` (`None` when either is in error, or when there is
+/// neither a `base_url` nor `deployments`).
+fn credential_and_base_url(
+    c: &mut Check<'_>,
+    path: &str,
+    p: &ProviderSpec,
+) -> Option<(Option<Secret>, Option<BaseUrl>)> {
+    let credential = match &p.credential {
+        Some(cred) => Some(Secret::new(
+            c.interpolated(&format!("{path}.credential"), cred)?,
+        )),
+        None => None,
+    };
+    let main = match &p.base_url {
+        Some(url) => Some(super::resilience::base_url(
+            c,
+            &format!("{path}.base_url"),
+            url,
+        )?),
+        None if p.deployments.is_empty() => {
+            c.err(
+                path,
+                "a provider needs a `base_url` or a non-empty `deployments` list",
+            );
+            return None;
+        }
+        None => None,
+    };
+    Some((credential, main))
 }
 
 fn normalise_prefix(c: &mut Check<'_>, path: &str, p: &str) -> Option<String> {
@@ -158,28 +174,9 @@ fn upstream(
     u: &UpstreamSpec,
     file: &ConfigFile,
 ) -> Option<RouteUpstream> {
-    let target = |c: &mut Check<'_>, p: &str, provider: &str, prefix: &str| -> Option<Target> {
-        if !file.providers.contains_key(provider) {
-            let known: Vec<&str> = file.providers.keys().map(String::as_str).collect();
-            c.err(
-                &format!("{p}.provider"),
-                format!(
-                    "unknown provider `{provider}` (defined: {})",
-                    known.join(", ")
-                ),
-            );
-            return None;
-        }
-        let prefix = normalise_prefix(c, &format!("{p}.path_prefix"), prefix)?;
-        Some(Target {
-            provider: provider.to_string(),
-            path_prefix: if prefix == "/" { String::new() } else { prefix },
-        })
-    };
     match (&u.provider, &u.by_model) {
-        (Some(p), None) => {
-            target(c, path, p, u.path_prefix.as_deref().unwrap_or("/")).map(RouteUpstream::Fixed)
-        }
+        (Some(p), None) => target(c, path, p, u.path_prefix.as_deref().unwrap_or("/"), file)
+            .map(RouteUpstream::Fixed),
         (None, Some(list)) if !list.is_empty() => {
             if u.path_prefix.is_some() {
                 c.err(
@@ -188,24 +185,7 @@ fn upstream(
                 );
                 return None;
             }
-            let mut out = Vec::new();
-            for (i, m) in list.iter().enumerate() {
-                let p = format!("{path}.by_model[{i}]");
-                if m.models.is_empty() {
-                    c.err(
-                        &format!("{p}.models"),
-                        "`models` must list at least one model or pattern",
-                    );
-                }
-                let t = target(c, &p, &m.provider, &m.path_prefix);
-                if let Some(t) = t {
-                    out.push(ModelTarget {
-                        models: m.models.iter().map(|s| ModelPattern::parse(s)).collect(),
-                        target: t,
-                    });
-                }
-            }
-            (out.len() == list.len()).then_some(RouteUpstream::ByModel(out))
+            by_model(c, path, list, file)
         }
         (_, by_model) => {
             // Point at `by_model` when it is there (superfluous next to `provider`, or empty); at the
@@ -222,4 +202,57 @@ fn upstream(
             None
         }
     }
+}
+
+/// `upstream.by_model`: every entry names models and a known provider.
+fn by_model(
+    c: &mut Check<'_>,
+    path: &str,
+    list: &[ModelTargetSpec],
+    file: &ConfigFile,
+) -> Option<RouteUpstream> {
+    let mut out = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let p = format!("{path}.by_model[{i}]");
+        if m.models.is_empty() {
+            c.err(
+                &format!("{p}.models"),
+                "`models` must list at least one model or pattern",
+            );
+        }
+        let t = target(c, &p, &m.provider, &m.path_prefix, file);
+        if let Some(t) = t {
+            out.push(ModelTarget {
+                models: m.models.iter().map(|s| ModelPattern::parse(s)).collect(),
+                target: t,
+            });
+        }
+    }
+    (out.len() == list.len()).then_some(RouteUpstream::ByModel(out))
+}
+
+/// A provider (which must be defined) and the upstream path that replaces the route prefix.
+fn target(
+    c: &mut Check<'_>,
+    p: &str,
+    provider: &str,
+    prefix: &str,
+    file: &ConfigFile,
+) -> Option<Target> {
+    if !file.providers.contains_key(provider) {
+        let known: Vec<&str> = file.providers.keys().map(String::as_str).collect();
+        c.err(
+            &format!("{p}.provider"),
+            format!(
+                "unknown provider `{provider}` (defined: {})",
+                known.join(", ")
+            ),
+        );
+        return None;
+    }
+    let prefix = normalise_prefix(c, &format!("{p}.path_prefix"), prefix)?;
+    Some(Target {
+        provider: provider.to_string(),
+        path_prefix: if prefix == "/" { String::new() } else { prefix },
+    })
 }
