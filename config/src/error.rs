@@ -47,6 +47,8 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+impl std::error::Error for ConfigError {}
+
 impl std::error::Error for ConfigErrors {}
 
 /// The files behind one merged config, overlay first, with their location indexes.

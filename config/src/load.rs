@@ -204,8 +204,32 @@ fn serde_path(path: &serde_path_to_error::Path) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::merge;
+    use super::{merge, read_bounded, LoadError, MAX_CONFIG_BYTES};
     use serde_json::json;
+
+    #[test]
+    fn read_errors_are_typed_and_render_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = read_bounded(&dir.path().join("missing.yaml")).unwrap_err();
+        assert!(matches!(missing, LoadError::Io(_)), "{missing:?}");
+        assert!(missing.to_string().starts_with("cannot read config: "));
+
+        let binary = dir.path().join("binary.yaml");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        let e = read_bounded(&binary).unwrap_err();
+        assert!(matches!(e, LoadError::NotUtf8), "{e:?}");
+        assert_eq!(e.to_string(), "cannot read config: it is not UTF-8 text");
+
+        let large = dir.path().join("large.yaml");
+        let file = std::fs::File::create(&large).unwrap();
+        file.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let e = read_bounded(&large).unwrap_err();
+        assert!(matches!(e, LoadError::TooLarge), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "config file is larger than 16 MiB (16777216 bytes)"
+        );
+    }
 
     #[test]
     fn overlay_merges_maps_and_replaces_lists() {
