@@ -1,7 +1,24 @@
 //! `${VAR}` and `${VAR:-default}` in secrets and URLs, so credentials live in the environment, not in YAML.
 
+/// Why a `${...}` expression cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterpolateError {
+    /// A `${` without its `}`; holds the whole text.
+    #[error("unterminated `${{` in `{0}`")]
+    Unterminated(String),
+    /// A variable name that is not `[A-Za-z0-9_]+`.
+    #[error("invalid environment variable name `{0}`")]
+    BadName(String),
+    /// `${VAR}` with `VAR` unset (or empty) and no default.
+    #[error("environment variable `{0}` is not set (write `${{{0}:-default}}` to give a default)")]
+    Unset(String),
+}
+
 /// Expands `${VAR}`, `${VAR:-default}` and `$$` (a literal `$`) using `env`.
-pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn interpolate(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, InterpolateError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -13,23 +30,19 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
+                .ok_or_else(|| InterpolateError::Unterminated(s.to_string()))?;
             let expr = &body[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid environment variable name `{name}`"));
+                return Err(InterpolateError::BadName(name.to_string()));
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable `{name}` is not set (write `${{{name}:-default}}` to give a default)"
-                    ))
-                }
+                (None, None) => return Err(InterpolateError::Unset(name.to_string())),
             }
             rest = &body[end + 1..];
         } else {
@@ -44,7 +57,7 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::interpolate;
+    use super::{interpolate, InterpolateError};
 
     fn env(k: &str) -> Option<String> {
         (k == "SET").then(|| "value".to_string())
@@ -61,19 +74,20 @@ mod tests {
     #[test]
     fn refuses_unset_variable_without_default() {
         let e = interpolate("${NOPE}", &env).unwrap_err();
+        assert_eq!(e, InterpolateError::Unset("NOPE".into()));
         assert_eq!(
-            e,
+            e.to_string(),
             "environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)"
         );
     }
 
     #[test]
     fn refuses_malformed_expressions() {
-        assert!(interpolate("${OPEN", &env)
-            .unwrap_err()
-            .contains("unterminated"));
-        assert!(interpolate("${A-B}", &env)
-            .unwrap_err()
-            .contains("invalid environment variable name"));
+        let e = interpolate("${OPEN", &env).unwrap_err();
+        assert_eq!(e, InterpolateError::Unterminated("${OPEN".into()));
+        assert_eq!(e.to_string(), "unterminated `${` in `${OPEN`");
+        let e = interpolate("${A-B}", &env).unwrap_err();
+        assert_eq!(e, InterpolateError::BadName("A-B".into()));
+        assert_eq!(e.to_string(), "invalid environment variable name `A-B`");
     }
 }

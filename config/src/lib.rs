@@ -1,33 +1,30 @@
-//! Leaky Tokens configuration.
+//! Leaky Tokens configuration, by layer. Each layer imports only the ones below it
+//! (`scripts/module-cycles.py config/src` checks there is no cycle):
 //!
-//! - `schema`: the YAML users write (serde, `deny_unknown_fields`, JSON Schema via schemars).
-//! - `load`: files, `extends` overlays, positions, typed errors as `file:line:col: message`.
-//! - `validate`: rules serde cannot express (references resolve, addresses parse, secrets interpolate).
-//! - `model`: the validated result the data plane builds its snapshot from.
-//! - `forwarding`: which headers cross the gateway, trusted proxies, provider account headers.
-//! - `endpoints`: a route's endpoint allow-list (spec, model, per-dialect defaults, pattern match).
+//! - `spec`: the YAML users write (serde, `deny_unknown_fields`, JSON Schema via schemars).
+//! - `model`: the validated types the data plane builds its snapshot from (filters included).
+//! - `validate`: spec → model, every rule serde cannot express; the only layer that knows both.
+//! - `load`: files, `extends` overlays, positions → spec → validate → model.
+//! - leaves: `common` (enums both spec and model use), `error` (`file:line:col` errors and where a
+//!   config path is), `yaml` (YAML with positions), `interpolate` (`${ENV}`).
 
-pub mod endpoints;
-pub mod forwarding;
+mod common;
+mod error;
 mod interpolate;
-pub mod limits;
 mod load;
 pub mod model;
-pub mod resilience;
-pub mod schema;
+pub mod spec;
 mod validate;
-mod validate_endpoints;
-mod validate_limits;
-mod validate_resilience;
 pub mod yaml;
 
-pub use forwarding::{Cidr, HeaderPattern, NEVER_FORWARDED};
-pub use interpolate::interpolate;
-pub use limits::*;
-pub use load::{load, load_with_env, ConfigError, ConfigErrors, MAX_CONFIG_BYTES};
+pub use error::{ConfigError, ConfigErrors};
+pub use interpolate::{interpolate, InterpolateError};
+pub use load::{load, load_with_env, LoadError, MAX_CONFIG_BYTES};
 pub use model::*;
-pub use schema::*;
-pub use validate::JWT_ALGORITHMS;
+/// The model's modules under the paths consumers already use (`leaky_config::resilience::Retry`,
+/// `leaky_config::endpoints::PathPattern`).
+pub use model::{endpoints, resilience};
+pub use spec::*;
 
 /// The JSON Schema of the config file format, pretty-printed (what `config/schema.json` holds).
 pub fn json_schema() -> String {

@@ -1,122 +1,14 @@
-//! Reading config files: overlays (`extends`), parsing with positions, typed deserialization, and
-//! turning every error into `file:line:col: message`.
+//! Reading config files: overlays (`extends`), parsing with positions, typed deserialization into the
+//! `spec`, then `validate` into the `model`; every failure becomes `file:line:col: message`.
 
-use crate::yaml::{self, LocationIndex, Pos};
-use crate::{validate, Config, ConfigFile};
+use crate::error::{ConfigError, ConfigErrors, Sources};
+use crate::model::Config;
+use crate::spec::ConfigFile;
+use crate::validate;
+use crate::yaml::{self, Pos};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::fmt;
-use std::path::{Path, PathBuf};
-
-/// One problem in a configuration, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub pos: Option<Pos>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.pos {
-            Some(p) => write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                p.line,
-                p.col,
-                self.message
-            ),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
-
-/// Every problem found in one load, in file order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// The files behind one merged config, overlay first, with their location indexes.
-pub(crate) struct Sources {
-    files: Vec<(PathBuf, LocationIndex)>,
-}
-
-impl Sources {
-    /// An error at `path` (serde_path_to_error spelling) in whichever file defines that node; a node
-    /// defined nowhere (a missing field) is reported at its nearest defined ancestor.
-    pub(crate) fn error_at(&self, path: &str, message: impl Into<String>) -> ConfigError {
-        let message = message.into();
-        for (file, idx) in &self.files {
-            if let Some(pos) = idx.exact(path) {
-                return ConfigError {
-                    file: file.clone(),
-                    pos: Some(pos),
-                    message,
-                };
-            }
-        }
-        let mut best: Option<(usize, &PathBuf, Pos)> = None;
-        for (file, idx) in &self.files {
-            let mut p = path;
-            while let Some(cut) = p.rfind(['.', '[']) {
-                p = &p[..cut];
-                if let Some(pos) = idx.exact(p) {
-                    if best.is_none_or(|(len, ..)| p.len() > len) {
-                        best = Some((p.len(), file, pos));
-                    }
-                    break;
-                }
-            }
-        }
-        match best {
-            Some((_, file, pos)) => ConfigError {
-                file: file.clone(),
-                pos: Some(pos),
-                message,
-            },
-            None => {
-                let file = self
-                    .files
-                    .first()
-                    .map(|(f, _)| f.clone())
-                    .unwrap_or_default();
-                ConfigError {
-                    file,
-                    pos: Some(Pos { line: 1, col: 1 }),
-                    message,
-                }
-            }
-        }
-    }
-
-    /// An error about the key `key` of the mapping at `path` (e.g. an unknown field).
-    fn error_at_key(&self, path: &str, key: &str, message: String) -> ConfigError {
-        for (file, idx) in &self.files {
-            if let Some(pos) = idx.key(path, key) {
-                return ConfigError {
-                    file: file.clone(),
-                    pos: Some(pos),
-                    message,
-                };
-            }
-        }
-        self.error_at(path, message)
-    }
-}
+use std::path::Path;
 
 const MAX_EXTENDS_DEPTH: usize = 8;
 
@@ -124,28 +16,48 @@ const MAX_EXTENDS_DEPTH: usize = 8;
 /// few KiB; a generated key list of 100,000 keys is about 15 MiB).
 pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Why one file of a config could not be read or merged (before any field is looked at). Rendered as
+/// the message of a [`ConfigError`] at that file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config: {0}")]
+    Io(std::io::Error),
+    #[error(
+        "config file is larger than {} MiB ({} bytes)",
+        MAX_CONFIG_BYTES / (1024 * 1024),
+        MAX_CONFIG_BYTES
+    )]
+    TooLarge,
+    #[error("cannot read config: it is not UTF-8 text")]
+    NotUtf8,
+    #[error("a config file must be a mapping (`server:`, `providers:`, `routes:`, ...)")]
+    NotAMapping,
+    #[error("`extends` must be a file path")]
+    ExtendsNotAPath,
+    #[error("`extends` names `{0}`, which is not a file next to this one")]
+    ExtendsMissing(String),
+    #[error("`extends` names `{0}`, which is already being loaded (an `extends` cycle)")]
+    ExtendsCycle(String),
+    #[error("`extends` chains more than {} base files", MAX_EXTENDS_DEPTH)]
+    ExtendsTooDeep,
+}
+
 /// Reads at most `MAX_CONFIG_BYTES` (+1 to tell a larger file), whatever the file claims to be:
 /// a FIFO or a file still growing is bounded the same way as a large regular file.
-fn read_bounded(path: &Path) -> Result<String, String> {
+fn read_bounded(path: &Path) -> Result<String, LoadError> {
     use std::io::Read;
-    let too_large = || {
-        format!(
-            "config file is larger than {} MiB ({MAX_CONFIG_BYTES} bytes)",
-            MAX_CONFIG_BYTES / (1024 * 1024)
-        )
-    };
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read config: {e}"))?;
+    let file = std::fs::File::open(path).map_err(LoadError::Io)?;
     if file.metadata().is_ok_and(|m| m.len() > MAX_CONFIG_BYTES) {
-        return Err(too_large());
+        return Err(LoadError::TooLarge);
     }
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read config: {e}"))?;
+        .map_err(LoadError::Io)?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(too_large());
+        return Err(LoadError::TooLarge);
     }
-    String::from_utf8(bytes).map_err(|_| "cannot read config: it is not UTF-8 text".to_string())
+    String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8)
 }
 
 /// Loads, merges, validates. Environment variables are read through `env`.
@@ -158,10 +70,18 @@ pub fn load_with_env(
     let hash = hex::encode(Sha256::digest(
         serde_json::to_vec(&merged).unwrap_or_default(),
     ));
-    let file: ConfigFile = serde_path_to_error::deserialize(merged).map_err(|e| {
+    let file = deserialize(merged, &sources).map_err(|e| ConfigErrors(vec![e]))?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let files = sources.files.iter().map(|(f, _)| f.clone()).collect();
+    validate::validate(file, &sources, env, files, base_dir, hash)
+}
+
+/// The merged tree as the `spec`; serde's first error, at its position.
+fn deserialize(merged: Value, sources: &Sources) -> Result<ConfigFile, ConfigError> {
+    serde_path_to_error::deserialize(merged).map_err(|e| {
         let p = serde_path(e.path());
         let msg = e.inner().to_string();
-        let err = match msg
+        match msg
             .strip_prefix("unknown field `")
             .and_then(|r| r.split_once('`'))
         {
@@ -177,12 +97,8 @@ pub fn load_with_env(
                 sources.error_at_key(parent, key, msg.clone())
             }
             None => sources.error_at(&p, msg),
-        };
-        ConfigErrors(vec![err])
-    })?;
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let files = sources.files.iter().map(|(f, _)| f.clone()).collect();
-    validate::validate(file, &sources, env, files, base_dir, hash)
+        }
+    })
 }
 
 /// Loads with the process environment.
@@ -191,40 +107,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 fn read_merged(path: &Path, sources: &mut Sources, depth: usize) -> Result<Value, ConfigError> {
-    let at = |message: String| ConfigError {
+    let at = |pos: Option<Pos>, e: &dyn std::fmt::Display| ConfigError {
         file: path.to_path_buf(),
-        pos: None,
-        message,
+        pos,
+        message: e.to_string(),
     };
-    let text = read_bounded(path).map_err(at)?;
-    let (mut value, index) = yaml::parse(&text).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        pos: Some(e.pos),
-        message: e.message,
-    })?;
+    let text = read_bounded(path).map_err(|e| at(None, &e))?;
+    let (mut value, index) = yaml::parse(&text).map_err(|e| at(Some(e.pos), &e))?;
     if value.is_null() {
         value = Value::Object(Default::default());
     }
     if !value.is_object() {
         // serde would read a sequence as the struct's fields in order; a config file is a mapping.
-        return Err(ConfigError {
-            file: path.to_path_buf(),
-            pos: index.exact(""),
-            message: "a config file must be a mapping (`server:`, `providers:`, `routes:`, ...)"
-                .into(),
-        });
+        return Err(at(index.exact(""), &LoadError::NotAMapping));
     }
     let extends = match value.as_object_mut().and_then(|m| m.remove("extends")) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            let pos = index.exact("extends");
-            return Err(ConfigError {
-                file: path.to_path_buf(),
-                pos,
-                message: "`extends` must be a file path".into(),
-            });
-        }
+        Some(_) => return Err(at(index.exact("extends"), &LoadError::ExtendsNotAPath)),
     };
     let extends_pos = index.exact("extends");
     sources.files.push((path.to_path_buf(), index));
@@ -232,36 +132,37 @@ fn read_merged(path: &Path, sources: &mut Sources, depth: usize) -> Result<Value
         return Ok(value);
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(&base_name);
-    let at_extends = |message: String| ConfigError {
-        file: path.to_path_buf(),
-        pos: extends_pos,
-        message,
-    };
+    check_base(&base_path, base_name, sources, depth).map_err(|e| at(extends_pos, &e))?;
+    let mut base = read_merged(&base_path, sources, depth + 1)?;
+    merge(&mut base, value);
+    Ok(base)
+}
+
+/// Whether the file an `extends` names may be read next: it exists, is not already in the chain, and
+/// the chain is not too long.
+fn check_base(
+    base_path: &Path,
+    base_name: String,
+    sources: &Sources,
+    depth: usize,
+) -> Result<(), LoadError> {
     if !base_path.is_file() {
-        return Err(at_extends(format!(
-            "`extends` names `{base_name}`, which is not a file next to this one"
-        )));
+        return Err(LoadError::ExtendsMissing(base_name));
     }
     // Every file read so far is an ancestor of this one in the (linear) `extends` chain.
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let base_canonical = canonical(&base_path);
+    let base_canonical = canonical(base_path);
     if sources
         .files
         .iter()
         .any(|(f, _)| canonical(f) == base_canonical)
     {
-        return Err(at_extends(format!(
-            "`extends` names `{base_name}`, which is already being loaded (an `extends` cycle)"
-        )));
+        return Err(LoadError::ExtendsCycle(base_name));
     }
     if depth >= MAX_EXTENDS_DEPTH {
-        return Err(at_extends(format!(
-            "`extends` chains more than {MAX_EXTENDS_DEPTH} base files"
-        )));
+        return Err(LoadError::ExtendsTooDeep);
     }
-    let mut base = read_merged(&base_path, sources, depth + 1)?;
-    merge(&mut base, value);
-    Ok(base)
+    Ok(())
 }
 
 /// Overlay merge: mappings merge key by key, anything else in the overlay replaces the base.
@@ -303,8 +204,32 @@ fn serde_path(path: &serde_path_to_error::Path) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::merge;
+    use super::{merge, read_bounded, LoadError, MAX_CONFIG_BYTES};
     use serde_json::json;
+
+    #[test]
+    fn read_errors_are_typed_and_render_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = read_bounded(&dir.path().join("missing.yaml")).unwrap_err();
+        assert!(matches!(missing, LoadError::Io(_)), "{missing:?}");
+        assert!(missing.to_string().starts_with("cannot read config: "));
+
+        let binary = dir.path().join("binary.yaml");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        let e = read_bounded(&binary).unwrap_err();
+        assert!(matches!(e, LoadError::NotUtf8), "{e:?}");
+        assert_eq!(e.to_string(), "cannot read config: it is not UTF-8 text");
+
+        let large = dir.path().join("large.yaml");
+        let file = std::fs::File::create(&large).unwrap();
+        file.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let e = read_bounded(&large).unwrap_err();
+        assert!(matches!(e, LoadError::TooLarge), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "config file is larger than 16 MiB (16777216 bytes)"
+        );
+    }
 
     #[test]
     fn overlay_merges_maps_and_replaces_lists() {

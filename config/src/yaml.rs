@@ -71,11 +71,36 @@ impl LocationIndex {
     }
 }
 
-/// A YAML syntax or structure error with its position.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A YAML syntax or structure error with its position; displays as its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
 pub struct SyntaxError {
     pub pos: Pos,
-    pub message: String,
+    pub error: YamlError,
+}
+
+/// What is wrong with a YAML file (syntax, or a structure the config reader refuses).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum YamlError {
+    /// yaml-rust2's own description.
+    #[error("invalid YAML: {0}")]
+    Invalid(String),
+    #[error("unknown YAML alias")]
+    UnknownAlias,
+    #[error(
+        "YAML anchors and aliases copy more than {} nodes (an alias bomb?)",
+        MAX_ALIAS_NODES
+    )]
+    AliasBomb,
+    #[error("YAML nesting is deeper than {} levels", MAX_DEPTH)]
+    TooDeep,
+    /// An event the builder does not expect where it is (debug rendering of the event).
+    #[error("unexpected YAML event {0}")]
+    UnexpectedEvent(String),
+    #[error("mapping keys must be plain strings")]
+    KeyNotString,
+    #[error("duplicate key `{0}`")]
+    DuplicateKey(String),
 }
 
 /// Parses one YAML document into a JSON value and its location index.
@@ -115,7 +140,7 @@ impl Builder<'_> {
     fn next(&mut self) -> Result<(Event, Marker), SyntaxError> {
         self.parser.next_token().map_err(|e| SyntaxError {
             pos: Pos::from_marker(e.marker()),
-            message: format!("invalid YAML: {}", e.info()),
+            error: YamlError::Invalid(e.info().to_string()),
         })
     }
 
@@ -126,9 +151,9 @@ impl Builder<'_> {
         mark: Marker,
         path: String,
     ) -> Result<(Value, usize), SyntaxError> {
-        let at = |message: String| SyntaxError {
+        let at = |error: YamlError| SyntaxError {
             pos: Pos::from_marker(&mark),
-            message,
+            error,
         };
         self.index
             .nodes
@@ -137,7 +162,7 @@ impl Builder<'_> {
             Event::Scalar(s, style, anchor, _) => (scalar(s, style), 1, anchor),
             Event::Alias(id) => {
                 let Some(&(_, count)) = self.anchors.get(&id) else {
-                    return Err(at("unknown YAML alias".into()));
+                    return Err(at(YamlError::UnknownAlias));
                 };
                 // Counted before cloning: the clone is what a bomb multiplies.
                 self.copied(count).map_err(at)?;
@@ -145,9 +170,7 @@ impl Builder<'_> {
                 (v.unwrap_or_default(), count, 0)
             }
             Event::SequenceStart(..) | Event::MappingStart(..) if self.depth >= MAX_DEPTH => {
-                return Err(at(format!(
-                    "YAML nesting is deeper than {MAX_DEPTH} levels"
-                )));
+                return Err(at(YamlError::TooDeep));
             }
             Event::SequenceStart(anchor, _) => {
                 self.depth += 1;
@@ -161,7 +184,7 @@ impl Builder<'_> {
                 self.depth -= 1;
                 (v, n, anchor)
             }
-            other => return Err(at(format!("unexpected YAML event {other:?}"))),
+            other => return Err(at(YamlError::UnexpectedEvent(format!("{other:?}")))),
         };
         if anchor > 0 {
             // Keeping the anchored value is a copy too (nested anchors would multiply it).
@@ -172,12 +195,10 @@ impl Builder<'_> {
     }
 
     /// Charges `nodes` copied for an anchor or an alias against `MAX_ALIAS_NODES`.
-    fn copied(&mut self, nodes: usize) -> Result<(), String> {
+    fn copied(&mut self, nodes: usize) -> Result<(), YamlError> {
         self.alias_nodes = self.alias_nodes.saturating_add(nodes);
         if self.alias_nodes > MAX_ALIAS_NODES {
-            return Err(format!(
-                "YAML anchors and aliases copy more than {MAX_ALIAS_NODES} nodes (an alias bomb?)"
-            ));
+            return Err(YamlError::AliasBomb);
         }
         Ok(())
     }
@@ -215,14 +236,14 @@ impl Builder<'_> {
                 _ => {
                     return Err(SyntaxError {
                         pos: Pos::from_marker(&mark),
-                        message: "mapping keys must be plain strings".into(),
+                        error: YamlError::KeyNotString,
                     })
                 }
             };
             if map.contains_key(&key) {
                 return Err(SyntaxError {
                     pos: Pos::from_marker(&mark),
-                    message: format!("duplicate key `{key}`"),
+                    error: YamlError::DuplicateKey(key),
                 });
             }
             self.index
@@ -310,7 +331,8 @@ mod tests {
     #[test]
     fn reports_syntax_errors_with_position() {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
-        assert!(err.message.starts_with("invalid YAML"), "{}", err.message);
+        assert!(matches!(err.error, YamlError::Invalid(_)), "{err}");
+        assert!(err.to_string().starts_with("invalid YAML: "), "{err}");
         assert!(err.pos.line >= 2);
     }
 
@@ -321,9 +343,10 @@ mod tests {
             err,
             SyntaxError {
                 pos: Pos { line: 2, col: 1 },
-                message: "duplicate key `a`".into()
+                error: YamlError::DuplicateKey("a".into())
             }
         );
+        assert_eq!(err.to_string(), "duplicate key `a`");
     }
 
     #[test]
@@ -343,7 +366,7 @@ mod tests {
         }
         let err = parse(&text).unwrap_err();
         assert_eq!(
-            err.message,
+            err.to_string(),
             "YAML anchors and aliases copy more than 100000 nodes (an alias bomb?)"
         );
         assert_eq!(err.pos.line, 5, "{err:?}");
@@ -357,9 +380,9 @@ mod tests {
         let deep = |n: usize| format!("a: {}1{}", "[".repeat(n), "]".repeat(n));
         assert!(parse(&deep(MAX_DEPTH - 1)).is_ok());
         let err = parse(&deep(MAX_DEPTH)).unwrap_err();
-        assert_eq!(err.message, "YAML nesting is deeper than 64 levels");
+        assert_eq!(err.to_string(), "YAML nesting is deeper than 64 levels");
         // Block sequences nest two bytes a level: without the bound, recursion would overflow.
         let err = parse(&"- ".repeat(1_000_000)).unwrap_err();
-        assert_eq!(err.message, "YAML nesting is deeper than 64 levels");
+        assert_eq!(err.to_string(), "YAML nesting is deeper than 64 levels");
     }
 }

@@ -6,7 +6,7 @@ use crate::chain::{BuildContext, Filter, RequestCtx, RequestInfo};
 use crate::key_index::{Lookup, SharedKeyIndex};
 use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
-use leaky_config::ApiKeySpec;
+use leaky_config::ApiKeyConfig;
 use std::sync::Arc;
 
 pub struct ApiKeyFilter {
@@ -16,7 +16,7 @@ pub struct ApiKeyFilter {
 }
 
 impl ApiKeyFilter {
-    pub fn from_config(spec: &ApiKeySpec, cx: &BuildContext) -> Self {
+    pub fn from_config(spec: &ApiKeyConfig, cx: &BuildContext) -> Self {
         ApiKeyFilter {
             keys: cx.keys.clone(),
             optional: spec.optional,

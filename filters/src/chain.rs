@@ -5,7 +5,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use leaky_config::{Dialect, FilterSpec};
+use leaky_config::{Dialect, FilterConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -217,16 +217,16 @@ impl Chain {
 
 /// The registry: YAML `kind` → filter. Fallible only on I/O (e.g. an unreadable JWKS file), which
 /// fails the reload and keeps the previous config serving.
-pub fn build_chain(specs: &[FilterSpec], cx: &BuildContext) -> Result<Chain, String> {
+pub fn build_chain(specs: &[FilterConfig], cx: &BuildContext) -> Result<Chain, String> {
     let mut filters: Vec<Arc<dyn Filter>> = Vec::with_capacity(specs.len());
     for spec in specs {
         filters.push(match spec {
-            FilterSpec::RequestId(s) => Arc::new(RequestIdFilter::from_config(s)),
-            FilterSpec::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx)),
-            FilterSpec::Jwt(s) => {
+            FilterConfig::RequestId(s) => Arc::new(RequestIdFilter::from_config(s)),
+            FilterConfig::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx)),
+            FilterConfig::Jwt(s) => {
                 Arc::new(JwtFilter::from_config(s, cx).map_err(|e| e.to_string())?)
             }
-            FilterSpec::RateLimit(_) => match &cx.limiter {
+            FilterConfig::RateLimit => match &cx.limiter {
                 Some(l) => Arc::new(crate::rate_limit::RateLimitFilter::new(l.clone())),
                 None => return Err("the `rate-limit` filter needs the limiter".into()),
             },

@@ -4,7 +4,7 @@
 use crate::chain::{Filter, RequestCtx, RequestInfo};
 use crate::Rejection;
 use async_trait::async_trait;
-use leaky_config::RequestIdSpec;
+use leaky_config::RequestIdConfig;
 
 pub struct RequestIdFilter {
     trust_incoming: bool,
@@ -14,7 +14,7 @@ pub struct RequestIdFilter {
 const MAX_LEN: usize = 128;
 
 impl RequestIdFilter {
-    pub fn from_config(spec: &RequestIdSpec) -> Self {
+    pub fn from_config(spec: &RequestIdConfig) -> Self {
         RequestIdFilter {
             trust_incoming: spec.trust_incoming,
         }

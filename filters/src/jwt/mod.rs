@@ -22,7 +22,7 @@ use crate::{AuthMethod, Principal, RejectKind, Rejection};
 use async_trait::async_trait;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
-use leaky_config::{JwtClaimsSpec, JwtSpec, ModelPattern};
+use leaky_config::{JwksSource, JwtAlgorithm, JwtClaims, JwtConfig, ModelPattern};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -78,7 +78,7 @@ pub struct JwtFilter {
     /// family, so a multi-family list cannot be shared).
     validations: HashMap<Algorithm, Validation>,
     leeway: i64,
-    claims: JwtClaimsSpec,
+    claims: JwtClaims,
     default_tier: Option<Arc<str>>,
     /// Configured tier names; a token naming another tier is refused.
     tiers: Arc<std::collections::BTreeSet<String>>,
@@ -86,37 +86,30 @@ pub struct JwtFilter {
 }
 
 impl JwtFilter {
-    pub fn from_config(spec: &JwtSpec, cx: &BuildContext) -> Result<Self, JwtBuildError> {
+    /// Builds from validated settings (`leaky_config` checked the algorithms, the JWKS source and the
+    /// default tier); fails only on I/O: an unreadable or invalid JWKS file, an HTTP client.
+    pub fn from_config(spec: &JwtConfig, cx: &BuildContext) -> Result<Self, JwtBuildError> {
         ensure_crypto_provider();
         let mut algorithms = Vec::with_capacity(spec.algorithms.len());
-        for name in &spec.algorithms {
-            match Algorithm::from_str(name) {
-                Ok(a) if leaky_config::JWT_ALGORITHMS.contains(&name.as_str()) => {
-                    if !algorithms.contains(&a) {
-                        algorithms.push(a);
-                    }
-                }
-                _ => return Err(JwtBuildError::UnsupportedAlgorithm(name.clone())),
+        for a in spec.algorithms.iter().map(|a| algorithm(*a)) {
+            if !algorithms.contains(&a) {
+                algorithms.push(a);
             }
-        }
-        if algorithms.is_empty() {
-            return Err(JwtBuildError::NoAlgorithm);
         }
         let validations = algorithms
             .iter()
             .map(|a| (*a, validation(*a, spec)))
             .collect();
-        let jwks = match (&spec.jwks_file, &spec.jwks_url) {
-            (Some(file), None) => cx.jwks.file(cx.base_dir.join(file), &algorithms)?,
-            (None, Some(url)) => cx.jwks.url(url, &algorithms)?,
-            _ => return Err(JwtBuildError::JwksSource),
+        let jwks = match &spec.jwks {
+            JwksSource::File(file) => cx.jwks.file(cx.base_dir.join(file), &algorithms)?,
+            JwksSource::Url(url) => cx.jwks.url(url, &algorithms)?,
         };
         Ok(JwtFilter {
             jwks,
-            min_refresh: Duration::from_secs(spec.min_refresh_interval_seconds),
+            min_refresh: spec.min_refresh_interval,
             algorithms,
             validations,
-            leeway: i64::try_from(spec.leeway_seconds).unwrap_or(i64::MAX),
+            leeway: i64::try_from(spec.leeway.as_secs()).unwrap_or(i64::MAX),
             claims: spec.claims.clone(),
             default_tier: spec.default_tier.as_deref().map(Arc::from),
             tiers: cx.tiers.clone(),
@@ -269,7 +262,22 @@ fn ensure_crypto_provider() {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
 }
 
-fn validation(alg: Algorithm, spec: &JwtSpec) -> Validation {
+/// jsonwebtoken's name for an algorithm the config accepted.
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::RS384 => Algorithm::RS384,
+        JwtAlgorithm::RS512 => Algorithm::RS512,
+        JwtAlgorithm::PS256 => Algorithm::PS256,
+        JwtAlgorithm::PS384 => Algorithm::PS384,
+        JwtAlgorithm::PS512 => Algorithm::PS512,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+        JwtAlgorithm::ES384 => Algorithm::ES384,
+        JwtAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+fn validation(alg: Algorithm, spec: &JwtConfig) -> Validation {
     let mut v = Validation::new(alg);
     // exp/nbf are checked in `check_times` against the request's clock; jsonwebtoken reads the system clock.
     v.validate_exp = false;

@@ -1,7 +1,31 @@
 //! The validated configuration the data plane is built from: every reference resolved, every secret
-//! interpolated, every key hash decoded. Constructed only by `load`, so holding a `Config` means it is valid.
+//! interpolated, every key hash decoded, every filter's settings parsed. Constructed only by `load`
+//! (through `validate`), so holding a `Config` means it is valid. This layer imports nothing from `spec`
+//! or `validate`; the enums both layers use live in `common`.
+//!
+//! - `mod.rs`: the config, server, providers, routes and their upstream, tiers, keys;
+//! - `filters`: a route's filter chain, one `FilterConfig` per filter;
+//! - `limits`: the limiter's store and policies;
+//! - `resilience`: pools, breakers, health checks, bulkheads, timeouts, retries, fallbacks;
+//! - `endpoints`: a route's endpoint allow-list and its pattern match;
+//! - `forwarding`: header patterns, never-forwarded headers, trusted proxy networks.
 
-use crate::schema::{Dialect, FilterSpec, ModelSource, Priority, UpstreamAuth};
+pub mod endpoints;
+pub mod filters;
+pub mod forwarding;
+pub mod limits;
+pub mod resilience;
+
+pub use crate::common::{
+    AlgorithmKind, Dialect, Dimension, EndpointMethod, ModelSource, OnStoreErrorSpec, Priority,
+    QuotaWindow, Unit, UpstreamAuth,
+};
+pub use filters::*;
+pub use forwarding::{Cidr, HeaderPattern, NEVER_FORWARDED};
+pub use limits::*;
+pub use resilience::{
+    Breaker, Bulkhead, Deployment, Fallbacks, HealthCheck, Retry, Timeouts, MAX_MIN_TENANTS,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,7 +39,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub tiers: BTreeMap<String, Tier>,
     pub keys: Vec<ApiKey>,
-    pub limits: crate::limits::Limits,
+    pub limits: limits::Limits,
     /// Files this config was read from, overlay first.
     pub files: Vec<PathBuf>,
     /// Directory of the top-level file; relative paths in filters resolve against it.
@@ -34,7 +58,7 @@ pub struct Server {
     pub max_body_bytes: u64,
     pub grace_period_seconds: u64,
     /// Peers whose `X-Forwarded-For` / `Forwarded` chain is kept and appended to.
-    pub trusted_proxies: Vec<crate::forwarding::Cidr>,
+    pub trusted_proxies: Vec<forwarding::Cidr>,
     /// The whole request head must arrive within this (408 and close otherwise).
     pub header_timeout: Duration,
     /// A kept-alive connection idle this long is closed.
@@ -126,11 +150,11 @@ pub struct Provider {
     pub read_timeout: Duration,
     pub idle_timeout: Duration,
     /// The pool, never empty (one deployment at `base_url` when none is listed).
-    pub deployments: Vec<crate::resilience::Deployment>,
-    pub breaker: crate::resilience::Breaker,
-    pub health_check: Option<crate::resilience::HealthCheck>,
+    pub deployments: Vec<resilience::Deployment>,
+    pub breaker: resilience::Breaker,
+    pub health_check: Option<resilience::HealthCheck>,
     /// Queue settings of each deployment's bulkhead (its size is the deployment's `max_concurrent`).
-    pub bulkhead: Option<crate::resilience::Bulkhead>,
+    pub bulkhead: Option<resilience::Bulkhead>,
     /// `OpenAI-Organization` sent upstream.
     pub organization: Option<String>,
     /// `OpenAI-Project` sent upstream.
@@ -138,7 +162,7 @@ pub struct Provider {
     /// `X-DashScope-WorkSpace` sent upstream.
     pub workspace: Option<String>,
     /// Headers passed through both ways beyond the dialect's defaults.
-    pub forward_headers: Vec<crate::forwarding::HeaderPattern>,
+    pub forward_headers: Vec<forwarding::HeaderPattern>,
 }
 
 impl Provider {
@@ -166,16 +190,17 @@ pub struct Route {
     pub dialect: Dialect,
     pub model_source: ModelSource,
     pub upstream: RouteUpstream,
-    pub filters: Vec<FilterSpec>,
-    pub timeouts: crate::resilience::Timeouts,
-    pub retry: crate::resilience::Retry,
-    pub fallbacks: crate::resilience::Fallbacks,
+    /// The filter chain, in order, each filter's settings already validated.
+    pub filters: Vec<FilterConfig>,
+    pub timeouts: resilience::Timeouts,
+    pub retry: resilience::Retry,
+    pub fallbacks: resilience::Fallbacks,
     /// Per-tenant concurrency on this route.
-    pub tenant_bulkhead: Option<crate::resilience::Bulkhead>,
+    pub tenant_bulkhead: Option<resilience::Bulkhead>,
     /// Headers passed through both ways beyond the dialect's defaults.
-    pub forward_headers: Vec<crate::forwarding::HeaderPattern>,
+    pub forward_headers: Vec<forwarding::HeaderPattern>,
     /// The endpoint allow-list: the dialect's defaults (unless turned off), then the route's own.
-    pub endpoints: Vec<crate::endpoints::Endpoint>,
+    pub endpoints: Vec<endpoints::Endpoint>,
 }
 
 impl Route {

@@ -1,9 +1,14 @@
-//! Validation of the resilience settings (`resilience.rs`): deployments, breaker, health check,
+//! Validation of the resilience settings (`spec::resilience` → `model::resilience`): deployments, breaker, health check,
 //! bulkheads, timeouts, retries and fallbacks. Each rule has an invalid fixture in `config/tests/invalid/`.
 
-use crate::model::{ModelPattern, Route, RouteUpstream, Secret};
-use crate::resilience::*;
-use crate::schema::{ProviderSpec, RouteSpec};
+use crate::model::{
+    Breaker, Bulkhead, Deployment, Fallbacks, HealthCheck, ModelPattern, ModelSource, Retry, Route,
+    RouteUpstream, Secret, Timeouts, MAX_MIN_TENANTS,
+};
+use crate::spec::{
+    BreakerSpec, BulkheadSpec, DeploymentSpec, FailureKind, HealthCheckSpec, ProviderSpec,
+    RetrySpec, RouteSpec, TimeoutsSpec,
+};
 use crate::validate::Check;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,8 +16,11 @@ use std::time::Duration;
 /// Default concurrency of a deployment when the provider sets no `bulkhead`.
 pub const DEFAULT_DEPLOYMENT_CONCURRENCY: u32 = 1024;
 
+/// `(tls, host, port)` of a provider or deployment endpoint.
+pub(crate) type BaseUrl = (bool, String, u16);
+
 /// `(tls, host, port)` of an `http(s)://host[:port]` URL without a path.
-pub(crate) fn base_url(c: &mut Check<'_>, path: &str, raw: &str) -> Option<(bool, String, u16)> {
+pub(crate) fn base_url(c: &mut Check<'_>, path: &str, raw: &str) -> Option<BaseUrl> {
     let url = c.interpolated(path, raw)?;
     let bad = |c: &mut Check<'_>| {
         c.err(
@@ -49,7 +57,7 @@ pub(crate) fn deployments(
     path: &str,
     p: &ProviderSpec,
     credential: &Option<Secret>,
-    main: Option<&(bool, String, u16)>,
+    main: Option<&BaseUrl>,
 ) -> Option<Vec<Deployment>> {
     let bulkhead = p
         .bulkhead
@@ -74,66 +82,105 @@ pub(crate) fn deployments(
     let mut out = Vec::with_capacity(p.deployments.len());
     for (i, d) in p.deployments.iter().enumerate() {
         let at = format!("{path}.deployments[{i}]");
-        if d.name.is_empty()
-            || !d
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-        {
-            c.err(
-                &format!("{at}.name"),
-                format!(
-                    "deployment name `{}` must be non-empty letters, digits, `-`, `_` or `.`",
-                    d.name
-                ),
-            );
-        } else if !names.insert(d.name.as_str()) {
-            c.err(
-                &format!("{at}.name"),
-                format!("duplicate deployment name `{}`", d.name),
-            );
-        }
-        if d.weight == 0 {
-            c.err(&format!("{at}.weight"), "`weight` must be at least 1");
-        }
-        for (field, v) in [("rpm", d.rpm), ("tpm", d.tpm)] {
-            if v == Some(0) {
-                c.err(
-                    &format!("{at}.{field}"),
-                    format!("`{field}` must be at least 1 (omit it for no budget)"),
-                );
-            }
-        }
-        if d.max_concurrent == Some(0) {
-            c.err(
-                &format!("{at}.max_concurrent"),
-                "`max_concurrent` must be at least 1",
-            );
-        }
-        let cred = match &d.credential {
-            Some(s) => c
-                .interpolated(&format!("{at}.credential"), s)
-                .map(Secret::new),
-            None => credential.clone(),
-        };
-        if let Some((tls, host, port)) = base_url(c, &format!("{at}.base_url"), &d.base_url) {
-            out.push(Deployment {
-                name: d.name.clone(),
-                tls,
-                host,
-                port,
-                credential: cred,
-                weight: d.weight,
-                rpm: d.rpm,
-                tpm: d.tpm,
-                max_concurrent: d.max_concurrent.unwrap_or(bulkhead),
-            });
-        }
+        out.extend(deployment(c, &at, d, credential, bulkhead, &mut names));
     }
     (c.error_count() == errors).then_some(out)
 }
 
+/// One entry of `deployments` at `at`; its credential defaults to the provider's, its concurrency to
+/// the provider's bulkhead.
+fn deployment<'a>(
+    c: &mut Check<'_>,
+    at: &str,
+    d: &'a DeploymentSpec,
+    credential: &Option<Secret>,
+    bulkhead: u32,
+    names: &mut HashSet<&'a str>,
+) -> Option<Deployment> {
+    if d.name.is_empty()
+        || !d
+            .name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
+        c.err(
+            &format!("{at}.name"),
+            format!(
+                "deployment name `{}` must be non-empty letters, digits, `-`, `_` or `.`",
+                d.name
+            ),
+        );
+    } else if !names.insert(d.name.as_str()) {
+        c.err(
+            &format!("{at}.name"),
+            format!("duplicate deployment name `{}`", d.name),
+        );
+    }
+    deployment_bounds(c, at, d);
+    let cred = match &d.credential {
+        Some(s) => c
+            .interpolated(&format!("{at}.credential"), s)
+            .map(Secret::new),
+        None => credential.clone(),
+    };
+    let (tls, host, port) = base_url(c, &format!("{at}.base_url"), &d.base_url)?;
+    Some(Deployment {
+        name: d.name.clone(),
+        tls,
+        host,
+        port,
+        credential: cred,
+        weight: d.weight,
+        rpm: d.rpm,
+        tpm: d.tpm,
+        max_concurrent: d.max_concurrent.unwrap_or(bulkhead),
+    })
+}
+
+/// A deployment's weight, budgets and concurrency: each at least 1 when set.
+fn deployment_bounds(c: &mut Check<'_>, at: &str, d: &DeploymentSpec) {
+    if d.weight == 0 {
+        c.err(&format!("{at}.weight"), "`weight` must be at least 1");
+    }
+    for (field, v) in [("rpm", d.rpm), ("tpm", d.tpm)] {
+        if v == Some(0) {
+            c.err(
+                &format!("{at}.{field}"),
+                format!("`{field}` must be at least 1 (omit it for no budget)"),
+            );
+        }
+    }
+    if d.max_concurrent == Some(0) {
+        c.err(
+            &format!("{at}.max_concurrent"),
+            "`max_concurrent` must be at least 1",
+        );
+    }
+}
+
 pub(crate) fn breaker(c: &mut Check<'_>, path: &str, b: &BreakerSpec) -> Breaker {
+    breaker_rules(c, path, b);
+    let has = |k| b.failure_on.contains(&k);
+    Breaker {
+        consecutive_failures: b.consecutive_failures,
+        failure_ratio: b.failure_ratio,
+        min_requests: b.min_requests,
+        window_ms: b.window_ms,
+        open_ms: b.open_ms,
+        max_open_ms: b.max_open_ms,
+        half_open_probes: b.half_open_probes,
+        probe_timeout_ms: b.probe_timeout_ms,
+        min_tenants: b.min_tenants,
+        max_cooldown_ms: b.max_cooldown_ms,
+        on_connect: has(FailureKind::Connect),
+        on_timeout: has(FailureKind::Timeout),
+        on_5xx: has(FailureKind::ServerError),
+        on_429: has(FailureKind::TooManyRequests),
+    }
+}
+
+/// The breaker's numeric bounds (each rule off at 0 where the docs say so).
+fn breaker_rules(c: &mut Check<'_>, path: &str, b: &BreakerSpec) {
     if !(0.0..=1.0).contains(&b.failure_ratio) {
         c.err(
             &format!("{path}.failure_ratio"),
@@ -179,23 +226,6 @@ pub(crate) fn breaker(c: &mut Check<'_>, path: &str, b: &BreakerSpec) -> Breaker
                 b.min_tenants
             ),
         );
-    }
-    let has = |k| b.failure_on.contains(&k);
-    Breaker {
-        consecutive_failures: b.consecutive_failures,
-        failure_ratio: b.failure_ratio,
-        min_requests: b.min_requests,
-        window_ms: b.window_ms,
-        open_ms: b.open_ms,
-        max_open_ms: b.max_open_ms,
-        half_open_probes: b.half_open_probes,
-        probe_timeout_ms: b.probe_timeout_ms,
-        min_tenants: b.min_tenants,
-        max_cooldown_ms: b.max_cooldown_ms,
-        on_connect: has(FailureKind::Connect),
-        on_timeout: has(FailureKind::Timeout),
-        on_5xx: has(FailureKind::ServerError),
-        on_429: has(FailureKind::TooManyRequests),
     }
 }
 
@@ -251,7 +281,27 @@ pub(crate) fn bulkhead(c: &mut Check<'_>, path: &str, b: &BulkheadSpec) -> Bulkh
 
 /// A route's timeouts, retry policy, fallbacks and tenant bulkhead, set on `route`.
 pub(crate) fn route(c: &mut Check<'_>, path: &str, spec: &RouteSpec, route: &mut Route) {
-    let t = &spec.timeouts;
+    route.timeouts = timeouts(c, path, &spec.timeouts);
+    route.retry = retry(c, path, &spec.retry);
+    route.fallbacks = fallbacks(c, path, spec, route);
+    if matches!(route.upstream, RouteUpstream::Fixed(_))
+        && route.model_source == ModelSource::None
+        && !route.fallbacks.is_empty()
+    {
+        c.err(
+            &format!("{path}.fallbacks"),
+            "fallbacks need a model: this route has `model_source: none`",
+        );
+    }
+    route.tenant_bulkhead = spec
+        .bulkhead
+        .per_tenant
+        .as_ref()
+        .map(|b| bulkhead(c, &format!("{path}.bulkhead.per_tenant"), b));
+}
+
+/// `timeouts`: each set one at least 1 ms; `total` defaults to ten minutes.
+fn timeouts(c: &mut Check<'_>, path: &str, t: &TimeoutsSpec) -> Timeouts {
     for (field, v) in [
         ("connect_ms", t.connect_ms),
         ("first_byte_ms", t.first_byte_ms),
@@ -265,14 +315,16 @@ pub(crate) fn route(c: &mut Check<'_>, path: &str, spec: &RouteSpec, route: &mut
             );
         }
     }
-    route.timeouts = Timeouts {
+    Timeouts {
         connect: t.connect_ms.map(Duration::from_millis),
         first_byte: t.first_byte_ms.map(Duration::from_millis),
         idle: t.idle_ms.map(Duration::from_millis),
         total: Duration::from_millis(t.total_ms.unwrap_or(600_000)),
-    };
+    }
+}
 
-    let r = &spec.retry;
+/// `retry`: attempts, budget, backoff and what is retried.
+fn retry(c: &mut Check<'_>, path: &str, r: &RetrySpec) -> Retry {
     let at = format!("{path}.retry");
     if r.max_attempts == 0 {
         c.err(
@@ -330,8 +382,11 @@ pub(crate) fn route(c: &mut Check<'_>, path: &str, spec: &RouteSpec, route: &mut
             },
         }
     }
-    route.retry = retry;
+    retry
+}
 
+/// `fallbacks`, most specific pattern first; each alternative must be served by `route`.
+fn fallbacks(c: &mut Check<'_>, path: &str, spec: &RouteSpec, route: &Route) -> Fallbacks {
     let mut fallbacks = Vec::with_capacity(spec.fallbacks.len());
     for (model, alts) in &spec.fallbacks {
         let at = format!("{path}.fallbacks.{model}");
@@ -361,19 +416,5 @@ pub(crate) fn route(c: &mut Check<'_>, path: &str, spec: &RouteSpec, route: &mut
         ModelPattern::Exact(_) => (0, 0),
         ModelPattern::Prefix(s) => (1, usize::MAX - s.len()),
     });
-    route.fallbacks = fallbacks;
-    if matches!(route.upstream, RouteUpstream::Fixed(_))
-        && route.model_source == crate::ModelSource::None
-        && !route.fallbacks.is_empty()
-    {
-        c.err(
-            &format!("{path}.fallbacks"),
-            "fallbacks need a model: this route has `model_source: none`",
-        );
-    }
-    route.tenant_bulkhead = spec
-        .bulkhead
-        .per_tenant
-        .as_ref()
-        .map(|b| bulkhead(c, &format!("{path}.bulkhead.per_tenant"), b));
+    fallbacks
 }

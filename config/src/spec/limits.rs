@@ -1,5 +1,5 @@
-//! Rate limits and quotas: what platform teams write (`limits:` and `tiers.<name>.limits`) and the
-//! validated policies the data plane compiles.
+//! Rate limits and quotas as written (`limits:` and `tiers.<name>.limits`). `validate::limits` turns
+//! them into `model::limits`.
 //!
 //! ```yaml
 //! limits:
@@ -18,8 +18,7 @@
 //!       - { name: free-tpd, unit: tokens, quota: daily, limit: 100000 }
 //! ```
 
-use crate::model::ModelPattern;
-use crate::schema::Priority;
+use crate::common::{AlgorithmKind, Dimension, OnStoreErrorSpec, Priority, QuotaWindow, Unit};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -162,40 +161,6 @@ pub struct PolicySpec {
     pub enforce_max_tokens: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Unit {
-    #[default]
-    Requests,
-    /// Prompt + completion tokens.
-    Tokens,
-    PromptTokens,
-    CompletionTokens,
-    ConcurrentRequests,
-}
-
-impl Unit {
-    pub fn is_tokens(self) -> bool {
-        matches!(
-            self,
-            Unit::Tokens | Unit::PromptTokens | Unit::CompletionTokens
-        )
-    }
-
-    /// Whether a request's completion cap (or `default_max_tokens`) is part of its cost.
-    pub fn reserves_completion(self) -> bool {
-        matches!(self, Unit::Tokens | Unit::CompletionTokens)
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AlgorithmKind {
-    #[default]
-    Leaky,
-    Token,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Per {
@@ -216,34 +181,12 @@ impl Per {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum QuotaWindow {
-    Hourly,
-    Daily,
-    Monthly,
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Enforcement {
     #[default]
     Hard,
     Soft,
-}
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Dimension {
-    Key,
-    User,
-    Org,
-    Tier,
-    Model,
-    Provider,
-    Route,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -258,100 +201,4 @@ pub struct MatchSpec {
     pub providers: Vec<String>,
     #[serde(default)]
     pub routes: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnStoreErrorSpec {
-    FailOpen,
-    FailClosed,
-    /// Limit in-process with this proxy's share (`1/redis.replicas`) until the store recovers.
-    #[default]
-    Local,
-}
-
-// ---- validated model ----
-
-/// The validated limiter configuration.
-#[derive(Debug, Clone, Default)]
-pub struct Limits {
-    pub store: LimitStore,
-    /// Every policy: shared ones first, then each tier's (tier limits carry `tiers: [that tier]`).
-    pub policies: Vec<Policy>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum LimitStore {
-    #[default]
-    Memory,
-    Redis(RedisSettings),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RedisSettings {
-    pub url: String,
-    pub timeout: Duration,
-    pub failures_to_open: u32,
-    pub open_for: Duration,
-    pub key_prefix: String,
-    pub hash_tag: String,
-    pub replicas: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    pub name: String,
-    pub unit: Unit,
-    pub kind: PolicyKind,
-    /// Sorted, deduplicated.
-    pub scope: Vec<Dimension>,
-    pub tiers: Vec<String>,
-    pub models: Vec<ModelPattern>,
-    pub providers: Vec<String>,
-    pub routes: Vec<String>,
-    /// Per mille kept back from each priority: [low, normal, high].
-    pub reserve_permille: [u32; 3],
-    pub on_store_error: OnStoreErrorSpec,
-    /// Completion tokens reserved per choice when a request sets no cap.
-    pub default_max_tokens: u64,
-    /// An uncapped request is sent upstream with `default_max_tokens` as its cap.
-    pub enforce_max_tokens: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum PolicyKind {
-    Bucket {
-        algorithm: AlgorithmKind,
-        rate: u64,
-        period: Duration,
-        burst: u64,
-        shape_max_wait: Option<Duration>,
-    },
-    Quota {
-        window: QuotaWindow,
-        limit: u64,
-        timezone: String,
-        soft: bool,
-    },
-    Concurrent {
-        limit: u64,
-    },
-}
-
-impl Policy {
-    /// The advertised limit and its window in seconds (for `RateLimit-Policy` and `x-ratelimit-*`).
-    pub fn quota_and_window(&self) -> (u64, u64) {
-        match &self.kind {
-            PolicyKind::Bucket { rate, period, .. } => (*rate, period.as_secs().max(1)),
-            PolicyKind::Quota { window, limit, .. } => (
-                *limit,
-                match window {
-                    QuotaWindow::Hourly => 3600,
-                    QuotaWindow::Daily => 86_400,
-                    QuotaWindow::Monthly => 2_592_000,
-                },
-            ),
-            PolicyKind::Concurrent { limit } => (*limit, 0),
-        }
-    }
 }

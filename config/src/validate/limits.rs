@@ -1,9 +1,11 @@
 //! `limits:` and `tiers.*.limits` → validated `Limits`. Each rule has an invalid fixture in
 //! `config/tests/invalid/` (files named `limit-*.yaml`).
 
-use crate::limits::*;
-use crate::model::ModelPattern;
-use crate::schema::{ConfigFile, Priority};
+use crate::model::{
+    AlgorithmKind, Dimension, LimitStore, Limits, ModelPattern, Policy, PolicyKind, Priority,
+    QuotaWindow, RedisSettings, Unit,
+};
+use crate::spec::{ConfigFile, Enforcement, LimitsSpec, PolicySpec, RedisSpec, StoreKind};
 use crate::validate::Check;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -97,86 +99,12 @@ fn policy<'a>(
     known: &Known<'_>,
     names: &mut HashSet<&'a str>,
 ) -> Option<Policy> {
-    let errors_before = c_errors(c);
-    if p.name.is_empty()
-        || !p
-            .name
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-    {
-        c.err(
-            &format!("{path}.name"),
-            format!(
-                "policy name `{}` must be letters, digits, `-`, `_` or `.`",
-                p.name
-            ),
-        );
-    } else if !names.insert(p.name.as_str()) {
-        c.err(
-            &format!("{path}.name"),
-            format!("duplicate policy name `{}`", p.name),
-        );
-    }
+    let errors_before = c.error_count();
+    name(c, path, p, names);
     let kind = kind(c, path, p)?;
-    if tier.is_some() && !p.matcher.tiers.is_empty() {
-        c.err(
-            &format!("{path}.match.tiers"),
-            "a tier's limits apply to that tier: remove `match.tiers` (or move the policy to `limits.policies`)",
-        );
-    }
-    for (field, list, set) in [
-        ("tiers", &p.matcher.tiers, &known.tiers),
-        ("providers", &p.matcher.providers, &known.providers),
-        ("routes", &p.matcher.routes, &known.routes),
-    ] {
-        for (j, v) in list.iter().enumerate() {
-            if !set.contains(v.as_str()) {
-                let mut defined: Vec<&str> = set.iter().copied().collect();
-                defined.sort_unstable();
-                c.err(
-                    &format!("{path}.match.{field}[{j}]"),
-                    format!(
-                        "unknown {} `{v}` (defined: {})",
-                        &field[..field.len() - 1],
-                        defined.join(", ")
-                    ),
-                );
-            }
-        }
-    }
-    let mut reserve_permille = [0u32; 3];
-    for (prio, share) in &p.reserve {
-        if !(0.0..1.0).contains(share) {
-            c.err(
-                &format!("{path}.reserve"),
-                format!("a reserve share must be in [0, 1), got {share}"),
-            );
-        }
-        let idx = match prio {
-            Priority::Low => 0,
-            Priority::Normal => 1,
-            Priority::High => 2,
-        };
-        reserve_permille[idx] = (share.clamp(0.0, 0.999) * 1000.0).round() as u32;
-    }
-    let default_max_tokens = p.default_max_tokens.unwrap_or(spec.default_max_tokens);
-    let enforce_max_tokens = match p.enforce_max_tokens {
-        Some(true) if !p.unit.reserves_completion() => {
-            c.err(
-                &format!("{path}.enforce_max_tokens"),
-                "`enforce_max_tokens` needs a policy that reserves completion tokens (`unit: tokens` or `completion_tokens`)",
-            );
-            false
-        }
-        Some(on) => on,
-        None => spec.enforce_max_tokens && p.unit.reserves_completion(),
-    };
-    if enforce_max_tokens && default_max_tokens == 0 {
-        c.err(
-            &format!("{path}.default_max_tokens"),
-            "`enforce_max_tokens` sends `default_max_tokens` upstream as the completion cap: it must be at least 1",
-        );
-    }
+    matcher(c, path, p, tier, known);
+    let reserve_permille = reserve(c, path, p);
+    let (default_max_tokens, enforce_max_tokens) = max_tokens(c, path, p, spec);
     let mut scope = p.scope.clone().unwrap_or_else(|| {
         if tier.is_some() {
             vec![Dimension::Key]
@@ -186,7 +114,7 @@ fn policy<'a>(
     });
     scope.sort_unstable();
     scope.dedup();
-    if c_errors(c) > errors_before {
+    if c.error_count() > errors_before {
         return None;
     }
     Some(Policy {
@@ -213,8 +141,100 @@ fn policy<'a>(
     })
 }
 
-fn c_errors(c: &Check<'_>) -> usize {
-    c.error_count()
+/// A policy's `name`: a token that can appear in headers and metric labels, unique across policies.
+fn name<'a>(c: &mut Check<'_>, path: &str, p: &'a PolicySpec, names: &mut HashSet<&'a str>) {
+    if p.name.is_empty()
+        || !p
+            .name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
+        c.err(
+            &format!("{path}.name"),
+            format!(
+                "policy name `{}` must be letters, digits, `-`, `_` or `.`",
+                p.name
+            ),
+        );
+    } else if !names.insert(p.name.as_str()) {
+        c.err(
+            &format!("{path}.name"),
+            format!("duplicate policy name `{}`", p.name),
+        );
+    }
+}
+
+/// `match`: no `tiers` on a tier's own limits; every tier, provider and route it names exists.
+fn matcher(c: &mut Check<'_>, path: &str, p: &PolicySpec, tier: Option<&str>, known: &Known<'_>) {
+    if tier.is_some() && !p.matcher.tiers.is_empty() {
+        c.err(
+            &format!("{path}.match.tiers"),
+            "a tier's limits apply to that tier: remove `match.tiers` (or move the policy to `limits.policies`)",
+        );
+    }
+    for (field, list, set) in [
+        ("tiers", &p.matcher.tiers, &known.tiers),
+        ("providers", &p.matcher.providers, &known.providers),
+        ("routes", &p.matcher.routes, &known.routes),
+    ] {
+        for (j, v) in list.iter().enumerate() {
+            if !set.contains(v.as_str()) {
+                let mut defined: Vec<&str> = set.iter().copied().collect();
+                defined.sort_unstable();
+                c.err(
+                    &format!("{path}.match.{field}[{j}]"),
+                    format!(
+                        "unknown {} `{v}` (defined: {})",
+                        &field[..field.len() - 1],
+                        defined.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// `reserve` as per mille kept back from each priority: [low, normal, high].
+fn reserve(c: &mut Check<'_>, path: &str, p: &PolicySpec) -> [u32; 3] {
+    let mut reserve_permille = [0u32; 3];
+    for (prio, share) in &p.reserve {
+        if !(0.0..1.0).contains(share) {
+            c.err(
+                &format!("{path}.reserve"),
+                format!("a reserve share must be in [0, 1), got {share}"),
+            );
+        }
+        let idx = match prio {
+            Priority::Low => 0,
+            Priority::Normal => 1,
+            Priority::High => 2,
+        };
+        reserve_permille[idx] = (share.clamp(0.0, 0.999) * 1000.0).round() as u32;
+    }
+    reserve_permille
+}
+
+/// `(default_max_tokens, enforce_max_tokens)`, the policy's own or the `limits` defaults.
+fn max_tokens(c: &mut Check<'_>, path: &str, p: &PolicySpec, spec: &LimitsSpec) -> (u64, bool) {
+    let default_max_tokens = p.default_max_tokens.unwrap_or(spec.default_max_tokens);
+    let enforce_max_tokens = match p.enforce_max_tokens {
+        Some(true) if !p.unit.reserves_completion() => {
+            c.err(
+                &format!("{path}.enforce_max_tokens"),
+                "`enforce_max_tokens` needs a policy that reserves completion tokens (`unit: tokens` or `completion_tokens`)",
+            );
+            false
+        }
+        Some(on) => on,
+        None => spec.enforce_max_tokens && p.unit.reserves_completion(),
+    };
+    if enforce_max_tokens && default_max_tokens == 0 {
+        c.err(
+            &format!("{path}.default_max_tokens"),
+            "`enforce_max_tokens` sends `default_max_tokens` upstream as the completion cap: it must be at least 1",
+        );
+    }
+    (default_max_tokens, enforce_max_tokens)
 }
 
 fn kind(c: &mut Check<'_>, path: &str, p: &PolicySpec) -> Option<PolicyKind> {
@@ -240,25 +260,37 @@ fn kind(c: &mut Check<'_>, path: &str, p: &PolicySpec) -> Option<PolicyKind> {
             );
             return None;
         }
-        let Some(limit) = p.limit.filter(|l| *l > 0) else {
-            c.err(path, "a `quota` needs `limit` ≥ 1");
-            return None;
-        };
-        let timezone = p.timezone.clone().unwrap_or_else(|| "UTC".into());
-        if timezone.parse::<chrono_tz::Tz>().is_err() {
-            c.err(
-                &format!("{path}.timezone"),
-                format!("unknown time zone `{timezone}` (use an IANA name such as UTC or Europe/Berlin)"),
-            );
-            return None;
-        }
-        return Some(PolicyKind::Quota {
-            window,
-            limit,
-            timezone,
-            soft: p.enforcement == Enforcement::Soft,
-        });
+        return quota(c, path, p, window);
     }
+    bucket_kind(c, path, p)
+}
+
+/// A `quota` policy (no bucket fields).
+fn quota(c: &mut Check<'_>, path: &str, p: &PolicySpec, window: QuotaWindow) -> Option<PolicyKind> {
+    let Some(limit) = p.limit.filter(|l| *l > 0) else {
+        c.err(path, "a `quota` needs `limit` ≥ 1");
+        return None;
+    };
+    let timezone = p.timezone.clone().unwrap_or_else(|| "UTC".into());
+    if timezone.parse::<chrono_tz::Tz>().is_err() {
+        c.err(
+            &format!("{path}.timezone"),
+            format!(
+                "unknown time zone `{timezone}` (use an IANA name such as UTC or Europe/Berlin)"
+            ),
+        );
+        return None;
+    }
+    Some(PolicyKind::Quota {
+        window,
+        limit,
+        timezone,
+        soft: p.enforcement == Enforcement::Soft,
+    })
+}
+
+/// A bucket policy: `rate` and `per`, no quota fields.
+fn bucket_kind(c: &mut Check<'_>, path: &str, p: &PolicySpec) -> Option<PolicyKind> {
     if p.limit.is_some() || p.timezone.is_some() {
         c.err(path, "`limit` and `timezone` belong to a `quota` or a `concurrent_requests` policy; a bucket takes `rate` and `per`");
         return None;

@@ -1,10 +1,10 @@
-//! Validation of a route's `endpoints` (`endpoints.rs`): path patterns parse, tiers exist, and the route
+//! Validation of a route's `endpoints` (`spec::EndpointsSpec` → `model::endpoints`): path patterns parse, tiers exist, and the route
 //! serves something. The dialect's defaults come first in the result. Each rule has an invalid fixture
 //! in `config/tests/invalid/`.
 
-use crate::endpoints::{default_endpoints, Endpoint, EndpointsSpec, PathPattern};
-use crate::model::Tier;
-use crate::schema::Dialect;
+use crate::model::endpoints::{default_endpoints, Endpoint, PathPattern};
+use crate::model::{Dialect, Tier};
+use crate::spec::EndpointsSpec;
 use crate::validate::Check;
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
-//! What a route lets a caller reach upstream: its endpoint allow-list. The YAML shape (`*Spec`), the
-//! validated model (`Endpoint`, `PathPattern`), the per-dialect defaults and the allocation-free
-//! pattern match. `validate_endpoints.rs` turns the spec into the model; the proxy compiles the model
-//! into a per-method matcher once per config version.
+//! What a route lets a caller reach upstream: its endpoint allow-list. The validated model (`Endpoint`,
+//! `PathPattern`), the per-dialect defaults and the allocation-free pattern match.
+//! `validate::endpoints` turns the spec (`spec::endpoints`) into it; the proxy compiles it into a
+//! per-method matcher once per config version.
 //!
 //! Patterns are relative to the route prefix and matched against the *normalized* request path (no
 //! `//`, no dot segments, unreserved characters decoded), segment by segment:
@@ -11,84 +11,8 @@
 //!   (`/models/{model}:generateContent`);
 //! - a final `**` matches any remaining segments, none included (`/files/**`).
 
-use crate::schema::Dialect;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-// ---------------------------------------------------------------------------------------------------
-// YAML
-// ---------------------------------------------------------------------------------------------------
-
-/// The endpoints a route forwards. Anything else gets 404 in the route's dialect and never reaches
-/// the provider (whose credential the gateway adds).
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointsSpec {
-    /// Keep the dialect's inference and model-listing endpoints (default true). `false` allows only
-    /// what `allow` lists.
-    #[serde(default = "yes")]
-    pub defaults: bool,
-    /// Endpoints allowed in addition to (or, with `defaults: false`, instead of) the defaults.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<EndpointSpec>,
-}
-
-impl Default for EndpointsSpec {
-    fn default() -> Self {
-        EndpointsSpec {
-            defaults: true,
-            allow: Vec::new(),
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// One allowed endpoint: a method and a path pattern relative to the route prefix, optionally only
-/// for some principals.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointSpec {
-    /// HTTP method, or `*` for any.
-    pub method: EndpointMethod,
-    /// Path pattern relative to the route prefix: literal segments, `{name}` (one segment),
-    /// `{name}:verb` (Gemini-style `models/{model}:generateContent`), and a final `**` (any rest).
-    pub path: String,
-    /// Only principals holding one of these roles (key `roles`, JWT `roles` claim); empty: anyone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub roles: Vec<String>,
-    /// Only principals of one of these tiers; empty: any tier.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tiers: Vec<String>,
-}
-
-/// The method of an allowed endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
-pub enum EndpointMethod {
-    #[serde(rename = "GET")]
-    Get,
-    #[serde(rename = "HEAD")]
-    Head,
-    #[serde(rename = "POST")]
-    Post,
-    #[serde(rename = "PUT")]
-    Put,
-    #[serde(rename = "PATCH")]
-    Patch,
-    #[serde(rename = "DELETE")]
-    Delete,
-    #[serde(rename = "OPTIONS")]
-    Options,
-    /// Any method.
-    #[serde(rename = "*")]
-    Any,
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Model
-// ---------------------------------------------------------------------------------------------------
+use crate::common::Dialect;
+pub use crate::common::EndpointMethod;
 
 /// A validated endpoint of a route (the dialect's defaults included).
 #[derive(Debug, Clone, PartialEq, Eq)]

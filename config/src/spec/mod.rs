@@ -2,8 +2,25 @@
 //!
 //! Every struct denies unknown fields so a typo is an error with a location, not a silently ignored
 //! setting. These types are *not* what the data plane runs on: `validate` turns them into the checked
-//! model in `model.rs` (references resolved, secrets interpolated, hashes decoded).
+//! `model` (references resolved, secrets interpolated, hashes decoded). This layer imports nothing
+//! from `model` or `validate`; the enums both layers use live in `common`.
+//!
+//! - `mod.rs`: the file, `server`, providers, routes and their upstream, tiers, keys;
+//! - `filters`: a route's filter chain (one `FilterSpec` variant per `kind`);
+//! - `limits`: `limits:` and a tier's `limits`;
+//! - `resilience`: pools, breakers, health checks, bulkheads, timeouts, retries, fallbacks;
+//! - `endpoints`: a route's endpoint allow-list.
 
+mod endpoints;
+mod filters;
+mod limits;
+mod resilience;
+
+pub use crate::common::{Dialect, ModelSource, Priority, UpstreamAuth};
+pub use endpoints::*;
+pub use filters::*;
+pub use limits::*;
+pub use resilience::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -32,7 +49,7 @@ pub struct ConfigFile {
     pub keys: Vec<KeySpec>,
     /// Rate limits and quotas shared across tiers, and where limiter state lives.
     #[serde(default)]
-    pub limits: crate::limits::LimitsSpec,
+    pub limits: limits::LimitsSpec,
 }
 
 /// Listeners and process settings.
@@ -137,18 +154,6 @@ fn default_admin_max_connections() -> usize {
     64
 }
 
-/// How the gateway authenticates itself to a provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpstreamAuth {
-    /// `Authorization: Bearer <credential>` (OpenAI, DashScope, OpenAI-compatible endpoints).
-    Bearer,
-    /// `x-goog-api-key: <credential>` (Gemini native).
-    GoogApiKey,
-    /// No credential is sent.
-    None,
-}
-
 /// One upstream provider.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -178,16 +183,16 @@ pub struct ProviderSpec {
     /// The provider's pool: several endpoints (regions, keys, accounts) chosen per request by weight
     /// and load, skipping open circuits and exhausted budgets. Default: one deployment at `base_url`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deployments: Vec<crate::resilience::DeploymentSpec>,
+    pub deployments: Vec<resilience::DeploymentSpec>,
     /// Circuit breaker of each deployment.
     #[serde(default)]
-    pub breaker: crate::resilience::BreakerSpec,
+    pub breaker: resilience::BreakerSpec,
     /// Active health check of each deployment (off when absent; the breaker still acts on failures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<crate::resilience::HealthCheckSpec>,
+    pub health_check: Option<resilience::HealthCheckSpec>,
     /// Concurrency limit of each deployment (default 1024 in flight, no queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bulkhead: Option<crate::resilience::BulkheadSpec>,
+    pub bulkhead: Option<resilience::BulkheadSpec>,
     /// OpenAI organization of the gateway's account, sent as `OpenAI-Organization`. A caller's own
     /// `OpenAI-Organization` is never forwarded. `${ENV}` allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,30 +224,6 @@ fn default_idle_timeout() -> u64 {
     30_000
 }
 
-/// The error format of a route: rejections are rendered the way the caller's SDK expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Dialect {
-    /// `{"error":{"message","type","param","code"}}`
-    Openai,
-    /// `{"error":{"code","message","status"}}`
-    Google,
-    /// `{"request_id","code","message"}`
-    Dashscope,
-}
-
-/// Where a route finds the model of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelSource {
-    /// The JSON body's `model` field.
-    Body,
-    /// The path segment `models/{model}[:method]` (Gemini native).
-    Path,
-    /// The route does not look at the model.
-    None,
-}
-
 /// One route: a path prefix, where it goes, and the filters that run on it.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -264,17 +245,17 @@ pub struct RouteSpec {
     pub filters: Vec<FilterSpec>,
     /// Upstream timeouts (connect, first byte, idle between chunks, total).
     #[serde(default)]
-    pub timeouts: crate::resilience::TimeoutsSpec,
+    pub timeouts: resilience::TimeoutsSpec,
     /// Retries over the provider's pool, within a retry budget.
     #[serde(default)]
-    pub retry: crate::resilience::RetrySpec,
+    pub retry: resilience::RetrySpec,
     /// Models tried, in order, when a model's pool is exhausted: `{gpt-4o: [qwen-plus]}`. Each must be
     /// served by this route. The response's `x-leaky-served-model` header names the model that answered.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub fallbacks: crate::resilience::FallbacksSpec,
+    pub fallbacks: resilience::FallbacksSpec,
     /// Concurrency limits on this route.
     #[serde(default)]
-    pub bulkhead: crate::resilience::RouteBulkheadSpec,
+    pub bulkhead: resilience::RouteBulkheadSpec,
     /// Headers passed through as they are, beyond the dialect's defaults: the caller's to the provider
     /// and the provider's back (e.g. `[x-stub-fault, "x-stub-*"]` for the stubs' fault injection in
     /// tests). Names or prefixes ending in `*`; credentials, account, hop-by-hop and gateway-owned
@@ -284,7 +265,7 @@ pub struct RouteSpec {
     /// What callers may reach upstream (method + path under the prefix): the dialect's inference and
     /// model-listing endpoints unless configured otherwise; anything else is a 404 in the route's dialect.
     #[serde(default)]
-    pub endpoints: crate::endpoints::EndpointsSpec,
+    pub endpoints: endpoints::EndpointsSpec,
 }
 
 fn default_dialect() -> Dialect {
@@ -316,130 +297,6 @@ pub struct ModelTargetSpec {
     pub path_prefix: String,
 }
 
-/// A filter of a route's chain, selected by `kind`.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum FilterSpec {
-    /// Accept or mint `x-request-id`; propagate it upstream and return it.
-    RequestId(RequestIdSpec),
-    /// Authenticate with an API key from the `keys` list.
-    ApiKey(ApiKeySpec),
-    /// Authenticate with a JWT verified against a JWKS.
-    Jwt(Box<JwtSpec>),
-    /// Enforce the principal's tier limits and the shared policies of `limits` (reserve before the
-    /// upstream call, settle with the provider's usage). Place it after authentication.
-    RateLimit(RateLimitSpec),
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSpec {}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RequestIdSpec {
-    /// Keep a well-formed incoming `x-request-id` (default true); otherwise always mint one.
-    #[serde(default = "yes")]
-    pub trust_incoming: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeySpec {
-    /// Pass requests that carry no API key (a later filter, e.g. `jwt`, must authenticate them).
-    #[serde(default)]
-    pub optional: bool,
-}
-
-/// JWT authentication. Only asymmetric algorithms are accepted.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JwtSpec {
-    /// A JWKS JSON file (relative paths are relative to the config file).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_file: Option<String>,
-    /// A JWKS URL, fetched at load, cached, refreshed on an unknown `kid`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_url: Option<String>,
-    /// Accepted algorithms: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA.
-    pub algorithms: Vec<String>,
-    /// Required `iss`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer: Option<String>,
-    /// Accepted `aud` values (any one must match); empty = `aud` not checked.
-    #[serde(default)]
-    pub audiences: Vec<String>,
-    /// Clock skew allowed on `exp`/`nbf`, seconds.
-    #[serde(default = "default_leeway")]
-    pub leeway_seconds: u64,
-    /// Shortest interval between two JWKS fetches triggered by unknown `kid`s, seconds.
-    #[serde(default = "default_refresh")]
-    pub min_refresh_interval_seconds: u64,
-    /// Claim names mapped onto the principal.
-    #[serde(default)]
-    pub claims: JwtClaimsSpec,
-    /// Tier of tokens without a tier claim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_tier: Option<String>,
-    /// Pass requests that carry no bearer JWT (a later filter must authenticate them).
-    #[serde(default)]
-    pub optional: bool,
-}
-
-fn default_leeway() -> u64 {
-    30
-}
-fn default_refresh() -> u64 {
-    10
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JwtClaimsSpec {
-    #[serde(default = "claim_sub")]
-    pub user: String,
-    #[serde(default = "claim_org")]
-    pub org: String,
-    #[serde(default = "claim_tier")]
-    pub tier: String,
-    #[serde(default = "claim_roles")]
-    pub roles: String,
-    #[serde(default = "claim_models")]
-    pub models: String,
-}
-
-impl Default for JwtClaimsSpec {
-    fn default() -> Self {
-        JwtClaimsSpec {
-            user: claim_sub(),
-            org: claim_org(),
-            tier: claim_tier(),
-            roles: claim_roles(),
-            models: claim_models(),
-        }
-    }
-}
-
-fn claim_sub() -> String {
-    "sub".into()
-}
-fn claim_org() -> String {
-    "org".into()
-}
-fn claim_tier() -> String {
-    "tier".into()
-}
-fn claim_roles() -> String {
-    "roles".into()
-}
-fn claim_models() -> String {
-    "models".into()
-}
-
 /// A tier: the limits its keys and JWT principals get, and its shedding priority.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -451,18 +308,7 @@ pub struct TierSpec {
     pub priority: Priority,
     /// Limits of every principal of this tier (per API key unless a policy's `scope` says otherwise).
     #[serde(default)]
-    pub limits: Vec<crate::limits::PolicySpec>,
-}
-
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Priority {
-    Low,
-    #[default]
-    Normal,
-    High,
+    pub limits: Vec<limits::PolicySpec>,
 }
 
 /// An API key. The plaintext is never stored: `sha256` is the hex SHA-256 of the key.

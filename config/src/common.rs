@@ -1,0 +1,141 @@
+//! The vocabulary both layers share: small enums that users write in YAML (`spec`) and the data plane
+//! matches on (`model`) unchanged. A leaf: it imports nothing from the crate, so `spec` and `model`
+//! can both use it without importing each other.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How the gateway authenticates itself to a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuth {
+    /// `Authorization: Bearer <credential>` (OpenAI, DashScope, OpenAI-compatible endpoints).
+    Bearer,
+    /// `x-goog-api-key: <credential>` (Gemini native).
+    GoogApiKey,
+    /// No credential is sent.
+    None,
+}
+
+/// The error format of a route: rejections are rendered the way the caller's SDK expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dialect {
+    /// `{"error":{"message","type","param","code"}}`
+    Openai,
+    /// `{"error":{"code","message","status"}}`
+    Google,
+    /// `{"request_id","code","message"}`
+    Dashscope,
+}
+
+/// Where a route finds the model of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelSource {
+    /// The JSON body's `model` field.
+    Body,
+    /// The path segment `models/{model}[:method]` (Gemini native).
+    Path,
+    /// The route does not look at the model.
+    None,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    #[default]
+    Requests,
+    /// Prompt + completion tokens.
+    Tokens,
+    PromptTokens,
+    CompletionTokens,
+    ConcurrentRequests,
+}
+
+impl Unit {
+    pub fn is_tokens(self) -> bool {
+        matches!(
+            self,
+            Unit::Tokens | Unit::PromptTokens | Unit::CompletionTokens
+        )
+    }
+
+    /// Whether a request's completion cap (or `default_max_tokens`) is part of its cost.
+    pub fn reserves_completion(self) -> bool {
+        matches!(self, Unit::Tokens | Unit::CompletionTokens)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmKind {
+    #[default]
+    Leaky,
+    Token,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaWindow {
+    Hourly,
+    Daily,
+    Monthly,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Key,
+    User,
+    Org,
+    Tier,
+    Model,
+    Provider,
+    Route,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreErrorSpec {
+    FailOpen,
+    FailClosed,
+    /// Limit in-process with this proxy's share (`1/redis.replicas`) until the store recovers.
+    #[default]
+    Local,
+}
+
+/// The method of an allowed endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+pub enum EndpointMethod {
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "HEAD")]
+    Head,
+    #[serde(rename = "POST")]
+    Post,
+    #[serde(rename = "PUT")]
+    Put,
+    #[serde(rename = "PATCH")]
+    Patch,
+    #[serde(rename = "DELETE")]
+    Delete,
+    #[serde(rename = "OPTIONS")]
+    Options,
+    /// Any method.
+    #[serde(rename = "*")]
+    Any,
+}
