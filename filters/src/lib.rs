@@ -15,6 +15,7 @@
 
 mod api_key;
 mod chain;
+mod hold;
 mod jwt;
 mod key_index;
 pub mod limit;
@@ -26,6 +27,7 @@ pub mod usage;
 
 pub use api_key::ApiKeyFilter;
 pub use chain::{build_chain, BuildContext, Chain, Filter, RequestCtx, RequestInfo};
+pub use hold::{Admission, Hold, Settlement};
 pub use jwt::JwtFilter;
 pub use key_index::KeyIndex;
 pub use principal::{AuthMethod, Principal};

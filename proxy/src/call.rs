@@ -21,16 +21,18 @@
 //! out), so one tenant cannot open a circuit or cool a deployment down for everyone (see `balancer`).
 
 use crate::balancer::{now_ms, DeploymentState, Outcome};
+use crate::ctx::{Ctx, Fail};
+use crate::ledger::{QuotaCharge, UpstreamHolds};
 use crate::metrics::bump;
 use crate::request;
-use crate::service::{Ctx, Fail, Gateway};
 use crate::snapshot::{CompiledRoute, Upstream};
 use crate::upstream::{self, Failed};
 use bytes::Bytes;
 use leaky_config::resilience::Retry;
 use leaky_config::ModelSource;
 use leaky_filters::resilience::{provider_exhausted, retry_after_ms, BulkheadFull, BulkheadPermit};
-use leaky_filters::{RejectKind, Rejection};
+use leaky_filters::{RejectKind, Rejection, RequestCtx};
+use pingora::connectors::TransportConnector;
 use pingora::proxy::Session;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
@@ -40,12 +42,11 @@ use std::time::Instant;
 /// Default cool-down after a 429 that names no `retry-after`.
 const DEFAULT_COOLDOWN_MS: u64 = 1_000;
 
-/// The deployment that answered, and what the request holds on it until the response is relayed.
+/// The deployment that answered, and what the request holds on it until it ends.
 pub struct Answer {
     pub upstream: Arc<Upstream>,
-    pub deployment: usize,
     pub response: upstream::Response,
-    pub permit: BulkheadPermit,
+    pub holds: UpstreamHolds,
 }
 
 /// A breaker admission that must end in an outcome; dropped without one (the request was cancelled),
@@ -88,28 +89,26 @@ impl Drop for Admitted<'_> {
     }
 }
 
-impl Gateway {
-    /// Takes the tenant's slot on this route (held in `ctx` until the request ends).
-    pub(crate) async fn tenant_slot(
-        &self,
-        route: &CompiledRoute,
-        ctx: &mut Ctx,
-    ) -> Result<(), Fail> {
-        let Some(tenants) = &route.tenants else {
-            return Ok(());
-        };
-        let tenant: Arc<str> = match &ctx.req.principal {
-            Some(p) => p.org.clone().unwrap_or_else(|| p.user.clone()),
-            None => Arc::from("anonymous"),
-        };
-        let bulkhead = tenants.get(&tenant);
-        let permit = match bulkhead.try_acquire() {
-            Some(p) => p,
-            None => {
-                bump(|m| &m.bulkhead_queued, &["tenant"]);
-                bulkhead.acquire().await.map_err(|full| {
+/// Takes the tenant's slot on this route (held by the request's ledger until it ends).
+pub(crate) async fn tenant_slot(
+    route: &CompiledRoute,
+    req: &mut RequestCtx,
+) -> Result<Option<BulkheadPermit>, Fail> {
+    let Some(tenants) = &route.tenants else {
+        return Ok(None);
+    };
+    let tenant: Arc<str> = match &req.principal {
+        Some(p) => p.org.clone().unwrap_or_else(|| p.user.clone()),
+        None => Arc::from("anonymous"),
+    };
+    let bulkhead = tenants.get(&tenant);
+    let permit = match bulkhead.try_acquire() {
+        Some(p) => p,
+        None => {
+            bump(|m| &m.bulkhead_queued, &["tenant"]);
+            bulkhead.acquire().await.map_err(|full| {
                     bump(|m| &m.bulkhead_rejected, &["tenant", full_label(full)]);
-                    ctx.req.response_headers.push((
+                    req.response_headers.push((
                         http::header::RETRY_AFTER,
                         http::HeaderValue::from_static("1"),
                     ));
@@ -121,190 +120,190 @@ impl Gateway {
                         ),
                     ))
                 })?
-            }
-        };
-        ctx.tenant_permit = Some(permit);
-        Ok(())
-    }
+        }
+    };
+    Ok(Some(permit))
+}
 
-    /// Calls the upstream for this request; see the module docs.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn call(
-        &self,
-        session: &Session,
-        ctx: &mut Ctx,
-        route: &CompiledRoute,
-        primary: Arc<Upstream>,
-        rest: &str,
-        query: Option<&str>,
-        body: Bytes,
-    ) -> Result<Answer, Fail> {
-        let deadline = Instant::now() + route.total_timeout;
-        ctx.deadline = Some(deadline);
-        route.budget.on_request(now_ms());
-        let tokens = ctx.req.cost.map_or(0, |c| {
-            c.prompt.saturating_add(c.max_completion.unwrap_or(0))
-        });
-        let fallbacks: &[String] = match &ctx.req.model {
-            Some(m) => route.fallbacks_for(m),
-            None => &[],
-        };
-        let mut last: Option<Rejection> = None;
-        // How the previous attempt failed: the `reason` of the retry that follows it.
-        let mut failed: Option<Outcome> = None;
-        let mut attempts = 0u32;
-        'stages: for stage in 0..=fallbacks.len() {
-            let (up, body, rest) = if stage == 0 {
-                (
-                    primary.clone(),
-                    body.clone(),
-                    std::borrow::Cow::Borrowed(rest),
-                )
-            } else {
-                let alt = &fallbacks[stage - 1];
-                let Some(up) = route.pick(Some(alt)) else {
-                    continue;
-                };
-                let Some((body, rest)) = with_model(route.model_source, &body, rest, alt) else {
-                    continue;
-                };
-                (up.clone(), body, rest)
+/// Calls the upstream for this request; see the module docs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn call(
+    transport: &TransportConnector,
+    session: &Session,
+    ctx: &mut Ctx,
+    route: &CompiledRoute,
+    primary: Arc<Upstream>,
+    rest: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> Result<Answer, Fail> {
+    let deadline = Instant::now() + route.total_timeout;
+    ctx.exchange.deadline = Some(deadline);
+    route.budget.on_request(now_ms());
+    let tokens = ctx.req.cost.map_or(0, |c| {
+        c.prompt.saturating_add(c.max_completion.unwrap_or(0))
+    });
+    let fallbacks: &[String] = match &ctx.req.model {
+        Some(m) => route.fallbacks_for(m),
+        None => &[],
+    };
+    let mut last: Option<Rejection> = None;
+    // How the previous attempt failed: the `reason` of the retry that follows it.
+    let mut failed: Option<Outcome> = None;
+    let mut attempts = 0u32;
+    'stages: for stage in 0..=fallbacks.len() {
+        let (up, body, rest) = if stage == 0 {
+            (
+                primary.clone(),
+                body.clone(),
+                std::borrow::Cow::Borrowed(rest),
+            )
+        } else {
+            let alt = &fallbacks[stage - 1];
+            let Some(up) = route.pick(Some(alt)) else {
+                continue;
             };
-            let mut tried = 0u64;
-            let mut in_stage = 0u32;
-            // An attempt was made since every deployment was last marked tried: retries may go
-            // back to a deployment already tried (a one-deployment pool retries itself).
-            let mut attempted = false;
-            while in_stage < route.retry.max_attempts {
-                let now = now_ms();
-                let choice = match up.pool.choose(now, tokens, tried) {
-                    Some(c) => c,
-                    None if attempted => {
-                        attempted = false;
-                        tried = 0;
-                        match up.pool.choose(now, tokens, tried) {
-                            Some(c) => c,
-                            None => break,
-                        }
+            let Some((body, rest)) = with_model(route.model_source, &body, rest, alt) else {
+                continue;
+            };
+            (up.clone(), body, rest)
+        };
+        let mut tried = 0u64;
+        let mut in_stage = 0u32;
+        // An attempt was made since every deployment was last marked tried: retries may go
+        // back to a deployment already tried (a one-deployment pool retries itself).
+        let mut attempted = false;
+        while in_stage < route.retry.max_attempts {
+            let now = now_ms();
+            let choice = match up.pool.choose(now, tokens, tried) {
+                Some(c) => c,
+                None if attempted => {
+                    attempted = false;
+                    tried = 0;
+                    match up.pool.choose(now, tokens, tried) {
+                        Some(c) => c,
+                        None => break,
                     }
-                    None => break,
-                };
-                tried |= 1 << choice.index;
-                let d = &up.pool.deployments[choice.index];
-                let permit = match choice
-                    .has_room
-                    .then(|| d.state.bulkhead.try_acquire())
-                    .flatten()
-                {
-                    Some(p) => p,
-                    None => {
-                        bump(|m| &m.bulkhead_queued, &["deployment"]);
-                        let wait = deadline.saturating_duration_since(Instant::now());
-                        match tokio::time::timeout(wait, d.state.bulkhead.acquire()).await {
-                            Ok(Ok(p)) => p,
-                            Ok(Err(full)) => {
-                                bump(|m| &m.bulkhead_rejected, &["deployment", full_label(full)]);
-                                last = Some(Rejection::new(
+                }
+                None => break,
+            };
+            tried |= 1 << choice.index;
+            let d = &up.pool.deployments[choice.index];
+            let permit = match choice
+                .has_room
+                .then(|| d.state.bulkhead.try_acquire())
+                .flatten()
+            {
+                Some(p) => p,
+                None => {
+                    bump(|m| &m.bulkhead_queued, &["deployment"]);
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(wait, d.state.bulkhead.acquire()).await {
+                        Ok(Ok(p)) => p,
+                        Ok(Err(full)) => {
+                            bump(|m| &m.bulkhead_rejected, &["deployment", full_label(full)]);
+                            last = Some(Rejection::new(
                                     RejectKind::Unavailable,
                                     format!(
                                         "The upstream provider `{}` is at its concurrency limit. Retry shortly.",
                                         up.provider
                                     ),
                                 ));
-                                continue;
-                            }
-                            Err(_) => break 'stages,
+                            continue;
                         }
+                        Err(_) => break 'stages,
                     }
-                };
-                let Some(probe) = d.state.admit(now_ms()) else {
-                    continue; // the circuit opened since the choice
-                };
-                let admitted = Admitted {
-                    state: &d.state,
-                    probe,
-                    done: false,
-                };
-                if attempts > 0 {
-                    crate::metrics::count_retry(&up.provider, failed.map_or("5xx", retry_reason));
                 }
-                attempts += 1;
-                in_stage += 1;
-                attempted = true;
-                ctx.attempts = attempts;
-                d.state.quota.charge(now_ms(), tokens);
-                let req = Self::upstream_request(session, ctx, &up, d, &rest, query, body.len())?;
-                let sent = Instant::now();
-                let first_byte = up.first_byte.min(deadline.saturating_duration_since(sent));
-                let result =
-                    upstream::send(&self.transport, d, up.connect, first_byte, &req, &body).await;
-                let seconds = sent.elapsed().as_secs_f64();
-                ctx.upstream_seconds = Some(seconds);
-                up.metrics.observe_upstream(seconds);
-                let (outcome, result) = match result {
-                    Ok(response) => {
-                        let status = response
-                            .session
-                            .resp_header()
-                            .map_or(502, |h| h.status.as_u16());
-                        if let Some(h) = response.session.resp_header().filter(|_| status == 429) {
-                            let wait = retry_after_ms(&h.headers, unix_ms())
-                                .unwrap_or(DEFAULT_COOLDOWN_MS);
-                            let exhausted = provider_exhausted(&h.headers);
-                            d.state
-                                .on_429(now_ms(), wait, exhausted, || tenant_hash(ctx, session));
-                        }
-                        (Outcome::Status(status), Ok(response))
-                    }
-                    Err(Failed { outcome, rejection }) => (outcome, Err(rejection)),
-                };
-                admitted.record(outcome, || tenant_hash(ctx, session));
-                let again = retryable(&route.retry, outcome)
-                    && may_retry(
-                        route,
-                        &up,
-                        tokens,
-                        in_stage,
-                        stage < fallbacks.len(),
-                        deadline,
-                    );
-                let rejection = match result {
-                    Ok(response) if !again => {
-                        if stage > 0 {
-                            let alt = &fallbacks[stage - 1];
-                            let from = ctx.req.model.as_deref().unwrap_or("-");
-                            bump(|m| &m.fallbacks, &[&route.name, from, alt]);
-                            ctx.served_model = Some(alt.clone());
-                        }
-                        ctx.charged_tokens = tokens;
-                        return Ok(Answer {
-                            upstream: up,
-                            deployment: choice.index,
-                            response,
-                            permit,
-                        });
-                    }
-                    // Dropped for a retry; what the caller gets should the retry find nothing.
-                    Ok(_) => Rejection::new(
-                        RejectKind::BadGateway,
-                        format!("The upstream provider `{}` failed.", up.provider),
-                    ),
-                    Err(r) => r,
-                };
-                last = Some(rejection);
-                d.state.quota.settle(now_ms(), tokens, 0);
-                trail(ctx, &d.label, outcome);
-                failed = Some(outcome);
-                drop(permit);
-                if !again {
-                    break 'stages;
-                }
-                let pause = crate::balancer::backoff(attempts, &route.retry)
-                    .min(deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
+            };
+            let Some(probe) = d.state.admit(now_ms()) else {
+                continue; // the circuit opened since the choice
+            };
+            let admitted = Admitted {
+                state: &d.state,
+                probe,
+                done: false,
+            };
+            if attempts > 0 {
+                crate::metrics::count_retry(&up.provider, failed.map_or("5xx", retry_reason));
             }
+            attempts += 1;
+            in_stage += 1;
+            attempted = true;
+            ctx.exchange.attempts = attempts;
+            let quota = QuotaCharge::charge(&d.state, tokens);
+            let req = request::upstream_head(session, ctx, &up, d, &rest, query, body.len())?;
+            let sent = Instant::now();
+            let first_byte = up.first_byte.min(deadline.saturating_duration_since(sent));
+            let result = upstream::send(transport, d, up.connect, first_byte, &req, &body).await;
+            let seconds = sent.elapsed().as_secs_f64();
+            ctx.exchange.upstream_seconds = Some(seconds);
+            up.metrics.observe_upstream(seconds);
+            let (outcome, result) = match result {
+                Ok(response) => {
+                    let status = response
+                        .session
+                        .resp_header()
+                        .map_or(502, |h| h.status.as_u16());
+                    if let Some(h) = response.session.resp_header().filter(|_| status == 429) {
+                        let wait =
+                            retry_after_ms(&h.headers, unix_ms()).unwrap_or(DEFAULT_COOLDOWN_MS);
+                        let exhausted = provider_exhausted(&h.headers);
+                        d.state
+                            .on_429(now_ms(), wait, exhausted, || tenant_hash(ctx, session));
+                    }
+                    (Outcome::Status(status), Ok(response))
+                }
+                Err(Failed { outcome, rejection }) => (outcome, Err(rejection)),
+            };
+            admitted.record(outcome, || tenant_hash(ctx, session));
+            let again = retryable(&route.retry, outcome)
+                && may_retry(
+                    route,
+                    &up,
+                    tokens,
+                    in_stage,
+                    stage < fallbacks.len(),
+                    deadline,
+                );
+            let rejection = match result {
+                Ok(response) if !again => {
+                    if stage > 0 {
+                        let alt = &fallbacks[stage - 1];
+                        let from = ctx.req.model.as_deref().unwrap_or("-");
+                        bump(|m| &m.fallbacks, &[&route.name, from, alt]);
+                        ctx.exchange.served_model = Some(alt.clone());
+                    }
+                    return Ok(Answer {
+                        upstream: up,
+                        response,
+                        holds: UpstreamHolds {
+                            deployment: choice.index,
+                            permit: Some(permit),
+                            quota: Some(quota),
+                        },
+                    });
+                }
+                // Dropped for a retry; what the caller gets should the retry find nothing.
+                Ok(_) => Rejection::new(
+                    RejectKind::BadGateway,
+                    format!("The upstream provider `{}` failed.", up.provider),
+                ),
+                Err(r) => r,
+            };
+            last = Some(rejection);
+            drop(quota); // refunds the charge
+            trail(ctx, &d.label, outcome);
+            failed = Some(outcome);
+            drop(permit);
+            if !again {
+                break 'stages;
+            }
+            let pause = crate::balancer::backoff(attempts, &route.retry)
+                .min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
         }
-        Err(Fail::Reject(last.unwrap_or_else(|| {
+    }
+    Err(Fail::Reject(last.unwrap_or_else(|| {
             let provider = &primary.provider;
             Rejection::new(
                 RejectKind::Unavailable,
@@ -313,7 +312,6 @@ impl Gateway {
                 ),
             )
         })))
-    }
 }
 
 /// Whether the route's retry policy retries this outcome.
@@ -368,7 +366,7 @@ fn retry_reason(o: Outcome) -> &'static str {
 
 /// Appends `label:outcome` to the request's attempt trail (logged): only failed attempts write it.
 fn trail(ctx: &mut Ctx, label: &str, outcome: Outcome) {
-    let t = ctx.trail.get_or_insert_with(String::new);
+    let t = ctx.exchange.trail.get_or_insert_with(String::new);
     if !t.is_empty() {
         t.push(' ');
     }

@@ -16,7 +16,7 @@ use leaky_config::{
     UpstreamAuth,
 };
 use leaky_filters::limit::settle::system_now;
-use leaky_filters::limit::{Decision, Limiter};
+use leaky_filters::limit::{Decision, DecisionSink, Limiter};
 use leaky_filters::resilience::RetryBudget;
 use leaky_filters::{build_chain, BuildContext, Chain, KeyIndex};
 use pingora::upstreams::peer::HttpPeer;
@@ -129,8 +129,6 @@ pub struct Snapshot {
     pub max_body_bytes: u64,
     /// The `not_found` metric bucket for requests that match no route.
     pub unmatched: RequestMetrics,
-    /// `leaky_ratelimit_decisions_total` per policy (by index) and decision, resolved once here.
-    decisions: Vec<[Option<IntCounter>; 5]>,
 }
 
 impl Snapshot {
@@ -154,11 +152,16 @@ impl Snapshot {
             limiter = limiter.with_inline_memory(m.clone());
         }
         let limiter = Arc::new(limiter);
+        let decisions: Arc<[[Option<IntCounter>; 5]]> = limiter
+            .policies()
+            .map(|p| Decision::ALL.map(|d| crate::metrics::decision_counter(&p.name, d.as_str())))
+            .collect();
         let cx = BuildContext {
             keys,
             base_dir: config.base_dir.clone(),
             tiers: Arc::new(config.tiers.keys().cloned().collect()),
             limiter: Some(limiter.clone()),
+            decisions: Some(decision_sink(decisions)),
         };
         let mut pools = HashMap::new();
         for (name, p) in &config.providers {
@@ -184,7 +187,7 @@ impl Snapshot {
             let chain =
                 build_chain(&r.filters, &cx).map_err(|e| format!("route `{}`: {e}", r.name))?;
             routes.push(CompiledRoute {
-                meters: chain.has("rate-limit"),
+                meters: chain.wants_cost(),
                 name: r.name.as_str().into(),
                 prefix: r.prefix.clone(),
                 prefix_depth: crate::path::depth(&r.prefix),
@@ -210,10 +213,6 @@ impl Snapshot {
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        let decisions = limiter
-            .policies()
-            .map(|p| Decision::ALL.map(|d| crate::metrics::decision_counter(&p.name, d.as_str())))
-            .collect();
         Ok(Snapshot {
             limiter,
             backend: backend.clone(),
@@ -222,7 +221,6 @@ impl Snapshot {
             config,
             routes,
             unmatched: RequestMetrics::new("none", "none"),
-            decisions,
         })
     }
 
@@ -238,13 +236,17 @@ impl Snapshot {
     pub fn routes(&self) -> &[CompiledRoute] {
         &self.routes
     }
+}
 
-    pub fn count_decision(&self, policy: usize, decision: Decision) {
+/// Counts `rate-limit` decisions in `leaky_ratelimit_decisions_total`, per policy (by index) and
+/// decision, with handles resolved once per config version.
+fn decision_sink(counters: Arc<[[Option<IntCounter>; 5]]>) -> DecisionSink {
+    Arc::new(move |policy, decision| {
         let slot = Decision::ALL.iter().position(|d| *d == decision);
-        if let Some(c) = slot.and_then(|i| self.decisions.get(policy)?[i].as_ref()) {
+        if let Some(c) = slot.and_then(|i| counters.get(policy)?[i].as_ref()) {
             c.inc();
         }
-    }
+    })
 }
 
 fn upstream(

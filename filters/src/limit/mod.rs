@@ -14,7 +14,7 @@ pub mod store;
 
 pub use self::redis::{RedisClock, RedisOptions, RedisStore};
 pub use algo::{Admit, Algorithm, CalendarWindow, Deny, Nanos, State, Status};
-pub use filter::{Decision, RateLimitFilter, Reservation};
+pub use filter::{Decision, DecisionSink, RateLimitFilter};
 pub use guard::{BreakerState, GuardOptions, GuardStats, Guarded};
 pub use memory::MemoryStore;
 pub use policy::{Clock, Limiter, TokenCost, TokenUsage, UsageSource};
