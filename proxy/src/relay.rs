@@ -99,9 +99,9 @@ fn response_head(
         ResponseHeader::build_no_case(status, Some(up_head.headers.len() + 4)).map_err(bad)?;
     let hop = ConnectionNamed::of(&up_head.headers);
     for (name, value) in up_head.headers.iter() {
-        // On metered routes the gateway's own limit headers describe the caller; the provider's
-        // describe the gateway's upstream key and would contradict them.
-        let provider_limit = route.meters && request::is_limit_header(name);
+        // Where the gateway's own limit headers describe the caller, the provider's describe the
+        // gateway's upstream key and would contradict them.
+        let provider_limit = route.own_limit_headers && request::is_limit_header(name);
         if up.headers.returns(name) && !hop.contains(name) && !provider_limit {
             out.append_header(name.clone(), value.clone())
                 .map_err(bad)?;

@@ -188,6 +188,26 @@ pub fn stream_error_event(dialect: Dialect, request_id: &str, message: &str) -> 
 /// the headers the route's policy forwards (never hop-by-hop ones), the deployment's host,
 /// credential and account, `X-Forwarded-For` / `Forwarded`, the framing of the (whole) body, the
 /// request id, and what the chain asked for.
+/// `X-Forwarded-For` and `Forwarded` naming the connecting peer (see `headers::forwarded_for`).
+fn forwarded_for(session: &Session, ctx: &Ctx, req: &mut RequestHeader) -> pingora::Result<()> {
+    let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
+        return Ok(());
+    };
+    let trusted = ctx
+        .snapshot
+        .as_ref()
+        .map_or(&[][..], |s| &s.config.server.trusted_proxies);
+    let client = &session.req_header().headers;
+    let (xff, fwd) = headers::forwarded_for(client, peer.ip(), trusted);
+    let names = [headers::X_FORWARDED_FOR, header::FORWARDED];
+    for (name, value) in names.into_iter().zip([xff, fwd]) {
+        if let Some(v) = value {
+            req.insert_header(name, v)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn upstream_head(
     session: &Session,
     ctx: &Ctx,
@@ -224,19 +244,7 @@ pub fn upstream_head(
         req.insert_header(name.clone(), value.clone())
             .map_err(internal)?;
     }
-    if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
-        let trusted = ctx
-            .snapshot
-            .as_ref()
-            .map_or(&[][..], |s| &s.config.server.trusted_proxies);
-        let (xff, fwd) = headers::forwarded_for(&head.headers, peer.ip(), trusted);
-        let names = [headers::X_FORWARDED_FOR, header::FORWARDED];
-        for (name, value) in names.into_iter().zip([xff, fwd]) {
-            if let Some(v) = value {
-                req.insert_header(name, v).map_err(internal)?;
-            }
-        }
-    }
+    forwarded_for(session, ctx, &mut req).map_err(internal)?;
     if body_len > 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
         req.insert_header(header::CONTENT_LENGTH, body_len)
             .map_err(internal)?;
