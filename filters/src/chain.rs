@@ -182,6 +182,7 @@ pub fn build_chain(specs: &[FilterSpec], cx: &BuildContext) -> Result<Chain, Str
             FilterSpec::RequestId(s) => Arc::new(RequestIdFilter::from_config(s)),
             FilterSpec::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx)),
             FilterSpec::Jwt(s) => Arc::new(JwtFilter::from_config(s, cx)?),
+            FilterSpec::Concurrency(s) => Arc::new(crate::ConcurrencyFilter::from_config(s)),
             FilterSpec::RateLimit(_) => match &cx.limiter {
                 Some(l) => Arc::new(
                     crate::limit::RateLimitFilter::new(l.clone())

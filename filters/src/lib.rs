@@ -12,6 +12,7 @@
 
 mod api_key;
 mod chain;
+mod concurrency;
 mod hold;
 mod jwt;
 mod key_index;
@@ -24,6 +25,7 @@ pub mod usage;
 
 pub use api_key::ApiKeyFilter;
 pub use chain::{build_chain, BuildContext, Chain, Filter, RequestCtx, RequestInfo};
+pub use concurrency::ConcurrencyFilter;
 pub use hold::{Admission, Hold, Settlement};
 pub use jwt::JwtFilter;
 pub use key_index::KeyIndex;
