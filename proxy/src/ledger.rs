@@ -278,4 +278,50 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), ["finish None"]);
         assert!(l.usage().is_none() && l.deployment().is_none() && !l.meters());
     }
+
+    fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn a_metered_request_settles_with_the_reported_usage_once() {
+        let (mut l, log) = ledger_with_probe();
+        l.meter(Metering::openai_chat(10, Some(100)));
+        l.on_response(200, &json_headers());
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#;
+        assert_eq!(&l.on_chunk(Bytes::from_static(body))[..], &body[..]);
+        assert!(l.settle().await.is_empty());
+        // The body's end and the completion phase both come by: only the first settles.
+        assert!(l.settle().await.is_empty());
+        l.finish();
+        assert_eq!(*log.lock().unwrap(), ["settle Some(200)"]);
+        let u = l.usage().unwrap();
+        assert_eq!((u.prompt, u.completion), (12, 30));
+        assert_eq!(u.source, leaky_filters::limit::UsageSource::Reported);
+    }
+
+    #[tokio::test]
+    async fn a_non_streamed_answer_cut_short_settles_at_least_its_reservation() {
+        let (mut l, log) = ledger_with_probe();
+        l.admit(Admission {
+            reserved_completion: 300,
+            ..Admission::default()
+        });
+        l.meter(Metering::openai_chat(10, Some(100)));
+        l.on_response(200, &json_headers());
+        l.on_chunk(Bytes::from_static(b"{\"choices\":["));
+        // The client left before the end: the gateway would drain; here the body never ends.
+        assert!(l.drains_when_client_leaves());
+        l.finish();
+        let u = l.usage().unwrap();
+        assert_eq!(u.source, leaky_filters::limit::UsageSource::Reservation);
+        assert_eq!(u.completion, 300, "the most any hold reserved");
+        // `admit` replaced the holds: the probe's was released when it was dropped.
+        assert_eq!(*log.lock().unwrap(), ["drop"]);
+    }
 }

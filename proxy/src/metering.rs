@@ -255,3 +255,21 @@ impl Metering {
         self.settled
     }
 }
+
+#[cfg(test)]
+impl Metering {
+    /// A meter of a non-streamed OpenAI chat completion (`max_tokens`: `max_completion`).
+    pub(crate) fn openai_chat(prompt_estimate: u64, max_completion: Option<u64>) -> Self {
+        Metering {
+            surface: Surface::ChatCompletions(usage::Vendor::OpenAi),
+            model: "gpt-4o".into(),
+            prompt_estimate,
+            incremental: false,
+            stream: false,
+            max_completion,
+            strip: false,
+            tracker: None,
+            settled: false,
+        }
+    }
+}
