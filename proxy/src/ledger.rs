@@ -95,8 +95,8 @@ impl Ledger {
 
     /// Takes what admission returned; gives back the completion cap to send upstream.
     pub fn admit(&mut self, admission: Admission) -> Option<u64> {
-        self.holds = admission.holds;
-        self.reserved_completion = admission.reserved_completion;
+        self.holds.extend(admission.holds);
+        self.reserved_completion = self.reserved_completion.max(admission.reserved_completion);
         admission.completion_cap
     }
 
@@ -321,7 +321,6 @@ mod tests {
         let u = l.usage().unwrap();
         assert_eq!(u.source, leaky_filters::limit::UsageSource::Reservation);
         assert_eq!(u.completion, 300, "the most any hold reserved");
-        // `admit` replaced the holds: the probe's was released when it was dropped.
-        assert_eq!(*log.lock().unwrap(), ["drop"]);
+        assert_eq!(*log.lock().unwrap(), ["finish Some(200)"]);
     }
 }
