@@ -95,7 +95,11 @@ impl Ledger {
 
     /// Takes what admission returned; gives back the completion cap to send upstream.
     pub fn admit(&mut self, admission: Admission) -> Option<u64> {
-        self.holds.extend(admission.holds);
+        if self.holds.is_empty() {
+            self.holds = admission.holds; // a move, no copy into a new buffer
+        } else {
+            self.holds.extend(admission.holds);
+        }
         self.reserved_completion = self.reserved_completion.max(admission.reserved_completion);
         admission.completion_cap
     }
