@@ -572,3 +572,62 @@ async fn gemini_native_under_v1_is_served_and_metered_like_v1beta() {
         .iter()
         .any(|m| m["name"] == "models/gemini-2.5-flash"));
 }
+
+/// Metering by need: a route without `rate-limit` still meters when a deployment it reaches has a
+/// `tpm` budget, so the budget counts the tokens the provider reported. After one request of ~910
+/// tokens under `tpm: 1000`, a second whose reservation would pass the budget finds no deployment
+/// (without metering both passed: every request counted 0 tokens).
+#[tokio::test]
+async fn a_deployment_tpm_budget_counts_tokens_on_a_route_without_rate_limit() {
+    let (addr, knobs) = serve(leaky_stubs::openai_router_with(&stub_options(
+        leaky_stubs::FaultPlan::default(),
+    )))
+    .await;
+    knobs.completion_tokens.store(900, Ordering::SeqCst);
+    let gw = Gateway::start(&format!(
+        r#"server:
+  threads: 2
+providers:
+  openai:
+    credential: sk-test
+    models: [gpt-4o]
+    deployments:
+      - {{ name: a, base_url: "http://{addr}", tpm: 1000 }}
+routes:
+  - name: v1
+    prefix: /v1
+    upstream: {{ provider: openai, path_prefix: /v1 }}
+    filters: [{{ kind: request-id }}, {{ kind: api-key }}]
+tiers:
+  pro: {{}}
+keys:
+  - {{ id: test-pro, sha256: {key}, user: alice, org: acme, tier: pro }}
+"#,
+        key = sha256_hex(PRO_KEY.as_bytes()),
+    ))
+    .await;
+    // Both requests within one budget minute.
+    let in_minute = || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.unwrap().as_secs() % 60
+    };
+    if in_minute() >= 55 {
+        tokio::time::sleep(Duration::from_secs(60 - in_minute())).await;
+    }
+    let ask = |max_tokens: u64| {
+        let mut body = chat("gpt-4o", "hello");
+        body["max_tokens"] = json!(max_tokens);
+        body
+    };
+    let first = gw.post_chat(PRO_KEY, &ask(950)).await;
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let used = first.json::<Value>().await.unwrap()["usage"]["total_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(used > 900, "{used}");
+    let second = gw.post_chat(PRO_KEY, &ask(100)).await;
+    let status = second.status();
+    let text = second.text().await.unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("out of budget"), "{text}");
+}

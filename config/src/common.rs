@@ -139,3 +139,16 @@ pub enum EndpointMethod {
     #[serde(rename = "*")]
     Any,
 }
+
+/// Whose requests share a `concurrency` filter's cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyScope {
+    /// The authenticated principal (API key or token subject).
+    #[default]
+    Key,
+    /// The principal's user.
+    User,
+    /// The principal's org, else its user.
+    Org,
+}

@@ -19,7 +19,7 @@ fn committed_schema_matches_the_code() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "{} is out of date with the schema types in config/src/schema.rs; regenerate it with\n\
+        "{} is out of date with the schema types in config/src/spec/; regenerate it with\n\
          \n    LEAKY_UPDATE_SCHEMA=1 cargo test -p leaky-config --test schema\n",
         path.display()
     );

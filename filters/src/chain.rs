@@ -1,11 +1,12 @@
 //! The filter trait, the per-request context, and building a route's chain from its YAML specs.
 
+use crate::hold::Admission;
 use crate::{
     ApiKeyFilter, JwksCache, JwtFilter, Principal, Rejection, RequestIdFilter, SharedKeyIndex,
 };
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use leaky_config::{Dialect, FilterConfig};
+use leaky_config::FilterConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,52 +32,44 @@ impl RequestInfo<'_> {
     }
 }
 
-/// Everything a request accumulates on its way through the chain.
+/// What filters know of a request and tell the proxy, from its headers to its admission. Holds a
+/// filter takes are not kept here: `on_admit` returns them ([`Admission`]) to the proxy's ledger.
 #[derive(Debug, Default)]
 pub struct RequestCtx {
     /// Set by `request-id`; the proxy mints one if the route has no such filter.
     pub request_id: String,
-    /// The caller's W3C `traceparent`, passed upstream unchanged.
-    pub traceparent: Option<HeaderValue>,
     /// Set by an auth filter.
     pub principal: Option<Arc<Principal>>,
     /// The request's model, once known (body or path), before `on_request_body`.
     pub model: Option<String>,
-    /// Error dialect of the route.
-    pub dialect: Option<Dialect>,
     /// Unix seconds at the start of the request (the injected clock for expiry checks).
     pub now_unix: i64,
     /// Headers to add to the upstream request.
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
     /// Headers to add to the response.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
-    /// Response status, once known.
-    pub status: Option<u16>,
-    /// Response body bytes seen so far.
-    pub response_bytes: u64,
     /// Route name (a rate-limit dimension).
     pub route: Option<Arc<str>>,
     /// Provider of the chosen upstream, once picked.
     pub provider: Option<Arc<str>>,
-    /// The request's token cost estimate, set by the proxy before `on_admit` when the route meters tokens.
+    /// The request's token cost estimate, set by the proxy before `on_cost_floor` / `on_admit` when
+    /// some filter of the route [wants it](Filter::wants_cost) or a deployment has a `tpm` budget.
     pub cost: Option<leaky_limit::TokenCost>,
-    /// Tokens the request used: the provider's report, or counted from what was streamed when the
-    /// response was cut. Set before `on_usage` / `on_complete`.
-    pub usage: Option<leaky_limit::TokenUsage>,
-    /// The per-choice completion cap the proxy must send upstream because the request set none and
-    /// a policy enforces its reservation (`enforce_max_tokens`); set by the limiter in `on_admit`.
-    pub completion_cap: Option<u64>,
-    /// What the rate limiter decided and reserved (settled by `on_usage` or `on_complete`).
-    pub limit: Option<Box<crate::rate_limit::Reservation>>,
-    /// Shaping delay the limiter asked for before the upstream call.
-    pub delay: Option<std::time::Duration>,
 }
 
 /// One filter of a chain. Every phase has a pass-through default; implement the ones you need.
+/// Only phases some filter uses exist: the response is the proxy's, and what a filter holds until the
+/// request ends is a [`Hold`](crate::Hold) it returns from `on_admit`.
 #[async_trait]
 pub trait Filter: Send + Sync {
     /// The YAML `kind`, for logs and metrics.
     fn kind(&self) -> &'static str;
+
+    /// Whether admission needs the request's token cost (`ctx.cost`): the proxy estimates it, and
+    /// tracks the response's usage, only on routes where something needs it.
+    fn wants_cost(&self) -> bool {
+        false
+    }
 
     /// Request headers arrived (body not read yet). Reject here to answer without reading the body.
     async fn on_request(
@@ -96,28 +89,16 @@ pub trait Filter: Send + Sync {
     /// (the prompt's floor from its byte length). Refuse here what can never be admitted, so the
     /// exact count (seconds of CPU for a multi-megabyte prompt) is never paid for it. Synchronous
     /// and without store access: only what no bucket state can change.
-    fn on_cost_floor(&self, _ctx: &mut RequestCtx) -> Result<(), Rejection> {
+    fn on_cost_floor(&self, _ctx: &RequestCtx) -> Result<(), Rejection> {
         Ok(())
     }
 
     /// Admission, after `on_request_body` and before the upstream call (`ctx.provider` and `ctx.cost`
-    /// known): the rate limiter reserves here.
-    async fn on_admit(&self, _ctx: &mut RequestCtx) -> Result<(), Rejection> {
-        Ok(())
+    /// known): take what the request holds until it ends and return it (the rate limiter reserves
+    /// here). A refusal returns no hold: whatever the filter took is released before it returns.
+    async fn on_admit(&self, _ctx: &mut RequestCtx) -> Result<Admission, Rejection> {
+        Ok(Admission::default())
     }
-
-    /// The provider's usage is known (`ctx.usage`), before the response's last bytes go out, so the
-    /// caller's next request already sees it settled.
-    async fn on_usage(&self, _ctx: &mut RequestCtx) {}
-
-    /// The upstream's status and headers arrived.
-    fn on_response(&self, _status: u16, _headers: &HeaderMap, _ctx: &mut RequestCtx) {}
-
-    /// A response body chunk is about to go to the client.
-    fn on_response_chunk(&self, _chunk: &[u8], _ctx: &mut RequestCtx) {}
-
-    /// The request is over, whatever happened. Always runs, once.
-    fn on_complete(&self, _ctx: &RequestCtx) {}
 }
 
 /// What filters may need from the config version they are built for.
@@ -133,6 +114,8 @@ pub struct BuildContext {
     pub tiers: Arc<std::collections::BTreeSet<String>>,
     /// The config version's compiled limiter (policies + store), shared by every route's `rate-limit`.
     pub limiter: Option<Arc<leaky_limit::Limiter>>,
+    /// Where `rate-limit` counts its decisions (the proxy's metrics).
+    pub decisions: Option<crate::rate_limit::DecisionSink>,
 }
 
 /// A route's filters, in order.
@@ -158,8 +141,9 @@ impl Chain {
         self.filters.iter().map(|f| f.kind()).collect()
     }
 
-    pub fn has(&self, kind: &str) -> bool {
-        self.filters.iter().any(|f| f.kind() == kind)
+    /// Some filter's admission needs the request's token cost.
+    pub fn wants_cost(&self) -> bool {
+        self.filters.iter().any(|f| f.wants_cost())
     }
 
     pub async fn on_request(
@@ -179,39 +163,18 @@ impl Chain {
             .try_for_each(|f| f.on_request_body(body, ctx))
     }
 
-    pub fn on_cost_floor(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+    pub fn on_cost_floor(&self, ctx: &RequestCtx) -> Result<(), Rejection> {
         self.filters.iter().try_for_each(|f| f.on_cost_floor(ctx))
     }
 
-    pub async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+    /// Every filter's admission, in order. On a refusal the holds taken by the filters before it are
+    /// dropped here, which releases them.
+    pub async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<Admission, Rejection> {
+        let mut admission = Admission::default();
         for f in &self.filters {
-            f.on_admit(ctx).await?;
+            admission.merge(f.on_admit(ctx).await?);
         }
-        Ok(())
-    }
-
-    pub async fn on_usage(&self, ctx: &mut RequestCtx) {
-        for f in &self.filters {
-            f.on_usage(ctx).await;
-        }
-    }
-
-    pub fn on_response(&self, status: u16, headers: &HeaderMap, ctx: &mut RequestCtx) {
-        ctx.status = Some(status);
-        self.filters
-            .iter()
-            .for_each(|f| f.on_response(status, headers, ctx));
-    }
-
-    pub fn on_response_chunk(&self, chunk: &[u8], ctx: &mut RequestCtx) {
-        ctx.response_bytes += chunk.len() as u64;
-        self.filters
-            .iter()
-            .for_each(|f| f.on_response_chunk(chunk, ctx));
-    }
-
-    pub fn on_complete(&self, ctx: &RequestCtx) {
-        self.filters.iter().for_each(|f| f.on_complete(ctx));
+        Ok(admission)
     }
 }
 
@@ -226,8 +189,12 @@ pub fn build_chain(specs: &[FilterConfig], cx: &BuildContext) -> Result<Chain, S
             FilterConfig::Jwt(s) => {
                 Arc::new(JwtFilter::from_config(s, cx).map_err(|e| e.to_string())?)
             }
+            FilterConfig::Concurrency(s) => Arc::new(crate::ConcurrencyFilter::from_config(s)),
             FilterConfig::RateLimit => match &cx.limiter {
-                Some(l) => Arc::new(crate::rate_limit::RateLimitFilter::new(l.clone())),
+                Some(l) => Arc::new(
+                    crate::rate_limit::RateLimitFilter::new(l.clone())
+                        .with_decisions(cx.decisions.clone()),
+                ),
                 None => return Err("the `rate-limit` filter needs the limiter".into()),
             },
         });

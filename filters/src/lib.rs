@@ -1,13 +1,10 @@
 //! Leaky Tokens filters.
 //!
 //! A filter is a small struct built once per config version from its typed settings, with one method per
-//! request phase it cares about. The proxy runs a route's chain in YAML order:
-//!
-//! ```text
-//! on_request (headers; async)   ─ may reject ─▶ body read, model resolved
-//! on_request_body (model known) ─ may reject ─▶ upstream call
-//! on_response (status, headers) ─▶ on_response_chunk (each body chunk) ─▶ on_complete (always)
-//! ```
+//! request phase it cares about: `on_request` (headers), `on_request_body` (model known),
+//! `on_cost_floor` and `on_admit` (admission; a filter that takes something for the request returns
+//! it as a [`Hold`], which the proxy's request ledger settles once). Where these phases sit in a
+//! request's path: the phase chart in `proxy/src/lib.rs`.
 //!
 //! Filters never see Pingora types: they read `RequestInfo` (method, path, headers) and write the
 //! per-request `RequestCtx` (principal, headers to add upstream or downstream). A rejection is a typed
@@ -15,6 +12,8 @@
 
 mod api_key;
 mod chain;
+mod concurrency;
+mod hold;
 mod jwt;
 mod key_index;
 mod principal;
@@ -24,6 +23,8 @@ mod request_id;
 
 pub use api_key::ApiKeyFilter;
 pub use chain::{build_chain, BuildContext, Chain, Filter, RequestCtx, RequestInfo};
+pub use concurrency::ConcurrencyFilter;
+pub use hold::{Admission, Hold, Settlement};
 pub use jwt::{JwksCache, JwksError, JwtBuildError, JwtFilter};
 pub use key_index::{KeyIndex, SharedKeyIndex};
 pub use principal::{AuthMethod, Principal};

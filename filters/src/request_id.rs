@@ -1,5 +1,6 @@
 //! `request-id`: keep a well-formed incoming `x-request-id` or mint one; the proxy sends it upstream and
-//! returns it. The caller's W3C `traceparent` is kept for the upstream request unchanged.
+//! returns it. (The caller's W3C `traceparent` is not the filter's: it crosses the gateway unchanged
+//! through the header allow-list, `proxy/src/headers.rs`.)
 
 use crate::chain::{Filter, RequestCtx, RequestInfo};
 use crate::Rejection;
@@ -53,29 +54,8 @@ impl Filter for RequestIdFilter {
             Some(id) if self.trust_incoming && Self::acceptable(id) => id.to_string(),
             _ => Self::mint(),
         };
-        ctx.traceparent = req
-            .headers
-            .get("traceparent")
-            .filter(|v| valid_traceparent(v.as_bytes()))
-            .cloned();
         Ok(())
     }
-}
-
-/// `version-traceid-parentid-flags`: 2, 32, 16 and 2 lower-case hex digits; all-zero ids are invalid.
-fn valid_traceparent(v: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = v.split(|b| *b == b'-').collect();
-    let hex = |p: &[u8], n: usize| {
-        p.len() == n && p.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    parts.len() >= 4
-        && hex(parts[0], 2)
-        && parts[0] != b"ff"
-        && hex(parts[1], 32)
-        && parts[1].iter().any(|b| *b != b'0')
-        && hex(parts[2], 16)
-        && parts[2].iter().any(|b| *b != b'0')
-        && hex(parts[3], 2)
 }
 
 #[cfg(test)]
@@ -115,20 +95,5 @@ mod tests {
         assert_ne!(run(&h, false).await.request_id, "abc");
         h.insert("x-request-id", "has space".parse().unwrap());
         assert!(run(&h, true).await.request_id.starts_with("req_"));
-    }
-
-    #[tokio::test]
-    async fn keeps_valid_traceparent_only() {
-        let mut h = HeaderMap::new();
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        h.insert("traceparent", tp.parse().unwrap());
-        assert_eq!(run(&h, true).await.traceparent.unwrap(), tp);
-        h.insert(
-            "traceparent",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
-                .parse()
-                .unwrap(),
-        );
-        assert!(run(&h, true).await.traceparent.is_none());
     }
 }

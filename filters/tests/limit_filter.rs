@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use leaky_filters::rate_limit::RateLimitFilter;
-use leaky_filters::{AuthMethod, Filter, Principal, RejectKind, RequestCtx};
+use leaky_filters::{Admission, AuthMethod, Filter, Principal, RejectKind, RequestCtx, Settlement};
 use leaky_limit::{Limiter, MemoryStore, TokenCost, TokenUsage, UsageSource};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,6 +78,28 @@ fn ctx(key: &str, tier: &str, org: &str, provider: &str) -> RequestCtx {
     }
 }
 
+/// Settles what `a` holds, as the proxy's ledger does when the usage is known.
+async fn settle(a: Admission, status: u16, usage: Option<TokenUsage>) {
+    let outcome = Settlement {
+        status: Some(status),
+        usage,
+    };
+    for h in a.holds {
+        h.settle(&outcome).await;
+    }
+}
+
+/// Settles what `a` holds at the end of a request without usage, as the ledger does from `logging`.
+fn finish(a: Admission, status: u16) {
+    let outcome = Settlement {
+        status: Some(status),
+        usage: None,
+    };
+    for h in a.holds {
+        h.finish(&outcome);
+    }
+}
+
 fn header<'a>(c: &'a RequestCtx, name: &str) -> Option<&'a str> {
     c.response_headers
         .iter()
@@ -94,19 +116,20 @@ limits:
   policies:
     - { name: org, unit: tokens, rate: 1000, per: hour, scope: [org], reserve: { low: 0.3 } }
 ");
-    // Low priority may use the pool down to 30% (700 tokens = 7 requests of 100).
-    let mut admitted = 0;
+    // Low priority may use the pool down to 30% (700 tokens = 7 requests of 100). Admitted
+    // requests are kept in flight: a dropped hold gives its reservation back.
+    let mut held = Vec::new();
     for i in 0..10 {
         let mut c = ctx(&format!("k{i}"), "free", "acme", "openai");
-        if r.filter.on_admit(&mut c).await.is_ok() {
-            admitted += 1;
+        if let Ok(a) = r.filter.on_admit(&mut c).await {
+            held.push(a);
         }
     }
-    assert_eq!(admitted, 7);
+    assert_eq!(held.len(), 7);
     // High priority still gets the reserved 30%, from the same org pool.
     for _ in 0..3 {
         let mut c = ctx("boss", "ent", "acme", "openai");
-        r.filter.on_admit(&mut c).await.unwrap();
+        held.push(r.filter.on_admit(&mut c).await.unwrap());
     }
     let mut c = ctx("boss", "ent", "acme", "openai");
     let e = r.filter.on_admit(&mut c).await.unwrap_err();
@@ -123,9 +146,10 @@ limits:
   policies:
     - { name: openai-pool, unit: requests, rate: 2, per: hour, scope: [provider], match: { providers: [openai] } }
 ");
+    let mut held = Vec::new();
     for key in ["a", "b"] {
         let mut c = ctx(key, "pro", "o", "openai");
-        r.filter.on_admit(&mut c).await.unwrap();
+        held.push(r.filter.on_admit(&mut c).await.unwrap());
     }
     let mut c = ctx("c", "pro", "o", "openai");
     assert!(
@@ -146,10 +170,12 @@ async fn shaping_delays_instead_of_refusing() {
 ");
     let start = tokio::time::Instant::now();
     let mut delays = Vec::new();
+    let mut held = Vec::new();
     for _ in 0..3 {
         let mut c = ctx("k", "batch", "o", "openai");
-        r.filter.on_admit(&mut c).await.unwrap();
-        delays.push(c.delay.map_or(0, |d| d.as_millis()));
+        let before = tokio::time::Instant::now();
+        held.push(r.filter.on_admit(&mut c).await.unwrap());
+        delays.push(before.elapsed().as_millis());
     }
     // 1 now, then one every 100 ms: queued 100, 200 ms; the 4th would wait 300 ms > 250 ms.
     assert_eq!(delays, vec![0, 100, 200]);
@@ -172,13 +198,16 @@ async fn concurrency_slots_come_back_at_completion() {
 ");
     let mut a = ctx("k", "pro", "o", "openai");
     let mut b = ctx("k", "pro", "o", "openai");
-    r.filter.on_admit(&mut a).await.unwrap();
-    r.filter.on_admit(&mut b).await.unwrap();
+    let held_a = r.filter.on_admit(&mut a).await.unwrap();
+    let _held_b = r.filter.on_admit(&mut b).await.unwrap();
     let mut c = ctx("k", "pro", "o", "openai");
     assert!(r.filter.on_admit(&mut c).await.is_err());
-    a.status = Some(200);
-    r.filter.on_complete(&a);
-    r.filter.on_admit(&mut c).await.unwrap();
+    finish(held_a, 200);
+    let held_c = r.filter.on_admit(&mut c).await.unwrap();
+    // A request dropped without settling (cancelled) gives its slot back too.
+    drop(held_c);
+    let mut d = ctx("k", "pro", "o", "openai");
+    r.filter.on_admit(&mut d).await.unwrap();
 }
 
 #[tokio::test]
@@ -202,33 +231,31 @@ async fn settles_with_reported_usage_and_refunds_failures() {
             .unwrap()
     };
     let mut a = ctx("k", "pro", "o", "openai");
-    r.filter.on_admit(&mut a).await.unwrap();
+    let held_a = r.filter.on_admit(&mut a).await.unwrap();
     assert_eq!((remaining(&a, "day"), remaining(&a, "out")), (900, 910));
-    a.status = Some(200);
-    a.usage = Some(TokenUsage {
+    let usage = TokenUsage {
         prompt: 12,
         completion: 30,
         source: UsageSource::Reported,
-    });
-    r.filter.on_usage(&mut a).await;
-    r.filter.on_complete(&a); // already settled: no second adjustment
+    };
+    // Settling consumes the hold: it cannot be settled twice.
+    settle(held_a, 200, Some(usage)).await;
 
     let mut b = ctx("k", "pro", "o", "openai");
-    r.filter.on_admit(&mut b).await.unwrap();
+    let held_b = r.filter.on_admit(&mut b).await.unwrap();
     assert_eq!(
         (remaining(&b, "day"), remaining(&b, "out")),
         (1000 - 42 - 100, 1000 - 30 - 90)
     );
     // The upstream failed: everything b reserved comes back.
-    b.status = Some(502);
-    r.filter.on_complete(&b);
+    finish(held_b, 502);
     let mut c = ctx("k", "pro", "o", "openai");
-    r.filter.on_admit(&mut c).await.unwrap();
+    let _held_c = r.filter.on_admit(&mut c).await.unwrap();
     assert_eq!(remaining(&c, "day"), 1000 - 42 - 100);
     // Reset headers count down to the window's end (the clock is injected).
     r.now.fetch_add(3_600_000_000_000, Ordering::Relaxed);
     let mut d = ctx("k", "pro", "o", "openai");
-    r.filter.on_admit(&mut d).await.unwrap();
+    let _held_d = r.filter.on_admit(&mut d).await.unwrap();
     assert_eq!(remaining(&d, "day"), 1000 - 42 - 100 - 100);
 }
 
@@ -242,9 +269,10 @@ async fn unchanged_policies_keep_their_buckets_across_versions() {
       - { name: rpm, rate: 2, per: hour }
 ";
     let r1 = rig_on(v1, store.clone(), now.clone());
+    let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = ctx("k", "pro", "o", "openai");
-        r1.filter.on_admit(&mut c).await.unwrap();
+        held.push(r1.filter.on_admit(&mut c).await.unwrap());
     }
     // The same policy in a new config version (another filter instance): still exhausted.
     let r2 = rig_on(
@@ -268,7 +296,7 @@ async fn an_exhausted_quota_is_insufficient_quota_until_the_window_rolls() {
       - { name: day, unit: requests, quota: daily, limit: 1 }
 ");
     let mut a = ctx("k", "pro", "o", "openai");
-    r.filter.on_admit(&mut a).await.unwrap();
+    let _held_a = r.filter.on_admit(&mut a).await.unwrap();
     let mut b = ctx("k", "pro", "o", "openai");
     let e = r.filter.on_admit(&mut b).await.unwrap_err();
     assert_eq!(e.kind, RejectKind::QuotaExceeded);
@@ -321,31 +349,30 @@ tiers:
       - { name: day, unit: tokens, quota: daily, limit: 10000 }
 ");
     let mut a = uncapped(3);
-    r.filter.on_admit(&mut a).await.unwrap();
+    let held_a = r.filter.on_admit(&mut a).await.unwrap();
     // Each policy reserves its own per-choice default times the choices.
     assert_eq!(left(&a, "day"), 10000 - 10 - 300);
     assert_eq!(left(&a, "shared"), 100000 - 10 - 150);
     assert_eq!(left(&a, "prompts"), 100000 - 10);
     // Only `shared` enforces: its default goes upstream as the per-choice cap.
-    assert_eq!(a.completion_cap, Some(50));
-    assert_eq!(a.limit.as_ref().unwrap().completion, 300);
+    assert_eq!(held_a.completion_cap, Some(50));
+    assert_eq!(held_a.reserved_completion, 300);
 
     // A capped request is sent as it is.
     let mut b = ctx("k", "pro", "o", "openai");
-    r.filter.on_admit(&mut b).await.unwrap();
-    assert_eq!(b.completion_cap, None);
+    let held_b = r.filter.on_admit(&mut b).await.unwrap();
+    assert_eq!(held_b.completion_cap, None);
 
     // No usage to be had: each bucket is charged what it reserved, or the settled numbers when
     // larger (b, capped at 90, stays reserved).
-    a.status = Some(200);
-    a.usage = Some(TokenUsage {
+    let usage = TokenUsage {
         prompt: 10,
         completion: 200,
         source: UsageSource::Reservation,
-    });
-    r.filter.on_usage(&mut a).await;
+    };
+    settle(held_a, 200, Some(usage)).await;
     let mut c = uncapped(1);
-    r.filter.on_admit(&mut c).await.unwrap();
+    let _held_c = r.filter.on_admit(&mut c).await.unwrap();
     assert_eq!(left(&c, "day"), 10000 - 310 - 100 - 110);
     assert_eq!(left(&c, "shared"), 100000 - 210 - 100 - 60);
 }

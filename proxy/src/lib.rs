@@ -1,47 +1,97 @@
 //! Leaky Tokens data plane on Pingora.
 //!
-//! - `service`: the request path (`ProxyHttp` impl; phase chart in its module docs).
-//! - `snapshot`: one immutable, compiled config version; `reload` (`ConfigState`) applies config
-//!   documents (`document`) and swaps snapshots atomically; `source`: the `ConfigSource` seam (and a
-//!   pushed source); `watch`: the file source (files, inotify, `SIGHUP`); `bootstrap`: the settings
-//!   fixed at start (listeners, threads, connection limits).
-//! - `headers`: which request and response headers cross the gateway (compiled per route and provider).
-//! - `upstream`: pooled HTTP/1.1 upstream calls with the whole body (beyond Pingora's 64 KiB retry buffer).
-//! - `path`: request path normalization; `endpoints`: a route's compiled endpoint allow-list.
-//! - `admin`: `/healthz`, `/readyz`, `/metrics`, `/admin/config`, `POST /admin/reload`; `admin_auth`:
-//!   who may call them; `metrics`: Prometheus families.
-//! - `listener`: the connection layer under both listeners (limits, head timeout and size, keep-alive,
-//!   strict framing, pipelining).
-//! - `background`: the runtime long-lived tasks run on and the usage queue (`usage_log`), a Pingora
-//!   service that flushes usage at shutdown; `check`: `check-config`'s snapshot build.
+//! # One request, phase by phase
+//!
+//! Pingora owns the connection; `request_filter` answers every request itself (Pingora's upstream
+//! phases are never reached) and `logging` always runs after it. `Ctx` (`ctx.rs`) carries the request
+//! through; each step passes values to the next, and every hold goes into the request's ledger.
+//!
+//! ```text
+//! listener (listener.rs)     connection limit, head timeout and size, strict framing, keep-alive
+//! request_filter (service.rs: Gateway::handle)
+//!  ├─ snapshot               one ArcSwap load: the config version this request runs on
+//!  ├─ locate                 path normalize (path.rs; 400 if unsafe) ─ route match (longest prefix)
+//!  │                         ─ `..` above the prefix ─ framing check (request.rs)
+//!  ├─ authenticate           chain.on_request: request-id, api-key | jwt (401/403 in the route's
+//!  │                         dialect) ─ endpoint allow-list (endpoints.rs; 404)
+//!  │                         (GET {prefix}/models on a model-routed route: answered here)
+//!  ├─ read_body              ≤ server.max_body_bytes (413), 100-continue
+//!  ├─ resolve                model (JSON body or path; checked) ─ upstream pick by model (404)
+//!  │                         ─ chain.on_request_body (model allow-list)
+//!  ├─ admit                  metering.rs (routes that meter, see snapshot.rs): tokenize the cost
+//!  │                         (large bodies: on_cost_floor, then the exact count off the workers),
+//!  │                         include_usage rewrite; the meter goes to the ledger
+//!  │                         ─ chain.on_admit (rate-limit reserves, concurrency takes a slot):
+//!  │                         holds → ledger, completion cap → body
+//!  │                         ─ tenant bulkhead slot (exchange::tenant_slot) → ledger
+//!  ├─ exchange (exchange.rs) for the model, then each fallback (model rewritten):
+//!  │                         pick a deployment (healthy, circuit admits, budget headroom, untried
+//!  │                         first) ─ deployment bulkhead (queue until the deadline) ─ breaker
+//!  │                         admission ─ quota charge ─ send (upstream.rs; pooled, whole body)
+//!  │                         ─ first byte within timeout; retry on connect/timeout/status within the
+//!  │                         route's budget, with backoff and 429 cool-downs
+//!  │                         → answer + UpstreamHolds (deployment permit, quota charge) → ledger
+//!  └─ relay (relay.rs)       response head (filtered, x-request-id, limit headers, served model)
+//!                            ─ body chunks through the ledger's meter (usage tracking, SSE/JSON)
+//!                            ─ settle (Ledger::settle) before the last bytes: holds settled with the
+//!                            provider's usage ─ idle/total cut (settle, SSE error event)
+//!                            ─ client gone: a JSON answer is drained for its usage, then settled
+//!                            ─ upstream connection back to the pool
+//!    on Fail::Reject          the rejection in the route's dialect (service::reject), body drained
+//!                            or the connection closed
+//! logging (always)
+//!  ├─ finish (Ledger::finish) bulkhead slots freed; what settle did not settle, settled with the
+//!  │                         usage so far (counted, or the reservation); quota charge corrected
+//!  └─ access_log.rs          request metrics, token counts, usage record, one log line
+//! ```
+//!
+//! # Modules
+//!
+//! - Request path: `service` (the `ProxyHttp` impl and the steps of `handle`), `ctx` (per-request
+//!   context, `Fail`), `ledger` (holds, settled once), `request` (framing, body, model, upstream
+//!   request head), `path` (normalization), `endpoints` (allow-lists), `headers` (which headers cross),
+//!   `metering` (cost estimate and usage meter), `offload` (the estimate pool), `exchange` (a free
+//!   function over a `Transport`: attempts, retries, fallbacks, on tokio's clock), `upstream` (one pooled upstream call), `balancer` (deployments,
+//!   breakers, cool-downs, quotas, bulkheads, health checks), `pool` (idle connections), `relay` (the
+//!   response to the client), `access_log` (the completion phase), `usage_log` (usage records).
+//! - Config: `snapshot` (one immutable, compiled config version), `reload` (`ConfigState`: applies
+//!   config documents, `document`, and swaps snapshots atomically), `source` (the `ConfigSource` seam,
+//!   and a pushed source), `watch` (the file source: files, inotify, `SIGHUP`), `bootstrap` (the
+//!   settings fixed at start: listeners, threads, connection limits), `limiter` (the rate limiter's
+//!   store, kept across versions), `check` (`check-config`'s snapshot build).
+//! - Serving: `server` (assembles the Pingora server), `listener` (the connection layer under both
+//!   listeners), `admin` (`/healthz`, `/readyz`, `/metrics`, `/admin/config`, `POST /admin/reload`),
+//!   `admin_auth` (who may call them), `metrics` (Prometheus families), `background` (the runtime
+//!   long-lived tasks run on and the usage queue; a Pingora service that flushes usage at shutdown).
+//!
+//! `scripts/shape` checks that these modules import each other without a cycle.
 
 mod access_log;
 pub mod admin;
 pub mod admin_auth;
 pub mod background;
-// TODO(h2): std::time::Instant → tokio::time::Instant (clippy.toml), then drop this allow.
+// TODO: std::time::Instant → tokio::time::Instant (proxy/clippy.toml), then drop this allow.
 #[allow(clippy::disallowed_types)]
 pub mod balancer;
 pub mod bootstrap;
 pub mod check;
+mod ctx;
 pub mod document;
 pub mod endpoints;
 mod exchange;
 mod headers;
+mod ledger;
 pub mod limiter;
 pub mod listener;
 mod metering;
 pub mod metrics;
 mod offload;
 pub mod path;
-// TODO(h2): std::time::Instant → tokio::time::Instant (clippy.toml), then drop this allow.
-#[allow(clippy::disallowed_types)]
 mod pool;
+mod relay;
 pub mod reload;
 mod request;
 pub mod server;
-// TODO(h1): std::time::Instant → tokio::time::Instant (clippy.toml), then drop this allow.
-#[allow(clippy::disallowed_types)]
 pub mod service;
 pub mod snapshot;
 pub mod source;

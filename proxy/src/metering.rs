@@ -1,21 +1,22 @@
-//! Token metering on routes with `rate-limit`: the request's estimated cost (before `on_admit`;
-//! choices bounded by [`usage::MAX_CHOICES`]; large bodies on the bounded estimate pool, refused early
-//! when a lower bound cannot fit), the OpenAI `include_usage` rewrite for streams whose caller did not
-//! ask for usage, the completion cap an `enforce_max_tokens` policy sends upstream (after `on_admit`),
-//! and the response's usage.
+//! Token metering on routes that need it (a filter [wants the cost](leaky_filters::Filter::wants_cost)
+//! or a reachable deployment has a `tpm` budget; see `snapshot.rs`): the request's estimated cost
+//! (before `on_admit`; choices bounded by [`usage::MAX_CHOICES`]; large bodies on the bounded estimate
+//! pool, refused early when a lower bound cannot fit), the OpenAI `include_usage` rewrite for streams
+//! whose caller did not ask for usage, the completion cap an `enforce_max_tokens` policy sends
+//! upstream (after `on_admit`), and the response's usage. The request's [`Metering`] lives in its
+//! ledger (`ledger.rs`), which settles the request's holds with its reading.
 //!
 //! The tenant is charged what the provider bills: its reported usage when the answer carries one
-//! (the gateway keeps reading a non-streamed answer whose client left, see `service::relay`); for a
+//! (the gateway keeps reading a non-streamed answer whose client left, see `relay.rs`); for a
 //! stream without it, the tokens of the text streamed (`counted`); for a non-streamed answer without
 //! it (client gone before its end, malformed, no usage), the whole reservation or the counted tokens
 //! if more (`reservation`).
 
 use crate::offload;
-use crate::service::Ctx;
 use crate::snapshot::{CompiledRoute, Upstream};
 use bytes::Bytes;
 use http::HeaderMap;
-use leaky_filters::{RejectKind, Rejection};
+use leaky_filters::{RejectKind, Rejection, RequestCtx};
 use leaky_limit::{TokenCost, TokenUsage, UsageSource};
 use leaky_usage::{self as usage, Chunk, Surface, UsageTracker};
 use pingora::http::RequestHeader;
@@ -41,24 +42,25 @@ pub struct Metering {
 /// estimate pool ([`crate::offload`]), lower bound first.
 const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;
 
-/// Estimates the request's cost into `ctx.req.cost` and returns the body to send upstream. A large
+/// Estimates the request's cost into `req.cost` and returns the body to send upstream with the
+/// request's meter (`None` when its endpoint carries no tokens). A large
 /// body is estimated off the request workers: first a lower bound from the byte length of its texts
 /// (a request that can never fit a limit is refused here, its prompt never tokenized), then the
 /// exact count. Refuses a request for more than [`usage::MAX_CHOICES`] choices.
 pub async fn prepare(
     head: &RequestHeader,
-    ctx: &mut Ctx,
+    req: &mut RequestCtx,
     route: &CompiledRoute,
     up: &Upstream,
     rest: &str,
     body: Bytes,
-) -> Result<Bytes, Rejection> {
+) -> Result<(Bytes, Option<Metering>), Rejection> {
     let mut path = String::with_capacity(up.path_prefix.len() + rest.len());
     path.push_str(&up.path_prefix);
     path.push_str(rest);
     let surface = Surface::classify(route.dialect, &path);
     if !surface.is_metered() {
-        return Ok(body);
+        return Ok((body, None));
     }
     let sse_requested = head
         .headers
@@ -68,18 +70,18 @@ pub async fn prepare(
             .headers
             .get(http::header::ACCEPT)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let model = ctx.req.model.clone().unwrap_or_default();
+    let model = req.model.clone().unwrap_or_default();
     let (cost, rewritten) = if body.len() <= INLINE_ESTIMATE_BYTES {
         let cost = usage::estimate(surface, &model, &body, sse_requested);
         check_choices(surface, &cost)?;
         let rewritten = include_usage(surface, &cost, &body);
         (cost, rewritten)
     } else {
-        estimate_large(ctx, route, surface, &model, &body, sse_requested).await?
+        estimate_large(req, route, surface, &model, &body, sse_requested).await?
     };
-    ctx.req.cost = Some(token_cost(&cost));
+    req.cost = Some(token_cost(&cost));
     let strip = rewritten.is_some();
-    ctx.metering = Some(Metering {
+    let meter = Metering {
         surface,
         model,
         prompt_estimate: cost.prompt_tokens,
@@ -89,8 +91,8 @@ pub async fn prepare(
         strip,
         tracker: None,
         settled: false,
-    });
-    Ok(rewritten.map_or(body, Bytes::from))
+    };
+    Ok((rewritten.map_or(body, Bytes::from), Some(meter)))
 }
 
 fn token_cost(cost: &usage::RequestCost) -> TokenCost {
@@ -128,7 +130,7 @@ fn include_usage(surface: Surface, cost: &usage::RequestCost, body: &[u8]) -> Op
 /// The estimate (and `include_usage` rewrite) of a large body, on the estimate pool: the lower
 /// bound, the chain's `on_cost_floor` check, then the exact count unless the bound was exact.
 async fn estimate_large(
-    ctx: &mut Ctx,
+    req: &mut RequestCtx,
     route: &CompiledRoute,
     surface: Surface,
     model: &str,
@@ -148,8 +150,8 @@ async fn estimate_large(
     })
     .await?;
     check_choices(surface, &floor)?;
-    ctx.req.cost = Some(token_cost(&floor));
-    if let Err(r) = route.chain.on_cost_floor(&mut ctx.req) {
+    req.cost = Some(token_cost(&floor));
+    if let Err(r) = route.chain.on_cost_floor(req) {
         if let Some(m) = counters {
             m.bound_rejections.inc();
         }
@@ -167,26 +169,21 @@ async fn estimate_large(
     .await
 }
 
-/// After admission: the body with the completion cap a policy enforces on an uncapped request
-/// (`ctx.req.completion_cap`, per choice) in the dialect's own field; otherwise `body` unchanged.
-pub fn cap(ctx: &Ctx, body: Bytes) -> Bytes {
-    let (Some(cap), Some(m)) = (ctx.req.completion_cap, &ctx.metering) else {
-        return body;
-    };
-    match usage::with_completion_cap(m.surface, &m.model, &body, cap) {
-        Some(b) => Bytes::from(b),
-        None => body,
-    }
-}
-
-/// Completion tokens the request reserved: the most any bucket reserved, at least its own cap.
-pub fn reserved_completion(ctx: &Ctx) -> u64 {
-    let limiter = ctx.req.limit.as_deref().map_or(0, |r| r.completion);
-    let own = ctx.metering.as_ref().and_then(|m| m.max_completion);
-    limiter.max(own.unwrap_or(0))
-}
-
 impl Metering {
+    /// After admission: the body with `cap`, the per-choice completion cap a policy enforces on an
+    /// uncapped request, in the dialect's own field (`body` unchanged when it cannot be set).
+    pub fn cap(&self, cap: u64, body: Bytes) -> Bytes {
+        match usage::with_completion_cap(self.surface, &self.model, &body, cap) {
+            Some(b) => Bytes::from(b),
+            None => body,
+        }
+    }
+
+    /// The request's own completion cap, if it set one (all choices).
+    pub fn max_completion(&self) -> Option<u64> {
+        self.max_completion
+    }
+
     /// Only successful answers carry usage; anything else settles as "nothing used".
     pub fn on_response(&mut self, status: u16, headers: &HeaderMap) {
         if !(200..300).contains(&status) {
@@ -210,7 +207,7 @@ impl Metering {
     }
 
     /// The body ended (first call only): the bytes a stripping tracker still held, to forward after
-    /// the usage (`None` when the answer was not a success). `reserved`: [`reserved_completion`].
+    /// the usage (`None` when the answer was not a success). `reserved`: completion tokens reserved.
     pub fn finish_once(&mut self, reserved: u64) -> Option<(Bytes, Option<TokenUsage>)> {
         if self.settled {
             return None;
@@ -256,5 +253,23 @@ impl Metering {
 
     pub fn is_settled(&self) -> bool {
         self.settled
+    }
+}
+
+#[cfg(test)]
+impl Metering {
+    /// A meter of a non-streamed OpenAI chat completion (`max_tokens`: `max_completion`).
+    pub(crate) fn openai_chat(prompt_estimate: u64, max_completion: Option<u64>) -> Self {
+        Metering {
+            surface: Surface::ChatCompletions(usage::Vendor::OpenAi),
+            model: "gpt-4o".into(),
+            prompt_estimate,
+            incremental: false,
+            stream: false,
+            max_completion,
+            strip: false,
+            tracker: None,
+            settled: false,
+        }
     }
 }

@@ -1,10 +1,18 @@
 //! Reading what the request says: framing checks, the body (up to the configured maximum), the model
-//! (from the JSON body or the path) and whether it is a well-formed model name, and the upstream path.
+//! (from the JSON body or the path) and whether it is a well-formed model name, and the upstream
+//! request's path and head.
 
+use crate::balancer::Deployment;
+use crate::ctx::Ctx;
+use crate::headers::{self, ConnectionNamed};
+use crate::snapshot::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
+use http::Method;
 use leaky_config::Dialect;
 use leaky_filters::{RejectKind, Rejection};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -174,6 +182,85 @@ pub fn stream_error_event(dialect: Dialect, request_id: &str, message: &str) -> 
     out.extend_from_slice(&json);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
+}
+
+/// The upstream request's head for deployment `d` of `up`: the caller's method, the upstream path,
+/// the headers the route's policy forwards (never hop-by-hop ones), the deployment's host,
+/// credential and account, `X-Forwarded-For` / `Forwarded`, the framing of the (whole) body, the
+/// request id, and what the chain asked for.
+/// `X-Forwarded-For` and `Forwarded` naming the connecting peer (see `headers::forwarded_for`).
+fn forwarded_for(session: &Session, ctx: &Ctx, req: &mut RequestHeader) -> pingora::Result<()> {
+    let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
+        return Ok(());
+    };
+    let trusted = ctx
+        .snapshot
+        .as_ref()
+        .map_or(&[][..], |s| &s.config.server.trusted_proxies);
+    let client = &session.req_header().headers;
+    let (xff, fwd) = headers::forwarded_for(client, peer.ip(), trusted);
+    let names = [headers::X_FORWARDED_FOR, header::FORWARDED];
+    for (name, value) in names.into_iter().zip([xff, fwd]) {
+        if let Some(v) = value {
+            req.insert_header(name, v)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn upstream_head(
+    session: &Session,
+    ctx: &Ctx,
+    up: &Upstream,
+    d: &Deployment,
+    rest: &str,
+    query: Option<&str>,
+    body_len: usize,
+) -> Result<RequestHeader, Rejection> {
+    let head = session.req_header();
+    let path = upstream_path(&up.path_prefix, rest, query);
+    let internal = |e: Box<pingora::Error>| {
+        Rejection::new(
+            RejectKind::Internal,
+            format!("building the upstream request: {e}"),
+        )
+    };
+    let mut req = RequestHeader::build_no_case(
+        head.method.clone(),
+        path.as_bytes(),
+        Some(head.headers.len() + 4),
+    )
+    .map_err(internal)?;
+    let hop = ConnectionNamed::of(&head.headers);
+    for (name, value) in head.headers.iter() {
+        if up.headers.forwards(name) && !hop.contains(name) {
+            req.append_header(name.clone(), value.clone())
+                .map_err(internal)?;
+        }
+    }
+    req.insert_header(header::HOST, d.host.clone())
+        .map_err(internal)?;
+    for (name, value) in d.auth.iter().chain(d.account.iter()) {
+        req.insert_header(name.clone(), value.clone())
+            .map_err(internal)?;
+    }
+    forwarded_for(session, ctx, &mut req).map_err(internal)?;
+    if body_len > 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
+        req.insert_header(header::CONTENT_LENGTH, body_len)
+            .map_err(internal)?;
+    }
+    req.insert_header("x-request-id", ctx.req.request_id.as_str())
+        .map_err(internal)?;
+    for (name, value) in &ctx.req.upstream_headers {
+        req.insert_header(name.clone(), value.clone())
+            .map_err(internal)?;
+    }
+    Ok(req)
+}
+
+/// The client's IP address (the TCP peer), when the connection is over IP.
+pub fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session.client_addr()?.as_inet().map(|a| a.ip())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use leaky_config::{
     Config, Dialect, ModelPattern, ModelSource, Provider, Route, RouteUpstream, Target,
     UpstreamAuth,
 };
-use leaky_filters::rate_limit::Decision;
+use leaky_filters::rate_limit::{Decision, DecisionSink};
 use leaky_filters::{build_chain, BuildContext, Chain, JwksCache, KeyIndex, SharedKeyIndex};
 use leaky_limit::settle::system_now;
 use leaky_limit::Limiter;
@@ -111,8 +111,12 @@ pub struct CompiledRoute {
     pub model_source: ModelSource,
     pub target: RouteTarget,
     pub chain: Chain,
-    /// The chain rate-limits: estimate the token cost before the call and track usage after it.
+    /// Estimate the token cost before the call and track usage after it: some filter wants the cost
+    /// ([`leaky_filters::Filter::wants_cost`]) or a reachable deployment has a `tpm` budget.
     pub meters: bool,
+    /// The chain's admission tells the caller where it stands (`x-ratelimit-*`, `ratelimit*`): the
+    /// provider's own limit headers, which describe the gateway's upstream account, are dropped.
+    pub own_limit_headers: bool,
     /// The gateway's own `GET {prefix}/models` answer on model-routed routes (the union of providers).
     pub models_list: Option<Bytes>,
     /// Metrics of requests refused before an upstream was chosen.
@@ -175,8 +179,6 @@ pub struct Snapshot {
     pub max_body_bytes: u64,
     /// The `not_found` metric bucket for requests that match no route.
     pub unmatched: RequestMetrics,
-    /// `leaky_ratelimit_decisions_total` per policy (by index) and decision, resolved once here.
-    decisions: Vec<[Option<IntCounter>; 5]>,
     /// Where this version's requests queue their usage records (the background service's queue,
     /// the same for every version).
     pub usage: UsageSink,
@@ -204,12 +206,17 @@ impl Snapshot {
             limiter = limiter.with_inline_memory(m.clone());
         }
         let limiter = Arc::new(limiter);
+        let decisions: Arc<[[Option<IntCounter>; 5]]> = limiter
+            .policies()
+            .map(|p| Decision::ALL.map(|d| crate::metrics::decision_counter(&p.name, d.as_str())))
+            .collect();
         let cx = BuildContext {
             keys: shared.keys.clone(),
             jwks: shared.jwks.clone(),
             base_dir: config.base_dir.clone(),
             tiers: Arc::new(config.tiers.keys().cloned().collect()),
             limiter: Some(limiter.clone()),
+            decisions: Some(decision_sink(decisions)),
         };
         let mut pools = HashMap::new();
         for (name, p) in &config.providers {
@@ -217,54 +224,9 @@ impl Snapshot {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let up = |t: &Target| upstream(&config, r, t, &pools).map(Arc::new);
-            let (target, models_list) = match &r.upstream {
-                RouteUpstream::Fixed(t) => (RouteTarget::Fixed(up(t)?), None),
-                RouteUpstream::ByModel(list) => {
-                    let mut out = Vec::with_capacity(list.len());
-                    for mt in list {
-                        out.push((mt.models.clone(), up(&mt.target)?));
-                    }
-                    let providers: Vec<&Provider> = list
-                        .iter()
-                        .filter_map(|mt| config.providers.get(&mt.target.provider))
-                        .collect();
-                    (RouteTarget::ByModel(out), Some(models_list(&providers)))
-                }
-            };
-            let chain =
-                build_chain(&r.filters, &cx).map_err(|e| format!("route `{}`: {e}", r.name))?;
-            routes.push(CompiledRoute {
-                meters: chain.has("rate-limit"),
-                name: r.name.as_str().into(),
-                prefix: r.prefix.clone(),
-                prefix_depth: crate::path::depth(&r.prefix),
-                endpoints: EndpointMatcher::new(&r.endpoints),
-                dialect: r.dialect,
-                model_source: r.model_source,
-                target,
-                chain,
-                models_list,
-                metrics: RequestMetrics::new(&r.name, "none"),
-                budget: RetryBudget::new(
-                    r.retry.budget_ratio,
-                    r.retry.budget_min_per_second,
-                    r.retry.budget_window_ms,
-                ),
-                retry: r.retry.clone(),
-                total_timeout: r.timeouts.total,
-                fallbacks: r.fallbacks.clone(),
-                tenants: r
-                    .tenant_bulkhead
-                    .as_ref()
-                    .map(|b: &BulkheadConfig| shared.tenants.get(&r.name, b)),
-            });
+            routes.push(compile_route(&config, r, &pools, &cx, shared)?);
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        let decisions = limiter
-            .policies()
-            .map(|p| Decision::ALL.map(|d| crate::metrics::decision_counter(&p.name, d.as_str())))
-            .collect();
         Ok(Snapshot {
             limiter,
             backend: backend.clone(),
@@ -274,7 +236,6 @@ impl Snapshot {
             config,
             routes,
             unmatched: RequestMetrics::new("none", "none"),
-            decisions,
             usage: shared.background.usage().clone(),
         })
     }
@@ -291,13 +252,84 @@ impl Snapshot {
     pub fn routes(&self) -> &[CompiledRoute] {
         &self.routes
     }
+}
 
-    pub fn count_decision(&self, policy: usize, decision: Decision) {
+/// One route: its target upstreams, chain and resilience settings, and whether it meters tokens.
+fn compile_route(
+    config: &Config,
+    r: &Route,
+    pools: &HashMap<&str, Arc<ProviderPool>>,
+    cx: &BuildContext,
+    shared: &Shared,
+) -> Result<CompiledRoute, String> {
+    let up = |t: &Target| upstream(config, r, t, pools).map(Arc::new);
+    let (target, models_list) = match &r.upstream {
+        RouteUpstream::Fixed(t) => (RouteTarget::Fixed(up(t)?), None),
+        RouteUpstream::ByModel(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for mt in list {
+                out.push((mt.models.clone(), up(&mt.target)?));
+            }
+            let providers: Vec<&Provider> = list
+                .iter()
+                .filter_map(|mt| config.providers.get(&mt.target.provider))
+                .collect();
+            (RouteTarget::ByModel(out), Some(models_list(&providers)))
+        }
+    };
+    let chain = build_chain(&r.filters, cx).map_err(|e| format!("route `{}`: {e}", r.name))?;
+    Ok(CompiledRoute {
+        meters: chain.wants_cost() || reaches_a_tpm_budget(config, r),
+        own_limit_headers: chain.wants_cost(),
+        name: r.name.as_str().into(),
+        prefix: r.prefix.clone(),
+        prefix_depth: crate::path::depth(&r.prefix),
+        endpoints: EndpointMatcher::new(&r.endpoints),
+        dialect: r.dialect,
+        model_source: r.model_source,
+        target,
+        chain,
+        models_list,
+        metrics: RequestMetrics::new(&r.name, "none"),
+        budget: RetryBudget::new(
+            r.retry.budget_ratio,
+            r.retry.budget_min_per_second,
+            r.retry.budget_window_ms,
+        ),
+        retry: r.retry.clone(),
+        total_timeout: r.timeouts.total,
+        fallbacks: r.fallbacks.clone(),
+        tenants: r
+            .tenant_bulkhead
+            .as_ref()
+            .map(|b: &BulkheadConfig| shared.tenants.get(&r.name, b)),
+    })
+}
+
+/// Some deployment the route can reach (any target's provider; fallbacks pick among the same
+/// targets) has its own tokens-per-minute budget, which must be charged the request's real cost.
+fn reaches_a_tpm_budget(config: &Config, r: &Route) -> bool {
+    let has_tpm = |t: &Target| {
+        config
+            .providers
+            .get(&t.provider)
+            .is_some_and(|p| p.deployments.iter().any(|d| d.tpm.is_some()))
+    };
+    match &r.upstream {
+        RouteUpstream::Fixed(t) => has_tpm(t),
+        RouteUpstream::ByModel(list) => list.iter().any(|mt| has_tpm(&mt.target)),
+    }
+}
+
+/// Counts `rate-limit` decisions in `leaky_ratelimit_decisions_total`, per policy (by index) and
+/// decision, with handles resolved once per config version.
+fn decision_sink(counters: Arc<[[Option<IntCounter>; 5]]>) -> DecisionSink {
+    Arc::new(move |policy, decision| {
         let slot = Decision::ALL.iter().position(|d| *d == decision);
-        if let Some(c) = slot.and_then(|i| self.decisions.get(policy)?[i].as_ref()) {
+        if let Some(c) = slot.and_then(|i| counters.get(policy)?[i].as_ref()) {
             c.inc();
         }
-    }
+    })
 }
 
 fn upstream(
@@ -351,18 +383,8 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> 
         peer.options.idle_timeout = Some(p.idle_timeout);
         let host = HeaderValue::from_str(&d.authority())
             .map_err(|e| format!("deployment `{label}`: host: {e}"))?;
-        let auth = match (&p.auth, &d.credential) {
-            (UpstreamAuth::None, _) | (_, None) => None,
-            (UpstreamAuth::Bearer, Some(c)) => Some((
-                http::header::AUTHORIZATION,
-                bearer(c.expose()).map_err(|e| format!("deployment `{label}`: credential: {e}"))?,
-            )),
-            (UpstreamAuth::GoogApiKey, Some(c)) => Some((
-                HeaderName::from_static("x-goog-api-key"),
-                secret_value(c.expose())
-                    .map_err(|e| format!("deployment `{label}`: credential: {e}"))?,
-            )),
-        };
+        let auth =
+            upstream_auth(p, d).map_err(|e| format!("deployment `{label}`: credential: {e}"))?;
         let account = account_headers(p).map_err(|e| format!("deployment `{label}`: {e}"))?;
         let idle = shared.pools.get(
             pingora::upstreams::peer::Peer::reuse_hash(&peer),
@@ -389,6 +411,21 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> 
         });
     }
     Ok(ProviderPool::new(p.name.as_str().into(), out))
+}
+
+/// The credential header the gateway sends to deployment `d` of `p`.
+fn upstream_auth(
+    p: &Provider,
+    d: &leaky_config::resilience::Deployment,
+) -> Result<Option<(HeaderName, HeaderValue)>, http::header::InvalidHeaderValue> {
+    Ok(match (&p.auth, &d.credential) {
+        (UpstreamAuth::None, _) | (_, None) => None,
+        (UpstreamAuth::Bearer, Some(c)) => Some((http::header::AUTHORIZATION, bearer(c.expose())?)),
+        (UpstreamAuth::GoogApiKey, Some(c)) => Some((
+            HeaderName::from_static("x-goog-api-key"),
+            secret_value(c.expose())?,
+        )),
+    })
 }
 
 /// The provider account the gateway's requests are billed to (`organization`, `project`, `workspace`).

@@ -6,6 +6,7 @@
 //! These types serialize in the YAML's shape (`{"kind": "jwt", "jwks_file": ...}`): `/admin/config`
 //! shows a route's filters as they were written, defaults filled in.
 
+use crate::common::ConcurrencyScope;
 use serde::{Serialize, Serializer};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +23,8 @@ pub enum FilterConfig {
     Jwt(Box<JwtConfig>),
     /// Enforce the principal's tier limits and the shared `limits` policies (no settings of its own).
     RateLimit,
+    /// At most `max` requests in flight per `scope` value.
+    Concurrency(ConcurrencyConfig),
 }
 
 impl FilterConfig {
@@ -32,8 +35,17 @@ impl FilterConfig {
             FilterConfig::ApiKey(_) => "api-key",
             FilterConfig::Jwt(_) => "jwt",
             FilterConfig::RateLimit => "rate-limit",
+            FilterConfig::Concurrency(_) => "concurrency",
         }
     }
+}
+
+/// `concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConcurrencyConfig {
+    /// Most requests in flight at once for one `scope` value.
+    pub max: std::num::NonZeroU32,
+    pub scope: ConcurrencyScope,
 }
 
 /// `request-id`.

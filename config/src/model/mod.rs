@@ -17,8 +17,8 @@ pub mod limits;
 pub mod resilience;
 
 pub use crate::common::{
-    AlgorithmKind, Dialect, Dimension, EndpointMethod, ModelSource, OnStoreErrorSpec, Priority,
-    QuotaWindow, Unit, UpstreamAuth,
+    AlgorithmKind, ConcurrencyScope, Dialect, Dimension, EndpointMethod, ModelSource,
+    OnStoreErrorSpec, Priority, QuotaWindow, Unit, UpstreamAuth,
 };
 pub use filters::*;
 pub use forwarding::{Cidr, HeaderPattern, NEVER_FORWARDED};

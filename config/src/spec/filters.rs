@@ -2,6 +2,7 @@
 //! into `model::filters` (the types the filter chain is built from). A new filter's YAML goes here: a
 //! `FilterSpec` variant and its `*Spec` struct.
 
+use crate::common::ConcurrencyScope;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,20 @@ pub enum FilterSpec {
     /// Enforce the principal's tier limits and the shared policies of `limits` (reserve before the
     /// upstream call, settle with the provider's usage). Place it after authentication.
     RateLimit(RateLimitSpec),
+    /// Cap the requests one caller has in flight on this route (`max` per `scope`); one more is
+    /// refused with 429 until one of them ends. Place it after authentication.
+    Concurrency(ConcurrencySpec),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencySpec {
+    /// Most requests in flight at once for one `scope` value (at least 1).
+    pub max: std::num::NonZeroU32,
+    /// Whose requests share the cap: `key` (the authenticated principal, default), `user` or `org`
+    /// (the principal's org, else its user). Unauthenticated requests share one cap.
+    #[serde(default)]
+    pub scope: ConcurrencyScope,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -4,8 +4,8 @@
 //! `config/tests/invalid/` (`jwt-*.yaml`).
 
 use crate::model::{
-    ApiKeyConfig, FilterConfig, JwksSource, JwtAlgorithm, JwtClaims, JwtConfig, RequestIdConfig,
-    Tier, JWT_ALGORITHMS,
+    ApiKeyConfig, ConcurrencyConfig, FilterConfig, JwksSource, JwtAlgorithm, JwtClaims, JwtConfig,
+    RequestIdConfig, Tier, JWT_ALGORITHMS,
 };
 use crate::spec::{FilterSpec, JwtSpec};
 use crate::validate::Check;
@@ -33,6 +33,10 @@ pub(crate) fn filters(
             })),
             FilterSpec::Jwt(s) => jwt(c, &at, s, tiers).map(|j| FilterConfig::Jwt(Box::new(j))),
             FilterSpec::RateLimit(_) => Some(FilterConfig::RateLimit),
+            FilterSpec::Concurrency(s) => Some(FilterConfig::Concurrency(ConcurrencyConfig {
+                max: s.max,
+                scope: s.scope,
+            })),
         };
         out.extend(filter);
     }
@@ -202,6 +206,8 @@ mod tests {
             {"kind": "jwt", "jwks_file": "jwks.json", "algorithms": ["PS512"],
              "claims": {"user": "email", "roles": "scope"}, "min_refresh_interval_seconds": 60},
             {"kind": "rate-limit"},
+            {"kind": "concurrency", "max": 2},
+            {"kind": "concurrency", "max": 5, "scope": "org"},
         ]);
         let specs: Vec<FilterSpec> = serde_json::from_value(written.clone()).unwrap();
         let (model, errors) = validated(&written);

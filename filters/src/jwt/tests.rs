@@ -89,6 +89,7 @@ fn cx(dir: &Path) -> BuildContext {
         base_dir: dir.to_path_buf(),
         tiers: Arc::new(["free", "pro", "enterprise"].map(String::from).into()),
         limiter: None,
+        decisions: None,
     }
 }
 

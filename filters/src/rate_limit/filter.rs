@@ -2,14 +2,19 @@
 //! with the provider's usage, and tell the caller where it stands.
 //!
 //! ```text
-//! on_cost_floor a lower bound of the cost never fits a policy: 429 before the exact estimate
-//! on_admit      charges ─ store.take ─ admitted: headers, shaping delay │ refused: 429 + Retry-After
-//! on_usage      usage known before the last bytes go out ─ store.adjust (the next request sees it)
-//! on_complete   not settled yet (client gone, upstream failed) ─ settle what was used, refund the rest
+//! on_cost_floor   a lower bound of the cost never fits a policy: 429 before the exact estimate
+//! on_admit        charges ─ store.take ─ admitted: headers, shaping delay, a RateLimitHold │
+//!                 refused: 429 + Retry-After
+//! Hold::settle    usage known before the last bytes go out ─ store.adjust (the next request sees it)
+//! Hold::finish    not settled yet (client gone, upstream failed) ─ settle what was used, refund the rest
+//! drop            never settled (request cancelled) ─ refund everything
 //! ```
+//!
+//! Every decision is counted when it is made, through the [`DecisionSink`] the proxy hands over.
 
 use super::{headers, subject};
 use crate::chain::{Filter, RequestCtx};
+use crate::hold::{Admission, Hold, Settlement};
 use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::{PolicyKind, QuotaWindow, Unit};
@@ -51,17 +56,9 @@ impl Decision {
     }
 }
 
-/// What one request reserved, and what the limiter decided (for metrics and the usage record).
-#[derive(Debug, Clone, Default)]
-pub struct Reservation {
-    /// (index of the policy in `Limiter::policies`, decision).
-    pub decisions: Vec<(usize, Decision)>,
-    items: Vec<Reserved>,
-    pub settled: bool,
-    /// The most completion tokens reserved on any bucket: what a request settled from its
-    /// reservation ([`UsageSource::Reservation`]) is charged for its completion.
-    pub completion: u64,
-}
+/// Counts one decision: (index of the policy in `Limiter::policies`, decision). The proxy resolves
+/// its metric handles once per config version.
+pub type DecisionSink = Arc<dyn Fn(usize, Decision) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 struct Reserved {
@@ -71,43 +68,27 @@ struct Reserved {
 
 pub struct RateLimitFilter {
     limiter: Arc<Limiter>,
+    decisions: Option<DecisionSink>,
 }
 
 impl RateLimitFilter {
     pub fn new(limiter: Arc<Limiter>) -> Self {
-        RateLimitFilter { limiter }
+        RateLimitFilter {
+            limiter,
+            decisions: None,
+        }
     }
 
-    fn adjusts(&self, r: &Reservation, ctx: &RequestCtx) -> Vec<Adjust> {
-        let failed = ctx.status.is_none_or(|s| s >= 500);
-        r.items
-            .iter()
-            .filter_map(|it| {
-                let reserved = it.charge.cost as i64;
-                let used = match (it.unit, ctx.usage) {
-                    _ if failed => 0,
-                    (Unit::ConcurrentRequests, _) => 0,
-                    (Unit::Requests, _) => 1,
-                    (_, None) => 0,
-                    (Unit::Tokens, Some(u)) => total(u),
-                    (Unit::PromptTokens, Some(u)) => u.prompt as i64,
-                    (Unit::CompletionTokens, Some(u)) => u.completion as i64,
-                };
-                // No usage to be had: never less than what this bucket reserved.
-                let used = match ctx.usage {
-                    Some(u) if !failed && u.source == UsageSource::Reservation => {
-                        used.max(reserved)
-                    }
-                    _ => used,
-                };
-                let delta = used - reserved;
-                (delta != 0).then(|| Adjust {
-                    key: it.charge.key.clone(),
-                    algo: it.charge.algo.clone(),
-                    delta,
-                })
-            })
-            .collect()
+    /// Counts every decision through `sink`.
+    pub fn with_decisions(mut self, sink: Option<DecisionSink>) -> Self {
+        self.decisions = sink;
+        self
+    }
+
+    fn count(&self, decisions: impl IntoIterator<Item = (usize, Decision)>) {
+        if let Some(sink) = &self.decisions {
+            decisions.into_iter().for_each(|(i, d)| sink(i, d));
+        }
     }
 
     fn rejection(
@@ -202,20 +183,19 @@ impl Filter for RateLimitFilter {
         "rate-limit"
     }
 
-    fn on_cost_floor(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+    fn wants_cost(&self) -> bool {
+        true
+    }
+
+    fn on_cost_floor(&self, ctx: &RequestCtx) -> Result<(), Rejection> {
         let Some((policy, cost)) = self.limiter.never_fits(&subject(ctx)) else {
             return Ok(());
         };
-        ctx.limit = Some(Box::new(Reservation {
-            decisions: vec![(policy, Decision::Denied)],
-            items: Vec::new(),
-            completion: 0,
-            settled: true,
-        }));
+        self.count([(policy, Decision::Denied)]);
         Err(self.too_large(policy, cost))
     }
 
-    async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+    async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<Admission, Rejection> {
         let Charges {
             which,
             charges,
@@ -223,7 +203,7 @@ impl Filter for RateLimitFilter {
             cap,
         } = self.limiter.charges(&subject(ctx));
         if charges.is_empty() {
-            return Ok(());
+            return Ok(Admission::default());
         }
         let now = (self.limiter.clock)();
         match self.limiter.store.take(now, &charges).await {
@@ -234,21 +214,8 @@ impl Filter for RateLimitFilter {
                     .map(|(i, a)| (*i, a.status))
                     .collect();
                 headers::add(&self.limiter, &statuses, None, ctx);
+                self.count(which.iter().zip(&admits).map(|(i, a)| (*i, decision(a))));
                 let delay = admits.iter().map(|a| a.delay_ns).max().unwrap_or(0);
-                let decisions = which
-                    .iter()
-                    .zip(&admits)
-                    .map(|(i, a)| {
-                        let d = if a.soft_exceeded {
-                            Decision::SoftExceeded
-                        } else if a.delay_ns > 0 {
-                            Decision::Delayed
-                        } else {
-                            Decision::Allowed
-                        };
-                        (*i, d)
-                    })
-                    .collect();
                 let items = which
                     .iter()
                     .zip(charges)
@@ -257,39 +224,30 @@ impl Filter for RateLimitFilter {
                         charge,
                     })
                     .collect();
-                ctx.limit = Some(Box::new(Reservation {
-                    decisions,
+                let hold = RateLimitHold {
+                    limiter: self.limiter.clone(),
                     items,
-                    settled: false,
-                    completion,
-                }));
-                ctx.completion_cap = cap;
+                };
                 if delay > 0 {
-                    let d = Duration::from_nanos(delay);
-                    ctx.delay = Some(d);
-                    tokio::time::sleep(d).await;
+                    // Shaping: the request waits here, holding its reservation (a cancelled wait
+                    // drops the hold, which refunds it).
+                    tokio::time::sleep(Duration::from_nanos(delay)).await;
                 }
-                Ok(())
+                Ok(Admission {
+                    holds: vec![Box::new(hold)],
+                    completion_cap: cap,
+                    reserved_completion: completion,
+                })
             }
             Ok(Taken::Denied { index, deny }) => {
                 let statuses = [(which[index], deny.status)];
                 headers::add(&self.limiter, &statuses, Some(&deny), ctx);
-                ctx.limit = Some(Box::new(Reservation {
-                    decisions: vec![(which[index], Decision::Denied)],
-                    items: Vec::new(),
-                    settled: true,
-                    completion: 0,
-                }));
+                self.count([(which[index], Decision::Denied)]);
                 Err(self.rejection(&which, &charges, index, &deny))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "rate limiter store unavailable; a fail_closed policy refuses the request");
-                ctx.limit = Some(Box::new(Reservation {
-                    decisions: which.iter().map(|i| (*i, Decision::Unavailable)).collect(),
-                    items: Vec::new(),
-                    settled: true,
-                    completion: 0,
-                }));
+                self.count(which.iter().map(|i| (*i, Decision::Unavailable)));
                 Err(Rejection::new(
                     RejectKind::Unavailable,
                     "The rate limiter cannot check your limits right now; please retry shortly.",
@@ -297,18 +255,95 @@ impl Filter for RateLimitFilter {
             }
         }
     }
+}
 
-    async fn on_usage(&self, ctx: &mut RequestCtx) {
-        let Some(r) = ctx.limit.as_deref() else {
+fn decision(a: &leaky_limit::Admit) -> Decision {
+    if a.soft_exceeded {
+        Decision::SoftExceeded
+    } else if a.delay_ns > 0 {
+        Decision::Delayed
+    } else {
+        Decision::Allowed
+    }
+}
+
+/// What one admitted request reserved on the limiter's buckets: settled once with what it used;
+/// dropped unsettled (the request was cancelled), it refunds everything.
+struct RateLimitHold {
+    limiter: Arc<Limiter>,
+    /// Empty once settled.
+    items: Vec<Reserved>,
+}
+
+impl RateLimitHold {
+    /// The correction of each bucket from what it reserved to what the request used.
+    fn adjusts(&self, outcome: &Settlement) -> Vec<Adjust> {
+        let failed = outcome.failed();
+        self.items
+            .iter()
+            .filter_map(|it| {
+                let reserved = it.charge.cost as i64;
+                let used = match (it.unit, outcome.usage) {
+                    _ if failed => 0,
+                    (Unit::ConcurrentRequests, _) => 0,
+                    (Unit::Requests, _) => 1,
+                    (_, None) => 0,
+                    (Unit::Tokens, Some(u)) => total(u),
+                    (Unit::PromptTokens, Some(u)) => u.prompt as i64,
+                    (Unit::CompletionTokens, Some(u)) => u.completion as i64,
+                };
+                // No usage to be had: never less than what this bucket reserved.
+                let used = match outcome.usage {
+                    Some(u) if !failed && u.source == UsageSource::Reservation => {
+                        used.max(reserved)
+                    }
+                    _ => used,
+                };
+                let delta = used - reserved;
+                (delta != 0).then(|| Adjust {
+                    key: it.charge.key.clone(),
+                    algo: it.charge.algo.clone(),
+                    delta,
+                })
+            })
+            .collect()
+    }
+
+    /// Settles without awaiting: inline on the in-process store, else through the settler queue.
+    fn settle_now(&mut self, outcome: &Settlement) {
+        let adjusts = self.adjusts(outcome);
+        self.items.clear();
+        if adjusts.is_empty() {
+            return;
+        }
+        let now = (self.limiter.clock)();
+        if let Some(m) = &self.limiter.inline {
+            m.adjust_sync(now, &adjusts);
+            return;
+        }
+        if let Some(s) = &self.limiter.settler {
+            s.send(adjusts);
+            return;
+        }
+        // No settler (tests, tools): a task, if there is a runtime to run it.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("settling usage failed: no runtime");
             return;
         };
-        if r.settled {
-            return;
-        }
-        let adjusts = self.adjusts(r, ctx);
-        if let Some(r) = ctx.limit.as_deref_mut() {
-            r.settled = true;
-        }
+        let store = self.limiter.store.clone();
+        rt.spawn(async move {
+            if let Err(e) = store.adjust(now, &adjusts).await {
+                tracing::warn!(error = %e, "settling usage failed");
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Hold for RateLimitHold {
+    async fn settle(mut self: Box<Self>, outcome: &Settlement) {
+        let adjusts = self.adjusts(outcome);
+        self.items.clear();
         if adjusts.is_empty() {
             return;
         }
@@ -318,32 +353,15 @@ impl Filter for RateLimitFilter {
         }
     }
 
-    fn on_complete(&self, ctx: &RequestCtx) {
-        let Some(r) = ctx.limit.as_deref() else {
-            return;
-        };
-        if r.settled {
-            return;
-        }
-        let adjusts = self.adjusts(r, ctx);
-        if adjusts.is_empty() {
-            return;
-        }
-        if let Some(m) = &self.limiter.inline {
-            m.adjust_sync((self.limiter.clock)(), &adjusts);
-            return;
-        }
-        match &self.limiter.settler {
-            Some(s) => s.send(adjusts),
-            None => {
-                let store = self.limiter.store.clone();
-                let now = (self.limiter.clock)();
-                tokio::spawn(async move {
-                    if let Err(e) = store.adjust(now, &adjusts).await {
-                        tracing::warn!(error = %e, "settling usage failed");
-                    }
-                });
-            }
+    fn finish(mut self: Box<Self>, outcome: &Settlement) {
+        self.settle_now(outcome);
+    }
+}
+
+impl Drop for RateLimitHold {
+    fn drop(&mut self) {
+        if !self.items.is_empty() {
+            self.settle_now(&Settlement::default());
         }
     }
 }

@@ -5,7 +5,7 @@
 mod filter;
 mod headers;
 
-pub use filter::{Decision, RateLimitFilter, Reservation};
+pub use filter::{Decision, DecisionSink, RateLimitFilter};
 
 use crate::chain::RequestCtx;
 use leaky_limit::Subject;

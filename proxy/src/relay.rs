@@ -1,0 +1,253 @@
+//! Writing the response: the upstream's answer relayed to the client as it arrives (header filtered,
+//! body chunks through the request's usage meter, each read bounded by the route's idle timeout and
+//! the exchange's deadline), the settlement before the last bytes, cuts of stalled streams, and the
+//! gateway's own JSON answers (model lists, rejections).
+//!
+//! A failure after the response header went out returns `Fail::Abort` and `fail_to_proxy` writes
+//! nothing, so the client sees a truncated response (the connection is closed) rather than a
+//! well-formed but incomplete one.
+
+use crate::ctx::{Ctx, Fail};
+use crate::exchange::Tenant;
+use crate::headers::ConnectionNamed;
+use crate::request;
+use crate::snapshot::{CompiledRoute, Upstream};
+use crate::upstream;
+use bytes::Bytes;
+use http::StatusCode;
+use leaky_config::Dialect;
+use leaky_filters::{RejectKind, Rejection};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Streams the upstream's response to the client as it arrives. Returns whether the upstream
+/// connection can be reused (not after a cut).
+pub(crate) async fn relay(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    route: &CompiledRoute,
+    up: &Upstream,
+    resp: &mut upstream::Response,
+) -> Result<bool, Fail> {
+    let out = response_head(ctx, route, up, resp)?;
+    let deadline = ctx
+        .exchange
+        .deadline
+        .unwrap_or_else(|| Instant::now() + route.total_timeout);
+    if let Err(e) = session.write_response_header(Box::new(out), false).await {
+        return Err(client_gone(ctx, up, resp, deadline, e).await);
+    }
+    ctx.response.started = true;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = up.idle.min(left);
+        let read = tokio::time::timeout(wait, resp.session.read_body_bytes()).await;
+        let Ok(read) = read else {
+            let reason = if left <= up.idle { "total" } else { "idle" };
+            cut(session, ctx, reason, wait).await?;
+            return Ok(false);
+        };
+        let Some(chunk) = read.map_err(Fail::Abort)? else {
+            break;
+        };
+        let chunk = ctx.ledger.on_chunk(chunk);
+        // The provider's usage is settled before the last byte goes out, so a caller that sends
+        // its next request on receiving this response already sees it in the headers.
+        let tail = if resp.session.is_body_done() {
+            ctx.ledger.settle().await
+        } else {
+            Bytes::new()
+        };
+        for out in [chunk, tail] {
+            match forward(session, ctx, out).await {
+                Ok(()) => {}
+                Err(Fail::Abort(e)) => return Err(client_gone(ctx, up, resp, deadline, e).await),
+                Err(f) => return Err(f),
+            }
+        }
+    }
+    // Chunked bodies end with an empty read: settle here (once) and forward what was held.
+    let tail = ctx.ledger.settle().await;
+    forward(session, ctx, tail).await?;
+    Ok(true)
+}
+
+/// The client's response header: the upstream's, filtered, plus the gateway's own. Tells the ledger
+/// the upstream's status (its meter starts tracking usage on a success).
+fn response_head(
+    ctx: &mut Ctx,
+    route: &CompiledRoute,
+    up: &Upstream,
+    resp: &upstream::Response,
+) -> Result<ResponseHeader, Fail> {
+    let Some(up_head) = resp.session.resp_header() else {
+        return Err(Rejection::new(
+            RejectKind::BadGateway,
+            "The upstream sent no response header.",
+        )
+        .into());
+    };
+    let status = up_head.status;
+    let bad = |e: Box<Error>| {
+        Fail::Reject(Rejection::new(
+            RejectKind::BadGateway,
+            format!("The upstream response header was invalid: {e}"),
+        ))
+    };
+    let mut out =
+        ResponseHeader::build_no_case(status, Some(up_head.headers.len() + 4)).map_err(bad)?;
+    let hop = ConnectionNamed::of(&up_head.headers);
+    for (name, value) in up_head.headers.iter() {
+        // Where the gateway's own limit headers describe the caller, the provider's describe the
+        // gateway's upstream key and would contradict them.
+        let provider_limit = route.own_limit_headers && request::is_limit_header(name);
+        if up.headers.returns(name) && !hop.contains(name) && !provider_limit {
+            out.append_header(name.clone(), value.clone())
+                .map_err(bad)?;
+        }
+    }
+    if !out.headers.contains_key(http::header::CONTENT_LENGTH)
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+    {
+        out.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+            .map_err(bad)?;
+    }
+    ctx.ledger.on_response(status.as_u16(), &out.headers);
+    ctx.response.sse = out
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let served = ctx.exchange.served_model.as_deref();
+    if let Some(m) = served.or(ctx.req.model.as_deref()) {
+        if let Ok(v) = http::HeaderValue::from_str(m) {
+            out.insert_header("x-leaky-served-model", v).map_err(bad)?;
+        }
+    }
+    finish_headers(&mut out, ctx).map_err(bad)?;
+    ctx.response.status = status.as_u16();
+    Ok(out)
+}
+
+/// A write to the client failed (it left). A non-streamed answer is still read to its end
+/// through the usage meter, each read bounded by the idle timeout and the exchange's deadline,
+/// so the tenant is charged the provider's reported usage (the provider bills the whole answer
+/// whether or not anyone reads it); without one it settles as the reservation. A stream is left
+/// to the completion phase, which settles what was generated so far. Returns the abort.
+async fn client_gone(
+    ctx: &mut Ctx,
+    up: &Upstream,
+    resp: &mut upstream::Response,
+    deadline: Instant,
+    e: Box<Error>,
+) -> Fail {
+    if ctx.ledger.drains_when_client_leaves() {
+        while !resp.session.is_body_done() {
+            let wait = up
+                .idle
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let read = tokio::time::timeout(wait, resp.session.read_body_bytes()).await;
+            let Ok(Ok(Some(chunk))) = read else {
+                break;
+            };
+            ctx.ledger.on_chunk(chunk);
+        }
+        let _ = ctx.ledger.settle().await;
+    }
+    Fail::Abort(e)
+}
+
+/// The upstream went quiet (`idle`) or ran out of time (`total`) mid-response. An event stream ends
+/// with an error event in its own format and a clean end of body; any other body cannot be
+/// completed and the connection is closed (the client sees a truncated response).
+async fn cut(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    reason: &'static str,
+    waited: Duration,
+) -> Result<(), Fail> {
+    ctx.response.cut = Some(reason);
+    if let Some(d) = ctx.deployment() {
+        let client = request::client_ip(session);
+        let tenant = Tenant::of(ctx.req.principal.as_deref(), client).hash();
+        d.state
+            .record_stream_failure(crate::balancer::now_ms(), tenant);
+        crate::metrics::bump(|m| &m.stream_cuts, &[&d.label, reason]);
+        tracing::warn!(upstream = %d.label, reason, waited_ms = waited.as_millis() as u64, "upstream response stalled; cut");
+    }
+    let tail = ctx.ledger.settle().await;
+    forward(session, ctx, tail).await?;
+    if !ctx.response.sse {
+        return Err(Fail::Abort(Error::explain(
+            ErrorType::ReadTimedout,
+            format!("upstream response {reason} timeout"),
+        )));
+    }
+    let message = match reason {
+        "idle" => format!(
+            "The upstream stream stalled: no data for {} ms.",
+            waited.as_millis()
+        ),
+        _ => "The upstream response exceeded the route's total timeout.".to_string(),
+    };
+    let event = request::stream_error_event(dialect(ctx), &ctx.req.request_id, &message);
+    forward(session, ctx, event).await?;
+    session
+        .write_response_body(None, true)
+        .await
+        .map_err(Fail::Abort)
+}
+
+/// One body chunk to the client (nothing for an empty one).
+async fn forward(session: &mut Session, ctx: &mut Ctx, chunk: Bytes) -> Result<(), Fail> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    ctx.response.bytes += chunk.len() as u64;
+    session
+        .write_response_body(Some(chunk), false)
+        .await
+        .map_err(Fail::Abort)
+}
+
+/// Headers every response carries: `x-request-id` and whatever the chain asked for.
+fn finish_headers(out: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+    out.insert_header("x-request-id", ctx.req.request_id.as_str())?;
+    for (name, value) in ctx.req.response_headers.drain(..) {
+        out.insert_header(name, value)?;
+    }
+    Ok(())
+}
+
+/// The gateway's own JSON answer, whole.
+pub(crate) async fn respond_json(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: StatusCode,
+    body: Bytes,
+) -> Result<(), Fail> {
+    let mut out = ResponseHeader::build_no_case(status, Some(4)).map_err(Fail::Abort)?;
+    out.insert_header(http::header::CONTENT_TYPE, "application/json")
+        .map_err(Fail::Abort)?;
+    out.insert_header(http::header::CONTENT_LENGTH, body.len())
+        .map_err(Fail::Abort)?;
+    finish_headers(&mut out, ctx).map_err(Fail::Abort)?;
+    ctx.response.status = status.as_u16();
+    session
+        .write_response_header(Box::new(out), false)
+        .await
+        .map_err(Fail::Abort)?;
+    ctx.response.started = true;
+    session
+        .write_response_body(Some(body), true)
+        .await
+        .map_err(Fail::Abort)
+}
+
+/// The error dialect of the request's route (OpenAI's when no route matched).
+pub(crate) fn dialect(ctx: &Ctx) -> Dialect {
+    ctx.route().map_or(Dialect::Openai, |r| r.dialect)
+}
