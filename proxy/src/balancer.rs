@@ -10,7 +10,6 @@
 //! its open circuit, its in-flight count and its health; one that changes it starts it fresh. In-flight
 //! requests keep the `Arc`s of the version they started on.
 
-use crate::background::Background;
 use crate::pool::IdlePool;
 use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::{Breaker as BreakerConfig, HealthCheck};
@@ -79,7 +78,7 @@ struct StateMetrics {
 }
 
 impl DeploymentState {
-    fn new(
+    pub(crate) fn new(
         label: &str,
         cfg: &BreakerConfig,
         health: Option<&HealthCheck>,
@@ -247,7 +246,7 @@ impl DeploymentState {
         }
     }
 
-    fn on_probe(&self, ok: bool) {
+    pub(crate) fn on_probe(&self, ok: bool) {
         if let Some(healthy) = self.health.on_probe(ok) {
             if let Some(g) = &self.metrics.healthy {
                 g.set(i64::from(healthy));
@@ -346,75 +345,12 @@ impl ProviderPool {
     }
 }
 
-/// Deployment states by deployment and settings, shared by every config version.
-pub struct Registry {
-    states: Mutex<HashMap<String, Weak<DeploymentState>>>,
-    /// Where health checks run.
-    background: Background,
-}
-
 /// What an active health check needs, per deployment.
 pub struct Probe {
     pub peer: HttpPeer,
     pub host: HeaderValue,
     pub auth: Option<(HeaderName, HeaderValue)>,
     pub check: HealthCheck,
-}
-
-impl Registry {
-    pub fn new(background: Background) -> Self {
-        Registry {
-            states: Mutex::default(),
-            background,
-        }
-    }
-
-    /// The state of deployment `d` of `provider` with these settings: the existing one when nothing
-    /// changed, else a fresh one (and its health-check task, when `probe` is given).
-    pub fn state(
-        &self,
-        provider: &leaky_config::Provider,
-        d: &leaky_config::resilience::Deployment,
-        bulkhead: &leaky_config::resilience::Bulkhead,
-        probe: Option<Probe>,
-    ) -> Arc<DeploymentState> {
-        let label = format!("{}/{}", provider.name, d.name);
-        let key = format!(
-            "{label}@{}:{}|{:?}|{:?}|{:?}|{:?}|{}|{bulkhead:?}",
-            d.host, d.port, provider.breaker, provider.health_check, d.rpm, d.tpm, d.max_concurrent
-        );
-        let mut map = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
-            return s;
-        }
-        let state = Arc::new(DeploymentState::new(
-            &label,
-            &provider.breaker,
-            provider.health_check.as_ref(),
-            d,
-            bulkhead,
-        ));
-        map.insert(key, Arc::downgrade(&state));
-        if let Some(p) = probe {
-            spawn_health_check(&self.background, Arc::downgrade(&state), p);
-        }
-        state
-    }
-}
-
-/// Probes the deployment every interval until no config version uses it any more.
-fn spawn_health_check(background: &Background, state: Weak<DeploymentState>, p: Probe) {
-    let task = async move {
-        let transport = pingora::connectors::TransportConnector::new(None);
-        loop {
-            tokio::time::sleep(p.check.interval).await;
-            let Some(s) = state.upgrade() else { return };
-            let ok = crate::upstream::probe(&transport, &p, p.check.timeout).await;
-            s.on_probe(ok);
-        }
-    };
-    background.spawn(task);
 }
 
 /// Per-tenant bulkheads of one route, shared by every config version with the same settings.

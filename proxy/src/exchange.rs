@@ -50,8 +50,9 @@ use tokio::time::Instant;
 mod holds;
 mod seams;
 
+pub use crate::transport::{Attempt, Failed, Transport};
 pub use holds::{tenant_slot, UpstreamHolds};
-pub use seams::{Attempt, BuildHead, Clock, Failed, SystemClock, Tenant, Transport};
+pub use seams::{BuildHead, Clock, SystemClock, Tenant};
 
 use holds::{full_label, Admitted};
 

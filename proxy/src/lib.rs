@@ -51,8 +51,10 @@
 //!   context, `Fail`), `ledger` (holds, settled once), `request` (framing, body, model, upstream
 //!   request head), `path` (normalization), `endpoints` (allow-lists), `headers` (which headers cross),
 //!   `metering` (cost estimate and usage meter), `offload` (the estimate pool), `exchange` (a free
-//!   function over a `Transport`: attempts, retries, fallbacks, on tokio's clock), `upstream` (one pooled upstream call), `balancer` (deployments,
-//!   breakers, cool-downs, quotas, bulkheads, health checks), `pool` (idle connections), `relay` (the
+//!   function over a `Transport`: attempts, retries, fallbacks, on tokio's clock), `transport` (the exchange's seam to the network: `Attempt`, `Transport`, `Failed`), `upstream` (one
+//!   pooled upstream call, the Pingora `Transport`), `balancer` (deployments,
+//!   breakers, cool-downs, quotas, bulkheads), `registry` (deployment states across versions, health
+//!   checks), `pool` (idle connections), `relay` (the
 //!   response to the client), `access_log` (the completion phase), `usage_log` (usage records).
 //! - Config: `snapshot` (one immutable, compiled config version), `reload` (`ConfigState`: applies
 //!   config documents, `document`, and swaps snapshots atomically), `source` (the `ConfigSource` seam,
@@ -88,6 +90,7 @@ pub mod metrics;
 mod offload;
 pub mod path;
 mod pool;
+pub mod registry;
 mod relay;
 pub mod reload;
 mod request;
@@ -95,6 +98,7 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod source;
+mod transport;
 mod upstream;
 pub mod usage_log;
 pub mod watch;

@@ -34,136 +34,78 @@ pub struct Metrics {
     pub usage_records_dropped: IntCounter,
 }
 
+/// Every family of the proxy's registry, one per line: name, help, labels.
+#[rustfmt::skip]
 fn build() -> Result<Metrics, prometheus::Error> {
-    let registry = Registry::new();
-    let requests = IntCounterVec::new(
-        Opts::new(
-            "leaky_requests_total",
-            "Requests answered, by route, provider and status class",
-        ),
-        &["route", "provider", "status_class"],
-    )?;
-    let duration = HistogramVec::new(
-        HistogramOpts::new(
-            "leaky_request_duration_seconds",
-            "Time from request start to the last response byte",
-        )
-        .buckets(LATENCY_BUCKETS.to_vec()),
-        &["route", "provider"],
-    )?;
-    let upstream_duration = HistogramVec::new(
-        HistogramOpts::new(
-            "leaky_upstream_duration_seconds",
-            "Time from sending the upstream request to its response headers",
-        )
-        .buckets(LATENCY_BUCKETS.to_vec()),
-        &["provider"],
-    )?;
-    let rejections = IntCounterVec::new(
-        Opts::new(
-            "leaky_rejections_total",
-            "Requests refused by the gateway, by route and reason",
-        ),
-        &["route", "reason"],
-    )?;
-    let upstream_retries = IntCounterVec::new(
-        Opts::new(
-            "leaky_upstream_retries_total",
-            "Upstream attempts repeated, by provider and reason",
-        ),
-        &["provider", "reason"],
-    )?;
-    let reloads = IntCounterVec::new(
-        Opts::new(
-            "leaky_config_reloads_total",
-            "Config reloads, by result (success, error)",
-        ),
-        &["result"],
-    )?;
-    let config_version = IntGauge::new(
-        "leaky_config_version",
-        "Version number of the active config snapshot",
-    )?;
-    let config_last_reload_success = IntGauge::new(
-        "leaky_config_last_reload_successful",
-        "1 if the last reload attempt succeeded, 0 if the active config is older than a failed edit",
-    )?;
-    let ratelimit_decisions = IntCounterVec::new(
-        Opts::new(
-            "leaky_ratelimit_decisions_total",
-            "Rate-limit decisions, by policy and decision (allowed, delayed, soft_exceeded, denied, unavailable)",
-        ),
-        &["policy", "decision"],
-    )?;
-    let ratelimit_settlements = IntCounterVec::new(
-        Opts::new(
-            "leaky_ratelimit_settlements_total",
-            "Settled reservations, by source of the usage (reported, counted, reservation, refunded)",
-        ),
-        &["source"],
-    )?;
-    let tokens = IntCounterVec::new(
-        Opts::new(
-            "leaky_tokens_total",
-            "Tokens used through the gateway, by provider and kind (prompt, completion)",
-        ),
-        &["provider", "kind"],
-    )?;
-    let store_degraded = IntGauge::new(
-        "leaky_ratelimit_store_degraded",
-        "1 while the shared limiter store (Redis) is unavailable and policies follow on_store_error",
-    )?;
-    let store_errors = IntCounter::new(
-        "leaky_ratelimit_store_errors_total",
-        "Limiter store calls that failed or timed out",
-    )?;
-    let store_fallbacks = IntCounter::new(
-        "leaky_ratelimit_store_fallbacks_total",
-        "Limiter decisions taken by a fallback mode (fail_open, fail_closed, local)",
-    )?;
-    let store_trips = IntCounter::new(
-        "leaky_ratelimit_store_breaker_trips_total",
-        "Times the limiter store's breaker opened",
-    )?;
-    let usage_records_dropped = IntCounter::new(
-        "leaky_usage_records_dropped_total",
-        "Usage records dropped because the usage channel was full",
-    )?;
-    for c in [&ratelimit_decisions, &ratelimit_settlements, &tokens] {
-        registry.register(Box::new(c.clone()))?;
-    }
-    registry.register(Box::new(store_degraded.clone()))?;
-    for c in [&store_errors, &store_fallbacks, &store_trips] {
-        registry.register(Box::new(c.clone()))?;
-    }
-    registry.register(Box::new(usage_records_dropped.clone()))?;
-    registry.register(Box::new(requests.clone()))?;
-    registry.register(Box::new(duration.clone()))?;
-    registry.register(Box::new(upstream_duration.clone()))?;
-    registry.register(Box::new(rejections.clone()))?;
-    registry.register(Box::new(upstream_retries.clone()))?;
-    registry.register(Box::new(reloads.clone()))?;
-    registry.register(Box::new(config_version.clone()))?;
-    registry.register(Box::new(config_last_reload_success.clone()))?;
+    let r = Registry::new();
     Ok(Metrics {
-        registry,
-        requests,
-        duration,
-        upstream_duration,
-        rejections,
-        upstream_retries,
-        reloads,
-        config_version,
-        config_last_reload_success,
-        ratelimit_decisions,
-        ratelimit_settlements,
-        tokens,
-        store_degraded,
-        store_errors,
-        store_fallbacks,
-        store_trips,
-        usage_records_dropped,
+        requests: counter_vec(&r, "leaky_requests_total", "Requests answered, by route, provider and status class", &["route", "provider", "status_class"])?,
+        duration: histogram_vec(&r, "leaky_request_duration_seconds", "Time from request start to the last response byte", &["route", "provider"])?,
+        upstream_duration: histogram_vec(&r, "leaky_upstream_duration_seconds", "Time from sending the upstream request to its response headers", &["provider"])?,
+        rejections: counter_vec(&r, "leaky_rejections_total", "Requests refused by the gateway, by route and reason", &["route", "reason"])?,
+        upstream_retries: counter_vec(&r, "leaky_upstream_retries_total", "Upstream attempts repeated, by provider and reason", &["provider", "reason"])?,
+        reloads: counter_vec(&r, "leaky_config_reloads_total", "Config reloads, by result (success, error)", &["result"])?,
+        config_version: gauge(&r, "leaky_config_version", "Version number of the active config snapshot")?,
+        config_last_reload_success: gauge(&r, "leaky_config_last_reload_successful", "1 if the last reload attempt succeeded, 0 if the active config is older than a failed edit")?,
+        ratelimit_decisions: counter_vec(&r, "leaky_ratelimit_decisions_total", "Rate-limit decisions, by policy and decision (allowed, delayed, soft_exceeded, denied, unavailable)", &["policy", "decision"])?,
+        ratelimit_settlements: counter_vec(&r, "leaky_ratelimit_settlements_total", "Settled reservations, by source of the usage (reported, counted, reservation, refunded)", &["source"])?,
+        tokens: counter_vec(&r, "leaky_tokens_total", "Tokens used through the gateway, by provider and kind (prompt, completion)", &["provider", "kind"])?,
+        store_degraded: gauge(&r, "leaky_ratelimit_store_degraded", "1 while the shared limiter store (Redis) is unavailable and policies follow on_store_error")?,
+        store_errors: counter(&r, "leaky_ratelimit_store_errors_total", "Limiter store calls that failed or timed out")?,
+        store_fallbacks: counter(&r, "leaky_ratelimit_store_fallbacks_total", "Limiter decisions taken by a fallback mode (fail_open, fail_closed, local)")?,
+        store_trips: counter(&r, "leaky_ratelimit_store_breaker_trips_total", "Times the limiter store's breaker opened")?,
+        usage_records_dropped: counter(&r, "leaky_usage_records_dropped_total", "Usage records dropped because the usage channel was full")?,
+        registry: r,
     })
+}
+
+/// Registers `m` in `r` and hands it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: M,
+) -> Result<M, prometheus::Error> {
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    registered(r, IntCounter::new(name, help)?)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    registered(r, IntGauge::new(name, help)?)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<prometheus::IntGaugeVec, prometheus::Error> {
+    registered(
+        r,
+        prometheus::IntGaugeVec::new(Opts::new(name, help), labels)?,
+    )
+}
+
+/// A latency histogram (`LATENCY_BUCKETS`).
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<HistogramVec, prometheus::Error> {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    registered(r, HistogramVec::new(opts, labels)?)
 }
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
@@ -342,79 +284,21 @@ pub struct ResilienceMetrics {
     pub stream_cuts: IntCounterVec,
 }
 
+#[rustfmt::skip]
 fn build_resilience(registry: &Registry) -> Result<ResilienceMetrics, prometheus::Error> {
-    let gauge = |name: &str, help: &str, labels: &[&str]| {
-        prometheus::IntGaugeVec::new(Opts::new(name, help), labels)
-    };
-    let counter =
-        |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels);
-    let m = ResilienceMetrics {
-        circuit_state: gauge(
-            "leaky_circuit_state",
-            "Circuit breaker state per deployment (provider/name): 0 closed, 1 open, 2 half-open",
-            &["upstream"],
-        )?,
-        transitions: counter(
-            "leaky_circuit_transitions_total",
-            "Circuit breaker state changes per deployment",
-            &["upstream", "from", "to"],
-        )?,
-        healthy: gauge(
-            "leaky_upstream_healthy",
-            "1 while a deployment passes its active health check (always 1 without one)",
-            &["upstream"],
-        )?,
-        cooldowns: counter(
-            "leaky_upstream_cooldowns_total",
-            "Times a deployment was skipped for its 429 retry-after",
-            &["upstream"],
-        )?,
-        attempts: counter(
-            "leaky_upstream_attempts_total",
-            "Upstream attempts per deployment by outcome (ok, connect, timeout, 429, 5xx)",
-            &["upstream", "outcome"],
-        )?,
-        budget_exhausted: counter(
-            "leaky_retry_budget_exhausted_total",
-            "Retries not made because the route's retry budget was spent",
-            &["route"],
-        )?,
-        bulkhead_rejected: counter(
-            "leaky_bulkhead_rejected_total",
-            "Requests refused by a full bulkhead, by scope (tenant, deployment) and reason (queue_full, queue_timeout)",
-            &["scope", "reason"],
-        )?,
-        bulkhead_queued: counter(
-            "leaky_bulkhead_queued_total",
-            "Requests that waited in a bulkhead queue, by scope",
-            &["scope"],
-        )?,
-        fallbacks: counter(
-            "leaky_fallbacks_total",
-            "Requests served by a fallback model after the primary pool was exhausted",
-            &["route", "from", "to"],
-        )?,
-        stream_cuts: counter(
-            "leaky_upstream_stream_cuts_total",
-            "Responses cut by the gateway after they started (idle, total)",
-            &["upstream", "reason"],
-        )?,
-    };
-    for c in [
-        &m.transitions,
-        &m.cooldowns,
-        &m.attempts,
-        &m.budget_exhausted,
-        &m.bulkhead_rejected,
-        &m.bulkhead_queued,
-        &m.fallbacks,
-        &m.stream_cuts,
-    ] {
-        registry.register(Box::new(c.clone()))?;
-    }
-    registry.register(Box::new(m.circuit_state.clone()))?;
-    registry.register(Box::new(m.healthy.clone()))?;
-    Ok(m)
+    let r = registry;
+    Ok(ResilienceMetrics {
+        circuit_state: gauge_vec(r, "leaky_circuit_state", "Circuit breaker state per deployment (provider/name): 0 closed, 1 open, 2 half-open", &["upstream"])?,
+        transitions: counter_vec(r, "leaky_circuit_transitions_total", "Circuit breaker state changes per deployment", &["upstream", "from", "to"])?,
+        healthy: gauge_vec(r, "leaky_upstream_healthy", "1 while a deployment passes its active health check (always 1 without one)", &["upstream"])?,
+        cooldowns: counter_vec(r, "leaky_upstream_cooldowns_total", "Times a deployment was skipped for its 429 retry-after", &["upstream"])?,
+        attempts: counter_vec(r, "leaky_upstream_attempts_total", "Upstream attempts per deployment by outcome (ok, connect, timeout, 429, 5xx)", &["upstream", "outcome"])?,
+        budget_exhausted: counter_vec(r, "leaky_retry_budget_exhausted_total", "Retries not made because the route's retry budget was spent", &["route"])?,
+        bulkhead_rejected: counter_vec(r, "leaky_bulkhead_rejected_total", "Requests refused by a full bulkhead, by scope (tenant, deployment) and reason (queue_full, queue_timeout)", &["scope", "reason"])?,
+        bulkhead_queued: counter_vec(r, "leaky_bulkhead_queued_total", "Requests that waited in a bulkhead queue, by scope", &["scope"])?,
+        fallbacks: counter_vec(r, "leaky_fallbacks_total", "Requests served by a fallback model after the primary pool was exhausted", &["route", "from", "to"])?,
+        stream_cuts: counter_vec(r, "leaky_upstream_stream_cuts_total", "Responses cut by the gateway after they started (idle, total)", &["upstream", "reason"])?,
+    })
 }
 
 /// The resilience metric families (registered on first use in the proxy's registry).

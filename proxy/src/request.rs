@@ -3,14 +3,13 @@
 //! request's path and head.
 
 use crate::balancer::Deployment;
-use crate::ctx::Ctx;
 use crate::headers::{self, ConnectionNamed};
 use crate::snapshot::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::Method;
-use leaky_config::Dialect;
-use leaky_filters::{RejectKind, Rejection};
+use leaky_config::{Cidr, Dialect};
+use leaky_filters::{RejectKind, Rejection, RequestCtx};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -184,19 +183,15 @@ pub fn stream_error_event(dialect: Dialect, request_id: &str, message: &str) -> 
     Bytes::from(out)
 }
 
-/// The upstream request's head for deployment `d` of `up`: the caller's method, the upstream path,
-/// the headers the route's policy forwards (never hop-by-hop ones), the deployment's host,
-/// credential and account, `X-Forwarded-For` / `Forwarded`, the framing of the (whole) body, the
-/// request id, and what the chain asked for.
 /// `X-Forwarded-For` and `Forwarded` naming the connecting peer (see `headers::forwarded_for`).
-fn forwarded_for(session: &Session, ctx: &Ctx, req: &mut RequestHeader) -> pingora::Result<()> {
+fn forwarded_for(
+    session: &Session,
+    trusted: &[Cidr],
+    req: &mut RequestHeader,
+) -> pingora::Result<()> {
     let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
         return Ok(());
     };
-    let trusted = ctx
-        .snapshot
-        .as_ref()
-        .map_or(&[][..], |s| &s.config.server.trusted_proxies);
     let client = &session.req_header().headers;
     let (xff, fwd) = headers::forwarded_for(client, peer.ip(), trusted);
     let names = [headers::X_FORWARDED_FOR, header::FORWARDED];
@@ -208,15 +203,33 @@ fn forwarded_for(session: &Session, ctx: &Ctx, req: &mut RequestHeader) -> pingo
     Ok(())
 }
 
+/// What the upstream request head is built from on the caller's side.
+pub struct Caller<'a> {
+    pub session: &'a Session,
+    /// The request id and the headers the chain asked for.
+    pub req: &'a RequestCtx,
+    /// `server.trusted_proxies` of the request's config version.
+    pub trusted: &'a [Cidr],
+    pub query: Option<&'a str>,
+}
+
+/// The upstream request's head for deployment `d` of `up`: the caller's method, the upstream path,
+/// the headers the route's policy forwards (never hop-by-hop ones), the deployment's host,
+/// credential and account, `X-Forwarded-For` / `Forwarded`, the framing of the (whole) body, the
+/// request id, and what the chain asked for.
 pub fn upstream_head(
-    session: &Session,
-    ctx: &Ctx,
+    caller: &Caller<'_>,
     up: &Upstream,
     d: &Deployment,
     rest: &str,
-    query: Option<&str>,
     body_len: usize,
 ) -> Result<RequestHeader, Rejection> {
+    let Caller {
+        session,
+        req: rcx,
+        trusted,
+        query,
+    } = *caller;
     let head = session.req_header();
     let path = upstream_path(&up.path_prefix, rest, query);
     let internal = |e: Box<pingora::Error>| {
@@ -244,14 +257,14 @@ pub fn upstream_head(
         req.insert_header(name.clone(), value.clone())
             .map_err(internal)?;
     }
-    forwarded_for(session, ctx, &mut req).map_err(internal)?;
+    forwarded_for(session, trusted, &mut req).map_err(internal)?;
     if body_len > 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
         req.insert_header(header::CONTENT_LENGTH, body_len)
             .map_err(internal)?;
     }
-    req.insert_header("x-request-id", ctx.req.request_id.as_str())
+    req.insert_header("x-request-id", rcx.request_id.as_str())
         .map_err(internal)?;
-    for (name, value) in &ctx.req.upstream_headers {
+    for (name, value) in &rcx.upstream_headers {
         req.insert_header(name.clone(), value.clone())
             .map_err(internal)?;
     }

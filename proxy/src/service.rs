@@ -160,9 +160,17 @@ impl Gateway {
             tenant: Tenant::of(c.req.principal.as_deref(), request::client_ip(session)),
             deadline,
         };
-        let s: &Session = session;
+        let caller = request::Caller {
+            session,
+            req: &c.req,
+            trusted: c
+                .snapshot
+                .as_ref()
+                .map_or(&[][..], |s| &s.config.server.trusted_proxies),
+            query,
+        };
         let head = |up: &Upstream, d: &Deployment, rest: &str, len: usize| {
-            request::upstream_head(s, c, up, d, rest, query, len)
+            request::upstream_head(&caller, up, d, rest, len)
         };
         let result = exchange(&self.transport, &SystemClock, plan, head).await;
         let (attempts, answer) = match result {

@@ -51,7 +51,7 @@ pub struct Upstream {
 /// service their tasks run on.
 pub struct Shared {
     pub pools: Pools,
-    pub deployments: balancer::Registry,
+    pub deployments: crate::registry::Registry,
     pub tenants: balancer::TenantRegistry,
     /// Where `ConfigState` publishes each version's `Snapshot::keys` as the version goes live.
     pub keys: Arc<SharedKeyIndex>,
@@ -64,7 +64,7 @@ impl Shared {
     pub fn new(background: Background, resolve: Resolve) -> Self {
         Shared {
             pools: Pools::default(),
-            deployments: balancer::Registry::new(background.clone()),
+            deployments: crate::registry::Registry::new(background.clone()),
             tenants: balancer::TenantRegistry::default(),
             keys: Arc::default(),
             jwks: Arc::default(),

@@ -14,8 +14,8 @@
 //! aged on tokio's clock like the rest of the exchange.
 
 use crate::balancer::{Deployment, Outcome, Probe};
-use crate::exchange::{Attempt, Failed, Transport};
 use crate::metrics::count_retry;
+use crate::transport::{Attempt, Failed, Transport};
 use bytes::Bytes;
 use http::Method;
 use leaky_filters::{RejectKind, Rejection};

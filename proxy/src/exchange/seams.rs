@@ -1,18 +1,15 @@
-//! What the exchange is given instead of the request context and the wall clock: the [`Transport`]
-//! that carries one attempt, the [`BuildHead`] closure that writes its request head, the [`Clock`] of
+//! What the exchange is given instead of the request context and the wall clock (besides the
+//! `Transport` that carries one attempt, in `transport.rs`): the [`BuildHead`] closure that writes its request head, the [`Clock`] of
 //! the resilience algorithms, and the request's [`Tenant`] for failure attribution.
 
-use crate::balancer::{Deployment, Outcome};
+use crate::balancer::Deployment;
 use crate::snapshot::Upstream;
-use bytes::Bytes;
 use leaky_filters::{Principal, Rejection};
 use leaky_resilience::jitter_seed;
-use pingora::http::{RequestHeader, ResponseHeader};
-use std::future::Future;
+use pingora::http::RequestHeader;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// The clocks the exchange reads besides tokio's (which drives its deadline, sleeps and timeouts):
 /// the resilience algorithms' monotonic milliseconds, wall-clock milliseconds (only to read a
@@ -44,38 +41,6 @@ impl Clock for SystemClock {
     fn jitter(&self) -> u64 {
         jitter_seed()
     }
-}
-
-/// One attempt on one deployment: the head and body to send, and how long to wait for the answer.
-pub struct Attempt<'a> {
-    pub deployment: &'a Deployment,
-    /// Connect timeout when the route overrides the provider's.
-    pub connect: Option<Duration>,
-    /// From request sent to response header, already capped by the time left.
-    pub first_byte: Duration,
-    pub head: &'a RequestHeader,
-    pub body: &'a Bytes,
-}
-
-/// A failed attempt: what kind of failure (for the breaker and the retry policy) and the error the
-/// client gets if nothing else answers.
-pub struct Failed {
-    pub outcome: Outcome,
-    pub rejection: Rejection,
-}
-
-/// How one attempt reaches a deployment: send the request, return once the response header is in
-/// (the body is read by the caller of the exchange), or a classified failure.
-pub trait Transport: Sync {
-    type Response: Send;
-
-    fn send(
-        &self,
-        attempt: Attempt<'_>,
-    ) -> impl Future<Output = Result<Self::Response, Failed>> + Send;
-
-    /// The response header (`None`: the upstream sent none; counted as a 502).
-    fn head(response: &Self::Response) -> Option<&ResponseHeader>;
 }
 
 /// Builds the upstream request head for a deployment of an upstream, the path after the route prefix
