@@ -22,16 +22,21 @@ use prometheus::{IntCounter, IntGauge};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Instant;
 
 // The breaker's tenant set must tell apart as many tenants as the config lets `min_tenants` ask for.
 const _: () =
     assert!(leaky_resilience::tenants::SLOTS as u32 == leaky_config::resilience::MAX_MIN_TENANTS);
 
 /// Milliseconds on the process's monotonic clock: the `now_ms` of every resilience decision.
+// The process's monotonic clock on purpose, not a runtime's (tokio's may be paused in a test): one
+// origin for every thread. Code under test gets its milliseconds from `exchange::Clock`.
+#[allow(clippy::disallowed_types)]
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// How an upstream attempt ended, as the breaker and the retry policy see it.

@@ -72,8 +72,6 @@ mod access_log;
 pub mod admin;
 pub mod admin_auth;
 pub mod background;
-// TODO: std::time::Instant → tokio::time::Instant (proxy/clippy.toml), then drop this allow.
-#[allow(clippy::disallowed_types)]
 pub mod balancer;
 pub mod bootstrap;
 pub mod check;

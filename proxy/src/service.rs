@@ -27,15 +27,6 @@ pub struct Gateway {
     transport: TransportConnector,
 }
 
-impl Gateway {
-    pub fn new(state: Arc<ConfigState>) -> Self {
-        Gateway {
-            state,
-            transport: TransportConnector::new(None),
-        }
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -112,6 +103,13 @@ impl Located {
 }
 
 impl Gateway {
+    pub fn new(state: Arc<ConfigState>) -> Self {
+        Gateway {
+            state,
+            transport: TransportConnector::new(None),
+        }
+    }
+
     /// One request, phase by phase (see the chart in `lib.rs`).
     async fn handle(
         &self,
