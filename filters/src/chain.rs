@@ -115,7 +115,7 @@ pub struct BuildContext {
     /// The config version's compiled limiter (policies + store), shared by every route's `rate-limit`.
     pub limiter: Option<Arc<leaky_limit::Limiter>>,
     /// Where `rate-limit` counts its decisions (the proxy's metrics).
-    pub decisions: Option<crate::rate_limit::DecisionSink>,
+    pub decisions: Option<leaky_limit::DecisionSink>,
 }
 
 /// A route's filters, in order.
