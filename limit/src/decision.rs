@@ -40,3 +40,24 @@ impl Decision {
 /// Counts one decision: (index of the policy in `Limiter::policies`, decision). The proxy resolves
 /// its metric handles once per config version.
 pub type DecisionSink = Arc<dyn Fn(usize, Decision) + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labels are metric label values: one per decision, distinct, in `ALL`'s order.
+    #[test]
+    fn every_decision_has_its_own_label() {
+        let labels = Decision::ALL.map(Decision::as_str);
+        assert_eq!(
+            labels,
+            [
+                "allowed",
+                "delayed",
+                "soft_exceeded",
+                "denied",
+                "unavailable"
+            ]
+        );
+    }
+}
