@@ -2,7 +2,7 @@
 //! `Authorization: Bearer`, `x-goog-api-key` or `?key=` (Google SDKs use the last two), so every dialect's
 //! SDK works unchanged. Unknown or expired → 401; a model outside the key's allow-list → 403.
 
-use crate::chain::{BuildContext, Filter, RequestCtx, RequestInfo};
+use crate::chain::{Filter, RequestCtx, RequestInfo};
 use crate::key_index::{Lookup, SharedKeyIndex};
 use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
@@ -16,9 +16,10 @@ pub struct ApiKeyFilter {
 }
 
 impl ApiKeyFilter {
-    pub fn from_config(spec: &ApiKeyConfig, cx: &BuildContext) -> Self {
+    /// `keys` is the live index the registry hands every version's filters.
+    pub fn from_config(spec: &ApiKeyConfig, keys: Arc<SharedKeyIndex>) -> Self {
         ApiKeyFilter {
-            keys: cx.keys.clone(),
+            keys,
             optional: spec.optional,
         }
     }

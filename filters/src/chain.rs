@@ -1,13 +1,11 @@
-//! The filter trait, the per-request context, and building a route's chain from its YAML specs.
+//! The filter trait, the per-request context and a route's chain of filters. A leaf: it names no
+//! filter; building a chain from its YAML specs is the registry's (`registry.rs`).
 
 use crate::hold::Admission;
-use crate::{
-    ApiKeyFilter, JwksCache, JwtFilter, Principal, Rejection, RequestIdFilter, SharedKeyIndex,
-};
+use crate::principal::Principal;
+use crate::reject::Rejection;
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use leaky_config::FilterConfig;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The request as filters see it: read-only; changes go through `RequestCtx`.
@@ -101,23 +99,6 @@ pub trait Filter: Send + Sync {
     }
 }
 
-/// What filters may need from the config version they are built for.
-#[derive(Clone)]
-pub struct BuildContext {
-    /// The live key index (published per version, outside the chains).
-    pub keys: Arc<SharedKeyIndex>,
-    /// JWKS keys by source, kept across versions.
-    pub jwks: Arc<JwksCache>,
-    /// Directory relative file paths resolve against.
-    pub base_dir: PathBuf,
-    /// Names of the configured tiers (a JWT may only claim one of these).
-    pub tiers: Arc<std::collections::BTreeSet<String>>,
-    /// The config version's compiled limiter (policies + store), shared by every route's `rate-limit`.
-    pub limiter: Option<Arc<leaky_limit::Limiter>>,
-    /// Where `rate-limit` counts its decisions (the proxy's metrics).
-    pub decisions: Option<crate::rate_limit::DecisionSink>,
-}
-
 /// A route's filters, in order.
 #[derive(Clone, Default)]
 pub struct Chain {
@@ -176,28 +157,4 @@ impl Chain {
         }
         Ok(admission)
     }
-}
-
-/// The registry: YAML `kind` → filter. Fallible only on I/O (e.g. an unreadable JWKS file), which
-/// fails the reload and keeps the previous config serving.
-pub fn build_chain(specs: &[FilterConfig], cx: &BuildContext) -> Result<Chain, String> {
-    let mut filters: Vec<Arc<dyn Filter>> = Vec::with_capacity(specs.len());
-    for spec in specs {
-        filters.push(match spec {
-            FilterConfig::RequestId(s) => Arc::new(RequestIdFilter::from_config(s)),
-            FilterConfig::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx)),
-            FilterConfig::Jwt(s) => {
-                Arc::new(JwtFilter::from_config(s, cx).map_err(|e| e.to_string())?)
-            }
-            FilterConfig::Concurrency(s) => Arc::new(crate::ConcurrencyFilter::from_config(s)),
-            FilterConfig::RateLimit => match &cx.limiter {
-                Some(l) => Arc::new(
-                    crate::rate_limit::RateLimitFilter::new(l.clone())
-                        .with_decisions(cx.decisions.clone()),
-                ),
-                None => return Err("the `rate-limit` filter needs the limiter".into()),
-            },
-        });
-    }
-    Ok(Chain { filters })
 }

@@ -9,6 +9,11 @@
 //! Filters never see Pingora types: they read `RequestInfo` (method, path, headers) and write the
 //! per-request `RequestCtx` (principal, headers to add upstream or downstream). A rejection is a typed
 //! `Rejection`, rendered once, at the edge, in the route's dialect (`reject.rs`).
+//!
+//! Modules, leaves first (no import cycle: `scripts/shape filters/src`): `hold`, `principal`, `reject`;
+//! `key_index`; `chain` (the trait, the per-request context, a route's chain); the filters, on those
+//! (`jwt` also on `api_key`'s model check); `registry` (YAML kind → filter, `BuildContext`), the one
+//! module that names every filter. No filter imports the registry.
 
 mod api_key;
 mod chain;
@@ -18,15 +23,17 @@ mod jwt;
 mod key_index;
 mod principal;
 pub mod rate_limit;
+mod registry;
 mod reject;
 mod request_id;
 
 pub use api_key::ApiKeyFilter;
-pub use chain::{build_chain, BuildContext, Chain, Filter, RequestCtx, RequestInfo};
+pub use chain::{Chain, Filter, RequestCtx, RequestInfo};
 pub use concurrency::ConcurrencyFilter;
 pub use hold::{Admission, Hold, Settlement};
-pub use jwt::{JwksCache, JwksError, JwtBuildError, JwtFilter};
+pub use jwt::{JwksCache, JwksError, JwtBuildError, JwtDeps, JwtFilter};
 pub use key_index::{KeyIndex, SharedKeyIndex};
 pub use principal::{AuthMethod, Principal};
+pub use registry::{build_chain, BuildContext};
 pub use reject::{RejectKind, Rejection};
 pub use request_id::RequestIdFilter;

@@ -8,6 +8,7 @@
 
 pub mod algo;
 pub mod calendar;
+pub mod decision;
 pub mod guard;
 pub mod memory;
 pub mod policy;
@@ -18,6 +19,7 @@ pub mod store;
 
 pub use self::redis::{RedisClock, RedisOptions, RedisStore};
 pub use algo::{Admit, Algorithm, CalendarWindow, Deny, Nanos, State, Status};
+pub use decision::{Decision, DecisionSink};
 pub use guard::{BreakerState, GuardOptions, GuardStats, Guarded};
 pub use memory::MemoryStore;
 pub use policy::{

@@ -17,10 +17,9 @@ use leaky_config::{
     Config, Dialect, ModelPattern, ModelSource, Provider, Route, RouteUpstream, Target,
     UpstreamAuth,
 };
-use leaky_filters::rate_limit::{Decision, DecisionSink};
 use leaky_filters::{build_chain, BuildContext, Chain, JwksCache, KeyIndex, SharedKeyIndex};
 use leaky_limit::settle::system_now;
-use leaky_limit::Limiter;
+use leaky_limit::{Decision, DecisionSink, Limiter};
 use leaky_resilience::RetryBudget;
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::IntCounter;

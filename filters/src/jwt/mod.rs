@@ -17,14 +17,15 @@
 //! `on_request_body` exactly as `api-key` does.
 
 use crate::api_key::check_model_allowed;
-use crate::chain::{BuildContext, Filter, RequestCtx, RequestInfo};
+use crate::chain::{Filter, RequestCtx, RequestInfo};
 use crate::{AuthMethod, Principal, RejectKind, Rejection};
 use async_trait::async_trait;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use leaky_config::{JwksSource, JwtAlgorithm, JwtClaims, JwtConfig, ModelPattern};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,17 @@ pub enum JwtBuildError {
     },
 }
 
+/// What building a `jwt` filter borrows from its config version (the registry's `BuildContext`).
+#[derive(Clone, Copy)]
+pub struct JwtDeps<'a> {
+    /// JWKS keys by source, kept across versions.
+    pub jwks: &'a JwksCache,
+    /// Directory a relative `jwks_file` resolves against.
+    pub base_dir: &'a Path,
+    /// Names of the configured tiers (a token may only claim one of these).
+    pub tiers: &'a Arc<BTreeSet<String>>,
+}
+
 pub struct JwtFilter {
     /// The source's keys, shared with every version's filters naming the same source.
     jwks: Arc<Jwks>,
@@ -81,14 +93,14 @@ pub struct JwtFilter {
     claims: JwtClaims,
     default_tier: Option<Arc<str>>,
     /// Configured tier names; a token naming another tier is refused.
-    tiers: Arc<std::collections::BTreeSet<String>>,
+    tiers: Arc<BTreeSet<String>>,
     optional: bool,
 }
 
 impl JwtFilter {
     /// Builds from validated settings (`leaky_config` checked the algorithms, the JWKS source and the
     /// default tier); fails only on I/O: an unreadable or invalid JWKS file, an HTTP client.
-    pub fn from_config(spec: &JwtConfig, cx: &BuildContext) -> Result<Self, JwtBuildError> {
+    pub fn from_config(spec: &JwtConfig, deps: JwtDeps<'_>) -> Result<Self, JwtBuildError> {
         ensure_crypto_provider();
         let mut algorithms = Vec::with_capacity(spec.algorithms.len());
         for a in spec.algorithms.iter().map(|a| algorithm(*a)) {
@@ -101,8 +113,8 @@ impl JwtFilter {
             .map(|a| (*a, validation(*a, spec)))
             .collect();
         let jwks = match &spec.jwks {
-            JwksSource::File(file) => cx.jwks.file(cx.base_dir.join(file), &algorithms)?,
-            JwksSource::Url(url) => cx.jwks.url(url, &algorithms)?,
+            JwksSource::File(file) => deps.jwks.file(deps.base_dir.join(file), &algorithms)?,
+            JwksSource::Url(url) => deps.jwks.url(url, &algorithms)?,
         };
         Ok(JwtFilter {
             jwks,
@@ -112,7 +124,7 @@ impl JwtFilter {
             leeway: i64::try_from(spec.leeway.as_secs()).unwrap_or(i64::MAX),
             claims: spec.claims.clone(),
             default_tier: spec.default_tier.as_deref().map(Arc::from),
-            tiers: cx.tiers.clone(),
+            tiers: deps.tiers.clone(),
             optional: spec.optional,
         })
     }

@@ -2,7 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::{JwksCache, KeyIndex, SharedKeyIndex};
 use axum::extract::State;
 use axum::http::StatusCode;
 use http::{HeaderMap, Method};
@@ -82,19 +81,33 @@ fn url_spec(url: &str, min_refresh: u64) -> JwtConfig {
     }
 }
 
-fn cx(dir: &Path) -> BuildContext {
-    BuildContext {
-        keys: Arc::new(SharedKeyIndex::new(Arc::new(KeyIndex::new(&[])))),
-        jwks: Arc::new(JwksCache::default()),
+/// What a config version lends a `jwt` filter while it is built: owned here, lent as [`JwtDeps`].
+struct Cx {
+    jwks: JwksCache,
+    base_dir: PathBuf,
+    tiers: Arc<BTreeSet<String>>,
+}
+
+impl Cx {
+    fn deps(&self) -> JwtDeps<'_> {
+        JwtDeps {
+            jwks: &self.jwks,
+            base_dir: &self.base_dir,
+            tiers: &self.tiers,
+        }
+    }
+}
+
+fn cx(dir: &Path) -> Cx {
+    Cx {
+        jwks: JwksCache::default(),
         base_dir: dir.to_path_buf(),
         tiers: Arc::new(["free", "pro", "enterprise"].map(String::from).into()),
-        limiter: None,
-        decisions: None,
     }
 }
 
 fn build(spec: &JwtConfig) -> JwtFilter {
-    JwtFilter::from_config(spec, &cx(&fixtures())).unwrap()
+    JwtFilter::from_config(spec, cx(&fixtures()).deps()).unwrap()
 }
 
 fn claims() -> Value {
@@ -495,7 +508,7 @@ async fn token_without_kid_needs_a_single_key() {
             jwks: JwksSource::File("one.json".into()),
             ..spec()
         },
-        &cx(dir.path()),
+        cx(dir.path()).deps(),
     )
     .unwrap();
     let t = sign(Algorithm::EdDSA, None, &ed(), &claims());
@@ -530,7 +543,7 @@ async fn bad_jwks_files_fail_the_build() {
                 jwks: JwksSource::File(file.into()),
                 ..spec()
             },
-            &cx(dir.path()),
+            cx(dir.path()).deps(),
         )
         .err()
         .unwrap()
@@ -560,7 +573,7 @@ async fn key_added_to_the_jwks_file_is_picked_up_on_unknown_kid() {
             jwks: JwksSource::File("keys.json".into()),
             ..spec()
         },
-        &cx(dir.path()),
+        cx(dir.path()).deps(),
     )
     .unwrap();
     principal(&f, &rs(&claims())).await;
@@ -721,14 +734,14 @@ async fn rebuilt_filters_with_the_same_jwks_url_keep_the_fetched_keys() {
     let url = serve(idp.clone()).await;
     let cx = cx(&fixtures());
     let token = sign(Algorithm::RS256, Some("a"), &rsa(), &claims());
-    let v1 = JwtFilter::from_config(&url_spec(&url, 10), &cx).unwrap();
+    let v1 = JwtFilter::from_config(&url_spec(&url, 10), cx.deps()).unwrap();
     principal(&v1, &token).await;
     assert_eq!(idp.fetches(), 1);
 
     // Two reloads (one also changing a setting that is not the source): no new fetch.
-    let v2 = JwtFilter::from_config(&url_spec(&url, 10), &cx).unwrap();
+    let v2 = JwtFilter::from_config(&url_spec(&url, 10), cx.deps()).unwrap();
     drop(v1);
-    let v3 = JwtFilter::from_config(&url_spec(&url, 30), &cx).unwrap();
+    let v3 = JwtFilter::from_config(&url_spec(&url, 30), cx.deps()).unwrap();
     drop(v2);
     principal(&v3, &token).await;
     assert_eq!(idp.fetches(), 1);
@@ -738,7 +751,7 @@ async fn rebuilt_filters_with_the_same_jwks_url_keep_the_fetched_keys() {
         algorithms: vec![JwtAlgorithm::ES256],
         ..url_spec(&url, 10)
     };
-    let other = JwtFilter::from_config(&es_only, &cx).unwrap();
+    let other = JwtFilter::from_config(&es_only, cx.deps()).unwrap();
     idp.set(200, jwks(&[("ec-1", "b")]));
     principal(&other, &sign(Algorithm::ES256, Some("b"), &ec(), &claims())).await;
     assert_eq!(idp.fetches(), 2);
@@ -746,7 +759,7 @@ async fn rebuilt_filters_with_the_same_jwks_url_keep_the_fetched_keys() {
     // Once no version uses a source, its entry goes: a later config naming it fetches afresh.
     drop(v3);
     idp.set(200, jwks(&[("rsa-1", "a")]));
-    let v4 = JwtFilter::from_config(&url_spec(&url, 10), &cx).unwrap();
+    let v4 = JwtFilter::from_config(&url_spec(&url, 10), cx.deps()).unwrap();
     principal(&v4, &token).await;
     assert_eq!(idp.fetches(), 3);
 }
@@ -763,15 +776,15 @@ async fn rebuilt_filters_reread_the_jwks_file_into_the_shared_entry() {
         min_refresh_interval: Duration::from_secs(3600),
         ..spec()
     };
-    let v1 = JwtFilter::from_config(&file_spec, &cx).unwrap();
+    let v1 = JwtFilter::from_config(&file_spec, cx.deps()).unwrap();
     std::fs::write(&path, jwks(&[("ec-1", "ec-new")]).to_string()).unwrap();
-    let v2 = JwtFilter::from_config(&file_spec, &cx).unwrap();
+    let v2 = JwtFilter::from_config(&file_spec, cx.deps()).unwrap();
     let t = sign(Algorithm::ES256, Some("ec-new"), &ec(), &claims());
     // Both versions see the new keys without a refresh (the first would be rate-limited for an hour).
     assert_eq!(&*principal(&v2, &t).await.user, "alice");
     assert_eq!(&*principal(&v1, &t).await.user, "alice");
     std::fs::write(&path, "garbage").unwrap();
-    let e = JwtFilter::from_config(&file_spec, &cx).err().unwrap();
+    let e = JwtFilter::from_config(&file_spec, cx.deps()).err().unwrap();
     assert!(matches!(e, JwtBuildError::Jwks { .. }), "{e}");
     principal(&v2, &t).await;
 }

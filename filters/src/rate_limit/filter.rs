@@ -18,47 +18,12 @@ use crate::hold::{Admission, Hold, Settlement};
 use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::{PolicyKind, QuotaWindow, Unit};
-use leaky_limit::{Adjust, Charge, Charges, Deny, Limiter, Status, Taken, TokenUsage, UsageSource};
+use leaky_limit::{
+    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Limiter, Status, Taken, TokenUsage,
+    UsageSource,
+};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What the limiter decided for one policy of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allowed,
-    /// Admitted after a shaping delay.
-    Delayed,
-    /// Admitted over a soft quota.
-    SoftExceeded,
-    Denied,
-    /// The store could not answer and the policy fails closed.
-    Unavailable,
-}
-
-impl Decision {
-    pub const ALL: [Decision; 5] = [
-        Decision::Allowed,
-        Decision::Delayed,
-        Decision::SoftExceeded,
-        Decision::Denied,
-        Decision::Unavailable,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Allowed => "allowed",
-            Decision::Delayed => "delayed",
-            Decision::SoftExceeded => "soft_exceeded",
-            Decision::Denied => "denied",
-            Decision::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// Counts one decision: (index of the policy in `Limiter::policies`, decision). The proxy resolves
-/// its metric handles once per config version.
-pub type DecisionSink = Arc<dyn Fn(usize, Decision) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 struct Reserved {

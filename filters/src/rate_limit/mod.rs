@@ -5,7 +5,7 @@
 mod filter;
 mod headers;
 
-pub use filter::{Decision, DecisionSink, RateLimitFilter};
+pub use filter::RateLimitFilter;
 
 use crate::chain::RequestCtx;
 use leaky_limit::Subject;
