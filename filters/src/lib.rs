@@ -34,6 +34,6 @@ pub use hold::{Admission, Hold, Settlement};
 pub use jwt::{JwksCache, JwksError, JwtBuildError, JwtDeps, JwtFilter};
 pub use key_index::{KeyIndex, SharedKeyIndex};
 pub use principal::{AuthMethod, Principal};
-pub use registry::{build_chain, BuildContext};
+pub use registry::{build_chain, BuildContext, BuildError};
 pub use reject::{RejectKind, Rejection};
 pub use request_id::RequestIdFilter;

@@ -5,7 +5,7 @@
 use crate::api_key::ApiKeyFilter;
 use crate::chain::{Chain, Filter};
 use crate::concurrency::ConcurrencyFilter;
-use crate::jwt::{JwksCache, JwtDeps, JwtFilter};
+use crate::jwt::{JwksCache, JwtBuildError, JwtDeps, JwtFilter};
 use crate::key_index::SharedKeyIndex;
 use crate::rate_limit::RateLimitFilter;
 use crate::request_id::RequestIdFilter;
@@ -43,23 +43,30 @@ impl BuildContext {
     }
 }
 
+/// Why a route's chain cannot be built (the reload fails; the previous config keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Jwt(#[from] JwtBuildError),
+    #[error("the `rate-limit` filter needs the limiter")]
+    NoLimiter,
+}
+
 /// YAML `kind` → filter. Fallible only on I/O (e.g. an unreadable JWKS file), which fails the reload
 /// and keeps the previous config serving.
-pub fn build_chain(specs: &[FilterConfig], cx: &BuildContext) -> Result<Chain, String> {
+pub fn build_chain(specs: &[FilterConfig], cx: &BuildContext) -> Result<Chain, BuildError> {
     let mut filters: Vec<Arc<dyn Filter>> = Vec::with_capacity(specs.len());
     for spec in specs {
         filters.push(match spec {
             FilterConfig::RequestId(s) => Arc::new(RequestIdFilter::from_config(s)),
             FilterConfig::ApiKey(s) => Arc::new(ApiKeyFilter::from_config(s, cx.keys.clone())),
-            FilterConfig::Jwt(s) => {
-                Arc::new(JwtFilter::from_config(s, cx.jwt()).map_err(|e| e.to_string())?)
-            }
+            FilterConfig::Jwt(s) => Arc::new(JwtFilter::from_config(s, cx.jwt())?),
             FilterConfig::Concurrency(s) => Arc::new(ConcurrencyFilter::from_config(s)),
             FilterConfig::RateLimit => match &cx.limiter {
                 Some(l) => {
                     Arc::new(RateLimitFilter::new(l.clone()).with_decisions(cx.decisions.clone()))
                 }
-                None => return Err("the `rate-limit` filter needs the limiter".into()),
+                None => return Err(BuildError::NoLimiter),
             },
         });
     }
@@ -112,7 +119,7 @@ mod tests {
     #[test]
     fn rate_limit_without_a_limiter_fails_the_build() {
         let e = build_chain(&[FilterConfig::RateLimit], &cx()).unwrap_err();
-        assert!(e.contains("needs the limiter"), "{e}");
+        assert!(matches!(e, BuildError::NoLimiter), "{e}");
     }
 
     #[test]
@@ -129,7 +136,8 @@ mod tests {
             optional: false,
         };
         let e = build_chain(&[FilterConfig::Jwt(Box::new(jwt))], &cx()).unwrap_err();
-        assert!(e.contains("no-such-jwks.json"), "{e}");
+        assert!(matches!(e, BuildError::Jwt(_)), "{e}");
+        assert!(e.to_string().contains("no-such-jwks.json"), "{e}");
     }
 
     /// The `api-key` filter reads the index the context shares: a key published after the chain was

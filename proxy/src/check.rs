@@ -19,8 +19,8 @@ pub enum CheckError {
     #[error(transparent)]
     Background(#[from] BackgroundError),
     /// What `Snapshot::build` reported (the start-up would have stopped with the same message).
-    #[error("{0}")]
-    Build(String),
+    #[error(transparent)]
+    Build(#[from] crate::snapshot::BuildError),
 }
 
 /// Builds the snapshot of `config` as start-up does, then drops it. `resolve` is

@@ -29,8 +29,8 @@ pub enum ApplyError {
     #[error("{0}")]
     Unavailable(String),
     /// What validation cannot see: unresolvable upstream hosts, unreadable JWKS files.
-    #[error("{0}")]
-    Build(String),
+    #[error(transparent)]
+    Build(#[from] crate::snapshot::BuildError),
 }
 
 impl From<SourceError> for ApplyError {

@@ -183,6 +183,36 @@ pub struct Snapshot {
     pub usage: UsageSink,
 }
 
+/// What validation cannot see and the snapshot build finds: the reload fails (the previous version
+/// keeps serving) or the start-up stops, with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Limits(#[from] leaky_limit::PolicyError),
+    #[error("route `{route}`: {source}")]
+    Chain {
+        route: String,
+        source: leaky_filters::BuildError,
+    },
+    #[error("route `{route}`: unknown provider `{provider}`")]
+    UnknownProvider { route: String, provider: String },
+    #[error("deployment `{deployment}`: cannot resolve `{host}`: {source}")]
+    Resolve {
+        deployment: String,
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("deployment `{deployment}`: `{host}` resolved to no address")]
+    NoAddress { deployment: String, host: String },
+    /// `what`: `host`, `credential` or the account header.
+    #[error("deployment `{deployment}`: {what}: {source}")]
+    Header {
+        deployment: String,
+        what: &'static str,
+        source: http::header::InvalidHeaderValue,
+    },
+}
+
 impl Snapshot {
     /// Compiles `config` as version `version`. Fails on what validation cannot see: unresolvable
     /// upstream hosts, unreadable JWKS files.
@@ -191,7 +221,7 @@ impl Snapshot {
         version: u64,
         shared: &Shared,
         backend: &Arc<LimiterBackend>,
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Snapshot, BuildError> {
         let keys = Arc::new(KeyIndex::new(&config.keys));
         let mut limiter = Limiter::new(
             &config.limits,
@@ -199,8 +229,7 @@ impl Snapshot {
             backend.store.clone(),
             Some(backend.settler.clone()),
             Arc::new(system_now),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if let Some(m) = &backend.memory {
             limiter = limiter.with_inline_memory(m.clone());
         }
@@ -260,7 +289,7 @@ fn compile_route(
     pools: &HashMap<&str, Arc<ProviderPool>>,
     cx: &BuildContext,
     shared: &Shared,
-) -> Result<CompiledRoute, String> {
+) -> Result<CompiledRoute, BuildError> {
     let up = |t: &Target| upstream(config, r, t, pools).map(Arc::new);
     let (target, models_list) = match &r.upstream {
         RouteUpstream::Fixed(t) => (RouteTarget::Fixed(up(t)?), None),
@@ -276,7 +305,10 @@ fn compile_route(
             (RouteTarget::ByModel(out), Some(models_list(&providers)))
         }
     };
-    let chain = build_chain(&r.filters, cx).map_err(|e| format!("route `{}`: {e}", r.name))?;
+    let chain = build_chain(&r.filters, cx).map_err(|source| BuildError::Chain {
+        route: r.name.clone(),
+        source,
+    })?;
     Ok(CompiledRoute {
         meters: chain.wants_cost() || reaches_a_tpm_budget(config, r),
         own_limit_headers: chain.wants_cost(),
@@ -336,14 +368,13 @@ fn upstream(
     route: &Route,
     t: &Target,
     pools: &HashMap<&str, Arc<ProviderPool>>,
-) -> Result<Upstream, String> {
-    let p = config
-        .providers
-        .get(&t.provider)
-        .ok_or_else(|| format!("route `{}`: unknown provider `{}`", route.name, t.provider))?;
-    let pool = pools
-        .get(t.provider.as_str())
-        .ok_or_else(|| format!("route `{}`: unknown provider `{}`", route.name, t.provider))?;
+) -> Result<Upstream, BuildError> {
+    let unknown = || BuildError::UnknownProvider {
+        route: route.name.clone(),
+        provider: t.provider.clone(),
+    };
+    let p = config.providers.get(&t.provider).ok_or_else(unknown)?;
+    let pool = pools.get(t.provider.as_str()).ok_or_else(unknown)?;
     Ok(Upstream {
         provider: p.name.as_str().into(),
         path_prefix: t.path_prefix.clone(),
@@ -357,7 +388,7 @@ fn upstream(
 }
 
 /// The provider's deployments, each resolved once here (HttpPeer must not resolve on the request path).
-fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> {
+fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, BuildError> {
     let bulkhead = BulkheadConfig {
         max_concurrent: 0,
         max_queue: 0,
@@ -371,8 +402,15 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> 
             .resolve
             .address(&d.host, d.port)
             .map_err(|e| match e {
-                Some(e) => format!("deployment `{label}`: cannot resolve `{}`: {e}", d.host),
-                None => format!("deployment `{label}`: `{}` resolved to no address", d.host),
+                Some(source) => BuildError::Resolve {
+                    deployment: label.clone(),
+                    host: d.host.clone(),
+                    source,
+                },
+                None => BuildError::NoAddress {
+                    deployment: label.clone(),
+                    host: d.host.clone(),
+                },
             })?;
         let mut peer = HttpPeer::new(addr, d.tls, d.host.clone());
         peer.options.connection_timeout = Some(p.connect_timeout);
@@ -380,11 +418,17 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, String> 
         peer.options.read_timeout = None;
         peer.options.write_timeout = Some(p.read_timeout);
         peer.options.idle_timeout = Some(p.idle_timeout);
-        let host = HeaderValue::from_str(&d.authority())
-            .map_err(|e| format!("deployment `{label}`: host: {e}"))?;
-        let auth =
-            upstream_auth(p, d).map_err(|e| format!("deployment `{label}`: credential: {e}"))?;
-        let account = account_headers(p).map_err(|e| format!("deployment `{label}`: {e}"))?;
+        let header = |what: &'static str| {
+            let deployment = label.clone();
+            move |source| BuildError::Header {
+                deployment,
+                what,
+                source,
+            }
+        };
+        let host = HeaderValue::from_str(&d.authority()).map_err(header("host"))?;
+        let auth = upstream_auth(p, d).map_err(header("credential"))?;
+        let account = account_headers(p).map_err(header("account header"))?;
         let idle = shared.pools.get(
             pingora::upstreams::peer::Peer::reuse_hash(&peer),
             p.idle_timeout,
