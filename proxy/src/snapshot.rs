@@ -398,26 +398,7 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, BuildErr
     let mut out = Vec::with_capacity(p.deployments.len());
     for d in &p.deployments {
         let label = format!("{}/{}", p.name, d.name);
-        let addr = shared
-            .resolve
-            .address(&d.host, d.port)
-            .map_err(|e| match e {
-                Some(source) => BuildError::Resolve {
-                    deployment: label.clone(),
-                    host: d.host.clone(),
-                    source,
-                },
-                None => BuildError::NoAddress {
-                    deployment: label.clone(),
-                    host: d.host.clone(),
-                },
-            })?;
-        let mut peer = HttpPeer::new(addr, d.tls, d.host.clone());
-        peer.options.connection_timeout = Some(p.connect_timeout);
-        // First-byte and idle timeouts are the route's, applied around each read by the caller.
-        peer.options.read_timeout = None;
-        peer.options.write_timeout = Some(p.read_timeout);
-        peer.options.idle_timeout = Some(p.idle_timeout);
+        let peer = peer(p, d, address(shared, &label, d)?);
         let header = |what: &'static str| {
             let deployment = label.clone();
             move |source| BuildError::Header {
@@ -454,6 +435,39 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, BuildErr
         });
     }
     Ok(ProviderPool::new(p.name.as_str().into(), out))
+}
+
+/// The deployment's address, resolved once here (never on the request path).
+fn address(
+    shared: &Shared,
+    label: &str,
+    d: &leaky_config::resilience::Deployment,
+) -> Result<SocketAddr, BuildError> {
+    shared
+        .resolve
+        .address(&d.host, d.port)
+        .map_err(|e| match e {
+            Some(source) => BuildError::Resolve {
+                deployment: label.to_string(),
+                host: d.host.clone(),
+                source,
+            },
+            None => BuildError::NoAddress {
+                deployment: label.to_string(),
+                host: d.host.clone(),
+            },
+        })
+}
+
+/// The Pingora peer of deployment `d` of `p` at `addr`.
+fn peer(p: &Provider, d: &leaky_config::resilience::Deployment, addr: SocketAddr) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, d.tls, d.host.clone());
+    peer.options.connection_timeout = Some(p.connect_timeout);
+    // First-byte and idle timeouts are the route's, applied around each read by the caller.
+    peer.options.read_timeout = None;
+    peer.options.write_timeout = Some(p.read_timeout);
+    peer.options.idle_timeout = Some(p.idle_timeout);
+    peer
 }
 
 /// The credential header the gateway sends to deployment `d` of `p`.
