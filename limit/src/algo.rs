@@ -155,78 +155,9 @@ impl Algorithm {
                     soft,
                 },
                 State::Window { start, used },
-            ) => {
-                let w = roll(*window, *tz, start, used, now);
-                let status = |used: u64| Status {
-                    limit: *limit,
-                    remaining: limit.saturating_sub(used),
-                    reset_ns: w.end.saturating_sub(now),
-                };
-                let after = w.used.saturating_add(cost);
-                let over = after > *limit;
-                if *soft {
-                    return Ok((
-                        State::Window {
-                            start: w.start,
-                            used: after,
-                        },
-                        Admit {
-                            delay_ns: 0,
-                            soft_exceeded: over,
-                            status: status(after),
-                        },
-                    ));
-                }
-                let allowed = u128::from(*limit) * keep;
-                if (u128::from(w.used) + u128::from(cost)) * PERMILLE <= allowed {
-                    Ok((
-                        State::Window {
-                            start: w.start,
-                            used: after,
-                        },
-                        Admit {
-                            delay_ns: 0,
-                            soft_exceeded: false,
-                            status: status(after),
-                        },
-                    ))
-                } else {
-                    let never_fits = u128::from(cost) * PERMILLE > allowed;
-                    Err(Deny {
-                        retry_after_ns: if never_fits {
-                            0
-                        } else {
-                            w.end.saturating_sub(now)
-                        },
-                        never_fits,
-                        status: status(w.used),
-                    })
-                }
-            }
+            ) => Window::new(*limit, *window, *tz, *soft).take(start, used, now, cost, keep),
             (Algorithm::Concurrency { limit }, State::Concurrency { inflight }) => {
-                let status = |inflight: u64| Status {
-                    limit: *limit,
-                    remaining: limit.saturating_sub(inflight),
-                    reset_ns: 0,
-                };
-                let allowed = u128::from(*limit) * keep;
-                if (u128::from(inflight) + u128::from(cost)) * PERMILLE <= allowed {
-                    let after = inflight.saturating_add(cost);
-                    Ok((
-                        State::Concurrency { inflight: after },
-                        Admit {
-                            delay_ns: 0,
-                            soft_exceeded: false,
-                            status: status(after),
-                        },
-                    ))
-                } else {
-                    Err(Deny {
-                        retry_after_ns: 0,
-                        never_fits: u128::from(cost) * PERMILLE > allowed,
-                        status: status(inflight),
-                    })
-                }
+                Concurrency { limit: *limit }.take(inflight, cost, keep)
             }
             // `coerce` returns the algorithm's own state variant.
             (_, st) => Err(Deny {
@@ -282,35 +213,17 @@ impl Algorithm {
                     period_ns,
                 },
                 State::Token { level, at },
-            ) => {
-                let t = Token::new(*capacity, *rate, *period_ns);
-                let (level, at) = t.refill(level, at, now);
-                let units = wide(amount, t.period);
-                let level = if charge {
-                    level.saturating_sub(units)
-                } else {
-                    level.saturating_add(units).min(t.full())
-                };
-                State::Token { level, at }
-            }
+            ) => Token::new(*capacity, *rate, *period_ns).adjust(level, at, now, charge, amount),
             (Algorithm::Window { window, tz, .. }, State::Window { start, used }) => {
                 let w = roll(*window, *tz, start, used, now);
                 State::Window {
                     start: w.start,
-                    used: if charge {
-                        w.used.saturating_add(amount)
-                    } else {
-                        w.used.saturating_sub(amount)
-                    },
+                    used: settle(w.used, charge, amount),
                 }
             }
             (Algorithm::Concurrency { .. }, State::Concurrency { inflight }) => {
                 State::Concurrency {
-                    inflight: if charge {
-                        inflight.saturating_add(amount)
-                    } else {
-                        inflight.saturating_sub(amount)
-                    },
+                    inflight: settle(inflight, charge, amount),
                 }
             }
             (_, st) => st,
@@ -437,6 +350,16 @@ fn clamp_u64(x: u128) -> u64 {
 /// The exact product of two `u64`s (always fits a `u128`).
 fn wide(a: u64, b: u64) -> u128 {
     u128::from(a) * u128::from(b)
+}
+
+/// A counter after a settlement: `amount` more when `charge`, else `amount` fewer (floored at 0).
+#[inline]
+fn settle(count: u64, charge: bool, amount: u64) -> u64 {
+    if charge {
+        count.saturating_add(amount)
+    } else {
+        count.saturating_sub(amount)
+    }
 }
 
 /// GCRA in units of ns × rate: one unit of cost is `period` of those.
@@ -613,6 +536,19 @@ impl Token {
         })
     }
 
+    /// Settlement: a charge may empty the bucket (the debt beyond empty is forgotten); a refund
+    /// never fills it above capacity.
+    fn adjust(&self, level: u128, at: Nanos, now: Nanos, charge: bool, amount: u64) -> State {
+        let (level, at) = self.refill(level, at, now);
+        let units = wide(amount, self.period);
+        let level = if charge {
+            level.saturating_sub(units)
+        } else {
+            level.saturating_add(units).min(self.full())
+        };
+        State::Token { level, at }
+    }
+
     fn status(&self, level: u128, at: Nanos, now: Nanos) -> Status {
         let (level, _) = self.refill(level, at, now);
         Status {
@@ -623,6 +559,111 @@ impl Token {
                 clamp_u64(floor_div(level, u128::from(self.period)))
             },
             reset_ns: clamp_u64(ceil_div(self.full() - level, u128::from(self.rate))),
+        }
+    }
+}
+
+/// A calendar quota: `used` of `limit` units in the current window; `soft` admits over the limit.
+struct Window {
+    limit: u64,
+    window: CalendarWindow,
+    tz: chrono_tz::Tz,
+    soft: bool,
+}
+
+impl Window {
+    fn new(limit: u64, window: CalendarWindow, tz: chrono_tz::Tz, soft: bool) -> Self {
+        Self {
+            limit,
+            window,
+            tz,
+            soft,
+        }
+    }
+
+    fn take(
+        &self,
+        start: Nanos,
+        used: u64,
+        now: Nanos,
+        cost: u64,
+        keep: u128,
+    ) -> Result<(State, Admit), Deny> {
+        let w = roll(self.window, self.tz, start, used, now);
+        let reset_ns = w.end.saturating_sub(now);
+        let after = w.used.saturating_add(cost);
+        let admit = |soft_exceeded: bool| {
+            Ok((
+                State::Window {
+                    start: w.start,
+                    used: after,
+                },
+                Admit {
+                    delay_ns: 0,
+                    soft_exceeded,
+                    status: self.status(after, reset_ns),
+                },
+            ))
+        };
+        if self.soft {
+            return admit(after > self.limit);
+        }
+        let allowed = u128::from(self.limit) * keep;
+        if (u128::from(w.used) + u128::from(cost)) * PERMILLE <= allowed {
+            return admit(false);
+        }
+        let never_fits = u128::from(cost) * PERMILLE > allowed;
+        Err(Deny {
+            // Waiting for the window to roll cannot help a cost over the whole limit.
+            retry_after_ns: if never_fits { 0 } else { reset_ns },
+            never_fits,
+            status: self.status(w.used, reset_ns),
+        })
+    }
+
+    #[inline]
+    fn status(&self, used: u64, reset_ns: u64) -> Status {
+        Status {
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(used),
+            reset_ns,
+        }
+    }
+}
+
+/// In-flight requests against `limit`; nothing refills, a finished request gives its unit back.
+struct Concurrency {
+    limit: u64,
+}
+
+impl Concurrency {
+    fn take(&self, inflight: u64, cost: u64, keep: u128) -> Result<(State, Admit), Deny> {
+        let allowed = u128::from(self.limit) * keep;
+        if (u128::from(inflight) + u128::from(cost)) * PERMILLE <= allowed {
+            let after = inflight.saturating_add(cost);
+            return Ok((
+                State::Concurrency { inflight: after },
+                Admit {
+                    delay_ns: 0,
+                    soft_exceeded: false,
+                    status: self.status(after),
+                },
+            ));
+        }
+        Err(Deny {
+            // Slots come back only when requests finish: no time to wait for.
+            retry_after_ns: 0,
+            never_fits: u128::from(cost) * PERMILLE > allowed,
+            status: self.status(inflight),
+        })
+    }
+
+    #[inline]
+    fn status(&self, inflight: u64) -> Status {
+        Status {
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(inflight),
+            reset_ns: 0,
         }
     }
 }

@@ -465,3 +465,68 @@ fn can_ever_fit_agrees_with_a_fresh_buckets_never_fits() {
         }
     }
 }
+
+#[test]
+fn window_step_denies_with_status_before_the_cost_and_retry_at_the_roll() {
+    let w = Window::new(10, CalendarWindow::Day, chrono_tz::America::New_York, false);
+    let now = utc("2024-06-01T12:00:00Z");
+    let start = calendar::start(CalendarWindow::Day, chrono_tz::America::New_York, now);
+    let end = utc("2024-06-02T04:00:00Z");
+    let deny = w.take(start, 8, now, 3, PERMILLE).unwrap_err();
+    assert!(!deny.never_fits);
+    assert_eq!(deny.retry_after_ns, end - now);
+    assert_eq!(
+        deny.status,
+        Status {
+            limit: 10,
+            remaining: 2,
+            reset_ns: end - now
+        }
+    );
+    // A stale window rolls first: the same cost fits in the new day.
+    let yesterday = start - 24 * 3600 * SEC;
+    let (st, admit) = w.take(yesterday, 8, now, 3, PERMILLE).unwrap();
+    assert_eq!(st, State::Window { start, used: 3 });
+    assert_eq!(admit.status.remaining, 7);
+}
+
+#[test]
+fn concurrency_step_never_waits() {
+    let c = Concurrency { limit: 4 };
+    let (st, admit) = c.take(3, 1, PERMILLE).unwrap();
+    assert_eq!(st, State::Concurrency { inflight: 4 });
+    assert_eq!(admit.status.remaining, 0);
+    let deny = c.take(4, 1, PERMILLE).unwrap_err();
+    assert_eq!((deny.retry_after_ns, deny.never_fits), (0, false));
+    assert_eq!(deny.status.remaining, 0);
+}
+
+#[test]
+fn settle_charges_and_refunds_without_wrapping() {
+    assert_eq!(settle(5, true, 3), 8);
+    assert_eq!(settle(5, false, 3), 2);
+    assert_eq!(settle(5, false, 9), 0);
+    assert_eq!(settle(u64::MAX, true, 1), u64::MAX);
+}
+
+#[test]
+fn token_step_adjust_refills_before_settling() {
+    // 10 tokens, 1 per second; empty at T0, 2 refilled by T0 + 2s.
+    let t = Token::new(10, 1, SEC);
+    let st = t.adjust(0, T0, T0 + 2 * SEC, true, 1);
+    assert_eq!(
+        st,
+        State::Token {
+            level: u128::from(SEC),
+            at: T0 + 2 * SEC
+        }
+    );
+    let st = t.adjust(0, T0, T0 + 2 * SEC, false, 100);
+    assert_eq!(
+        st,
+        State::Token {
+            level: t.full(),
+            at: T0 + 2 * SEC
+        }
+    );
+}

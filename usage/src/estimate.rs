@@ -130,13 +130,8 @@ fn estimate_with(
     sse_requested: bool,
     prompt: Prompt,
 ) -> (RequestCost, bool) {
-    let whole = |c: RequestCost| (c, true);
     let Some(api) = surface.api().filter(|_| surface.is_metered()) else {
-        return whole(RequestCost {
-            max_completion: Some(0),
-            choices: 1,
-            ..RequestCost::default()
-        });
+        return (unmetered(), true);
     };
     let stream_by_surface = match surface {
         Surface::GeminiStreamGenerate => true,
@@ -144,13 +139,7 @@ fn estimate_with(
         _ => false,
     };
     let Some(req) = &body.req else {
-        return whole(RequestCost {
-            prompt_tokens: (body.len as u64).div_ceil(4),
-            max_completion: (!surface.generates()).then_some(0),
-            choices: 1,
-            stream: stream_by_surface,
-            ..RequestCost::default()
-        });
+        return (not_json(surface, body.len, stream_by_surface), true);
     };
     let vendor = surface.vendor().unwrap_or(leaky_tokenize::Vendor::OpenAi);
     let (prompt_tokens, exact) = match prompt {
@@ -160,62 +149,121 @@ fn estimate_with(
             (b.floor, b.is_exact())
         }
     };
+    // `Map::new` does not allocate: a body that is not an object reads as one with no fields.
     let empty = Map::new();
     let o = req.as_object().unwrap_or(&empty);
-    let u = |o: &Map<String, Value>, k: &str| o.get(k).and_then(Value::as_u64);
-    let choices = |o: &Map<String, Value>, k: &str| u(o, k).unwrap_or(1).max(1);
-    let times = |cap: Option<u64>, n: u64| cap.map(|c| c.saturating_mul(n));
     let mut cost = RequestCost {
         prompt_tokens,
         choices: 1,
         stream: stream_by_surface || o.get("stream").and_then(Value::as_bool) == Some(true),
         ..RequestCost::default()
     };
+    completion(surface, o, sse_requested, &mut cost);
+    (cost, exact)
+}
+
+/// The cost of a request on a surface that is not metered: nothing to reserve.
+fn unmetered() -> RequestCost {
+    RequestCost {
+        max_completion: Some(0),
+        choices: 1,
+        ..RequestCost::default()
+    }
+}
+
+/// The cost of a metered body that is not JSON: `ceil(bytes / 4)` prompt tokens, uncapped
+/// when the surface generates.
+fn not_json(surface: Surface, len: usize, stream: bool) -> RequestCost {
+    RequestCost {
+        prompt_tokens: (len as u64).div_ceil(4),
+        max_completion: (!surface.generates()).then_some(0),
+        choices: 1,
+        stream,
+        ..RequestCost::default()
+    }
+}
+
+/// Fills the completion side of `cost` (choices, cap, stream flags) from the request object `o`,
+/// each surface reading its own fields.
+fn completion(
+    surface: Surface,
+    o: &Map<String, Value>,
+    sse_requested: bool,
+    cost: &mut RequestCost,
+) {
     match surface {
         Surface::ChatCompletions(_) => {
-            let cap = u(o, "max_completion_tokens").or_else(|| u(o, "max_tokens"));
+            let cap = uint(o, "max_completion_tokens").or_else(|| uint(o, "max_tokens"));
             cost.choices = choices(o, "n");
             cost.max_completion = times(cap, cost.choices);
             cost.wants_usage = include_usage(o);
         }
-        Surface::Completions(_) => {
-            let prompts = match o.get("prompt") {
-                Some(Value::Array(a)) if a.iter().all(|x| x.is_string() || x.is_array()) => {
-                    a.len().max(1) as u64
-                }
-                _ => 1,
-            };
-            let n = choices(o, "n").max(choices(o, "best_of"));
-            let cap = u(o, "max_tokens").unwrap_or(16);
-            cost.choices = n.saturating_mul(prompts);
-            cost.max_completion = times(Some(cap), cost.choices);
-            cost.wants_usage = include_usage(o);
-        }
-        Surface::Responses(_) => cost.max_completion = u(o, "max_output_tokens"),
-        Surface::GeminiGenerate | Surface::GeminiStreamGenerate => {
-            let gc = o
-                .get("generationConfig")
-                .or_else(|| o.get("generation_config"))
-                .and_then(Value::as_object)
-                .unwrap_or(&empty);
-            let cap = u(gc, "maxOutputTokens").or_else(|| u(gc, "max_output_tokens"));
-            let n = u(gc, "candidateCount").or_else(|| u(gc, "candidate_count"));
-            cost.choices = n.unwrap_or(1).max(1);
-            cost.max_completion = times(cap, cost.choices);
-        }
-        Surface::DashScopeGeneration => {
-            let p = o
-                .get("parameters")
-                .and_then(Value::as_object)
-                .unwrap_or(&empty);
-            cost.incremental = p.get("incremental_output").and_then(Value::as_bool) == Some(true);
-            cost.stream = sse_requested || cost.incremental;
-            cost.choices = choices(p, "n");
-            cost.max_completion = times(u(p, "max_tokens"), cost.choices);
-        }
+        Surface::Completions(_) => legacy_completion(o, cost),
+        Surface::Responses(_) => cost.max_completion = uint(o, "max_output_tokens"),
+        Surface::GeminiGenerate | Surface::GeminiStreamGenerate => gemini_completion(o, cost),
+        Surface::DashScopeGeneration => dashscope_completion(o, sse_requested, cost),
         _ => cost.max_completion = Some(0),
     }
-    (cost, exact)
+}
+
+/// Legacy completions: `max(n, best_of)` choices per prompt, `max_tokens` defaulting to 16.
+fn legacy_completion(o: &Map<String, Value>, cost: &mut RequestCost) {
+    let prompts = match o.get("prompt") {
+        Some(Value::Array(a)) if a.iter().all(|x| x.is_string() || x.is_array()) => {
+            a.len().max(1) as u64
+        }
+        _ => 1,
+    };
+    let n = choices(o, "n").max(choices(o, "best_of"));
+    let cap = uint(o, "max_tokens").unwrap_or(16);
+    cost.choices = n.saturating_mul(prompts);
+    cost.max_completion = times(Some(cap), cost.choices);
+    cost.wants_usage = include_usage(o);
+}
+
+/// Gemini native: `generationConfig` (or the snake-case spelling the SDKs also send).
+fn gemini_completion(o: &Map<String, Value>, cost: &mut RequestCost) {
+    let empty = Map::new();
+    let gc = o
+        .get("generationConfig")
+        .or_else(|| o.get("generation_config"))
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let cap = uint(gc, "maxOutputTokens").or_else(|| uint(gc, "max_output_tokens"));
+    let n = uint(gc, "candidateCount").or_else(|| uint(gc, "candidate_count"));
+    cost.choices = n.unwrap_or(1).max(1);
+    cost.max_completion = times(cap, cost.choices);
+}
+
+/// DashScope native: `parameters`; it streams on the SSE header or with incremental output.
+fn dashscope_completion(o: &Map<String, Value>, sse_requested: bool, cost: &mut RequestCost) {
+    let empty = Map::new();
+    let p = o
+        .get("parameters")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    cost.incremental = p.get("incremental_output").and_then(Value::as_bool) == Some(true);
+    cost.stream = sse_requested || cost.incremental;
+    cost.choices = choices(p, "n");
+    cost.max_completion = times(uint(p, "max_tokens"), cost.choices);
+}
+
+/// The field `k` of `o` as an unsigned integer.
+#[inline]
+fn uint(o: &Map<String, Value>, k: &str) -> Option<u64> {
+    o.get(k).and_then(Value::as_u64)
+}
+
+/// A choice count: absent or 0 counts as 1.
+#[inline]
+fn choices(o: &Map<String, Value>, k: &str) -> u64 {
+    uint(o, k).unwrap_or(1).max(1)
+}
+
+/// A per-choice cap times the number of choices (`None` stays uncapped).
+#[inline]
+fn times(cap: Option<u64>, n: u64) -> Option<u64> {
+    cap.map(|c| c.saturating_mul(n))
 }
 
 fn include_usage(o: &Map<String, Value>) -> bool {

@@ -325,3 +325,68 @@ fn floor_estimate_bounds_the_prompt_and_keeps_everything_else() {
         (estimate(chat, "gpt-4o", junk, false), true)
     );
 }
+
+#[test]
+fn completion_steps_read_each_surfaces_own_fields() {
+    let fields = json!({
+        "max_tokens": 10, "n": 3, "best_of": 5, "prompt": ["a", "b"],
+        "max_output_tokens": 7,
+        "generation_config": {"max_output_tokens": 4, "candidate_count": 2},
+        "parameters": {"max_tokens": 6, "n": 2, "incremental_output": true},
+    });
+    let o = fields.as_object().unwrap();
+    let step = |surface: Surface, sse: bool| {
+        let mut cost = RequestCost::default();
+        completion(surface, o, sse, &mut cost);
+        cost
+    };
+    let chat = step(Surface::ChatCompletions(Vendor::OpenAi), false);
+    assert_eq!((chat.choices, chat.max_completion), (3, Some(30)));
+    // max(n, best_of) per prompt, two prompts.
+    let legacy = step(Surface::Completions(Vendor::OpenAi), false);
+    assert_eq!((legacy.choices, legacy.max_completion), (10, Some(100)));
+    let responses = step(Surface::Responses(Vendor::OpenAi), false);
+    assert_eq!(responses.max_completion, Some(7));
+    let gemini = step(Surface::GeminiGenerate, false);
+    assert_eq!((gemini.choices, gemini.max_completion), (2, Some(8)));
+    let dash = step(Surface::DashScopeGeneration, false);
+    assert_eq!((dash.choices, dash.max_completion), (2, Some(12)));
+    assert!(dash.incremental && dash.stream);
+    assert_eq!(
+        step(Surface::Embeddings(Vendor::OpenAi), false).max_completion,
+        Some(0)
+    );
+}
+
+#[test]
+fn completion_steps_without_fields_default_to_one_uncapped_choice() {
+    let o = Map::new();
+    let mut gemini = RequestCost::default();
+    gemini_completion(&o, &mut gemini);
+    assert_eq!((gemini.choices, gemini.max_completion), (1, None));
+    let mut dash = RequestCost::default();
+    dashscope_completion(&o, true, &mut dash);
+    assert_eq!((dash.choices, dash.max_completion), (1, None));
+    assert!(dash.stream && !dash.incremental);
+    // Legacy completions default to 16 tokens.
+    let mut legacy = RequestCost::default();
+    legacy_completion(&o, &mut legacy);
+    assert_eq!((legacy.choices, legacy.max_completion), (1, Some(16)));
+}
+
+#[test]
+fn unmetered_and_not_json_costs() {
+    assert_eq!(
+        unmetered(),
+        RequestCost {
+            max_completion: Some(0),
+            choices: 1,
+            ..RequestCost::default()
+        }
+    );
+    let chat = not_json(Surface::ChatCompletions(Vendor::OpenAi), 9, true);
+    assert_eq!((chat.prompt_tokens, chat.max_completion), (3, None));
+    assert!(chat.stream);
+    let emb = not_json(Surface::Embeddings(Vendor::OpenAi), 8, false);
+    assert_eq!((emb.prompt_tokens, emb.max_completion), (2, Some(0)));
+}
