@@ -1,5 +1,5 @@
 //! Leaky Tokens configuration, by layer. Each layer imports only the ones below it
-//! (`scripts/module-cycles.py config/src` checks there is no cycle):
+//! (`scripts/shape` checks there is no cycle):
 //!
 //! - `spec`: the YAML users write (serde, `deny_unknown_fields`, JSON Schema via schemars).
 //! - `model`: the validated types the data plane builds its snapshot from (filters included).
