@@ -66,30 +66,10 @@ impl TokenCost {
     }
 }
 
-/// Where a request's settled token numbers come from (the usage record's `source`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum UsageSource {
-    /// The provider's own numbers, from a complete answer.
-    Reported,
-    /// Counted by the gateway from the text that was streamed (a stream cut short, or one without
-    /// a usage chunk).
-    #[default]
-    Counted,
-    /// No usage could be had from a non-streamed answer (client gone before the answer ended, a
-    /// malformed or usage-less body): the whole reservation is charged, or what was counted if more.
-    Reservation,
-}
-
-impl UsageSource {
-    /// The label in usage records and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UsageSource::Reported => "reported",
-            UsageSource::Counted => "counted",
-            UsageSource::Reservation => "reservation",
-        }
-    }
-}
+/// Where a request's settled token numbers come from: the usage record's own type, so the
+/// limiter's settlement and the record never disagree (`Refunded` is the record's: a request that
+/// settles no usage at all).
+pub use leaky_wire::UsageSource;
 
 /// Tokens a request used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

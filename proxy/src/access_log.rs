@@ -60,9 +60,7 @@ fn account(ctx: &Ctx, status: u16, seconds: f64) {
     };
     let settled = ctx.ledger.usage();
     let usage = settled.unwrap_or_default();
-    let source = settled.map_or(UsageSource::Refunded, |u| {
-        crate::usage_log::source(u.source)
-    });
+    let source = settled.map_or(UsageSource::Refunded, |u| u.source);
     crate::metrics::count_settlement(source.as_str());
     let upstream = ctx.exchange.upstream.as_ref();
     if let Some(up) = upstream {

@@ -9,7 +9,7 @@
 //! request). A full queue drops the record and counts it in `leaky_usage_records_dropped_total`.
 
 use crossbeam_queue::ArrayQueue;
-use leaky_wire::{UsageRecord, UsageSource};
+use leaky_wire::UsageRecord;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,16 +57,6 @@ impl UsageSink {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
-    }
-}
-
-/// The record's name for where the limiter's usage came from.
-pub fn source(s: leaky_limit::UsageSource) -> UsageSource {
-    use leaky_limit::UsageSource as Limit;
-    match s {
-        Limit::Reported => UsageSource::Reported,
-        Limit::Counted => UsageSource::Counted,
-        Limit::Reservation => UsageSource::Reservation,
     }
 }
 

@@ -10,12 +10,13 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::sync::Arc;
 
 /// Where a record's token counts come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UsageSource {
     /// The provider's own numbers, from a complete answer.
     Reported,
     /// Counted by the gateway from the streamed text (the stream was cut or had no usage chunk).
+    #[default]
     Counted,
     /// A non-streamed answer without usage (malformed, unfinished): the prompt estimate plus the
     /// reserved completion, or the counted tokens if more.
