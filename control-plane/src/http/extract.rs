@@ -64,6 +64,8 @@ fn field_of(path: &str, message: &str) -> String {
         .and_then(|rest| rest.split('`').next());
     match (path, named) {
         (".", Some(name)) => name.to_owned(),
+        // serde_path_to_error already ends an unknown field's path with its name.
+        (_, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
         (_, Some(name)) => format!("{path}.{name}"),
         (".", None) => "body".to_owned(),
         (_, None) => path.to_owned(),
