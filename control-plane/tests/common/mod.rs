@@ -72,6 +72,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl Cluster {
     /// initdb + start, with a watchdog that stops and deletes it when this process exits.
+    #[allow(clippy::print_stderr)] // tells where a cluster lives, should its watchdog die with the machine
     pub fn start() -> anyhow::Result<Cluster> {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = PathBuf::from(format!(
