@@ -191,3 +191,21 @@ pub async fn run(
         .await
         .map_err(AppError::Serve)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_all_lists_and_refuse_unknown_names() {
+        assert_eq!("all".parse::<Roles>().unwrap(), Roles::all());
+        assert_eq!(
+            "admin-api, admin-api".parse::<Roles>().unwrap(),
+            Roles(vec![Role::AdminApi])
+        );
+        let err = "admin-api,registry".parse::<Roles>().unwrap_err();
+        assert!(err.contains("unknown role `registry`"), "{err}");
+        assert!("".parse::<Roles>().is_err());
+    }
+}

@@ -171,3 +171,70 @@ impl<T> Page<T> {
         Self { items: rows, next }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    fn field(json: &str) -> Vec<String> {
+        let problem = decode::<Body>(json.as_bytes()).unwrap_err();
+        problem.errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn data_errors_name_the_field() {
+        assert_eq!(field(r#"{"name": "a", "extra": 1}"#), ["extra"]);
+        assert_eq!(field(r#"{}"#), ["name"]);
+        assert_eq!(field(r#"{"name": 3}"#), ["name"]);
+        assert_eq!(field(r#"{"name": "a", "inner": {"n": -1}}"#), ["inner.n"]);
+        assert_eq!(field(r#"{"name": "a", "inner": {"m": 1}}"#), ["inner.m"]);
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_json() {
+        for bad in ["{", "", r#"{"name": "a"} {}"#, "nul"] {
+            let problem = decode::<Body>(bad.as_bytes()).unwrap_err();
+            assert_eq!(problem.kind, ProblemKind::MalformedJson, "{bad}");
+        }
+    }
+
+    #[test]
+    fn pages_report_a_next_cursor_only_when_more_rows_exist() {
+        let page = Page::from_rows(vec![1, 2, 3], 2, |n| n.to_string());
+        assert_eq!((page.items, page.next), (vec![1, 2], Some("2".to_owned())));
+        let page = Page::from_rows(vec![1, 2], 2, |n| n.to_string());
+        assert_eq!((page.items, page.next), (vec![1, 2], None));
+    }
+
+    #[test]
+    fn if_match_reads_strong_and_weak_etags() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            if_match(&headers).unwrap_err().kind,
+            ProblemKind::PreconditionRequired
+        );
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("W/\"7\""));
+        assert_eq!(if_match(&headers).unwrap(), 7);
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
+        assert_eq!(
+            if_match(&headers).unwrap_err().kind,
+            ProblemKind::PreconditionFailed
+        );
+    }
+}

@@ -182,6 +182,17 @@ impl From<sqlx::Error> for Problem {
                     "the database is unreachable; retry later",
                 )
             }
+            // Class 08 (connection exception), 57P01..57P03 (shutdown, cannot connect now).
+            sqlx::Error::Database(ref d)
+                if d.code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+            {
+                tracing::warn!(error = %e, "database unavailable");
+                Problem::new(
+                    ProblemKind::Unavailable,
+                    "the database is unreachable; retry later",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "database error");
                 Problem::new(ProblemKind::Internal, "internal error")

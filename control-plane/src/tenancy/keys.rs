@@ -138,10 +138,15 @@ pub fn digest(key: &str) -> [u8; 32] {
 
 fn validate(new: &NewKey) -> Result<String, TenancyError> {
     let mut errors = Vec::new();
-    let name = check_name("name", &new.name)
-        .map_err(|_| errors.push(FieldError::new("name", "must be 1 to 100 characters")));
-    if tiers::check_tier_name("tier", &new.tier).is_err() {
-        errors.push(FieldError::new("tier", "must be 1 to 64 of a-z, 0-9, -, _"));
+    let name = match check_name("name", &new.name) {
+        Ok(name) => name,
+        Err(e) => {
+            errors.push(e);
+            String::new()
+        }
+    };
+    if let Err(e) = tiers::check_tier_name("tier", &new.tier) {
+        errors.push(e);
     }
     if new.models.len() > 100 {
         errors.push(FieldError::new("models", "at most 100 models"));
@@ -157,9 +162,10 @@ fn validate(new: &NewKey) -> Result<String, TenancyError> {
     if new.expires_at.is_some_and(|at| at <= Utc::now()) {
         errors.push(FieldError::new("expires_at", "must be in the future"));
     }
-    match name {
-        Ok(name) if errors.is_empty() => Ok(name),
-        _ => Err(TenancyError::Invalid(errors)),
+    if errors.is_empty() {
+        Ok(name)
+    } else {
+        Err(TenancyError::Invalid(errors))
     }
 }
 
@@ -397,4 +403,49 @@ pub async fn verify(pool: &PgPool, key: &str) -> Result<Option<ApiKey>, TenancyE
         .execute(pool)
         .await?;
     Ok(Some(stored.meta))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_carry_256_bits() {
+        let (prefix, key) = generate().unwrap();
+        let (p, secret) = parse(&key).unwrap();
+        assert_eq!(p, prefix);
+        assert_eq!(secret.len(), SECRET_CHARS);
+        assert!(SECRET_CHARS as f64 * 62f64.log2() >= 256.0);
+    }
+
+    #[test]
+    fn malformed_keys_do_not_parse() {
+        let secret = "a".repeat(SECRET_CHARS);
+        assert!(parse(&format!("lt-abcdefgh_{secret}")).is_some());
+        for bad in [
+            format!("lt-abcdefg_{secret}"),
+            format!("lt-abcdefgh_{secret}x"),
+            format!("lt-abcdefgh-{secret}"),
+            format!("xx-abcdefgh_{secret}"),
+            format!("lt-abcdefgh_{}!", &secret[1..]),
+            "lt-demo-pro".to_owned(),
+        ] {
+            assert!(parse(&bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn base62_characters_are_roughly_uniform() {
+        let text = random_base62(62 * 200).unwrap();
+        let mut counts = [0u32; 62];
+        for b in text.bytes() {
+            counts[ALPHABET.iter().position(|&a| a == b).unwrap()] += 1;
+        }
+        // Expected 200 each; a modulo bias (256 % 62) would skew the first 8 characters by ~25 %.
+        assert!(
+            counts.iter().all(|&c| (120..=290).contains(&c)),
+            "{counts:?}"
+        );
+    }
 }

@@ -71,14 +71,20 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|d| d.is_unique_violation())
 }
 
+impl From<FieldError> for TenancyError {
+    fn from(e: FieldError) -> Self {
+        Self::Invalid(vec![e])
+    }
+}
+
 /// A display name: 1..=100 characters after trimming, no control characters.
-pub(crate) fn check_name(field: &str, value: &str) -> Result<String, TenancyError> {
+pub(crate) fn check_name(field: &str, value: &str) -> Result<String, FieldError> {
     let value = value.trim();
     if value.is_empty() || value.chars().count() > 100 {
-        return Err(TenancyError::field(field, "must be 1 to 100 characters"));
+        return Err(FieldError::new(field, "must be 1 to 100 characters"));
     }
     if value.chars().any(char::is_control) {
-        return Err(TenancyError::field(
+        return Err(FieldError::new(
             field,
             "must not contain control characters",
         ));

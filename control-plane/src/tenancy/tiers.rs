@@ -23,7 +23,7 @@ pub struct Tier {
 const COLUMNS: &str = "name, limits, created_at, updated_at, version";
 
 /// A tier name: 1..=64 of `a-z 0-9 - _`.
-pub fn check_tier_name(field: &str, name: &str) -> Result<(), TenancyError> {
+pub fn check_tier_name(field: &str, name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -32,10 +32,7 @@ pub fn check_tier_name(field: &str, name: &str) -> Result<(), TenancyError> {
     if ok {
         Ok(())
     } else {
-        Err(TenancyError::field(
-            field,
-            "must be 1 to 64 of a-z, 0-9, -, _",
-        ))
+        Err(FieldError::new(field, "must be 1 to 64 of a-z, 0-9, -, _"))
     }
 }
 

@@ -48,11 +48,17 @@ fn validate(new: &NewUser) -> Result<(String, String), TenancyError> {
             "must be an address like name@example.com",
         ));
     }
-    let name = match new.name.as_deref() {
-        Some(n) => check_name("name", n)
-            .map_err(|_| errors.push(FieldError::new("name", "must be 1 to 100 characters")))
-            .unwrap_or_default(),
-        None => String::new(),
+    let name = match new
+        .name
+        .as_deref()
+        .map(|n| check_name("name", n))
+        .transpose()
+    {
+        Ok(name) => name.unwrap_or_default(),
+        Err(e) => {
+            errors.push(e);
+            String::new()
+        }
     };
     for (i, role) in new.roles.iter().enumerate() {
         let ok = !role.is_empty()
