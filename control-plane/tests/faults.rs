@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::problem;
-use leaky_control_plane::db;
+use leaky_control_plane::http::{AdminToken, ApiState};
+use leaky_control_plane::{app, db};
 use serde_json::json;
 
 #[tokio::test]
@@ -92,5 +93,38 @@ async fn postgres_restart_503_then_recovery() -> anyhow::Result<()> {
         .fetch_all(&app.pool)
         .await?;
     assert_eq!(names, [("after".to_owned(),), ("before".to_owned(),)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn starts_before_postgres_and_migrates_once_it_is_up() -> anyhow::Result<()> {
+    let cluster = common::Cluster::start()?;
+    let url = common::fresh_db_on(&cluster.url()).await?;
+    cluster.stop()?;
+    let state = ApiState::new(db::pool(&url, 4)?, AdminToken::new(common::TOKEN));
+    let app = common::serve_state(url, state.clone()).await?;
+    tokio::spawn(app::migrate_until_done(state));
+    problem(app.get("/v1/orgs").await?, 503, "unavailable").await?;
+    problem(
+        app.http.get(format!("{}/readyz", app.base)).send().await?,
+        503,
+        "unavailable",
+    )
+    .await?;
+
+    cluster.restart()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await?
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.org("late").await?;
     Ok(())
 }

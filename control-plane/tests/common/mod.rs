@@ -232,6 +232,12 @@ pub async fn app() -> anyhow::Result<TestApp> {
 pub async fn serve(db_url: String, pool: PgPool) -> anyhow::Result<TestApp> {
     let state = ApiState::new(pool.clone(), AdminToken::new(TOKEN));
     state.set_migrated();
+    serve_state(db_url, state).await
+}
+
+/// Serves the API for `state` as it is (migrated or not) on 127.0.0.1:0.
+pub async fn serve_state(db_url: String, state: ApiState) -> anyhow::Result<TestApp> {
+    let pool = state.pool.clone();
     let router = app::router(state, &Roles::all());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
