@@ -2,8 +2,9 @@
 //!
 //! **Versioning.** Every admin route lives under `/v1`, assembled in [`v1`]. A breaking change will get
 //! a `v2()` router nested at `/v2` beside it, sharing the domain functions; `/v1` keeps working. When a
-//! `/v1` route is deprecated, a small layer on the `/v1` router will add `Deprecation` (RFC 9745) and
-//! `Sunset` (RFC 8594) headers for the listed method + path pairs — one table, no handler changes.
+//! `/v1` route is deprecated, it is listed in [`crate::http::versioning::DEPRECATED`] and the layer on
+//! the router adds `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) headers to its responses — one
+//! table, no handler changes.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::http::{AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
+use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
 use crate::{audit, db, tenancy};
 
 /// One job a control-plane process can do. More roles (config server, registry) join this enum.
@@ -121,7 +122,9 @@ pub fn router(state: ApiState, roles: &Roles) -> Router {
         ));
         app = app.nest("/v1", gated);
     }
-    app.fallback(not_found).with_state(state)
+    app.fallback(not_found)
+        .layer(middleware::from_fn(versioning::deprecation_headers))
+        .with_state(state)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

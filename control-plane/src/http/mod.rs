@@ -5,6 +5,7 @@
 mod auth;
 mod extract;
 mod problem;
+pub mod versioning;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
