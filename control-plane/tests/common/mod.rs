@@ -3,7 +3,8 @@
 //!
 //! The server: `LEAKY_TEST_DATABASE_URL` (a URL of any database on a server whose user may
 //! `CREATE DATABASE`; `scripts/test` starts one cluster per run and exports it) or, when unset, one
-//! throwaway cluster per test process, started on first use (initdb `--auth=trust --no-sync`, `fsync=off`,
+//! throwaway cluster per test process, started on first use (binaries from `LEAKY_PG_BIN` or
+//! `/usr/lib/postgresql/<newest>/bin`; initdb `--auth=trust --no-sync`, `fsync=off`,
 //! a free loopback port, data under `/tmp/leaky-pg-<pid>-<n>`, mode 0755 so user `postgres` can reach it;
 //! as root initdb/pg_ctl run through `runuser -u postgres --`).
 //!
@@ -11,7 +12,8 @@
 //! stops it" scheme depends on test order, so each cluster gets a watchdog — a small `sh` loop, spawned
 //! when the cluster starts, that polls the test process's pid and, once it is gone (passed, failed,
 //! panicked or killed), runs `pg_ctl stop -m immediate` and deletes the directory. Its path is printed
-//! to stderr in case a machine dies mid-run.
+//! to stderr in case a machine dies mid-run. The tests that stop and restart PostgreSQL always start
+//! their own cluster, so they need the server binaries even when `LEAKY_TEST_DATABASE_URL` is set.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -25,7 +27,22 @@ use leaky_control_plane::http::{AdminToken, ApiState};
 use leaky_control_plane::{app, db, Roles};
 use sqlx::PgPool;
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// PostgreSQL's server binaries: `LEAKY_PG_BIN`, else the newest `/usr/lib/postgresql/<major>/bin`
+/// (Debian's layout; 15 on Debian 12).
+pub fn pg_bin() -> String {
+    if let Ok(dir) = std::env::var("LEAKY_PG_BIN") {
+        return dir;
+    }
+    let mut majors: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    majors.sort_unstable();
+    let major = majors.last().copied().unwrap_or(15);
+    format!("/usr/lib/postgresql/{major}/bin")
+}
 pub const TOKEN: &str = "test-admin-token";
 
 /// A throwaway PostgreSQL cluster on a loopback port.
@@ -43,7 +60,7 @@ fn is_root() -> bool {
 
 /// A PostgreSQL tool, run as user `postgres` when we are root (initdb and postgres refuse root).
 fn pg_tool(tool: &str) -> Command {
-    let path = format!("{PG_BIN}/{tool}");
+    let path = format!("{}/{tool}", pg_bin());
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
@@ -119,8 +136,9 @@ impl Cluster {
             ""
         };
         let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runas}{PG_BIN}/pg_ctl -D {dir}/data stop -m immediate; rm -rf {dir}",
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {runas}{bin}/pg_ctl -D {dir}/data stop -m immediate; rm -rf {dir}",
             pid = std::process::id(),
+            bin = pg_bin(),
             dir = self.dir.display()
         );
         Command::new("sh")
