@@ -59,7 +59,10 @@ pub struct AuditQuery {
 
 /// Events in the order they were written, optionally only those about one object.
 pub async fn list(pool: &PgPool, q: &AuditQuery) -> Result<Page<Event>, Problem> {
-    let limit = i64::from(q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE));
+    let limit = match q.limit.unwrap_or(MAX_PAGE) {
+        n @ 1..=MAX_PAGE => i64::from(n),
+        _ => return Err(Problem::field("limit", format!("must be 1..={MAX_PAGE}"))),
+    };
     let rows: Vec<Event> = sqlx::query_as(
         "SELECT id, at, actor, action, object_kind, object_id, detail FROM audit.events
          WHERE ($1::text IS NULL OR object_id = $1) AND id > $2 ORDER BY id LIMIT $3",

@@ -72,6 +72,11 @@ async fn org_crud_with_etag_and_if_match() -> anyhow::Result<()> {
         .collect();
     assert_eq!(actions, ["org.create", "org.update"]);
     assert_eq!(events["items"][0]["actor"], "bootstrap-admin");
+    let bad = app.get("/v1/audit?limit=101").await?;
+    assert_eq!(
+        common::fields(&problem(bad, 422, "validation").await?),
+        ["limit"]
+    );
     Ok(())
 }
 
