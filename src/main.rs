@@ -229,6 +229,36 @@ enum Command {
     },
     /// Print the JSON Schema of the config format (the content of config/schema.json).
     Schema,
+    /// The control plane: admin API under /v1 over PostgreSQL (orgs, users, tiers, keys, audit).
+    ControlPlane {
+        #[command(flatten)]
+        cp: ControlPlaneArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ControlPlaneArgs {
+    /// Address of the control plane's HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:9300")]
+    listen: SocketAddr,
+    /// PostgreSQL URL (migrations run at start-up; the process starts even while it is down).
+    #[arg(
+        long,
+        env = "LEAKY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:15432/leaky"
+    )]
+    database_url: String,
+    /// Roles this process runs: `all`, or a comma list of `admin-api`.
+    #[arg(long, default_value = "all")]
+    roles: leaky_control_plane::Roles,
+    /// Bearer token for the admin API (dev default `lt-dev-admin`).
+    #[arg(
+        long,
+        env = "LEAKY_ADMIN_TOKEN",
+        default_value = "lt-dev-admin",
+        hide_env_values = true
+    )]
+    admin_token: String,
 }
 
 fn main() -> ExitCode {
@@ -246,6 +276,7 @@ fn main() -> ExitCode {
         Command::Stubs { stubs } => run_stubs(stubs),
         Command::Proxy { proxy } => run_proxy(&proxy, None),
         Command::Up { proxy, stubs } => run_proxy(&proxy, Some(stubs)),
+        Command::ControlPlane { cp } => run_control_plane(cp),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -323,6 +354,26 @@ fn run_stubs(stubs: StubArgs) -> anyhow::Result<()> {
         leaky_stubs::serve(stubs.config(), shutdown).await
     })?;
     Ok(())
+}
+
+fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
+    let config = leaky_control_plane::Config {
+        listen: cp.listen,
+        database_url: cp.database_url,
+        roles: cp.roles,
+        admin_token: cp.admin_token,
+    };
+    tokio_rt()?.block_on(leaky_control_plane::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
 }
 
 fn tokio_rt() -> anyhow::Result<tokio::runtime::Runtime> {

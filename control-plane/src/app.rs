@@ -1,0 +1,214 @@
+//! The control-plane process: roles, the router, start-up (pool, migrations) and serving.
+//!
+//! **Versioning.** Every admin route lives under `/v1`, assembled in [`v1`]. A breaking change will get
+//! a `v2()` router nested at `/v2` beside it, sharing the domain functions; `/v1` keeps working. When a
+//! `/v1` route is deprecated, it is listed in [`crate::http::versioning::DEPRECATED`] and the layer on
+//! the router adds `Deprecation` (RFC 9745) and `Sunset` (RFC 8594) headers to its responses — one
+//! table, no handler changes.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
+use crate::{audit, db, tenancy};
+
+/// One job a control-plane process can do. More roles (config server, registry) join this enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The admin REST API under `/v1`.
+    AdminApi,
+}
+
+impl Role {
+    pub const ALL: [Role; 1] = [Role::AdminApi];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::AdminApi => "admin-api",
+        }
+    }
+}
+
+/// The roles one process runs (`--roles all` or a comma list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles(Vec<Role>);
+
+impl Roles {
+    pub fn all() -> Self {
+        Self(Role::ALL.to_vec())
+    }
+
+    pub fn contains(&self, role: Role) -> bool {
+        self.0.contains(&role)
+    }
+}
+
+impl FromStr for Roles {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut roles = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            if part == "all" {
+                return Ok(Self::all());
+            }
+            let role = Role::ALL
+                .into_iter()
+                .find(|r| r.name() == part)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = Role::ALL.iter().map(|r| r.name()).collect();
+                    format!("unknown role `{part}` (known: all, {})", known.join(", "))
+                })?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+        Ok(Self(roles))
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|r| r.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// Everything `leaky-tokens control-plane` passes in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub roles: Roles,
+    pub admin_token: String,
+}
+
+/// Why the process could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("listen on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    #[error("serve: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The admin API: every route of every context, under `/v1`.
+pub fn v1() -> Router<ApiState> {
+    tenancy::routes()
+        .merge(audit::routes())
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, and each role's routes.
+pub fn router(state: ApiState, roles: &Roles) -> Router {
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if roles.contains(Role::AdminApi) {
+        let gated = v1().layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_migrated,
+        ));
+        app = app.nest("/v1", gated);
+    }
+    app.fallback(not_found)
+        .layer(middleware::from_fn(versioning::deprecation_headers))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "up" }))
+}
+
+/// Ready once migrations are done and Postgres answers now.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if !state.is_migrated() {
+        return Problem::new(ProblemKind::Unavailable, "migrations have not run yet")
+            .into_response();
+    }
+    if !db::ping(&state.pool).await {
+        return Problem::new(ProblemKind::Unavailable, "the database is unreachable")
+            .into_response();
+    }
+    Json(json!({ "status": "ready" })).into_response()
+}
+
+async fn require_migrated(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if state.is_migrated() {
+        next.run(req).await
+    } else {
+        Problem::new(
+            ProblemKind::Unavailable,
+            "the database schema is not ready yet",
+        )
+        .into_response()
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::new(ProblemKind::NotFound, "no such route")
+}
+
+/// Runs migrations until they succeed (Postgres may come up after us), then marks the state ready.
+pub async fn migrate_until_done(state: ApiState) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match db::migrate(&state.pool).await {
+            Ok(()) => {
+                tracing::info!("migrations done");
+                state.set_migrated();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "migrations failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Starts the control plane and serves until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let pool = db::pool(&config.database_url, 16)?;
+    let state = ApiState::new(pool, AdminToken::new(config.admin_token));
+    tokio::spawn(migrate_until_done(state.clone()));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| AppError::Bind(config.listen, e))?;
+    tracing::info!(listen = %config.listen, roles = %config.roles, "control plane listening");
+    axum::serve(listener, router(state, &config.roles))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(AppError::Serve)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_all_lists_and_refuse_unknown_names() {
+        assert_eq!("all".parse::<Roles>().unwrap(), Roles::all());
+        assert_eq!(
+            "admin-api, admin-api".parse::<Roles>().unwrap(),
+            Roles(vec![Role::AdminApi])
+        );
+        let err = "admin-api,registry".parse::<Roles>().unwrap_err();
+        assert!(err.contains("unknown role `registry`"), "{err}");
+        assert!("".parse::<Roles>().is_err());
+    }
+}

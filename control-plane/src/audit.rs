@@ -1,0 +1,89 @@
+//! Bounded context "audit" (Postgres schema `audit`): who changed what, when. Other contexts call
+//! [`record`] inside the transaction of their change, so a change and its audit row commit together or
+//! not at all. `GET /v1/audit` lists the events.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+
+use crate::http::{ApiQuery, ApiState, Page, Principal, Problem, MAX_PAGE};
+
+/// An audited change, as written by the context that made it.
+pub struct Change<'a> {
+    pub actor: &'a str,
+    /// Verb in `kind.verb` form, e.g. `org.create`, `key.rotate`.
+    pub action: &'a str,
+    pub object_kind: &'a str,
+    pub object_id: String,
+    pub detail: serde_json::Value,
+}
+
+/// Writes one audit event on `conn` (which should be the change's own transaction).
+pub async fn record(conn: &mut PgConnection, change: Change<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit.events (actor, action, object_kind, object_id, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(change.actor)
+    .bind(change.action)
+    .bind(change.object_kind)
+    .bind(change.object_id)
+    .bind(change.detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One audit event as the API shows it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Event {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub object_kind: String,
+    pub object_id: String,
+    pub detail: serde_json::Value,
+}
+
+/// `?object=<id>&limit=&after=<event id>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub object: Option<String>,
+    pub limit: Option<u32>,
+    pub after: Option<i64>,
+}
+
+/// Events in the order they were written, optionally only those about one object.
+pub async fn list(pool: &PgPool, q: &AuditQuery) -> Result<Page<Event>, Problem> {
+    let limit = match q.limit.unwrap_or(MAX_PAGE) {
+        n @ 1..=MAX_PAGE => i64::from(n),
+        _ => return Err(Problem::field("limit", format!("must be 1..={MAX_PAGE}"))),
+    };
+    let rows: Vec<Event> = sqlx::query_as(
+        "SELECT id, at, actor, action, object_kind, object_id, detail FROM audit.events
+         WHERE ($1::text IS NULL OR object_id = $1) AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(q.object.as_deref())
+    .bind(q.after.unwrap_or(0))
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(Page::from_rows(rows, limit, |e| e.id.to_string()))
+}
+
+async fn list_events(
+    _: Principal,
+    State(state): State<ApiState>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<Page<Event>>, Problem> {
+    list(&state.pool, &q).await.map(Json)
+}
+
+/// `GET /audit` (mounted under `/v1`).
+pub fn routes() -> Router<ApiState> {
+    Router::new().route("/audit", get(list_events))
+}

@@ -1,0 +1,14 @@
+//! Leaky Tokens control plane (issue 13, first increment): tenancy — orgs, users, tiers and API keys —
+//! in PostgreSQL, an audited admin REST API under `/v1`, and the `leaky-tokens control-plane` process.
+//!
+//! Modules are bounded contexts, each owning one Postgres schema ([`tenancy`], [`audit`]), plus the
+//! shared edges: [`db`] (pool, migrations), [`http`] (problem+json, auth, extractors) and [`app`]
+//! (roles, router, start-up). Contexts call each other's functions, never each other's tables.
+
+pub mod app;
+pub mod audit;
+pub mod db;
+pub mod http;
+pub mod tenancy;
+
+pub use app::{run, Config, Role, Roles};

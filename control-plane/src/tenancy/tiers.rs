@@ -1,0 +1,117 @@
+//! Tiers and their limit policies (`limits` jsonb, e.g. `{"requests_per_minute": 600}`), the same
+//! names the data plane's config uses. Migrations seed `free`, `pro` and `enterprise`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use super::TenancyError;
+use crate::audit::{self, Change};
+use crate::http::FieldError;
+
+/// A tier as stored and shown.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Tier {
+    pub name: String,
+    pub limits: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+const COLUMNS: &str = "name, limits, created_at, updated_at, version";
+
+/// A tier name: 1..=64 of `a-z 0-9 - _`.
+pub fn check_tier_name(field: &str, name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "must be 1 to 64 of a-z, 0-9, -, _"))
+    }
+}
+
+/// Limits are an object of at most 32 entries, each a non-negative number or a string.
+fn check_limits(limits: &Value) -> Result<(), TenancyError> {
+    let Some(map) = limits.as_object() else {
+        return Err(TenancyError::field("limits", "must be an object"));
+    };
+    if map.len() > 32 {
+        return Err(TenancyError::field("limits", "at most 32 entries"));
+    }
+    let errors: Vec<FieldError> = map
+        .iter()
+        .filter(|(_, v)| !(v.is_string() || v.as_f64().is_some_and(|n| n >= 0.0)))
+        .map(|(k, _)| {
+            FieldError::new(
+                format!("limits.{k}"),
+                "must be a non-negative number or a string",
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(TenancyError::Invalid(errors))
+    }
+}
+
+/// Creates or replaces tier `name`; the bool is true when it was created.
+pub async fn put(
+    pool: &PgPool,
+    actor: &str,
+    name: &str,
+    limits: &Value,
+) -> Result<(Tier, bool), TenancyError> {
+    check_tier_name("name", name)?;
+    check_limits(limits)?;
+    let mut tx = pool.begin().await?;
+    let sql = format!(
+        "INSERT INTO tenancy.tiers (name, limits) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, version = tiers.version + 1, updated_at = now()
+         RETURNING {COLUMNS}, (xmax = 0) AS created"
+    );
+    let row: (Tier, bool) = sqlx::query_as::<_, TierCreated>(&sql)
+        .bind(name)
+        .bind(limits)
+        .fetch_one(&mut *tx)
+        .await
+        .map(|r| (r.tier, r.created))?;
+    let change = Change {
+        actor,
+        action: if row.1 { "tier.create" } else { "tier.update" },
+        object_kind: "tier",
+        object_id: name.to_owned(),
+        detail: json!({ "limits": limits }),
+    };
+    audit::record(&mut tx, change).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+#[derive(sqlx::FromRow)]
+struct TierCreated {
+    #[sqlx(flatten)]
+    tier: Tier,
+    created: bool,
+}
+
+/// Every tier, by name.
+pub async fn list(pool: &PgPool) -> Result<Vec<Tier>, TenancyError> {
+    let sql = format!("SELECT {COLUMNS} FROM tenancy.tiers ORDER BY name");
+    Ok(sqlx::query_as(&sql).fetch_all(pool).await?)
+}
+
+/// Whether tier `name` exists.
+pub async fn exists(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool, TenancyError> {
+    let found: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM tenancy.tiers WHERE name = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
+}
