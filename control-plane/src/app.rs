@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, db, tenancy};
+use crate::{audit, db, openapi, tenancy};
 
 /// One job a control-plane process can do. More roles (config server, registry) join this enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,8 @@ pub fn v1() -> Router<ApiState> {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, and each role's routes.
+/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, and each role's routes (the admin API
+/// brings `/v1` and its OpenAPI document at `/openapi.json`).
 pub fn router(state: ApiState, roles: &Roles) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -120,7 +121,9 @@ pub fn router(state: ApiState, roles: &Roles) -> Router {
             state.clone(),
             require_migrated,
         ));
-        app = app.nest("/v1", gated);
+        app = app
+            .nest("/v1", gated)
+            .route("/openapi.json", get(openapi::serve_spec));
     }
     app.fallback(not_found)
         .layer(middleware::from_fn(versioning::deprecation_headers))

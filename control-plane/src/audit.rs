@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
+use crate::apidoc::{examples, problems};
 use crate::http::{ApiQuery, ApiState, Page, Principal, Problem, MAX_PAGE};
 
 /// An audited change, as written by the context that made it.
@@ -37,7 +38,7 @@ pub async fn record(conn: &mut PgConnection, change: Change<'_>) -> Result<(), s
 }
 
 /// One audit event as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
     pub at: DateTime<Utc>,
@@ -45,15 +46,21 @@ pub struct Event {
     pub action: String,
     pub object_kind: String,
     pub object_id: String,
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
 }
 
 /// `?object=<id>&limit=&after=<event id>`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only events about this object id.
     pub object: Option<String>,
+    /// Page size, 1..=100 (default 100).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// The `next` cursor (an event id) of the previous page.
     pub after: Option<i64>,
 }
 
@@ -75,12 +82,30 @@ pub async fn list(pool: &PgPool, q: &AuditQuery) -> Result<Page<Event>, Problem>
     Ok(Page::from_rows(rows, limit, |e| e.id.to_string()))
 }
 
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses(
+        (status = 200, description = "One page of events, in the order they were written", body = Page<Event>,
+         example = json!({"items": [examples::event()], "next": "42"})),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// List audit events.
 async fn list_events(
     _: Principal,
     State(state): State<ApiState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Page<Event>>, Problem> {
     list(&state.pool, &q).await.map(Json)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_events))]
+struct Doc;
+
+/// The OpenAPI paths of the audit routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <Doc as utoipa::OpenApi>::openapi()
 }
 
 /// `GET /audit` (mounted under `/v1`).

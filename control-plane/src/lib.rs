@@ -4,11 +4,15 @@
 //! Modules are bounded contexts, each owning one Postgres schema ([`tenancy`], [`audit`]), plus the
 //! shared edges: [`db`] (pool, migrations), [`http`] (problem+json, auth, extractors) and [`app`]
 //! (roles, router, start-up). Contexts call each other's functions, never each other's tables.
+//! [`openapi`] assembles the OpenAPI 3.1 document from the handlers (with [`apidoc`]'s problem
+//! responses and examples).
 
+pub mod apidoc;
 pub mod app;
 pub mod audit;
 pub mod db;
 pub mod http;
+pub mod openapi;
 pub mod tenancy;
 
 pub use app::{run, Config, Role, Roles};

@@ -127,10 +127,15 @@ pub fn if_match(headers: &HeaderMap) -> Result<i64, Problem> {
 }
 
 /// `?limit=&after=`: at most `limit` items (1..=100, default 50) with ids after the cursor `after`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size, 1..=100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    #[param(format = Uuid)]
     pub after: Option<String>,
 }
 
@@ -154,9 +159,10 @@ impl PageQuery {
 }
 
 /// One page of a list: `items`, and `next`, the `after` cursor of the next page (absent on the last).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// The `after` cursor of the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 pub use auth::{AdminToken, Principal};
 pub use extract::{etag, if_match, parse_id, ApiJson, ApiQuery, Page, PageQuery, MAX_PAGE};
-pub use problem::{FieldError, Problem, ProblemKind};
+pub use problem::{FieldError, Problem, ProblemDetails, ProblemKind};
 
 /// Largest request body the admin API reads; a bigger one is refused with 413 before it is parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -3,6 +3,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 const TYPE_BASE: &str = "https://leaky-tokens.dev/problems/";
 
@@ -87,7 +88,7 @@ impl ProblemKind {
 }
 
 /// One invalid input, named by its JSON field (or query parameter, or path segment).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -136,28 +137,45 @@ impl Problem {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The `application/problem+json` body of every error (RFC 9457), as sent and as the OpenAPI spec
+/// documents it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "https://leaky-tokens.dev/problems/not-found",
+    "title": "Not found",
+    "status": 404,
+    "detail": "org `0f8fad5b-d9cb-469f-a165-70867728950e` not found"
+}))]
+pub struct ProblemDetails {
+    /// Stable URI of the kind of error; clients branch on it.
     #[serde(rename = "type")]
-    type_uri: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
-    errors: &'a [FieldError],
+    pub type_uri: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// Each invalid field (validation problems only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl Problem {
+    /// The body this problem is sent with.
+    pub fn details(self) -> ProblemDetails {
+        let (_, title, status) = self.kind.slug_title_status();
+        ProblemDetails {
+            type_uri: self.kind.type_uri(),
+            title,
+            status: status.as_u16(),
+            detail: self.detail,
+            errors: self.errors,
+        }
+    }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let (_, title, status) = self.kind.slug_title_status();
-        let body = Body {
-            type_uri: self.kind.type_uri(),
-            title,
-            status: status.as_u16(),
-            detail: &self.detail,
-            errors: &self.errors,
-        };
-        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let status = self.kind.status();
+        let json = serde_json::to_vec(&self.details()).unwrap_or_default();
         let mut response = (status, json).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

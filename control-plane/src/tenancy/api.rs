@@ -7,25 +7,31 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
 
 use super::orgs::{self, Org};
 use super::tiers::{self, Tier};
 use super::users::{self, NewUser, User};
+use crate::apidoc::{examples, problems};
 use crate::http::{
     etag, if_match, parse_id, ApiJson, ApiQuery, ApiState, Page, PageQuery, Principal, Problem,
 };
 
 type Created<T> = (StatusCode, HeaderMap, Json<T>);
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/orgs` and `PATCH /v1/orgs/{org}` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrgBody {
     name: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// `PUT /v1/tiers/{name}` body.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TierBody {
+    /// At most 32 entries, each a non-negative number or a string.
+    #[schema(value_type = Object)]
     limits: Value,
 }
 
@@ -38,6 +44,20 @@ fn org_headers(org: &Org) -> HeaderMap {
     headers
 }
 
+#[utoipa::path(
+    post, path = "/v1/orgs", tag = "tenancy",
+    request_body(content = OrgBody, example = json!({"name": "acme"})),
+    responses(
+        (status = 201, description = "The org, created", body = Org, headers(("ETag" = String, description = "Its version"), ("Location" = String, description = "Its URL")),
+         example = json!(examples::org())),
+        (status = 400, response = problems::MalformedJson),
+        (status = 409, response = problems::Conflict),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Create an org.
 async fn create_org(
     p: Principal,
     State(s): State<ApiState>,
@@ -47,6 +67,15 @@ async fn create_org(
     Ok((StatusCode::CREATED, org_headers(&org), Json(org)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/orgs", tag = "tenancy", params(PageQuery),
+    responses(
+        (status = 200, description = "One page of orgs, oldest first", body = Page<Org>,
+         example = json!({"items": [examples::org()], "next": examples::ORG})),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// List orgs.
 async fn list_orgs(
     _: Principal,
     State(s): State<ApiState>,
@@ -57,6 +86,16 @@ async fn list_orgs(
     Ok(Json(Page::from_rows(rows, limit, |o| o.id.to_string())))
 }
 
+#[utoipa::path(
+    get, path = "/v1/orgs/{org}", tag = "tenancy", params(("org" = Uuid, Path, description = "Org id")),
+    responses(
+        (status = 200, description = "The org", body = Org, headers(("ETag" = String, description = "Its version; send it back in `If-Match`")),
+         example = json!(examples::org())),
+        (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Show an org.
 async fn get_org(
     _: Principal,
     State(s): State<ApiState>,
@@ -66,6 +105,28 @@ async fn get_org(
     Ok((org_headers(&org), Json(org)))
 }
 
+#[utoipa::path(
+    patch, path = "/v1/orgs/{org}", tag = "tenancy",
+    params(
+        ("org" = Uuid, Path, description = "Org id"),
+        ("If-Match" = String, Header, description = "The ETag you read, e.g. `\"1\"`"),
+    ),
+    request_body(content = OrgBody, example = json!({"name": "acme-renamed"})),
+    responses(
+        (status = 200, description = "The org, renamed", body = Org,
+         headers(("ETag" = String, description = "Its new version")),
+         example = json!(examples::org_renamed())),
+        (status = 400, response = problems::MalformedJson),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 412, response = problems::PreconditionFailed),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 422, response = problems::Validation),
+        (status = 428, response = problems::PreconditionRequired),
+    )
+)]
+/// Rename an org (optimistic concurrency: `If-Match` required).
 async fn patch_org(
     p: Principal,
     State(s): State<ApiState>,
@@ -79,6 +140,21 @@ async fn patch_org(
     Ok((org_headers(&org), Json(org)))
 }
 
+#[utoipa::path(
+    post, path = "/v1/orgs/{org}/users", tag = "tenancy",
+    params(("org" = Uuid, Path, description = "Org id")),
+    request_body(content = NewUser, example = json!(examples::new_user())),
+    responses(
+        (status = 201, description = "The user, created", body = User, example = json!(examples::user())),
+        (status = 400, response = problems::MalformedJson),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Add a user to an org.
 async fn create_user(
     p: Principal,
     State(s): State<ApiState>,
@@ -90,6 +166,17 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/orgs/{org}/users", tag = "tenancy",
+    params(("org" = Uuid, Path, description = "Org id"), PageQuery),
+    responses(
+        (status = 200, description = "One page of the org's users", body = Page<User>,
+         example = json!({"items": [examples::user()]})),
+        (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// List an org's users.
 async fn list_users(
     _: Principal,
     State(s): State<ApiState>,
@@ -102,6 +189,22 @@ async fn list_users(
     Ok(Json(Page::from_rows(rows, limit, |u| u.id.to_string())))
 }
 
+#[utoipa::path(
+    put, path = "/v1/tiers/{name}", tag = "tenancy",
+    params(("name" = String, Path, description = "Tier name: 1..=64 of `a-z 0-9 - _`")),
+    request_body(content = TierBody, example = json!(examples::tier_body())),
+    responses(
+        (status = 200, description = "The tier, replaced", body = Tier, headers(("ETag" = String, description = "Its version")),
+         example = json!(examples::tier())),
+        (status = 201, description = "The tier, created", body = Tier, headers(("ETag" = String, description = "Its version")),
+         example = json!(examples::tier())),
+        (status = 400, response = problems::MalformedJson),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Create or replace a tier.
 async fn put_tier(
     p: Principal,
     State(s): State<ApiState>,
@@ -119,10 +222,32 @@ async fn put_tier(
     Ok((status, headers, Json(tier)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/tiers", tag = "tenancy",
+    responses(
+        (status = 200, description = "Every tier (one page)", body = Page<Tier>,
+         example = json!({"items": [examples::tier()]})),
+    )
+)]
+/// List tiers.
 async fn list_tiers(_: Principal, State(s): State<ApiState>) -> Result<Json<Page<Tier>>, Problem> {
     let items = tiers::list(&s.pool).await?;
     Ok(Json(Page { items, next: None }))
 }
+
+/// The OpenAPI paths of these routes.
+#[derive(OpenApi)]
+#[openapi(paths(
+    list_orgs,
+    create_org,
+    get_org,
+    patch_org,
+    list_users,
+    create_user,
+    list_tiers,
+    put_tier
+))]
+pub(super) struct Doc;
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()

@@ -31,7 +31,7 @@ pub const MAX_GRACE_SECS: u32 = 7 * 24 * 3600;
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A key's metadata as the API shows it: never the secret, never its hash.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: Uuid,
     #[serde(rename = "org")]
@@ -51,7 +51,7 @@ pub struct ApiKey {
 }
 
 /// A key just issued: its metadata plus the full key, returned this once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IssuedKey {
     #[serde(flatten)]
     pub meta: ApiKey,
@@ -59,7 +59,7 @@ pub struct IssuedKey {
 }
 
 /// `POST /v1/orgs/{org}/keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,
@@ -71,7 +71,7 @@ pub struct NewKey {
 }
 
 /// The three states a key can be listed by.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
     Active,
@@ -282,7 +282,7 @@ pub async fn list(
 }
 
 /// The outcome of a rotation: the new key (shown once) and the old one, valid until its `revoked_at`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rotation {
     #[serde(flatten)]
     pub new: IssuedKey,

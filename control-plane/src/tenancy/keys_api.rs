@@ -5,23 +5,35 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi};
 
 use super::keys::{
     self, ApiKey, IssuedKey, KeyState, NewKey, Rotation, DEFAULT_GRACE_SECS, MAX_GRACE_SECS,
 };
+use crate::apidoc::{examples, problems};
 use crate::http::{parse_id, ApiJson, ApiQuery, ApiState, Page, PageQuery, Principal, Problem};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1..=100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    #[param(format = Uuid)]
     after: Option<String>,
+    /// Only keys in this state.
+    #[param(inline)]
     state: Option<KeyState>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RotateQuery {
+    /// How long the old key keeps working, 0..=604800 (default 86400); 0 revokes it now.
+    #[param(maximum = 604800)]
     grace_seconds: Option<u32>,
 }
 
@@ -33,6 +45,22 @@ fn location(id: uuid::Uuid) -> HeaderMap {
     headers
 }
 
+#[utoipa::path(
+    post, path = "/v1/orgs/{org}/keys", tag = "tenancy",
+    params(("org" = Uuid, Path, description = "Org id")),
+    request_body(content = NewKey, example = json!(examples::new_key())),
+    responses(
+        (status = 201, description = "The key, issued: `key` is shown this once", body = IssuedKey,
+         headers(("Location" = String, description = "The key's URL")),
+         example = json!(examples::issued_key())),
+        (status = 400, response = problems::MalformedJson),
+        (status = 404, response = problems::NotFound),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Issue an API key for an org.
 async fn create_key(
     p: Principal,
     State(s): State<ApiState>,
@@ -44,6 +72,17 @@ async fn create_key(
     Ok((StatusCode::CREATED, location(issued.meta.id), Json(issued)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/orgs/{org}/keys", tag = "tenancy",
+    params(("org" = Uuid, Path, description = "Org id"), ListQuery),
+    responses(
+        (status = 200, description = "One page of the org's keys (never the secrets)", body = Page<ApiKey>,
+         example = json!({"items": [examples::key(examples::KEY, "Ab3dE5gH", false)]})),
+        (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// List an org's keys.
 async fn list_keys(
     _: Principal,
     State(s): State<ApiState>,
@@ -56,6 +95,17 @@ async fn list_keys(
     Ok(Json(Page::from_rows(rows, limit, |k| k.id.to_string())))
 }
 
+#[utoipa::path(
+    get, path = "/v1/keys/{id}", tag = "tenancy",
+    params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key's metadata", body = ApiKey,
+         example = json!(examples::key(examples::KEY, "Ab3dE5gH", false))),
+        (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Show a key.
 async fn get_key(
     _: Principal,
     State(s): State<ApiState>,
@@ -64,6 +114,19 @@ async fn get_key(
     Ok(Json(keys::get(&s.pool, parse_id("id", &id)?).await?))
 }
 
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/rotate", tag = "tenancy",
+    params(("id" = Uuid, Path, description = "Key id"), RotateQuery),
+    responses(
+        (status = 201, description = "The new key (shown this once) and the old one, valid until its `revoked_at`",
+         body = Rotation, headers(("Location" = String, description = "The new key's URL")),
+         example = json!(examples::rotation())),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Rotate a key.
 async fn rotate_key(
     p: Principal,
     State(s): State<ApiState>,
@@ -86,6 +149,16 @@ async fn rotate_key(
     ))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/keys/{id}", tag = "tenancy",
+    params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 204, description = "Revoked now"),
+        (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Revoke a key.
 async fn revoke_key(
     p: Principal,
     State(s): State<ApiState>,
@@ -94,6 +167,11 @@ async fn revoke_key(
     keys::revoke(&s.pool, &p.subject, parse_id("id", &id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The OpenAPI paths of these routes.
+#[derive(OpenApi)]
+#[openapi(paths(list_keys, create_key, get_key, revoke_key, rotate_key))]
+pub(super) struct Doc;
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()

@@ -92,6 +92,14 @@ pub(crate) fn check_name(field: &str, value: &str) -> Result<String, FieldError>
     Ok(value.to_owned())
 }
 
+/// The OpenAPI paths of tenancy's admin routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut doc = api::Doc::openapi();
+    doc.merge(keys_api::Doc::openapi());
+    doc
+}
+
 /// Tenancy's admin routes (mounted under `/v1`).
 pub fn routes() -> Router<ApiState> {
     api::routes().merge(keys_api::routes())

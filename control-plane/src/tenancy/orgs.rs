@@ -11,7 +11,7 @@ use super::{check_name, is_unique_violation, TenancyError};
 use crate::audit::{self, Change};
 
 /// An org as stored and shown.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Org {
     pub id: Uuid,
     pub name: String,

@@ -11,9 +11,10 @@ use crate::audit::{self, Change};
 use crate::http::FieldError;
 
 /// A tier as stored and shown.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Tier {
     pub name: String,
+    #[schema(value_type = Object)]
     pub limits: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

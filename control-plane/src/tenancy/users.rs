@@ -11,7 +11,7 @@ use crate::audit::{self, Change};
 use crate::http::FieldError;
 
 /// A user as stored and shown.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,
     #[serde(rename = "org")]
@@ -23,7 +23,7 @@ pub struct User {
 }
 
 /// `POST /v1/orgs/{org}/users` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub email: String,

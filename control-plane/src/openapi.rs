@@ -1,0 +1,133 @@
+//! The admin API's OpenAPI 3.1 document, generated from the handlers (`#[utoipa::path]` in each bounded
+//! context) and served at `GET /openapi.json`. `control-plane/openapi.json` is this document,
+//! committed; `tests/openapi.rs` fails when the two differ.
+//!
+//! Every `/v1` route answers 401 (the auth extractor), 503 (migrations pending or Postgres down) and
+//! 500; `CommonProblems` adds those to every operation, so handlers list only their own problem
+//! responses, each one of [`apidoc::problems`]: `application/problem+json` with an example built by
+//! [`Problem`] itself.
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Ref;
+use utoipa::{Modify, OpenApi};
+
+use crate::http::{FieldError, Problem, ProblemDetails, ProblemKind};
+use crate::{apidoc, audit, tenancy};
+
+/// Name of the bearer security scheme in the document.
+pub const SECURITY_SCHEME: &str = "admin_token";
+
+/// The root document: metadata, tags, security and the shared problem schemas and responses.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Leaky Tokens control plane",
+        description = "Admin API of the Leaky Tokens control plane: orgs, users, tiers, API keys and \
+                       the audit log. Errors are RFC 9457 `application/problem+json`."
+    ),
+    security(("admin_token" = [])),
+    tags(
+        (name = "tenancy", description = "Orgs, their users, tiers and API keys (bounded context `tenancy`)."),
+        (name = "audit", description = "Who changed what, when (bounded context `audit`).")
+    ),
+    components(
+        schemas(ProblemDetails, FieldError),
+        responses(
+            apidoc::problems::Validation,
+            apidoc::problems::MalformedJson,
+            apidoc::problems::PayloadTooLarge,
+            apidoc::problems::UnsupportedMediaType,
+            apidoc::problems::Unauthorized,
+            apidoc::problems::NotFound,
+            apidoc::problems::Conflict,
+            apidoc::problems::PreconditionFailed,
+            apidoc::problems::PreconditionRequired,
+            apidoc::problems::Unavailable,
+            apidoc::problems::Internal
+        )
+    ),
+    modifiers(&BearerAuth, &CommonProblems)
+)]
+struct ApiDoc;
+
+/// The whole document: the root merged with each context's paths.
+pub fn spec() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(tenancy::openapi());
+    doc.merge(audit::openapi());
+    // Modifiers ran before the merge; run them again over the merged paths.
+    BearerAuth.modify(&mut doc);
+    CommonProblems.modify(&mut doc);
+    doc
+}
+
+/// [`spec`] as pretty JSON with a trailing newline: exactly the bytes of `control-plane/openapi.json`.
+pub fn spec_json() -> Result<String, serde_json::Error> {
+    let mut json = spec().to_pretty_json()?;
+    json.push('\n');
+    Ok(json)
+}
+
+/// `GET /openapi.json` (no auth).
+pub async fn serve_spec() -> Response {
+    match spec_json() {
+        Ok(json) => {
+            let mut response = json.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "serialize the OpenAPI document");
+            Problem::new(ProblemKind::Internal, "internal error").into_response()
+        }
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "The bootstrap admin token (`LEAKY_ADMIN_TOKEN`): `Authorization: Bearer <token>`.",
+            ))
+            .build();
+        components.add_security_scheme(SECURITY_SCHEME, SecurityScheme::Http(scheme));
+    }
+}
+
+struct CommonProblems;
+
+impl Modify for CommonProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let common = [
+            ("401", "Unauthorized"),
+            ("500", "Internal"),
+            ("503", "Unavailable"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                for (status, name) in common {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| Ref::from_response_name(name).into());
+                }
+            }
+        }
+    }
+}

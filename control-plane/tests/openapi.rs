@@ -1,0 +1,243 @@
+//! The OpenAPI document, without a database: the pool is lazy and never used, since every
+//! `/v1` request here is refused by the auth extractor before a handler runs.
+//!
+//! `control-plane/openapi.json` is the served `/openapi.json`, committed. Regenerate it with
+//! `LEAKY_UPDATE_OPENAPI=1 cargo test -p leaky-control-plane --test openapi`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use leaky_control_plane::http::{AdminToken, ApiState};
+use leaky_control_plane::{app, db, Roles};
+use serde_json::Value;
+
+/// Every `(method, path)` the router mounts under `/v1` (see `tenancy::api::routes`,
+/// `tenancy::keys_api::routes`, `audit::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
+/// this list against the router (each answers 401, other methods 405) and against the spec.
+const V1_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/orgs"),
+    ("POST", "/v1/orgs"),
+    ("GET", "/v1/orgs/{org}"),
+    ("PATCH", "/v1/orgs/{org}"),
+    ("GET", "/v1/orgs/{org}/users"),
+    ("POST", "/v1/orgs/{org}/users"),
+    ("GET", "/v1/orgs/{org}/keys"),
+    ("POST", "/v1/orgs/{org}/keys"),
+    ("GET", "/v1/tiers"),
+    ("PUT", "/v1/tiers/{name}"),
+    ("GET", "/v1/keys/{id}"),
+    ("DELETE", "/v1/keys/{id}"),
+    ("POST", "/v1/keys/{id}/rotate"),
+    ("GET", "/v1/audit"),
+];
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+fn spec_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json")
+}
+
+/// The control plane on a loopback port, over a lazy pool that points nowhere.
+async fn serve() -> SocketAddr {
+    let pool = db::pool("postgres://leaky@127.0.0.1:1/unused", 1).unwrap();
+    let state = ApiState::new(pool, AdminToken::new("openapi-test-token"));
+    state.set_migrated();
+    let router = app::router(state, &Roles::all());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+async fn get(addr: SocketAddr, path: &str) -> reqwest::Response {
+    reqwest::get(format!("http://{addr}{path}")).await.unwrap()
+}
+
+async fn served_spec(addr: SocketAddr) -> (String, Value) {
+    let response = get(addr, "/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap();
+    (text, value)
+}
+
+#[tokio::test]
+async fn committed_spec_matches_the_served_one() {
+    let addr = serve().await;
+    let (served, _) = served_spec(addr).await;
+    let path = spec_file();
+    if std::env::var_os("LEAKY_UPDATE_OPENAPI").is_some_and(|v| !v.is_empty() && v != "0") {
+        std::fs::write(&path, &served).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == served,
+        "{} is out of date with the handlers' #[utoipa::path] attributes; regenerate it with\n\
+         \n    LEAKY_UPDATE_OPENAPI=1 cargo test -p leaky-control-plane --test openapi\n",
+        path.display()
+    );
+    assert!(
+        served.ends_with("}\n"),
+        "pretty JSON with a trailing newline"
+    );
+}
+
+#[tokio::test]
+async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
+    let addr = serve().await;
+    let (_, spec) = served_spec(addr).await;
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        spec["openapi"]
+    );
+    let scheme = &spec["components"]["securitySchemes"]["admin_token"];
+    assert_eq!(scheme["type"], "http");
+    assert_eq!(scheme["scheme"], "bearer");
+    assert_eq!(spec["security"], serde_json::json!([{"admin_token": []}]));
+    let tags: BTreeSet<&str> = spec["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, BTreeSet::from(["audit", "tenancy"]));
+    let problem = &spec["components"]["schemas"]["ProblemDetails"];
+    for field in ["type", "title", "status", "detail"] {
+        assert!(
+            problem["properties"].get(field).is_some(),
+            "ProblemDetails.{field}"
+        );
+    }
+}
+
+fn spec_operations(spec: &Value) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if item.get(method.to_lowercase()).is_some() {
+                ops.insert((method.to_owned(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+/// `path` with each `{param}` filled in with a syntactically valid value.
+fn concrete(path: &str) -> String {
+    path.replace("{org}", "0f8fad5b-d9cb-469f-a165-70867728950e")
+        .replace("{id}", "3d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b0a")
+        .replace("{name}", "gold")
+}
+
+#[tokio::test]
+async fn every_v1_route_is_mounted_and_in_the_spec() {
+    let addr = serve().await;
+    let (_, spec) = served_spec(addr).await;
+    let listed: BTreeSet<(String, String)> = V1_ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(
+        spec_operations(&spec),
+        listed,
+        "spec operations vs the router's /v1 routes"
+    );
+
+    let client = reqwest::Client::new();
+    let paths: BTreeSet<&str> = V1_ROUTES.iter().map(|(_, p)| *p).collect();
+    for path in paths {
+        for method in METHODS {
+            let url = format!("http://{addr}{}", concrete(path));
+            let response = client
+                .request(method.parse().unwrap(), &url)
+                .send()
+                .await
+                .unwrap();
+            let mounted = V1_ROUTES.contains(&(method, path));
+            // A mounted route refuses the missing token; any other method on the path is 405.
+            let expected = if mounted { 401 } else { 405 };
+            assert_eq!(response.status(), expected, "{method} {path}");
+        }
+    }
+}
+
+/// The response object `r`, following a `$ref` into `components/responses`.
+fn resolve<'a>(spec: &'a Value, r: &'a Value) -> &'a Value {
+    match r["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.trim_start_matches("#/components/responses/");
+            let resolved = &spec["components"]["responses"][name];
+            assert!(resolved.is_object(), "dangling {reference}");
+            resolved
+        }
+        None => r,
+    }
+}
+
+fn check_operation(spec: &Value, method: &str, path: &str, op: &Value) {
+    let what = format!("{method} {path}");
+    let responses = op["responses"].as_object().unwrap();
+    let success: Vec<&String> = responses
+        .keys()
+        .filter(|s| ["200", "201", "204"].contains(&s.as_str()))
+        .collect();
+    assert!(!success.is_empty(), "{what}: no 200/201/204 response");
+    for status in success {
+        if status == "204" {
+            continue;
+        }
+        let example = &responses[status]["content"]["application/json"]["example"];
+        assert!(!example.is_null(), "{what}: {status} has no example");
+    }
+    if let Some(body) = op.get("requestBody") {
+        let example = &body["content"]["application/json"]["example"];
+        assert!(!example.is_null(), "{what}: request body has no example");
+        for status in ["400", "413", "415", "422"] {
+            assert!(
+                responses.contains_key(status),
+                "{what}: body but no {status}"
+            );
+        }
+    }
+    if path.contains('{') {
+        assert!(responses.contains_key("422"), "{what}: path id but no 422");
+    }
+    for status in ["401", "500", "503"] {
+        assert!(responses.contains_key(status), "{what}: no {status}");
+    }
+    for (status, response) in responses {
+        if status.starts_with('2') {
+            continue;
+        }
+        let content = &resolve(spec, response)["content"]["application/problem+json"];
+        assert_eq!(
+            content["schema"]["$ref"], "#/components/schemas/ProblemDetails",
+            "{what}: {status} is not problem+json"
+        );
+        let example = &content["example"];
+        assert_eq!(
+            example["status"].to_string(),
+            *status,
+            "{what}: {status} example"
+        );
+        assert!(example["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://leaky-tokens.dev/problems/"));
+    }
+}
+
+#[tokio::test]
+async fn every_operation_has_examples_and_documents_its_problems() {
+    let addr = serve().await;
+    let (_, spec) = served_spec(addr).await;
+    for (method, path) in spec_operations(&spec) {
+        let op = &spec["paths"][&path][method.to_lowercase()];
+        check_operation(&spec, &method, &path, op);
+    }
+}
