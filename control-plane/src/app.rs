@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, db, openapi, tenancy};
+use crate::{audit, db, docs, openapi, tenancy};
 
 /// One job a control-plane process can do. More roles (config server, registry) join this enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ pub fn v1() -> Router<ApiState> {
 }
 
 /// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, and each role's routes (the admin API
-/// brings `/v1` and its OpenAPI document at `/openapi.json`).
+/// brings `/v1`, its OpenAPI document at `/openapi.json` and Swagger UI at `/docs`).
 pub fn router(state: ApiState, roles: &Roles) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -123,7 +123,8 @@ pub fn router(state: ApiState, roles: &Roles) -> Router {
         ));
         app = app
             .nest("/v1", gated)
-            .route("/openapi.json", get(openapi::serve_spec));
+            .route("/openapi.json", get(openapi::serve_spec))
+            .merge(docs::routes());
     }
     app.fallback(not_found)
         .layer(middleware::from_fn(versioning::deprecation_headers))

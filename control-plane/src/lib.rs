@@ -5,12 +5,13 @@
 //! shared edges: [`db`] (pool, migrations), [`http`] (problem+json, auth, extractors) and [`app`]
 //! (roles, router, start-up). Contexts call each other's functions, never each other's tables.
 //! [`openapi`] assembles the OpenAPI 3.1 document from the handlers (with [`apidoc`]'s problem
-//! responses and examples).
+//! responses and examples); [`docs`] serves Swagger UI.
 
 pub mod apidoc;
 pub mod app;
 pub mod audit;
 pub mod db;
+pub mod docs;
 pub mod http;
 pub mod openapi;
 pub mod tenancy;

@@ -1,4 +1,4 @@
-//! The OpenAPI document, without a database: the pool is lazy and never used, since every
+//! The OpenAPI document and Swagger UI, without a database: the pool is lazy and never used, since every
 //! `/v1` request here is refused by the auth extractor before a handler runs.
 //!
 //! `control-plane/openapi.json` is the served `/openapi.json`, committed. Regenerate it with
@@ -239,5 +239,93 @@ async fn every_operation_has_examples_and_documents_its_problems() {
     for (method, path) in spec_operations(&spec) {
         let op = &spec["paths"][&path][method.to_lowercase()];
         check_operation(&spec, &method, &path, op);
+    }
+}
+
+/// Every `src="…"` / `href="…"` value in `html`.
+fn references(html: &str) -> Vec<String> {
+    let mut refs = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for (at, _) in html.match_indices(attr) {
+            let rest = &html[at + attr.len()..];
+            refs.push(rest[..rest.find('"').unwrap()].to_owned());
+        }
+    }
+    refs
+}
+
+#[tokio::test]
+async fn docs_page_references_only_same_origin_urls() {
+    let addr = serve().await;
+    let response = get(addr, "/docs").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let html = response.text().await.unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+    let refs = references(&html);
+    assert!(
+        refs.contains(&"/docs/swagger-ui-bundle.js".to_owned()),
+        "{refs:?}"
+    );
+    assert!(
+        refs.contains(&"/docs/swagger-ui.css".to_owned()),
+        "{refs:?}"
+    );
+    for r in &refs {
+        assert!(
+            r.starts_with('/') && !r.starts_with("//"),
+            "not same-origin: {r}"
+        );
+        assert_eq!(get(addr, r).await.status(), 200, "{r}");
+    }
+    let init = get(addr, "/docs/swagger-ui-init.js")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(init.contains("url: \"/openapi.json\""), "{init}");
+    assert!(
+        !init.contains("http://") && !init.contains("https://"),
+        "{init}"
+    );
+}
+
+#[tokio::test]
+async fn swagger_assets_are_served_with_their_types_and_a_long_cache() {
+    let addr = serve().await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/swagger-ui");
+    for (path, file, content_type) in [
+        (
+            "/docs/swagger-ui-bundle.js",
+            "swagger-ui-bundle.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/docs/swagger-ui.css",
+            "swagger-ui.css",
+            "text/css; charset=utf-8",
+        ),
+        ("/docs/LICENSE", "LICENSE", "text/plain; charset=utf-8"),
+    ] {
+        let response = get(addr, path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"], content_type, "{path}");
+        let cache = response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(cache.contains("max-age=31536000"), "{path}: {cache}");
+        let body = response.bytes().await.unwrap();
+        assert_eq!(
+            body.as_ref(),
+            std::fs::read(dir.join(file)).unwrap(),
+            "{path}"
+        );
     }
 }
