@@ -18,26 +18,46 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        if let Some(ct) = content_type {
-            if !ct.starts_with("application/json") && !ct.contains("+json") {
-                let detail = format!("content-type `{ct}` is not application/json");
-                return Err(Problem::new(ProblemKind::UnsupportedMediaType, detail));
-            }
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                let detail = format!("the body exceeds {} bytes", super::MAX_BODY_BYTES);
-                Problem::new(ProblemKind::PayloadTooLarge, detail)
-            } else {
-                Problem::new(ProblemKind::MalformedJson, e.body_text())
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         decode(&bytes).map(ApiJson)
     }
+}
+
+/// An optional JSON body: `None` when the body is empty, else decoded like [`ApiJson`].
+pub struct MaybeJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for MaybeJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let bytes = read_body(req, state).await?;
+        if bytes.is_empty() {
+            return Ok(MaybeJson(None));
+        }
+        decode(&bytes).map(|v| MaybeJson(Some(v)))
+    }
+}
+
+/// The body's bytes: a JSON content type (when one is sent) and at most the body limit.
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Problem> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if let Some(ct) = content_type {
+        if !ct.starts_with("application/json") && !ct.contains("+json") {
+            let detail = format!("content-type `{ct}` is not application/json");
+            return Err(Problem::new(ProblemKind::UnsupportedMediaType, detail));
+        }
+    }
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let detail = format!("the body exceeds {} bytes", super::MAX_BODY_BYTES);
+            Problem::new(ProblemKind::PayloadTooLarge, detail)
+        } else {
+            Problem::new(ProblemKind::MalformedJson, e.body_text())
+        }
+    })
 }
 
 /// Decodes a JSON document, naming the offending field on a data error.

@@ -12,18 +12,25 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::clock::{Clock, SystemClock};
+
 pub use auth::{AdminToken, Principal};
-pub use extract::{etag, if_match, parse_id, ApiJson, ApiQuery, Page, PageQuery, MAX_PAGE};
+pub use extract::{
+    etag, if_match, parse_id, ApiJson, ApiQuery, MaybeJson, Page, PageQuery, MAX_PAGE,
+};
 pub use problem::{FieldError, Problem, ProblemDetails, ProblemKind};
 
 /// Largest request body the admin API reads; a bigger one is refused with 413 before it is parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// What every handler can reach: the pool, the admin credential, and whether migrations are done.
+/// What every handler can reach: the pool, the admin credential, the clock, and whether migrations
+/// are done.
 #[derive(Clone)]
 pub struct ApiState {
     pub pool: PgPool,
     pub admin: Arc<AdminToken>,
+    /// "Now" for time-dependent rules; the system clock unless [`ApiState::with_clock`] replaced it.
+    pub clock: Arc<dyn Clock>,
     migrated: Arc<AtomicBool>,
 }
 
@@ -32,8 +39,15 @@ impl ApiState {
         Self {
             pool,
             admin: Arc::new(admin),
+            clock: Arc::new(SystemClock),
             migrated: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The same state reading time from `clock` (tests move a manual clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Marks the schema as migrated; the API answers 503 until then.
