@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, db, docs, openapi, tenancy};
+use crate::{audit, db, docs, openapi, registry, tenancy};
 
 /// One job a control-plane process can do. More roles (config server, registry) join this enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,7 @@ pub enum AppError {
 pub fn v1() -> Router<ApiState> {
     tenancy::routes()
         .merge(audit::routes())
+        .merge(registry::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 

@@ -1,9 +1,10 @@
 //! Leaky Tokens control plane (issue 13, first increment): tenancy — orgs, users, tiers and API keys —
 //! in PostgreSQL, an audited admin REST API under `/v1`, and the `leaky-tokens control-plane` process.
 //!
-//! Modules are bounded contexts, each owning one Postgres schema ([`tenancy`], [`audit`]), plus the
-//! shared edges: [`db`] (pool, migrations), [`http`] (problem+json, auth, extractors), [`clock`] (an
-//! injectable "now") and [`app`] (roles, router, start-up). Contexts call each other's functions, never each other's tables.
+//! Modules are bounded contexts, each owning one Postgres schema ([`tenancy`], [`audit`],
+//! [`registry`]), plus the shared edges: [`db`] (pool, migrations), [`http`] (problem+json, auth,
+//! extractors), [`clock`] (an injectable "now") and [`app`] (roles, router, start-up). Contexts call
+//! each other's functions, never each other's tables.
 //! [`openapi`] assembles the OpenAPI 3.1 document from the handlers (with [`apidoc`]'s problem
 //! responses and examples); [`docs`] serves Swagger UI.
 
@@ -15,6 +16,7 @@ pub mod db;
 pub mod docs;
 pub mod http;
 pub mod openapi;
+pub mod registry;
 pub mod tenancy;
 
 pub use app::{run, Config, Role, Roles};

@@ -14,7 +14,8 @@ use leaky_control_plane::{app, db, Roles};
 use serde_json::Value;
 
 /// Every `(method, path)` the router mounts under `/v1` (see `tenancy::api::routes`,
-/// `tenancy::keys_api::routes`, `audit::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
+/// `tenancy::keys_api::routes`, `audit::routes`,
+/// `registry::api::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
 /// this list against the router (each answers 401, other methods 405) and against the spec.
 const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs"),
@@ -31,6 +32,10 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/keys/{id}"),
     ("POST", "/v1/keys/{id}/rotate"),
     ("GET", "/v1/audit"),
+    ("GET", "/v1/registry/instances"),
+    ("PUT", "/v1/registry/instances/{id}"),
+    ("DELETE", "/v1/registry/instances/{id}"),
+    ("POST", "/v1/registry/instances/{id}/heartbeat"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -105,7 +110,7 @@ async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(tags, BTreeSet::from(["audit", "tenancy"]));
+    assert_eq!(tags, BTreeSet::from(["audit", "registry", "tenancy"]));
     let problem = &spec["components"]["schemas"]["ProblemDetails"];
     for field in ["type", "title", "status", "detail"] {
         assert!(

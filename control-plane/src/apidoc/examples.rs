@@ -1,5 +1,5 @@
-//! Example objects for the OpenAPI document: one org, user, tier, key and audit event, consistent
-//! with each other (the key belongs to the org and uses the tier), as the API would return them.
+//! Example objects for the OpenAPI document: one org, user, tier, key, audit event and registry instance,
+//! consistent with each other (the key belongs to the org and uses the tier), as the API would return them.
 
 use serde_json::{json, Value};
 
@@ -90,5 +90,23 @@ pub fn event() -> Value {
         "object_kind": "org",
         "object_id": ORG,
         "detail": {"name": "acme"}
+    })
+}
+
+pub fn registration() -> Value {
+    json!({"role": "proxy", "address": "10.0.0.7:8080", "version": "0.4.0", "config_version": 7, "started_at": AT})
+}
+
+pub fn instance() -> Value {
+    json!({
+        "id": "proxy-eu-1",
+        "role": "proxy",
+        "address": "10.0.0.7:8080",
+        "version": "0.4.0",
+        "config_version": 7,
+        "started_at": AT,
+        "registered_at": AT,
+        "last_heartbeat_at": AT,
+        "status": "up"
     })
 }
