@@ -145,21 +145,7 @@ async fn no_or_wrong_token_is_401_problem() -> anyhow::Result<()> {
     problem(basic, 401, "unauthorized").await?;
     assert_eq!(app.audit_count().await?, 0);
     // Health endpoints need no token.
-    assert_eq!(
-        app.http
-            .get(format!("{}/healthz", app.base))
-            .send()
-            .await?
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.http
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await?
-            .status(),
-        200
-    );
+    assert_eq!(app.probe_status("/healthz").await?, 200);
+    assert_eq!(app.probe_status("/readyz").await?, 200);
     Ok(())
 }

@@ -30,14 +30,7 @@ async fn closed_port_gives_503_quickly() -> anyhow::Result<()> {
         "unavailable",
     )
     .await?;
-    assert_eq!(
-        app.http
-            .get(format!("{}/healthz", app.base))
-            .send()
-            .await?
-            .status(),
-        200
-    );
+    assert_eq!(app.probe_status("/healthz").await?, 200);
     Ok(())
 }
 
@@ -81,14 +74,7 @@ async fn postgres_restart_503_then_recovery() -> anyhow::Result<()> {
         assert!(Instant::now() < deadline, "no recovery: {}", res.status());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(
-        app.http
-            .get(format!("{}/readyz", app.base))
-            .send()
-            .await?
-            .status(),
-        200
-    );
+    assert_eq!(app.probe_status("/readyz").await?, 200);
     let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM tenancy.orgs ORDER BY name")
         .fetch_all(&app.pool)
         .await?;

@@ -127,7 +127,22 @@ async fn rotate_keeps_the_old_key_for_the_grace_period() -> anyhow::Result<()> {
         .await?;
     problem(again, 409, "conflict").await?;
 
-    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    // The grace period ends 2 s after the rotation, on the database's clock...
+    let left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM revoked_at - now())::float8 FROM tenancy.api_keys WHERE id = $1::uuid",
+    )
+    .bind(&old_id)
+    .fetch_one(&app.pool)
+    .await?;
+    assert!((1.0..=2.0).contains(&left), "grace ends in {left} s, not 2");
+    // ...so moving that end 3 s earlier is the grace period having passed (no sleep).
+    sqlx::query(
+        "UPDATE tenancy.api_keys SET revoked_at = revoked_at - interval '3 seconds',
+         grace_until = grace_until - interval '3 seconds' WHERE id = $1::uuid",
+    )
+    .bind(&old_id)
+    .execute(&app.pool)
+    .await?;
     assert!(
         keys::verify(&app.pool, &old_key).await?.is_none(),
         "old key still valid after the grace period"

@@ -269,6 +269,12 @@ pub async fn serve_state(db_url: String, state: ApiState) -> anyhow::Result<Test
 }
 
 impl TestApp {
+    /// The status of an unauthenticated probe (`/healthz`, `/readyz`).
+    pub async fn probe_status(&self, path: &str) -> anyhow::Result<u16> {
+        let res = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Ok(res.status().as_u16())
+    }
+
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
