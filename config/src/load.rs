@@ -40,6 +40,8 @@ pub enum LoadError {
     ExtendsCycle(String),
     #[error("`extends` chains more than {} base files", MAX_EXTENDS_DEPTH)]
     ExtendsTooDeep,
+    #[error("`extends` is for files on disk; a document given as text must be complete")]
+    ExtendsInText,
 }
 
 /// Reads at most `MAX_CONFIG_BYTES` (+1 to tell a larger file), whatever the file claims to be:
@@ -104,6 +106,47 @@ fn deserialize(merged: Value, sources: &Sources) -> Result<ConfigFile, ConfigErr
 /// Loads with the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_with_env(path, &|k| std::env::var(k).ok())
+}
+
+/// Loads a complete document given as text (a config pushed by a control plane, a document sent to
+/// its API): validated exactly as a file, errors reported as `{label}:line:col`. `extends` is refused
+/// (there are no files next to a text); relative paths in filters resolve against `base_dir`.
+pub fn load_text(
+    label: &Path,
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let at = |pos: Option<Pos>, e: &dyn std::fmt::Display| ConfigError {
+        file: label.to_path_buf(),
+        pos,
+        message: e.to_string(),
+    };
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigErrors(vec![at(None, &LoadError::TooLarge)]));
+    }
+    let (mut value, index) =
+        yaml::parse(text).map_err(|e| ConfigErrors(vec![at(Some(e.pos), &e)]))?;
+    if value.is_null() {
+        value = Value::Object(Default::default());
+    }
+    let Some(map) = value.as_object() else {
+        let e = at(index.exact(""), &LoadError::NotAMapping);
+        return Err(ConfigErrors(vec![e]));
+    };
+    if map.contains_key("extends") {
+        let e = at(index.exact("extends"), &LoadError::ExtendsInText);
+        return Err(ConfigErrors(vec![e]));
+    }
+    let sources = Sources {
+        files: vec![(label.to_path_buf(), index)],
+    };
+    let hash = hex::encode(Sha256::digest(
+        serde_json::to_vec(&value).unwrap_or_default(),
+    ));
+    let file = deserialize(value, &sources).map_err(|e| ConfigErrors(vec![e]))?;
+    let files = vec![label.to_path_buf()];
+    validate::validate(file, &sources, env, files, base_dir.to_path_buf(), hash)
 }
 
 fn read_merged(path: &Path, sources: &mut Sources, depth: usize) -> Result<Value, ConfigError> {

@@ -106,3 +106,27 @@ fn an_oversized_file_is_refused_before_it_is_parsed() {
     std::fs::write(&path, &text).unwrap();
     assert_eq!(actual(dir.path(), &path), "loaded without errors");
 }
+
+/// A document given as text is validated like a file and its errors name the label given.
+#[test]
+fn a_text_document_is_validated_like_a_file_with_positions_under_its_label() {
+    let label = Path::new("pushed v7");
+    let base = Path::new(".");
+    let ok = "providers:\n  openai:\n    base_url: http://127.0.0.1:9\n    models: [gpt-4o]\n\
+routes:\n  - name: v1\n    prefix: /v1\n    upstream: { provider: openai, path_prefix: /v1 }\n";
+    let config = leaky_config::load_text(label, ok, base, &no_env).unwrap();
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.files, [label.to_path_buf()]);
+
+    let bad = ok.replace("prefix: /v1\n", "prefix: v1\n");
+    let errors = leaky_config::load_text(label, &bad, base, &no_env).unwrap_err();
+    let first = errors.0[0].to_string();
+    assert!(first.starts_with("pushed v7:7:"), "{first}");
+
+    let extends = format!("extends: base.yaml\n{ok}");
+    let errors = leaky_config::load_text(label, &extends, base, &no_env).unwrap_err();
+    assert_eq!(
+        errors.0[0].to_string(),
+        "pushed v7:1:10: `extends` is for files on disk; a document given as text must be complete"
+    );
+}
