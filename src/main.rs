@@ -248,9 +248,13 @@ struct ControlPlaneArgs {
         default_value = "postgres://postgres@127.0.0.1:15432/leaky"
     )]
     database_url: String,
-    /// Roles this process runs: `all`, or a comma list of `admin-api`.
+    /// Roles this process runs: `all`, or a comma list of `admin-api`, `config-server`.
     #[arg(long, default_value = "all")]
     roles: leaky_control_plane::Roles,
+    /// YAML base the config server publishes as version 1 when the database holds no config version
+    /// yet (its `extends` chain merged); afterwards `PUT /v1/config/base` replaces it.
+    #[arg(long, default_value = "config/dev.yaml")]
+    config_base: PathBuf,
     /// Bearer token for the admin API (dev default `lt-dev-admin`).
     #[arg(
         long,
@@ -362,6 +366,7 @@ fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
         database_url: cp.database_url,
         roles: cp.roles,
         admin_token: cp.admin_token,
+        config_base: Some(cp.config_base),
     };
     tokio_rt()?.block_on(leaky_control_plane::run(config, shutdown_signal()))?;
     Ok(())

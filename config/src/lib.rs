@@ -19,7 +19,7 @@ pub mod yaml;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use interpolate::{interpolate, InterpolateError};
-pub use load::{load, load_text, load_with_env, LoadError, MAX_CONFIG_BYTES};
+pub use load::{load, load_merged, load_text, load_with_env, LoadError, MAX_CONFIG_BYTES};
 pub use model::*;
 /// The model's modules under the paths consumers already use (`leaky_config::resilience::Retry`,
 /// `leaky_config::endpoints::PathPattern`).

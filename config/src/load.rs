@@ -108,6 +108,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_with_env(path, &|k| std::env::var(k).ok())
 }
 
+/// The merged tree of `path` and the files it `extends`, as written (no `${ENV}` expanded, nothing
+/// validated): what a control plane imports as its base document.
+pub fn load_merged(path: &Path) -> Result<Value, ConfigErrors> {
+    let mut sources = Sources { files: Vec::new() };
+    read_merged(path, &mut sources, 0).map_err(|e| ConfigErrors(vec![e]))
+}
+
 /// Loads a complete document given as text (a config pushed by a control plane, a document sent to
 /// its API): validated exactly as a file, errors reported as `{label}:line:col`. `extends` is refused
 /// (there are no files next to a text); relative paths in filters resolve against `base_dir`.

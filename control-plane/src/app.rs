@@ -19,21 +19,24 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, db, docs, openapi, registry, tenancy};
+use crate::{audit, config, db, docs, openapi, registry, tenancy};
 
-/// One job a control-plane process can do. More roles (config server, registry) join this enum.
+/// One job a control-plane process can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// The admin REST API under `/v1`.
     AdminApi,
+    /// The config server: publishes versions and serves `/v1/config/*` (the watch stream proxies hold).
+    ConfigServer,
 }
 
 impl Role {
-    pub const ALL: [Role; 1] = [Role::AdminApi];
+    pub const ALL: [Role; 2] = [Role::AdminApi, Role::ConfigServer];
 
     pub fn name(self) -> &'static str {
         match self {
             Role::AdminApi => "admin-api",
+            Role::ConfigServer => "config-server",
         }
     }
 }
@@ -90,6 +93,9 @@ pub struct Config {
     pub database_url: String,
     pub roles: Roles,
     pub admin_token: String,
+    /// The YAML base the config server publishes as version 1 when the database has no version yet
+    /// (its `extends` chain merged); later bases come through `PUT /v1/config/base`.
+    pub config_base: Option<std::path::PathBuf>,
 }
 
 /// Why the process could not start or serve.
@@ -103,29 +109,46 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
 }
 
-/// The admin API: every route of every context, under `/v1`.
+/// The admin API of the tenancy, audit and registry contexts, under `/v1`.
 pub fn v1() -> Router<ApiState> {
     tenancy::routes()
         .merge(audit::routes())
         .merge(registry::routes())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// The whole HTTP surface for `roles`, with no YAML base to import (see [`router_with`]).
+pub fn router(state: ApiState, roles: &Roles) -> Router {
+    router_with(state, roles, None)
 }
 
 /// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, and each role's routes (the admin API
-/// brings `/v1`, its OpenAPI document at `/openapi.json` and Swagger UI at `/docs`).
-pub fn router(state: ApiState, roles: &Roles) -> Router {
+/// brings `/v1`, its OpenAPI document at `/openapi.json` and Swagger UI at `/docs`; the config server
+/// `/v1/config/*` and its hub, started here once migrations are done, importing `initial_base` if the
+/// database has no config version yet).
+pub fn router_with(state: ApiState, roles: &Roles, initial_base: Option<String>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
+    let mut api = Router::new();
     if roles.contains(Role::AdminApi) {
-        let gated = v1().layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_migrated,
-        ));
+        api = api.merge(v1());
         app = app
-            .nest("/v1", gated)
             .route("/openapi.json", get(openapi::serve_spec))
             .merge(docs::routes());
+    }
+    if roles.contains(Role::ConfigServer) {
+        let hub = config::Hub::new(state.pool.clone(), initial_base);
+        tokio::spawn(follow_when_migrated(state.clone(), hub.clone()));
+        api = api.merge(config::routes(hub));
+    }
+    if roles.contains(Role::AdminApi) || roles.contains(Role::ConfigServer) {
+        let gated =
+            api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    require_migrated,
+                ));
+        app = app.nest("/v1", gated);
     }
     app.fallback(not_found)
         .layer(middleware::from_fn(versioning::deprecation_headers))
@@ -165,6 +188,14 @@ async fn not_found() -> Problem {
     Problem::new(ProblemKind::NotFound, "no such route")
 }
 
+/// Runs the config hub once the schema is there.
+async fn follow_when_migrated(state: ApiState, hub: std::sync::Arc<config::Hub>) {
+    while !state.is_migrated() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hub.run().await;
+}
+
 /// Runs migrations until they succeed (Postgres may come up after us), then marks the state ready.
 pub async fn migrate_until_done(state: ApiState) {
     let mut backoff = Duration::from_millis(250);
@@ -194,10 +225,24 @@ pub async fn run(
         .await
         .map_err(|e| AppError::Bind(config.listen, e))?;
     tracing::info!(listen = %config.listen, roles = %config.roles, "control plane listening");
-    axum::serve(listener, router(state, &config.roles))
+    let base = initial_base(config.config_base.as_deref());
+    axum::serve(listener, router_with(state, &config.roles, base))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(AppError::Serve)
+}
+
+/// The base file's merged tree as text (JSON, which is YAML), or none if it cannot be read: the config
+/// server then waits for `PUT /v1/config/base`.
+fn initial_base(path: Option<&std::path::Path>) -> Option<String> {
+    let path = path?;
+    match leaky_config::load_merged(path) {
+        Ok(tree) => serde_json::to_string_pretty(&tree).ok(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "config base not imported");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

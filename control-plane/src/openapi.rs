@@ -14,7 +14,7 @@ use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{FieldError, Problem, ProblemDetails, ProblemKind};
-use crate::{apidoc, audit, registry, tenancy};
+use crate::{apidoc, audit, config, registry, tenancy};
 
 /// Name of the bearer security scheme in the document.
 pub const SECURITY_SCHEME: &str = "admin_token";
@@ -25,13 +25,14 @@ pub const SECURITY_SCHEME: &str = "admin_token";
     info(
         title = "Leaky Tokens control plane",
         description = "Admin API of the Leaky Tokens control plane: orgs, users, tiers, API keys, the audit log \
-                       and the service registry. Errors are RFC 9457 `application/problem+json`."
+                       the service registry and the config server. Errors are RFC 9457 `application/problem+json`."
     ),
     security(("admin_token" = [])),
     tags(
         (name = "tenancy", description = "Orgs, their users, tiers and API keys (bounded context `tenancy`)."),
         (name = "audit", description = "Who changed what, when (bounded context `audit`)."),
-        (name = "registry", description = "Live instances: registration, heartbeats, up/down (bounded context `registry`).")
+        (name = "registry", description = "Live instances: registration, heartbeats, up/down (bounded context `registry`)."),
+        (name = "config", description = "The config server: versions, the YAML base, rollback, the watch stream proxies hold and their ACK/NACK (bounded context `config`; protocol in docs/config-protocol.md).")
     ),
     components(
         schemas(ProblemDetails, FieldError),
@@ -59,6 +60,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(tenancy::openapi());
     doc.merge(audit::openapi());
     doc.merge(registry::openapi());
+    doc.merge(config::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
     CommonProblems.modify(&mut doc);

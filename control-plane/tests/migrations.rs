@@ -1,6 +1,8 @@
 //! Migrations against a real PostgreSQL: from empty, and three "replicas" migrating the same database
 //! at once under the advisory lock.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use leaky_control_plane::db;
@@ -11,6 +13,20 @@ async fn versions(pool: &sqlx::PgPool) -> anyhow::Result<Vec<(i64, i64)>> {
         .await?)
 }
 
+/// `(version, success)` of every migration file in the crate, applied once each.
+fn every_migration() -> Vec<(i64, i64)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut all: Vec<(i64, i64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some((name.split('_').next()?.parse().ok()?, 1))
+        })
+        .collect();
+    all.sort_unstable();
+    all
+}
+
 #[tokio::test]
 async fn migrations_from_empty() -> anyhow::Result<()> {
     let url = common::fresh_db().await?;
@@ -18,7 +34,7 @@ async fn migrations_from_empty() -> anyhow::Result<()> {
     db::migrate(&pool).await?;
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables
-         WHERE table_schema IN ('tenancy', 'audit', 'registry') ORDER BY 1",
+         WHERE table_schema IN ('tenancy', 'audit', 'registry', 'config') ORDER BY 1",
     )
     .fetch_all(&pool)
     .await?;
@@ -27,21 +43,24 @@ async fn migrations_from_empty() -> anyhow::Result<()> {
         tables,
         [
             "audit.events",
+            "config.instances",
+            "config.versions",
             "registry.instances",
             "tenancy.api_keys",
             "tenancy.orgs",
+            "tenancy.revision",
             "tenancy.tiers",
             "tenancy.users"
         ]
     );
-    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pool).await?, every_migration());
     let tiers: Vec<(String,)> = sqlx::query_as("SELECT name FROM tenancy.tiers ORDER BY name")
         .fetch_all(&pool)
         .await?;
     assert_eq!(tiers.len(), 3, "seeded tiers: {tiers:?}");
     // Idempotent: a second run (a restart) changes nothing.
     db::migrate(&pool).await?;
-    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pool).await?, every_migration());
     Ok(())
 }
 
@@ -57,7 +76,7 @@ async fn three_replicas_migrate_concurrently_once() -> anyhow::Result<()> {
     a?;
     b?;
     c?;
-    assert_eq!(versions(&pools[0]).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pools[0]).await?, every_migration());
     // The lock is released afterwards: another session can take it at once.
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(db::MIGRATION_LOCK)

@@ -157,6 +157,12 @@ fn validate(new: &NewKey) -> Result<String, TenancyError> {
                 format!("models[{i}]"),
                 "must be 1 to 128 visible characters",
             ));
+        } else if m.trim_end_matches('*').contains('*') || m.ends_with("**") {
+            // The data plane's model patterns: an exact name, or a prefix ending in one `*`.
+            errors.push(FieldError::new(
+                format!("models[{i}]"),
+                "a `*` may only end the pattern (a prefix match)",
+            ));
         }
     }
     if new.expires_at.is_some_and(|at| at <= Utc::now()) {

@@ -4,6 +4,7 @@
 //! tables. Every change writes its audit row in the same transaction ([`crate::audit::record`]).
 
 mod api;
+pub mod feed;
 pub mod keys;
 mod keys_api;
 pub mod orgs;

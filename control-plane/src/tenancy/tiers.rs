@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use super::TenancyError;
+use super::{feed, TenancyError};
 use crate::audit::{self, Change};
 use crate::http::FieldError;
 
@@ -37,29 +37,40 @@ pub fn check_tier_name(field: &str, name: &str) -> Result<(), FieldError> {
     }
 }
 
-/// Limits are an object of at most 32 entries, each a non-negative number or a string.
+/// Limits are an object of the entries the data plane understands ([`feed::LIMIT_FIELDS`]): the
+/// counts are positive integers, `priority` is `low`, `normal` or `high`, `description` a string.
 fn check_limits(limits: &Value) -> Result<(), TenancyError> {
     let Some(map) = limits.as_object() else {
         return Err(TenancyError::field("limits", "must be an object"));
     };
-    if map.len() > 32 {
-        return Err(TenancyError::field("limits", "at most 32 entries"));
-    }
     let errors: Vec<FieldError> = map
         .iter()
-        .filter(|(_, v)| !(v.is_string() || v.as_f64().is_some_and(|n| n >= 0.0)))
-        .map(|(k, _)| {
-            FieldError::new(
-                format!("limits.{k}"),
-                "must be a non-negative number or a string",
-            )
-        })
+        .filter_map(|(k, v)| limit_problem(k, v).map(|m| FieldError::new(format!("limits.{k}"), m)))
         .collect();
     if errors.is_empty() {
         Ok(())
     } else {
         Err(TenancyError::Invalid(errors))
     }
+}
+
+fn limit_problem(key: &str, v: &Value) -> Option<String> {
+    let ok = match key {
+        "priority" => matches!(v.as_str(), Some("low" | "normal" | "high")),
+        "description" => v.as_str().is_some_and(|d| d.chars().count() <= 200),
+        k if feed::LIMIT_FIELDS.contains(&k) => v.as_u64().is_some_and(|n| n > 0),
+        _ => {
+            return Some(format!(
+                "unknown limit (known: {})",
+                feed::LIMIT_FIELDS.join(", ")
+            ))
+        }
+    };
+    (!ok).then(|| match key {
+        "priority" => "must be `low`, `normal` or `high`".to_owned(),
+        "description" => "must be a string of at most 200 characters".to_owned(),
+        _ => "must be a positive integer".to_owned(),
+    })
 }
 
 /// Creates or replaces tier `name`; the bool is true when it was created.

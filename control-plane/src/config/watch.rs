@@ -1,0 +1,93 @@
+//! The watch stream (`GET /v1/config/watch`): NDJSON, one event per line, never ending on its own.
+//! It opens with the version in force as a `snapshot`, then sends every later version as the hub
+//! broadcasts it; a `keys` delta that does not apply to what the stream last sent (this stream lagged
+//! behind the broadcast, or the delta was published before the stream's snapshot) is replaced by the
+//! snapshot in force, so a proxy never applies a delta to the wrong base. A heartbeat every
+//! [`HEARTBEAT`] lets both ends notice a dead connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use serde_json::json;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::hub::{Event, Hub};
+
+/// How often an idle stream sends `{"type":"heartbeat"}`.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+struct Watch {
+    hub: Arc<Hub>,
+    rx: broadcast::Receiver<Arc<Event>>,
+    /// The version this stream last sent (0: nothing yet).
+    sent: i64,
+    heartbeat: tokio::time::Interval,
+}
+
+/// The stream for one watcher. Subscribes before reading the version in force, so no version
+/// published in between is missed.
+pub fn stream(hub: Arc<Hub>) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    let rx = hub.subscribe();
+    let start = tokio::time::Instant::now() + HEARTBEAT;
+    let mut heartbeat = tokio::time::interval_at(start, HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watch = Watch {
+        hub,
+        rx,
+        sent: 0,
+        heartbeat,
+    };
+    futures::stream::unfold(watch, |mut w| async move {
+        let line = w.next_line().await;
+        Some((Ok(line), w))
+    })
+}
+
+impl Watch {
+    async fn next_line(&mut self) -> Bytes {
+        if self.sent == 0 {
+            if let Some(line) = self.resync().await {
+                return line;
+            }
+        }
+        loop {
+            tokio::select! {
+                ev = self.rx.recv() => match ev {
+                    Ok(ev) if ev.version <= self.sent => continue,
+                    Ok(ev) if ev.base.is_none_or(|b| b == self.sent) && ev.line.is_some() => {
+                        self.sent = ev.version;
+                        return ev.line.clone().unwrap_or_default();
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        if let Some(line) = self.resync().await {
+                            return line;
+                        }
+                    }
+                    // The hub never drops its sender while the process runs.
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                },
+                _ = self.heartbeat.tick() => {
+                    return line(&json!({ "type": "heartbeat", "version": self.sent }));
+                }
+            }
+        }
+    }
+
+    /// The snapshot in force, if it is newer than what this stream sent.
+    async fn resync(&mut self) -> Option<Bytes> {
+        let cur = self.hub.current()?;
+        if cur.version <= self.sent {
+            return None;
+        }
+        self.sent = cur.version;
+        Some(cur.snapshot_line().await)
+    }
+}
+
+fn line(v: &serde_json::Value) -> Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
