@@ -259,13 +259,14 @@ impl Hub {
         Ok(Some(version))
     }
 
-    /// The next version, or none if nothing changed.
-    async fn prepare(
+    /// The structure to publish: the requested base (else the one in force, else the imported one)
+    /// with the tiers and flags the other contexts hold now.
+    async fn structure_now(
         &self,
         conn: &mut PgConnection,
         cur: Option<&Current>,
         req: &Publish,
-    ) -> Result<Option<Next>, ConfigError> {
+    ) -> Result<Structure, ConfigError> {
         let base = req
             .base
             .clone()
@@ -278,22 +279,19 @@ impl Hub {
             .map(|(name, spec)| (name, serde_json::to_value(spec).unwrap_or(Value::Null)))
             .collect();
         let flags = BTreeMap::new();
-        let mut structure = Structure::new(base, tiers, flags).map_err(ConfigError::Invalid)?;
+        Structure::new(base, tiers, flags).map_err(ConfigError::Invalid)
+    }
+
+    /// The next version, or none if nothing changed.
+    async fn prepare(
+        &self,
+        conn: &mut PgConnection,
+        cur: Option<&Current>,
+        req: &Publish,
+    ) -> Result<Option<Next>, ConfigError> {
+        let mut structure = self.structure_now(conn, cur, req).await?;
         let revision = feed::revision(conn).await?;
-        let (delta, keys) = match cur {
-            None => {
-                let all = feed::live_keys(conn).await?;
-                let set = KeySet::from_specs(all.clone());
-                (
-                    Delta {
-                        upsert: all,
-                        remove: Vec::new(),
-                    },
-                    set,
-                )
-            }
-            Some(c) => key_delta(conn, c, revision).await?,
-        };
+        let (delta, keys) = key_delta(conn, cur, revision).await?;
         let mut structural = cur.is_none_or(|c| c.structure.hash != structure.hash);
         if !structural && delta.is_empty() {
             return Ok(None);
@@ -378,12 +376,24 @@ fn apply_row(cur: &Current, row: VersionRow) -> Result<(Current, Event), ConfigE
     Ok((next, event))
 }
 
-/// The key changes since `cur` up to `revision`, and the key set after them.
+/// The key changes since `cur` up to `revision` (every live key for the first version), and the key
+/// set after them.
 async fn key_delta(
     conn: &mut PgConnection,
-    cur: &Current,
+    cur: Option<&Current>,
     revision: i64,
 ) -> Result<(Delta, KeySet), ConfigError> {
+    let Some(cur) = cur else {
+        let all = feed::live_keys(conn).await?;
+        let set = KeySet::from_specs(all.clone());
+        return Ok((
+            Delta {
+                upsert: all,
+                remove: Vec::new(),
+            },
+            set,
+        ));
+    };
     let mut delta = Delta::default();
     if revision != cur.tenancy_revision {
         for change in feed::key_changes(conn, cur.tenancy_revision, revision).await? {
