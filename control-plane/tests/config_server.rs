@@ -491,3 +491,57 @@ async fn two_replicas_share_versions_and_a_restarted_one_serves_the_latest() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_postgres_restart_keeps_streams_open_and_later_changes_still_arrive() {
+    // Its own cluster: stopping the shared one would fail every other test.
+    let cluster = common::Cluster::start().unwrap();
+    let url = common::fresh_db_on(&cluster.url()).await.unwrap();
+    let pool = leaky_control_plane::db::pool(&url, 4).unwrap();
+    leaky_control_plane::db::migrate(&pool).await.unwrap();
+    let app = common::serve(url, pool).await.unwrap();
+    assert_eq!(put_base(&app, &dev_base()).await.status(), 201);
+    let org = app.org("acme").await.unwrap();
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    let mut w = Watcher::open(&app, "proxy-a").await;
+    assert_eq!(w.next().await["version"], 1);
+
+    cluster.stop().unwrap();
+    // The stream stays open while Postgres is away (its heartbeats are skipped by the watcher).
+    problem(
+        app.get("/v1/config/versions").await.unwrap(),
+        503,
+        "unavailable",
+    )
+    .await
+    .unwrap();
+    cluster.restart().unwrap();
+
+    // Once Postgres is back, a key created reaches the stream opened before the outage: the hub
+    // reconnected its listener (or its poll found the change).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let issued = loop {
+        let res = app
+            .post(
+                &format!("/v1/orgs/{org_id}/keys"),
+                json!({ "name": "after", "tier": "pro" }),
+            )
+            .await
+            .unwrap();
+        if res.status() == 201 {
+            break res.json::<Value>().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let delta = w.next().await;
+    assert_eq!(
+        (delta["type"].as_str(), delta["base"].as_i64()),
+        (Some("keys"), Some(1))
+    );
+    assert_eq!(delta["upsert"][0]["id"], issued["id"]);
+}

@@ -1,0 +1,50 @@
+# PostgreSQL helpers shared by scripts/stack and loadtests: a throwaway cluster in a directory of its
+# own, on a loopback port, trusted local auth. Source this file; it defines:
+#   pg_install            install Debian's postgresql if no server binaries are present
+#   pg_start DIR PORT     initdb DIR/data (first time only) and start it on 127.0.0.1:PORT
+#   pg_stop DIR           stop it (fast)
+#   free_port             a free loopback TCP port
+# Running as root, the server runs as user `postgres` (initdb and postgres refuse root).
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+pg_install() {
+  if [ -z "$(pg_bin)" ]; then
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  fi
+}
+
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+pg_start() {
+  local dir=$1 port=$2 bin
+  bin=$(pg_bin)
+  mkdir -p "$dir"
+  # The postgres user must reach the data dir: a world-traversable dir of its own.
+  chmod 755 "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >"$dir/initdb.log"
+  fi
+  as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o "-c listen_addresses=127.0.0.1 \
+    -p $port -k $dir -c max_connections=400" start >/dev/null
+}
+
+pg_stop() {
+  local dir=$1
+  [ -f "$dir/data/postmaster.pid" ] || return 0
+  as_postgres "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
+}
+
+# Creates database NAME on the server at PORT if it does not exist.
+pg_createdb() {
+  local port=$1 name=$2
+  as_postgres "$(pg_bin)/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1 ||
+    as_postgres "$(pg_bin)/createdb" -h 127.0.0.1 -p "$port" -U postgres "$name"
+}
