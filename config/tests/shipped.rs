@@ -6,7 +6,7 @@ use leaky_config::{load_with_env, Config, RouteUpstream};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-const SHIPPED: &[&str] = &["base.yaml", "dev.yaml", "staging.yaml", "prod.yaml"];
+const SHIPPED: &[&str] = &["base.yaml", "dev.yaml", "staging.yaml", "prod.yaml", "stack.yaml"];
 
 fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -68,7 +68,7 @@ fn every_shipped_file_loads_with_all_variables_set() {
 
 #[test]
 fn base_and_dev_load_with_no_variables_set() {
-    for name in ["base.yaml", "dev.yaml"] {
+    for name in ["base.yaml", "dev.yaml", "stack.yaml"] {
         let config = load_ok(&shipped(name), &no_env);
         let openai = &config.providers["openai"];
         assert_eq!((openai.host.as_str(), openai.port), ("127.0.0.1", 18001));
