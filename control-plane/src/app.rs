@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, db, docs, openapi, registry, tenancy};
+use crate::{audit, db, docs, flags, openapi, registry, tenancy};
 
 /// One job a control-plane process can do. More roles (config server, registry) join this enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +108,7 @@ pub fn v1() -> Router<ApiState> {
     tenancy::routes()
         .merge(audit::routes())
         .merge(registry::routes())
+        .merge(flags::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 

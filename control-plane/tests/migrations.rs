@@ -18,7 +18,7 @@ async fn migrations_from_empty() -> anyhow::Result<()> {
     db::migrate(&pool).await?;
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables
-         WHERE table_schema IN ('tenancy', 'audit', 'registry') ORDER BY 1",
+         WHERE table_schema IN ('tenancy', 'audit', 'registry', 'flags') ORDER BY 1",
     )
     .fetch_all(&pool)
     .await?;
@@ -27,6 +27,8 @@ async fn migrations_from_empty() -> anyhow::Result<()> {
         tables,
         [
             "audit.events",
+            "flags.flags",
+            "flags.org_overrides",
             "registry.instances",
             "tenancy.api_keys",
             "tenancy.orgs",
@@ -34,14 +36,14 @@ async fn migrations_from_empty() -> anyhow::Result<()> {
             "tenancy.users"
         ]
     );
-    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1), (5, 1)]);
     let tiers: Vec<(String,)> = sqlx::query_as("SELECT name FROM tenancy.tiers ORDER BY name")
         .fetch_all(&pool)
         .await?;
     assert_eq!(tiers.len(), 3, "seeded tiers: {tiers:?}");
     // Idempotent: a second run (a restart) changes nothing.
     db::migrate(&pool).await?;
-    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1), (5, 1)]);
     Ok(())
 }
 
@@ -57,7 +59,7 @@ async fn three_replicas_migrate_concurrently_once() -> anyhow::Result<()> {
     a?;
     b?;
     c?;
-    assert_eq!(versions(&pools[0]).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pools[0]).await?, [(1, 1), (2, 1), (3, 1), (5, 1)]);
     // The lock is released afterwards: another session can take it at once.
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(db::MIGRATION_LOCK)

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// Every `(method, path)` the router mounts under `/v1` (see `tenancy::api::routes`,
 /// `tenancy::keys_api::routes`, `audit::routes`,
-/// `registry::api::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
+/// `registry::api::routes`, `flags::api::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
 /// this list against the router (each answers 401, other methods 405) and against the spec.
 const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs"),
@@ -36,6 +36,13 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/registry/instances/{id}"),
     ("DELETE", "/v1/registry/instances/{id}"),
     ("POST", "/v1/registry/instances/{id}/heartbeat"),
+    ("GET", "/v1/flags"),
+    ("GET", "/v1/flags/{name}"),
+    ("PUT", "/v1/flags/{name}"),
+    ("DELETE", "/v1/flags/{name}"),
+    ("PUT", "/v1/flags/{name}/orgs/{org}"),
+    ("DELETE", "/v1/flags/{name}/orgs/{org}"),
+    ("GET", "/v1/flags/{name}/evaluate"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -110,7 +117,10 @@ async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(tags, BTreeSet::from(["audit", "registry", "tenancy"]));
+    assert_eq!(
+        tags,
+        BTreeSet::from(["audit", "flags", "registry", "tenancy"])
+    );
     let problem = &spec["components"]["schemas"]["ProblemDetails"];
     for field in ["type", "title", "status", "detail"] {
         assert!(
