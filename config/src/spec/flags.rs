@@ -18,6 +18,7 @@ pub struct FlagSpec {
     pub enabled: bool,
     /// Share of orgs (0–100) the flag is on for while `enabled` (default 100: all of them).
     #[serde(default = "all_orgs")]
+    #[schemars(range(max = 100))]
     pub rollout_percent: u64,
     /// Per-org overrides by org name (as in `keys[].org`): `true` or `false` whatever `enabled` and
     /// the rollout say.

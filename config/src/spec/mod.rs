@@ -56,6 +56,7 @@ pub struct ConfigFile {
     /// Feature flags by name (1–64 of `a-z 0-9 _ -`). A flag the gateway knows but the config does
     /// not name keeps its built-in default (see the README's "Feature flags").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = {"pattern": "^[a-z0-9_-]{1,64}$"}))]
     pub flags: BTreeMap<String, flags::FlagSpec>,
 }
 
