@@ -6,7 +6,13 @@ use leaky_config::{load_with_env, Config, RouteUpstream};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-const SHIPPED: &[&str] = &["base.yaml", "dev.yaml", "staging.yaml", "prod.yaml", "stack.yaml"];
+const SHIPPED: &[&str] = &[
+    "base.yaml",
+    "dev.yaml",
+    "staging.yaml",
+    "prod.yaml",
+    "stack.yaml",
+];
 
 fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)

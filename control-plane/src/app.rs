@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, config, db, docs, openapi, registry, tenancy};
+use crate::{audit, config, db, docs, flags, openapi, registry, tenancy};
 
 /// One job a control-plane process can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +114,7 @@ pub fn v1() -> Router<ApiState> {
     tenancy::routes()
         .merge(audit::routes())
         .merge(registry::routes())
+        .merge(flags::routes())
 }
 
 /// The whole HTTP surface for `roles`, with no YAML base to import (see [`router_with`]).

@@ -14,7 +14,7 @@ use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{FieldError, Problem, ProblemDetails, ProblemKind};
-use crate::{apidoc, audit, config, registry, tenancy};
+use crate::{apidoc, audit, config, flags, registry, tenancy};
 
 /// Name of the bearer security scheme in the document.
 pub const SECURITY_SCHEME: &str = "admin_token";
@@ -24,15 +24,16 @@ pub const SECURITY_SCHEME: &str = "admin_token";
 #[openapi(
     info(
         title = "Leaky Tokens control plane",
-        description = "Admin API of the Leaky Tokens control plane: orgs, users, tiers, API keys, the audit log \
-                       the service registry and the config server. Errors are RFC 9457 `application/problem+json`."
+        description = "Admin API of the Leaky Tokens control plane: orgs, users, tiers, API keys, the audit log, \
+                       the service registry, feature flags and the config server. Errors are RFC 9457 `application/problem+json`."
     ),
     security(("admin_token" = [])),
     tags(
         (name = "tenancy", description = "Orgs, their users, tiers and API keys (bounded context `tenancy`)."),
         (name = "audit", description = "Who changed what, when (bounded context `audit`)."),
         (name = "registry", description = "Live instances: registration, heartbeats, up/down (bounded context `registry`)."),
-        (name = "config", description = "The config server: versions, the YAML base, rollback, the watch stream proxies hold and their ACK/NACK (bounded context `config`; protocol in docs/config-protocol.md).")
+        (name = "config", description = "The config server: versions, the YAML base, rollback, the watch stream proxies hold and their ACK/NACK (bounded context `config`; protocol in docs/config-protocol.md)."),
+        (name = "flags", description = "Feature flags: on/off, percentage rollouts, per-org overrides; pushed to the proxies in the config snapshot (bounded context `flags`).")
     ),
     components(
         schemas(ProblemDetails, FieldError),
@@ -61,6 +62,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(audit::openapi());
     doc.merge(registry::openapi());
     doc.merge(config::openapi());
+    doc.merge(flags::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
     CommonProblems.modify(&mut doc);

@@ -34,7 +34,7 @@ async fn migrations_from_empty() -> anyhow::Result<()> {
     db::migrate(&pool).await?;
     let tables: Vec<(String,)> = sqlx::query_as(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables
-         WHERE table_schema IN ('tenancy', 'audit', 'registry', 'config') ORDER BY 1",
+         WHERE table_schema IN ('tenancy', 'audit', 'registry', 'config', 'flags') ORDER BY 1",
     )
     .fetch_all(&pool)
     .await?;
@@ -45,6 +45,8 @@ async fn migrations_from_empty() -> anyhow::Result<()> {
             "audit.events",
             "config.instances",
             "config.versions",
+            "flags.flags",
+            "flags.org_overrides",
             "registry.instances",
             "tenancy.api_keys",
             "tenancy.orgs",

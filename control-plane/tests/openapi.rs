@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// Every `(method, path)` the router mounts under `/v1` (see `tenancy::api::routes`,
 /// `tenancy::keys_api::routes`, `audit::routes`,
-/// `registry::api::routes`, `config::api::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
+/// `registry::api::routes`, `config::api::routes`, `flags::api::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
 /// this list against the router (each answers 401, other methods 405) and against the spec.
 const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs"),
@@ -44,6 +44,13 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/config/base"),
     ("PUT", "/v1/config/base"),
     ("POST", "/v1/config/rollback"),
+    ("GET", "/v1/flags"),
+    ("GET", "/v1/flags/{name}"),
+    ("PUT", "/v1/flags/{name}"),
+    ("DELETE", "/v1/flags/{name}"),
+    ("PUT", "/v1/flags/{name}/orgs/{org}"),
+    ("DELETE", "/v1/flags/{name}/orgs/{org}"),
+    ("GET", "/v1/flags/{name}/evaluate"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -120,7 +127,7 @@ async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
         .collect();
     assert_eq!(
         tags,
-        BTreeSet::from(["audit", "config", "registry", "tenancy"])
+        BTreeSet::from(["audit", "config", "flags", "registry", "tenancy"])
     );
     let problem = &spec["components"]["schemas"]["ProblemDetails"];
     for field in ["type", "title", "status", "detail"] {

@@ -9,7 +9,7 @@ use crate::jwt::{JwksCache, JwtBuildError, JwtDeps, JwtFilter};
 use crate::key_index::SharedKeyIndex;
 use crate::rate_limit::RateLimitFilter;
 use crate::request_id::RequestIdFilter;
-use leaky_config::FilterConfig;
+use leaky_config::{FilterConfig, Flags};
 use leaky_limit::{DecisionSink, Limiter};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -30,6 +30,9 @@ pub struct BuildContext {
     pub limiter: Option<Arc<Limiter>>,
     /// Where `rate-limit` counts its decisions (the proxy's metrics).
     pub decisions: Option<DecisionSink>,
+    /// The version's feature flags: a filter gated by a flag resolves it here, once per version
+    /// (`flags.resolve(&KNOWN)`), and calls `Flag::is_on(org)` per request — no lookup by name then.
+    pub flags: Flags,
 }
 
 impl BuildContext {
@@ -95,6 +98,7 @@ mod tests {
             tiers: Arc::new(["pro".to_string()].into()),
             limiter: None,
             decisions: None,
+            flags: Flags::default(),
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Access rules (browser checks, `server.admin_token`) are `admin_auth`'s, applied before any endpoint.
 //!
-//! `/admin/config` shows what is serving (version, hash, files, routes, providers, key ids) and the
+//! `/admin/config` shows what is serving (version, hash, files, routes, providers, key ids, feature
+//! flags — every flag the gateway's code reads, with its built-in default when unconfigured) and the
 //! outcome of the last reload, including every error of a failed one. It never shows a secret: provider
 //! credentials appear as `set`/`unset`, keys by id only.
 
@@ -161,7 +162,29 @@ fn redacted(c: &Config) -> Value {
         "routes": routes,
         "tiers": c.tiers.iter().map(|(n, t)| (n.clone(), json!({"priority": t.priority}))).collect::<serde_json::Map<_, _>>(),
         "keys": keys,
+        "flags": flags_view(c),
     })
+}
+
+/// Every configured flag, plus each flag the gateway reads that the config leaves at its default.
+fn flags_view(c: &Config) -> Value {
+    let view = |f: &leaky_config::Flag| {
+        json!({
+            "enabled": f.enabled,
+            "rollout_percent": f.rollout_percent,
+            "orgs": f.overrides(),
+            "description": f.description,
+            "source": if f.is_builtin() { "default" } else { "config" },
+        })
+    };
+    let mut flags: serde_json::Map<String, Value> =
+        c.flags.iter().map(|f| (f.name.clone(), view(f))).collect();
+    for known in leaky_config::model::flags::KNOWN_FLAGS {
+        if c.flags.get(known.name).is_none() {
+            flags.insert(known.name.to_owned(), view(&c.flags.resolve(known)));
+        }
+    }
+    Value::Object(flags)
 }
 
 /// One route as `/admin/config` shows it.

@@ -2,7 +2,8 @@
 //! or a reachable deployment has a `tpm` budget; see `snapshot.rs`): the request's estimated cost
 //! (before `on_admit`; choices bounded by [`usage::MAX_CHOICES`]; large bodies on the bounded estimate
 //! pool, refused early when a lower bound cannot fit), the OpenAI `include_usage` rewrite for streams
-//! whose caller did not ask for usage, the completion cap an `enforce_max_tokens` policy sends
+//! whose caller did not ask for usage (gated per org by the flag `stream_usage_injection`, resolved
+//! once per config version into the route), the completion cap an `enforce_max_tokens` policy sends
 //! upstream (after `on_admit`), and the response's usage. The request's [`Metering`] lives in its
 //! ledger (`ledger.rs`), which settles the request's holds with its reading.
 //!
@@ -71,13 +72,23 @@ pub async fn prepare(
             .get(http::header::ACCEPT)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let model = req.model.clone().unwrap_or_default();
+    // Off for the org: the caller's body goes upstream untouched and a stream is settled on the
+    // tokens counted from its text.
+    let org = req.principal.as_ref().and_then(|p| p.org.as_deref());
+    let inject = route.usage_injection.is_on(org);
     let (cost, rewritten) = if body.len() <= INLINE_ESTIMATE_BYTES {
         let cost = usage::estimate(surface, &model, &body, sse_requested);
         check_choices(surface, &cost)?;
-        let rewritten = include_usage(surface, &cost, &body);
+        let rewritten = include_usage(inject, surface, &cost, &body);
         (cost, rewritten)
     } else {
-        estimate_large(req, route, surface, &model, &body, sse_requested).await?
+        let est = Estimate {
+            surface,
+            model: &model,
+            sse_requested,
+            inject,
+        };
+        estimate_large(req, route, est, &body).await?
     };
     req.cost = Some(token_cost(&cost));
     let strip = rewritten.is_some();
@@ -120,11 +131,26 @@ fn check_choices(surface: Surface, cost: &usage::RequestCost) -> Result<(), Reje
     .with_param(field))
 }
 
-/// The body with `include_usage` set, for an OpenAI-shaped stream whose caller did not ask for usage.
-fn include_usage(surface: Surface, cost: &usage::RequestCost, body: &[u8]) -> Option<Vec<u8>> {
-    (cost.stream && !cost.wants_usage && surface.supports_include_usage())
+/// The body with `include_usage` set, for an OpenAI-shaped stream whose caller did not ask for usage,
+/// when `inject` (the org's `stream_usage_injection`) allows it.
+fn include_usage(
+    inject: bool,
+    surface: Surface,
+    cost: &usage::RequestCost,
+    body: &[u8],
+) -> Option<Vec<u8>> {
+    (inject && cost.stream && !cost.wants_usage && surface.supports_include_usage())
         .then(|| usage::with_include_usage(body))
         .flatten()
+}
+
+/// What an estimate needs to know about the request besides its body.
+struct Estimate<'a> {
+    surface: Surface,
+    model: &'a str,
+    sse_requested: bool,
+    /// The org's `stream_usage_injection`.
+    inject: bool,
 }
 
 /// The estimate (and `include_usage` rewrite) of a large body, on the estimate pool: the lower
@@ -132,11 +158,15 @@ fn include_usage(surface: Surface, cost: &usage::RequestCost, body: &[u8]) -> Op
 async fn estimate_large(
     req: &mut RequestCtx,
     route: &CompiledRoute,
-    surface: Surface,
-    model: &str,
+    est: Estimate<'_>,
     body: &Bytes,
-    sse_requested: bool,
 ) -> Result<(usage::RequestCost, Option<Vec<u8>>), Rejection> {
+    let Estimate {
+        surface,
+        model,
+        sse_requested,
+        inject,
+    } = est;
     let counters = crate::metrics::estimates();
     if let Some(m) = counters {
         m.offloaded.inc();
@@ -164,7 +194,7 @@ async fn estimate_large(
         } else {
             usage::estimate_parsed(surface, &m, &parsed, sse_requested)
         };
-        (cost, include_usage(surface, &cost, &b))
+        (cost, include_usage(inject, surface, &cost, &b))
     })
     .await
 }

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use leaky_config::resilience::{Bulkhead as BulkheadConfig, Retry};
 use leaky_config::{
-    Config, Dialect, ModelPattern, ModelSource, Provider, Route, RouteUpstream, Target,
-    UpstreamAuth,
+    Config, Dialect, Flag, ModelPattern, ModelSource, Provider, Route, RouteUpstream, Target,
+    UpstreamAuth, STREAM_USAGE_INJECTION,
 };
 use leaky_filters::{build_chain, BuildContext, Chain, JwksCache, KeyIndex, SharedKeyIndex};
 use leaky_limit::settle::system_now;
@@ -129,6 +129,9 @@ pub struct CompiledRoute {
     pub fallbacks: Vec<(ModelPattern, Vec<String>)>,
     /// Per-tenant concurrency limits.
     pub tenants: Option<Arc<TenantBulkheads>>,
+    /// Flag `stream_usage_injection`, resolved for this version: whether metering may add
+    /// `include_usage` to an org's stream (`metering::prepare`).
+    pub usage_injection: Arc<Flag>,
 }
 
 impl CompiledRoute {
@@ -245,6 +248,7 @@ impl Snapshot {
             tiers: Arc::new(config.tiers.keys().cloned().collect()),
             limiter: Some(limiter.clone()),
             decisions: Some(decision_sink(decisions)),
+            flags: config.flags.clone(),
         };
         let mut pools = HashMap::new();
         for (name, p) in &config.providers {
@@ -334,6 +338,7 @@ fn compile_route(
             .tenant_bulkhead
             .as_ref()
             .map(|b: &BulkheadConfig| shared.tenants.get(&r.name, b)),
+        usage_injection: config.flags.resolve(&STREAM_USAGE_INJECTION),
     })
 }
 

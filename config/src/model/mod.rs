@@ -8,10 +8,12 @@
 //! - `limits`: the limiter's store and policies;
 //! - `resilience`: pools, breakers, health checks, bulkheads, timeouts, retries, fallbacks;
 //! - `endpoints`: a route's endpoint allow-list and its pattern match;
-//! - `forwarding`: header patterns, never-forwarded headers, trusted proxy networks.
+//! - `forwarding`: header patterns, never-forwarded headers, trusted proxy networks;
+//! - `flags`: feature flags and their evaluation (shared with the control plane).
 
 pub mod endpoints;
 pub mod filters;
+pub mod flags;
 pub mod forwarding;
 pub mod limits;
 pub mod resilience;
@@ -21,6 +23,7 @@ pub use crate::common::{
     OnStoreErrorSpec, Priority, QuotaWindow, Unit, UpstreamAuth,
 };
 pub use filters::*;
+pub use flags::{Flag, Flags, KnownFlag, STREAM_USAGE_INJECTION};
 pub use forwarding::{Cidr, HeaderPattern, NEVER_FORWARDED};
 pub use limits::*;
 pub use resilience::{
@@ -40,6 +43,8 @@ pub struct Config {
     pub tiers: BTreeMap<String, Tier>,
     pub keys: Vec<ApiKey>,
     pub limits: limits::Limits,
+    /// Feature flags, evaluable (`flags.resolve(&KNOWN)` once per version, `is_on` per request).
+    pub flags: flags::Flags,
     /// Files this config was read from, overlay first.
     pub files: Vec<PathBuf>,
     /// Directory of the top-level file; relative paths in filters resolve against it.

@@ -9,16 +9,19 @@
 //! - `filters`: a route's filter chain (one `FilterSpec` variant per `kind`);
 //! - `limits`: `limits:` and a tier's `limits`;
 //! - `resilience`: pools, breakers, health checks, bulkheads, timeouts, retries, fallbacks;
-//! - `endpoints`: a route's endpoint allow-list.
+//! - `endpoints`: a route's endpoint allow-list;
+//! - `flags`: feature flags.
 
 mod endpoints;
 mod filters;
+mod flags;
 mod limits;
 mod resilience;
 
 pub use crate::common::{Dialect, ModelSource, Priority, UpstreamAuth};
 pub use endpoints::*;
 pub use filters::*;
+pub use flags::*;
 pub use limits::*;
 pub use resilience::*;
 use schemars::JsonSchema;
@@ -50,6 +53,11 @@ pub struct ConfigFile {
     /// Rate limits and quotas shared across tiers, and where limiter state lives.
     #[serde(default)]
     pub limits: limits::LimitsSpec,
+    /// Feature flags by name (1–64 of `a-z 0-9 _ -`). A flag the gateway knows but the config does
+    /// not name keeps its built-in default (see the README's "Feature flags").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = {"pattern": "^[a-z0-9_-]{1,64}$"}))]
+    pub flags: BTreeMap<String, flags::FlagSpec>,
 }
 
 /// Listeners and process settings.

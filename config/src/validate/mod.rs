@@ -5,10 +5,11 @@
 //! - `mod.rs`: the entry point, `server`, tiers, keys;
 //! - `routes`: providers and routes (prefix, upstream);
 //! - `filters`: a route's filter chain (`FilterSpec` → `FilterConfig`);
-//! - `limits`, `resilience`, `endpoints`, `forwarding`: the rules of those sections.
+//! - `limits`, `resilience`, `endpoints`, `forwarding`, `flags`: the rules of those sections.
 
 mod endpoints;
 mod filters;
+mod flags;
 mod forwarding;
 mod limits;
 mod resilience;
@@ -119,6 +120,7 @@ pub(crate) fn validate(
     let routes = all_routes(&mut c, &file, &tiers);
     let keys = keys(&mut c, &file, &tiers);
     let limits = limits::limits(&mut c, &file);
+    let flags = flags::flags(&mut c, &file.flags);
     match server {
         Some(server) if c.errors.is_empty() => Ok(Config {
             server,
@@ -127,6 +129,7 @@ pub(crate) fn validate(
             tiers,
             keys,
             limits,
+            flags,
             files,
             base_dir,
             hash,

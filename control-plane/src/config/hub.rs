@@ -278,7 +278,11 @@ impl Hub {
             .into_iter()
             .map(|(name, spec)| (name, serde_json::to_value(spec).unwrap_or(Value::Null)))
             .collect();
-        let flags = BTreeMap::new();
+        let flags: BTreeMap<String, Value> = crate::flags::snapshot(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(name, spec)| (name, serde_json::to_value(spec).unwrap_or(Value::Null)))
+            .collect();
         Structure::new(base, tiers, flags).map_err(ConfigError::Invalid)
     }
 

@@ -36,6 +36,8 @@ pub enum ConfigError {
     #[error(transparent)]
     Tenancy(#[from] crate::tenancy::TenancyError),
     #[error(transparent)]
+    Flags(#[from] crate::flags::FlagsError),
+    #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
@@ -60,6 +62,7 @@ impl From<ConfigError> for Problem {
                 Problem::new(ProblemKind::Internal, "internal error")
             }
             ConfigError::Tenancy(t) => t.into(),
+            ConfigError::Flags(f) => f.into(),
             ConfigError::Db(d) => d.into(),
         }
     }
