@@ -19,21 +19,24 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, db, docs, openapi, registry, tenancy};
+use crate::{audit, db, docs, eureka, openapi, registry, tenancy};
 
-/// One job a control-plane process can do. More roles (config server, registry) join this enum.
+/// One job a control-plane process can do. More roles (config server) join this enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// The admin REST API under `/v1`.
     AdminApi,
+    /// The service registry: `/v1/registry/*`, the Eureka API under `/eureka`, and the expiry sweep.
+    Registry,
 }
 
 impl Role {
-    pub const ALL: [Role; 1] = [Role::AdminApi];
+    pub const ALL: [Role; 2] = [Role::AdminApi, Role::Registry];
 
     pub fn name(self) -> &'static str {
         match self {
             Role::AdminApi => "admin-api",
+            Role::Registry => "registry",
         }
     }
 }
@@ -103,29 +106,37 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
 }
 
-/// The admin API: every route of every context, under `/v1`.
-pub fn v1() -> Router<ApiState> {
-    tenancy::routes()
-        .merge(audit::routes())
-        .merge(registry::routes())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+/// The admin API under `/v1`: the routes of every context whose role `roles` runs.
+pub fn v1(roles: &Roles) -> Router<ApiState> {
+    let mut v1 = Router::new();
+    if roles.contains(Role::AdminApi) {
+        v1 = v1.merge(tenancy::routes()).merge(audit::routes());
+    }
+    if roles.contains(Role::Registry) {
+        v1 = v1.merge(registry::routes());
+    }
+    v1.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, and each role's routes (the admin API
-/// brings `/v1`, its OpenAPI document at `/openapi.json` and Swagger UI at `/docs`).
+/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, `/v1` with each role's routes, the
+/// admin API's OpenAPI document at `/openapi.json` and Swagger UI at `/docs`, and the registry's
+/// Eureka API under `/eureka`.
 pub fn router(state: ApiState, roles: &Roles) -> Router {
+    let gate = || middleware::from_fn_with_state(state.clone(), require_migrated);
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
+    if roles.contains(Role::AdminApi) || roles.contains(Role::Registry) {
+        app = app.nest("/v1", v1(roles).layer(gate()));
+    }
     if roles.contains(Role::AdminApi) {
-        let gated = v1().layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_migrated,
-        ));
         app = app
-            .nest("/v1", gated)
             .route("/openapi.json", get(openapi::serve_spec))
             .merge(docs::routes());
+    }
+    if roles.contains(Role::Registry) {
+        let eureka = eureka::routes().layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        app = app.nest("/eureka", eureka.layer(gate()));
     }
     app.fallback(not_found)
         .layer(middleware::from_fn(versioning::deprecation_headers))
@@ -193,11 +204,31 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| AppError::Bind(config.listen, e))?;
-    tracing::info!(listen = %config.listen, roles = %config.roles, "control plane listening");
-    axum::serve(listener, router(state, &config.roles))
+    let listen = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%listen, roles = %config.roles, "control plane listening");
+    // Every control-plane process registers itself; only `registry` processes sweep.
+    let me = registry::SelfRegistration::new(listen, state.clock.now());
+    let id = me.id.clone();
+    let every = registry::tasks::SELF_HEARTBEAT_EVERY;
+    let mut tasks = vec![tokio::spawn(registry::register_self(
+        state.clone(),
+        me,
+        every,
+    ))];
+    if config.roles.contains(Role::Registry) {
+        let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);
+        tasks.push(tokio::spawn(sweep));
+    }
+    let served = axum::serve(listener, router(state.clone(), &config.roles))
         .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(AppError::Serve)
+        .await;
+    for task in tasks {
+        // Wait for each to stop, so no heartbeat re-registers after the cancel below.
+        task.abort();
+        let _ = task.await;
+    }
+    registry::tasks::deregister_self(&state.pool, &id).await;
+    served.map_err(AppError::Serve)
 }
 
 #[cfg(test)]
@@ -212,8 +243,13 @@ mod tests {
             "admin-api, admin-api".parse::<Roles>().unwrap(),
             Roles(vec![Role::AdminApi])
         );
-        let err = "admin-api,registry".parse::<Roles>().unwrap_err();
-        assert!(err.contains("unknown role `registry`"), "{err}");
+        assert_eq!(
+            "registry".parse::<Roles>().unwrap(),
+            Roles(vec![Role::Registry])
+        );
+        assert!(Roles::all().contains(Role::Registry));
+        let err = "admin-api,eureka".parse::<Roles>().unwrap_err();
+        assert!(err.contains("unknown role `eureka`"), "{err}");
         assert!("".parse::<Roles>().is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod clock;
 pub mod db;
 pub mod docs;
+pub mod eureka;
 pub mod http;
 pub mod openapi;
 pub mod registry;

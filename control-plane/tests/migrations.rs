@@ -34,14 +34,14 @@ async fn migrations_from_empty() -> anyhow::Result<()> {
             "tenancy.users"
         ]
     );
-    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1), (6, 1)]);
     let tiers: Vec<(String,)> = sqlx::query_as("SELECT name FROM tenancy.tiers ORDER BY name")
         .fetch_all(&pool)
         .await?;
     assert_eq!(tiers.len(), 3, "seeded tiers: {tiers:?}");
     // Idempotent: a second run (a restart) changes nothing.
     db::migrate(&pool).await?;
-    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pool).await?, [(1, 1), (2, 1), (3, 1), (6, 1)]);
     Ok(())
 }
 
@@ -57,7 +57,7 @@ async fn three_replicas_migrate_concurrently_once() -> anyhow::Result<()> {
     a?;
     b?;
     c?;
-    assert_eq!(versions(&pools[0]).await?, [(1, 1), (2, 1), (3, 1)]);
+    assert_eq!(versions(&pools[0]).await?, [(1, 1), (2, 1), (3, 1), (6, 1)]);
     // The lock is released afterwards: another session can take it at once.
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(db::MIGRATION_LOCK)
