@@ -14,7 +14,7 @@ use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{FieldError, Problem, ProblemDetails, ProblemKind};
-use crate::{apidoc, audit, registry, tenancy};
+use crate::{apidoc, audit, eureka, registry, tenancy};
 
 /// Name of the bearer security scheme in the document.
 pub const SECURITY_SCHEME: &str = "admin_token";
@@ -25,13 +25,15 @@ pub const SECURITY_SCHEME: &str = "admin_token";
     info(
         title = "Leaky Tokens control plane",
         description = "Admin API of the Leaky Tokens control plane: orgs, users, tiers, API keys, the audit log \
-                       and the service registry. Errors are RFC 9457 `application/problem+json`."
+                       the service registry and its Eureka API. Errors are RFC 9457 `application/problem+json`."
     ),
     security(("admin_token" = [])),
     tags(
         (name = "tenancy", description = "Orgs, their users, tiers and API keys (bounded context `tenancy`)."),
         (name = "audit", description = "Who changed what, when (bounded context `audit`)."),
-        (name = "registry", description = "Live instances: registration, heartbeats, up/down (bounded context `registry`).")
+        (name = "registry", description = "Live instances: registration, heartbeats, up/down (bounded context `registry`)."),
+        (name = "eureka", description = "Netflix Eureka's REST API under `/eureka` over the same registry, for Eureka clients \
+                                         (bearer token or HTTP Basic with the admin token as password).")
     ),
     components(
         schemas(ProblemDetails, FieldError),
@@ -59,6 +61,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(tenancy::openapi());
     doc.merge(audit::openapi());
     doc.merge(registry::openapi());
+    doc.merge(eureka::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
     CommonProblems.modify(&mut doc);

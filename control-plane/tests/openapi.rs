@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// Every `(method, path)` the router mounts under `/v1` (see `tenancy::api::routes`,
 /// `tenancy::keys_api::routes`, `audit::routes`,
-/// `registry::api::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
+/// `registry::api::routes`) and `/eureka` (`eureka::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
 /// this list against the router (each answers 401, other methods 405) and against the spec.
 const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs"),
@@ -36,6 +36,16 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/registry/instances/{id}"),
     ("DELETE", "/v1/registry/instances/{id}"),
     ("POST", "/v1/registry/instances/{id}/heartbeat"),
+    // The Eureka API (`eureka::routes`, under `/eureka`, role `registry`) is in the same spec.
+    ("GET", "/eureka/apps"),
+    ("GET", "/eureka/apps/delta"),
+    ("POST", "/eureka/apps/{app}"),
+    ("GET", "/eureka/apps/{app}"),
+    ("GET", "/eureka/apps/{app}/{id}"),
+    ("PUT", "/eureka/apps/{app}/{id}"),
+    ("DELETE", "/eureka/apps/{app}/{id}"),
+    ("PUT", "/eureka/apps/{app}/{id}/status"),
+    ("DELETE", "/eureka/apps/{app}/{id}/status"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -110,7 +120,20 @@ async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(tags, BTreeSet::from(["audit", "registry", "tenancy"]));
+    assert_eq!(
+        tags,
+        BTreeSet::from(["audit", "eureka", "registry", "tenancy"])
+    );
+    let basic = &spec["components"]["securitySchemes"]["eureka_basic"];
+    assert_eq!(basic["scheme"], "basic");
+    // Contexts name handlers alike (`list`, `register`); operation ids must stay unique anyway.
+    let mut ids = BTreeSet::new();
+    for (method, path) in spec_operations(&spec) {
+        let id = spec["paths"][&path][method.to_lowercase()]["operationId"]
+            .as_str()
+            .unwrap();
+        assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+    }
     let problem = &spec["components"]["schemas"]["ProblemDetails"];
     for field in ["type", "title", "status", "detail"] {
         assert!(
@@ -137,6 +160,7 @@ fn concrete(path: &str) -> String {
     path.replace("{org}", "0f8fad5b-d9cb-469f-a165-70867728950e")
         .replace("{id}", "3d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b0a")
         .replace("{name}", "gold")
+        .replace("{app}", "LEAKY-PROXY")
 }
 
 #[tokio::test]
