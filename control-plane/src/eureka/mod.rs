@@ -115,7 +115,7 @@ async fn register(
     params(("app" = String, Path, description = "Application name"), ("id" = String, Path, description = "Instance id"), RenewQuery),
     security(("admin_token" = []), ("eureka_basic" = [])),
     responses(
-        (status = 200, description = "Renewed", body = Object, example = json!({})),
+        (status = 200, description = "Renewed (empty body, as Eureka answers)"),
         (status = 404, response = problems::NotFound),
         (status = 422, response = problems::Validation),
     )
@@ -139,7 +139,7 @@ async fn renew(
     params(("app" = String, Path, description = "Application name"), ("id" = String, Path, description = "Instance id")),
     security(("admin_token" = []), ("eureka_basic" = [])),
     responses(
-        (status = 200, description = "Cancelled", body = Object, example = json!({})),
+        (status = 200, description = "Cancelled (empty body, as Eureka answers)"),
         (status = 404, response = problems::NotFound),
         (status = 422, response = problems::Validation),
     )
@@ -160,7 +160,7 @@ async fn cancel(
     params(("app" = String, Path, description = "Application name"), ("id" = String, Path, description = "Instance id"), StatusQuery),
     security(("admin_token" = []), ("eureka_basic" = [])),
     responses(
-        (status = 200, description = "Override set", body = Object, example = json!({})),
+        (status = 200, description = "Override set (empty body, as Eureka answers)"),
         (status = 404, response = problems::NotFound),
         (status = 422, response = problems::Validation),
     )
@@ -187,7 +187,7 @@ async fn set_status(
     params(("app" = String, Path, description = "Application name"), ("id" = String, Path, description = "Instance id")),
     security(("admin_token" = []), ("eureka_basic" = [])),
     responses(
-        (status = 200, description = "Override removed", body = Object, example = json!({})),
+        (status = 200, description = "Override removed (empty body, as Eureka answers)"),
         (status = 404, response = problems::NotFound),
         (status = 422, response = problems::Validation),
     )

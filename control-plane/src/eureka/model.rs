@@ -367,3 +367,114 @@ pub fn applications(records: &[Record], revision: i64) -> Value {
         "application": apps,
     }})
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::registry::Instance;
+
+    fn object(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    fn fields(p: &Problem) -> Vec<&str> {
+        p.errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    fn record(status: &str, reported: Option<&str>, overridden: Option<&str>) -> Record {
+        let at = DateTime::from_timestamp(1_768_469_400, 0).unwrap();
+        Record {
+            instance: Instance {
+                id: "p-1".into(),
+                app: "LEAKY-PROXY".into(),
+                role: "proxy".into(),
+                address: "10.0.0.7:8080".into(),
+                version: "0.4.0".into(),
+                config_version: Some(7),
+                started_at: at,
+                registered_at: at,
+                last_heartbeat_at: at,
+                status: status.into(),
+            },
+            lease_secs: None,
+            reported_status: reported.map(str::to_owned),
+            status_override: overridden.map(str::to_owned),
+            meta: None,
+        }
+    }
+
+    #[test]
+    fn a_minimal_instance_gets_eureka_defaults() {
+        let r = registration("BILLING", object(json!({"hostName": "h1"}))).unwrap();
+        assert_eq!((r.id.as_str(), r.address.as_str()), ("h1", "h1:0"));
+        assert_eq!((r.version.as_str(), r.lease_secs), ("unknown", 90));
+        assert_eq!(r.reported_status, "UP");
+        assert_eq!(r.meta["port"], json!({"$": 0, "@enabled": "false"}));
+        assert_eq!(r.meta["securePort"], json!({"$": 443, "@enabled": "false"}));
+        assert_eq!(r.meta["app"], "BILLING");
+    }
+
+    #[test]
+    fn ports_and_leases_may_come_as_text_and_server_fields_are_dropped() {
+        let doc = json!({"hostName": "h1", "ipAddr": "10.0.0.9", "status": "STARTING",
+            "actionType": "DELETED", "port": {"$": "8080", "@enabled": true},
+            "leaseInfo": {"durationInSecs": "30"}});
+        let r = registration("BILLING", object(doc)).unwrap();
+        assert_eq!(r.address, "10.0.0.9:8080");
+        assert_eq!(r.meta["port"], json!({"$": 8080, "@enabled": "true"}));
+        assert_eq!((r.lease_secs, r.reported_status.as_str()), (30, "STARTING"));
+        assert!(r.meta.get("status").is_none() && r.meta.get("actionType").is_none());
+    }
+
+    #[test]
+    fn every_bad_field_is_named_at_once() {
+        let doc = json!({"hostName": "h1", "status": "HAPPY", "port": {"$": -1},
+            "leaseInfo": {"renewalIntervalInSecs": 0}});
+        let p = registration("BAD APP", object(doc)).unwrap_err();
+        assert_eq!(
+            fields(&p),
+            [
+                "app",
+                "instance.status",
+                "instance.port.$",
+                "instance.leaseInfo.renewalIntervalInSecs"
+            ]
+        );
+        let p = registration("A", object(json!({"hostName": 7}))).unwrap_err();
+        assert_eq!(fields(&p), ["instance.hostName"]);
+    }
+
+    #[test]
+    fn status_is_the_override_else_down_past_the_lease_else_the_reported_one() {
+        assert_eq!(status(&record("up", None, None)), "UP");
+        assert_eq!(status(&record("up", Some("STARTING"), None)), "STARTING");
+        assert_eq!(status(&record("down", Some("UP"), None)), "DOWN");
+        let out = record("down", Some("UP"), Some("OUT_OF_SERVICE"));
+        assert_eq!(status(&out), "OUT_OF_SERVICE");
+        let all = [
+            record("up", None, None),
+            record("down", None, None),
+            record("up", None, None),
+        ];
+        assert_eq!(hashcode(&all), "DOWN_1_UP_2_");
+    }
+
+    #[test]
+    fn a_gateway_instance_is_described_from_its_address() {
+        let i = instance(&record("up", None, None));
+        assert_eq!(
+            (i["hostName"].as_str(), i["ipAddr"].as_str()),
+            (Some("10.0.0.7"), Some("10.0.0.7"))
+        );
+        assert_eq!(i["port"], json!({"$": 8080, "@enabled": "true"}));
+        assert_eq!(i["leaseInfo"]["durationInSecs"], 30);
+        assert_eq!(i["vipAddress"], "leaky-proxy");
+        let mut odd = record("up", None, None);
+        odd.instance.address = "unix-socket".into();
+        assert_eq!(instance(&odd)["port"], json!({"$": 0, "@enabled": "false"}));
+    }
+}

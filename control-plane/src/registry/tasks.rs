@@ -71,7 +71,8 @@ pub struct SelfRegistration {
 impl SelfRegistration {
     /// The control plane listening on `listen`, this crate's version, started at `started_at`.
     pub fn new(listen: SocketAddr, started_at: DateTime<Utc>) -> Self {
-        let id: String = format!("control-plane-{listen}")
+        let address = advertised(listen, &host_name());
+        let id: String = format!("control-plane-{address}")
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
@@ -85,13 +86,32 @@ impl SelfRegistration {
             id,
             registration: Registration {
                 role: InstanceRole::ControlPlane,
-                address: listen.to_string(),
+                address,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 config_version: None,
                 started_at: Some(started_at),
             },
         }
     }
+}
+
+/// The address others reach `listen` at: itself, or `host:port` when it listens on every interface
+/// (`0.0.0.0` is nobody's address, and would give every replica the same id).
+fn advertised(listen: SocketAddr, host: &str) -> String {
+    if listen.ip().is_unspecified() {
+        format!("{host}:{}", listen.port())
+    } else {
+        listen.to_string()
+    }
+}
+
+/// This machine's host name (Linux), else `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Registers the control plane once migrations are done, then heartbeats every `every`; registers
@@ -135,5 +155,23 @@ pub async fn deregister_self(pool: &PgPool, id: &str) {
     match super::cancel(pool, SELF_ACTOR, id).await {
         Ok(()) => tracing::info!(id, "control plane cancelled its registration"),
         Err(e) => tracing::warn!(error = %e.detail, "control-plane cancel failed"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_registration_advertises_a_reachable_address_and_a_valid_id() {
+        let at = Utc::now();
+        let me = SelfRegistration::new("127.0.0.1:9300".parse().unwrap(), at);
+        assert_eq!(me.id, "control-plane-127.0.0.1:9300");
+        assert_eq!(me.registration.address, "127.0.0.1:9300");
+        let v6 = SelfRegistration::new("[::1]:9300".parse().unwrap(), at);
+        assert_eq!(v6.id, "control-plane--::1-:9300");
+        let any = advertised("0.0.0.0:9300".parse().unwrap(), "cp-a");
+        assert_eq!(any, "cp-a:9300");
     }
 }
