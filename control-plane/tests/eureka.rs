@@ -227,6 +227,38 @@ async fn gateway_instances_registered_through_v1_are_leaky_apps() -> anyhow::Res
 }
 
 #[tokio::test]
+async fn an_app_cannot_take_over_a_live_instance_of_another_app() -> anyhow::Result<()> {
+    let (app, clock) = app().await?;
+    let proxy = json!({"role": "proxy", "address": "10.0.0.7:8080", "version": "0.4.0"});
+    let put = || async {
+        let path = "/v1/registry/instances/proxy-1";
+        app.req(Method::PUT, path).json(&proxy).send().await
+    };
+    assert_eq!(put().await?.status(), 201);
+    let res = register(&app, "BILLING", &billing("proxy-1")).await?;
+    problem(res, 409, "conflict").await?;
+    let analytics = json!({"role": "analytics", "address": "a:1", "version": "1"});
+    let res = app
+        .req(Method::PUT, "/v1/registry/instances/proxy-1")
+        .json(&analytics)
+        .send()
+        .await?;
+    problem(res, 409, "conflict").await?;
+    assert_eq!(v1_items(&app).await?[0]["app"], "LEAKY-PROXY");
+    // Once the proxy has expired, the id is free again.
+    clock.advance(Duration::minutes(11));
+    assert_eq!(
+        register(&app, "BILLING", &billing("proxy-1"))
+            .await?
+            .status(),
+        204
+    );
+    assert_eq!(v1_items(&app).await?[0]["app"], "BILLING");
+    assert_eq!(app.audit_count().await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
 async fn delta_is_the_full_set_with_revision_and_hashcode() -> anyhow::Result<()> {
     let (app, clock) = app().await?;
     let before = get_json(&app, "/apps/delta").await?;

@@ -90,6 +90,7 @@ fn eureka_status(field: &str, raw: &str) -> Result<String, Problem> {
     responses(
         (status = 204, description = "Registered (or re-registered: the instance replaced)"),
         (status = 400, response = problems::MalformedJson),
+        (status = 409, response = problems::Conflict),
         (status = 413, response = problems::PayloadTooLarge),
         (status = 415, response = problems::UnsupportedMediaType),
         (status = 422, response = problems::Validation),

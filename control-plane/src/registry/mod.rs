@@ -196,7 +196,8 @@ struct Upsert<'a> {
 }
 
 /// Inserts or replaces a row, bumps the revision and audits, in one transaction. An operator's status
-/// override survives a re-register (as in Eureka), not an expiry.
+/// override survives a re-register (as in Eureka), not an expiry. A live row of another app (another
+/// gateway role, or another Eureka app) is not replaced: 409.
 async fn upsert(
     pool: &PgPool,
     actor: &str,
@@ -218,10 +219,11 @@ async fn upsert(
                                   ELSE i.registered_at END,
              status_override = CASE WHEN i.last_heartbeat_at < $9 THEN NULL
                                     ELSE i.status_override END
+         WHERE i.app = EXCLUDED.app OR i.last_heartbeat_at < $9
          RETURNING {}, (xmax = 0) AS created",
         columns()
     );
-    let row: InstanceCreated = sqlx::query_as(&sql)
+    let row: Option<InstanceCreated> = sqlx::query_as(&sql)
         .bind(now)
         .bind(u.id)
         .bind(u.app)
@@ -234,8 +236,16 @@ async fn upsert(
         .bind(u.lease_secs)
         .bind(u.reported_status)
         .bind(u.meta)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+    // No row: the id is taken by a live instance of another app, which it must not silently replace.
+    let row = row.ok_or_else(|| {
+        let detail = format!(
+            "instance `{}` is registered by another app; cancel it first or choose another id",
+            u.id
+        );
+        Problem::new(ProblemKind::Conflict, detail)
+    })?;
     bump_revision(&mut tx).await?;
     let change = Change {
         actor,
