@@ -195,17 +195,10 @@ struct Upsert<'a> {
     meta: Option<&'a serde_json::Value>,
 }
 
-/// Inserts or replaces a row, bumps the revision and audits, in one transaction. An operator's status
-/// override survives a re-register (as in Eureka), not an expiry. A live row of another app (another
-/// gateway role, or another Eureka app) is not replaced: 409.
-async fn upsert(
-    pool: &PgPool,
-    actor: &str,
-    u: &Upsert<'_>,
-    now: DateTime<Utc>,
-) -> Result<(Instance, bool), Problem> {
-    let mut tx = pool.begin().await?;
-    let sql = format!(
+/// The upsert of [`upsert`]: `$1` now, `$2..$8` and `$10..$12` the row, `$9` the expiry limit. The
+/// `WHERE` keeps a live row of another app (no row returned).
+fn upsert_sql() -> String {
+    format!(
         "INSERT INTO registry.instances AS i
              (id, app, role, address, version, config_version, started_at, registered_at,
               last_heartbeat_at, lease_secs, reported_status, meta)
@@ -222,7 +215,20 @@ async fn upsert(
          WHERE i.app = EXCLUDED.app OR i.last_heartbeat_at < $9
          RETURNING {}, (xmax = 0) AS created",
         columns()
-    );
+    )
+}
+
+/// Inserts or replaces a row, bumps the revision and audits, in one transaction. An operator's status
+/// override survives a re-register (as in Eureka), not an expiry. A live row of another app (another
+/// gateway role, or another Eureka app) is not replaced: 409.
+async fn upsert(
+    pool: &PgPool,
+    actor: &str,
+    u: &Upsert<'_>,
+    now: DateTime<Utc>,
+) -> Result<(Instance, bool), Problem> {
+    let mut tx = pool.begin().await?;
+    let sql = upsert_sql();
     let row: Option<InstanceCreated> = sqlx::query_as(&sql)
         .bind(now)
         .bind(u.id)
