@@ -248,7 +248,7 @@ struct ControlPlaneArgs {
         default_value = "postgres://postgres@127.0.0.1:15432/leaky"
     )]
     database_url: String,
-    /// Roles this process runs: `all`, or a comma list of `admin-api`, `config-server`.
+    /// Roles this process runs: `all`, or a comma list of `admin-api`, `registry`, `config-server`.
     #[arg(long, default_value = "all")]
     roles: leaky_control_plane::Roles,
     /// YAML base the config server publishes as version 1 when the database holds no config version

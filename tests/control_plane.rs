@@ -86,10 +86,10 @@ async fn binary_migrates_becomes_ready_and_serves_v1() -> anyhow::Result<()> {
 #[test]
 fn unknown_role_is_refused() -> anyhow::Result<()> {
     let out = Command::new(env!("CARGO_BIN_EXE_leaky-tokens"))
-        .args(["control-plane", "--roles", "admin-api,registry"])
+        .args(["control-plane", "--roles", "admin-api,eureka"])
         .output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown role `registry`"), "{stderr}");
+    assert!(stderr.contains("unknown role `eureka`"), "{stderr}");
     Ok(())
 }

@@ -19,23 +19,26 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, config, db, docs, flags, openapi, registry, tenancy};
+use crate::{audit, config, db, docs, eureka, flags, openapi, registry, tenancy};
 
 /// One job a control-plane process can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// The admin REST API under `/v1`.
     AdminApi,
+    /// The service registry: `/v1/registry/*`, the Eureka API under `/eureka`, and the expiry sweep.
+    Registry,
     /// The config server: publishes versions and serves `/v1/config/*` (the watch stream proxies hold).
     ConfigServer,
 }
 
 impl Role {
-    pub const ALL: [Role; 2] = [Role::AdminApi, Role::ConfigServer];
+    pub const ALL: [Role; 3] = [Role::AdminApi, Role::Registry, Role::ConfigServer];
 
     pub fn name(self) -> &'static str {
         match self {
             Role::AdminApi => "admin-api",
+            Role::Registry => "registry",
             Role::ConfigServer => "config-server",
         }
     }
@@ -109,12 +112,20 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
 }
 
-/// The admin API of the tenancy, audit and registry contexts, under `/v1`.
-pub fn v1() -> Router<ApiState> {
-    tenancy::routes()
-        .merge(audit::routes())
-        .merge(registry::routes())
-        .merge(flags::routes())
+/// The admin API under `/v1`: the routes of every context whose role `roles` runs (the config
+/// server's routes need its hub: see [`router_with`]).
+pub fn v1(roles: &Roles) -> Router<ApiState> {
+    let mut v1 = Router::new();
+    if roles.contains(Role::AdminApi) {
+        v1 = v1
+            .merge(tenancy::routes())
+            .merge(audit::routes())
+            .merge(flags::routes());
+    }
+    if roles.contains(Role::Registry) {
+        v1 = v1.merge(registry::routes());
+    }
+    v1.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// The whole HTTP surface for `roles`, with no YAML base to import (see [`router_with`]).
@@ -122,34 +133,35 @@ pub fn router(state: ApiState, roles: &Roles) -> Router {
     router_with(state, roles, None)
 }
 
-/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, and each role's routes (the admin API
-/// brings `/v1`, its OpenAPI document at `/openapi.json` and Swagger UI at `/docs`; the config server
-/// `/v1/config/*` and its hub, started here once migrations are done, importing `initial_base` if the
-/// database has no config version yet).
+/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, `/v1` with each role's routes, the
+/// admin API's OpenAPI document at `/openapi.json` and Swagger UI at `/docs`, the registry's Eureka
+/// API under `/eureka`, and the config server's `/v1/config/*` with its hub — started here once
+/// migrations are done, importing `initial_base` if the database has no config version yet.
 pub fn router_with(state: ApiState, roles: &Roles, initial_base: Option<String>) -> Router {
+    let gate = || middleware::from_fn_with_state(state.clone(), require_migrated);
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
-    let mut api = Router::new();
-    if roles.contains(Role::AdminApi) {
-        api = api.merge(v1());
-        app = app
-            .route("/openapi.json", get(openapi::serve_spec))
-            .merge(docs::routes());
-    }
+    let mut api = v1(roles);
     if roles.contains(Role::ConfigServer) {
         let hub = config::Hub::new(state.pool.clone(), initial_base);
         tokio::spawn(follow_when_migrated(state.clone(), hub.clone()));
         api = api.merge(config::routes(hub));
     }
-    if roles.contains(Role::AdminApi) || roles.contains(Role::ConfigServer) {
-        let gated =
-            api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    require_migrated,
-                ));
-        app = app.nest("/v1", gated);
+    if [Role::AdminApi, Role::Registry, Role::ConfigServer]
+        .iter()
+        .any(|r| roles.contains(*r))
+    {
+        app = app.nest("/v1", api.layer(gate()));
+    }
+    if roles.contains(Role::AdminApi) {
+        app = app
+            .route("/openapi.json", get(openapi::serve_spec))
+            .merge(docs::routes());
+    }
+    if roles.contains(Role::Registry) {
+        let eureka = eureka::routes().layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        app = app.nest("/eureka", eureka.layer(gate()));
     }
     app.fallback(not_found)
         .layer(middleware::from_fn(versioning::deprecation_headers))
@@ -225,12 +237,32 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| AppError::Bind(config.listen, e))?;
-    tracing::info!(listen = %config.listen, roles = %config.roles, "control plane listening");
+    let listen = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%listen, roles = %config.roles, "control plane listening");
+    // Every control-plane process registers itself; only `registry` processes sweep.
+    let me = registry::SelfRegistration::new(listen, state.clock.now());
+    let id = me.id.clone();
+    let every = registry::tasks::SELF_HEARTBEAT_EVERY;
+    let mut tasks = vec![tokio::spawn(registry::register_self(
+        state.clone(),
+        me,
+        every,
+    ))];
+    if config.roles.contains(Role::Registry) {
+        let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);
+        tasks.push(tokio::spawn(sweep));
+    }
     let base = initial_base(config.config_base.as_deref());
-    axum::serve(listener, router_with(state, &config.roles, base))
+    let served = axum::serve(listener, router_with(state.clone(), &config.roles, base))
         .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(AppError::Serve)
+        .await;
+    for task in tasks {
+        // Wait for each to stop, so no heartbeat re-registers after the cancel below.
+        task.abort();
+        let _ = task.await;
+    }
+    registry::tasks::deregister_self(&state.pool, &id).await;
+    served.map_err(AppError::Serve)
 }
 
 /// The base file's merged tree as text (JSON, which is YAML), or none if it cannot be read: the config
@@ -258,8 +290,13 @@ mod tests {
             "admin-api, admin-api".parse::<Roles>().unwrap(),
             Roles(vec![Role::AdminApi])
         );
-        let err = "admin-api,registry".parse::<Roles>().unwrap_err();
-        assert!(err.contains("unknown role `registry`"), "{err}");
+        assert_eq!(
+            "registry".parse::<Roles>().unwrap(),
+            Roles(vec![Role::Registry])
+        );
+        assert!(Roles::all().contains(Role::Registry));
+        let err = "admin-api,eureka".parse::<Roles>().unwrap_err();
+        assert!(err.contains("unknown role `eureka`"), "{err}");
         assert!("".parse::<Roles>().is_err());
     }
 }

@@ -14,7 +14,7 @@ use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{FieldError, Problem, ProblemDetails, ProblemKind};
-use crate::{apidoc, audit, config, flags, registry, tenancy};
+use crate::{apidoc, audit, config, eureka, flags, registry, tenancy};
 
 /// Name of the bearer security scheme in the document.
 pub const SECURITY_SCHEME: &str = "admin_token";
@@ -25,7 +25,7 @@ pub const SECURITY_SCHEME: &str = "admin_token";
     info(
         title = "Leaky Tokens control plane",
         description = "Admin API of the Leaky Tokens control plane: orgs, users, tiers, API keys, the audit log, \
-                       the service registry, feature flags and the config server. Errors are RFC 9457 `application/problem+json`."
+                       the service registry and its Eureka API, feature flags and the config server. Errors are RFC 9457 `application/problem+json`."
     ),
     security(("admin_token" = [])),
     tags(
@@ -33,7 +33,9 @@ pub const SECURITY_SCHEME: &str = "admin_token";
         (name = "audit", description = "Who changed what, when (bounded context `audit`)."),
         (name = "registry", description = "Live instances: registration, heartbeats, up/down (bounded context `registry`)."),
         (name = "config", description = "The config server: versions, the YAML base, rollback, the watch stream proxies hold and their ACK/NACK (bounded context `config`; protocol in docs/config-protocol.md)."),
-        (name = "flags", description = "Feature flags: on/off, percentage rollouts, per-org overrides; pushed to the proxies in the config snapshot (bounded context `flags`).")
+        (name = "flags", description = "Feature flags: on/off, percentage rollouts, per-org overrides; pushed to the proxies in the config snapshot (bounded context `flags`)."),
+        (name = "eureka", description = "Netflix Eureka's REST API under `/eureka` over the same registry, for Eureka clients \
+                                         (bearer token or HTTP Basic with the admin token as password).")
     ),
     components(
         schemas(ProblemDetails, FieldError),
@@ -63,6 +65,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(registry::openapi());
     doc.merge(config::openapi());
     doc.merge(flags::openapi());
+    doc.merge(eureka::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
     CommonProblems.modify(&mut doc);

@@ -1,6 +1,7 @@
 //! The service registry through the admin API over a real socket, with a manual clock in the app state
-//! (no sleeps): register, heartbeat, `up` → `down` → expired, idempotent re-register, cancel, and the
-//! refusals (unknown id, bad input, no token).
+//! (no sleeps as proof): register, heartbeat, `up` → `down` → expired, idempotent re-register, cancel,
+//! the refusals (unknown id, bad input, no token), the expiry sweep (concurrent replicas, and its
+//! background loop), and the control plane registering itself and cancelling on shutdown.
 
 mod common;
 
@@ -8,9 +9,10 @@ use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
 use common::{problem, TestApp};
+use leaky_control_plane::clock::Clock;
 use leaky_control_plane::clock::ManualClock;
-use leaky_control_plane::db;
 use leaky_control_plane::http::{AdminToken, ApiState};
+use leaky_control_plane::{db, registry};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -251,5 +253,157 @@ async fn no_token_is_401() -> anyhow::Result<()> {
         .await?;
     problem(res, 401, "unauthorized").await?;
     assert_eq!(rows(&app).await?, 0);
+    Ok(())
+}
+
+async fn register_at(app: &TestApp, id: &str) -> anyhow::Result<()> {
+    assert_eq!(put(app, id, proxy(None)).await?.status(), 201);
+    Ok(())
+}
+
+/// Ids of the rows in the table (not the listing, which would delete expired rows itself).
+async fn row_ids(app: &TestApp) -> anyhow::Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM registry.instances ORDER BY id")
+            .fetch_all(&app.pool)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn sweep_deletes_only_expired_instances_and_replicas_may_sweep_at_once() -> anyhow::Result<()>
+{
+    let (app, clock) = app().await?;
+    register_at(&app, "old").await?;
+    register_at(&app, "renewed").await?;
+    clock.advance(Duration::minutes(5));
+    assert_eq!(heartbeat(&app, "renewed", None).await?.status(), 204);
+    clock.advance(Duration::minutes(5));
+    // Exactly 10 min: not yet expired.
+    let none = registry::sweep(&app.pool, clock.now()).await;
+    assert_eq!(none.map_err(|p| anyhow::anyhow!("sweep: {}", p.detail))?, 0);
+    clock.advance(Duration::seconds(1));
+    let now = clock.now();
+    // Three replicas sweep at the same moment: one row goes, once, and none fails.
+    let (a, b, c) = tokio::join!(
+        registry::sweep(&app.pool, now),
+        registry::sweep(&app.pool, now),
+        registry::sweep(&app.pool, now)
+    );
+    let removed = [a, b, c]
+        .into_iter()
+        .map(|r| r.map_err(|p| anyhow::anyhow!("sweep: {}", p.detail)))
+        .sum::<anyhow::Result<u64>>()?;
+    assert_eq!(removed, 1);
+    assert_eq!(row_ids(&app).await?, ["renewed"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn background_sweep_removes_expired_instances_on_its_own() -> anyhow::Result<()> {
+    let (app, clock) = app().await?;
+    register_at(&app, "silent").await?;
+    clock.advance(Duration::minutes(11));
+    register_at(&app, "fresh").await?;
+    let state =
+        ApiState::new(app.pool.clone(), AdminToken::new(common::TOKEN)).with_clock(clock.clone());
+    state.set_migrated();
+    // Expiry is decided by the manual clock; the loop's own period only bounds how soon it acts.
+    let sweeper = tokio::spawn(registry::sweep_every(
+        state,
+        std::time::Duration::from_millis(20),
+    ));
+    let gone = wait_until(|| async { Ok(row_ids(&app).await? == ["fresh"]) }).await;
+    sweeper.abort();
+    assert!(gone?, "rows left: {:?}", row_ids(&app).await?);
+    Ok(())
+}
+
+/// Polls `check` every 20 ms for up to 20 s; whether it became true.
+async fn wait_until<F, Fut>(mut check: F) -> anyhow::Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if check().await? {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(false)
+}
+
+#[tokio::test]
+async fn control_plane_registers_itself_and_cancels_on_shutdown() -> anyhow::Result<()> {
+    let url = common::fresh_db().await?;
+    let config = leaky_control_plane::Config {
+        listen: "127.0.0.1:0".parse()?,
+        database_url: url.clone(),
+        roles: leaky_control_plane::Roles::all(),
+        admin_token: common::TOKEN.to_owned(),
+        config_base: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(leaky_control_plane::run(config, async {
+        let _ = stopped.await;
+    }));
+    let pool = db::pool(&url, 2)?;
+    let own = || async {
+        let found: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, address, version FROM registry.instances WHERE role = 'control-plane'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        found
+    };
+    assert!(wait_until(|| async { Ok(own().await.len() == 1) }).await?);
+    let (id, address, version) = own().await.remove(0);
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(id, format!("control-plane-{address}"));
+    // Its address is where it really listens: the API there lists it, up, and so does Eureka.
+    let http = reqwest::Client::new();
+    let listed: Value = http
+        .get(format!(
+            "http://{address}/v1/registry/instances?role=control-plane"
+        ))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed["items"][0]["id"], id.as_str());
+    assert_eq!(listed["items"][0]["status"], "up");
+    let apps: Value = http
+        .get(format!("http://{address}/eureka/apps/LEAKY-CONTROL-PLANE"))
+        .bearer_auth(common::TOKEN)
+        .header("accept", "application/json")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        apps["application"]["instance"][0]["instanceId"],
+        id.as_str()
+    );
+
+    let _ = stop.send(());
+    server.await??;
+    assert!(own().await.is_empty(), "still registered after shutdown");
+    let actors: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, action FROM audit.events WHERE object_id = $1 ORDER BY id")
+            .bind(&id)
+            .fetch_all(&pool)
+            .await?;
+    let actor = "control-plane".to_owned();
+    assert_eq!(
+        actors,
+        [
+            (actor.clone(), "instance.register".to_owned()),
+            (actor, "instance.cancel".to_owned())
+        ]
+    );
     Ok(())
 }

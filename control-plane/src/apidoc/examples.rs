@@ -100,6 +100,7 @@ pub fn registration() -> Value {
 pub fn instance() -> Value {
     json!({
         "id": "proxy-eu-1",
+        "app": "LEAKY-PROXY",
         "role": "proxy",
         "address": "10.0.0.7:8080",
         "version": "0.4.0",

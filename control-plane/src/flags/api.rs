@@ -75,7 +75,7 @@ fn flag_headers(flag: &Flag, location: bool) -> HeaderMap {
 }
 
 #[utoipa::path(
-    get, path = "/v1/flags", tag = "flags",
+    get, path = "/v1/flags", tag = "flags", operation_id = "list_flags",
     responses(
         (status = 200, description = "Every flag stored in the control plane, by name (one page)", body = Page<Flag>,
          example = json!({"items": [example_flag()]})),

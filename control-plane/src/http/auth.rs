@@ -20,7 +20,8 @@ impl AdminToken {
         Self(token.into())
     }
 
-    fn matches(&self, presented: &str) -> bool {
+    /// Whether `presented` is this token (constant time).
+    pub fn matches(&self, presented: &str) -> bool {
         // Constant time over the bytes; only the length may leak, and that is public (docs).
         presented.len() == self.0.len() && bool::from(presented.as_bytes().ct_eq(self.0.as_bytes()))
     }

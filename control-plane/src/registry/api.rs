@@ -37,6 +37,7 @@ struct ListQuery {
         (status = 200, description = "Re-registered (the row replaced)", body = Instance, example = json!(examples::instance())),
         (status = 201, description = "Registered", body = Instance, example = json!(examples::instance())),
         (status = 400, response = problems::MalformedJson),
+        (status = 409, response = problems::Conflict),
         (status = 413, response = problems::PayloadTooLarge),
         (status = 415, response = problems::UnsupportedMediaType),
         (status = 422, response = problems::Validation),

@@ -1,13 +1,24 @@
 //! Bounded context "registry" (Postgres schema `registry`): the live instances of the system — proxies,
-//! control planes, analytics — without Eureka. An instance registers itself under an id it chooses
-//! (`PUT`, an idempotent upsert), sends heartbeats, and cancels on shutdown. Listing derives each
-//! instance's `status` from its last heartbeat: `up` within [`DOWN_AFTER`], `down` after it, and gone
-//! (deleted by the listing query itself) after [`EXPIRE_AFTER`].
+//! control planes, analytics, and any app a Eureka client registers. An instance registers itself under
+//! an id it chooses (`PUT`, an idempotent upsert), sends heartbeats, and cancels on shutdown. Listing
+//! derives each instance's `status` from its last heartbeat: `up` within its lease ([`DOWN_AFTER`]
+//! unless a Eureka client stated its own), `down` after it, and gone after [`EXPIRE_AFTER`] (deleted by
+//! the listing query itself and by the [`sweep`]).
+//!
+//! Every instance belongs to an `app` (Eureka's application name): gateway instances to
+//! `LEAKY-PROXY`, `LEAKY-CONTROL-PLANE` or `LEAKY-ANALYTICS`. [`apps`] is the app-level API the
+//! `eureka` context speaks through; [`tasks`] holds the expiry sweep and the control plane's own
+//! registration.
 //!
 //! "Now" is the app's injected [`crate::clock::Clock`], bound into the SQL, never Postgres' `now()`.
 //! Register and cancel are audited; heartbeats are not (too chatty).
 
 mod api;
+pub mod apps;
+pub mod tasks;
+
+pub use apps::{AppRegistration, Record};
+pub use tasks::{register_self, sweep, sweep_every, SelfRegistration};
 
 use axum::Router;
 use chrono::{DateTime, Duration, Utc};
@@ -43,7 +54,7 @@ impl InstanceRole {
 }
 
 /// `PUT /v1/registry/instances/{id}` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     pub role: InstanceRole,
@@ -61,7 +72,11 @@ pub struct Registration {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Instance {
     pub id: String,
-    /// `proxy`, `control-plane` or `analytics`.
+    /// Its Eureka application name: `LEAKY-PROXY`, `LEAKY-CONTROL-PLANE`, `LEAKY-ANALYTICS`, or the
+    /// app a Eureka client registered.
+    pub app: String,
+    /// `proxy`, `control-plane` or `analytics`; for another app registered through Eureka, its app name
+    /// in lower case.
     pub role: String,
     pub address: String,
     pub version: String,
@@ -69,17 +84,24 @@ pub struct Instance {
     pub started_at: DateTime<Utc>,
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: DateTime<Utc>,
-    /// `up`: a heartbeat within the last 30 s; `down`: older (listed up to 10 min, then removed).
+    /// `up`: a heartbeat within the last 30 s (or the lease a Eureka client stated); `down`: older
+    /// (listed up to 10 min, then removed).
     pub status: String,
 }
 
 /// The listed columns; `$1` is "now".
 fn columns() -> String {
     format!(
-        "id, role, address, version, config_version, started_at, registered_at, last_heartbeat_at,
-         CASE WHEN last_heartbeat_at >= $1 - make_interval(secs => {}) THEN 'up' ELSE 'down' END AS status",
+        "id, app, role, address, version, config_version, started_at, registered_at, last_heartbeat_at,
+         CASE WHEN last_heartbeat_at >= $1 - make_interval(secs => coalesce(lease_secs, {}))
+              THEN 'up' ELSE 'down' END AS status",
         DOWN_AFTER.num_seconds()
     )
+}
+
+/// The Eureka app of a gateway role, e.g. `LEAKY-PROXY`.
+pub fn app_of(role: InstanceRole) -> String {
+    format!("LEAKY-{}", role.as_str().to_ascii_uppercase())
 }
 
 /// Text of 1..=`max` characters without control characters.
@@ -144,40 +166,111 @@ pub async fn register(
     now: DateTime<Utc>,
 ) -> Result<(Instance, bool), Problem> {
     check_registration(id, r)?;
-    let mut tx = pool.begin().await?;
-    let sql = format!(
+    let row = Upsert {
+        id,
+        app: &app_of(r.role),
+        role: r.role.as_str(),
+        address: &r.address,
+        version: &r.version,
+        config_version: r.config_version,
+        started_at: r.started_at,
+        lease_secs: None,
+        reported_status: None,
+        meta: None,
+    };
+    upsert(pool, actor, &row, now).await
+}
+
+/// One row to write: a `/v1` registration, or an app's through [`apps::register_app`].
+struct Upsert<'a> {
+    id: &'a str,
+    app: &'a str,
+    role: &'a str,
+    address: &'a str,
+    version: &'a str,
+    config_version: Option<i64>,
+    started_at: Option<DateTime<Utc>>,
+    lease_secs: Option<i32>,
+    reported_status: Option<&'a str>,
+    meta: Option<&'a serde_json::Value>,
+}
+
+/// The upsert of [`upsert`]: `$1` now, `$2..$8` and `$10..$12` the row, `$9` the expiry limit. The
+/// `WHERE` keeps a live row of another app (no row returned).
+fn upsert_sql() -> String {
+    format!(
         "INSERT INTO registry.instances AS i
-             (id, role, address, version, config_version, started_at, registered_at, last_heartbeat_at)
-         VALUES ($2, $3, $4, $5, $6, coalesce($7, $1), $1, $1)
-         ON CONFLICT (id) DO UPDATE SET role = EXCLUDED.role, address = EXCLUDED.address,
-             version = EXCLUDED.version, config_version = EXCLUDED.config_version,
-             started_at = EXCLUDED.started_at, last_heartbeat_at = EXCLUDED.last_heartbeat_at,
-             registered_at = CASE WHEN i.last_heartbeat_at < $8 THEN EXCLUDED.registered_at
-                                  ELSE i.registered_at END
+             (id, app, role, address, version, config_version, started_at, registered_at,
+              last_heartbeat_at, lease_secs, reported_status, meta)
+         VALUES ($2, $3, $4, $5, $6, $7, coalesce($8, $1), $1, $1, $10, $11, $12)
+         ON CONFLICT (id) DO UPDATE SET app = EXCLUDED.app, role = EXCLUDED.role,
+             address = EXCLUDED.address, version = EXCLUDED.version,
+             config_version = EXCLUDED.config_version, started_at = EXCLUDED.started_at,
+             last_heartbeat_at = EXCLUDED.last_heartbeat_at, lease_secs = EXCLUDED.lease_secs,
+             reported_status = EXCLUDED.reported_status, meta = EXCLUDED.meta,
+             registered_at = CASE WHEN i.last_heartbeat_at < $9 THEN EXCLUDED.registered_at
+                                  ELSE i.registered_at END,
+             status_override = CASE WHEN i.last_heartbeat_at < $9 THEN NULL
+                                    ELSE i.status_override END
+         WHERE i.app = EXCLUDED.app OR i.last_heartbeat_at < $9
          RETURNING {}, (xmax = 0) AS created",
         columns()
-    );
-    let row: InstanceCreated = sqlx::query_as(&sql)
+    )
+}
+
+/// Inserts or replaces a row, bumps the revision and audits, in one transaction. An operator's status
+/// override survives a re-register (as in Eureka), not an expiry. A live row of another app (another
+/// gateway role, or another Eureka app) is not replaced: 409.
+async fn upsert(
+    pool: &PgPool,
+    actor: &str,
+    u: &Upsert<'_>,
+    now: DateTime<Utc>,
+) -> Result<(Instance, bool), Problem> {
+    let mut tx = pool.begin().await?;
+    let sql = upsert_sql();
+    let row: Option<InstanceCreated> = sqlx::query_as(&sql)
         .bind(now)
-        .bind(id)
-        .bind(r.role.as_str())
-        .bind(&r.address)
-        .bind(&r.version)
-        .bind(r.config_version)
-        .bind(r.started_at)
+        .bind(u.id)
+        .bind(u.app)
+        .bind(u.role)
+        .bind(u.address)
+        .bind(u.version)
+        .bind(u.config_version)
+        .bind(u.started_at)
         .bind(now - EXPIRE_AFTER)
-        .fetch_one(&mut *tx)
+        .bind(u.lease_secs)
+        .bind(u.reported_status)
+        .bind(u.meta)
+        .fetch_optional(&mut *tx)
         .await?;
+    // No row: the id is taken by a live instance of another app, which it must not silently replace.
+    let row = row.ok_or_else(|| {
+        let detail = format!(
+            "instance `{}` is registered by another app; cancel it first or choose another id",
+            u.id
+        );
+        Problem::new(ProblemKind::Conflict, detail)
+    })?;
+    bump_revision(&mut tx).await?;
     let change = Change {
         actor,
         action: "instance.register",
         object_kind: "instance",
-        object_id: id.to_owned(),
-        detail: json!({"role": r.role.as_str(), "address": r.address, "version": r.version}),
+        object_id: u.id.to_owned(),
+        detail: json!({"app": u.app, "role": u.role, "address": u.address, "version": u.version}),
     };
     audit::record(&mut tx, change).await?;
     tx.commit().await?;
     Ok((row.instance, row.created))
+}
+
+/// Marks a change of the instance set (Eureka's `versions__delta`).
+async fn bump_revision(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT nextval('registry.revision')")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[derive(sqlx::FromRow)]
@@ -222,6 +315,7 @@ pub async fn cancel(pool: &PgPool, actor: &str, id: &str) -> Result<(), Problem>
         .execute(&mut *tx)
         .await?;
     if done.rows_affected() > 0 {
+        bump_revision(&mut tx).await?;
         let change = Change {
             actor,
             action: "instance.cancel",
