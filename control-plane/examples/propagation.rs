@@ -127,15 +127,17 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    let a = arrivals.lock().unwrap();
-    let mut lat: Vec<Duration> = Vec::new();
-    let mut missing = 0;
-    for (id, t0) in &sent {
-        let got = a.get(id).map_or(&[][..], |v| &v[..]);
-        missing += watchers.saturating_sub(got.len());
-        lat.extend(got.iter().map(|t| t.duration_since(*t0)));
-    }
-    drop(a);
+    let (mut lat, missing) = {
+        let a = arrivals.lock().unwrap();
+        let mut lat: Vec<Duration> = Vec::new();
+        let mut missing = 0;
+        for (id, t0) in &sent {
+            let got = a.get(id).map_or(&[][..], |v| &v[..]);
+            missing += watchers.saturating_sub(got.len());
+            lat.extend(got.iter().map(|t| t.duration_since(*t0)));
+        }
+        (lat, missing)
+    };
     lat.sort();
     println!(
         "propagation: watchers={watchers} changes={changes} samples={} missing={missing} p50={:.1}ms p99={:.1}ms max={:.1}ms",
