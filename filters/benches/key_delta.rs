@@ -32,12 +32,15 @@ fn bench(c: &mut Criterion) {
     let shared = SharedKeyIndex::new(Arc::new(KeyIndex::new(&keys)));
     let added = [key(KEYS)];
     let removed = ["key-42".to_string()];
-    c.bench_function("key-delta apply (1 upsert + 1 remove, 100k keys) + publish", |b| {
-        b.iter(|| {
-            let next = shared.load().with_delta(&added, &removed).unwrap();
-            shared.publish(Arc::new(next));
-        })
-    });
+    c.bench_function(
+        "key-delta apply (1 upsert + 1 remove, 100k keys) + publish",
+        |b| {
+            b.iter(|| {
+                let next = shared.load().with_delta(&added, &removed).unwrap();
+                shared.publish(Arc::new(next));
+            })
+        },
+    );
     c.bench_function("baseline: full KeyIndex rebuild (100k keys)", |b| {
         b.iter(|| black_box(KeyIndex::new(&keys)))
     });
