@@ -83,6 +83,12 @@ pub struct Refused {
     pub errors: Vec<String>,
 }
 
+/// The answer to one version: ACK, or NACK with every error.
+type Outcome = Result<(), Vec<String>>;
+
+/// The last-good cache's writer task, not yet spawned.
+type Writer = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The snapshot serving now, as the control plane sent it.
 #[derive(Debug, Clone)]
 struct Running {
@@ -100,10 +106,10 @@ pub struct ControlPlaneSource {
     /// The stream boot opened, continued by `run` (no second connection at start).
     handover: Mutex<Option<client::WatchStream>>,
     /// The boot document's outcome, reported by `run`: the ACK (or NACK) of the first version.
-    boot_report: Mutex<Option<(u64, Result<(), Vec<String>>)>>,
+    boot_report: Mutex<Option<(u64, Outcome)>>,
     persister: cache::Persister,
     /// The persister's writer, spawned by `run`.
-    writer: Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
+    writer: Mutex<Option<Writer>>,
     started_at: String,
 }
 

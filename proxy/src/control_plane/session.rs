@@ -7,7 +7,7 @@ use super::backoff::Backoff;
 use super::client::WatchStream;
 use super::event::{api_keys, Event};
 use super::registry::{self, Identity};
-use super::{load_document, lock, ControlPlaneSource, Refused};
+use super::{load_document, lock, ControlPlaneSource, Outcome, Refused};
 use crate::document::ConfigDocument;
 use crate::reload::{ApplyError, ConfigState, KeyDelta};
 use leaky_config::KeySpec;
@@ -21,9 +21,6 @@ enum End {
     Resync(String),
     Failed(String),
 }
-
-/// The outcome of one version: ACK, or NACK with its errors.
-type Outcome = Result<(), Vec<String>>;
 
 /// Runs until `shutdown`: helpers (cache writer, registry), the boot version's ACK, then streams.
 pub async fn run(
