@@ -22,12 +22,8 @@ enum End {
     Failed(String),
 }
 
-/// Runs until `shutdown`: helpers (cache writer, registry), the boot version's ACK, then streams.
-pub async fn run(
-    src: Arc<ControlPlaneSource>,
-    state: Arc<ConfigState>,
-    mut shutdown: ShutdownWatch,
-) {
+/// Spawns the helpers (cache writer, registry), then answers the boot version.
+async fn start(src: &Arc<ControlPlaneSource>, state: &ConfigState, shutdown: &ShutdownWatch) {
     if let Some(writer) = lock(&src.writer).take() {
         tokio::spawn(writer);
     }
@@ -46,10 +42,19 @@ pub async fn run(
     let boot = lock(&src.boot_report).take();
     if let Some((version, outcome)) = boot {
         if outcome.is_ok() {
-            src.persist(&state);
+            src.persist(state);
         }
         src.report(version, outcome).await;
     }
+}
+
+/// Runs until `shutdown`: `start`, then streams, reconnected after failures with backoff.
+pub async fn run(
+    src: Arc<ControlPlaneSource>,
+    state: Arc<ConfigState>,
+    mut shutdown: ShutdownWatch,
+) {
+    start(&src, &state, &shutdown).await;
     let mut backoff = Backoff::default();
     loop {
         let handed = lock(&src.handover).take();
