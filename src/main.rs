@@ -134,7 +134,7 @@ struct ProxyArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Control plane URL (e.g. http://127.0.0.1:9300): its pushed config replaces `--config`.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
     control_plane: Option<String>,
     /// This proxy's id towards the control plane (default `proxy-<listen port>`).
     #[arg(long, requires = "control_plane")]

@@ -29,7 +29,7 @@ pub enum BootError {
         path: PathBuf,
         cache: String,
     },
-    #[error("control plane {0}")]
+    #[error("control plane client: {0}")]
     Client(String),
 }
 
