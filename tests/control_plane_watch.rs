@@ -32,6 +32,9 @@ struct Script {
     watches: Mutex<Vec<String>>,
     acks: Mutex<Vec<Value>>,
     registrations: Mutex<Vec<(String, Value)>>,
+    heartbeats: Mutex<Vec<Value>>,
+    /// Heartbeats still to answer 404 (the registry forgot the instance).
+    forget: std::sync::atomic::AtomicUsize,
 }
 
 type Shared = Arc<Script>;
@@ -80,8 +83,21 @@ async fn register(
     StatusCode::CREATED
 }
 
-async fn heartbeat() -> StatusCode {
-    StatusCode::NO_CONTENT
+async fn heartbeat(State(s): State<Shared>, Json(v): Json<Value>) -> StatusCode {
+    s.heartbeats.lock().unwrap().push(v);
+    let forget = &s.forget;
+    let forgotten = forget
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        )
+        .is_ok();
+    if forgotten {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::NO_CONTENT
+    }
 }
 
 struct ControlPlane {
@@ -197,7 +213,7 @@ fn temp_cache() -> (tempfile::TempDir, std::path::PathBuf) {
 #[tokio::test]
 async fn the_first_snapshot_serves_and_key_deltas_apply_without_a_rebuild() {
     let up = Upstreams::start().await;
-    let cp = ControlPlane::start(snapshot(10, &up.config(""))).await;
+    let cp = ControlPlane::start(snapshot(10, &with_admin_token(&up.config("")))).await;
     let (dir, cache) = temp_cache();
     let gw = cp.proxy(&cache, dir).await;
     assert_eq!(status_with(&gw, PRO_KEY).await, 200);
@@ -246,6 +262,19 @@ async fn the_first_snapshot_serves_and_key_deltas_apply_without_a_rebuild() {
     );
     assert_eq!(status_with(&gw, NEW_KEY).await, 200);
 
+    // An explicit reload rebuilds the running snapshot with the live keys (the delta's included).
+    let r = gw
+        .client
+        .post(gw.admin_url("/admin/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(gw.config_version().await, local + 1);
+    assert_eq!(status_with(&gw, NEW_KEY).await, 200);
+    assert_eq!(status_with(&gw, PRO_KEY).await, 401);
+
     // The registry knows the proxy by its listener and the version it runs.
     let regs = cp.script.registrations.lock().unwrap().clone();
     let (id, body) = &regs[0];
@@ -255,6 +284,33 @@ async fn the_first_snapshot_serves_and_key_deltas_apply_without_a_rebuild() {
         (Some("proxy"), Some(gw.proxy.to_string().as_str()))
     );
     assert_eq!(body["config_version"], 10);
+}
+
+#[tokio::test]
+async fn heartbeats_carry_the_running_version_and_a_forgotten_proxy_registers_again() {
+    let up = Upstreams::start().await;
+    let cp = ControlPlane::start(snapshot(7, &up.config(""))).await;
+    cp.script
+        .forget
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let (dir, cache) = temp_cache();
+    let gw = cp.proxy(&cache, dir).await;
+    cp.send(keys(8, 7, new_key("pro"), &[]));
+    cp.answer(8, &gw).await;
+    // The first heartbeat (10 s after registering) hears 404 and the proxy registers again at once.
+    eventually(
+        "a second registration",
+        Duration::from_secs(15),
+        Some(&gw),
+        || async { cp.script.registrations.lock().unwrap().len() >= 2 },
+    )
+    .await;
+    let regs = cp.script.registrations.lock().unwrap().clone();
+    assert_eq!(regs[1].1["config_version"], 8);
+    assert_eq!(
+        cp.script.heartbeats.lock().unwrap()[0],
+        json!({"config_version": 8})
+    );
 }
 
 #[tokio::test]
