@@ -110,13 +110,16 @@ impl Endpoint {
 
     /// Opens the watch stream.
     pub async fn watch(&self) -> Result<WatchStream, StreamError> {
-        let r = self
+        let request = self
             .http
             .get(format!("{}/v1/config/watch", self.base))
             .query(&[("instance", &self.instance)])
             .bearer_auth(&self.token)
-            .send()
+            .send();
+        // Bounded up to the response head only: the body is the stream, watched by `SILENCE`.
+        let r = tokio::time::timeout(CALL_TIMEOUT, request)
             .await
+            .map_err(|_| StreamError::Connect(format!("no response within {CALL_TIMEOUT:?}")))?
             .map_err(|e| StreamError::Connect(error_chain(&e)))?;
         let status = r.status().as_u16();
         if status != 200 {

@@ -207,12 +207,16 @@ impl ControlPlaneSource {
         upsert: &[KeySpec],
         remove: Vec<String>,
     ) -> Outcome {
-        let upsert = api_keys(upsert)?;
+        let label = self.label(version);
+        let upsert = api_keys(upsert).map_err(|errors| {
+            let at = |e: String| format!("{}: {e}", label.display());
+            errors.into_iter().map(at).collect::<Vec<_>>()
+        })?;
         let delta = KeyDelta {
             upsert,
             remove,
             source_version: version.to_string(),
-            label: self.label(version),
+            label,
         };
         let st = state.clone();
         let applied = tokio::task::spawn_blocking(move || st.apply_keys(delta))
