@@ -133,6 +133,24 @@ struct ProxyArgs {
     /// Proxy worker threads, overriding `server.threads`.
     #[arg(long)]
     threads: Option<usize>,
+    /// Control plane URL (e.g. http://127.0.0.1:9300): its pushed config replaces `--config`.
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    control_plane: Option<String>,
+    /// This proxy's id towards the control plane (default `proxy-<listen port>`).
+    #[arg(long, requires = "control_plane")]
+    instance_id: Option<String>,
+    /// Last-good snapshot file (default `.leaky/<instance>.last-good.json`).
+    #[arg(long, requires = "control_plane")]
+    config_cache: Option<PathBuf>,
+    /// Bearer token for the control plane.
+    #[arg(
+        long,
+        env = "LEAKY_CONTROL_PLANE_TOKEN",
+        default_value = "lt-dev-admin",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    control_plane_token: String,
 }
 
 impl Default for ProxyArgs {
@@ -142,7 +160,34 @@ impl Default for ProxyArgs {
             listen: None,
             admin_listen: None,
             threads: None,
+            control_plane: None,
+            instance_id: None,
+            config_cache: None,
+            control_plane_token: "lt-dev-admin".into(),
         }
+    }
+}
+
+impl ProxyArgs {
+    /// The control-plane options, defaults filled in; `None` without `--control-plane`.
+    fn control_plane(&self) -> Option<leaky_proxy::control_plane::ControlPlaneOptions> {
+        let url = self.control_plane.clone()?;
+        // The default listener's port when `--listen` is not given (the pushed config is not known yet).
+        let port = self.listen.map_or(8080, |a| a.port());
+        let instance = self
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| format!("proxy-{port}"));
+        let cache = self
+            .config_cache
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!(".leaky/{instance}.last-good.json")));
+        Some(leaky_proxy::control_plane::ControlPlaneOptions {
+            url,
+            instance,
+            token: self.control_plane_token.clone(),
+            cache,
+        })
     }
 }
 
@@ -392,12 +437,13 @@ fn tokio_rt() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run_proxy(proxy: &ProxyArgs, stubs: Option<StubArgs>) -> anyhow::Result<()> {
     let opts = RunOptions {
         config: proxy.config.clone(),
+        control_plane: proxy.control_plane(),
         listen: proxy.listen,
         admin_listen: proxy.admin_listen,
         threads: proxy.threads,
         open_files: raise_open_file_limit(),
     };
-    if !opts.config.is_file() {
+    if opts.control_plane.is_none() && !opts.config.is_file() {
         anyhow::bail!(
             "config file `{}` not found (run from the repository root, or pass --config FILE)",
             opts.config.display()

@@ -32,7 +32,7 @@ pub use chain::{Chain, Filter, RequestCtx, RequestInfo};
 pub use concurrency::ConcurrencyFilter;
 pub use hold::{Admission, Hold, Settlement};
 pub use jwt::{JwksCache, JwksError, JwtBuildError, JwtDeps, JwtFilter};
-pub use key_index::{KeyIndex, SharedKeyIndex};
+pub use key_index::{DeltaError, KeyIndex, SharedKeyIndex};
 pub use principal::{AuthMethod, Principal};
 pub use registry::{build_chain, BuildContext, BuildError};
 pub use reject::{RejectKind, Rejection};

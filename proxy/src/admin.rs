@@ -4,8 +4,9 @@
 //!
 //! `/admin/config` shows what is serving (version, hash, files, routes, providers, key ids, feature
 //! flags — every flag the gateway's code reads, with its built-in default when unconfigured) and the
-//! outcome of the last reload, including every error of a failed one. It never shows a secret: provider
-//! credentials appear as `set`/`unset`, keys by id only.
+//! outcome of the last reload, including every error of a failed one; fed by a control plane, also
+//! the stream's state (`control_plane`: URL, connected, the control-plane version applied). It never
+//! shows a secret: provider credentials appear as `set`/`unset`, keys by id only.
 
 use crate::reload::ConfigState;
 use crate::source::ConfigSource;
@@ -112,18 +113,29 @@ impl Admin {
     fn config_view(&self) -> Value {
         let s = self.state.snapshot();
         let status = self.state.status();
-        json!({
+        // A control plane's key deltas change the live keys without a new version: show those (by id);
+        // a file source's keys are the document's, in the order written.
+        let cp = self.source.status();
+        let keys = match cp {
+            Some(_) => self.state.keys().keys(),
+            None => s.config.keys.clone(),
+        };
+        let mut view = json!({
             "version": s.version,
             "hash": s.config.hash,
             "files": s.config.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
             "reload": status,
-            "config": redacted(&s.config),
-        })
+            "config": redacted(&s.config, &keys),
+        });
+        if let (Some(cp), Some(map)) = (cp, view.as_object_mut()) {
+            map.insert("control_plane".into(), cp);
+        }
+        view
     }
 }
 
-/// The active config with secrets replaced by whether they are set.
-fn redacted(c: &Config) -> Value {
+/// The active config (with the live `keys`) with secrets replaced by whether they are set.
+fn redacted(c: &Config, keys: &[leaky_config::ApiKey]) -> Value {
     let providers: serde_json::Map<String, Value> = c
         .providers
         .iter()
@@ -144,8 +156,7 @@ fn redacted(c: &Config) -> Value {
         })
         .collect();
     let routes: Vec<Value> = c.routes.iter().map(route_view).collect();
-    let keys: Vec<Value> = c
-        .keys
+    let keys: Vec<Value> = keys
         .iter()
         .map(|k| json!({"id": k.id, "user": k.user, "org": k.org, "tier": k.tier, "roles": k.roles, "expires_at": k.expires_at}))
         .collect();

@@ -59,7 +59,9 @@
 //! - Config: `snapshot` (one immutable, compiled config version), `reload` (`ConfigState`: applies
 //!   config documents, `document`, and swaps snapshots atomically), `source` (the `ConfigSource` seam,
 //!   and a pushed source), `watch` (the file source: files, inotify, `SIGHUP`), `bootstrap` (the
-//!   settings fixed at start: listeners, threads, connection limits), `limiter` (the rate limiter's
+//!   settings fixed at start: listeners, threads, connection limits), `control_plane` (the source
+//!   fed by a control plane's watch stream: snapshots, key deltas, ACK/NACK, last-good cache,
+//!   registry), `limiter` (the rate limiter's
 //!   store, kept across versions), `check` (`check-config`'s snapshot build).
 //! - Serving: `server` (assembles the Pingora server), `listener` (the connection layer under both
 //!   listeners), `admin` (`/healthz`, `/readyz`, `/metrics`, `/admin/config`, `POST /admin/reload`),
@@ -75,6 +77,7 @@ pub mod background;
 pub mod balancer;
 pub mod bootstrap;
 pub mod check;
+pub mod control_plane;
 mod ctx;
 pub mod document;
 pub mod endpoints;

@@ -6,6 +6,10 @@
 //! `file:line:col`) is logged, counted in `leaky_config_reloads_total{result="error"}` and shown on
 //! `/admin/config`. In-flight requests hold their own `Arc<Snapshot>` and finish on the version they
 //! started with.
+//!
+//! A key delta (`apply_keys`, a control plane's `keys` event) is not a new version: the next key index
+//! is built beside the live one and published with one pointer store; the snapshot, its filter chains
+//! and the JWKS caches stay as they are.
 
 use crate::background::Background;
 use crate::bootstrap::Bootstrap;
@@ -14,7 +18,8 @@ use crate::limiter::LimiterBackend;
 use crate::metrics::metrics;
 use crate::snapshot::{Resolve, Shared, Snapshot};
 use arc_swap::ArcSwap;
-use leaky_config::{Config, ConfigError, LimitStore};
+use leaky_config::{ApiKey, Config, ConfigError, LimitStore};
+use leaky_filters::KeyIndex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
@@ -252,6 +257,88 @@ impl ConfigState {
         self.current.store(Arc::new(p.snapshot));
         tracing::info!(version, hash = %hash, "config reloaded");
         Ok(version)
+    }
+}
+
+/// Key changes on top of the live key index, already parsed (`control_plane::event`).
+#[derive(Debug, Clone)]
+pub struct KeyDelta {
+    /// Entries replacing the one with the same id, or added.
+    pub upsert: Vec<ApiKey>,
+    /// Ids dropped (unknown ids are ignored).
+    pub remove: Vec<String>,
+    /// The source's version after the delta (`/admin/config`'s `reload.source_version`).
+    pub source_version: String,
+    /// What problems are reported against (`config pushed by URL v43`).
+    pub label: std::path::PathBuf,
+}
+
+impl ConfigState {
+    /// The key index the `api-key` filters read now (after the last snapshot and every delta since).
+    pub fn keys(&self) -> Arc<KeyIndex> {
+        Arc::clone(&self.shared.keys.load())
+    }
+
+    /// Applies a key delta: every upserted key's tier must be one the serving config defines and no
+    /// secret may belong to two ids; then the next index is published. On failure the live index
+    /// keeps serving and the error is recorded as a failed reload. Returns the number of keys now live.
+    pub fn apply_keys(&self, delta: KeyDelta) -> Result<usize, ApplyError> {
+        let _one = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let next = self.delta_index(&delta);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_attempt_at = now();
+        match next {
+            Ok(next) => {
+                let live = next.len();
+                status.loaded_at = status.last_attempt_at.clone();
+                status.last_result = "success";
+                status.last_errors.clear();
+                status.source_version = delta.source_version;
+                self.shared.keys.publish(Arc::new(next));
+                tracing::info!(
+                    upserted = delta.upsert.len(),
+                    removed = delta.remove.len(),
+                    live,
+                    "key delta applied"
+                );
+                Ok(live)
+            }
+            Err(e) => {
+                status.last_result = "error";
+                status.last_errors = e.messages();
+                tracing::error!(error = %e, "key delta refused; the previous keys keep serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// The index `delta` makes of the live one, checked against the serving config's tiers.
+    fn delta_index(&self, delta: &KeyDelta) -> Result<KeyIndex, ApplyError> {
+        let snapshot = self.snapshot();
+        let tiers = &snapshot.config.tiers;
+        let at = |message: String| ConfigError {
+            file: delta.label.clone(),
+            pos: None,
+            message,
+        };
+        let unknown: Vec<ConfigError> = (delta.upsert.iter().enumerate())
+            .filter(|(_, k)| !tiers.contains_key(&k.tier))
+            .map(|(i, k)| {
+                let known: Vec<&str> = tiers.keys().map(String::as_str).collect();
+                at(format!(
+                    "upsert[{i}].tier: key `{}`: unknown tier `{}` (defined: {})",
+                    k.id,
+                    k.tier,
+                    known.join(", ")
+                ))
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApplyError::Invalid(unknown));
+        }
+        self.keys()
+            .with_delta(&delta.upsert, &delta.remove)
+            .map_err(|e| ApplyError::Invalid(vec![at(e.to_string())]))
     }
 }
 

@@ -1,11 +1,13 @@
 //! Assembles the Pingora server: the proxy listener, the admin listener and the config source (the
-//! files, watched) and the background service (usage flush), all sharing one `ConfigState`. The listeners are sized from the bootstrap settings
+//! files, watched; or a control plane's watch stream with `RunOptions::control_plane`) and the
+//! background service (usage flush), all sharing one `ConfigState`. The listeners are sized from the bootstrap settings
 //! (`bootstrap.rs`), fixed here for the life of the process. Both sit behind `listener::Listener`
 //! (connection limit, head timeout and size, keep-alive idle timeout), each with its own budget.
 
 use crate::admin::Admin;
 use crate::background::{Background, BackgroundError};
 use crate::bootstrap::Bootstrap;
+use crate::control_plane::{BootError, ControlPlaneOptions};
 use crate::document::{ConfigDocument, SourceError};
 use crate::listener::{ConnLimits, Listener};
 use crate::reload::{ApplyError, ConfigState};
@@ -24,7 +26,10 @@ use std::time::Duration;
 /// How to start the data plane; `None` fields come from the config file.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    /// The config file; not read when `control_plane` is set.
     pub config: PathBuf,
+    /// Fed by a control plane instead of the file: its snapshots, deltas and last-good cache.
+    pub control_plane: Option<ControlPlaneOptions>,
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub threads: Option<usize>,
@@ -63,6 +68,9 @@ pub enum StartError {
     /// The first document cannot be applied (exposed admin listener, unresolvable upstream, ...).
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// Neither the control plane nor the last-good cache gave a document.
+    #[error(transparent)]
+    ControlPlane(#[from] BootError),
 }
 
 /// The document's bootstrap with the command line's overrides.
@@ -80,11 +88,18 @@ fn bootstrap_for(doc: &ConfigDocument, opts: &RunOptions) -> Bootstrap {
     b
 }
 
-/// Reads the config through the file source and applies it as the first version.
+/// Reads the config through the source (the control plane's, else the file's) and applies it as the
+/// first version.
 fn load(
     opts: &RunOptions,
     background: &Background,
-) -> Result<(Arc<FileSource>, Arc<ConfigState>), StartError> {
+) -> Result<(Arc<dyn ConfigSource>, Arc<ConfigState>), StartError> {
+    if let Some(cp) = &opts.control_plane {
+        let (doc, source) = crate::control_plane::boot(cp.clone(), background)?;
+        let bootstrap = bootstrap_for(&doc, opts);
+        let state = ConfigState::new(doc, bootstrap, background)?;
+        return Ok((source, state));
+    }
     let source = Arc::new(FileSource::new(opts.config.clone(), RELOAD_DEBOUNCE));
     let doc = source.fetch()?;
     let files = doc.config.files.clone();
@@ -147,7 +162,6 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
         max_connections: boot.admin_max_connections,
         ..limits
     };
-    let source: Arc<dyn ConfigSource> = source;
     let admin_app = Admin {
         state: state.clone(),
         source: source.clone(),

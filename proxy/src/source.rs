@@ -30,6 +30,12 @@ pub trait ConfigSource: Send + Sync + 'static {
         state.apply_fetched(self.fetch())
     }
 
+    /// What `/admin/config` shows about the source under `control_plane` (a control-plane source's
+    /// URL, stream and version); `None` for sources with nothing to add.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Delivers documents to `state` as they change, until `shutdown`.
     async fn run(self: Arc<Self>, state: Arc<ConfigState>, shutdown: ShutdownWatch);
 }

@@ -193,11 +193,27 @@ impl Gateway {
         env: &[(&str, &str)],
         log_format: &str,
     ) -> Gateway {
+        let source = [
+            std::ffi::OsString::from("--config"),
+            config_path.clone().into(),
+        ];
+        Self::spawn_with_source(dir, config_path, &source, env, log_format).await
+    }
+
+    /// Starts with `source` as the config arguments (`--config FILE`, or `--control-plane URL ...`);
+    /// `config_path` is what `write_config` replaces.
+    pub async fn spawn_with_source(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        source: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+        log_format: &str,
+    ) -> Gateway {
         let (proxy, admin) = (free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_leaky-tokens"))
-            .args(["--log-format", log_format, "proxy", "--config"])
-            .arg(&config_path)
+            .args(["--log-format", log_format, "proxy"])
+            .args(source)
             .args([
                 "--listen",
                 &proxy.to_string(),
