@@ -356,7 +356,8 @@ async fn put_base(
             ));
         }
     }
-    publish(&hub, text, &p.subject, "base updated".into()).await
+    let why = ("config.base", "base updated".to_owned());
+    publish(&hub, text, &p.subject, why).await
 }
 
 fn check_yaml_type(headers: &HeaderMap) -> Result<(), Problem> {
@@ -382,7 +383,7 @@ async fn publish(
     hub: &Hub,
     base: String,
     author: &str,
-    reason: String,
+    (action, reason): (&'static str, String),
 ) -> Result<(StatusCode, Json<Published>), Problem> {
     let before = hub.current().map(|c| c.version);
     let version = hub
@@ -390,6 +391,7 @@ async fn publish(
             base: Some(base),
             author: author.to_owned(),
             reason,
+            audit: Some(action),
         })
         .await?
         .ok_or(ConfigError::NoBase)?;
@@ -432,7 +434,7 @@ async fn rollback(
 ) -> Result<(StatusCode, Json<Published>), Problem> {
     let row = store::get(&s.pool, body.version).await?;
     let reason = format!("rollback to version {}", body.version);
-    publish(&hub, row.base, &p.subject, reason).await
+    publish(&hub, row.base, &p.subject, ("config.rollback", reason)).await
 }
 
 /// The OpenAPI paths of these routes.

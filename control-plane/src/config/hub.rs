@@ -91,6 +91,9 @@ pub struct Publish {
     pub base: Option<String>,
     pub author: String,
     pub reason: String,
+    /// The audit action of a change someone asked for (`config.base`, `config.rollback`); the
+    /// versions the hub publishes for other contexts' changes are audited by those contexts.
+    pub audit: Option<&'static str>,
 }
 
 /// The hub: see the module header.
@@ -176,6 +179,7 @@ impl Hub {
                 base: None,
                 author: "config-server".into(),
                 reason: "tenancy or flags changed".into(),
+                audit: None,
             })
             .await;
         match published {
@@ -252,6 +256,16 @@ impl Hub {
         };
         let version = next.version;
         store::insert(&mut tx, next.row(&req)).await?;
+        if let Some(action) = req.audit {
+            let change = crate::audit::Change {
+                actor: &req.author,
+                action,
+                object_kind: "config",
+                object_id: version.to_string(),
+                detail: json!({ "reason": req.reason, "hash": next.hash, "kind": next.kind() }),
+            };
+            crate::audit::record(&mut tx, change).await?;
+        }
         tx.commit().await?;
         tracing::info!(version, kind = next.kind(), reason = %req.reason, "config version published");
         let mut conn = self.pool.acquire().await?;
