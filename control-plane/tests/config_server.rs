@@ -20,6 +20,11 @@ fn dev_base() -> String {
     serde_json::to_string_pretty(&leaky_config::load_merged(&path).unwrap()).unwrap()
 }
 
+/// A pushed document, loaded as a proxy loads it.
+fn load(doc: &str) -> leaky_config::Config {
+    leaky_config::load_text(Path::new("pushed"), doc, Path::new("."), &|_| None).unwrap()
+}
+
 async fn put_base(app: &TestApp, base: &str) -> reqwest::Response {
     app.req(reqwest::Method::PUT, "/v1/config/base")
         .header("content-type", "application/yaml")
@@ -102,7 +107,7 @@ async fn the_stream_opens_with_a_snapshot_then_carries_key_deltas_and_structural
         (Some("snapshot"), Some(1))
     );
     let doc = first["document"].as_str().unwrap();
-    let loaded = leaky_config::load_text(Path::new("v1"), doc, Path::new("."), &|_| None).unwrap();
+    let loaded = load(doc);
     assert_eq!(loaded.keys.len(), 3, "the dev base's demo keys");
 
     // A key created through the API arrives as a delta on version 1.
@@ -153,13 +158,7 @@ async fn the_stream_opens_with_a_snapshot_then_carries_key_deltas_and_structural
         (snap["type"].as_str(), snap["version"].as_i64()),
         (Some("snapshot"), Some(4))
     );
-    let loaded = leaky_config::load_text(
-        Path::new("v4"),
-        snap["document"].as_str().unwrap(),
-        Path::new("."),
-        &|_| None,
-    )
-    .unwrap();
+    let loaded = load(snap["document"].as_str().unwrap());
     assert_eq!(loaded.tiers["gold"].priority, leaky_config::Priority::High);
     let gold_rpm = loaded.limits.policies.iter().any(|p| p.name == "gold-rpm");
     assert!(gold_rpm, "the tier's limit is a policy of the document");
@@ -295,13 +294,7 @@ async fn rollback_republishes_an_old_base_as_a_new_version_and_keeps_keys() {
         .unwrap();
     assert_eq!(v4["base"].as_str(), Some(v1.as_str()));
     assert_eq!(v4["reason"], "rollback to version 1");
-    let doc = leaky_config::load_text(
-        Path::new("v4"),
-        v4["document"].as_str().unwrap(),
-        Path::new("."),
-        &|_| None,
-    )
-    .unwrap();
+    let doc = load(v4["document"].as_str().unwrap());
     assert!(
         doc.keys
             .iter()
@@ -451,8 +444,7 @@ async fn two_replicas_share_versions_and_a_restarted_one_serves_the_latest() {
             seen.insert(k["id"].as_str().unwrap().to_owned());
         }
         for k in ev["document"].as_str().into_iter() {
-            let doc =
-                leaky_config::load_text(Path::new("v"), k, Path::new("."), &|_| None).unwrap();
+            let doc = load(k);
             seen.extend(doc.keys.iter().map(|k| k.id.clone()));
         }
     }
@@ -477,13 +469,7 @@ async fn two_replicas_share_versions_and_a_restarted_one_serves_the_latest() {
         (snap["type"].as_str(), snap["version"].as_i64()),
         (Some("snapshot"), Some(last))
     );
-    let doc = leaky_config::load_text(
-        Path::new("latest"),
-        snap["document"].as_str().unwrap(),
-        Path::new("."),
-        &|_| None,
-    )
-    .unwrap();
+    let doc = load(snap["document"].as_str().unwrap());
     for id in &ids {
         assert!(
             doc.keys.iter().any(|k| &k.id == id),

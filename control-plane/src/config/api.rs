@@ -32,19 +32,7 @@ struct WatchQuery {
 }
 
 fn check_instance(id: &str) -> Result<(), Problem> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Problem::field(
-            "instance",
-            "must be 1 to 128 of A-Z a-z 0-9 . _ : -",
-        ))
-    }
+    crate::registry::check_instance_id("instance", id).map_err(|e| Problem::invalid(vec![e]))
 }
 
 #[utoipa::path(

@@ -115,8 +115,14 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// An instance id: 1..=128 of `A-Z a-z 0-9 . _ : -`.
-fn check_id(id: &str) -> Result<(), FieldError> {
+/// An instance id: 1..=128 of `A-Z a-z 0-9 . _ : -` (also what the config server accepts as a
+/// watching proxy's instance id, so one proxy has one name everywhere).
+pub fn check_id(id: &str) -> Result<(), FieldError> {
+    check_instance_id("id", id)
+}
+
+/// [`check_id`] for a field named `field`.
+pub fn check_instance_id(field: &str, id: &str) -> Result<(), FieldError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -126,7 +132,7 @@ fn check_id(id: &str) -> Result<(), FieldError> {
         Ok(())
     } else {
         Err(FieldError::new(
-            "id",
+            field,
             "must be 1 to 128 of A-Z, a-z, 0-9, ., _, :, -",
         ))
     }
