@@ -254,7 +254,14 @@ pub async fn run(
     }
     let base = initial_base(config.config_base.as_deref());
     let served = axum::serve(listener, router_with(state.clone(), &config.roles, base))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown({
+            // Watch streams never end by themselves: end them when the drain starts.
+            let state = state.clone();
+            async move {
+                shutdown.await;
+                state.drain();
+            }
+        })
         .await;
     for task in tasks {
         // Wait for each to stop, so no heartbeat re-registers after the cancel below.

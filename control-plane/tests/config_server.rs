@@ -531,3 +531,54 @@ async fn a_postgres_restart_keeps_streams_open_and_later_changes_still_arrive() 
     );
     assert_eq!(delta["upsert"][0]["id"], issued["id"]);
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_ends_watch_streams_instead_of_waiting_for_them() {
+    let url = common::fresh_db().await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = leaky_control_plane::Config {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        database_url: url,
+        roles: leaky_control_plane::Roles::all(),
+        admin_token: common::TOKEN.to_owned(),
+        config_base: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.yaml")),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(leaky_control_plane::run(config, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // The dev base is imported as version 1 once migrations are done.
+    let mut opened = None;
+    for _ in 0..300 {
+        let res = http
+            .get(format!("{base}/v1/config/watch?instance=proxy-a"))
+            .bearer_auth(common::TOKEN)
+            .send()
+            .await;
+        if let Some(r) = res.ok().filter(|r| r.status() == 200) {
+            opened = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut body = opened.expect("the watch stream opens").bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next()).await;
+    let first = first.unwrap().unwrap().unwrap();
+    assert!(first.starts_with(b"{"), "the snapshot's first bytes");
+
+    stop.send(()).unwrap();
+    // The stream ends and the server returns, well before any proxy would have let go.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream did not end");
+    let served = tokio::time::timeout(Duration::from_secs(10), server).await;
+    assert!(served.expect("run returned").unwrap().is_ok());
+}

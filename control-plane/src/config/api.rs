@@ -60,7 +60,7 @@ async fn watch_config(
             tracing::warn!(error = %e, instance = %q.instance, "could not record a watch connection");
         }
     });
-    let mut response = Body::from_stream(watch::stream(hub)).into_response();
+    let mut response = Body::from_stream(watch::stream(hub, s.drained())).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -26,9 +26,16 @@ struct Watch {
     heartbeat: tokio::time::Interval,
 }
 
+type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The stream for one watcher. Subscribes before reading the version in force, so no version
 /// published in between is missed.
-pub fn stream(hub: Arc<Hub>) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
+/// The stream ends when `stop` resolves (the process drains for a graceful shutdown; proxies
+/// reconnect to another replica or to this one once it is back).
+pub fn stream(
+    hub: Arc<Hub>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
     let rx = hub.subscribe();
     let start = tokio::time::Instant::now() + HEARTBEAT;
     let mut heartbeat = tokio::time::interval_at(start, HEARTBEAT);
@@ -39,9 +46,13 @@ pub fn stream(hub: Arc<Hub>) -> impl Stream<Item = Result<Bytes, std::convert::I
         sent: 0,
         heartbeat,
     };
-    futures::stream::unfold(watch, |mut w| async move {
-        let line = w.next_line().await;
-        Some((Ok(line), w))
+    let stop: StopSignal = Box::pin(stop);
+    futures::stream::unfold((watch, stop), |(mut w, mut stop)| async move {
+        let line = tokio::select! {
+            line = w.next_line() => line,
+            _ = &mut stop => return None,
+        };
+        Some((Ok(line), (w, stop)))
     })
 }
 

@@ -32,6 +32,9 @@ pub struct ApiState {
     /// "Now" for time-dependent rules; the system clock unless [`ApiState::with_clock`] replaced it.
     pub clock: Arc<dyn Clock>,
     migrated: Arc<AtomicBool>,
+    /// Set when the process starts a graceful shutdown: long-lived responses (watch streams) end, so
+    /// the server's drain does not wait for them forever.
+    draining: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl ApiState {
@@ -41,6 +44,7 @@ impl ApiState {
             admin: Arc::new(admin),
             clock: Arc::new(SystemClock),
             migrated: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
@@ -57,5 +61,18 @@ impl ApiState {
 
     pub fn is_migrated(&self) -> bool {
         self.migrated.load(Ordering::Acquire)
+    }
+
+    /// Starts the drain: every long-lived response ends.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Resolves once the drain started (at once if it already has).
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.draining.subscribe();
+        async move {
+            let _ = rx.wait_for(|d| *d).await;
+        }
     }
 }
