@@ -430,11 +430,18 @@ pub async fn update(
             "key `{id}` cannot be changed: {why}"
         )));
     }
-    let expires_at = patch.expires_at.unwrap_or(old.expires_at);
-    sqlx::query("UPDATE tenancy.api_keys SET expires_at = $2, name = $3 WHERE id = $1")
+    // Only the columns sent are SET: the change-feed trigger fires on any UPDATE naming
+    // `expires_at`, and a rename alone must not push a key delta.
+    let sql = match patch.expires_at {
+        Some(_) => {
+            "UPDATE tenancy.api_keys SET expires_at = $2, name = coalesce($3, name) WHERE id = $1"
+        }
+        None => "UPDATE tenancy.api_keys SET name = coalesce($3, name) WHERE id = $1",
+    };
+    sqlx::query(sql)
         .bind(id)
-        .bind(expires_at)
-        .bind(name.as_deref().unwrap_or(&old.name))
+        .bind(patch.expires_at.flatten())
+        .bind(name.as_deref())
         .execute(&mut *tx)
         .await?;
     let key = fetch(&mut tx, id, false).await?;
