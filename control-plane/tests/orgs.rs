@@ -310,6 +310,8 @@ async fn deleting_an_org_revokes_its_keys_and_the_stream_removes_them() -> anyho
     let rename = app.req(Method::PATCH, &path).header("if-match", "\"2\"");
     let res = rename.json(&json!({ "name": "zombie" })).send().await?;
     problem(res, 404, "not-found").await?;
+    let res = app.post(&format!("/v1/keys/{a}/rotate"), json!({})).await?;
+    problem(res, 409, "conflict").await?;
     // Its name is free again.
     let res = app.post("/v1/orgs", json!({ "name": "doomed" })).await?;
     assert_eq!(res.status(), 201);

@@ -329,7 +329,12 @@ pub async fn rotate(
     // The org's share lock before the key's row lock, in the order an org delete takes them (org, then
     // its keys): otherwise the two could deadlock, or the delete miss the key issued here.
     let org = fetch(&mut tx, id, false).await?.org_id;
-    orgs::lock_live(&mut tx, org).await?;
+    orgs::lock_live(&mut tx, org).await.map_err(|e| match e {
+        TenancyError::NotFound { .. } => {
+            TenancyError::Conflict(format!("key `{id}` cannot be rotated: its org is deleted"))
+        }
+        other => other,
+    })?;
     let old = fetch(&mut tx, id, true).await?;
     if old.state != "active" || old.revoked_at.is_some() {
         let why = if old.revoked_at.is_some() && old.state == "active" {
