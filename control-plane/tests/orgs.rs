@@ -525,3 +525,39 @@ async fn tiers_get_and_delete_refused_while_a_live_key_uses_them() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tier_deleted_while_keys_are_issued_leaves_no_live_key_without_it() -> anyhow::Result<()>
+{
+    let app = common::app().await?;
+    let org = id_of(&app.org("racer").await?);
+    for round in 0..8 {
+        let tier = format!("t{round}");
+        let res = app
+            .req(Method::PUT, &format!("/v1/tiers/{tier}"))
+            .json(&json!({ "limits": { "requests_per_minute": 10 } }))
+            .send()
+            .await?;
+        assert_eq!(res.status(), 201);
+        let issue = app
+            .req(Method::POST, &format!("/v1/orgs/{org}/keys"))
+            .json(&json!({ "name": "k", "tier": tier }))
+            .send();
+        let delete = app.req(Method::DELETE, &format!("/v1/tiers/{tier}")).send();
+        let (issued, deleted) = tokio::join!(issue, delete);
+        let pair = (issued?.status().as_u16(), deleted?.status().as_u16());
+        // The key first (and the delete refused), or the delete first (and the key refused).
+        assert!(
+            [(201, 409), (422, 204)].contains(&pair),
+            "round {round}: {pair:?}"
+        );
+    }
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tenancy.api_keys k WHERE NOT EXISTS
+         (SELECT 1 FROM tenancy.tiers t WHERE t.name = k.tier)",
+    )
+    .fetch_one(&app.pool)
+    .await?;
+    assert_eq!(orphans, 0, "a key outlived its tier");
+    Ok(())
+}
