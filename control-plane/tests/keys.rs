@@ -436,3 +436,27 @@ async fn patch_refuses_bad_input_revoked_and_rotated_keys() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_revocation_committed_while_a_feed_reader_runs_is_a_removal() -> anyhow::Result<()> {
+    use leaky_control_plane::tenancy::feed::{self, KeyChange};
+    let app = common::app().await?;
+    let path = org_keys(&app).await?;
+    let k = issue(&app, &path, json!({ "name": "ci", "tier": "pro" })).await?;
+    let id = k["id"].as_str().unwrap_or_default().to_owned();
+    // The config server reads the feed in a transaction that may have begun (fixing its `now()`)
+    // before a revocation it then sees committed: that key must still come out removed, not as a
+    // live key "revoked in the future".
+    let mut reader = app.pool.begin().await?;
+    sqlx::query("SELECT now()").execute(&mut *reader).await?;
+    let res = app
+        .req(Method::DELETE, &format!("/v1/keys/{id}"))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 204);
+    let changes = feed::key_changes(&mut reader, 0, i64::MAX).await?;
+    let removed = matches!(changes.as_slice(), [KeyChange::Remove(r)] if *r == id);
+    assert!(removed, "{changes:?}");
+    assert!(feed::live_keys(&mut reader).await?.is_empty());
+    Ok(())
+}
