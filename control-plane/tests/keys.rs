@@ -1,7 +1,9 @@
 //! API keys: shown once, only SHA-256 stored, format and entropy, rotation with a grace period,
-//! idempotent revocation, pagination and the state filter.
+//! idempotent revocation, pagination and the state filter, and PATCH of a key's expiry (pushed to a
+//! watch stream) and name.
 
 mod common;
+mod watch;
 
 use common::problem;
 use leaky_control_plane::tenancy::keys;
@@ -293,5 +295,168 @@ async fn unknown_tier_and_past_expiry_are_named() -> anyhow::Result<()> {
         ["expires_at"]
     );
     assert_eq!(app.audit_count().await?, before);
+    Ok(())
+}
+
+async fn patch(app: &common::TestApp, id: &str, body: Value) -> anyhow::Result<reqwest::Response> {
+    Ok(app
+        .req(Method::PATCH, &format!("/v1/keys/{id}"))
+        .json(&body)
+        .send()
+        .await?)
+}
+
+#[tokio::test]
+async fn patching_the_expiry_reaches_the_watch_stream() -> anyhow::Result<()> {
+    let app = common::app().await?;
+    watch::publish_dev_base(&app).await;
+    let mut w = watch::Watcher::open(&app, "proxy-a").await;
+    let path = org_keys(&app).await?;
+    let issued = issue(&app, &path, json!({ "name": "ci", "tier": "pro" })).await?;
+    let id = issued["id"].as_str().unwrap_or_default().to_owned();
+    let (pushed, _) = w.keys_until(&[&id], &[]).await;
+    assert!(pushed[0].get("expires_at").is_none_or(Value::is_null));
+
+    // Set: the key's new expiry is upserted to the proxies.
+    let res = patch(&app, &id, json!({ "expires_at": "2030-01-01T00:00:00Z" })).await?;
+    assert_eq!(res.status(), 200);
+    let shown: Value = res.json().await?;
+    assert_eq!(shown["expires_at"], "2030-01-01T00:00:00Z");
+    assert_eq!(shown["name"], "ci", "the name is kept");
+    let (pushed, _) = w.keys_until(&[&id], &[]).await;
+    assert_eq!(pushed[0]["expires_at"], "2030-01-01T00:00:00Z");
+
+    // Cleared by an explicit null.
+    let res = patch(&app, &id, json!({ "expires_at": null })).await?;
+    assert_eq!(res.json::<Value>().await?["expires_at"], Value::Null);
+    let (pushed, _) = w.keys_until(&[&id], &[]).await;
+    assert!(
+        pushed[0].get("expires_at").is_none_or(Value::is_null),
+        "{}",
+        pushed[0]
+    );
+
+    // A rename is admin metadata only: the next event the stream carries is the revocation's.
+    let res = patch(&app, &id, json!({ "name": "ci-renamed" })).await?;
+    let shown: Value = res.json().await?;
+    assert_eq!(
+        (&shown["name"], &shown["expires_at"]),
+        (&json!("ci-renamed"), &Value::Null)
+    );
+    let res = app
+        .req(Method::DELETE, &format!("/v1/keys/{id}"))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 204);
+    let next = w.next().await;
+    assert_eq!(
+        (&next["upsert"], &next["remove"]),
+        (&json!([]), &json!([id])),
+        "{next}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_past_expiry_expires_now_and_a_later_one_revives() -> anyhow::Result<()> {
+    let app = common::app().await?;
+    let path = org_keys(&app).await?;
+    let issued = issue(&app, &path, json!({ "name": "ci", "tier": "pro" })).await?;
+    let (id, key) = (
+        issued["id"].as_str().unwrap_or_default().to_owned(),
+        issued["key"].as_str().unwrap_or_default().to_owned(),
+    );
+    let res = patch(&app, &id, json!({ "expires_at": "2001-01-01T00:00:00Z" })).await?;
+    assert_eq!(res.json::<Value>().await?["state"], "expired");
+    assert!(keys::verify(&app.pool, &key).await?.is_none());
+    let res = patch(&app, &id, json!({ "expires_at": "2099-01-01T00:00:00Z" })).await?;
+    assert_eq!(res.json::<Value>().await?["state"], "active");
+    assert!(keys::verify(&app.pool, &key).await?.is_some());
+    let events: Value = app
+        .get(&format!("/v1/audit?object={id}"))
+        .await?
+        .json()
+        .await?;
+    let last = &events["items"][2];
+    assert_eq!(last["action"], "key.update");
+    assert_eq!(last["detail"]["expires_at"], "2099-01-01T00:00:00Z");
+    Ok(())
+}
+
+#[tokio::test]
+async fn patch_refuses_bad_input_revoked_and_rotated_keys() -> anyhow::Result<()> {
+    let app = common::app().await?;
+    let path = org_keys(&app).await?;
+    let k = issue(&app, &path, json!({ "name": "ci", "tier": "pro" })).await?;
+    let id = k["id"].as_str().unwrap_or_default().to_owned();
+    let before = app.audit_count().await?;
+    for (body, field) in [
+        (json!({}), "body"),
+        (json!({ "expires_at": "next tuesday" }), "expires_at"),
+        (json!({ "name": " " }), "name"),
+        (json!({ "tier": "free" }), "tier"),
+    ] {
+        let res = patch(&app, &id, body.clone()).await?;
+        let p = problem(res, 422, "validation").await?;
+        assert_eq!(common::fields(&p), [field], "{body}");
+    }
+    let res = app
+        .req(Method::PATCH, &format!("/v1/keys/{id}"))
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .await?;
+    problem(res, 400, "malformed-json").await?;
+    let missing = uuid::Uuid::new_v4().to_string();
+    problem(
+        patch(&app, &missing, json!({ "name": "x" })).await?,
+        404,
+        "not-found",
+    )
+    .await?;
+    assert_eq!(app.audit_count().await?, before, "bad input writes nothing");
+    let shown: Value = app.get(&format!("/v1/keys/{id}")).await?.json().await?;
+    assert_eq!(shown["name"], "ci");
+
+    // Rotated away (in its grace period) or revoked: the key's end is set; PATCH is a conflict.
+    let res = app
+        .post(&format!("/v1/keys/{id}/rotate"), json!({}))
+        .await?;
+    let rotation: Value = res.json().await?;
+    let body = json!({ "expires_at": "2099-01-01T00:00:00Z" });
+    problem(patch(&app, &id, body.clone()).await?, 409, "conflict").await?;
+    let new_id = rotation["id"].as_str().unwrap_or_default().to_owned();
+    app.req(Method::DELETE, &format!("/v1/keys/{new_id}"))
+        .send()
+        .await?;
+    let p = problem(patch(&app, &new_id, body).await?, 409, "conflict").await?;
+    assert!(
+        p["detail"].as_str().unwrap_or("").contains("revoked"),
+        "{p}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revocation_committed_while_a_feed_reader_runs_is_a_removal() -> anyhow::Result<()> {
+    use leaky_control_plane::tenancy::feed::{self, KeyChange};
+    let app = common::app().await?;
+    let path = org_keys(&app).await?;
+    let k = issue(&app, &path, json!({ "name": "ci", "tier": "pro" })).await?;
+    let id = k["id"].as_str().unwrap_or_default().to_owned();
+    // The config server reads the feed in a transaction that may have begun (fixing its `now()`)
+    // before a revocation it then sees committed: that key must still come out removed, not as a
+    // live key "revoked in the future".
+    let mut reader = app.pool.begin().await?;
+    sqlx::query("SELECT now()").execute(&mut *reader).await?;
+    let res = app
+        .req(Method::DELETE, &format!("/v1/keys/{id}"))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 204);
+    let changes = feed::key_changes(&mut reader, 0, i64::MAX).await?;
+    let removed = matches!(changes.as_slice(), [KeyChange::Remove(r)] if *r == id);
+    assert!(removed, "{changes:?}");
+    assert!(feed::live_keys(&mut reader).await?.is_empty());
     Ok(())
 }

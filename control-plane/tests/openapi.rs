@@ -14,7 +14,7 @@ use leaky_control_plane::{app, db, Roles};
 use serde_json::Value;
 
 /// Every `(method, path)` the router mounts under `/v1` (see `tenancy::api::routes`,
-/// `tenancy::keys_api::routes`, `audit::routes`,
+/// `tenancy::keys_api::routes`, `tenancy::users_api::routes`, `audit::routes`,
 /// `registry::api::routes`, `config::api::routes`, `flags::api::routes`) and `/eureka` (`eureka::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
 /// this list against the router (each answers 401, other methods 405) and against the spec.
 const V1_ROUTES: &[(&str, &str)] = &[
@@ -22,13 +22,20 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/orgs"),
     ("GET", "/v1/orgs/{org}"),
     ("PATCH", "/v1/orgs/{org}"),
+    ("DELETE", "/v1/orgs/{org}"),
     ("GET", "/v1/orgs/{org}/users"),
     ("POST", "/v1/orgs/{org}/users"),
+    ("GET", "/v1/orgs/{org}/users/{user}"),
+    ("PATCH", "/v1/orgs/{org}/users/{user}"),
+    ("DELETE", "/v1/orgs/{org}/users/{user}"),
     ("GET", "/v1/orgs/{org}/keys"),
     ("POST", "/v1/orgs/{org}/keys"),
     ("GET", "/v1/tiers"),
+    ("GET", "/v1/tiers/{name}"),
     ("PUT", "/v1/tiers/{name}"),
+    ("DELETE", "/v1/tiers/{name}"),
     ("GET", "/v1/keys/{id}"),
+    ("PATCH", "/v1/keys/{id}"),
     ("DELETE", "/v1/keys/{id}"),
     ("POST", "/v1/keys/{id}/rotate"),
     ("GET", "/v1/audit"),
@@ -174,6 +181,7 @@ fn spec_operations(spec: &Value) -> BTreeSet<(String, String)> {
 fn concrete(path: &str) -> String {
     path.replace("{org}", "0f8fad5b-d9cb-469f-a165-70867728950e")
         .replace("{id}", "3d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b0a")
+        .replace("{user}", "7c9e6679-7425-40de-944b-e07fc1f90ae7")
         .replace("{name}", "gold")
         .replace("{app}", "LEAKY-PROXY")
 }

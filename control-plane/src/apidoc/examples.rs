@@ -22,7 +22,17 @@ pub fn new_user() -> Value {
 }
 
 pub fn user() -> Value {
-    json!({"id": USER, "org": ORG, "email": "ada@acme.test", "name": "Ada", "roles": ["admin"], "created_at": AT})
+    json!({"id": USER, "org": ORG, "email": "ada@acme.test", "name": "Ada", "roles": ["admin"],
+           "created_at": AT, "updated_at": AT, "version": 1})
+}
+
+pub fn user_patch() -> Value {
+    json!({"name": "Ada Lovelace", "roles": ["admin", "billing"]})
+}
+
+pub fn user_patched() -> Value {
+    json!({"id": USER, "org": ORG, "email": "ada@acme.test", "name": "Ada Lovelace",
+           "roles": ["admin", "billing"], "created_at": AT, "updated_at": "2026-01-16T10:00:00Z", "version": 2})
 }
 
 pub fn tier_body() -> Value {
@@ -65,6 +75,17 @@ pub fn key(id: &str, prefix: &str, rotated: bool) -> Value {
         "grace_until": grace,
         "state": "active"
     })
+}
+
+pub fn key_patch() -> Value {
+    json!({"expires_at": "2027-06-30T00:00:00Z", "name": "ci-2027"})
+}
+
+pub fn key_patched() -> Value {
+    let mut key = key(KEY, "Ab3dE5gH", false);
+    key["expires_at"] = json!("2027-06-30T00:00:00Z");
+    key["name"] = json!("ci-2027");
+    key
 }
 
 pub fn issued_key() -> Value {

@@ -1,9 +1,9 @@
-//! Admin routes for orgs, users and tiers. Handlers only extract, call the domain function and shape
-//! the response; rules live in `orgs`, `users`, `tiers`.
+//! Admin routes for orgs and tiers (users: `users_api`). Handlers only extract, call the domain
+//! function and shape the response; rules live in `orgs` and `tiers`.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::routing::{get, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,13 +11,12 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::orgs::{self, Org};
 use super::tiers::{self, Tier};
-use super::users::{self, NewUser, User};
 use crate::apidoc::{examples, problems};
 use crate::http::{
     etag, if_match, parse_id, ApiJson, ApiQuery, ApiState, Page, PageQuery, Principal, Problem,
 };
 
-type Created<T> = (StatusCode, HeaderMap, Json<T>);
+pub(super) type Created<T> = (StatusCode, HeaderMap, Json<T>);
 
 /// `POST /v1/orgs` and `PATCH /v1/orgs/{org}` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -141,52 +140,30 @@ async fn patch_org(
 }
 
 #[utoipa::path(
-    post, path = "/v1/orgs/{org}/users", tag = "tenancy",
-    params(("org" = Uuid, Path, description = "Org id")),
-    request_body(content = NewUser, example = json!(examples::new_user())),
+    delete, path = "/v1/orgs/{org}", tag = "tenancy",
+    params(
+        ("org" = Uuid, Path, description = "Org id"),
+        ("If-Match" = String, Header, description = "The ETag you read, e.g. `\"1\"`"),
+    ),
     responses(
-        (status = 201, description = "The user, created", body = User, example = json!(examples::user())),
-        (status = 400, response = problems::MalformedJson),
+        (status = 204, description = "Deleted: every key of the org the proxies held is revoked (and removed from them), the org is gone from the API and its name free again"),
         (status = 404, response = problems::NotFound),
-        (status = 409, response = problems::Conflict),
-        (status = 413, response = problems::PayloadTooLarge),
-        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 412, response = problems::PreconditionFailed),
         (status = 422, response = problems::Validation),
+        (status = 428, response = problems::PreconditionRequired),
     )
 )]
-/// Add a user to an org.
-async fn create_user(
+/// Delete an org and revoke its keys (optimistic concurrency: `If-Match` required).
+async fn delete_org(
     p: Principal,
     State(s): State<ApiState>,
     Path(org): Path<String>,
-    ApiJson(body): ApiJson<NewUser>,
-) -> Result<(StatusCode, Json<User>), Problem> {
-    let org = parse_id("org", &org)?;
-    let user = users::create(&s.pool, &p.subject, org, &body).await?;
-    Ok((StatusCode::CREATED, Json(user)))
-}
-
-#[utoipa::path(
-    get, path = "/v1/orgs/{org}/users", tag = "tenancy",
-    params(("org" = Uuid, Path, description = "Org id"), PageQuery),
-    responses(
-        (status = 200, description = "One page of the org's users", body = Page<User>,
-         example = json!({"items": [examples::user()]})),
-        (status = 404, response = problems::NotFound),
-        (status = 422, response = problems::Validation),
-    )
-)]
-/// List an org's users.
-async fn list_users(
-    _: Principal,
-    State(s): State<ApiState>,
-    Path(org): Path<String>,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<Page<User>>, Problem> {
-    let org = parse_id("org", &org)?;
-    let (limit, after) = PageQuery::resolve(q.limit, q.after.as_deref())?;
-    let rows = users::list(&s.pool, org, limit + 1, after).await?;
-    Ok(Json(Page::from_rows(rows, limit, |u| u.id.to_string())))
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    let id = parse_id("org", &org)?;
+    let expected = if_match(&headers)?;
+    orgs::delete(&s.pool, &p.subject, id, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(
@@ -235,6 +212,49 @@ async fn list_tiers(_: Principal, State(s): State<ApiState>) -> Result<Json<Page
     Ok(Json(Page { items, next: None }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/tiers/{name}", tag = "tenancy",
+    params(("name" = String, Path, description = "Tier name")),
+    responses(
+        (status = 200, description = "The tier", body = Tier, headers(("ETag" = String, description = "Its version")),
+         example = json!(examples::tier())),
+        (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Show a tier.
+async fn get_tier(
+    _: Principal,
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<(HeaderMap, Json<Tier>), Problem> {
+    let tier = tiers::get(&s.pool, &name).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ETAG, etag(tier.version));
+    Ok((headers, Json(tier)))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/tiers/{name}", tag = "tenancy",
+    params(("name" = String, Path, description = "Tier name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Delete a tier no live key uses (409 while keys the proxies hold — not revoked, expired ones
+/// included — still use it).
+async fn delete_tier(
+    p: Principal,
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    tiers::delete(&s.pool, &p.subject, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The OpenAPI paths of these routes.
 #[derive(OpenApi)]
 #[openapi(paths(
@@ -242,18 +262,24 @@ async fn list_tiers(_: Principal, State(s): State<ApiState>) -> Result<Json<Page
     create_org,
     get_org,
     patch_org,
-    list_users,
-    create_user,
+    delete_org,
     list_tiers,
-    put_tier
+    get_tier,
+    put_tier,
+    delete_tier
 ))]
 pub(super) struct Doc;
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/orgs", get(list_orgs).post(create_org))
-        .route("/orgs/{org}", get(get_org).patch(patch_org))
-        .route("/orgs/{org}/users", get(list_users).post(create_user))
+        .route(
+            "/orgs/{org}",
+            get(get_org).patch(patch_org).delete(delete_org),
+        )
         .route("/tiers", get(list_tiers))
-        .route("/tiers/{name}", put(put_tier))
+        .route(
+            "/tiers/{name}",
+            get(get_tier).put(put_tier).delete(delete_tier),
+        )
 }

@@ -45,8 +45,12 @@ struct KeyRow {
     live: bool,
 }
 
+/// Liveness is judged by `clock_timestamp()`, not `now()`: `now()` is the reader's transaction start,
+/// which can precede a revocation (`revoked_at` = the revoking transaction's start) that the reader's
+/// later statement sees committed; by `now()` that key would still look live, revoked "in the future",
+/// and be pushed as an upsert instead of a removal, with nothing left to remove it later.
 const KEY_SQL: &str = "SELECT id, org_id, key_sha256, tier, models, expires_at, revoked_at,
-    (revoked_at IS NULL OR revoked_at > now()) AS live FROM tenancy.api_keys";
+    (revoked_at IS NULL OR revoked_at > clock_timestamp()) AS live FROM tenancy.api_keys";
 
 impl KeyRow {
     /// The key as the proxy's config knows it. The org and the user are ids: stable across renames,
@@ -72,7 +76,8 @@ impl KeyRow {
 
 /// Every key the data plane should hold now (not revoked, or still in a rotation's grace period).
 pub async fn live_keys(conn: &mut PgConnection) -> Result<Vec<KeySpec>, TenancyError> {
-    let sql = format!("{KEY_SQL} WHERE revoked_at IS NULL OR revoked_at > now() ORDER BY id");
+    let sql =
+        format!("{KEY_SQL} WHERE revoked_at IS NULL OR revoked_at > clock_timestamp() ORDER BY id");
     let rows: Vec<KeyRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
     Ok(rows.into_iter().map(KeyRow::spec).collect())
 }

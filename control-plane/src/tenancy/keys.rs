@@ -70,6 +70,28 @@ pub struct NewKey {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// `PATCH /v1/keys/{id}` body: what to change, at least one field. `expires_at: null` clears the expiry.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    /// RFC 3339; `null` clears it. A time already past expires the key now (a later PATCH can
+    /// move it forward again, unlike a revocation).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Tells an absent field (`None`, via `default`) from an explicit `null` (`Some(None)`).
+fn present<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
 /// The three states a key can be listed by.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -215,9 +237,9 @@ pub async fn create(
     new: &NewKey,
 ) -> Result<IssuedKey, TenancyError> {
     let name = validate(new)?;
-    orgs::get(pool, org).await?;
     let mut tx = pool.begin().await?;
-    if !tiers::exists(&mut tx, &new.tier).await? {
+    orgs::lock_live(&mut tx, org).await?;
+    if !tiers::lock_existing(&mut tx, &new.tier).await? {
         return Err(TenancyError::field(
             "tier",
             format!("no tier named `{}`", new.tier),
@@ -304,6 +326,15 @@ pub async fn rotate(
     grace_secs: u32,
 ) -> Result<Rotation, TenancyError> {
     let mut tx = pool.begin().await?;
+    // The org's share lock before the key's row lock, in the order an org delete takes them (org, then
+    // its keys): otherwise the two could deadlock, or the delete miss the key issued here.
+    let org = fetch(&mut tx, id, false).await?.org_id;
+    orgs::lock_live(&mut tx, org).await.map_err(|e| match e {
+        TenancyError::NotFound { .. } => {
+            TenancyError::Conflict(format!("key `{id}` cannot be rotated: its org is deleted"))
+        }
+        other => other,
+    })?;
     let old = fetch(&mut tx, id, true).await?;
     if old.state != "active" || old.revoked_at.is_some() {
         let why = if old.revoked_at.is_some() && old.state == "active" {
@@ -371,6 +402,64 @@ pub async fn revoke(pool: &PgPool, actor: &str, id: Uuid) -> Result<(), TenancyE
     audit::record(&mut tx, change).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Changes the expiry and/or the name of key `id`. A revoked key (or one rotated away, in its grace
+/// period) is a conflict: its end is already set. The expiry reaches the proxies through the change
+/// feed (the key trigger fires on `expires_at`); the name is admin metadata only.
+pub async fn update(
+    pool: &PgPool,
+    actor: &str,
+    id: Uuid,
+    patch: &KeyPatch,
+) -> Result<ApiKey, TenancyError> {
+    let name = match &patch.name {
+        Some(n) => Some(check_name("name", n)?),
+        None if patch.expires_at.is_none() => {
+            return Err(TenancyError::field(
+                "body",
+                "send at least one of `expires_at`, `name`",
+            ))
+        }
+        None => None,
+    };
+    let mut tx = pool.begin().await?;
+    let old = fetch(&mut tx, id, true).await?;
+    if old.revoked_at.is_some() {
+        let why = if old.state == "revoked" {
+            "revoked"
+        } else {
+            "rotated (in its grace period)"
+        };
+        return Err(TenancyError::Conflict(format!(
+            "key `{id}` cannot be changed: {why}"
+        )));
+    }
+    // Only the columns sent are SET: the change-feed trigger fires on any UPDATE naming
+    // `expires_at`, and a rename alone must not push a key delta.
+    let sql = match patch.expires_at {
+        Some(_) => {
+            "UPDATE tenancy.api_keys SET expires_at = $2, name = coalesce($3, name) WHERE id = $1"
+        }
+        None => "UPDATE tenancy.api_keys SET name = coalesce($3, name) WHERE id = $1",
+    };
+    sqlx::query(sql)
+        .bind(id)
+        .bind(patch.expires_at.flatten())
+        .bind(name.as_deref())
+        .execute(&mut *tx)
+        .await?;
+    let key = fetch(&mut tx, id, false).await?;
+    let change = Change {
+        actor,
+        action: "key.update",
+        object_kind: "key",
+        object_id: id.to_string(),
+        detail: json!({ "expires_at": key.expires_at, "name": key.name }),
+    };
+    audit::record(&mut tx, change).await?;
+    tx.commit().await?;
+    Ok(key)
 }
 
 #[derive(sqlx::FromRow)]

@@ -1,4 +1,4 @@
-//! Admin routes for API keys: issue (key shown once), list, show, rotate, revoke.
+//! Admin routes for API keys: issue (key shown once), list, show, change expiry or name, rotate, revoke.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -8,7 +8,8 @@ use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 
 use super::keys::{
-    self, ApiKey, IssuedKey, KeyState, NewKey, Rotation, DEFAULT_GRACE_SECS, MAX_GRACE_SECS,
+    self, ApiKey, IssuedKey, KeyPatch, KeyState, NewKey, Rotation, DEFAULT_GRACE_SECS,
+    MAX_GRACE_SECS,
 };
 use crate::apidoc::{examples, problems};
 use crate::http::{parse_id, ApiJson, ApiQuery, ApiState, Page, PageQuery, Principal, Problem};
@@ -115,6 +116,32 @@ async fn get_key(
 }
 
 #[utoipa::path(
+    patch, path = "/v1/keys/{id}", tag = "tenancy",
+    params(("id" = Uuid, Path, description = "Key id")),
+    request_body(content = KeyPatch, example = json!(examples::key_patch())),
+    responses(
+        (status = 200, description = "The key, changed; a new expiry reaches the proxies as a key delta",
+         body = ApiKey, example = json!(examples::key_patched())),
+        (status = 400, response = problems::MalformedJson),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Set or clear a live key's expiry, or rename it (409 for a revoked or rotated key).
+async fn patch_key(
+    p: Principal,
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<KeyPatch>,
+) -> Result<Json<ApiKey>, Problem> {
+    let id = parse_id("id", &id)?;
+    Ok(Json(keys::update(&s.pool, &p.subject, id, &body).await?))
+}
+
+#[utoipa::path(
     post, path = "/v1/keys/{id}/rotate", tag = "tenancy",
     params(("id" = Uuid, Path, description = "Key id"), RotateQuery),
     responses(
@@ -170,12 +197,15 @@ async fn revoke_key(
 
 /// The OpenAPI paths of these routes.
 #[derive(OpenApi)]
-#[openapi(paths(list_keys, create_key, get_key, revoke_key, rotate_key))]
+#[openapi(paths(list_keys, create_key, get_key, patch_key, revoke_key, rotate_key))]
 pub(super) struct Doc;
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/orgs/{org}/keys", get(list_keys).post(create_key))
-        .route("/keys/{id}", get(get_key).delete(revoke_key))
+        .route(
+            "/keys/{id}",
+            get(get_key).patch(patch_key).delete(revoke_key),
+        )
         .route("/keys/{id}/rotate", post(rotate_key))
 }

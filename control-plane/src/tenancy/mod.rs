@@ -10,6 +10,7 @@ mod keys_api;
 pub mod orgs;
 pub mod tiers;
 pub mod users;
+mod users_api;
 
 use axum::Router;
 
@@ -98,10 +99,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
     let mut doc = api::Doc::openapi();
     doc.merge(keys_api::Doc::openapi());
+    doc.merge(users_api::Doc::openapi());
     doc
 }
 
 /// Tenancy's admin routes (mounted under `/v1`).
 pub fn routes() -> Router<ApiState> {
-    api::routes().merge(keys_api::routes())
+    api::routes()
+        .merge(keys_api::routes())
+        .merge(users_api::routes())
 }

@@ -1,10 +1,15 @@
-//! Orgs: the tenants. Each row carries a `version`, the API's ETag; a rename names the version it
-//! read and loses (412) when another change landed first.
+//! Orgs: the tenants. Each row carries a `version`, the API's ETag; a rename or a delete names the
+//! version it read and loses (412) when another change landed first.
+//!
+//! Delete is soft (`deleted_at`): the row stays for the keys, users and audit events that name it, but a
+//! deleted org is gone from the API (404), its name is free again, and no key or user can be added to
+//! it. Deleting revokes every live key of the org in the same transaction; tenancy's change feed then
+//! carries their removal to the proxies.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{check_name, is_unique_violation, TenancyError};
@@ -57,11 +62,25 @@ pub async fn create(pool: &PgPool, actor: &str, name: &str) -> Result<Org, Tenan
 
 /// The org with this id.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Org, TenancyError> {
-    let sql = format!("SELECT {COLUMNS} FROM tenancy.orgs WHERE id = $1");
+    let sql = format!("SELECT {COLUMNS} FROM tenancy.orgs WHERE id = $1 AND deleted_at IS NULL");
     sqlx::query_as(&sql)
         .bind(id)
         .fetch_optional(pool)
         .await?
+        .ok_or_else(|| TenancyError::not_found("org", id))
+}
+
+/// Checks inside `conn`'s transaction that org `id` exists and is not deleted, and holds a share lock
+/// on it until the transaction ends: a concurrent [`delete`] waits for this transaction (and then
+/// revokes what it added), or wins first and this check fails. Key and user creation call it.
+pub async fn lock_live(conn: &mut PgConnection, id: Uuid) -> Result<(), TenancyError> {
+    let found =
+        sqlx::query("SELECT 1 FROM tenancy.orgs WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    found
+        .map(drop)
         .ok_or_else(|| TenancyError::not_found("org", id))
 }
 
@@ -72,7 +91,8 @@ pub async fn list(
     after: Option<Uuid>,
 ) -> Result<Vec<Org>, TenancyError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM tenancy.orgs WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        "SELECT {COLUMNS} FROM tenancy.orgs WHERE deleted_at IS NULL AND ($1::uuid IS NULL OR id > $1)
+         ORDER BY id LIMIT $2"
     );
     Ok(sqlx::query_as(&sql)
         .bind(after)
@@ -94,7 +114,7 @@ pub async fn rename(
     let mut tx = pool.begin().await?;
     let sql = format!(
         "UPDATE tenancy.orgs SET name = $1, version = version + 1, updated_at = now()
-         WHERE id = $2 AND version = $3 RETURNING {COLUMNS}"
+         WHERE id = $2 AND version = $3 AND deleted_at IS NULL RETURNING {COLUMNS}"
     );
     let updated: Option<Org> = sqlx::query_as(&sql)
         .bind(&name)
@@ -126,4 +146,76 @@ pub async fn rename(
     audit::record(&mut tx, change).await?;
     tx.commit().await?;
     Ok(org)
+}
+
+/// What [`delete`] did: the keys it revoked.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    pub revoked_keys: Vec<Uuid>,
+}
+
+/// Soft-deletes org `id` if its version is still `expected`, and revokes every key of it the data plane
+/// still holds (not revoked, or in a rotation's grace period), in one transaction: the delete and the
+/// revocations commit together, and the key triggers push the removals to the proxies.
+pub async fn delete(
+    pool: &PgPool,
+    actor: &str,
+    id: Uuid,
+    expected: i64,
+) -> Result<Deleted, TenancyError> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE tenancy.orgs SET deleted_at = now(), version = version + 1, updated_at = now()
+         WHERE id = $1 AND version = $2 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(expected)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        let current = get(pool, id).await?;
+        return Err(TenancyError::Stale {
+            kind: "org",
+            current: current.version,
+        });
+    }
+    let revoked_keys = revoke_keys_of(&mut tx, actor, id).await?;
+    let change = Change {
+        actor,
+        action: "org.delete",
+        object_kind: "org",
+        object_id: id.to_string(),
+        detail: json!({ "revoked_keys": revoked_keys }),
+    };
+    audit::record(&mut tx, change).await?;
+    tx.commit().await?;
+    Ok(Deleted { revoked_keys })
+}
+
+/// Revokes every key of org `org` the data plane still holds, auditing each; returns their ids.
+async fn revoke_keys_of(
+    conn: &mut PgConnection,
+    actor: &str,
+    org: Uuid,
+) -> Result<Vec<Uuid>, TenancyError> {
+    let revoked: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE tenancy.api_keys SET revoked_at = now(), grace_until = NULL
+         WHERE org_id = $1 AND (revoked_at IS NULL OR revoked_at > now()) RETURNING id",
+    )
+    .bind(org)
+    .fetch_all(&mut *conn)
+    .await?;
+    // Each key's own trail shows why it stopped working.
+    for key in &revoked {
+        let change = Change {
+            actor,
+            action: "key.revoke",
+            object_kind: "key",
+            object_id: key.to_string(),
+            detail: json!({ "reason": "org.delete", "org": org }),
+        };
+        audit::record(&mut *conn, change).await?;
+    }
+    Ok(revoked)
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::{feed, TenancyError};
 use crate::audit::{self, Change};
@@ -113,17 +113,73 @@ struct TierCreated {
     created: bool,
 }
 
+/// Tier `name`.
+pub async fn get(pool: &PgPool, name: &str) -> Result<Tier, TenancyError> {
+    check_tier_name("name", name)?;
+    let sql = format!("SELECT {COLUMNS} FROM tenancy.tiers WHERE name = $1");
+    sqlx::query_as(&sql)
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| TenancyError::not_found("tier", name))
+}
+
+/// Deletes tier `name`, refused (conflict) while a key the proxies hold uses it: one not revoked,
+/// expired ones included (the proxies still hold those, and a key with an unknown tier would fail
+/// their config validation). Revoke those keys first.
+pub async fn delete(pool: &PgPool, actor: &str, name: &str) -> Result<(), TenancyError> {
+    check_tier_name("name", name)?;
+    let mut tx = pool.begin().await?;
+    // Lock the row first: key creations holding it (FOR SHARE) finish before the count below.
+    let found: Option<(i64,)> =
+        sqlx::query_as("SELECT version FROM tenancy.tiers WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((version,)) = found else {
+        return Err(TenancyError::not_found("tier", name));
+    };
+    let (users,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM tenancy.api_keys WHERE tier = $1 AND (revoked_at IS NULL OR revoked_at > now())",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if users > 0 {
+        return Err(TenancyError::Conflict(format!(
+            "tier `{name}` is used by {users} live key(s); revoke them first"
+        )));
+    }
+    sqlx::query("DELETE FROM tenancy.tiers WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let change = Change {
+        actor,
+        action: "tier.delete",
+        object_kind: "tier",
+        object_id: name.to_owned(),
+        detail: json!({ "version": version }),
+    };
+    audit::record(&mut tx, change).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Every tier, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<Tier>, TenancyError> {
     let sql = format!("SELECT {COLUMNS} FROM tenancy.tiers ORDER BY name");
     Ok(sqlx::query_as(&sql).fetch_all(pool).await?)
 }
 
-/// Whether tier `name` exists.
-pub async fn exists(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool, TenancyError> {
-    let found: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM tenancy.tiers WHERE name = $1")
-        .bind(name)
-        .fetch_optional(conn)
-        .await?;
+/// Whether tier `name` exists, holding a share lock on it until `conn`'s transaction ends: a key
+/// created under this lock and a concurrent [`delete`] of the tier serialize, so no live key is ever
+/// left with a deleted tier (the table has no foreign key to enforce it: see migration 0007).
+pub async fn lock_existing(conn: &mut PgConnection, name: &str) -> Result<bool, TenancyError> {
+    let found: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM tenancy.tiers WHERE name = $1 FOR SHARE")
+            .bind(name)
+            .fetch_optional(conn)
+            .await?;
     Ok(found.is_some())
 }

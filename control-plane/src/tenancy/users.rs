@@ -1,4 +1,7 @@
-//! Users of an org and their roles (`text[]`; the identity issue will map roles to scopes).
+//! Users of an org and their roles (`text[]`; the identity issue will map roles to scopes). Each row
+//! carries a `version`, the API's ETag: a PATCH names the version it read (412 when stale). DELETE
+//! removes the row (users hold no config; the audit trail keeps their history), so a second DELETE is a
+//! 404 like any unknown id. A deleted org's users are gone from the API with it.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,8 @@ pub struct User {
     pub name: String,
     pub roles: Vec<String>,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
 /// `POST /v1/orgs/{org}/users` body.
@@ -33,7 +38,49 @@ pub struct NewUser {
     pub roles: Vec<String>,
 }
 
-const COLUMNS: &str = "id, org_id, email, name, roles, created_at";
+/// `PATCH /v1/orgs/{org}/users/{user}` body: what to change, at least one field.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Replaces the roles (an empty list removes them all).
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+}
+
+const COLUMNS: &str = "id, org_id, email, name, roles, created_at, updated_at, version";
+
+/// The same columns qualified, for queries joining the org (a deleted org hides its users).
+const LIVE_USER: &str =
+    "FROM tenancy.users u JOIN tenancy.orgs o ON o.id = u.org_id AND o.deleted_at IS NULL";
+
+fn qualified() -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("u.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A problem per malformed role: each is 1..=64 of `a-z 0-9 -`.
+fn check_roles(roles: &[String]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (i, role) in roles.iter().enumerate() {
+        let ok = !role.is_empty()
+            && role.len() <= 64
+            && role
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            errors.push(FieldError::new(
+                format!("roles[{i}]"),
+                "must be 1 to 64 of a-z, 0-9, -",
+            ));
+        }
+    }
+    errors
+}
 
 fn validate(new: &NewUser) -> Result<(String, String), TenancyError> {
     let mut errors = Vec::new();
@@ -60,19 +107,7 @@ fn validate(new: &NewUser) -> Result<(String, String), TenancyError> {
             String::new()
         }
     };
-    for (i, role) in new.roles.iter().enumerate() {
-        let ok = !role.is_empty()
-            && role.len() <= 64
-            && role
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !ok {
-            errors.push(FieldError::new(
-                format!("roles[{i}]"),
-                "must be 1 to 64 of a-z, 0-9, -",
-            ));
-        }
-    }
+    errors.extend(check_roles(&new.roles));
     if errors.is_empty() {
         Ok((email, name))
     } else {
@@ -88,8 +123,8 @@ pub async fn create(
     new: &NewUser,
 ) -> Result<User, TenancyError> {
     let (email, name) = validate(new)?;
-    orgs::get(pool, org).await?;
     let mut tx = pool.begin().await?;
+    orgs::lock_live(&mut tx, org).await?;
     let sql = format!(
         "INSERT INTO tenancy.users (id, org_id, email, name, roles) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
     );
@@ -134,4 +169,116 @@ pub async fn list(
         .bind(limit)
         .fetch_all(pool)
         .await?)
+}
+
+/// User `id` of org `org` (404 when either is unknown, or the org is deleted).
+pub async fn get(pool: &PgPool, org: Uuid, id: Uuid) -> Result<User, TenancyError> {
+    let sql = format!(
+        "SELECT {} {LIVE_USER} WHERE u.org_id = $1 AND u.id = $2",
+        qualified()
+    );
+    sqlx::query_as(&sql)
+        .bind(org)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| TenancyError::not_found("user", id))
+}
+
+fn validate_patch(patch: &UserPatch) -> Result<Option<String>, TenancyError> {
+    if patch.name.is_none() && patch.roles.is_none() {
+        return Err(TenancyError::field(
+            "body",
+            "send at least one of `name`, `roles`",
+        ));
+    }
+    let mut errors = patch.roles.as_deref().map(check_roles).unwrap_or_default();
+    let name = match patch
+        .name
+        .as_deref()
+        .map(|n| check_name("name", n))
+        .transpose()
+    {
+        Ok(name) => name,
+        Err(e) => {
+            errors.insert(0, e);
+            None
+        }
+    };
+    if errors.is_empty() {
+        Ok(name)
+    } else {
+        Err(TenancyError::Invalid(errors))
+    }
+}
+
+/// Changes the name and/or roles of user `id` if its version is still `expected` (one UPDATE compares
+/// and writes, so of two concurrent edits from one version exactly one wins).
+pub async fn update(
+    pool: &PgPool,
+    actor: &str,
+    (org, id): (Uuid, Uuid),
+    expected: i64,
+    patch: &UserPatch,
+) -> Result<User, TenancyError> {
+    let name = validate_patch(patch)?;
+    let mut tx = pool.begin().await?;
+    let sql = format!(
+        "UPDATE tenancy.users u SET name = coalesce($4, u.name), roles = coalesce($5, u.roles),
+         version = u.version + 1, updated_at = now()
+         FROM tenancy.orgs o WHERE o.id = u.org_id AND o.deleted_at IS NULL
+         AND u.org_id = $1 AND u.id = $2 AND u.version = $3 RETURNING {}",
+        qualified()
+    );
+    let updated: Option<User> = sqlx::query_as(&sql)
+        .bind(org)
+        .bind(id)
+        .bind(expected)
+        .bind(name)
+        .bind(patch.roles.as_deref())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(user) = updated else {
+        let current = get(pool, org, id).await?;
+        return Err(TenancyError::Stale {
+            kind: "user",
+            current: current.version,
+        });
+    };
+    let change = Change {
+        actor,
+        action: "user.update",
+        object_kind: "user",
+        object_id: id.to_string(),
+        detail: json!({ "org": org, "name": user.name, "roles": user.roles, "version": user.version }),
+    };
+    audit::record(&mut tx, change).await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+/// Deletes user `id` of org `org`; 404 when there is none (already deleted included).
+pub async fn delete(pool: &PgPool, actor: &str, org: Uuid, id: Uuid) -> Result<(), TenancyError> {
+    let mut tx = pool.begin().await?;
+    let email: Option<String> = sqlx::query_scalar(
+        "DELETE FROM tenancy.users u USING tenancy.orgs o
+         WHERE o.id = u.org_id AND o.deleted_at IS NULL AND u.org_id = $1 AND u.id = $2 RETURNING u.email",
+    )
+    .bind(org)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(email) = email else {
+        return Err(TenancyError::not_found("user", id));
+    };
+    let change = Change {
+        actor,
+        action: "user.delete",
+        object_kind: "user",
+        object_id: id.to_string(),
+        detail: json!({ "org": org, "email": email }),
+    };
+    audit::record(&mut tx, change).await?;
+    tx.commit().await?;
+    Ok(())
 }
