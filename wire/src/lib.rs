@@ -7,6 +7,8 @@
 //! Versioning rule: adding a field (consumers ignore unknown fields) keeps the version; renaming or
 //! removing one, or changing its meaning, bumps it.
 
+pub mod event;
 pub mod usage;
 
+pub use event::{Envelope, UsageData};
 pub use usage::{UsageRecord, UsageSource};

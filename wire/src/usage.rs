@@ -60,6 +60,9 @@ pub struct UsageRecord {
     /// The HTTP status the caller got.
     pub status: u16,
     pub latency_ms: f64,
+    /// The caller's W3C `traceparent` header, if it sent one. Not part of the record's document:
+    /// the event publisher sends it as a Kafka header (see [`crate::event`]).
+    pub traceparent: Option<String>,
 }
 
 impl UsageRecord {
@@ -129,6 +132,7 @@ impl From<Read> for UsageRecord {
             source: r.source,
             status: r.status,
             latency_ms: r.latency_ms,
+            traceparent: None,
         }
     }
 }

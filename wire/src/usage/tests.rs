@@ -18,6 +18,7 @@ fn record() -> UsageRecord {
         source: UsageSource::Reported,
         status: 200,
         latency_ms: 4.5,
+        traceparent: None,
     }
 }
 
