@@ -9,9 +9,11 @@
 //! - `resilience`: pools, breakers, health checks, bulkheads, timeouts, retries, fallbacks;
 //! - `endpoints`: a route's endpoint allow-list and its pattern match;
 //! - `forwarding`: header patterns, never-forwarded headers, trusted proxy networks;
-//! - `flags`: feature flags and their evaluation (shared with the control plane).
+//! - `flags`: feature flags and their evaluation (shared with the control plane);
+//! - `events`: where usage events are published.
 
 pub mod endpoints;
+pub mod events;
 pub mod filters;
 pub mod flags;
 pub mod forwarding;
@@ -45,6 +47,8 @@ pub struct Config {
     pub limits: limits::Limits,
     /// Feature flags, evaluable (`flags.resolve(&KNOWN)` once per version, `is_on` per request).
     pub flags: flags::Flags,
+    /// Where usage events are published (read at start).
+    pub events: events::Events,
     /// Files this config was read from, overlay first.
     pub files: Vec<PathBuf>,
     /// Directory of the top-level file; relative paths in filters resolve against it.

@@ -10,9 +10,11 @@
 //! - `limits`: `limits:` and a tier's `limits`;
 //! - `resilience`: pools, breakers, health checks, bulkheads, timeouts, retries, fallbacks;
 //! - `endpoints`: a route's endpoint allow-list;
-//! - `flags`: feature flags.
+//! - `flags`: feature flags;
+//! - `events`: where usage events are published (Kafka).
 
 mod endpoints;
+mod events;
 mod filters;
 mod flags;
 mod limits;
@@ -20,6 +22,7 @@ mod resilience;
 
 pub use crate::common::{Dialect, ModelSource, Priority, UpstreamAuth};
 pub use endpoints::*;
+pub use events::*;
 pub use filters::*;
 pub use flags::*;
 pub use limits::*;
@@ -58,6 +61,13 @@ pub struct ConfigFile {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("propertyNames" = {"pattern": "^[a-z0-9_-]{1,64}$"}))]
     pub flags: BTreeMap<String, flags::FlagSpec>,
+    /// Where usage events are published (absent: the log only). Read at start.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub events: events::EventsSpec,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Listeners and process settings.

@@ -8,6 +8,7 @@
 //! - `limits`, `resilience`, `endpoints`, `forwarding`, `flags`: the rules of those sections.
 
 mod endpoints;
+mod events;
 mod filters;
 mod flags;
 mod forwarding;
@@ -121,6 +122,7 @@ pub(crate) fn validate(
     let keys = keys(&mut c, &file, &tiers);
     let limits = limits::limits(&mut c, &file);
     let flags = flags::flags(&mut c, &file.flags);
+    let events = events::events(&mut c, &file.events, &base_dir);
     match server {
         Some(server) if c.errors.is_empty() => Ok(Config {
             server,
@@ -130,6 +132,7 @@ pub(crate) fn validate(
             keys,
             limits,
             flags,
+            events,
             files,
             base_dir,
             hash,
