@@ -22,7 +22,7 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         (None, None, Some(s)) => s.unmatched.observe(status, seconds),
         (None, None, None) => {}
     }
-    account(ctx, status, seconds);
+    account(ctx, status, seconds, traceparent(session));
     let principal = ctx.req.principal.as_ref();
     let ex = &ctx.exchange;
     tracing::info!(
@@ -53,8 +53,14 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) {
     );
 }
 
+/// The caller's W3C `traceparent`, for the usage event's Kafka header (copied only when present).
+fn traceparent(session: &Session) -> Option<String> {
+    let v = session.req_header().headers.get("traceparent")?;
+    v.to_str().ok().map(str::to_owned)
+}
+
 /// Token counts in metrics, and the request's usage record (metered requests).
-fn account(ctx: &Ctx, status: u16, seconds: f64) {
+fn account(ctx: &Ctx, status: u16, seconds: f64, traceparent: Option<String>) {
     let Some(snapshot) = ctx.snapshot.as_ref().filter(|_| ctx.ledger.meters()) else {
         return;
     };
@@ -83,5 +89,6 @@ fn account(ctx: &Ctx, status: u16, seconds: f64) {
         source,
         status,
         latency_ms: seconds * 1000.0,
+        traceparent,
     });
 }

@@ -18,7 +18,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::runtime::{EnterGuard, Handle, Runtime};
+
+/// The shutdown flush of usage events waits this long (the publisher's own flush takes at most 5 s).
+const EVENTS_FLUSH_WITHIN: Duration = Duration::from_secs(6);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackgroundError {
@@ -85,6 +89,21 @@ impl Background {
         self.inner.handle.enter()
     }
 
+    /// Starts the Kafka publisher of usage events when `events.kafka` is set (once, at start: the
+    /// section is not reloaded). `source` is the events' CloudEvents `source`.
+    pub fn start_events(
+        &self,
+        kafka: Option<&leaky_config::model::events::Kafka>,
+        source: String,
+    ) -> Result<(), crate::events::EventsError> {
+        let Some(k) = kafka else { return Ok(()) };
+        let _rt = self.enter();
+        let events = crate::events::Events::start(k, source)?;
+        tracing::info!(brokers = ?k.brokers, topic = %k.topic, "usage events go to Kafka");
+        self.inner.usage.attach_events(events);
+        Ok(())
+    }
+
     /// Where the request path queues usage records.
     pub fn usage(&self) -> &UsageSink {
         &self.inner.usage
@@ -107,6 +126,10 @@ impl Background {
         let flushed = self.inner.usage.drain();
         if flushed > 0 {
             tracing::info!(flushed, "background service stopped; usage records flushed");
+        }
+        // Kafka gets what the publisher holds (or it is spooled) before the runtime stops.
+        if let Some(events) = self.inner.usage.events() {
+            events.close(EVENTS_FLUSH_WITHIN);
         }
         let rt = self
             .inner

@@ -81,6 +81,7 @@ pub mod control_plane;
 mod ctx;
 pub mod document;
 pub mod endpoints;
+pub mod events;
 mod exchange;
 mod headers;
 mod ledger;

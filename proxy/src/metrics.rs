@@ -32,6 +32,12 @@ pub struct Metrics {
     pub store_fallbacks: IntCounter,
     pub store_trips: IntCounter,
     pub usage_records_dropped: IntCounter,
+    pub usage_events_published: IntCounter,
+    pub usage_events_delivery_failures: IntCounter,
+    pub usage_events_spooled: IntCounter,
+    pub usage_events_dropped: IntCounterVec,
+    pub usage_events_queue_depth: IntGauge,
+    pub usage_events_spool_bytes: IntGauge,
 }
 
 /// Every family of the proxy's registry, one per line: name, help, labels.
@@ -55,6 +61,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         store_fallbacks: counter(&r, "leaky_ratelimit_store_fallbacks_total", "Limiter decisions taken by a fallback mode (fail_open, fail_closed, local)")?,
         store_trips: counter(&r, "leaky_ratelimit_store_breaker_trips_total", "Times the limiter store's breaker opened")?,
         usage_records_dropped: counter(&r, "leaky_usage_records_dropped_total", "Usage records dropped because the usage channel was full")?,
+        usage_events_published: counter(&r, "leaky_usage_events_published_total", "Usage events Kafka acknowledged")?,
+        usage_events_delivery_failures: counter(&r, "leaky_usage_events_delivery_failures_total", "Usage event deliveries that failed or timed out (the event is spooled or dropped)")?,
+        usage_events_spooled: counter(&r, "leaky_usage_events_spooled_total", "Usage events written to the on-disk spool")?,
+        usage_events_dropped: counter_vec(&r, "leaky_usage_events_dropped_total", "Usage events dropped, by reason (queue_full, spool_full, no_spool, spool_error)", &["reason"])?,
+        usage_events_queue_depth: gauge(&r, "leaky_usage_events_queue_depth", "Usage events waiting for Kafka (publisher channel plus producer in flight)")?,
+        usage_events_spool_bytes: gauge(&r, "leaky_usage_events_spool_bytes", "Bytes of usage events in the on-disk spool")?,
         registry: r,
     })
 }

@@ -71,6 +71,9 @@ pub enum StartError {
     /// Neither the control plane nor the last-good cache gave a document.
     #[error(transparent)]
     ControlPlane(#[from] BootError),
+    /// `events.kafka` is set but its producer or spool cannot be set up.
+    #[error(transparent)]
+    Events(#[from] crate::events::EventsError),
 }
 
 /// The document's bootstrap with the command line's overrides.
@@ -142,6 +145,11 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
     let background = Background::start()?;
     let (source, state) = load(opts, &background)?;
     let boot = state.bootstrap().clone();
+    let events = &state.snapshot().config.events;
+    background.start_events(
+        events.kafka.as_ref(),
+        format!("/leaky-tokens/proxy/{}", boot.listen),
+    )?;
     let conf = ServerConf {
         threads: boot.threads,
         grace_period_seconds: Some(boot.grace_period_seconds),

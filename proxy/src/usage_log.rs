@@ -8,9 +8,10 @@
 //! the queue every `DRAIN_EVERY` (a wake-up per record cost the proxy a cross-thread futex call per
 //! request). A full queue drops the record and counts it in `leaky_usage_records_dropped_total`.
 
+use crate::events::Events;
 use crossbeam_queue::ArrayQueue;
 use leaky_wire::UsageRecord;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Records held between two drains: far above what one `DRAIN_EVERY` of traffic produces.
@@ -22,13 +23,28 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 #[derive(Clone)]
 pub struct UsageSink {
     queue: Arc<ArrayQueue<UsageRecord>>,
+    /// The Kafka publisher, when `events.kafka` is set (read by the drain only, lock-free).
+    events: Arc<OnceLock<Events>>,
 }
 
 impl UsageSink {
     pub fn new(capacity: usize) -> Self {
         UsageSink {
             queue: Arc::new(ArrayQueue::new(capacity.max(1))),
+            events: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Makes every later drain publish records through `events` too (once; a second is ignored).
+    pub fn attach_events(&self, events: Events) {
+        if self.events.set(events).is_err() {
+            tracing::warn!("usage events publisher already attached");
+        }
+    }
+
+    /// The attached publisher, for the shutdown flush.
+    pub fn events(&self) -> Option<&Events> {
+        self.events.get()
     }
 
     /// Queues `r` for the log (request path: one push, no wake-up); a full queue drops and counts it.
@@ -40,11 +56,15 @@ impl UsageSink {
         }
     }
 
-    /// Writes every queued record to the log; returns how many.
+    /// Writes every queued record to the log (and hands it to the Kafka publisher); returns how many.
     pub fn drain(&self) -> usize {
         let mut n = 0;
+        let events = self.events.get();
         while let Some(r) = self.queue.pop() {
             log(&r);
+            if let Some(ev) = events {
+                ev.offer(&r);
+            }
             n += 1;
         }
         n

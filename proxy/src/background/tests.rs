@@ -20,6 +20,7 @@ fn record() -> UsageRecord {
         source: UsageSource::Reported,
         status: 200,
         latency_ms: 1.0,
+        traceparent: None,
     }
 }
 

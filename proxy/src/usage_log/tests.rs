@@ -21,6 +21,7 @@ fn record(request_id: &str) -> UsageRecord {
         source: UsageSource::Counted,
         status: 200,
         latency_ms: 4.5,
+        traceparent: None,
     }
 }
 

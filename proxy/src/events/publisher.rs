@@ -1,0 +1,211 @@
+//! The publisher task: sends events in batches and keeps order through outages with the spool.
+//!
+//! Online (spool empty): take what the channel holds (up to [`BATCH`]), send it all, await every
+//! delivery; what Kafka refused or timed out goes to the spool, in order. Offline (spool not empty):
+//! every new event joins the spool behind the older ones, and every [`RETRY_EVERY`] the oldest
+//! spooled events are sent again; the delivered ones leave the spool, and once it is empty the task
+//! is online again. Without a spool, undeliverable events are dropped and counted.
+
+use super::spool::Spool;
+use super::Event;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+/// Events sent at once.
+const BATCH: usize = 512;
+/// Pause between two replay attempts while Kafka is away.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How long the shutdown flush waits for Kafka before spooling the rest.
+const FLUSH_WITHIN: Duration = Duration::from_secs(5);
+
+pub(super) struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    spool: Option<Spool>,
+}
+
+/// Counts a dropped event by reason (`queue_full`, `spool_full`, `no_spool`, `spool_error`).
+pub(super) fn dropped(reason: &str) {
+    if let Some(m) = crate::metrics::metrics() {
+        m.usage_events_dropped.with_label_values(&[reason]).inc();
+    }
+}
+
+impl Publisher {
+    pub(super) fn new(producer: FutureProducer, topic: String, spool: Option<Spool>) -> Self {
+        Publisher {
+            producer,
+            topic,
+            spool,
+        }
+    }
+
+    fn spooling(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    /// The task's loop, until `stop` is notified; then the shutdown flush, and `done` is signalled.
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Event>,
+        stop: Arc<Notify>,
+        done: std_mpsc::Sender<()>,
+    ) {
+        loop {
+            self.gauges(&rx);
+            if self.spooling() {
+                self.to_spool_all(&mut rx);
+                if self.replay().await {
+                    continue;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_EVERY) => continue,
+                    _ = stop.notified() => break,
+                }
+            }
+            let first = tokio::select! {
+                e = rx.recv() => e,
+                _ = stop.notified() => break,
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            let failed = self.send(&batch).await;
+            for i in failed {
+                self.to_spool(&batch[i]);
+            }
+        }
+        self.flush(&mut rx).await;
+        let _ = done.send(());
+    }
+
+    /// Shutdown: sends what the channel holds (unless spooling: then it joins the spool) and waits
+    /// for the producer's queue, up to [`FLUSH_WITHIN`].
+    async fn flush(&mut self, rx: &mut mpsc::Receiver<Event>) {
+        let mut batch = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            batch.push(e);
+        }
+        if self.spooling() {
+            batch.iter().for_each(|e| self.to_spool(e));
+            return;
+        }
+        let sent = tokio::time::timeout(FLUSH_WITHIN, self.send(&batch)).await;
+        match sent {
+            Ok(failed) => failed.into_iter().for_each(|i| self.to_spool(&batch[i])),
+            Err(_) => batch.iter().for_each(|e| self.to_spool(e)),
+        }
+    }
+
+    /// Sends `batch` and waits for every delivery; the positions of the ones that failed, in order.
+    async fn send(&self, batch: &[Event]) -> Vec<usize> {
+        let mut pending = Vec::with_capacity(batch.len());
+        for e in batch {
+            let mut record = FutureRecord::to(&self.topic)
+                .key(e.key.as_bytes())
+                .payload(e.payload.as_bytes());
+            if let Some(tp) = &e.traceparent {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: "traceparent",
+                    value: Some(tp.as_bytes()),
+                }));
+            }
+            // The producer's queue holds 100 000 messages; this loop queues at most BATCH.
+            pending.push(self.producer.send_result(record).map_err(|(e, _)| e));
+        }
+        let mut failed = Vec::new();
+        for (i, p) in pending.into_iter().enumerate() {
+            let ok = match p {
+                Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                Err(_) => false,
+            };
+            count(ok);
+            if !ok {
+                failed.push(i);
+            }
+        }
+        failed
+    }
+
+    /// One replay attempt of the oldest spooled events; `true` when all of them went through.
+    async fn replay(&mut self) -> bool {
+        let Some(spool) = self.spool.as_mut() else {
+            return true;
+        };
+        let batch = match spool.peek(BATCH) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "usage events: reading the spool failed");
+                return false;
+            }
+        };
+        let events: Vec<Event> = batch.iter().map(|(_, e)| e.clone()).collect();
+        let failed = self.send(&events).await;
+        let delivered: Vec<usize> = (0..batch.len())
+            .filter(|i| !failed.contains(i))
+            .map(|i| batch[i].0)
+            .collect();
+        if let Some(spool) = self.spool.as_mut() {
+            if let Err(e) = spool.delivered(&delivered) {
+                tracing::error!(error = %e, "usage events: trimming the spool failed");
+            }
+        }
+        failed.is_empty()
+    }
+
+    /// Moves everything the channel holds into the spool (order kept: older events are there).
+    fn to_spool_all(&mut self, rx: &mut mpsc::Receiver<Event>) {
+        while let Ok(e) = rx.try_recv() {
+            self.to_spool(&e);
+        }
+    }
+
+    fn to_spool(&mut self, e: &Event) {
+        let Some(spool) = self.spool.as_mut() else {
+            dropped("no_spool");
+            return;
+        };
+        match spool.append(e) {
+            Ok(true) => {
+                if let Some(m) = crate::metrics::metrics() {
+                    m.usage_events_spooled.inc();
+                }
+            }
+            Ok(false) => dropped("spool_full"),
+            Err(err) => {
+                tracing::error!(error = %err, "usage events: writing the spool failed");
+                dropped("spool_error");
+            }
+        }
+    }
+
+    /// Queue depth (the channel plus the producer's in-flight messages) and the spool's size.
+    fn gauges(&self, rx: &mpsc::Receiver<Event>) {
+        if let Some(m) = crate::metrics::metrics() {
+            let depth = rx.len() as i64 + i64::from(self.producer.in_flight_count());
+            m.usage_events_queue_depth.set(depth);
+            m.usage_events_spool_bytes
+                .set(self.spool.as_ref().map_or(0, |s| s.bytes() as i64));
+        }
+    }
+}
+
+/// One delivery outcome in the metrics.
+fn count(ok: bool) {
+    if let Some(m) = crate::metrics::metrics() {
+        if ok {
+            m.usage_events_published.inc();
+        } else {
+            m.usage_events_delivery_failures.inc();
+        }
+    }
+}
