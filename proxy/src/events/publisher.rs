@@ -58,7 +58,7 @@ impl Publisher {
         loop {
             self.gauges(&rx);
             if self.spooling() {
-                self.to_spool_all(&mut rx);
+                self.spool_all(&mut rx);
                 if self.replay().await {
                     continue;
                 }
@@ -81,7 +81,7 @@ impl Publisher {
             }
             let failed = self.send(&batch).await;
             for i in failed {
-                self.to_spool(&batch[i]);
+                self.spool_one(&batch[i]);
             }
         }
         self.flush(&mut rx).await;
@@ -96,13 +96,13 @@ impl Publisher {
             batch.push(e);
         }
         if self.spooling() {
-            batch.iter().for_each(|e| self.to_spool(e));
+            batch.iter().for_each(|e| self.spool_one(e));
             return;
         }
         let sent = tokio::time::timeout(FLUSH_WITHIN, self.send(&batch)).await;
         match sent {
-            Ok(failed) => failed.into_iter().for_each(|i| self.to_spool(&batch[i])),
-            Err(_) => batch.iter().for_each(|e| self.to_spool(e)),
+            Ok(failed) => failed.into_iter().for_each(|i| self.spool_one(&batch[i])),
+            Err(_) => batch.iter().for_each(|e| self.spool_one(e)),
         }
     }
 
@@ -163,13 +163,13 @@ impl Publisher {
     }
 
     /// Moves everything the channel holds into the spool (order kept: older events are there).
-    fn to_spool_all(&mut self, rx: &mut mpsc::Receiver<Event>) {
+    fn spool_all(&mut self, rx: &mut mpsc::Receiver<Event>) {
         while let Ok(e) = rx.try_recv() {
-            self.to_spool(&e);
+            self.spool_one(&e);
         }
     }
 
-    fn to_spool(&mut self, e: &Event) {
+    fn spool_one(&mut self, e: &Event) {
         let Some(spool) = self.spool.as_mut() else {
             dropped("no_spool");
             return;
