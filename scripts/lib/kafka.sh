@@ -94,8 +94,12 @@ kafka_pid() {
   local dir=$1 pid
   [ -f "$dir/kafka.pid" ] || return 1
   pid=$(cat "$dir/kafka.pid")
-  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "kafka.Kafka $dir/server.properties" &&
-    echo "$pid"
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  # No pipes into `grep -q` here or below: callers may run with `set -o pipefail`, and an early
+  # exit of grep makes the writer's SIGPIPE fail the pipeline.
+  local cmd
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+  [[ $cmd == *"kafka.Kafka $dir/server.properties"* ]] && echo "$pid"
 }
 
 kafka_start() {
@@ -121,7 +125,7 @@ kafka_start() {
   echo $! >"$dir/kafka.pid"
   # Ready when this start's part of the log says so (60 s: a cold JVM on a busy 2-core box).
   for _ in $(seq 600); do
-    if tail -c +"$((from + 1))" "$dir/logs/server.log" 2>/dev/null | grep -q "Kafka Server started"; then
+    if [ "$(tail -c +"$((from + 1))" "$dir/logs/server.log" 2>/dev/null | grep -c "Kafka Server started")" -gt 0 ]; then
       return 0
     fi
     kafka_pid "$dir" >/dev/null || { echo "kafka exited; see $dir/logs" >&2; tail -20 "$dir/logs/stdout.log" >&2; return 1; }

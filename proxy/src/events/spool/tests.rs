@@ -5,7 +5,9 @@ use super::*;
 fn event(i: usize) -> Event {
     Event {
         key: "acme".into(),
-        traceparent: i.is_multiple_of(2).then(|| format!("00-{i:032x}-{i:016x}-01")),
+        traceparent: i
+            .is_multiple_of(2)
+            .then(|| format!("00-{i:032x}-{i:016x}-01")),
         payload: format!("{{\"n\":{i}}}"),
     }
 }
