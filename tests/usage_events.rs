@@ -345,3 +345,56 @@ async fn an_outage_spools_and_replays_in_order() {
     .await;
     assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
 }
+
+/// Events still on their way when the proxy stops are not lost: with the broker down, SIGTERM makes
+/// the publisher spool what it holds before the process exits, and the next proxy on the same spool
+/// delivers it, in order, once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_pending_at_shutdown_survive_in_the_spool() {
+    let broker = Broker::start();
+    let brokers = broker.addr();
+    let topic = topic("shutdown");
+    create_topic(&brokers, &topic).await;
+    let up = Upstreams::start().await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool: PathBuf = spool_dir.path().join("spool");
+    let config = format!(
+        "server:\n  grace_period_seconds: 0\n{}",
+        config(&up, &brokers, &topic, Some(&spool))
+    );
+    let mut gw = Gateway::start(&config).await;
+    let (first, _) = request(&gw, None).await;
+    eventually(
+        "the first event delivered",
+        Duration::from_secs(30),
+        Some(&gw),
+        || async { gw.metric("leaky_usage_events_published_total").await >= 1.0 },
+    )
+    .await;
+
+    broker.stop();
+    let (r2, _) = request(&gw, None).await;
+    let (r3, _) = request(&gw, None).await;
+    // At once: the two events are still being tried (1.5 s delivery timeout) when the stop comes.
+    assert!(gw.terminate(Duration::from_secs(30)).await.success());
+    assert!(
+        std::fs::read_dir(&spool).unwrap().count() >= 1,
+        "nothing spooled at shutdown; log:\n{}",
+        gw.log()
+    );
+
+    broker.restart();
+    let gw2 = Gateway::start(&config).await;
+    let c = consumer(&brokers, &topic);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            next(&c).await.event["data"]["request_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids, [first, r2, r3], "delivered once each, in order");
+    drop(gw2);
+}
