@@ -1,5 +1,5 @@
 //! Wire types shared by the proxy, the control plane and consumers: what crosses a process boundary
-//! (a log pipeline today; Kafka event envelopes with issue #15). Each type is serde-serializable and
+//! (the usage log, and the CloudEvents envelopes published to Kafka). Each type is serde-serializable and
 //! carries a schema version, so a consumer can tell a record it understands from a newer one.
 //!
 //! This crate holds data only — no I/O, no runtime — so every side can depend on it cheaply.

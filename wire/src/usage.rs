@@ -1,10 +1,10 @@
 //! The usage record: one per metered request, written by the proxy when the request ends.
 //!
-//! Today the proxy's log sink writes it (target `usage`, the fields below as one JSON line with
-//! `--log-format json`); with issue #15 it becomes the `data` of the `leaky.usage.v1` event. The
-//! full-stack contract names two fields differently there: `key_id` is [`UsageRecord::principal`]
-//! and `usage_source` is [`UsageRecord::source`]; `total_tokens` is derived, so it is written but
-//! never read back.
+//! The proxy's log sink writes it (target `usage`, the fields below as one JSON line with
+//! `--log-format json`), and with `events.kafka` it is the `data` of the `leaky.usage.v1` event
+//! ([`crate::event::UsageData`]). The full-stack contract names two fields differently there:
+//! `key_id` is [`UsageRecord::principal`] and `usage_source` is [`UsageRecord::source`];
+//! `total_tokens` is derived, so it is written but never read back.
 
 use serde::{Deserialize, Serialize, Serializer};
 use std::sync::Arc;
