@@ -7,15 +7,19 @@ rotated, both keys work during the grace period; revoked, both proxies refuse it
 import os
 import time
 
+import json
+
 import httpx
 import openai
 import pytest
+from confluent_kafka import Consumer
 
 CP = os.environ.get("LEAKY_CP_URL", "http://127.0.0.1:9300")
 TOKEN = os.environ.get("LEAKY_ADMIN_TOKEN", "lt-dev-admin")
 PROXIES = ["http://127.0.0.1:8080/v1", "http://127.0.0.1:8081/v1"]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 PROPAGATION = 1.0  # seconds: the full-stack contract
+KAFKA = os.environ.get("LEAKY_KAFKA", "127.0.0.1:19092")
 
 
 def api(method, path, **kw):
@@ -92,6 +96,41 @@ def test_a_key_from_the_api_works_everywhere_and_revocation_reaches_every_proxy(
     api("DELETE", f"/v1/keys/{rotated['id']}")
     for proxy in PROXIES:
         until(lambda: refused(proxy, new_key), f"revoked key on {proxy}")
+
+    # Both proxies published the key's usage to Kafka (leaky.usage.v1, keyed by org, CloudEvents).
+    events = usage_events(org["id"], issued["id"], want_sources=2)
+    assert {e["source"].rsplit(":", 1)[-1] for e in events} == {"8080", "8081"}
+    for e in events:
+        assert e["specversion"] == "1.0" and e["type"] == "leaky.usage.v1"
+        d = e["data"]
+        assert d["org"] == org["id"] and d["model"] == "gpt-4o-mini" and d["status"] == 200
+        assert d["total_tokens"] == d["prompt_tokens"] + d["completion_tokens"] > 0
+        assert d["usage_source"] in ("reported", "counted")
+
+
+def usage_events(org_id, key_id, want_sources):
+    """The usage events of `key_id` on the stack's Kafka, once both proxies' have arrived (10 s)."""
+    consumer = Consumer({
+        "bootstrap.servers": KAFKA,
+        "group.id": f"walkthrough-{time.time_ns()}",
+        "auto.offset.reset": "earliest",
+    })
+    consumer.subscribe(["leaky.usage.v1"])
+    found, deadline = [], time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            event = json.loads(msg.value())
+            if event["data"].get("key_id") == key_id:
+                assert msg.key().decode() == org_id, "keyed by org"
+                found.append(event)
+                if len({e["source"] for e in found}) >= want_sources:
+                    return found
+    finally:
+        consumer.close()
+    pytest.fail(f"usage events of {key_id} from {want_sources} proxies: got {found}")
 
 
 def test_every_proxy_acknowledged_the_version_in_force():
