@@ -300,6 +300,10 @@ struct ControlPlaneArgs {
     /// yet (its `extends` chain merged); afterwards `PUT /v1/config/base` replaces it.
     #[arg(long, default_value = "config/dev.yaml")]
     config_base: PathBuf,
+    /// Kafka brokers (`host:port[,…]`) the outbox relay publishes domain events to; unset, events
+    /// accumulate in the outbox and nothing connects to Kafka.
+    #[arg(long, env = "LEAKY_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
     /// Bearer token for the admin API (dev default `lt-dev-admin`).
     #[arg(
         long,
@@ -412,6 +416,10 @@ fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
         roles: cp.roles,
         admin_token: cp.admin_token,
         config_base: Some(cp.config_base),
+        outbox: cp
+            .kafka_brokers
+            .filter(|b| !b.is_empty())
+            .map(leaky_control_plane::outbox::RelayConfig::new),
     };
     tokio_rt()?.block_on(leaky_control_plane::run(config, shutdown_signal()))?;
     Ok(())

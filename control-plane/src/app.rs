@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, config, db, docs, eureka, flags, openapi, registry, tenancy};
+use crate::{audit, config, db, docs, eureka, flags, openapi, outbox, registry, tenancy};
 
 /// One job a control-plane process can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,9 @@ pub struct Config {
     /// The YAML base the config server publishes as version 1 when the database has no version yet
     /// (its `extends` chain merged); later bases come through `PUT /v1/config/base`.
     pub config_base: Option<std::path::PathBuf>,
+    /// The outbox relay's settings; `None` (no `--kafka-brokers`): events accumulate in the outbox and
+    /// nothing connects to Kafka.
+    pub outbox: Option<outbox::RelayConfig>,
 }
 
 /// Why the process could not start or serve.
@@ -209,6 +212,18 @@ async fn follow_when_migrated(state: ApiState, hub: std::sync::Arc<config::Hub>)
     hub.run().await;
 }
 
+/// Runs the outbox relay once the schema is there.
+async fn relay_when_migrated(state: ApiState, config: outbox::RelayConfig) {
+    while !state.is_migrated() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!(brokers = %config.brokers, "outbox relay starting");
+    match outbox::Relay::new(state.pool.clone(), config) {
+        Ok(relay) => relay.run().await,
+        Err(e) => tracing::error!(error = %e, "outbox relay: no Kafka producer, events accumulate"),
+    }
+}
+
 /// Runs migrations until they succeed (Postgres may come up after us), then marks the state ready.
 pub async fn migrate_until_done(state: ApiState) {
     let mut backoff = Duration::from_millis(250);
@@ -248,6 +263,9 @@ pub async fn run(
         me,
         every,
     ))];
+    if let Some(relay) = config.outbox {
+        tasks.push(tokio::spawn(relay_when_migrated(state.clone(), relay)));
+    }
     if config.roles.contains(Role::Registry) {
         let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);
         tasks.push(tokio::spawn(sweep));

@@ -344,6 +344,7 @@ async fn control_plane_registers_itself_and_cancels_on_shutdown() -> anyhow::Res
         roles: leaky_control_plane::Roles::all(),
         admin_token: common::TOKEN.to_owned(),
         config_base: None,
+        outbox: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(leaky_control_plane::run(config, async {

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::{check_name, orgs, tiers, TenancyError};
 use crate::audit::{self, Change};
 use crate::http::FieldError;
+use crate::outbox::{self, Event};
 
 /// Base62 characters of the public prefix.
 pub const PREFIX_CHARS: usize = 8;
@@ -229,6 +230,11 @@ async fn insert(conn: &mut PgConnection, row: Insert<'_>) -> Result<IssuedKey, T
     Ok(IssuedKey { meta, key })
 }
 
+/// A key's metadata as its outbox events carry it: never the key itself or its hash.
+fn key_data(meta: &ApiKey) -> serde_json::Value {
+    serde_json::to_value(meta).unwrap_or_default()
+}
+
 /// Issues a key for org `org`.
 pub async fn create(
     pool: &PgPool,
@@ -262,6 +268,8 @@ pub async fn create(
         detail: json!({ "org": org, "prefix": issued.meta.prefix, "tier": issued.meta.tier }),
     };
     audit::record(&mut tx, change).await?;
+    let event = Event::tenancy("key", issued.meta.id, "key.created", key_data(&issued.meta));
+    outbox::append(&mut tx, event).await?;
     tx.commit().await?;
     Ok(issued)
 }
@@ -372,6 +380,8 @@ pub async fn rotate(
         detail: json!({ "new_key": new.meta.id, "grace_seconds": grace_secs, "valid_until": previous.revoked_at }),
     };
     audit::record(&mut tx, change).await?;
+    let data = json!({ "id": id, "org": previous.org_id, "new_key": key_data(&new.meta), "valid_until": previous.revoked_at });
+    outbox::append(&mut tx, Event::tenancy("key", id, "key.rotated", data)).await?;
     tx.commit().await?;
     Ok(Rotation { new, previous })
 }
@@ -400,6 +410,8 @@ pub async fn revoke(pool: &PgPool, actor: &str, id: Uuid) -> Result<(), TenancyE
         detail: json!({}),
     };
     audit::record(&mut tx, change).await?;
+    let data = json!({ "id": id, "reason": "revoke" });
+    outbox::append(&mut tx, Event::tenancy("key", id, "key.revoked", data)).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{check_name, is_unique_violation, TenancyError};
 use crate::audit::{self, Change};
+use crate::outbox::{self, Event};
 
 /// An org as stored and shown.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -56,6 +57,8 @@ pub async fn create(pool: &PgPool, actor: &str, name: &str) -> Result<Org, Tenan
         detail: json!({ "name": org.name }),
     };
     audit::record(&mut tx, change).await?;
+    let data = json!({ "id": org.id, "name": org.name });
+    outbox::append(&mut tx, Event::tenancy("org", org.id, "org.created", data)).await?;
     tx.commit().await?;
     Ok(org)
 }
@@ -189,6 +192,8 @@ pub async fn delete(
         detail: json!({ "revoked_keys": revoked_keys }),
     };
     audit::record(&mut tx, change).await?;
+    let data = json!({ "id": id, "revoked_keys": revoked_keys });
+    outbox::append(&mut tx, Event::tenancy("org", id, "org.deleted", data)).await?;
     tx.commit().await?;
     Ok(Deleted { revoked_keys })
 }
@@ -216,6 +221,8 @@ async fn revoke_keys_of(
             detail: json!({ "reason": "org.delete", "org": org }),
         };
         audit::record(&mut *conn, change).await?;
+        let data = json!({ "id": key, "org": org, "reason": "org.delete" });
+        outbox::append(&mut *conn, Event::tenancy("key", *key, "key.revoked", data)).await?;
     }
     Ok(revoked)
 }

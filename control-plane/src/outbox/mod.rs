@@ -1,0 +1,111 @@
+//! Bounded context "outbox" (Postgres schema `outbox`): the transactional outbox of the control plane's
+//! domain events. A context calls [`append`] inside the transaction of its change, so the change and its
+//! event commit together or not at all; the [`relay`] publishes committed events to Kafka afterwards,
+//! at least once, in order per aggregate, and marks them sent only once the broker acknowledged them.
+
+pub mod relay;
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+pub use relay::{Relay, RelayConfig, RelayStats};
+
+/// The topic of tenancy's domain events (orgs and keys).
+pub const TENANCY_TOPIC: &str = "leaky.tenancy.v1";
+/// The `pg_notify` channel [`append`] wakes the relays on.
+pub const CHANNEL: &str = "leaky_outbox";
+/// Advisory-lock class of appends to one aggregate (serializes its `aggregate_seq`).
+const APPEND_LOCK: i32 = 0x0b_0001;
+/// Advisory-lock class of a relay publishing one aggregate (one relay per aggregate at a time).
+pub(crate) const RELAY_LOCK: i32 = 0x0b_0002;
+
+/// One domain event, as the context that made the change describes it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// E.g. `org`, `key`.
+    pub aggregate_type: &'static str,
+    /// The message key on Kafka: one aggregate's events stay in order on one partition.
+    pub aggregate_id: String,
+    /// The CloudEvents `type`, e.g. `key.created`.
+    pub kind: &'static str,
+    pub topic: &'static str,
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    /// A tenancy event on [`TENANCY_TOPIC`].
+    pub fn tenancy(
+        aggregate_type: &'static str,
+        aggregate_id: Uuid,
+        kind: &'static str,
+        data: serde_json::Value,
+    ) -> Event {
+        Event {
+            aggregate_type,
+            aggregate_id: aggregate_id.to_string(),
+            kind,
+            topic: TENANCY_TOPIC,
+            data,
+        }
+    }
+}
+
+/// Writes `event` on `conn`, which must be the change's own transaction, and wakes the relays at
+/// commit (`pg_notify` is transactional). Returns the event id (the CloudEvents `id`).
+pub async fn append(conn: &mut PgConnection, event: Event) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::new_v4();
+    // Held to commit: the next append to this aggregate sees this one's sequence number.
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2 || ':' || $3))")
+        .bind(APPEND_LOCK)
+        .bind(event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO outbox.events (id, aggregate_type, aggregate_id, aggregate_seq, topic, type, payload)
+         SELECT $1, $2, $3, coalesce(max(aggregate_seq), 0) + 1, $4, $5, $6 FROM outbox.events
+         WHERE aggregate_type = $2 AND aggregate_id = $3",
+    )
+    .bind(id)
+    .bind(event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .bind(event.topic)
+    .bind(event.kind)
+    .bind(&event.data)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
+}
+
+/// The outbox lag: how long the oldest unsent event has waited (none when all are sent).
+pub async fn lag(pool: &PgPool) -> Result<Option<Duration>, sqlx::Error> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - min(created_at))::float8 FROM outbox.events WHERE sent_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
+/// How many events are not sent yet.
+pub async fn unsent(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox.events WHERE sent_at IS NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// Deletes events sent more than `retention` ago; returns how many.
+pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let done =
+        sqlx::query("DELETE FROM outbox.events WHERE sent_at < now() - make_interval(secs => $1)")
+            .bind(retention.as_secs_f64())
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected())
+}
