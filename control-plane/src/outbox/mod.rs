@@ -18,8 +18,6 @@ pub const TENANCY_TOPIC: &str = "leaky.tenancy.v1";
 pub const CHANNEL: &str = "leaky_outbox";
 /// Advisory-lock class of appends to one aggregate (serializes its `aggregate_seq`).
 const APPEND_LOCK: i32 = 0x0b_0001;
-/// Advisory-lock class of a relay publishing one aggregate (one relay per aggregate at a time).
-pub(crate) const RELAY_LOCK: i32 = 0x0b_0002;
 
 /// One domain event, as the context that made the change describes it.
 #[derive(Debug, Clone)]

@@ -4,9 +4,9 @@
 //!
 //! A batch is claimed in a transaction with `FOR UPDATE SKIP LOCKED`, so several relays (one per
 //! control-plane process) share the work and a row is published by one relay at a time. Per-aggregate
-//! order holds across relays too: a relay claims a row only if it also gets the aggregate's advisory
-//! lock (`pg_try_advisory_xact_lock`), so while one relay holds an aggregate's events the others skip
-//! all of them. A failed batch is rolled back whole (nothing marked) and retried after a pause; events
+//! order holds across relays too: of the rows it locked, a relay publishes only those with no earlier
+//! unsent event of their aggregate outside its batch (an earlier one another relay holds, or holds
+//! back, makes it skip the rest of that aggregate until the next round). A failed batch is rolled back whole (nothing marked) and retried after a pause; events
 //! of it the broker did take come again (consumers dedupe on the CloudEvents `id`).
 //! The relay wakes on the `pg_notify` of [`super::append`], and polls as a fallback.
 
@@ -24,7 +24,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{CHANNEL, RELAY_LOCK};
+use super::CHANNEL;
 
 /// How the relay publishes.
 #[derive(Debug, Clone)]
@@ -284,17 +284,24 @@ impl Relay {
     }
 }
 
-/// The oldest unsent events this relay may publish: rows nobody else holds, of aggregates nobody else
-/// holds (so another relay never publishes a later event of an aggregate ahead of an earlier one).
+/// The oldest unsent events this relay may publish: rows nobody else holds, each the next of its
+/// aggregate (so another relay never publishes a later event of an aggregate ahead of an earlier one).
+/// Rows locked but held back stay locked to the end of the batch, which only delays them.
 async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, aggregate_type, aggregate_id, aggregate_seq, topic, type, payload, created_at
-         FROM outbox.events
-         WHERE sent_at IS NULL
-           AND pg_try_advisory_xact_lock($1, hashtext(aggregate_type || ':' || aggregate_id))
-         ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+        "WITH batch AS MATERIALIZED (
+             SELECT id, aggregate_type, aggregate_id, aggregate_seq FROM outbox.events
+             WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)
+         SELECT e.id, e.aggregate_type, e.aggregate_id, e.aggregate_seq, e.topic, e.type, e.payload,
+                e.created_at
+         FROM outbox.events e JOIN batch b ON b.id = e.id
+         WHERE NOT EXISTS (
+             SELECT 1 FROM outbox.events o
+             WHERE o.sent_at IS NULL AND o.aggregate_type = b.aggregate_type
+               AND o.aggregate_id = b.aggregate_id AND o.aggregate_seq < b.aggregate_seq
+               AND o.id NOT IN (SELECT id FROM batch))
+         ORDER BY e.seq",
     )
-    .bind(RELAY_LOCK)
     .bind(limit)
     .fetch_all(conn)
     .await

@@ -1,0 +1,389 @@
+//! The transactional outbox against a real PostgreSQL and a real Kafka (KRaft, `scripts/lib/kafka.sh`):
+//! tenancy's changes produce exactly their domain events on the topic, in order per aggregate, in the
+//! CloudEvents envelope; failed changes publish nothing; a relay that cannot reach Kafka marks nothing
+//! and a second relay delivers everything; two relays at once publish each event once.
+//!
+//! The broker: `LEAKY_TEST_KAFKA` when set (what `scripts/test` starts), else one per test process,
+//! started on first use and stopped by a watchdog once the process is gone (Rust drops no statics).
+//! Each test publishes to a topic of its own through the relay's topic override.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use leaky_control_plane::outbox::{self, Event, Relay, RelayConfig};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+fn kafka_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/kafka.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(". '{}' && {cmd} \"$0\" \"$1\"", script.display()))
+        .arg(dir)
+        .arg(port.to_string())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kafka.sh {cmd} failed (java and maven are needed):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Starts a broker in a fresh directory with a watchdog that stops it when this process ends.
+fn start_own_broker() -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?.keep();
+    let port = free_port();
+    kafka_sh("kafka_start", &dir, port)?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/kafka.sh");
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; . '{s}' && kafka_stop '{d}' {port}; rm -rf '{d}'",
+        pid = std::process::id(),
+        s = script.display(),
+        d = dir.display(),
+    );
+    Command::new("bash").arg("-c").arg(watchdog).spawn()?;
+    eprintln!("test kafka on 127.0.0.1:{port}, data in {}", dir.display());
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+/// The broker every test of this process uses.
+fn brokers() -> String {
+    static SHARED: OnceLock<Result<String, String>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| match std::env::var("LEAKY_TEST_KAFKA") {
+            Ok(addr) if !addr.is_empty() => Ok(addr),
+            _ => start_own_broker().map_err(|e| format!("{e:#}")),
+        })
+        .clone()
+        .unwrap()
+}
+
+/// A new one-partition topic (so the whole topic is in order) no other test uses.
+async fn topic(brokers: &str, name: &str) -> String {
+    let topic = format!("test.outbox.{name}.{}", uuid::Uuid::new_v4().simple());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let t = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.create_topics(&[t], &opts).await.unwrap() {
+        r.unwrap();
+    }
+    topic
+}
+
+/// One message as the tests look at it.
+#[derive(Debug, Clone)]
+struct Got {
+    key: String,
+    seq: i64,
+    doc: Value,
+}
+
+fn got(m: &BorrowedMessage<'_>) -> Got {
+    let headers = m.headers().unwrap();
+    let seq = headers
+        .iter()
+        .find(|h| h.key == "aggregate-seq")
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).parse().unwrap())
+        .unwrap();
+    Got {
+        key: String::from_utf8_lossy(m.key().unwrap()).into_owned(),
+        seq,
+        doc: serde_json::from_slice(m.payload().unwrap()).unwrap(),
+    }
+}
+
+/// The first `n` messages of `topic` (within 60 s: the first group on a fresh broker takes seconds).
+async fn read(brokers: &str, topic: &str, n: usize) -> Vec<Got> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("t-{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(60), c.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages on {topic}", out.len()))
+            .unwrap();
+        out.push(got(&m));
+    }
+    out
+}
+
+fn relay_config(brokers: &str, topic: &str) -> RelayConfig {
+    let mut rc = RelayConfig::new(brokers);
+    rc.topic = Some(topic.to_owned());
+    rc.delivery_timeout = Duration::from_secs(10);
+    rc.poll_every = Duration::from_millis(200);
+    rc
+}
+
+/// Waits (on the database, which is what the relay reports through) until nothing is unsent.
+async fn until_all_sent(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while outbox::unsent(pool).await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "outbox not drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn issue(app: &common::TestApp, org: &str, name: &str) -> anyhow::Result<Value> {
+    let res = app
+        .post(
+            &format!("/v1/orgs/{org}/keys"),
+            json!({ "name": name, "tier": "free" }),
+        )
+        .await?;
+    anyhow::ensure!(res.status() == 201, "issue: {}", res.status());
+    Ok(res.json().await?)
+}
+
+/// (a) Org and key changes through the API reach the topic as exactly their events, in order per
+/// aggregate, in the CloudEvents envelope, keyed by aggregate id, and are marked sent.
+#[tokio::test]
+async fn api_changes_publish_exactly_their_events_in_order() -> anyhow::Result<()> {
+    let brokers = brokers();
+    let topic = topic(&brokers, "api").await;
+    let app = common::app().await?;
+    let relay = Relay::new(app.pool.clone(), relay_config(&brokers, &topic))?;
+    let stats = relay.stats();
+    let running = tokio::spawn(relay.run());
+
+    let org = app.org("acme").await?;
+    let org_id = org["id"].as_str().context("org id")?.to_owned();
+    let k1 = issue(&app, &org_id, "one").await?["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let rotated: Value = app
+        .post(&format!("/v1/keys/{k1}/rotate?grace_seconds=60"), json!({}))
+        .await?
+        .json()
+        .await?;
+    let k2 = rotated["id"].as_str().context("new id")?.to_owned();
+    let res = app
+        .req(reqwest::Method::DELETE, &format!("/v1/keys/{k1}"))
+        .send()
+        .await?;
+    assert_eq!(res.status(), 204);
+    let version = app.get(&format!("/v1/orgs/{org_id}")).await?.headers()["etag"].clone();
+    let res = app
+        .req(reqwest::Method::DELETE, &format!("/v1/orgs/{org_id}"))
+        .header("if-match", version)
+        .send()
+        .await?;
+    assert!(res.status().is_success(), "org delete: {}", res.status());
+
+    let msgs = read(&brokers, &topic, 6).await;
+    until_all_sent(&app.pool).await;
+    running.abort();
+    // Exactly these: the relay published six events, and six arrived.
+    assert_eq!(stats.published(), 6);
+    let seen: Vec<(&str, &str, i64)> = msgs
+        .iter()
+        .map(|m| (m.doc["type"].as_str().unwrap(), m.key.as_str(), m.seq))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("org.created", org_id.as_str(), 1),
+            ("key.created", k1.as_str(), 1),
+            ("key.rotated", k1.as_str(), 2),
+            ("key.revoked", k1.as_str(), 3),
+            ("key.revoked", k2.as_str(), 1),
+            ("org.deleted", org_id.as_str(), 2),
+        ]
+    );
+    let created = &msgs[1].doc;
+    assert_eq!(created["specversion"], "1.0");
+    assert_eq!(created["source"], "/leaky-tokens/control-plane");
+    assert_eq!(created["subject"], k1.as_str());
+    assert_eq!(created["datacontenttype"], "application/json");
+    assert_eq!(created["data"]["org"], org_id.as_str());
+    assert_eq!(created["data"]["tier"], "free");
+    assert!(
+        created["data"].get("key").is_none(),
+        "the secret never leaves"
+    );
+    assert!(uuid::Uuid::parse_str(created["id"].as_str().unwrap()).is_ok());
+    assert!(chrono::DateTime::parse_from_rfc3339(created["time"].as_str().unwrap()).is_ok());
+    assert_eq!(msgs[2].doc["data"]["new_key"]["id"], k2.as_str());
+    assert_eq!(outbox::lag(&app.pool).await?, None);
+    Ok(())
+}
+
+/// A committed marker event: once it is on the topic, everything committed before it is too.
+async fn marker(pool: &PgPool) -> anyhow::Result<uuid::Uuid> {
+    let mut tx = pool.begin().await?;
+    let id = uuid::Uuid::new_v4();
+    let event = Event::tenancy("org", id, "test.marker", json!({}));
+    outbox::append(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// (b) Changes that fail publish nothing: a transaction rolled back after its append, a refused key
+/// (unknown tier) and a refused org (duplicate name). Only the marker after them arrives.
+#[tokio::test]
+async fn failed_changes_publish_nothing() -> anyhow::Result<()> {
+    let brokers = brokers();
+    let topic = topic(&brokers, "failed").await;
+    let app = common::app().await?;
+    let org = app.org("acme").await?;
+    let org_id = org["id"].as_str().context("org id")?.to_owned();
+    let mut tx = app.pool.begin().await?;
+    let event = Event::tenancy("org", uuid::Uuid::new_v4(), "org.created", json!({}));
+    outbox::append(&mut tx, event).await?;
+    tx.rollback().await?;
+    let res = app
+        .post(
+            &format!("/v1/orgs/{org_id}/keys"),
+            json!({ "name": "k", "tier": "no-such-tier" }),
+        )
+        .await?;
+    assert_eq!(res.status(), 422);
+    let res = app.post("/v1/orgs", json!({ "name": "acme" })).await?;
+    assert_eq!(res.status(), 409);
+    let mark = marker(&app.pool).await?;
+
+    let relay = Relay::new(app.pool.clone(), relay_config(&brokers, &topic))?;
+    while relay.publish_batch().await? > 0 {}
+    let msgs = read(&brokers, &topic, 2).await;
+    let kinds: Vec<(&str, &str)> = msgs
+        .iter()
+        .map(|m| (m.doc["type"].as_str().unwrap(), m.key.as_str()))
+        .collect();
+    let mark = mark.to_string();
+    assert_eq!(
+        kinds,
+        vec![
+            ("org.created", org_id.as_str()),
+            ("test.marker", mark.as_str())
+        ]
+    );
+    assert_eq!(relay.stats().published(), 2);
+    Ok(())
+}
+
+/// Appends `per` events to each of `aggregates` keys, one transaction each, interleaved.
+async fn append_many(
+    pool: &PgPool,
+    aggregates: usize,
+    per: usize,
+) -> anyhow::Result<Vec<uuid::Uuid>> {
+    let ids: Vec<uuid::Uuid> = (0..aggregates).map(|_| uuid::Uuid::new_v4()).collect();
+    for i in 0..per {
+        for id in &ids {
+            let mut tx = pool.begin().await?;
+            let event = Event::tenancy("key", *id, "key.test", json!({ "i": i }));
+            outbox::append(&mut tx, event).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(ids)
+}
+
+/// Checks every event of `pool` arrived `times` times at least / exactly and in order per aggregate.
+async fn check_delivery(pool: &PgPool, msgs: &[Got], exact: bool) -> anyhow::Result<()> {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM outbox.events")
+        .fetch_all(pool)
+        .await?;
+    let mut count: HashMap<String, usize> = HashMap::new();
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for m in msgs {
+        *count
+            .entry(m.doc["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        if exact {
+            let prev = last.insert(&m.key, m.seq).unwrap_or(0);
+            assert_eq!(m.seq, prev + 1, "aggregate {} out of order", m.key);
+        }
+    }
+    for id in ids {
+        let n = count.get(&id.to_string()).copied().unwrap_or(0);
+        assert!(n >= 1, "event {id} never published");
+        if exact {
+            assert_eq!(n, 1, "event {id} published {n} times");
+        }
+    }
+    Ok(())
+}
+
+/// (c) A relay whose producer cannot reach Kafka publishes nothing and marks nothing; a second relay
+/// (Kafka "back") publishes every event at least once and marks them all sent.
+#[tokio::test]
+async fn unreachable_kafka_marks_nothing_and_a_second_relay_delivers_all() -> anyhow::Result<()> {
+    let brokers = brokers();
+    let topic = topic(&brokers, "crash").await;
+    let app = common::app().await?;
+    append_many(&app.pool, 3, 4).await?;
+    let mut down = relay_config(&format!("127.0.0.1:{}", free_port()), &topic);
+    down.delivery_timeout = Duration::from_secs(2);
+    let dead = Relay::new(app.pool.clone(), down)?;
+    assert!(dead.publish_batch().await.is_err());
+    assert_eq!(dead.stats().published(), 0);
+    assert_eq!(outbox::unsent(&app.pool).await?, 12);
+    assert!(outbox::lag(&app.pool).await?.is_some());
+    drop(dead);
+
+    let relay = Relay::new(app.pool.clone(), relay_config(&brokers, &topic))?;
+    let running = tokio::spawn(relay.run());
+    until_all_sent(&app.pool).await;
+    running.abort();
+    let msgs = read(&brokers, &topic, 12).await;
+    check_delivery(&app.pool, &msgs, false).await?;
+    Ok(())
+}
+
+/// (d) Two relays draining one outbox at once publish every event exactly once, in order per
+/// aggregate (small batches, so they interleave).
+#[tokio::test]
+async fn two_relays_publish_each_event_once_in_order() -> anyhow::Result<()> {
+    let brokers = brokers();
+    let topic = topic(&brokers, "two").await;
+    let app = common::app().await?;
+    append_many(&app.pool, 8, 15).await?;
+    let mut rc = relay_config(&brokers, &topic);
+    rc.batch = 5;
+    let a = Relay::new(app.pool.clone(), rc.clone())?;
+    let b = Relay::new(app.pool.clone(), rc)?;
+    let (sa, sb) = (a.stats(), b.stats());
+    let (ta, tb) = (tokio::spawn(a.run()), tokio::spawn(b.run()));
+    until_all_sent(&app.pool).await;
+    ta.abort();
+    tb.abort();
+    assert_eq!(sa.published() + sb.published(), 120);
+    assert!(
+        sa.published() > 0 && sb.published() > 0,
+        "both relays worked"
+    );
+    let msgs = read(&brokers, &topic, 120).await;
+    check_delivery(&app.pool, &msgs, true).await?;
+    Ok(())
+}
