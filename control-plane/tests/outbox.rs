@@ -387,3 +387,31 @@ async fn two_relays_publish_each_event_once_in_order() -> anyhow::Result<()> {
     check_delivery(&app.pool, &msgs, true).await?;
     Ok(())
 }
+
+/// Pruning deletes only sent events older than the retention; the lag is the oldest unsent age.
+/// (Postgres only: "sent" is set by hand here, the relay tests cover who sets it.)
+#[tokio::test]
+async fn prune_keeps_unsent_and_recent_events() -> anyhow::Result<()> {
+    let app = common::app().await?;
+    append_many(&app.pool, 1, 3).await?;
+    assert_eq!(outbox::prune(&app.pool, Duration::ZERO).await?, 0);
+    sqlx::query(
+        "UPDATE outbox.events SET created_at = now() - interval '1 hour',
+         sent_at = CASE aggregate_seq WHEN 1 THEN now() - interval '2 days'
+                                      WHEN 2 THEN now() - interval '1 minute' END",
+    )
+    .execute(&app.pool)
+    .await?;
+    let lag = outbox::lag(&app.pool).await?.context("one unsent")?;
+    assert!(lag >= Duration::from_secs(3599), "{lag:?}");
+    assert_eq!(
+        outbox::prune(&app.pool, Duration::from_secs(86_400)).await?,
+        1
+    );
+    let left: Vec<i64> =
+        sqlx::query_scalar("SELECT aggregate_seq FROM outbox.events ORDER BY aggregate_seq")
+            .fetch_all(&app.pool)
+            .await?;
+    assert_eq!(left, vec![2, 3]);
+    Ok(())
+}
