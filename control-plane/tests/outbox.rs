@@ -6,7 +6,12 @@
 //! The broker: `LEAKY_TEST_KAFKA` when set (what `scripts/test` starts), else one per test process,
 //! started on first use and stopped by a watchdog once the process is gone (Rust drops no statics).
 //! Each test publishes to a topic of its own through the relay's topic override.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod common;
 
@@ -346,12 +351,27 @@ async fn unreachable_kafka_marks_nothing_and_a_second_relay_delivers_all() -> an
     append_many(&app.pool, 3, 4).await?;
     let mut down = relay_config(&format!("127.0.0.1:{}", free_port()), &topic);
     down.delivery_timeout = Duration::from_secs(2);
-    let dead = Relay::new(app.pool.clone(), down)?;
+    let dead = Relay::new(app.pool.clone(), down.clone())?;
     assert!(dead.publish_batch().await.is_err());
     assert_eq!(dead.stats().published(), 0);
     assert_eq!(outbox::unsent(&app.pool).await?, 12);
-    assert!(outbox::lag(&app.pool).await?.is_some());
     drop(dead);
+    // The running loop too: it counts the failure, logs it and marks nothing.
+    let dead = Relay::new(app.pool.clone(), down)?;
+    let dead_stats = dead.stats();
+    let running = tokio::spawn(dead.run());
+    let failed = async {
+        while dead_stats.errors() == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), failed)
+        .await
+        .context("the relay never reported its failed batch")?;
+    running.abort();
+    assert_eq!(dead_stats.published(), 0);
+    assert_eq!(outbox::unsent(&app.pool).await?, 12);
+    assert!(outbox::lag(&app.pool).await?.is_some());
 
     let relay = Relay::new(app.pool.clone(), relay_config(&brokers, &topic))?;
     let running = tokio::spawn(relay.run());

@@ -1,7 +1,9 @@
 //! Bounded context "tenancy" (Postgres schema `tenancy`): orgs, their users, tiers and API keys.
 //!
 //! Other contexts use this module's functions (e.g. [`keys::verify`] for the config server), never its
-//! tables. Every change writes its audit row in the same transaction ([`crate::audit::record`]).
+//! tables. Every change writes its audit row in the same transaction ([`crate::audit::record`]); org
+//! create/delete and key create/rotate/revoke also append their domain event there
+//! ([`crate::outbox::append`]).
 
 mod api;
 pub mod feed;
