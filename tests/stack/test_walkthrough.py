@@ -97,6 +97,15 @@ def test_a_key_from_the_api_works_everywhere_and_revocation_reaches_every_proxy(
     for proxy in PROXIES:
         until(lambda: refused(proxy, new_key), f"revoked key on {proxy}")
 
+    # The control plane's outbox relay published the key's life on leaky.tenancy.v1, in order.
+    def life(key_id, n):
+        found = consume("leaky.tenancy.v1", lambda e: e["subject"] == key_id, lambda f: len(f) >= n)
+        assert all(e["_key"] == key_id for e in found), "keyed by aggregate"
+        return [e["type"] for e in found]
+
+    assert life(issued["id"], 2) == ["key.created", "key.rotated"]
+    assert life(rotated["id"], 1) == ["key.revoked"]
+
     # Both proxies published the key's usage to Kafka (leaky.usage.v1, keyed by org, CloudEvents).
     events = usage_events(org["id"], issued["id"], want_sources=2)
     assert {e["source"].rsplit(":", 1)[-1] for e in events} == {"8080", "8081"}
@@ -108,14 +117,14 @@ def test_a_key_from_the_api_works_everywhere_and_revocation_reaches_every_proxy(
         assert d["usage_source"] in ("reported", "counted")
 
 
-def usage_events(org_id, key_id, want_sources):
-    """The usage events of `key_id` on the stack's Kafka, once both proxies' have arrived (10 s)."""
+def consume(topic, wanted, done):
+    """Events of `topic` (from the start) for which `wanted(event, key)` holds, once `done(found)`."""
     consumer = Consumer({
         "bootstrap.servers": KAFKA,
         "group.id": f"walkthrough-{time.time_ns()}",
         "auto.offset.reset": "earliest",
     })
-    consumer.subscribe(["leaky.usage.v1"])
+    consumer.subscribe([topic])
     found, deadline = [], time.monotonic() + 10
     try:
         while time.monotonic() < deadline:
@@ -123,14 +132,25 @@ def usage_events(org_id, key_id, want_sources):
             if msg is None or msg.error():
                 continue
             event = json.loads(msg.value())
-            if event["data"].get("key_id") == key_id:
-                assert msg.key().decode() == org_id, "keyed by org"
+            event["_key"] = msg.key().decode() if msg.key() else None
+            if wanted(event):
                 found.append(event)
-                if len({e["source"] for e in found}) >= want_sources:
+                if done(found):
                     return found
     finally:
         consumer.close()
-    pytest.fail(f"usage events of {key_id} from {want_sources} proxies: got {found}")
+    pytest.fail(f"{topic}: got {found}")
+
+
+def usage_events(org_id, key_id, want_sources):
+    """The usage events of `key_id` on the stack's Kafka, once both proxies' have arrived (10 s)."""
+    events = consume(
+        "leaky.usage.v1",
+        lambda e: e["data"].get("key_id") == key_id,
+        lambda found: len({e["source"] for e in found}) >= want_sources,
+    )
+    assert all(e["_key"] == org_id for e in events), "keyed by org"
+    return events
 
 
 def test_every_proxy_acknowledged_the_version_in_force():
