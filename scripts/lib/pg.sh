@@ -1,7 +1,8 @@
 # PostgreSQL helpers shared by scripts/stack and loadtests: a throwaway cluster in a directory of its
 # own, on a loopback port, trusted local auth. Source this file; it defines:
 #   pg_install            install Debian's postgresql if no server binaries are present
-#   pg_start DIR PORT     initdb DIR/data (first time only) and start it on 127.0.0.1:PORT
+#   pg_start DIR PORT [OPTS]  initdb DIR/data (first time only) and start it on 127.0.0.1:PORT, with
+#                         extra server options OPTS (e.g. `-c fsync=off` for throwaway test clusters)
 #   pg_stop DIR           stop it (fast)
 #   free_port             a free loopback TCP port
 # Running as root, the server runs as user `postgres` (initdb and postgres refuse root).
@@ -22,7 +23,7 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 pg_start() {
-  local dir=$1 port=$2 bin
+  local dir=$1 port=$2 extra=${3:-} bin
   bin=$(pg_bin)
   mkdir -p "$dir"
   # The postgres user must reach the data dir: a world-traversable dir of its own.
@@ -32,7 +33,7 @@ pg_start() {
     as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >"$dir/initdb.log"
   fi
   as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o "-c listen_addresses=127.0.0.1 \
-    -p $port -k $dir -c max_connections=400" start >/dev/null
+    -p $port -k $dir -c max_connections=400 $extra" start >/dev/null
 }
 
 pg_stop() {
