@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, config, db, docs, eureka, flags, openapi, outbox, registry, tenancy};
+use crate::{audit, config, db, docs, eureka, flags, metrics, openapi, outbox, registry, tenancy};
 
 /// One job a control-plane process can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +136,7 @@ pub fn router(state: ApiState, roles: &Roles) -> Router {
     router_with(state, roles, None)
 }
 
-/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, `/v1` with each role's routes, the
+/// The whole HTTP surface for `roles`: `/healthz`, `/readyz`, `/metrics`, `/v1` with each role's routes, the
 /// admin API's OpenAPI document at `/openapi.json` and Swagger UI at `/docs`, the registry's Eureka
 /// API under `/eureka`, and the config server's `/v1/config/*` with its hub — started here once
 /// migrations are done, importing `initial_base` if the database has no config version yet.
@@ -144,7 +144,8 @@ pub fn router_with(state: ApiState, roles: &Roles, initial_base: Option<String>)
     let gate = || middleware::from_fn_with_state(state.clone(), require_migrated);
     let mut app = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::serve));
     let mut api = v1(roles);
     if roles.contains(Role::ConfigServer) {
         let hub = config::Hub::new(state.pool.clone(), initial_base);
@@ -219,7 +220,7 @@ async fn relay_when_migrated(state: ApiState, config: outbox::RelayConfig) {
     }
     tracing::info!(brokers = %config.brokers, "outbox relay starting");
     match outbox::Relay::new(state.pool.clone(), config) {
-        Ok(relay) => relay.run().await,
+        Ok(relay) => relay.with_stats(state.stats.outbox.clone()).run().await,
         Err(e) => tracing::error!(error = %e, "outbox relay: no Kafka producer, events accumulate"),
     }
 }

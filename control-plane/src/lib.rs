@@ -4,7 +4,7 @@
 //! Modules are bounded contexts, each owning one Postgres schema ([`tenancy`], [`audit`],
 //! [`registry`], [`flags`], [`outbox`] — domain events relayed to Kafka, [`config`] — the config server; [`eureka`] owns none: it speaks Eureka's API
 //! through the registry's Rust API), plus the shared edges: [`db`] (pool, migrations), [`http`] (problem+json, auth,
-//! extractors), [`clock`] (an injectable "now") and [`app`] (roles, router, start-up). Contexts call
+//! extractors), [`clock`] (an injectable "now"), [`metrics`] (Prometheus exposition) and [`app`] (roles, router, start-up). Contexts call
 //! each other's functions, never each other's tables.
 //! [`openapi`] assembles the OpenAPI 3.1 document from the handlers (with [`apidoc`]'s problem
 //! responses and examples); [`docs`] serves Swagger UI.
@@ -19,6 +19,7 @@ pub mod docs;
 pub mod eureka;
 pub mod flags;
 pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod registry;

@@ -436,3 +436,97 @@ async fn prune_keeps_unsent_and_recent_events() -> anyhow::Result<()> {
     assert_eq!(left, vec![2, 3]);
     Ok(())
 }
+
+/// Pruning never deletes an aggregate's newest event, however old: the next append numbers from it,
+/// so `aggregate-seq` keeps growing for consumers.
+#[tokio::test]
+async fn prune_keeps_each_aggregates_newest_event() -> anyhow::Result<()> {
+    let app = common::app().await?;
+    let ids = append_many(&app.pool, 2, 3).await?;
+    sqlx::query("UPDATE outbox.events SET sent_at = now() - interval '2 days'")
+        .execute(&app.pool)
+        .await?;
+    assert_eq!(
+        outbox::prune(&app.pool, Duration::from_secs(86_400)).await?,
+        4
+    );
+    let mut tx = app.pool.begin().await?;
+    outbox::append(
+        &mut tx,
+        Event::tenancy("key", ids[0], "key.test", json!({})),
+    )
+    .await?;
+    tx.commit().await?;
+    let left: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT aggregate_id, aggregate_seq FROM outbox.events ORDER BY aggregate_id, aggregate_seq",
+    )
+    .fetch_all(&app.pool)
+    .await?;
+    let mut want = vec![
+        (ids[0].to_string(), 3),
+        (ids[0].to_string(), 4),
+        (ids[1].to_string(), 3),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+    Ok(())
+}
+
+/// The value of an unlabelled sample in a Prometheus text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` shows the outbox backlog and lag while events wait, and the running relay's counters
+/// once it has published them (the relay counts into the process's stats, as `run` wires it).
+#[tokio::test]
+async fn metrics_show_the_backlog_then_what_the_relay_published() -> anyhow::Result<()> {
+    let brokers = brokers();
+    let topic = topic(&brokers, "metrics").await;
+    let url = common::fresh_db().await?;
+    let pool = leaky_control_plane::db::pool(&url, 8)?;
+    leaky_control_plane::db::migrate(&pool).await?;
+    let state = leaky_control_plane::http::ApiState::new(
+        pool.clone(),
+        leaky_control_plane::http::AdminToken::new(common::TOKEN),
+    );
+    state.set_migrated();
+    let stats = state.stats.clone();
+    let app = common::serve_state(url, state).await?;
+    append_many(&pool, 2, 3).await?;
+    let scrape = || async {
+        let res = app.http.get(format!("{}/metrics", app.base)).send().await?;
+        anyhow::ensure!(res.status() == 200, "metrics: {}", res.status());
+        anyhow::Ok(res.text().await?)
+    };
+    let before = scrape().await?;
+    assert_eq!(
+        sample(&before, "leaky_outbox_unsent_events"),
+        Some(6.0),
+        "{before}"
+    );
+    assert!(
+        sample(&before, "leaky_outbox_lag_seconds").unwrap_or(0.0) > 0.0,
+        "{before}"
+    );
+    assert_eq!(sample(&before, "leaky_outbox_published_total"), Some(0.0));
+    assert_eq!(sample(&before, "leaky_control_plane_db_up"), Some(1.0));
+
+    let relay =
+        Relay::new(pool.clone(), relay_config(&brokers, &topic))?.with_stats(stats.outbox.clone());
+    let running = tokio::spawn(relay.run());
+    until_all_sent(&pool).await;
+    running.abort();
+    let after = scrape().await?;
+    assert_eq!(
+        sample(&after, "leaky_outbox_published_total"),
+        Some(6.0),
+        "{after}"
+    );
+    assert_eq!(sample(&after, "leaky_outbox_unsent_events"), Some(0.0));
+    assert_eq!(sample(&after, "leaky_outbox_lag_seconds"), Some(0.0));
+    assert_eq!(sample(&after, "leaky_outbox_relay_errors_total"), Some(0.0));
+    Ok(())
+}

@@ -35,6 +35,8 @@ pub struct ApiState {
     /// Set when the process starts a graceful shutdown: long-lived responses (watch streams) end, so
     /// the server's drain does not wait for them forever.
     draining: Arc<tokio::sync::watch::Sender<bool>>,
+    /// What the process's background work counts; `/metrics` reads it.
+    pub stats: Arc<crate::metrics::Stats>,
 }
 
 impl ApiState {
@@ -45,6 +47,7 @@ impl ApiState {
             clock: Arc::new(SystemClock),
             migrated: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(tokio::sync::watch::Sender::new(false)),
+            stats: Arc::default(),
         }
     }
 

@@ -98,12 +98,38 @@ pub async fn unsent(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// Deletes events sent more than `retention` ago; returns how many.
+/// Deletes events sent more than `retention` ago; returns how many. The newest event of each
+/// aggregate stays whatever its age: [`append`] numbers the next one from it, and consumers see
+/// `aggregate-seq` only ever grow.
 pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let done =
-        sqlx::query("DELETE FROM outbox.events WHERE sent_at < now() - make_interval(secs => $1)")
-            .bind(retention.as_secs_f64())
-            .execute(pool)
-            .await?;
+    let done = sqlx::query(
+        "DELETE FROM outbox.events e WHERE e.sent_at < now() - make_interval(secs => $1)
+           AND EXISTS (SELECT 1 FROM outbox.events n WHERE n.aggregate_type = e.aggregate_type
+                         AND n.aggregate_id = e.aggregate_id AND n.aggregate_seq > e.aggregate_seq)",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await?;
     Ok(done.rows_affected())
+}
+
+/// The outbox's backlog: unsent events and the age of the oldest one (what the relay lags by).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    pub unsent: i64,
+    pub oldest_age_seconds: f64,
+}
+
+/// The backlog now (one index scan of the unsent rows).
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
+    let (unsent, age): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+           FROM outbox.events WHERE sent_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Backlog {
+        unsent,
+        oldest_age_seconds: age.unwrap_or(0.0).max(0.0),
+    })
 }

@@ -63,11 +63,12 @@ impl RelayConfig {
     }
 }
 
-/// What a relay has done: the small API the later metrics issue will export.
+/// What a relay has done; `/metrics` exports it (`crate::metrics`).
 #[derive(Debug, Default)]
 pub struct RelayStats {
     published: AtomicU64,
     errors: AtomicU64,
+    pruned: AtomicU64,
 }
 
 impl RelayStats {
@@ -79,6 +80,11 @@ impl RelayStats {
     /// Batches that failed (broker or database), each retried later.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Sent events deleted after their retention.
+    pub fn pruned(&self) -> u64 {
+        self.pruned.load(Ordering::Relaxed)
     }
 }
 
@@ -136,6 +142,12 @@ impl Relay {
             producer,
             stats: Arc::default(),
         })
+    }
+
+    /// The same relay counting into `stats` (the process's, which `/metrics` reads).
+    pub fn with_stats(mut self, stats: Arc<RelayStats>) -> Relay {
+        self.stats = stats;
+        self
     }
 
     /// Its counters.
@@ -203,7 +215,10 @@ impl Relay {
     async fn prune(&self) {
         match super::prune(&self.pool, self.config.retention).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "outbox: pruned sent events"),
+            Ok(n) => {
+                self.stats.pruned.fetch_add(n, Ordering::Relaxed);
+                tracing::info!(deleted = n, "outbox: pruned sent events");
+            }
             Err(e) => tracing::warn!(error = %e, "outbox: pruning failed"),
         }
     }
