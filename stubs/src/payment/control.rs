@@ -115,6 +115,7 @@ pub async fn observe(State(ctx): Shared, req: Request, next: Next) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     #[test]
     fn ids_are_folded_out_of_metric_labels() {

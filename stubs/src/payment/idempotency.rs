@@ -59,6 +59,7 @@ pub fn fingerprint(path: &str, body: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

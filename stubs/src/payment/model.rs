@@ -119,7 +119,8 @@ pub struct StripeError {
     pub message: String,
     pub param: Option<String>,
     pub decline_code: Option<&'static str>,
-    pub payment_intent: Option<PaymentIntent>,
+    /// Boxed: the intent is large and errors travel in `Result`s.
+    pub payment_intent: Option<Box<PaymentIntent>>,
 }
 
 impl StripeError {
@@ -181,7 +182,7 @@ impl StripeError {
                 "This PaymentIntent could not be {action} because it has a status of {status}."
             ),
         );
-        e.payment_intent = Some(pi.clone());
+        e.payment_intent = Some(Box::new(pi.clone()));
         e
     }
 
@@ -193,7 +194,7 @@ impl StripeError {
             "Your card has insufficient funds.".into(),
         );
         e.decline_code = Some("insufficient_funds");
-        e.payment_intent = Some(pi.clone());
+        e.payment_intent = Some(Box::new(pi.clone()));
         e
     }
 

@@ -207,6 +207,7 @@ pub fn endpoint(body: &[u8]) -> Result<EndpointParams, StripeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
