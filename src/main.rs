@@ -258,10 +258,13 @@ enum Command {
         #[command(flatten)]
         proxy: ProxyArgs,
     },
-    /// The OpenAI, Gemini and Qwen stubs alone.
+    /// The OpenAI, Gemini and Qwen stubs, and the Stripe-like payment stub.
     Stubs {
         #[command(flatten)]
         stubs: StubArgs,
+        /// Address of the payment provider stub (payment intents, refunds, webhooks).
+        #[arg(long, default_value = "127.0.0.1:18004")]
+        payment_listen: SocketAddr,
     },
     /// Validate config files, then build each as start-up would (filter chains, JWKS files, upstream
     /// addresses, limiter; no connection to Redis); prints every error and exits 1 if any.
@@ -326,7 +329,10 @@ fn main() -> ExitCode {
             print!("{}", leaky_config::json_schema());
             Ok(())
         }
-        Command::Stubs { stubs } => run_stubs(stubs),
+        Command::Stubs {
+            stubs,
+            payment_listen,
+        } => run_stubs(stubs, payment_listen),
         Command::Proxy { proxy } => run_proxy(&proxy, None),
         Command::Up { proxy, stubs } => run_proxy(&proxy, Some(stubs)),
         Command::ControlPlane { cp } => run_control_plane(cp),
@@ -398,13 +404,17 @@ fn check_config(files: &[PathBuf], offline: bool) -> ExitCode {
     }
 }
 
-fn run_stubs(stubs: StubArgs) -> anyhow::Result<()> {
+fn run_stubs(stubs: StubArgs, payment_listen: SocketAddr) -> anyhow::Result<()> {
+    let mut cfg = stubs.config();
+    cfg.payment = Some(payment_listen);
+    // Same pacing switch as the model stubs (`--latency off` for benchmarks).
+    cfg.payment_config.latency = cfg.latency;
     let rt = tokio_rt()?;
     rt.block_on(async move {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        leaky_stubs::serve(stubs.config(), shutdown).await
+        leaky_stubs::serve(cfg, shutdown).await
     })?;
     Ok(())
 }

@@ -1,13 +1,16 @@
-//! Realistic stubs of the OpenAI, Gemini and Qwen (DashScope) HTTP APIs.
+//! Realistic stubs of the OpenAI, Gemini and Qwen (DashScope) HTTP APIs, and
+//! of a Stripe-like payment provider ([`payment`]).
 //!
 //! Each provider is an independent [`axum::Router`]; [`serve`] and [`bind`]
-//! run all three on their own listeners. See `stubs/README.md`.
+//! run all three (plus the payment stub when [`StubsConfig::payment`] is set)
+//! on their own listeners. See `stubs/README.md`.
 
 mod common;
 pub mod control;
 pub mod gemini;
 mod gen;
 pub mod openai;
+pub mod payment;
 pub mod qwen;
 pub mod tokens;
 
@@ -63,6 +66,12 @@ pub struct StubsConfig {
     /// Provider-side limits per key, per stub (default: 10,000,000 RPM and
     /// 1,000,000,000 TPM, above any benchmark).
     pub limits: PerProvider<RateLimits>,
+    /// Where to serve the payment stub; `None` (the default, so tests that
+    /// bind the model stubs on port 0 never collide on 18004) serves none.
+    /// `leaky-tokens stubs` sets it to 127.0.0.1:18004.
+    pub payment: Option<SocketAddr>,
+    /// Faults, webhook retry policy and latency of the payment stub.
+    pub payment_config: payment::PaymentConfig,
 }
 
 impl Default for StubsConfig {
@@ -74,6 +83,8 @@ impl Default for StubsConfig {
             latency: Latency::Realistic,
             faults: PerProvider::default(),
             limits: PerProvider::default(),
+            payment: None,
+            payment_config: payment::PaymentConfig::default(),
         }
     }
 }
@@ -129,6 +140,8 @@ pub struct BoundStubs {
     pub openai: SocketAddr,
     pub gemini: SocketAddr,
     pub qwen: SocketAddr,
+    /// The payment stub, when [`StubsConfig::payment`] asked for one.
+    pub payment: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,22 +209,32 @@ struct Listeners {
     openai: TcpListener,
     gemini: TcpListener,
     qwen: TcpListener,
+    payment: Option<TcpListener>,
 }
 
 async fn bind_all(cfg: &StubsConfig) -> Result<(Listeners, BoundStubs), StubsError> {
     let (openai, oa) = bind_one("openai", cfg.openai).await?;
     let (gemini, ga) = bind_one("gemini", cfg.gemini).await?;
     let (qwen, qa) = bind_one("qwen", cfg.qwen).await?;
+    let (payment, pa) = match cfg.payment {
+        Some(addr) => {
+            let (l, a) = bind_one("payment", addr).await?;
+            (Some(l), Some(a))
+        }
+        None => (None, None),
+    };
     Ok((
         Listeners {
             openai,
             gemini,
             qwen,
+            payment,
         },
         BoundStubs {
             openai: oa,
             gemini: ga,
             qwen: qa,
+            payment: pa,
         },
     ))
 }
@@ -234,6 +257,25 @@ where
         .map_err(|source| StubsError::Serve { provider, source })
 }
 
+/// Serves the payment stub on `l` if there is one; otherwise waits for
+/// `shutdown` so the caller's `join!` is unchanged.
+async fn run_payment<F>(
+    l: Option<TcpListener>,
+    cfg: &payment::PaymentConfig,
+    shutdown: F,
+) -> Result<(), StubsError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match l {
+        Some(l) => run("payment", l, payment::router(cfg), shutdown).await,
+        None => {
+            shutdown.await;
+            Ok(())
+        }
+    }
+}
+
 /// Binds the three listeners (port 0 allowed) and returns their actual
 /// addresses plus a future that serves them forever (drop or abort it to stop).
 pub async fn bind(
@@ -244,12 +286,13 @@ pub async fn bind(
     let (ro, rg, rq) = cfg.routers();
     let fut = async move {
         let never = futures::future::pending::<()>;
-        let (a, b, c) = tokio::join!(
+        let (a, b, c, d) = tokio::join!(
             run("openai", l.openai, ro, never()),
             run("gemini", l.gemini, rg, never()),
             run("qwen", l.qwen, rq, never()),
+            run_payment(l.payment, &cfg.payment_config, never()),
         );
-        for r in [a, b, c] {
+        for r in [a, b, c, d] {
             if let Err(e) = r {
                 tracing::error!(error = %e, "stub server stopped");
             }
@@ -265,7 +308,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StubsError> {
     let (l, bound) = bind_all(&cfg).await?;
-    tracing::info!(openai = %bound.openai, gemini = %bound.gemini, qwen = %bound.qwen, "provider stubs listening");
+    tracing::info!(openai = %bound.openai, gemini = %bound.gemini, qwen = %bound.qwen, payment = ?bound.payment, "provider stubs listening");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let signal = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -276,14 +319,16 @@ pub async fn serve(
     };
     tokens::warm_up();
     let (ro, rg, rq) = cfg.routers();
-    let (_, a, b, c) = tokio::join!(
+    let (_, a, b, c, d) = tokio::join!(
         trigger,
         run("openai", l.openai, ro, signal(rx.clone())),
         run("gemini", l.gemini, rg, signal(rx.clone())),
-        run("qwen", l.qwen, rq, signal(rx)),
+        run("qwen", l.qwen, rq, signal(rx.clone())),
+        run_payment(l.payment, &cfg.payment_config, signal(rx)),
     );
     a?;
     b?;
     c?;
+    d?;
     Ok(())
 }
