@@ -89,8 +89,6 @@ pub struct Policy {
     pub step_timeout: StdDuration,
     /// How long a claim is ours; a worker that dies holds a saga at most this long.
     pub lease: Duration,
-    /// How long a saga may run forward; past it a failing step compensates instead of retrying.
-    pub deadline: Duration,
     /// Sagas claimed per round.
     pub batch: i64,
 }
@@ -104,7 +102,6 @@ impl Default for Policy {
             backoff_max: Duration::seconds(60),
             step_timeout: StdDuration::from_secs(10),
             lease: Duration::seconds(30),
-            deadline: Duration::hours(1),
             batch: 16,
         }
     }
