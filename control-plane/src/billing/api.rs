@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -17,7 +16,10 @@ use super::store::{self, NewPurchase, Purchase, SagaView};
 use super::webhooks::{self, Received};
 use super::Settings;
 use crate::apidoc::problems;
-use crate::http::{parse_id, ApiJson, ApiQuery, ApiState, Page, PageQuery, Principal, Problem};
+use crate::http::{
+    parse_id, ApiJson, ApiQuery, ApiState, Page, PageQuery, Principal, Problem, ProblemKind,
+    MAX_BODY_BYTES,
+};
 
 /// `POST /v1/orgs/{org}/purchases` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -77,7 +79,7 @@ fn example_saga() -> Value {
 }
 
 #[utoipa::path(
-    post, path = "/v1/orgs/{org}/purchases", tag = "billing",
+    post, path = "/v1/orgs/{org}/purchases", tag = "billing", operation_id = "create_purchase",
     params(
         ("org" = uuid::Uuid, Path, description = "The org's id"),
         ("Idempotency-Key" = String, Header, description = "Required, 1..=255 visible ASCII characters. \
@@ -133,7 +135,7 @@ async fn create(
 }
 
 #[utoipa::path(
-    get, path = "/v1/orgs/{org}/purchases", tag = "billing",
+    get, path = "/v1/orgs/{org}/purchases", tag = "billing", operation_id = "list_purchases",
     params(("org" = uuid::Uuid, Path, description = "The org's id"), PageQuery),
     responses(
         (status = 200, description = "The org's purchases, oldest first, with their step history", body = Page<Purchase>,
@@ -154,7 +156,7 @@ async fn list(
 }
 
 #[utoipa::path(
-    get, path = "/v1/purchases/{id}", tag = "billing",
+    get, path = "/v1/purchases/{id}", tag = "billing", operation_id = "show_purchase",
     params(("id" = uuid::Uuid, Path, description = "The purchase's id")),
     responses(
         (status = 200, description = "The purchase: `pending` while its saga runs, then `completed`, `compensated` \
@@ -173,7 +175,7 @@ async fn show(
 }
 
 #[utoipa::path(
-    get, path = "/v1/sagas", tag = "billing", params(SagasQuery),
+    get, path = "/v1/sagas", tag = "billing", operation_id = "list_sagas", params(SagasQuery),
     responses(
         (status = 200, description = "Sagas, oldest first, with their step history (operators: filter `state=needs_attention`)",
          body = Page<SagaView>, example = json!({"items": [example_saga()]})),
@@ -202,7 +204,7 @@ async fn sagas(
 }
 
 #[utoipa::path(
-    post, path = "/v1/webhooks/payments", tag = "billing", security(()),
+    post, path = "/v1/webhooks/payments", tag = "billing", operation_id = "payment_webhook", security(()),
     params(("Stripe-Signature" = String, Header, description = "`t=<unix>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">`; \
              the secret is `LEAKY_PAYMENTS_WEBHOOK_SECRET`, `t` within 300 s of now")),
     request_body(content = Object, example = json!({"id": "evt_1NG8Du2eZvKYlo2C", "type": "payment_intent.succeeded",
@@ -211,6 +213,8 @@ async fn sagas(
         (status = 200, description = "Recorded (once per event id); the purchase's saga re-checks the intent",
          body = Received, example = json!({"id": "evt_1NG8Du2eZvKYlo2C", "duplicate": false, "purchase": ID})),
         (status = 400, response = problems::InvalidSignature),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
         (status = 422, response = problems::Validation),
     )
 )]
@@ -218,14 +222,30 @@ async fn sagas(
 async fn webhook(
     State(s): State<ApiState>,
     Extension(settings): Extension<Arc<Settings>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Json<Received>, Problem> {
+    let headers = request.headers();
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("application/json"));
+    if !json {
+        let detail = "the body must be application/json";
+        return Err(Problem::new(ProblemKind::UnsupportedMediaType, detail));
+    }
     let signature = headers
         .get("stripe-signature")
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // The signature covers the exact bytes, so they are read raw, not through a JSON extractor.
+    let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            let detail = format!("the body exceeds {MAX_BODY_BYTES} bytes");
+            Problem::new(ProblemKind::PayloadTooLarge, detail)
+        })?;
     let now = s.clock.now();
-    webhooks::receive(&s.pool, now, &settings, signature, &body)
+    webhooks::receive(&s.pool, now, &settings, signature.as_deref(), &body)
         .await
         .map(Json)
 }
