@@ -285,6 +285,21 @@ async fn webhooks_are_verified_and_recorded_once_and_wake_their_saga() {
             .await
             .unwrap();
     }
+    let plain = app
+        .http
+        .post(format!("{}/v1/webhooks/payments", app.base))
+        .header("content-type", "text/plain")
+        .header(
+            "Stripe-Signature",
+            sign(DEV_WEBHOOK_SECRET, now, &bytes(&e3)),
+        )
+        .body(e3.to_string())
+        .send()
+        .await
+        .unwrap();
+    common::problem(plain, 415, "unsupported-media-type")
+        .await
+        .unwrap();
     assert_eq!(count(&app, "billing.processed_webhooks").await, 2);
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::purchase::{self, PurchaseData};
@@ -236,6 +236,20 @@ pub async fn create(
         return Ok((get(pool, id).await?, false));
     }
     let id = Uuid::new_v4();
+    insert(&mut tx, id, req, (amount, &hash), settings, now).await?;
+    tx.commit().await?;
+    Ok((get(pool, id).await?, true))
+}
+
+/// Writes a new purchase `id` — its saga, its row, its audit event — on `tx`.
+async fn insert(
+    tx: &mut PgConnection,
+    id: Uuid,
+    req: &NewPurchase<'_>,
+    (amount, hash): (i64, &str),
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<(), Problem> {
     let data = PurchaseData {
         org_id: req.org,
         tokens: req.tokens,
@@ -253,7 +267,7 @@ pub async fn create(
         data: serde_json::to_value(&data)
             .map_err(|e| Problem::new(ProblemKind::Internal, e.to_string()))?,
     };
-    saga::insert(&mut tx, &new, now, now + settings.saga_deadline).await?;
+    saga::insert(&mut *tx, &new, now, now + settings.saga_deadline).await?;
     sqlx::query(
         "INSERT INTO billing.purchases (id, org_id, tokens, amount_cents, currency, idempotency_key, request_hash, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -264,7 +278,7 @@ pub async fn create(
     .bind(amount)
     .bind(&settings.currency)
     .bind(req.idempotency_key)
-    .bind(&hash)
+    .bind(hash)
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -275,9 +289,8 @@ pub async fn create(
         object_id: id.to_string(),
         detail: json!({ "org": req.org, "tokens": req.tokens, "amount": amount, "idempotency_key": req.idempotency_key }),
     };
-    audit::record(&mut tx, change).await?;
-    tx.commit().await?;
-    Ok((get(pool, id).await?, true))
+    audit::record(&mut *tx, change).await?;
+    Ok(())
 }
 
 /// A saga as operators see it, with its step history.
