@@ -13,6 +13,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{Duration, Utc};
 use leaky_control_plane::billing::purchase::{COMPENSATIONS, FORWARD};
+use leaky_control_plane::billing::saga::SagaError;
 use leaky_control_plane::billing::{self, Engine, KillPoint, KillWhen, Policy};
 use leaky_control_plane::clock::ManualClock;
 use leaky_control_plane::db;
@@ -41,7 +42,10 @@ fn policy() -> Policy {
 }
 
 async fn harness() -> Harness {
-    let url = common::fresh_db().await.unwrap();
+    harness_on(common::fresh_db().await.unwrap()).await
+}
+
+async fn harness_on(url: String) -> Harness {
     let pool = db::pool(&url, 8).unwrap();
     db::migrate(&pool).await.unwrap();
     let clock = Arc::new(ManualClock::new(Utc::now()));
@@ -370,4 +374,25 @@ async fn two_engines_on_one_database_never_run_one_saga_at_once() {
     assert_eq!(s.max_in_flight, 1, "no saga had two calls in flight");
     assert_eq!(s.calls["authorize"], 12);
     assert_eq!(s.calls["capture"], 12);
+}
+
+#[tokio::test]
+async fn postgres_restarted_between_a_capture_and_its_commit_the_purchase_completes_once() {
+    let cluster = Arc::new(common::Cluster::start().unwrap());
+    let h = harness_on(common::fresh_db_on(&cluster.url()).await.unwrap()).await;
+    let down = cluster.clone();
+    h.fakes
+        .payments
+        .after_effect("capture", move || down.stop().unwrap());
+    let id = h.buy(1_000).await;
+    let err = h.engine().run_until_idle().await.unwrap_err();
+    assert!(matches!(err, SagaError::Db(_)), "{err}");
+    cluster.restart().unwrap();
+    h.clock.advance(policy().lease);
+    let p = h.settle(&h.engine(), id).await;
+    assert_eq!(p["status"], "completed", "{p}");
+    assert_eq!(h.fakes.payments.calls("capture"), 2, "the capture re-ran");
+    assert_eq!(h.fakes.payments.intent_of(id).unwrap().status, "succeeded");
+    assert_eq!(h.fakes.credits.rows(id).await, (1, 0));
+    assert_eq!(h.fakes.mirror.credited(h.org), 1_000);
 }

@@ -20,6 +20,24 @@ pub struct HttpPaymentsConfig {
     pub timeout: Duration,
 }
 
+impl HttpPaymentsConfig {
+    /// `LEAKY_PAYMENTS_URL` (default `http://127.0.0.1:18004`, the stack's payment stub),
+    /// `LEAKY_PAYMENTS_API_KEY` (default `sk_test_leaky`), a 10 s timeout.
+    pub fn from_env() -> Self {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        Self {
+            base_url: var("LEAKY_PAYMENTS_URL", "http://127.0.0.1:18004"),
+            api_key: var("LEAKY_PAYMENTS_API_KEY", "sk_test_leaky"),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The HTTP client of the payment provider.
 #[derive(Debug, Clone)]
 pub struct HttpPayments {

@@ -55,7 +55,12 @@ pub struct FakePayments {
     pub state: Arc<Mutex<PayState>>,
     /// Each call takes this long (to let two engines overlap, should they both run one saga).
     pub latency: Duration,
+    /// Runs once, right after the first effect of its operation (e.g. stops PostgreSQL).
+    pub after_effect: Arc<Mutex<Option<Hook>>>,
 }
+
+/// An operation name and what to do after its effect.
+pub type Hook = (&'static str, Box<dyn FnOnce() + Send>);
 
 impl FakePayments {
     pub fn fault(&self, op: &'static str, faults: &[Fault]) {
@@ -64,6 +69,20 @@ impl FakePayments {
             .entry(op)
             .or_default()
             .extend(faults.iter().copied());
+    }
+
+    pub fn after_effect(&self, op: &'static str, hook: impl FnOnce() + Send + 'static) {
+        *self.after_effect.lock().unwrap() = Some((op, Box::new(hook)));
+    }
+
+    fn run_hook(&self, op: &'static str) {
+        let mut slot = self.after_effect.lock().unwrap();
+        if slot.as_ref().is_some_and(|h| h.0 == op) {
+            if let Some((_, hook)) = slot.take() {
+                drop(slot);
+                hook();
+            }
+        }
     }
 
     pub fn break_op(&self, op: &'static str) {
@@ -149,6 +168,9 @@ impl FakePayments {
             None => effect(&mut self.state.lock().unwrap()),
         };
         self.leave(purchase);
+        if out.is_ok() {
+            self.run_hook(op);
+        }
         out
     }
 }
