@@ -396,3 +396,23 @@ async fn postgres_restarted_between_a_capture_and_its_commit_the_purchase_comple
     assert_eq!(h.fakes.credits.rows(id).await, (1, 0));
     assert_eq!(h.fakes.mirror.credited(h.org), 1_000);
 }
+
+#[tokio::test]
+async fn a_saga_whose_data_cannot_be_read_is_parked_visibly_and_the_others_run() {
+    let h = harness().await;
+    let broken = h.buy(1_000).await;
+    let fine = h.buy(1_000).await;
+    sqlx::query("UPDATE billing.sagas SET data = '{\"tokens\": \"many\"}' WHERE id = $1")
+        .bind(broken)
+        .execute(&h.app.pool)
+        .await
+        .unwrap();
+    h.engine().run_until_idle().await.unwrap();
+    let p = h.purchase(broken).await;
+    assert_eq!(p["status"], "needs_attention", "{p}");
+    assert!(
+        p["reason"].as_str().unwrap().starts_with("saga data:"),
+        "{p}"
+    );
+    assert_eq!(h.purchase(fine).await["status"], "completed");
+}

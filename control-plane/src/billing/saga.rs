@@ -265,9 +265,32 @@ impl Engine {
         let claimed = self.claim().await?;
         let n = claimed.len();
         for saga in claimed {
-            self.drive(saga).await?;
+            let id = saga.id;
+            match self.drive(saga).await {
+                // Unreadable data never gets better: park the saga visibly, go on with the others.
+                Err(SagaError::Data(e)) => self.park(id, &format!("saga data: {e}")).await?,
+                other => other?,
+            }
         }
         Ok(n)
+    }
+
+    /// Moves a saga the engine cannot even read to `needs_attention`.
+    async fn park(&self, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE billing.sagas SET state = 'needs_attention', needs_attention_reason = $3,
+                    updated_at = $4, locked_by = NULL, locked_until = NULL
+             WHERE id = $1 AND locked_by = $2",
+        )
+        .bind(id)
+        .bind(&self.me)
+        .bind(reason)
+        .bind(self.clock.now())
+        .execute(&self.pool)
+        .await?;
+        NEEDS_ATTENTION.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(saga = %id, reason, "saga needs attention: its data cannot be read");
+        Ok(())
     }
 
     /// [`Engine::run_due`] until nothing is due at the clock's "now"; returns how many claims it made.
