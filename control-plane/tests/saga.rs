@@ -416,3 +416,45 @@ async fn a_saga_whose_data_cannot_be_read_is_parked_visibly_and_the_others_run()
     );
     assert_eq!(h.purchase(fine).await["status"], "completed");
 }
+
+#[tokio::test]
+async fn a_hundred_concurrent_purchases_for_one_org_add_up_exactly() {
+    let h = Arc::new(harness().await);
+    let buys: Vec<_> = (1..=100_i64)
+        .map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move { h.buy(i * 1_000).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for b in buys {
+        ids.push(b.await.unwrap());
+    }
+    let small = Policy {
+        batch: 5,
+        ..policy()
+    };
+    let engines: Vec<Engine> = (0..3)
+        .map(|_| {
+            Engine::new(
+                h.app.pool.clone(),
+                h.clock.clone(),
+                h.fakes.ports(),
+                small.clone(),
+            )
+        })
+        .collect();
+    let rounds = futures::future::join_all(engines.iter().map(Engine::run_until_idle)).await;
+    let claims: usize = rounds.into_iter().map(Result::unwrap).sum();
+    assert_eq!(claims, 100);
+    for id in ids {
+        assert_eq!(h.purchase(id).await["status"], "completed");
+    }
+    let sum = (1..=100_i64).sum::<i64>() * 1_000;
+    assert_eq!(h.ledger_total().await, sum);
+    assert_eq!(
+        h.fakes.mirror.credited(h.org),
+        sum,
+        "the newest version won"
+    );
+}
