@@ -15,7 +15,7 @@ use chrono::{Duration, Utc};
 use leaky_control_plane::billing::purchase::{COMPENSATIONS, FORWARD};
 use leaky_control_plane::billing::saga::SagaError;
 use leaky_control_plane::billing::{self, Engine, KillPoint, KillWhen, Policy};
-use leaky_control_plane::clock::ManualClock;
+use leaky_control_plane::clock::{Clock, ManualClock};
 use leaky_control_plane::db;
 use leaky_control_plane::http::{AdminToken, ApiState};
 use saga_fakes::{Fakes, Fault};
@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 struct Harness {
     app: common::TestApp,
+    state: ApiState,
     clock: Arc<ManualClock>,
     fakes: Fakes,
     org: Uuid,
@@ -52,7 +53,7 @@ async fn harness_on(url: String) -> Harness {
     let state =
         ApiState::new(pool.clone(), AdminToken::new(common::TOKEN)).with_clock(clock.clone());
     state.set_migrated();
-    let app = common::serve_state(url, state).await.unwrap();
+    let app = common::serve_state(url, state.clone()).await.unwrap();
     let fakes = Fakes::new(pool).await;
     let org = app.org("acme").await.unwrap()["id"]
         .as_str()
@@ -61,6 +62,7 @@ async fn harness_on(url: String) -> Harness {
         .unwrap();
     Harness {
         app,
+        state,
         clock,
         fakes,
         org,
@@ -457,4 +459,30 @@ async fn a_hundred_concurrent_purchases_for_one_org_add_up_exactly() {
         sum,
         "the newest version won"
     );
+}
+
+#[tokio::test]
+async fn the_background_worker_resumes_unfinished_sagas_and_stops_on_drain() {
+    let h = harness().await;
+    let id = h.buy(1_000).await;
+    // A worker that died mid-saga: its lease still runs.
+    sqlx::query("UPDATE billing.sagas SET locked_by = 'dead', locked_until = $2 WHERE id = $1")
+        .bind(id)
+        .bind(h.clock.now() + Duration::seconds(30))
+        .execute(&h.app.pool)
+        .await
+        .unwrap();
+    let worker = tokio::spawn(billing::worker(h.state.clone(), h.fakes.ports(), policy()));
+    h.clock.advance(Duration::seconds(30));
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(20);
+    while h.purchase(id).await["status"] == "pending" {
+        assert!(tokio::time::Instant::now() < deadline, "not resumed");
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    assert_eq!(h.purchase(id).await["status"], "completed");
+    h.state.drain();
+    tokio::time::timeout(StdDuration::from_secs(5), worker)
+        .await
+        .expect("the worker stops on drain")
+        .unwrap();
 }

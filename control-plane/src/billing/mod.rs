@@ -16,7 +16,11 @@ pub mod saga;
 pub mod store;
 pub mod webhooks;
 
+use std::time::Duration as StdDuration;
+
 use chrono::Duration;
+
+use crate::http::ApiState;
 
 pub use api::{openapi, routes};
 pub use saga::{needs_attention_total, Engine, KillPoint, KillWhen, Policy, Ports, SagaState};
@@ -71,4 +75,19 @@ impl Settings {
         }
         s
     }
+}
+
+/// How often an idle saga worker looks for due sagas (webhooks make a saga due at once; this bounds
+/// how soon a worker notices).
+pub const WORKER_POLL: StdDuration = StdDuration::from_millis(500);
+
+/// The saga worker of a control-plane process: waits for the schema, then resumes every unfinished
+/// saga whose lease has expired and runs due sagas until the process drains. `ports` are the real
+/// adapters (payment provider over HTTP, the ledger, the balance mirror).
+pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
+    while !state.is_migrated() {
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    let engine = Engine::new(state.pool.clone(), state.clock.clone(), ports, policy);
+    engine.run(WORKER_POLL, state.drained()).await;
 }
