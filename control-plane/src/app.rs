@@ -19,7 +19,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
-use crate::{audit, config, db, docs, eureka, flags, metrics, openapi, outbox, registry, tenancy};
+use crate::{
+    audit, billing, config, db, docs, eureka, flags, metrics, openapi, outbox, registry, tenancy,
+};
 
 /// One job a control-plane process can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +125,10 @@ pub fn v1(roles: &Roles) -> Router<ApiState> {
         v1 = v1
             .merge(tenancy::routes())
             .merge(audit::routes())
-            .merge(flags::routes());
+            .merge(flags::routes())
+            .merge(billing::routes(std::sync::Arc::new(
+                billing::Settings::from_env(),
+            )));
     }
     if roles.contains(Role::Registry) {
         v1 = v1.merge(registry::routes());

@@ -2,7 +2,7 @@
 //! in PostgreSQL, an audited admin REST API under `/v1`, and the `leaky-tokens control-plane` process.
 //!
 //! Modules are bounded contexts, each owning one Postgres schema ([`tenancy`], [`audit`],
-//! [`registry`], [`flags`], [`outbox`] — domain events relayed to Kafka, [`config`] — the config server; [`eureka`] owns none: it speaks Eureka's API
+//! [`registry`], [`flags`], [`outbox`] — domain events relayed to Kafka, [`billing`] — token purchases as persisted sagas, [`config`] — the config server; [`eureka`] owns none: it speaks Eureka's API
 //! through the registry's Rust API), plus the shared edges: [`db`] (pool, migrations), [`http`] (problem+json, auth,
 //! extractors), [`clock`] (an injectable "now"), [`metrics`] (Prometheus exposition) and [`app`] (roles, router, start-up). Contexts call
 //! each other's functions, never each other's tables.
@@ -12,6 +12,7 @@
 pub mod apidoc;
 pub mod app;
 pub mod audit;
+pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod db;

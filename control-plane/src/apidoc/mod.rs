@@ -70,5 +70,6 @@ pub mod problems {
         PreconditionRequired => "send `If-Match` with the ETag you read (optimistic concurrency)", [];
         Unavailable => "the database is unreachable; retry later", [];
         Internal => "internal error", [];
+        InvalidSignature => "no `v1` signature matches", [];
     }
 }

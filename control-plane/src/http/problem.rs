@@ -22,6 +22,8 @@ pub enum ProblemKind {
     PreconditionRequired,
     Unavailable,
     Internal,
+    /// A webhook whose signature is missing, wrong or stale.
+    InvalidSignature,
 }
 
 impl ProblemKind {
@@ -73,6 +75,11 @@ impl ProblemKind {
                 "internal",
                 "Internal error",
                 StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            Self::InvalidSignature => (
+                "invalid-signature",
+                "Invalid webhook signature",
+                StatusCode::BAD_REQUEST,
             ),
         }
     }

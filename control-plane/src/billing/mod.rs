@@ -1,0 +1,93 @@
+//! Bounded context "billing" (Postgres schema `billing`): token purchases, run as persisted sagas by
+//! the orchestrator in [`saga`], and the payment provider's webhooks.
+//!
+//! The purchase saga ([`purchase`]) reaches the payment provider, the ledger and the data plane's
+//! balance mirror only through the traits of [`ports`]; [`payments_http`] implements the provider's side
+//! over HTTP. The API ([`api`]) creates purchases (idempotent by `Idempotency-Key`, audited), shows them
+//! and the sagas with their step history, and takes webhooks ([`webhooks`]). Every purchase that
+//! finishes writes `purchase.completed` / `purchase.compensated` / `purchase.needs_attention` to the
+//! outbox (topic [`purchase::TOPIC`]) in the transaction of its last step.
+
+pub mod api;
+pub mod payments_http;
+pub mod ports;
+pub mod purchase;
+pub mod saga;
+pub mod store;
+pub mod webhooks;
+
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+
+use crate::http::ApiState;
+
+pub use api::{openapi, routes};
+pub use saga::{needs_attention_total, Engine, KillPoint, KillWhen, Policy, Ports, SagaState};
+
+/// Billing's settings: price, currency, credit validity, the webhook secret.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `LEAKY_BILLING_PRICE_PER_MILLION_TOKENS_CENTS` (default 200: $2 per million tokens).
+    pub price_per_million_tokens_cents: i64,
+    pub currency: String,
+    /// How long purchased tokens stay valid (`LEAKY_BILLING_CREDIT_VALIDITY_DAYS`, default 365).
+    pub credit_validity: Duration,
+    /// How long a purchase saga may run forward before a failing step compensates instead of retrying.
+    pub saga_deadline: Duration,
+    /// The webhooks' HMAC secret (`LEAKY_PAYMENTS_WEBHOOK_SECRET`).
+    pub webhook_secret: String,
+    /// How far a webhook's signed timestamp may be from now (300 s).
+    pub webhook_tolerance_secs: i64,
+}
+
+/// The development secret the payment stub signs with unless both are configured otherwise.
+pub const DEV_WEBHOOK_SECRET: &str = "whsec_leaky_dev";
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            price_per_million_tokens_cents: 200,
+            currency: "usd".to_owned(),
+            credit_validity: Duration::days(365),
+            saga_deadline: Duration::hours(1),
+            webhook_secret: DEV_WEBHOOK_SECRET.to_owned(),
+            webhook_tolerance_secs: 300,
+        }
+    }
+}
+
+impl Settings {
+    /// The defaults, overridden by `LEAKY_BILLING_*` / `LEAKY_PAYMENTS_WEBHOOK_SECRET`.
+    pub fn from_env() -> Self {
+        let mut s = Self::default();
+        let int = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<i64>().ok());
+        if let Some(p) = int("LEAKY_BILLING_PRICE_PER_MILLION_TOKENS_CENTS").filter(|p| *p > 0) {
+            s.price_per_million_tokens_cents = p;
+        }
+        if let Some(d) = int("LEAKY_BILLING_CREDIT_VALIDITY_DAYS").filter(|d| *d > 0) {
+            s.credit_validity = Duration::days(d);
+        }
+        if let Ok(secret) = std::env::var("LEAKY_PAYMENTS_WEBHOOK_SECRET") {
+            if !secret.is_empty() {
+                s.webhook_secret = secret;
+            }
+        }
+        s
+    }
+}
+
+/// How often an idle saga worker looks for due sagas (webhooks make a saga due at once; this bounds
+/// how soon a worker notices).
+pub const WORKER_POLL: StdDuration = StdDuration::from_millis(500);
+
+/// The saga worker of a control-plane process: waits for the schema, then resumes every unfinished
+/// saga whose lease has expired and runs due sagas until the process drains. `ports` are the real
+/// adapters (payment provider over HTTP, the ledger, the balance mirror).
+pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
+    while !state.is_migrated() {
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    let engine = Engine::new(state.pool.clone(), state.clock.clone(), ports, policy);
+    engine.run(WORKER_POLL, state.drained()).await;
+}

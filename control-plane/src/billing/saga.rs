@@ -1,0 +1,643 @@
+//! The saga orchestrator: persisted, resumable, at most one worker per saga at a time.
+//!
+//! A saga is a row of `billing.sagas` (state, the step to run next, its attempts, `data`) plus its step
+//! history in `billing.saga_steps`. Running one step is three moves, each committed before the next:
+//! (1) the attempt is recorded `started` (and the lease extended), (2) the side effect runs, through a
+//! port, with an idempotency key derived from the saga id and the step, under a timeout, (3) its
+//! outcome and the saga's next state commit in one transaction (with an outbox event when the saga
+//! finishes). A process that dies anywhere leaves a row whose lease expires; the next worker re-runs the
+//! step, which the idempotency key makes harmless.
+//!
+//! Failures: a transient one reschedules the step (`next_run_at`, exponential backoff) until its
+//! attempts run out; a permanent one (a decline), or a forward step out of attempts, starts the
+//! compensations; a compensation out of attempts ends in `needs_attention` with a reason (an error log
+//! and [`needs_attention_total`]) — never silently.
+//!
+//! Workers claim due sagas with `FOR UPDATE SKIP LOCKED` and a lease (`locked_until`, on the injected
+//! clock); every later write checks the lease is still ours, so two replicas never run one saga at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::ports::{BalanceMirror, Credits, Payments, PortError};
+use super::purchase::{self, PurchaseData};
+use crate::clock::Clock;
+use crate::outbox;
+
+static NEEDS_ATTENTION: AtomicU64 = AtomicU64::new(0);
+
+/// `leaky_saga_needs_attention_total`: sagas this process moved to `needs_attention`.
+pub fn needs_attention_total() -> u64 {
+    NEEDS_ATTENTION.load(Ordering::Relaxed)
+}
+
+/// Where a saga is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaState {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    NeedsAttention,
+}
+
+impl SagaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Compensating => "compensating",
+            Self::Completed => "completed",
+            Self::Compensated => "compensated",
+            Self::NeedsAttention => "needs_attention",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Running,
+            Self::Compensating,
+            Self::Completed,
+            Self::Compensated,
+            Self::NeedsAttention,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+
+    fn finished(self) -> bool {
+        !matches!(self, Self::Running | Self::Compensating)
+    }
+}
+
+/// Retry, timeout and lease settings.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Attempts of a forward step before the saga compensates.
+    pub max_attempts: i32,
+    /// Attempts of a compensation before the saga needs attention.
+    pub max_compensation_attempts: i32,
+    /// Backoff after the first failed attempt; doubled per attempt up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// One side effect's time limit; past it the attempt counts as a transient failure.
+    pub step_timeout: StdDuration,
+    /// How long a claim is ours; a worker that dies holds a saga at most this long.
+    pub lease: Duration,
+    /// Sagas claimed per round.
+    pub batch: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            max_compensation_attempts: 10,
+            backoff_base: Duration::seconds(1),
+            backoff_max: Duration::seconds(60),
+            step_timeout: StdDuration::from_secs(10),
+            lease: Duration::seconds(30),
+            batch: 16,
+        }
+    }
+}
+
+impl Policy {
+    /// The wait after the `attempt`-th failure (1-based): base × 2^(attempt−1), capped.
+    pub fn backoff(&self, attempt: i32) -> Duration {
+        let shift = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
+        let factor = 1_i32 << shift;
+        (self.backoff_base * factor).min(self.backoff_max)
+    }
+}
+
+/// The ports the sagas call.
+#[derive(Clone)]
+pub struct Ports {
+    pub payments: Arc<dyn Payments>,
+    pub credits: Arc<dyn Credits>,
+    pub mirror: Arc<dyn BalanceMirror>,
+}
+
+/// When a [`KillPoint`] stops the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillWhen {
+    /// After the step's side effect, before its outcome is recorded.
+    AfterEffect,
+    /// After the outcome committed, before the next step starts.
+    AfterCommit,
+}
+
+/// Test hook: the engine stops (as a crash would) the first time it reaches `step` at `when`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KillPoint {
+    pub step: String,
+    pub when: KillWhen,
+}
+
+/// Why a round of the engine stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("saga data: {0}")]
+    Data(#[from] serde_json::Error),
+    /// The [`KillPoint`] was reached: the engine must not be used again (a fresh one resumes).
+    #[error("killed at {0:?}")]
+    Killed(KillPoint),
+}
+
+/// A claimed saga.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Claimed {
+    id: Uuid,
+    kind: String,
+    org_id: Uuid,
+    state: String,
+    step: String,
+    attempts: i32,
+    data: Value,
+    deadline: DateTime<Utc>,
+}
+
+/// What happens after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+enum Next {
+    /// Run `step` now (still holding the lease).
+    Step { state: SagaState, step: String },
+    /// Try the same step again at `at`.
+    Retry { at: DateTime<Utc> },
+    /// Finished: completed, compensated or needs attention.
+    Done(SagaState),
+}
+
+/// The orchestrator. Cheap to clone; run several (in one process or many) on one database.
+#[derive(Clone)]
+pub struct Engine {
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    ports: Ports,
+    policy: Policy,
+    /// This worker's name in `locked_by`.
+    me: String,
+    kill: Option<KillPoint>,
+}
+
+/// A saga to insert (by the context that starts it, inside its own transaction).
+#[derive(Debug, Clone)]
+pub struct NewSaga {
+    pub id: Uuid,
+    pub kind: &'static str,
+    pub org_id: Uuid,
+    pub first_step: &'static str,
+    pub data: Value,
+}
+
+/// Inserts `saga`, due now, on `conn` (the caller's transaction): it runs once that commits.
+pub async fn insert(
+    conn: &mut PgConnection,
+    saga: &NewSaga,
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO billing.sagas (id, kind, org_id, state, step, attempts, next_run_at, deadline, data,
+                                    created_at, updated_at)
+         VALUES ($1, $2, $3, 'running', $4, 0, $5, $6, $7, $5, $5)",
+    )
+    .bind(saga.id)
+    .bind(saga.kind)
+    .bind(saga.org_id)
+    .bind(saga.first_step)
+    .bind(now)
+    .bind(deadline)
+    .bind(&saga.data)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes an unfinished saga due now (a webhook's hint: re-check it). Returns whether one was woken.
+pub async fn wake(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE billing.sagas SET next_run_at = least(next_run_at, $2)
+         WHERE id = $1 AND state IN ('running', 'compensating')",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, clock: Arc<dyn Clock>, ports: Ports, policy: Policy) -> Self {
+        Self {
+            pool,
+            clock,
+            ports,
+            policy,
+            me: format!("saga-worker-{}", Uuid::new_v4()),
+            kill: None,
+        }
+    }
+
+    /// The same engine, stopping at `kill` (tests of crash recovery).
+    pub fn with_kill(mut self, kill: KillPoint) -> Self {
+        self.kill = Some(kill);
+        self
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Claims the due sagas (one batch) and drives each until it waits or finishes. Returns how many
+    /// it claimed.
+    pub async fn run_due(&self) -> Result<usize, SagaError> {
+        let claimed = self.claim().await?;
+        let n = claimed.len();
+        for saga in claimed {
+            let id = saga.id;
+            match self.drive(saga).await {
+                // Unreadable data never gets better: park the saga visibly, go on with the others.
+                Err(SagaError::Data(e)) => self.park(id, &format!("saga data: {e}")).await?,
+                other => other?,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Moves a saga the engine cannot even read to `needs_attention`.
+    async fn park(&self, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE billing.sagas SET state = 'needs_attention', needs_attention_reason = $3,
+                    updated_at = $4, locked_by = NULL, locked_until = NULL
+             WHERE id = $1 AND locked_by = $2",
+        )
+        .bind(id)
+        .bind(&self.me)
+        .bind(reason)
+        .bind(self.clock.now())
+        .execute(&self.pool)
+        .await?;
+        NEEDS_ATTENTION.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(saga = %id, reason, "saga needs attention: its data cannot be read");
+        Ok(())
+    }
+
+    /// [`Engine::run_due`] until nothing is due at the clock's "now"; returns how many claims it made.
+    pub async fn run_until_idle(&self) -> Result<usize, SagaError> {
+        let mut total = 0;
+        loop {
+            match self.run_due().await? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    }
+
+    /// The background worker: a round every `poll` until `shutdown` resolves. On start-up the first
+    /// round resumes every unfinished saga whose lease has expired.
+    pub async fn run(self, poll: StdDuration, shutdown: impl std::future::Future<Output = ()>) {
+        tracing::info!(worker = %self.me, "saga worker starting");
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.run_until_idle().await {
+                tracing::warn!(error = %e, "saga round failed; retrying next round");
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
+        let now = self.clock.now();
+        sqlx::query_as(
+            "UPDATE billing.sagas s SET locked_by = $1, locked_until = $3
+             FROM (SELECT id FROM billing.sagas
+                   WHERE state IN ('running', 'compensating') AND next_run_at <= $2
+                     AND (locked_until IS NULL OR locked_until <= $2)
+                   ORDER BY next_run_at LIMIT $4 FOR UPDATE SKIP LOCKED) due
+             WHERE s.id = due.id
+             RETURNING s.id, s.kind, s.org_id, s.state, s.step, s.attempts, s.data, s.deadline",
+        )
+        .bind(&self.me)
+        .bind(now)
+        .bind(now + self.policy.lease)
+        .bind(self.policy.batch)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Runs `saga`'s steps until it waits, finishes, or the lease turns out lost.
+    async fn drive(&self, mut saga: Claimed) -> Result<(), SagaError> {
+        let mut data: PurchaseData = serde_json::from_value(saga.data.clone())?;
+        loop {
+            let Some(seq) = self.begin(&saga).await? else {
+                return Ok(());
+            };
+            let outcome = self.attempt(&saga, &mut data).await;
+            self.maybe_kill(&saga.step, KillWhen::AfterEffect)?;
+            let (next, reason) = self.decide(&saga, &mut data, &outcome);
+            let step = Attempt {
+                seq,
+                outcome: &outcome,
+                reason: reason.as_deref(),
+            };
+            if !self.commit(&saga, &data, &step, &next).await? {
+                return Ok(());
+            }
+            self.maybe_kill(&saga.step, KillWhen::AfterCommit)?;
+            match next {
+                Next::Step { state, step } => {
+                    saga.state = state.as_str().to_owned();
+                    saga.step = step;
+                    saga.attempts = 0;
+                }
+                Next::Retry { .. } | Next::Done(_) => return Ok(()),
+            }
+        }
+    }
+
+    fn maybe_kill(&self, step: &str, when: KillWhen) -> Result<(), SagaError> {
+        match &self.kill {
+            Some(k) if k.step == step && k.when == when => Err(SagaError::Killed(k.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the attempt `started` and extends the lease; `None` when the lease is no longer ours.
+    async fn begin(&self, saga: &Claimed) -> Result<Option<i32>, sqlx::Error> {
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(
+            "UPDATE billing.sagas SET locked_until = $3, updated_at = $4 WHERE id = $1 AND locked_by = $2",
+        )
+        .bind(saga.id)
+        .bind(&self.me)
+        .bind(now + self.policy.lease)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if held.rows_affected() != 1 {
+            tracing::warn!(saga = %saga.id, "saga lease lost; another worker has it");
+            return Ok(None);
+        }
+        let direction = if saga.state == "compensating" {
+            "compensate"
+        } else {
+            "forward"
+        };
+        let seq: i32 = sqlx::query_scalar(
+            "INSERT INTO billing.saga_steps (saga_id, seq, step, direction, status, attempt, at)
+             SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, 'started', $4, $5
+             FROM billing.saga_steps WHERE saga_id = $1 RETURNING seq",
+        )
+        .bind(saga.id)
+        .bind(&saga.step)
+        .bind(direction)
+        .bind(saga.attempts + 1)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(seq))
+    }
+
+    /// The side effect of `saga.step`, under the step timeout.
+    async fn attempt(&self, saga: &Claimed, data: &mut PurchaseData) -> Result<Value, PortError> {
+        if saga.kind != purchase::KIND {
+            return Err(PortError::Permanent(format!(
+                "unknown saga kind `{}`",
+                saga.kind
+            )));
+        }
+        let step = purchase::run_step(&self.ports, saga.id, &saga.step, data);
+        match tokio::time::timeout(self.policy.step_timeout, step).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(PortError::Transient(format!(
+                "timed out after {:?}",
+                self.policy.step_timeout
+            ))),
+        }
+    }
+}
+
+/// One attempt's record: its history row and why the saga changed course, if it did.
+struct Attempt<'a> {
+    seq: i32,
+    outcome: &'a Result<Value, PortError>,
+    reason: Option<&'a str>,
+}
+
+impl Engine {
+    /// The saga's next move after an attempt (and the reason, when it changes course).
+    fn decide(
+        &self,
+        saga: &Claimed,
+        data: &mut PurchaseData,
+        outcome: &Result<Value, PortError>,
+    ) -> (Next, Option<String>) {
+        let compensating = saga.state == SagaState::Compensating.as_str();
+        match (compensating, outcome) {
+            (false, Ok(_)) => match purchase::next_forward(&saga.step) {
+                Some(step) => (
+                    Next::Step {
+                        state: SagaState::Running,
+                        step: step.to_owned(),
+                    },
+                    None,
+                ),
+                None => (Next::Done(SagaState::Completed), None),
+            },
+            (true, Ok(_)) => match data.next_compensation(&saga.step) {
+                Some(step) => (
+                    Next::Step {
+                        state: SagaState::Compensating,
+                        step,
+                    },
+                    None,
+                ),
+                None => (Next::Done(SagaState::Compensated), None),
+            },
+            (false, Err(e)) => self.forward_failure(saga, data, e),
+            (true, Err(e)) => self.compensation_failure(saga, e),
+        }
+    }
+
+    /// Retry a transient failure while attempts and the deadline allow; else compensate what may have
+    /// happened, in reverse.
+    fn forward_failure(
+        &self,
+        saga: &Claimed,
+        data: &mut PurchaseData,
+        e: &PortError,
+    ) -> (Next, Option<String>) {
+        let attempt = saga.attempts + 1;
+        let at = self.clock.now() + self.policy.backoff(attempt);
+        let why = match e {
+            PortError::Transient(_)
+                if attempt < self.policy.max_attempts && at <= saga.deadline =>
+            {
+                return (Next::Retry { at }, None)
+            }
+            PortError::Transient(m) => {
+                format!("{} failed after {attempt} attempts: {m}", saga.step)
+            }
+            PortError::Declined { code, .. } => format!("payment declined: {code}"),
+            PortError::Permanent(m) => format!("{} failed: {m}", saga.step),
+        };
+        data.compensations = purchase::compensations(&saga.step);
+        let next = match data.compensations.first() {
+            Some(step) => Next::Step {
+                state: SagaState::Compensating,
+                step: step.clone(),
+            },
+            None => Next::Done(SagaState::Compensated),
+        };
+        (next, Some(why))
+    }
+
+    /// Retry a compensation within its budget; past it (or on a permanent failure) the saga needs
+    /// attention: it can neither finish nor undo itself.
+    fn compensation_failure(&self, saga: &Claimed, e: &PortError) -> (Next, Option<String>) {
+        let attempt = saga.attempts + 1;
+        let permanent = matches!(e, PortError::Permanent(_));
+        if attempt < self.policy.max_compensation_attempts && !permanent {
+            let at = self.clock.now() + self.policy.backoff(attempt);
+            return (Next::Retry { at }, None);
+        }
+        let why = format!(
+            "compensation {} failed after {attempt} attempts: {e}",
+            saga.step
+        );
+        (Next::Done(SagaState::NeedsAttention), Some(why))
+    }
+
+    /// Commits the attempt's outcome and the saga's next state in one transaction, if the lease is
+    /// still ours (returns false when it is not: another worker owns the saga now).
+    async fn commit(
+        &self,
+        saga: &Claimed,
+        data: &PurchaseData,
+        attempt: &Attempt<'_>,
+        next: &Next,
+    ) -> Result<bool, SagaError> {
+        let now = self.clock.now();
+        let current = SagaState::parse(&saga.state).unwrap_or(SagaState::Running);
+        let (state, step, attempts, run_at) = match next {
+            Next::Step { state, step } => (*state, step.as_str(), 0, now),
+            Next::Retry { at } => (current, saga.step.as_str(), saga.attempts + 1, *at),
+            Next::Done(state) => (*state, saga.step.as_str(), saga.attempts + 1, now),
+        };
+        let hold = matches!(next, Next::Step { .. });
+        let attention = (state == SagaState::NeedsAttention)
+            .then_some(attempt.reason)
+            .flatten();
+        let reason = (state != SagaState::NeedsAttention)
+            .then_some(attempt.reason)
+            .flatten();
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(
+            "UPDATE billing.sagas SET state = $3, step = $4, attempts = $5, next_run_at = $6, data = $7,
+                    updated_at = $8, reason = coalesce(reason, $9), needs_attention_reason = $10,
+                    locked_by = CASE WHEN $11 THEN locked_by END,
+                    locked_until = CASE WHEN $11 THEN locked_until END
+             WHERE id = $1 AND locked_by = $2",
+        )
+        .bind(saga.id)
+        .bind(&self.me)
+        .bind(state.as_str())
+        .bind(step)
+        .bind(attempts)
+        .bind(run_at)
+        .bind(serde_json::to_value(data)?)
+        .bind(now)
+        .bind(reason)
+        .bind(attention)
+        .bind(hold)
+        .execute(&mut *tx)
+        .await?;
+        if held.rows_affected() != 1 {
+            tracing::warn!(saga = %saga.id, "saga lease lost before commit; the next worker re-runs the step");
+            return Ok(false);
+        }
+        record_outcome(&mut tx, saga.id, attempt, now).await?;
+        purchase::record(&mut tx, saga.id, data).await?;
+        if state.finished() {
+            let event = purchase::event(saga.id, saga.org_id, data, state, attempt.reason);
+            outbox::append(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        if state == SagaState::NeedsAttention {
+            NEEDS_ATTENTION.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(saga = %saga.id, kind = %saga.kind, reason = attention.unwrap_or(""),
+                            "saga needs attention: it can neither finish nor compensate");
+        }
+        Ok(true)
+    }
+}
+
+/// Marks the attempt's history row with its outcome.
+async fn record_outcome(
+    conn: &mut PgConnection,
+    saga: Uuid,
+    attempt: &Attempt<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let (status, detail) = match attempt.outcome {
+        Ok(detail) => ("succeeded", detail.clone()),
+        Err(e) => ("failed", json!({ "error": e.to_string() })),
+    };
+    sqlx::query(
+        "UPDATE billing.saga_steps SET status = $3, detail = $4, at = $5 WHERE saga_id = $1 AND seq = $2",
+    )
+    .bind(saga)
+    .bind(attempt.seq)
+    .bind(status)
+    .bind(detail)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_attempt_and_is_capped() {
+        let p = Policy {
+            backoff_base: Duration::seconds(1),
+            backoff_max: Duration::seconds(10),
+            ..Policy::default()
+        };
+        let waits: Vec<i64> = (1..=6).map(|a| p.backoff(a).num_seconds()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn states_round_trip_their_names() {
+        for s in [
+            "running",
+            "compensating",
+            "completed",
+            "compensated",
+            "needs_attention",
+        ] {
+            assert_eq!(SagaState::parse(s).map(SagaState::as_str), Some(s));
+        }
+        assert_eq!(SagaState::parse("done"), None);
+    }
+}
