@@ -86,17 +86,18 @@ impl Effect {
 }
 
 /// Applies `entry` to the live projection on `conn` (the append's transaction); returns the balance.
-/// The balance row goes first: [`rebuild`] locks it, so an append waits there, not between blocks.
+/// (The inserted row takes `greatest(debt, 0)`: CHECKs apply to it even when it conflicts, and a
+/// first entry never repays.) The balance row goes first: [`rebuild`] locks it, so an append waits there, not between blocks.
 pub(super) async fn apply(conn: &mut PgConnection, entry: &Entry) -> Result<Balance, LedgerError> {
     let fx = Effect::of(entry);
     let row: BalanceRow = sqlx::query_as(
         "INSERT INTO ledger.balances AS b (org_id, version, purchased, granted, consumed, refunded, expired, balance, debt, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, greatest($9, 0), $10)
          ON CONFLICT (org_id) DO UPDATE SET version = EXCLUDED.version,
            purchased = b.purchased + EXCLUDED.purchased, granted = b.granted + EXCLUDED.granted,
            consumed = b.consumed + EXCLUDED.consumed, refunded = b.refunded + EXCLUDED.refunded,
            expired = b.expired + EXCLUDED.expired, balance = b.balance + EXCLUDED.balance,
-           debt = b.debt + EXCLUDED.debt, updated_at = EXCLUDED.updated_at
+           debt = b.debt + $9, updated_at = EXCLUDED.updated_at
          RETURNING org_id, version, purchased, granted, consumed, refunded, expired, balance, debt",
     )
     .bind(entry.org)
