@@ -469,3 +469,39 @@ async fn api_ledger_pages_newest_first() -> anyhow::Result<()> {
     invariant(&app.pool, id).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn rebuild_command_reports_the_drift_it_fixed() -> anyhow::Result<()> {
+    let url = common::fresh_db().await?;
+    let pool = db::pool(&url, 4)?;
+    db::migrate(&pool).await?;
+    let (good, bad) = (org(&pool, "good").await, org(&pool, "bad").await);
+    ledger::grant(&pool, good, 10, "g", None).await?;
+    ledger::grant(&pool, bad, 10, "g", None).await?;
+    sqlx::query("UPDATE ledger.balances SET granted = 99, balance = 99 WHERE org_id = $1")
+        .bind(bad)
+        .execute(&pool)
+        .await?;
+    let lines = ledger::rebuild_command(&url, None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let line = |o: Uuid| {
+        lines
+            .iter()
+            .find(|l| l.contains(&o.to_string()))
+            .unwrap()
+            .clone()
+    };
+    assert!(line(good).contains("consistent at version 1"), "{lines:?}");
+    assert!(line(bad).contains("drift fixed"), "{lines:?}");
+    assert_eq!(ledger::balance(&pool, bad).await?.granted, 10);
+    let again = ledger::rebuild_command(&url, Some(&bad.to_string()))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(again.len(), 1);
+    assert!(again[0].contains("consistent"), "{again:?}");
+    assert!(ledger::rebuild_command(&url, Some("nope")).await.is_err());
+    invariant(&pool, bad).await;
+    Ok(())
+}

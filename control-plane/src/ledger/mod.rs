@@ -26,6 +26,7 @@ mod api;
 mod commands;
 mod examples;
 mod expiry;
+mod maintenance;
 mod projection;
 mod stream;
 pub mod usage;
@@ -42,6 +43,7 @@ pub use commands::{
     reverse_purchase_on,
 };
 pub use expiry::{expire_due, expire_every, EXPIRE_EVERY};
+pub use maintenance::{rebuild_command, repair, Repair};
 pub use projection::{balance, credited_total, rebuild, verify, Drift};
 pub use stream::{append, entries, orgs, NewEntry};
 
