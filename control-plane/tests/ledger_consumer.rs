@@ -63,7 +63,6 @@ fn usage(id: &str, org: Uuid, request_id: &str, tokens: u64) -> Usage {
     });
     Usage {
         org,
-        request_id: request_id.to_owned(),
         tokens,
         doc: doc.to_string(),
     }

@@ -33,7 +33,9 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Starts a broker in a fresh directory with a watchdog that stops it when this process ends.
+/// Starts a broker in a fresh directory with a watchdog that stops it when this process ends (its
+/// path goes to stderr in case a machine dies mid-run).
+#[allow(clippy::print_stderr)]
 fn start_own_broker() -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?.keep();
     let port = free_port()?;
