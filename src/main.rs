@@ -329,8 +329,9 @@ struct ControlPlaneArgs {
     /// yet (its `extends` chain merged); afterwards `PUT /v1/config/base` replaces it.
     #[arg(long, default_value = "config/dev.yaml")]
     config_base: PathBuf,
-    /// Kafka brokers (`host:port[,…]`) the outbox relay publishes domain events to; unset, events
-    /// accumulate in the outbox and nothing connects to Kafka.
+    /// Kafka brokers (`host:port[,…]`) the outbox relay publishes domain events to and the ledger's
+    /// usage consumer reads `leaky.usage.v1` from; unset, events accumulate in the outbox, usage is not
+    /// debited, and nothing connects to Kafka.
     #[arg(long, env = "LEAKY_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
     /// Bearer token for the admin API (dev default `lt-dev-admin`).
