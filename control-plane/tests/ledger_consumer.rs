@@ -274,3 +274,43 @@ async fn once_commits_and_rolls_back_with_the_effect() -> anyhow::Result<()> {
     assert!(consume::once(&mut conn, "c2", "e1").await?, "per consumer");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_database_failure_is_retried_not_skipped() -> anyhow::Result<()> {
+    let brokers = common::kafka::brokers()?;
+    let topic = common::kafka::topic(&brokers, "ledger-retry", 1).await?;
+    let group = format!("leaky-ledger-test-{}", Uuid::new_v4().simple());
+    let url = common::fresh_db().await?;
+    let pool = db::pool(&url, 4)?;
+    db::migrate(&pool).await?;
+    let org = tenancy::orgs::create(&pool, "test", "acme").await?.id;
+    ledger::grant(&pool, org, 1_000, "g", None).await?;
+    // The processed-events table is gone for a while: every effect fails.
+    sqlx::query("ALTER TABLE ledger.processed_events RENAME TO processed_events_away")
+        .execute(&pool)
+        .await?;
+    let u = usage(&Uuid::new_v4().to_string(), org, "req-1", 42);
+    produce(&brokers, &topic, &[(org.to_string(), u.doc.clone())]).await;
+    let (task, stats) = start(&pool, &brokers, &topic, &group);
+    until("a failed attempt", || async { stats.retries() >= 2 }).await;
+    assert_eq!(ledger::balance(&pool, org).await?.consumed, 0);
+    assert!(
+        !caught_up(&brokers, &topic, &group),
+        "no offset commit before the effect"
+    );
+    sqlx::query("ALTER TABLE ledger.processed_events_away RENAME TO processed_events")
+        .execute(&pool)
+        .await?;
+    until("the effect", || async { processed(&pool).await == 1 }).await;
+    until("the offset commit", || async {
+        caught_up(&brokers, &topic, &group)
+    })
+    .await;
+    task.abort();
+    let _ = task.await;
+    assert_eq!((stats.applied(), stats.poison()), (1, 0));
+    let b = ledger::balance(&pool, org).await?;
+    assert_eq!((b.consumed, b.tokens), (42, 958));
+    ledger::verify(&pool, org).await?;
+    Ok(())
+}
