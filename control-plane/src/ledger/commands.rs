@@ -71,15 +71,17 @@ impl Command<'_> {
     }
 
     fn check(&self) -> Result<(), LedgerError> {
-        let (field, tokens) = match self {
-            Command::Credit { tokens, .. } => ("tokens", *tokens),
-            Command::Consume { tokens, .. } => ("tokens", tokens.saturating_add(1)),
-            _ => return Ok(()),
-        };
-        if tokens <= 0 {
-            return Err(LedgerError::field(field, "must be positive"));
+        match self {
+            Command::Credit { tokens, .. } if *tokens <= 0 => {
+                return Err(LedgerError::field("tokens", "must be positive"));
+            }
+            Command::Consume { tokens, .. } if *tokens < 0 => {
+                return Err(LedgerError::field("tokens", "must not be negative"));
+            }
+            _ => {}
         }
-        if self.reference().is_empty() || self.reference().len() > 200 {
+        let reference = self.reference();
+        if reference.is_empty() || reference.len() > 200 {
             return Err(LedgerError::field("ref", "must be 1 to 200 bytes"));
         }
         Ok(())

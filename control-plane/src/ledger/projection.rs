@@ -48,6 +48,8 @@ pub(super) struct Effect {
 
 impl Effect {
     pub(super) fn of(e: &Entry) -> Effect {
+        // Only the commands write `data`, always in this shape; an entry without moves (or a hand-made
+        // one) moves no block, which `verify` would then report as drift.
         let moves: Moves = serde_json::from_value(e.data.clone()).unwrap_or_default();
         let mut fx = Effect::default();
         let column = match e.kind {
