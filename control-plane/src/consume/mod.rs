@@ -229,15 +229,20 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
+/// The W3C `traceparent` header the producer wrote, if any.
+fn traceparent<M: Message>(msg: &M) -> Option<String> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == "traceparent")
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
 /// The span of one message, carrying the producer's `traceparent`.
 fn span_of(consumer: &str, msg: &BorrowedMessage<'_>) -> tracing::Span {
-    let traceparent = msg.headers().and_then(|hs| {
-        hs.iter()
-            .find(|h| h.key == "traceparent")
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_owned)
-    });
+    let traceparent = traceparent(msg);
     tracing::info_span!(
         "consume",
         consumer,
@@ -247,4 +252,44 @@ fn span_of(consumer: &str, msg: &BorrowedMessage<'_>) -> tracing::Span {
         traceparent = traceparent.as_deref().unwrap_or(""),
         event_id = tracing::field::Empty,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    use super::*;
+
+    fn message(headers: Option<OwnedHeaders>) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            headers,
+        )
+    }
+
+    #[test]
+    fn traceparent_comes_from_its_header() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "other",
+                value: Some("x"),
+            })
+            .insert(Header {
+                key: "traceparent",
+                value: Some(tp),
+            });
+        assert_eq!(traceparent(&message(Some(headers))).as_deref(), Some(tp));
+        assert_eq!(traceparent(&message(None)), None);
+        let empty = OwnedHeaders::new().insert(Header::<&str> {
+            key: "traceparent",
+            value: None,
+        });
+        assert_eq!(traceparent(&message(Some(empty))), None);
+    }
 }
