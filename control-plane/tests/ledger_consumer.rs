@@ -314,3 +314,41 @@ async fn a_database_failure_is_retried_not_skipped() -> anyhow::Result<()> {
     ledger::verify(&pool, org).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_control_plane_with_kafka_runs_the_usage_consumer() -> anyhow::Result<()> {
+    let brokers = common::kafka::brokers()?;
+    // The real topic (the group is the real one too): orgs of this test's fresh database exist
+    // nowhere else, so events of other runs on a shared broker record nothing here.
+    let _ = common::kafka::topic_named(&brokers, leaky_wire::event::USAGE_TOPIC, 1).await;
+    let url = common::fresh_db().await?;
+    let pool = db::pool(&url, 4)?;
+    db::migrate(&pool).await?;
+    let org = tenancy::orgs::create(&pool, "test", "acme").await?.id;
+    ledger::grant(&pool, org, 1_000, "g", None).await?;
+    let config = leaky_control_plane::Config {
+        listen: "127.0.0.1:0".parse()?,
+        database_url: url,
+        roles: "admin-api".parse().map_err(anyhow::Error::msg)?,
+        admin_token: common::TOKEN.to_owned(),
+        config_base: None,
+        outbox: Some(leaky_control_plane::outbox::RelayConfig::new(
+            brokers.clone(),
+        )),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(leaky_control_plane::run(config, async {
+        let _ = stopped.await;
+    }));
+    let u = usage(&Uuid::new_v4().to_string(), org, "req-1", 77);
+    let topic = leaky_wire::event::USAGE_TOPIC;
+    produce(&brokers, topic, &[(org.to_string(), u.doc.clone())]).await;
+    until("the debit", || async {
+        ledger::balance(&pool, org).await.unwrap().consumed == 77
+    })
+    .await;
+    let _ = stop.send(());
+    server.await??;
+    ledger::verify(&pool, org).await?;
+    Ok(())
+}

@@ -67,13 +67,19 @@ pub fn brokers() -> anyhow::Result<String> {
 /// A new topic with `partitions` partitions that no other test uses.
 pub async fn topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<String> {
     let topic = format!("test.{name}.{}", uuid::Uuid::new_v4().simple());
+    topic_named(brokers, &topic, partitions).await?;
+    Ok(topic)
+}
+
+/// Creates topic `topic` (an error if it exists).
+pub async fn topic_named(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
-    let t = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for r in admin.create_topics(&[t], &opts).await? {
         r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
     }
-    Ok(topic)
+    Ok(())
 }
