@@ -281,6 +281,35 @@ enum Command {
     ControlPlane {
         #[command(flatten)]
         cp: ControlPlaneArgs,
+        #[command(subcommand)]
+        action: Option<ControlPlaneCommand>,
+    },
+}
+
+/// Maintenance commands of the control plane (without one, it serves).
+#[derive(Subcommand)]
+enum ControlPlaneCommand {
+    /// The token ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Rebuild the balance projections from the ledger's streams and report the drift fixed.
+    Rebuild {
+        /// Only this org (id); every org with a stream by default.
+        #[arg(long)]
+        org: Option<String>,
+        /// PostgreSQL URL.
+        #[arg(
+            long,
+            env = "LEAKY_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:15432/leaky"
+        )]
+        database_url: String,
     },
 }
 
@@ -303,8 +332,9 @@ struct ControlPlaneArgs {
     /// yet (its `extends` chain merged); afterwards `PUT /v1/config/base` replaces it.
     #[arg(long, default_value = "config/dev.yaml")]
     config_base: PathBuf,
-    /// Kafka brokers (`host:port[,…]`) the outbox relay publishes domain events to; unset, events
-    /// accumulate in the outbox and nothing connects to Kafka.
+    /// Kafka brokers (`host:port[,…]`) the outbox relay publishes domain events to and the ledger's
+    /// usage consumer reads `leaky.usage.v1` from; unset, events accumulate in the outbox, usage is not
+    /// debited, and nothing connects to Kafka.
     #[arg(long, env = "LEAKY_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
     /// Bearer token for the admin API (dev default `lt-dev-admin`).
@@ -335,7 +365,11 @@ fn main() -> ExitCode {
         } => run_stubs(stubs, payment_listen),
         Command::Proxy { proxy } => run_proxy(&proxy, None),
         Command::Up { proxy, stubs } => run_proxy(&proxy, Some(stubs)),
-        Command::ControlPlane { cp } => run_control_plane(cp),
+        Command::ControlPlane {
+            action: Some(ControlPlaneCommand::Ledger { command }),
+            ..
+        } => run_ledger(command),
+        Command::ControlPlane { cp, action: None } => run_control_plane(cp),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -432,6 +466,20 @@ fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
             .map(leaky_control_plane::outbox::RelayConfig::new),
     };
     tokio_rt()?.block_on(leaky_control_plane::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+fn run_ledger(command: LedgerCommand) -> anyhow::Result<()> {
+    let LedgerCommand::Rebuild { org, database_url } = command;
+    let lines = tokio_rt()?
+        .block_on(leaky_control_plane::ledger::rebuild_command(
+            &database_url,
+            org.as_deref(),
+        ))
+        .map_err(|e| anyhow::anyhow!("ledger rebuild: {e}"))?;
+    for line in lines {
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -20,7 +20,8 @@ use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
 use crate::{
-    audit, billing, config, db, docs, eureka, flags, metrics, openapi, outbox, registry, tenancy,
+    audit, billing, config, db, docs, eureka, flags, ledger, metrics, openapi, outbox, registry,
+    tenancy,
 };
 
 /// One job a control-plane process can do.
@@ -126,6 +127,7 @@ pub fn v1(roles: &Roles) -> Router<ApiState> {
             .merge(tenancy::routes())
             .merge(audit::routes())
             .merge(flags::routes())
+            .merge(ledger::routes())
             .merge(billing::routes(std::sync::Arc::new(
                 billing::Settings::from_env(),
             )));
@@ -230,6 +232,29 @@ async fn relay_when_migrated(state: ApiState, config: outbox::RelayConfig) {
     }
 }
 
+/// Runs the ledger's usage consumer (debits usage events) once the schema is there.
+async fn usage_consumer_when_migrated(state: ApiState, brokers: String) {
+    while !state.is_migrated() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!(%brokers, "ledger usage consumer starting");
+    ledger::usage::run(state.pool.clone(), brokers).await;
+}
+
+/// Runs the ledger's credit expiry on the state's clock once the schema is there (every admin-api
+/// process does: the job is safe on several replicas).
+async fn expiry_when_migrated(state: ApiState) {
+    while !state.is_migrated() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ledger::expire_every(
+        state.pool.clone(),
+        state.clock.clone(),
+        ledger::EXPIRE_EVERY,
+    )
+    .await;
+}
+
 /// Runs migrations until they succeed (Postgres may come up after us), then marks the state ready.
 pub async fn migrate_until_done(state: ApiState) {
     let mut backoff = Duration::from_millis(250);
@@ -270,7 +295,15 @@ pub async fn run(
         every,
     ))];
     if let Some(relay) = config.outbox {
+        let brokers = relay.brokers.clone();
         tasks.push(tokio::spawn(relay_when_migrated(state.clone(), relay)));
+        tasks.push(tokio::spawn(usage_consumer_when_migrated(
+            state.clone(),
+            brokers,
+        )));
+    }
+    if config.roles.contains(Role::AdminApi) {
+        tasks.push(tokio::spawn(expiry_when_migrated(state.clone())));
     }
     if config.roles.contains(Role::Registry) {
         let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);

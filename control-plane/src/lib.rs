@@ -2,8 +2,8 @@
 //! in PostgreSQL, an audited admin REST API under `/v1`, and the `leaky-tokens control-plane` process.
 //!
 //! Modules are bounded contexts, each owning one Postgres schema ([`tenancy`], [`audit`],
-//! [`registry`], [`flags`], [`outbox`] — domain events relayed to Kafka, [`billing`] — token purchases as persisted sagas, [`config`] — the config server; [`eureka`] owns none: it speaks Eureka's API
-//! through the registry's Rust API), plus the shared edges: [`db`] (pool, migrations), [`http`] (problem+json, auth,
+//! [`registry`], [`flags`], [`outbox`] — domain events relayed to Kafka, [`ledger`] — the event-sourced token ledger, [`billing`] — token purchases as persisted sagas, [`config`] — the config server; [`eureka`] owns none: it speaks Eureka's API
+//! through the registry's Rust API), plus the shared edges: [`consume`] (idempotent Kafka consumers), [`db`] (pool, migrations), [`http`] (problem+json, auth,
 //! extractors), [`clock`] (an injectable "now"), [`metrics`] (Prometheus exposition) and [`app`] (roles, router, start-up). Contexts call
 //! each other's functions, never each other's tables.
 //! [`openapi`] assembles the OpenAPI 3.1 document from the handlers (with [`apidoc`]'s problem
@@ -15,11 +15,13 @@ pub mod audit;
 pub mod billing;
 pub mod clock;
 pub mod config;
+pub mod consume;
 pub mod db;
 pub mod docs;
 pub mod eureka;
 pub mod flags;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 /// Every `(method, path)` the router mounts under `/v1` (see `tenancy::api::routes`,
 /// `tenancy::keys_api::routes`, `tenancy::users_api::routes`, `audit::routes`,
-/// `registry::api::routes`, `config::api::routes`, `flags::api::routes`) and `/eureka` (`eureka::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
+/// `registry::api::routes`, `config::api::routes`, `flags::api::routes`, `ledger::api::routes`) and `/eureka` (`eureka::routes`). `every_v1_route_is_mounted_and_in_the_spec` checks
 /// this list against the router (each answers 401, other methods 405) and against the spec.
 const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs"),
@@ -63,6 +63,10 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/purchases/{id}"),
     ("GET", "/v1/sagas"),
     ("POST", "/v1/webhooks/payments"),
+    // The ledger (`ledger::api::routes`, role `admin-api`).
+    ("GET", "/v1/orgs/{org}/balance"),
+    ("GET", "/v1/orgs/{org}/ledger"),
+    ("POST", "/v1/orgs/{org}/grants"),
     // The Eureka API (`eureka::routes`, under `/eureka`, role `registry`) is in the same spec.
     ("GET", "/eureka/apps"),
     ("GET", "/eureka/apps/delta"),
@@ -152,7 +156,9 @@ async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
         .collect();
     assert_eq!(
         tags,
-        BTreeSet::from(["audit", "billing", "config", "eureka", "flags", "registry", "tenancy"])
+        BTreeSet::from([
+            "audit", "billing", "config", "eureka", "flags", "ledger", "registry", "tenancy",
+        ])
     );
     let basic = &spec["components"]["securitySchemes"]["eureka_basic"];
     assert_eq!(basic["scheme"], "basic");

@@ -16,6 +16,8 @@
 //! their own cluster, so they need the server binaries even when `LEAKY_TEST_DATABASE_URL` is set.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,0 +1,295 @@
+//! The idempotent-consumer kit: [`once`] records "event `id` was applied by consumer `c`" in the
+//! effect's own transaction (so redelivery is a no-op), and [`Consumer`] runs a Kafka consumer group
+//! around a [`Handler`]: decode the CloudEvents envelope, run the effect and [`once`] in one Postgres
+//! transaction, commit the Kafka offset only after that transaction committed.
+//!
+//! Failure rules: an undecodable message (or one the handler rejects) is logged, counted and skipped —
+//! its offset is committed, it never blocks the partition. A database failure is retried with
+//! backoff and the offset is not committed: the event is neither lost nor skipped. A crash between
+//! the Postgres commit and the offset commit redelivers the event, which [`once`] turns into a no-op.
+//! The W3C `traceparent` header the producer wrote is put on the span of the message's handling.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use leaky_wire::event::Envelope;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
+
+/// Marks `event_id` as applied by `consumer` on `tx` (the effect's transaction): `true` the first
+/// time — apply the effect — and `false` if it already was: skip the effect.
+pub async fn once(
+    tx: &mut PgConnection,
+    consumer: &str,
+    event_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO ledger.processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Transient (the database): the event is applied again later; its offset waits.
+    #[error("retry: {0}")]
+    Retry(String),
+    /// The event can never be applied (bad data): logged, counted and skipped like a poison message.
+    #[error("rejected: {0}")]
+    Reject(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        HandlerError::Retry(e.to_string())
+    }
+}
+
+/// One consumer's effect.
+pub trait Handler: Send + Sync + 'static {
+    /// The envelope's `data`.
+    type Data: DeserializeOwned + Send + Sync;
+    /// The consumer's name in the processed-events table.
+    fn name(&self) -> &str;
+    /// Applies `event` on `tx`; [`Consumer`] has already checked [`once`] in the same transaction.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Envelope<Self::Data>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// Where a consumer reads.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub brokers: String,
+    pub group: String,
+    pub topic: String,
+    /// The first pause after a failed effect; doubles up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl ConsumerConfig {
+    pub fn new(brokers: &str, group: &str, topic: &str) -> ConsumerConfig {
+        ConsumerConfig {
+            brokers: brokers.to_owned(),
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a consumer has done.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    poison: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl ConsumerStats {
+    /// Events applied (first delivery).
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+    /// Redeliveries skipped by [`once`].
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+    /// Undecodable or rejected messages skipped.
+    pub fn poison(&self) -> u64 {
+        self.poison.load(Ordering::Relaxed)
+    }
+    /// Failed effects retried.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
+/// A consumer-group member running one [`Handler`]: see the module docs.
+pub struct Consumer<H: Handler> {
+    pool: PgPool,
+    kafka: StreamConsumer,
+    handler: H,
+    config: ConsumerConfig,
+    stats: Arc<ConsumerStats>,
+}
+
+impl<H: Handler> Consumer<H> {
+    /// Joins `config.group` on `config.topic` (manual offset commits, from the earliest offset the
+    /// group has not committed).
+    pub fn new(pool: PgPool, config: ConsumerConfig, handler: H) -> Result<Self, KafkaError> {
+        let kafka: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        kafka.subscribe(&[&config.topic])?;
+        Ok(Consumer {
+            pool,
+            kafka,
+            handler,
+            config,
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            match self.kafka.recv().await {
+                Ok(msg) => {
+                    let span = span_of(self.handler.name(), &msg);
+                    self.handle(&msg).instrument(span).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, consumer = self.handler.name(), "kafka receive failed");
+                    tokio::time::sleep(self.config.retry_min).await;
+                }
+            }
+        }
+    }
+
+    /// Applies one message (retrying the database until it takes it), then commits its offset.
+    async fn handle(&self, msg: &BorrowedMessage<'_>) {
+        let decoded = msg
+            .payload()
+            .ok_or_else(|| "no payload".to_owned())
+            .and_then(|p| {
+                serde_json::from_slice::<Envelope<H::Data>>(p).map_err(|e| e.to_string())
+            });
+        match decoded {
+            Ok(event) => {
+                tracing::Span::current().record("event_id", event.id.as_str());
+                self.apply_until_done(&event).await;
+            }
+            Err(e) => {
+                self.stats.poison.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "undecodable message skipped");
+            }
+        }
+        if let Err(e) = self.kafka.commit_message(msg, CommitMode::Async) {
+            // The effect is durable; a redelivery after this is a no-op.
+            tracing::warn!(error = %e, "offset commit failed");
+        }
+    }
+
+    async fn apply_until_done(&self, event: &Envelope<H::Data>) {
+        let mut pause = self.config.retry_min;
+        loop {
+            match self.apply_once(event).await {
+                Ok(true) => self.stats.applied.fetch_add(1, Ordering::Relaxed),
+                Ok(false) => self.stats.duplicates.fetch_add(1, Ordering::Relaxed),
+                Err(HandlerError::Reject(why)) => {
+                    tracing::warn!(reason = %why, "event rejected, skipped");
+                    self.stats.poison.fetch_add(1, Ordering::Relaxed)
+                }
+                Err(HandlerError::Retry(why)) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %why, retry_in = ?pause, "effect failed, retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.config.retry_max);
+                    continue;
+                }
+            };
+            return;
+        }
+    }
+
+    /// The effect and [`once`] in one transaction: `Ok(false)` if the event was applied before.
+    async fn apply_once(&self, event: &Envelope<H::Data>) -> Result<bool, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        if !once(&mut tx, self.handler.name(), &event.id).await? {
+            return Ok(false);
+        }
+        self.handler.apply(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+/// The W3C `traceparent` header the producer wrote, if any.
+fn traceparent<M: Message>(msg: &M) -> Option<String> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == "traceparent")
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
+/// The span of one message, carrying the producer's `traceparent`.
+fn span_of(consumer: &str, msg: &BorrowedMessage<'_>) -> tracing::Span {
+    let traceparent = traceparent(msg);
+    tracing::info_span!(
+        "consume",
+        consumer,
+        topic = msg.topic(),
+        partition = msg.partition(),
+        offset = msg.offset(),
+        traceparent = traceparent.as_deref().unwrap_or(""),
+        event_id = tracing::field::Empty,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    use super::*;
+
+    fn message(headers: Option<OwnedHeaders>) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            headers,
+        )
+    }
+
+    #[test]
+    fn traceparent_comes_from_its_header() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "other",
+                value: Some("x"),
+            })
+            .insert(Header {
+                key: "traceparent",
+                value: Some(tp),
+            });
+        assert_eq!(traceparent(&message(Some(headers))).as_deref(), Some(tp));
+        assert_eq!(traceparent(&message(None)), None);
+        let empty = OwnedHeaders::new().insert(Header::<&str> {
+            key: "traceparent",
+            value: None,
+        });
+        assert_eq!(traceparent(&message(Some(empty))), None);
+    }
+}
