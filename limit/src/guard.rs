@@ -416,6 +416,7 @@ pub fn limit_of(algo: &Algorithm) -> u64 {
         Algorithm::Token { capacity, .. } => *capacity,
         Algorithm::Window { limit, .. } => *limit,
         Algorithm::Concurrency { limit } => *limit,
+        Algorithm::Balance { credited } => *credited,
     }
 }
 
@@ -477,6 +478,8 @@ pub fn scale(algo: &Arc<Algorithm>, permille: u32) -> Arc<Algorithm> {
         Algorithm::Concurrency { limit } => Algorithm::Concurrency {
             limit: share(*limit, permille),
         },
+        // Never taken locally (a balance policy is `fail_closed` or `fail_open`).
+        Algorithm::Balance { .. } => return algo.clone(),
     };
     Arc::new(scaled)
 }
