@@ -55,7 +55,10 @@ pub(crate) fn add(
     }
     push(h, RATELIMIT_POLICY, policy_field);
     push(h, RATELIMIT, state_field);
-    if let Some(d) = deny.filter(|d| !d.never_fits) {
+    // A prepaid balance does not refill: no time would help, only a credit.
+    let refills = |i: &usize| limiter.policies[*i].policy.kind != leaky_config::PolicyKind::Balance;
+    let waitable = statuses.first().is_some_and(|(i, _)| refills(i));
+    if let Some(d) = deny.filter(|d| !d.never_fits && waitable) {
         let secs = ceil_secs(d.retry_after_ns).max(1);
         push(h, http::header::RETRY_AFTER, secs.to_string());
     }
