@@ -64,7 +64,18 @@ async fn a_prepaid_balance_admits_until_spent_and_settles_to_reported_usage() {
     let up = Upstreams::start().await;
     let gw = Gateway::start(&config(&up, 1000)).await;
 
-    let (used, refusal) = spend_until_refused(&gw, 100).await;
+    // The first request shows the balance in `RateLimit` only (OpenAI's headers are rate limits).
+    let r = gw.post_chat(PRO_KEY, &capped(100)).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-ratelimit-limit-tokens").is_none());
+    let first: Value = r.json().await.unwrap();
+    let first = first["usage"]["total_tokens"].as_u64().unwrap();
+    // A key with no org has no account: refused, whatever others hold.
+    let r = gw.post_chat(LIMITED_KEY, &capped(10)).await;
+    assert_eq!(r.status(), 429);
+
+    let (more, refusal) = spend_until_refused(&gw, 100).await;
+    let used = first + more;
     let remaining = ratelimit_remaining(refusal.headers(), "prepaid");
     assert!(used > 0 && used <= 1000, "used {used}");
     // debited = credited − remaining: exactly what the provider reported, nothing reserved left.
