@@ -62,19 +62,22 @@ pub enum Unit {
     PromptTokens,
     CompletionTokens,
     ConcurrentRequests,
+    /// Prompt + completion tokens against the org's prepaid balance (`balances:`, or the control
+    /// plane's mirror in Redis): a non-refilling account, one per org, whatever the policy version.
+    Balance,
 }
 
 impl Unit {
     pub fn is_tokens(self) -> bool {
         matches!(
             self,
-            Unit::Tokens | Unit::PromptTokens | Unit::CompletionTokens
+            Unit::Tokens | Unit::PromptTokens | Unit::CompletionTokens | Unit::Balance
         )
     }
 
     /// Whether a request's completion cap (or `default_max_tokens`) is part of its cost.
     pub fn reserves_completion(self) -> bool {
-        matches!(self, Unit::Tokens | Unit::CompletionTokens)
+        matches!(self, Unit::Tokens | Unit::CompletionTokens | Unit::Balance)
     }
 }
 
@@ -113,7 +116,8 @@ pub enum Dimension {
 pub enum OnStoreErrorSpec {
     FailOpen,
     FailClosed,
-    /// Limit in-process with this proxy's share (`1/redis.replicas`) until the store recovers.
+    /// Limit in-process with this proxy's share (`1/redis.replicas`) until the store recovers (the
+    /// default, except for `unit: balance`, which fails closed).
     #[default]
     Local,
 }

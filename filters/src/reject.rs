@@ -32,6 +32,9 @@ pub enum RejectKind {
     TokensRateLimited,
     /// 429: a calendar quota (hour/day/month) is used up.
     QuotaExceeded,
+    /// The org's prepaid balance cannot cover the request: 429 `insufficient_quota` (OpenAI), 429
+    /// `RESOURCE_EXHAUSTED` (Google), 400 `Arrearage` (DashScope, as for an account in arrears).
+    InsufficientBalance,
     /// 500: a bug or an unexpected state in the gateway.
     Internal,
     /// 502: the upstream failed or answered garbage.
@@ -51,9 +54,10 @@ impl RejectKind {
             RejectKind::NotFound | RejectKind::ModelNotFound => 404,
             RejectKind::MethodNotAllowed => 405,
             RejectKind::PayloadTooLarge => 413,
-            RejectKind::RateLimited | RejectKind::TokensRateLimited | RejectKind::QuotaExceeded => {
-                429
-            }
+            RejectKind::RateLimited
+            | RejectKind::TokensRateLimited
+            | RejectKind::QuotaExceeded
+            | RejectKind::InsufficientBalance => 429,
             RejectKind::Internal => 500,
             RejectKind::BadGateway => 502,
             RejectKind::Unavailable => 503,
@@ -74,6 +78,7 @@ impl RejectKind {
             RejectKind::RateLimited => "rate_limited",
             RejectKind::TokensRateLimited => "tokens_rate_limited",
             RejectKind::QuotaExceeded => "quota_exceeded",
+            RejectKind::InsufficientBalance => "insufficient_balance",
             RejectKind::Internal => "internal",
             RejectKind::BadGateway => "bad_gateway",
             RejectKind::Unavailable => "unavailable",
@@ -92,7 +97,9 @@ impl RejectKind {
             RejectKind::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
             RejectKind::RateLimited => ("requests", Some("rate_limit_exceeded")),
             RejectKind::TokensRateLimited => ("tokens", Some("rate_limit_exceeded")),
-            RejectKind::QuotaExceeded => ("insufficient_quota", Some("insufficient_quota")),
+            RejectKind::QuotaExceeded | RejectKind::InsufficientBalance => {
+                ("insufficient_quota", Some("insufficient_quota"))
+            }
             RejectKind::Internal => ("server_error", None),
             RejectKind::BadGateway => ("server_error", Some("bad_gateway")),
             RejectKind::Unavailable => ("server_error", Some("service_unavailable")),
@@ -108,9 +115,10 @@ impl RejectKind {
             RejectKind::NotFound | RejectKind::ModelNotFound | RejectKind::MethodNotAllowed => {
                 "NOT_FOUND"
             }
-            RejectKind::RateLimited | RejectKind::TokensRateLimited | RejectKind::QuotaExceeded => {
-                "RESOURCE_EXHAUSTED"
-            }
+            RejectKind::RateLimited
+            | RejectKind::TokensRateLimited
+            | RejectKind::QuotaExceeded
+            | RejectKind::InsufficientBalance => "RESOURCE_EXHAUSTED",
             RejectKind::Internal | RejectKind::BadGateway => "INTERNAL",
             RejectKind::Unavailable => "UNAVAILABLE",
             RejectKind::GatewayTimeout => "DEADLINE_EXCEEDED",
@@ -128,6 +136,7 @@ impl RejectKind {
             RejectKind::ModelNotFound => "ModelNotFound",
             RejectKind::RateLimited | RejectKind::TokensRateLimited => "Throttling",
             RejectKind::QuotaExceeded => "Throttling.AllocationQuota",
+            RejectKind::InsufficientBalance => "Arrearage",
             RejectKind::Internal | RejectKind::BadGateway => "InternalError",
             RejectKind::Unavailable => "ServiceUnavailable",
             RejectKind::GatewayTimeout => "RequestTimeOut",
@@ -161,6 +170,15 @@ impl Rejection {
         self.kind.status()
     }
 
+    /// The HTTP status in `dialect`: `status()`, except that DashScope reports an account that
+    /// cannot pay (`Arrearage`) as 400, as its own API does.
+    pub fn status_in(&self, dialect: Dialect) -> u16 {
+        match (dialect, self.kind) {
+            (Dialect::Dashscope, RejectKind::InsufficientBalance) => 400,
+            _ => self.status(),
+        }
+    }
+
     /// The JSON error body in `dialect`. `request_id` is echoed where the dialect carries one.
     pub fn render(&self, dialect: Dialect, request_id: &str) -> Vec<u8> {
         let body = match dialect {
@@ -169,7 +187,7 @@ impl Rejection {
                 json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": code}})
             }
             Dialect::Google => json!({"error": {
-                "code": self.status(), "message": self.message, "status": self.kind.google()
+                "code": self.status_in(dialect), "message": self.message, "status": self.kind.google()
             }}),
             Dialect::Dashscope => json!({
                 "request_id": request_id, "code": self.kind.dashscope(), "message": self.message
@@ -220,6 +238,35 @@ mod tests {
             json!({"request_id": "abc", "code": "ModelNotFound", "message": "Model not exist."})
         );
         assert_eq!(r.status(), 404);
+    }
+
+    #[test]
+    fn insufficient_balance_in_each_dialect() {
+        let r = Rejection::new(RejectKind::InsufficientBalance, "Buy more tokens.");
+        let v = parse(r.render(Dialect::Openai, "id"));
+        assert_eq!(
+            (
+                &v["error"]["type"],
+                &v["error"]["code"],
+                r.status_in(Dialect::Openai)
+            ),
+            (
+                &json!("insufficient_quota"),
+                &json!("insufficient_quota"),
+                429
+            )
+        );
+        let v = parse(r.render(Dialect::Google, "id"));
+        assert_eq!(
+            v,
+            json!({"error": {"code": 429, "message": "Buy more tokens.", "status": "RESOURCE_EXHAUSTED"}})
+        );
+        let v = parse(r.render(Dialect::Dashscope, "id"));
+        assert_eq!(
+            v,
+            json!({"request_id": "id", "code": "Arrearage", "message": "Buy more tokens."})
+        );
+        assert_eq!(r.status_in(Dialect::Dashscope), 400);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! - `Window`: a calendar quota (hour/day/month in a time zone); `used` resets when the window rolls.
 //!   `soft` windows admit over the limit and flag it.
 //! - `Concurrency`: `inflight` requests; a completed request gives its unit back with `adjust(-1)`.
+//! - `Balance`: an org's prepaid account, `debited` of `credited`; nothing refills it (the control
+//!   plane raises `credited`). The in-process store takes `credited` from the algorithm (built per
+//!   org from `balances:` each config version); Redis keeps it in the account's hash (`balance`).
 //!
 //! The Redis backend (`redis.rs`) runs the same rules in Lua, in floating point.
 
@@ -48,6 +51,10 @@ pub enum Algorithm {
     Concurrency {
         limit: u64,
     },
+    /// A prepaid balance; `credited` is the org's (the in-process store's source of it).
+    Balance {
+        credited: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +63,7 @@ pub enum State {
     Token { level: u128, at: Nanos },
     Window { start: Nanos, used: u64 },
     Concurrency { inflight: u64 },
+    Balance { debited: u64 },
 }
 
 /// A bucket's standing, for response headers.
@@ -113,6 +121,7 @@ impl Algorithm {
                 used: 0,
             },
             Algorithm::Concurrency { .. } => State::Concurrency { inflight: 0 },
+            Algorithm::Balance { .. } => State::Balance { debited: 0 },
         }
     }
 
@@ -159,6 +168,9 @@ impl Algorithm {
             (Algorithm::Concurrency { limit }, State::Concurrency { inflight }) => {
                 Concurrency { limit: *limit }.take(inflight, cost, keep)
             }
+            (Algorithm::Balance { credited }, State::Balance { debited }) => {
+                balance_take(*credited, debited, cost)
+            }
             // `coerce` returns the algorithm's own state variant.
             (_, st) => Err(Deny {
                 retry_after_ns: 0,
@@ -181,6 +193,8 @@ impl Algorithm {
             } => within(*limit),
             Algorithm::Window { soft: true, .. } => true,
             Algorithm::Concurrency { limit } => within(*limit),
+            // The control plane may credit more at any time.
+            Algorithm::Balance { .. } => true,
         }
     }
 
@@ -226,6 +240,9 @@ impl Algorithm {
                     inflight: settle(inflight, charge, amount),
                 }
             }
+            (Algorithm::Balance { .. }, State::Balance { debited }) => State::Balance {
+                debited: settle(debited, charge, amount),
+            },
             (_, st) => st,
         }
     }
@@ -267,6 +284,9 @@ impl Algorithm {
                 remaining: limit.saturating_sub(inflight),
                 reset_ns: 0,
             },
+            (Algorithm::Balance { credited }, State::Balance { debited }) => {
+                balance_status(*credited, debited)
+            }
             (_, _) => Status {
                 limit: 0,
                 remaining: 0,
@@ -296,6 +316,7 @@ impl Algorithm {
                 *used == 0 || calendar::start(*window, *tz, now) > *start
             }
             (Algorithm::Concurrency { .. }, State::Concurrency { inflight }) => *inflight == 0,
+            (Algorithm::Balance { .. }, State::Balance { debited }) => *debited == 0,
             // A state of another algorithm is replaced by a fresh one on its next use anyway.
             _ => true,
         }
@@ -309,6 +330,7 @@ impl Algorithm {
                 | (Algorithm::Token { .. }, State::Token { .. })
                 | (Algorithm::Window { .. }, State::Window { .. })
                 | (Algorithm::Concurrency { .. }, State::Concurrency { .. })
+                | (Algorithm::Balance { .. }, State::Balance { .. })
         );
         if same {
             *st
@@ -665,6 +687,36 @@ impl Concurrency {
             remaining: self.limit.saturating_sub(inflight),
             reset_ns: 0,
         }
+    }
+}
+
+/// A prepaid balance: the cost fits when `debited + cost ≤ credited`. No reserve applies (a balance
+/// is the org's own money, not a shared pool), and a refusal names no time to wait: only a credit
+/// helps.
+fn balance_take(credited: u64, debited: u64, cost: u64) -> Result<(State, Admit), Deny> {
+    let after = debited.saturating_add(cost);
+    if after <= credited {
+        return Ok((
+            State::Balance { debited: after },
+            Admit {
+                delay_ns: 0,
+                soft_exceeded: false,
+                status: balance_status(credited, after),
+            },
+        ));
+    }
+    Err(Deny {
+        retry_after_ns: 0,
+        never_fits: false,
+        status: balance_status(credited, debited),
+    })
+}
+
+fn balance_status(credited: u64, debited: u64) -> Status {
+    Status {
+        limit: credited,
+        remaining: credited.saturating_sub(debited),
+        reset_ns: 0,
     }
 }
 

@@ -530,3 +530,29 @@ fn token_step_adjust_refills_before_settling() {
         }
     );
 }
+
+#[test]
+fn balance_admits_within_credited_and_never_refills() {
+    let a = Algorithm::Balance { credited: 100 };
+    let mut st = a.fresh(T0);
+    assert!(a.is_idle(&st, T0));
+    let admit = take(&a, &mut st, T0, 60, 0).unwrap();
+    assert_eq!(admit.status.remaining, 40);
+    // The reserve does not apply to a balance; time does not refill it.
+    assert!(take(&a, &mut st, T0, 40, 500).is_ok());
+    let deny = take(&a, &mut st, T0 + 3_600 * SEC, 1, 0).unwrap_err();
+    assert_eq!((deny.retry_after_ns, deny.never_fits), (0, false));
+    assert_eq!(st, State::Balance { debited: 100 });
+    // Settle down gives back (floored at 0), up overdraws.
+    st = a.adjust(&st, T0, -30);
+    assert_eq!(st, State::Balance { debited: 70 });
+    st = a.adjust(&st, T0, 50);
+    assert_eq!(a.status(&st, T0).remaining, 0);
+    st = a.adjust(&st, T0, -500);
+    assert_eq!(st, State::Balance { debited: 0 });
+    // A credit raised mid-flight (a new algorithm) applies to the same state.
+    let raised = Algorithm::Balance { credited: 1000 };
+    st = State::Balance { debited: 100 };
+    assert!(take(&raised, &mut st, T0, 900, 0).is_ok());
+    assert!(raised.can_ever_fit(u64::MAX, 0));
+}

@@ -9,7 +9,8 @@
 //! Settlement during an outage: adjusts try the primary (bounded by the timeout); when that fails,
 //! or the breaker is open, they go to the local store (an `Adjust` does not carry its policy's
 //! mode; buckets of `FailOpen`/`FailClosed` policies are never taken locally, so settling them
-//! there is harmless and they are evicted once idle). Buckets are not reconciled after recovery: the primary's state resumes where it was
+//! there is harmless and they are evicted once idle). Prepaid balances are the exception: they live only
+//! in the primary, so their settlements are logged as not applied (the reconciler corrects them). Buckets are not reconciled after recovery: the primary's state resumes where it was
 //! (refunds of requests admitted locally may return a few units to the primary; bounded by capacity).
 
 use super::algo::{Admit, Algorithm, Nanos, Status};
@@ -340,10 +341,21 @@ impl Guarded {
 
     async fn fallback_adjust(&self, now: Nanos, adjusts: &[Adjust]) -> Result<(), StoreError> {
         self.fallbacks_total.fetch_add(1, Ordering::Relaxed);
+        // A prepaid balance lives only in the primary: its settlement cannot be applied anywhere
+        // else. Say so loudly (the reconciler corrects `debited` from the ledger).
+        let balance = |a: &&Adjust| matches!(*a.algo, Algorithm::Balance { .. });
+        let lost: i64 = adjusts.iter().filter(balance).map(|a| a.delta).sum();
+        if adjusts.iter().any(|a| balance(&a)) {
+            tracing::warn!(
+                tokens = lost,
+                "prepaid balance settlement not applied: the limiter store is unavailable"
+            );
+        }
         // Adjusts carry no policy mode: settle every bucket the local store knows of through the
         // same scaling; buckets never taken locally are fresh and a refund cannot overfill them.
         let local: Vec<Adjust> = adjusts
             .iter()
+            .filter(|a| !balance(a))
             .map(|a| Adjust {
                 key: a.key.clone(),
                 algo: scale(&a.algo, self.opts.local_share_permille),
@@ -416,6 +428,7 @@ pub fn limit_of(algo: &Algorithm) -> u64 {
         Algorithm::Token { capacity, .. } => *capacity,
         Algorithm::Window { limit, .. } => *limit,
         Algorithm::Concurrency { limit } => *limit,
+        Algorithm::Balance { credited } => *credited,
     }
 }
 
@@ -477,6 +490,8 @@ pub fn scale(algo: &Arc<Algorithm>, permille: u32) -> Arc<Algorithm> {
         Algorithm::Concurrency { limit } => Algorithm::Concurrency {
             limit: share(*limit, permille),
         },
+        // Never taken locally (a balance policy is `fail_closed` or `fail_open`).
+        Algorithm::Balance { .. } => return algo.clone(),
     };
     Arc::new(scaled)
 }

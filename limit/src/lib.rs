@@ -1,12 +1,14 @@
 //! The limit engine behind token-aware rate limits and quotas: exact integer algorithms on an
 //! injected clock (`algo`, `calendar`), the stores that hold bucket state (`memory`, `redis`, the
 //! fail-over `guard`), policies compiled once per config version into a request's charges (`policy`),
-//! and batched settlement off the request path (`settle`).
+//! batched settlement off the request path (`settle`), and the prepaid balances' Redis layout with
+//! the control plane's mirror API (`balance`).
 //!
 //! Nothing here knows about Pingora, HTTP or the filter chain: callers describe a request as a
 //! borrowed [`Subject`]; the `rate-limit` filter in `leaky-filters` is the one that drives it.
 
 pub mod algo;
+pub mod balance;
 pub mod calendar;
 pub mod decision;
 pub mod guard;

@@ -79,6 +79,14 @@ pub struct TokenUsage {
     pub source: UsageSource,
 }
 
+/// A balance policy's algorithm per org, built once per config version from `balances:` (the
+/// in-process store's `credited`; Redis keeps its own in the account's hash).
+struct Balances {
+    by_org: HashMap<String, Arc<Algorithm>>,
+    /// Orgs with no entry, and callers with no org: nothing credited.
+    none: Arc<Algorithm>,
+}
+
 /// One compiled policy.
 pub struct CompiledPolicy {
     pub policy: Policy,
@@ -90,10 +98,12 @@ pub struct CompiledPolicy {
     /// The policy reserves completion tokens and enforces them: an uncapped request is sent upstream
     /// with its `default_max_tokens` as the completion cap.
     enforces_cap: bool,
+    /// `unit: balance` only.
+    balances: Option<Balances>,
 }
 
 impl CompiledPolicy {
-    fn compile(policy: &Policy) -> Result<Self, PolicyError> {
+    fn compile(policy: &Policy, balances: &BTreeMap<String, u64>) -> Result<Self, PolicyError> {
         let algo = algorithm(&policy.kind)?;
         let mut h = Sha256::new();
         h.update(format!("{:?}|{:?}|{:?}", algo, policy.unit, policy.scope).as_bytes());
@@ -108,7 +118,17 @@ impl CompiledPolicy {
                 OnStoreErrorSpec::Local => OnStoreError::Local,
             },
             enforces_cap: policy.enforce_max_tokens
-                && matches!(policy.unit, Unit::Tokens | Unit::CompletionTokens),
+                && matches!(
+                    policy.unit,
+                    Unit::Tokens | Unit::CompletionTokens | Unit::Balance
+                ),
+            balances: (policy.kind == PolicyKind::Balance).then(|| Balances {
+                by_org: balances
+                    .iter()
+                    .map(|(org, c)| (org.clone(), Arc::new(Algorithm::Balance { credited: *c })))
+                    .collect(),
+                none: Arc::new(Algorithm::Balance { credited: 0 }),
+            }),
             policy: policy.clone(),
         })
     }
@@ -130,13 +150,30 @@ impl CompiledPolicy {
         let cap = |c: &TokenCost| c.completion(self.policy.default_max_tokens);
         match self.policy.unit {
             Unit::Requests | Unit::ConcurrentRequests => Some(1),
-            Unit::Tokens => s.cost.map(|c| c.prompt.saturating_add(cap(&c))),
+            Unit::Tokens | Unit::Balance => s.cost.map(|c| c.prompt.saturating_add(cap(&c))),
             Unit::PromptTokens => s.cost.map(|c| c.prompt),
             Unit::CompletionTokens => s.cost.map(|c| cap(&c)),
         }
     }
 
+    /// The bucket's algorithm: the policy's, or for a balance the org's account.
+    fn algo_for(&self, s: &Subject<'_>) -> Arc<Algorithm> {
+        match &self.balances {
+            None => self.algo.clone(),
+            Some(b) => s
+                .org
+                .and_then(|o| b.by_org.get(o))
+                .unwrap_or(&b.none)
+                .clone(),
+        }
+    }
+
     fn key(&self, s: &Subject<'_>) -> Arc<str> {
+        if self.balances.is_some() {
+            // The org's account, whatever the policy's name or version: a reload keeps it. A
+            // caller with no org charges an account nobody credits (`leaky:bal:{}`): refused.
+            return Arc::from(super::balance::key(s.org.unwrap_or("")));
+        }
         let mut k = String::with_capacity(self.key_prefix.len() + 48);
         k.push_str(&self.key_prefix);
         for (i, d) in self.policy.scope.iter().enumerate() {
@@ -202,6 +239,7 @@ fn algorithm(kind: &PolicyKind) -> Result<Algorithm, PolicyError> {
             soft: *soft,
         },
         PolicyKind::Concurrent { limit } => Algorithm::Concurrency { limit: *limit },
+        PolicyKind::Balance => Algorithm::Balance { credited: 0 },
     })
 }
 
@@ -241,7 +279,7 @@ impl Limiter {
         let policies = limits
             .policies
             .iter()
-            .map(CompiledPolicy::compile)
+            .map(|p| CompiledPolicy::compile(p, &limits.balances))
             .collect::<Result<Vec<_>, _>>()?;
         let untiered: Vec<usize> = (0..policies.len())
             .filter(|i| policies[*i].policy.tiers.is_empty())
@@ -333,7 +371,7 @@ impl Limiter {
             which.push(i);
             charges.push(Charge {
                 key: p.key(s),
-                algo: p.algo.clone(),
+                algo: p.algo_for(s),
                 cost,
                 reserve: p.policy.reserve_permille[slot],
                 on_error: p.on_error,

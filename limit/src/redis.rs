@@ -22,6 +22,10 @@
 //! bucket when it would be full again; a window counter at the window's end plus 60 s; a
 //! concurrency counter 10 minutes after its last take or adjust (so a crashed proxy's slots expire).
 //! An idle bucket is deleted rather than written.
+//!
+//! Prepaid balances (kind 5) are the exception to the key and TTL rules: each is a hash
+//! `leaky:bal:{org}` that never expires; the scripts read `credited` and `debited` and write only
+//! `debited` (see `balance`).
 
 use super::algo::{Admit, Algorithm, Deny, Nanos, Status};
 use super::calendar;
@@ -119,6 +123,8 @@ impl RedisStore {
                 let (start, _) = calendar::bounds(*window, *tz, now);
                 format!("{}{}:w{}", self.prefix, key, start / 1_000_000_000)
             }
+            // Already `leaky:bal:{org}`: the account outlives prefixes and policy versions.
+            Algorithm::Balance { .. } => key.to_string(),
             _ => format!("{}{}", self.prefix, key),
         }
     }
@@ -176,6 +182,8 @@ impl RedisStore {
                 )
             }
             Algorithm::Concurrency { limit } => (4, *limit as f64, 0.0, 0.0, 0.0),
+            // `credited` lives in the account's hash, written by the control plane.
+            Algorithm::Balance { .. } => (5, 0.0, 0.0, 0.0, 0.0),
         };
         inv.arg(kind)
             .arg(p1)

@@ -4,7 +4,7 @@ local now = clock()
 for i = 1, #KEYS do
   local key = KEYS[i]
   local s = spec(i)
-  local st = load(s, redis.call('GET', key), now)
+  local st = load(s, fetch(s, key), now)
   local d = s.amount
   if s.kind == 1 then
     -- Overdraw is remembered (tat moves past the burst); a refund never goes below now.
@@ -15,6 +15,7 @@ for i = 1, #KEYS do
     -- The level clamps at empty (debt beyond it is forgotten) and at full.
     st.level = math.max(0, math.min(s.p1, st.level - d))
   else
+    -- Windows, concurrency and balances (`debited`) count units.
     st.n = math.max(0, st.n + d)
   end
   store(key, s, st, now)

@@ -5,8 +5,11 @@
 --   token        "level at"       tokens, and the µs they were counted at (absent = full)
 --   window       "used"           units used in this window (the key names the window's start)
 --   concurrency  "inflight"       requests in flight
+-- except a prepaid balance (kind 5): a hash {credited, credited_version, debited} with no TTL, whose
+-- key (leaky:bal:{org}) the caller passes as is; the scripts write only `debited`.
 -- ARGV[1]: the caller's now in µs, or -1 to use the server's TIME. Then FIELDS values per bucket:
---   kind (1 leaky, 2 token, 3 window, 4 concurrency), p1, p2, p3, p4, amount, reserve_permille
+--   kind (1 leaky, 2 token, 3 window, 4 concurrency, 5 balance), p1, p2, p3, p4, amount,
+--   reserve_permille (a balance uses no p* and no reserve)
 --   leaky:  p1 rate, p2 period_us, p3 burst, p4 shape_max_wait_us (-1: no shaping)
 --   token:  p1 capacity, p2 rate, p3 period_us
 --   window: p1 limit, p2 soft (0/1), p3 window end µs
@@ -41,9 +44,19 @@ local function spec(i)
   }
 end
 
--- Current state of a bucket, as a table, from the raw string (or false when absent).
+-- The bucket's raw value: a string (false when absent), or a balance's {credited, debited}.
+local function fetch(s, key)
+  if s.kind == 5 then
+    return redis.call('HMGET', key, 'credited', 'debited')
+  end
+  return redis.call('GET', key)
+end
+
+-- Current state of a bucket, as a table, from `fetch`'s raw value.
 local function load(s, raw, now)
-  if s.kind == 1 then
+  if s.kind == 5 then
+    return { credited = tonumber(raw[1]) or 0, n = tonumber(raw[2]) or 0 }
+  elseif s.kind == 1 then
     local tat = raw and tonumber(raw) or now
     return { tat = math.max(tat, now) }
   elseif s.kind == 2 then
@@ -65,7 +78,9 @@ end
 
 -- Writes a bucket back, with a TTL until it is idle again (or deletes it when idle now).
 local function store(key, s, st, now)
-  if s.kind == 1 then
+  if s.kind == 5 then
+    redis.call('HSET', key, 'debited', string.format('%d', st.n))
+  elseif s.kind == 1 then
     local backlog = st.tat - now
     if backlog <= EPS_US then
       redis.call('DEL', key)
@@ -118,6 +133,8 @@ local function status(s, st, now)
     return math.max(0, math.min(s.p1, rem)), math.max(0, math.ceil(reset - EPS_US))
   elseif s.kind == 3 then
     return math.max(0, s.p1 - st.n), math.max(0, math.ceil(s.p3 - now))
+  elseif s.kind == 5 then
+    return math.max(0, st.credited - st.n), 0
   else
     return math.max(0, s.p1 - st.n), 0
   end

@@ -10,7 +10,7 @@ for i = 1, #KEYS do
   local s = spec(i)
   local st = states[key]
   if not st then
-    st = load(s, redis.call('GET', key), now)
+    st = load(s, fetch(s, key), now)
     order[#order + 1] = { key, s }
   end
   local cost = s.amount
@@ -47,6 +47,12 @@ for i = 1, #KEYS do
       retry = math.ceil((cost - usable) * s.p3 / s.p2 - EPS_US)
     end
     nst = { level = st.level - cost }
+  elseif s.kind == 5 then
+    -- A prepaid balance: no reserve, and no time to wait for (only a credit helps).
+    if st.n + cost <= st.credited then
+      ok = true
+    end
+    nst = { n = st.n + cost, credited = st.credited }
   elseif s.kind == 3 then
     local allowed = math.floor(s.p1 * keep / 1000)
     if s.p2 == 1 then

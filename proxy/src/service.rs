@@ -364,7 +364,8 @@ async fn reject(session: &mut Session, ctx: &mut Ctx, snap: &Snapshot, r: Reject
         );
     }
     let body = Bytes::from(r.render(relay::dialect(ctx), &ctx.req.request_id));
-    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(r.status_in(relay::dialect(ctx)))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let written = respond_json(session, ctx, status, body).await;
     drain_or_close(session, ctx, snap, r.kind).await;
     match written {

@@ -11,6 +11,8 @@ pub struct Limits {
     pub store: LimitStore,
     /// Every policy: shared ones first, then each tier's (tier limits carry `tiers: [that tier]`).
     pub policies: Vec<Policy>,
+    /// Prepaid tokens credited per org (the top-level `balances:`), for the in-process store.
+    pub balances: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -69,6 +71,8 @@ pub enum PolicyKind {
     Concurrent {
         limit: u64,
     },
+    /// The org's prepaid balance: no limit of its own (the credited amount is per org).
+    Balance,
 }
 
 impl Policy {
@@ -85,6 +89,7 @@ impl Policy {
                 },
             ),
             PolicyKind::Concurrent { limit } => (*limit, 0),
+            PolicyKind::Balance => (0, 0),
         }
     }
 }

@@ -16,6 +16,8 @@
 //!     limits:                     # per API key (scope [key]) unless `scope` says otherwise
 //!       - { name: free-rpm, unit: requests, rate: 20, per: minute }
 //!       - { name: free-tpd, unit: tokens, quota: daily, limit: 100000 }
+//! balances:                       # prepaid tokens per org (`unit: balance`, in-process store)
+//!   acme: 1000000
 //! ```
 
 use crate::common::{AlgorithmKind, Dimension, OnStoreErrorSpec, Priority, QuotaWindow, Unit};
@@ -102,8 +104,8 @@ fn one() -> u32 {
     1
 }
 
-/// One limit. Exactly one of: `rate` + `per` (a bucket), `quota` + `limit` (a calendar window), or
-/// `unit: concurrent_requests` + `limit`.
+/// One limit. Exactly one of: `rate` + `per` (a bucket), `quota` + `limit` (a calendar window),
+/// `unit: concurrent_requests` + `limit`, or `unit: balance` alone (the org's prepaid balance).
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
@@ -148,9 +150,11 @@ pub struct PolicySpec {
     /// a low-priority caller is refused once less than 30% would remain.
     #[serde(default)]
     pub reserve: BTreeMap<Priority, f64>,
-    /// What happens when the store (Redis) cannot answer in time.
-    #[serde(default)]
-    pub on_store_error: OnStoreErrorSpec,
+    /// What happens when the store (Redis) cannot answer in time. Default `local`; for
+    /// `unit: balance` `fail_closed` (`local` is refused there: a proxy's share of a prepaid balance
+    /// would spend money nobody tracks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_store_error: Option<OnStoreErrorSpec>,
     /// Completion tokens reserved per choice when a request sets no cap (default
     /// `limits.default_max_tokens`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

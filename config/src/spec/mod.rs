@@ -56,6 +56,11 @@ pub struct ConfigFile {
     /// Rate limits and quotas shared across tiers, and where limiter state lives.
     #[serde(default)]
     pub limits: limits::LimitsSpec,
+    /// Prepaid tokens credited to each org (org → tokens) for `unit: balance` policies on the
+    /// in-process store. With `limits.store: redis` the control plane writes the credited amount
+    /// into Redis instead and this section is ignored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub balances: BTreeMap<String, u64>,
     /// Feature flags by name (1–64 of `a-z 0-9 _ -`). A flag the gateway knows but the config does
     /// not name keeps its built-in default (see the README's "Feature flags").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -2,8 +2,8 @@
 //! `config/tests/invalid/` (files named `limit-*.yaml`).
 
 use crate::model::{
-    AlgorithmKind, Dimension, LimitStore, Limits, ModelPattern, Policy, PolicyKind, Priority,
-    QuotaWindow, RedisSettings, Unit,
+    AlgorithmKind, Dimension, LimitStore, Limits, ModelPattern, OnStoreErrorSpec, Policy,
+    PolicyKind, Priority, QuotaWindow, RedisSettings, Unit,
 };
 use crate::spec::{ConfigFile, Enforcement, LimitsSpec, PolicySpec, RedisSpec, StoreKind};
 use crate::validate::Check;
@@ -46,7 +46,48 @@ pub(crate) fn limits(c: &mut Check<'_>, file: &ConfigFile) -> Limits {
             }
         }
     }
-    Limits { store, policies }
+    one_balance_policy(c, file);
+    Limits {
+        store,
+        policies,
+        balances: balances(c, file),
+    }
+}
+
+/// At most one `unit: balance` policy, in `limits.policies`: an org has one prepaid account, so no
+/// request may be charged twice for it (two policies, or one per tier), whatever route it takes.
+fn one_balance_policy(c: &mut Check<'_>, file: &ConfigFile) {
+    for (tier, t) in &file.tiers {
+        if let Some(i) = t.limits.iter().position(|p| p.unit == Unit::Balance) {
+            c.err(
+                &format!("tiers.{tier}.limits[{i}].unit"),
+                "a prepaid balance belongs to the org, not a tier: put the `unit: balance` policy in `limits.policies`",
+            );
+        }
+    }
+    let mut shared = (file.limits.policies.iter().enumerate())
+        .filter(|(_, p)| p.unit == Unit::Balance)
+        .map(|(i, _)| i);
+    if let (Some(_), Some(i)) = (shared.next(), shared.next()) {
+        c.err(
+            &format!("limits.policies[{i}].unit"),
+            "only one `unit: balance` policy is allowed (each org has one prepaid balance)",
+        );
+    }
+}
+
+/// `balances:` org → prepaid tokens. An org name becomes a Redis hash tag (`leaky:bal:{org}`), so
+/// braces and whitespace are refused.
+fn balances(c: &mut Check<'_>, file: &ConfigFile) -> std::collections::BTreeMap<String, u64> {
+    for org in file.balances.keys() {
+        if org.is_empty() || org.contains(['{', '}']) || org.chars().any(char::is_whitespace) {
+            c.err(
+                &format!("balances.{org}"),
+                format!("org name `{org}` must be non-empty without braces or whitespace"),
+            );
+        }
+    }
+    file.balances.clone()
 }
 
 struct Known<'a> {
@@ -106,7 +147,9 @@ fn policy<'a>(
     let reserve_permille = reserve(c, path, p);
     let (default_max_tokens, enforce_max_tokens) = max_tokens(c, path, p, spec);
     let mut scope = p.scope.clone().unwrap_or_else(|| {
-        if tier.is_some() {
+        if p.unit == Unit::Balance {
+            vec![Dimension::Org]
+        } else if tier.is_some() {
             vec![Dimension::Key]
         } else {
             Vec::new()
@@ -114,6 +157,7 @@ fn policy<'a>(
     });
     scope.sort_unstable();
     scope.dedup();
+    let on_store_error = on_store_error(c, path, p, &scope);
     if c.error_count() > errors_before {
         return None;
     }
@@ -135,7 +179,7 @@ fn policy<'a>(
         providers: p.matcher.providers.clone(),
         routes: p.matcher.routes.clone(),
         reserve_permille,
-        on_store_error: p.on_store_error,
+        on_store_error,
         default_max_tokens,
         enforce_max_tokens,
     })
@@ -237,8 +281,56 @@ fn max_tokens(c: &mut Check<'_>, path: &str, p: &PolicySpec, spec: &LimitsSpec) 
     (default_max_tokens, enforce_max_tokens)
 }
 
+/// The policy's `on_store_error`, and the rules of a balance policy's scope and reserve.
+///
+/// A balance fails closed by default: admitting unchecked while Redis is away spends tokens nobody
+/// has paid for and nobody debits (the reservation never reaches the shared account), whereas a
+/// refusal costs a retry. `fail_open` stays available for operators who prefer availability and
+/// reconcile from the usage events; `local` is refused (a per-proxy share of a balance it cannot
+/// see is meaningless).
+fn on_store_error(
+    c: &mut Check<'_>,
+    path: &str,
+    p: &PolicySpec,
+    scope: &[Dimension],
+) -> OnStoreErrorSpec {
+    if p.unit != Unit::Balance {
+        return p.on_store_error.unwrap_or_default();
+    }
+    if scope != [Dimension::Org] {
+        c.err(
+            &format!("{path}.scope"),
+            "a `unit: balance` policy charges the org's prepaid balance: its scope is `[org]`",
+        );
+    }
+    if !p.reserve.is_empty() {
+        c.err(
+            &format!("{path}.reserve"),
+            "a prepaid balance keeps nothing back from lower priorities: remove `reserve`",
+        );
+    }
+    match p.on_store_error {
+        Some(OnStoreErrorSpec::Local) => {
+            c.err(
+                &format!("{path}.on_store_error"),
+                "a prepaid balance cannot be enforced locally: use `fail_closed` (the default) or `fail_open`",
+            );
+            OnStoreErrorSpec::FailClosed
+        }
+        Some(mode) => mode,
+        None => OnStoreErrorSpec::FailClosed,
+    }
+}
+
 fn kind(c: &mut Check<'_>, path: &str, p: &PolicySpec) -> Option<PolicyKind> {
     let bucket = p.rate.is_some() || p.per.is_some() || p.burst.is_some();
+    if p.unit == Unit::Balance {
+        if bucket || p.quota.is_some() || p.limit.is_some() || p.timezone.is_some() {
+            c.err(path, "a `unit: balance` policy takes no `rate`, `per`, `burst`, `quota`, `limit` or `timezone`: the org's credited balance is its limit");
+            return None;
+        }
+        return Some(PolicyKind::Balance);
+    }
     if p.unit == Unit::ConcurrentRequests {
         if bucket || p.quota.is_some() {
             c.err(path, "a `concurrent_requests` policy takes only `limit` (no `rate`, `per`, `burst` or `quota`)");

@@ -4,7 +4,7 @@
 //! ```text
 //! on_cost_floor   a lower bound of the cost never fits a policy: 429 before the exact estimate
 //! on_admit        charges ─ store.take ─ admitted: headers, shaping delay, a RateLimitHold │
-//!                 refused: 429 + Retry-After
+//!                 refused: 429 + Retry-After (none for a prepaid balance: it does not refill)
 //! Hold::settle    usage known before the last bytes go out ─ store.adjust (the next request sees it)
 //! Hold::finish    not settled yet (client gone, upstream failed) ─ settle what was used, refund the rest
 //! drop            never settled (request cancelled) ─ refund everything
@@ -83,6 +83,13 @@ impl RateLimitFilter {
                     ),
                 )
             }
+            (PolicyKind::Balance, _) => (
+                RejectKind::InsufficientBalance,
+                format!(
+                    "Your organization's prepaid token balance is too low for this request (policy `{}`): it needs up to {cost} tokens and {} remain. Buy more tokens to continue.",
+                    p.name, deny.status.remaining
+                ),
+            ),
             (_, true) => return self.too_large(which[index], cost),
             (PolicyKind::Concurrent { .. }, false) => (
                 RejectKind::RateLimited,
@@ -127,6 +134,7 @@ fn unit_name(unit: Unit) -> &'static str {
         Unit::Tokens => "tokens",
         Unit::PromptTokens => "prompt tokens",
         Unit::CompletionTokens => "completion tokens",
+        Unit::Balance => "prepaid tokens",
     }
 }
 
@@ -253,7 +261,7 @@ impl RateLimitHold {
                     (Unit::ConcurrentRequests, _) => 0,
                     (Unit::Requests, _) => 1,
                     (_, None) => 0,
-                    (Unit::Tokens, Some(u)) => total(u),
+                    (Unit::Tokens | Unit::Balance, Some(u)) => total(u),
                     (Unit::PromptTokens, Some(u)) => u.prompt as i64,
                     (Unit::CompletionTokens, Some(u)) => u.completion as i64,
                 };

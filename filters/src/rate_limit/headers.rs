@@ -3,7 +3,9 @@
 //!   token policy (the one with the fewest units left);
 //! - the IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers) listing every
 //!   policy that applied: `"free-rpm";q=20;w=60` and `"free-rpm";r=19;t=3`;
-//! - `Retry-After` (whole seconds, at least 1) on a refusal that waiting can cure.
+//! - `Retry-After` (whole seconds, at least 1) on a refusal that waiting can cure (not a prepaid
+//!   balance's: it does not refill). A balance shows only in the `RateLimit` fields (`r=` is what
+//!   the org may still spend).
 
 use crate::chain::RequestCtx;
 use http::{HeaderName, HeaderValue};
@@ -38,6 +40,8 @@ pub(crate) fn add(
         );
         let slot = match p.policy.unit {
             leaky_config::Unit::Requests => 0,
+            // OpenAI's headers describe rate limits; a prepaid balance is only in `RateLimit`.
+            leaky_config::Unit::Balance => continue,
             u if u.is_tokens() => 1,
             _ => continue,
         };
@@ -55,7 +59,10 @@ pub(crate) fn add(
     }
     push(h, RATELIMIT_POLICY, policy_field);
     push(h, RATELIMIT, state_field);
-    if let Some(d) = deny.filter(|d| !d.never_fits) {
+    // A prepaid balance does not refill: no time would help, only a credit.
+    let refills = |i: &usize| limiter.policies[*i].policy.kind != leaky_config::PolicyKind::Balance;
+    let waitable = statuses.first().is_some_and(|(i, _)| refills(i));
+    if let Some(d) = deny.filter(|d| !d.never_fits && waitable) {
         let secs = ceil_secs(d.retry_after_ns).max(1);
         push(h, http::header::RETRY_AFTER, secs.to_string());
     }
