@@ -4,6 +4,9 @@
 #   kafka_start DIR PORT   format DIR (first time only) and start a broker on 127.0.0.1:PORT; waits for
 #                          "Kafka Server started" (a second loopback port serves the KRaft controller)
 #   kafka_stop DIR         stop DIR's broker (SIGTERM, controlled shutdown); a no-op when none runs
+#   kafka_topics DIR PORT NAME:PARTITIONS:RETENTION_MS...
+#                          create the topics the broker on PORT lacks (existing ones are left as they are;
+#                          the tool's output goes to DIR/logs/topics.log)
 # Needs java (17) and maven; installs them from Debian when missing. Overrides: KAFKA_VERSION,
 # KAFKA_CACHE, KAFKA_HEAP_OPTS, KAFKA_JVM_OPTS, JAVA, MVN_ARGS.
 
@@ -146,4 +149,24 @@ kafka_stop() {
   done
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$dir/kafka.pid"
+}
+
+kafka_topics() {
+  local dir=$1 port=$2 java=${JAVA:-java} existing spec name partitions retention
+  shift 2
+  mkdir -p "$dir/logs"
+  # One JVM to list, one per missing topic: a warm `up` starts a single JVM. The tools run without
+  # the broker's log4j2 file (it appends to server.log, which kafka_start reads).
+  # shellcheck disable=SC2086
+  existing=$("$java" $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS -cp "$KAFKA_LIB/*" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "127.0.0.1:$port" --list 2>>"$dir/logs/topics.log") || return 1
+  for spec in "$@"; do
+    IFS=: read -r name partitions retention <<<"$spec"
+    [[ $'\n'$existing$'\n' == *$'\n'$name$'\n'* ]] && continue
+    # shellcheck disable=SC2086
+    "$java" $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS -cp "$KAFKA_LIB/*" org.apache.kafka.tools.TopicCommand \
+      --bootstrap-server "127.0.0.1:$port" --create --if-not-exists --topic "$name" \
+      --partitions "$partitions" --replication-factor 1 --config "retention.ms=$retention" \
+      >>"$dir/logs/topics.log" 2>&1 || { tail -5 "$dir/logs/topics.log" >&2; return 1; }
+  done
 }
