@@ -1,18 +1,22 @@
-"""The README's walkthrough against a running `scripts/stack up`, with the official OpenAI SDK.
+"""The README's walkthroughs against a running `scripts/stack up`, with the official OpenAI SDK.
 
 A key created through the control plane's API works on both proxies within a second, streaming too;
 rotated, both keys work during the grace period; revoked, both proxies refuse it within a second.
+Prepaid tokens: a `prepaid` key is refused at a zero balance; a purchase completes; requests through
+both proxies succeed until the tokens are spent, then are refused with `insufficient_quota`; the ledger
+debits exactly what the provider reported; a declined payment is compensated and credits nothing.
 `scripts/test` brings the stack up (debug binary, its own state dir), runs this file, and stops it.
 """
+import json
 import os
 import time
-
-import json
+import uuid
 
 import httpx
 import openai
 import pytest
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 CP = os.environ.get("LEAKY_CP_URL", "http://127.0.0.1:9300")
 TOKEN = os.environ.get("LEAKY_ADMIN_TOKEN", "lt-dev-admin")
@@ -20,6 +24,9 @@ PROXIES = ["http://127.0.0.1:8080/v1", "http://127.0.0.1:8081/v1"]
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 PROPAGATION = 1.0  # seconds: the full-stack contract
 KAFKA = os.environ.get("LEAKY_KAFKA", "127.0.0.1:19092")
+PAYMENTS = os.environ.get("LEAKY_PAYMENTS_URL", "http://127.0.0.1:18004")
+SAGA_TIMEOUT = 30.0  # seconds: a purchase is four payment-stub calls at 80-300 ms plus the ledger
+CONSUMER_TIMEOUT = 15.0  # seconds: usage events through Kafka to the ledger's usage consumer
 
 
 def api(method, path, **kw):
@@ -166,3 +173,162 @@ def test_every_proxy_acknowledged_the_version_in_force():
     instances = api("GET", "/v1/registry/instances")["items"]
     proxies = {i["id"] for i in instances if i["role"] == "proxy" and i["status"] == "up"}
     assert {"proxy-8080", "proxy-8081"} <= proxies, instances
+
+
+# --- Kafka topics (scripts/stack creates them; docs/events.md) ---------------------------------------
+
+TOPICS = {  # name: (partitions, retention.ms)
+    "leaky.usage.v1": (6, 7 * 86_400_000),
+    "leaky.tenancy.v1": (3, 30 * 86_400_000),
+    "leaky.ledger.v1": (3, 30 * 86_400_000),
+    "leaky.billing.v1": (3, 30 * 86_400_000),
+}
+
+
+def test_the_stack_created_every_topic_with_its_partitions_and_retention():
+    admin = AdminClient({"bootstrap.servers": KAFKA})
+    topics = admin.list_topics(timeout=10).topics
+    for name, (partitions, retention) in TOPICS.items():
+        assert name in topics, f"{name} missing: {sorted(topics)}"
+        assert len(topics[name].partitions) == partitions, name
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in TOPICS]
+    for resource, future in admin.describe_configs(resources).items():
+        configs = future.result(timeout=10)
+        assert int(configs["retention.ms"].value) == TOPICS[resource.name][1], resource.name
+
+
+# --- Prepaid tokens: buy, spend through both proxies, get refused ------------------------------------
+
+MAX_TOKENS = 64  # per request: the reservation is the prompt estimate plus this cap
+
+
+def prepaid_key(org_id):
+    """A `prepaid` key of `org_id`, once both proxies know it (a zero balance refuses it, not 401)."""
+    key = api("POST", f"/v1/orgs/{org_id}/keys", json={"name": "prepaid", "tier": "prepaid"})["key"]
+    for proxy in PROXIES:
+        until(lambda: out_of_tokens(proxy, key) is not None, f"prepaid key on {proxy}")
+    return key
+
+
+def out_of_tokens(base_url, key):
+    """True when the proxy refuses `key` for its balance, None while it does not know the key yet."""
+    try:
+        chat(base_url, key, max_tokens=MAX_TOKENS)
+        return False
+    except openai.AuthenticationError:
+        return None
+    except openai.RateLimitError as e:
+        assert e.code == "insufficient_quota", e
+        return True
+
+
+def buy(org_id, tokens, idempotency_key):
+    r = httpx.post(
+        f"{CP}/v1/orgs/{org_id}/purchases",
+        headers={**ADMIN, "Idempotency-Key": idempotency_key},
+        json={"tokens": tokens},
+        timeout=10,
+    )
+    assert r.status_code in (200, 202), f"purchase: {r.status_code} {r.text}"
+    return r
+
+
+def finished(purchase_id):
+    """The purchase once its saga has finished (completed, compensated or needs_attention)."""
+    deadline = time.monotonic() + SAGA_TIMEOUT
+    while True:
+        purchase = api("GET", f"/v1/purchases/{purchase_id}")
+        if purchase["status"] != "pending":
+            return purchase
+        assert time.monotonic() < deadline, f"purchase still pending after {SAGA_TIMEOUT}s: {purchase}"
+        time.sleep(0.1)
+
+
+def balance(org_id):
+    return api("GET", f"/v1/orgs/{org_id}/balance")
+
+
+def invariant(b):
+    """The ledger's accounting invariant."""
+    assert b["tokens"] == b["purchased"] + b["granted"] - b["consumed"] - b["refunded"] - b["expired"], b
+
+
+def spend(key):
+    """Chats through both proxies in turn until one is refused for the balance; the usage of each."""
+    admitted = []
+    for i in range(200):
+        try:
+            admitted.append(chat(PROXIES[i % 2], key, max_tokens=MAX_TOKENS).usage)
+        except openai.RateLimitError as e:
+            assert e.code == "insufficient_quota", e
+            return admitted
+    pytest.fail(f"never refused after {len(admitted)} requests")
+
+
+def test_bought_tokens_are_spent_through_both_proxies_exactly_then_refused():
+    org_id = api("POST", "/v1/orgs", json={"name": f"prepaid-{os.getpid()}-{time.time_ns()}"})["id"]
+    key = prepaid_key(org_id)
+    assert balance(org_id)["tokens"] == 0
+    for proxy in PROXIES:
+        assert out_of_tokens(proxy, key), f"{proxy} admitted a request at a zero balance"
+
+    idempotency_key = f"walkthrough-{uuid.uuid4()}"
+    first = buy(org_id, 600, idempotency_key)
+    assert first.status_code == 202 and first.json()["status"] == "pending", first.text
+    again = buy(org_id, 600, idempotency_key)
+    assert again.status_code == 200 and again.headers.get("idempotent-replayed") == "true"
+    assert again.json()["id"] == first.json()["id"], "the same Idempotency-Key is the same purchase"
+
+    purchase = finished(first.json()["id"])
+    assert purchase["status"] == "completed", purchase
+    b = balance(org_id)
+    assert (b["purchased"], b["tokens"]) == (600, 600), b
+
+    admitted = spend(key)
+    assert len(admitted) >= 2, "both proxies served"
+    for proxy in PROXIES:
+        assert out_of_tokens(proxy, key), f"{proxy} still admits once the tokens are spent"
+
+    # The usage consumer debits the ledger with exactly what the provider reported, once per request.
+    spent = sum(u.total_tokens for u in admitted)
+    deadline = time.monotonic() + CONSUMER_TIMEOUT
+    while (b := balance(org_id))["consumed"] < spent and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert b["consumed"] == spent, (b, [u.total_tokens for u in admitted])
+    assert b["purchased"] - b["consumed"] == b["tokens"], b
+    invariant(b)
+    # Refused because what is left is less than one more request's reservation.
+    assert 0 <= b["tokens"] < MAX_TOKENS + max(u.prompt_tokens for u in admitted), b
+
+    # The purchase and the ledger's entries were published as domain events (docs/events.md).
+    completed = consume("leaky.billing.v1", lambda e: e["subject"] == purchase["id"], lambda f: len(f) >= 1)
+    assert completed[0]["type"] == "purchase.completed" and completed[0]["_key"] == purchase["id"]
+    assert completed[0]["data"]["tokens"] == 600
+    ledger = consume("leaky.ledger.v1", lambda e: e["subject"] == org_id, lambda f: len(f) >= 1 + len(admitted))
+    assert [e["type"] for e in ledger] == ["ledger.credited"] + ["ledger.debited"] * len(admitted)
+
+
+def test_a_declined_payment_is_compensated_and_leaves_the_balance_unchanged():
+    org_id = api("POST", "/v1/orgs", json={"name": f"declined-{os.getpid()}-{time.time_ns()}"})["id"]
+    paid = buy(org_id, 100, f"walkthrough-{uuid.uuid4()}").json()
+    assert finished(paid["id"])["status"] == "completed"
+    before = balance(org_id)
+    assert before["purchased"] == 100, before
+
+    # The control plane sends no x-stub-fault header: arm the stub to decline the next authorization.
+    faults = httpx.post(f"{PAYMENTS}/_stub/faults", json={"decline": 1}, timeout=10)
+    assert faults.status_code == 200, faults.text
+    try:
+        declined = buy(org_id, 500, f"walkthrough-{uuid.uuid4()}").json()
+        purchase = finished(declined["id"])
+    finally:
+        httpx.post(f"{PAYMENTS}/_stub/faults", json={}, timeout=10)
+    assert purchase["status"] == "compensated", purchase
+    after = balance(org_id)
+    assert {k: after[k] for k in ("tokens", "purchased", "refunded")} == {
+        k: before[k] for k in ("tokens", "purchased", "refunded")
+    }, (before, after)
+    invariant(after)
+    intents = httpx.get(f"{PAYMENTS}/_stub/state", timeout=10).json()["payment_intents"]
+    mine = [pi for pi in intents if pi["id"] == purchase["payment_intent"]]
+    assert all(pi["amount_received"] == 0 for pi in mine), mine
