@@ -44,7 +44,9 @@ fn every_shipped_file_loads_with_all_variables_set() {
         let config = load_ok(&shipped(name), &dummy_env);
         assert_eq!(config.providers.len(), 4, "{name}");
         assert_eq!(config.routes.len(), 6, "{name}");
-        assert_eq!(config.tiers.len(), 3, "{name}");
+        // stack.yaml adds the `prepaid` tier its balance policy charges.
+        let tiers = if *name == "stack.yaml" { 4 } else { 3 };
+        assert_eq!(config.tiers.len(), tiers, "{name}");
         // Gemini native under both API versions, same chain (the SDK defaults to /v1).
         let gemini: Vec<_> = config
             .routes
@@ -320,4 +322,24 @@ fn errors_point_into_the_file_that_defines_the_node() {
         single_error(&overlay),
         format!("{}:3:12: `threads` must be at least 1", overlay.display())
     );
+}
+
+#[test]
+fn the_stack_charges_a_prepaid_balance_to_the_prepaid_tier_only() {
+    let config = load_ok(&shipped("stack.yaml"), &no_env);
+    let balance: Vec<_> = config
+        .limits
+        .policies
+        .iter()
+        .filter(|p| p.unit == leaky_config::Unit::Balance)
+        .map(|p| (p.name.as_str(), p.tiers.clone()))
+        .collect();
+    assert_eq!(balance, [("prepaid", vec!["prepaid".to_owned()])]);
+    assert!(config.tiers.contains_key("prepaid"));
+    // Shared policies come first; base.yaml's two pools are kept beside the balance.
+    let shared: Vec<_> = config.limits.policies[..3]
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(shared, ["org-tokens", "openai-pool", "prepaid"]);
 }
