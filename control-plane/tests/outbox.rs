@@ -3,50 +3,23 @@
 //! CloudEvents envelope; failed changes publish nothing; a relay that cannot reach Kafka marks nothing
 //! and a second relay delivers everything; two relays at once publish each event once.
 //!
-//! The broker: `LEAKY_TEST_KAFKA` when set (what `scripts/test` starts), else one per test process,
-//! started on first use and stopped by a watchdog once the process is gone (Rust drops no statics).
-//! Each test publishes to a topic of its own through the relay's topic override.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::print_stderr
-)]
+//! The broker: `common::kafka` (`LEAKY_TEST_KAFKA`, or one per test process). Each test publishes to a topic of its own through the relay's topic override.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
 use leaky_control_plane::outbox::{self, Event, Relay, RelayConfig};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-fn kafka_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/kafka.sh");
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!(". '{}' && {cmd} \"$0\" \"$1\"", script.display()))
-        .arg(dir)
-        .arg(port.to_string())
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kafka.sh {cmd} failed (java and maven are needed):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
+/// A port nothing listens on (for the relay that cannot reach Kafka).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -54,48 +27,16 @@ fn free_port() -> u16 {
         .unwrap()
 }
 
-/// Starts a broker in a fresh directory with a watchdog that stops it when this process ends.
-fn start_own_broker() -> anyhow::Result<String> {
-    let dir = tempfile::tempdir()?.keep();
-    let port = free_port();
-    kafka_sh("kafka_start", &dir, port)?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/kafka.sh");
-    let watchdog = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; . '{s}' && kafka_stop '{d}' {port}; rm -rf '{d}'",
-        pid = std::process::id(),
-        s = script.display(),
-        d = dir.display(),
-    );
-    Command::new("bash").arg("-c").arg(watchdog).spawn()?;
-    eprintln!("test kafka on 127.0.0.1:{port}, data in {}", dir.display());
-    Ok(format!("127.0.0.1:{port}"))
-}
-
-/// The broker every test of this process uses.
+/// The broker every test of this process uses (`common::kafka`).
 fn brokers() -> String {
-    static SHARED: OnceLock<Result<String, String>> = OnceLock::new();
-    SHARED
-        .get_or_init(|| match std::env::var("LEAKY_TEST_KAFKA") {
-            Ok(addr) if !addr.is_empty() => Ok(addr),
-            _ => start_own_broker().map_err(|e| format!("{e:#}")),
-        })
-        .clone()
-        .unwrap()
+    common::kafka::brokers().unwrap()
 }
 
 /// A new one-partition topic (so the whole topic is in order) no other test uses.
 async fn topic(brokers: &str, name: &str) -> String {
-    let topic = format!("test.outbox.{name}.{}", uuid::Uuid::new_v4().simple());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let t = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in admin.create_topics(&[t], &opts).await.unwrap() {
-        r.unwrap();
-    }
-    topic
+    common::kafka::topic(brokers, &format!("outbox.{name}"), 1)
+        .await
+        .unwrap()
 }
 
 /// One message as the tests look at it.
