@@ -3,7 +3,7 @@
 //!
 //! Background work counts into plain atomics ([`Stats`], shared through `ApiState`), so nothing on
 //! any path can fail for metrics' sake. A scrape builds a fresh registry from those values and from a
-//! few database reads (the outbox backlog), bounded by [`DB_READ_TIMEOUT`]: a slow database shows as
+//! few database reads (the outbox backlog, sagas by state), bounded by [`DB_READ_TIMEOUT`]: a slow database shows as
 //! `leaky_control_plane_db_up 0`, never as a hung scrape.
 
 use std::sync::Arc;
@@ -12,8 +12,13 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
+use crate::billing::reconcile::ReconcileStats;
+use crate::billing::{self, store};
+use crate::consume::ConsumerStats;
 use crate::http::{ApiState, Problem, ProblemKind};
 use crate::outbox::{self, RelayStats};
 
@@ -25,19 +30,44 @@ pub const DB_READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Stats {
     /// The outbox relay of this process (zero when it runs none).
     pub outbox: Arc<RelayStats>,
+    /// The balance reconciler of this process (zero when it runs none).
+    pub reconcile: Arc<ReconcileStats>,
+    /// The Kafka consumers this process runs, by name (`leaky-ledger`: the usage consumer), set once
+    /// each starts.
+    pub consumers: std::sync::Mutex<Vec<(String, Arc<ConsumerStats>)>>,
+}
+
+impl Stats {
+    /// Registers a consumer's counters under `name` (its consumer group).
+    pub fn add_consumer(&self, name: &str, stats: Arc<ConsumerStats>) {
+        let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        consumers.push((name.to_owned(), stats));
+    }
+}
+
+/// What a scrape read from the database (each `None` when it could not in time).
+#[derive(Debug, Clone, Default)]
+pub struct DbReads {
+    pub backlog: Option<outbox::Backlog>,
+    pub sagas: Option<Vec<(&'static str, i64)>>,
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn serve(State(state): State<ApiState>) -> Response {
-    let backlog = if state.is_migrated() {
-        tokio::time::timeout(DB_READ_TIMEOUT, outbox::backlog(&state.pool))
+    let reads = if state.is_migrated() {
+        let read = async {
+            DbReads {
+                backlog: outbox::backlog(&state.pool).await.ok(),
+                sagas: store::saga_counts(&state.pool).await.ok(),
+            }
+        };
+        tokio::time::timeout(DB_READ_TIMEOUT, read)
             .await
-            .ok()
-            .and_then(Result::ok)
+            .unwrap_or_default()
     } else {
-        None
+        DbReads::default()
     };
-    match render(&state.stats, backlog) {
+    match render(&state.stats, &reads) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -54,26 +84,120 @@ pub async fn serve(State(state): State<ApiState>) -> Response {
 }
 
 /// The exposition text for these values.
-pub fn render(
-    stats: &Stats,
-    backlog: Option<outbox::Backlog>,
-) -> Result<String, prometheus::Error> {
+pub fn render(stats: &Stats, reads: &DbReads) -> Result<String, prometheus::Error> {
     let r = Registry::new();
-    let relay = &stats.outbox;
+    outbox_metrics(&r, stats, reads.backlog.clone())?;
+    saga_metrics(&r, reads.sagas.as_deref())?;
+    consumer_metrics(&r, stats)?;
+    let corrections = IntCounterVec::new(
+        Opts::new(
+            "leaky_reconcile_corrections_total",
+            "Balance mirror corrections by the reconciler (credited, debited_raised, debited_lowered)",
+        ),
+        &["kind"],
+    )?;
+    for (kind, n) in stats.reconcile.corrections() {
+        corrections.with_label_values(&[kind]).inc_by(n);
+    }
+    r.register(Box::new(corrections))?;
     counter(
         &r,
+        "leaky_reconcile_passes_total",
+        "Reconciler passes this process ran",
+        stats.reconcile.passes(),
+    )?;
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// Sagas by state (from the database, when read), steps by result, needs-attention moves.
+fn saga_metrics(
+    r: &Registry,
+    sagas: Option<&[(&'static str, i64)]>,
+) -> Result<(), prometheus::Error> {
+    if let Some(sagas) = sagas {
+        let g = IntGaugeVec::new(Opts::new("leaky_sagas", "Sagas by state"), &["state"])?;
+        for (state, n) in sagas {
+            g.with_label_values(&[state]).set(*n);
+        }
+        r.register(Box::new(g))?;
+    }
+    counter(
+        r,
+        "leaky_saga_needs_attention_total",
+        "Sagas this process moved to needs_attention",
+        billing::needs_attention_total(),
+    )?;
+    let steps = IntCounterVec::new(
+        Opts::new(
+            "leaky_saga_steps_total",
+            "Saga step attempts this process finished, by step and result",
+        ),
+        &["step", "result"],
+    )?;
+    for (step, result, n) in billing::saga::step_counts() {
+        steps.with_label_values(&[step, result]).inc_by(n);
+    }
+    r.register(Box::new(steps))
+}
+
+/// `leaky_consumer_*_total{consumer}` of every consumer this process runs.
+fn consumer_metrics(r: &Registry, stats: &Stats) -> Result<(), prometheus::Error> {
+    let consumers = stats
+        .consumers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let family = |name: &str, help: &str, read: fn(&ConsumerStats) -> u64| {
+        let v = IntCounterVec::new(Opts::new(name, help), &["consumer"])?;
+        for (consumer, s) in &consumers {
+            v.with_label_values(&[consumer.as_str()]).inc_by(read(s));
+        }
+        r.register(Box::new(v))
+    };
+    family(
+        "leaky_consumer_applied_total",
+        "Events a consumer applied (first delivery)",
+        ConsumerStats::applied,
+    )?;
+    family(
+        "leaky_consumer_duplicates_total",
+        "Redeliveries a consumer skipped",
+        ConsumerStats::duplicates,
+    )?;
+    family(
+        "leaky_consumer_poison_total",
+        "Undecodable or rejected messages a consumer skipped",
+        ConsumerStats::poison,
+    )?;
+    family(
+        "leaky_consumer_retries_total",
+        "Failed effects a consumer retried",
+        ConsumerStats::retries,
+    )
+}
+
+fn outbox_metrics(
+    r: &Registry,
+    stats: &Stats,
+    backlog: Option<outbox::Backlog>,
+) -> Result<(), prometheus::Error> {
+    let relay = &stats.outbox;
+    counter(
+        r,
         "leaky_outbox_published_total",
         "Outbox events the broker acknowledged and the relay marked sent",
         relay.published(),
     )?;
     counter(
-        &r,
+        r,
         "leaky_outbox_relay_errors_total",
         "Relay batches that failed (broker or database); each is retried",
         relay.errors(),
     )?;
     counter(
-        &r,
+        r,
         "leaky_outbox_pruned_total",
         "Sent outbox events deleted after their retention",
         relay.pruned(),
@@ -98,9 +222,7 @@ pub fn render(
         lag.set(b.oldest_age_seconds);
         r.register(Box::new(lag))?;
     }
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut out)?;
-    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    Ok(())
 }
 
 fn counter(r: &Registry, name: &str, help: &str, value: u64) -> Result<(), prometheus::Error> {
@@ -117,7 +239,7 @@ mod tests {
     #[test]
     fn renders_relay_counters_and_the_backlog_only_when_read() {
         let stats = Stats::default();
-        let text = render(&stats, None).unwrap();
+        let text = render(&stats, &DbReads::default()).unwrap();
         assert!(text.contains("leaky_outbox_published_total 0"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 0"), "{text}");
         assert!(!text.contains("leaky_outbox_lag_seconds"), "{text}");
@@ -125,7 +247,15 @@ mod tests {
             unsent: 3,
             oldest_age_seconds: 1.5,
         };
-        let text = render(&stats, Some(backlog)).unwrap();
+        let reads = DbReads {
+            backlog: Some(backlog),
+            sagas: Some(vec![("running", 2), ("completed", 5)]),
+        };
+        let text = render(&stats, &reads).unwrap();
+        assert!(
+            text.contains("leaky_sagas{state=\"completed\"} 5"),
+            "{text}"
+        );
         assert!(text.contains("leaky_outbox_unsent_events 3"), "{text}");
         assert!(text.contains("leaky_outbox_lag_seconds 1.5"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 1"), "{text}");

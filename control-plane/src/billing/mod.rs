@@ -8,10 +8,12 @@
 //! finishes writes `purchase.completed` / `purchase.compensated` / `purchase.needs_attention` to the
 //! outbox (topic [`purchase::TOPIC`]) in the transaction of its last step.
 
+pub mod adapters;
 pub mod api;
 pub mod payments_http;
 pub mod ports;
 pub mod purchase;
+pub mod reconcile;
 pub mod saga;
 pub mod store;
 pub mod webhooks;
@@ -75,6 +77,71 @@ impl Settings {
         }
         s
     }
+}
+
+/// What `leaky-tokens control-plane` passes to billing (flags with env fallbacks in `src/main.rs`).
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    pub settings: Settings,
+    pub payments: payments_http::HttpPaymentsConfig,
+    pub policy: Policy,
+}
+
+impl Default for BillingConfig {
+    /// The defaults, overridden by the environment (`LEAKY_BILLING_*`, `LEAKY_PAYMENTS_*`).
+    fn default() -> Self {
+        Self {
+            settings: Settings::from_env(),
+            payments: payments_http::HttpPaymentsConfig::from_env(),
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// Spawns an admin-api process's billing work: the saga worker with the real ports (returned first,
+/// so shutdown can wait for its drain) and, with a Redis URL, the balance reconciler. Without one, a
+/// start-up warning says the mirror steps will be recorded as skipped.
+pub fn spawn(
+    state: &ApiState,
+    config: &BillingConfig,
+    redis_url: Option<&str>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let mirror = match redis_url.map(adapters::RedisMirror::new) {
+        Some(Ok(m)) => Some(std::sync::Arc::new(m)),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "billing: bad --redis-url; balance mirror steps are skipped");
+            None
+        }
+        None => {
+            tracing::warn!("billing: no --redis-url; purchases credit the ledger but the mirror steps are recorded as skipped (no data-plane mirror configured) and no reconciler runs");
+            None
+        }
+    };
+    let reconcile = mirror.clone().map(|m| {
+        let r = reconcile::Reconciler::new(state.pool.clone(), m, state.stats.reconcile.clone());
+        tokio::spawn(reconcile_when_migrated(state.clone(), r))
+    });
+    let saga = match payments_http::HttpPayments::new(config.payments.clone()) {
+        Ok(payments) => {
+            let ports = adapters::ports(payments, state.pool.clone(), mirror);
+            tokio::spawn(worker(state.clone(), ports, config.policy.clone()))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "billing: no payment client; purchases stay pending");
+            tokio::spawn(async {})
+        }
+    };
+    (saga, reconcile)
+}
+
+async fn reconcile_when_migrated(state: ApiState, r: reconcile::Reconciler) {
+    while !state.is_migrated() {
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    r.run_every(reconcile::RECONCILE_EVERY).await;
 }
 
 /// How often an idle saga worker looks for due sagas (webhooks make a saga due at once; this bounds

@@ -85,4 +85,10 @@ pub trait BalanceMirror: Send + Sync {
     /// Returns whether it applied (an older version is no error: a newer total is already there).
     async fn set_credited(&self, org: Uuid, credited: i64, version: i64)
         -> Result<bool, PortError>;
+
+    /// False for a stand-in that writes no mirror at all (no `--redis-url`): the saga then records
+    /// the mirror steps as skipped instead of pretending they ran.
+    fn configured(&self) -> bool {
+        true
+    }
 }
