@@ -32,7 +32,7 @@ use super::ports::{BalanceMirror, PortError};
 use crate::ledger::{self, LedgerError};
 
 /// The advisory lock key of a pass (`'leaky.reconcile'` hashed once, fixed forever).
-const LOCK_KEY: i64 = 0x6c65_616b_7972_6563;
+pub const LOCK_KEY: i64 = 0x6c65_616b_7972_6563;
 
 /// How often the control plane reconciles (also the "unchanged for" window of rule 3).
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(60);
