@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use leaky_limit::balance::{self, BalanceState};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -87,6 +87,9 @@ impl Credits for LedgerCredits {
             }
             None => return Err(PortError::Permanent(format!("no saga {saga}"))),
         }
+        // Postgres keeps microseconds: a retry must present the expiry exactly as the ledger stored
+        // it, or the ledger sees another credit under the same ref.
+        let expires_at = expires_at.map(|t| t.trunc_subsecs(6));
         ledger::credit_purchase_on(&mut tx, org, tokens, purchase_ref, expires_at)
             .await
             .map_err(ledger_error)?;
