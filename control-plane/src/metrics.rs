@@ -260,4 +260,31 @@ mod tests {
         assert!(text.contains("leaky_outbox_lag_seconds 1.5"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 1"), "{text}");
     }
+
+    #[test]
+    fn renders_saga_consumer_and_reconcile_families_with_bounded_labels() {
+        let stats = Stats::default();
+        stats.add_consumer("leaky-ledger", Arc::default());
+        let text = render(&stats, &DbReads::default()).unwrap();
+        for line in [
+            "leaky_consumer_applied_total{consumer=\"leaky-ledger\"} 0",
+            "leaky_consumer_duplicates_total{consumer=\"leaky-ledger\"} 0",
+            "leaky_consumer_poison_total{consumer=\"leaky-ledger\"} 0",
+            "leaky_consumer_retries_total{consumer=\"leaky-ledger\"} 0",
+            "leaky_reconcile_corrections_total{kind=\"debited_lowered\"} 0",
+            "leaky_saga_needs_attention_total",
+            "leaky_saga_steps_total{result=\"failed\",step=\"authorize\"}",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("leaky_sagas{"),
+            "no saga gauge without a DB read"
+        );
+        let steps = text
+            .lines()
+            .filter(|l| l.starts_with("leaky_saga_steps_total{"))
+            .count();
+        assert_eq!(steps, 16, "8 steps (with `other`) × 2 results");
+    }
 }

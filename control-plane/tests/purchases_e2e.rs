@@ -711,3 +711,128 @@ async fn a_hundred_concurrent_purchases_survive_a_postgres_restart() {
     assert_eq!(st.mirror().await.unwrap().credited, sum);
     st.check().await;
 }
+
+/// The process as `leaky-tokens control-plane` runs it: `run` spawns the saga worker with the real
+/// ports (the stub, the ledger, Redis from `redis_url`) and the reconciler; a purchase made over
+/// HTTP completes by itself, `/metrics` shows it, and shutdown drains the worker.
+#[tokio::test]
+async fn the_control_plane_process_runs_purchases_by_itself() {
+    let url = common::fresh_db().await.unwrap();
+    let stub = payment_stub().await;
+    let redis = RedisServer::spawn().expect("redis-server");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let endpoint: Value = http
+        .post(format!("{stub}/v1/webhook_endpoints"))
+        .bearer_auth("sk_test_leaky")
+        .json(&json!({"url": format!("{base}/v1/webhooks/payments"), "enabled_events": ["*"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut billing = leaky_control_plane::billing::BillingConfig::default();
+    billing.settings.webhook_secret = endpoint["secret"].as_str().unwrap().to_owned();
+    billing.payments.base_url = stub.clone();
+    let config = leaky_control_plane::Config {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        database_url: url,
+        roles: "admin-api".parse().unwrap(),
+        admin_token: common::TOKEN.to_owned(),
+        config_base: None,
+        outbox: None,
+        redis_url: Some(redis.url()),
+        billing,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(leaky_control_plane::run(config, async {
+        let _ = stopped.await;
+    }));
+    let req = |m: reqwest::Method, path: &str| {
+        http.request(m, format!("{base}{path}"))
+            .bearer_auth(common::TOKEN)
+    };
+    let mut org = None;
+    for _ in 0..200 {
+        let res = req(reqwest::Method::POST, "/v1/orgs")
+            .json(&json!({"name": "acme"}))
+            .send()
+            .await;
+        if let Some(r) = res.ok().filter(|r| r.status() == 201) {
+            org = Some(
+                r.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    let org = org.expect("the control plane came up");
+    let created: Value = req(reqwest::Method::POST, &format!("/v1/orgs/{org}/purchases"))
+        .header("Idempotency-Key", "proc-1")
+        .json(&json!({"tokens": 1_000_000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/purchases/{}", created["id"].as_str().unwrap());
+    let mut status = String::new();
+    for _ in 0..200 {
+        let p: Value = req(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status = p["status"].as_str().unwrap().to_owned();
+        if status != "pending" {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    assert_eq!(status, "completed");
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let st = balance::read(&mut conn, &org).await.unwrap().unwrap();
+    assert_eq!(st.credited, 1_000_000);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("leaky_sagas{state=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("leaky_saga_steps_total{result=\"succeeded\",step=\"capture\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("leaky_reconcile_corrections_total{kind=\"credited\"}"),
+        "{metrics}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(StdDuration::from_secs(20), server)
+        .await
+        .expect("shutdown drains")
+        .unwrap()
+        .unwrap();
+}
