@@ -303,13 +303,39 @@ pub async fn migrate_until_done(state: ApiState) {
 /// How long shutdown waits for the saga worker's round to end.
 const DRAIN_WAIT: Duration = Duration::from_secs(15);
 
+/// Spawns the background work of `config`'s roles into `tasks` (aborted at shutdown); returns what
+/// shutdown waits for instead (the saga worker's drain; at once when the process runs none).
+fn spawn_roles(
+    state: &ApiState,
+    config: &Config,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> tokio::task::JoinHandle<()> {
+    if let Some(relay) = config.outbox.clone() {
+        let brokers = relay.brokers.clone();
+        tasks.push(tokio::spawn(relay_when_migrated(state.clone(), relay)));
+        let consumer = usage_consumer_when_migrated(state.clone(), brokers);
+        tasks.push(tokio::spawn(consumer));
+    }
+    if config.roles.contains(Role::Registry) {
+        let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);
+        tasks.push(tokio::spawn(sweep));
+    }
+    if !config.roles.contains(Role::AdminApi) {
+        return tokio::spawn(async {});
+    }
+    tasks.push(tokio::spawn(expiry_when_migrated(state.clone())));
+    let (saga, reconcile) = billing::spawn(state, &config.billing, config.redis_url.as_deref());
+    tasks.extend(reconcile);
+    saga
+}
+
 /// Starts the control plane and serves until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let pool = db::pool(&config.database_url, 16)?;
-    let state = ApiState::new(pool, AdminToken::new(config.admin_token));
+    let state = ApiState::new(pool, AdminToken::new(config.admin_token.clone()));
     tokio::spawn(migrate_until_done(state.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -325,26 +351,7 @@ pub async fn run(
         me,
         every,
     ))];
-    if let Some(relay) = config.outbox {
-        let brokers = relay.brokers.clone();
-        tasks.push(tokio::spawn(relay_when_migrated(state.clone(), relay)));
-        tasks.push(tokio::spawn(usage_consumer_when_migrated(
-            state.clone(),
-            brokers,
-        )));
-    }
-    let mut drained = Vec::new();
-    if config.roles.contains(Role::AdminApi) {
-        tasks.push(tokio::spawn(expiry_when_migrated(state.clone())));
-        let (saga, reconcile) =
-            billing::spawn(&state, &config.billing, config.redis_url.as_deref());
-        drained.push(saga);
-        tasks.extend(reconcile);
-    }
-    if config.roles.contains(Role::Registry) {
-        let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);
-        tasks.push(tokio::spawn(sweep));
-    }
+    let drained = spawn_roles(&state, &config, &mut tasks);
     let base = initial_base(config.config_base.as_deref());
     let settings = std::sync::Arc::new(config.billing.settings.clone());
     let router = router_for(state.clone(), &config.roles, base, settings);
@@ -358,14 +365,10 @@ pub async fn run(
             }
         })
         .await;
-    for task in drained {
-        // The saga worker stops after its current round once the drain started; a step in flight
-        // finishes (or its lease expires and another worker resumes it).
-        if tokio::time::timeout(DRAIN_WAIT, task).await.is_err() {
-            tracing::warn!(
-                "saga worker still busy at shutdown; its leases expire for the next worker"
-            );
-        }
+    // The saga worker stops after its current round once the drain started; a step in flight
+    // finishes (or its lease expires and another worker resumes it).
+    if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
+        tracing::warn!("saga worker still busy at shutdown; its leases expire for the next worker");
     }
     for task in tasks {
         // Wait for each to stop, so no heartbeat re-registers after the cancel below.

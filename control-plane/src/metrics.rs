@@ -3,38 +3,55 @@
 //!
 //! Background work counts into plain atomics ([`Stats`], shared through `ApiState`), so nothing on
 //! any path can fail for metrics' sake. A scrape builds a fresh registry from those values and from a
-//! few database reads (the outbox backlog, sagas by state), bounded by [`DB_READ_TIMEOUT`]: a slow database shows as
-//! `leaky_control_plane_db_up 0`, never as a hung scrape.
+//! few database reads (the outbox backlog here; sagas by state in billing's [`Collector`]), each
+//! bounded by [`DB_READ_TIMEOUT`]: a slow database shows as `leaky_control_plane_db_up 0`, never as a
+//! hung scrape. Contexts add their own families through a [`Collector`] registered at start-up (the
+//! process wires them: this module knows no context but the outbox and the consumer kit).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+use sqlx::PgPool;
 
-use crate::billing::reconcile::ReconcileStats;
-use crate::billing::{self, store};
 use crate::consume::ConsumerStats;
 use crate::http::{ApiState, Problem, ProblemKind};
 use crate::outbox::{self, RelayStats};
 
-/// How long a scrape waits for the database.
+/// How long a scrape waits for the database (per read).
 pub const DB_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A context's metric families, added to each scrape's registry.
+#[async_trait]
+pub trait Collector: Send + Sync {
+    /// Registers this context's families in `r`. `pool` is given once the schema is ready; each
+    /// database read must be bounded by [`DB_READ_TIMEOUT`] and, when it fails, leave its family out.
+    async fn collect(&self, r: &Registry, pool: Option<&PgPool>) -> Result<(), prometheus::Error>;
+}
+
 /// Counters of the process's background work.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Stats {
     /// The outbox relay of this process (zero when it runs none).
     pub outbox: Arc<RelayStats>,
-    /// The balance reconciler of this process (zero when it runs none).
-    pub reconcile: Arc<ReconcileStats>,
-    /// The Kafka consumers this process runs, by name (`leaky-ledger`: the usage consumer), set once
+    /// The Kafka consumers this process runs, by name (`leaky-ledger`: the usage consumer), added as
     /// each starts.
-    pub consumers: std::sync::Mutex<Vec<(String, Arc<ConsumerStats>)>>,
+    consumers: Mutex<Vec<(String, Arc<ConsumerStats>)>>,
+    collectors: Mutex<Vec<Arc<dyn Collector>>>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("outbox", &self.outbox)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stats {
@@ -43,31 +60,39 @@ impl Stats {
         let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
         consumers.push((name.to_owned(), stats));
     }
-}
 
-/// What a scrape read from the database (each `None` when it could not in time).
-#[derive(Debug, Clone, Default)]
-pub struct DbReads {
-    pub backlog: Option<outbox::Backlog>,
-    pub sagas: Option<Vec<(&'static str, i64)>>,
+    /// Adds a context's families to every later scrape.
+    pub fn add_collector(&self, collector: Arc<dyn Collector>) {
+        let mut collectors = self.collectors.lock().unwrap_or_else(|e| e.into_inner());
+        collectors.push(collector);
+    }
+
+    fn collectors(&self) -> Vec<Arc<dyn Collector>> {
+        self.collectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn serve(State(state): State<ApiState>) -> Response {
-    let reads = if state.is_migrated() {
-        let read = async {
-            DbReads {
-                backlog: outbox::backlog(&state.pool).await.ok(),
-                sagas: store::saga_counts(&state.pool).await.ok(),
-            }
-        };
-        tokio::time::timeout(DB_READ_TIMEOUT, read)
+    let pool = state.is_migrated().then_some(&state.pool);
+    let backlog = match pool {
+        Some(pool) => tokio::time::timeout(DB_READ_TIMEOUT, outbox::backlog(pool))
             .await
-            .unwrap_or_default()
-    } else {
-        DbReads::default()
+            .ok()
+            .and_then(Result::ok),
+        None => None,
     };
-    match render(&state.stats, &reads) {
+    let text = async {
+        let r = registry(&state.stats, backlog)?;
+        for c in state.stats.collectors() {
+            c.collect(&r, pool).await?;
+        }
+        encode(&r)
+    };
+    match text.await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -83,63 +108,29 @@ pub async fn serve(State(state): State<ApiState>) -> Response {
     }
 }
 
-/// The exposition text for these values.
-pub fn render(stats: &Stats, reads: &DbReads) -> Result<String, prometheus::Error> {
+/// The exposition text of `stats` and `backlog` (without the collectors' families).
+pub fn render(
+    stats: &Stats,
+    backlog: Option<outbox::Backlog>,
+) -> Result<String, prometheus::Error> {
+    encode(&registry(stats, backlog)?)
+}
+
+fn registry(
+    stats: &Stats,
+    backlog: Option<outbox::Backlog>,
+) -> Result<Registry, prometheus::Error> {
     let r = Registry::new();
-    outbox_metrics(&r, stats, reads.backlog.clone())?;
-    saga_metrics(&r, reads.sagas.as_deref())?;
+    outbox_metrics(&r, stats, backlog)?;
     consumer_metrics(&r, stats)?;
-    let corrections = IntCounterVec::new(
-        Opts::new(
-            "leaky_reconcile_corrections_total",
-            "Balance mirror corrections by the reconciler (credited, debited_raised, debited_lowered)",
-        ),
-        &["kind"],
-    )?;
-    for (kind, n) in stats.reconcile.corrections() {
-        corrections.with_label_values(&[kind]).inc_by(n);
-    }
-    r.register(Box::new(corrections))?;
-    counter(
-        &r,
-        "leaky_reconcile_passes_total",
-        "Reconciler passes this process ran",
-        stats.reconcile.passes(),
-    )?;
+    Ok(r)
+}
+
+/// `r` in the text format.
+pub fn encode(r: &Registry) -> Result<String, prometheus::Error> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
-}
-
-/// Sagas by state (from the database, when read), steps by result, needs-attention moves.
-fn saga_metrics(
-    r: &Registry,
-    sagas: Option<&[(&'static str, i64)]>,
-) -> Result<(), prometheus::Error> {
-    if let Some(sagas) = sagas {
-        let g = IntGaugeVec::new(Opts::new("leaky_sagas", "Sagas by state"), &["state"])?;
-        for (state, n) in sagas {
-            g.with_label_values(&[state]).set(*n);
-        }
-        r.register(Box::new(g))?;
-    }
-    counter(
-        r,
-        "leaky_saga_needs_attention_total",
-        "Sagas this process moved to needs_attention",
-        billing::needs_attention_total(),
-    )?;
-    let steps = IntCounterVec::new(
-        Opts::new(
-            "leaky_saga_steps_total",
-            "Saga step attempts this process finished, by step and result",
-        ),
-        &["step", "result"],
-    )?;
-    for (step, result, n) in billing::saga::step_counts() {
-        steps.with_label_values(&[step, result]).inc_by(n);
-    }
-    r.register(Box::new(steps))
 }
 
 /// `leaky_consumer_*_total{consumer}` of every consumer this process runs.
@@ -225,7 +216,8 @@ fn outbox_metrics(
     Ok(())
 }
 
-fn counter(r: &Registry, name: &str, help: &str, value: u64) -> Result<(), prometheus::Error> {
+/// Registers counter `name` at `value`.
+pub fn counter(r: &Registry, name: &str, help: &str, value: u64) -> Result<(), prometheus::Error> {
     let c = IntCounter::new(name, help)?;
     c.inc_by(value);
     r.register(Box::new(c))
@@ -239,7 +231,7 @@ mod tests {
     #[test]
     fn renders_relay_counters_and_the_backlog_only_when_read() {
         let stats = Stats::default();
-        let text = render(&stats, &DbReads::default()).unwrap();
+        let text = render(&stats, None).unwrap();
         assert!(text.contains("leaky_outbox_published_total 0"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 0"), "{text}");
         assert!(!text.contains("leaky_outbox_lag_seconds"), "{text}");
@@ -247,44 +239,24 @@ mod tests {
             unsent: 3,
             oldest_age_seconds: 1.5,
         };
-        let reads = DbReads {
-            backlog: Some(backlog),
-            sagas: Some(vec![("running", 2), ("completed", 5)]),
-        };
-        let text = render(&stats, &reads).unwrap();
-        assert!(
-            text.contains("leaky_sagas{state=\"completed\"} 5"),
-            "{text}"
-        );
+        let text = render(&stats, Some(backlog)).unwrap();
         assert!(text.contains("leaky_outbox_unsent_events 3"), "{text}");
         assert!(text.contains("leaky_outbox_lag_seconds 1.5"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 1"), "{text}");
     }
 
     #[test]
-    fn renders_saga_consumer_and_reconcile_families_with_bounded_labels() {
+    fn renders_the_consumers_counters() {
         let stats = Stats::default();
         stats.add_consumer("leaky-ledger", Arc::default());
-        let text = render(&stats, &DbReads::default()).unwrap();
+        let text = render(&stats, None).unwrap();
         for line in [
             "leaky_consumer_applied_total{consumer=\"leaky-ledger\"} 0",
             "leaky_consumer_duplicates_total{consumer=\"leaky-ledger\"} 0",
             "leaky_consumer_poison_total{consumer=\"leaky-ledger\"} 0",
             "leaky_consumer_retries_total{consumer=\"leaky-ledger\"} 0",
-            "leaky_reconcile_corrections_total{kind=\"debited_lowered\"} 0",
-            "leaky_saga_needs_attention_total",
-            "leaky_saga_steps_total{result=\"failed\",step=\"authorize\"}",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
-        assert!(
-            !text.contains("leaky_sagas{"),
-            "no saga gauge without a DB read"
-        );
-        let steps = text
-            .lines()
-            .filter(|l| l.starts_with("leaky_saga_steps_total{"))
-            .count();
-        assert_eq!(steps, 16, "8 steps (with `other`) × 2 results");
     }
 }

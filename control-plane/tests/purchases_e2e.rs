@@ -216,10 +216,9 @@ impl Stack {
     /// ends it with the kill.
     async fn drive(&self, engine: &Engine) -> Result<(), SagaError> {
         for _ in 0..200 {
-            match engine.run_until_idle().await {
-                Err(e @ SagaError::Killed(_)) => return Err(e),
-                // A failed round (e.g. the database restarting) is retried after the leap.
-                Err(_) | Ok(_) => {}
+            // Any other failed round (e.g. the database restarting) is retried after the leap.
+            if let Err(e @ SagaError::Killed(_)) = engine.run_until_idle().await {
+                return Err(e);
             }
             if self.unfinished().await == 0 {
                 return Ok(());

@@ -10,6 +10,7 @@
 
 pub mod adapters;
 pub mod api;
+pub mod metrics;
 pub mod payments_http;
 pub mod ports;
 pub mod purchase;
@@ -18,6 +19,7 @@ pub mod saga;
 pub mod store;
 pub mod webhooks;
 
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
@@ -110,7 +112,7 @@ pub fn spawn(
     Option<tokio::task::JoinHandle<()>>,
 ) {
     let mirror = match redis_url.map(adapters::RedisMirror::new) {
-        Some(Ok(m)) => Some(std::sync::Arc::new(m)),
+        Some(Ok(m)) => Some(Arc::new(m)),
         Some(Err(e)) => {
             tracing::error!(error = %e, "billing: bad --redis-url; balance mirror steps are skipped");
             None
@@ -120,8 +122,11 @@ pub fn spawn(
             None
         }
     };
+    let collector = Arc::new(metrics::BillingMetrics::default());
+    state.stats.add_collector(collector.clone());
     let reconcile = mirror.clone().map(|m| {
-        let r = reconcile::Reconciler::new(state.pool.clone(), m, state.stats.reconcile.clone());
+        let stats = collector.reconcile.clone();
+        let r = reconcile::Reconciler::new(state.pool.clone(), m, stats);
         tokio::spawn(reconcile_when_migrated(state.clone(), r))
     });
     let saga = match payments_http::HttpPayments::new(config.payments.clone()) {

@@ -579,7 +579,6 @@ impl Engine {
             Next::Retry { at } => (current, saga.step.as_str(), saga.attempts + 1, *at),
             Next::Done(state) => (*state, saga.step.as_str(), saga.attempts + 1, now),
         };
-        let hold = matches!(next, Next::Step { .. });
         let attention = (state == SagaState::NeedsAttention)
             .then_some(attempt.reason)
             .flatten();
@@ -604,7 +603,7 @@ impl Engine {
         .bind(now)
         .bind(reason)
         .bind(attention)
-        .bind(hold)
+        .bind(matches!(next, Next::Step { .. }))
         .execute(&mut *tx)
         .await?;
         if held.rows_affected() != 1 {
