@@ -157,8 +157,14 @@ pub const WORKER_POLL: StdDuration = StdDuration::from_millis(500);
 /// saga whose lease has expired and runs due sagas until the process drains. `ports` are the real
 /// adapters (payment provider over HTTP, the ledger, the balance mirror).
 pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
+    let drained = state.drained();
+    tokio::pin!(drained);
     while !state.is_migrated() {
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
+        // A process stopped before its schema was ready has nothing to drain.
+        tokio::select! {
+            () = &mut drained => return,
+            () = tokio::time::sleep(StdDuration::from_millis(100)) => {}
+        }
     }
     let engine = Engine::new(state.pool.clone(), state.clock.clone(), ports, policy);
     engine.run(WORKER_POLL, state.drained()).await;
