@@ -3,7 +3,8 @@
 //!
 //! The purchase saga ([`purchase`]) reaches the payment provider, the ledger and the data plane's
 //! balance mirror only through the traits of [`ports`]; [`payments_http`] implements the provider's side
-//! over HTTP. The API ([`api`]) creates purchases (idempotent by `Idempotency-Key`, audited), shows them
+//! over HTTP, [`adapters`] the ledger's and the Redis mirror's, and [`spawn`] wires them into an
+//! `admin-api` process with the balance reconciler ([`reconcile`]) and billing's metrics ([`metrics`]). The API ([`api`]) creates purchases (idempotent by `Idempotency-Key`, audited), shows them
 //! and the sagas with their step history, and takes webhooks ([`webhooks`]). Every purchase that
 //! finishes writes `purchase.completed` / `purchase.compensated` / `purchase.needs_attention` to the
 //! outbox (topic [`purchase::TOPIC`]) in the transaction of its last step.

@@ -63,7 +63,7 @@ pub trait Payments: Send + Sync {
     async fn get(&self, pi: &str) -> Result<PaymentIntent, PortError>;
 }
 
-/// The ledger (`crate::ledger` at merge): every call idempotent by `purchase_ref`.
+/// The ledger ([`super::adapters::LedgerCredits`]): every call idempotent by `purchase_ref`.
 #[async_trait]
 pub trait Credits: Send + Sync {
     async fn credit_purchase(
@@ -78,7 +78,7 @@ pub trait Credits: Send + Sync {
     async fn credited_total(&self, org: Uuid) -> Result<(i64, i64), PortError>;
 }
 
-/// The data plane's prepaid-balance mirror (`leaky_limit::balance` at merge).
+/// The data plane's prepaid-balance mirror ([`super::adapters::RedisMirror`] over `leaky_limit::balance`).
 #[async_trait]
 pub trait BalanceMirror: Send + Sync {
     /// Sets the org's credited total (absolute); applies only if `version` is newer than the mirror's.
