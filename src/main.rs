@@ -337,6 +337,34 @@ struct ControlPlaneArgs {
     /// debited, and nothing connects to Kafka.
     #[arg(long, env = "LEAKY_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
+    /// The data plane's Redis (`redis://host:port/`): purchases raise the org's prepaid balance there
+    /// and the balance reconciler keeps it in line with the ledger. Unset: the mirror steps are
+    /// recorded as skipped (the ledger is still credited) and no reconciler runs.
+    #[arg(long, env = "LEAKY_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Base URL of the payment provider (the payment stub in development).
+    #[arg(
+        long,
+        env = "LEAKY_PAYMENTS_URL",
+        default_value = "http://127.0.0.1:18004"
+    )]
+    payments_url: String,
+    /// The payment provider's API key.
+    #[arg(
+        long,
+        env = "LEAKY_PAYMENTS_API_KEY",
+        default_value = "sk_test_leaky",
+        hide_env_values = true
+    )]
+    payments_api_key: String,
+    /// The secret payment webhooks are signed with (the payment stub's development secret by default).
+    #[arg(
+        long,
+        env = "LEAKY_PAYMENTS_WEBHOOK_SECRET",
+        default_value = leaky_control_plane::billing::DEV_WEBHOOK_SECRET,
+        hide_env_values = true
+    )]
+    payments_webhook_secret: String,
     /// Bearer token for the admin API (dev default `lt-dev-admin`).
     #[arg(
         long,
@@ -453,6 +481,23 @@ fn run_stubs(stubs: StubArgs, payment_listen: SocketAddr) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Billing's settings from the flags (prices and validity stay `LEAKY_BILLING_*` env settings).
+fn billing_config(
+    url: String,
+    api_key: String,
+    webhook_secret: String,
+) -> leaky_control_plane::billing::BillingConfig {
+    use leaky_control_plane::billing::{payments_http::HttpPaymentsConfig, BillingConfig};
+    let mut config = BillingConfig::default();
+    config.settings.webhook_secret = webhook_secret;
+    config.payments = HttpPaymentsConfig {
+        base_url: url,
+        api_key,
+        ..config.payments
+    };
+    config
+}
+
 fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
     let config = leaky_control_plane::Config {
         listen: cp.listen,
@@ -464,6 +509,12 @@ fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
             .kafka_brokers
             .filter(|b| !b.is_empty())
             .map(leaky_control_plane::outbox::RelayConfig::new),
+        redis_url: cp.redis_url.filter(|u| !u.is_empty()),
+        billing: billing_config(
+            cp.payments_url,
+            cp.payments_api_key,
+            cp.payments_webhook_secret,
+        ),
     };
     tokio_rt()?.block_on(leaky_control_plane::run(config, shutdown_signal()))?;
     Ok(())

@@ -105,6 +105,11 @@ pub struct Config {
     /// The outbox relay's settings; `None` (no `--kafka-brokers`): events accumulate in the outbox and
     /// nothing connects to Kafka.
     pub outbox: Option<outbox::RelayConfig>,
+    /// The data plane's Redis (`--redis-url`): the purchase saga's balance mirror and the balance
+    /// reconciler write it. `None`: the mirror steps are recorded as skipped and no reconciler runs.
+    pub redis_url: Option<String>,
+    /// Billing: prices, the webhook secret, the payment provider, the saga policy.
+    pub billing: billing::BillingConfig,
 }
 
 /// Why the process could not start or serve.
@@ -121,6 +126,11 @@ pub enum AppError {
 /// The admin API under `/v1`: the routes of every context whose role `roles` runs (the config
 /// server's routes need its hub: see [`router_with`]).
 pub fn v1(roles: &Roles) -> Router<ApiState> {
+    v1_with(roles, std::sync::Arc::new(billing::Settings::from_env()))
+}
+
+/// [`v1`] with billing's settings given (the process's flags) instead of read from the environment.
+pub fn v1_with(roles: &Roles, settings: std::sync::Arc<billing::Settings>) -> Router<ApiState> {
     let mut v1 = Router::new();
     if roles.contains(Role::AdminApi) {
         v1 = v1
@@ -128,9 +138,7 @@ pub fn v1(roles: &Roles) -> Router<ApiState> {
             .merge(audit::routes())
             .merge(flags::routes())
             .merge(ledger::routes())
-            .merge(billing::routes(std::sync::Arc::new(
-                billing::Settings::from_env(),
-            )));
+            .merge(billing::routes(settings));
     }
     if roles.contains(Role::Registry) {
         v1 = v1.merge(registry::routes());
@@ -148,12 +156,23 @@ pub fn router(state: ApiState, roles: &Roles) -> Router {
 /// API under `/eureka`, and the config server's `/v1/config/*` with its hub — started here once
 /// migrations are done, importing `initial_base` if the database has no config version yet.
 pub fn router_with(state: ApiState, roles: &Roles, initial_base: Option<String>) -> Router {
+    let settings = std::sync::Arc::new(billing::Settings::from_env());
+    router_for(state, roles, initial_base, settings)
+}
+
+/// [`router_with`] with billing's settings given.
+pub fn router_for(
+    state: ApiState,
+    roles: &Roles,
+    initial_base: Option<String>,
+    settings: std::sync::Arc<billing::Settings>,
+) -> Router {
     let gate = || middleware::from_fn_with_state(state.clone(), require_migrated);
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::serve));
-    let mut api = v1(roles);
+    let mut api = v1_with(roles, settings);
     if roles.contains(Role::ConfigServer) {
         let hub = config::Hub::new(state.pool.clone(), initial_base);
         tokio::spawn(follow_when_migrated(state.clone(), hub.clone()));
@@ -238,7 +257,16 @@ async fn usage_consumer_when_migrated(state: ApiState, brokers: String) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tracing::info!(%brokers, "ledger usage consumer starting");
-    ledger::usage::run(state.pool.clone(), brokers).await;
+    let usage = leaky_wire::event::USAGE_TOPIC;
+    match ledger::usage::consumer(state.pool.clone(), &brokers, usage, ledger::usage::GROUP) {
+        Ok(c) => {
+            state.stats.add_consumer(ledger::usage::GROUP, c.stats());
+            c.run().await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ledger usage consumer: no Kafka consumer, usage not debited")
+        }
+    }
 }
 
 /// Runs the ledger's credit expiry on the state's clock once the schema is there (every admin-api
@@ -272,13 +300,42 @@ pub async fn migrate_until_done(state: ApiState) {
     }
 }
 
+/// How long shutdown waits for the saga worker's round to end.
+const DRAIN_WAIT: Duration = Duration::from_secs(15);
+
+/// Spawns the background work of `config`'s roles into `tasks` (aborted at shutdown); returns what
+/// shutdown waits for instead (the saga worker's drain; at once when the process runs none).
+fn spawn_roles(
+    state: &ApiState,
+    config: &Config,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> tokio::task::JoinHandle<()> {
+    if let Some(relay) = config.outbox.clone() {
+        let brokers = relay.brokers.clone();
+        tasks.push(tokio::spawn(relay_when_migrated(state.clone(), relay)));
+        let consumer = usage_consumer_when_migrated(state.clone(), brokers);
+        tasks.push(tokio::spawn(consumer));
+    }
+    if config.roles.contains(Role::Registry) {
+        let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);
+        tasks.push(tokio::spawn(sweep));
+    }
+    if !config.roles.contains(Role::AdminApi) {
+        return tokio::spawn(async {});
+    }
+    tasks.push(tokio::spawn(expiry_when_migrated(state.clone())));
+    let (saga, reconcile) = billing::spawn(state, &config.billing, config.redis_url.as_deref());
+    tasks.extend(reconcile);
+    saga
+}
+
 /// Starts the control plane and serves until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let pool = db::pool(&config.database_url, 16)?;
-    let state = ApiState::new(pool, AdminToken::new(config.admin_token));
+    let state = ApiState::new(pool, AdminToken::new(config.admin_token.clone()));
     tokio::spawn(migrate_until_done(state.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -294,23 +351,11 @@ pub async fn run(
         me,
         every,
     ))];
-    if let Some(relay) = config.outbox {
-        let brokers = relay.brokers.clone();
-        tasks.push(tokio::spawn(relay_when_migrated(state.clone(), relay)));
-        tasks.push(tokio::spawn(usage_consumer_when_migrated(
-            state.clone(),
-            brokers,
-        )));
-    }
-    if config.roles.contains(Role::AdminApi) {
-        tasks.push(tokio::spawn(expiry_when_migrated(state.clone())));
-    }
-    if config.roles.contains(Role::Registry) {
-        let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);
-        tasks.push(tokio::spawn(sweep));
-    }
+    let drained = spawn_roles(&state, &config, &mut tasks);
     let base = initial_base(config.config_base.as_deref());
-    let served = axum::serve(listener, router_with(state.clone(), &config.roles, base))
+    let settings = std::sync::Arc::new(config.billing.settings.clone());
+    let router = router_for(state.clone(), &config.roles, base, settings);
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown({
             // Watch streams never end by themselves: end them when the drain starts.
             let state = state.clone();
@@ -320,6 +365,11 @@ pub async fn run(
             }
         })
         .await;
+    // The saga worker stops after its current round once the drain started; a step in flight
+    // finishes (or its lease expires and another worker resumes it).
+    if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
+        tracing::warn!("saga worker still busy at shutdown; its leases expire for the next worker");
+    }
     for task in tasks {
         // Wait for each to stop, so no heartbeat re-registers after the cancel below.
         task.abort();

@@ -3,41 +3,96 @@
 //!
 //! Background work counts into plain atomics ([`Stats`], shared through `ApiState`), so nothing on
 //! any path can fail for metrics' sake. A scrape builds a fresh registry from those values and from a
-//! few database reads (the outbox backlog), bounded by [`DB_READ_TIMEOUT`]: a slow database shows as
-//! `leaky_control_plane_db_up 0`, never as a hung scrape.
+//! few database reads (the outbox backlog here; sagas by state in billing's [`Collector`]), each
+//! bounded by [`DB_READ_TIMEOUT`]: a slow database shows as `leaky_control_plane_db_up 0`, never as a
+//! hung scrape. Contexts add their own families through a [`Collector`] registered at start-up (the
+//! process wires them: this module knows no context but the outbox and the consumer kit).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use sqlx::PgPool;
 
+use crate::consume::ConsumerStats;
 use crate::http::{ApiState, Problem, ProblemKind};
 use crate::outbox::{self, RelayStats};
 
-/// How long a scrape waits for the database.
+/// How long a scrape waits for the database (per read).
 pub const DB_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A context's metric families, added to each scrape's registry.
+#[async_trait]
+pub trait Collector: Send + Sync {
+    /// Registers this context's families in `r`. `pool` is given once the schema is ready; each
+    /// database read must be bounded by [`DB_READ_TIMEOUT`] and, when it fails, leave its family out.
+    async fn collect(&self, r: &Registry, pool: Option<&PgPool>) -> Result<(), prometheus::Error>;
+}
+
 /// Counters of the process's background work.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Stats {
     /// The outbox relay of this process (zero when it runs none).
     pub outbox: Arc<RelayStats>,
+    /// The Kafka consumers this process runs, by name (`leaky-ledger`: the usage consumer), added as
+    /// each starts.
+    consumers: Mutex<Vec<(String, Arc<ConsumerStats>)>>,
+    collectors: Mutex<Vec<Arc<dyn Collector>>>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("outbox", &self.outbox)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stats {
+    /// Registers a consumer's counters under `name` (its consumer group).
+    pub fn add_consumer(&self, name: &str, stats: Arc<ConsumerStats>) {
+        let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        consumers.push((name.to_owned(), stats));
+    }
+
+    /// Adds a context's families to every later scrape.
+    pub fn add_collector(&self, collector: Arc<dyn Collector>) {
+        let mut collectors = self.collectors.lock().unwrap_or_else(|e| e.into_inner());
+        collectors.push(collector);
+    }
+
+    fn collectors(&self) -> Vec<Arc<dyn Collector>> {
+        self.collectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn serve(State(state): State<ApiState>) -> Response {
-    let backlog = if state.is_migrated() {
-        tokio::time::timeout(DB_READ_TIMEOUT, outbox::backlog(&state.pool))
+    let pool = state.is_migrated().then_some(&state.pool);
+    let backlog = match pool {
+        Some(pool) => tokio::time::timeout(DB_READ_TIMEOUT, outbox::backlog(pool))
             .await
             .ok()
-            .and_then(Result::ok)
-    } else {
-        None
+            .and_then(Result::ok),
+        None => None,
     };
-    match render(&state.stats, backlog) {
+    let text = async {
+        let r = registry(&state.stats, backlog)?;
+        for c in state.stats.collectors() {
+            c.collect(&r, pool).await?;
+        }
+        encode(&r)
+    };
+    match text.await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -53,27 +108,87 @@ pub async fn serve(State(state): State<ApiState>) -> Response {
     }
 }
 
-/// The exposition text for these values.
+/// The exposition text of `stats` and `backlog` (without the collectors' families).
 pub fn render(
     stats: &Stats,
     backlog: Option<outbox::Backlog>,
 ) -> Result<String, prometheus::Error> {
+    encode(&registry(stats, backlog)?)
+}
+
+fn registry(
+    stats: &Stats,
+    backlog: Option<outbox::Backlog>,
+) -> Result<Registry, prometheus::Error> {
     let r = Registry::new();
+    outbox_metrics(&r, stats, backlog)?;
+    consumer_metrics(&r, stats)?;
+    Ok(r)
+}
+
+/// `r` in the text format.
+pub fn encode(r: &Registry) -> Result<String, prometheus::Error> {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// `leaky_consumer_*_total{consumer}` of every consumer this process runs.
+fn consumer_metrics(r: &Registry, stats: &Stats) -> Result<(), prometheus::Error> {
+    let consumers = stats
+        .consumers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let family = |name: &str, help: &str, read: fn(&ConsumerStats) -> u64| {
+        let v = IntCounterVec::new(Opts::new(name, help), &["consumer"])?;
+        for (consumer, s) in &consumers {
+            v.with_label_values(&[consumer.as_str()]).inc_by(read(s));
+        }
+        r.register(Box::new(v))
+    };
+    family(
+        "leaky_consumer_applied_total",
+        "Events a consumer applied (first delivery)",
+        ConsumerStats::applied,
+    )?;
+    family(
+        "leaky_consumer_duplicates_total",
+        "Redeliveries a consumer skipped",
+        ConsumerStats::duplicates,
+    )?;
+    family(
+        "leaky_consumer_poison_total",
+        "Undecodable or rejected messages a consumer skipped",
+        ConsumerStats::poison,
+    )?;
+    family(
+        "leaky_consumer_retries_total",
+        "Failed effects a consumer retried",
+        ConsumerStats::retries,
+    )
+}
+
+fn outbox_metrics(
+    r: &Registry,
+    stats: &Stats,
+    backlog: Option<outbox::Backlog>,
+) -> Result<(), prometheus::Error> {
     let relay = &stats.outbox;
     counter(
-        &r,
+        r,
         "leaky_outbox_published_total",
         "Outbox events the broker acknowledged and the relay marked sent",
         relay.published(),
     )?;
     counter(
-        &r,
+        r,
         "leaky_outbox_relay_errors_total",
         "Relay batches that failed (broker or database); each is retried",
         relay.errors(),
     )?;
     counter(
-        &r,
+        r,
         "leaky_outbox_pruned_total",
         "Sent outbox events deleted after their retention",
         relay.pruned(),
@@ -98,12 +213,11 @@ pub fn render(
         lag.set(b.oldest_age_seconds);
         r.register(Box::new(lag))?;
     }
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut out)?;
-    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    Ok(())
 }
 
-fn counter(r: &Registry, name: &str, help: &str, value: u64) -> Result<(), prometheus::Error> {
+/// Registers counter `name` at `value`.
+pub fn counter(r: &Registry, name: &str, help: &str, value: u64) -> Result<(), prometheus::Error> {
     let c = IntCounter::new(name, help)?;
     c.inc_by(value);
     r.register(Box::new(c))
@@ -129,5 +243,20 @@ mod tests {
         assert!(text.contains("leaky_outbox_unsent_events 3"), "{text}");
         assert!(text.contains("leaky_outbox_lag_seconds 1.5"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 1"), "{text}");
+    }
+
+    #[test]
+    fn renders_the_consumers_counters() {
+        let stats = Stats::default();
+        stats.add_consumer("leaky-ledger", Arc::default());
+        let text = render(&stats, None).unwrap();
+        for line in [
+            "leaky_consumer_applied_total{consumer=\"leaky-ledger\"} 0",
+            "leaky_consumer_duplicates_total{consumer=\"leaky-ledger\"} 0",
+            "leaky_consumer_poison_total{consumer=\"leaky-ledger\"} 0",
+            "leaky_consumer_retries_total{consumer=\"leaky-ledger\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -3,19 +3,24 @@
 //!
 //! The purchase saga ([`purchase`]) reaches the payment provider, the ledger and the data plane's
 //! balance mirror only through the traits of [`ports`]; [`payments_http`] implements the provider's side
-//! over HTTP. The API ([`api`]) creates purchases (idempotent by `Idempotency-Key`, audited), shows them
+//! over HTTP, [`adapters`] the ledger's and the Redis mirror's, and [`spawn`] wires them into an
+//! `admin-api` process with the balance reconciler ([`reconcile`]) and billing's metrics ([`metrics`]). The API ([`api`]) creates purchases (idempotent by `Idempotency-Key`, audited), shows them
 //! and the sagas with their step history, and takes webhooks ([`webhooks`]). Every purchase that
 //! finishes writes `purchase.completed` / `purchase.compensated` / `purchase.needs_attention` to the
 //! outbox (topic [`purchase::TOPIC`]) in the transaction of its last step.
 
+pub mod adapters;
 pub mod api;
+pub mod metrics;
 pub mod payments_http;
 pub mod ports;
 pub mod purchase;
+pub mod reconcile;
 pub mod saga;
 pub mod store;
 pub mod webhooks;
 
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
@@ -77,6 +82,74 @@ impl Settings {
     }
 }
 
+/// What `leaky-tokens control-plane` passes to billing (flags with env fallbacks in `src/main.rs`).
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    pub settings: Settings,
+    pub payments: payments_http::HttpPaymentsConfig,
+    pub policy: Policy,
+}
+
+impl Default for BillingConfig {
+    /// The defaults, overridden by the environment (`LEAKY_BILLING_*`, `LEAKY_PAYMENTS_*`).
+    fn default() -> Self {
+        Self {
+            settings: Settings::from_env(),
+            payments: payments_http::HttpPaymentsConfig::from_env(),
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// Spawns an admin-api process's billing work: the saga worker with the real ports (returned first,
+/// so shutdown can wait for its drain) and, with a Redis URL, the balance reconciler. Without one, a
+/// start-up warning says the mirror steps will be recorded as skipped.
+pub fn spawn(
+    state: &ApiState,
+    config: &BillingConfig,
+    redis_url: Option<&str>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let mirror = match redis_url.map(adapters::RedisMirror::new) {
+        Some(Ok(m)) => Some(Arc::new(m)),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "billing: bad --redis-url; balance mirror steps are skipped");
+            None
+        }
+        None => {
+            tracing::warn!("billing: no --redis-url; purchases credit the ledger but the mirror steps are recorded as skipped (no data-plane mirror configured) and no reconciler runs");
+            None
+        }
+    };
+    let collector = Arc::new(metrics::BillingMetrics::default());
+    state.stats.add_collector(collector.clone());
+    let reconcile = mirror.clone().map(|m| {
+        let stats = collector.reconcile.clone();
+        let r = reconcile::Reconciler::new(state.pool.clone(), m, stats);
+        tokio::spawn(reconcile_when_migrated(state.clone(), r))
+    });
+    let saga = match payments_http::HttpPayments::new(config.payments.clone()) {
+        Ok(payments) => {
+            let ports = adapters::ports(payments, state.pool.clone(), mirror);
+            tokio::spawn(worker(state.clone(), ports, config.policy.clone()))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "billing: no payment client; purchases stay pending");
+            tokio::spawn(async {})
+        }
+    };
+    (saga, reconcile)
+}
+
+async fn reconcile_when_migrated(state: ApiState, r: reconcile::Reconciler) {
+    while !state.is_migrated() {
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    r.run_every(reconcile::RECONCILE_EVERY).await;
+}
+
 /// How often an idle saga worker looks for due sagas (webhooks make a saga due at once; this bounds
 /// how soon a worker notices).
 pub const WORKER_POLL: StdDuration = StdDuration::from_millis(500);
@@ -85,8 +158,14 @@ pub const WORKER_POLL: StdDuration = StdDuration::from_millis(500);
 /// saga whose lease has expired and runs due sagas until the process drains. `ports` are the real
 /// adapters (payment provider over HTTP, the ledger, the balance mirror).
 pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
+    let drained = state.drained();
+    tokio::pin!(drained);
     while !state.is_migrated() {
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
+        // A process stopped before its schema was ready has nothing to drain.
+        tokio::select! {
+            () = &mut drained => return,
+            () = tokio::time::sleep(StdDuration::from_millis(100)) => {}
+        }
     }
     let engine = Engine::new(state.pool.clone(), state.clock.clone(), ports, policy);
     engine.run(WORKER_POLL, state.drained()).await;

@@ -63,7 +63,7 @@ pub trait Payments: Send + Sync {
     async fn get(&self, pi: &str) -> Result<PaymentIntent, PortError>;
 }
 
-/// The ledger (`crate::ledger` at merge): every call idempotent by `purchase_ref`.
+/// The ledger ([`super::adapters::LedgerCredits`]): every call idempotent by `purchase_ref`.
 #[async_trait]
 pub trait Credits: Send + Sync {
     async fn credit_purchase(
@@ -78,11 +78,17 @@ pub trait Credits: Send + Sync {
     async fn credited_total(&self, org: Uuid) -> Result<(i64, i64), PortError>;
 }
 
-/// The data plane's prepaid-balance mirror (`leaky_limit::balance` at merge).
+/// The data plane's prepaid-balance mirror ([`super::adapters::RedisMirror`] over `leaky_limit::balance`).
 #[async_trait]
 pub trait BalanceMirror: Send + Sync {
     /// Sets the org's credited total (absolute); applies only if `version` is newer than the mirror's.
     /// Returns whether it applied (an older version is no error: a newer total is already there).
     async fn set_credited(&self, org: Uuid, credited: i64, version: i64)
         -> Result<bool, PortError>;
+
+    /// False for a stand-in that writes no mirror at all (no `--redis-url`): the saga then records
+    /// the mirror steps as skipped instead of pretending they ran.
+    fn configured(&self) -> bool {
+        true
+    }
 }

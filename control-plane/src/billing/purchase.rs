@@ -153,9 +153,15 @@ async fn authorize(ports: &Ports, id: Uuid, data: &mut PurchaseData) -> Result<V
     }
 }
 
+/// The step detail of a mirror step on a control plane without a data-plane mirror (`--redis-url`).
+pub const SKIPPED_NO_MIRROR: &str = "no data-plane mirror configured";
+
 /// Sets the mirror to the ledger's credited total at its version (absolute, so a re-run or a late
 /// write of an older total changes nothing).
 async fn mirror_ledger(ports: &Ports, org: Uuid) -> Result<Value, PortError> {
+    if !ports.mirror.configured() {
+        return Ok(json!({ "skipped": SKIPPED_NO_MIRROR }));
+    }
     let (credited, version) = ports.credits.credited_total(org).await?;
     let applied = ports.mirror.set_credited(org, credited, version).await?;
     Ok(json!({ "credited": credited, "version": version, "applied": applied }))

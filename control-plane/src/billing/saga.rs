@@ -37,6 +37,45 @@ pub fn needs_attention_total() -> u64 {
     NEEDS_ATTENTION.load(Ordering::Relaxed)
 }
 
+/// The steps counted by [`step_counts`]: a fixed list, so the metric's labels stay bounded.
+const COUNTED_STEPS: [&str; 7] = [
+    "authorize",
+    "credit",
+    "raise_balance",
+    "capture",
+    "reverse_credit",
+    "release_balance",
+    "cancel_payment",
+];
+
+/// Attempts this process finished, per step of [`COUNTED_STEPS`] (any other step counts as the
+/// last slot, `other`) and result (succeeded, failed).
+static STEPS: [[AtomicU64; 2]; 8] = [const { [const { AtomicU64::new(0) }; 2] }; 8];
+
+fn count_step(step: &str, ok: bool) {
+    let at = COUNTED_STEPS
+        .iter()
+        .position(|s| *s == step)
+        .unwrap_or(COUNTED_STEPS.len());
+    if let Some(slot) = STEPS.get(at).and_then(|r| r.get(usize::from(!ok))) {
+        slot.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `leaky_saga_steps_total{step,result}`: `(step, result, attempts)` for every step and result.
+pub fn step_counts() -> Vec<(&'static str, &'static str, u64)> {
+    let names = COUNTED_STEPS.iter().copied().chain(["other"]);
+    names
+        .zip(STEPS.iter())
+        .flat_map(|(step, row)| {
+            [
+                (step, "succeeded", row[0].load(Ordering::Relaxed)),
+                (step, "failed", row[1].load(Ordering::Relaxed)),
+            ]
+        })
+        .collect()
+}
+
 /// Where a saga is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaState {
@@ -540,7 +579,6 @@ impl Engine {
             Next::Retry { at } => (current, saga.step.as_str(), saga.attempts + 1, *at),
             Next::Done(state) => (*state, saga.step.as_str(), saga.attempts + 1, now),
         };
-        let hold = matches!(next, Next::Step { .. });
         let attention = (state == SagaState::NeedsAttention)
             .then_some(attempt.reason)
             .flatten();
@@ -565,7 +603,7 @@ impl Engine {
         .bind(now)
         .bind(reason)
         .bind(attention)
-        .bind(hold)
+        .bind(matches!(next, Next::Step { .. }))
         .execute(&mut *tx)
         .await?;
         if held.rows_affected() != 1 {
@@ -579,6 +617,7 @@ impl Engine {
             outbox::append(&mut tx, event).await?;
         }
         tx.commit().await?;
+        count_step(&saga.step, attempt.outcome.is_ok());
         if state == SagaState::NeedsAttention {
             NEEDS_ATTENTION.fetch_add(1, Ordering::Relaxed);
             tracing::error!(saga = %saga.id, kind = %saga.kind, reason = attention.unwrap_or(""),

@@ -347,3 +347,25 @@ pub async fn list_sagas(
         s.id.to_string()
     }))
 }
+
+/// Sagas per state, every state listed (0 when none): the `leaky_sagas` gauge, read at scrape.
+pub async fn saga_counts(pool: &PgPool) -> Result<Vec<(&'static str, i64)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM billing.sagas GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+    let states = [
+        "running",
+        "compensating",
+        "completed",
+        "compensated",
+        "needs_attention",
+    ];
+    Ok(states
+        .into_iter()
+        .map(|s| {
+            let n = rows.iter().find(|(r, _)| r == s).map_or(0, |(_, n)| *n);
+            (s, n)
+        })
+        .collect())
+}
