@@ -171,7 +171,7 @@ pub fn router_for(
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::serve));
+        .route("/metrics", get(serve_metrics));
     let mut api = v1_with(roles, settings);
     if roles.contains(Role::ConfigServer) {
         let hub = config::Hub::new(state.pool.clone(), initial_base);
@@ -200,6 +200,23 @@ pub fn router_for(
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "up" }))
+}
+
+/// `GET /metrics`: Prometheus text format (see [`metrics`]; served here so `metrics` stays free of
+/// the HTTP layer, which holds its `Stats`).
+async fn serve_metrics(State(state): State<ApiState>) -> Response {
+    let pool = state.is_migrated().then_some(&state.pool);
+    match metrics::exposition(&state.stats, pool).await {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: exposition failed");
+            Problem::new(ProblemKind::Internal, "the metrics could not be rendered").into_response()
+        }
+    }
 }
 
 /// Ready once migrations are done and Postgres answers now.

@@ -12,16 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
 
 use crate::consume::ConsumerStats;
-use crate::http::{ApiState, Problem, ProblemKind};
 use crate::outbox::{self, RelayStats};
 
 /// How long a scrape waits for the database (per read).
@@ -75,9 +71,10 @@ impl Stats {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn serve(State(state): State<ApiState>) -> Response {
-    let pool = state.is_migrated().then_some(&state.pool);
+/// The exposition text of `stats` and `backlog` (without the collectors' families).
+/// The whole exposition: `stats`, the outbox backlog and every collector, reading the database
+/// (`pool`, none before migrations) within [`DB_READ_TIMEOUT`] for the backlog.
+pub async fn exposition(stats: &Stats, pool: Option<&PgPool>) -> Result<String, prometheus::Error> {
     let backlog = match pool {
         Some(pool) => tokio::time::timeout(DB_READ_TIMEOUT, outbox::backlog(pool))
             .await
@@ -85,30 +82,13 @@ pub async fn serve(State(state): State<ApiState>) -> Response {
             .and_then(Result::ok),
         None => None,
     };
-    let text = async {
-        let r = registry(&state.stats, backlog)?;
-        for c in state.stats.collectors() {
-            c.collect(&r, pool).await?;
-        }
-        encode(&r)
-    };
-    match text.await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                TextEncoder::new().format_type().to_owned(),
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics: exposition failed");
-            Problem::new(ProblemKind::Internal, "the metrics could not be rendered").into_response()
-        }
+    let r = registry(stats, backlog)?;
+    for c in stats.collectors() {
+        c.collect(&r, pool).await?;
     }
+    encode(&r)
 }
 
-/// The exposition text of `stats` and `backlog` (without the collectors' families).
 pub fn render(
     stats: &Stats,
     backlog: Option<outbox::Backlog>,
