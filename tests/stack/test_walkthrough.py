@@ -182,6 +182,8 @@ TOPICS = {  # name: (partitions, retention.ms)
     "leaky.tenancy.v1": (3, 30 * 86_400_000),
     "leaky.ledger.v1": (3, 30 * 86_400_000),
     "leaky.billing.v1": (3, 30 * 86_400_000),
+    "leaky.config.v1": (1, 30 * 86_400_000),
+    "leaky.registry.v1": (1, 30 * 86_400_000),
 }
 
 

@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 use super::render::{self, content_hash, Delta, KeySet, Structure};
 use super::store::{self, NewVersion, VersionRow, PUBLISH_LOCK};
 use super::ConfigError;
+use crate::outbox::{self, CONFIG_TOPIC};
 use crate::tenancy::feed::{self, KeyChange};
 
 /// How often each replica re-checks for changes whose notification it missed.
@@ -266,6 +267,11 @@ impl Hub {
             };
             crate::audit::record(&mut tx, change).await?;
         }
+        // Every published version is a domain event, whatever caused it (a base, a rollback, a key).
+        let data = json!({ "version": version, "hash": next.hash, "kind": next.kind(),
+                           "reason": req.reason, "author": req.author });
+        let event = outbox::Event::on(CONFIG_TOPIC, "config", "config", "config.published", data);
+        outbox::append(&mut tx, event).await?;
         tx.commit().await?;
         tracing::info!(version, kind = next.kind(), reason = %req.reason, "config version published");
         let mut conn = self.pool.acquire().await?;

@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::{check_override, name_check, refuse, settings, Flag, FlagBody, FlagsError};
 use crate::audit::{self, Change};
+use crate::outbox::{self, Event, CONFIG_TOPIC};
 
 /// A flag with its overrides folded into one JSON object.
 const SELECT: &str = "SELECT f.name, f.enabled, f.rollout_percent, f.description, f.created_at,
@@ -76,14 +77,20 @@ pub async fn snapshot(pool: &PgPool) -> Result<BTreeMap<String, FlagSpec>, Flags
         .collect())
 }
 
-/// Audits the change, wakes the config server and commits.
+/// Audits the change, appends its domain event (`kind`, on `leaky.config.v1`), wakes the config server
+/// and commits.
 async fn commit_change(
     mut tx: Transaction<'_, Postgres>,
     actor: &str,
-    action: &str,
+    (action, kind): (&str, &'static str),
     name: &str,
     detail: serde_json::Value,
 ) -> Result<(), FlagsError> {
+    let mut data = detail.clone();
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert("name".into(), name.into());
+    }
+    let event = Event::on(CONFIG_TOPIC, "flag", name, kind, data);
     let change = Change {
         actor,
         action,
@@ -92,6 +99,7 @@ async fn commit_change(
         detail,
     };
     audit::record(&mut tx, change).await?;
+    outbox::append(&mut tx, event).await?;
     sqlx::query("SELECT pg_notify($1, 'flags')")
         .bind(super::CONFIG_CHANNEL)
         .execute(&mut *tx)
@@ -158,9 +166,9 @@ pub async fn upsert(
     let flag = fetch(&mut tx, name).await?;
     let created = if_match.is_none();
     let action = if created {
-        "flag.create"
+        ("flag.create", "flag.created")
     } else {
-        "flag.update"
+        ("flag.update", "flag.updated")
     };
     let detail = json!({"enabled": s.enabled, "rollout_percent": s.rollout_percent,
                         "description": s.description, "version": flag.version});
@@ -187,7 +195,14 @@ pub async fn delete(
     if deleted == 0 {
         return Err(miss(&mut tx, name, FlagsError::NotFound(name.to_owned())).await);
     }
-    commit_change(tx, actor, "flag.delete", name, json!({"version": if_match})).await
+    commit_change(
+        tx,
+        actor,
+        ("flag.delete", "flag.deleted"),
+        name,
+        json!({"version": if_match}),
+    )
+    .await
 }
 
 /// Locks flag `name` for an override change: 404 when it does not exist, 412 when `if_match` is
@@ -244,7 +259,14 @@ pub async fn set_override(
     bump(&mut tx, name).await?;
     let flag = fetch(&mut tx, name).await?;
     let detail = json!({"org": org, "enabled": enabled, "version": flag.version});
-    commit_change(tx, actor, "flag.override.set", name, detail).await?;
+    commit_change(
+        tx,
+        actor,
+        ("flag.override.set", "flag.override_set"),
+        name,
+        detail,
+    )
+    .await?;
     Ok(flag)
 }
 
@@ -272,6 +294,13 @@ pub async fn remove_override(
     bump(&mut tx, name).await?;
     let flag = fetch(&mut tx, name).await?;
     let detail = json!({"org": org, "version": flag.version});
-    commit_change(tx, actor, "flag.override.remove", name, detail).await?;
+    commit_change(
+        tx,
+        actor,
+        ("flag.override.remove", "flag.override_removed"),
+        name,
+        detail,
+    )
+    .await?;
     Ok(flag)
 }

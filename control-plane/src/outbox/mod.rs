@@ -14,6 +14,10 @@ pub use relay::{Relay, RelayConfig, RelayStats};
 
 /// The topic of tenancy's domain events (orgs and keys).
 pub const TENANCY_TOPIC: &str = "leaky.tenancy.v1";
+/// The topic of config's domain events (published versions, flags).
+pub const CONFIG_TOPIC: &str = "leaky.config.v1";
+/// The topic of the registry's domain events (instances registered, cancelled, overridden).
+pub const REGISTRY_TOPIC: &str = "leaky.registry.v1";
 /// The `pg_notify` channel [`append`] wakes the relays on.
 pub const CHANNEL: &str = "leaky_outbox";
 /// Advisory-lock class of appends to one aggregate (serializes its `aggregate_seq`).
@@ -33,10 +37,11 @@ pub struct Event {
 }
 
 impl Event {
-    /// A tenancy event on [`TENANCY_TOPIC`].
-    pub fn tenancy(
+    /// An event on `topic` about aggregate `aggregate_type`/`aggregate_id`.
+    pub fn on(
+        topic: &'static str,
         aggregate_type: &'static str,
-        aggregate_id: Uuid,
+        aggregate_id: impl ToString,
         kind: &'static str,
         data: serde_json::Value,
     ) -> Event {
@@ -44,9 +49,19 @@ impl Event {
             aggregate_type,
             aggregate_id: aggregate_id.to_string(),
             kind,
-            topic: TENANCY_TOPIC,
+            topic,
             data,
         }
+    }
+
+    /// A tenancy event on [`TENANCY_TOPIC`].
+    pub fn tenancy(
+        aggregate_type: &'static str,
+        aggregate_id: Uuid,
+        kind: &'static str,
+        data: serde_json::Value,
+    ) -> Event {
+        Event::on(TENANCY_TOPIC, aggregate_type, aggregate_id, kind, data)
     }
 }
 

@@ -14,7 +14,7 @@ use super::{
     app_of, bump_revision, check_id, check_text, columns, upsert, Instance, InstanceRole, Upsert,
     EXPIRE_AFTER,
 };
-use crate::audit::{self, Change};
+use crate::audit::Change;
 use crate::http::{FieldError, Problem, ProblemKind};
 
 /// An instance of `app` registering (or re-registering) itself.
@@ -168,7 +168,7 @@ pub async fn cancel_app(pool: &PgPool, actor: &str, app: &str, id: &str) -> Resu
         object_id: id.to_owned(),
         detail: json!({"app": app}),
     };
-    audit::record(&mut tx, change).await?;
+    super::record(&mut tx, "instance.cancelled", change).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -202,7 +202,7 @@ pub async fn set_status_override(
         object_id: id.to_owned(),
         detail: json!({"app": app, "status": status}),
     };
-    audit::record(&mut tx, change).await?;
+    super::record(&mut tx, "instance.status_overridden", change).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -28,6 +28,7 @@ use sqlx::PgPool;
 
 use crate::audit::{self, Change};
 use crate::http::{ApiState, FieldError, Problem, ProblemKind};
+use crate::outbox::{self, Event, REGISTRY_TOPIC};
 
 /// An instance whose last heartbeat is older than this is `down`.
 pub const DOWN_AFTER: Duration = Duration::seconds(30);
@@ -266,7 +267,7 @@ async fn upsert(
         object_id: u.id.to_owned(),
         detail: json!({"app": u.app, "role": u.role, "address": u.address, "version": u.version}),
     };
-    audit::record(&mut tx, change).await?;
+    record(&mut tx, "instance.registered", change).await?;
     tx.commit().await?;
     Ok((row.instance, row.created))
 }
@@ -329,22 +330,44 @@ pub async fn cancel(pool: &PgPool, actor: &str, id: &str) -> Result<(), Problem>
             object_id: id.to_owned(),
             detail: json!({}),
         };
-        audit::record(&mut tx, change).await?;
+        record(&mut tx, "instance.cancelled", change).await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-/// Instances not expired at `now` (optionally of one role), by role and id; deletes the expired ones
-/// in the same statement.
+/// Deletes every instance whose last heartbeat is older than [`EXPIRE_AFTER`] at `now`, each with its
+/// `instance.expired` event; returns how many. Safe to run from several replicas at once.
+pub(crate) async fn expire(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, Problem> {
+    let mut tx = pool.begin().await?;
+    let expired: Vec<(String, String)> = sqlx::query_as(
+        "DELETE FROM registry.instances WHERE last_heartbeat_at < $1 RETURNING id, app",
+    )
+    .bind(now - EXPIRE_AFTER)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, app) in &expired {
+        let data = json!({ "id": id, "app": app, "expired_at": now });
+        let event = Event::on(REGISTRY_TOPIC, "instance", id, "instance.expired", data);
+        outbox::append(&mut tx, event).await?;
+    }
+    if !expired.is_empty() {
+        bump_revision(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(expired.len() as u64)
+}
+
+/// Instances not expired at `now` (optionally of one role), by role and id; expires the others
+/// first ([`expire`]), so a listing never shows what a heartbeat would refuse.
 pub async fn list(
     pool: &PgPool,
     role: Option<InstanceRole>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Instance>, Problem> {
+    expire(pool, now).await?;
     let sql = format!(
-        "WITH expired AS (DELETE FROM registry.instances WHERE last_heartbeat_at < $2)
-         SELECT {} FROM registry.instances
+        "SELECT {} FROM registry.instances
          WHERE last_heartbeat_at >= $2 AND ($3::text IS NULL OR role = $3)
          ORDER BY role, id",
         columns()
@@ -365,4 +388,21 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The registry's admin routes (mounted under `/v1`).
 pub fn routes() -> Router<ApiState> {
     api::routes()
+}
+
+/// Writes `change`'s audit row and the registry's domain event `kind` about the instance (data: the
+/// audit detail plus its `id`) on `conn`, the change's own transaction.
+pub(crate) async fn record(
+    conn: &mut sqlx::PgConnection,
+    kind: &'static str,
+    change: Change<'_>,
+) -> Result<(), sqlx::Error> {
+    let mut data = change.detail.clone();
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert("id".into(), change.object_id.clone().into());
+    }
+    let event = Event::on(REGISTRY_TOPIC, "instance", &change.object_id, kind, data);
+    audit::record(&mut *conn, change).await?;
+    outbox::append(conn, event).await?;
+    Ok(())
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::time::MissedTickBehavior;
 
-use super::{bump_revision, InstanceRole, Registration, EXPIRE_AFTER};
+use super::{InstanceRole, Registration};
 use crate::http::{ApiState, Problem, ProblemKind};
 
 /// How often a `registry` process deletes expired instances. Listing hides them anyway; the sweep
@@ -30,16 +30,7 @@ pub const SELF_ACTOR: &str = "control-plane";
 /// Deletes every instance whose last heartbeat is older than [`EXPIRE_AFTER`] at `now`; returns how
 /// many. Safe to run from several replicas at once.
 pub async fn sweep(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, Problem> {
-    let mut tx = pool.begin().await?;
-    let done = sqlx::query("DELETE FROM registry.instances WHERE last_heartbeat_at < $1")
-        .bind(now - EXPIRE_AFTER)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() > 0 {
-        bump_revision(&mut tx).await?;
-    }
-    tx.commit().await?;
-    Ok(done.rows_affected())
+    super::expire(pool, now).await
 }
 
 /// Sweeps every `every` (first at once), reading "now" from the state's clock; runs until aborted.

@@ -469,7 +469,7 @@ pub async fn update(
         object_id: id.to_string(),
         detail: json!({ "expires_at": key.expires_at, "name": key.name }),
     };
-    audit::record(&mut tx, change).await?;
+    super::audited(&mut tx, "key.updated", "key", change).await?;
     tx.commit().await?;
     Ok(key)
 }

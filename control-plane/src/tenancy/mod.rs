@@ -1,9 +1,8 @@
 //! Bounded context "tenancy" (Postgres schema `tenancy`): orgs, their users, tiers and API keys.
 //!
 //! Other contexts use this module's functions (e.g. [`keys::verify`] for the config server), never its
-//! tables. Every change writes its audit row in the same transaction ([`crate::audit::record`]); org
-//! create/delete and key create/rotate/revoke also append their domain event there
-//! ([`crate::outbox::append`]).
+//! tables. Every change writes its audit row and its domain event (on `leaky.tenancy.v1`, through
+//! [`crate::outbox::append`]) in the same transaction ([`crate::audit::record`]).
 
 mod api;
 pub mod feed;
@@ -15,8 +14,29 @@ pub mod users;
 mod users_api;
 
 use axum::Router;
+use sqlx::PgConnection;
 
+use crate::audit::{self, Change};
 use crate::http::{ApiState, FieldError, Problem, ProblemKind};
+use crate::outbox::{self, Event, TENANCY_TOPIC};
+
+/// Writes `change`'s audit row and the domain event `kind` about it (data: the audit detail plus the
+/// object's `id`) on `conn`, the change's own transaction.
+async fn audited(
+    conn: &mut PgConnection,
+    kind: &'static str,
+    aggregate: &'static str,
+    change: Change<'_>,
+) -> Result<(), sqlx::Error> {
+    let mut data = change.detail.clone();
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert("id".into(), change.object_id.clone().into());
+    }
+    let event = Event::on(TENANCY_TOPIC, aggregate, &change.object_id, kind, data);
+    audit::record(&mut *conn, change).await?;
+    outbox::append(conn, event).await?;
+    Ok(())
+}
 
 /// Tenancy's failures. [`From<TenancyError> for Problem`] is the one place they become HTTP.
 #[derive(Debug, thiserror::Error)]

@@ -146,7 +146,7 @@ pub async fn rename(
         object_id: id.to_string(),
         detail: json!({ "name": org.name, "version": org.version }),
     };
-    audit::record(&mut tx, change).await?;
+    super::audited(&mut tx, "org.updated", "org", change).await?;
     tx.commit().await?;
     Ok(org)
 }

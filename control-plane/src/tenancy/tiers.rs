@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
 use super::{feed, TenancyError};
-use crate::audit::{self, Change};
+use crate::audit::Change;
 use crate::http::FieldError;
 
 /// A tier as stored and shown.
@@ -101,7 +101,12 @@ pub async fn put(
         object_id: name.to_owned(),
         detail: json!({ "limits": limits }),
     };
-    audit::record(&mut tx, change).await?;
+    let kind = if row.1 {
+        "tier.created"
+    } else {
+        "tier.updated"
+    };
+    super::audited(&mut tx, kind, "tier", change).await?;
     tx.commit().await?;
     Ok(row)
 }
@@ -161,7 +166,7 @@ pub async fn delete(pool: &PgPool, actor: &str, name: &str) -> Result<(), Tenanc
         object_id: name.to_owned(),
         detail: json!({ "version": version }),
     };
-    audit::record(&mut tx, change).await?;
+    super::audited(&mut tx, "tier.deleted", "tier", change).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{check_name, is_unique_violation, orgs, TenancyError};
-use crate::audit::{self, Change};
+use crate::audit::Change;
 use crate::http::FieldError;
 
 /// A user as stored and shown.
@@ -147,7 +147,7 @@ pub async fn create(
         object_id: user.id.to_string(),
         detail: json!({ "org": org, "email": user.email, "roles": user.roles }),
     };
-    audit::record(&mut tx, change).await?;
+    super::audited(&mut tx, "user.created", "user", change).await?;
     tx.commit().await?;
     Ok(user)
 }
@@ -252,7 +252,7 @@ pub async fn update(
         object_id: id.to_string(),
         detail: json!({ "org": org, "name": user.name, "roles": user.roles, "version": user.version }),
     };
-    audit::record(&mut tx, change).await?;
+    super::audited(&mut tx, "user.updated", "user", change).await?;
     tx.commit().await?;
     Ok(user)
 }
@@ -278,7 +278,7 @@ pub async fn delete(pool: &PgPool, actor: &str, org: Uuid, id: Uuid) -> Result<(
         object_id: id.to_string(),
         detail: json!({ "org": org, "email": email }),
     };
-    audit::record(&mut tx, change).await?;
+    super::audited(&mut tx, "user.deleted", "user", change).await?;
     tx.commit().await?;
     Ok(())
 }
