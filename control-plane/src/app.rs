@@ -20,8 +20,8 @@ use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
 use crate::{
-    audit, billing, config, db, docs, eureka, flags, ledger, metrics, openapi, outbox, registry,
-    tenancy,
+    audit, billing, config, db, docs, eureka, flags, ledger, metrics, notify, openapi, outbox,
+    registry, tenancy,
 };
 
 /// One job a control-plane process can do.
@@ -128,6 +128,7 @@ pub fn v1(roles: &Roles) -> Router<ApiState> {
             .merge(audit::routes())
             .merge(flags::routes())
             .merge(ledger::routes())
+            .merge(notify::routes())
             .merge(billing::routes(std::sync::Arc::new(
                 billing::Settings::from_env(),
             )));
@@ -299,11 +300,16 @@ pub async fn run(
         tasks.push(tokio::spawn(relay_when_migrated(state.clone(), relay)));
         tasks.push(tokio::spawn(usage_consumer_when_migrated(
             state.clone(),
-            brokers,
+            brokers.clone(),
         )));
+        tasks.push(tokio::spawn(notify::run_consumers(state.clone(), brokers)));
     }
     if config.roles.contains(Role::AdminApi) {
         tasks.push(tokio::spawn(expiry_when_migrated(state.clone())));
+        tasks.extend(notify::spawn_jobs(
+            state.clone(),
+            notify::Settings::from_env(),
+        ));
     }
     if config.roles.contains(Role::Registry) {
         let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);

@@ -12,9 +12,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::http::{ApiState, Problem, ProblemKind};
+use crate::notify;
 use crate::outbox::{self, RelayStats};
 
 /// How long a scrape waits for the database.
@@ -25,6 +28,8 @@ pub const DB_READ_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Stats {
     /// The outbox relay of this process (zero when it runs none).
     pub outbox: Arc<RelayStats>,
+    /// The notification delivery worker of this process.
+    pub notify: Arc<notify::NotifyStats>,
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -78,6 +83,7 @@ pub fn render(
         "Sent outbox events deleted after their retention",
         relay.pruned(),
     )?;
+    notify_counters(&r, &stats.notify)?;
     let db_up = IntGauge::new(
         "leaky_control_plane_db_up",
         "1 if this scrape could read PostgreSQL in time",
@@ -103,6 +109,28 @@ pub fn render(
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
+/// `leaky_notify_deliveries_total{channel,result}` and `leaky_webhook_endpoints_disabled_total`.
+fn notify_counters(r: &Registry, n: &notify::NotifyStats) -> Result<(), prometheus::Error> {
+    let opts = Opts::new(
+        "leaky_notify_deliveries_total",
+        "Notification delivery attempts by channel (webhook, email) and result (delivered, retry, failed, skipped)",
+    );
+    let v = IntCounterVec::new(opts, &["channel", "result"])?;
+    for channel in notify::CHANNELS {
+        for o in notify::Outcome::ALL {
+            v.with_label_values(&[channel, o.as_str()])
+                .inc_by(n.deliveries(channel, o));
+        }
+    }
+    r.register(Box::new(v))?;
+    counter(
+        r,
+        "leaky_webhook_endpoints_disabled_total",
+        "Webhook endpoints disabled after repeated failed deliveries",
+        n.endpoints_disabled(),
+    )
+}
+
 fn counter(r: &Registry, name: &str, help: &str, value: u64) -> Result<(), prometheus::Error> {
     let c = IntCounter::new(name, help)?;
     c.inc_by(value);
@@ -121,6 +149,16 @@ mod tests {
         assert!(text.contains("leaky_outbox_published_total 0"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 0"), "{text}");
         assert!(!text.contains("leaky_outbox_lag_seconds"), "{text}");
+        stats.notify.count("email", notify::Outcome::Skipped);
+        let text = render(&stats, None).unwrap();
+        assert!(
+            text.contains(r#"leaky_notify_deliveries_total{channel="email",result="skipped"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaky_webhook_endpoints_disabled_total 0"),
+            "{text}"
+        );
         let backlog = outbox::Backlog {
             unsent: 3,
             oldest_age_seconds: 1.5,

@@ -1,0 +1,195 @@
+//! Bounded context "notify" (Postgres schema `notify`): tells org admins what happened to their
+//! account — by **webhook** (per-org endpoints, HMAC-signed, retried with backoff, disabled after
+//! repeated failure) and by **email** (SMTP).
+//!
+//! Flow: domain events reach [`triggers`] through the outbox and Kafka (billing's purchases, the
+//! ledger's entries), consumed with the idempotent kit ([`crate::consume`]): each event becomes one
+//! `notify.deliveries` row per matching endpoint or recipient, in the transaction of its
+//! processed-event row, so a redelivered event makes no second notification. Balance thresholds (80 %
+//! and 100 % of the credited tokens consumed) fire once per crossing ([`thresholds`]); a daily job
+//! announces credit blocks about to expire ([`expiring`]). The [`deliver`] worker claims due rows with
+//! `FOR UPDATE SKIP LOCKED` plus a lease on the injected clock, so nothing is lost across restarts and
+//! two replicas never send one row at once (delivery to the receiver is at least once; each carries
+//! its event id).
+
+pub mod api;
+pub mod deliver;
+pub mod email;
+pub mod endpoints;
+pub mod expiring;
+pub mod sign;
+pub mod thresholds;
+pub mod triggers;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use api::{openapi, routes};
+pub use deliver::{Policy, Worker};
+pub use email::Mailer;
+pub use endpoints::{Endpoint, NewEndpoint};
+pub use sign::{sign, verify, SignatureError, EVENT_ID_HEADER, SIGNATURE_HEADER};
+pub use triggers::{enqueue, Notification};
+
+/// Every event type a webhook can subscribe to (or `*`).
+pub const EVENT_TYPES: &[&str] = &[
+    "purchase.completed",
+    "purchase.compensated",
+    "purchase.needs_attention",
+    "ledger.credited",
+    "ledger.debited",
+    "ledger.refunded",
+    "ledger.expired",
+    "balance.threshold_crossed",
+    "credits.expiring",
+];
+
+/// Email settings: `LEAKY_SMTP_URL` (e.g. `smtp://127.0.0.1:2525`; unset: email is recorded as
+/// `skipped`) and `LEAKY_SMTP_FROM`.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub smtp_url: Option<String>,
+    pub from: String,
+}
+
+/// The default sender address.
+pub const DEFAULT_FROM: &str = "Leaky Tokens <notifications@leaky-tokens.local>";
+
+impl Settings {
+    pub fn from_env() -> Self {
+        Self {
+            smtp_url: std::env::var("LEAKY_SMTP_URL")
+                .ok()
+                .filter(|u| !u.is_empty()),
+            from: std::env::var("LEAKY_SMTP_FROM")
+                .ok()
+                .filter(|f| !f.is_empty())
+                .unwrap_or_else(|| DEFAULT_FROM.to_owned()),
+        }
+    }
+}
+
+/// What the delivery workers of this process have done (`/metrics`).
+#[derive(Debug, Default)]
+pub struct NotifyStats {
+    counts: [AtomicU64; 8],
+    disabled: AtomicU64,
+}
+
+/// A delivery's outcome, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Failed; retried later.
+    Retry,
+    /// Failed for the last time.
+    Failed,
+    /// Email without SMTP configured.
+    Skipped,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Delivered,
+        Outcome::Retry,
+        Outcome::Failed,
+        Outcome::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry => "retry",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// The two channels.
+pub const CHANNELS: [&str; 2] = ["webhook", "email"];
+
+impl NotifyStats {
+    fn slot(channel: &str, outcome: Outcome) -> usize {
+        let c = usize::from(channel == "email");
+        c * 4 + Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)
+    }
+
+    pub fn count(&self, channel: &str, outcome: Outcome) {
+        self.counts[Self::slot(channel, outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deliveries on `channel` with `outcome` so far.
+    pub fn deliveries(&self, channel: &str, outcome: Outcome) -> u64 {
+        self.counts[Self::slot(channel, outcome)].load(Ordering::Relaxed)
+    }
+
+    pub fn count_disabled(&self) {
+        self.disabled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Webhook endpoints this process disabled.
+    pub fn endpoints_disabled(&self) -> u64 {
+        self.disabled.load(Ordering::Relaxed)
+    }
+}
+
+/// How often an idle delivery worker looks for due rows.
+pub const WORKER_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Waits until the state's schema is migrated.
+async fn migrated(state: &crate::http::ApiState) {
+    while !state.is_migrated() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The delivery worker and the daily expiring-credit job of an admin-api process. Without SMTP,
+/// warns once at start-up: email notifications are then recorded as `skipped`.
+pub fn spawn_jobs(
+    state: crate::http::ApiState,
+    settings: Settings,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mailer = match settings.smtp_url.as_deref() {
+        Some(url) => match Mailer::new(url, &settings.from) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "notify: bad SMTP settings; email notifications are recorded as skipped");
+                None
+            }
+        },
+        None => {
+            tracing::warn!(
+                "notify: no LEAKY_SMTP_URL; email notifications are recorded as skipped"
+            );
+            None
+        }
+    };
+    let worker = {
+        let state = state.clone();
+        async move {
+            migrated(&state).await;
+            let stop = state.drained();
+            Worker::new(
+                state.pool.clone(),
+                state.clock.clone(),
+                mailer,
+                Policy::default(),
+            )
+            .with_stats(state.stats.notify.clone())
+            .run(WORKER_POLL, stop)
+            .await;
+        }
+    };
+    let expiring = async move {
+        migrated(&state).await;
+        expiring::notify_every(state.pool.clone(), state.clock.clone(), expiring::EVERY).await;
+    };
+    vec![tokio::spawn(worker), tokio::spawn(expiring)]
+}
+
+/// Runs the notification consumers (billing's and the ledger's topics) once the schema is there.
+pub async fn run_consumers(state: crate::http::ApiState, brokers: String) {
+    migrated(&state).await;
+    tracing::info!(%brokers, "notify consumers starting");
+    triggers::run(state.pool.clone(), brokers).await;
+}
