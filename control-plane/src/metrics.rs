@@ -6,6 +6,7 @@
 //! few database reads (the outbox backlog), bounded by [`DB_READ_TIMEOUT`]: a slow database shows as
 //! `leaky_control_plane_db_up 0`, never as a hung scrape.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,6 @@ use prometheus::{
 };
 
 use crate::http::{ApiState, Problem, ProblemKind};
-use crate::notify;
 use crate::outbox::{self, RelayStats};
 
 /// How long a scrape waits for the database.
@@ -29,7 +29,76 @@ pub struct Stats {
     /// The outbox relay of this process (zero when it runs none).
     pub outbox: Arc<RelayStats>,
     /// The notification delivery worker of this process.
-    pub notify: Arc<notify::NotifyStats>,
+    pub notify: Arc<NotifyStats>,
+}
+
+/// What the delivery workers of this process have done (`/metrics`).
+#[derive(Debug, Default)]
+pub struct NotifyStats {
+    counts: [AtomicU64; 8],
+    disabled: AtomicU64,
+}
+
+/// A notification delivery's result, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryResult {
+    Delivered,
+    /// Failed; retried later.
+    Retry,
+    /// Failed for the last time.
+    Failed,
+    /// Email without SMTP configured.
+    Skipped,
+}
+
+impl DeliveryResult {
+    pub const ALL: [DeliveryResult; 4] = [
+        DeliveryResult::Delivered,
+        DeliveryResult::Retry,
+        DeliveryResult::Failed,
+        DeliveryResult::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryResult::Delivered => "delivered",
+            DeliveryResult::Retry => "retry",
+            DeliveryResult::Failed => "failed",
+            DeliveryResult::Skipped => "skipped",
+        }
+    }
+}
+
+/// The two notification channels.
+pub const NOTIFY_CHANNELS: [&str; 2] = ["webhook", "email"];
+
+impl NotifyStats {
+    fn slot(channel: &str, outcome: DeliveryResult) -> usize {
+        let c = usize::from(channel == "email");
+        c * 4
+            + DeliveryResult::ALL
+                .iter()
+                .position(|o| *o == outcome)
+                .unwrap_or(0)
+    }
+
+    pub fn count(&self, channel: &str, outcome: DeliveryResult) {
+        self.counts[Self::slot(channel, outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deliveries on `channel` with `outcome` so far.
+    pub fn deliveries(&self, channel: &str, outcome: DeliveryResult) -> u64 {
+        self.counts[Self::slot(channel, outcome)].load(Ordering::Relaxed)
+    }
+
+    pub fn count_disabled(&self) {
+        self.disabled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Webhook endpoints this process disabled.
+    pub fn endpoints_disabled(&self) -> u64 {
+        self.disabled.load(Ordering::Relaxed)
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -110,14 +179,14 @@ pub fn render(
 }
 
 /// `leaky_notify_deliveries_total{channel,result}` and `leaky_webhook_endpoints_disabled_total`.
-fn notify_counters(r: &Registry, n: &notify::NotifyStats) -> Result<(), prometheus::Error> {
+fn notify_counters(r: &Registry, n: &NotifyStats) -> Result<(), prometheus::Error> {
     let opts = Opts::new(
         "leaky_notify_deliveries_total",
         "Notification delivery attempts by channel (webhook, email) and result (delivered, retry, failed, skipped)",
     );
     let v = IntCounterVec::new(opts, &["channel", "result"])?;
-    for channel in notify::CHANNELS {
-        for o in notify::Outcome::ALL {
+    for channel in NOTIFY_CHANNELS {
+        for o in DeliveryResult::ALL {
             v.with_label_values(&[channel, o.as_str()])
                 .inc_by(n.deliveries(channel, o));
         }
@@ -149,7 +218,7 @@ mod tests {
         assert!(text.contains("leaky_outbox_published_total 0"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 0"), "{text}");
         assert!(!text.contains("leaky_outbox_lag_seconds"), "{text}");
-        stats.notify.count("email", notify::Outcome::Skipped);
+        stats.notify.count("email", DeliveryResult::Skipped);
         let text = render(&stats, None).unwrap();
         assert!(
             text.contains(r#"leaky_notify_deliveries_total{channel="email",result="skipped"} 1"#),

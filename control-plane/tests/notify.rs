@@ -519,8 +519,14 @@ async fn an_endpoint_failing_m_deliveries_is_disabled_and_its_admins_get_an_emai
     assert!(data.contains("Subject: Webhook"), "{data}");
     assert!(data.contains("was disabled"), "{data}");
     assert!(data.contains(&rx.url), "{data}");
-    assert_eq!(stats.deliveries("email", notify::Outcome::Delivered), 1);
-    assert_eq!(stats.deliveries("webhook", notify::Outcome::Failed), 2);
+    assert_eq!(
+        stats.deliveries("email", notify::DeliveryResult::Delivered),
+        1
+    );
+    assert_eq!(
+        stats.deliveries("webhook", notify::DeliveryResult::Failed),
+        2
+    );
 
     // A disabled endpoint gets nothing new.
     let third = purchase_completed(org, clock.now(), false);

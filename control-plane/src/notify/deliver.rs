@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::email::Mailer;
 use super::sign::{sign, EVENT_ID_HEADER, SIGNATURE_HEADER};
 use super::triggers::{enqueue_for, Notification};
-use super::{NotifyStats, Outcome};
+use super::{DeliveryResult as Outcome, NotifyStats};
 use crate::audit::{self, Change};
 use crate::clock::Clock;
 

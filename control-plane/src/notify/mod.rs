@@ -21,14 +21,15 @@ pub mod sign;
 pub mod thresholds;
 pub mod triggers;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 pub use api::{openapi, routes};
 pub use deliver::{Policy, Worker};
 pub use email::Mailer;
 pub use endpoints::{Endpoint, NewEndpoint};
 pub use sign::{sign, verify, SignatureError, EVENT_ID_HEADER, SIGNATURE_HEADER};
 pub use triggers::{enqueue, Notification};
+
+// The counters live with the exposition, so `metrics` needs nothing from this context.
+pub use crate::metrics::{DeliveryResult, NotifyStats, NOTIFY_CHANNELS};
 
 /// Every event type a webhook can subscribe to (or `*`).
 pub const EVENT_TYPES: &[&str] = &[
@@ -65,71 +66,6 @@ impl Settings {
                 .filter(|f| !f.is_empty())
                 .unwrap_or_else(|| DEFAULT_FROM.to_owned()),
         }
-    }
-}
-
-/// What the delivery workers of this process have done (`/metrics`).
-#[derive(Debug, Default)]
-pub struct NotifyStats {
-    counts: [AtomicU64; 8],
-    disabled: AtomicU64,
-}
-
-/// A delivery's outcome, as counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered,
-    /// Failed; retried later.
-    Retry,
-    /// Failed for the last time.
-    Failed,
-    /// Email without SMTP configured.
-    Skipped,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 4] = [
-        Outcome::Delivered,
-        Outcome::Retry,
-        Outcome::Failed,
-        Outcome::Skipped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Retry => "retry",
-            Outcome::Failed => "failed",
-            Outcome::Skipped => "skipped",
-        }
-    }
-}
-
-/// The two channels.
-pub const CHANNELS: [&str; 2] = ["webhook", "email"];
-
-impl NotifyStats {
-    fn slot(channel: &str, outcome: Outcome) -> usize {
-        let c = usize::from(channel == "email");
-        c * 4 + Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)
-    }
-
-    pub fn count(&self, channel: &str, outcome: Outcome) {
-        self.counts[Self::slot(channel, outcome)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Deliveries on `channel` with `outcome` so far.
-    pub fn deliveries(&self, channel: &str, outcome: Outcome) -> u64 {
-        self.counts[Self::slot(channel, outcome)].load(Ordering::Relaxed)
-    }
-
-    pub fn count_disabled(&self) {
-        self.disabled.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Webhook endpoints this process disabled.
-    pub fn endpoints_disabled(&self) -> u64 {
-        self.disabled.load(Ordering::Relaxed)
     }
 }
 
