@@ -337,6 +337,13 @@ struct ControlPlaneArgs {
     /// debited, and nothing connects to Kafka.
     #[arg(long, env = "LEAKY_KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
+    /// SMTP server for email notifications, e.g. `smtp://127.0.0.1:2525` (`smtps://` or `?tls=required`
+    /// for TLS); unset, email notifications are recorded as `skipped` (a warning at start).
+    #[arg(long, env = "LEAKY_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender of email notifications.
+    #[arg(long, env = "LEAKY_SMTP_FROM", default_value = leaky_control_plane::notify::DEFAULT_FROM)]
+    smtp_from: String,
     /// Bearer token for the admin API (dev default `lt-dev-admin`).
     #[arg(
         long,
@@ -464,6 +471,10 @@ fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
             .kafka_brokers
             .filter(|b| !b.is_empty())
             .map(leaky_control_plane::outbox::RelayConfig::new),
+        notify: leaky_control_plane::notify::Settings {
+            smtp_url: cp.smtp_url.filter(|u| !u.is_empty()),
+            from: cp.smtp_from,
+        },
     };
     tokio_rt()?.block_on(leaky_control_plane::run(config, shutdown_signal()))?;
     Ok(())

@@ -105,6 +105,8 @@ pub struct Config {
     /// The outbox relay's settings; `None` (no `--kafka-brokers`): events accumulate in the outbox and
     /// nothing connects to Kafka.
     pub outbox: Option<outbox::RelayConfig>,
+    /// Email settings of notifications (`--smtp-url`, `--smtp-from`).
+    pub notify: notify::Settings,
 }
 
 /// Why the process could not start or serve.
@@ -306,10 +308,7 @@ pub async fn run(
     }
     if config.roles.contains(Role::AdminApi) {
         tasks.push(tokio::spawn(expiry_when_migrated(state.clone())));
-        tasks.extend(notify::spawn_jobs(
-            state.clone(),
-            notify::Settings::from_env(),
-        ));
+        tasks.extend(notify::spawn_jobs(state.clone(), config.notify.clone()));
     }
     if config.roles.contains(Role::Registry) {
         let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);

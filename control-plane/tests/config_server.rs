@@ -547,6 +547,7 @@ async fn a_graceful_shutdown_ends_watch_streams_instead_of_waiting_for_them() {
         admin_token: common::TOKEN.to_owned(),
         config_base: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.yaml")),
         outbox: None,
+        notify: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(leaky_control_plane::run(config, async {

@@ -345,6 +345,7 @@ async fn control_plane_registers_itself_and_cancels_on_shutdown() -> anyhow::Res
         admin_token: common::TOKEN.to_owned(),
         config_base: None,
         outbox: None,
+        notify: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(leaky_control_plane::run(config, async {

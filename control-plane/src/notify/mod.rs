@@ -44,8 +44,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "credits.expiring",
 ];
 
-/// Email settings: `LEAKY_SMTP_URL` (e.g. `smtp://127.0.0.1:2525`; unset: email is recorded as
-/// `skipped`) and `LEAKY_SMTP_FROM`.
+/// Email settings: `--smtp-url` / `LEAKY_SMTP_URL` (e.g. `smtp://127.0.0.1:2525`; unset: email is
+/// recorded as `skipped`) and `--smtp-from` / `LEAKY_SMTP_FROM`.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub smtp_url: Option<String>,
@@ -54,20 +54,6 @@ pub struct Settings {
 
 /// The default sender address.
 pub const DEFAULT_FROM: &str = "Leaky Tokens <notifications@leaky-tokens.local>";
-
-impl Settings {
-    pub fn from_env() -> Self {
-        Self {
-            smtp_url: std::env::var("LEAKY_SMTP_URL")
-                .ok()
-                .filter(|u| !u.is_empty()),
-            from: std::env::var("LEAKY_SMTP_FROM")
-                .ok()
-                .filter(|f| !f.is_empty())
-                .unwrap_or_else(|| DEFAULT_FROM.to_owned()),
-        }
-    }
-}
 
 /// How often an idle delivery worker looks for due rows.
 pub const WORKER_POLL: std::time::Duration = std::time::Duration::from_millis(500);
