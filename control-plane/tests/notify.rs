@@ -593,8 +593,107 @@ async fn two_workers_never_deliver_one_row_twice_at_once() {
     assert_eq!(got, ids, "each row sent exactly once");
 }
 
+#[tokio::test]
+async fn a_worker_dying_mid_send_loses_nothing_another_resends_after_the_lease() {
+    let app = common::app().await.unwrap();
+    let org = org_with_admin(&app, "acme").await;
+    let rx = receiver().await;
+    rx.shared.delay_ms.store(60_000, Ordering::SeqCst);
+    webhook(&app, org, &rx.url, &["purchase.completed"]).await;
+    let clock = Arc::new(ManualClock::new(start()));
+    let policy = test_policy();
+    let n = purchase_completed(org, clock.now(), false);
+    notify_now(&app.pool, &n).await;
+
+    let dying = Worker::new(app.pool.clone(), clock.clone(), None, policy.clone());
+    let task = tokio::spawn(async move { dying.run_once().await });
+    until("the first worker's request", || {
+        let hits = rx.hits().len();
+        async move { hits == 1 }
+    })
+    .await;
+    task.abort();
+    let _ = task.await;
+    rx.shared.delay_ms.store(0, Ordering::SeqCst);
+
+    let other = Worker::new(app.pool.clone(), clock.clone(), None, policy.clone());
+    assert_eq!(
+        other.run_once().await.unwrap(),
+        0,
+        "claimed: skipped until the lease ends"
+    );
+    clock.advance(policy.lease);
+    assert_eq!(other.run_once().await.unwrap(), 1);
+    assert_eq!(
+        deliveries(&app.pool, &n.event_id).await,
+        [("webhook".to_owned(), "delivered".to_owned(), 1)]
+    );
+    let ids: Vec<String> = rx.hits().into_iter().map(|h| h.event_id).collect();
+    assert_eq!(
+        ids,
+        [n.event_id.clone(), n.event_id],
+        "at least once, same event id"
+    );
+}
+
+#[tokio::test]
+async fn the_control_plane_process_sends_email_through_its_smtp_settings() {
+    let smtp = Smtp::start();
+    let url = common::fresh_db().await.unwrap();
+    let pool = leaky_control_plane::db::pool(&url, 4).unwrap();
+    leaky_control_plane::db::migrate(&pool).await.unwrap();
+    let app = common::serve(url.clone(), pool).await.unwrap();
+    let org = org_with_admin(&app, "acme").await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = leaky_control_plane::Config {
+        listen,
+        database_url: url,
+        roles: "admin-api".parse().unwrap(),
+        admin_token: common::TOKEN.to_owned(),
+        config_base: None,
+        outbox: None,
+        notify: notify::Settings {
+            smtp_url: Some(format!("smtp://127.0.0.1:{}", smtp.port)),
+            from: "Leaky <leaky@example.com>".into(),
+        },
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(leaky_control_plane::run(config, async {
+        let _ = stopped.await;
+    }));
+    let n = purchase_completed(org, Utc::now(), true);
+    notify_now(&app.pool, &n).await;
+    until("the email", || {
+        let got = smtp.mails().len();
+        async move { got == 1 }
+    })
+    .await;
+    let mail = &smtp.mails()[0];
+    assert_eq!(mail["from"], "leaky@example.com");
+    assert_eq!(mail["to"], json!(["admin@acme.example"]));
+    assert!(mail["data"]
+        .as_str()
+        .unwrap()
+        .contains("Purchase of 1000000 tokens completed"));
+    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"leaky_notify_deliveries_total{channel="email",result="delivered"} 1"#),
+        "{metrics}"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
-// Expiring credit blocks.
+// Expiring credit blocks and keys.
 
 #[tokio::test]
 async fn a_credit_block_about_to_expire_is_announced_once() {
@@ -635,6 +734,42 @@ async fn a_credit_block_about_to_expire_is_announced_once() {
             .unwrap(),
         1
     );
+}
+
+#[tokio::test]
+async fn an_api_key_about_to_expire_is_announced_once_per_expiry() {
+    let app = common::app().await.unwrap();
+    let org = org_with_admin(&app, "acme").await;
+    let now = start();
+    let key = |expires: DateTime<Utc>| json!({"name": "ci", "tier": "pro", "expires_at": expires});
+    let path = format!("/v1/orgs/{org}/keys");
+    let soon = app.post(&path, key(now + Duration::days(3))).await.unwrap();
+    assert_eq!(soon.status(), 201);
+    let soon: Value = soon.json().await.unwrap();
+    let later = app
+        .post(&path, key(now + Duration::days(60)))
+        .await
+        .unwrap();
+    assert_eq!(later.status(), 201);
+    assert_eq!(expiring::notify_expiring(&app.pool, now).await.unwrap(), 1);
+    assert_eq!(expiring::notify_expiring(&app.pool, now).await.unwrap(), 0);
+    let (body,): (Value,) =
+        sqlx::query_as("SELECT body FROM notify.deliveries WHERE type = 'key.expiring'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(body["data"]["key"], soon["id"]);
+    // Its expiry moved (still within 7 days): a new notice for the new date.
+    let id = soon["id"].as_str().unwrap();
+    let patch = json!({"expires_at": now + Duration::days(4)});
+    let res = app
+        .req(reqwest::Method::PATCH, &format!("/v1/keys/{id}"))
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(expiring::notify_expiring(&app.pool, now).await.unwrap(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ fn example_created() -> Value {
     request_body(content = NewEndpoint,
         description = "Event types: `purchase.completed`, `purchase.compensated`, `purchase.needs_attention`, \
             `ledger.credited`, `ledger.debited`, `ledger.refunded`, `ledger.expired`, \
-            `balance.threshold_crossed`, `credits.expiring`, or `*`.",
+            `balance.threshold_crossed`, `credits.expiring`, `key.expiring`, or `*`.",
         example = json!({"url": "https://hooks.example.com/leaky", "events": ["purchase.completed", "balance.threshold_crossed"]})),
     responses(
         (status = 201, description = "Created. `secret` signs every delivery (`Leaky-Signature: t=<unix>,v1=<hex \

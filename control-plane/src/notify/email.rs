@@ -72,6 +72,11 @@ pub fn render(body: &Value) -> (String, String) {
             v(&d["remaining"]),
             v(&d["expires_at"])
         ),
+        "key.expiring" => format!(
+            "API key {} expires on {}",
+            v(&d["name"]),
+            v(&d["expires_at"])
+        ),
         "webhook.disabled" => format!("Webhook {} was disabled", v(&d["url"])),
         other => format!("Leaky Tokens: {other}"),
     };

@@ -7,7 +7,7 @@
 //! `notify.deliveries` row per matching endpoint or recipient, in the transaction of its
 //! processed-event row, so a redelivered event makes no second notification. Balance thresholds (80 %
 //! and 100 % of the credited tokens consumed) fire once per crossing ([`thresholds`]); a daily job
-//! announces credit blocks about to expire ([`expiring`]). The [`deliver`] worker claims due rows with
+//! announces credit blocks and API keys about to expire ([`expiring`]). The [`deliver`] worker claims due rows with
 //! `FOR UPDATE SKIP LOCKED` plus a lease on the injected clock, so nothing is lost across restarts and
 //! two replicas never send one row at once (delivery to the receiver is at least once; each carries
 //! its event id).
@@ -42,6 +42,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "ledger.expired",
     "balance.threshold_crossed",
     "credits.expiring",
+    "key.expiring",
 ];
 
 /// Email settings: `--smtp-url` / `LEAKY_SMTP_URL` (e.g. `smtp://127.0.0.1:2525`; unset: email is
