@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::EVENT_TYPES;
+use super::{NotifyError, EVENT_TYPES};
 use crate::audit::{self, Change};
-use crate::http::{FieldError, Problem, ProblemKind};
+use crate::http::FieldError;
 use crate::tenancy;
 
 /// Most endpoints one org may have.
@@ -96,12 +96,9 @@ fn check_url(raw: &str) -> Result<(), String> {
 }
 
 /// A new random secret: `whsec_` and 32 random bytes in hex.
-fn new_secret() -> Result<String, Problem> {
+fn new_secret() -> Result<String, NotifyError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        tracing::error!(error = %e, "no randomness for a webhook secret");
-        Problem::new(ProblemKind::Internal, "internal error")
-    })?;
+    getrandom::fill(&mut bytes).map_err(|e| NotifyError::NoRandomness(e.to_string()))?;
     Ok(format!("whsec_{}", hex::encode(bytes)))
 }
 
@@ -112,10 +109,10 @@ pub async fn create(
     actor: &str,
     org: Uuid,
     body: &NewEndpoint,
-) -> Result<Created, Problem> {
+) -> Result<Created, NotifyError> {
     let errors = check(body);
     if !errors.is_empty() {
-        return Err(Problem::invalid(errors));
+        return Err(NotifyError::Invalid(errors));
     }
     tenancy::orgs::get(pool, org).await?;
     let secret = new_secret()?;
@@ -131,7 +128,7 @@ pub async fn create(
         .await?;
     if n >= MAX_PER_ORG {
         let msg = format!("an org has at most {MAX_PER_ORG} webhook endpoints");
-        return Err(Problem::new(ProblemKind::Conflict, msg));
+        return Err(NotifyError::Conflict(msg));
     }
     let sql = format!(
         "INSERT INTO notify.endpoints (id, org_id, url, events, secret, created_at)
@@ -159,7 +156,7 @@ pub async fn create(
 }
 
 /// The endpoints of `org`, oldest first (404 unknown org).
-pub async fn list(pool: &PgPool, org: Uuid) -> Result<Vec<Endpoint>, Problem> {
+pub async fn list(pool: &PgPool, org: Uuid) -> Result<Vec<Endpoint>, NotifyError> {
     tenancy::orgs::get(pool, org).await?;
     let sql =
         format!("SELECT {COLUMNS} FROM notify.endpoints WHERE org_id = $1 ORDER BY created_at, id");
@@ -167,7 +164,7 @@ pub async fn list(pool: &PgPool, org: Uuid) -> Result<Vec<Endpoint>, Problem> {
 }
 
 /// Deletes endpoint `id` of `org` and cancels its pending deliveries (404 when unknown).
-pub async fn delete(pool: &PgPool, actor: &str, org: Uuid, id: Uuid) -> Result<(), Problem> {
+pub async fn delete(pool: &PgPool, actor: &str, org: Uuid, id: Uuid) -> Result<(), NotifyError> {
     let mut tx = pool.begin().await?;
     let url: Option<String> = sqlx::query_scalar(
         "DELETE FROM notify.endpoints WHERE id = $1 AND org_id = $2 RETURNING url",
@@ -177,10 +174,9 @@ pub async fn delete(pool: &PgPool, actor: &str, org: Uuid, id: Uuid) -> Result<(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(url) = url else {
-        return Err(Problem::new(
-            ProblemKind::NotFound,
-            format!("webhook `{id}` of org `{org}` not found"),
-        ));
+        return Err(NotifyError::NotFound(format!(
+            "webhook `{id}` of org `{org}` not found"
+        )));
     };
     sqlx::query(
         "UPDATE notify.deliveries SET status = 'cancelled', locked_until = NULL

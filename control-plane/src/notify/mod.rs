@@ -21,6 +21,9 @@ pub mod sign;
 pub mod thresholds;
 pub mod triggers;
 
+use crate::http::{FieldError, Problem, ProblemKind};
+use crate::tenancy::TenancyError;
+
 pub use api::{openapi, routes};
 pub use deliver::{Policy, Worker};
 pub use email::Mailer;
@@ -44,6 +47,40 @@ pub const EVENT_TYPES: &[&str] = &[
     "credits.expiring",
     "key.expiring",
 ];
+
+/// The notify context's failures. [`From<NotifyError> for Problem`] is the one place they become HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The org could not be read (unknown or deleted: 404).
+    #[error(transparent)]
+    Tenancy(#[from] TenancyError),
+    #[error("no randomness for a webhook secret: {0}")]
+    NoRandomness(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<NotifyError> for Problem {
+    fn from(e: NotifyError) -> Self {
+        match e {
+            NotifyError::Invalid(errors) => Problem::invalid(errors),
+            NotifyError::NotFound(m) => Problem::new(ProblemKind::NotFound, m),
+            NotifyError::Conflict(m) => Problem::new(ProblemKind::Conflict, m),
+            NotifyError::Tenancy(t) => Problem::from(t),
+            NotifyError::NoRandomness(_) => {
+                tracing::error!(error = %e, "notify");
+                Problem::new(ProblemKind::Internal, "internal error")
+            }
+            NotifyError::Db(db) => Problem::from(db),
+        }
+    }
+}
 
 /// Email settings: `--smtp-url` / `LEAKY_SMTP_URL` (e.g. `smtp://127.0.0.1:2525`; unset: email is
 /// recorded as `skipped`) and `--smtp-from` / `LEAKY_SMTP_FROM`.
