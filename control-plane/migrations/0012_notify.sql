@@ -53,3 +53,10 @@ CREATE TABLE notify.thresholds (
     version bigint NOT NULL,
     PRIMARY KEY (org_id, kind, level)
 );
+
+-- An org's own notification address, emailed besides its `org-admin` users (e.g. an ops mailbox).
+CREATE TABLE notify.org_settings (
+    org_id     uuid PRIMARY KEY,
+    email      text,
+    updated_at timestamptz NOT NULL
+);

@@ -361,6 +361,59 @@ async fn webhook_api_validates_audits_and_shows_the_secret_once() {
     assert_eq!(app.audit_count().await.unwrap(), audits + 2);
 }
 
+#[tokio::test]
+async fn the_org_notify_email_gets_email_notifications_besides_its_admins() {
+    let app = common::app().await.unwrap();
+    let org = org_with_admin(&app, "acme").await;
+    let path = format!("/v1/orgs/{org}/notification-settings");
+    let shown: Value = app.get(&path).await.unwrap().json().await.unwrap();
+    assert_eq!(shown["notify_email"], Value::Null);
+    let audits = app.audit_count().await.unwrap();
+    let put = |body: Value| app.req(reqwest::Method::PUT, &path).json(&body).send();
+    let bad = put(json!({"notify_email": "not an address"}))
+        .await
+        .unwrap();
+    let p = common::problem(bad, 422, "validation").await.unwrap();
+    assert_eq!(common::fields(&p), ["notify_email"]);
+    assert_eq!(
+        app.audit_count().await.unwrap(),
+        audits,
+        "bad input writes nothing"
+    );
+    let res = put(json!({"notify_email": "ops@acme.example"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.audit_count().await.unwrap(), audits + 1);
+    let shown: Value = app.get(&path).await.unwrap().json().await.unwrap();
+    assert_eq!(shown["notify_email"], "ops@acme.example");
+
+    let n = purchase_completed(org, Utc::now(), true);
+    assert_eq!(notify_now(&app.pool, &n).await, 2);
+    let to: Vec<String> = sqlx::query_scalar(
+        "SELECT target FROM notify.deliveries WHERE event_id = $1 ORDER BY target",
+    )
+    .bind(&n.event_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(to, ["admin@acme.example", "ops@acme.example"]);
+    // The admin's own address as notify email: still one email to it.
+    put(json!({"notify_email": "ADMIN@acme.example"}))
+        .await
+        .unwrap();
+    let again = purchase_completed(org, Utc::now(), true);
+    assert_eq!(notify_now(&app.pool, &again).await, 1);
+    let nobody = format!("/v1/orgs/{}/notification-settings", Uuid::new_v4());
+    let res = app
+        .req(reqwest::Method::PUT, &nobody)
+        .json(&json!({"notify_email": null}))
+        .send()
+        .await
+        .unwrap();
+    common::problem(res, 404, "not-found").await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Webhook deliveries.
 

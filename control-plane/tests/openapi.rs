@@ -71,6 +71,8 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs/{org}/webhooks"),
     ("POST", "/v1/orgs/{org}/webhooks"),
     ("DELETE", "/v1/orgs/{org}/webhooks/{id}"),
+    ("GET", "/v1/orgs/{org}/notification-settings"),
+    ("PUT", "/v1/orgs/{org}/notification-settings"),
     // The Eureka API (`eureka::routes`, under `/eureka`, role `registry`) is in the same spec.
     ("GET", "/eureka/apps"),
     ("GET", "/eureka/apps/delta"),

@@ -1,5 +1,5 @@
-//! Admin routes of the notify context: an org's webhook endpoints. Handlers extract, call
-//! [`super::endpoints`] and shape the response.
+//! Admin routes of the notify context: an org's webhook endpoints and notification settings.
+//! Handlers extract, call [`super::endpoints`] / [`super::settings`] and shape the response.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use super::endpoints::{self, Created, Endpoint, NewEndpoint};
+use super::settings::{self, OrgSettings, SettingsBody};
 use crate::apidoc::problems;
 use crate::http::{parse_id, ApiJson, ApiState, Page, Principal, Problem};
 
@@ -110,8 +111,59 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+fn example_settings() -> Value {
+    json!({"org": ORG, "notify_email": "ops@acme.example", "updated_at": AT})
+}
+
+#[utoipa::path(
+    get, path = "/v1/orgs/{org}/notification-settings", tag = "notify", operation_id = "get_notification_settings",
+    params(("org" = uuid::Uuid, Path, description = "The org's id")),
+    responses(
+        (status = 200, description = "The org's notification settings (`notify_email` null until set)",
+         body = OrgSettings, example = json!(example_settings())),
+        (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Show an org's notification settings.
+async fn show_settings(
+    _: Principal,
+    State(s): State<ApiState>,
+    Path(org): Path<String>,
+) -> Result<Json<OrgSettings>, Problem> {
+    let org = parse_id("org", &org)?;
+    Ok(Json(settings::get(&s.pool, org).await?))
+}
+
+#[utoipa::path(
+    put, path = "/v1/orgs/{org}/notification-settings", tag = "notify", operation_id = "put_notification_settings",
+    params(("org" = uuid::Uuid, Path, description = "The org's id")),
+    request_body(content = SettingsBody, example = json!({"notify_email": "ops@acme.example"})),
+    responses(
+        (status = 200, description = "Replaced: email notifications go to the org's `org-admin` users and to `notify_email`",
+         body = OrgSettings, example = json!(example_settings())),
+        (status = 400, response = problems::MalformedJson),
+        (status = 404, response = problems::NotFound),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Set an org's notification settings.
+async fn put_settings(
+    p: Principal,
+    State(s): State<ApiState>,
+    Path(org): Path<String>,
+    ApiJson(body): ApiJson<SettingsBody>,
+) -> Result<Json<OrgSettings>, Problem> {
+    let org = parse_id("org", &org)?;
+    Ok(Json(
+        settings::put(&s.pool, s.clock.now(), &p.subject, org, &body).await?,
+    ))
+}
+
 #[derive(OpenApi)]
-#[openapi(paths(create, list, remove))]
+#[openapi(paths(create, list, remove, show_settings, put_settings))]
 struct Doc;
 
 /// The OpenAPI paths of the notify routes.
@@ -119,9 +171,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     Doc::openapi()
 }
 
-/// `/orgs/{org}/webhooks[/{id}]` (mounted under `/v1`).
+/// `/orgs/{org}/webhooks[/{id}]` and `/orgs/{org}/notification-settings` (mounted under `/v1`).
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/orgs/{org}/webhooks", get(list).post(create))
         .route("/orgs/{org}/webhooks/{id}", delete(remove))
+        .route(
+            "/orgs/{org}/notification-settings",
+            get(show_settings).put(put_settings),
+        )
 }

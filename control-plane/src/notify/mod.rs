@@ -17,6 +17,7 @@ pub mod deliver;
 pub mod email;
 pub mod endpoints;
 pub mod expiring;
+pub mod settings;
 pub mod sign;
 pub mod thresholds;
 pub mod triggers;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::thresholds;
+use super::{settings, thresholds};
 use crate::consume::{Consumer, ConsumerConfig, Handler, HandlerError};
 use crate::{billing, ledger, tenancy};
 
@@ -101,17 +101,22 @@ pub async fn enqueue(
     Ok(added)
 }
 
-/// [`enqueue`] with the org's recipients looked up when `n.email`.
+/// [`enqueue`] with the org's recipients looked up when `n.email`: its [`ADMIN_ROLE`] users and its
+/// `notify_email` ([`super::settings`]), each once.
 pub async fn enqueue_for(
     pool: &PgPool,
     tx: &mut PgConnection,
     n: &Notification,
 ) -> Result<u64, sqlx::Error> {
-    let to = if n.email {
-        recipients(pool, n.org).await?
-    } else {
-        Vec::new()
-    };
+    let mut to = Vec::new();
+    if n.email {
+        to = recipients(pool, n.org).await?;
+        if let Some(extra) = settings::notify_email(tx, n.org).await? {
+            if !to.iter().any(|t| t.eq_ignore_ascii_case(&extra)) {
+                to.push(extra);
+            }
+        }
+    }
     enqueue(tx, n, &to).await
 }
 
