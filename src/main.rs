@@ -365,6 +365,13 @@ struct ControlPlaneArgs {
         hide_env_values = true
     )]
     payments_webhook_secret: String,
+    /// SMTP server for email notifications, e.g. `smtp://127.0.0.1:2525` (`smtps://` or `?tls=required`
+    /// for TLS); unset, email notifications are recorded as `skipped` (a warning at start).
+    #[arg(long, env = "LEAKY_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender of email notifications.
+    #[arg(long, env = "LEAKY_SMTP_FROM", default_value = leaky_control_plane::notify::DEFAULT_FROM)]
+    smtp_from: String,
     /// Bearer token for the admin API (dev default `lt-dev-admin`).
     #[arg(
         long,
@@ -515,6 +522,10 @@ fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
             cp.payments_api_key,
             cp.payments_webhook_secret,
         ),
+        notify: leaky_control_plane::notify::Settings {
+            smtp_url: cp.smtp_url.filter(|u| !u.is_empty()),
+            from: cp.smtp_from,
+        },
     };
     tokio_rt()?.block_on(leaky_control_plane::run(config, shutdown_signal()))?;
     Ok(())

@@ -20,8 +20,8 @@ use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
 use crate::{
-    audit, billing, config, db, docs, eureka, flags, ledger, metrics, openapi, outbox, registry,
-    tenancy,
+    audit, billing, config, db, docs, eureka, flags, ledger, metrics, notify, openapi, outbox,
+    registry, tenancy,
 };
 
 /// One job a control-plane process can do.
@@ -110,6 +110,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Billing: prices, the webhook secret, the payment provider, the saga policy.
     pub billing: billing::BillingConfig,
+    /// Email settings of notifications (`--smtp-url`, `--smtp-from`).
+    pub notify: notify::Settings,
 }
 
 /// Why the process could not start or serve.
@@ -138,6 +140,7 @@ pub fn v1_with(roles: &Roles, settings: std::sync::Arc<billing::Settings>) -> Ro
             .merge(audit::routes())
             .merge(flags::routes())
             .merge(ledger::routes())
+            .merge(notify::routes())
             .merge(billing::routes(settings));
     }
     if roles.contains(Role::Registry) {
@@ -330,8 +333,9 @@ fn spawn_roles(
     if let Some(relay) = config.outbox.clone() {
         let brokers = relay.brokers.clone();
         tasks.push(tokio::spawn(relay_when_migrated(state.clone(), relay)));
-        let consumer = usage_consumer_when_migrated(state.clone(), brokers);
+        let consumer = usage_consumer_when_migrated(state.clone(), brokers.clone());
         tasks.push(tokio::spawn(consumer));
+        tasks.push(tokio::spawn(notify::run_consumers(state.clone(), brokers)));
     }
     if config.roles.contains(Role::Registry) {
         let sweep = registry::sweep_every(state.clone(), registry::tasks::SWEEP_EVERY);
@@ -341,6 +345,7 @@ fn spawn_roles(
         return tokio::spawn(async {});
     }
     tasks.push(tokio::spawn(expiry_when_migrated(state.clone())));
+    tasks.extend(notify::spawn_jobs(state.clone(), config.notify.clone()));
     let (saga, reconcile) = billing::spawn(state, &config.billing, config.redis_url.as_deref());
     tasks.extend(reconcile);
     saga

@@ -23,6 +23,7 @@ pub mod flags;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod notify;
 pub mod openapi;
 pub mod outbox;
 pub mod registry;

@@ -8,6 +8,7 @@
 //! hung scrape. Contexts add their own families through a [`Collector`] registered at start-up (the
 //! process wires them: this module knows no context but the outbox and the consumer kit).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,77 @@ pub struct Stats {
     /// each starts.
     consumers: Mutex<Vec<(String, Arc<ConsumerStats>)>>,
     collectors: Mutex<Vec<Arc<dyn Collector>>>,
+    /// The notification delivery worker of this process.
+    pub notify: Arc<NotifyStats>,
+}
+
+/// What the delivery workers of this process have done (`/metrics`).
+#[derive(Debug, Default)]
+pub struct NotifyStats {
+    counts: [AtomicU64; 8],
+    disabled: AtomicU64,
+}
+
+/// A notification delivery's result, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryResult {
+    Delivered,
+    /// Failed; retried later.
+    Retry,
+    /// Failed for the last time.
+    Failed,
+    /// Email without SMTP configured.
+    Skipped,
+}
+
+impl DeliveryResult {
+    pub const ALL: [DeliveryResult; 4] = [
+        DeliveryResult::Delivered,
+        DeliveryResult::Retry,
+        DeliveryResult::Failed,
+        DeliveryResult::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryResult::Delivered => "delivered",
+            DeliveryResult::Retry => "retry",
+            DeliveryResult::Failed => "failed",
+            DeliveryResult::Skipped => "skipped",
+        }
+    }
+}
+
+/// The two notification channels.
+pub const NOTIFY_CHANNELS: [&str; 2] = ["webhook", "email"];
+
+impl NotifyStats {
+    fn slot(channel: &str, outcome: DeliveryResult) -> usize {
+        let c = usize::from(channel == "email");
+        c * 4
+            + DeliveryResult::ALL
+                .iter()
+                .position(|o| *o == outcome)
+                .unwrap_or(0)
+    }
+
+    pub fn count(&self, channel: &str, outcome: DeliveryResult) {
+        self.counts[Self::slot(channel, outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deliveries on `channel` with `outcome` so far.
+    pub fn deliveries(&self, channel: &str, outcome: DeliveryResult) -> u64 {
+        self.counts[Self::slot(channel, outcome)].load(Ordering::Relaxed)
+    }
+
+    pub fn count_disabled(&self) {
+        self.disabled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Webhook endpoints this process disabled.
+    pub fn endpoints_disabled(&self) -> u64 {
+        self.disabled.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for Stats {
@@ -173,6 +245,7 @@ fn outbox_metrics(
         "Sent outbox events deleted after their retention",
         relay.pruned(),
     )?;
+    notify_counters(r, &stats.notify)?;
     let db_up = IntGauge::new(
         "leaky_control_plane_db_up",
         "1 if this scrape could read PostgreSQL in time",
@@ -196,6 +269,28 @@ fn outbox_metrics(
     Ok(())
 }
 
+/// `leaky_notify_deliveries_total{channel,result}` and `leaky_webhook_endpoints_disabled_total`.
+fn notify_counters(r: &Registry, n: &NotifyStats) -> Result<(), prometheus::Error> {
+    let opts = Opts::new(
+        "leaky_notify_deliveries_total",
+        "Notification delivery attempts by channel (webhook, email) and result (delivered, retry, failed, skipped)",
+    );
+    let v = IntCounterVec::new(opts, &["channel", "result"])?;
+    for channel in NOTIFY_CHANNELS {
+        for o in DeliveryResult::ALL {
+            v.with_label_values(&[channel, o.as_str()])
+                .inc_by(n.deliveries(channel, o));
+        }
+    }
+    r.register(Box::new(v))?;
+    counter(
+        r,
+        "leaky_webhook_endpoints_disabled_total",
+        "Webhook endpoints disabled after repeated failed deliveries",
+        n.endpoints_disabled(),
+    )
+}
+
 /// Registers counter `name` at `value`.
 pub fn counter(r: &Registry, name: &str, help: &str, value: u64) -> Result<(), prometheus::Error> {
     let c = IntCounter::new(name, help)?;
@@ -215,6 +310,16 @@ mod tests {
         assert!(text.contains("leaky_outbox_published_total 0"), "{text}");
         assert!(text.contains("leaky_control_plane_db_up 0"), "{text}");
         assert!(!text.contains("leaky_outbox_lag_seconds"), "{text}");
+        stats.notify.count("email", DeliveryResult::Skipped);
+        let text = render(&stats, None).unwrap();
+        assert!(
+            text.contains(r#"leaky_notify_deliveries_total{channel="email",result="skipped"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaky_webhook_endpoints_disabled_total 0"),
+            "{text}"
+        );
         let backlog = outbox::Backlog {
             unsent: 3,
             oldest_age_seconds: 1.5,

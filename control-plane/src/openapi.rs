@@ -14,7 +14,7 @@ use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{FieldError, Problem, ProblemDetails, ProblemKind};
-use crate::{apidoc, audit, billing, config, eureka, flags, ledger, registry, tenancy};
+use crate::{apidoc, audit, billing, config, eureka, flags, ledger, notify, registry, tenancy};
 
 /// Name of the bearer security scheme in the document.
 pub const SECURITY_SCHEME: &str = "admin_token";
@@ -36,6 +36,7 @@ pub const SECURITY_SCHEME: &str = "admin_token";
         (name = "flags", description = "Feature flags: on/off, percentage rollouts, per-org overrides; pushed to the proxies in the config snapshot (bounded context `flags`)."),
         (name = "billing", description = "Token purchases run as persisted sagas (authorize, credit, raise the balance, capture; compensations in reverse), the sagas with their step history, and the payment provider's webhooks (bounded context `billing`)."),
         (name = "ledger", description = "Each org's token account: an event-sourced ledger of purchases, grants, consumption, refunds and expiries, with its balance (bounded context `ledger`)."),
+        (name = "notify", description = "Notifications to org admins: HMAC-signed webhooks with retries, and email (bounded context `notify`)."),
         (name = "eureka", description = "Netflix Eureka's REST API under `/eureka` over the same registry, for Eureka clients \
                                          (bearer token or HTTP Basic with the admin token as password).")
     ),
@@ -71,6 +72,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(eureka::openapi());
     doc.merge(billing::openapi());
     doc.merge(ledger::openapi());
+    doc.merge(notify::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
     CommonProblems.modify(&mut doc);

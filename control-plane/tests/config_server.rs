@@ -549,6 +549,7 @@ async fn a_graceful_shutdown_ends_watch_streams_instead_of_waiting_for_them() {
         outbox: None,
         redis_url: None,
         billing: Default::default(),
+        notify: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(leaky_control_plane::run(config, async {

@@ -337,6 +337,7 @@ async fn the_control_plane_with_kafka_runs_the_usage_consumer() -> anyhow::Resul
         )),
         redis_url: None,
         billing: Default::default(),
+        notify: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(leaky_control_plane::run(config, async {

@@ -67,6 +67,12 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs/{org}/balance"),
     ("GET", "/v1/orgs/{org}/ledger"),
     ("POST", "/v1/orgs/{org}/grants"),
+    // Notifications (`notify::routes`, role `admin-api`).
+    ("GET", "/v1/orgs/{org}/webhooks"),
+    ("POST", "/v1/orgs/{org}/webhooks"),
+    ("DELETE", "/v1/orgs/{org}/webhooks/{id}"),
+    ("GET", "/v1/orgs/{org}/notification-settings"),
+    ("PUT", "/v1/orgs/{org}/notification-settings"),
     // The Eureka API (`eureka::routes`, under `/eureka`, role `registry`) is in the same spec.
     ("GET", "/eureka/apps"),
     ("GET", "/eureka/apps/delta"),
@@ -157,7 +163,8 @@ async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
     assert_eq!(
         tags,
         BTreeSet::from([
-            "audit", "billing", "config", "eureka", "flags", "ledger", "registry", "tenancy",
+            "audit", "billing", "config", "eureka", "flags", "ledger", "notify", "registry",
+            "tenancy",
         ])
     );
     let basic = &spec["components"]["securitySchemes"]["eureka_basic"];

@@ -748,6 +748,7 @@ async fn the_control_plane_process_runs_purchases_by_itself() {
         outbox: None,
         redis_url: Some(redis.url()),
         billing,
+        notify: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(leaky_control_plane::run(config, async {

@@ -347,6 +347,7 @@ async fn control_plane_registers_itself_and_cancels_on_shutdown() -> anyhow::Res
         outbox: None,
         redis_url: None,
         billing: Default::default(),
+        notify: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(leaky_control_plane::run(config, async {

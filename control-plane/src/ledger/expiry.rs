@@ -63,3 +63,36 @@ pub async fn expire_every(pool: PgPool, clock: Arc<dyn Clock>, every: Duration) 
         }
     }
 }
+
+/// A credit block with tokens left that expires soon (what notifications announce).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ExpiringBlock {
+    pub id: Uuid,
+    pub org: Uuid,
+    /// `purchased` or `granted`.
+    pub kind: String,
+    /// What made it (purchase id, grant id).
+    #[sqlx(rename = "ref")]
+    pub reference: String,
+    pub remaining: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The blocks with tokens left expiring after `now` and at or before `until`, soonest first (at most
+/// `limit`; a read for other contexts, e.g. notifications).
+pub async fn expiring_blocks(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<ExpiringBlock>, LedgerError> {
+    Ok(sqlx::query_as(
+        "SELECT id, org_id AS org, kind, ref, remaining, expires_at FROM ledger.credit_blocks
+         WHERE remaining > 0 AND expires_at > $1 AND expires_at <= $2 ORDER BY expires_at, id LIMIT $3",
+    )
+    .bind(now)
+    .bind(until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

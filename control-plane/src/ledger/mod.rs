@@ -42,7 +42,7 @@ pub use commands::{
     consume, consume_on, credit_purchase, credit_purchase_on, grant, grant_on, reverse_purchase,
     reverse_purchase_on,
 };
-pub use expiry::{expire_due, expire_every, EXPIRE_EVERY};
+pub use expiry::{expire_due, expire_every, expiring_blocks, ExpiringBlock, EXPIRE_EVERY};
 pub use maintenance::{rebuild_command, repair, Repair};
 pub use projection::{balance, credited_total, rebuild, verify, Drift};
 pub use stream::{append, entries, orgs, NewEntry};

@@ -317,6 +317,27 @@ pub async fn list(
         .await?)
 }
 
+/// Keys not revoked whose `expires_at` is after `now` and at or before `until`, soonest first (at
+/// most `limit`; a read for other contexts, e.g. "your key expires soon" notifications).
+pub async fn expiring(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<ApiKey>, TenancyError> {
+    let sql = format!(
+        "SELECT {} FROM tenancy.api_keys WHERE revoked_at IS NULL AND expires_at > $1 AND expires_at <= $2
+         ORDER BY expires_at, id LIMIT $3",
+        columns()
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(now)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
 /// The outcome of a rotation: the new key (shown once) and the old one, valid until its `revoked_at`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rotation {
