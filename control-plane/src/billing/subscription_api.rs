@@ -59,6 +59,7 @@ fn example_subscription(state: &str) -> Value {
         (status = 201, description = "Created", body = Plan, example = json!(example_plan())),
         (status = 200, description = "Replaced", body = Plan, example = json!(example_plan())),
         (status = 400, response = problems::MalformedJson),
+        (status = 413, response = problems::PayloadTooLarge),
         (status = 415, response = problems::UnsupportedMediaType),
         (status = 422, response = problems::Validation),
     )
@@ -88,10 +89,12 @@ async fn put_plan(
     responses(
         (status = 200, description = "The plan", body = Plan, example = json!(example_plan())),
         (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
     )
 )]
 /// One plan.
 async fn get_plan(
+    _p: Principal,
     State(s): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<Plan>, Problem> {
@@ -113,7 +116,7 @@ async fn get_plan(
                example = json!({"items": [example_plan()]})))
 )]
 /// Every plan.
-async fn list_plans(State(s): State<ApiState>) -> Result<Json<Plans>, Problem> {
+async fn list_plans(_p: Principal, State(s): State<ApiState>) -> Result<Json<Plans>, Problem> {
     Ok(Json(Plans {
         items: store::plans(&s.pool).await?,
     }))
@@ -136,6 +139,7 @@ async fn list_plans(State(s): State<ApiState>) -> Result<Json<Plans>, Problem> {
         (status = 400, response = problems::MalformedJson),
         (status = 404, response = problems::NotFound),
         (status = 409, response = problems::Conflict),
+        (status = 413, response = problems::PayloadTooLarge),
         (status = 415, response = problems::UnsupportedMediaType),
         (status = 422, response = problems::Validation),
     )
@@ -181,6 +185,7 @@ async fn subscribe(
         (status = 400, response = problems::MalformedJson),
         (status = 404, response = problems::NotFound),
         (status = 409, response = problems::Conflict),
+        (status = 413, response = problems::PayloadTooLarge),
         (status = 415, response = problems::UnsupportedMediaType),
         (status = 422, response = problems::Validation),
     )
@@ -212,6 +217,7 @@ async fn change(
          body = Subscription, example = json!(example_subscription("active"))),
         (status = 404, response = problems::NotFound),
         (status = 409, response = problems::Conflict),
+        (status = 422, response = problems::Validation),
     )
 )]
 /// Cancel an org's subscription at the period end.
@@ -233,10 +239,12 @@ async fn cancel(
         (status = 200, description = "The org's live subscription (else its latest), with its history",
          body = Subscription, example = json!(example_subscription("active"))),
         (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
     )
 )]
 /// An org's subscription.
 async fn show(
+    _p: Principal,
     State(s): State<ApiState>,
     Path(org): Path<String>,
 ) -> Result<Json<Subscription>, Problem> {
