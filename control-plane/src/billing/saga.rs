@@ -1,4 +1,5 @@
-//! The saga orchestrator: persisted, resumable, at most one worker per saga at a time.
+//! The saga orchestrator: persisted, resumable, at most one worker per saga at a time. It runs every
+//! saga kind (`purchase`, `subscription`): a kind gives its steps, compensations and finishing writes.
 //!
 //! A saga is a row of `billing.sagas` (state, the step to run next, its attempts, `data`) plus its step
 //! history in `billing.saga_steps`. Running one step is three moves, each committed before the next:

@@ -647,7 +647,7 @@ pub async fn renew_due(
         data.retry_after_secs = policy.retry_after.num_seconds();
         let saga = start_saga(&mut tx, &data, now, settings).await?;
         let detail = json!({ "saga": saga, "plan": plan.name, "period": d.period + 1 });
-        subscription::history(&mut *tx, d.id, "renewal_started", detail, now).await?;
+        subscription::history(&mut tx, d.id, "renewal_started", detail, now).await?;
     }
     tx.commit().await?;
     Ok(due.len())
