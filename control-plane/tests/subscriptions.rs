@@ -348,6 +348,14 @@ async fn subscribing_charges_grants_raises_the_mirror_and_moves_the_tier() {
     // Keys made later follow the plan too.
     s.key().await;
     assert_eq!(s.proxy_tiers().await, ["pro", "pro"]);
+    // No key has tier `pro` of its own, but the org's plan gives it: the tier cannot be deleted.
+    let res = s
+        .app
+        .req(reqwest::Method::DELETE, "/v1/tiers/pro")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
     let id = sub["id"].as_str().unwrap();
     assert_eq!(s.outbox_kinds(id).await, ["subscription.activated"]);
     // A replay returns the same subscription; a second subscribe is a conflict.
@@ -628,5 +636,58 @@ async fn a_subscribe_killed_at_any_point_completes_or_is_fully_compensated() {
             assert_eq!(s.captured().await, want_captured, "{step} {when:?}");
             s.check().await;
         }
+    }
+}
+
+/// A plan whose tier was deleted after the plan was made: `set_tier` fails for good, so the subscribe
+/// saga compensates every step (the tier put back, the grant reversed, the mirror lowered, the charge
+/// refunded) — and a worker killed at any compensation leaves one a fresh worker finishes.
+#[tokio::test]
+async fn a_subscribe_failing_at_its_last_step_is_fully_compensated_even_when_killed() {
+    let kills = subscription::COMPENSATIONS
+        .iter()
+        .flat_map(|s| [KillWhen::AfterEffect, KillWhen::AfterCommit].map(|w| Some((*s, w))));
+    for kill in std::iter::once(None).chain(kills) {
+        let mut s = stack().await;
+        s.key().await;
+        let tier = |m| s.app.req(m, "/v1/tiers/gold");
+        let res = tier(reqwest::Method::PUT)
+            .json(&json!({"limits": {"requests_per_minute": 60}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+        s.plan("gold-monthly", "gold", 5_000_000, 3000).await;
+        let res = tier(reqwest::Method::DELETE).send().await.unwrap();
+        assert_eq!(res.status(), 204, "{}", res.text().await.unwrap());
+        s.subscribe("gold-monthly").await;
+        if let Some((step, when)) = kill {
+            let point = KillPoint {
+                step: step.to_owned(),
+                when,
+            };
+            let killed = s.drive(&s.engine().with_kill(point)).await;
+            assert!(killed.is_err(), "{kill:?}: the kill point was reached");
+            s.clock.advance(Duration::seconds(6));
+        }
+        s.drive(&s.engine()).await.unwrap();
+        let sub = s.subscription().await;
+        assert_eq!(sub["state"], "incomplete", "{kill:?}: {sub}");
+        assert_eq!(s.proxy_tiers().await, ["free"], "{kill:?}");
+        let b = ledger::balance(s.pool(), s.org).await.unwrap();
+        assert_eq!((b.granted, b.refunded), (5_000_000, 5_000_000), "{kill:?}");
+        let st = s.mirror().await.unwrap();
+        assert_eq!(
+            st.credited, 0,
+            "{kill:?}: the mirror was raised, then lowered"
+        );
+        let refunded: Vec<i64> = s
+            .intents()
+            .await
+            .iter()
+            .map(|pi| pi["amount_refunded"].as_i64().unwrap())
+            .collect();
+        assert_eq!(refunded, [3000], "{kill:?}: the charge was refunded");
+        s.check().await;
     }
 }

@@ -217,11 +217,15 @@ async fn grant(pool: &PgPool, id: Uuid, data: &SubscriptionData) -> Result<Value
     Ok(json!({ "ref": data.grant_ref, "tokens": tokens, "expires_at": data.period_end }))
 }
 
+/// Sets the org's plan tier. A tier deleted since the plan was made fails for good (compensate).
 async fn set_tier(pool: &PgPool, org: Uuid, tier: Option<&str>) -> Result<Value, PortError> {
     let mut tx = pool.begin().await.map_err(db_error)?;
     tenancy::orgs::set_plan_tier(&mut tx, org, tier)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| match e {
+            tenancy::TenancyError::Db(_) => PortError::Transient(e.to_string()),
+            other => PortError::Permanent(other.to_string()),
+        })?;
     tx.commit().await.map_err(db_error)?;
     Ok(json!({ "plan_tier": tier }))
 }
