@@ -291,14 +291,14 @@ fn saga_data(
     }
 }
 
-/// Inserts the saga for `data` on `tx` and marks it the subscription's saga in flight.
+/// Inserts saga `id` for `data` on `tx` and marks it the subscription's saga in flight.
 async fn start_saga(
     tx: &mut PgConnection,
+    id: Uuid,
     data: &SubscriptionData,
     now: DateTime<Utc>,
     settings: &Settings,
 ) -> Result<Uuid, Problem> {
-    let id = Uuid::new_v4();
     let new = NewSaga {
         id,
         kind: subscription::KIND,
@@ -369,7 +369,7 @@ pub async fn subscribe(
         &plan,
         (1, start, period_end(start)),
     );
-    start_saga(&mut tx, &data, now, settings).await?;
+    start_saga(&mut tx, Uuid::new_v4(), &data, now, settings).await?;
     tx.commit().await?;
     Ok((current(pool, req.org).await?, true))
 }
@@ -543,8 +543,10 @@ async fn upgrade_saga(
     data.prev_tier = Some(from.tier.clone());
     data.amount_cents = cents;
     data.tokens = tokens;
-    data.grant_ref = format!("{}:upgrade:{}", data.grant_ref, to.name);
-    start_saga(tx, &data, now, settings).await?;
+    // Per saga: an upgrade that failed (its grant reversed) and is tried again grants anew.
+    let saga = Uuid::new_v4();
+    data.grant_ref = format!("{}:upgrade:{saga}", data.grant_ref);
+    start_saga(tx, saga, &data, now, settings).await?;
     Ok(())
 }
 
@@ -607,6 +609,7 @@ struct Due {
     cancel_at_period_end: bool,
     period: i32,
     period_end: Option<DateTime<Utc>>,
+    renewal_failures: i32,
 }
 
 /// The renewal job's round: claims the subscriptions whose period ended (`FOR UPDATE SKIP LOCKED`, so
@@ -620,7 +623,7 @@ pub async fn renew_due(
 ) -> Result<usize, Problem> {
     let mut tx = pool.begin().await?;
     let due: Vec<Due> = sqlx::query_as(
-        "SELECT id, org_id, plan, pending_plan, cancel_at_period_end, period, period_end
+        "SELECT id, org_id, plan, pending_plan, cancel_at_period_end, period, period_end, renewal_failures
          FROM billing.subscriptions
          WHERE state IN ('active', 'past_due') AND saga_id IS NULL AND next_renewal_at <= $1
          ORDER BY next_renewal_at LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -643,9 +646,14 @@ pub async fn renew_due(
             &plan,
             (d.period + 1, start, period_end(start)),
         );
+        if d.renewal_failures > 0 {
+            // A retry after a failed renewal: that saga's grant (if any) was reversed under the
+            // period's ref, so this one grants under its own.
+            data.grant_ref = format!("{}:retry:{}", data.grant_ref, d.renewal_failures);
+        }
         data.max_renewal_failures = policy.max_failures;
         data.retry_after_secs = policy.retry_after.num_seconds();
-        let saga = start_saga(&mut tx, &data, now, settings).await?;
+        let saga = start_saga(&mut tx, Uuid::new_v4(), &data, now, settings).await?;
         let detail = json!({ "saga": saga, "plan": plan.name, "period": d.period + 1 });
         subscription::history(&mut tx, d.id, "renewal_started", detail, now).await?;
     }
