@@ -175,7 +175,8 @@ pub const RENEW_POLL: StdDuration = StdDuration::from_secs(5);
 
 /// The saga worker of a control-plane process: waits for the schema, then resumes every unfinished
 /// saga whose lease has expired and runs due sagas until the process drains. `ports` are the real
-/// adapters (payment provider over HTTP, the ledger, the balance mirror).
+/// adapters (payment provider over HTTP, the ledger, the balance mirror). Beside it runs the
+/// subscriptions' renewal job ([`subscription_store::renew_every`]), which only starts renewal sagas.
 pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
     let drained = state.drained();
     tokio::pin!(drained);
