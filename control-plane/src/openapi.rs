@@ -34,7 +34,7 @@ pub const SECURITY_SCHEME: &str = "admin_token";
         (name = "registry", description = "Live instances: registration, heartbeats, up/down (bounded context `registry`)."),
         (name = "config", description = "The config server: versions, the YAML base, rollback, the watch stream proxies hold and their ACK/NACK (bounded context `config`; protocol in docs/config-protocol.md)."),
         (name = "flags", description = "Feature flags: on/off, percentage rollouts, per-org overrides; pushed to the proxies in the config snapshot (bounded context `flags`)."),
-        (name = "billing", description = "Token purchases run as persisted sagas (authorize, credit, raise the balance, capture; compensations in reverse), the sagas with their step history, and the payment provider's webhooks (bounded context `billing`)."),
+        (name = "billing", description = "Token purchases run as persisted sagas (authorize, credit, raise the balance, capture; compensations in reverse), plans and subscriptions (subscribe, upgrade, renew as sagas of the same engine), the sagas with their step history, and the payment provider's webhooks (bounded context `billing`)."),
         (name = "ledger", description = "Each org's token account: an event-sourced ledger of purchases, grants, consumption, refunds and expiries, with its balance (bounded context `ledger`)."),
         (name = "notify", description = "Notifications to org admins: HMAC-signed webhooks with retries, and email (bounded context `notify`)."),
         (name = "eureka", description = "Netflix Eureka's REST API under `/eureka` over the same registry, for Eureka clients \

@@ -63,6 +63,14 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/purchases/{id}"),
     ("GET", "/v1/sagas"),
     ("POST", "/v1/webhooks/payments"),
+    // Plans and subscriptions (`billing::subscription_api::routes`).
+    ("GET", "/v1/plans"),
+    ("GET", "/v1/plans/{name}"),
+    ("PUT", "/v1/plans/{name}"),
+    ("GET", "/v1/orgs/{org}/subscription"),
+    ("POST", "/v1/orgs/{org}/subscription"),
+    ("PATCH", "/v1/orgs/{org}/subscription"),
+    ("DELETE", "/v1/orgs/{org}/subscription"),
     // The ledger (`ledger::api::routes`, role `admin-api`).
     ("GET", "/v1/orgs/{org}/balance"),
     ("GET", "/v1/orgs/{org}/ledger"),

@@ -8,6 +8,9 @@
 //! and the sagas with their step history, and takes webhooks ([`webhooks`]). Every purchase that
 //! finishes writes `purchase.completed` / `purchase.compensated` / `purchase.needs_attention` to the
 //! outbox (topic [`purchase::TOPIC`]) in the transaction of its last step.
+//!
+//! Subscriptions ([`subscription`]: the saga; [`subscription_store`]: plans, the API's writes, the
+//! renewal job; [`subscription_api`]: routes) run on the same engine as a second saga kind.
 
 pub mod adapters;
 pub mod api;
@@ -18,6 +21,9 @@ pub mod purchase;
 pub mod reconcile;
 pub mod saga;
 pub mod store;
+pub mod subscription;
+pub mod subscription_api;
+pub mod subscription_store;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -27,7 +33,17 @@ use chrono::Duration;
 
 use crate::http::ApiState;
 
-pub use api::{openapi, routes};
+/// The OpenAPI paths of billing: purchases, sagas, webhooks, plans and subscriptions.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api::openapi();
+    doc.merge(subscription_api::openapi());
+    doc
+}
+
+/// Billing's routes (mounted under `/v1`), reading `settings`.
+pub fn routes(settings: Arc<Settings>) -> axum::Router<ApiState> {
+    api::routes(settings.clone()).merge(subscription_api::routes(settings))
+}
 pub use saga::{needs_attention_total, Engine, KillPoint, KillWhen, Policy, Ports, SagaState};
 
 /// Billing's settings: price, currency, credit validity, the webhook secret.
@@ -154,9 +170,13 @@ async fn reconcile_when_migrated(state: ApiState, r: reconcile::Reconciler) {
 /// how soon a worker notices).
 pub const WORKER_POLL: StdDuration = StdDuration::from_millis(500);
 
+/// How often the renewal job looks for subscriptions whose period ended.
+pub const RENEW_POLL: StdDuration = StdDuration::from_secs(5);
+
 /// The saga worker of a control-plane process: waits for the schema, then resumes every unfinished
 /// saga whose lease has expired and runs due sagas until the process drains. `ports` are the real
-/// adapters (payment provider over HTTP, the ledger, the balance mirror).
+/// adapters (payment provider over HTTP, the ledger, the balance mirror). Beside it runs the
+/// subscriptions' renewal job ([`subscription_store::renew_every`]), which only starts renewal sagas.
 pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
     let drained = state.drained();
     tokio::pin!(drained);
@@ -167,6 +187,12 @@ pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
             () = tokio::time::sleep(StdDuration::from_millis(100)) => {}
         }
     }
+    // The renewal job only starts renewal sagas (claimed with SKIP LOCKED: safe on every replica);
+    // this worker's engine runs them.
+    let settings = Settings::from_env();
+    let (pool, clock) = (state.pool.clone(), state.clock.clone());
+    let renewals =
+        subscription_store::renew_every(pool, clock, settings, RENEW_POLL, state.drained());
     let engine = Engine::new(state.pool.clone(), state.clock.clone(), ports, policy);
-    engine.run(WORKER_POLL, state.drained()).await;
+    tokio::join!(engine.run(WORKER_POLL, state.drained()), renewals);
 }

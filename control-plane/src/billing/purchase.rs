@@ -110,7 +110,7 @@ pub async fn run_step(
     }
 }
 
-fn key(id: Uuid, step: &str) -> String {
+pub(super) fn key(id: Uuid, step: &str) -> String {
     format!("purchase:{id}:{step}")
 }
 
@@ -120,7 +120,11 @@ fn intent_of(data: &PurchaseData) -> Result<String, PortError> {
         .ok_or_else(|| PortError::Permanent("no payment intent recorded".to_owned()))
 }
 
-async fn authorize(ports: &Ports, id: Uuid, data: &mut PurchaseData) -> Result<Value, PortError> {
+pub(super) async fn authorize(
+    ports: &Ports,
+    id: Uuid,
+    data: &mut PurchaseData,
+) -> Result<Value, PortError> {
     let req = Authorize {
         amount_cents: data.amount_cents,
         currency: data.currency.clone(),
@@ -158,7 +162,7 @@ pub const SKIPPED_NO_MIRROR: &str = "no data-plane mirror configured";
 
 /// Sets the mirror to the ledger's credited total at its version (absolute, so a re-run or a late
 /// write of an older total changes nothing).
-async fn mirror_ledger(ports: &Ports, org: Uuid) -> Result<Value, PortError> {
+pub(super) async fn mirror_ledger(ports: &Ports, org: Uuid) -> Result<Value, PortError> {
     if !ports.mirror.configured() {
         return Ok(json!({ "skipped": SKIPPED_NO_MIRROR }));
     }
@@ -171,7 +175,7 @@ async fn mirror_ledger(ports: &Ports, org: Uuid) -> Result<Value, PortError> {
 /// Authorized → cancel; captured → refund; declined or canceled → nothing. With no intent recorded
 /// (authorize's answer was lost) the authorization is replayed under its own key, which returns the
 /// intent the provider may have created without creating another.
-async fn cancel_or_refund(
+pub(super) async fn cancel_or_refund(
     ports: &Ports,
     id: Uuid,
     data: &mut PurchaseData,

@@ -1,4 +1,5 @@
-//! The saga orchestrator: persisted, resumable, at most one worker per saga at a time.
+//! The saga orchestrator: persisted, resumable, at most one worker per saga at a time. It runs every
+//! saga kind (`purchase`, `subscription`): a kind gives its steps, compensations and finishing writes.
 //!
 //! A saga is a row of `billing.sagas` (state, the step to run next, its attempts, `data`) plus its step
 //! history in `billing.saga_steps`. Running one step is three moves, each committed before the next:
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 use super::ports::{BalanceMirror, Credits, Payments, PortError};
 use super::purchase::{self, PurchaseData};
+use super::subscription::{self, SubscriptionData};
 use crate::clock::Clock;
 use crate::outbox;
 
@@ -206,6 +208,85 @@ struct Claimed {
     deadline: DateTime<Utc>,
 }
 
+/// A saga's `data`, by its kind: the engine is the same for every kind, the steps are the kind's.
+#[derive(Debug, Clone)]
+enum Data {
+    Purchase(PurchaseData),
+    Subscription(SubscriptionData),
+}
+
+impl Data {
+    fn parse(kind: &str, data: &Value) -> Result<Self, serde_json::Error> {
+        match kind {
+            purchase::KIND => Ok(Self::Purchase(serde_json::from_value(data.clone())?)),
+            subscription::KIND => Ok(Self::Subscription(serde_json::from_value(data.clone())?)),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown saga kind `{other}`"
+            ))),
+        }
+    }
+
+    fn to_value(&self) -> Result<Value, serde_json::Error> {
+        match self {
+            Self::Purchase(d) => serde_json::to_value(d),
+            Self::Subscription(d) => serde_json::to_value(d),
+        }
+    }
+
+    fn next_forward(&self, step: &str) -> Option<&'static str> {
+        match self {
+            Self::Purchase(_) => purchase::next_forward(step),
+            Self::Subscription(_) => subscription::next_forward(step),
+        }
+    }
+
+    fn next_compensation(&self, step: &str) -> Option<String> {
+        match self {
+            Self::Purchase(d) => d.next_compensation(step),
+            Self::Subscription(d) => d.next_compensation(step),
+        }
+    }
+
+    /// Fixes the compensations owed after forward step `failed`; returns the first.
+    fn start_compensations(&mut self, failed: &str) -> Option<String> {
+        match self {
+            Self::Purchase(d) => {
+                d.compensations = purchase::compensations(failed);
+                d.compensations.first().cloned()
+            }
+            Self::Subscription(d) => {
+                d.compensations = subscription::compensations(failed);
+                d.compensations.first().cloned()
+            }
+        }
+    }
+
+    /// The kind's own writes in the transaction of the step's outcome (and its finish).
+    async fn record(
+        &self,
+        conn: &mut PgConnection,
+        saga: &Claimed,
+        state: SagaState,
+        attempt: &Attempt<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Purchase(d) => {
+                purchase::record(&mut *conn, saga.id, d).await?;
+                if state.finished() {
+                    let event = purchase::event(saga.id, saga.org_id, d, state, attempt.reason);
+                    outbox::append(conn, event).await?;
+                }
+                Ok(())
+            }
+            Self::Subscription(d) if state.finished() => {
+                subscription::finish(conn, saga.id, d, state, attempt.reason, now).await
+            }
+            Self::Subscription(_) => Ok(()),
+        }
+    }
+}
+
 /// What happens after an attempt.
 #[derive(Debug, Clone, PartialEq)]
 enum Next {
@@ -380,7 +461,7 @@ impl Engine {
 
     /// Runs `saga`'s steps until it waits, finishes, or the lease turns out lost.
     async fn drive(&self, mut saga: Claimed) -> Result<(), SagaError> {
-        let mut data: PurchaseData = serde_json::from_value(saga.data.clone())?;
+        let mut data = Data::parse(&saga.kind, &saga.data)?;
         loop {
             let Some(seq) = self.begin(&saga).await? else {
                 return Ok(());
@@ -454,14 +535,14 @@ impl Engine {
     }
 
     /// The side effect of `saga.step`, under the step timeout.
-    async fn attempt(&self, saga: &Claimed, data: &mut PurchaseData) -> Result<Value, PortError> {
-        if saga.kind != purchase::KIND {
-            return Err(PortError::Permanent(format!(
-                "unknown saga kind `{}`",
-                saga.kind
-            )));
-        }
-        let step = purchase::run_step(&self.ports, saga.id, &saga.step, data);
+    async fn attempt(&self, saga: &Claimed, data: &mut Data) -> Result<Value, PortError> {
+        let (ports, pool, id, name) = (&self.ports, &self.pool, saga.id, saga.step.as_str());
+        let step = async move {
+            match data {
+                Data::Purchase(d) => purchase::run_step(ports, id, name, d).await,
+                Data::Subscription(d) => subscription::run_step(pool, ports, id, name, d).await,
+            }
+        };
         match tokio::time::timeout(self.policy.step_timeout, step).await {
             Ok(outcome) => outcome,
             Err(_) => Err(PortError::Transient(format!(
@@ -484,12 +565,12 @@ impl Engine {
     fn decide(
         &self,
         saga: &Claimed,
-        data: &mut PurchaseData,
+        data: &mut Data,
         outcome: &Result<Value, PortError>,
     ) -> (Next, Option<String>) {
         let compensating = saga.state == SagaState::Compensating.as_str();
         match (compensating, outcome) {
-            (false, Ok(_)) => match purchase::next_forward(&saga.step) {
+            (false, Ok(_)) => match data.next_forward(&saga.step) {
                 Some(step) => (
                     Next::Step {
                         state: SagaState::Running,
@@ -519,7 +600,7 @@ impl Engine {
     fn forward_failure(
         &self,
         saga: &Claimed,
-        data: &mut PurchaseData,
+        data: &mut Data,
         e: &PortError,
     ) -> (Next, Option<String>) {
         let attempt = saga.attempts + 1;
@@ -536,11 +617,10 @@ impl Engine {
             PortError::Declined { code, .. } => format!("payment declined: {code}"),
             PortError::Permanent(m) => format!("{} failed: {m}", saga.step),
         };
-        data.compensations = purchase::compensations(&saga.step);
-        let next = match data.compensations.first() {
+        let next = match data.start_compensations(&saga.step) {
             Some(step) => Next::Step {
                 state: SagaState::Compensating,
-                step: step.clone(),
+                step,
             },
             None => Next::Done(SagaState::Compensated),
         };
@@ -568,7 +648,7 @@ impl Engine {
     async fn commit(
         &self,
         saga: &Claimed,
-        data: &PurchaseData,
+        data: &Data,
         attempt: &Attempt<'_>,
         next: &Next,
     ) -> Result<bool, SagaError> {
@@ -599,7 +679,7 @@ impl Engine {
         .bind(step)
         .bind(attempts)
         .bind(run_at)
-        .bind(serde_json::to_value(data)?)
+        .bind(data.to_value()?)
         .bind(now)
         .bind(reason)
         .bind(attention)
@@ -611,11 +691,7 @@ impl Engine {
             return Ok(false);
         }
         record_outcome(&mut tx, saga.id, attempt, now).await?;
-        purchase::record(&mut tx, saga.id, data).await?;
-        if state.finished() {
-            let event = purchase::event(saga.id, saga.org_id, data, state, attempt.reason);
-            outbox::append(&mut tx, event).await?;
-        }
+        data.record(&mut tx, saga, state, attempt, now).await?;
         tx.commit().await?;
         count_step(&saga.step, attempt.outcome.is_ok());
         if state == SagaState::NeedsAttention {

@@ -30,8 +30,10 @@ pub(super) enum Command<'a> {
         expires_at: Option<DateTime<Utc>>,
         data: serde_json::Value,
     },
+    /// Reverses the credit of kind `of` (purchased or granted) under `reference`.
     Reverse {
         reference: &'a str,
+        of: Kind,
     },
     Consume {
         tokens: i64,
@@ -62,7 +64,7 @@ impl Command<'_> {
 
     fn reference(&self) -> String {
         match self {
-            Command::Credit { reference, .. } | Command::Reverse { reference } => {
+            Command::Credit { reference, .. } | Command::Reverse { reference, .. } => {
                 (*reference).to_owned()
             }
             Command::Consume { request_id, .. } => (*request_id).to_owned(),
@@ -193,8 +195,8 @@ async fn decide(
             }
             Some(entry(*kind, *tokens, *expires_at, data))
         }
-        Command::Reverse { reference } => {
-            let block = block_of(conn, org, reference).await?;
+        Command::Reverse { reference, of } => {
+            let block = block_of(conn, org, *of, reference).await?;
             block.map(|(id, remaining)| {
                 entry(Kind::Refunded, remaining, None, json!({ "block": id }))
             })
@@ -221,17 +223,19 @@ async fn decide(
     })
 }
 
-/// The block of purchase `reference` and what remains of it.
+/// The block credited as `of` under `reference` and what remains of it.
 async fn block_of(
     conn: &mut PgConnection,
     org: Uuid,
+    of: Kind,
     reference: &str,
 ) -> Result<Option<(Uuid, i64)>, LedgerError> {
     Ok(sqlx::query_as(
-        "SELECT id, remaining FROM ledger.credit_blocks WHERE org_id = $1 AND kind = 'purchased' AND ref = $2",
+        "SELECT id, remaining FROM ledger.credit_blocks WHERE org_id = $1 AND kind = $3 AND ref = $2",
     )
     .bind(org)
     .bind(reference)
+    .bind(of.as_str())
     .fetch_optional(conn)
     .await?)
 }
@@ -333,6 +337,7 @@ pub async fn reverse_purchase(
         org,
         Command::Reverse {
             reference: purchase_ref,
+            of: Kind::Purchased,
         },
     )
     .await?
@@ -350,10 +355,25 @@ pub async fn reverse_purchase_on(
         org,
         &Command::Reverse {
             reference: purchase_ref,
+            of: Kind::Purchased,
         },
     )
     .await?
     .entry)
+}
+
+/// Reverses grant `grant_ref` (a subscription saga's compensation): takes back what remains of its
+/// block, as a `refunded` entry. Idempotent; `None` if nothing was granted under it.
+pub async fn reverse_grant(
+    pool: &PgPool,
+    org: Uuid,
+    grant_ref: &str,
+) -> Result<Option<Entry>, LedgerError> {
+    let cmd = Command::Reverse {
+        reference: grant_ref,
+        of: Kind::Granted,
+    };
+    Ok(on_pool(pool, org, cmd).await?.entry)
 }
 
 /// Grants `tokens` (plan tokens, support credit), once per `grant_ref`.

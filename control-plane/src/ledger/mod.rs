@@ -39,8 +39,8 @@ use crate::http::{FieldError, Problem, ProblemKind};
 
 pub use api::{openapi, routes};
 pub use commands::{
-    consume, consume_on, credit_purchase, credit_purchase_on, grant, grant_on, reverse_purchase,
-    reverse_purchase_on,
+    consume, consume_on, credit_purchase, credit_purchase_on, grant, grant_on, reverse_grant,
+    reverse_purchase, reverse_purchase_on,
 };
 pub use expiry::{expire_due, expire_every, expiring_blocks, ExpiringBlock, EXPIRE_EVERY};
 pub use maintenance::{rebuild_command, repair, Repair};

@@ -49,8 +49,13 @@ struct KeyRow {
 /// which can precede a revocation (`revoked_at` = the revoking transaction's start) that the reader's
 /// later statement sees committed; by `now()` that key would still look live, revoked "in the future",
 /// and be pushed as an upsert instead of a removal, with nothing left to remove it later.
-const KEY_SQL: &str = "SELECT id, org_id, key_sha256, tier, models, expires_at, revoked_at,
-    (revoked_at IS NULL OR revoked_at > clock_timestamp()) AS live FROM tenancy.api_keys";
+///
+/// An org's `plan_tier` (set by its subscription through [`super::orgs::set_plan_tier`]) overrides
+/// each key's own tier, so keys created later follow the plan too.
+const KEY_SQL: &str = "SELECT k.id, k.org_id, k.key_sha256, coalesce(o.plan_tier, k.tier) AS tier,
+    k.models, k.expires_at, k.revoked_at,
+    (k.revoked_at IS NULL OR k.revoked_at > clock_timestamp()) AS live
+    FROM tenancy.api_keys k JOIN tenancy.orgs o ON o.id = k.org_id";
 
 impl KeyRow {
     /// The key as the proxy's config knows it. The org and the user are ids: stable across renames,
@@ -76,8 +81,9 @@ impl KeyRow {
 
 /// Every key the data plane should hold now (not revoked, or still in a rotation's grace period).
 pub async fn live_keys(conn: &mut PgConnection) -> Result<Vec<KeySpec>, TenancyError> {
-    let sql =
-        format!("{KEY_SQL} WHERE revoked_at IS NULL OR revoked_at > clock_timestamp() ORDER BY id");
+    let sql = format!(
+        "{KEY_SQL} WHERE k.revoked_at IS NULL OR k.revoked_at > clock_timestamp() ORDER BY k.id"
+    );
     let rows: Vec<KeyRow> = sqlx::query_as(&sql).fetch_all(conn).await?;
     Ok(rows.into_iter().map(KeyRow::spec).collect())
 }
@@ -88,7 +94,7 @@ pub async fn key_changes(
     since: i64,
     until: i64,
 ) -> Result<Vec<KeyChange>, TenancyError> {
-    let sql = format!("{KEY_SQL} WHERE changed_rev > $1 AND changed_rev <= $2 ORDER BY id");
+    let sql = format!("{KEY_SQL} WHERE k.changed_rev > $1 AND k.changed_rev <= $2 ORDER BY k.id");
     let rows: Vec<KeyRow> = sqlx::query_as(&sql)
         .bind(since)
         .bind(until)

@@ -87,6 +87,46 @@ pub async fn lock_live(conn: &mut PgConnection, id: Uuid) -> Result<(), TenancyE
         .ok_or_else(|| TenancyError::not_found("org", id))
 }
 
+/// Sets the tier org `id`'s plan gives all its keys (`None`: back to each key's own tier), on the
+/// caller's transaction. Touching the keys' `tier` fires the change-feed trigger, so the proxies get
+/// every key of the org as a delta with its new effective tier, like any key change. Idempotent.
+/// The tier must exist; its share lock serializes this with a tier deletion (which counts plan tiers).
+pub async fn set_plan_tier(
+    conn: &mut PgConnection,
+    id: Uuid,
+    tier: Option<&str>,
+) -> Result<(), TenancyError> {
+    if let Some(name) = tier {
+        if !super::tiers::lock_existing(&mut *conn, name).await? {
+            return Err(TenancyError::field("tier", format!("no tier `{name}`")));
+        }
+    }
+    let changed = sqlx::query(
+        "UPDATE tenancy.orgs SET plan_tier = $2 WHERE id = $1 AND plan_tier IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(tier)
+    .execute(&mut *conn)
+    .await?;
+    if changed.rows_affected() == 1 {
+        sqlx::query("UPDATE tenancy.api_keys SET tier = tier WHERE org_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The tier org `id`'s plan gives its keys, if any.
+pub async fn plan_tier(conn: &mut PgConnection, id: Uuid) -> Result<Option<String>, TenancyError> {
+    let tier: Option<Option<String>> =
+        sqlx::query_scalar("SELECT plan_tier FROM tenancy.orgs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(tier.flatten())
+}
+
 /// Up to `limit` orgs with ids after `after`, in id order.
 pub async fn list(
     pool: &PgPool,

@@ -144,15 +144,17 @@ pub async fn delete(pool: &PgPool, actor: &str, name: &str) -> Result<(), Tenanc
     let Some((version,)) = found else {
         return Err(TenancyError::not_found("tier", name));
     };
+    // An org's plan tier (subscriptions) counts as a use too: its keys render with it.
     let (users,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM tenancy.api_keys WHERE tier = $1 AND (revoked_at IS NULL OR revoked_at > now())",
+        "SELECT (SELECT count(*) FROM tenancy.api_keys WHERE tier = $1 AND (revoked_at IS NULL OR revoked_at > now()))
+              + (SELECT count(*) FROM tenancy.orgs WHERE plan_tier = $1)",
     )
     .bind(name)
     .fetch_one(&mut *tx)
     .await?;
     if users > 0 {
         return Err(TenancyError::Conflict(format!(
-            "tier `{name}` is used by {users} live key(s); revoke them first"
+            "tier `{name}` is used by {users} live key(s) or org plan(s); revoke or move them first"
         )));
     }
     sqlx::query("DELETE FROM tenancy.tiers WHERE name = $1")
