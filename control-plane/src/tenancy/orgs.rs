@@ -113,6 +113,14 @@ pub async fn set_plan_tier(
             .bind(id)
             .execute(&mut *conn)
             .await?;
+        let change = Change {
+            actor: "billing",
+            action: "org.plan_tier",
+            object_kind: "org",
+            object_id: id.to_string(),
+            detail: json!({ "plan_tier": tier }),
+        };
+        super::audited(&mut *conn, "org.plan_tier_changed", "org", change).await?;
     }
     Ok(())
 }
