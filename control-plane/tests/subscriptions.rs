@@ -809,9 +809,11 @@ async fn bad_input_names_the_field_writes_nothing_and_changes_are_audited() {
             .fetch_all(s.pool())
             .await
             .unwrap();
+    // The saga moving the org to the plan's tier is audited too (with its domain event).
     let want = [
         "plan.put",
         "subscription.create",
+        "org.plan_tier",
         "subscription.update",
         "subscription.update",
     ];
