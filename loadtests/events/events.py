@@ -11,7 +11,7 @@ load generator to CPU 1. Each run sends N requests at a fixed rate (oha -q) to e
 alternating between runs; CPU µs/request is the utime+stime delta of the gateway process over the run
 (read once every event of the run is acknowledged, so the producer's delivery work counts) divided by N.
 Events/s: N / (first request → last acknowledgement, `leaky_usage_events_published_total`). Then one
-unthrottled run (oha -c 64) against the producing gateway for the highest rate it publishes at. Fails on
+unthrottled run (oha -c 64) against each gateway: the highest rate the producing one publishes at. Fails on
 any non-2xx answer, transport error, spooled or dropped event.
 
 saga: the control plane (release binary) over PostgreSQL, Redis and the payment stub with realistic
@@ -108,6 +108,20 @@ def cpu_seconds(pid):
     return (int(f[11]) + int(f[12])) / CLK  # utime + stime, all threads
 
 
+def thread_cpu(pid):
+    """utime + stime (seconds) by thread name: where the producer's extra CPU goes."""
+    out = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            raw = open(f"/proc/{pid}/task/{t}/stat").read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        f = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / CLK
+    return out
+
+
 def metric(admin, name):
     _, body = http("GET", f"http://{admin}/metrics")
     total = 0.0
@@ -183,7 +197,7 @@ def oha(a, port, n, conc, rate=None):
 def measure(a, gw, n, rate, conc=16):
     """CPU µs/request, events/s and latency of n requests to gateway gw."""
     p0 = metric(gw["admin"], "leaky_usage_events_published_total")
-    c0, t0 = cpu_seconds(gw["proc"].pid), time.monotonic()
+    c0, t0, th0 = cpu_seconds(gw["proc"].pid), time.monotonic(), thread_cpu(gw["proc"].pid)
     r = oha(a, gw["port"], n, conc, rate)
     if gw["on"]:
         end = time.monotonic() + 60
@@ -193,6 +207,8 @@ def measure(a, gw, n, rate, conc=16):
             time.sleep(0.01)
     t1 = time.monotonic()
     r["cpu_us"] = (cpu_seconds(gw["proc"].pid) - c0) / n * 1e6
+    th1 = thread_cpu(gw["proc"].pid)
+    r["threads"] = {k: (v - th0.get(k, 0.0)) / n * 1e6 for k, v in th1.items()}
     r["eps"] = (metric(gw["admin"], "leaky_usage_events_published_total") - p0) / (t1 - t0)
     return r
 
@@ -223,7 +239,7 @@ def usage(a):
         order = ["off", "on"] if run % 2 else ["on", "off"]
         got = {v: measure(a, gws[v], a.requests, a.rate) for v in order}
         rows.append((run, got["off"], got["on"]))
-    sat = measure(a, gws["on"], a.requests, None, conc=64)
+    sat = {v: measure(a, gws[v], a.requests, None, conc=64) for v in ("off", "on")}
     for gw in gws.values():
         bad = {m: metric(gw["admin"], m) for m in
                ("leaky_usage_events_spooled_total", "leaky_usage_events_dropped_total")}
@@ -243,9 +259,19 @@ def report_usage(a, rows, sat):
     print(f"\nMedian (min–max) over {len(rows)} runs: CPU µs/request off {spread([r[1]['cpu_us'] for r in rows], '{:.1f}')}, "
           f"on {spread([r[2]['cpu_us'] for r in rows], '{:.1f}')}, ratio on/off {spread(ratios, '{:.3f}')}; "
           f"events/s acknowledged {spread([r[2]['eps'] for r in rows])}.")
-    print(f"\nUnthrottled (oha -c 64, {a.requests} requests, producer on): {sat['rps']:.0f} req/s, "
-          f"{sat['eps']:.0f} events/s acknowledged, {sat['cpu_us']:.1f} CPU µs/request, p99 {sat['p99']:.2f} ms; "
-          "no event spooled or dropped.")
+    names = sorted({k for _, off, on in rows for k in (*off["threads"], *on["threads"])})
+    print("\nWhere it goes: CPU µs/request by thread, median over the runs (off → on); `proxy` is the request path:\n")
+    print("| thread | off | on |\n|---|---|---|")
+    for k in names:
+        o = statistics.median(r[1]["threads"].get(k, 0.0) for r in rows)
+        n = statistics.median(r[2]["threads"].get(k, 0.0) for r in rows)
+        if o >= 0.05 or n >= 0.05:
+            print(f"| `{k}` | {o:.1f} | {n:.1f} |")
+    off, on = sat["off"], sat["on"]
+    print(f"\nUnthrottled (oha -c 64, {a.requests} requests): off {off['rps']:.0f} req/s, {off['cpu_us']:.1f} CPU "
+          f"µs/request, p99 {off['p99']:.2f} ms; on {on['rps']:.0f} req/s, {on['eps']:.0f} events/s acknowledged, "
+          f"{on['cpu_us']:.1f} CPU µs/request (on/off {on['cpu_us'] / off['cpu_us']:.3f}), p99 {on['p99']:.2f} ms. "
+          "No event spooled or dropped.")
 
 
 # ---------- sagas ----------
