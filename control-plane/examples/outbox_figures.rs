@@ -200,15 +200,32 @@ async fn main() {
         "| run | relay events/s | relay CPU µs/event | lag p50 ms | lag p99 ms | lag max ms |"
     );
     println!("|---|---|---|---|---|---|");
+    let mut rows: Vec<[f64; 4]> = Vec::new();
     for run in 1..=runs {
         let (eps, cpu) = throughput(&pool, brokers, run, burst).await;
         let mut l = lag(&pool, brokers, run, lag_n, rate).await;
         l.sort_by(f64::total_cmp);
+        let (p50, p99) = (pct(&l, 0.5), pct(&l, 0.99));
         println!(
-            "| {run} | {eps:.0} | {cpu:.0} | {:.1} | {:.1} | {:.1} |",
-            pct(&l, 0.5),
-            pct(&l, 0.99),
+            "| {run} | {eps:.0} | {cpu:.0} | {p50:.1} | {p99:.1} | {:.1} |",
             l[l.len() - 1]
         );
+        rows.push([eps, cpu, p50, p99]);
     }
+    if !rows.is_empty() {
+        let col = |i: usize| spread(rows.iter().map(|r| r[i]).collect());
+        println!(
+            "\nMedian (min–max) over {runs} runs: {} events/s, {} CPU µs/event; lag p50 {} ms, p99 {} ms.",
+            col(0),
+            col(1),
+            col(2),
+            col(3)
+        );
+    }
+}
+
+/// `median (min–max)`.
+fn spread(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    format!("{:.1} ({:.1}–{:.1})", pct(&v, 0.5), v[0], v[v.len() - 1])
 }
