@@ -1,7 +1,7 @@
 //! Every state change a context makes through the admin API (or its background jobs) writes its
 //! domain event to the outbox in the same transaction (issue 15): tenancy (orgs, users, tiers,
 //! keys) on `leaky.tenancy.v1`, config versions and flags on `leaky.config.v1`, the registry on
-//! `leaky.registry.v1`. The relay's delivery of these rows is `outbox.rs`'s subject; here each
+//! `leaky.registry.v1`, billing on `leaky.billing.v1`, notifications on `leaky.notify.v1`. The relay's delivery of these rows is `outbox.rs`'s subject; here each
 //! change's event is checked to exist, with its aggregate and topic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -177,6 +177,54 @@ async fn every_admin_change_appends_its_domain_event() {
     let later = Utc::now() + chrono::Duration::hours(1);
     assert_eq!(registry::tasks::sweep(&app.pool, later).await.unwrap(), 1);
 
+    // Billing: a purchase and a subscription created (their sagas do not run here), a plan.
+    let buy = app
+        .req(Method::POST, &format!("{org_path}/purchases"))
+        .header("idempotency-key", "k1")
+        .json(&json!({"tokens": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(buy.status(), 202);
+    let purchase: Value = buy.json().await.unwrap();
+    let plan = json!({"tier": "pro", "monthly_tokens": 1000, "price_cents": 500});
+    call(
+        &app,
+        Method::PUT,
+        "/v1/plans/starter",
+        None,
+        Some(plan),
+        201,
+    )
+    .await;
+    let sub = app
+        .req(Method::POST, &format!("{org_path}/subscription"))
+        .header("idempotency-key", "s1")
+        .json(&json!({"plan": "starter"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sub.status(), 202);
+    let sub: Value = sub.json().await.unwrap();
+
+    // Notifications: an endpoint created and deleted, the org's settings.
+    let hooks = format!("{org_path}/webhooks");
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]});
+    let hook = call(&app, Method::POST, &hooks, None, Some(hook), 201).await;
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    call(
+        &app,
+        Method::DELETE,
+        &format!("{hooks}/{hook_id}"),
+        None,
+        None,
+        204,
+    )
+    .await;
+    let settings = format!("{org_path}/notification-settings");
+    let email = json!({"notify_email": "ops@example.com"});
+    call(&app, Method::PUT, &settings, None, Some(email), 200).await;
+
     let got = events(&app).await;
     let has = |topic: &str, agg: &str, id: &str, kind: &str| {
         let e = (topic.into(), agg.into(), id.into(), kind.into());
@@ -206,4 +254,21 @@ async fn every_admin_change_appends_its_domain_event() {
     has(r, "instance", "p1", "instance.registered");
     has(r, "instance", "p1", "instance.cancelled");
     has(r, "instance", "p2", "instance.expired");
+    let (b, n) = ("leaky.billing.v1", "leaky.notify.v1");
+    has(
+        b,
+        "purchase",
+        purchase["id"].as_str().unwrap(),
+        "purchase.created",
+    );
+    has(b, "plan", "starter", "plan.put");
+    has(
+        b,
+        "subscription",
+        sub["id"].as_str().unwrap(),
+        "subscription.created",
+    );
+    has(n, "webhook", &hook_id, "webhook.created");
+    has(n, "webhook", &hook_id, "webhook.deleted");
+    has(n, "org", &org_id, "org.notification_settings_changed");
 }

@@ -184,6 +184,7 @@ TOPICS = {  # name: (partitions, retention.ms)
     "leaky.billing.v1": (3, 30 * 86_400_000),
     "leaky.config.v1": (1, 30 * 86_400_000),
     "leaky.registry.v1": (1, 30 * 86_400_000),
+    "leaky.notify.v1": (1, 30 * 86_400_000),
 }
 
 

@@ -19,8 +19,9 @@ use super::email::Mailer;
 use super::sign::{sign, EVENT_ID_HEADER, SIGNATURE_HEADER};
 use super::triggers::{enqueue_for, Notification};
 use super::{DeliveryResult as Outcome, NotifyStats};
-use crate::audit::{self, Change};
+use crate::audit::Change;
 use crate::clock::Clock;
+use crate::outbox::{self, NOTIFY_TOPIC};
 
 /// Retry and disable rules.
 #[derive(Debug, Clone)]
@@ -379,7 +380,14 @@ impl Worker {
             object_id: row.target.clone(),
             detail: detail.clone(),
         };
-        audit::record(&mut *tx, change).await?;
+        outbox::audited(
+            &mut *tx,
+            NOTIFY_TOPIC,
+            "webhook",
+            "webhook.disabled",
+            change,
+        )
+        .await?;
         tracing::warn!(endpoint = %row.target, %url, failures, "notify: webhook endpoint disabled");
         let n = Notification {
             event_id: format!("webhook.disabled:{}:{}", row.target, now.timestamp_micros()),

@@ -8,8 +8,9 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::NotifyError;
-use crate::audit::{self, Change};
+use crate::audit::Change;
 use crate::http::FieldError;
+use crate::outbox::{self, NOTIFY_TOPIC};
 use crate::tenancy;
 
 /// `PUT /v1/orgs/{org}/notification-settings` body.
@@ -88,7 +89,14 @@ pub async fn put(
         object_id: org.to_string(),
         detail: serde_json::json!({"notify_email": body.notify_email}),
     };
-    audit::record(&mut tx, change).await?;
+    outbox::audited(
+        &mut tx,
+        NOTIFY_TOPIC,
+        "org",
+        "org.notification_settings_changed",
+        change,
+    )
+    .await?;
     tx.commit().await?;
     Ok(OrgSettings {
         org,

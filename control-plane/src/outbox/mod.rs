@@ -16,6 +16,8 @@ pub use relay::{Relay, RelayConfig, RelayStats};
 pub const TENANCY_TOPIC: &str = "leaky.tenancy.v1";
 /// The topic of config's domain events (published versions, flags).
 pub const CONFIG_TOPIC: &str = "leaky.config.v1";
+/// The topic of notifications' domain events (webhook endpoints, notification settings).
+pub const NOTIFY_TOPIC: &str = "leaky.notify.v1";
 /// The topic of the registry's domain events (instances registered, cancelled, overridden).
 pub const REGISTRY_TOPIC: &str = "leaky.registry.v1";
 /// The `pg_notify` channel [`append`] wakes the relays on.
@@ -63,6 +65,25 @@ impl Event {
     ) -> Event {
         Event::on(TENANCY_TOPIC, aggregate_type, aggregate_id, kind, data)
     }
+}
+
+/// Writes `change`'s audit row and the domain event `kind` about it on `topic` (aggregate
+/// `aggregate`/the change's object id; data: the audit detail plus the object's `id`) on `conn`, the
+/// change's own transaction: the audit trail and the event stream cannot disagree.
+pub async fn audited(
+    conn: &mut PgConnection,
+    topic: &'static str,
+    aggregate: &'static str,
+    kind: &'static str,
+    change: crate::audit::Change<'_>,
+) -> Result<Uuid, sqlx::Error> {
+    let mut data = change.detail.clone();
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert("id".into(), change.object_id.clone().into());
+    }
+    let event = Event::on(topic, aggregate, &change.object_id, kind, data);
+    crate::audit::record(&mut *conn, change).await?;
+    append(conn, event).await
 }
 
 /// Writes `event` on `conn`, which must be the change's own transaction, and wakes the relays at

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::audit::{self, Change};
+use crate::audit::Change;
 use crate::http::{ApiState, FieldError, Problem, ProblemKind};
 use crate::outbox::{self, Event, REGISTRY_TOPIC};
 
@@ -390,19 +390,13 @@ pub fn routes() -> Router<ApiState> {
     api::routes()
 }
 
-/// Writes `change`'s audit row and the registry's domain event `kind` about the instance (data: the
-/// audit detail plus its `id`) on `conn`, the change's own transaction.
+/// Writes `change`'s audit row and the registry's domain event `kind` about the instance
+/// ([`outbox::audited`]) on `conn`, the change's own transaction.
 pub(crate) async fn record(
     conn: &mut sqlx::PgConnection,
     kind: &'static str,
     change: Change<'_>,
 ) -> Result<(), sqlx::Error> {
-    let mut data = change.detail.clone();
-    if let Some(fields) = data.as_object_mut() {
-        fields.insert("id".into(), change.object_id.clone().into());
-    }
-    let event = Event::on(REGISTRY_TOPIC, "instance", &change.object_id, kind, data);
-    audit::record(&mut *conn, change).await?;
-    outbox::append(conn, event).await?;
+    outbox::audited(conn, REGISTRY_TOPIC, "instance", kind, change).await?;
     Ok(())
 }

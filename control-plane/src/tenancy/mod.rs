@@ -16,25 +16,18 @@ mod users_api;
 use axum::Router;
 use sqlx::PgConnection;
 
-use crate::audit::{self, Change};
+use crate::audit::Change;
 use crate::http::{ApiState, FieldError, Problem, ProblemKind};
-use crate::outbox::{self, Event, TENANCY_TOPIC};
+use crate::outbox::{self, TENANCY_TOPIC};
 
-/// Writes `change`'s audit row and the domain event `kind` about it (data: the audit detail plus the
-/// object's `id`) on `conn`, the change's own transaction.
+/// Writes `change`'s audit row and its domain event `kind` on `leaky.tenancy.v1` ([`outbox::audited`]).
 async fn audited(
     conn: &mut PgConnection,
     kind: &'static str,
     aggregate: &'static str,
     change: Change<'_>,
 ) -> Result<(), sqlx::Error> {
-    let mut data = change.detail.clone();
-    if let Some(fields) = data.as_object_mut() {
-        fields.insert("id".into(), change.object_id.clone().into());
-    }
-    let event = Event::on(TENANCY_TOPIC, aggregate, &change.object_id, kind, data);
-    audit::record(&mut *conn, change).await?;
-    outbox::append(conn, event).await?;
+    outbox::audited(conn, TENANCY_TOPIC, aggregate, kind, change).await?;
     Ok(())
 }
 
