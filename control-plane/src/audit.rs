@@ -8,9 +8,11 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::apidoc::{examples, problems};
 use crate::http::{ApiQuery, ApiState, Page, Principal, Problem, MAX_PAGE};
+use crate::outbox;
 
 /// An audited change, as written by the context that made it.
 pub struct Change<'a> {
@@ -35,6 +37,25 @@ pub async fn record(conn: &mut PgConnection, change: Change<'_>) -> Result<(), s
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Writes `change`'s audit row and the domain event `kind` about it on `topic` (aggregate
+/// `aggregate`/the change's object id; data: the audit detail plus the object's `id`) on `conn`, the
+/// change's own transaction: the audit trail and the event stream cannot disagree.
+pub async fn with_event(
+    conn: &mut PgConnection,
+    topic: &'static str,
+    aggregate: &'static str,
+    kind: &'static str,
+    change: Change<'_>,
+) -> Result<Uuid, sqlx::Error> {
+    let mut data = change.detail.clone();
+    if let Some(fields) = data.as_object_mut() {
+        fields.insert("id".into(), change.object_id.clone().into());
+    }
+    let event = outbox::Event::on(topic, aggregate, &change.object_id, kind, data);
+    record(&mut *conn, change).await?;
+    outbox::append(conn, event).await
 }
 
 /// One audit event as the API shows it.

@@ -11,9 +11,9 @@ use uuid::Uuid;
 use super::purchase::{self, PurchaseData};
 use super::saga::{self, NewSaga, SagaState};
 use super::Settings;
+use crate::audit;
 use crate::http::{FieldError, Page, Problem, ProblemKind};
 use crate::tenancy::orgs;
-use crate::{audit, outbox};
 
 /// Largest purchase, in tokens (keeps every amount far inside `i64` cents).
 pub const MAX_TOKENS: i64 = 1_000_000_000_000;
@@ -289,7 +289,7 @@ async fn insert(
         object_id: id.to_string(),
         detail: json!({ "org": req.org, "tokens": req.tokens, "amount": amount, "idempotency_key": req.idempotency_key }),
     };
-    outbox::audited(
+    audit::with_event(
         &mut *tx,
         super::purchase::TOPIC,
         "purchase",

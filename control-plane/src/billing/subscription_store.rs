@@ -133,7 +133,7 @@ pub async fn put_plan(
         object_id: plan.name.clone(),
         detail: serde_json::to_value(&plan).map_err(internal)?,
     };
-    outbox::audited(&mut tx, super::purchase::TOPIC, "plan", "plan.put", change).await?;
+    audit::with_event(&mut tx, super::purchase::TOPIC, "plan", "plan.put", change).await?;
     tx.commit().await?;
     Ok((plan, created))
 }
@@ -404,7 +404,7 @@ async fn insert_subscription(
         object_id: id.to_string(),
         detail,
     };
-    outbox::audited(
+    audit::with_event(
         &mut *tx,
         super::purchase::TOPIC,
         "subscription",

@@ -19,9 +19,9 @@ use super::email::Mailer;
 use super::sign::{sign, EVENT_ID_HEADER, SIGNATURE_HEADER};
 use super::triggers::{enqueue_for, Notification};
 use super::{DeliveryResult as Outcome, NotifyStats};
-use crate::audit::Change;
+use crate::audit::{self, Change};
 use crate::clock::Clock;
-use crate::outbox::{self, NOTIFY_TOPIC};
+use crate::outbox::NOTIFY_TOPIC;
 
 /// Retry and disable rules.
 #[derive(Debug, Clone)]
@@ -380,7 +380,7 @@ impl Worker {
             object_id: row.target.clone(),
             detail: detail.clone(),
         };
-        outbox::audited(
+        audit::with_event(
             &mut *tx,
             NOTIFY_TOPIC,
             "webhook",

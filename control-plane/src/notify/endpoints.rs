@@ -7,9 +7,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{NotifyError, EVENT_TYPES};
-use crate::audit::Change;
+use crate::audit::{self, Change};
 use crate::http::FieldError;
-use crate::outbox::{self, NOTIFY_TOPIC};
+use crate::outbox::NOTIFY_TOPIC;
 use crate::tenancy;
 
 /// Most endpoints one org may have.
@@ -151,7 +151,7 @@ pub async fn create(
         object_id: endpoint.id.to_string(),
         detail: serde_json::json!({"org": org, "url": body.url, "events": body.events}),
     };
-    outbox::audited(&mut tx, NOTIFY_TOPIC, "webhook", "webhook.created", change).await?;
+    audit::with_event(&mut tx, NOTIFY_TOPIC, "webhook", "webhook.created", change).await?;
     tx.commit().await?;
     Ok(Created { endpoint, secret })
 }
@@ -193,7 +193,7 @@ pub async fn delete(pool: &PgPool, actor: &str, org: Uuid, id: Uuid) -> Result<(
         object_id: id.to_string(),
         detail: serde_json::json!({"org": org, "url": url}),
     };
-    outbox::audited(&mut tx, NOTIFY_TOPIC, "webhook", "webhook.deleted", change).await?;
+    audit::with_event(&mut tx, NOTIFY_TOPIC, "webhook", "webhook.deleted", change).await?;
     tx.commit().await?;
     Ok(())
 }

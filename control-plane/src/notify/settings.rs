@@ -8,9 +8,9 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::NotifyError;
-use crate::audit::Change;
+use crate::audit::{self, Change};
 use crate::http::FieldError;
-use crate::outbox::{self, NOTIFY_TOPIC};
+use crate::outbox::NOTIFY_TOPIC;
 use crate::tenancy;
 
 /// `PUT /v1/orgs/{org}/notification-settings` body.
@@ -89,7 +89,7 @@ pub async fn put(
         object_id: org.to_string(),
         detail: serde_json::json!({"notify_email": body.notify_email}),
     };
-    outbox::audited(
+    audit::with_event(
         &mut tx,
         NOTIFY_TOPIC,
         "org",

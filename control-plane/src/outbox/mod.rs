@@ -67,25 +67,6 @@ impl Event {
     }
 }
 
-/// Writes `change`'s audit row and the domain event `kind` about it on `topic` (aggregate
-/// `aggregate`/the change's object id; data: the audit detail plus the object's `id`) on `conn`, the
-/// change's own transaction: the audit trail and the event stream cannot disagree.
-pub async fn audited(
-    conn: &mut PgConnection,
-    topic: &'static str,
-    aggregate: &'static str,
-    kind: &'static str,
-    change: crate::audit::Change<'_>,
-) -> Result<Uuid, sqlx::Error> {
-    let mut data = change.detail.clone();
-    if let Some(fields) = data.as_object_mut() {
-        fields.insert("id".into(), change.object_id.clone().into());
-    }
-    let event = Event::on(topic, aggregate, &change.object_id, kind, data);
-    crate::audit::record(&mut *conn, change).await?;
-    append(conn, event).await
-}
-
 /// Writes `event` on `conn`, which must be the change's own transaction, and wakes the relays at
 /// commit (`pg_notify` is transactional). Returns the event id (the CloudEvents `id`).
 pub async fn append(conn: &mut PgConnection, event: Event) -> Result<Uuid, sqlx::Error> {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::audit::Change;
+use crate::audit::{self, Change};
 use crate::http::{ApiState, FieldError, Problem, ProblemKind};
 use crate::outbox::{self, Event, REGISTRY_TOPIC};
 
@@ -391,12 +391,12 @@ pub fn routes() -> Router<ApiState> {
 }
 
 /// Writes `change`'s audit row and the registry's domain event `kind` about the instance
-/// ([`outbox::audited`]) on `conn`, the change's own transaction.
+/// ([`audit::with_event`]) on `conn`, the change's own transaction.
 pub(crate) async fn record(
     conn: &mut sqlx::PgConnection,
     kind: &'static str,
     change: Change<'_>,
 ) -> Result<(), sqlx::Error> {
-    outbox::audited(conn, REGISTRY_TOPIC, "instance", kind, change).await?;
+    audit::with_event(conn, REGISTRY_TOPIC, "instance", kind, change).await?;
     Ok(())
 }

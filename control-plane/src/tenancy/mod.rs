@@ -16,18 +16,18 @@ mod users_api;
 use axum::Router;
 use sqlx::PgConnection;
 
-use crate::audit::Change;
+use crate::audit::{self, Change};
 use crate::http::{ApiState, FieldError, Problem, ProblemKind};
-use crate::outbox::{self, TENANCY_TOPIC};
+use crate::outbox::TENANCY_TOPIC;
 
-/// Writes `change`'s audit row and its domain event `kind` on `leaky.tenancy.v1` ([`outbox::audited`]).
+/// Writes `change`'s audit row and its domain event `kind` on `leaky.tenancy.v1` ([`audit::with_event`]).
 async fn audited(
     conn: &mut PgConnection,
     kind: &'static str,
     aggregate: &'static str,
     change: Change<'_>,
 ) -> Result<(), sqlx::Error> {
-    outbox::audited(conn, TENANCY_TOPIC, aggregate, kind, change).await?;
+    audit::with_event(conn, TENANCY_TOPIC, aggregate, kind, change).await?;
     Ok(())
 }
 
