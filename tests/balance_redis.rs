@@ -15,6 +15,9 @@ use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The proxy's config: a `unit: balance` policy on Redis. The store timeout is generous: the durable
+/// Redis fsyncs every write, which a loaded CI machine can stretch past a tight timeout (a refused
+/// connection, which is what a stopped Redis gives, fails at once whatever the timeout).
 fn config(up: &Upstreams, redis_url: &str) -> String {
     up.config("")
         .replace(
@@ -22,7 +25,7 @@ fn config(up: &Upstreams, redis_url: &str) -> String {
             "      - kind: api-key\n      - kind: rate-limit\n",
         )
         + &format!(
-            "limits:\n  store: redis\n  redis: {{ url: \"{redis_url}\", timeout_ms: 50, open_ms: 100 }}\n  policies:\n    - {{ name: prepaid, unit: balance }}\n"
+            "limits:\n  store: redis\n  redis: {{ url: \"{redis_url}\", timeout_ms: 2000, open_ms: 100 }}\n  policies:\n    - {{ name: prepaid, unit: balance }}\n"
         )
 }
 
