@@ -63,6 +63,7 @@ fn policy() -> Policy {
         step_timeout: StdDuration::from_secs(3),
         lease: Duration::seconds(5),
         batch: 32,
+        concurrency: 16,
     }
 }
 
@@ -709,6 +710,38 @@ async fn a_hundred_concurrent_purchases_survive_a_postgres_restart() {
     assert_eq!((b.purchased, b.tokens), (sum, sum));
     assert_eq!(st.mirror().await.unwrap().credited, sum);
     st.check().await;
+}
+
+/// The worker as a replica runs it, polling only hourly: purchases made over HTTP while it waits start
+/// at once (the creating transaction's `NOTIFY`), run side by side with the real adapters, and
+/// account exactly.
+#[tokio::test]
+async fn purchases_start_at_once_while_the_worker_waits_for_its_poll() {
+    let mut s = stack().await;
+    let engine = s.engine();
+    let mut rounds = engine.rounds();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(engine.run(StdDuration::from_secs(3600), async {
+        let _ = stopped.await;
+    }));
+    rounds.wait_for(|n| *n >= 1).await.unwrap();
+    let keys: Vec<String> = (0..4).map(|i| format!("woken-{i}")).collect();
+    let ids = futures::future::join_all(keys.iter().map(|k| s.buy(k, 1_000_000))).await;
+    // The bound only turns a missing wake-up into a failure; the poll is an hour away.
+    tokio::time::timeout(StdDuration::from_secs(30), async {
+        while s.unfinished().await > 0 {
+            rounds.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("every purchase ran without waiting for the poll");
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    for id in ids {
+        let p = s.purchase(id).await;
+        assert_eq!(p["status"], "completed", "{p}");
+    }
+    s.check().await;
 }
 
 /// The process as `leaky-tokens control-plane` runs it: `run` spawns the saga worker with the real

@@ -39,6 +39,7 @@ fn policy() -> Policy {
         step_timeout: StdDuration::from_secs(5),
         lease: Duration::seconds(30),
         batch: 16,
+        concurrency: 16,
     }
 }
 
@@ -485,4 +486,93 @@ async fn the_background_worker_resumes_unfinished_sagas_and_stops_on_drain() {
         .await
         .expect("the worker stops on drain")
         .unwrap();
+}
+
+#[tokio::test]
+async fn sagas_claimed_together_are_driven_side_by_side() {
+    let mut h = harness().await;
+    // Every `authorize` waits until all eight are in flight at once: an engine driving its batch one
+    // saga after another would time each of them out instead.
+    h.fakes.payments.gate = Some(("authorize", 8));
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(h.buy(1_000).await);
+    }
+    assert_eq!(h.engine().run_due().await.unwrap(), 8, "one batch");
+    for id in ids {
+        let p = h.purchase(id).await;
+        assert_eq!(p["status"], "completed", "{p}");
+        assert_eq!(h.fakes.payments.intents_for(id), 1);
+    }
+    let s = h.fakes.payments.state.lock().unwrap();
+    assert_eq!(s.calls["authorize"], 8, "no authorize timed out and re-ran");
+    assert_eq!(s.max_total_in_flight, 8);
+    assert_eq!(s.max_in_flight, 1, "still one call at a time per saga");
+}
+
+#[tokio::test]
+async fn a_batch_drives_no_more_sagas_at_once_than_its_concurrency() {
+    let mut h = harness().await;
+    h.fakes.payments.latency = StdDuration::from_millis(20);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(h.buy(1_000).await);
+    }
+    let two = Policy {
+        concurrency: 2,
+        ..policy()
+    };
+    let engine = Engine::new(h.app.pool.clone(), h.clock.clone(), h.fakes.ports(), two);
+    assert_eq!(engine.run_due().await.unwrap(), 6);
+    for id in ids {
+        assert_eq!(h.purchase(id).await["status"], "completed");
+    }
+    let s = h.fakes.payments.state.lock().unwrap();
+    assert!(s.max_total_in_flight <= 2, "{}", s.max_total_in_flight);
+}
+
+/// Runs `engine` as the background worker with an hour's poll, buys once its first round is over, and
+/// returns the purchase once a later round ran it: only a wake-up can start that round in time.
+async fn bought_while_the_worker_waits(h: &Harness, engine: Engine) -> Value {
+    let mut rounds = engine.rounds();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(engine.run(StdDuration::from_secs(3600), async {
+        let _ = stopped.await;
+    }));
+    rounds.wait_for(|n| *n >= 1).await.unwrap();
+    let id = h.buy(1_000).await;
+    // The bound only turns a missing wake-up into a failure; the poll is an hour away.
+    let p = tokio::time::timeout(StdDuration::from_secs(30), async {
+        loop {
+            rounds.changed().await.unwrap();
+            let p = h.purchase(id).await;
+            if p["status"] != "pending" {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("the worker ran the purchase without waiting for its poll");
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    p
+}
+
+#[tokio::test]
+async fn creating_a_purchase_wakes_this_process_worker_at_once() {
+    let h = harness().await;
+    let engine = h
+        .engine()
+        .with_wake(h.state.saga_wake.clone())
+        .without_listener();
+    let p = bought_while_the_worker_waits(&h, engine).await;
+    assert_eq!(p["status"], "completed", "{p}");
+}
+
+#[tokio::test]
+async fn creating_a_purchase_wakes_another_replica_worker_through_postgres() {
+    let h = harness().await;
+    // Its own in-process wake-up, which the API never touches: only `NOTIFY` reaches it.
+    let p = bought_while_the_worker_waits(&h, h.engine()).await;
+    assert_eq!(p["status"], "completed", "{p}");
 }

@@ -40,6 +40,7 @@ fn policy() -> Policy {
         step_timeout: StdDuration::from_secs(3),
         lease: Duration::seconds(5),
         batch: 32,
+        concurrency: 16,
     }
 }
 

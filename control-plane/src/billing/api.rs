@@ -122,6 +122,10 @@ async fn create(
         actor: &p.subject,
     };
     let (purchase, created) = store::create(&s.pool, s.clock.now(), &settings, &req).await?;
+    if created {
+        // The creating transaction also sent `pg_notify` (other replicas); this is the local shortcut.
+        s.saga_wake.notify_one();
+    }
     let mut out = HeaderMap::new();
     if let Ok(l) = HeaderValue::from_str(&format!("/v1/purchases/{}", purchase.id)) {
         out.insert(header::LOCATION, l);
@@ -245,9 +249,11 @@ async fn webhook(
             Problem::new(ProblemKind::PayloadTooLarge, detail)
         })?;
     let now = s.clock.now();
-    webhooks::receive(&s.pool, now, &settings, signature.as_deref(), &body)
-        .await
-        .map(Json)
+    let received = webhooks::receive(&s.pool, now, &settings, signature.as_deref(), &body).await?;
+    if received.purchase.is_some() {
+        s.saga_wake.notify_one();
+    }
+    Ok(Json(received))
 }
 
 #[derive(OpenApi)]

@@ -112,9 +112,22 @@ impl Default for BillingConfig {
         Self {
             settings: Settings::from_env(),
             payments: payments_http::HttpPaymentsConfig::from_env(),
-            policy: Policy::default(),
+            policy: policy_from_env(),
         }
     }
+}
+
+/// The default [`Policy`], its concurrency overridden by `LEAKY_SAGA_CONCURRENCY` (1..=256).
+fn policy_from_env() -> Policy {
+    let mut p = Policy::default();
+    let n = std::env::var("LEAKY_SAGA_CONCURRENCY").ok();
+    if let Some(n) = n
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=256).contains(n))
+    {
+        p.concurrency = n;
+    }
+    p
 }
 
 /// Spawns an admin-api process's billing work: the saga worker with the real ports (returned first,
@@ -166,8 +179,9 @@ async fn reconcile_when_migrated(state: ApiState, r: reconcile::Reconciler) {
     r.run_every(reconcile::RECONCILE_EVERY).await;
 }
 
-/// How often an idle saga worker looks for due sagas (webhooks make a saga due at once; this bounds
-/// how soon a worker notices).
+/// How often an idle saga worker looks for due sagas anyway: creating a saga or a webhook wakes the
+/// workers at once (in-process `Notify` and `pg_notify`), so this only bounds a lost wake-up and
+/// retries whose backoff ended.
 pub const WORKER_POLL: StdDuration = StdDuration::from_millis(500);
 
 /// How often the renewal job looks for subscriptions whose period ended.
@@ -193,6 +207,7 @@ pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
     let (pool, clock) = (state.pool.clone(), state.clock.clone());
     let renewals =
         subscription_store::renew_every(pool, clock, settings, RENEW_POLL, state.drained());
-    let engine = Engine::new(state.pool.clone(), state.clock.clone(), ports, policy);
+    let engine = Engine::new(state.pool.clone(), state.clock.clone(), ports, policy)
+        .with_wake(state.saga_wake.clone());
     tokio::join!(engine.run(WORKER_POLL, state.drained()), renewals);
 }

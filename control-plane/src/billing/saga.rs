@@ -22,8 +22,11 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
+use futures::TryStreamExt;
 use serde_json::{json, Value};
+use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use super::ports::{BalanceMirror, Credits, Payments, PortError};
@@ -132,6 +135,9 @@ pub struct Policy {
     pub lease: Duration,
     /// Sagas claimed per round.
     pub batch: i64,
+    /// Claimed sagas driven at once (each waits on its provider calls; one slow saga must not hold
+    /// up the others of its batch).
+    pub concurrency: usize,
 }
 
 impl Default for Policy {
@@ -144,6 +150,7 @@ impl Default for Policy {
             step_timeout: StdDuration::from_secs(10),
             lease: Duration::seconds(30),
             batch: 16,
+            concurrency: 16,
         }
     }
 }
@@ -308,6 +315,12 @@ pub struct Engine {
     /// This worker's name in `locked_by`.
     me: String,
     kill: Option<KillPoint>,
+    /// In-process wake-ups (the API's handlers notify it): [`Engine::run`] starts a round at once.
+    wake: Arc<Notify>,
+    /// Whether [`Engine::run`] also `LISTEN`s on [`WAKE_CHANNEL`] (wake-ups from any replica).
+    listen: bool,
+    /// Rounds [`Engine::run`] finished; it waits for a wake-up or the poll right after counting one.
+    rounds: Arc<watch::Sender<u64>>,
 }
 
 /// A saga to insert (by the context that starts it, inside its own transaction).
@@ -339,23 +352,37 @@ pub async fn insert(
     .bind(now)
     .bind(deadline)
     .bind(&saga.data)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    // Delivered when the caller's transaction commits (never for a rolled-back saga): every
+    // replica's worker listening on the channel starts a round at once instead of at its next poll.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WAKE_CHANNEL)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 /// Makes an unfinished saga due now (a webhook's hint: re-check it). Returns whether one was woken.
+/// Wakes the workers of every replica (`pg_notify` on [`WAKE_CHANNEL`]) only when one was.
 pub async fn wake(pool: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE billing.sagas SET next_run_at = least(next_run_at, $2)
-         WHERE id = $1 AND state IN ('running', 'compensating')",
+    let woken = sqlx::query(
+        "WITH woken AS (
+             UPDATE billing.sagas SET next_run_at = least(next_run_at, $2)
+             WHERE id = $1 AND state IN ('running', 'compensating') RETURNING id)
+         SELECT pg_notify($3, '') FROM woken",
     )
     .bind(id)
     .bind(now)
-    .execute(pool)
+    .bind(WAKE_CHANNEL)
+    .fetch_all(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(woken.len() == 1)
 }
+
+/// The `LISTEN` channel a saga's creation or wake-up notifies (payload empty: a worker claims what is
+/// due, it does not need to know which saga).
+pub const WAKE_CHANNEL: &str = "leaky_billing_saga_due";
 
 impl Engine {
     pub fn new(pool: PgPool, clock: Arc<dyn Clock>, ports: Ports, policy: Policy) -> Self {
@@ -366,7 +393,28 @@ impl Engine {
             policy,
             me: format!("saga-worker-{}", Uuid::new_v4()),
             kill: None,
+            wake: Arc::default(),
+            listen: true,
+            rounds: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// The same engine, woken by `wake` (the process's [`crate::http::ApiState::saga_wake`]).
+    pub fn with_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// The same engine, not listening on [`WAKE_CHANNEL`] (tests of the in-process wake-up alone).
+    pub fn without_listener(mut self) -> Self {
+        self.listen = false;
+        self
+    }
+
+    /// Counts the rounds of [`Engine::run`]: once it reads `n`, the worker has finished round `n` and
+    /// anything made due afterwards runs only if a wake-up (or the poll) starts another round.
+    pub fn rounds(&self) -> watch::Receiver<u64> {
+        self.rounds.subscribe()
     }
 
     /// The same engine, stopping at `kill` (tests of crash recovery).
@@ -379,20 +427,32 @@ impl Engine {
         &self.policy
     }
 
-    /// Claims the due sagas (one batch) and drives each until it waits or finishes. Returns how many
-    /// it claimed.
+    /// Claims the due sagas (one batch) and drives them, up to `policy.concurrency` at once, each until
+    /// it waits or finishes. Returns how many it claimed.
+    ///
+    /// Each saga has its own lease, checked on every write, so driving them side by side is as safe as
+    /// one after another, and a batch takes about as long as its slowest saga rather than their sum.
+    /// The first error (the database gone, a kill point) ends the round as a crash would: the sagas
+    /// still in flight stop where they are and resume once their leases expire.
     pub async fn run_due(&self) -> Result<usize, SagaError> {
         let claimed = self.claim().await?;
         let n = claimed.len();
-        for saga in claimed {
-            let id = saga.id;
-            match self.drive(saga).await {
-                // Unreadable data never gets better: park the saga visibly, go on with the others.
-                Err(SagaError::Data(e)) => self.park(id, &format!("saga data: {e}")).await?,
-                other => other?,
-            }
-        }
+        futures::stream::iter(claimed.into_iter().map(Ok))
+            .try_for_each_concurrent(self.policy.concurrency.max(1), |saga| {
+                self.drive_or_park(saga)
+            })
+            .await?;
         Ok(n)
+    }
+
+    /// [`Engine::drive`]; unreadable data never gets better: the saga is parked visibly and the
+    /// round goes on with the others.
+    async fn drive_or_park(&self, saga: Claimed) -> Result<(), SagaError> {
+        let id = saga.id;
+        match self.drive(saga).await {
+            Err(SagaError::Data(e)) => Ok(self.park(id, &format!("saga data: {e}")).await?),
+            other => other,
+        }
     }
 
     /// Moves a saga the engine cannot even read to `needs_attention`.
@@ -424,18 +484,32 @@ impl Engine {
         }
     }
 
-    /// The background worker: a round every `poll` until `shutdown` resolves. On start-up the first
-    /// round resumes every unfinished saga whose lease has expired.
+    /// The background worker: a round at start, then one whenever a saga is made due (in this process:
+    /// [`Engine::with_wake`]; in any replica: `NOTIFY` on [`WAKE_CHANNEL`]) and at least every `poll`
+    /// (the fallback should a notification be lost, e.g. while the listener reconnects), until
+    /// `shutdown` resolves. The first round resumes every unfinished saga whose lease has expired.
     pub async fn run(self, poll: StdDuration, shutdown: impl std::future::Future<Output = ()>) {
         tracing::info!(worker = %self.me, "saga worker starting");
         tokio::pin!(shutdown);
+        let mut listener = None;
         loop {
+            // Listening before the round: a saga committed during it is not missed.
+            if self.listen && listener.is_none() {
+                listener = listen(&self.pool).await;
+            }
             if let Err(e) = self.run_until_idle().await {
                 tracing::warn!(error = %e, "saga round failed; retrying next round");
             }
+            self.rounds.send_modify(|r| *r += 1);
             tokio::select! {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(poll) => {}
+                () = self.wake.notified() => {}
+                up = notified(&mut listener) => {
+                    if !up {
+                        listener = None;
+                    }
+                }
             }
         }
     }
@@ -549,6 +623,38 @@ impl Engine {
                 "timed out after {:?}",
                 self.policy.step_timeout
             ))),
+        }
+    }
+}
+
+/// A listener on [`WAKE_CHANNEL`], or `None` (logged) when it cannot connect: the poll still runs
+/// the sagas, and the next round tries again.
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let connected = async {
+        let mut l = PgListener::connect_with(pool).await?;
+        l.listen(WAKE_CHANNEL).await?;
+        Ok::<_, sqlx::Error>(l)
+    };
+    match connected.await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "saga worker cannot LISTEN; it polls until it can");
+            None
+        }
+    }
+}
+
+/// The next notification: true when one came, false when the listener failed (dropped, then
+/// reconnected by the next round); never resolves without a listener.
+async fn notified(listener: &mut Option<PgListener>) -> bool {
+    let Some(l) = listener else {
+        return std::future::pending().await;
+    };
+    match l.recv().await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "saga wake-up listener failed; reconnecting");
+            false
         }
     }
 }

@@ -167,6 +167,7 @@ async fn subscribe(
     let (sub, created) = store::subscribe(&s.pool, s.clock.now(), &settings, &req).await?;
     let mut out = HeaderMap::new();
     if created {
+        s.saga_wake.notify_one();
         return Ok((StatusCode::ACCEPTED, out, Json(sub)));
     }
     out.insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -202,6 +203,7 @@ async fn change(
     let req = (org, body.plan.as_str(), p.subject.as_str());
     let (sub, upgrade) = store::change_plan(&s.pool, s.clock.now(), &settings, req).await?;
     let status = if upgrade {
+        s.saga_wake.notify_one();
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK

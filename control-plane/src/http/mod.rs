@@ -37,6 +37,8 @@ pub struct ApiState {
     draining: Arc<tokio::sync::watch::Sender<bool>>,
     /// What the process's background work counts; `/metrics` reads it.
     pub stats: Arc<crate::metrics::Stats>,
+    /// Wakes this process's saga worker at once when a request made a saga due (billing).
+    pub saga_wake: Arc<tokio::sync::Notify>,
 }
 
 impl ApiState {
@@ -48,6 +50,7 @@ impl ApiState {
             migrated: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(tokio::sync::watch::Sender::new(false)),
             stats: Arc::default(),
+            saga_wake: Arc::default(),
         }
     }
 

@@ -46,6 +46,9 @@ pub struct PayState {
     /// Purchase id → calls in flight now, and the most ever seen at once.
     pub in_flight: HashMap<Uuid, u32>,
     pub max_in_flight: u32,
+    /// Calls in flight now over every purchase, and the most ever seen at once.
+    pub total_in_flight: u32,
+    pub max_total_in_flight: u32,
     pub pi_purchase: HashMap<String, Uuid>,
 }
 
@@ -57,6 +60,11 @@ pub struct FakePayments {
     pub latency: Duration,
     /// Runs once, right after the first effect of its operation (e.g. stops PostgreSQL).
     pub after_effect: Arc<Mutex<Option<Hook>>>,
+    /// `(op, k)`: each call of `op` waits until `k` calls are in flight at once (over all purchases),
+    /// so an engine that drives sagas one after another never gets past it (its step times out).
+    pub gate: Option<(&'static str, u32)>,
+    /// Notified on every call's entry (the gate's waiters re-check).
+    pub entered: Arc<tokio::sync::Notify>,
 }
 
 /// An operation name and what to do after its effect.
@@ -119,6 +127,9 @@ impl FakePayments {
     fn enter(&self, op: &'static str, purchase: Option<Uuid>) -> Option<Fault> {
         let mut s = self.state.lock().unwrap();
         *s.calls.entry(op).or_default() += 1;
+        s.total_in_flight += 1;
+        s.max_total_in_flight = s.max_total_in_flight.max(s.total_in_flight);
+        self.entered.notify_waiters();
         if let Some(p) = purchase {
             let n = s.in_flight.entry(p).or_default();
             *n += 1;
@@ -132,11 +143,28 @@ impl FakePayments {
     }
 
     fn leave(&self, purchase: Option<Uuid>) {
+        let mut s = self.state.lock().unwrap();
+        s.total_in_flight -= 1;
         if let Some(p) = purchase {
-            let mut s = self.state.lock().unwrap();
             if let Some(n) = s.in_flight.get_mut(&p) {
                 *n -= 1;
             }
+        }
+    }
+
+    /// Waits at the gate of `op`, if it has one, until enough calls are in flight.
+    async fn pass_gate(&self, op: &'static str) {
+        let Some((_, k)) = self.gate.filter(|(g, _)| *g == op) else {
+            return;
+        };
+        loop {
+            // Created before the check: a call entering in between still wakes it. The gate stays
+            // open once `k` were in at once (the first through may leave before the others look).
+            let entered = self.entered.notified();
+            if self.state.lock().unwrap().max_total_in_flight >= k {
+                return;
+            }
+            entered.await;
         }
     }
 
@@ -151,6 +179,12 @@ impl FakePayments {
         effect: impl FnOnce(&mut PayState) -> Result<T, PortError>,
     ) -> Result<T, PortError> {
         let fault = self.enter(op, purchase);
+        // Left on drop too: a call the engine's step timeout abandons is no longer in flight.
+        let in_flight = InFlight {
+            fake: self,
+            purchase,
+        };
+        self.pass_gate(op).await;
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -167,11 +201,23 @@ impl FakePayments {
             }
             None => effect(&mut self.state.lock().unwrap()),
         };
-        self.leave(purchase);
+        drop(in_flight);
         if out.is_ok() {
             self.run_hook(op);
         }
         out
+    }
+}
+
+/// A call in flight; leaves on drop.
+struct InFlight<'a> {
+    fake: &'a FakePayments,
+    purchase: Option<Uuid>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.fake.leave(self.purchase);
     }
 }
 
