@@ -330,7 +330,10 @@ async fn a_purchase_completes_credits_the_ledger_and_redis_and_captures() {
         (pi["status"].as_str(), pi["amount_received"].as_i64()),
         (Some("succeeded"), Some(400))
     );
-    assert_eq!(s.outbox_kinds(id).await, ["purchase.completed"]);
+    assert_eq!(
+        s.outbox_kinds(id).await,
+        ["purchase.created", "purchase.completed"]
+    );
     // The account the purchase raised is the one the org's API keys spend from at the proxies.
     let key = s
         .app
@@ -396,7 +399,10 @@ async fn a_declined_card_compensates_and_credits_nothing() {
     let pi = s.intent(p["payment_intent"].as_str().unwrap()).await;
     assert_ne!(pi["status"], "succeeded");
     assert_eq!(pi["amount_received"], 0);
-    assert_eq!(s.outbox_kinds(id).await, ["purchase.compensated"]);
+    assert_eq!(
+        s.outbox_kinds(id).await,
+        ["purchase.created", "purchase.compensated"]
+    );
     s.check().await;
 }
 

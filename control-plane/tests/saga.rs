@@ -158,7 +158,10 @@ async fn happy_path_authorizes_credits_raises_captures_once() {
     assert_eq!(p["payment_intent"], pi.id);
     assert_eq!(h.fakes.credits.rows(id).await, (1, 0));
     assert_eq!(h.fakes.mirror.credited(h.org), 1_000_000);
-    assert_eq!(h.events(id).await, ["purchase.completed"]);
+    assert_eq!(
+        h.events(id).await,
+        ["purchase.created", "purchase.completed"]
+    );
 }
 
 #[tokio::test]
@@ -172,7 +175,10 @@ async fn a_decline_compensates_with_its_reason_and_credits_nothing() {
     assert_eq!(h.fakes.credits.rows(id).await, (0, 0));
     assert_eq!(h.fakes.payments.calls("capture"), 0);
     assert_eq!(h.fakes.mirror.credited(h.org), 0);
-    assert_eq!(h.events(id).await, ["purchase.compensated"]);
+    assert_eq!(
+        h.events(id).await,
+        ["purchase.created", "purchase.compensated"]
+    );
 }
 
 #[tokio::test]
@@ -244,7 +250,10 @@ async fn a_compensation_failing_past_its_budget_needs_attention() {
     assert_eq!(h.fakes.credits.rows(id).await, (1, 1));
     assert_eq!(h.fakes.mirror.credited(h.org), 0);
     assert!(billing::needs_attention_total() > before);
-    assert_eq!(h.events(id).await, ["purchase.needs_attention"]);
+    assert_eq!(
+        h.events(id).await,
+        ["purchase.created", "purchase.needs_attention"]
+    );
     let res = h.app.get("/v1/sagas?state=needs_attention").await.unwrap();
     let page: Value = res.json().await.unwrap();
     let saga = &page["items"][0];
