@@ -2,24 +2,25 @@
 //! envelope (`leaky_wire::event`), keyed by org, with the caller's `traceparent` as a header.
 //!
 //! The request path is untouched: it still does one lock-free push into the usage queue. The
-//! background drain (every 50 ms) encodes each record and hands it to the publisher task through a
-//! bounded channel (`try_send`: a full channel drops and counts, it never waits). The task owns an
-//! idempotent producer (`acks=all`, `enable.idempotence=true`) and, when configured, the on-disk
+//! background drain (every 50 ms) encodes each record ([`encode`]: borrowed fields, no owned
+//! envelope) and hands it to the publisher task through a bounded channel (`try_send`: a full
+//! channel drops and counts, it never waits). The task owns an idempotent producer (`acks=all`,
+//! `enable.idempotence=true`), a plain `BaseProducer` it polls itself once per batch (no polling
+//! thread, no future per event: see [`publisher`]) and, when configured, the on-disk
 //! [`spool`]: events Kafka did not take within `delivery_timeout_ms` go there, and while the spool
 //! holds anything every new event joins it behind them, so they are replayed in order once Kafka is
 //! back. Absent `events.kafka`, no producer exists and usage records go to the log only.
 
+pub mod encode;
 mod publisher;
 pub mod spool;
 
 use leaky_config::model::events::Kafka;
-use leaky_wire::event::{usage_key, Envelope};
 use leaky_wire::UsageRecord;
-use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
@@ -51,26 +52,11 @@ pub struct Event {
     pub payload: String,
 }
 
-impl Event {
-    /// `r`'s event: a fresh id (kept across retries and replays) and the current UTC time.
-    pub fn usage(r: &UsageRecord, source: &str) -> Option<Event> {
-        let time = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .ok()?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let envelope = Envelope::usage(r, id, source.to_owned(), time);
-        Some(Event {
-            key: usage_key(r).to_owned(),
-            traceparent: r.traceparent.clone(),
-            payload: serde_json::to_string(&envelope).ok()?,
-        })
-    }
-}
-
 /// The drain's handle to the publisher task.
 pub struct Events {
     tx: mpsc::Sender<Event>,
-    source: String,
+    /// Locked once per drain (only the drain encodes): keeps the time cache and size hint.
+    encoder: Mutex<encode::Encoder>,
     stop: Arc<Notify>,
     /// Receives once the task has flushed at shutdown.
     stopped: Mutex<Option<std_mpsc::Receiver<()>>>,
@@ -80,7 +66,7 @@ impl Events {
     /// Creates the producer and the spool and spawns the publisher on the current runtime (the
     /// background one). `source` is the envelopes' CloudEvents `source`.
     pub fn start(k: &Kafka, source: String) -> Result<Events, EventsError> {
-        let producer: FutureProducer = producer_config(k).create()?;
+        let producer = producer_config(k).create_with_context(publisher::Deliveries::default())?;
         let spool = match &k.spool_dir {
             Some(dir) => Some(spool::Spool::open(dir, k.spool_max_bytes).map_err(|e| {
                 EventsError::Spool {
@@ -97,19 +83,21 @@ impl Events {
         tokio::spawn(task.run(rx, stop.clone(), done_tx));
         Ok(Events {
             tx,
-            source,
+            encoder: Mutex::new(encode::Encoder::new(source)),
             stop,
             stopped: Mutex::new(Some(done_rx)),
         })
     }
 
-    /// Hands `r`'s event to the publisher; a full channel drops and counts it (never waits).
-    pub fn offer(&self, r: &UsageRecord) {
-        let Some(event) = Event::usage(r, &self.source) else {
-            return;
-        };
-        if self.tx.try_send(event).is_err() {
-            publisher::dropped("queue_full");
+    /// The drain's session: encodes and offers records with one lock for the whole drain.
+    pub fn session(&self) -> Session<'_> {
+        let encoder = self
+            .encoder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Session {
+            tx: &self.tx,
+            encoder,
         }
     }
 
@@ -122,6 +110,24 @@ impl Events {
             if rx.recv_timeout(within).is_err() {
                 tracing::warn!("usage events: shutdown flush did not finish in time");
             }
+        }
+    }
+}
+
+/// One drain's access to the publisher.
+pub struct Session<'a> {
+    tx: &'a mpsc::Sender<Event>,
+    encoder: MutexGuard<'a, encode::Encoder>,
+}
+
+impl Session<'_> {
+    /// Hands `r`'s event to the publisher; a full channel drops and counts it (never waits).
+    pub fn offer(&mut self, r: &UsageRecord) {
+        let Some(event) = self.encoder.usage(r) else {
+            return;
+        };
+        if self.tx.try_send(event).is_err() {
+            publisher::dropped("queue_full");
         }
     }
 }

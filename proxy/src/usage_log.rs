@@ -59,10 +59,10 @@ impl UsageSink {
     /// Writes every queued record to the log (and hands it to the Kafka publisher); returns how many.
     pub fn drain(&self) -> usize {
         let mut n = 0;
-        let events = self.events.get();
+        let mut events = self.events.get().map(Events::session);
         while let Some(r) = self.queue.pop() {
             log(&r);
-            if let Some(ev) = events {
+            if let Some(ev) = events.as_mut() {
                 ev.offer(&r);
             }
             n += 1;

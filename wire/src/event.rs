@@ -102,6 +102,74 @@ impl Envelope<UsageData> {
     }
 }
 
+/// A usage event borrowed from its record: serializes to exactly the bytes of
+/// [`Envelope::usage`] (same fields, same order) without copying a string, so a producer can write
+/// one event per request straight into a reused buffer (issue #15: producer CPU per request).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UsageEventRef<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: &'a str,
+    subject: &'a str,
+    datacontenttype: &'static str,
+    schemaversion: u16,
+    data: UsageDataRef<'a>,
+}
+
+/// [`UsageData`] borrowed from a [`UsageRecord`] (same fields, same order).
+#[derive(Debug, Clone, Copy, Serialize)]
+struct UsageDataRef<'a> {
+    request_id: &'a str,
+    org: Option<&'a str>,
+    user: &'a str,
+    key_id: &'a str,
+    tier: &'a str,
+    route: Option<&'a str>,
+    model: &'a str,
+    provider: &'a str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    usage_source: UsageSource,
+    status: u16,
+    latency_ms: f64,
+}
+
+impl<'a> UsageEventRef<'a> {
+    /// The usage event of `r`, like [`Envelope::usage`] but borrowing every string.
+    pub fn new(r: &'a UsageRecord, id: &'a str, source: &'a str, time: &'a str) -> Self {
+        UsageEventRef {
+            specversion: SPEC_VERSION,
+            id,
+            source,
+            kind: USAGE_TYPE,
+            time,
+            subject: &r.request_id,
+            datacontenttype: "application/json",
+            schemaversion: USAGE_SCHEMA_VERSION,
+            data: UsageDataRef {
+                request_id: &r.request_id,
+                org: r.org.as_deref(),
+                user: &r.user,
+                key_id: &r.principal,
+                tier: &r.tier,
+                route: r.route.as_deref(),
+                model: &r.model,
+                provider: &r.provider,
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+                total_tokens: r.total_tokens(),
+                usage_source: r.source,
+                status: r.status,
+                latency_ms: r.latency_ms,
+            },
+        }
+    }
+}
+
 /// The message key of `r`'s event: its org, or [`NO_ORG_KEY`].
 pub fn usage_key(r: &UsageRecord) -> &str {
     r.org.as_deref().unwrap_or(NO_ORG_KEY)

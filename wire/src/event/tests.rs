@@ -42,6 +42,40 @@ fn golden_usage_event() {
     );
 }
 
+/// The borrowed view writes the very bytes of the owned envelope (and so of the golden above), for
+/// every shape of record: with and without org and route, each usage source, strings that need
+/// escaping, and latencies that are whole, fractional or tiny.
+#[test]
+fn the_borrowed_event_writes_the_owned_bytes() {
+    let (id, source, time) = (
+        "0b3f3c1e-6f7a-4c1d-9a57-2f1f4f3e9b10",
+        "/leaky-tokens/proxy/p1",
+        "2026-11-29T22:00:00.123Z",
+    );
+    let mut variants = vec![record()];
+    let mut r = record();
+    (r.org, r.route, r.source, r.latency_ms) = (None, None, UsageSource::Refunded, 0.0);
+    variants.push(r);
+    let mut r = record();
+    r.model = "quote\" \\ back \n new \u{1} ctl é".into();
+    (r.source, r.latency_ms, r.status) = (UsageSource::Counted, 1e-7, 429);
+    variants.push(r);
+    let mut r = record();
+    (r.source, r.latency_ms, r.prompt_tokens) = (UsageSource::Reservation, 812.4, u64::MAX);
+    variants.push(r);
+    for r in &variants {
+        let owned = Envelope::usage(r, id.into(), source.into(), time.into());
+        let borrowed = UsageEventRef::new(r, id, source, time);
+        assert_eq!(
+            serde_json::to_string(&borrowed).unwrap(),
+            serde_json::to_string(&owned).unwrap()
+        );
+    }
+    let golden = serde_json::to_string(&event(&record())).unwrap();
+    let borrowed = serde_json::to_string(&UsageEventRef::new(&record(), id, source, time)).unwrap();
+    assert_eq!(borrowed, golden);
+}
+
 #[test]
 fn round_trips() {
     let e = event(&record());
