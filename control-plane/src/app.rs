@@ -253,17 +253,13 @@ async fn not_found() -> Problem {
 
 /// Runs the config hub once the schema is there.
 async fn follow_when_migrated(state: ApiState, hub: std::sync::Arc<config::Hub>) {
-    while !state.is_migrated() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    state.migrated().await;
     hub.run().await;
 }
 
 /// Runs the outbox relay once the schema is there.
 async fn relay_when_migrated(state: ApiState, config: outbox::RelayConfig) {
-    while !state.is_migrated() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    state.migrated().await;
     tracing::info!(brokers = %config.brokers, "outbox relay starting");
     match outbox::Relay::new(state.pool.clone(), config) {
         Ok(relay) => relay.with_stats(state.stats.outbox.clone()).run().await,
@@ -273,9 +269,7 @@ async fn relay_when_migrated(state: ApiState, config: outbox::RelayConfig) {
 
 /// Runs the ledger's usage consumer (debits usage events) once the schema is there.
 async fn usage_consumer_when_migrated(state: ApiState, brokers: String) {
-    while !state.is_migrated() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    state.migrated().await;
     tracing::info!(%brokers, "ledger usage consumer starting");
     let usage = leaky_wire::event::USAGE_TOPIC;
     match ledger::usage::consumer(state.pool.clone(), &brokers, usage, ledger::usage::GROUP) {
@@ -292,9 +286,7 @@ async fn usage_consumer_when_migrated(state: ApiState, brokers: String) {
 /// Runs the ledger's credit expiry on the state's clock once the schema is there (every admin-api
 /// process does: the job is safe on several replicas).
 async fn expiry_when_migrated(state: ApiState) {
-    while !state.is_migrated() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    state.migrated().await;
     ledger::expire_every(
         state.pool.clone(),
         state.clock.clone(),

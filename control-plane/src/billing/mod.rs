@@ -173,9 +173,7 @@ pub fn spawn(
 }
 
 async fn reconcile_when_migrated(state: ApiState, r: reconcile::Reconciler) {
-    while !state.is_migrated() {
-        tokio::time::sleep(StdDuration::from_millis(100)).await;
-    }
+    state.migrated().await;
     r.run_every(reconcile::RECONCILE_EVERY).await;
 }
 
@@ -194,12 +192,10 @@ pub const RENEW_POLL: StdDuration = StdDuration::from_secs(5);
 pub async fn worker(state: ApiState, ports: Ports, policy: Policy) {
     let drained = state.drained();
     tokio::pin!(drained);
-    while !state.is_migrated() {
-        // A process stopped before its schema was ready has nothing to drain.
-        tokio::select! {
-            () = &mut drained => return,
-            () = tokio::time::sleep(StdDuration::from_millis(100)) => {}
-        }
+    // A process stopped before its schema was ready has nothing to drain.
+    tokio::select! {
+        () = &mut drained => return,
+        () = state.migrated() => {}
     }
     // The renewal job only starts renewal sagas (claimed with SKIP LOCKED: safe on every replica);
     // this worker's engine runs them.

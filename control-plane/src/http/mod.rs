@@ -7,7 +7,6 @@ mod extract;
 mod problem;
 pub mod versioning;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sqlx::PgPool;
@@ -31,7 +30,8 @@ pub struct ApiState {
     pub admin: Arc<AdminToken>,
     /// "Now" for time-dependent rules; the system clock unless [`ApiState::with_clock`] replaced it.
     pub clock: Arc<dyn Clock>,
-    migrated: Arc<AtomicBool>,
+    /// `true` once migrations are done; [`ApiState::migrated`] waits on it.
+    migrated: Arc<tokio::sync::watch::Sender<bool>>,
     /// Set when the process starts a graceful shutdown: long-lived responses (watch streams) end, so
     /// the server's drain does not wait for them forever.
     draining: Arc<tokio::sync::watch::Sender<bool>>,
@@ -47,7 +47,7 @@ impl ApiState {
             pool,
             admin: Arc::new(admin),
             clock: Arc::new(SystemClock),
-            migrated: Arc::new(AtomicBool::new(false)),
+            migrated: Arc::new(tokio::sync::watch::Sender::new(false)),
             draining: Arc::new(tokio::sync::watch::Sender::new(false)),
             stats: Arc::default(),
             saga_wake: Arc::default(),
@@ -62,11 +62,19 @@ impl ApiState {
 
     /// Marks the schema as migrated; the API answers 503 until then.
     pub fn set_migrated(&self) {
-        self.migrated.store(true, Ordering::Release);
+        self.migrated.send_replace(true);
     }
 
     pub fn is_migrated(&self) -> bool {
-        self.migrated.load(Ordering::Acquire)
+        *self.migrated.borrow()
+    }
+
+    /// Resolves once the schema is migrated (at once if it is): what background work waits on.
+    pub fn migrated(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.migrated.subscribe();
+        async move {
+            let _ = rx.wait_for(|m| *m).await;
+        }
     }
 
     /// Starts the drain: every long-lived response ends.

@@ -99,9 +99,7 @@ pub const WORKER_POLL: std::time::Duration = std::time::Duration::from_millis(50
 
 /// Waits until the state's schema is migrated.
 async fn migrated(state: &crate::http::ApiState) {
-    while !state.is_migrated() {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    state.migrated().await;
 }
 
 /// The delivery worker and the daily expiring-credit job of an admin-api process. Without SMTP,
