@@ -1,5 +1,5 @@
 //! Providers and routes: a provider's address, credential, pool and account headers; a route's prefix,
-//! upstream, filters, endpoints and resilience settings. Each rule has an invalid fixture in
+//! upstream, filters, endpoints, resilience and cache settings. Each rule has an invalid fixture in
 //! `config/tests/invalid/`.
 
 use super::resilience::BaseUrl;
@@ -163,8 +163,22 @@ pub(crate) fn route(
             &r.forward_headers,
         ),
         endpoints: endpoints?,
+        cache: None,
     };
     super::resilience::route(c, path, r, &mut route);
+    if let Some(spec) = &r.cache {
+        let ctx = super::cache::RouteContext {
+            tiers,
+            top: &file.cache,
+            total_timeout: route.timeouts.total,
+        };
+        route.cache = Some(super::cache::route_cache(
+            c,
+            &format!("{path}.cache"),
+            spec,
+            &ctx,
+        )?);
+    }
     Some(route)
 }
 
