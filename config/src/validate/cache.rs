@@ -3,8 +3,8 @@
 
 use super::Check;
 use crate::model::cache::{Cache, CacheRedis, CacheStoreKind, RouteCache};
-use crate::model::Tier;
-use crate::spec::{CacheRedisSpec, CacheSpec, RouteCacheSpec};
+use crate::model::{Tier, Timeouts};
+use crate::spec::{CacheRedisSpec, CacheSpec, RouteCacheSpec, RouteSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -62,21 +62,42 @@ fn redis(c: &mut Check<'_>, r: &CacheRedisSpec) -> Option<CacheRedis> {
     })
 }
 
-/// What a route's cache is checked against besides its own fields.
-pub(crate) struct RouteContext<'a> {
-    pub tiers: &'a BTreeMap<String, Tier>,
-    pub top: &'a CacheSpec,
-    /// The route's `timeouts.total`: nobody waits for a flight longer than the flight may take.
-    pub total_timeout: Duration,
+/// The route's `cache:`: `Some(None)` when it has none, `None` when it is in error.
+pub(crate) fn of_route(
+    c: &mut Check<'_>,
+    route: &str,
+    spec: &RouteSpec,
+    top: &CacheSpec,
+    tiers: &BTreeMap<String, Tier>,
+    timeouts: &Timeouts,
+) -> Option<Option<RouteCache>> {
+    let Some(s) = &spec.cache else {
+        return Some(None);
+    };
+    let ctx = RouteContext {
+        tiers,
+        top,
+        total_timeout: timeouts.total,
+    };
+    route_cache(c, route, s, &ctx).map(Some)
 }
 
-/// A route's `cache:` at `path` (`routes[i].cache`); `None` when anything is in error.
-pub(crate) fn route_cache(
+/// What a route's cache is checked against besides its own fields.
+struct RouteContext<'a> {
+    tiers: &'a BTreeMap<String, Tier>,
+    top: &'a CacheSpec,
+    /// The route's `timeouts.total`: nobody waits for a flight longer than the flight may take.
+    total_timeout: Duration,
+}
+
+/// The `cache:` of the route at `route` (`routes[i]`); `None` when anything is in error.
+fn route_cache(
     c: &mut Check<'_>,
-    path: &str,
+    route: &str,
     s: &RouteCacheSpec,
     ctx: &RouteContext<'_>,
 ) -> Option<RouteCache> {
+    let path = &format!("{route}.cache");
     let before = c.error_count();
     let store = s.store.unwrap_or(ctx.top.store);
     // A default inherited from `cache.store` is checked (and reported) there.

@@ -166,19 +166,8 @@ pub(crate) fn route(
         cache: None,
     };
     super::resilience::route(c, path, r, &mut route);
-    if let Some(spec) = &r.cache {
-        let ctx = super::cache::RouteContext {
-            tiers,
-            top: &file.cache,
-            total_timeout: route.timeouts.total,
-        };
-        route.cache = Some(super::cache::route_cache(
-            c,
-            &format!("{path}.cache"),
-            spec,
-            &ctx,
-        )?);
-    }
+    // After `resilience::route`: the cache's wait is bounded by the route's total timeout.
+    route.cache = super::cache::of_route(c, path, r, &file.cache, tiers, &route.timeouts)?;
     Some(route)
 }
 
