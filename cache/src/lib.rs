@@ -9,6 +9,12 @@
 //! The crate knows nothing of Pingora or the request context: everything it decides is a value, and
 //! the stores never return an error (a store that fails or is slow is a miss, counted).
 
+pub mod key;
+pub mod policy;
+
+pub use key::{canonical_json, request_key, KeyParts, Tenant};
+pub use policy::{BypassReason, CachePolicy, Decision, RequestFacts};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
