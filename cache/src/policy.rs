@@ -126,7 +126,8 @@ impl CachePolicy {
         &self.config
     }
 
-    /// The decision for one request: one parse of the body, no allocation beyond it and the key's.
+    /// The decision for one request: header checks first, then one parse of the body; the key's
+    /// canonical form is streamed into the hasher, never built as a string.
     pub fn decide(&self, facts: &RequestFacts<'_>) -> Decision {
         let (read, tenant) = match self.admit(facts) {
             Ok(admitted) => admitted,
