@@ -335,3 +335,31 @@ proptest! {
         prop_assert_eq!(canonical_json(&reparsed), canonical_json(&v));
     }
 }
+
+/// A tenant of any kind with short ids drawn from a small alphabet, so collisions of names across
+/// kinds and of concatenations (`ab`+`c` vs `a`+`bc`) are frequent.
+fn arb_tenant() -> impl Strategy<Value = (u8, String, String)> {
+    (0u8..3, "[abc]{0,3}", "[abc]{0,3}")
+}
+
+fn tenant_of((kind, a, b): &(u8, String, String)) -> Tenant<'_> {
+    match kind {
+        0 => Tenant::Org(a),
+        1 => Tenant::Key(a),
+        _ => Tenant::User { org: a, user: b },
+    }
+}
+
+/// Two tuples name the same tenant only when they are equal (the user id only counts for `User`).
+fn same_tenant(x: &(u8, String, String), y: &(u8, String, String)) -> bool {
+    x.0 == y.0 && x.1 == y.1 && (x.0 < 2 || x.2 == y.2)
+}
+
+proptest! {
+    #[test]
+    fn different_tenants_never_share_a_key(x in arb_tenant(), y in arb_tenant()) {
+        let kx = key_with(|p| p.tenant = tenant_of(&x));
+        let ky = key_with(|p| p.tenant = tenant_of(&y));
+        prop_assert_eq!(kx == ky, same_tenant(&x, &y), "{:?} {:?}", x, y);
+    }
+}
