@@ -35,11 +35,10 @@ fn redis(c: &mut Check<'_>, r: &CacheRedisSpec) -> Option<CacheRedis> {
     let url = c.interpolated("cache.redis.url", &r.url);
     if let Some(url) = &url {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            // The value is not repeated: an interpolated URL may carry a password.
             c.err(
                 "cache.redis.url",
-                format!(
-                    "`{url}` is not a Redis URL (write redis://host:port[/db] or rediss://...)"
-                ),
+                "`url` is not a Redis URL (write redis://host:port[/db] or rediss://...)",
             );
         }
     }
