@@ -100,6 +100,12 @@ impl MemoryStore {
         self.cache.run_pending_tasks();
     }
 
+    /// Whether `key` is held, without counting as a use (LRU order is unchanged; an entry past its
+    /// deadline on the injected clock but not yet reclaimed still counts).
+    pub fn contains(&self, key: &Key) -> bool {
+        self.cache.contains_key(key)
+    }
+
     /// Counters and current size.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
