@@ -154,6 +154,8 @@ impl RedisStore {
     fn record(&self, failure: &Failure) {
         match failure {
             Failure::Timeout => Counters::bump(&self.shared.counters.timeouts),
+            // The client's own connection timeout is a timeout too, not a server error.
+            Failure::Error(e) if e.is_timeout() => Counters::bump(&self.shared.counters.timeouts),
             Failure::Error(e) => {
                 Counters::bump(&self.shared.counters.errors);
                 tracing::debug!(error = %e, "cache: Redis call failed");
