@@ -42,7 +42,8 @@ impl Entry {
         if self.usage.is_some() {
             flags |= FLAG_USAGE;
         }
-        let mut out = Vec::with_capacity(64 + self.weight().min(body.len() + 256));
+        // Header, strings and usage fit in `weight()`'s 64 bytes of overhead beside the raw fields.
+        let mut out = Vec::with_capacity(self.weight() - self.body.len() + body.len());
         out.extend_from_slice(&[MAGIC, VERSION, flags]);
         out.extend_from_slice(&self.status.to_le_bytes());
         out.extend_from_slice(&self.stored_at_ms.to_le_bytes());

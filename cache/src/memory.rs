@@ -35,6 +35,17 @@ impl Expiry<Key, Slot> for SlotExpiry {
     fn expire_after_create(&self, _key: &Key, slot: &Slot, _at: Instant) -> Option<Duration> {
         Some(slot.ttl)
     }
+
+    /// A replaced entry gets its own TTL (moka's default would keep the old deadline).
+    fn expire_after_update(
+        &self,
+        _key: &Key,
+        slot: &Slot,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.ttl)
+    }
 }
 
 /// A byte-bounded LRU store with per-entry TTL. Cheap to clone (shared state).
