@@ -177,12 +177,14 @@ impl Drop for Session<'_> {
 
 /// How long librdkafka waits for more messages before a produce request. The publisher queues a
 /// whole drain's batch in one loop, well within this, so a drain leaves in one produce request
-/// (per partition leader; `batch.num.messages` 10,000 and `batch.size` 1 MB, the defaults, hold a
-/// 50 ms drain up to ~100,000 events/s). Longer would only delay the acknowledgement: the next
-/// batch is produced after this one's reports, so it never joins this one.
+/// (per partition leader; with the defaults `batch.size` 1 MB and `batch.num.messages` 10,000, up
+/// to ~30,000 events/s at ~600 bytes each; past that a drain takes a few). Longer would only delay
+/// the acknowledgement: the next batch is produced after this one's reports, never joining it.
 const LINGER_MS: &str = "5";
-/// `lz4`: see loadtests/results/events.md (usage section) for what it costs and saves.
-const COMPRESSION: &str = "lz4";
+/// No compression: lz4 cuts the bytes sent and stored 5.3× (604 → 113 per event) but costs the
+/// broker thread ~0.5 µs per event, a tenth of the producer's CPU budget (issue #15's 5%); see
+/// loadtests/results/events.md (usage section). Worth turning on where the link, not CPU, is scarce.
+const COMPRESSION: &str = "none";
 
 /// librdkafka's settings: idempotent, every replica acknowledges, deliveries give up after the
 /// configured timeout (then the event goes to the spool), and a restarted broker is found fast.
