@@ -203,3 +203,6 @@ fn producer_config(k: &Kafka) -> ClientConfig {
         .set("log_level", "4");
     c
 }
+
+#[cfg(test)]
+mod tests;
