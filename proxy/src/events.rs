@@ -5,12 +5,13 @@
 //! background drain (every 50 ms) encodes each record ([`encode`]: borrowed fields, no owned
 //! envelope) into one [`batch::Batch`] per drain and hands the whole batch to the publisher task in
 //! one channel send (one wake-up per drain, not per event). At most [`CHANNEL`] events wait for the
-//! publisher: past that the drain drops and counts, it never waits. The task owns an idempotent producer (`acks=all`,
-//! `enable.idempotence=true`), a plain `BaseProducer` it polls itself once per batch (no polling
-//! thread, no future per event: see [`publisher`]) and, when configured, the on-disk
-//! [`spool`]: events Kafka did not take within `delivery_timeout_ms` go there, and while the spool
-//! holds anything every new event joins it behind them, so they are replayed in order once Kafka is
-//! back. Absent `events.kafka`, no producer exists and usage records go to the log only.
+//! publisher: past that the drain drops and counts, it never waits. The task owns an idempotent
+//! producer (`acks=all`, `enable.idempotence=true`), a plain `BaseProducer` it polls itself once
+//! per batch (no polling thread, no future per event: see [`publisher`]) and, when configured, the
+//! on-disk [`spool`]: events Kafka did not take within `delivery_timeout_ms` go there, and while
+//! the spool holds anything every new event joins it behind them, so they are replayed in order
+//! once Kafka is back. Absent `events.kafka`, no producer exists and usage records go to the log
+//! only.
 
 pub mod batch;
 pub mod encode;
