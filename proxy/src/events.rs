@@ -184,7 +184,8 @@ impl Drop for Session<'_> {
 const LINGER_MS: &str = "5";
 /// No compression: lz4 cuts the bytes sent and stored 5.3× (604 → 113 per event) but costs the
 /// broker thread ~0.5 µs per event, a tenth of the producer's CPU budget (issue #15's 5%); see
-/// loadtests/results/events.md (usage section). Worth turning on where the link, not CPU, is scarce.
+/// loadtests/results/events.md (usage section). Worth turning on where the link, not the CPU, is
+/// scarce.
 const COMPRESSION: &str = "none";
 
 /// librdkafka's settings: idempotent, every replica acknowledges, deliveries give up after the

@@ -179,7 +179,7 @@ impl Publisher {
         }
     }
 
-    /// Sends `events` and waits for every delivery; the positions of the ones that failed, in order.
+    /// Sends `events` and waits for every delivery; the positions of the failed ones, in order.
     async fn send<'a>(&self, events: impl Iterator<Item = EventRef<'a>>) -> Vec<usize> {
         *self.producer.context().outcomes() = Outcomes::default();
         let mut refused = Vec::new();
@@ -290,7 +290,7 @@ impl Publisher {
         }
     }
 
-    /// Queue depth (events handed over plus the producer's in-flight messages) and the spool's size.
+    /// Queue depth (events handed over, plus the producer's in flight) and the spool's size.
     fn gauges(&self, from: &Handover) {
         if let Some(m) = crate::metrics::metrics() {
             let waiting = from.waiting.load(Ordering::Relaxed) as i64;
