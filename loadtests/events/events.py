@@ -11,7 +11,9 @@ load generator to CPU 1. Each run sends N requests at a fixed rate (oha -q) to e
 alternating between runs; CPU µs/request is the utime+stime delta of the gateway process over the run
 (read once every event of the run is acknowledged, so the producer's delivery work counts) divided by N.
 Events/s: N / (first request → last acknowledgement, `leaky_usage_events_published_total`). Then one
-unthrottled run (oha -c 64) against each gateway: the highest rate the producing one publishes at. Fails on
+unthrottled run (oha -c 64) against each gateway: the highest rate the producing one publishes at. Produce
+requests per run: the record batches the broker wrote to the topic (its segment files, read directly; one
+key, so one partition and one batch per request) against the run's 50 ms drains. Fails on
 any non-2xx answer, transport error, spooled or dropped event.
 
 saga: the control plane (release binary) over PostgreSQL, Redis and the payment stub with realistic
@@ -131,6 +133,32 @@ def metric(admin, name):
     return total
 
 
+def log_batches(a, topic):
+    """Record batches in the broker's log of `topic` (every partition): (batches, records, bytes,
+    codecs). Each produce request writes one batch per partition, and the bench's events have one key
+    (one partition), so batches = produce requests: read from the segment files' batch headers
+    (baseOffset int64, length int32, ..., attributes int16 at byte 21, record count int32 at 57)."""
+    data = os.path.join(a.work, "kafka", "data")
+    batches = records = size = 0
+    codecs = set()
+    for d in os.listdir(data):
+        if not d.startswith(topic + "-"):
+            continue
+        for seg in sorted(x for x in os.listdir(os.path.join(data, d)) if x.endswith(".log")):
+            with open(os.path.join(data, d, seg), "rb") as f:
+                while True:
+                    head = f.read(61)
+                    if len(head) < 61:
+                        break
+                    length = int.from_bytes(head[8:12], "big")
+                    codecs.add(("none", "gzip", "snappy", "lz4", "zstd")[int.from_bytes(head[21:23], "big") & 7])
+                    batches += 1
+                    records += int.from_bytes(head[57:61], "big")
+                    size += 12 + length
+                    f.seek(12 + length - 61, 1)
+    return batches, records, size, codecs
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[round((len(xs) - 1) * p)]
@@ -197,6 +225,7 @@ def oha(a, port, n, conc, rate=None):
 def measure(a, gw, n, rate, conc=16):
     """CPU µs/request, events/s and latency of n requests to gateway gw."""
     p0 = metric(gw["admin"], "leaky_usage_events_published_total")
+    b0 = log_batches(a, gw["topic"]) if gw["on"] else None
     c0, t0, th0 = cpu_seconds(gw["proc"].pid), time.monotonic(), thread_cpu(gw["proc"].pid)
     r = oha(a, gw["port"], n, conc, rate)
     if gw["on"]:
@@ -210,6 +239,11 @@ def measure(a, gw, n, rate, conc=16):
     th1 = thread_cpu(gw["proc"].pid)
     r["threads"] = {k: (v - th0.get(k, 0.0)) / n * 1e6 for k, v in th1.items()}
     r["eps"] = (metric(gw["admin"], "leaky_usage_events_published_total") - p0) / (t1 - t0)
+    if gw["on"]:
+        b1 = log_batches(a, gw["topic"])
+        r["batches"], r["records"], r["bytes"], r["codecs"] = (
+            b1[0] - b0[0], b1[1] - b0[1], b1[2] - b0[2], sorted(b1[3]))
+        r["drains"] = n / r["rps"] / 0.05  # the requests' span over the drain's 50 ms period
     return r
 
 
@@ -217,12 +251,14 @@ def start_gateway(a, name, stub, brokers):
     port, admin = free_port(), free_port()
     spool = os.path.join(a.work, f"spool-{name}")
     cfg = os.path.join(a.work, f"gw-{name}.yaml")
+    topic = f"leaky.usage.bench-{os.getpid()}"
     with open(cfg, "w") as f:
-        f.write(gateway_config(port, admin, stub, brokers, f"leaky.usage.bench-{os.getpid()}", spool))
+        f.write(gateway_config(port, admin, stub, brokers, topic, spool))
     p = start([a.bin, "proxy", "--config", cfg], os.path.join(a.work, f"gw-{name}.log"), cpu="0",
               env={"LEAKY_LOG": "warn"})
     wait_up(f"http://127.0.0.1:{admin}/healthz", f"gateway {name}", p)
-    return {"name": name, "port": port, "admin": f"127.0.0.1:{admin}", "proc": p, "on": bool(brokers)}
+    return {"name": name, "port": port, "admin": f"127.0.0.1:{admin}", "proc": p, "on": bool(brokers),
+            "topic": topic}
 
 
 def usage(a):
@@ -267,6 +303,13 @@ def report_usage(a, rows, sat):
         n = statistics.median(r[2]["threads"].get(k, 0.0) for r in rows)
         if o >= 0.05 or n >= 0.05:
             print(f"| `{k}` | {o:.1f} | {n:.1f} |")
+    print("\nProduce requests (record batches the broker wrote for the run; one key, so one partition and one batch per "
+          "request), the on gateway:\n")
+    print("| run | events | batches | events/batch | batches per 50 ms drain | bytes/event on disk | compression |")
+    print("|---|---|---|---|---|---|---|")
+    for run, _, on in rows + [("unthrottled", None, sat["on"])]:
+        print(f"| {run} | {on['records']} | {on['batches']} | {on['records'] / max(on['batches'], 1):.1f} | "
+              f"{on['batches'] / on['drains']:.2f} | {on['bytes'] / max(on['records'], 1):.0f} | {', '.join(on['codecs'])} |")
     off, on = sat["off"], sat["on"]
     print(f"\nUnthrottled (oha -c 64, {a.requests} requests): off {off['rps']:.0f} req/s, {off['cpu_us']:.1f} CPU "
           f"µs/request, p99 {off['p99']:.2f} ms; on {on['rps']:.0f} req/s, {on['eps']:.0f} events/s acknowledged, "

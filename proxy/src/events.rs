@@ -3,14 +3,17 @@
 //!
 //! The request path is untouched: it still does one lock-free push into the usage queue. The
 //! background drain (every 50 ms) encodes each record ([`encode`]: borrowed fields, no owned
-//! envelope) and hands it to the publisher task through a bounded channel (`try_send`: a full
-//! channel drops and counts, it never waits). The task owns an idempotent producer (`acks=all`,
-//! `enable.idempotence=true`), a plain `BaseProducer` it polls itself once per batch (no polling
-//! thread, no future per event: see [`publisher`]) and, when configured, the on-disk
-//! [`spool`]: events Kafka did not take within `delivery_timeout_ms` go there, and while the spool
-//! holds anything every new event joins it behind them, so they are replayed in order once Kafka is
-//! back. Absent `events.kafka`, no producer exists and usage records go to the log only.
+//! envelope) into one [`batch::Batch`] per drain and hands the whole batch to the publisher task in
+//! one channel send (one wake-up per drain, not per event). At most [`CHANNEL`] events wait for the
+//! publisher: past that the drain drops and counts, it never waits. The task owns an idempotent
+//! producer (`acks=all`, `enable.idempotence=true`), a plain `BaseProducer` it polls itself once
+//! per batch (no polling thread, no future per event: see [`publisher`]) and, when configured, the
+//! on-disk [`spool`]: events Kafka did not take within `delivery_timeout_ms` go there, and while
+//! the spool holds anything every new event joins it behind them, so they are replayed in order
+//! once Kafka is back. Absent `events.kafka`, no producer exists and usage records go to the log
+//! only.
 
+pub mod batch;
 pub mod encode;
 mod publisher;
 pub mod spool;
@@ -19,14 +22,15 @@ use leaky_config::model::events::Kafka;
 use leaky_wire::UsageRecord;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
-/// Events between two turns of the publisher: the usage queue's size, so a drain never overflows it
-/// while Kafka answers.
-const CHANNEL: usize = 65_536;
+/// Events handed over but not yet taken by the publisher: the usage queue's size, so a drain never
+/// overflows it while Kafka answers.
+pub const CHANNEL: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
@@ -54,8 +58,13 @@ pub struct Event {
 
 /// The drain's handle to the publisher task.
 pub struct Events {
-    tx: mpsc::Sender<Event>,
-    /// Locked once per drain (only the drain encodes): keeps the time cache and size hint.
+    /// One message per drain. Bounded in events by `waiting`, so its bound in batches is never hit.
+    tx: mpsc::Sender<batch::Batch>,
+    /// Events sent on `tx` and not yet received by the publisher.
+    waiting: Arc<AtomicUsize>,
+    /// Emptied batches the publisher returns, for the next drains' encoding.
+    pool: Arc<batch::Pool>,
+    /// Locked once per drain (only the drain encodes): keeps the time cache.
     encoder: Mutex<encode::Encoder>,
     stop: Arc<Notify>,
     /// Receives once the task has flushed at shutdown.
@@ -79,24 +88,38 @@ impl Events {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let stop = Arc::new(Notify::new());
         let (done_tx, done_rx) = std_mpsc::channel();
+        let (waiting, pool) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(batch::Pool::default()),
+        );
         let task = publisher::Publisher::new(producer, k.topic.clone(), spool);
-        tokio::spawn(task.run(rx, stop.clone(), done_tx));
+        let handover = publisher::Handover {
+            rx,
+            waiting: waiting.clone(),
+            pool: pool.clone(),
+        };
+        tokio::spawn(task.run(handover, stop.clone(), done_tx));
         Ok(Events {
             tx,
+            waiting,
+            pool,
             encoder: Mutex::new(encode::Encoder::new(source)),
             stop,
             stopped: Mutex::new(Some(done_rx)),
         })
     }
 
-    /// The drain's session: encodes and offers records with one lock for the whole drain.
+    /// The drain's session: encodes records into one batch with one lock for the whole drain; the
+    /// batch goes to the publisher when the session ends (dropped).
     pub fn session(&self) -> Session<'_> {
         let encoder = self
             .encoder
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Session {
-            tx: &self.tx,
+            events: self,
+            room: CHANNEL.saturating_sub(self.waiting.load(Ordering::Relaxed)),
+            batch: self.pool.take(),
             encoder,
         }
     }
@@ -114,23 +137,56 @@ impl Events {
     }
 }
 
-/// One drain's access to the publisher.
+/// One drain's access to the publisher: its events, sent as one batch when it is dropped.
 pub struct Session<'a> {
-    tx: &'a mpsc::Sender<Event>,
+    events: &'a Events,
+    /// Events this drain may still add before the publisher's backlog reaches [`CHANNEL`].
+    room: usize,
+    batch: batch::Batch,
     encoder: MutexGuard<'a, encode::Encoder>,
 }
 
 impl Session<'_> {
-    /// Hands `r`'s event to the publisher; a full channel drops and counts it (never waits).
+    /// Adds `r`'s event to the drain's batch; past the backlog's bound it is dropped and counted.
     pub fn offer(&mut self, r: &UsageRecord) {
-        let Some(event) = self.encoder.usage(r) else {
+        if self.batch.len() >= self.room {
+            publisher::dropped("queue_full", 1);
             return;
-        };
-        if self.tx.try_send(event).is_err() {
-            publisher::dropped("queue_full");
+        }
+        self.encoder.usage(r, &mut self.batch);
+    }
+}
+
+impl Drop for Session<'_> {
+    /// Hands the batch over in one send (never waits). `waiting` is raised first so the publisher,
+    /// which lowers it on receipt, never sees it below zero.
+    fn drop(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.is_empty() {
+            self.events.pool.give(batch);
+            return;
+        }
+        let n = batch.len();
+        self.events.waiting.fetch_add(n, Ordering::Relaxed);
+        if let Err(e) = self.events.tx.try_send(batch) {
+            self.events.waiting.fetch_sub(n, Ordering::Relaxed);
+            publisher::dropped("queue_full", n as u64);
+            self.events.pool.give(e.into_inner());
         }
     }
 }
+
+/// How long librdkafka waits for more messages before a produce request. The publisher queues a
+/// whole drain's batch in one loop, well within this, so a drain leaves in one produce request
+/// (per partition leader; with the defaults `batch.size` 1 MB and `batch.num.messages` 10,000, up
+/// to ~30,000 events/s at ~600 bytes each; past that a drain takes a few). Longer would only delay
+/// the acknowledgement: the next batch is produced after this one's reports, never joining it.
+const LINGER_MS: &str = "5";
+/// No compression: lz4 cuts the bytes sent and stored 5.3× (604 → 113 per event) but costs the
+/// broker thread ~0.5 µs per event, a tenth of the producer's CPU budget (issue #15's 5%); see
+/// loadtests/results/events.md (usage section). Worth turning on where the link, not the CPU, is
+/// scarce.
+const COMPRESSION: &str = "none";
 
 /// librdkafka's settings: idempotent, every replica acknowledges, deliveries give up after the
 /// configured timeout (then the event goes to the spool), and a restarted broker is found fast.
@@ -139,7 +195,8 @@ fn producer_config(k: &Kafka) -> ClientConfig {
     c.set("bootstrap.servers", k.brokers.join(","))
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", LINGER_MS)
+        .set("compression.type", COMPRESSION)
         .set(
             "message.timeout.ms",
             k.delivery_timeout.as_millis().to_string(),
@@ -148,3 +205,6 @@ fn producer_config(k: &Kafka) -> ClientConfig {
         .set("log_level", "4");
     c
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,8 +3,10 @@
 //! The drain encodes every request's event, so this is per-request CPU (issue #15's goal: the
 //! producer within 5% of the gateway's CPU). The envelope is serialized from borrowed fields
 //! ([`UsageEventRef`]), the id is formatted on the stack, and the RFC 3339 time reuses the date and
-//! clock part formatted once per second; the payload is the one allocation, sized from the last one.
+//! clock part formatted once per second; the payload is written into the drain's [`Batch`], whose
+//! buffer is reused from drain to drain (no allocation per event).
 
+use super::batch::Batch;
 use super::Event;
 use leaky_wire::event::{usage_key, UsageEventRef};
 use leaky_wire::UsageRecord;
@@ -21,8 +23,6 @@ pub struct Encoder {
     prefix: String,
     /// The current event's time (reused: cleared, never shrunk).
     time: String,
-    /// The last payload's length: the next payload's capacity, so it is never grown.
-    hint: usize,
 }
 
 impl Encoder {
@@ -32,29 +32,42 @@ impl Encoder {
             second: None,
             prefix: String::new(),
             time: String::with_capacity(32),
-            hint: 512,
         }
     }
 
-    /// `r`'s event at the current UTC time with a fresh id (kept across retries and replays).
-    pub fn usage(&mut self, r: &UsageRecord) -> Option<Event> {
+    /// Appends `r`'s event at the current UTC time with a fresh id (kept across retries and
+    /// replays) to `batch`; `false` if it could not be encoded (nothing is appended then).
+    pub fn usage(&mut self, r: &UsageRecord, batch: &mut Batch) -> bool {
         let id = uuid::Uuid::new_v4();
-        self.encode(r, id, OffsetDateTime::now_utc())
+        self.encode_into(r, id, OffsetDateTime::now_utc(), batch)
     }
 
-    /// `r`'s event with the given id and time (the tests fix both).
+    /// `r`'s event with the given id and time, as its own [`Event`] (the tests fix both).
     pub fn encode(&mut self, r: &UsageRecord, id: uuid::Uuid, at: OffsetDateTime) -> Option<Event> {
-        self.format_time(at)?;
+        let mut batch = Batch::default();
+        if !self.encode_into(r, id, at, &mut batch) {
+            return None;
+        }
+        batch.get(0)?.to_event()
+    }
+
+    /// Appends `r`'s event with the given id and time to `batch`: the JSON is written straight
+    /// into the batch's (reused) buffer.
+    pub fn encode_into(
+        &mut self,
+        r: &UsageRecord,
+        id: uuid::Uuid,
+        at: OffsetDateTime,
+        batch: &mut Batch,
+    ) -> bool {
+        if self.format_time(at).is_none() {
+            return false;
+        }
         let mut id_buf = uuid::Uuid::encode_buffer();
         let id = id.hyphenated().encode_lower(&mut id_buf);
-        let mut payload = Vec::with_capacity(self.hint);
         let event = UsageEventRef::new(r, id, &self.source, &self.time);
-        serde_json::to_writer(&mut payload, &event).ok()?;
-        self.hint = payload.len().max(self.hint);
-        Some(Event {
-            key: usage_key(r).to_owned(),
-            traceparent: r.traceparent.clone(),
-            payload: String::from_utf8(payload).ok()?,
+        batch.push(usage_key(r), r.traceparent.as_deref(), |buf| {
+            serde_json::to_writer(buf, &event).is_ok()
         })
     }
 

@@ -1,7 +1,8 @@
 //! The publisher task: sends events in batches and keeps order through outages with the spool.
 //!
-//! Online (spool empty): take what the channel holds (up to [`BATCH`]), send it all, await every
-//! delivery; what Kafka refused or timed out goes to the spool, in order. Offline (spool not empty):
+//! Online (spool empty): take the next drain's [`Batch`] (one channel message per drain), send it
+//! all in one loop, await every delivery; what Kafka refused or timed out goes to the spool, in
+//! order; the emptied batch goes back to the drain's free list. Offline (spool not empty):
 //! every new event joins the spool behind the older ones, and every [`RETRY_EVERY`] the oldest
 //! spooled events are sent again; the delivered ones leave the spool, and once it is empty the task
 //! is online again. Without a spool, undeliverable events are dropped and counted.
@@ -12,18 +13,20 @@
 //! reports land in [`Deliveries`] (the producer's context) as the batch position of each failure;
 //! every queued message gets exactly one report within `message.timeout.ms`, so a batch always ends.
 
+use super::batch::{Batch, EventRef, Pool};
 use super::spool::Spool;
 use super::Event;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
-/// Events sent at once.
-const BATCH: usize = 512;
+/// Spooled events sent again at once.
+const REPLAY_BATCH: usize = 512;
 /// Pause between two replay attempts while Kafka is away.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How long the shutdown flush waits for Kafka before spooling the rest.
@@ -76,10 +79,36 @@ pub(super) struct Publisher {
     spool: Option<Spool>,
 }
 
-/// Counts a dropped event by reason (`queue_full`, `spool_full`, `no_spool`, `spool_error`).
-pub(super) fn dropped(reason: &str) {
+/// The publisher's end of the drain's handover: the batches, the count of events in them (lowered
+/// on receipt) and the free list the sent batches go back to.
+pub(super) struct Handover {
+    pub(super) rx: mpsc::Receiver<Batch>,
+    pub(super) waiting: Arc<AtomicUsize>,
+    pub(super) pool: Arc<Pool>,
+}
+
+impl Handover {
+    /// The next batch without waiting.
+    fn try_recv(&mut self) -> Option<Batch> {
+        let b = self.rx.try_recv().ok()?;
+        self.waiting.fetch_sub(b.len(), Ordering::Relaxed);
+        Some(b)
+    }
+
+    /// The next batch; `None` once every sender is gone.
+    async fn recv(&mut self) -> Option<Batch> {
+        let b = self.rx.recv().await?;
+        self.waiting.fetch_sub(b.len(), Ordering::Relaxed);
+        Some(b)
+    }
+}
+
+/// Counts `n` dropped events by reason (`queue_full`, `spool_full`, `no_spool`, `spool_error`).
+pub(super) fn dropped(reason: &str, n: u64) {
     if let Some(m) = crate::metrics::metrics() {
-        m.usage_events_dropped.with_label_values(&[reason]).inc();
+        m.usage_events_dropped
+            .with_label_values(&[reason])
+            .inc_by(n);
     }
 }
 
@@ -103,14 +132,14 @@ impl Publisher {
     /// The task's loop, until `stop` is notified; then the shutdown flush, and `done` is signalled.
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Event>,
+        mut from: Handover,
         stop: Arc<Notify>,
         done: std_mpsc::Sender<()>,
     ) {
         loop {
-            self.gauges(&rx);
+            self.gauges(&from);
             if self.spooling() {
-                self.spool_all(&mut rx);
+                self.spool_all(&mut from);
                 if self.replay().await {
                     continue;
                 }
@@ -119,61 +148,53 @@ impl Publisher {
                     _ = stop.notified() => break,
                 }
             }
-            let first = tokio::select! {
-                e = rx.recv() => e,
+            let batch = tokio::select! {
+                b = from.recv() => b,
                 _ = stop.notified() => break,
             };
-            let Some(first) = first else { break };
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                }
-            }
-            let failed = self.send(&batch).await;
-            for i in failed {
-                self.spool_one(&batch[i]);
-            }
+            let Some(batch) = batch else { break };
+            let failed = self.send(batch.iter()).await;
+            self.spool_failed(&batch, failed);
+            from.pool.give(batch);
         }
-        self.flush(&mut rx).await;
+        self.flush(&mut from).await;
         let _ = done.send(());
     }
 
-    /// Shutdown: sends what the channel holds (unless spooling: then it joins the spool) and waits
-    /// for the producer's queue, up to [`FLUSH_WITHIN`].
-    async fn flush(&mut self, rx: &mut mpsc::Receiver<Event>) {
-        let mut batch = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            batch.push(e);
+    /// Shutdown: sends what the channel holds as one batch (unless spooling: then it joins the
+    /// spool) and waits for the producer's queue, up to [`FLUSH_WITHIN`].
+    async fn flush(&mut self, from: &mut Handover) {
+        let mut all = Batch::default();
+        while let Some(b) = from.try_recv() {
+            all.append(&b);
         }
         if self.spooling() {
-            batch.iter().for_each(|e| self.spool_one(e));
+            self.spool_failed(&all, 0..all.len());
             return;
         }
-        let sent = tokio::time::timeout(FLUSH_WITHIN, self.send(&batch)).await;
+        let sent = tokio::time::timeout(FLUSH_WITHIN, self.send(all.iter())).await;
         match sent {
-            Ok(failed) => failed.into_iter().for_each(|i| self.spool_one(&batch[i])),
-            Err(_) => batch.iter().for_each(|e| self.spool_one(e)),
+            Ok(failed) => self.spool_failed(&all, failed),
+            Err(_) => self.spool_failed(&all, 0..all.len()),
         }
     }
 
-    /// Sends `batch` and waits for every delivery; the positions of the ones that failed, in order.
-    async fn send(&self, batch: &[Event]) -> Vec<usize> {
+    /// Sends `events` and waits for every delivery; the positions of the failed ones, in order.
+    async fn send<'a>(&self, events: impl Iterator<Item = EventRef<'a>>) -> Vec<usize> {
         *self.producer.context().outcomes() = Outcomes::default();
         let mut refused = Vec::new();
         let mut queued = 0;
-        for (i, e) in batch.iter().enumerate() {
+        for (i, e) in events.enumerate() {
             let mut record = BaseRecord::with_opaque_to(&self.topic, i)
-                .key(e.key.as_bytes())
-                .payload(e.payload.as_bytes());
-            if let Some(tp) = &e.traceparent {
+                .key(e.key)
+                .payload(e.payload);
+            if let Some(tp) = e.traceparent {
                 record = record.headers(OwnedHeaders::new().insert(Header {
                     key: "traceparent",
-                    value: Some(tp.as_bytes()),
+                    value: Some(tp),
                 }));
             }
-            // The producer's queue holds 100 000 messages; this loop queues at most BATCH.
+            // The producer's queue holds 100,000 messages, more than a batch (at most CHANNEL).
             match self.producer.send(record) {
                 Ok(()) => queued += 1,
                 Err(_) => {
@@ -212,15 +233,14 @@ impl Publisher {
         let Some(spool) = self.spool.as_mut() else {
             return true;
         };
-        let batch = match spool.peek(BATCH) {
+        let batch = match spool.peek(REPLAY_BATCH) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "usage events: reading the spool failed");
                 return false;
             }
         };
-        let events: Vec<Event> = batch.iter().map(|(_, e)| e.clone()).collect();
-        let failed = self.send(&events).await;
+        let failed = self.send(batch.iter().map(|(_, e)| e.borrowed())).await;
         let delivered: Vec<usize> = (0..batch.len())
             .filter(|i| !failed.contains(i))
             .map(|i| batch[i].0)
@@ -234,15 +254,26 @@ impl Publisher {
     }
 
     /// Moves everything the channel holds into the spool (order kept: older events are there).
-    fn spool_all(&mut self, rx: &mut mpsc::Receiver<Event>) {
-        while let Ok(e) = rx.try_recv() {
-            self.spool_one(&e);
+    fn spool_all(&mut self, from: &mut Handover) {
+        while let Some(b) = from.try_recv() {
+            self.spool_failed(&b, 0..b.len());
+            from.pool.give(b);
+        }
+    }
+
+    /// Spools the events of `batch` at `positions` (ascending), in that order.
+    fn spool_failed(&mut self, batch: &Batch, positions: impl IntoIterator<Item = usize>) {
+        for i in positions {
+            match batch.get(i).and_then(EventRef::to_event) {
+                Some(e) => self.spool_one(&e),
+                None => dropped("spool_error", 1),
+            }
         }
     }
 
     fn spool_one(&mut self, e: &Event) {
         let Some(spool) = self.spool.as_mut() else {
-            dropped("no_spool");
+            dropped("no_spool", 1);
             return;
         };
         match spool.append(e) {
@@ -251,18 +282,19 @@ impl Publisher {
                     m.usage_events_spooled.inc();
                 }
             }
-            Ok(false) => dropped("spool_full"),
+            Ok(false) => dropped("spool_full", 1),
             Err(err) => {
                 tracing::error!(error = %err, "usage events: writing the spool failed");
-                dropped("spool_error");
+                dropped("spool_error", 1);
             }
         }
     }
 
-    /// Queue depth (the channel plus the producer's in-flight messages) and the spool's size.
-    fn gauges(&self, rx: &mpsc::Receiver<Event>) {
+    /// Queue depth (events handed over, plus the producer's in flight) and the spool's size.
+    fn gauges(&self, from: &Handover) {
         if let Some(m) = crate::metrics::metrics() {
-            let depth = rx.len() as i64 + i64::from(self.producer.in_flight_count());
+            let waiting = from.waiting.load(Ordering::Relaxed) as i64;
+            let depth = waiting + i64::from(self.producer.in_flight_count());
             m.usage_events_queue_depth.set(depth);
             m.usage_events_spool_bytes
                 .set(self.spool.as_ref().map_or(0, |s| s.bytes() as i64));

@@ -101,20 +101,42 @@ fn matches_the_owned_encoding_for_every_shape() {
     assert_eq!(e.payload, reference(&r, at));
     assert_eq!(e.key, "-");
     assert_eq!(e.traceparent, None);
-    // A longer event after a short one: the capacity hint only sizes, never truncates.
-    r.model = "m".repeat(2000);
-    assert_eq!(enc.encode(&r, id(), at).unwrap().payload, reference(&r, at));
+}
+
+/// Events encoded one after another into one batch (a drain) are each the owned path's bytes,
+/// with their own keys and headers: the shared buffer never mixes them.
+#[test]
+fn a_batch_holds_each_event_exactly() {
+    let mut enc = Encoder::new(SOURCE.into());
+    let at = datetime!(2026-11-30 00:33:53.601 UTC);
+    let mut batch = Batch::default();
+    let mut short = record();
+    (short.org, short.traceparent) = (None, None);
+    let mut long = record();
+    long.model = "m".repeat(2000);
+    let records = [record(), short, long, record()];
+    for r in &records {
+        assert!(enc.encode_into(r, id(), at, &mut batch));
+    }
+    assert_eq!(batch.len(), records.len());
+    for (r, e) in records.iter().zip(batch.iter()) {
+        let e = e.to_event().unwrap();
+        assert_eq!(e.payload, reference(r, at));
+        assert_eq!(e.key, leaky_wire::event::usage_key(r));
+        assert_eq!(e.traceparent, r.traceparent);
+    }
 }
 
 /// `usage` stamps a fresh id per event and the current time.
 #[test]
 fn usage_gives_each_event_its_own_id() {
     let mut enc = Encoder::new(SOURCE.into());
-    let parse = |e: Event| serde_json::from_str::<serde_json::Value>(&e.payload).unwrap();
-    let (a, b) = (
-        parse(enc.usage(&record()).unwrap()),
-        parse(enc.usage(&record()).unwrap()),
-    );
+    let mut batch = Batch::default();
+    assert!(enc.usage(&record(), &mut batch));
+    assert!(enc.usage(&record(), &mut batch));
+    let parse =
+        |i| serde_json::from_slice::<serde_json::Value>(batch.get(i).unwrap().payload).unwrap();
+    let (a, b) = (parse(0), parse(1));
     assert_ne!(a["id"], b["id"]);
     let t = OffsetDateTime::parse(a["time"].as_str().unwrap(), &Rfc3339).unwrap();
     assert!((OffsetDateTime::now_utc() - t).whole_seconds().abs() < 60);
