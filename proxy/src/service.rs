@@ -185,7 +185,7 @@ impl Gateway {
         ctx.ledger.upstream(holds);
         ctx.exchange.upstream = Some(up.clone());
         ctx.req.provider = Some(up.provider.clone());
-        let reusable = relay::relay(session, ctx, route, &up, &mut response).await?;
+        let reusable = relay::relay(session, ctx, route, &up, &mut response, None).await?;
         if reusable {
             if let Some(d) = up.pool.deployments.get(deployment) {
                 upstream::release(d, response.session).await;
