@@ -9,6 +9,24 @@
 //! The crate knows nothing of Pingora or the request context: everything it decides is a value, and
 //! the stores never return an error (a store that fails or is slow is a miss, counted).
 
+pub mod key;
+pub mod policy;
+
+pub use key::{canonical_json, request_key, KeyParts, Tenant};
+pub use policy::{BypassReason, CachePolicy, Decision, RequestFacts};
+
+mod codec;
+pub mod flight;
+pub mod memory;
+pub mod redis_store;
+mod stats;
+
+pub use codec::MAX_BODY;
+pub use flight::{Flights, Follower, Join, Leader};
+pub use memory::MemoryStore;
+pub use redis_store::{RedisStore, RedisStoreError};
+pub use stats::{system_clock, Clock, ManualClock, StoreStats};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -84,4 +102,8 @@ pub trait Store: Send + Sync {
     async fn get(&self, key: &Key) -> Lookup;
     /// Stores `entry` for `ttl`; returns whether it was stored.
     async fn put(&self, key: &Key, entry: Arc<Entry>, ttl: Duration) -> bool;
+    /// A snapshot of the store's counters and gauges (rendered as metrics by the proxy).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 }

@@ -156,3 +156,40 @@ pub enum ConcurrencyScope {
     /// The principal's org, else its user.
     Org,
 }
+
+/// Where a route's cached answers live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheStoreKind {
+    /// This process's byte-bounded LRU (`cache.memory`).
+    #[default]
+    Memory,
+    /// The shared Redis of `cache.redis`: every proxy replica sees the same answers.
+    Redis,
+}
+
+/// Whose answers a cached answer may be served to. Two tenants never share an entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheScope {
+    /// Everyone in the caller's organization (a principal without an org: its own API key).
+    #[default]
+    Org,
+    /// Only the same API key.
+    Key,
+    /// Only the same user within the same organization (a principal without a user: its key).
+    User,
+}
+
+/// Which requests with sampling randomness may be cached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheTemperature {
+    /// Only greedy requests (`temperature: 0` or `top_p: 0`; an absent temperature is 1).
+    #[default]
+    Never,
+    /// Greedy requests and requests that name a `seed`.
+    Seeded,
+    /// Any request: a hit replays one sample of a random answer.
+    Always,
+}

@@ -10,8 +10,10 @@
 //! - `endpoints`: a route's endpoint allow-list and its pattern match;
 //! - `forwarding`: header patterns, never-forwarded headers, trusted proxy networks;
 //! - `flags`: feature flags and their evaluation (shared with the control plane);
-//! - `events`: where usage events are published.
+//! - `events`: where usage events are published;
+//! - `cache`: the response cache's stores and each route's cache policy.
 
+pub mod cache;
 pub mod endpoints;
 pub mod events;
 pub mod filters;
@@ -24,6 +26,7 @@ pub use crate::common::{
     AlgorithmKind, ConcurrencyScope, Dialect, Dimension, EndpointMethod, ModelSource,
     OnStoreErrorSpec, Priority, QuotaWindow, Unit, UpstreamAuth,
 };
+pub use cache::{Cache, CacheRedis, CacheScope, CacheStoreKind, CacheTemperature, RouteCache};
 pub use filters::*;
 pub use flags::{Flag, Flags, KnownFlag, STREAM_USAGE_INJECTION};
 pub use forwarding::{Cidr, HeaderPattern, NEVER_FORWARDED};
@@ -49,6 +52,8 @@ pub struct Config {
     pub flags: flags::Flags,
     /// Where usage events are published (read at start).
     pub events: events::Events,
+    /// Where the response cache keeps answers.
+    pub cache: cache::Cache,
     /// Files this config was read from, overlay first.
     pub files: Vec<PathBuf>,
     /// Directory of the top-level file; relative paths in filters resolve against it.
@@ -210,6 +215,8 @@ pub struct Route {
     pub forward_headers: Vec<forwarding::HeaderPattern>,
     /// The endpoint allow-list: the dialect's defaults (unless turned off), then the route's own.
     pub endpoints: Vec<endpoints::Endpoint>,
+    /// The response cache of this route (`None`: off).
+    pub cache: Option<cache::RouteCache>,
 }
 
 impl Route {

@@ -11,8 +11,10 @@
 //! - `resilience`: pools, breakers, health checks, bulkheads, timeouts, retries, fallbacks;
 //! - `endpoints`: a route's endpoint allow-list;
 //! - `flags`: feature flags;
-//! - `events`: where usage events are published (Kafka).
+//! - `events`: where usage events are published (Kafka);
+//! - `cache`: the response cache's stores and a route's `cache:`.
 
+mod cache;
 mod endpoints;
 mod events;
 mod filters;
@@ -20,7 +22,10 @@ mod flags;
 mod limits;
 mod resilience;
 
-pub use crate::common::{Dialect, ModelSource, Priority, UpstreamAuth};
+pub use crate::common::{
+    CacheScope, CacheStoreKind, CacheTemperature, Dialect, ModelSource, Priority, UpstreamAuth,
+};
+pub use cache::*;
 pub use endpoints::*;
 pub use events::*;
 pub use filters::*;
@@ -69,6 +74,9 @@ pub struct ConfigFile {
     /// Where usage events are published (absent: the log only). Read at start.
     #[serde(default, skip_serializing_if = "is_default")]
     pub events: events::EventsSpec,
+    /// Where the response cache keeps answers (routes opt in with their own `cache:`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cache: cache::CacheSpec,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -289,6 +297,9 @@ pub struct RouteSpec {
     /// model-listing endpoints unless configured otherwise; anything else is a 404 in the route's dialect.
     #[serde(default)]
     pub endpoints: endpoints::EndpointsSpec,
+    /// The response cache of this route (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<cache::RouteCacheSpec>,
 }
 
 fn default_dialect() -> Dialect {

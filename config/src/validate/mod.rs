@@ -5,8 +5,10 @@
 //! - `mod.rs`: the entry point, `server`, tiers, keys;
 //! - `routes`: providers and routes (prefix, upstream);
 //! - `filters`: a route's filter chain (`FilterSpec` → `FilterConfig`);
-//! - `limits`, `resilience`, `endpoints`, `forwarding`, `flags`: the rules of those sections.
+//! - `limits`, `resilience`, `endpoints`, `forwarding`, `flags`, `events`, `cache`: the rules of those
+//!   sections.
 
+mod cache;
 mod endpoints;
 mod events;
 mod filters;
@@ -123,6 +125,7 @@ pub(crate) fn validate(
     let limits = limits::limits(&mut c, &file);
     let flags = flags::flags(&mut c, &file.flags);
     let events = events::events(&mut c, &file.events, &base_dir);
+    let cache = cache::cache(&mut c, &file.cache);
     match server {
         Some(server) if c.errors.is_empty() => Ok(Config {
             server,
@@ -133,6 +136,7 @@ pub(crate) fn validate(
             limits,
             flags,
             events,
+            cache,
             files,
             base_dir,
             hash,

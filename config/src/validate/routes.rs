@@ -1,5 +1,5 @@
 //! Providers and routes: a provider's address, credential, pool and account headers; a route's prefix,
-//! upstream, filters, endpoints and resilience settings. Each rule has an invalid fixture in
+//! upstream, filters, endpoints, resilience and cache settings. Each rule has an invalid fixture in
 //! `config/tests/invalid/`.
 
 use super::resilience::BaseUrl;
@@ -163,8 +163,11 @@ pub(crate) fn route(
             &r.forward_headers,
         ),
         endpoints: endpoints?,
+        cache: None,
     };
     super::resilience::route(c, path, r, &mut route);
+    // After `resilience::route`: the cache's wait is bounded by the route's total timeout.
+    route.cache = super::cache::of_route(c, path, r, &file.cache, tiers, &route.timeouts)?;
     Some(route)
 }
 
