@@ -69,6 +69,11 @@ impl Capture {
         self.chunks.push(chunk.clone());
     }
 
+    /// The answer outgrew `max_entry_bytes` (it is not stored).
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
     /// The body ended normally and all of it was written to the client.
     pub fn complete(&mut self) {
         self.complete = true;

@@ -337,8 +337,10 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), ["finish Some(200)"]);
     }
 
+    type UsageLog = Arc<Mutex<Vec<(String, Option<TokenUsage>)>>>;
+
     /// Records the usage it was settled with (`settle` or `finish`).
-    struct UsageProbe(Arc<Mutex<Vec<(String, Option<TokenUsage>)>>>);
+    struct UsageProbe(UsageLog);
 
     #[async_trait]
     impl Hold for UsageProbe {
@@ -349,8 +351,6 @@ mod tests {
             self.0.lock().unwrap().push(("finish".into(), o.usage));
         }
     }
-
-    type UsageLog = Arc<Mutex<Vec<(String, Option<TokenUsage>)>>>;
 
     /// A ledger replaying a stored non-streamed answer (12 prompt + 31 completion tokens) with
     /// `charge`, its hold probed.

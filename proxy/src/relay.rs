@@ -12,6 +12,7 @@ use crate::ctx::{Ctx, Fail};
 use crate::exchange::Tenant;
 use crate::headers::ConnectionNamed;
 use crate::request;
+use crate::response_cache::{Outcome, CACHE_HEADER};
 use crate::snapshot::{CompiledRoute, Upstream};
 use crate::upstream;
 use bytes::Bytes;
@@ -231,9 +232,15 @@ pub(crate) async fn forward(
         .map_err(Fail::Abort)
 }
 
-/// Headers every response carries: `x-request-id` and whatever the chain asked for.
+/// Headers every response carries: `x-request-id`, whatever the chain asked for, and on a
+/// cache-enabled route `x-leaky-cache` (`bypass` until the cache decided: a refusal before it was
+/// neither looked up nor stored).
 pub(crate) fn finish_headers(out: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     out.insert_header("x-request-id", ctx.req.request_id.as_str())?;
+    if ctx.route().is_some_and(|r| r.cache.is_some()) {
+        let outcome = ctx.response.cache.unwrap_or(Outcome::Bypass);
+        out.insert_header(CACHE_HEADER, outcome.label())?;
+    }
     for (name, value) in ctx.req.response_headers.drain(..) {
         out.insert_header(name, value)?;
     }

@@ -8,17 +8,15 @@
 //! goes out at once, whole, with a `Content-Length`: no artificial pacing.
 //!
 //! Headers: the stored status and `content-type`, the gateway's usual ones (`x-request-id`, what
-//! the chain added: the `x-ratelimit-*` family), `x-leaky-served-model`, `x-leaky-cache: hit` and
-//! `Age` (whole seconds since it was stored).
+//! the chain added: the `x-ratelimit-*` family), `x-leaky-served-model`, `x-leaky-cache: hit` (written by
+//! `relay::finish_headers`) and `Age` (whole seconds since it was stored).
 
 use crate::ctx::{Ctx, Fail};
 use crate::relay::finish_headers;
+use crate::response_cache::Outcome;
 use leaky_cache::Entry;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-
-/// The `x-leaky-cache` response header: how the response cache treated the request.
-pub(crate) const CACHE_HEADER: &str = "x-leaky-cache";
 
 /// Answers the request from `entry`; `charge` is the route's share of the original usage the
 /// holds settle with; `now_ms` the unix time in milliseconds (for `Age`).
@@ -79,11 +77,7 @@ fn gateway_headers(
     if let Some(v) = served.and_then(|m| http::HeaderValue::from_str(m).ok()) {
         out.insert_header("x-leaky-served-model", v)?;
     }
-    // The chain may have said `miss` before the lookup answered: this one replaces it.
-    ctx.req
-        .response_headers
-        .retain(|(name, _)| name.as_str() != CACHE_HEADER);
-    out.insert_header(CACHE_HEADER, "hit")?;
+    ctx.response.cache = Some(Outcome::Hit);
     out.insert_header(http::header::AGE, age_seconds(entry.stored_at_ms, now_ms))?;
     finish_headers(out, ctx)
 }
@@ -138,13 +132,9 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_headers_say_hit_once_with_age_and_length() {
+    fn the_gateway_headers_have_age_and_length() {
         let mut ctx = Ctx::new();
         ctx.req.request_id = "req-1".into();
-        ctx.req.response_headers.push((
-            http::HeaderName::from_static(CACHE_HEADER),
-            http::HeaderValue::from_static("miss"),
-        ));
         ctx.req.response_headers.push((
             http::HeaderName::from_static("x-ratelimit-remaining-requests"),
             http::HeaderValue::from_static("9"),
@@ -153,8 +143,7 @@ mod tests {
         let mut out = head(&e).unwrap();
         gateway_headers(&mut out, &mut ctx, &e, 2, 13_000).unwrap();
         let h = &out.headers;
-        assert_eq!(h.get_all(CACHE_HEADER).iter().count(), 1);
-        assert_eq!(h[CACHE_HEADER], "hit");
+        assert_eq!(ctx.response.cache, Some(Outcome::Hit));
         assert_eq!(h[http::header::AGE], "3");
         assert_eq!(h[http::header::CONTENT_LENGTH], "2");
         assert_eq!(h["x-request-id"], "req-1");
