@@ -55,6 +55,11 @@ fn config(up: &Upstreams, route_cache: &str, memory: u64, redis: Option<&str>) -
             1,
         )
         .replacen(
+            "    upstream: { provider: gemini, path_prefix: /v1beta }\n    filters: *chain\n",
+            &format!("    upstream: {{ provider: gemini, path_prefix: /v1beta }}\n    filters: *chain\n    cache: {route_cache}\n"),
+            1,
+        )
+        .replacen(
             "  pro: { priority: normal }\n",
             "  pro:
     limits:
@@ -337,6 +342,71 @@ async fn a_stream_is_replayed_byte_identical_in_memory() {
 #[tokio::test]
 async fn a_stream_is_replayed_byte_identical_in_redis() {
     streams_replay(Kind::Redis).await;
+}
+
+/// Gemini native: a `streamGenerateContent` SSE stream is replayed byte for byte in Google's own
+/// format (every event a `GenerateContentResponse`, usage in the last), and so is `generateContent`.
+#[tokio::test]
+async fn a_gemini_native_stream_is_replayed_in_its_own_format() {
+    let rig = rig(Kind::Memory, "").await;
+    let gw = &rig.gw;
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "Stream me a poem."}]}],
+        "generationConfig": {"temperature": 0}});
+    let mut n = 0.0;
+    for method in ["streamGenerateContent?alt=sse", "generateContent"] {
+        let url = gw.url(&format!("/gemini/v1beta/models/gemini-2.5-flash:{method}"));
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let r = gw
+                .client
+                .post(&url)
+                .header("x-goog-api-key", PRO_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let cache = r.headers()["x-leaky-cache"].to_str().unwrap().to_string();
+            answers.push((cache, r.text().await.unwrap()));
+            if answers.len() == 1 {
+                n += 1.0;
+                wait_stored(gw, Kind::Memory, n).await;
+            }
+        }
+        assert_eq!(
+            (answers[0].0.as_str(), answers[1].0.as_str()),
+            ("miss", "hit")
+        );
+        assert_eq!(
+            answers[1].1, answers[0].1,
+            "{method}: byte-identical replay"
+        );
+    }
+    let stream = ask_gemini_events(&rig).await;
+    assert!(stream.len() > 1);
+    assert!(!stream.last().unwrap()["usageMetadata"].is_null());
+}
+
+/// The events of the cached Gemini stream (a third request: a hit).
+async fn ask_gemini_events(rig: &Rig) -> Vec<Value> {
+    let gw = &rig.gw;
+    let r = gw
+        .client
+        .post(gw.url("/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"))
+        .header("x-goog-api-key", PRO_KEY)
+        .json(
+            &json!({"contents": [{"role": "user", "parts": [{"text": "Stream me a poem."}]}],
+            "generationConfig": {"temperature": 0}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-leaky-cache"], "hit");
+    let text = r.text().await.unwrap().replace("\r\n", "\n");
+    events(&text)
+        .into_iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
 }
 
 /// A stream the gateway cut (the upstream stalled) is never stored: the next request misses.
