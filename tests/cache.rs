@@ -257,6 +257,23 @@ async fn hit_miss_bypass(kind: Kind) {
     ] {
         assert!(text.contains(sample), "{sample} in\n{text}");
     }
+    let label = match kind {
+        Kind::Memory => "memory",
+        Kind::Redis => "redis",
+    };
+    let lookups = format!("leaky_cache_lookup_duration_seconds_count{{store=\"{label}\"}}");
+    // The miss and the hit looked up; bypasses and the no-cache refresh did not.
+    assert_eq!(gw.metric(&lookups).await, 2.0, "{text}");
+    // The hit's original usage counts as tokens served from the cache.
+    let hit_usage = &serde_json::from_str::<Value>(&second.body).unwrap()["usage"];
+    let completion = gw
+        .metric("leaky_cache_tokens_total{kind=\"completion\"}")
+        .await;
+    assert_eq!(completion, hit_usage["completion_tokens"].as_f64().unwrap());
+    if kind == Kind::Memory {
+        assert!(gw.metric("leaky_cache_entries{store=\"memory\"}").await >= 1.0);
+        assert!(gw.metric("leaky_cache_bytes{store=\"memory\"}").await > first.body.len() as f64);
+    }
 }
 
 #[tokio::test]
