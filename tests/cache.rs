@@ -31,12 +31,18 @@ struct Rig {
 /// The shared test config with `route_cache` as the `/v1` route's `cache:` (flow YAML), a
 /// rate-limit filter and daily quotas (no refill: every settlement shows exactly in the next
 /// answer's `RateLimit` header), and the top-level `cache:` (memory budget `memory`, Redis).
-fn config(up: &Upstreams, route_cache: &str, memory: u64, redis: Option<&str>) -> String {
+fn config(
+    up: &Upstreams,
+    route_cache: &str,
+    memory: u64,
+    redis: Option<&str>,
+    top_extra: &str,
+) -> String {
     let other = format!(
         "  - {{ id: test-globex, sha256: {}, user: dave, org: globex, tier: pro }}\n",
         sha256_hex(OTHER_ORG_KEY.as_bytes())
     );
-    let mut top = format!("cache:\n  memory: {{ max_bytes: {memory} }}\n");
+    let mut top = format!("{top_extra}cache:\n  memory: {{ max_bytes: {memory} }}\n");
     if let Some(url) = redis {
         top.push_str(&format!(
             "  redis: {{ url: \"{url}\", timeout_ms: 50, key_prefix: \"test:cache\" }}\n"
@@ -76,6 +82,11 @@ async fn rig(kind: Kind, extra: &str) -> Rig {
 }
 
 async fn rig_with(kind: Kind, extra: &str, memory: u64) -> Rig {
+    rig_full(kind, extra, memory, "").await
+}
+
+/// A rig with more top-level config (`top_extra`, whole sections).
+async fn rig_full(kind: Kind, extra: &str, memory: u64, top_extra: &str) -> Rig {
     let up = Upstreams::start().await;
     let redis = (kind == Kind::Redis)
         .then(|| RedisServer::spawn().expect("redis-server (./scripts/test installs it)"));
@@ -84,12 +95,8 @@ async fn rig_with(kind: Kind, extra: &str, memory: u64) -> Rig {
         Kind::Redis => "redis",
     };
     let route = format!("{{ store: {store}, ttl_seconds: 300{extra} }}");
-    let config = config(
-        &up,
-        &route,
-        memory,
-        redis.as_ref().map(|r| r.url()).as_deref(),
-    );
+    let redis_url = redis.as_ref().map(|r| r.url());
+    let config = config(&up, &route, memory, redis_url.as_deref(), top_extra);
     let gw = Gateway::start(&config).await;
     Rig {
         up,
@@ -591,6 +598,28 @@ async fn a_half_charged_hit_consumes_half_the_tokens() {
 /// An answer of a fixed length (the stub's forced completion), so entries weigh about the same.
 async fn ask_sized(gw: &Gateway, q: &Value) -> Answer {
     send(gw, PRO_KEY, q, &[("x-stub-completion-tokens", "60")]).await
+}
+
+/// A prepaid balance (`unit: balance`) is charged a hit's `charge` of the original tokens, like
+/// any token limit.
+#[tokio::test]
+async fn a_hit_charges_a_prepaid_balance_its_share() {
+    let balance = "limits:\n  policies:\n    - { name: prepaid, unit: balance }\nbalances:\n  acme: 1000000\n";
+    let rig = rig_full(Kind::Memory, ", charge: 0.5", 64 * 1024 * 1024, balance).await;
+    let gw = &rig.gw;
+    let q = greedy("Bill my balance.");
+    let first = ask(gw, &q).await;
+    assert_eq!(first.cache, "miss");
+    let usage = &serde_json::from_str::<Value>(&first.body).unwrap()["usage"];
+    let (p, c) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    wait_stored(gw, Kind::Memory, 1.0).await;
+    let left = |a: &Answer| common::ratelimit_remaining(&a.headers, "prepaid");
+    let (h1, h2) = (ask(gw, &q).await, ask(gw, &q).await);
+    assert_eq!((h1.cache.as_str(), h2.cache.as_str()), ("hit", "hit"));
+    assert_eq!(left(&h1) - left(&h2), p.div_ceil(2) + c.div_ceil(2));
 }
 
 /// A byte budget of about two entries: the third evicts the least recently used.
