@@ -240,6 +240,21 @@ async fn hit_miss_bypass(kind: Kind) {
     let a = send(gw, PRO_KEY, &q, &[("cache-control", "no-cache")]).await;
     assert_eq!((a.status, a.cache.as_str()), (200, "miss"));
     assert_eq!(upstream_calls(&rig.up).await, 5);
+    // The access log says how the cache treated each request.
+    let rid = second.headers["x-request-id"].to_str().unwrap().to_string();
+    eventually(
+        "the hit's access line",
+        Duration::from_secs(10),
+        Some(gw),
+        || {
+            let line = gw.log().lines().any(|l| {
+                serde_json::from_str::<Value>(l)
+                    .is_ok_and(|v| v["request_id"] == rid.as_str() && v["cache"] == "hit")
+            });
+            async move { line }
+        },
+    )
+    .await;
     // A refusal before the cache decided.
     let a = send(gw, "lt-wrong-key", &q, &[]).await;
     assert_eq!((a.status, a.cache.as_str()), (401, "bypass"));
