@@ -216,11 +216,7 @@ async fn cut(
 }
 
 /// One body chunk to the client (nothing for an empty one).
-pub(crate) async fn forward(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    chunk: Bytes,
-) -> Result<(), Fail> {
+async fn forward(session: &mut Session, ctx: &mut Ctx, chunk: Bytes) -> Result<(), Fail> {
     if chunk.is_empty() {
         return Ok(());
     }
