@@ -6,12 +6,14 @@ One proxy serves both stores: `/v1` and `/gemini/v1beta` cache in this process's
 two of org `acme` (they share answers: the routes' scope is `org`) and one of org `globex`.
 """
 import hashlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -142,9 +144,42 @@ keys:
 {keys}"""
 
 
+class Gateway:
+    """The running proxy: `url` (its listener) and its admin `/metrics`."""
+
+    def __init__(self, url, admin):
+        self.url, self.admin = url, admin
+
+    def metric(self, series):
+        """The value of one exact series, e.g. `leaky_cache_stored_total{store="redis"}` (0 if absent)."""
+        for line in self.metrics().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def metrics(self):
+        with urllib.request.urlopen(self.admin + "/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stored(self, store):
+        """Answers written to `store` so far."""
+        return self.metric(f'leaky_cache_stored_total{{store="{store}"}}')
+
+    def wait_stored(self, store, count, secs=5.0):
+        """Until `count` answers have been written to `store`. The gateway writes an answer after
+        its last byte reached the client (off the request), so a caller that repeats a request at
+        once may otherwise race the write; this waits on the write itself, never on a sleep."""
+        end = time.monotonic() + secs
+        while self.stored(store) < count:
+            if time.monotonic() > end:
+                cache = [m for m in self.metrics().splitlines() if m.startswith("leaky_cache_")]
+                pytest.fail(f"{store}: {count} answers never stored in {secs} s; " + "\n".join(cache))
+            time.sleep(0.005)
+
+
 @pytest.fixture(scope="session")
 def gateway(stubs, redis_url, tmp_path_factory):
-    """The proxy's base URL (`http://127.0.0.1:PORT`)."""
+    """The running proxy (a [`Gateway`])."""
     work = tmp_path_factory.mktemp("gateway")
     port, admin = _free_port(), _free_port()
     cfg = work / "cache.yaml"
@@ -157,10 +192,46 @@ def gateway(stubs, redis_url, tmp_path_factory):
     )
     try:
         _wait(port, proc, f"leaky-tokens proxy (log: {work / 'proxy.log'})")
-        yield f"http://127.0.0.1:{port}"
+        _prime_redis(f"http://127.0.0.1:{port}", redis_url)
+        yield Gateway(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}")
     finally:
         _stop(proc)
         log.close()
+
+
+def _redis_clients(redis_url):
+    """`connected_clients` of the Redis at `redis_url` (this probe's own connection included)."""
+    host, port = redis_url.removeprefix("redis://").split(":")
+    with socket.create_connection((host, int(port)), timeout=2) as s:
+        s.sendall(b"*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
+        data = b""
+        while b"connected_clients:" not in data or not data.endswith(b"\r\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.decode().splitlines():
+        if line.startswith("connected_clients:"):
+            return int(line.split(":", 1)[1])
+    raise RuntimeError(f"no connected_clients in INFO clients: {data!r}")
+
+
+def _prime_redis(base, redis_url):
+    """The proxy's Redis store connects in the background on first use and answers `Unavailable`
+    (a miss, nothing stored) until connected: by design a cold store never blocks a request. So the
+    first request after start would race the connection; one cacheable request triggers it, then
+    this waits (bounded) until the proxy's connection shows up in Redis."""
+    body = json.dumps({"model": "gpt-4o-mini", "temperature": 0,
+                       "messages": [{"role": "user", "content": f"prime {uuid.uuid4()}"}]}).encode()
+    req = urllib.request.Request(f"{base}/redis/v1/chat/completions", data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {KEYS['acme']}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+    end = time.monotonic() + 10
+    while _redis_clients(redis_url) < 2:
+        if time.monotonic() > end:
+            raise RuntimeError("the proxy never connected to the cache's Redis")
+        time.sleep(0.01)
 
 
 @pytest.fixture(params=list(PREFIX), ids=list(PREFIX))
