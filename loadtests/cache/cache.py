@@ -12,12 +12,14 @@ redis-server of its own). The stub, redis-server and oha share CPU 1.
 Per request (fixed rate, oha -q R -c 8 --latency-correction, N requests per run): p50/p99 latency and
 CPU µs per request — the utime+stime delta of the gateway process (all threads, /proc/PID/stat) over
 the run divided by N; for Redis also redis-server's own CPU per request. Modes: `live` (no cache),
-`miss` (cache on, every body unique: lookup, upstream call, capture and store) and `hit` (one body,
-stored before the run). The stub's request counter proves what went upstream: a hit run must add 0.
+`miss` (cache on, every request unique: lookup, upstream call, capture and store) and `hit` (one
+request, stored before the run). The stub's request counter proves what went upstream: a hit run
+must add 0, a live or miss run N.
 
-Throughput (unthrottled, oha -c C, M requests per run): bodies from a file line by line (oha -Z);
-at 90% nine lines in ten are one hot body and the tenth is unique, at 0% every line is unique. The
-hit ratio printed is the measured one: 1 − (stub requests during the run) / M.
+Throughput (unthrottled, oha -c C, M requests per run). Every request has the same body; what varies
+is a query parameter (part of the cache key; the stub ignores it), drawn by oha --rand-regex-url: at
+0% a fresh random value each time, at 90% one of nine fixed values (stored before) nine times in ten.
+The hit ratio printed is the measured one: 1 − (stub requests during the run) / M.
 
 Fails on any non-2xx answer or transport error, or if a mode's upstream count is not what it claims.
 """
@@ -33,7 +35,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KEY = "lt-bench-key"
@@ -191,28 +192,27 @@ def start_servers(a):
 
 # ---------- load ----------
 
-def bodies(path, n, hit_every):
-    """n request bodies, one a line: one in `hit_every` unique, the others HOT (hit_every 1: all
-    unique). Unique ones carry a fresh nonce, so no run ever hits another run's entries."""
-    nonce = uuid.uuid4().hex[:12]
-    hot = json.dumps(HOT)
-    with open(path, "w") as f:
-        for i in range(n):
-            if i % hit_every == 0:
-                body = json.loads(hot)
-                body["messages"][0]["content"] += f" [{nonce}-{i}]"
-                f.write(json.dumps(body) + "\n")
-            else:
-                f.write(hot + "\n")
+# oha varies URLs, not bodies (`-Z` picks lines at random, so "unique" lines repeat): the mix is
+# made with a query parameter, which is part of the cache key (the stub ignores it). `--rand-regex-url`
+# picks one alternative uniformly: nine fixed values (hot, each stored before the run) and one of
+# 36^20 fresh ones: 90% hits. The body is HOT throughout, so every request costs the same to hash.
+UNIQUE = r"\?c=u[a-z0-9]{20}"
+HOT_QUERIES = [f"h{i}" for i in range(9)]
+MIX90 = r"\?c=(" + "|".join(HOT_QUERIES) + r"|u[a-z0-9]{20})"
 
 
-def oha(a, url, n, conc, rate=None, body_lines=None):
+def oha(a, url, n, conc, rate=None, query=None):
+    """n POSTs of HOT to url (+ the `query` regex, oha --rand-regex-url, when given)."""
     argv = ["taskset", "-c", "1", a.oha, "-n", str(n), "-c", str(conc), "--no-tui", "--output-format", "json",
-            "-m", "POST", "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {KEY}"]
-    argv += ["-Z", body_lines] if body_lines else ["-d", json.dumps(HOT)]
+            "-m", "POST", "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {KEY}",
+            "-d", json.dumps(HOT)]
     if rate:
         argv += ["-q", str(rate), "--latency-correction"]
-    argv.append(url)
+    if query:
+        # oha treats `.` in a --rand-regex-url as a literal dot (escaping it breaks the URL).
+        argv += ["--rand-regex-url", url + query]
+    else:
+        argv.append(url)
     cmd = " ".join(shlex.quote(x) for x in argv)
     p = subprocess.run(argv, capture_output=True, text=True)
     if p.returncode != 0:
@@ -225,11 +225,11 @@ def oha(a, url, n, conc, rate=None, body_lines=None):
     return {"rps": j["summary"]["requestsPerSec"], "p50": lp["p50"] * 1e3, "p99": lp["p99"] * 1e3, "cmd": cmd}
 
 
-def measure(a, srv, route, n, conc, rate=None, body_lines=None):
+def measure(a, srv, route, n, conc, rate=None, query=None):
     """One oha run against `route`, with the gateway's (and redis-server's) CPU per request and the
     requests that reached the stub."""
     up0, c0, r0 = upstream_calls(srv["stub"]), cpu_seconds(srv["gw"]), cpu_seconds(srv["redis"])
-    r = oha(a, f"{srv['base']}/{route}/v1/chat/completions", n, conc, rate, body_lines)
+    r = oha(a, f"{srv['base']}/{route}/v1/chat/completions", n, conc, rate, query)
     r["cpu_us"] = (cpu_seconds(srv["gw"]) - c0) / n * 1e6
     r["redis_us"] = (cpu_seconds(srv["redis"]) - r0) / n * 1e6
     r["upstream"] = upstream_calls(srv["stub"]) - up0
@@ -237,32 +237,36 @@ def measure(a, srv, route, n, conc, rate=None, body_lines=None):
     return r
 
 
-def warm(srv, route):
-    """Stores HOT on a caching route; the next identical request must say `hit`."""
-    url = f"{srv['base']}/{route}/v1/chat/completions"
-    for want in ("miss", "hit"):
+def warm(srv, route, query=""):
+    """Stores HOT (at `?c=query`) on a caching route: until an identical request says `hit`
+    (answers are written after their last byte, off the request; a cold Redis store connects in
+    the background and answers `Unavailable` until then)."""
+    url = f"{srv['base']}/{route}/v1/chat/completions" + (f"?c={query}" if query else "")
+    end = time.monotonic() + 10
+    while True:
         st, h, body = post(url, HOT)
         got = {k.lower(): v for k, v in h.items()}.get("x-leaky-cache")
-        if st != 200 or got not in (want, "hit"):
-            die(f"{route}: expected {want}, got {st} x-leaky-cache={got}: {body[:300]!r}")
+        if st != 200 or got not in ("miss", "hit"):
+            die(f"{route}: {st} x-leaky-cache={got}: {body[:300]!r}")
+        if got == "hit":
+            return
+        if time.monotonic() > end:
+            die(f"{route}: HOT never became a hit in 10 s")
+        time.sleep(0.02)
 
 
 # ---------- the figures ----------
 
-MODES = [("live", "live", None), ("memory", "miss", 1), ("memory", "hit", None),
-         ("redis", "miss", 1), ("redis", "hit", None)]
+MODES = [("live", "live", None), ("memory", "miss", UNIQUE), ("memory", "hit", None),
+         ("redis", "miss", UNIQUE), ("redis", "hit", None)]
 
 
 def per_request(a, srv):
     rows = {m[:2]: [] for m in MODES}
     for run in range(a.runs):
         # Rotate the order between runs, so a drift of the shared machine's load spreads over all modes.
-        for route, mode, every in MODES[run % len(MODES):] + MODES[:run % len(MODES)]:
-            lines = None
-            if every:
-                lines = os.path.join(a.work, "unique.jsonl")
-                bodies(lines, a.requests, every)
-            r = measure(a, srv, route, a.requests, 8, a.rate, lines)
+        for route, mode, query in MODES[run % len(MODES):] + MODES[:run % len(MODES)]:
+            r = measure(a, srv, route, a.requests, 8, a.rate, query)
             want = {"live": a.requests, "miss": a.requests, "hit": 0}[mode]
             if r["upstream"] != want:
                 die(f"{route} {mode}: {r['upstream']:.0f} upstream calls for {a.requests} requests, expected {want}")
@@ -290,23 +294,22 @@ def report_per_request(a, rows):
 
 
 def throughput(a, srv):
-    cases = [("live", "0%", 1), ("memory", "0%", 1), ("memory", "90%", 10), ("redis", "0%", 1),
-             ("redis", "90%", 10)]
+    cases = [("live", "0%", UNIQUE), ("memory", "0%", UNIQUE), ("memory", "90%", MIX90),
+             ("redis", "0%", UNIQUE), ("redis", "90%", MIX90)]
+    for route in ("memory", "redis"):
+        for q in HOT_QUERIES:
+            warm(srv, route, q)
     rows = {c[:2]: [] for c in cases}
     for run in range(a.runs):
-        for route, label, every in cases[run % len(cases):] + cases[:run % len(cases)]:
-            lines = os.path.join(a.work, "mix.jsonl")
-            bodies(lines, a.throughput_requests, every)
-            if every > 1:
-                warm(srv, route)
-            rows[(route, label)].append(measure(a, srv, route, a.throughput_requests, a.concurrency, None, lines))
+        for route, label, query in cases[run % len(cases):] + cases[:run % len(cases)]:
+            rows[(route, label)].append(measure(a, srv, route, a.throughput_requests, a.concurrency, None, query))
     return cases, rows
 
 
 def report_throughput(a, cases, rows):
     print(f"\n## Throughput: 90% hits vs 0%, unthrottled\n\n{a.throughput_requests} requests per run, oha -c "
-          f"{a.concurrency} with bodies from a file (oha -Z; at 90% one line in ten unique), {a.runs} runs, "
-          f"median (min–max). `live` is the route without a cache (same bodies as 0%).\n")
+          f"{a.concurrency} --rand-regex-url (0%: every URL `{UNIQUE}`; 90%: `{MIX90}`, the nine fixed "
+          f"values stored before), {a.runs} runs, median (min–max). `live` is the route without a cache.\n")
     print("| route | target hits | measured hit ratio | req/s | p50 ms | p99 ms | gateway CPU µs/req |")
     print("|---|---|---|---|---|---|---|")
     for route, label, _ in cases:
