@@ -16,7 +16,13 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) {
     let seconds = ctx.elapsed_seconds();
     let snapshot = ctx.snapshot.as_ref();
     let route = ctx.route();
-    match (&ctx.exchange.upstream, route, snapshot) {
+    // A cache hit never reached the upstream: its request counts on the route.
+    let upstream = ctx
+        .exchange
+        .upstream
+        .as_ref()
+        .filter(|_| !ctx.ledger.is_replay());
+    match (upstream, route, snapshot) {
         (Some(up), _, _) => up.metrics.observe(status, seconds),
         (None, Some(r), _) => r.metrics.observe(status, seconds),
         (None, None, Some(s)) => s.unmatched.observe(status, seconds),
@@ -69,8 +75,12 @@ fn account(ctx: &Ctx, status: u16, seconds: f64, traceparent: Option<String>) {
     let source = settled.map_or(UsageSource::Refunded, |u| u.source);
     crate::metrics::count_settlement(source.as_str());
     let upstream = ctx.exchange.upstream.as_ref();
-    if let Some(up) = upstream {
-        up.metrics.count_tokens(usage.prompt, usage.completion);
+    let cached = ctx.ledger.is_replay();
+    match upstream {
+        // Tokens served from the cache were not generated upstream (they count apart).
+        Some(_) if cached => crate::metrics::count_cached_tokens(usage.prompt, usage.completion),
+        Some(up) => up.metrics.count_tokens(usage.prompt, usage.completion),
+        None => {}
     }
     let p = ctx.req.principal.as_deref();
     let dash = || Arc::<str>::from("-");
@@ -89,6 +99,8 @@ fn account(ctx: &Ctx, status: u16, seconds: f64, traceparent: Option<String>) {
         source,
         status,
         latency_ms: seconds * 1000.0,
+        cached,
+        charged_tokens: ctx.ledger.charged_tokens(),
         traceparent,
     });
 }

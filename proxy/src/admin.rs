@@ -75,7 +75,9 @@ impl ServeHttp for Admin {
                 )
             }
             ("GET", "/metrics") => {
-                crate::metrics::sync_store_stats(self.state.snapshot().backend.guard_stats());
+                let snapshot = self.state.snapshot();
+                crate::metrics::sync_store_stats(snapshot.backend.guard_stats());
+                snapshot.caches.sync_metrics();
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

@@ -64,6 +64,9 @@ pub struct ResponseState {
     pub bytes: u64,
     /// The rejection's label, when the gateway refused the request.
     pub reject_reason: Option<&'static str>,
+    /// How the response cache treated the request (cache-enabled routes; `None` before it
+    /// decided, which the `x-leaky-cache` header reports as `bypass`).
+    pub cache: Option<crate::response_cache::Outcome>,
 }
 
 impl Ctx {

@@ -17,6 +17,11 @@
 //!
 //! The ledger also owns the request's usage meter ([`Metering`]): settling is turning the meter's
 //! reading into a [`Settlement`].
+//!
+//! A response-cache hit ([`Ledger::replaying`]) runs the stored answer through the same meter, so
+//! the ledger reads the original usage; its holds settle with the route's `charge` fraction of it
+//! (each count rounded up; `0`: free), while [`Ledger::usage`] stays the original (the usage record
+//! says `cached` and carries both). A hit took no upstream holds, so no deployment quota is charged.
 
 use crate::balancer::now_ms;
 use crate::exchange::UpstreamHolds;
@@ -24,7 +29,7 @@ use crate::metering::Metering;
 use bytes::Bytes;
 use http::HeaderMap;
 use leaky_filters::{Admission, Hold, Settlement};
-use leaky_limit::TokenUsage;
+use leaky_limit::{TokenUsage, UsageSource};
 use leaky_resilience::BulkheadPermit;
 
 /// Every hold of one request; see the module docs.
@@ -40,6 +45,9 @@ pub struct Ledger {
     upstream_status: Option<u16>,
     /// What the request used, once settled.
     usage: Option<TokenUsage>,
+    /// Answered from the response cache: the share of the original usage its holds settle with,
+    /// in millionths (integers, so 0.1 × 30 is 3, not 4 after a float rounds up).
+    cache_charge: Option<u64>,
 }
 
 impl Ledger {
@@ -65,6 +73,29 @@ impl Ledger {
 
     pub fn upstream(&mut self, holds: UpstreamHolds) {
         self.upstream = Some(holds);
+    }
+
+    /// The answer is replayed from the response cache: holds settle with `charge` (0 to 1) times the
+    /// original usage the meter reads from the replayed bytes.
+    pub fn replaying(&mut self, charge: f64) {
+        let ppm = (charge.clamp(0.0, 1.0) * PPM as f64).round() as u64;
+        self.cache_charge = Some(ppm);
+    }
+
+    /// Answered from the response cache.
+    pub fn is_replay(&self) -> bool {
+        self.cache_charge.is_some()
+    }
+
+    /// What a cache hit charged the holds (prompt + completion) when that differs from its
+    /// original usage; `None` for a live answer or a full charge.
+    pub fn charged_tokens(&self) -> Option<u64> {
+        let (u, charged) = (self.usage?, self.settlement().usage?);
+        let (total, billed) = (
+            u.prompt.saturating_add(u.completion),
+            charged.prompt.saturating_add(charged.completion),
+        );
+        (self.is_replay() && billed != total).then_some(billed)
     }
 
     /// The body with the completion cap an admission asked for, in the metered dialect's field.
@@ -136,9 +167,13 @@ impl Ledger {
     }
 
     fn settlement(&self) -> Settlement {
+        let usage = match self.cache_charge {
+            Some(ppm) => self.usage.map(|u| charged(u, ppm)),
+            None => self.usage,
+        };
         Settlement {
             status: self.upstream_status,
-            usage: self.usage,
+            usage,
         }
     }
 
@@ -161,6 +196,25 @@ impl Ledger {
     /// Index of the deployment that answered, in its upstream's pool.
     pub fn deployment(&self) -> Option<usize> {
         self.upstream.as_ref().map(UpstreamHolds::index)
+    }
+}
+
+/// One whole charge, in the millionths [`Ledger::replaying`] keeps.
+const PPM: u64 = 1_000_000;
+
+/// A hit's share of its original usage: each count times `charge`, rounded up. A stored answer
+/// whose usage was a reservation is settled as counted: the holds must not round a free or
+/// discounted hit back up to what they reserved.
+fn charged(u: TokenUsage, ppm: u64) -> TokenUsage {
+    let scale = |n: u64| (u128::from(n) * u128::from(ppm)).div_ceil(u128::from(PPM)) as u64;
+    let source = match u.source {
+        UsageSource::Reservation => UsageSource::Counted,
+        s => s,
+    };
+    TokenUsage {
+        prompt: scale(u.prompt),
+        completion: scale(u.completion),
+        source,
     }
 }
 
@@ -281,5 +335,126 @@ mod tests {
         assert_eq!(u.source, leaky_limit::UsageSource::Reservation);
         assert_eq!(u.completion, 300, "the most any hold reserved");
         assert_eq!(*log.lock().unwrap(), ["finish Some(200)"]);
+    }
+
+    type UsageLog = Arc<Mutex<Vec<(String, Option<TokenUsage>)>>>;
+
+    /// Records the usage it was settled with (`settle` or `finish`).
+    struct UsageProbe(UsageLog);
+
+    #[async_trait]
+    impl Hold for UsageProbe {
+        async fn settle(self: Box<Self>, o: &Settlement) {
+            self.0.lock().unwrap().push(("settle".into(), o.usage));
+        }
+        fn finish(self: Box<Self>, o: &Settlement) {
+            self.0.lock().unwrap().push(("finish".into(), o.usage));
+        }
+    }
+
+    /// A ledger replaying a stored non-streamed answer (12 prompt + 31 completion tokens) with
+    /// `charge`, its hold probed.
+    fn replay(charge: f64) -> (Ledger, UsageLog) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut l = Ledger::default();
+        l.admit(Admission::hold(Box::new(UsageProbe(log.clone()))));
+        l.meter(Metering::openai_chat(10, Some(100)));
+        l.replaying(charge);
+        l.on_response(200, &json_headers());
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":31,"total_tokens":43}}"#;
+        assert_eq!(&l.on_chunk(Bytes::from_static(body))[..], &body[..]);
+        (l, log)
+    }
+
+    fn tokens(u: Option<TokenUsage>) -> (u64, u64) {
+        u.map_or((u64::MAX, u64::MAX), |u| (u.prompt, u.completion))
+    }
+
+    #[tokio::test]
+    async fn a_free_hit_settles_its_holds_with_nothing_and_keeps_the_original_usage() {
+        let (mut l, log) = replay(0.0);
+        assert!(l.settle().await.is_empty());
+        l.finish();
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].0, "settle");
+        assert_eq!(tokens(log[0].1), (0, 0), "the holds are charged nothing");
+        assert_eq!(
+            tokens(l.usage()),
+            (12, 31),
+            "the record keeps the original usage"
+        );
+        assert_eq!(l.usage().unwrap().source, UsageSource::Reported);
+        assert_eq!(l.charged_tokens(), Some(0));
+        assert!(
+            l.is_replay() && l.deployment().is_none(),
+            "no upstream holds on a hit"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_half_charged_hit_settles_half_of_each_count_rounded_up() {
+        let (mut l, log) = replay(0.5);
+        l.settle().await;
+        l.finish();
+        assert_eq!(tokens(log.lock().unwrap()[0].1), (6, 16));
+        assert_eq!(tokens(l.usage()), (12, 31));
+        assert_eq!(l.charged_tokens(), Some(22));
+    }
+
+    #[tokio::test]
+    async fn fractions_are_exact_and_a_full_charge_is_the_original_usage() {
+        // 0.1 × 30 in floats is 3.0000000000000004: rounded up that would be 4.
+        let u = TokenUsage {
+            prompt: 30,
+            completion: 0,
+            source: UsageSource::Reported,
+        };
+        let mut l = Ledger::default();
+        l.replaying(0.1);
+        assert_eq!(charged(u, l.cache_charge.unwrap()).prompt, 3);
+        let (mut l, log) = replay(1.0);
+        l.settle().await;
+        assert_eq!(tokens(log.lock().unwrap()[0].1), (12, 31));
+        assert_eq!(
+            l.charged_tokens(),
+            None,
+            "charged what it used: nothing to add"
+        );
+    }
+
+    #[test]
+    fn a_hit_whose_client_left_settles_its_share_at_the_end() {
+        let (mut l, log) = replay(0.5);
+        l.finish();
+        assert_eq!(log.lock().unwrap()[0].0, "finish");
+        assert_eq!(tokens(log.lock().unwrap()[0].1), (6, 16));
+    }
+
+    #[test]
+    fn a_stored_reservation_is_charged_as_counted() {
+        let u = TokenUsage {
+            prompt: 10,
+            completion: 300,
+            source: UsageSource::Reservation,
+        };
+        let c = charged(u, 0);
+        assert_eq!(
+            (c.prompt, c.completion, c.source),
+            (0, 0, UsageSource::Counted)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_live_answer_is_not_a_replay() {
+        let (mut l, _log) = ledger_with_probe();
+        l.meter(Metering::openai_chat(10, Some(100)));
+        l.on_response(200, &json_headers());
+        l.on_chunk(Bytes::from_static(
+            br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+        ));
+        l.settle().await;
+        assert!(!l.is_replay());
+        assert_eq!(l.charged_tokens(), None);
     }
 }

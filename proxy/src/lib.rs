@@ -24,6 +24,12 @@
 //!  │                         ─ chain.on_admit (rate-limit reserves, concurrency takes a slot):
 //!  │                         holds → ledger, completion cap → body
 //!  │                         ─ tenant bulkhead slot (exchange::tenant_slot) → ledger
+//!  ├─ cache (service/cached.rs, routes with `cache:` only; docs/cache.md): decide (key, policy)
+//!  │                         ─ bypass | lookup (bounded; unavailable = miss) ─ hit: replay
+//!  │                         (replay.rs: the stored bytes through the meter, settled with the
+//!  │                         route's charge) | miss: single-flight leader, or a follower that
+//!  │                         replays the leader's entry; the leader's relay tees the upstream
+//!  │                         bytes (capture.rs) and stores a complete 200 off the request
 //!  ├─ exchange (exchange.rs) for the model, then each fallback (model rewritten):
 //!  │                         pick a deployment (healthy, circuit admits, budget headroom, untried
 //!  │                         first) ─ deployment bulkhead (queue until the deadline) ─ breaker
@@ -55,7 +61,9 @@
 //!   pooled upstream call, the Pingora `Transport`), `balancer` (deployments,
 //!   breakers, cool-downs, quotas, bulkheads), `registry` (deployment states across versions, health
 //!   checks), `pool` (idle connections), `relay` (the
-//!   response to the client), `access_log` (the completion phase), `usage_log` (usage records).
+//!   response to the client), `access_log` (the completion phase), `usage_log` (usage records),
+//!   the response cache: `response_cache` (each route's compiled cache, the process-wide stores,
+//!   metrics), `capture` (a live answer teed into an entry), `replay` (a hit answered).
 //! - Config: `snapshot` (one immutable, compiled config version), `reload` (`ConfigState`: applies
 //!   config documents, `document`, and swaps snapshots atomically), `source` (the `ConfigSource` seam,
 //!   and a pushed source), `watch` (the file source: files, inotify, `SIGHUP`), `bootstrap` (the
@@ -76,6 +84,7 @@ pub mod admin_auth;
 pub mod background;
 pub mod balancer;
 pub mod bootstrap;
+mod capture;
 pub mod check;
 pub mod control_plane;
 mod ctx;
@@ -95,7 +104,9 @@ mod pool;
 pub mod registry;
 mod relay;
 pub mod reload;
+mod replay;
 mod request;
+mod response_cache;
 pub mod server;
 pub mod service;
 pub mod snapshot;

@@ -302,4 +302,13 @@ impl Metering {
             settled: false,
         }
     }
+
+    /// A meter of a streamed OpenAI chat completion; `strip`: the gateway added `include_usage`.
+    pub(crate) fn openai_stream(prompt_estimate: u64, strip: bool) -> Self {
+        Metering {
+            stream: true,
+            strip,
+            ..Metering::openai_chat(prompt_estimate, None)
+        }
+    }
 }

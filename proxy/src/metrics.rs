@@ -88,7 +88,7 @@ fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::E
     registered(r, IntGauge::new(name, help)?)
 }
 
-fn counter_vec(
+pub(crate) fn counter_vec(
     r: &Registry,
     name: &str,
     help: &str,
@@ -97,7 +97,7 @@ fn counter_vec(
     registered(r, IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
-fn gauge_vec(
+pub(crate) fn gauge_vec(
     r: &Registry,
     name: &str,
     help: &str,
@@ -110,7 +110,7 @@ fn gauge_vec(
 }
 
 /// A latency histogram (`LATENCY_BUCKETS`).
-fn histogram_vec(
+pub(crate) fn histogram_vec(
     r: &Registry,
     name: &str,
     help: &str,
@@ -434,5 +434,30 @@ impl ListenerMetrics {
                 refused(REFUSAL_REASONS[4])?,
             ],
         })
+    }
+}
+
+/// `leaky_cache_tokens_total{kind}`: tokens answered from the response cache (the original
+/// answers' usage), apart from `leaky_tokens_total`, which counts tokens generated upstream.
+pub fn count_cached_tokens(prompt: u64, completion: u64) {
+    static C: OnceLock<Option<[IntCounter; 2]>> = OnceLock::new();
+    let counters = C.get_or_init(|| {
+        let m = metrics()?;
+        let vec = counter_vec(
+            &m.registry,
+            "leaky_cache_tokens_total",
+            "Tokens answered from the response cache (the original answers' usage), by kind (prompt, completion)",
+            &["kind"],
+        )
+        .ok()?;
+        let c = |k: &str| vec.get_metric_with_label_values(&[k]).ok();
+        Some([c("prompt")?, c("completion")?])
+    });
+    if let Some(cs) = counters {
+        for (c, n) in cs.iter().zip([prompt, completion]) {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
     }
 }

@@ -7,10 +7,12 @@
 //! nothing, so the client sees a truncated response (the connection is closed) rather than a
 //! well-formed but incomplete one.
 
+use crate::capture::Capture;
 use crate::ctx::{Ctx, Fail};
 use crate::exchange::Tenant;
 use crate::headers::ConnectionNamed;
 use crate::request;
+use crate::response_cache::{Outcome, CACHE_HEADER};
 use crate::snapshot::{CompiledRoute, Upstream};
 use crate::upstream;
 use bytes::Bytes;
@@ -24,15 +26,22 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Streams the upstream's response to the client as it arrives. Returns whether the upstream
-/// connection can be reused (not after a cut).
+/// connection can be reused (not after a cut). With a `capture` (a response-cache miss that may be
+/// stored), every upstream chunk is teed into it as received, and it is marked complete only when
+/// the body ended normally and all of it reached the client.
 pub(crate) async fn relay(
     session: &mut Session,
     ctx: &mut Ctx,
     route: &CompiledRoute,
     up: &Upstream,
     resp: &mut upstream::Response,
+    mut capture: Option<&mut Capture>,
 ) -> Result<bool, Fail> {
     let out = response_head(ctx, route, up, resp)?;
+    if let Some(c) = capture.as_deref_mut() {
+        let ct = out.headers.get(http::header::CONTENT_TYPE);
+        c.on_head(out.status.as_u16(), ct.map(|v| v.as_bytes()));
+    }
     let deadline = ctx
         .exchange
         .deadline
@@ -53,6 +62,9 @@ pub(crate) async fn relay(
         let Some(chunk) = read.map_err(Fail::Abort)? else {
             break;
         };
+        if let Some(c) = capture.as_deref_mut() {
+            c.push(&chunk);
+        }
         let chunk = ctx.ledger.on_chunk(chunk);
         // The provider's usage is settled before the last byte goes out, so a caller that sends
         // its next request on receiving this response already sees it in the headers.
@@ -72,6 +84,9 @@ pub(crate) async fn relay(
     // Chunked bodies end with an empty read: settle here (once) and forward what was held.
     let tail = ctx.ledger.settle().await;
     forward(session, ctx, tail).await?;
+    if let Some(c) = capture {
+        c.complete();
+    }
     Ok(true)
 }
 
@@ -202,7 +217,11 @@ async fn cut(
 }
 
 /// One body chunk to the client (nothing for an empty one).
-async fn forward(session: &mut Session, ctx: &mut Ctx, chunk: Bytes) -> Result<(), Fail> {
+pub(crate) async fn forward(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    chunk: Bytes,
+) -> Result<(), Fail> {
     if chunk.is_empty() {
         return Ok(());
     }
@@ -213,9 +232,15 @@ async fn forward(session: &mut Session, ctx: &mut Ctx, chunk: Bytes) -> Result<(
         .map_err(Fail::Abort)
 }
 
-/// Headers every response carries: `x-request-id` and whatever the chain asked for.
-fn finish_headers(out: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+/// Headers every response carries: `x-request-id`, whatever the chain asked for, and on a
+/// cache-enabled route `x-leaky-cache` (`bypass` until the cache decided: a refusal before it was
+/// neither looked up nor stored).
+pub(crate) fn finish_headers(out: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
     out.insert_header("x-request-id", ctx.req.request_id.as_str())?;
+    if ctx.route().is_some_and(|r| r.cache.is_some()) {
+        let outcome = ctx.response.cache.unwrap_or(Outcome::Bypass);
+        out.insert_header(CACHE_HEADER, outcome.label())?;
+    }
     for (name, value) in ctx.req.response_headers.drain(..) {
         out.insert_header(name, value)?;
     }

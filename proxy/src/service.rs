@@ -4,6 +4,7 @@
 //! Pingora's own upstream phases are never reached: `request_filter` returns `Ok(true)`.
 
 use crate::balancer::Deployment;
+use crate::capture::Capture;
 use crate::ctx::{Ctx, Fail};
 use crate::exchange::{exchange, Plan, SystemClock, Tenant};
 use crate::relay::{self, respond_json};
@@ -21,6 +22,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
+
+mod cached;
 
 pub struct Gateway {
     state: Arc<ConfigState>,
@@ -85,6 +88,15 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// What an admitted request sends upstream: its route, the upstream picked for its model, where
+/// it goes, and the body (after metering's rewrites).
+pub(crate) struct Outbound<'a> {
+    route: &'a CompiledRoute,
+    up: Arc<Upstream>,
+    at: &'a Located,
+    body: Bytes,
+}
+
 /// Where the request goes, from its head: the normalized path split at the route's prefix.
 struct Located {
     method: Method,
@@ -127,21 +139,40 @@ impl Gateway {
         }
         let body = read_body(session, ctx, at.expected_len, snap.max_body_bytes).await?;
         let up = resolve(ctx, route, &body, at.rest())?;
+        // The cache key is made of the caller's body; admission may rewrite the one sent upstream.
+        // (A `Bytes` clone is a reference count, no copy.)
+        let original = route.cache.as_ref().map(|_| body.clone());
         let body = admit(session, ctx, route, &up, at.rest(), body).await?;
-        self.exchange(session, ctx, route, up, &at, body).await
+        let out = Outbound {
+            route,
+            up,
+            at: &at,
+            body,
+        };
+        match (&route.cache, original) {
+            (Some(cache), Some(original)) => {
+                self.serve_cached(session, ctx, cache, out, &original).await
+            }
+            _ => self.exchange(session, ctx, out, None).await,
+        }
     }
 
     /// The upstream exchange (`exchange.rs`) with this request's inputs, then the relay of its
-    /// answer; what it holds on the deployment goes to the ledger, its trail to `ctx.exchange`.
+    /// answer (teed into `capture` when the answer may be cached); what it holds on the deployment
+    /// goes to the ledger, its trail to `ctx.exchange`.
     async fn exchange(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        route: &CompiledRoute,
-        primary: Arc<Upstream>,
-        at: &Located,
-        body: Bytes,
+        out: Outbound<'_>,
+        capture: Option<&mut Capture>,
     ) -> std::result::Result<(), Fail> {
+        let Outbound {
+            route,
+            up: primary,
+            at,
+            body,
+        } = out;
         let deadline = tokio::time::Instant::now() + route.total_timeout;
         ctx.exchange.deadline = Some(deadline);
         let query = at.query.as_deref();
@@ -185,7 +216,7 @@ impl Gateway {
         ctx.ledger.upstream(holds);
         ctx.exchange.upstream = Some(up.clone());
         ctx.req.provider = Some(up.provider.clone());
-        let reusable = relay::relay(session, ctx, route, &up, &mut response).await?;
+        let reusable = relay::relay(session, ctx, route, &up, &mut response, capture).await?;
         if reusable {
             if let Some(d) = up.pool.deployments.get(deployment) {
                 upstream::release(d, response.session).await;

@@ -9,6 +9,7 @@ use crate::headers::HeaderPolicy;
 use crate::limiter::LimiterBackend;
 use crate::metrics::RequestMetrics;
 use crate::pool::Pools;
+use crate::response_cache::{RouteCache, Stores};
 use crate::usage_log::UsageSink;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -57,6 +58,8 @@ pub struct Shared {
     pub jwks: Arc<JwksCache>,
     pub background: Background,
     pub resolve: Resolve,
+    /// The response cache's stores and single-flight map.
+    pub caches: Arc<Stores>,
 }
 
 impl Shared {
@@ -69,6 +72,7 @@ impl Shared {
             jwks: Arc::default(),
             background,
             resolve,
+            caches: Arc::default(),
         }
     }
 }
@@ -132,6 +136,8 @@ pub struct CompiledRoute {
     /// Flag `stream_usage_injection`, resolved for this version: whether metering may add
     /// `include_usage` to an org's stream (`metering::prepare`).
     pub usage_injection: Arc<Flag>,
+    /// The route's response cache (`None`: off), compiled for this version.
+    pub cache: Option<RouteCache>,
 }
 
 impl CompiledRoute {
@@ -184,6 +190,8 @@ pub struct Snapshot {
     /// Where this version's requests queue their usage records (the background service's queue,
     /// the same for every version).
     pub usage: UsageSink,
+    /// The response cache's stores (the same for every version), for their metrics.
+    pub caches: Arc<Stores>,
 }
 
 /// What validation cannot see and the snapshot build finds: the reload fails (the previous version
@@ -204,6 +212,11 @@ pub enum BuildError {
         deployment: String,
         host: String,
         source: std::io::Error,
+    },
+    #[error("route `{route}`: cache: {source}")]
+    Cache {
+        route: String,
+        source: crate::response_cache::StoreError,
     },
     #[error("deployment `{deployment}`: `{host}` resolved to no address")]
     NoAddress { deployment: String, host: String },
@@ -269,6 +282,7 @@ impl Snapshot {
             routes,
             unmatched: RequestMetrics::new("none", "none"),
             usage: shared.background.usage().clone(),
+            caches: shared.caches.clone(),
         })
     }
 
@@ -313,6 +327,7 @@ fn compile_route(
         route: r.name.clone(),
         source,
     })?;
+    let cache = route_cache(config, r, shared)?;
     Ok(CompiledRoute {
         meters: chain.wants_cost() || reaches_a_tpm_budget(config, r),
         own_limit_headers: chain.wants_cost(),
@@ -339,7 +354,38 @@ fn compile_route(
             .as_ref()
             .map(|b: &BulkheadConfig| shared.tenants.get(&r.name, b)),
         usage_injection: config.flags.resolve(&STREAM_USAGE_INJECTION),
+        cache,
     })
+}
+
+/// The route's response cache, its store from the process-wide registry; the models its
+/// providers list bound the metrics' model label.
+fn route_cache(
+    config: &Config,
+    r: &Route,
+    shared: &Shared,
+) -> Result<Option<RouteCache>, BuildError> {
+    let Some(c) = &r.cache else {
+        return Ok(None);
+    };
+    let targets: Vec<&Target> = match &r.upstream {
+        RouteUpstream::Fixed(t) => vec![t],
+        RouteUpstream::ByModel(list) => list.iter().map(|mt| &mt.target).collect(),
+    };
+    let models: Vec<&str> = targets
+        .iter()
+        .filter_map(|t| config.providers.get(&t.provider))
+        .flat_map(|p| p.models.iter().map(String::as_str))
+        .collect();
+    // A new Redis store starts connecting now, on the background runtime (it outlives this
+    // version and is not a request's), so the first answers can already be stored.
+    let _runtime = shared.background.enter();
+    RouteCache::build(&r.name, c, &config.cache, &shared.caches, &models)
+        .map(Some)
+        .map_err(|source| BuildError::Cache {
+            route: r.name.clone(),
+            source,
+        })
 }
 
 /// Some deployment the route can reach (any target's provider; fallbacks pick among the same

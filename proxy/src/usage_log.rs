@@ -100,6 +100,8 @@ fn log(r: &UsageRecord) {
         source = r.source.as_str(),
         status = r.status,
         latency_ms = r.latency_ms,
+        cached = r.cached,
+        charged_tokens = r.charged_tokens,
         "usage"
     );
 }

@@ -61,6 +61,20 @@ pub struct UsageData {
     /// The HTTP status the caller got.
     pub status: u16,
     pub latency_ms: f64,
+    /// Served from the response cache: the counts are the original answer's (issue 18).
+    #[serde(default)]
+    pub cached: bool,
+    /// What the org was charged when it differs from `total_tokens` (a cache hit whose route
+    /// charges a fraction); absent: `total_tokens`. The ledger debits this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charged_tokens: Option<u64>,
+}
+
+impl UsageData {
+    /// The tokens to debit: [`Self::charged_tokens`] when set, else the total.
+    pub fn billed_tokens(&self) -> u64 {
+        self.charged_tokens.unwrap_or(self.total_tokens)
+    }
 }
 
 impl From<&UsageRecord> for UsageData {
@@ -80,6 +94,8 @@ impl From<&UsageRecord> for UsageData {
             usage_source: r.source,
             status: r.status,
             latency_ms: r.latency_ms,
+            cached: r.cached,
+            charged_tokens: r.charged_tokens,
         }
     }
 }
@@ -136,6 +152,9 @@ struct UsageDataRef<'a> {
     usage_source: UsageSource,
     status: u16,
     latency_ms: f64,
+    cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    charged_tokens: Option<u64>,
 }
 
 impl<'a> UsageEventRef<'a> {
@@ -165,6 +184,8 @@ impl<'a> UsageEventRef<'a> {
                 usage_source: r.source,
                 status: r.status,
                 latency_ms: r.latency_ms,
+                cached: r.cached,
+                charged_tokens: r.charged_tokens,
             },
         }
     }

@@ -60,6 +60,12 @@ pub struct UsageRecord {
     /// The HTTP status the caller got.
     pub status: u16,
     pub latency_ms: f64,
+    /// The answer came from the response cache (issue 18): the counts above are the original
+    /// answer's usage, not tokens generated for this request.
+    pub cached: bool,
+    /// What the org's limits and prepaid balance were charged (prompt + completion) when that
+    /// differs from the total: a cache hit on a route whose `charge` is below 1 (`None`: the total).
+    pub charged_tokens: Option<u64>,
     /// The caller's W3C `traceparent` header, if it sent one. Not part of the record's document:
     /// the event publisher sends it as a Kafka header (see [`crate::event`]).
     pub traceparent: Option<String>,
@@ -71,6 +77,11 @@ impl UsageRecord {
 
     pub fn total_tokens(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// What the org was charged: [`Self::charged_tokens`] when set, else the total.
+    pub fn billed_tokens(&self) -> u64 {
+        self.charged_tokens.unwrap_or_else(|| self.total_tokens())
     }
 }
 
@@ -93,6 +104,9 @@ struct Written<'a> {
     source: UsageSource,
     status: u16,
     latency_ms: f64,
+    cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    charged_tokens: Option<u64>,
 }
 
 /// What is read: owned strings, shared afterwards (serde's `rc` feature would do the same but
@@ -113,6 +127,11 @@ struct Read {
     source: UsageSource,
     status: u16,
     latency_ms: f64,
+    /// Records written before the response cache have neither field.
+    #[serde(default)]
+    cached: bool,
+    #[serde(default)]
+    charged_tokens: Option<u64>,
 }
 
 impl From<Read> for UsageRecord {
@@ -132,6 +151,8 @@ impl From<Read> for UsageRecord {
             source: r.source,
             status: r.status,
             latency_ms: r.latency_ms,
+            cached: r.cached,
+            charged_tokens: r.charged_tokens,
             traceparent: None,
         }
     }
@@ -155,6 +176,8 @@ impl Serialize for UsageRecord {
             source: self.source,
             status: self.status,
             latency_ms: self.latency_ms,
+            cached: self.cached,
+            charged_tokens: self.charged_tokens,
         }
         .serialize(s)
     }

@@ -43,9 +43,10 @@ async fn debit(tx: &mut PgConnection, usage: &UsageData) -> Result<(), HandlerEr
     let Some(org) = usage.org.as_deref().and_then(|o| Uuid::parse_str(o).ok()) else {
         return Ok(());
     };
-    let tokens = i64::try_from(usage.total_tokens).map_err(|_| {
-        HandlerError::Reject(format!("total_tokens {} out of range", usage.total_tokens))
-    })?;
+    // A cache hit is debited what its route charged (`charged_tokens`), not its original usage.
+    let billed = usage.billed_tokens();
+    let tokens = i64::try_from(billed)
+        .map_err(|_| HandlerError::Reject(format!("billed tokens {billed} out of range")))?;
     match consume_on(tx, org, tokens, &usage.request_id).await {
         Ok(_) => Ok(()),
         Err(e @ LedgerError::Invalid(_)) => Err(HandlerError::Reject(e.to_string())),

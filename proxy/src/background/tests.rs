@@ -20,6 +20,8 @@ fn record() -> UsageRecord {
         source: UsageSource::Reported,
         status: 200,
         latency_ms: 1.0,
+        cached: false,
+        charged_tokens: None,
         traceparent: None,
     }
 }

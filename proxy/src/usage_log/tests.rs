@@ -21,6 +21,8 @@ fn record(request_id: &str) -> UsageRecord {
         source: UsageSource::Counted,
         status: 200,
         latency_ms: 4.5,
+        cached: false,
+        charged_tokens: None,
         traceparent: None,
     }
 }
@@ -70,7 +72,24 @@ fn golden_log_line() {
     let out = json_log(|| assert_eq!(sink.drain(), 1));
     assert_eq!(
         out.trim_end(),
-        r#"{"level":"INFO","message":"usage","schema_version":1,"request_id":"req-1","principal":"test-pro","user":"alice","org":"-","tier":"pro","route":"v1","model":"gpt-4o-mini","provider":"openai","prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"source":"counted","status":200,"latency_ms":4.5,"target":"usage"}"#
+        r#"{"level":"INFO","message":"usage","schema_version":1,"request_id":"req-1","principal":"test-pro","user":"alice","org":"-","tier":"pro","route":"v1","model":"gpt-4o-mini","provider":"openai","prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"source":"counted","status":200,"latency_ms":4.5,"cached":false,"target":"usage"}"#
+    );
+}
+
+/// A cache hit's line says `cached` and what it was charged.
+#[test]
+fn a_cached_record_logs_cached_and_its_charge() {
+    let sink = UsageSink::new(4);
+    sink.record(UsageRecord {
+        cached: true,
+        charged_tokens: Some(21),
+        ..record("req-1")
+    });
+    let out = json_log(|| assert_eq!(sink.drain(), 1));
+    let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+    assert_eq!(
+        (v["cached"].as_bool(), v["charged_tokens"].as_u64()),
+        (Some(true), Some(21))
     );
 }
 

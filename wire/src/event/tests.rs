@@ -18,6 +18,8 @@ fn record() -> UsageRecord {
         source: UsageSource::Reported,
         status: 200,
         latency_ms: 4.5,
+        cached: false,
+        charged_tokens: None,
         traceparent: None,
     }
 }
@@ -38,7 +40,7 @@ fn golden_usage_event() {
     let json = serde_json::to_string(&event(&record())).unwrap();
     assert_eq!(
         json,
-        r#"{"specversion":"1.0","id":"0b3f3c1e-6f7a-4c1d-9a57-2f1f4f3e9b10","source":"/leaky-tokens/proxy/p1","type":"leaky.usage.v1","time":"2026-11-29T22:00:00.123Z","subject":"req-1","datacontenttype":"application/json","schemaversion":1,"data":{"request_id":"req-1","org":"acme","user":"alice","key_id":"key-7","tier":"pro","route":"v1","model":"gpt-4o-mini","provider":"openai","prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"usage_source":"reported","status":200,"latency_ms":4.5}}"#
+        r#"{"specversion":"1.0","id":"0b3f3c1e-6f7a-4c1d-9a57-2f1f4f3e9b10","source":"/leaky-tokens/proxy/p1","type":"leaky.usage.v1","time":"2026-11-29T22:00:00.123Z","subject":"req-1","datacontenttype":"application/json","schemaversion":1,"data":{"request_id":"req-1","org":"acme","user":"alice","key_id":"key-7","tier":"pro","route":"v1","model":"gpt-4o-mini","provider":"openai","prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"usage_source":"reported","status":200,"latency_ms":4.5,"cached":false}}"#
     );
 }
 
@@ -62,6 +64,9 @@ fn the_borrowed_event_writes_the_owned_bytes() {
     variants.push(r);
     let mut r = record();
     (r.source, r.latency_ms, r.prompt_tokens) = (UsageSource::Reservation, 812.4, u64::MAX);
+    variants.push(r);
+    let mut r = record();
+    (r.cached, r.charged_tokens) = (true, Some(21));
     variants.push(r);
     for r in &variants {
         let owned = Envelope::usage(r, id.into(), source.into(), time.into());
@@ -106,4 +111,28 @@ fn reads_events_without_subject_and_with_unknown_fields() {
     let e: Envelope<UsageData> = serde_json::from_value(v).unwrap();
     assert_eq!(e.subject, None);
     assert_eq!(e.data.total_tokens, 42);
+}
+
+/// A cache hit's event says `cached` and what the org was charged; the ledger debits that. An
+/// event written before the cache existed (neither field) reads as a live answer charged in full.
+#[test]
+fn a_cached_event_carries_what_was_charged() {
+    let r = UsageRecord {
+        cached: true,
+        charged_tokens: Some(21),
+        ..record()
+    };
+    let v = serde_json::to_value(event(&r)).unwrap();
+    assert_eq!(v["data"]["cached"], true);
+    assert_eq!(v["data"]["charged_tokens"], 21);
+    let back: Envelope<UsageData> = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        (back.data.total_tokens, back.data.billed_tokens()),
+        (42, 21)
+    );
+    let mut old = serde_json::to_value(event(&record())).unwrap();
+    old["data"].as_object_mut().unwrap().remove("cached");
+    let old: Envelope<UsageData> = serde_json::from_value(old).unwrap();
+    assert!(!old.data.cached);
+    assert_eq!(old.data.billed_tokens(), 42);
 }

@@ -18,6 +18,8 @@ fn record() -> UsageRecord {
         source: UsageSource::Reported,
         status: 200,
         latency_ms: 4.5,
+        cached: false,
+        charged_tokens: None,
         traceparent: None,
     }
 }
@@ -28,7 +30,7 @@ fn golden_json() {
     let json = serde_json::to_string(&record()).unwrap();
     assert_eq!(
         json,
-        r#"{"schema_version":1,"request_id":"req-1","principal":"test-pro","user":"alice","org":"acme","tier":"pro","route":"v1","model":"gpt-4o-mini","provider":"openai","prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"source":"reported","status":200,"latency_ms":4.5}"#
+        r#"{"schema_version":1,"request_id":"req-1","principal":"test-pro","user":"alice","org":"acme","tier":"pro","route":"v1","model":"gpt-4o-mini","provider":"openai","prompt_tokens":12,"completion_tokens":30,"total_tokens":42,"source":"reported","status":200,"latency_ms":4.5,"cached":false}"#
     );
 }
 
@@ -90,4 +92,28 @@ fn unknown_source_is_an_error() {
     let mut v = serde_json::to_value(record()).unwrap();
     v["source"] = serde_json::json!("guessed");
     assert!(serde_json::from_value::<UsageRecord>(v).is_err());
+}
+
+/// A cache hit round-trips with `cached` and its charge; a record written before the cache (no
+/// `cached`) still parses, as a live answer billed its total.
+#[test]
+fn cached_records_round_trip_and_old_records_parse() {
+    let r = UsageRecord {
+        cached: true,
+        charged_tokens: Some(0),
+        ..record()
+    };
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(
+        json.ends_with(r#""cached":true,"charged_tokens":0}"#),
+        "{json}"
+    );
+    let back: UsageRecord = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+    assert_eq!(back.billed_tokens(), 0);
+    let mut old = serde_json::to_value(record()).unwrap();
+    old.as_object_mut().unwrap().remove("cached");
+    let old: UsageRecord = serde_json::from_value(old).unwrap();
+    assert_eq!(old, record());
+    assert_eq!(old.billed_tokens(), 42);
 }

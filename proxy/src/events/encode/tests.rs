@@ -24,6 +24,8 @@ fn record() -> UsageRecord {
         source: UsageSource::Reported,
         status: 200,
         latency_ms: 812.4,
+        cached: false,
+        charged_tokens: None,
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     }
 }
@@ -51,7 +53,7 @@ fn writes_the_documented_envelope() {
             r#""user":"47cef4fe-0d7c-4a8e-9d6f-1b2c3d4e5f60","#,
             r#""key_id":"47cef4fe-0d7c-4a8e-9d6f-1b2c3d4e5f60","tier":"prepaid","route":"v1","#,
             r#""model":"gpt-4o-mini","provider":"openai","prompt_tokens":8,"completion_tokens":54,"#,
-            r#""total_tokens":62,"usage_source":"reported","status":200,"latency_ms":812.4}}"#
+            r#""total_tokens":62,"usage_source":"reported","status":200,"latency_ms":812.4,"cached":false}}"#
         )
     );
     assert_eq!(e.key, "79923f0e-806f-4fb8-890b-0d624220af74");
@@ -101,6 +103,9 @@ fn matches_the_owned_encoding_for_every_shape() {
     assert_eq!(e.payload, reference(&r, at));
     assert_eq!(e.key, "-");
     assert_eq!(e.traceparent, None);
+    // A cache hit: `cached` and what it was charged.
+    (r.cached, r.charged_tokens) = (true, Some(31));
+    assert_eq!(enc.encode(&r, id(), at).unwrap().payload, reference(&r, at));
     // A longer event after a short one: the capacity hint only sizes, never truncates.
     r.model = "m".repeat(2000);
     assert_eq!(enc.encode(&r, id(), at).unwrap().payload, reference(&r, at));
