@@ -31,12 +31,18 @@ struct Rig {
 /// The shared test config with `route_cache` as the `/v1` route's `cache:` (flow YAML), a
 /// rate-limit filter and daily quotas (no refill: every settlement shows exactly in the next
 /// answer's `RateLimit` header), and the top-level `cache:` (memory budget `memory`, Redis).
-fn config(up: &Upstreams, route_cache: &str, memory: u64, redis: Option<&str>) -> String {
+fn config(
+    up: &Upstreams,
+    route_cache: &str,
+    memory: u64,
+    redis: Option<&str>,
+    top_extra: &str,
+) -> String {
     let other = format!(
         "  - {{ id: test-globex, sha256: {}, user: dave, org: globex, tier: pro }}\n",
         sha256_hex(OTHER_ORG_KEY.as_bytes())
     );
-    let mut top = format!("cache:\n  memory: {{ max_bytes: {memory} }}\n");
+    let mut top = format!("{top_extra}cache:\n  memory: {{ max_bytes: {memory} }}\n");
     if let Some(url) = redis {
         top.push_str(&format!(
             "  redis: {{ url: \"{url}\", timeout_ms: 50, key_prefix: \"test:cache\" }}\n"
@@ -52,6 +58,11 @@ fn config(up: &Upstreams, route_cache: &str, memory: u64, redis: Option<&str>) -
             "    forward_headers: [\"x-stub-*\"]  # the stubs' diagnostics (x-stub-saw-*) back to the tests\n",
             // A stalled stream is cut after 300 ms of silence.
             &format!("    forward_headers: [\"x-stub-*\"]\n    timeouts: {{ idle_ms: 300 }}\n    cache: {route_cache}\n"),
+            1,
+        )
+        .replacen(
+            "    upstream: { provider: gemini, path_prefix: /v1beta }\n    filters: *chain\n",
+            &format!("    upstream: {{ provider: gemini, path_prefix: /v1beta }}\n    filters: *chain\n    cache: {route_cache}\n"),
             1,
         )
         .replacen(
@@ -71,6 +82,11 @@ async fn rig(kind: Kind, extra: &str) -> Rig {
 }
 
 async fn rig_with(kind: Kind, extra: &str, memory: u64) -> Rig {
+    rig_full(kind, extra, memory, "").await
+}
+
+/// A rig with more top-level config (`top_extra`, whole sections).
+async fn rig_full(kind: Kind, extra: &str, memory: u64, top_extra: &str) -> Rig {
     let up = Upstreams::start().await;
     let redis = (kind == Kind::Redis)
         .then(|| RedisServer::spawn().expect("redis-server (./scripts/test installs it)"));
@@ -79,12 +95,8 @@ async fn rig_with(kind: Kind, extra: &str, memory: u64) -> Rig {
         Kind::Redis => "redis",
     };
     let route = format!("{{ store: {store}, ttl_seconds: 300{extra} }}");
-    let config = config(
-        &up,
-        &route,
-        memory,
-        redis.as_ref().map(|r| r.url()).as_deref(),
-    );
+    let redis_url = redis.as_ref().map(|r| r.url());
+    let config = config(&up, &route, memory, redis_url.as_deref(), top_extra);
     let gw = Gateway::start(&config).await;
     Rig {
         up,
@@ -228,6 +240,21 @@ async fn hit_miss_bypass(kind: Kind) {
     let a = send(gw, PRO_KEY, &q, &[("cache-control", "no-cache")]).await;
     assert_eq!((a.status, a.cache.as_str()), (200, "miss"));
     assert_eq!(upstream_calls(&rig.up).await, 5);
+    // The access log says how the cache treated each request.
+    let rid = second.headers["x-request-id"].to_str().unwrap().to_string();
+    eventually(
+        "the hit's access line",
+        Duration::from_secs(10),
+        Some(gw),
+        || {
+            let line = gw.log().lines().any(|l| {
+                serde_json::from_str::<Value>(l)
+                    .is_ok_and(|v| v["request_id"] == rid.as_str() && v["cache"] == "hit")
+            });
+            async move { line }
+        },
+    )
+    .await;
     // A refusal before the cache decided.
     let a = send(gw, "lt-wrong-key", &q, &[]).await;
     assert_eq!((a.status, a.cache.as_str()), (401, "bypass"));
@@ -251,6 +278,23 @@ async fn hit_miss_bypass(kind: Kind) {
         "leaky_cache_bypass_total{reason=\"no_store\",route=\"v1\"} 1",
     ] {
         assert!(text.contains(sample), "{sample} in\n{text}");
+    }
+    let label = match kind {
+        Kind::Memory => "memory",
+        Kind::Redis => "redis",
+    };
+    let lookups = format!("leaky_cache_lookup_duration_seconds_count{{store=\"{label}\"}}");
+    // The miss and the hit looked up; bypasses and the no-cache refresh did not.
+    assert_eq!(gw.metric(&lookups).await, 2.0, "{text}");
+    // The hit's original usage counts as tokens served from the cache.
+    let hit_usage = &serde_json::from_str::<Value>(&second.body).unwrap()["usage"];
+    let completion = gw
+        .metric("leaky_cache_tokens_total{kind=\"completion\"}")
+        .await;
+    assert_eq!(completion, hit_usage["completion_tokens"].as_f64().unwrap());
+    if kind == Kind::Memory {
+        assert!(gw.metric("leaky_cache_entries{store=\"memory\"}").await >= 1.0);
+        assert!(gw.metric("leaky_cache_bytes{store=\"memory\"}").await > first.body.len() as f64);
     }
 }
 
@@ -337,6 +381,71 @@ async fn a_stream_is_replayed_byte_identical_in_memory() {
 #[tokio::test]
 async fn a_stream_is_replayed_byte_identical_in_redis() {
     streams_replay(Kind::Redis).await;
+}
+
+/// Gemini native: a `streamGenerateContent` SSE stream is replayed byte for byte in Google's own
+/// format (every event a `GenerateContentResponse`, usage in the last), and so is `generateContent`.
+#[tokio::test]
+async fn a_gemini_native_stream_is_replayed_in_its_own_format() {
+    let rig = rig(Kind::Memory, "").await;
+    let gw = &rig.gw;
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "Stream me a poem."}]}],
+        "generationConfig": {"temperature": 0}});
+    let mut n = 0.0;
+    for method in ["streamGenerateContent?alt=sse", "generateContent"] {
+        let url = gw.url(&format!("/gemini/v1beta/models/gemini-2.5-flash:{method}"));
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let r = gw
+                .client
+                .post(&url)
+                .header("x-goog-api-key", PRO_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let cache = r.headers()["x-leaky-cache"].to_str().unwrap().to_string();
+            answers.push((cache, r.text().await.unwrap()));
+            if answers.len() == 1 {
+                n += 1.0;
+                wait_stored(gw, Kind::Memory, n).await;
+            }
+        }
+        assert_eq!(
+            (answers[0].0.as_str(), answers[1].0.as_str()),
+            ("miss", "hit")
+        );
+        assert_eq!(
+            answers[1].1, answers[0].1,
+            "{method}: byte-identical replay"
+        );
+    }
+    let stream = ask_gemini_events(&rig).await;
+    assert!(stream.len() > 1);
+    assert!(!stream.last().unwrap()["usageMetadata"].is_null());
+}
+
+/// The events of the cached Gemini stream (a third request: a hit).
+async fn ask_gemini_events(rig: &Rig) -> Vec<Value> {
+    let gw = &rig.gw;
+    let r = gw
+        .client
+        .post(gw.url("/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"))
+        .header("x-goog-api-key", PRO_KEY)
+        .json(
+            &json!({"contents": [{"role": "user", "parts": [{"text": "Stream me a poem."}]}],
+            "generationConfig": {"temperature": 0}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-leaky-cache"], "hit");
+    let text = r.text().await.unwrap().replace("\r\n", "\n");
+    events(&text)
+        .into_iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
 }
 
 /// A stream the gateway cut (the upstream stalled) is never stored: the next request misses.
@@ -504,6 +613,28 @@ async fn a_half_charged_hit_consumes_half_the_tokens() {
 /// An answer of a fixed length (the stub's forced completion), so entries weigh about the same.
 async fn ask_sized(gw: &Gateway, q: &Value) -> Answer {
     send(gw, PRO_KEY, q, &[("x-stub-completion-tokens", "60")]).await
+}
+
+/// A prepaid balance (`unit: balance`) is charged a hit's `charge` of the original tokens, like
+/// any token limit.
+#[tokio::test]
+async fn a_hit_charges_a_prepaid_balance_its_share() {
+    let balance = "limits:\n  policies:\n    - { name: prepaid, unit: balance }\nbalances:\n  acme: 1000000\n";
+    let rig = rig_full(Kind::Memory, ", charge: 0.5", 64 * 1024 * 1024, balance).await;
+    let gw = &rig.gw;
+    let q = greedy("Bill my balance.");
+    let first = ask(gw, &q).await;
+    assert_eq!(first.cache, "miss");
+    let usage = &serde_json::from_str::<Value>(&first.body).unwrap()["usage"];
+    let (p, c) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    wait_stored(gw, Kind::Memory, 1.0).await;
+    let left = |a: &Answer| common::ratelimit_remaining(&a.headers, "prepaid");
+    let (h1, h2) = (ask(gw, &q).await, ask(gw, &q).await);
+    assert_eq!((h1.cache.as_str(), h2.cache.as_str()), ("hit", "hit"));
+    assert_eq!(left(&h1) - left(&h2), p.div_ceil(2) + c.div_ceil(2));
 }
 
 /// A byte budget of about two entries: the third evicts the least recently used.

@@ -275,6 +275,35 @@ async fn once_commits_and_rolls_back_with_the_effect() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A response-cache hit's event (`cached`, `charged_tokens`) is debited what the proxy charged the
+/// org, not the original answer's usage: a free hit nothing, a half-charged hit half.
+#[tokio::test]
+async fn a_cached_hit_is_debited_what_it_was_charged() -> anyhow::Result<()> {
+    use leaky_control_plane::consume::Handler;
+    let url = common::fresh_db().await?;
+    let pool = db::pool(&url, 4)?;
+    db::migrate(&pool).await?;
+    let org = tenancy::orgs::create(&pool, "test", "acme").await?.id;
+    ledger::grant(&pool, org, 1_000, "g", None).await?;
+    for (rid, charged) in [("hit-free", 0), ("hit-half", 21)] {
+        let u = usage(&Uuid::new_v4().to_string(), org, rid, 42);
+        let mut doc: serde_json::Value = serde_json::from_str(&u.doc)?;
+        doc["data"]["cached"] = json!(true);
+        doc["data"]["charged_tokens"] = json!(charged);
+        let event: leaky_wire::Envelope<leaky_wire::UsageData> = serde_json::from_value(doc)?;
+        let mut tx = pool.begin().await?;
+        usage::UsageHandler
+            .apply(&mut tx, &event)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tx.commit().await?;
+    }
+    let b = ledger::balance(&pool, org).await?;
+    assert_eq!((b.consumed, b.tokens), (21, 979));
+    ledger::verify(&pool, org).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_database_failure_is_retried_not_skipped() -> anyhow::Result<()> {
     let brokers = common::kafka::brokers()?;

@@ -43,6 +43,7 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         failed_attempts = ex.trail.as_deref(),
         served_model = ex.served_model.as_deref(),
         cut = ctx.response.cut,
+        cache = ctx.response.cache.map(|c| c.label()),
         principal = principal.map_or("-", |p| &*p.id),
         user = principal.map_or("-", |p| &*p.user),
         tier = principal.map_or("-", |p| &*p.tier),

@@ -47,9 +47,19 @@ impl Capture {
         }
     }
 
-    /// The upstream's response head: only a 200 can be stored.
-    pub fn on_head(&mut self, status: u16, content_type: Option<&[u8]>) {
+    /// The upstream's response head: only a 200 can be stored, and only an unencoded body (the
+    /// replay sends no `content-encoding`; the gateway never asks for one, a provider may still).
+    pub fn on_head(&mut self, status: u16, headers: &http::HeaderMap) {
         self.status = status;
+        let encoded = headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            self.status = 0;
+        }
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
         if let Some(ct) = content_type.and_then(|v| std::str::from_utf8(v).ok()) {
             self.content_type = ct.to_owned();
         }
@@ -127,9 +137,18 @@ mod tests {
         }
     }
 
+    fn sse() -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            "text/event-stream".parse().unwrap(),
+        );
+        h
+    }
+
     fn captured(status: u16, chunks: &[&'static str], max: usize) -> Capture {
         let mut c = Capture::new(max);
-        c.on_head(status, Some(b"text/event-stream"));
+        c.on_head(status, &sse());
         for ch in chunks {
             c.push(&Bytes::from_static(ch.as_bytes()));
         }
@@ -160,11 +179,22 @@ mod tests {
     fn one_chunk_is_kept_without_a_copy() {
         let chunk = Bytes::from(vec![b'x'; 10]);
         let mut c = Capture::new(10);
-        c.on_head(200, None);
+        c.on_head(200, &http::HeaderMap::new());
         c.push(&chunk);
         c.complete();
         let e = c.into_entry(answered()).unwrap();
         assert_eq!(e.body.as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn an_encoded_body_is_never_stored() {
+        let mut h = sse();
+        h.insert(http::header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        let mut c = Capture::new(64);
+        c.on_head(200, &h);
+        c.push(&Bytes::from_static(b"\x1f\x8b"));
+        c.complete();
+        assert!(c.into_entry(answered()).is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!
 //! Nothing here touches the network beyond name resolution: the limiter is compiled against an
 //! in-process store whatever `limits.store` says (Redis is reached only by a running proxy, which
-//! starts and serves while Redis is down), JWKS URLs are fetched only on a request, and health-check
+//! starts and serves while Redis is down), the response cache's Redis stores never connect, JWKS URLs are fetched only on a request, and health-check
 //! tasks stop with the throwaway background runtime before their first probe.
 
 use crate::background::{Background, BackgroundError};
@@ -27,7 +27,8 @@ pub enum CheckError {
 /// [`Resolve::Skip`] for `--offline`.
 pub fn check_snapshot(config: Config, resolve: Resolve) -> Result<(), CheckError> {
     let background = Background::start()?;
-    let shared = Shared::new(background.clone(), resolve);
+    let mut shared = Shared::new(background.clone(), resolve);
+    shared.caches = Arc::new(crate::response_cache::Stores::offline());
     let backend = Arc::new(LimiterBackend::new(&LimitStore::Memory, &background));
     let built = Snapshot::build(Arc::new(config), 1, &shared, &backend).map(drop);
     background.shutdown();

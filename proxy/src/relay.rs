@@ -38,9 +38,8 @@ pub(crate) async fn relay(
     mut capture: Option<&mut Capture>,
 ) -> Result<bool, Fail> {
     let out = response_head(ctx, route, up, resp)?;
-    if let Some(c) = capture.as_deref_mut() {
-        let ct = out.headers.get(http::header::CONTENT_TYPE);
-        c.on_head(out.status.as_u16(), ct.map(|v| v.as_bytes()));
+    if let (Some(c), Some(h)) = (capture.as_deref_mut(), resp.session.resp_header()) {
+        c.on_head(h.status.as_u16(), &h.headers);
     }
     let deadline = ctx
         .exchange
@@ -217,11 +216,7 @@ async fn cut(
 }
 
 /// One body chunk to the client (nothing for an empty one).
-pub(crate) async fn forward(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    chunk: Bytes,
-) -> Result<(), Fail> {
+async fn forward(session: &mut Session, ctx: &mut Ctx, chunk: Bytes) -> Result<(), Fail> {
     if chunk.is_empty() {
         return Ok(());
     }

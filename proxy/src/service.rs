@@ -167,22 +167,17 @@ impl Gateway {
         out: Outbound<'_>,
         capture: Option<&mut Capture>,
     ) -> std::result::Result<(), Fail> {
-        let Outbound {
-            route,
-            up: primary,
-            at,
-            body,
-        } = out;
+        let (route, at) = (out.route, out.at);
         let deadline = tokio::time::Instant::now() + route.total_timeout;
         ctx.exchange.deadline = Some(deadline);
         let query = at.query.as_deref();
         let c: &Ctx = ctx;
         let plan = Plan {
             route,
-            primary,
+            primary: out.up,
             model: c.req.model.as_deref(),
             rest: at.rest(),
-            body,
+            body: out.body,
             tokens: c.req.cost.map_or(0, |c| {
                 c.prompt.saturating_add(c.max_completion.unwrap_or(0))
             }),

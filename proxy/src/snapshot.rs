@@ -379,7 +379,7 @@ fn route_cache(
         .collect();
     // A new Redis store starts connecting now, on the background runtime (it outlives this
     // version and is not a request's), so the first answers can already be stored.
-    let _runtime = shared.background.enter();
+    let _runtime = shared.caches.connects().then(|| shared.background.enter());
     RouteCache::build(&r.name, c, &config.cache, &shared.caches, &models)
         .map(Some)
         .map_err(|source| BuildError::Cache {

@@ -40,6 +40,8 @@ pub struct Stores {
     memory_metrics: OnceMetrics,
     redis_metrics: OnceMetrics,
     flights: Flights,
+    /// `check-config` builds stores it never uses: they must not reach the network.
+    offline: bool,
 }
 
 /// A store kind's metric handles, resolved once per process.
@@ -55,6 +57,19 @@ impl OnceMetrics {
 }
 
 impl Stores {
+    /// Stores that never connect (for `check-config`, which touches no network).
+    pub fn offline() -> Self {
+        Stores {
+            offline: true,
+            ..Stores::default()
+        }
+    }
+
+    /// A new Redis store may start connecting as soon as it is made.
+    pub fn connects(&self) -> bool {
+        !self.offline
+    }
+
     /// The store a route's `cache:` names (made from the version's top-level `settings`), its
     /// metric handles and the lookup bound.
     pub(super) fn for_route(
