@@ -700,3 +700,34 @@ async fn a_reload_keeps_the_memory_store() {
     assert_eq!(ask(gw, &q).await.cache, "hit");
     assert_eq!(upstream_calls(&rig.up).await, 1);
 }
+
+/// The cache answers only after authentication: a key taken away by a reload is refused, not served
+/// its org's cached answer, while another key of the same org still hits it.
+#[tokio::test]
+async fn a_revoked_key_is_refused_even_with_its_answer_cached() {
+    const SECOND_KEY: &str = "lt-test-acme-2";
+    let second = format!(
+        "  - {{ id: test-acme-2, sha256: {}, user: bob, org: acme, tier: pro }}\n",
+        sha256_hex(SECOND_KEY.as_bytes())
+    );
+    // `top_extra` follows the key list's last line: one more key of org `acme`.
+    let rig = rig_full(Kind::Memory, "", 64 * 1024 * 1024, &second).await;
+    let gw = &rig.gw;
+    let q = greedy("Revoke me.");
+    assert_eq!(ask(gw, &q).await.cache, "miss");
+    wait_stored(gw, Kind::Memory, 1.0).await;
+    assert_eq!(send(gw, SECOND_KEY, &q, &[]).await.cache, "hit");
+    let pro_line = format!(
+        "  - {{ id: test-pro, sha256: {}, user: alice, org: acme, tier: pro }}\n",
+        sha256_hex(PRO_KEY.as_bytes())
+    );
+    assert!(rig.config.contains(&pro_line), "the test key's line");
+    let v = gw.config_version().await;
+    gw.write_config(&rig.config.replace(&pro_line, ""));
+    gw.wait_version_change(v, Duration::from_secs(10)).await;
+    let refused = ask(gw, &q).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_ne!(refused.cache, "hit");
+    assert_eq!(send(gw, SECOND_KEY, &q, &[]).await.cache, "hit");
+    assert_eq!(upstream_calls(&rig.up).await, 1);
+}
