@@ -21,6 +21,7 @@ pub mod docs;
 pub mod eureka;
 pub mod flags;
 pub mod http;
+pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;
