@@ -130,9 +130,13 @@ fn private_der(alg: Alg) -> Result<Secret<Vec<u8>>, IdentityError> {
             key.to_pkcs8_der().map_err(|e| failed(e.to_string()))?
         }
         Alg::EdDSA => {
-            use ed25519_dalek::pkcs8::EncodePrivateKey;
-            let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes::<32>()?);
-            key.to_pkcs8_der().map_err(|e| failed(e.to_string()))?
+            use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+            // PKCS#8 v1 (seed only): the form `jsonwebtoken` reads.
+            let seed = KeypairBytes {
+                secret_key: random_bytes::<32>()?,
+                public_key: None,
+            };
+            seed.to_pkcs8_der().map_err(|e| failed(e.to_string()))?
         }
         Alg::RS256 => {
             use rsa::pkcs1::EncodeRsaPrivateKey;
