@@ -40,6 +40,9 @@ fn example_key() -> Value {
     responses(
         (status = 201, description = "Created. `client_secret` is shown only here; only its argon2id hash is stored.",
          body = Created, example = json!({"client_secret": "<returned once>"})),
+        (status = 400, response = problems::MalformedJson),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
         (status = 422, response = problems::Validation),
     )
 )]
@@ -124,6 +127,7 @@ async fn list(
     responses(
         (status = 204, description = "Deleted: it can get no new token (tokens already issued live until they expire or are revoked)"),
         (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
     )
 )]
 /// Delete an OAuth2 client.
@@ -132,6 +136,13 @@ async fn remove(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    let well_formed = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !well_formed {
+        return Err(Problem::field("id", "not a client id"));
+    }
     let mut tx = state.pool.begin().await?;
     if !clients::delete(&mut tx, &id).await? {
         return Err(IdentityError::NotFound(format!("no client {id}")).into());
@@ -173,7 +184,7 @@ async fn list_keys(
 #[utoipa::path(
     post, path = "/v1/identity/keys/rotate", tag = "identity", operation_id = "rotate_signing_keys",
     responses(
-        (status = 202, description = "A pending key per algorithm (new, or the one already pending): \
+        (status = 200, description = "A pending key per algorithm (new, or the one already pending): \
             published now, signing from `activate_at` (one JWKS cache lifetime later)",
          body = Vec<KeyInfo>, example = json!([example_key()])),
     )
@@ -183,7 +194,7 @@ async fn rotate(
     principal: Principal,
     State(state): State<ApiState>,
     Extension(identity): Extension<Arc<Identity>>,
-) -> Result<(StatusCode, Json<Vec<KeyInfo>>), Problem> {
+) -> Result<Json<Vec<KeyInfo>>, Problem> {
     let s = &identity.settings;
     let now = state.clock.now();
     let pending = keys::rotate(&identity.pool, &s.master, &s.policy, &s.algs, now).await?;
@@ -200,7 +211,7 @@ async fn rotate(
         detail: json!({ "pending": pending.iter().map(|k| &k.kid).collect::<Vec<_>>() }),
     };
     audit::record(&mut conn, change).await?;
-    Ok((StatusCode::ACCEPTED, Json(pending)))
+    Ok(Json(pending))
 }
 
 /// Seeds the dev client `dev-admin` / `dev-admin-secret` (`platform-admin`, scope `admin`) if absent.
