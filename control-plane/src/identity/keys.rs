@@ -205,13 +205,16 @@ pub async fn tick(
         .bind(LOCK)
         .execute(&mut *tx)
         .await?;
-    let mut report = TickReport::default();
-    report.removed = sqlx::query_scalar(
+    let removed = sqlx::query_scalar(
         "DELETE FROM identity.signing_keys WHERE state = 'retired' AND remove_at <= $1 RETURNING kid",
     )
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
+    let mut report = TickReport {
+        removed,
+        ..TickReport::default()
+    };
     for alg in algs {
         tick_alg(&mut tx, master, policy, *alg, now, &mut report).await?;
     }
