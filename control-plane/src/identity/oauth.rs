@@ -503,10 +503,10 @@ fn metadata(identity: &Identity) -> serde_json::Value {
         "token_endpoint_auth_methods_supported": methods,
         "introspection_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,
-        "token_endpoint_auth_signing_alg_values_supported": algs,
+        // Required by OIDC discovery; no authorization endpoint and no ID token exist yet, so no
+        // response type is offered, and these are the algorithms access tokens are signed with.
         "id_token_signing_alg_values_supported": algs,
         "subject_types_supported": ["public"],
-        "scopes_supported": [],
     })
 }
 
@@ -558,4 +558,44 @@ pub fn routes() -> Router<ApiState> {
         .route("/oauth2/token", post(token))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_token_maps_to_an_admin_principal() {
+        let claims = Claims {
+            iss: "http://cp".into(),
+            sub: "cl_1".into(),
+            aud: "leaky-tokens".into(),
+            exp: 2,
+            iat: 1,
+            nbf: 1,
+            jti: "j".into(),
+            scope: "admin read".into(),
+            client_id: "cl_1".into(),
+            org: None,
+            tier: None,
+            roles: vec!["platform-admin".into()],
+        };
+        let p = principal(&claims);
+        assert_eq!(p.subject, "client:cl_1");
+        assert!(p.has_scope("read") && p.has_scope("anything"));
+    }
+
+    #[test]
+    fn the_failure_limiter_blocks_per_key_until_the_window_ends() {
+        let limiter = FailureLimiter::default();
+        let keys = vec!["client:a".to_owned(), "ip:1.2.3.4".to_owned()];
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(limiter.blocked(&keys, 100), None);
+            limiter.failed(&keys, 100);
+        }
+        assert_eq!(limiter.blocked(&keys, 100), Some(WINDOW_SECS));
+        assert_eq!(limiter.blocked(&["client:b".to_owned()], 100), None);
+        assert_eq!(limiter.blocked(&keys, 100 + WINDOW_SECS), None);
+    }
 }

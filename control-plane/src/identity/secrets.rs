@@ -64,6 +64,8 @@ pub enum SecretError {
     BadMasterKey(String, &'static str),
     #[error("master key file: {0}")]
     File(String),
+    #[error("{0}: {1}")]
+    BadSetting(String, &'static str),
     #[error("sealed with master key version {0}, which is not configured")]
     UnknownVersion(i32),
     #[error("the sealed value failed authentication (tampered, or sealed for another row)")]
