@@ -230,35 +230,7 @@ async fn tick_alg(
     now: DateTime<Utc>,
     report: &mut TickReport,
 ) -> Result<(), IdentityError> {
-    let due: Option<String> = sqlx::query_scalar(
-        "SELECT kid FROM identity.signing_keys WHERE alg = $1 AND state = 'pending' AND activate_at <= $2
-         ORDER BY activate_at DESC LIMIT 1",
-    )
-    .bind(alg.as_str())
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(kid) = due {
-        let retired: Vec<String> = sqlx::query_scalar(
-            "UPDATE identity.signing_keys SET state = 'retired', retired_at = $2, remove_at = $3
-             WHERE alg = $1 AND state = 'active' RETURNING kid",
-        )
-        .bind(alg.as_str())
-        .bind(now)
-        .bind(now + policy.max_token_ttl)
-        .fetch_all(&mut *conn)
-        .await?;
-        sqlx::query(
-            "UPDATE identity.signing_keys SET state = 'active', activated_at = $2 WHERE kid = $1",
-        )
-        .bind(&kid)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        tracing::info!(%kid, ?retired, alg = alg.as_str(), "identity: signing key activated");
-        report.retired.extend(retired);
-        report.activated.push(kid);
-    }
+    promote_due(conn, policy, alg, now, report).await?;
     let (active_since, pending): (Option<DateTime<Utc>>, i64) = sqlx::query_as(
         "SELECT max(activated_at) FILTER (WHERE state = 'active'),
                 count(*) FILTER (WHERE state = 'pending')
@@ -279,6 +251,47 @@ async fn tick_alg(
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Activates `alg`'s pending key whose time has come, retiring the active one.
+async fn promote_due(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    alg: Alg,
+    now: DateTime<Utc>,
+    report: &mut TickReport,
+) -> Result<(), IdentityError> {
+    let due: Option<String> = sqlx::query_scalar(
+        "SELECT kid FROM identity.signing_keys WHERE alg = $1 AND state = 'pending' AND activate_at <= $2
+         ORDER BY activate_at DESC LIMIT 1",
+    )
+    .bind(alg.as_str())
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(kid) = due else {
+        return Ok(());
+    };
+    let retired: Vec<String> = sqlx::query_scalar(
+        "UPDATE identity.signing_keys SET state = 'retired', retired_at = $2, remove_at = $3
+         WHERE alg = $1 AND state = 'active' RETURNING kid",
+    )
+    .bind(alg.as_str())
+    .bind(now)
+    .bind(now + policy.max_token_ttl)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE identity.signing_keys SET state = 'active', activated_at = $2 WHERE kid = $1",
+    )
+    .bind(&kid)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    tracing::info!(%kid, ?retired, alg = alg.as_str(), "identity: signing key activated");
+    report.retired.extend(retired);
+    report.activated.push(kid);
     Ok(())
 }
 

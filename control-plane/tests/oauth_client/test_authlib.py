@@ -84,7 +84,7 @@ def server(tmp_path_factory):
         wait_for("readyz", lambda: httpx.get(f"{base}/readyz").status_code == 200)
         # The rotation job's first step creates the first key of each algorithm.
         wait_for("JWKS", lambda: len(httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]) == 3)
-        yield {"base": base, "logs": logs, "master": master}
+        yield {"base": base, "logs": logs, "master": master, "binary": binary, "env": env}
     finally:
         cp.terminate()
         cp.wait(timeout=20)
@@ -151,3 +151,22 @@ def test_client_secret_post_and_errors(server):
     text = server["logs"].read_text(errors="replace")
     for secret in (client_secret, "wrong-secret", server["master"]):
         assert secret not in text
+
+
+def test_secrets_rewrap_command_moves_every_key_once(server):
+    """Runs last: afterwards the running server (v1 only) can no longer open its keys."""
+    env = dict(server["env"])
+    new_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    env["LEAKY_MASTER_KEY"] = f"v1:{server['master']},v2:{new_key}"
+    rewrap = [server["binary"], "control-plane", "secrets", "rewrap"]
+    first = subprocess.run(rewrap, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "3 row(s) re-wrapped under master key v2" in first.stdout, first.stdout + first.stderr
+    again = subprocess.run(rewrap, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "0 row(s) re-wrapped" in again.stdout
+    for out in (first.stdout, first.stderr, again.stdout, again.stderr):
+        assert new_key not in out and server["master"] not in out
+    versions = subprocess.run(
+        ["psql", env["LEAKY_DATABASE_URL"], "-tAc", "SELECT DISTINCT key_version FROM identity.signing_keys"],
+        capture_output=True, text=True, check=True,
+    )
+    assert versions.stdout.split() == ["2"]
