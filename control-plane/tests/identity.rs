@@ -692,6 +692,21 @@ async fn admin_routes_create_list_delete_clients_and_seed_the_dev_client() {
             .await
             .unwrap();
     assert_eq!(actions, vec!["client.create", "client.delete"]);
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "SELECT topic, type FROM outbox.events WHERE aggregate_id = $1 ORDER BY seq",
+    )
+    .bind(&id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let topic = "leaky.tenancy.v1".to_owned();
+    assert_eq!(
+        events,
+        vec![
+            (topic.clone(), "oauth_client.created".to_owned()),
+            (topic, "oauth_client.deleted".to_owned())
+        ]
+    );
 
     // Dev mode's client, seeded idempotently.
     identity::api::seed_dev_client(&s.identity).await.unwrap();

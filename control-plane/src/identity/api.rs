@@ -97,7 +97,7 @@ async fn create_client(
         &mut tx,
         TENANCY_TOPIC,
         "oauth_client",
-        "identity.client_created",
+        "oauth_client.created",
         change,
     )
     .await?;
@@ -158,7 +158,7 @@ async fn remove(
         &mut tx,
         TENANCY_TOPIC,
         "oauth_client",
-        "identity.client_deleted",
+        "oauth_client.deleted",
         change,
     )
     .await?;
