@@ -445,7 +445,7 @@ async fn token_endpoint_error_matrix() {
 
 #[tokio::test]
 async fn introspection_and_revocation_are_shared_through_redis() {
-    let redis = RedisServer::spawn().expect("redis-server");
+    let mut redis = RedisServer::spawn().expect("redis-server");
     let pool = fresh_pool().await;
     let clock = start();
     let a = serve(
@@ -552,6 +552,34 @@ async fn introspection_and_revocation_are_shared_through_redis() {
     assert_eq!(
         b.introspect((&id, &secret), &fresh).await,
         json!({"active": false})
+    );
+
+    // Redis down: introspection fails closed (503, within the store's timeout), never "active".
+    let live = b.token(&id, &secret).await;
+    redis.kill();
+    let started = std::time::Instant::now();
+    let res = b
+        .form(
+            "/oauth2/introspect",
+            Some((&id, &secret)),
+            &[("token", &live)],
+        )
+        .await;
+    assert_eq!(
+        oauth_error(res).await,
+        (503, "temporarily_unavailable".into())
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let res = b
+        .form("/oauth2/revoke", Some((&id, &secret)), &[("token", &live)])
+        .await;
+    assert_eq!(
+        oauth_error(res).await,
+        (503, "temporarily_unavailable".into())
     );
 }
 

@@ -237,3 +237,19 @@ impl From<IdentityError> for Problem {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_debug_output_shows_no_key_material() {
+        let settings = Settings::new("http://cp/", MasterKeys::dev(), true);
+        assert_eq!(settings.issuer, "http://cp");
+        let shown = format!("{settings:?}");
+        assert!(shown.contains("versions: [1]"), "{shown}");
+        assert!(!shown.contains("leaky-tokens-dev-master-key"), "{shown}");
+        assert!(!shown.contains("108, 101, 97, 107"), "{shown}");
+    }
+}
