@@ -57,14 +57,23 @@ pub struct NewClient {
     pub alg: Option<String>,
 }
 
-/// The created client with its secret, returned once.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// The created client with its secret, returned once (its `Debug` redacts the secret).
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Created {
     #[serde(flatten)]
     pub client: Client,
     /// Shown only in this response; only its hash is stored.
     #[schema(example = "<returned once>")]
     pub client_secret: String,
+}
+
+impl std::fmt::Debug for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Created")
+            .field("client", &self.client)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A name or scope: printable ASCII without spaces (scopes are space-separated on the wire).
