@@ -294,6 +294,26 @@ enum ControlPlaneCommand {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Secrets at rest (envelope encryption under `LEAKY_MASTER_KEY` / `LEAKY_MASTER_KEY_FILE`).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-encrypt every secret row under the newest configured master key (idempotent, resumable):
+    /// after adding `v<n+1>:<key>` to `LEAKY_MASTER_KEY`, run this, then drop the old version.
+    Rewrap {
+        /// PostgreSQL URL.
+        #[arg(
+            long,
+            env = "LEAKY_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:15432/leaky"
+        )]
+        database_url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -404,6 +424,10 @@ fn main() -> ExitCode {
             action: Some(ControlPlaneCommand::Ledger { command }),
             ..
         } => run_ledger(command),
+        Command::ControlPlane {
+            action: Some(ControlPlaneCommand::Secrets { command }),
+            ..
+        } => run_secrets(command),
         Command::ControlPlane { cp, action: None } => run_control_plane(cp),
     };
     match result {
@@ -539,6 +563,17 @@ fn run_ledger(command: LedgerCommand) -> anyhow::Result<()> {
             org.as_deref(),
         ))
         .map_err(|e| anyhow::anyhow!("ledger rebuild: {e}"))?;
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn run_secrets(command: SecretsCommand) -> anyhow::Result<()> {
+    let SecretsCommand::Rewrap { database_url } = command;
+    let lines = tokio_rt()?
+        .block_on(leaky_control_plane::identity::rewrap_command(&database_url))
+        .map_err(|e| anyhow::anyhow!("secrets rewrap: {e}"))?;
     for line in lines {
         println!("{line}");
     }

@@ -20,8 +20,8 @@ use serde_json::json;
 
 use crate::http::{versioning, AdminToken, ApiState, Problem, ProblemKind, MAX_BODY_BYTES};
 use crate::{
-    audit, billing, config, db, docs, eureka, flags, ledger, metrics, notify, openapi, outbox,
-    registry, tenancy,
+    audit, billing, config, db, docs, eureka, flags, identity, ledger, metrics, notify, openapi,
+    outbox, registry, tenancy,
 };
 
 /// One job a control-plane process can do.
@@ -123,6 +123,8 @@ pub enum AppError {
     Bind(SocketAddr, #[source] std::io::Error),
     #[error("serve: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 /// The admin API under `/v1`: the routes of every context whose role `roles` runs (the config
@@ -368,7 +370,13 @@ pub async fn run(
     let drained = spawn_roles(&state, &config, &mut tasks);
     let base = initial_base(config.config_base.as_deref());
     let settings = std::sync::Arc::new(config.billing.settings.clone());
-    let router = router_for(state.clone(), &config.roles, base, settings);
+    let mut router = router_for(state.clone(), &config.roles, base, settings);
+    if let Some(id) = start_identity(&state, &config, listen)? {
+        tasks.push(tokio::spawn(identity::run_jobs(state.clone(), id.clone())));
+        router = router.merge(identity::router(state.clone(), id));
+    }
+    // The peer address feeds identity's per-IP limit on failed client authentications.
+    let router = router.into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, router)
         .with_graceful_shutdown({
             // Watch streams never end by themselves: end them when the drain starts.
@@ -391,6 +399,30 @@ pub async fn run(
     }
     registry::tasks::deregister_self(&state.pool, &id).await;
     served.map_err(AppError::Serve)
+}
+
+/// The identity context of an admin-api process: `None` (with a warning) when no master key is
+/// configured; a malformed key or setting refuses the start.
+fn start_identity(
+    state: &ApiState,
+    config: &Config,
+    listen: SocketAddr,
+) -> Result<Option<std::sync::Arc<identity::Identity>>, AppError> {
+    if !config.roles.contains(Role::AdminApi) {
+        return Ok(None);
+    }
+    let settings = match identity::Settings::from_env(&format!("http://{listen}")) {
+        Ok(s) => s,
+        Err(identity::SecretError::NoMasterKey) => {
+            tracing::warn!("identity disabled: no LEAKY_MASTER_KEY / LEAKY_MASTER_KEY_FILE (LEAKY_IDENTITY_DEV=1 for the dev key)");
+            return Ok(None);
+        }
+        Err(e) => return Err(AppError::Identity(e.to_string())),
+    };
+    let redis = config.redis_url.as_deref();
+    identity::Identity::new(settings, state.pool.clone(), state.clock.clone(), redis)
+        .map(Some)
+        .map_err(|e| AppError::Identity(e.to_string()))
 }
 
 /// The base file's merged tree as text (JSON, which is YAML), or none if it cannot be read: the config

@@ -2,7 +2,7 @@
 //! in PostgreSQL, an audited admin REST API under `/v1`, and the `leaky-tokens control-plane` process.
 //!
 //! Modules are bounded contexts, each owning one Postgres schema ([`tenancy`], [`audit`],
-//! [`registry`], [`flags`], [`outbox`] — domain events relayed to Kafka, [`ledger`] — the event-sourced token ledger, [`billing`] — token purchases as persisted sagas, [`config`] — the config server; [`eureka`] owns none: it speaks Eureka's API
+//! [`registry`], [`flags`], [`outbox`] — domain events relayed to Kafka, [`ledger`] — the event-sourced token ledger, [`billing`] — token purchases as persisted sagas, [`identity`] — the OAuth2 authorization server (issue 14), [`config`] — the config server; [`eureka`] owns none: it speaks Eureka's API
 //! through the registry's Rust API), plus the shared edges: [`consume`] (idempotent Kafka consumers), [`db`] (pool, migrations), [`http`] (problem+json, auth,
 //! extractors), [`clock`] (an injectable "now"), [`metrics`] (Prometheus exposition) and [`app`] (roles, router, start-up). Contexts call
 //! each other's functions, never each other's tables.
@@ -21,6 +21,7 @@ pub mod docs;
 pub mod eureka;
 pub mod flags;
 pub mod http;
+pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use leaky_control_plane::http::{AdminToken, ApiState};
-use leaky_control_plane::{app, db, Roles};
+use leaky_control_plane::{app, db, identity, Roles};
 use serde_json::Value;
 
 /// Every `(method, path)` the router mounts under `/v1` (see `tenancy::api::routes`,
@@ -81,6 +81,12 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/orgs/{org}/webhooks/{id}"),
     ("GET", "/v1/orgs/{org}/notification-settings"),
     ("PUT", "/v1/orgs/{org}/notification-settings"),
+    // Identity's admin routes (`identity::api::routes`, merged by `identity::router`).
+    ("POST", "/v1/identity/clients"),
+    ("GET", "/v1/identity/clients"),
+    ("DELETE", "/v1/identity/clients/{id}"),
+    ("GET", "/v1/identity/keys"),
+    ("POST", "/v1/identity/keys/rotate"),
     // The Eureka API (`eureka::routes`, under `/eureka`, role `registry`) is in the same spec.
     ("GET", "/eureka/apps"),
     ("GET", "/eureka/apps/delta"),
@@ -107,7 +113,10 @@ async fn serve() -> SocketAddr {
     let pool = db::pool("postgres://leaky@127.0.0.1:1/unused", 1).unwrap();
     let state = ApiState::new(pool, AdminToken::new("openapi-test-token"));
     state.set_migrated();
-    let router = app::router(state, &Roles::all());
+    let settings = identity::Settings::new("http://issuer", identity::MasterKeys::dev(), false);
+    let clock = state.clock.clone();
+    let identity = identity::Identity::new(settings, state.pool.clone(), clock, None).unwrap();
+    let router = app::router(state.clone(), &Roles::all()).merge(identity::router(state, identity));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -171,8 +180,8 @@ async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
     assert_eq!(
         tags,
         BTreeSet::from([
-            "audit", "billing", "config", "eureka", "flags", "ledger", "notify", "registry",
-            "tenancy",
+            "audit", "billing", "config", "eureka", "flags", "identity", "ledger", "notify",
+            "registry", "tenancy",
         ])
     );
     let basic = &spec["components"]["securitySchemes"]["eureka_basic"];

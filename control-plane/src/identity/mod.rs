@@ -1,0 +1,255 @@
+//! Bounded context "identity" (Postgres schema `identity`, issue 14, first increment): the control
+//! plane as an OAuth2 authorization server for services.
+//!
+//! - [`secrets`]: envelope encryption of secrets at rest (AES-256-GCM data keys under versioned
+//!   master keys from `LEAKY_MASTER_KEY` / `LEAKY_MASTER_KEY_FILE`), and the redacting [`Secret`].
+//! - [`keys`]: ES256, RS256 and EdDSA signing keys, encrypted in Postgres, rotated with overlap.
+//! - [`clients`]: OAuth2 clients with argon2id-hashed secrets; the admin API in [`api`].
+//! - [`oauth`]: discovery, JWKS, `POST /oauth2/token` (`client_credentials`), introspection (RFC 7662)
+//!   and revocation (RFC 7009); revoked token ids live in Redis ([`revoked`]) until the token expires,
+//!   so every replica sees them.
+//!
+//! Identity runs only with a master key: [`Settings::from_env`] refuses without one unless
+//! `LEAKY_IDENTITY_DEV=1` selects the public dev key (and seeds the dev client `dev-admin` /
+//! `dev-admin-secret`). The bootstrap admin token still guards `/v1` in this increment; a token from
+//! this server becomes a [`crate::http::Principal`] through [`oauth::principal`] once RBAC lands.
+
+pub mod api;
+pub mod clients;
+pub mod keys;
+pub mod oauth;
+pub mod revoked;
+pub mod secrets;
+
+use std::sync::Arc;
+
+use axum::Router;
+use chrono::Duration;
+use sqlx::PgPool;
+
+use crate::clock::Clock;
+use crate::http::{ApiState, Problem, ProblemKind};
+
+pub use keys::{Alg, Policy};
+pub use secrets::{MasterKeys, Secret, SecretError};
+
+/// The dev client's id and secret (dev mode only, see DESIGN.md's full-stack contract).
+pub const DEV_CLIENT_ID: &str = "dev-admin";
+pub const DEV_CLIENT_SECRET: &str = "dev-admin-secret";
+
+/// The identity context's settings (`LEAKY_IDENTITY_*` and the master key).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `iss` of every token and the base of the advertised endpoints.
+    pub issuer: String,
+    /// The `aud` of tokens of clients created without one.
+    pub default_audience: String,
+    pub master: MasterKeys,
+    /// Dev mode: the dev client is seeded.
+    pub dev: bool,
+    /// Lifetime of tokens of clients created without one.
+    pub token_ttl: Duration,
+    pub policy: Policy,
+    /// The algorithms keys are kept for (each gets an active key).
+    pub algs: Vec<Alg>,
+}
+
+fn env_secs(name: &str, default: i64) -> Result<Duration, SecretError> {
+    match std::env::var(name) {
+        Err(_) => Ok(Duration::seconds(default)),
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Duration::seconds)
+            .ok_or(SecretError::BadMasterKey(
+                name.to_owned(),
+                "not a positive integer",
+            )),
+    }
+}
+
+impl Settings {
+    /// Defaults for `issuer`: 10-minute tokens (1 hour at most), a 5-minute JWKS lifetime (and so
+    /// publish-ahead), weekly rotation, all three algorithms.
+    pub fn new(issuer: impl Into<String>, master: MasterKeys, dev: bool) -> Self {
+        Self {
+            issuer: issuer.into().trim_end_matches('/').to_owned(),
+            default_audience: "leaky-tokens".into(),
+            master,
+            dev,
+            token_ttl: Duration::minutes(10),
+            policy: Policy {
+                publish_ahead: Duration::minutes(5),
+                rotate_every: Duration::days(7),
+                max_token_ttl: Duration::hours(1),
+            },
+            algs: Alg::ALL.to_vec(),
+        }
+    }
+
+    /// From the environment: `LEAKY_IDENTITY_DEV`, `LEAKY_IDENTITY_ISSUER` (default
+    /// `default_issuer`), `LEAKY_IDENTITY_TOKEN_TTL_SECS`, `LEAKY_IDENTITY_JWKS_MAX_AGE_SECS`,
+    /// `LEAKY_IDENTITY_ROTATE_EVERY_SECS` and the master key ([`MasterKeys::from_env`]).
+    pub fn from_env(default_issuer: &str) -> Result<Self, SecretError> {
+        let dev = matches!(
+            std::env::var("LEAKY_IDENTITY_DEV").as_deref(),
+            Ok("1" | "true")
+        );
+        let master = MasterKeys::from_env(dev)?;
+        let issuer = std::env::var("LEAKY_IDENTITY_ISSUER")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| default_issuer.to_owned());
+        let mut s = Self::new(issuer, master, dev);
+        s.token_ttl = env_secs("LEAKY_IDENTITY_TOKEN_TTL_SECS", 600)?;
+        s.policy.publish_ahead = env_secs("LEAKY_IDENTITY_JWKS_MAX_AGE_SECS", 300)?;
+        s.policy.rotate_every = env_secs("LEAKY_IDENTITY_ROTATE_EVERY_SECS", 7 * 86_400)?;
+        s.policy.max_token_ttl = s.policy.max_token_ttl.max(s.token_ttl);
+        Ok(s)
+    }
+}
+
+/// What identity's handlers and jobs share.
+pub struct Identity {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+    /// Revoked token ids (Redis); `None` without `--redis-url`: revocation answers 503.
+    pub revoked: Option<revoked::Revocations>,
+    pub(crate) limiter: oauth::FailureLimiter,
+}
+
+impl Identity {
+    pub fn new(
+        settings: Settings,
+        pool: PgPool,
+        clock: Arc<dyn Clock>,
+        redis_url: Option<&str>,
+    ) -> Result<Arc<Self>, IdentityError> {
+        let revoked = redis_url.map(revoked::Revocations::new).transpose()?;
+        if revoked.is_none() {
+            tracing::warn!("identity: no Redis, token revocation is unavailable");
+        }
+        Ok(Arc::new(Self {
+            settings,
+            pool,
+            clock,
+            revoked,
+            limiter: oauth::FailureLimiter::default(),
+        }))
+    }
+
+    /// One rotation step now (what the periodic job runs).
+    pub async fn tick(&self) -> Result<keys::TickReport, IdentityError> {
+        let s = &self.settings;
+        keys::tick(&self.pool, &s.master, &s.policy, &s.algs, self.clock.now()).await
+    }
+}
+
+/// Everything identity serves: the OAuth2 endpoints at the root and the admin routes under
+/// `/v1/identity`, with `state` applied (merge it into the app's router).
+pub fn router(state: ApiState, identity: Arc<Identity>) -> Router {
+    Router::new()
+        .merge(oauth::routes())
+        .nest("/v1", api::routes())
+        .layer(axum::Extension(identity))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            oauth::migrated,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::http::MAX_BODY_BYTES,
+        ))
+        .with_state(state)
+}
+
+/// Once migrated: seeds the dev client (dev mode), then runs [`Identity::tick`] every
+/// [`keys::TICK_EVERY`].
+pub async fn run_jobs(state: ApiState, identity: Arc<Identity>) {
+    state.migrated().await;
+    if identity.settings.dev {
+        if let Err(e) = api::seed_dev_client(&identity).await {
+            tracing::error!(error = %e, "identity: dev client not seeded");
+        }
+    }
+    let mut every = tokio::time::interval(keys::TICK_EVERY);
+    loop {
+        every.tick().await;
+        if let Err(e) = identity.tick().await {
+            tracing::warn!(error = %e, "identity: key rotation step failed");
+        }
+    }
+}
+
+/// `leaky-tokens control-plane secrets rewrap`: re-encrypts every secret row under the newest
+/// master key; returns lines to print.
+pub async fn rewrap_command(database_url: &str) -> Result<Vec<String>, IdentityError> {
+    let dev = matches!(
+        std::env::var("LEAKY_IDENTITY_DEV").as_deref(),
+        Ok("1" | "true")
+    );
+    let master = MasterKeys::from_env(dev)?;
+    let pool =
+        crate::db::pool(database_url, 2).map_err(|e| IdentityError::Internal(e.to_string()))?;
+    crate::db::migrate(&pool)
+        .await
+        .map_err(|e| IdentityError::Internal(e.to_string()))?;
+    let moved = keys::rewrap_all(&pool, &master).await?;
+    Ok(vec![format!(
+        "identity.signing_keys: {moved} row(s) re-wrapped under master key v{}",
+        master.newest()
+    )])
+}
+
+/// Why an identity operation failed. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}: {1}")]
+    Field(String, String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<IdentityError> for Problem {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Field(f, m) => Problem::field(f, m),
+            IdentityError::NotFound(m) => Problem::new(ProblemKind::NotFound, m),
+            IdentityError::Conflict(m) => Problem::new(ProblemKind::Conflict, m),
+            IdentityError::Unavailable(m) => Problem::new(ProblemKind::Unavailable, m),
+            IdentityError::Db(e) => Problem::from(e),
+            e => {
+                tracing::error!(error = %e, "identity: internal error");
+                Problem::new(ProblemKind::Internal, "internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_debug_output_shows_no_key_material() {
+        let settings = Settings::new("http://cp/", MasterKeys::dev(), true);
+        assert_eq!(settings.issuer, "http://cp");
+        let shown = format!("{settings:?}");
+        assert!(shown.contains("versions: [1]"), "{shown}");
+        assert!(!shown.contains("leaky-tokens-dev-master-key"), "{shown}");
+        assert!(!shown.contains("108, 101, 97, 107"), "{shown}");
+    }
+}

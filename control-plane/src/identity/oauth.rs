@@ -1,0 +1,601 @@
+//! The OAuth2 protocol endpoints: discovery (RFC 8414 and OIDC's document, listing only what exists),
+//! the JWKS, `POST /oauth2/token` with the `client_credentials` grant (RFC 6749 §4.4; client
+//! authentication `client_secret_basic` or `client_secret_post`), introspection (RFC 7662) and
+//! revocation (RFC 7009), both requiring client authentication.
+//!
+//! Errors are RFC 6749 §5.2 JSON (`{"error", "error_description"}`), not problem+json: OAuth2
+//! clients parse these. `invalid_client` is a 401 with `WWW-Authenticate: Basic`. Failed client
+//! authentications are counted per client id and per peer IP in this process (a fixed window on the
+//! injected clock); past [`MAX_FAILURES`] the endpoint answers 429 until the window ends. Replicas
+//! count separately for now (a shared Redis counter is the next step).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::clients::{self, Client};
+use super::keys::{self, Alg};
+use super::secrets::Secret;
+use super::{Identity, IdentityError};
+use crate::http::{ApiState, Principal};
+
+/// Failed client authentications per client id or IP allowed in one [`WINDOW_SECS`].
+pub const MAX_FAILURES: u32 = 10;
+pub const WINDOW_SECS: i64 = 300;
+/// Largest token accepted for introspection or revocation.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// The access token's claims.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub scope: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// The admin-API caller a verified token stands for (used once RBAC replaces the bootstrap token).
+pub fn principal(claims: &Claims) -> Principal {
+    Principal {
+        subject: format!("client:{}", claims.sub),
+        scopes: claims.scope.split(' ').map(str::to_owned).collect(),
+    }
+}
+
+/// An RFC 6749 §5.2 error response.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    retry_after: Option<i64>,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    fn request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    fn client() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        )
+    }
+}
+
+impl From<IdentityError> for OAuthError {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Unavailable(m) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                m,
+            ),
+            e => {
+                tracing::error!(error = %e, "identity: oauth endpoint failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.error, "error_description": self.description });
+        let mut res = (self.status, no_store(), Json(body)).into_response();
+        if self.error == "invalid_client" {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"leaky-tokens\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        res
+    }
+}
+
+fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+/// Failed client authentications per key (`client:<id>`, `ip:<addr>`) in fixed windows.
+#[derive(Default)]
+pub(crate) struct FailureLimiter {
+    windows: Mutex<HashMap<String, (i64, u32)>>,
+}
+
+impl FailureLimiter {
+    /// Seconds until the window of the first blocked key ends, if any key is over the limit.
+    fn blocked(&self, keys: &[String], now: i64) -> Option<i64> {
+        let windows = self.windows.lock().ok()?;
+        keys.iter()
+            .filter_map(|k| windows.get(k))
+            .filter(|(start, n)| now < start + WINDOW_SECS && *n >= MAX_FAILURES)
+            .map(|(start, _)| start + WINDOW_SECS - now)
+            .max()
+    }
+
+    fn failed(&self, keys: &[String], now: i64) {
+        let Ok(mut windows) = self.windows.lock() else {
+            return;
+        };
+        // Bounded: a flood of distinct ids cannot grow the map without end.
+        if windows.len() > 50_000 {
+            windows.retain(|_, (start, _)| now < *start + WINDOW_SECS);
+        }
+        for k in keys {
+            let w = windows.entry(k.clone()).or_insert((now, 0));
+            if now >= w.0 + WINDOW_SECS {
+                *w = (now, 0);
+            }
+            w.1 += 1;
+        }
+    }
+}
+
+/// The peer's IP when the server records it (`into_make_service_with_connect_info`).
+pub struct PeerIp(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Self(ip))
+    }
+}
+
+/// A form body's parameters; a repeated parameter is an error (RFC 6749 §3.1).
+fn parse_form(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, String>, OAuthError> {
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form_type {
+        return Err(OAuthError::request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let mut form = HashMap::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if form.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(OAuthError::request(format!("parameter `{k}` repeated")));
+        }
+    }
+    Ok(form)
+}
+
+/// The client id and secret from `Authorization: Basic` or the body, never both.
+fn credentials(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<(String, Secret<String>), OAuthError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "));
+    let in_body = form.get("client_id").zip(form.get("client_secret"));
+    match (basic, in_body) {
+        (Some(_), Some(_)) => Err(OAuthError::request("use one client authentication method")),
+        (Some(b64), None) => {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|_| OAuthError::client())?;
+            let text = String::from_utf8(raw).map_err(|_| OAuthError::client())?;
+            let (id, secret) = text.split_once(':').ok_or_else(OAuthError::client)?;
+            // RFC 6749 §2.3.1: both parts are form-urlencoded inside the Basic credentials.
+            let decode = |s: &str| -> String {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            Ok((decode(id), Secret::new(decode(secret))))
+        }
+        (None, Some((id, secret))) => Ok((id.clone(), Secret::new(secret.clone()))),
+        (None, None) => Err(OAuthError::client()),
+    }
+}
+
+/// Authenticates the calling client (rate limited per id and per IP).
+async fn authenticate(
+    identity: &Identity,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    ip: Option<IpAddr>,
+) -> Result<Client, OAuthError> {
+    let (id, secret) = credentials(headers, form)?;
+    let now = identity.clock.now().timestamp();
+    let mut keys = vec![format!("client:{id}")];
+    keys.extend(ip.map(|ip| format!("ip:{ip}")));
+    if let Some(wait) = identity.limiter.blocked(&keys, now) {
+        let mut e = OAuthError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            "too many failed client authentications; retry later",
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    let found = clients::find(&identity.pool, &id).await?;
+    // An unknown id still pays one hash verification, so timing does not tell ids apart.
+    let (client, hash) = match found {
+        Some((c, h)) => (Some(c), h),
+        None => (None, dummy_hash().await?),
+    };
+    let ok = clients::verify_secret(hash, secret).await;
+    match client {
+        Some(c) if ok => Ok(c),
+        _ => {
+            identity.limiter.failed(&keys, now);
+            tracing::info!(client_id = %id, ?ip, "identity: client authentication failed");
+            Err(OAuthError::client())
+        }
+    }
+}
+
+/// An argon2id hash of a random value (made once), verified against for unknown client ids.
+async fn dummy_hash() -> Result<String, IdentityError> {
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    DUMMY
+        .get_or_try_init(|| async { clients::hash_secret(clients::new_secret()?).await })
+        .await
+        .cloned()
+}
+
+/// `POST /oauth2/token`.
+async fn token(
+    Extension(identity): Extension<Arc<Identity>>,
+    PeerIp(ip): PeerIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let form = parse_form(&headers, &body)?;
+    let grant = form
+        .get("grant_type")
+        .ok_or_else(|| OAuthError::request("`grant_type` is required"))?;
+    let client = authenticate(&identity, &headers, &form, ip).await?;
+    if grant != "client_credentials" {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only client_credentials is supported",
+        ));
+    }
+    let scopes = granted_scopes(&client, form.get("scope"))?;
+    let (jwt, ttl) = issue(&identity, &client, &scopes).await?;
+    let body = json!({
+        "access_token": jwt,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "scope": scopes.join(" "),
+    });
+    Ok((no_store(), Json(body)).into_response())
+}
+
+/// The requested scopes (all the client's when none are asked for); any not allowed is an error.
+fn granted_scopes(client: &Client, requested: Option<&String>) -> Result<Vec<String>, OAuthError> {
+    let Some(requested) = requested else {
+        return Ok(client.scopes.clone());
+    };
+    let mut scopes: Vec<String> = Vec::new();
+    for s in requested.split(' ').filter(|s| !s.is_empty()) {
+        if !client.scopes.iter().any(|a| a == s) {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                format!("scope `{s}` is not allowed for this client"),
+            ));
+        }
+        if !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_owned());
+        }
+    }
+    if scopes.is_empty() {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "empty scope",
+        ));
+    }
+    Ok(scopes)
+}
+
+/// Signs an access token for `client` with `scopes`; returns it and its lifetime in seconds.
+async fn issue(
+    identity: &Identity,
+    client: &Client,
+    scopes: &[String],
+) -> Result<(String, i64), OAuthError> {
+    let alg = Alg::parse(&client.alg).unwrap_or(Alg::ES256);
+    let signer = keys::signer(&identity.pool, &identity.settings.master, alg).await?;
+    let now = identity.clock.now().timestamp();
+    let ttl = i64::from(client.token_ttl_secs);
+    let claims = Claims {
+        iss: identity.settings.issuer.clone(),
+        sub: client.id.clone(),
+        aud: client.audience.clone(),
+        exp: now + ttl,
+        iat: now,
+        nbf: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        scope: scopes.join(" "),
+        client_id: client.id.clone(),
+        org: client.org_id.map(|o| o.to_string()),
+        tier: client.tier.clone(),
+        roles: client.roles.clone(),
+    };
+    let mut header = Header::new(signer.alg.jwt());
+    header.kid = Some(signer.kid.clone());
+    header.typ = Some("at+jwt".into());
+    let jwt = jsonwebtoken::encode(&header, &claims, &signer.key)
+        .map_err(|e| IdentityError::Internal(format!("signing: {e}")))?;
+    Ok((jwt, ttl))
+}
+
+/// The claims of `token` if this server issued it, its signature holds and it has not expired (at
+/// `now`); revocation is checked by the caller.
+async fn verify(
+    identity: &Identity,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Claims>, IdentityError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Ok(None);
+    }
+    let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else {
+        return Ok(None);
+    };
+    let Some((alg, key)) = keys::decoding_key(&identity.pool, &kid).await? else {
+        return Ok(None);
+    };
+    let mut v = Validation::new(alg.jwt());
+    v.set_issuer(&[&identity.settings.issuer]);
+    // Any audience: introspection answers for tokens of every resource server.
+    v.validate_aud = false;
+    // Expiry is checked below against the injected clock.
+    v.validate_exp = false;
+    v.set_required_spec_claims(&["exp", "iss", "sub"]);
+    let Ok(data) = jsonwebtoken::decode::<Claims>(token, &key, &v) else {
+        return Ok(None);
+    };
+    let now = now.timestamp();
+    let c = data.claims;
+    Ok((c.exp > now && c.nbf <= now).then_some(c))
+}
+
+/// `POST /oauth2/introspect` (RFC 7662).
+async fn introspect(
+    Extension(identity): Extension<Arc<Identity>>,
+    PeerIp(ip): PeerIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let form = parse_form(&headers, &body)?;
+    authenticate(&identity, &headers, &form, ip).await?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| OAuthError::request("`token` is required"))?;
+    let inactive = || (no_store(), Json(json!({ "active": false }))).into_response();
+    let Some(claims) = verify(&identity, token, identity.clock.now()).await? else {
+        return Ok(inactive());
+    };
+    let revoked = match &identity.revoked {
+        Some(r) => r.is_revoked(&claims.jti).await?,
+        None => false,
+    };
+    if revoked {
+        return Ok(inactive());
+    }
+    let mut body = serde_json::to_value(&claims)
+        .map_err(|e| IdentityError::Internal(format!("claims: {e}")))?;
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("active".into(), true.into());
+        fields.insert("token_type".into(), "Bearer".into());
+    }
+    Ok((no_store(), Json(body)).into_response())
+}
+
+/// `POST /oauth2/revoke` (RFC 7009): a token of the calling client is revoked until it expires; an
+/// invalid or unknown token is a 200 all the same (§2.2).
+async fn revoke(
+    Extension(identity): Extension<Arc<Identity>>,
+    PeerIp(ip): PeerIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let form = parse_form(&headers, &body)?;
+    let client = authenticate(&identity, &headers, &form, ip).await?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| OAuthError::request("`token` is required"))?;
+    if let Some(hint) = form.get("token_type_hint") {
+        if hint != "access_token" {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_token_type",
+                "only access tokens exist",
+            ));
+        }
+    }
+    let now = identity.clock.now();
+    let Some(claims) = verify(&identity, token, now).await? else {
+        return Ok((StatusCode::OK, no_store()).into_response());
+    };
+    if claims.client_id != client.id {
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "the token was issued to another client",
+        ));
+    }
+    let revocations = identity
+        .revoked
+        .as_ref()
+        .ok_or_else(|| IdentityError::Unavailable("revocation needs Redis (--redis-url)".into()))?;
+    let ttl = u64::try_from(claims.exp - now.timestamp()).unwrap_or(1);
+    revocations.revoke(&claims.jti, ttl).await?;
+    tracing::info!(client_id = %client.id, jti = %claims.jti, "identity: token revoked");
+    Ok((StatusCode::OK, no_store()).into_response())
+}
+
+/// The discovery document: only endpoints, grants and methods that exist.
+fn metadata(identity: &Identity) -> serde_json::Value {
+    let iss = &identity.settings.issuer;
+    let algs: Vec<&str> = identity.settings.algs.iter().map(|a| a.as_str()).collect();
+    let methods = ["client_secret_basic", "client_secret_post"];
+    json!({
+        "issuer": iss,
+        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "token_endpoint": format!("{iss}/oauth2/token"),
+        "introspection_endpoint": format!("{iss}/oauth2/introspect"),
+        "revocation_endpoint": format!("{iss}/oauth2/revoke"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_methods_supported": methods,
+        // Required by OIDC discovery; no authorization endpoint and no ID token exist yet, so no
+        // response type is offered, and these are the algorithms access tokens are signed with.
+        "id_token_signing_alg_values_supported": algs,
+        "subject_types_supported": ["public"],
+    })
+}
+
+async fn discovery(Extension(identity): Extension<Arc<Identity>>) -> Response {
+    let max_age = identity.settings.policy.publish_ahead.num_seconds();
+    let cache = format!("public, max-age={max_age}");
+    let mut res = Json(metadata(&identity)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        res.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    res
+}
+
+/// `GET /.well-known/jwks.json`, cacheable for exactly the publish-ahead time.
+async fn jwks(Extension(identity): Extension<Arc<Identity>>) -> Result<Response, OAuthError> {
+    let set = keys::jwks(&identity.pool).await?;
+    let max_age = identity.settings.policy.publish_ahead.num_seconds();
+    let mut res = Json(set).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        res.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    Ok(res)
+}
+
+/// Answers 503 until migrations are done (the app's own gate covers only `/v1`).
+pub(crate) async fn migrated(
+    State(state): State<ApiState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.is_migrated() {
+        next.run(req).await
+    } else {
+        OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the database schema is not ready yet",
+        )
+        .into_response()
+    }
+}
+
+/// The protocol endpoints at the root.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/oauth-authorization-server", get(discovery))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_token_maps_to_an_admin_principal() {
+        let claims = Claims {
+            iss: "http://cp".into(),
+            sub: "cl_1".into(),
+            aud: "leaky-tokens".into(),
+            exp: 2,
+            iat: 1,
+            nbf: 1,
+            jti: "j".into(),
+            scope: "admin read".into(),
+            client_id: "cl_1".into(),
+            org: None,
+            tier: None,
+            roles: vec!["platform-admin".into()],
+        };
+        let p = principal(&claims);
+        assert_eq!(p.subject, "client:cl_1");
+        assert!(p.has_scope("read") && p.has_scope("anything"));
+    }
+
+    #[test]
+    fn the_failure_limiter_blocks_per_key_until_the_window_ends() {
+        let limiter = FailureLimiter::default();
+        let keys = vec!["client:a".to_owned(), "ip:1.2.3.4".to_owned()];
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(limiter.blocked(&keys, 100), None);
+            limiter.failed(&keys, 100);
+        }
+        assert_eq!(limiter.blocked(&keys, 100), Some(WINDOW_SECS));
+        assert_eq!(limiter.blocked(&["client:b".to_owned()], 100), None);
+        assert_eq!(limiter.blocked(&keys, 100 + WINDOW_SECS), None);
+    }
+}
