@@ -4,7 +4,8 @@
 //! meter's rewrites (a stripped usage chunk is still in the entry: a hit that asked for usage gets
 //! it, one that did not has it stripped by its own meter). The capture holds the chunks themselves
 //! (reference-counted, no copy while relaying) and gives up, freeing them, once they pass the
-//! route's `max_entry_bytes`. The relay marks it complete only when the upstream body ended normally
+//! route's `max_entry_bytes`. The entry is built as one fresh copy of exactly the body, so it never
+//! pins a larger read buffer the store's byte budget does not count. The relay marks it complete only when the upstream body ended normally
 //! and every byte reached the client; an entry is built only from a complete 200.
 
 use bytes::{Bytes, BytesMut};
@@ -94,16 +95,14 @@ impl Capture {
         if !self.complete || self.over || self.status != 200 {
             return None;
         }
-        let body = match self.chunks.len() {
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut b = BytesMut::with_capacity(self.len);
-                for c in &self.chunks {
-                    b.extend_from_slice(c);
-                }
-                b.freeze()
-            }
-        };
+        // Always a fresh buffer of exactly the body's length, even for one chunk: a chunk may share
+        // the allocation of a larger read buffer, which a stored entry would pin for its whole TTL
+        // while the store's byte budget counted only the chunk's length.
+        let mut b = BytesMut::with_capacity(self.len);
+        for c in &self.chunks {
+            b.extend_from_slice(c);
+        }
+        let body = b.freeze();
         Some(Entry {
             status: self.status,
             content_type: self.content_type,
@@ -176,14 +175,19 @@ mod tests {
     }
 
     #[test]
-    fn one_chunk_is_kept_without_a_copy() {
-        let chunk = Bytes::from(vec![b'x'; 10]);
+    fn a_chunk_of_a_larger_buffer_is_not_pinned_by_the_entry() {
+        // A 10-byte chunk sliced out of a 64 KiB read buffer: the entry owns its own 10 bytes.
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunk = buffer.slice(0..10);
         let mut c = Capture::new(10);
         c.on_head(200, &http::HeaderMap::new());
         c.push(&chunk);
         c.complete();
         let e = c.into_entry(answered()).unwrap();
-        assert_eq!(e.body.as_ptr(), chunk.as_ptr());
+        assert_eq!(e.body, chunk);
+        assert_ne!(e.body.as_ptr(), chunk.as_ptr());
+        drop((buffer, chunk));
+        assert!(e.body.is_unique(), "the body shares no allocation");
     }
 
     #[test]
