@@ -527,27 +527,6 @@ async fn redis_down_is_a_miss_with_bounded_latency() {
     assert!(unavailable >= 1.0, "{unavailable}");
 }
 
-/// The usage record of request `rid` in the gateway's JSON log (waits for the sink to write it).
-async fn usage_record(gw: &Gateway, rid: &str) -> Value {
-    let find = || {
-        gw.log().lines().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["request_id"] == rid && v.get("source").is_some()).then_some(v)
-        })
-    };
-    eventually(
-        "the usage record is logged",
-        Duration::from_secs(10),
-        Some(gw),
-        || {
-            let found = find().is_some();
-            async move { found }
-        },
-    )
-    .await;
-    find().unwrap()
-}
-
 /// One more request: (remaining day tokens and requests at its admission, its cache result, its
 /// request id).
 async fn quota(gw: &Gateway, q: &Value) -> (u64, u64, String, String) {
@@ -586,7 +565,7 @@ async fn metering(charge: &str, expect: fn(u64, u64) -> u64) {
         "charge {charge} of {prompt} + {completion}"
     );
     // The hit's record: the original usage, marked cached, with what it was charged.
-    let rec = usage_record(gw, &rid).await;
+    let rec = gw.usage_record(&rid).await;
     assert_eq!(rec["cached"], true, "{rec}");
     assert_eq!(rec["prompt_tokens"], usage["prompt_tokens"], "{rec}");
     assert_eq!(
@@ -595,7 +574,9 @@ async fn metering(charge: &str, expect: fn(u64, u64) -> u64) {
     );
     assert_eq!(rec["source"], "reported", "{rec}");
     assert_eq!(rec["charged_tokens"].as_u64(), Some(charged), "{rec}");
-    let live = usage_record(gw, first.headers["x-request-id"].to_str().unwrap()).await;
+    let live = gw
+        .usage_record(first.headers["x-request-id"].to_str().unwrap())
+        .await;
     assert_eq!(live["cached"], false, "{live}");
 }
 

@@ -191,27 +191,6 @@ keys:
     }
 }
 
-/// The usage record of request `rid` in the gateway's log (waits for the sink to write it).
-async fn usage_record(gw: &Gateway, rid: &str) -> Value {
-    let find = || {
-        gw.log().lines().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["request_id"] == rid && v.get("source").is_some()).then_some(v)
-        })
-    };
-    eventually(
-        "the usage record is logged",
-        Duration::from_secs(10),
-        Some(gw),
-        || {
-            let found = find().is_some();
-            async move { found }
-        },
-    )
-    .await;
-    find().unwrap()
-}
-
 fn question() -> Value {
     chat("gpt-4o-mini", "Tell me everything about leaky buckets.")
 }
@@ -255,7 +234,7 @@ async fn a_client_gone_before_the_header_is_charged_the_providers_reported_usage
     drop(client); // gone before any response byte
     go.send(()).unwrap();
 
-    let record = usage_record(gw, rid).await;
+    let record = gw.usage_record(rid).await;
     assert_eq!(record["source"], "reported", "{record}");
     assert_eq!(record["completion_tokens"], 2_000, "{record}");
 
@@ -291,7 +270,7 @@ async fn a_malformed_or_usage_less_answer_is_charged_the_reservation() {
         "malformed: {text}"
     );
     let p = DAY - q0 - 40;
-    let record = usage_record(gw, &rid0).await;
+    let record = gw.usage_record(&rid0).await;
     assert_eq!(record["source"], "reservation", "{record}");
     assert_eq!(record["completion_tokens"], 40, "{record}");
 
@@ -300,7 +279,7 @@ async fn a_malformed_or_usage_less_answer_is_charged_the_reservation() {
     assert_eq!(r.status(), 200);
     let rid1 = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let _ = r.text().await.unwrap();
-    let record = usage_record(gw, &rid1).await;
+    let record = gw.usage_record(&rid1).await;
     assert_eq!(record["source"], "reservation", "{record}");
     assert_eq!(record["completion_tokens"], DEFAULT, "{record}");
 
@@ -312,7 +291,7 @@ async fn a_malformed_or_usage_less_answer_is_charged_the_reservation() {
     let rid2 = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let report: Value = r.json().await.unwrap();
     assert!(report.get("usage").is_none());
-    let record = usage_record(gw, &rid2).await;
+    let record = gw.usage_record(&rid2).await;
     assert_eq!(record["source"], "reservation", "{record}");
     assert_eq!(record["completion_tokens"], 30, "{record}");
     let pc = record["prompt_tokens"].as_u64().unwrap();
@@ -538,7 +517,7 @@ async fn gemini_native_under_v1_is_served_and_metered_like_v1beta() {
             let usage = gemini_usage(&r.text().await.unwrap(), sse);
             let prompt = usage["promptTokenCount"].as_u64().unwrap();
             let completion = usage["candidatesTokenCount"].as_u64().unwrap();
-            let record = usage_record(gw, &rid).await;
+            let record = gw.usage_record(&rid).await;
             assert_eq!(record["source"], "reported", "{version} {method}: {record}");
             assert_eq!(
                 record["prompt_tokens"], prompt,

@@ -271,6 +271,28 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
+    /// The usage record of request `rid` in the gateway's JSON log (waits up to 10 s for the sink
+    /// to write it).
+    pub async fn usage_record(&self, rid: &str) -> serde_json::Value {
+        let find = || {
+            self.log().lines().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["request_id"] == rid && v.get("source").is_some()).then_some(v)
+            })
+        };
+        eventually(
+            "the usage record is logged",
+            Duration::from_secs(10),
+            Some(self),
+            || {
+                let found = find().is_some();
+                async move { found }
+            },
+        )
+        .await;
+        find().unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.proxy)
     }
