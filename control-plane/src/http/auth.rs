@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 
 use super::{ApiState, Problem, ProblemKind};
+use crate::identity::rbac::{Grant, Role};
 
 /// The scope the bootstrap admin token grants: everything.
 pub const SCOPE_ADMIN: &str = "admin";
@@ -27,14 +28,36 @@ impl AdminToken {
     }
 }
 
-/// An authenticated caller: its subject (written to the audit log) and its scopes.
+/// An authenticated caller: its subject (written to the audit log), its scopes, and what RBAC
+/// decides on: its org (`None` for platform principals) and its roles
+/// ([`crate::identity::rbac`]).
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub subject: String,
     pub scopes: Vec<String>,
+    pub org: Option<String>,
+    pub roles: Vec<Role>,
 }
 
 impl Principal {
+    /// The bootstrap admin token's caller: `platform-admin` (dev and tests rely on it).
+    pub fn bootstrap() -> Self {
+        Self {
+            subject: "bootstrap-admin".to_owned(),
+            scopes: vec![SCOPE_ADMIN.to_owned()],
+            org: None,
+            roles: vec![Role::PlatformAdmin],
+        }
+    }
+
+    /// What RBAC checks this caller against.
+    pub fn grant(&self) -> Grant {
+        Grant {
+            org: self.org.clone(),
+            roles: self.roles.clone(),
+        }
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope || s == SCOPE_ADMIN)
     }
@@ -51,10 +74,7 @@ impl FromRequestParts<ApiState> for Principal {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match presented {
-            Some(token) if state.admin.matches(token) => Ok(Principal {
-                subject: "bootstrap-admin".to_owned(),
-                scopes: vec![SCOPE_ADMIN.to_owned()],
-            }),
+            Some(token) if state.admin.matches(token) => Ok(Principal::bootstrap()),
             Some(_) => Err(Problem::new(
                 ProblemKind::Unauthorized,
                 "invalid bearer token",

@@ -18,6 +18,7 @@ pub mod api;
 pub mod clients;
 pub mod keys;
 pub mod oauth;
+pub mod rbac;
 pub mod revoked;
 pub mod secrets;
 

@@ -57,11 +57,18 @@ pub struct Claims {
     pub roles: Vec<String>,
 }
 
-/// The admin-API caller a verified token stands for (used once RBAC replaces the bootstrap token).
+/// The admin-API caller a verified token stands for: its org and the roles this server knows
+/// (unknown role names are dropped, never mapped to something).
 pub fn principal(claims: &Claims) -> Principal {
     Principal {
         subject: format!("client:{}", claims.sub),
         scopes: claims.scope.split(' ').map(str::to_owned).collect(),
+        org: claims.org.clone(),
+        roles: claims
+            .roles
+            .iter()
+            .filter_map(|r| super::rbac::Role::parse(r))
+            .collect(),
     }
 }
 
@@ -579,11 +586,13 @@ mod tests {
             client_id: "cl_1".into(),
             org: None,
             tier: None,
-            roles: vec!["platform-admin".into()],
+            roles: vec!["platform-admin".into(), "wizard".into()],
         };
         let p = principal(&claims);
         assert_eq!(p.subject, "client:cl_1");
         assert!(p.has_scope("read") && p.has_scope("anything"));
+        assert_eq!(p.roles, vec![super::super::rbac::Role::PlatformAdmin]);
+        assert!(p.org.is_none());
     }
 
     #[test]
