@@ -135,14 +135,14 @@ async fn assert_problem(res: reqwest::Response, status: &[u16], what: &str) {
     assert_eq!(ct, "application/problem+json", "{what}: {body}");
 }
 
-/// Every (method, path template) of the committed spec.
-fn spec_operations() -> Vec<(String, String)> {
+/// Every (method, path template, operation object) of the committed spec.
+fn spec_operations() -> Vec<(String, String, Value)> {
     let spec: Value = serde_json::from_str(include_str!("../openapi.json")).unwrap();
     let mut ops = Vec::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
         for m in ["get", "post", "put", "patch", "delete"] {
-            if item.get(m).is_some() {
-                ops.push((m.to_uppercase(), path.clone()));
+            if let Some(op) = item.get(m) {
+                ops.push((m.to_uppercase(), path.clone(), op.clone()));
             }
         }
     }
@@ -190,7 +190,7 @@ async fn every_spec_operation_refuses_the_unauthenticated_the_other_org_and_the_
     }
     let before = s.counts().await;
     let mut checked = 0;
-    for (method, path) in spec_operations() {
+    for (method, path, spec_op) in spec_operations() {
         let op = rbac::lookup(&method, &path)
             .unwrap_or_else(|| panic!("{method} {path}: no entry in the RBAC table"));
         let Access::Rbac(permission, tenancy) = op.access else {
@@ -198,6 +198,19 @@ async fn every_spec_operation_refuses_the_unauthenticated_the_other_org_and_the_
             continue;
         };
         let what = |case: &str| format!("{method} {path} ({case})");
+        // The spec says what the table enforces.
+        assert_eq!(
+            spec_op["security"],
+            json!([{ "admin_token": [permission.as_str()] }]),
+            "{}",
+            what("spec security")
+        );
+        let described = spec_op["description"].as_str().unwrap_or_default();
+        assert!(
+            described.contains(&format!("`{permission}`")),
+            "{}",
+            what("description")
+        );
         // Another org's object: b's key for key routes, a purchase id that is not a's.
         let other = fill(&path, b, b_key);
         let res = s.call(&method, &other, None).await;
