@@ -1,8 +1,9 @@
 //! RBAC on the admin API (issue 14, increment 2) on a real PostgreSQL, with access tokens minted by the
 //! control plane's own authorization server: the enumeration over EVERY operation of the committed
 //! OpenAPI spec (no token → 401, another org → 403/404, the right org without the permission → 403,
-//! all problem+json, nothing changed), and the positive paths (an org admin in its own org, the
-//! bootstrap token as platform-admin).
+//! all problem+json, nothing changed), the positive paths (an org admin in its own org, the bootstrap
+//! token as platform-admin), and tokens that stop working: revoked (real `redis-server`), expired (on
+//! an injected clock), Redis down (503, fail closed); nested ids stay inside their `{org}`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,11 +11,13 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use leaky_control_plane::clock::SystemClock;
+use chrono::{Duration, TimeZone, Utc};
+use leaky_control_plane::clock::{Clock, ManualClock, SystemClock};
 use leaky_control_plane::http::{AdminToken, ApiState};
 use leaky_control_plane::identity::rbac::{self, Access, Role, Tenancy};
 use leaky_control_plane::identity::{self, Identity, MasterKeys, Settings};
 use leaky_control_plane::{app, db, Roles};
+use leaky_limit::redis_server::RedisServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -26,15 +29,20 @@ struct Server {
 }
 
 async fn serve() -> Server {
+    serve_with(Arc::new(SystemClock), None).await
+}
+
+async fn serve_with(clock: Arc<dyn Clock>, redis: Option<&str>) -> Server {
     let url = common::fresh_db().await.unwrap();
     let pool = db::pool(&url, 8).unwrap();
     db::migrate(&pool).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = ApiState::new(pool.clone(), AdminToken::new(common::TOKEN));
+    let state =
+        ApiState::new(pool.clone(), AdminToken::new(common::TOKEN)).with_clock(clock.clone());
     state.set_migrated();
     let settings = Settings::new(&base, MasterKeys::dev(), false);
-    let identity = Identity::new(settings, pool.clone(), Arc::new(SystemClock), None).unwrap();
+    let identity = Identity::new(settings, pool.clone(), clock, redis).unwrap();
     identity.tick().await.unwrap();
     let router = identity::attach(app::router(state.clone(), &Roles::all()), state, identity)
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -76,6 +84,16 @@ impl Server {
 
     /// An access token of a new client of `org` holding `roles`, for `audience`.
     async fn token(&self, org: &str, roles: &[&str], audience: &str) -> String {
+        self.client_token(org, roles, audience).await.0
+    }
+
+    /// [`Server::token`] with the client's id and secret.
+    async fn client_token(
+        &self,
+        org: &str,
+        roles: &[&str],
+        audience: &str,
+    ) -> (String, String, String) {
         let c = self
             .admin_post(
                 "/v1/identity/clients",
@@ -96,7 +114,11 @@ impl Server {
             .unwrap();
         assert_eq!(res.status(), 200);
         let v: Value = res.json().await.unwrap();
-        v["access_token"].as_str().unwrap().to_owned()
+        (
+            v["access_token"].as_str().unwrap().to_owned(),
+            c["id"].as_str().unwrap().to_owned(),
+            c["client_secret"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// Row counts of every table of the API's schemas: "nothing changed" is these being equal.
@@ -273,5 +295,69 @@ async fn an_org_admin_works_in_its_own_org_and_only_with_an_admin_audience_token
     assert_problem(res, &[403], "org admin listing orgs").await;
     // The bootstrap token still is platform-admin.
     let res = s.call("GET", "/v1/audit", Some(common::TOKEN)).await;
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn expired_and_revoked_tokens_are_refused_and_nested_ids_stay_in_their_org() {
+    let mut redis = RedisServer::spawn().expect("redis-server");
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap(),
+    ));
+    let s = serve_with(clock.clone(), Some(&redis.url())).await;
+    let a = s.admin_post("/v1/orgs", json!({"name": "acme"})).await;
+    let b = s.admin_post("/v1/orgs", json!({"name": "globex"})).await;
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let user = json!({"email": "bob@globex.test"});
+    let b_user = s.admin_post(&format!("/v1/orgs/{b}/users"), user).await;
+    let b_user = b_user["id"].as_str().unwrap();
+    let aud = identity::ADMIN_AUDIENCE;
+    let (admin, id, secret) = s.client_token(a, &["org-admin"], aud).await;
+
+    // Another org's user addressed under the caller's own org: the SQL is scoped to `{org}`, a 404.
+    let path = format!("/v1/orgs/{a}/users/{b_user}");
+    let res = s.call("DELETE", &path, Some(&admin)).await;
+    assert_problem(res, &[404], "b's user under a's path").await;
+    let res = s
+        .call(
+            "GET",
+            &format!("/v1/orgs/{b}/users/{b_user}"),
+            Some(common::TOKEN),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "b's user is untouched");
+
+    // Revoked (RFC 7009 by its own client): refused at once.
+    let res = s.call("GET", &format!("/v1/orgs/{a}"), Some(&admin)).await;
+    assert_eq!(res.status(), 200);
+    let res = s
+        .http
+        .post(format!("{}/oauth2/revoke", s.base))
+        .basic_auth(&id, Some(&secret))
+        .form(&[("token", admin.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = s.call("GET", &format!("/v1/orgs/{a}"), Some(&admin)).await;
+    assert_problem(res, &[401], "revoked").await;
+
+    // Expired: valid until its `exp` on the injected clock, refused from then on.
+    let fresh = s.token(a, &["org-admin"], aud).await;
+    clock.advance(Duration::seconds(599));
+    let res = s.call("GET", &format!("/v1/orgs/{a}"), Some(&fresh)).await;
+    assert_eq!(res.status(), 200);
+    clock.advance(Duration::seconds(1));
+    let res = s.call("GET", &format!("/v1/orgs/{a}"), Some(&fresh)).await;
+    assert_problem(res, &[401], "expired").await;
+
+    // Redis down: a token that might be revoked is not accepted (503), the bootstrap token still is.
+    let fresh = s.token(a, &["org-admin"], aud).await;
+    redis.kill();
+    let res = s.call("GET", &format!("/v1/orgs/{a}"), Some(&fresh)).await;
+    assert_problem(res, &[503], "revocation store down").await;
+    let res = s
+        .call("GET", &format!("/v1/orgs/{a}"), Some(common::TOKEN))
+        .await;
     assert_eq!(res.status(), 200);
 }
