@@ -520,14 +520,11 @@ pub async fn enforce(
     next: Next,
 ) -> Result<Response, Problem> {
     let (mut parts, body) = request.into_parts();
-    let matched = parts
+    // Under `nest("/v1", ..)` axum's `MatchedPath` is the full template, as the table has it.
+    let operation = parts
         .extensions
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
-    let operation = lookup(parts.method.as_str(), &matched)
-        // Inside a router nested at `/v1` the template may come without the prefix.
-        .or_else(|| lookup(parts.method.as_str(), &format!("/v1{matched}")));
+        .and_then(|m| lookup(parts.method.as_str(), m.as_str()));
     let (permission, tenancy) = match operation.map(|o| o.access) {
         Some(Access::Rbac(permission, tenancy)) => (permission, tenancy),
         // Authenticated by their own means (a signature, Eureka's Basic auth) in the handler.
