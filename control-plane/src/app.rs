@@ -187,7 +187,8 @@ pub fn router_for(
         .iter()
         .any(|r| roles.contains(*r))
     {
-        app = app.nest("/v1", api.layer(gate()));
+        let rbac = middleware::from_fn_with_state(state.clone(), identity::rbac::enforce);
+        app = app.nest("/v1", api.route_layer(rbac).layer(gate()));
     }
     if roles.contains(Role::AdminApi) {
         app = app
@@ -373,7 +374,7 @@ pub async fn run(
     let mut router = router_for(state.clone(), &config.roles, base, settings);
     if let Some(id) = start_identity(&state, &config, listen)? {
         tasks.push(tokio::spawn(identity::run_jobs(state.clone(), id.clone())));
-        router = router.merge(identity::router(state.clone(), id));
+        router = identity::attach(router, state.clone(), id);
     }
     // The peer address feeds identity's per-IP limit on failed client authentications.
     let router = router.into_make_service_with_connect_info::<SocketAddr>();

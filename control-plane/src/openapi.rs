@@ -9,11 +9,12 @@
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{FieldError, Problem, ProblemDetails, ProblemKind};
+use crate::identity::rbac;
 use crate::{
     apidoc, audit, billing, config, eureka, flags, identity, ledger, notify, registry, tenancy,
 };
@@ -80,6 +81,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
     CommonProblems.modify(&mut doc);
+    RbacSecurity.modify(&mut doc);
     doc
 }
 
@@ -116,11 +118,64 @@ impl Modify for BearerAuth {
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
             .description(Some(
-                "The bootstrap admin token (`LEAKY_ADMIN_TOKEN`): `Authorization: Bearer <token>`.",
+                "`Authorization: Bearer <token>`: an access token of this control plane's \
+                 authorization server for the admin audience (`POST /oauth2/token`, \
+                 `client_credentials`), carrying `org` and `roles`; or the bootstrap admin token \
+                 (`LEAKY_ADMIN_TOKEN`, platform-admin). Each operation lists the permission it needs.",
             ))
             .build();
         components.add_security_scheme(SECURITY_SCHEME, SecurityScheme::Http(scheme));
     }
+}
+
+/// `security` per operation rendered from the RBAC table ([`identity::rbac::OPERATIONS`]): the bearer
+/// scheme with the permission as its one "scope" (OpenAPI 3.1 lets non-OAuth schemes name roles
+/// there), and the permission and tenancy named in the description.
+struct RbacSecurity;
+
+impl Modify for RbacSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                ("GET", &mut item.get),
+                ("PUT", &mut item.put),
+                ("POST", &mut item.post),
+                ("DELETE", &mut item.delete),
+                ("PATCH", &mut item.patch),
+            ];
+            for (method, op) in operations {
+                let Some(op) = op else { continue };
+                let Some(entry) = rbac::lookup(method, path) else {
+                    continue;
+                };
+                let rbac::Access::Rbac(permission, tenancy) = entry.access else {
+                    continue;
+                };
+                let requirement = SecurityRequirement::new(SECURITY_SCHEME, [permission.as_str()]);
+                op.security = Some(vec![requirement]);
+                let note = rbac_note(permission, tenancy);
+                op.description = Some(match op.description.take() {
+                    Some(d) if !d.is_empty() => format!("{d}\n\n{note}"),
+                    _ => note,
+                });
+            }
+        }
+    }
+}
+
+/// The sentence each operation's description ends with.
+fn rbac_note(permission: rbac::Permission, tenancy: rbac::Tenancy) -> String {
+    let scope = match tenancy {
+        rbac::Tenancy::Platform => "platform-wide: `platform-admin` only".to_owned(),
+        rbac::Tenancy::PathOrg => {
+            "org-scoped: `{org}` must be the token's `org` (else 403), platform-admin excepted"
+                .to_owned()
+        }
+        rbac::Tenancy::Owned(_) => "org-scoped by the object's owning org: another org's \
+             object is a 404, like a missing one (ids do not reveal existence)"
+            .to_owned(),
+    };
+    format!("**Permission:** `{permission}` ({scope}).")
 }
 
 struct CommonProblems;

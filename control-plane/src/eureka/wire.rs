@@ -171,10 +171,7 @@ fn basic_principal(encoded: &str, state: &ApiState) -> Result<Principal, Problem
         .and_then(|pair| pair.split_once(':'))
         .map(|(_, password)| password);
     match password {
-        Some(p) if state.admin.matches(p) => Ok(Principal {
-            subject: "bootstrap-admin".to_owned(),
-            scopes: vec![crate::http::SCOPE_ADMIN.to_owned()],
-        }),
+        Some(p) if state.admin.matches(p) => Ok(Principal::bootstrap()),
         _ => Err(Problem::new(
             ProblemKind::Unauthorized,
             "invalid Basic credentials: the password must be the admin token",

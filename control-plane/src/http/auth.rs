@@ -1,6 +1,6 @@
-//! Who calls the admin API. Today one bootstrap bearer token (`LEAKY_ADMIN_TOKEN`); the [`Principal`]
-//! it yields already carries scopes, so OAuth2 access tokens (issue 14) drop in as another way to build
-//! one without touching handlers.
+//! Who calls the admin API: the bootstrap bearer token (`LEAKY_ADMIN_TOKEN`, a `platform-admin`) or
+//! an access token of this control plane's own authorization server, verified by the RBAC layer in
+//! `identity::rbac` (which also decides what the [`Principal`] may do; this module stays below it).
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -11,6 +11,9 @@ use super::{ApiState, Problem, ProblemKind};
 
 /// The scope the bootstrap admin token grants: everything.
 pub const SCOPE_ADMIN: &str = "admin";
+
+/// The role the bootstrap admin token holds (`identity::rbac::Role::PlatformAdmin`'s name).
+pub const ROLE_PLATFORM_ADMIN: &str = "platform-admin";
 
 /// The bootstrap admin credential.
 pub struct AdminToken(String);
@@ -27,14 +30,28 @@ impl AdminToken {
     }
 }
 
-/// An authenticated caller: its subject (written to the audit log) and its scopes.
+/// An authenticated caller: its subject (written to the audit log), its scopes, and what RBAC
+/// (`identity::rbac`, which this edge layer does not depend on) decides on: its org (`None` for
+/// platform principals) and its role names.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub subject: String,
     pub scopes: Vec<String>,
+    pub org: Option<String>,
+    pub roles: Vec<String>,
 }
 
 impl Principal {
+    /// The bootstrap admin token's caller: `platform-admin` (dev and tests rely on it).
+    pub fn bootstrap() -> Self {
+        Self {
+            subject: "bootstrap-admin".to_owned(),
+            scopes: vec![SCOPE_ADMIN.to_owned()],
+            org: None,
+            roles: vec![ROLE_PLATFORM_ADMIN.to_owned()],
+        }
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope || s == SCOPE_ADMIN)
     }
@@ -43,26 +60,38 @@ impl Principal {
 impl FromRequestParts<ApiState> for Principal {
     type Rejection = Problem;
 
+    /// A principal the admin API's RBAC layer already authenticated (the bootstrap token or an
+    /// access token of this control plane's authorization server: `identity::rbac::enforce`), else
+    /// the bootstrap token itself (routes outside that layer).
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Problem> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            Some(token) if state.admin.matches(token) => Ok(Principal {
-                subject: "bootstrap-admin".to_owned(),
-                scopes: vec![SCOPE_ADMIN.to_owned()],
-            }),
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
+        match bearer(parts) {
+            Some(token) if state.admin.matches(token) => Ok(Principal::bootstrap()),
             Some(_) => Err(Problem::new(
                 ProblemKind::Unauthorized,
                 "invalid bearer token",
             )),
-            None => Err(Problem::new(
-                ProblemKind::Unauthorized,
-                "missing `Authorization: Bearer <admin token>`",
-            )),
+            None => Err(missing_bearer()),
         }
     }
+}
+
+/// The `Authorization: Bearer` token of a request, if any.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// The 401 for a request without a bearer token.
+pub fn missing_bearer() -> Problem {
+    Problem::new(
+        ProblemKind::Unauthorized,
+        "missing `Authorization: Bearer <token>`",
+    )
 }

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::clock::{Clock, SystemClock};
 
-pub use auth::{AdminToken, Principal, SCOPE_ADMIN};
+pub use auth::{bearer, missing_bearer, AdminToken, Principal, ROLE_PLATFORM_ADMIN, SCOPE_ADMIN};
 pub use extract::{
     etag, if_match, parse_id, ApiJson, ApiQuery, MaybeJson, Page, PageQuery, MAX_PAGE,
 };

@@ -16,6 +16,8 @@ pub enum ProblemKind {
     PayloadTooLarge,
     UnsupportedMediaType,
     Unauthorized,
+    /// Authenticated, but the caller's roles or org do not allow the operation (RBAC).
+    Forbidden,
     NotFound,
     Conflict,
     PreconditionFailed,
@@ -54,6 +56,7 @@ impl ProblemKind {
                 "Missing or invalid credentials",
                 StatusCode::UNAUTHORIZED,
             ),
+            Self::Forbidden => ("forbidden", "Not allowed", StatusCode::FORBIDDEN),
             Self::NotFound => ("not-found", "Not found", StatusCode::NOT_FOUND),
             Self::Conflict => ("conflict", "Conflict", StatusCode::CONFLICT),
             Self::PreconditionFailed => (

@@ -227,7 +227,7 @@ pub async fn seed_dev_client(identity: &Identity) -> Result<(), IdentityError> {
     let new = NewClient {
         name: "dev admin (dev mode only)".into(),
         scopes: vec![crate::http::SCOPE_ADMIN.into()],
-        audience: None,
+        audience: Some(identity.settings.admin_audience.clone()),
         org_id: None,
         tier: None,
         roles: vec!["platform-admin".into()],

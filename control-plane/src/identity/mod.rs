@@ -18,6 +18,7 @@ pub mod api;
 pub mod clients;
 pub mod keys;
 pub mod oauth;
+pub mod rbac;
 pub mod revoked;
 pub mod secrets;
 
@@ -37,6 +38,9 @@ pub use secrets::{MasterKeys, Secret, SecretError};
 pub const DEV_CLIENT_ID: &str = "dev-admin";
 pub const DEV_CLIENT_SECRET: &str = "dev-admin-secret";
 
+/// The default audience of admin-API tokens (`LEAKY_IDENTITY_ADMIN_AUDIENCE`).
+pub const ADMIN_AUDIENCE: &str = "leaky-admin";
+
 /// The identity context's settings (`LEAKY_IDENTITY_*` and the master key).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -44,6 +48,9 @@ pub struct Settings {
     pub issuer: String,
     /// The `aud` of tokens of clients created without one.
     pub default_audience: String,
+    /// The `aud` a token must carry to be accepted on the admin API (`/v1`): a token minted for the
+    /// gateway is not an admin credential.
+    pub admin_audience: String,
     pub master: MasterKeys,
     /// Dev mode: the dev client is seeded.
     pub dev: bool,
@@ -77,6 +84,7 @@ impl Settings {
         Self {
             issuer: issuer.into().trim_end_matches('/').to_owned(),
             default_audience: "leaky-tokens".into(),
+            admin_audience: ADMIN_AUDIENCE.into(),
             master,
             dev,
             token_ttl: Duration::minutes(10),
@@ -103,6 +111,12 @@ impl Settings {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| default_issuer.to_owned());
         let mut s = Self::new(issuer, master, dev);
+        if let Some(aud) = std::env::var("LEAKY_IDENTITY_ADMIN_AUDIENCE")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            s.admin_audience = aud;
+        }
         s.token_ttl = env_secs("LEAKY_IDENTITY_TOKEN_TTL_SECS", 600)?;
         s.policy.publish_ahead = env_secs("LEAKY_IDENTITY_JWKS_MAX_AGE_SECS", 300)?;
         s.policy.rotate_every = env_secs("LEAKY_IDENTITY_ROTATE_EVERY_SECS", 7 * 86_400)?;
@@ -153,7 +167,13 @@ impl Identity {
 pub fn router(state: ApiState, identity: Arc<Identity>) -> Router {
     Router::new()
         .merge(oauth::routes())
-        .nest("/v1", api::routes())
+        .nest(
+            "/v1",
+            api::routes().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                rbac::enforce,
+            )),
+        )
         .layer(axum::Extension(identity))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -163,6 +183,13 @@ pub fn router(state: ApiState, identity: Arc<Identity>) -> Router {
             crate::http::MAX_BODY_BYTES,
         ))
         .with_state(state)
+}
+
+/// `app` (the admin API) with identity's routes merged in and `identity` reachable from every route,
+/// so the admin API's [`crate::http::Principal`] accepts this server's access tokens.
+pub fn attach(app: Router, state: ApiState, identity: Arc<Identity>) -> Router {
+    app.merge(router(state, identity.clone()))
+        .layer(axum::Extension(identity))
 }
 
 /// Once migrated: seeds the dev client (dev mode), then runs [`Identity::tick`] every

@@ -57,12 +57,36 @@ pub struct Claims {
     pub roles: Vec<String>,
 }
 
-/// The admin-API caller a verified token stands for (used once RBAC replaces the bootstrap token).
+/// The admin-API caller a verified token stands for: its org and its role names (RBAC ignores names it
+/// does not know, never maps them to something).
 pub fn principal(claims: &Claims) -> Principal {
     Principal {
         subject: format!("client:{}", claims.sub),
         scopes: claims.scope.split(' ').map(str::to_owned).collect(),
+        org: claims.org.clone(),
+        roles: claims.roles.clone(),
     }
+}
+
+/// The admin-API caller `token` stands for, if this server issued it for the admin audience, its
+/// signature, `iss`, `exp` and `nbf` hold (at the injected clock) and it is not revoked. A revocation
+/// store that cannot answer fails closed (503), as introspection does.
+pub async fn admin_principal(
+    identity: &Identity,
+    token: &str,
+) -> Result<Option<Principal>, IdentityError> {
+    let Some(claims) = verify(identity, token, identity.clock.now()).await? else {
+        return Ok(None);
+    };
+    if claims.aud != identity.settings.admin_audience {
+        return Ok(None);
+    }
+    if let Some(r) = &identity.revoked {
+        if r.is_revoked(&claims.jti).await? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(principal(&claims)))
 }
 
 /// An RFC 6749 §5.2 error response.
@@ -579,11 +603,14 @@ mod tests {
             client_id: "cl_1".into(),
             org: None,
             tier: None,
-            roles: vec!["platform-admin".into()],
+            roles: vec!["platform-admin".into(), "wizard".into()],
         };
         let p = principal(&claims);
         assert_eq!(p.subject, "client:cl_1");
         assert!(p.has_scope("read") && p.has_scope("anything"));
+        let grant = super::super::rbac::grant(&p);
+        assert_eq!(grant.roles, vec![super::super::rbac::Role::PlatformAdmin]);
+        assert!(p.org.is_none());
     }
 
     #[test]
