@@ -28,7 +28,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,46 +35,14 @@ import time
 import urllib.error
 import urllib.request
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from harness import cpu_seconds, die, free_port, spread, start, stop_all, wait_port, wait_up  # noqa: E402
+
 KEY = "lt-bench-key"
 KEY_SHA = "078f83a6b8e44f6115d89c0f405ca866aba37cbc21507ac6c36206dc039f7fce"
-CLK = os.sysconf("SC_CLK_TCK")
-PROCS = []
 # Greedy (`temperature: 0`): the routes cache under the default `temperature: never` policy.
 HOT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
        "max_tokens": 16, "temperature": 0}
-
-
-def die(msg):
-    print(f"cache.py: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start(argv, log, cpu, env=None):
-    f = open(log, "w")
-    p = subprocess.Popen(["taskset", "-c", cpu] + argv, stdout=f, stderr=subprocess.STDOUT,
-                         start_new_session=True, env={**os.environ, **(env or {})}, cwd=ROOT)
-    PROCS.append(p)
-    return p
-
-
-def stop_all():
-    for p in PROCS:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in PROCS:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 def post(url, body, headers=None, timeout=10):
@@ -93,45 +60,10 @@ def get(url, timeout=5):
         return r.read().decode()
 
 
-def wait_up(url, what, proc, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        if proc.poll() is not None:
-            die(f"{what} exited with {proc.returncode}")
-        try:
-            get(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    die(f"{what} not ready at {url} after {secs} s")
-
-
-def wait_port(port, what, proc, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        if proc.poll() is not None:
-            die(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    die(f"{what}: port {port} never opened")
-
-
-def cpu_seconds(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / CLK  # utime + stime, all threads
-
-
 def upstream_calls(stub):
     """Chat completions the stub has answered."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in get(f"{stub}/metrics").splitlines()
                if line.startswith("stub_requests_total{") and 'endpoint="/v1/chat/completions"' in line)
-
-
-def spread(xs, fmt="{:.0f}"):
-    return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
 
 
 # ---------- the servers ----------

@@ -29,7 +29,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,46 +37,12 @@ import urllib.error
 import urllib.request
 import uuid
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from harness import CLK, ROOT, cpu_seconds, die, free_port, spread, start, stop_all, wait_up  # noqa: E402
+
 PAYLOAD = os.path.join(ROOT, "loadtests", "payloads", "chat.json")
 KEY = "lt-bench-key"
 KEY_SHA = "078f83a6b8e44f6115d89c0f405ca866aba37cbc21507ac6c36206dc039f7fce"
-CLK = os.sysconf("SC_CLK_TCK")
-PROCS = []
-
-
-def die(msg):
-    print(f"events.py: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start(argv, log, cpu=None, env=None):
-    if cpu is not None:
-        argv = ["taskset", "-c", cpu] + argv
-    f = open(log, "w")
-    p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                         env={**os.environ, **(env or {})}, cwd=ROOT)
-    PROCS.append(p)
-    return p
-
-
-def stop_all():
-    for p in PROCS:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in PROCS:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 def http(method, url, body=None, headers=None, timeout=10):
@@ -89,25 +54,6 @@ def http(method, url, body=None, headers=None, timeout=10):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def wait_up(url, what, proc, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        if proc.poll() is not None:
-            die(f"{what} exited with {proc.returncode}")
-        try:
-            if http("GET", url, timeout=1)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    die(f"{what} not ready at {url} after {secs} s")
-
-
-def cpu_seconds(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / CLK  # utime + stime, all threads
 
 
 def thread_cpu(pid):
@@ -162,10 +108,6 @@ def log_batches(a, topic):
 def pct(xs, p):
     xs = sorted(xs)
     return xs[round((len(xs) - 1) * p)]
-
-
-def spread(xs, fmt="{:.0f}"):
-    return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
 
 
 # ---------- usage events ----------
