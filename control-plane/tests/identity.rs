@@ -277,7 +277,10 @@ async fn tokens_of_every_algorithm_verify_with_the_published_jwks() {
         assert_eq!(d["issuer"], iss.as_str());
         assert_eq!(d["jwks_uri"], format!("{iss}/.well-known/jwks.json"));
         assert_eq!(d["token_endpoint"], format!("{iss}/oauth2/token"));
-        assert_eq!(d["grant_types_supported"], json!(["client_credentials"]));
+        assert_eq!(
+            d["grant_types_supported"],
+            json!(["client_credentials", "authorization_code", "refresh_token"])
+        );
     }
     let res = s
         .http
@@ -638,12 +641,15 @@ async fn signing_keys_are_encrypted_at_rest_tamper_is_detected_and_rewrap_moves_
         .await;
     assert_eq!(oauth_error(res).await, (500, "server_error".into()));
 
-    // A flipped ciphertext byte is detected (500, nothing signed, no key material in the answer).
+    // A flipped ciphertext byte is detected (500, nothing signed, no key material in the answer) by
+    // a replica that has not decrypted the key yet (one that has signs from its cache).
     sqlx::query("UPDATE identity.signing_keys SET ciphertext = set_byte(ciphertext, 20, get_byte(ciphertext, 20) # 1) WHERE alg = 'ES256'")
         .execute(&pool)
         .await
         .unwrap();
-    let res = v2
+    v2.token(&id, &secret).await;
+    let fresh = serve(&pool, clock.clone(), &[Alg::ES256], master(&[(2, 2)]), None).await;
+    let res = fresh
         .form(
             "/oauth2/token",
             Some((&id, &secret)),

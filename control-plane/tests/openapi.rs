@@ -28,6 +28,7 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs/{org}/users/{user}"),
     ("PATCH", "/v1/orgs/{org}/users/{user}"),
     ("DELETE", "/v1/orgs/{org}/users/{user}"),
+    ("PUT", "/v1/orgs/{org}/users/{user}/password"),
     ("GET", "/v1/orgs/{org}/keys"),
     ("POST", "/v1/orgs/{org}/keys"),
     ("GET", "/v1/tiers"),

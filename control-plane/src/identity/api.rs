@@ -6,15 +6,20 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
+use uuid::Uuid;
 
 use super::clients::{self, Client, Created, NewClient};
 use super::keys::{self, KeyInfo};
 use super::secrets::Secret;
-use super::{Identity, IdentityError, DEV_CLIENT_ID, DEV_CLIENT_SECRET};
+use super::users::{self, NewPassword};
+use super::{
+    Identity, IdentityError, DEV_CLIENT_ID, DEV_CLIENT_SECRET, DEV_LOGIN_CLIENT_ID,
+    DEV_LOGIN_REDIRECT_URI,
+};
 use crate::apidoc::problems;
 use crate::audit;
 use crate::http::{ApiJson, ApiState, Page, Principal, Problem};
@@ -53,9 +58,21 @@ async fn create(
     Extension(identity): Extension<Arc<Identity>>,
     ApiJson(new): ApiJson<NewClient>,
 ) -> Result<(StatusCode, Json<Created>), Problem> {
-    let secret = clients::new_secret()?;
-    let client = create_client(&identity, &state, &principal.subject, None, &new, &secret).await?;
-    let client_secret = secret.expose().clone();
+    // Only a `client_secret` client has a secret; the others authenticate by key or not at all.
+    let secret = match new.auth_method.as_deref() {
+        None | Some("client_secret") => Some(clients::new_secret()?),
+        Some(_) => None,
+    };
+    let client = create_client(
+        &identity,
+        &state,
+        &principal.subject,
+        None,
+        &new,
+        secret.as_ref(),
+    )
+    .await?;
+    let client_secret = secret.map(|s| s.expose().clone());
     Ok((
         StatusCode::CREATED,
         Json(Created {
@@ -72,20 +89,23 @@ async fn create_client(
     actor: &str,
     id: Option<&str>,
     new: &NewClient,
-    secret: &Secret<String>,
+    secret: Option<&Secret<String>>,
 ) -> Result<Client, IdentityError> {
     let s = &identity.settings;
     let max = i32::try_from(s.policy.max_token_ttl.num_seconds()).unwrap_or(i32::MAX);
     let default_ttl = i32::try_from(s.token_ttl.num_seconds()).unwrap_or(600);
     let filled = clients::validate(new, &s.default_audience, default_ttl, max)?;
-    let hash = clients::hash_secret(secret.clone()).await?;
+    let hash = match secret {
+        Some(s) => Some(clients::hash_secret(s.clone()).await?),
+        None => None,
+    };
     let id = match id {
         Some(id) => id.to_owned(),
         None => clients::new_id()?,
     };
     let mut tx = state.pool.begin().await?;
     let now = state.clock.now();
-    let client = clients::insert(&mut tx, &id, new, filled, &hash, now).await?;
+    let client = clients::insert(&mut tx, &id, new, filled, hash.as_deref(), now).await?;
     let change = audit::Change {
         actor,
         action: "client.create",
@@ -233,25 +253,99 @@ pub async fn seed_dev_client(identity: &Identity) -> Result<(), IdentityError> {
         roles: vec!["platform-admin".into()],
         token_ttl_secs: None,
         alg: None,
+        redirect_uris: vec![],
+        grant_types: None,
+        auth_method: None,
+        jwks: None,
     };
     let secret = Secret::new(DEV_CLIENT_SECRET.to_owned());
-    match create_client(
+    let made = create_client(
         identity,
         &state,
         "dev-seed",
         Some(DEV_CLIENT_ID),
         &new,
-        &secret,
+        Some(&secret),
     )
-    .await
+    .await;
+    match made {
+        Ok(_) | Err(IdentityError::Conflict(_)) => seed_dev_login_client(identity, &state).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// Seeds the public dev client [`DEV_LOGIN_CLIENT_ID`] (authorization_code + PKCE, refresh tokens,
+/// OIDC; redirect URI [`DEV_LOGIN_REDIRECT_URI`]) for people logging in, e.g. from a CLI.
+async fn seed_dev_login_client(identity: &Identity, state: &ApiState) -> Result<(), IdentityError> {
+    if clients::find(&identity.pool, DEV_LOGIN_CLIENT_ID)
+        .await?
+        .is_some()
     {
+        return Ok(());
+    }
+    let scopes = ["openid", "profile", "email", "offline_access", "admin"];
+    let new = NewClient {
+        name: "dev login (dev mode only)".into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        audience: Some(identity.settings.admin_audience.clone()),
+        org_id: None,
+        tier: None,
+        roles: vec![],
+        token_ttl_secs: None,
+        alg: None,
+        redirect_uris: vec![DEV_LOGIN_REDIRECT_URI.into()],
+        grant_types: Some(vec!["authorization_code".into(), "refresh_token".into()]),
+        auth_method: Some("none".into()),
+        jwks: None,
+    };
+    let id = Some(DEV_LOGIN_CLIENT_ID);
+    match create_client(identity, state, "dev-seed", id, &new, None).await {
         Ok(_) | Err(IdentityError::Conflict(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
+#[utoipa::path(
+    put, path = "/v1/orgs/{org}/users/{user}/password", tag = "identity", operation_id = "set_user_password",
+    params(("org" = Uuid, Path, description = "The org's id"), ("user" = Uuid, Path, description = "The user's id")),
+    request_body(content = NewPassword, example = json!({"password": "<a new password>"})),
+    responses(
+        (status = 204, description = "Set: the user can log in (authorization_code) with its e-mail and this password. Only its argon2id hash is stored."),
+        (status = 400, response = problems::MalformedJson),
+        (status = 404, response = problems::NotFound),
+        (status = 409, response = problems::Conflict),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
+        (status = 422, response = problems::Validation),
+    )
+)]
+/// Set a user's password.
+async fn set_password(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Arc<Identity>>,
+    Path((org, user)): Path<(String, String)>,
+    ApiJson(body): ApiJson<NewPassword>,
+) -> Result<StatusCode, Problem> {
+    let org = Uuid::parse_str(&org).map_err(|_| Problem::field("org", "not an org id"))?;
+    let user = Uuid::parse_str(&user).map_err(|_| Problem::field("user", "not a user id"))?;
+    let now = state.clock.now();
+    let password = Secret::new(body.password);
+    let person = users::set_password(&identity.pool, org, user, password, now).await?;
+    let mut conn = state.pool.acquire().await?;
+    let change = audit::Change {
+        actor: &principal.subject,
+        action: "user.set_password",
+        object_kind: "user",
+        object_id: person.id.to_string(),
+        detail: json!({ "org": person.org }),
+    };
+    audit::record(&mut conn, change).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(create, list, remove, list_keys, rotate))]
+#[openapi(paths(create, list, remove, list_keys, rotate, set_password))]
 struct Doc;
 
 /// The OpenAPI paths of the identity admin routes.
@@ -266,4 +360,5 @@ pub fn routes() -> Router<ApiState> {
         .route("/identity/clients/{id}", delete(remove))
         .route("/identity/keys", get(list_keys))
         .route("/identity/keys/rotate", post(rotate))
+        .route("/orgs/{org}/users/{user}/password", put(set_password))
 }

@@ -1,6 +1,12 @@
-//! OAuth2 clients (`identity.clients`) for the `client_credentials` grant: ids that cannot be guessed,
-//! secrets shown once and stored only as argon2id hashes, and what each client's tokens may carry
-//! (scopes, audience, org, tier, roles, lifetime, signing algorithm).
+//! OAuth2 clients (`identity.clients`): ids that cannot be guessed, secrets shown once and stored only
+//! as argon2id hashes, and what each client's tokens may carry (scopes, audience, org, tier, roles,
+//! lifetime, signing algorithm).
+//!
+//! How a client authenticates (`auth_method`): `client_secret` (Basic or in the body), `private_key_jwt`
+//! (a signed assertion checked against the public JWKS it registered; no secret exists) or `none` (a
+//! public client such as a CLI or a single-page app: no secret, so it may only use
+//! `authorization_code` with PKCE and `refresh_token`). Which grants it may use (`grant_types`) and the
+//! exact redirect URIs of `authorization_code` are registered with it.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -34,6 +40,18 @@ pub struct Client {
     #[schema(example = "ES256")]
     pub alg: String,
     pub created_at: DateTime<Utc>,
+    /// The exact redirect URIs `authorization_code` may send codes to.
+    #[schema(example = json!(["https://app.example.com/callback"]))]
+    pub redirect_uris: Vec<String>,
+    /// `client_credentials`, `authorization_code`, `refresh_token`.
+    #[schema(example = json!(["client_credentials"]))]
+    pub grant_types: Vec<String>,
+    /// `client_secret`, `private_key_jwt` or `none` (a public client).
+    #[schema(example = "client_secret")]
+    pub auth_method: String,
+    /// The public JWKS of a `private_key_jwt` client.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
 }
 
 /// `POST /v1/identity/clients`.
@@ -55,16 +73,44 @@ pub struct NewClient {
     pub token_ttl_secs: Option<i32>,
     /// Signing algorithm of its tokens: `ES256` (default), `RS256` or `EdDSA`.
     pub alg: Option<String>,
+    /// Exact redirect URIs (required with `authorization_code`): absolute, `https`, or `http` on a
+    /// loopback host; no fragment.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Grants it may use (default `["client_credentials"]`).
+    pub grant_types: Option<Vec<String>>,
+    /// `client_secret` (default), `private_key_jwt` (give `jwks`) or `none` (public client).
+    pub auth_method: Option<String>,
+    /// The public JWKS (`{"keys": [...]}`) of a `private_key_jwt` client: ES256, RS256 or EdDSA keys.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
 }
+
+/// A validated [`NewClient`] with its defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Filled {
+    pub audience: String,
+    pub ttl: i32,
+    pub alg: Alg,
+    pub grant_types: Vec<String>,
+    pub auth_method: String,
+}
+
+/// The grants a client may be registered for.
+pub const GRANTS: [&str; 3] = ["client_credentials", "authorization_code", "refresh_token"];
+/// The client authentication methods.
+pub const METHODS: [&str; 3] = ["client_secret", "private_key_jwt", "none"];
 
 /// The created client with its secret, returned once (its `Debug` redacts the secret).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Created {
     #[serde(flatten)]
     pub client: Client,
-    /// Shown only in this response; only its hash is stored.
+    /// Shown only in this response; only its hash is stored. Absent for `private_key_jwt` and public
+    /// clients, which have none.
     #[schema(example = "<returned once>")]
-    pub client_secret: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
 }
 
 impl std::fmt::Debug for Created {
@@ -87,7 +133,7 @@ pub fn validate(
     default_audience: &str,
     default_ttl: i32,
     max_ttl: i32,
-) -> Result<(String, i32, Alg), IdentityError> {
+) -> Result<Filled, IdentityError> {
     let field = |f: &str, m: &str| IdentityError::Field(f.to_owned(), m.to_owned());
     if new.name.trim().is_empty() || new.name.len() > 200 {
         return Err(field("name", "must be 1..=200 characters"));
@@ -113,7 +159,82 @@ pub fn validate(
         None => Alg::ES256,
         Some(a) => Alg::parse(a).ok_or_else(|| field("alg", "one of ES256, RS256, EdDSA"))?,
     };
-    Ok((audience, ttl, alg))
+    let (grant_types, auth_method) = validate_flows(new)?;
+    Ok(Filled {
+        audience,
+        ttl,
+        alg,
+        grant_types,
+        auth_method,
+    })
+}
+
+/// The grants, authentication method, redirect URIs and JWKS of `new`, checked together.
+fn validate_flows(new: &NewClient) -> Result<(Vec<String>, String), IdentityError> {
+    let field = |f: &str, m: &str| IdentityError::Field(f.to_owned(), m.to_owned());
+    let grants = new
+        .grant_types
+        .clone()
+        .unwrap_or_else(|| vec!["client_credentials".into()]);
+    if grants.is_empty() || !grants.iter().all(|g| GRANTS.contains(&g.as_str())) {
+        return Err(field(
+            "grant_types",
+            "one or more of client_credentials, authorization_code, refresh_token",
+        ));
+    }
+    let method = new
+        .auth_method
+        .clone()
+        .unwrap_or_else(|| "client_secret".into());
+    if !METHODS.contains(&method.as_str()) {
+        return Err(field(
+            "auth_method",
+            "one of client_secret, private_key_jwt, none",
+        ));
+    }
+    let has = |g: &str| grants.iter().any(|x| x == g);
+    if method == "none" && has("client_credentials") {
+        return Err(field(
+            "grant_types",
+            "a public client cannot use client_credentials",
+        ));
+    }
+    if has("authorization_code") == new.redirect_uris.is_empty() {
+        return Err(field(
+            "redirect_uris",
+            "required with authorization_code, and only with it",
+        ));
+    }
+    if new.redirect_uris.len() > 10 || !new.redirect_uris.iter().all(|u| redirect_uri_ok(u)) {
+        return Err(field(
+            "redirect_uris",
+            "absolute https URIs (http only on a loopback host), no fragment",
+        ));
+    }
+    match (method.as_str(), &new.jwks) {
+        ("private_key_jwt", Some(jwks)) if super::assertion::parse_jwks(jwks).is_some() => {}
+        ("private_key_jwt", _) => {
+            return Err(field(
+                "jwks",
+                "a JWKS with ES256, RS256 or EdDSA public keys",
+            ))
+        }
+        (_, Some(_)) => return Err(field("jwks", "only for private_key_jwt")),
+        _ => {}
+    }
+    Ok((grants, method))
+}
+
+/// A redirect URI clients may register: absolute, no fragment, `https` or loopback `http`.
+pub fn redirect_uri_ok(uri: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(uri) else {
+        return false;
+    };
+    let loopback = matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"));
+    uri.len() <= 2000
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && (url.scheme() == "https" || (url.scheme() == "http" && loopback))
 }
 
 /// A new client id: `cl_` and 96 random bits.
@@ -157,59 +278,59 @@ pub async fn verify_secret(hash: String, presented: Secret<String>) -> bool {
     .unwrap_or(false)
 }
 
-/// Inserts a client on `conn` with `id` and the secret's hash.
+const COLUMNS: &str = "id, name, scopes, audience, org_id, tier, roles, token_ttl_secs, alg,
+    created_at, redirect_uris, grant_types, auth_method, jwks";
+
+/// Inserts a client on `conn` with `id` and the secret's hash (none for clients without a secret).
 pub async fn insert(
     conn: &mut PgConnection,
     id: &str,
     new: &NewClient,
-    filled: (String, i32, Alg),
-    secret_hash: &str,
+    filled: Filled,
+    secret_hash: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Client, IdentityError> {
-    let (audience, ttl, alg) = filled;
-    sqlx::query_as(
+    let sql = format!(
         "INSERT INTO identity.clients (id, name, secret_hash, scopes, audience, org_id, tier, roles,
-             token_ttl_secs, alg, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             token_ttl_secs, alg, created_at, redirect_uris, grant_types, auth_method, jwks)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (id) DO NOTHING
-         RETURNING id, name, scopes, audience, org_id, tier, roles, token_ttl_secs, alg, created_at",
-    )
-    .bind(id)
-    .bind(new.name.trim())
-    .bind(secret_hash)
-    .bind(&new.scopes)
-    .bind(audience)
-    .bind(new.org_id)
-    .bind(&new.tier)
-    .bind(&new.roles)
-    .bind(ttl)
-    .bind(alg.as_str())
-    .bind(now)
-    .fetch_optional(conn)
-    .await?
-    .ok_or_else(|| IdentityError::Conflict(format!("client {id} exists")))
+         RETURNING {COLUMNS}"
+    );
+    sqlx::query_as(&sql)
+        .bind(id)
+        .bind(new.name.trim())
+        .bind(secret_hash)
+        .bind(&new.scopes)
+        .bind(filled.audience)
+        .bind(new.org_id)
+        .bind(&new.tier)
+        .bind(&new.roles)
+        .bind(filled.ttl)
+        .bind(filled.alg.as_str())
+        .bind(now)
+        .bind(&new.redirect_uris)
+        .bind(&filled.grant_types)
+        .bind(&filled.auth_method)
+        .bind(&new.jwks)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| IdentityError::Conflict(format!("client {id} exists")))
 }
 
 /// Every client, oldest first.
 pub async fn list(pool: &PgPool) -> Result<Vec<Client>, IdentityError> {
-    Ok(sqlx::query_as(
-        "SELECT id, name, scopes, audience, org_id, tier, roles, token_ttl_secs, alg, created_at
-         FROM identity.clients ORDER BY created_at, id",
-    )
-    .fetch_all(pool)
-    .await?)
+    let sql = format!("SELECT {COLUMNS} FROM identity.clients ORDER BY created_at, id");
+    Ok(sqlx::query_as(&sql).fetch_all(pool).await?)
 }
 
 /// One client and its secret hash.
-pub async fn find(pool: &PgPool, id: &str) -> Result<Option<(Client, String)>, IdentityError> {
-    let row: Option<ClientWithHash> = sqlx::query_as(
-        "SELECT id, name, scopes, audience, org_id, tier, roles, token_ttl_secs, alg, created_at,
-                secret_hash
-         FROM identity.clients WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+pub async fn find(
+    pool: &PgPool,
+    id: &str,
+) -> Result<Option<(Client, Option<String>)>, IdentityError> {
+    let sql = format!("SELECT {COLUMNS}, secret_hash FROM identity.clients WHERE id = $1");
+    let row: Option<ClientWithHash> = sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?;
     Ok(row.map(|r| (r.client, r.secret_hash)))
 }
 
@@ -217,7 +338,14 @@ pub async fn find(pool: &PgPool, id: &str) -> Result<Option<(Client, String)>, I
 struct ClientWithHash {
     #[sqlx(flatten)]
     client: Client,
-    secret_hash: String,
+    secret_hash: Option<String>,
+}
+
+impl Client {
+    /// Whether the client is registered for `grant`.
+    pub fn allows(&self, grant: &str) -> bool {
+        self.grant_types.iter().any(|g| g == grant)
+    }
 }
 
 /// Deletes client `id` on `conn`; whether it existed.
@@ -244,13 +372,22 @@ mod tests {
             roles: vec![],
             token_ttl_secs: None,
             alg: None,
+            redirect_uris: vec![],
+            grant_types: None,
+            auth_method: None,
+            jwks: None,
         }
     }
 
     #[test]
     fn validation_fills_defaults_and_names_bad_fields() {
-        let (aud, ttl, alg) = validate(&new(&["admin"]), "leaky-tokens", 600, 3600).unwrap();
-        assert_eq!((aud.as_str(), ttl, alg), ("leaky-tokens", 600, Alg::ES256));
+        let f = validate(&new(&["admin"]), "leaky-tokens", 600, 3600).unwrap();
+        assert_eq!(
+            (f.audience.as_str(), f.ttl, f.alg),
+            ("leaky-tokens", 600, Alg::ES256)
+        );
+        assert_eq!(f.grant_types, vec!["client_credentials"]);
+        assert_eq!(f.auth_method, "client_secret");
         let bad = |c: NewClient| match validate(&c, "aud", 600, 3600) {
             Err(IdentityError::Field(f, _)) => f,
             other => panic!("{other:?}"),
@@ -263,6 +400,30 @@ mod tests {
         let mut c = new(&["x"]);
         c.alg = Some("HS256".into());
         assert_eq!(bad(c), "alg");
+        let mut c = new(&["openid"]);
+        c.grant_types = Some(vec!["authorization_code".into()]);
+        assert_eq!(bad(c), "redirect_uris");
+        let mut c = new(&["openid"]);
+        c.auth_method = Some("none".into());
+        assert_eq!(bad(c), "grant_types");
+        let mut c = new(&["openid"]);
+        c.auth_method = Some("private_key_jwt".into());
+        assert_eq!(bad(c), "jwks");
+        let mut c = new(&["openid"]);
+        c.grant_types = Some(vec!["password".into()]);
+        assert_eq!(bad(c), "grant_types");
+    }
+
+    #[test]
+    fn redirect_uris_are_absolute_https_or_loopback_http_without_fragment() {
+        assert!(redirect_uri_ok("https://app.example.com/cb"));
+        assert!(redirect_uri_ok("http://127.0.0.1:8765/callback"));
+        assert!(redirect_uri_ok("http://localhost/cb"));
+        assert!(!redirect_uri_ok("http://app.example.com/cb"));
+        assert!(!redirect_uri_ok("https://app.example.com/cb#x"));
+        assert!(!redirect_uri_ok("/cb"));
+        assert!(!redirect_uri_ok("https://user@app.example.com/cb"));
+        assert!(!redirect_uri_ok("javascript:alert(1)"));
     }
 
     #[tokio::test]

@@ -376,6 +376,58 @@ pub async fn signer(pool: &PgPool, master: &MasterKeys, alg: Alg) -> Result<Sign
     })
 }
 
+/// Decrypted signing keys by `kid` (at most one per algorithm: the active one). Keyed by `kid`, so a
+/// rotation invalidates by itself: the next issue sees a new active `kid`, decrypts it once and
+/// evicts its predecessor. The lock is held only to clone an `Arc`, never across an await.
+#[derive(Default)]
+pub struct SignerCache {
+    by_kid: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<Signer>>>,
+}
+
+impl SignerCache {
+    fn get(&self, kid: &str) -> Option<std::sync::Arc<Signer>> {
+        self.by_kid.read().ok()?.get(kid).cloned()
+    }
+
+    fn put(&self, signer: std::sync::Arc<Signer>) {
+        if let Ok(mut map) = self.by_kid.write() {
+            map.retain(|_, s| s.alg != signer.alg);
+            map.insert(signer.kid.clone(), signer);
+        }
+    }
+
+    /// How many decrypted keys are held (for tests).
+    pub fn len(&self) -> usize {
+        self.by_kid.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The active key of `alg`: one indexed lookup of its `kid`, decrypted only the first time that
+/// `kid` is seen (then from `cache`).
+pub async fn cached_signer(
+    pool: &PgPool,
+    master: &MasterKeys,
+    cache: &SignerCache,
+    alg: Alg,
+) -> Result<std::sync::Arc<Signer>, IdentityError> {
+    let kid: Option<String> = sqlx::query_scalar(
+        "SELECT kid FROM identity.signing_keys WHERE alg = $1 AND state = 'active'",
+    )
+    .bind(alg.as_str())
+    .fetch_optional(pool)
+    .await?;
+    if let Some(hit) = kid.as_deref().and_then(|k| cache.get(k)) {
+        return Ok(hit);
+    }
+    let fresh = std::sync::Arc::new(signer(pool, master, alg).await?);
+    cache.put(fresh.clone());
+    Ok(fresh)
+}
+
 /// The verification key of a published `kid` (for introspection and revocation).
 pub async fn decoding_key(
     pool: &PgPool,

@@ -1,5 +1,5 @@
-//! Bounded context "identity" (Postgres schema `identity`, issue 14, first increment): the control
-//! plane as an OAuth2 authorization server for services.
+//! Bounded context "identity" (Postgres schema `identity`, issue 14): the control plane as an OAuth2
+//! authorization server and OpenID provider, for services and for people.
 //!
 //! - [`secrets`]: envelope encryption of secrets at rest (AES-256-GCM data keys under versioned
 //!   master keys from `LEAKY_MASTER_KEY` / `LEAKY_MASTER_KEY_FILE`), and the redacting [`Secret`].
@@ -8,6 +8,10 @@
 //! - [`oauth`]: discovery, JWKS, `POST /oauth2/token` (`client_credentials`), introspection (RFC 7662)
 //!   and revocation (RFC 7009); revoked token ids live in Redis ([`revoked`]) until the token expires,
 //!   so every replica sees them.
+//! - People: [`users`] (passwords, lockout), [`authorize`] (`GET /oauth2/authorize`, the login page),
+//!   [`grants`] (`authorization_code` + PKCE S256, `refresh_token` with rotation and reuse
+//!   detection), [`oidc`] (ID tokens, `userinfo`), all keeping their state in Redis ([`sessions`]).
+//! - [`assertion`]: `private_key_jwt` client authentication (RFC 7523).
 //!
 //! Identity runs only with a master key: [`Settings::from_env`] refuses without one unless
 //! `LEAKY_IDENTITY_DEV=1` selects the public dev key (and seeds the dev client `dev-admin` /
@@ -15,12 +19,18 @@
 //! this server becomes a [`crate::http::Principal`] through [`oauth::principal`] once RBAC lands.
 
 pub mod api;
+pub mod assertion;
+pub mod authorize;
 pub mod clients;
+pub mod grants;
 pub mod keys;
 pub mod oauth;
+pub mod oidc;
 pub mod rbac;
 pub mod revoked;
 pub mod secrets;
+pub mod sessions;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -37,6 +47,10 @@ pub use secrets::{MasterKeys, Secret, SecretError};
 /// The dev client's id and secret (dev mode only, see DESIGN.md's full-stack contract).
 pub const DEV_CLIENT_ID: &str = "dev-admin";
 pub const DEV_CLIENT_SECRET: &str = "dev-admin-secret";
+
+/// The public dev client people log in with (dev mode only): authorization_code + PKCE.
+pub const DEV_LOGIN_CLIENT_ID: &str = "dev-login";
+pub const DEV_LOGIN_REDIRECT_URI: &str = "http://127.0.0.1:8765/callback";
 
 /// The default audience of admin-API tokens (`LEAKY_IDENTITY_ADMIN_AUDIENCE`).
 pub const ADMIN_AUDIENCE: &str = "leaky-admin";
@@ -59,6 +73,12 @@ pub struct Settings {
     pub policy: Policy,
     /// The algorithms keys are kept for (each gets an active key).
     pub algs: Vec<Alg>,
+    /// How long an authorization code may be redeemed (`LEAKY_IDENTITY_CODE_TTL_SECS`, 60).
+    pub code_ttl: Duration,
+    /// How long a refresh token (and its family) lives (`LEAKY_IDENTITY_REFRESH_TTL_SECS`, 30 days).
+    pub refresh_ttl: Duration,
+    /// How long a login session lasts (`LEAKY_IDENTITY_SESSION_TTL_SECS`, 8 hours).
+    pub session_ttl: Duration,
 }
 
 fn env_secs(name: &str, default: i64) -> Result<Duration, SecretError> {
@@ -94,6 +114,9 @@ impl Settings {
                 max_token_ttl: Duration::hours(1),
             },
             algs: Alg::ALL.to_vec(),
+            code_ttl: Duration::seconds(60),
+            refresh_ttl: Duration::days(30),
+            session_ttl: Duration::hours(8),
         }
     }
 
@@ -120,6 +143,9 @@ impl Settings {
         s.token_ttl = env_secs("LEAKY_IDENTITY_TOKEN_TTL_SECS", 600)?;
         s.policy.publish_ahead = env_secs("LEAKY_IDENTITY_JWKS_MAX_AGE_SECS", 300)?;
         s.policy.rotate_every = env_secs("LEAKY_IDENTITY_ROTATE_EVERY_SECS", 7 * 86_400)?;
+        s.code_ttl = env_secs("LEAKY_IDENTITY_CODE_TTL_SECS", 60)?;
+        s.refresh_ttl = env_secs("LEAKY_IDENTITY_REFRESH_TTL_SECS", 30 * 86_400)?;
+        s.session_ttl = env_secs("LEAKY_IDENTITY_SESSION_TTL_SECS", 8 * 3_600)?;
         s.policy.max_token_ttl = s.policy.max_token_ttl.max(s.token_ttl);
         Ok(s)
     }
@@ -132,7 +158,12 @@ pub struct Identity {
     pub clock: Arc<dyn Clock>,
     /// Revoked token ids (Redis); `None` without `--redis-url`: revocation answers 503.
     pub revoked: Option<revoked::Revocations>,
+    /// Sessions, codes, refresh tokens, counters (Redis); `None` without `--redis-url`: the people
+    /// flows and `private_key_jwt` answer 503.
+    pub sessions: Option<sessions::Store>,
     pub(crate) limiter: oauth::FailureLimiter,
+    /// Decrypted signing keys by `kid`, so issuing a token costs no AES-GCM or key parsing.
+    pub(crate) signers: keys::SignerCache,
 }
 
 impl Identity {
@@ -143,6 +174,7 @@ impl Identity {
         redis_url: Option<&str>,
     ) -> Result<Arc<Self>, IdentityError> {
         let revoked = redis_url.map(revoked::Revocations::new).transpose()?;
+        let sessions = redis_url.map(sessions::Store::new).transpose()?;
         if revoked.is_none() {
             tracing::warn!("identity: no Redis, token revocation is unavailable");
         }
@@ -151,8 +183,24 @@ impl Identity {
             pool,
             clock,
             revoked,
+            sessions,
             limiter: oauth::FailureLimiter::default(),
+            signers: keys::SignerCache::default(),
         }))
+    }
+
+    /// The session store, or 503 without Redis.
+    pub fn sessions(&self) -> Result<&sessions::Store, IdentityError> {
+        self.sessions.as_ref().ok_or_else(|| {
+            IdentityError::Unavailable("logins and sessions need Redis (--redis-url)".into())
+        })
+    }
+
+    /// The revocation list, or 503 without Redis.
+    pub fn revocations(&self) -> Result<&revoked::Revocations, IdentityError> {
+        self.revoked.as_ref().ok_or_else(|| {
+            IdentityError::Unavailable("revocation needs Redis (--redis-url)".into())
+        })
     }
 
     /// One rotation step now (what the periodic job runs).
@@ -192,13 +240,16 @@ pub fn attach(app: Router, state: ApiState, identity: Arc<Identity>) -> Router {
         .layer(axum::Extension(identity))
 }
 
-/// Once migrated: seeds the dev client (dev mode), then runs [`Identity::tick`] every
+/// Once migrated: seeds the dev clients and the dev user (dev mode), then runs [`Identity::tick`] every
 /// [`keys::TICK_EVERY`].
 pub async fn run_jobs(state: ApiState, identity: Arc<Identity>) {
     state.migrated().await;
     if identity.settings.dev {
         if let Err(e) = api::seed_dev_client(&identity).await {
             tracing::error!(error = %e, "identity: dev client not seeded");
+        }
+        if let Err(e) = users::seed_dev_user(&identity).await {
+            tracing::error!(error = %e, "identity: dev user not seeded");
         }
     }
     let mut every = tokio::time::interval(keys::TICK_EVERY);

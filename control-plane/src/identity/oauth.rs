@@ -1,7 +1,11 @@
 //! The OAuth2 protocol endpoints: discovery (RFC 8414 and OIDC's document, listing only what exists),
-//! the JWKS, `POST /oauth2/token` with the `client_credentials` grant (RFC 6749 §4.4; client
-//! authentication `client_secret_basic` or `client_secret_post`), introspection (RFC 7662) and
-//! revocation (RFC 7009), both requiring client authentication.
+//! the JWKS, `POST /oauth2/token` (`client_credentials`, RFC 6749 §4.4, here; `authorization_code`
+//! and `refresh_token` in [`super::grants`]), introspection (RFC 7662) and revocation (RFC 7009),
+//! both requiring client authentication; the routes of [`super::authorize`] and [`super::oidc`].
+//!
+//! Client authentication: `client_secret_basic`, `client_secret_post`, `private_key_jwt`
+//! ([`super::assertion`]) or, for public clients at the token endpoint only, `none` (the client id
+//! alone; such clients can only use PKCE-bound codes and their refresh tokens).
 //!
 //! Errors are RFC 6749 §5.2 JSON (`{"error", "error_description"}`), not problem+json: OAuth2
 //! clients parse these. `invalid_client` is a 401 with `WWW-Authenticate: Basic`. Failed client
@@ -28,7 +32,8 @@ use serde_json::json;
 use super::clients::{self, Client};
 use super::keys::{self, Alg};
 use super::secrets::Secret;
-use super::{Identity, IdentityError};
+use super::users::Person;
+use super::{assertion, authorize, grants, oidc, Identity, IdentityError};
 use crate::http::{ApiState, Principal};
 
 /// Failed client authentications per client id or IP allowed in one [`WINDOW_SECS`].
@@ -60,8 +65,14 @@ pub struct Claims {
 /// The admin-API caller a verified token stands for: its org and its role names (RBAC ignores names it
 /// does not know, never maps them to something).
 pub fn principal(claims: &Claims) -> Principal {
+    // A person's token names the user in `sub` and the client it logged in through in `client_id`.
+    let kind = if claims.sub == claims.client_id {
+        "client"
+    } else {
+        "user"
+    };
     Principal {
-        subject: format!("client:{}", claims.sub),
+        subject: format!("{kind}:{}", claims.sub),
         scopes: claims.scope.split(' ').map(str::to_owned).collect(),
         org: claims.org.clone(),
         roles: claims.roles.clone(),
@@ -99,7 +110,11 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             error,
@@ -108,7 +123,7 @@ impl OAuthError {
         }
     }
 
-    fn request(description: impl Into<String>) -> Self {
+    pub(crate) fn request(description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
 
@@ -160,7 +175,7 @@ impl IntoResponse for OAuthError {
     }
 }
 
-fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+pub(crate) fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
     [
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         (header::PRAGMA, HeaderValue::from_static("no-cache")),
@@ -203,7 +218,7 @@ impl FailureLimiter {
 }
 
 /// The peer's IP when the server records it (`into_make_service_with_connect_info`).
-pub struct PeerIp(Option<IpAddr>);
+pub struct PeerIp(pub Option<IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
     type Rejection = std::convert::Infallible;
@@ -237,46 +252,86 @@ fn parse_form(headers: &HeaderMap, body: &Bytes) -> Result<HashMap<String, Strin
     Ok(form)
 }
 
-/// The client id and secret from `Authorization: Basic` or the body, never both.
-fn credentials(
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-) -> Result<(String, Secret<String>), OAuthError> {
+/// How a caller presented itself as a client.
+enum Presented {
+    /// `client_secret_basic` or `client_secret_post`.
+    Secret(String, Secret<String>),
+    /// `private_key_jwt`: the assertion.
+    Assertion(String),
+    /// A public client: its id alone.
+    Public(String),
+}
+
+/// The client credentials of a request: exactly one method (RFC 6749 §2.3); a `client_id` in the
+/// body next to them must name the same client.
+fn presented(headers: &HeaderMap, form: &HashMap<String, String>) -> Result<Presented, OAuthError> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "));
-    let in_body = form.get("client_id").zip(form.get("client_secret"));
-    match (basic, in_body) {
-        (Some(_), Some(_)) => Err(OAuthError::request("use one client authentication method")),
-        (Some(b64), None) => {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|_| OAuthError::client())?;
-            let text = String::from_utf8(raw).map_err(|_| OAuthError::client())?;
-            let (id, secret) = text.split_once(':').ok_or_else(OAuthError::client)?;
-            // RFC 6749 §2.3.1: both parts are form-urlencoded inside the Basic credentials.
-            let decode = |s: &str| -> String {
-                form_urlencoded::parse(format!("x={s}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default()
-            };
-            Ok((decode(id), Secret::new(decode(secret))))
-        }
-        (None, Some((id, secret))) => Ok((id.clone(), Secret::new(secret.clone()))),
-        (None, None) => Err(OAuthError::client()),
+    let assertion =
+        form.contains_key("client_assertion") || form.contains_key("client_assertion_type");
+    let body_secret = form.get("client_secret");
+    let methods = [basic.is_some(), assertion, body_secret.is_some()];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        return Err(OAuthError::request("use one client authentication method"));
     }
+    let found = if assertion {
+        if form.get("client_assertion_type").map(String::as_str) != Some(assertion::JWT_BEARER) {
+            return Err(OAuthError::client());
+        }
+        let jwt = form
+            .get("client_assertion")
+            .ok_or_else(OAuthError::client)?;
+        Presented::Assertion(jwt.clone())
+    } else if let Some(b64) = basic {
+        basic_credentials(b64)?
+    } else {
+        match (form.get("client_id"), body_secret) {
+            (Some(id), Some(secret)) => Presented::Secret(id.clone(), Secret::new(secret.clone())),
+            (Some(id), None) => Presented::Public(id.clone()),
+            _ => return Err(OAuthError::client()),
+        }
+    };
+    Ok(found)
 }
 
-/// Authenticates the calling client (rate limited per id and per IP).
-async fn authenticate(
+/// `Authorization: Basic` credentials.
+fn basic_credentials(b64: &str) -> Result<Presented, OAuthError> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| OAuthError::client())?;
+    let text = String::from_utf8(raw).map_err(|_| OAuthError::client())?;
+    let (id, secret) = text.split_once(':').ok_or_else(OAuthError::client)?;
+    // RFC 6749 §2.3.1: both parts are form-urlencoded inside the Basic credentials.
+    let decode = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Presented::Secret(decode(id), Secret::new(decode(secret))))
+}
+
+/// Authenticates the calling client at `endpoint` (its URL, an accepted assertion audience), rate
+/// limited per id and per IP. Public clients pass only where `public_ok`.
+pub(crate) async fn authenticate(
     identity: &Identity,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
     ip: Option<IpAddr>,
+    endpoint: &str,
 ) -> Result<Client, OAuthError> {
-    let (id, secret) = credentials(headers, form)?;
+    let presented = presented(headers, form)?;
+    let id = match &presented {
+        Presented::Secret(id, _) | Presented::Public(id) => id.clone(),
+        Presented::Assertion(jwt) => {
+            assertion::claimed_client(jwt).ok_or_else(OAuthError::client)?
+        }
+    };
+    if form.get("client_id").is_some_and(|body_id| *body_id != id) {
+        return Err(OAuthError::client());
+    }
     let now = identity.clock.now().timestamp();
     let mut keys = vec![format!("client:{id}")];
     keys.extend(ip.map(|ip| format!("ip:{ip}")));
@@ -290,15 +345,9 @@ async fn authenticate(
         return Err(e);
     }
     let found = clients::find(&identity.pool, &id).await?;
-    // An unknown id still pays one hash verification, so timing does not tell ids apart.
-    let (client, hash) = match found {
-        Some((c, h)) => (Some(c), h),
-        None => (None, dummy_hash().await?),
-    };
-    let ok = clients::verify_secret(hash, secret).await;
-    match client {
-        Some(c) if ok => Ok(c),
-        _ => {
+    match check_presented(identity, found, presented, endpoint).await? {
+        Some(c) => Ok(c),
+        None => {
             identity.limiter.failed(&keys, now);
             tracing::info!(client_id = %id, ?ip, "identity: client authentication failed");
             Err(OAuthError::client())
@@ -306,8 +355,37 @@ async fn authenticate(
     }
 }
 
+/// The client if `presented` proves it is `found` with the method it registered.
+async fn check_presented(
+    identity: &Identity,
+    found: Option<(Client, Option<String>)>,
+    presented: Presented,
+    endpoint: &str,
+) -> Result<Option<Client>, IdentityError> {
+    match presented {
+        Presented::Secret(_, secret) => {
+            // An unknown id (or a client without a secret) still pays one hash verification, so
+            // timing does not tell ids apart.
+            let (client, hash) = match found {
+                Some((c, Some(h))) if c.auth_method == "client_secret" => (Some(c), h),
+                _ => (None, dummy_hash().await?),
+            };
+            let ok = clients::verify_secret(hash, secret).await;
+            Ok(client.filter(|_| ok))
+        }
+        Presented::Public(_) => Ok(found.map(|(c, _)| c).filter(|c| c.auth_method == "none")),
+        Presented::Assertion(jwt) => match found {
+            Some((c, _)) if c.auth_method == "private_key_jwt" => {
+                let ok = assertion::verify(identity, &c, &jwt, endpoint).await?;
+                Ok(ok.then_some(c))
+            }
+            _ => Ok(None),
+        },
+    }
+}
+
 /// An argon2id hash of a random value (made once), verified against for unknown client ids.
-async fn dummy_hash() -> Result<String, IdentityError> {
+pub(crate) async fn dummy_hash() -> Result<String, IdentityError> {
     static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     DUMMY
         .get_or_try_init(|| async { clients::hash_secret(clients::new_secret()?).await })
@@ -326,23 +404,45 @@ async fn token(
     let grant = form
         .get("grant_type")
         .ok_or_else(|| OAuthError::request("`grant_type` is required"))?;
-    let client = authenticate(&identity, &headers, &form, ip).await?;
-    if grant != "client_credentials" {
+    let endpoint = format!("{}/oauth2/token", identity.settings.issuer);
+    let client = authenticate(&identity, &headers, &form, ip, &endpoint).await?;
+    let body = match grant.as_str() {
+        "client_credentials" => client_credentials(&identity, &client, &form).await?,
+        "authorization_code" => grants::redeem_code(&identity, &client, &form).await?,
+        "refresh_token" => grants::refresh(&identity, &client, &form).await?,
+        _ => {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "supported: client_credentials, authorization_code, refresh_token",
+            ))
+        }
+    };
+    Ok((no_store(), Json(body)).into_response())
+}
+
+/// `grant_type=client_credentials`: a token for the client itself.
+async fn client_credentials(
+    identity: &Identity,
+    client: &Client,
+    form: &HashMap<String, String>,
+) -> Result<serde_json::Value, OAuthError> {
+    if !client.allows("client_credentials") {
         return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "only client_credentials is supported",
+            "unauthorized_client",
+            "this client is not registered for client_credentials",
         ));
     }
-    let scopes = granted_scopes(&client, form.get("scope"))?;
-    let (jwt, ttl) = issue(&identity, &client, &scopes).await?;
-    let body = json!({
+    let scopes = granted_scopes(client, form.get("scope"))?;
+    let jti = uuid::Uuid::new_v4().to_string();
+    let (jwt, ttl) = issue_access(identity, client, None, &scopes, jti).await?;
+    Ok(json!({
         "access_token": jwt,
         "token_type": "Bearer",
         "expires_in": ttl,
         "scope": scopes.join(" "),
-    });
-    Ok((no_store(), Json(body)).into_response())
+    }))
 }
 
 /// The requested scopes (all the client's when none are asked for); any not allowed is an error.
@@ -373,41 +473,68 @@ fn granted_scopes(client: &Client, requested: Option<&String>) -> Result<Vec<Str
     Ok(scopes)
 }
 
-/// Signs an access token for `client` with `scopes`; returns it and its lifetime in seconds.
-async fn issue(
+/// Signs an access token issued through `client` (for `person` if one logged in, else for the client
+/// itself) with `scopes` and `jti`; returns it and its lifetime in seconds.
+pub(crate) async fn issue_access(
     identity: &Identity,
     client: &Client,
+    person: Option<&Person>,
     scopes: &[String],
+    jti: String,
 ) -> Result<(String, i64), OAuthError> {
     let alg = Alg::parse(&client.alg).unwrap_or(Alg::ES256);
-    let signer = keys::signer(&identity.pool, &identity.settings.master, alg).await?;
     let now = identity.clock.now().timestamp();
     let ttl = i64::from(client.token_ttl_secs);
+    let (sub, org, tier, roles) = match person {
+        Some(p) => (
+            p.id.to_string(),
+            Some(p.org.to_string()),
+            None,
+            p.roles.clone(),
+        ),
+        None => (
+            client.id.clone(),
+            client.org_id.map(|o| o.to_string()),
+            client.tier.clone(),
+            client.roles.clone(),
+        ),
+    };
     let claims = Claims {
         iss: identity.settings.issuer.clone(),
-        sub: client.id.clone(),
+        sub,
         aud: client.audience.clone(),
         exp: now + ttl,
         iat: now,
         nbf: now,
-        jti: uuid::Uuid::new_v4().to_string(),
+        jti,
         scope: scopes.join(" "),
         client_id: client.id.clone(),
-        org: client.org_id.map(|o| o.to_string()),
-        tier: client.tier.clone(),
-        roles: client.roles.clone(),
+        org,
+        tier,
+        roles,
     };
+    Ok((sign(identity, alg, "at+jwt", &claims).await?, ttl))
+}
+
+/// Signs `claims` with the active key of `alg` (cached decrypted, see [`keys::SignerCache`]).
+pub(crate) async fn sign<T: Serialize>(
+    identity: &Identity,
+    alg: Alg,
+    typ: &str,
+    claims: &T,
+) -> Result<String, IdentityError> {
+    let s = &identity.settings;
+    let signer = keys::cached_signer(&identity.pool, &s.master, &identity.signers, alg).await?;
     let mut header = Header::new(signer.alg.jwt());
     header.kid = Some(signer.kid.clone());
-    header.typ = Some("at+jwt".into());
-    let jwt = jsonwebtoken::encode(&header, &claims, &signer.key)
-        .map_err(|e| IdentityError::Internal(format!("signing: {e}")))?;
-    Ok((jwt, ttl))
+    header.typ = Some(typ.into());
+    jsonwebtoken::encode(&header, claims, &signer.key)
+        .map_err(|e| IdentityError::Internal(format!("signing: {e}")))
 }
 
 /// The claims of `token` if this server issued it, its signature holds and it has not expired (at
 /// `now`); revocation is checked by the caller.
-async fn verify(
+pub(crate) async fn verify(
     identity: &Identity,
     token: &str,
     now: DateTime<Utc>,
@@ -444,7 +571,12 @@ async fn introspect(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = parse_form(&headers, &body)?;
-    authenticate(&identity, &headers, &form, ip).await?;
+    let endpoint = format!("{}/oauth2/introspect", identity.settings.issuer);
+    let caller = authenticate(&identity, &headers, &form, ip, &endpoint).await?;
+    // A public client holds no secret: it cannot be trusted with other clients' token metadata.
+    if caller.auth_method == "none" {
+        return Err(OAuthError::client());
+    }
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::request("`token` is required"))?;
@@ -477,18 +609,31 @@ async fn revoke(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let form = parse_form(&headers, &body)?;
-    let client = authenticate(&identity, &headers, &form, ip).await?;
+    let endpoint = format!("{}/oauth2/revoke", identity.settings.issuer);
+    let client = authenticate(&identity, &headers, &form, ip, &endpoint).await?;
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::request("`token` is required"))?;
     if let Some(hint) = form.get("token_type_hint") {
-        if hint != "access_token" {
+        if hint != "access_token" && hint != "refresh_token" {
             return Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 "unsupported_token_type",
-                "only access tokens exist",
+                "access_token or refresh_token",
             ));
         }
+    }
+    // A refresh token revokes its whole family (RFC 7009 §2.1 allows taking its access tokens too).
+    match grants::revoke_refresh(&identity, &client, token).await? {
+        Some(true) => return Ok((StatusCode::OK, no_store()).into_response()),
+        Some(false) => {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "the token was issued to another client",
+            ))
+        }
+        None => {}
     }
     let now = identity.clock.now();
     let Some(claims) = verify(&identity, token, now).await? else {
@@ -501,10 +646,7 @@ async fn revoke(
             "the token was issued to another client",
         ));
     }
-    let revocations = identity
-        .revoked
-        .as_ref()
-        .ok_or_else(|| IdentityError::Unavailable("revocation needs Redis (--redis-url)".into()))?;
+    let revocations = identity.revocations()?;
     let ttl = u64::try_from(claims.exp - now.timestamp()).unwrap_or(1);
     revocations.revoke(&claims.jti, ttl).await?;
     tracing::info!(client_id = %client.id, jti = %claims.jti, "identity: token revoked");
@@ -515,22 +657,37 @@ async fn revoke(
 fn metadata(identity: &Identity) -> serde_json::Value {
     let iss = &identity.settings.issuer;
     let algs: Vec<&str> = identity.settings.algs.iter().map(|a| a.as_str()).collect();
-    let methods = ["client_secret_basic", "client_secret_post"];
+    let methods = [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+    ];
+    let assertion_algs = ["ES256", "RS256", "EdDSA"];
     json!({
         "issuer": iss,
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "authorization_endpoint": format!("{iss}/oauth2/authorize"),
         "token_endpoint": format!("{iss}/oauth2/token"),
+        "userinfo_endpoint": format!("{iss}/oauth2/userinfo"),
         "introspection_endpoint": format!("{iss}/oauth2/introspect"),
         "revocation_endpoint": format!("{iss}/oauth2/revoke"),
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": methods,
+        "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "at_hash",
+            "email", "name", "org", "roles"],
+        // `none` is for public clients at the token endpoint only.
+        "token_endpoint_auth_methods_supported": [methods[0], methods[1], methods[2], "none"],
+        "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "introspection_endpoint_auth_methods_supported": methods,
-        "revocation_endpoint_auth_methods_supported": methods,
-        // Required by OIDC discovery; no authorization endpoint and no ID token exist yet, so no
-        // response type is offered, and these are the algorithms access tokens are signed with.
+        "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
+        "revocation_endpoint_auth_methods_supported": [methods[0], methods[1], methods[2], "none"],
+        "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "id_token_signing_alg_values_supported": algs,
         "subject_types_supported": ["public"],
+        "prompt_values_supported": ["none", "login"],
     })
 }
 
@@ -582,6 +739,9 @@ pub fn routes() -> Router<ApiState> {
         .route("/oauth2/token", post(token))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
+        .route("/oauth2/authorize", get(authorize::authorize))
+        .route("/oauth2/login", post(authorize::login))
+        .route("/oauth2/userinfo", get(oidc::userinfo).post(oidc::userinfo))
 }
 
 #[cfg(test)]

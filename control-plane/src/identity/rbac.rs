@@ -271,6 +271,12 @@ pub const OPERATIONS: &[Operation] = &[
         "/v1/orgs/{org}/users/{user}",
         Rbac(P::UsersWrite, PathOrg),
     ),
+    // identity: a user's password (the user must be of `{org}`: another org's is a 404)
+    op(
+        "PUT",
+        "/v1/orgs/{org}/users/{user}/password",
+        Rbac(P::UsersWrite, PathOrg),
+    ),
     // audit
     op("GET", "/v1/audit", Rbac(P::AuditRead, Platform)),
     // registry
