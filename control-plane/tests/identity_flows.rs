@@ -1112,3 +1112,65 @@ async fn discovery_lists_the_people_flows() {
         json!(["ES256", "EdDSA"])
     );
 }
+
+#[tokio::test]
+async fn dev_mode_seeds_a_user_and_a_public_client_that_log_in_idempotently() {
+    use leaky_control_plane::identity::users::{DEV_USER_EMAIL, DEV_USER_PASSWORD};
+    use leaky_control_plane::identity::{DEV_LOGIN_CLIENT_ID, DEV_LOGIN_REDIRECT_URI};
+    let w = world().await;
+    let dev = Identity::new(
+        Settings::new(&w.s.base, MasterKeys::dev(), true),
+        w.pool.clone(),
+        w.clock.clone(),
+        Some(&w.redis.url()),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        identity::api::seed_dev_client(&dev).await.unwrap();
+        identity::users::seed_dev_user(&dev).await.unwrap();
+    }
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM identity.user_credentials")
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 2, "acme's user and the one dev user");
+    let s = &w.s;
+    let mut b = Browser::default();
+    let challenge = s256(VERIFIER);
+    let q = code_query(
+        DEV_LOGIN_CLIENT_ID,
+        DEV_LOGIN_REDIRECT_URI,
+        &challenge,
+        "s",
+        "n",
+    );
+    let res = s.authorize(&mut b, &q).await;
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    let res = s
+        .login(&mut b, &page, DEV_USER_EMAIL, DEV_USER_PASSWORD)
+        .await;
+    assert_eq!(res.status(), 303);
+    let location = res.headers()[LOCATION].to_str().unwrap().to_owned();
+    let code = query_param(&location, "code").unwrap();
+    let (status, t) = s
+        .token(
+            None,
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", DEV_LOGIN_CLIENT_ID),
+                ("code", &code),
+                ("redirect_uri", DEV_LOGIN_REDIRECT_URI),
+                ("code_verifier", VERIFIER),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{t}");
+    let claims = verify_jwt(
+        &s.jwks().await,
+        t["access_token"].as_str().unwrap(),
+        &s.base,
+        "leaky-admin",
+    );
+    assert_eq!(claims["roles"], json!(["org-admin"]));
+}
