@@ -123,7 +123,9 @@ pub(crate) async fn redeem_code(
     // Single use, decided before anything else: whoever comes second fails and revokes the first's
     // tokens, whatever they present.
     let family = random_id()?;
-    let remember = secs(identity.settings.refresh_ttl);
+    // As long as the code itself is remembered: a replay after that finds no code at all.
+    let remember =
+        secs(identity.settings.code_ttl) + secs(chrono::Duration::seconds(REUSE_MEMORY_SECS));
     if !store.claim("code-used", &key, &family, remember).await? {
         if let Some(first) = store.raw("code-used", &key).await? {
             revoke_family(identity, &first).await?;

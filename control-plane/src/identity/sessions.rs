@@ -141,14 +141,18 @@ impl Store {
     pub async fn count(&self, kind: &str, id: &str, ttl_secs: u64) -> Result<i64, IdentityError> {
         let key = Self::key(kind, id);
         let mut pipe = redis::pipe();
+        // Create with the TTL if absent, then count: a window never loses its expiry, and neither
+        // step needs Redis 7 (`EXPIRE … NX`).
         pipe.atomic()
-            .cmd("INCR")
+            .cmd("SET")
             .arg(&key)
-            .cmd("EXPIRE")
-            .arg(&key)
+            .arg(0)
+            .arg("EX")
             .arg(ttl_secs.max(1))
             .arg("NX")
-            .ignore();
+            .ignore()
+            .cmd("INCR")
+            .arg(&key);
         let mut conn = self.conn().await?;
         match tokio::time::timeout(TIMEOUT, pipe.query_async::<(i64,)>(&mut conn)).await {
             Ok(Ok((n,))) => Ok(n),
