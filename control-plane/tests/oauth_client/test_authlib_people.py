@@ -15,6 +15,7 @@ Run:
 """
 
 import secrets
+import subprocess
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,7 +30,7 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from authlib.oidc.core import CodeIDToken
 from joserfc.jwk import ECKey
 
-from test_authlib import ADMIN_TOKEN, new_client, server  # noqa: F401 (the shared fixture)
+from test_authlib import ADMIN_TOKEN, ROOT, free_port, new_client, server, wait_for  # noqa: F401 (the shared fixture)
 
 REDIRECT = "http://127.0.0.1:8765/callback"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -162,6 +163,32 @@ def test_authorization_code_pkce_id_token_userinfo_refresh(server, meta, introsp
 
     # No password reached the logs.
     assert password not in server["logs"].read_text(errors="replace")
+
+
+def test_a_login_survives_the_death_of_the_process_that_served_it(server, meta, tmp_path):  # noqa: F811
+    """Authorize and log in on a second control-plane process, kill it, redeem on the first: the session,
+    the pending request and the code live in Redis, not in a process."""
+    org, email, password = person(server["base"])
+    client_id = public_client(server["base"])
+    port = free_port()
+    with open(tmp_path / "second.log", "wb") as log:
+        second = subprocess.Popen(
+            [server["binary"], "control-plane", "--listen", f"127.0.0.1:{port}", "--roles", "admin-api"],
+            env=server["env"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    try:
+        other = f"http://127.0.0.1:{port}"
+        wait_for("second readyz", lambda: httpx.get(f"{other}/readyz").status_code == 200)
+        session = OAuth2Session(client_id, scope="openid", redirect_uri=REDIRECT, code_challenge_method="S256",
+                                token_endpoint_auth_method="none")
+        verifier = generate_token(64)
+        url, _ = session.create_authorization_url(f"{other}/oauth2/authorize", code_verifier=verifier)
+        location = log_in(requests.Session(), url, email, password)
+    finally:
+        second.kill()
+        second.wait(timeout=10)
+    token = session.fetch_token(meta["token_endpoint"], authorization_response=location, code_verifier=verifier)
+    assert token["id_token"] and token["refresh_token"]
 
 
 def test_a_plain_pkce_request_is_refused_back_to_the_client(server, meta):  # noqa: F811
