@@ -13,6 +13,7 @@ use argon2::Argon2;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -278,6 +279,53 @@ pub async fn verify_secret(hash: String, presented: Secret<String>) -> bool {
     .unwrap_or(false)
 }
 
+/// Client secrets proven recently: the SHA-256 of (stored PHC string, presented secret), kept a few
+/// minutes. A client secret is 256 random bits, so argon2id's cost buys nothing against guessing it;
+/// paying ~20 ms of CPU on every token request would cap the token endpoint at a few dozen per second
+/// per core. Only successes are remembered, so a wrong secret always pays the full verification (and
+/// the failure limiter). The stored hash is part of the key: a rotated or deleted secret stops
+/// matching at once.
+static VERIFIED_SECRETS: std::sync::LazyLock<moka::sync::Cache<[u8; 32], ()>> =
+    std::sync::LazyLock::new(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(std::time::Duration::from_secs(300))
+            .build()
+    });
+
+/// [`verify_secret`] for a client secret, remembering successes (see [`VERIFIED_SECRETS`]).
+pub async fn verify_client_secret(hash: String, presented: Secret<String>) -> bool {
+    remembered(&VERIFIED_SECRETS, hash, presented, verify_secret).await
+}
+
+/// `verify(hash, presented)`, unless `memory` holds this exact pair's success.
+async fn remembered<F, Fut>(
+    memory: &moka::sync::Cache<[u8; 32], ()>,
+    hash: String,
+    presented: Secret<String>,
+    verify: F,
+) -> bool
+where
+    F: FnOnce(String, Secret<String>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let proof: [u8; 32] = {
+        let mut h = Sha256::new();
+        h.update(hash.as_bytes());
+        h.update([0]);
+        h.update(presented.expose().as_bytes());
+        h.finalize().into()
+    };
+    if memory.contains_key(&proof) {
+        return true;
+    }
+    let ok = verify(hash, presented).await;
+    if ok {
+        memory.insert(proof, ());
+    }
+    ok
+}
+
 const COLUMNS: &str = "id, name, scopes, audience, org_id, tier, roles, token_ttl_secs, alg,
     created_at, redirect_uris, grant_types, auth_method, jwks";
 
@@ -435,5 +483,35 @@ mod tests {
         assert!(verify_secret(hash.clone(), secret).await);
         assert!(!verify_secret(hash, Secret::new("wrong".into())).await);
         assert!(!verify_secret("not a hash".into(), Secret::new("x".into())).await);
+    }
+
+    #[tokio::test]
+    async fn client_secret_successes_are_remembered_per_stored_hash_failures_never() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let memory = moka::sync::Cache::new(100);
+        let calls = AtomicUsize::new(0);
+        let check = |hash: &str, secret: &str| {
+            let counted = |h: String, s: Secret<String>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move { h == format!("hash-of-{}", s.expose()) }
+            };
+            remembered(&memory, hash.into(), Secret::new(secret.into()), counted)
+        };
+        // Wrong secrets pay the verification every time.
+        assert!(!check("hash-of-right", "wrong").await);
+        assert!(!check("hash-of-right", "wrong").await);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A success is verified once, then remembered.
+        assert!(check("hash-of-right", "right").await);
+        assert!(check("hash-of-right", "right").await);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // Another stored hash (a rotated secret) is verified afresh and may refuse the old secret.
+        assert!(!check("hash-of-rotated", "right").await);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // The real argon2id path agrees.
+        let secret = new_secret().unwrap();
+        let hash = hash_secret(secret.clone()).await.unwrap();
+        assert!(verify_client_secret(hash.clone(), secret.clone()).await);
+        assert!(verify_client_secret(hash, secret).await);
     }
 }

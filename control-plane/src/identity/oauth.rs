@@ -370,7 +370,7 @@ async fn check_presented(
                 Some((c, Some(h))) if c.auth_method == "client_secret" => (Some(c), h),
                 _ => (None, dummy_hash().await?),
             };
-            let ok = clients::verify_secret(hash, secret).await;
+            let ok = clients::verify_client_secret(hash, secret).await;
             Ok(client.filter(|_| ok))
         }
         Presented::Public(_) => Ok(found.map(|(c, _)| c).filter(|c| c.auth_method == "none")),
