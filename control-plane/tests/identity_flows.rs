@@ -875,6 +875,28 @@ async fn failed_logins_per_ip_are_counted_in_redis_across_replicas() {
 }
 
 #[tokio::test]
+async fn failed_client_authentications_are_counted_in_redis_across_replicas() {
+    let w = world().await;
+    let (id, secret) = w.s.client(json!({"name": "svc", "scopes": ["read"]})).await;
+    let secret = secret.unwrap();
+    let other = serve(&w.pool, w.clock.clone(), &w.redis.url()).await;
+    let cc = [("grant_type", "client_credentials")];
+    assert_eq!(w.s.token(Some((&id, &secret)), &cc).await.0, 200);
+    // Spread over two replicas: each alone would allow MAX_FAILURES; together they allow no more.
+    for i in 0..identity::oauth::MAX_FAILURES {
+        let s = if i % 2 == 0 { &w.s } else { &other };
+        assert_eq!(s.token(Some((&id, "a guess")), &cc).await.0, 401);
+    }
+    // The right secret is refused on both until the window ends (it was remembered as verified
+    // before the attack: the limit still comes first).
+    assert_eq!(other.token(Some((&id, &secret)), &cc).await.0, 429);
+    assert_eq!(w.s.token(Some((&id, &secret)), &cc).await.0, 429);
+    w.clock
+        .advance(Duration::seconds(identity::oauth::WINDOW_SECS));
+    assert_eq!(other.token(Some((&id, &secret)), &cc).await.0, 200);
+}
+
+#[tokio::test]
 async fn sessions_and_codes_survive_a_control_plane_restart() {
     let w = world().await;
     let client = w.s.public_client().await;

@@ -9,9 +9,10 @@
 //!
 //! Errors are RFC 6749 §5.2 JSON (`{"error", "error_description"}`), not problem+json: OAuth2
 //! clients parse these. `invalid_client` is a 401 with `WWW-Authenticate: Basic`. Failed client
-//! authentications are counted per client id and per peer IP in this process (a fixed window on the
-//! injected clock); past [`MAX_FAILURES`] the endpoint answers 429 until the window ends. Replicas
-//! count separately for now (a shared Redis counter is the next step).
+//! authentications are counted per client id and per peer IP in fixed windows on the injected clock;
+//! past [`MAX_FAILURES`] the endpoint answers 429 until the window ends. With Redis the counters are
+//! shared by every replica (an attacker cannot multiply the budget by spreading over replicas); while
+//! Redis is unreachable, and without it, each replica counts in memory rather than refusing everyone.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -188,9 +189,56 @@ pub(crate) struct FailureLimiter {
     windows: Mutex<HashMap<String, (i64, u32)>>,
 }
 
+/// The Redis counter kind of failed client authentications (per client id or IP and window).
+const SHARED_KIND: &str = "fail-client";
+
 impl FailureLimiter {
+    /// Seconds until the current window ends if any key is over the limit: counted in Redis when
+    /// there is one and it answers, else in this process.
+    async fn blocked(
+        &self,
+        shared: Option<&super::sessions::Store>,
+        keys: &[String],
+        now: i64,
+    ) -> Option<i64> {
+        if let Some(store) = shared {
+            let window = now.div_euclid(WINDOW_SECS);
+            let mut over = false;
+            let mut answered = true;
+            for k in keys {
+                match store.counted(SHARED_KIND, &format!("{k}:{window}")).await {
+                    Ok(n) => over |= n >= i64::from(MAX_FAILURES),
+                    Err(_) => answered = false,
+                }
+            }
+            if answered {
+                return over.then(|| WINDOW_SECS - now.rem_euclid(WINDOW_SECS));
+            }
+        }
+        self.blocked_here(keys, now)
+    }
+
+    /// Counts a failure for each of `keys` (see [`Self::blocked`]).
+    async fn failed(&self, shared: Option<&super::sessions::Store>, keys: &[String], now: i64) {
+        if let Some(store) = shared {
+            let window = now.div_euclid(WINDOW_SECS);
+            let ttl = u64::try_from(WINDOW_SECS * 2).unwrap_or(600);
+            let mut counted = true;
+            for k in keys {
+                counted &= store
+                    .count(SHARED_KIND, &format!("{k}:{window}"), ttl)
+                    .await
+                    .is_ok();
+            }
+            if counted {
+                return;
+            }
+        }
+        self.failed_here(keys, now);
+    }
+
     /// Seconds until the window of the first blocked key ends, if any key is over the limit.
-    fn blocked(&self, keys: &[String], now: i64) -> Option<i64> {
+    fn blocked_here(&self, keys: &[String], now: i64) -> Option<i64> {
         let windows = self.windows.lock().ok()?;
         keys.iter()
             .filter_map(|k| windows.get(k))
@@ -199,7 +247,7 @@ impl FailureLimiter {
             .max()
     }
 
-    fn failed(&self, keys: &[String], now: i64) {
+    fn failed_here(&self, keys: &[String], now: i64) {
         let Ok(mut windows) = self.windows.lock() else {
             return;
         };
@@ -335,7 +383,11 @@ pub(crate) async fn authenticate(
     let now = identity.clock.now().timestamp();
     let mut keys = vec![format!("client:{id}")];
     keys.extend(ip.map(|ip| format!("ip:{ip}")));
-    if let Some(wait) = identity.limiter.blocked(&keys, now) {
+    if let Some(wait) = identity
+        .limiter
+        .blocked(identity.sessions.as_ref(), &keys, now)
+        .await
+    {
         let mut e = OAuthError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "temporarily_unavailable",
@@ -348,7 +400,10 @@ pub(crate) async fn authenticate(
     match check_presented(identity, found, presented, endpoint).await? {
         Some(c) => Ok(c),
         None => {
-            identity.limiter.failed(&keys, now);
+            identity
+                .limiter
+                .failed(identity.sessions.as_ref(), &keys, now)
+                .await;
             tracing::info!(client_id = %id, ?ip, "identity: client authentication failed");
             Err(OAuthError::client())
         }
@@ -778,11 +833,11 @@ mod tests {
         let limiter = FailureLimiter::default();
         let keys = vec!["client:a".to_owned(), "ip:1.2.3.4".to_owned()];
         for _ in 0..MAX_FAILURES {
-            assert_eq!(limiter.blocked(&keys, 100), None);
-            limiter.failed(&keys, 100);
+            assert_eq!(limiter.blocked_here(&keys, 100), None);
+            limiter.failed_here(&keys, 100);
         }
-        assert_eq!(limiter.blocked(&keys, 100), Some(WINDOW_SECS));
-        assert_eq!(limiter.blocked(&["client:b".to_owned()], 100), None);
-        assert_eq!(limiter.blocked(&keys, 100 + WINDOW_SECS), None);
+        assert_eq!(limiter.blocked_here(&keys, 100), Some(WINDOW_SECS));
+        assert_eq!(limiter.blocked_here(&["client:b".to_owned()], 100), None);
+        assert_eq!(limiter.blocked_here(&keys, 100 + WINDOW_SECS), None);
     }
 }
