@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -105,12 +106,16 @@ fn unauthorized() -> Response {
 async fn usage(
     State(state): State<Arc<ApiState>>,
     Path(org): Path<String>,
-    Query(params): Query<UsageParams>,
+    params: Result<Query<UsageParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return BadQuery(e.body_text()).into_response(),
+    };
     let plan = match query::plan(&params, query::now_ms()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -128,12 +133,16 @@ async fn usage(
 async fn top_keys(
     State(state): State<Arc<ApiState>>,
     Path(org): Path<String>,
-    Query(params): Query<TopKeysParams>,
+    params: Result<Query<TopKeysParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return BadQuery(e.body_text()).into_response(),
+    };
     let (from, to) = match query::top_keys_range(&params, query::now_ms()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
