@@ -48,6 +48,9 @@ pub struct ConsumerConfig {
     pub max_lateness: Duration,
     /// Raw writes in flight at once.
     pub concurrency: usize,
+    /// How long a silent member keeps its partitions: a crashed consumer's batch is redelivered to
+    /// another member after this (Kafka's default, 45 s, is long for a role that restarts in ~1 s).
+    pub session_timeout: Duration,
 }
 
 impl ConsumerConfig {
@@ -63,6 +66,7 @@ impl ConsumerConfig {
             retry_max: Duration::from_secs(10),
             max_lateness: Duration::from_secs(30 * 24 * 3600),
             concurrency: 64,
+            session_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -97,6 +101,10 @@ impl Consumer {
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
             .create()?;
         kafka.subscribe(&[&config.topic])?;
         let dlq: FutureProducer = ClientConfig::new()

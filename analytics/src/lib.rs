@@ -68,8 +68,12 @@ pub async fn connect_store(cfg: &store::StoreConfig) -> Result<store::Store, sto
     }
 }
 
-/// Runs the role: the consumer and the HTTP API, until the listener fails.
-pub async fn run(cfg: AnalyticsConfig) -> Result<(), RunError> {
+/// Runs the role: the consumer and the HTTP API, until `shutdown` resolves (then the API drains
+/// and the consumer stops; an uncommitted batch is redelivered to the next member, harmlessly).
+pub async fn run(
+    cfg: AnalyticsConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let store = Arc::new(connect_store(&cfg.store).await?);
     let metrics = metrics::Metrics::new()?;
     let consumer = consumer::Consumer::new(cfg.consumer.clone(), store.clone(), metrics.clone())?;
@@ -83,7 +87,9 @@ pub async fn run(cfg: AnalyticsConfig) -> Result<(), RunError> {
         token: cfg.token.clone(),
     });
     tracing::info!(listen = %cfg.listen, topic = %cfg.consumer.topic, "analytics running");
-    let served = axum::serve(listener, api::router(state)).await;
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
     consuming.abort();
     served.map_err(|e| RunError::Listen(cfg.listen, e))
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 fn cassandra_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/cassandra.sh");
+    let script = script("cassandra.sh");
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(". '{}' && {cmd} \"$0\" \"$1\"", script.display()))
@@ -21,6 +21,18 @@ fn cassandra_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// `scripts/lib/NAME` of the repository, from a member crate or from the root package (whose tests
+/// include this file too).
+fn script(name: &str) -> std::path::PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = manifest.join("scripts/lib").join(name);
+    if here.exists() {
+        here
+    } else {
+        manifest.join("../scripts/lib").join(name)
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -42,7 +54,7 @@ impl PrivateNode {
         let dir = tempfile::tempdir()?.keep();
         let port = free_port()?;
         cassandra_sh("cassandra_start", &dir, port)?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/cassandra.sh");
+        let script = script("cassandra.sh");
         let watchdog = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; . '{s}' && cassandra_stop '{d}'; rm -rf '{d}'",
             pid = std::process::id(),
