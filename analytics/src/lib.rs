@@ -19,6 +19,7 @@ use std::time::Duration;
 pub mod api;
 pub mod buckets;
 pub mod consumer;
+pub mod error;
 pub mod event;
 pub mod metrics;
 pub mod query;

@@ -14,7 +14,7 @@ use scylla::frame::types::Consistency;
 use scylla::statement::Statement;
 use scylla::value::CqlTimestamp;
 
-use crate::store::{db, StoreError};
+use crate::error::{db, StoreError};
 
 /// How long a starter waits for another's claimed migration before running it itself.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);

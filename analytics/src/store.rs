@@ -19,22 +19,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDecimal, CqlTimestamp};
 
 use crate::buckets::{Level, Totals};
+pub use crate::error::{db, StoreError};
 use crate::event::UsageRow;
-
-/// Why a Cassandra call failed. The message is the driver's (no secrets: the store takes no
-/// credentials).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cassandra: {0}")]
-    Db(String),
-    #[error("analytics config: {0}")]
-    Config(String),
-}
-
-/// Maps any driver error into a [`StoreError::Db`].
-pub fn db<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Db(e.to_string())
-}
 
 /// A rollup dimension: every row of a rollup table is the total of one bucket for one value of one
 /// dimension (`all` has the single value `""`).
