@@ -6,7 +6,8 @@
 //! write of the same event overwrites the same row), and a rollup row is never incremented — it is
 //! recomputed from the rows below it and overwritten. Both writes are idempotent, so a redelivered
 //! batch, a replay or a retried timeout converge on the same numbers. All statements are marked
-//! idempotent, which lets the driver retry them on timeouts.
+//! idempotent, which lets the driver retry them when a connection breaks; a failed write fails the
+//! batch, which the consumer writes again whole.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
