@@ -270,10 +270,16 @@ async fn poison_goes_to_the_dead_letter_topic_and_later_events_count() -> anyhow
     };
     let mut future_version: Value = serde_json::from_slice(&good(99).payload())?;
     future_version["schemaversion"] = 2.into();
+    // Older than the lateness limit (30 days): its minute's raw rows may be gone.
+    let stale = Ev {
+        ts: now - 31 * DAY_MS,
+        ..good(98)
+    };
     let msgs = vec![
         ("p-org".to_owned(), good(0).payload()),
         ("p-org".to_owned(), b"{\"not\": \"an event\"".to_vec()),
         ("p-org".to_owned(), serde_json::to_vec(&future_version)?),
+        ("p-org".to_owned(), stale.payload()),
         ("p-org".to_owned(), good(1).payload()),
         ("p-org".to_owned(), good(2).payload()),
     ];
@@ -296,12 +302,13 @@ async fn poison_goes_to_the_dead_letter_topic_and_later_events_count() -> anyhow
     );
     let counter = |reason: &str| role.metrics.dead_letters.with_label_values(&[reason]).get();
     // Counted once the broker has them (after the batch's writes).
-    let both =
-        || async { (counter("undecodable") + counter("unknown_version") == 2).then_some(()) };
-    eventually(30, both).await;
-    assert_eq!((counter("undecodable"), counter("unknown_version")), (1, 1));
+    let reasons = ["undecodable", "unknown_version", "too_late"];
+    let all = || async { (reasons.iter().map(|r| counter(r)).sum::<u64>() == 3).then_some(()) };
+    eventually(30, all).await;
+    let counts: Vec<u64> = reasons.iter().map(|r| counter(r)).collect();
+    assert_eq!(counts, vec![1, 1, 1]);
 
-    // Both poison messages are on the dead-letter topic, with their reasons.
+    // The poison messages are on the dead-letter topic, in order, with their reasons.
     let reader: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("group.id", format!("dlq-{}", uuid::Uuid::new_v4().simple()))
@@ -309,7 +316,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_later_events_count() -> anyhow
         .create()?;
     reader.subscribe(&[&dlq])?;
     let mut reasons = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let m = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await??;
         let reason = m
             .headers()
@@ -326,6 +333,10 @@ async fn poison_goes_to_the_dead_letter_topic_and_later_events_count() -> anyhow
         "{reasons:?}"
     );
     assert_eq!(reasons[1], "unknown schema version 2");
+    assert!(
+        reasons[2].contains("older than the lateness limit"),
+        "{reasons:?}"
+    );
     Ok(())
 }
 
