@@ -16,11 +16,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::buckets::Level;
@@ -51,6 +53,8 @@ pub struct ConsumerConfig {
     /// How long a silent member keeps its partitions: a crashed consumer's batch is redelivered to
     /// another member after this (Kafka's default, 45 s, is long for a role that restarts in ~1 s).
     pub session_timeout: Duration,
+    /// How often librdkafka reports its statistics (the consumer-lag gauge's refresh).
+    pub stats_interval: Duration,
 }
 
 impl ConsumerConfig {
@@ -67,13 +71,39 @@ impl ConsumerConfig {
             max_lateness: Duration::from_secs(30 * 24 * 3600),
             concurrency: 64,
             session_timeout: Duration::from_secs(10),
+            stats_interval: Duration::from_secs(5),
         }
     }
 }
 
+/// Turns librdkafka's periodic statistics into the consumer-lag gauge.
+pub struct LagContext {
+    gauge: prometheus::IntGauge,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        self.gauge.set(consumer_lag(&stats));
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// The summed lag of the partitions this member consumes (librdkafka reports -1 while unknown, and
+/// an internal partition -1 per topic; both are skipped).
+fn consumer_lag(stats: &Statistics) -> i64 {
+    stats
+        .topics
+        .values()
+        .flat_map(|t| t.partitions.iter())
+        .filter(|(id, p)| **id >= 0 && p.consumer_lag >= 0)
+        .map(|(_, p)| p.consumer_lag)
+        .sum()
+}
+
 /// A consumer-group member; see the module docs.
 pub struct Consumer {
-    kafka: StreamConsumer,
+    kafka: StreamConsumer<LagContext>,
     dlq: FutureProducer,
     store: Arc<Store>,
     metrics: Metrics,
@@ -96,7 +126,10 @@ impl Consumer {
         store: Arc<Store>,
         metrics: Metrics,
     ) -> Result<Consumer, KafkaError> {
-        let kafka: StreamConsumer = ClientConfig::new()
+        let context = LagContext {
+            gauge: metrics.consumer_lag.clone(),
+        };
+        let kafka: StreamConsumer<LagContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
@@ -105,7 +138,11 @@ impl Consumer {
                 "session.timeout.ms",
                 config.session_timeout.as_millis().to_string(),
             )
-            .create()?;
+            .set(
+                "statistics.interval.ms",
+                config.stats_interval.as_millis().to_string(),
+            )
+            .create_with_context(context)?;
         kafka.subscribe(&[&config.topic])?;
         let dlq: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)

@@ -4,7 +4,8 @@
 //! units).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every family the role exposes.
@@ -23,6 +24,9 @@ pub struct Metrics {
     pub commit_failures: IntCounter,
     /// Event time to queryable rollup, per event: the consumer's end-to-end lag.
     pub event_lag: Histogram,
+    /// Messages between the group's position and the end of its partitions, summed over this
+    /// member's partitions (librdkafka's statistics, every few seconds; no extra broker round trip).
+    pub consumer_lag: IntGauge,
 }
 
 impl Metrics {
@@ -60,6 +64,11 @@ impl Metrics {
                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
             ]),
         )?;
+        let consumer_lag = IntGauge::new(
+            "leaky_analytics_consumer_lag",
+            "Messages not yet consumed on this member's partitions",
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(batches.clone()))?;
         registry.register(Box::new(write_retries.clone()))?;
@@ -74,6 +83,7 @@ impl Metrics {
             dead_letters,
             commit_failures,
             event_lag,
+            consumer_lag,
         })
     }
 

@@ -400,3 +400,37 @@ async fn a_late_event_lands_in_its_own_bucket() -> anyhow::Result<()> {
     assert_eq!(v["total"]["total_tokens"].as_i64(), Some(12));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_is_reported_while_behind_and_drops_to_zero() -> anyhow::Result<()> {
+    let brokers = kafka::brokers()?;
+    let node = cassandra::node()?;
+    let topic = kafka::topic(&brokers, "lag", 1).await?;
+    let ks = cassandra::keyspace("lag");
+    let evs = events(3000, day0(), "lg");
+    produce_events(&brokers, &topic, &evs).await?;
+    // Small batches written one row at a time: the member stays behind for a while.
+    let mut config = consumer_config(&brokers, &topic);
+    config.max_batch = 20;
+    config.linger = Duration::from_millis(1);
+    config.concurrency = 1;
+    config.stats_interval = Duration::from_millis(200);
+    let role = Role::start(&node, &ks, config).await?;
+    let behind = eventually(60, || async {
+        let lag = role.metrics.consumer_lag.get();
+        (lag > 0).then_some(lag)
+    })
+    .await;
+    assert!(behind.is_some(), "a lag was reported while behind");
+    let caught_up = eventually(120, || async {
+        (role.metrics.events.get() >= 3000 && role.metrics.consumer_lag.get() == 0).then_some(())
+    })
+    .await;
+    assert!(
+        caught_up.is_some(),
+        "lag {} after {} events",
+        role.metrics.consumer_lag.get(),
+        role.metrics.events.get()
+    );
+    Ok(())
+}
