@@ -63,6 +63,8 @@ pub struct RollupRow {
     pub bucket: i64,
     pub value: String,
     pub totals: Totals,
+    /// The row's write time (µs since the epoch, Cassandra's `writetime`).
+    pub written: i64,
 }
 
 /// Where to connect and what to call things.
@@ -126,6 +128,7 @@ type EventColumns = (
     i64,
     i64,
     CqlDecimal,
+    i64,
 );
 /// The columns a rollup read returns.
 type RollupColumns = (
@@ -138,6 +141,7 @@ type RollupColumns = (
     i64,
     i64,
     CqlDecimal,
+    i64,
 );
 
 impl Store {
@@ -163,7 +167,7 @@ impl Store {
         let select_events = prepare(
             &session,
             format!(
-                "SELECT key_id, model, provider, {SUMS} FROM {ks}.events \
+                "SELECT key_id, model, provider, {SUMS}, writetime(requests) FROM {ks}.events \
                  WHERE org = ? AND day = ? AND ts >= ? AND ts < ?"
             ),
             cfg.page_size,
@@ -228,14 +232,39 @@ impl Store {
     /// Recomputes `org`'s bucket at `level` starting at `bucket` from the level below (raw events
     /// for minutes) and overwrites its rows, one per dimension value.
     pub async fn recompute(&self, org: &str, level: Level, bucket: i64) -> Result<(), StoreError> {
-        let sums = match level {
-            Level::Minute => self.sum_events(org, bucket).await?,
-            Level::Hour => self.sum_rollups(org, Level::Minute, bucket, HOUR).await?,
-            Level::Day => self.sum_rollups(org, Level::Hour, bucket, DAY).await?,
-        };
+        let computed = self.sum_bucket(org, level, bucket).await?;
+        self.write_bucket(org, level, bucket, &computed).await
+    }
+
+    /// What `org`'s bucket at `level` starting at `bucket` sums to now, from the level below.
+    pub async fn sum_bucket(
+        &self,
+        org: &str,
+        level: Level,
+        bucket: i64,
+    ) -> Result<Computed, StoreError> {
+        match level {
+            Level::Minute => self.sum_events(org, bucket).await,
+            Level::Hour => self.sum_rollups(org, Level::Minute, bucket, HOUR).await,
+            Level::Day => self.sum_rollups(org, Level::Hour, bucket, DAY).await,
+        }
+    }
+
+    /// Overwrites the bucket's rows with `computed`, stamped with the newest write time among the
+    /// rows it was computed from. Cassandra keeps the cell with the highest timestamp whatever the
+    /// order writes arrive in, and a later computation has seen every row an earlier one saw plus
+    /// newer ones, so two members recomputing the same bucket at once (a rebalance hand-over) cannot
+    /// leave the staler result behind.
+    pub async fn write_bucket(
+        &self,
+        org: &str,
+        level: Level,
+        bucket: i64,
+        computed: &Computed,
+    ) -> Result<(), StoreError> {
         let part = CqlTimestamp(level.partition(bucket));
         let insert = &self.rollup(level).insert;
-        let writes = sums.iter().map(|((dim, value), t)| {
+        let writes = computed.sums.iter().map(|((dim, value), t)| {
             let values = (
                 org,
                 part,
@@ -249,6 +278,7 @@ impl Store {
                 t.total_tokens,
                 t.latency_us,
                 to_cql(t.cost),
+                computed.written,
             );
             self.session.execute_unpaged(insert, values)
         });
@@ -257,7 +287,7 @@ impl Store {
     }
 
     /// The sums of `org`'s raw events in the minute starting at `minute`, per dimension value.
-    async fn sum_events(&self, org: &str, minute: i64) -> Result<Sums, StoreError> {
+    async fn sum_events(&self, org: &str, minute: i64) -> Result<Computed, StoreError> {
         let day = CqlTimestamp(Level::Day.floor(minute));
         let range = (CqlTimestamp(minute), CqlTimestamp(minute + MINUTE));
         let mut rows = self
@@ -267,10 +297,11 @@ impl Store {
             .map_err(db)?
             .rows_stream::<EventColumns>()
             .map_err(db)?;
-        let mut sums = Sums::new();
-        while let Some((key, model, provider, rq, er, p, c, tt, lat, cost)) =
+        let mut out = Computed::default();
+        while let Some((key, model, provider, rq, er, p, c, tt, lat, cost, written)) =
             rows.try_next().await.map_err(db)?
         {
+            out.written = out.written.max(written);
             let t = Totals {
                 requests: rq,
                 errors: er,
@@ -282,10 +313,10 @@ impl Store {
             };
             for dim in Dim::EVERY {
                 let v = dim.of(&key, &model, &provider).to_owned();
-                sums.entry((dim, v)).or_default().add(&t);
+                out.sums.entry((dim, v)).or_default().add(&t);
             }
         }
-        Ok(sums)
+        Ok(out)
     }
 
     /// The sums of `org`'s `level` rollup rows in `[start, start + len)`, per dimension value.
@@ -295,14 +326,18 @@ impl Store {
         level: Level,
         start: i64,
         len: i64,
-    ) -> Result<Sums, StoreError> {
-        let mut sums = Sums::new();
+    ) -> Result<Computed, StoreError> {
+        let mut out = Computed::default();
         for dim in Dim::EVERY {
             for row in self.read(org, level, dim, start, start + len).await? {
-                sums.entry((dim, row.value)).or_default().add(&row.totals);
+                out.written = out.written.max(row.written);
+                out.sums
+                    .entry((dim, row.value))
+                    .or_default()
+                    .add(&row.totals);
             }
         }
-        Ok(sums)
+        Ok(out)
     }
 
     /// `org`'s `level` rollup rows of `dim` with buckets in `[from, to)`, paged, partition by
@@ -331,7 +366,7 @@ impl Store {
                 .map_err(db)?
                 .rows_stream::<RollupColumns>()
                 .map_err(db)?;
-            while let Some((bucket, value, rq, er, p, c, tt, lat, cost)) =
+            while let Some((bucket, value, rq, er, p, c, tt, lat, cost, written)) =
                 rows.try_next().await.map_err(db)?
             {
                 let totals = Totals {
@@ -347,6 +382,7 @@ impl Store {
                     bucket: bucket.0,
                     value,
                     totals,
+                    written,
                 });
             }
         }
@@ -359,7 +395,15 @@ const HOUR: i64 = crate::buckets::HOUR_MS;
 const DAY: i64 = crate::buckets::DAY_MS;
 
 /// Sums per (dimension, value), ordered so writes and tests are deterministic.
-type Sums = BTreeMap<(Dim, String), Totals>;
+pub type Sums = BTreeMap<(Dim, String), Totals>;
+
+/// A bucket's sums and the newest write time among the rows they came from (the timestamp its
+/// rows are written with: see [`Store::write_bucket`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Computed {
+    pub sums: Sums,
+    pub written: i64,
+}
 
 async fn prepare(
     session: &Session,
@@ -380,10 +424,10 @@ async fn rollup_statements(
 ) -> Result<RollupStatements, StoreError> {
     let insert = format!(
         "INSERT INTO {ks}.{table} (org, part, dim, bucket, dim_value, {SUMS}) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
     );
     let select = format!(
-        "SELECT bucket, dim_value, {SUMS} FROM {ks}.{table} \
+        "SELECT bucket, dim_value, {SUMS}, writetime(requests) FROM {ks}.{table} \
          WHERE org = ? AND part = ? AND dim = ? AND bucket >= ? AND bucket < ?"
     );
     Ok(RollupStatements {

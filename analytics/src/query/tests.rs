@@ -24,6 +24,7 @@ fn row(bucket: &str, value: &str, tokens: i64) -> RollupRow {
             total_tokens: tokens,
             ..Totals::default()
         },
+        written: 0,
     }
 }
 
