@@ -277,6 +277,9 @@ enum Command {
     },
     /// Print the JSON Schema of the config format (the content of config/schema.json).
     Schema,
+    /// Usage analytics: a Kafka consumer group storing usage events in Cassandra (rollups exactly
+    /// once in effect), the usage API, `/metrics` and `/healthz`.
+    Analytics(AnalyticsArgs),
     /// The control plane: admin API under /v1 over PostgreSQL (orgs, users, tiers, keys, audit).
     ControlPlane {
         #[command(flatten)]
@@ -402,6 +405,57 @@ struct ControlPlaneArgs {
     admin_token: String,
 }
 
+#[derive(clap::Args)]
+struct AnalyticsArgs {
+    /// Kafka brokers (`host:port[,…]`) to read usage events from.
+    #[arg(long, env = "LEAKY_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    kafka: String,
+    /// Cassandra contact points (`host:port[,…]`).
+    #[arg(long, env = "LEAKY_CASSANDRA", default_value = "127.0.0.1:19042")]
+    cassandra: String,
+    /// Keyspace (created with its tables and migrations at start-up).
+    #[arg(long, default_value = "leaky_analytics")]
+    keyspace: String,
+    /// The keyspace's replication factor (SimpleStrategy) when it is created.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: u32,
+    /// The usage-event topic; poison messages go to `<topic>.dlq`.
+    #[arg(long, default_value = "leaky.usage.v1")]
+    topic: String,
+    /// Consumer group (every member of a group shares the partitions).
+    #[arg(long, default_value = "leaky-analytics")]
+    group: String,
+    /// Address of the usage API, `/metrics` and `/healthz`.
+    #[arg(long, default_value = "127.0.0.1:9400")]
+    listen: SocketAddr,
+    /// Bearer token the usage API requires (the control plane sends it as LEAKY_ANALYTICS_TOKEN);
+    /// unset: the usage API is open (keep it on loopback then).
+    #[arg(long, env = "LEAKY_ANALYTICS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Most messages per batch (one Cassandra write round and one offset commit per batch).
+    #[arg(long, default_value_t = 1000)]
+    max_batch: usize,
+    /// How long a batch waits for more messages after its first, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    linger_ms: u64,
+}
+
+fn run_analytics(a: AnalyticsArgs) -> anyhow::Result<()> {
+    let mut consumer = leaky_analytics::consumer::ConsumerConfig::new(&a.kafka, &a.group, &a.topic);
+    consumer.max_batch = a.max_batch.max(1);
+    consumer.linger = std::time::Duration::from_millis(a.linger_ms);
+    let mut store = leaky_analytics::store::StoreConfig::new(&a.cassandra, &a.keyspace);
+    store.replication_factor = a.replication_factor;
+    let config = leaky_analytics::AnalyticsConfig {
+        consumer,
+        store,
+        listen: a.listen,
+        token: a.token.filter(|t| !t.is_empty()),
+    };
+    tokio_rt()?.block_on(leaky_analytics::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format, &cli.log);
@@ -429,6 +483,7 @@ fn main() -> ExitCode {
             ..
         } => run_secrets(command),
         Command::ControlPlane { cp, action: None } => run_control_plane(cp),
+        Command::Analytics(a) => run_analytics(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -143,7 +143,10 @@ pub fn v1_with(roles: &Roles, settings: std::sync::Arc<billing::Settings>) -> Ro
             .merge(flags::routes())
             .merge(ledger::routes())
             .merge(notify::routes())
-            .merge(billing::routes(settings));
+            .merge(billing::routes(settings))
+            .merge(crate::usage::routes(
+                crate::usage::AnalyticsClient::from_env(),
+            ));
     }
     if roles.contains(Role::Registry) {
         v1 = v1.merge(registry::routes());

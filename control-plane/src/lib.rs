@@ -29,5 +29,6 @@ pub mod openapi;
 pub mod outbox;
 pub mod registry;
 pub mod tenancy;
+pub mod usage;
 
 pub use app::{run, Config, Role, Roles};

@@ -39,6 +39,7 @@ pub const SECURITY_SCHEME: &str = "admin_token";
         (name = "flags", description = "Feature flags: on/off, percentage rollouts, per-org overrides; pushed to the proxies in the config snapshot (bounded context `flags`)."),
         (name = "billing", description = "Token purchases run as persisted sagas (authorize, credit, raise the balance, capture; compensations in reverse), plans and subscriptions (subscribe, upgrade, renew as sagas of the same engine), the sagas with their step history, and the payment provider's webhooks (bounded context `billing`)."),
         (name = "ledger", description = "Each org's token account: an event-sourced ledger of purchases, grants, consumption, refunds and expiries, with its balance (bounded context `ledger`)."),
+        (name = "usage", description = "Usage analytics: an org's tokens and requests over time by model, key or provider, and its top keys (served by the analytics service, issue 16; docs/analytics.md)."),
         (name = "notify", description = "Notifications to org admins: HMAC-signed webhooks with retries, and email (bounded context `notify`)."),
         (name = "identity", description = "The OAuth2 authorization server's admin side: clients (`client_credentials`, secrets shown once) and token signing keys with their rotation (bounded context `identity`; the protocol endpoints `/oauth2/*` and `/.well-known/*` are described by the discovery document, docs/identity.md)."),
         (name = "eureka", description = "Netflix Eureka's REST API under `/eureka` over the same registry, for Eureka clients \
@@ -78,6 +79,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(ledger::openapi());
     doc.merge(notify::openapi());
     doc.merge(identity::api::openapi());
+    doc.merge(crate::usage::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
     CommonProblems.modify(&mut doc);

@@ -74,6 +74,8 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/orgs/{org}/subscription"),
     // The ledger (`ledger::api::routes`, role `admin-api`).
     ("GET", "/v1/orgs/{org}/balance"),
+    ("GET", "/v1/orgs/{org}/usage"),
+    ("GET", "/v1/orgs/{org}/usage/top-keys"),
     ("GET", "/v1/orgs/{org}/ledger"),
     ("POST", "/v1/orgs/{org}/grants"),
     // Notifications (`notify::routes`, role `admin-api`).
@@ -182,7 +184,7 @@ async fn spec_is_openapi_3_1_with_bearer_auth_and_a_tag_per_context() {
         tags,
         BTreeSet::from([
             "audit", "billing", "config", "eureka", "flags", "identity", "ledger", "notify",
-            "registry", "tenancy",
+            "registry", "tenancy", "usage",
         ])
     );
     let basic = &spec["components"]["securitySchemes"]["eureka_basic"];

@@ -185,6 +185,7 @@ TOPICS = {  # name: (partitions, retention.ms)
     "leaky.config.v1": (1, 30 * 86_400_000),
     "leaky.registry.v1": (1, 30 * 86_400_000),
     "leaky.notify.v1": (1, 30 * 86_400_000),
+    "leaky.usage.v1.dlq": (1, 30 * 86_400_000),
 }
 
 

@@ -384,6 +384,13 @@ pub const OPERATIONS: &[Operation] = &[
         "/v1/orgs/{org}/subscription",
         Rbac(P::BillingWrite, PathOrg),
     ),
+    // usage analytics (issue 16): the org's own numbers, read like its billing.
+    op("GET", "/v1/orgs/{org}/usage", Rbac(P::BillingRead, PathOrg)),
+    op(
+        "GET",
+        "/v1/orgs/{org}/usage/top-keys",
+        Rbac(P::BillingRead, PathOrg),
+    ),
     // ledger: balance and history are the org's to read; grants create credit, a platform act.
     op(
         "GET",

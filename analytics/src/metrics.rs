@@ -1,0 +1,98 @@
+//! The analytics role's Prometheus families (`GET /metrics`), registered once in the process's own
+//! registry; counters are updated with atomics, so nothing on the consumer's path can fail for
+//! metrics' sake. Names follow DESIGN.md's conventions (`leaky_` prefix, `_total` counters, base
+//! units).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every family the role exposes.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Usage events stored (each delivery counts, redeliveries too).
+    pub events: IntCounter,
+    /// Batches whose writes succeeded and whose offsets were committed.
+    pub batches: IntCounter,
+    /// Cassandra write attempts that failed and were retried.
+    pub write_retries: IntCounter,
+    /// Poison messages sent to the dead-letter topic, by reason.
+    pub dead_letters: IntCounterVec,
+    /// Offset commits that failed (the batch is redelivered, which the idempotent writes absorb).
+    pub commit_failures: IntCounter,
+    /// Event time to queryable rollup, per event: the consumer's end-to-end lag.
+    pub event_lag: Histogram,
+    /// Messages between the group's position and the end of its partitions, summed over this
+    /// member's partitions (librdkafka's statistics, every few seconds; no extra broker round trip).
+    pub consumer_lag: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let events = IntCounter::new(
+            "leaky_analytics_events_total",
+            "Usage events written to Cassandra (every delivery)",
+        )?;
+        let batches = IntCounter::new(
+            "leaky_analytics_batches_total",
+            "Batches written and committed",
+        )?;
+        let write_retries = IntCounter::new(
+            "leaky_analytics_write_retries_total",
+            "Cassandra batch writes retried after a failure",
+        )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "leaky_analytics_dead_letters_total",
+                "Poison messages sent to the dead-letter topic",
+            ),
+            &["reason"],
+        )?;
+        let commit_failures = IntCounter::new(
+            "leaky_analytics_commit_failures_total",
+            "Kafka offset commits that failed (the batch is redelivered)",
+        )?;
+        let event_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "leaky_analytics_event_lag_seconds",
+                "From an event's time to its rollups being written",
+            )
+            .buckets(vec![
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+            ]),
+        )?;
+        let consumer_lag = IntGauge::new(
+            "leaky_analytics_consumer_lag",
+            "Messages not yet consumed on this member's partitions",
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        registry.register(Box::new(write_retries.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(commit_failures.clone()))?;
+        registry.register(Box::new(event_lag.clone()))?;
+        Ok(Metrics {
+            registry,
+            events,
+            batches,
+            write_retries,
+            dead_letters,
+            commit_failures,
+            event_lag,
+            consumer_lag,
+        })
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
