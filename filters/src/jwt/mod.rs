@@ -70,6 +70,11 @@ pub enum JwtBuildError {
     },
 }
 
+/// The largest bearer token the filter looks at. Access tokens of this gateway's issuers are well under
+/// 2 KiB; the bound keeps an attacker's megabyte-sized token from being base64-decoded and JSON-parsed
+/// (twice: header, then claims) on every request.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 /// What building a `jwt` filter borrows from its config version (the registry's `BuildContext`).
 #[derive(Clone, Copy)]
 pub struct JwtDeps<'a> {
@@ -237,6 +242,17 @@ impl Filter for JwtFilter {
             return Ok(());
         }
         let token = match bearer(req) {
+            // An oversized token is refused before anything scans or decodes it.
+            // An optional filter leaves a long non-JWT to the next filter; `eyJ` (base64url of `{"`)
+            // is how every JWT starts, and checking it reads three bytes.
+            Some(t) if t.len() > MAX_TOKEN_BYTES => {
+                if self.optional && !t.starts_with("eyJ") {
+                    return Ok(());
+                }
+                return Err(unauthenticated(format!(
+                    "The bearer token exceeds {MAX_TOKEN_BYTES} bytes."
+                )));
+            }
             Some(t) if jwt_shaped(t) => t,
             other => {
                 if self.optional {
