@@ -489,6 +489,25 @@ async fn oversized_tokens_are_refused_unparsed() {
 }
 
 #[tokio::test]
+async fn a_revoked_jti_is_refused_by_filters_sharing_the_cache() {
+    let c = cx(&fixtures());
+    let f = JwtFilter::from_config(&spec(), c.deps()).unwrap();
+    let token = rs(&claims());
+    principal(&f, &token).await;
+    c.jwks
+        .revoked()
+        .replace([("tok-1".to_string(), NOW + 3600)], NOW);
+    assert!(refused(&f, &token).await.contains("revoked"));
+    // A filter of a later config version reads the same set.
+    let g = JwtFilter::from_config(&spec(), c.deps()).unwrap();
+    assert!(refused(&g, &token).await.contains("revoked"));
+    // Another token of the same subject is unaffected; an un-revoke (a push without it) lets it pass.
+    principal(&f, &rs(&claims_with(json!({"jti": "tok-2"})))).await;
+    c.jwks.revoked().replace(Vec::new(), NOW);
+    principal(&f, &token).await;
+}
+
+#[tokio::test]
 async fn an_existing_principal_passes_through() {
     let f = build(&spec());
     let mut h = HeaderMap::new();

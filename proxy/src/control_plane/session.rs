@@ -152,6 +152,13 @@ impl ControlPlaneSource {
                 let outcome = self.delta(state, version, hash, &upsert, remove).await;
                 self.report(version, outcome).await;
             }
+            Event::Revoked { revision, tokens } => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let kept = state
+                    .revoked_tokens()
+                    .replace(tokens.into_iter().map(|t| (t.jti, t.exp)), now);
+                tracing::info!(revision, revoked = kept, "revoked tokens updated");
+            }
             Event::Heartbeat { version } => tracing::trace!(?version, "control-plane heartbeat"),
             Event::Unknown => tracing::debug!("unknown control-plane event ignored"),
         }
