@@ -70,7 +70,7 @@ impl Stack {
             .env("LEAKY_ADMIN_TOKEN", ADMIN)
             .env("LEAKY_IDENTITY_DEV", "1")
             .env("LT_TEST_OPENAI_KEY", crate::common::OPENAI_CREDENTIAL)
-            .env("RUST_LOG", "debug,sqlx=warn,hyper=info,h2=info")
+            .env("LEAKY_LOG", "debug,sqlx=warn,hyper=info,h2=info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -88,8 +88,32 @@ impl Stack {
         stack
     }
 
+    /// Ready: a config version published and the first signing keys made (the rotation job's first
+    /// run, RSA generation included).
     async fn wait_version(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let jwks = self
+                .http
+                .get(format!("{}/.well-known/jwks.json", self.url))
+                .send()
+                .await;
+            let keys = match jwks {
+                Ok(r) => r.json::<Value>().await.unwrap_or_default()["keys"]
+                    .as_array()
+                    .map_or(0, Vec::len),
+                Err(_) => 0,
+            };
+            if keys >= 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no signing keys; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         loop {
             let res = self
                 .http
@@ -129,7 +153,10 @@ impl Stack {
             cache.into(),
         ];
         let unused = dir.path().join("unused.yaml");
-        let mut all = vec![("LEAKY_CONTROL_PLANE_TOKEN", ADMIN), ("RUST_LOG", "debug")];
+        let mut all = vec![
+            ("LEAKY_CONTROL_PLANE_TOKEN", ADMIN),
+            ("LEAKY_LOG", "debug,pingora_core=info,h2=info,hyper=info"),
+        ];
         all.extend_from_slice(env);
         Gateway::spawn_with_source(dir, unused, &source, &all, "json").await
     }
