@@ -63,3 +63,80 @@ async fn a_revoked_token_is_refused_by_every_proxy_within_a_second() {
     .await;
     assert_eq!(call(&c, &kept).await, 200);
 }
+
+/// The README's platform-team how-to, step by step against the real stack: the `jwt` filter added to
+/// the `/v1` route of the imported base (`optional`, ahead of `api-key`) with `PUT /v1/config/base`, a
+/// client with the default audience, its token through the OpenAI-compatible route, API keys still
+/// working beside it.
+#[tokio::test]
+async fn the_readme_howto_puts_the_jwt_filter_on_v1_and_a_token_calls_it() {
+    use serde_json::{json, Value};
+    let stack = Stack::start(&[]).await;
+    let gw = stack.proxy("proxy-howto", &[]).await;
+    let (cp, http) = (&stack.url, &stack.http);
+    let base = http
+        .get(format!("{cp}/v1/config/base"))
+        .bearer_auth(identity_stack::ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // What the README's jq line does.
+    let mut base: Value = serde_json::from_str(&base).expect("the imported base is JSON");
+    let v1 = base["routes"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["name"] == "v1")
+        .unwrap();
+    let filters = v1["filters"].as_array_mut().unwrap();
+    let jwt = json!({"kind": "jwt", "jwks_url": format!("{cp}/.well-known/jwks.json"),
+                     "algorithms": ["ES256", "RS256", "EdDSA"], "issuer": cp,
+                     "audiences": ["leaky-tokens"], "optional": true});
+    filters.insert(1, jwt);
+    let res = http
+        .put(format!("{cp}/v1/config/base"))
+        .bearer_auth(identity_stack::ADMIN)
+        .header("content-type", "application/yaml")
+        .body(base.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+
+    let res = http
+        .post(format!("{cp}/v1/identity/clients"))
+        .bearer_auth(identity_stack::ADMIN)
+        .json(&json!({"name": "billing-exporter", "scopes": ["chat"],
+                      "org_id": identity_stack::ORG, "tier": "pro"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let c: Value = res.json().await.unwrap();
+    let token = stack
+        .token(
+            c["id"].as_str().unwrap(),
+            c["client_secret"].as_str().unwrap(),
+        )
+        .await;
+    let body = common::chat("gpt-4o-mini", "hi");
+    eventually(
+        "the token works on /v1",
+        Duration::from_secs(5),
+        Some(&gw),
+        || async { gw.post_chat(&token, &body).await.status() == 200 },
+    )
+    .await;
+    assert_eq!(
+        gw.post_chat(common::PRO_KEY, &body).await.status(),
+        200,
+        "API keys still work"
+    );
+    assert_eq!(
+        gw.post_chat(&format!("{token}x"), &body).await.status(),
+        401
+    );
+}

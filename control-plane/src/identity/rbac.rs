@@ -22,6 +22,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use sha2::{Digest, Sha256};
+
 use super::{oauth, Identity};
 use crate::http::{bearer, missing_bearer, ApiState, Principal, Problem, ProblemKind};
 
@@ -569,7 +571,7 @@ async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Principal, Prob
     if state.admin.matches(token) {
         return Ok(Principal::bootstrap());
     }
-    if crate::tenancy::keys::parse(token).is_some() {
+    if token.starts_with(API_KEY_PREFIX) {
         return key_principal(state, token).await;
     }
     let verified = match parts.extensions.get::<Arc<Identity>>() {
@@ -579,13 +581,23 @@ async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Principal, Prob
     verified.ok_or_else(|| Problem::new(ProblemKind::Unauthorized, "invalid bearer token"))
 }
 
+/// How every API key starts (`lt-<prefix>_<secret>`); other bearers are tokens.
+const API_KEY_PREFIX: &str = "lt-";
+
 /// The principal of an API key on the admin API: exactly the admin roles it was granted, in its own
 /// org. A key granted none is a data-plane credential only (403: it is a valid key, just not an admin
 /// one); an unknown, revoked or expired key is 401 like any invalid token.
 async fn key_principal(state: &ApiState, key: &str) -> Result<Principal, Problem> {
-    let found = crate::tenancy::keys::admin_grant(&state.pool, key)
-        .await
-        .map_err(Problem::from)?;
+    // Tenancy's table read directly (as `target_org` does): tenancy depends on this module for
+    // `check_delegation`, so this one must not depend on tenancy. Only the key's SHA-256 is stored.
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let found: Option<(Uuid, Uuid, Vec<String>)> = sqlx::query_as(
+        "SELECT id, org_id, admin_roles FROM tenancy.api_keys WHERE key_sha256 = $1
+           AND (revoked_at IS NULL OR revoked_at > now()) AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(digest.as_slice())
+    .fetch_optional(&state.pool)
+    .await?;
     let Some((id, org, roles)) = found else {
         return Err(Problem::new(
             ProblemKind::Unauthorized,

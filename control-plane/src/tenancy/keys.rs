@@ -339,21 +339,6 @@ pub async fn list(
         .await?)
 }
 
-/// The org and admin roles of the active key `key` (the full key string), for the admin API's
-/// authentication; `None` when no active key has this digest (revoked, expired or unknown).
-pub async fn admin_grant(
-    pool: &PgPool,
-    key: &str,
-) -> Result<Option<(Uuid, Uuid, Vec<String>)>, TenancyError> {
-    let sql = format!(
-        "SELECT id, org_id, admin_roles FROM tenancy.api_keys WHERE key_sha256 = $1 AND {STATE_SQL} = 'active'"
-    );
-    Ok(sqlx::query_as(&sql)
-        .bind(digest(key).as_slice())
-        .fetch_optional(pool)
-        .await?)
-}
-
 /// Keys not revoked whose `expires_at` is after `now` and at or before `until`, soonest first (at
 /// most `limit`; a read for other contexts, e.g. "your key expires soon" notifications).
 pub async fn expiring(
