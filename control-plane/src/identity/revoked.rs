@@ -254,3 +254,31 @@ async fn follow(store: Arc<Store>, tx: watch::Sender<Option<Arc<RevokedSet>>>) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_revoked_event_is_one_complete_ndjson_line() {
+        let set = RevokedSet {
+            revision: 7,
+            tokens: vec![("a".into(), 1_900_000_000), ("b".into(), 1_900_000_060)],
+        };
+        let line = set.line();
+        assert!(line.ends_with(b"\n") && !line[..line.len() - 1].contains(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "revoked", "revision": 7, "tokens": [
+                {"jti": "a", "exp": 1_900_000_000i64}, {"jti": "b", "exp": 1_900_000_060i64}]})
+        );
+        let empty = RevokedSet {
+            revision: 0,
+            tokens: Vec::new(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&empty.line()).unwrap();
+        assert_eq!(v["tokens"], json!([]));
+    }
+}
