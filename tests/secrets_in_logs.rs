@@ -145,7 +145,10 @@ async fn no_secret_reaches_a_log_or_an_admin_output() {
         ("dev admin token", dev_access.as_str()),
         ("API key", api_key.as_str()),
         ("API key secret part", api_key.split('_').nth(1).unwrap()),
-        ("provider key", OPENAI_CREDENTIAL),
+        ("provider key (from the environment)", OPENAI_CREDENTIAL),
+        // Written literally in the base the control plane pushes (the proxies need it to call the
+        // provider): still never logged nor shown by /admin/config.
+        ("provider key (literal in the config)", "gemini-credential"),
         ("master key", MASTER_KEY),
         ("master key bytes", MASTER_PLAIN),
         ("admin token", ADMIN),
