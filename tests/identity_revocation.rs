@@ -50,6 +50,7 @@ async fn a_revoked_token_is_refused_by_every_proxy_within_a_second() {
         assert_eq!(call(gw, &kept).await, 200, "the client's other token");
         let log = gw.log();
         assert!(log.contains("revoked tokens updated"), "{log}");
+        assert_eq!(gw.metric("leaky_jwt_revoked_tokens").await, 1.0);
     }
 
     // A proxy connecting now gets the complete set right after its first snapshot.

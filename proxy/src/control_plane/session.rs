@@ -157,6 +157,10 @@ impl ControlPlaneSource {
                 let kept = state
                     .revoked_tokens()
                     .replace(tokens.into_iter().map(|t| (t.jti, t.exp)), now);
+                if let Some(m) = crate::metrics::metrics() {
+                    m.jwt_revoked_tokens
+                        .set(i64::try_from(kept).unwrap_or(i64::MAX));
+                }
                 tracing::info!(revision, revoked = kept, "revoked tokens updated");
             }
             Event::Heartbeat { version } => tracing::trace!(?version, "control-plane heartbeat"),
