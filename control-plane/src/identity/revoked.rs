@@ -7,8 +7,9 @@
 //! sorted set (`leaky:identity:revocations`, score = the token's `exp`) and bumps a revision counter, in
 //! one `MULTI`. Every replica's [`Revocations::subscribe`] feed polls the counter every [`POLL`] (and
 //! at once after a revocation made in this process), reads the whole set when it moved, and the watch
-//! streams push it to the proxies as a `revoked` event (`docs/config-protocol.md`). Expired members are
-//! trimmed on each read.
+//! streams push it to the proxies as a `revoked` event (`docs/config-protocol.md`). Members are trimmed
+//! on each read once [`RETAIN_AFTER_EXP_SECS`] past their `exp` (proxies accept a token a little past
+//! `exp`: their `leeway`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +27,10 @@ pub const TIMEOUT: Duration = Duration::from_millis(500);
 pub const POLL: Duration = Duration::from_millis(200);
 /// The set is re-read this often even without a new revocation, so expired members are trimmed.
 const REREAD: Duration = Duration::from_secs(30);
+/// How long past its `exp` a revoked token stays in the pushed set: a proxy's `jwt` filter accepts a
+/// token up to its `leeway_seconds` (default 30) after `exp`, so dropping the entry at `exp` would let a
+/// revoked token back in for that long. Matches `leaky_filters::jwt::RETAIN_AFTER_EXP_SECS`.
+pub const RETAIN_AFTER_EXP_SECS: i64 = 300;
 const PREFIX: &str = "leaky:identity:revoked:";
 const SET: &str = "leaky:identity:revocations";
 const REVISION: &str = "leaky:identity:revocations:revision";
@@ -103,7 +108,7 @@ impl Store {
         }
     }
 
-    /// Trims the expired members, then reads the revision and every member, atomically.
+    /// Trims the members expired for longer than [`RETAIN_AFTER_EXP_SECS`], then reads the revision and every member, atomically.
     async fn read(&self) -> Result<RevokedSet, IdentityError> {
         let mut conn = self.conn().await?;
         let mut pipe = redis::pipe();
@@ -111,7 +116,7 @@ impl Store {
             .cmd("ZREMRANGEBYSCORE")
             .arg(SET)
             .arg("-inf")
-            .arg(unix_now())
+            .arg(unix_now().saturating_sub(RETAIN_AFTER_EXP_SECS))
             .ignore()
             .cmd("GET")
             .arg(REVISION)
@@ -152,25 +157,35 @@ impl Revocations {
 
     /// Records `jti` as revoked for `ttl_secs` (≥ 1), and publishes it to the proxies' feed.
     pub async fn revoke(&self, jti: &str, ttl_secs: u64) -> Result<(), IdentityError> {
+        self.revoke_many(&[(jti, ttl_secs)]).await
+    }
+
+    /// Records every `(jti, ttl_secs)` as revoked in one `MULTI` (a token family, the tokens of a
+    /// reused code), and publishes them to the proxies' feed with one revision bump.
+    pub async fn revoke_many(&self, tokens: &[(&str, u64)]) -> Result<(), IdentityError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn().await?;
-        let ttl = ttl_secs.max(1);
-        let exp = unix_now().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+        let now = unix_now();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(format!("{PREFIX}{jti}"))
-            .arg(1)
-            .arg("EX")
-            .arg(ttl)
-            .ignore()
-            .cmd("ZADD")
-            .arg(SET)
-            .arg(exp)
-            .arg(jti)
-            .ignore()
-            .cmd("INCR")
-            .arg(REVISION)
-            .ignore();
+        pipe.atomic();
+        for (jti, ttl_secs) in tokens {
+            let ttl = (*ttl_secs).max(1);
+            let exp = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+            pipe.cmd("SET")
+                .arg(format!("{PREFIX}{jti}"))
+                .arg(1)
+                .arg("EX")
+                .arg(ttl)
+                .ignore()
+                .cmd("ZADD")
+                .arg(SET)
+                .arg(exp)
+                .arg(*jti)
+                .ignore();
+        }
+        pipe.cmd("INCR").arg(REVISION).ignore();
         let set = pipe.query_async::<()>(&mut conn);
         match tokio::time::timeout(TIMEOUT, set).await {
             Ok(Ok(())) => {
