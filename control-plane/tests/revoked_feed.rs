@@ -1,7 +1,12 @@
 //! The revoked-token feed the watch streams push to proxies, on a real `redis-server`: two
 //! control-plane replicas share Redis; what one revokes (one token, or a family in one call) reaches the
 //! other's feed within a second, as a complete set with a growing revision; expired entries leave it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::time::{Duration, Instant};
 

@@ -29,7 +29,7 @@ pub const POLL: Duration = Duration::from_millis(200);
 const REREAD: Duration = Duration::from_secs(30);
 /// How long past its `exp` a revoked token stays in the pushed set: a proxy's `jwt` filter accepts a
 /// token up to its `leeway_seconds` (default 30) after `exp`, so dropping the entry at `exp` would let a
-/// revoked token back in for that long. Matches `leaky_filters::jwt::RETAIN_AFTER_EXP_SECS`.
+/// revoked token back in for that long. The proxies keep entries as long (`filters/src/jwt/revoked.rs`).
 pub const RETAIN_AFTER_EXP_SECS: i64 = 300;
 const PREFIX: &str = "leaky:identity:revoked:";
 const SET: &str = "leaky:identity:revocations";

@@ -43,7 +43,7 @@ use cache::Jwks;
 pub use cache::JwksCache;
 pub use jwks::JwksError;
 use jwks::{Lookup, VerifyKey};
-pub use revoked::{RevokedTokens, RETAIN_AFTER_EXP_SECS};
+pub use revoked::RevokedTokens;
 
 /// Why a `jwt` filter cannot be built from its settings (fails the reload; the last good config stays).
 #[derive(Debug, thiserror::Error)]
