@@ -31,7 +31,7 @@ pub use api_key::ApiKeyFilter;
 pub use chain::{Chain, Filter, RequestCtx, RequestInfo};
 pub use concurrency::ConcurrencyFilter;
 pub use hold::{Admission, Hold, Settlement};
-pub use jwt::{JwksCache, JwksError, JwtBuildError, JwtDeps, JwtFilter};
+pub use jwt::{JwksCache, JwksError, JwtBuildError, JwtDeps, JwtFilter, RevokedTokens};
 pub use key_index::{DeltaError, KeyIndex, SharedKeyIndex};
 pub use principal::{AuthMethod, Principal};
 pub use registry::{build_chain, BuildContext, BuildError};

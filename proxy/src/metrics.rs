@@ -38,6 +38,7 @@ pub struct Metrics {
     pub usage_events_dropped: IntCounterVec,
     pub usage_events_queue_depth: IntGauge,
     pub usage_events_spool_bytes: IntGauge,
+    pub jwt_revoked_tokens: IntGauge,
 }
 
 /// Every family of the proxy's registry, one per line: name, help, labels.
@@ -67,6 +68,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         usage_events_dropped: counter_vec(&r, "leaky_usage_events_dropped_total", "Usage events dropped, by reason (queue_full, spool_full, no_spool, spool_error)", &["reason"])?,
         usage_events_queue_depth: gauge(&r, "leaky_usage_events_queue_depth", "Usage events waiting for Kafka (publisher channel plus producer in flight)")?,
         usage_events_spool_bytes: gauge(&r, "leaky_usage_events_spool_bytes", "Bytes of usage events in the on-disk spool")?,
+        jwt_revoked_tokens: gauge(&r, "leaky_jwt_revoked_tokens", "Revoked access tokens (not yet expired) the jwt filters refuse, as the control plane last pushed them")?,
         registry: r,
     })
 }

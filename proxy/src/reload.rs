@@ -274,6 +274,11 @@ pub struct KeyDelta {
 }
 
 impl ConfigState {
+    /// The revoked token ids every `jwt` filter refuses (the control plane's `revoked` pushes land here).
+    pub fn revoked_tokens(&self) -> &Arc<leaky_filters::RevokedTokens> {
+        self.shared.jwks.revoked()
+    }
+
     /// The key index the `api-key` filters read now (after the last snapshot and every delta since).
     pub fn keys(&self) -> Arc<KeyIndex> {
         Arc::clone(&self.shared.keys.load())

@@ -73,6 +73,7 @@ pub fn key(id: &str, prefix: &str, rotated: bool) -> Value {
         "created_at": AT,
         "rotated_from": null,
         "grace_until": grace,
+        "admin_roles": [],
         "state": "active"
     })
 }

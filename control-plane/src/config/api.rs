@@ -39,7 +39,8 @@ fn check_instance(id: &str) -> Result<(), Problem> {
     get, path = "/v1/config/watch", tag = "config", params(WatchQuery),
     responses(
         (status = 200, description = "NDJSON stream (`application/x-ndjson`), one event per line, never ending: \
-a `snapshot` first, then `snapshot`s and `keys` deltas as versions are published, a `heartbeat` every 10 s. \
+a `snapshot` first, then `snapshot`s and `keys` deltas as versions are published, a `heartbeat` every 10 s; \
+with identity on Redis, the complete set of revoked access tokens as a `revoked` event after the first snapshot and on every change. \
 See docs/config-protocol.md.", content_type = "application/x-ndjson", body = String,
          example = json!("{\"type\":\"snapshot\",\"version\":12,\"hash\":\"9f2c...\",\"document\":\"{...}\"}\n{\"type\":\"keys\",\"version\":13,\"base\":12,\"hash\":\"51ab...\",\"upsert\":[],\"remove\":[\"7c9e6679-7425-40de-944b-e07fc1f90ae7\"]}\n")),
         (status = 422, response = problems::Validation),
@@ -50,9 +51,11 @@ async fn watch_config(
     _: Principal,
     State(s): State<ApiState>,
     Extension(hub): Extension<Arc<Hub>>,
+    identity: Option<Extension<Arc<crate::identity::Identity>>>,
     ApiQuery(q): ApiQuery<WatchQuery>,
 ) -> Result<Response, Problem> {
     check_instance(&q.instance)?;
+    let revoked = identity.and_then(|Extension(id)| id.revoked.as_ref().map(|r| r.subscribe()));
     // Best effort: the stream does not wait for the bookkeeping.
     let pool = s.pool.clone();
     tokio::spawn(async move {
@@ -60,7 +63,7 @@ async fn watch_config(
             tracing::warn!(error = %e, instance = %q.instance, "could not record a watch connection");
         }
     });
-    let mut response = Body::from_stream(watch::stream(hub, s.drained())).into_response();
+    let mut response = Body::from_stream(watch::stream(hub, revoked, s.drained())).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -3,7 +3,8 @@
 //! broadcasts it; a `keys` delta that does not apply to what the stream last sent (this stream lagged
 //! behind the broadcast, or the delta was published before the stream's snapshot) is replaced by the
 //! snapshot in force, so a proxy never applies a delta to the wrong base. A heartbeat every
-//! [`HEARTBEAT`] lets both ends notice a dead connection.
+//! [`HEARTBEAT`] lets both ends notice a dead connection. With identity on Redis, the revoked access
+//! tokens follow the first snapshot as a `revoked` event (the complete set) and again on every change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::hub::{Event, Hub};
+use crate::identity::revoked::RevokedFeed;
 
 /// How often an idle stream sends `{"type":"heartbeat"}`.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -24,6 +26,10 @@ struct Watch {
     /// The version this stream last sent (0: nothing yet).
     sent: i64,
     heartbeat: tokio::time::Interval,
+    /// The revoked tokens (none without identity on Redis).
+    revoked: Option<RevokedFeed>,
+    /// Whether this stream sent the revoked set once (it goes right after the first snapshot).
+    revoked_sent: bool,
 }
 
 type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -34,6 +40,7 @@ type StopSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>
 /// reconnect to another replica or to this one once it is back).
 pub fn stream(
     hub: Arc<Hub>,
+    revoked: Option<RevokedFeed>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
     let rx = hub.subscribe();
@@ -45,6 +52,8 @@ pub fn stream(
         rx,
         sent: 0,
         heartbeat,
+        revoked,
+        revoked_sent: false,
     };
     let stop: StopSignal = Box::pin(stop);
     futures::stream::unfold((watch, stop), |(mut w, mut stop)| async move {
@@ -60,6 +69,13 @@ impl Watch {
     async fn next_line(&mut self) -> Bytes {
         if self.sent == 0 {
             if let Some(line) = self.resync().await {
+                return line;
+            }
+        }
+        // Never before a snapshot: the protocol opens with one.
+        if self.sent != 0 && !self.revoked_sent {
+            self.revoked_sent = true;
+            if let Some(line) = self.revoked_line() {
                 return line;
             }
         }
@@ -79,11 +95,23 @@ impl Watch {
                     // The hub never drops its sender while the process runs.
                     Err(RecvError::Closed) => std::future::pending::<()>().await,
                 },
+                () = revoked_changed(&mut self.revoked), if self.revoked_sent => {
+                    if let Some(line) = self.revoked_line() {
+                        return line;
+                    }
+                }
                 _ = self.heartbeat.tick() => {
                     return line(&json!({ "type": "heartbeat", "version": self.sent }));
                 }
             }
         }
+    }
+
+    /// The revoked set now (marked seen), if it was read yet.
+    fn revoked_line(&mut self) -> Option<Bytes> {
+        let feed = self.revoked.as_mut()?;
+        let set = feed.borrow_and_update();
+        set.as_ref().map(|s| s.line())
     }
 
     /// The snapshot in force, if it is newer than what this stream sent.
@@ -94,6 +122,17 @@ impl Watch {
         }
         self.sent = cur.version;
         Some(cur.snapshot_line().await)
+    }
+}
+
+/// Resolves when the revoked set changes; never without a feed (or once its task is gone).
+async fn revoked_changed(feed: &mut Option<RevokedFeed>) {
+    let live = match feed {
+        Some(f) => f.changed().await.is_ok(),
+        None => false,
+    };
+    if !live {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -22,6 +22,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use sha2::{Digest, Sha256};
+
 use super::{oauth, Identity};
 use crate::http::{bearer, missing_bearer, ApiState, Principal, Problem, ProblemKind};
 
@@ -575,18 +577,78 @@ pub async fn enforce(
     Ok(next.run(Request::from_parts(parts, body)).await)
 }
 
-/// The bootstrap token (`platform-admin`) or an access token of this authorization server for the
-/// admin audience; without identity running, only the bootstrap token.
+/// The bootstrap token (`platform-admin`), an API key granted admin roles (its org only), or an access
+/// token of this authorization server for the admin audience (without identity running, not that).
 async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Principal, Problem> {
     let token = bearer(parts).ok_or_else(missing_bearer)?;
     if state.admin.matches(token) {
         return Ok(Principal::bootstrap());
+    }
+    if token.starts_with(API_KEY_PREFIX) {
+        return key_principal(state, token).await;
     }
     let verified = match parts.extensions.get::<Arc<Identity>>() {
         Some(identity) => oauth::admin_principal(identity, token).await?,
         None => None,
     };
     verified.ok_or_else(|| Problem::new(ProblemKind::Unauthorized, "invalid bearer token"))
+}
+
+/// How every API key starts (`lt-<prefix>_<secret>`); other bearers are tokens.
+const API_KEY_PREFIX: &str = "lt-";
+
+/// The principal of an API key on the admin API: exactly the admin roles it was granted, in its own
+/// org. A key granted none is a data-plane credential only (403: it is a valid key, just not an admin
+/// one); an unknown, revoked or expired key is 401 like any invalid token.
+async fn key_principal(state: &ApiState, key: &str) -> Result<Principal, Problem> {
+    // Tenancy's table read directly (as `target_org` does): tenancy depends on this module for
+    // `check_delegation`, so this one must not depend on tenancy. Only the key's SHA-256 is stored.
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let found: Option<(Uuid, Uuid, Vec<String>)> = sqlx::query_as(
+        "SELECT id, org_id, admin_roles FROM tenancy.api_keys WHERE key_sha256 = $1
+           AND (revoked_at IS NULL OR revoked_at > now()) AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(digest.as_slice())
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some((id, org, roles)) = found else {
+        return Err(Problem::new(
+            ProblemKind::Unauthorized,
+            "invalid bearer token",
+        ));
+    };
+    if roles.is_empty() {
+        return Err(Problem::new(
+            ProblemKind::Forbidden,
+            "this API key has no admin roles (grant them at creation with `admin_roles`)",
+        ));
+    }
+    Ok(Principal {
+        subject: format!("api-key:{id}"),
+        scopes: Vec::new(),
+        org: Some(org.to_string()),
+        roles,
+    })
+}
+
+/// Whether `principal` may grant a new key the admin `roles`: only roles whose every permission it
+/// holds itself (an org admin may hand out `org-member`, a member nothing), so a key never exceeds
+/// its creator. 403 otherwise.
+pub fn check_delegation(principal: &Principal, roles: &[String]) -> Result<(), Problem> {
+    let g = grant(principal);
+    if g.is_platform_admin() {
+        return Ok(());
+    }
+    for name in roles {
+        let held = Role::parse(name).is_some_and(|r| r.permissions().iter().all(|p| g.has(*p)));
+        if !held {
+            return Err(Problem::new(
+                ProblemKind::Forbidden,
+                format!("cannot grant `{name}`: the caller does not hold all of its permissions"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What RBAC checks `principal` against: its org and the roles of its names this table knows.

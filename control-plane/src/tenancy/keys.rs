@@ -47,6 +47,9 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     pub rotated_from: Option<Uuid>,
     pub grace_until: Option<DateTime<Utc>>,
+    /// Admin-API roles the key carries as a bearer credential on `/v1` for its own org (empty: none,
+    /// the default; a plain key is refused there).
+    pub admin_roles: Vec<String>,
     /// `active`, `revoked` or `expired`, computed by the database at read time.
     pub state: String,
 }
@@ -69,7 +72,14 @@ pub struct NewKey {
     pub models: Vec<String>,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Admin-API roles of the key's org to grant it (`org-admin`, `org-member`, `billing-viewer`);
+    /// none by default. The caller must hold every permission of each role it grants.
+    #[serde(default)]
+    pub admin_roles: Vec<String>,
 }
+
+/// The admin-API roles a key may be granted: the org roles, never `platform-admin`.
+pub const KEY_ADMIN_ROLES: [&str; 3] = ["org-admin", "org-member", "billing-viewer"];
 
 /// `PATCH /v1/keys/{id}` body: what to change, at least one field. `expires_at: null` clears the expiry.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -118,7 +128,7 @@ const STATE_SQL: &str = "CASE WHEN revoked_at IS NOT NULL AND revoked_at <= now(
 fn columns() -> String {
     format!(
         "id, org_id, name, prefix, tier, models, expires_at, revoked_at, last_used_at, created_at, \
-         rotated_from, grace_until, {STATE_SQL} AS state"
+         rotated_from, grace_until, admin_roles, {STATE_SQL} AS state"
     )
 }
 
@@ -191,6 +201,14 @@ fn validate(new: &NewKey) -> Result<String, TenancyError> {
     if new.expires_at.is_some_and(|at| at <= Utc::now()) {
         errors.push(FieldError::new("expires_at", "must be in the future"));
     }
+    for (i, r) in new.admin_roles.iter().enumerate() {
+        if !KEY_ADMIN_ROLES.contains(&r.as_str()) {
+            errors.push(FieldError::new(
+                format!("admin_roles[{i}]"),
+                format!("must be one of {}", KEY_ADMIN_ROLES.join(", ")),
+            ));
+        }
+    }
     if errors.is_empty() {
         Ok(name)
     } else {
@@ -206,13 +224,14 @@ struct Insert<'a> {
     models: &'a [String],
     expires_at: Option<DateTime<Utc>>,
     rotated_from: Option<Uuid>,
+    admin_roles: &'a [String],
 }
 
 async fn insert(conn: &mut PgConnection, row: Insert<'_>) -> Result<IssuedKey, TenancyError> {
     let (prefix, key) = generate()?;
     let sql = format!(
-        "INSERT INTO tenancy.api_keys (id, org_id, name, prefix, key_sha256, tier, models, expires_at, rotated_from)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {}",
+        "INSERT INTO tenancy.api_keys (id, org_id, name, prefix, key_sha256, tier, models, expires_at, rotated_from, admin_roles)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {}",
         columns()
     );
     let meta: ApiKey = sqlx::query_as(&sql)
@@ -225,6 +244,7 @@ async fn insert(conn: &mut PgConnection, row: Insert<'_>) -> Result<IssuedKey, T
         .bind(row.models)
         .bind(row.expires_at)
         .bind(row.rotated_from)
+        .bind(row.admin_roles)
         .fetch_one(conn)
         .await?;
     Ok(IssuedKey { meta, key })
@@ -258,6 +278,7 @@ pub async fn create(
         models: &new.models,
         expires_at: new.expires_at,
         rotated_from: None,
+        admin_roles: &new.admin_roles,
     };
     let issued = insert(&mut tx, row).await?;
     let change = Change {
@@ -265,7 +286,8 @@ pub async fn create(
         action: "key.create",
         object_kind: "key",
         object_id: issued.meta.id.to_string(),
-        detail: json!({ "org": org, "prefix": issued.meta.prefix, "tier": issued.meta.tier }),
+        detail: json!({ "org": org, "prefix": issued.meta.prefix, "tier": issued.meta.tier,
+                        "admin_roles": issued.meta.admin_roles }),
     };
     audit::record(&mut tx, change).await?;
     let event = Event::tenancy("key", issued.meta.id, "key.created", key_data(&issued.meta));
@@ -382,6 +404,8 @@ pub async fn rotate(
         models: &old.models,
         expires_at: old.expires_at,
         rotated_from: Some(id),
+        // The successor keeps the admin roles: a rotation replaces the secret, not the grant.
+        admin_roles: &old.admin_roles,
     };
     let new = insert(&mut tx, row).await?;
     sqlx::query(

@@ -8,6 +8,7 @@
 //! taken only while building, never per request.
 
 use super::jwks::{fetch, parse_jwks, JwksError, KeySet, Lookup, Source, FETCH_TIMEOUT};
+use super::revoked::RevokedTokens;
 use super::JwtBuildError;
 use arc_swap::ArcSwap;
 use jsonwebtoken::Algorithm;
@@ -24,10 +25,12 @@ enum CacheKey {
     Url(String, Vec<Algorithm>),
 }
 
-/// The registry of JWKS entries, one per process (shared by every config version's chains).
+/// The registry of JWKS entries, one per process (shared by every config version's chains), and the
+/// revoked token ids the control plane pushes (process-wide too: a reload must not forget them).
 #[derive(Default)]
 pub struct JwksCache {
     entries: Mutex<HashMap<CacheKey, Weak<Jwks>>>,
+    revoked: Arc<RevokedTokens>,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -38,6 +41,11 @@ impl std::fmt::Debug for JwksCache {
 }
 
 impl JwksCache {
+    /// The revoked token ids every `jwt` filter built from this cache refuses.
+    pub fn revoked(&self) -> &Arc<RevokedTokens> {
+        &self.revoked
+    }
+
     /// The live entry for `key`, or a new one from `make`; forgets entries no version uses any more.
     fn entry(
         &self,

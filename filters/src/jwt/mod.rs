@@ -13,6 +13,9 @@
 //!   here against `RequestCtx::now_unix` (the request's injected clock). The refresh rate limit uses
 //!   `tokio::time::Instant`, which tests drive with `tokio::time::pause`/`advance`.
 //!
+//! - Revoked tokens: a verified token whose `jti` is in the process-wide [`RevokedTokens`] (pushed by
+//!   the control plane, `docs/config-protocol.md`) is refused; the check is a lock-free set lookup.
+//!
 //! Claims map onto a [`Principal`] through the `claims` names; the model allow-list is enforced in
 //! `on_request_body` exactly as `api-key` does.
 
@@ -32,6 +35,7 @@ use std::time::Duration;
 
 mod cache;
 mod jwks;
+mod revoked;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +43,7 @@ use cache::Jwks;
 pub use cache::JwksCache;
 pub use jwks::JwksError;
 use jwks::{Lookup, VerifyKey};
+pub use revoked::RevokedTokens;
 
 /// Why a `jwt` filter cannot be built from its settings (fails the reload; the last good config stays).
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,11 @@ pub enum JwtBuildError {
     },
 }
 
+/// The largest bearer token the filter looks at. Access tokens of this gateway's issuers are well under
+/// 2 KiB; the bound keeps an attacker's megabyte-sized token from being base64-decoded and JSON-parsed
+/// (twice: header, then claims) on every request.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 /// What building a `jwt` filter borrows from its config version (the registry's `BuildContext`).
 #[derive(Clone, Copy)]
 pub struct JwtDeps<'a> {
@@ -95,6 +105,8 @@ pub struct JwtFilter {
     /// Configured tier names; a token naming another tier is refused.
     tiers: Arc<BTreeSet<String>>,
     optional: bool,
+    /// Token ids the control plane revoked (process-wide, pushed over the watch stream).
+    revoked: Arc<RevokedTokens>,
 }
 
 impl JwtFilter {
@@ -126,6 +138,7 @@ impl JwtFilter {
             default_tier: spec.default_tier.as_deref().map(Arc::from),
             tiers: deps.tiers.clone(),
             optional: spec.optional,
+            revoked: deps.jwks.revoked().clone(),
         })
     }
 
@@ -155,6 +168,11 @@ impl JwtFilter {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| verification_error(e.kind(), key.kid.as_deref()))?;
         check_times(&data.claims, now, self.leeway)?;
+        if let Some(Value::String(jti)) = data.claims.get("jti") {
+            if self.revoked.is_revoked(jti) {
+                return Err(unauthenticated("The token has been revoked."));
+            }
+        }
         self.principal(&data.claims)
     }
 
@@ -237,6 +255,17 @@ impl Filter for JwtFilter {
             return Ok(());
         }
         let token = match bearer(req) {
+            // An oversized token is refused before anything scans or decodes it.
+            // An optional filter leaves a long non-JWT to the next filter; `eyJ` (base64url of `{"`)
+            // is how every JWT starts, and checking it reads three bytes.
+            Some(t) if t.len() > MAX_TOKEN_BYTES => {
+                if self.optional && !t.starts_with("eyJ") {
+                    return Ok(());
+                }
+                return Err(unauthenticated(format!(
+                    "The bearer token exceeds {MAX_TOKEN_BYTES} bytes."
+                )));
+            }
             Some(t) if jwt_shaped(t) => t,
             other => {
                 if self.optional {

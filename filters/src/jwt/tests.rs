@@ -464,6 +464,50 @@ async fn missing_or_non_jwt_bearer() {
 }
 
 #[tokio::test]
+async fn oversized_tokens_are_refused_unparsed() {
+    let f = build(&spec());
+    // A validly signed token padded past the bound with a junk claim: refused for its size alone.
+    let pad = "x".repeat(MAX_TOKEN_BYTES);
+    let big = rs(&claims_with(json!({"pad": pad})));
+    assert!(big.len() > MAX_TOKEN_BYTES);
+    assert!(refused(&f, &big).await.contains("exceeds 8192 bytes"));
+    // Just under the bound it is verified as usual.
+    let fits = rs(&claims_with(
+        json!({"pad": "x".repeat(MAX_TOKEN_BYTES * 3 / 4 - 700)}),
+    ));
+    assert!(fits.len() <= MAX_TOKEN_BYTES, "{}", fits.len());
+    principal(&f, &fits).await;
+
+    // Optional: a long JWT is still refused; a long opaque bearer is left to the next filter.
+    let mut s = spec();
+    s.optional = true;
+    let f = build(&s);
+    assert!(refused(&f, &big).await.contains("exceeds"));
+    let opaque = format!("Bearer lt-{}", "a".repeat(MAX_TOKEN_BYTES));
+    let (r, ctx) = run_at(&f, Some(&opaque), NOW).await;
+    assert!(r.is_ok() && ctx.principal.is_none());
+}
+
+#[tokio::test]
+async fn a_revoked_jti_is_refused_by_filters_sharing_the_cache() {
+    let c = cx(&fixtures());
+    let f = JwtFilter::from_config(&spec(), c.deps()).unwrap();
+    let token = rs(&claims());
+    principal(&f, &token).await;
+    c.jwks
+        .revoked()
+        .replace([("tok-1".to_string(), NOW + 3600)], NOW);
+    assert!(refused(&f, &token).await.contains("revoked"));
+    // A filter of a later config version reads the same set.
+    let g = JwtFilter::from_config(&spec(), c.deps()).unwrap();
+    assert!(refused(&g, &token).await.contains("revoked"));
+    // Another token of the same subject is unaffected; an un-revoke (a push without it) lets it pass.
+    principal(&f, &rs(&claims_with(json!({"jti": "tok-2"})))).await;
+    c.jwks.revoked().replace(Vec::new(), NOW);
+    principal(&f, &token).await;
+}
+
+#[tokio::test]
 async fn an_existing_principal_passes_through() {
     let f = build(&spec());
     let mut h = HeaderMap::new();

@@ -27,6 +27,14 @@ pub enum Event {
         #[serde(default)]
         remove: Vec<String>,
     },
+    /// The complete set of revoked access tokens (replaces the previous one); `revision` grows with
+    /// every revocation.
+    Revoked {
+        #[serde(default)]
+        revision: u64,
+        #[serde(default)]
+        tokens: Vec<RevokedToken>,
+    },
     /// Liveness, every 10 s.
     Heartbeat {
         #[serde(default)]
@@ -35,6 +43,13 @@ pub enum Event {
     /// A type this proxy does not know.
     #[serde(other)]
     Unknown,
+}
+
+/// One revoked token: its id and its expiry (unix seconds), after which the entry can go.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RevokedToken {
+    pub jti: String,
+    pub exp: i64,
 }
 
 impl Event {
@@ -150,6 +165,16 @@ mod tests {
             Event::parse(br#"{"type":"heartbeat","version":5}"#).unwrap(),
             Event::Heartbeat { version: Some(5) }
         ));
+        let Event::Revoked { revision, tokens } = Event::parse(
+            br#"{"type":"revoked","revision":3,"tokens":[{"jti":"a","exp":1900000000}]}"#,
+        )
+        .unwrap() else {
+            panic!("not a revoked event");
+        };
+        assert_eq!(
+            (revision, tokens[0].jti.as_str(), tokens[0].exp),
+            (3, "a", 1_900_000_000)
+        );
         assert!(matches!(
             Event::parse(br#"{"type":"bookmark","version":5}"#).unwrap(),
             Event::Unknown

@@ -152,6 +152,17 @@ impl ControlPlaneSource {
                 let outcome = self.delta(state, version, hash, &upsert, remove).await;
                 self.report(version, outcome).await;
             }
+            Event::Revoked { revision, tokens } => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let kept = state
+                    .revoked_tokens()
+                    .replace(tokens.into_iter().map(|t| (t.jti, t.exp)), now);
+                if let Some(m) = crate::metrics::metrics() {
+                    m.jwt_revoked_tokens
+                        .set(i64::try_from(kept).unwrap_or(i64::MAX));
+                }
+                tracing::info!(revision, revoked = kept, "revoked tokens updated");
+            }
             Event::Heartbeat { version } => tracing::trace!(?version, "control-plane heartbeat"),
             Event::Unknown => tracing::debug!("unknown control-plane event ignored"),
         }
