@@ -29,5 +29,6 @@ pub mod openapi;
 pub mod outbox;
 pub mod registry;
 pub mod tenancy;
+pub mod tls;
 
-pub use app::{run, Config, Role, Roles};
+pub use app::{run, run_with_tls, Config, Role, Roles};

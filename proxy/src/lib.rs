@@ -111,6 +111,7 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod source;
+pub mod tls;
 mod transport;
 mod upstream;
 pub mod usage_log;

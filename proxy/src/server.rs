@@ -9,10 +9,11 @@ use crate::background::{Background, BackgroundError};
 use crate::bootstrap::Bootstrap;
 use crate::control_plane::{BootError, ControlPlaneOptions};
 use crate::document::{ConfigDocument, SourceError};
-use crate::listener::{ConnLimits, Listener};
+use crate::listener::{ConnLimits, Listener, TlsSource};
 use crate::reload::{ApplyError, ConfigState};
 use crate::service::Gateway;
 use crate::source::{ConfigSource, SourceService};
+use crate::tls::{ListenerCert, ListenerCerts};
 use crate::watch::FileSource;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -132,6 +133,22 @@ fn proxy_limits(b: &Bootstrap, open_files: Option<u64>) -> ConnLimits {
     }
 }
 
+/// `listener` speaking TLS when the first config version has a certificate for it (`which` picks
+/// the proxy's or the admin's); each connection then takes the serving version's certificate.
+fn with_tls<A>(
+    listener: Listener<A>,
+    state: &Arc<ConfigState>,
+    which: fn(&ListenerCerts) -> &Option<Arc<ListenerCert>>,
+) -> Listener<A> {
+    let Some(initial) = which(&state.snapshot().tls).clone() else {
+        return listener;
+    };
+    let state = state.clone();
+    listener.with_tls(TlsSource::new(initial, move || {
+        which(&state.snapshot().tls).clone()
+    }))
+}
+
 /// What `build` assembled. After `server` has run, call `background.shutdown()`: it writes the
 /// usage records queued while the server stopped.
 pub struct Built {
@@ -162,7 +179,10 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
 
     let limits = proxy_limits(&boot, opts.open_files);
     let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
-    let mut proxy = Service::new("proxy".to_string(), Listener::new("proxy", gateway, limits));
+    let listener = with_tls(Listener::new("proxy", gateway, limits), &state, |t| {
+        &t.proxy
+    });
+    let mut proxy = Service::new("proxy".to_string(), listener);
     proxy.add_tcp(&boot.listen.to_string());
     proxy.threads = Some(boot.threads);
 
@@ -174,9 +194,10 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
         state: state.clone(),
         source: source.clone(),
     };
+    let listener = Listener::new("admin", admin_app, admin_limits);
     let mut admin = Service::new(
         "admin".to_string(),
-        Listener::new("admin", admin_app, admin_limits),
+        with_tls(listener, &state, |t| &t.admin),
     );
     admin.add_tcp(&boot.admin_listen.to_string());
     admin.threads = Some(1);
