@@ -399,14 +399,7 @@ pub async fn run_with_tls(
             state.drain();
         }
     };
-    let served = match tls {
-        None => serve_on(listener, router, drain).await,
-        Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, tls).map_err(AppError::Serve)?;
-            // `tap_io` only to get axum's `ConnectInfo<SocketAddr>` for any listener type.
-            serve_on(listener.tap_io(|_| {}), router, drain).await
-        }
-    };
+    let served = serve_tls_or_plain(listener, tls, router, drain).await;
     // The saga worker stops after its current round once the drain started; a step in flight
     // finishes (or its lease expires and another worker resumes it).
     if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
@@ -419,6 +412,23 @@ pub async fn run_with_tls(
     }
     registry::tasks::deregister_self(&state.pool, &id).await;
     served.map_err(AppError::Serve)
+}
+
+/// Serves `router` on `listener`, over TLS with `tls`, until `drain` resolves.
+async fn serve_tls_or_plain(
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    router: Router,
+    drain: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        None => serve_on(listener, router, drain).await,
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            // `tap_io` only to get axum's `ConnectInfo<SocketAddr>` for any listener type.
+            serve_on(listener.tap_io(|_| {}), router, drain).await
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `drain` resolves.

@@ -133,6 +133,28 @@ fn proxy_limits(b: &Bootstrap, open_files: Option<u64>) -> ConnLimits {
     }
 }
 
+/// The admin listener: its own connection budget, one thread.
+fn admin_service(
+    state: &Arc<ConfigState>,
+    source: &Arc<dyn ConfigSource>,
+    limits: ConnLimits,
+) -> Service<Listener<Admin>> {
+    let boot = state.bootstrap();
+    let admin_limits = ConnLimits {
+        max_connections: boot.admin_max_connections,
+        ..limits
+    };
+    let admin_app = Admin {
+        state: state.clone(),
+        source: source.clone(),
+    };
+    let listener = Listener::new("admin", admin_app, admin_limits);
+    let mut admin = Service::new("admin".to_string(), with_tls(listener, state, |t| &t.admin));
+    admin.add_tcp(&boot.admin_listen.to_string());
+    admin.threads = Some(1);
+    admin
+}
+
 /// `listener` speaking TLS when the first config version has a certificate for it (`which` picks
 /// the proxy's or the admin's); each connection then takes the serving version's certificate.
 fn with_tls<A>(
@@ -186,21 +208,7 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
     proxy.add_tcp(&boot.listen.to_string());
     proxy.threads = Some(boot.threads);
 
-    let admin_limits = ConnLimits {
-        max_connections: boot.admin_max_connections,
-        ..limits
-    };
-    let admin_app = Admin {
-        state: state.clone(),
-        source: source.clone(),
-    };
-    let listener = Listener::new("admin", admin_app, admin_limits);
-    let mut admin = Service::new(
-        "admin".to_string(),
-        with_tls(listener, &state, |t| &t.admin),
-    );
-    admin.add_tcp(&boot.admin_listen.to_string());
-    admin.threads = Some(1);
+    let admin = admin_service(&state, &source, limits);
 
     let watcher = background_service(
         "config-watcher",

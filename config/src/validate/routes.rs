@@ -44,9 +44,7 @@ pub(crate) fn provider(
         &p.forward_headers,
     );
     let deployments = deployments?;
-    let https = deployments.iter().any(|d| d.tls);
-    let upstream_tls =
-        super::tls::upstream(c, &format!("{path}.tls"), p.tls.as_ref(), https, base_dir);
+    let upstream_tls = super::tls::upstream(c, &path, p, &deployments, base_dir);
     if c.error_count() != errors {
         return None;
     }

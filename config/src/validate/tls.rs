@@ -3,8 +3,9 @@
 //! data plane when it builds a config version, since a document pushed by the control plane is
 //! validated on a machine that does not hold them.
 
+use crate::model::resilience::Deployment;
 use crate::model::{ListenerTls, TlsVersion, UpstreamTls};
-use crate::spec::{ListenerTlsSpec, TlsVersionSpec, UpstreamTlsSpec};
+use crate::spec::{ListenerTlsSpec, ProviderSpec, TlsVersionSpec};
 use crate::validate::Check;
 use std::path::{Path, PathBuf};
 
@@ -28,18 +29,19 @@ pub(crate) fn listener(
     })
 }
 
-/// A provider's `tls:` block; `https` tells whether any of its deployments speaks TLS.
+/// The `tls:` block of provider `p` (at `provider_path`), whose validated deployments are `deployments`.
 pub(crate) fn upstream(
     c: &mut Check<'_>,
-    path: &str,
-    spec: Option<&UpstreamTlsSpec>,
-    https: bool,
+    provider_path: &str,
+    p: &ProviderSpec,
+    deployments: &[Deployment],
     base_dir: &Path,
 ) -> UpstreamTls {
-    let Some(spec) = spec else {
+    let Some(spec) = &p.tls else {
         return UpstreamTls::default();
     };
-    if !https {
+    let path = &format!("{provider_path}.tls");
+    if !deployments.iter().any(|d| d.tls) {
         c.err(
             path,
             "`tls` applies to `https://` providers only: this provider's `base_url` (and every \

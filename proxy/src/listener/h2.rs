@@ -60,6 +60,16 @@ impl Drop for InFlight {
     }
 }
 
+/// What Pingora's h2 sessions of this connection share about it (TLS, timing, socket).
+fn digest(stream: &Stream) -> Arc<Digest> {
+    Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    })
+}
+
 /// Serves an h2 connection until the client or the server closes it. `deadline`: when the client's
 /// connection preface must have arrived (the listener's head deadline).
 pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
@@ -69,12 +79,7 @@ pub(super) async fn serve<A: HttpServerApp + Send + Sync + 'static>(
     limits: &ConnLimits,
     deadline: Instant,
 ) {
-    let digest = Arc::new(Digest {
-        ssl_digest: stream.get_ssl_digest(),
-        timing_digest: stream.get_timing_digest(),
-        proxy_digest: stream.get_proxy_digest(),
-        socket_digest: stream.get_socket_digest(),
-    });
+    let digest = digest(&stream);
     let mut options = app.h2_options().unwrap_or_else(default_h2_options);
     options.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let mut conn = match tokio::time::timeout_at(deadline, handshake(stream, Some(options))).await {
