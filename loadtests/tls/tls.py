@@ -8,8 +8,9 @@ P-256), each with one worker thread, pinned to CPU 0; the OpenAI stub (latency o
 Every request is the same non-streaming chat completion. Per run, interleaved plain/TLS:
 
 - handshake cost: a new connection per request (`oha --disable-keepalive -c 16`): req/s, p50/p99 and
-  the proxy's CPU per request (/proc utime+stime over the run / requests); the TLS figure is a full
-  TLS 1.3 handshake (oha does not resume sessions);
+  the proxy's CPU per request (/proc utime+stime over the run / requests). TLS 1.3 with X25519 and the
+  ECDSA P-256 dev certificate; rustls' server keeps a session cache and sends tickets, so a client that
+  resumes (oha may) skips the certificate signature: this is the cost a reconnecting client causes;
 - per-request overhead on kept-alive connections: `oha -c 1` for p50/p99 and `oha -c 32` for req/s
   and CPU per request; `tls h2` is the same over one HTTP/2 connection (`--http2 -c 1`, then
   `-c 4 -p 8`).
