@@ -202,6 +202,47 @@ async fn a_client_that_never_sends_a_client_hello_is_released_at_the_head_deadli
     assert_eq!(r.status(), 200);
 }
 
+#[tokio::test]
+async fn h2_connections_keep_the_head_deadline_and_the_idle_timeout() {
+    let pki = Pki::new("h2-limits");
+    let cert = pki.server("proxy", 2031);
+    let server = format!(
+        "  header_timeout_ms: 500\n  keepalive_timeout_ms: 500\n{}",
+        tls_block("tls", &cert)
+    );
+    let (_up, gw) = start(&server).await;
+    let h2 = pki.rustls(&[b"h2"], rustls::ALL_VERSIONS);
+
+    // TLS done, h2 chosen, no connection preface: closed at the head deadline.
+    let mut silent = connect(gw.proxy, h2.clone()).await.unwrap();
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, silent.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "an h2 connection without a preface was never closed"
+    );
+
+    // One request, then nothing: the connection is closed after the idle timeout.
+    let tls = connect(gw.proxy, h2).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let request = http::Request::get(https(gw.proxy, "/v1/models"))
+        .header("authorization", format!("Bearer {PRO_KEY}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let closed = tokio::time::timeout(PATIENCE, driver).await;
+    assert!(closed.is_ok(), "an idle h2 connection was never closed");
+    eventually("no connection is held", PATIENCE, Some(&gw), || async {
+        gw.metric("leaky_connections_open{listener=\"proxy\"}")
+            .await
+            == 0.0
+    })
+    .await;
+}
+
 /// The leaf certificate the server presents on a new connection.
 async fn presented(addr: SocketAddr, pki: &Pki) -> Vec<u8> {
     let tls = connect(addr, pki.rustls(&[b"http/1.1"], rustls::ALL_VERSIONS))
