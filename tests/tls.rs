@@ -279,6 +279,27 @@ async fn expiry_gauge_and_a_certificate_rotated_on_sighup_without_a_restart() {
     .await;
     assert_eq!(gw.metric(gauge).await, new.not_after as f64);
     assert_eq!(gw.pid().to_string(), pid);
+
+    // A renewal gone wrong (not a certificate): that reload fails, the served certificate stays.
+    std::fs::write(&old.cert, "not a certificate\n").unwrap();
+    let version = gw.config_version().await;
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    eventually(
+        "the failed reload is reported",
+        PATIENCE,
+        Some(&gw),
+        || async { gw.admin_json("/admin/config").await["reload"]["last_result"] == "error" },
+    )
+    .await;
+    let errors = gw.admin_json("/admin/config").await["reload"]["last_errors"].to_string();
+    assert!(errors.contains("server.tls.cert"), "{errors}");
+    assert!(errors.contains("holds no PEM certificate"), "{errors}");
+    assert_eq!(gw.config_version().await, version);
+    assert_eq!(presented(gw.proxy, &pki).await, new.der);
 }
 
 #[tokio::test]
