@@ -2,7 +2,9 @@
 //! files, watched; or a control plane's watch stream with `RunOptions::control_plane`) and the
 //! background service (usage flush), all sharing one `ConfigState`. The listeners are sized from the bootstrap settings
 //! (`bootstrap.rs`), fixed here for the life of the process. Both sit behind `listener::Listener`
-//! (connection limit, head timeout and size, keep-alive idle timeout), each with its own budget.
+//! (connection limit, head timeout and size, keep-alive idle timeout), each with its own budget, and
+//! speak TLS when the first config version has `server.tls` / `server.admin_tls` (each connection then
+//! takes the serving version's certificate, so a reload rotates it).
 
 use crate::admin::Admin;
 use crate::background::{Background, BackgroundError};
