@@ -182,3 +182,36 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_files_are_refused_naming_the_flag_and_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not pem\n").unwrap();
+        let files = |cert: &Path, key: &Path| TlsFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: None,
+        };
+        let missing = dir.join("missing.pem");
+        let e = server_config(&files(&missing, &junk))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("--tls-cert `{}`", missing.display())),
+            "{e}"
+        );
+        let e = server_config(&files(&junk, &junk)).unwrap_err().to_string();
+        assert!(e.ends_with("holds no PEM certificate"), "{e}");
+        assert_eq!(
+            private_key(&junk, "--tls-key").unwrap_err().why,
+            "holds no PEM private key"
+        );
+    }
+}
