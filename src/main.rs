@@ -151,6 +151,31 @@ struct ProxyArgs {
         hide_default_value = true
     )]
     control_plane_token: String,
+    /// CA certificate (PEM) the control plane's certificate must chain to, for an `https://` control
+    /// plane with a private CA (default: the webpki roots).
+    #[arg(
+        long,
+        env = "LEAKY_CONTROL_PLANE_CA",
+        requires = "control_plane",
+        value_name = "PEM"
+    )]
+    control_plane_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the control plane (mTLS); needs `--control-plane-key`.
+    #[arg(
+        long,
+        env = "LEAKY_CONTROL_PLANE_CERT",
+        requires_all = ["control_plane", "control_plane_key"],
+        value_name = "PEM"
+    )]
+    control_plane_cert: Option<PathBuf>,
+    /// The private key of `--control-plane-cert` (PEM).
+    #[arg(
+        long,
+        env = "LEAKY_CONTROL_PLANE_KEY",
+        requires = "control_plane_cert",
+        value_name = "PEM"
+    )]
+    control_plane_key: Option<PathBuf>,
 }
 
 impl Default for ProxyArgs {
@@ -164,6 +189,9 @@ impl Default for ProxyArgs {
             instance_id: None,
             config_cache: None,
             control_plane_token: "lt-dev-admin".into(),
+            control_plane_ca: None,
+            control_plane_cert: None,
+            control_plane_key: None,
         }
     }
 }
@@ -187,6 +215,13 @@ impl ProxyArgs {
             instance,
             token: self.control_plane_token.clone(),
             cache,
+            tls: leaky_proxy::control_plane::ClientTls {
+                ca: self.control_plane_ca.clone(),
+                client_cert: self
+                    .control_plane_cert
+                    .clone()
+                    .zip(self.control_plane_key.clone()),
+            },
         })
     }
 }
@@ -351,6 +386,21 @@ struct ControlPlaneArgs {
     /// Roles this process runs: `all`, or a comma list of `admin-api`, `registry`, `config-server`.
     #[arg(long, default_value = "all")]
     roles: leaky_control_plane::Roles,
+    /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`. Read at start.
+    #[arg(long, env = "LEAKY_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "LEAKY_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every client must present a certificate issued by this CA (PEM), e.g. the proxies'
+    /// `--control-plane-cert`. Needs `--tls-cert`.
+    #[arg(
+        long,
+        env = "LEAKY_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    tls_client_ca: Option<PathBuf>,
     /// YAML base the config server publishes as version 1 when the database holds no config version
     /// yet (its `extends` chain merged); afterwards `PUT /v1/config/base` replaces it.
     #[arg(long, default_value = "config/dev.yaml")]
@@ -606,7 +656,19 @@ fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
             from: cp.smtp_from,
         },
     };
-    tokio_rt()?.block_on(leaky_control_plane::run(config, shutdown_signal()))?;
+    let tls = cp
+        .tls_cert
+        .zip(cp.tls_key)
+        .map(|(cert, key)| leaky_control_plane::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: cp.tls_client_ca,
+        });
+    tokio_rt()?.block_on(leaky_control_plane::run_with_tls(
+        config,
+        tls,
+        shutdown_signal(),
+    ))?;
     Ok(())
 }
 

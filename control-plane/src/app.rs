@@ -15,6 +15,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -125,6 +126,8 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
     #[error("identity: {0}")]
     Identity(String),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The admin API under `/v1`: the routes of every context whose role `roles` runs (the config
@@ -349,11 +352,22 @@ fn spawn_roles(
     saga
 }
 
-/// Starts the control plane and serves until `shutdown` resolves.
+/// Starts the control plane and serves plain HTTP until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    run_with_tls(config, None, shutdown).await
+}
+
+/// Starts the control plane and serves until `shutdown` resolves: over TLS with `tls` (and mutual TLS
+/// when it names a client CA), else plain HTTP. The TLS files are read before anything starts.
+pub async fn run_with_tls(
+    config: Config,
+    tls: Option<crate::tls::TlsFiles>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let tls = tls.as_ref().map(crate::tls::server_config).transpose()?;
     let pool = db::pool(&config.database_url, 16)?;
     let state = ApiState::new(pool, AdminToken::new(config.admin_token.clone()));
     tokio::spawn(migrate_until_done(state.clone()));
@@ -361,7 +375,8 @@ pub async fn run(
         .await
         .map_err(|e| AppError::Bind(config.listen, e))?;
     let listen = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(%listen, roles = %config.roles, "control plane listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%listen, scheme, roles = %config.roles, "control plane listening");
     // Every control-plane process registers itself; only `registry` processes sweep.
     let me = registry::SelfRegistration::new(listen, state.clock.now());
     let id = me.id.clone();
@@ -375,22 +390,19 @@ pub async fn run(
     let base = initial_base(config.config_base.as_deref());
     let settings = std::sync::Arc::new(config.billing.settings.clone());
     let mut router = router_for(state.clone(), &config.roles, base, settings);
-    if let Some(id) = start_identity(&state, &config, listen)? {
+    if let Some(id) = start_identity(&state, &config, &format!("{scheme}://{listen}"))? {
         tasks.push(tokio::spawn(identity::run_jobs(state.clone(), id.clone())));
         router = identity::attach(router, state.clone(), id);
     }
-    // The peer address feeds identity's per-IP limit on failed client authentications.
-    let router = router.into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown({
-            // Watch streams never end by themselves: end them when the drain starts.
-            let state = state.clone();
-            async move {
-                shutdown.await;
-                state.drain();
-            }
-        })
-        .await;
+    // Watch streams never end by themselves: end them when the drain starts.
+    let drain = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.drain();
+        }
+    };
+    let served = serve_tls_or_plain(listener, tls, router, drain).await;
     // The saga worker stops after its current round once the drain started; a step in flight
     // finishes (or its lease expires and another worker resumes it).
     if tokio::time::timeout(DRAIN_WAIT, drained).await.is_err() {
@@ -405,17 +417,53 @@ pub async fn run(
     served.map_err(AppError::Serve)
 }
 
+/// Serves `router` on `listener`, over TLS with `tls`, until `drain` resolves.
+async fn serve_tls_or_plain(
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    router: Router,
+    drain: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        None => serve_on(listener, router, drain).await,
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            // `tap_io` only to get axum's `ConnectInfo<SocketAddr>` for any listener type.
+            serve_on(listener.tap_io(|_| {}), router, drain).await
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `drain` resolves.
+async fn serve_on<L>(
+    listener: L,
+    router: Router,
+    drain: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Addr: Clone + Sync + 'static,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    // The peer address feeds identity's per-IP limit on failed client authentications.
+    let router = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(drain)
+        .await
+}
+
 /// The identity context of an admin-api process: `None` (with a warning) when no master key is
-/// configured; a malformed key or setting refuses the start.
+/// configured; a malformed key or setting refuses the start. `base`: this listener's URL, the
+/// default issuer.
 fn start_identity(
     state: &ApiState,
     config: &Config,
-    listen: SocketAddr,
+    base: &str,
 ) -> Result<Option<std::sync::Arc<identity::Identity>>, AppError> {
     if !config.roles.contains(Role::AdminApi) {
         return Ok(None);
     }
-    let settings = match identity::Settings::from_env(&format!("http://{listen}")) {
+    let settings = match identity::Settings::from_env(base) {
         Ok(s) => s,
         Err(identity::SecretError::NoMasterKey) => {
             tracing::warn!("identity disabled: no LEAKY_MASTER_KEY / LEAKY_MASTER_KEY_FILE (LEAKY_IDENTITY_DEV=1 for the dev key)");

@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod registry;
 pub mod tenancy;
+pub mod tls;
 pub mod usage;
 
-pub use app::{run, Config, Role, Roles};
+pub use app::{run, run_with_tls, Config, Role, Roles};

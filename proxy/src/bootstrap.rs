@@ -1,6 +1,6 @@
 //! Bootstrap settings: what the process binds and sizes at start and cannot change without a restart
 //! (listeners, worker threads, connection limits and timeouts of the connection layer, the shutdown
-//! grace period). A config document may still carry them; a reload compares them with the running
+//! grace period, whether a listener speaks TLS — not its certificate, which each version re-reads). A config document may still carry them; a reload compares them with the running
 //! bootstrap, reports the differences as pending a restart and keeps serving with the running values.
 //!
 //! The split is done here, on the proxy side, from the model's `server` section, so the config crate's
@@ -23,6 +23,10 @@ pub struct Bootstrap {
     pub keepalive_timeout: Duration,
     pub max_header_bytes: usize,
     pub grace_period_seconds: u64,
+    /// Whether the proxy and admin listeners speak TLS (their certificates follow each config
+    /// version; turning TLS on or off takes a restart).
+    pub tls: bool,
+    pub admin_tls: bool,
 }
 
 impl Bootstrap {
@@ -38,6 +42,8 @@ impl Bootstrap {
             keepalive_timeout: server.keepalive_timeout,
             max_header_bytes: server.max_header_bytes,
             grace_period_seconds: server.grace_period_seconds,
+            tls: server.tls.is_some(),
+            admin_tls: server.admin_tls.is_some(),
         }
     }
 
@@ -58,6 +64,7 @@ impl Bootstrap {
     /// What `wanted` changes from `self`, one line per setting, as `/admin/config` reports them.
     pub fn changes_to(&self, wanted: &Bootstrap) -> Vec<String> {
         let ms = |d: Duration| d.as_millis().to_string();
+        let on = |tls: bool| if tls { "on" } else { "off" }.to_string();
         let fields = [
             ("listen", self.listen.to_string(), wanted.listen.to_string()),
             (
@@ -100,6 +107,8 @@ impl Bootstrap {
                 self.grace_period_seconds.to_string(),
                 wanted.grace_period_seconds.to_string(),
             ),
+            ("tls", on(self.tls), on(wanted.tls)),
+            ("admin_tls", on(self.admin_tls), on(wanted.admin_tls)),
         ];
         fields
             .into_iter()
@@ -124,6 +133,8 @@ mod tests {
             keepalive_timeout: Duration::from_secs(60),
             max_header_bytes: 65536,
             grace_period_seconds: 30,
+            tls: false,
+            admin_tls: false,
         }
     }
 
@@ -135,6 +146,7 @@ mod tests {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             threads: 4,
             header_timeout: Duration::from_secs(5),
+            tls: true,
             ..boot()
         };
         assert_eq!(
@@ -143,6 +155,7 @@ mod tests {
                 "server.listen: 127.0.0.1:8080 → 127.0.0.1:8081 (restart to apply)",
                 "server.threads: 2 → 4 (restart to apply)",
                 "server.header_timeout_ms: 10000 → 5000 (restart to apply)",
+                "server.tls: off → on (restart to apply)",
             ]
         );
     }

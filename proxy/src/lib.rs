@@ -7,7 +7,8 @@
 //! through; each step passes values to the next, and every hold goes into the request's ledger.
 //!
 //! ```text
-//! listener (listener.rs)     connection limit, head timeout and size, strict framing, keep-alive
+//! listener (listener.rs)     connection limit, TLS handshake (server.tls; h2 by ALPN → listener/h2.rs),
+//!                            head timeout and size, strict framing, keep-alive
 //! request_filter (service.rs: Gateway::handle)
 //!  ├─ snapshot               one ArcSwap load: the config version this request runs on
 //!  ├─ locate                 path normalize (path.rs; 400 if unsafe) ─ route match (longest prefix)
@@ -72,7 +73,8 @@
 //!   registry), `limiter` (the rate limiter's
 //!   store, kept across versions), `check` (`check-config`'s snapshot build).
 //! - Serving: `server` (assembles the Pingora server), `listener` (the connection layer under both
-//!   listeners), `admin` (`/healthz`, `/readyz`, `/metrics`, `/admin/config`, `POST /admin/reload`),
+//!   listeners, TLS and h2 included), `tls` (certificates, keys and CAs read once per config version:
+//!   listener acceptors, upstream CA pins and client certificates), `admin` (`/healthz`, `/readyz`, `/metrics`, `/admin/config`, `POST /admin/reload`),
 //!   `admin_auth` (who may call them), `metrics` (Prometheus families), `background` (the runtime
 //!   long-lived tasks run on and the usage queue; a Pingora service that flushes usage at shutdown).
 //!
@@ -111,6 +113,7 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod source;
+pub mod tls;
 mod transport;
 mod upstream;
 pub mod usage_log;

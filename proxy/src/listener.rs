@@ -25,13 +25,26 @@
 //!
 //! The head is parsed here with `httparse` (the parser Pingora uses, same version) and handed to
 //! Pingora as a "pipelined prefix": Pingora parses it from memory without another socket read.
+//!
+//! **TLS** (`server.tls`, `server.admin_tls`): the handshake runs here, inside the connection's slot
+//! and within the first head's deadline (`header_timeout` from accept), so a client that opens TCP
+//! and never sends a ClientHello holds nothing past that. The certificate is the serving config
+//! version's (re-read on each reload). A client that speaks plain HTTP to a TLS port gets a readable
+//! `400` instead of a handshake alert. ALPN `h2` hands the connection to `h2.rs`; `http/1.1` (or no
+//! ALPN) runs the HTTP/1.1 loop below, unchanged. At the connection limit a TLS listener closes the
+//! new connection without a handshake (a plain-text 503 would be unreadable, and the handshake is the
+//! cost the limit avoids).
+
+mod h2;
 
 use crate::metrics::ListenerMetrics;
+use crate::tls::ListenerCert;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +77,35 @@ pub struct Listener<A> {
     slots: Semaphore,
     /// `leaky_connections_open` and `leaky_connections_refused_total` of this listener.
     metrics: Option<ListenerMetrics>,
+    /// Set: the listener speaks TLS.
+    tls: Option<TlsSource>,
+    /// `leaky_tls_cert_expiry_timestamp_seconds` of this listener (TLS only).
+    cert_expiry: Option<prometheus::IntGauge>,
+}
+
+/// Where a TLS listener takes its certificate from for each new connection.
+pub struct TlsSource {
+    /// What the listener started with; kept while a later config version has no `tls` for it (turning
+    /// TLS off takes a restart).
+    initial: Arc<ListenerCert>,
+    /// The serving config version's certificate: one atomic load per connection.
+    current: Box<dyn Fn() -> Option<Arc<ListenerCert>> + Send + Sync>,
+}
+
+impl TlsSource {
+    pub fn new(
+        initial: Arc<ListenerCert>,
+        current: impl Fn() -> Option<Arc<ListenerCert>> + Send + Sync + 'static,
+    ) -> Self {
+        TlsSource {
+            initial,
+            current: Box::new(current),
+        }
+    }
+
+    fn cert(&self) -> Arc<ListenerCert> {
+        (self.current)().unwrap_or_else(|| self.initial.clone())
+    }
 }
 
 impl<A> Listener<A> {
@@ -74,17 +116,82 @@ impl<A> Listener<A> {
             slots: Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)),
             limits,
             metrics: ListenerMetrics::new(name),
+            tls: None,
+            cert_expiry: None,
+        }
+    }
+
+    /// Makes the listener speak TLS with `tls`'s certificate.
+    pub fn with_tls(mut self, tls: TlsSource) -> Self {
+        self.cert_expiry = self.metrics.as_ref().and_then(ListenerMetrics::cert_expiry);
+        if let Some(g) = &self.cert_expiry {
+            g.set(tls.cert().not_after);
+        }
+        self.tls = Some(tls);
+        self
+    }
+
+    fn count_refused(&self, reason: usize) {
+        if let Some(m) = &self.metrics {
+            m.refused[reason].inc();
         }
     }
 
     /// Counts the refusal, then writes it and closes.
     async fn refuse(&self, stream: Stream, r: Refusal) {
-        if let Some(m) = &self.metrics {
-            m.refused[r.reason_index()].inc();
-        }
+        self.count_refused(r.reason_index());
         refuse(stream, r).await;
     }
+
+    /// The TLS handshake, by `deadline`; `None` (counted, logged at debug) when it does not complete.
+    async fn handshake(
+        &self,
+        tls: &TlsSource,
+        mut stream: Stream,
+        deadline: Instant,
+    ) -> Option<Stream> {
+        let cert = tls.cert();
+        // An atomic store per connection keeps the gauge on the certificate actually served.
+        if let Some(g) = &self.cert_expiry {
+            g.set(cert.not_after);
+        }
+        // A TLS client's first byte is a handshake record (22); an HTTP client's is a method letter.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, stream.try_peek(&mut first)).await {
+            Ok(Ok(true)) if first[0] != 22 => {
+                self.refuse(stream, Refusal::PlainHttp).await;
+                return None;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                self.count_refused(TLS_HANDSHAKE);
+                return None;
+            }
+        }
+        // Pingora's handshake wants the concrete socket type, which is what a TCP listener accepts.
+        let Ok(socket) = stream.into_any().downcast::<L4Stream>() else {
+            tracing::warn!("TLS listener accepted something other than a socket; closing it");
+            return None;
+        };
+        match tokio::time::timeout_at(deadline, cert.acceptor.tls_handshake(*socket)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                self.count_refused(TLS_HANDSHAKE);
+                None
+            }
+            Err(_) => {
+                self.count_refused(TLS_HANDSHAKE);
+                None
+            }
+        }
+    }
 }
+
+/// `reason="tls_handshake"` in [`crate::metrics::REFUSAL_REASONS`]: a handshake that failed or did not
+/// finish within the head deadline.
+const TLS_HANDSHAKE: usize = 6;
 
 /// One open connection in `leaky_connections_open`, for as long as it lives.
 struct Open<'a>(Option<&'a ListenerMetrics>);
@@ -114,11 +221,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Ok(_slot) = self.slots.try_acquire() else {
-            self.refuse(stream, Refusal::Overloaded).await;
+            if self.tls.is_some() {
+                self.count_refused(Refusal::Overloaded.reason_index());
+            } else {
+                self.refuse(stream, Refusal::Overloaded).await;
+            }
             return None;
         };
         let _open = Open::new(self.metrics.as_ref());
-        self.serve(stream, shutdown).await;
+        let accepted = Instant::now();
+        let stream = match &self.tls {
+            None => stream,
+            Some(tls) => {
+                let deadline = accepted + self.limits.header_timeout;
+                let stream = self.handshake(tls, stream, deadline).await?;
+                if stream.selected_alpn_proto() == Some(ALPN::H2) {
+                    h2::serve(&self.app, stream, shutdown, &self.limits, deadline).await;
+                    return None;
+                }
+                stream
+            }
+        };
+        self.serve(stream, shutdown, accepted).await;
         None
     }
 
@@ -129,10 +253,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
 
 impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
     /// Request after request on one connection until either side closes it.
-    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
+    /// `accepted`: when the connection was accepted (its first head is due `header_timeout` later).
+    async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch, accepted: Instant) {
         let mut buf = BytesMut::with_capacity(INITIAL_BUF);
         let mut settings: Option<HttpPersistentSettings> = None;
-        let mut first = true;
+        let mut first = Some(accepted);
         loop {
             let head = match read_head(&mut stream, &mut buf, first, &self.limits, shutdown).await {
                 Ok(head) => head,
@@ -163,7 +288,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
             };
             stream = next;
             settings = s;
-            first = false;
+            first = None;
         }
     }
 }
@@ -194,6 +319,8 @@ enum Refusal {
     HeadTooLarge,
     BadRequest(&'static str),
     UnsupportedCoding,
+    /// Plain HTTP sent to a TLS listener.
+    PlainHttp,
 }
 
 impl Refusal {
@@ -205,6 +332,7 @@ impl Refusal {
             Refusal::HeadTooLarge => 2,
             Refusal::BadRequest(_) => 3,
             Refusal::UnsupportedCoding => 4,
+            Refusal::PlainHttp => 5,
         }
     }
 
@@ -231,6 +359,11 @@ impl Refusal {
                 "unsupported_transfer_coding",
                 "Only the chunked transfer coding is supported.",
             ),
+            Refusal::PlainHttp => (
+                "400 Bad Request",
+                "tls_required",
+                "This port speaks TLS: use https://.",
+            ),
         };
         // OpenAI's error shape: the route (and so its dialect) is not known before the head is read.
         let body = serde_json::json!({"error": {
@@ -251,17 +384,18 @@ impl Refusal {
     }
 }
 
-/// Reads until `buf` starts with a complete, acceptable request head.
+/// Reads until `buf` starts with a complete, acceptable request head. `first`: when the connection
+/// was accepted, for its first request.
 async fn read_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    first: bool,
+    first: Option<Instant>,
     limits: &ConnLimits,
     shutdown: &ShutdownWatch,
 ) -> Result<Head, Ended> {
     // The first request's head is due `header_timeout` after accept; a later one's after its
     // first byte, which itself may take up to `keepalive_timeout`.
-    let mut deadline = first.then(|| Instant::now() + limits.header_timeout);
+    let mut deadline = first.map(|accepted| accepted + limits.header_timeout);
     loop {
         if !buf.is_empty() {
             if let Some(head) = check_head(buf, limits.max_header_bytes)? {

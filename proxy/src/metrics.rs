@@ -377,21 +377,26 @@ pub struct ListenerMetrics {
     /// `leaky_connections_open{listener}`.
     pub open: IntGauge,
     /// `leaky_connections_refused_total{listener,reason}`, indexed like [`REFUSAL_REASONS`].
-    pub refused: [IntCounter; 5],
+    pub refused: [IntCounter; 7],
+    /// The `listener` label, for the series only a TLS listener has (`cert_expiry`).
+    name: String,
 }
 
 /// The `reason` label values of `leaky_connections_refused_total`.
-pub const REFUSAL_REASONS: [&str; 5] = [
+pub const REFUSAL_REASONS: [&str; 7] = [
     "overloaded",
     "head_timeout",
     "head_too_large",
     "bad_request",
     "unsupported_coding",
+    "plain_http",
+    "tls_handshake",
 ];
 
 struct ConnectionFamilies {
     open: prometheus::IntGaugeVec,
     refused: IntCounterVec,
+    cert_expiry: prometheus::IntGaugeVec,
 }
 
 fn connection_families() -> Option<&'static ConnectionFamilies> {
@@ -409,14 +414,27 @@ fn connection_families() -> Option<&'static ConnectionFamilies> {
         let refused = IntCounterVec::new(
             Opts::new(
                 "leaky_connections_refused_total",
-                "Connections a listener answered itself and closed: overloaded (503, at its connection limit), head_timeout (408), head_too_large (431), bad_request (400: no Host, Content-Length with Transfer-Encoding, unparsable head), unsupported_coding (501)",
+                "Connections a listener answered itself and closed: overloaded (503, at its connection limit; a TLS listener closes unanswered), head_timeout (408), head_too_large (431), bad_request (400: no Host, Content-Length with Transfer-Encoding, unparsable head), unsupported_coding (501), plain_http (400: plain HTTP to a TLS listener), tls_handshake (a TLS handshake that failed or did not finish within header_timeout)",
             ),
             &["listener", "reason"],
         )
         .ok()?;
+        let cert_expiry = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "leaky_tls_cert_expiry_timestamp_seconds",
+                "When the certificate a TLS listener serves expires (notAfter, Unix seconds); alert well before it",
+            ),
+            &["listener"],
+        )
+        .ok()?;
         registry.register(Box::new(open.clone())).ok()?;
         registry.register(Box::new(refused.clone())).ok()?;
-        Some(ConnectionFamilies { open, refused })
+        registry.register(Box::new(cert_expiry.clone())).ok()?;
+        Some(ConnectionFamilies {
+            open,
+            refused,
+            cert_expiry,
+        })
     })
     .as_ref()
 }
@@ -426,16 +444,24 @@ impl ListenerMetrics {
     pub fn new(name: &str) -> Option<Self> {
         let f = connection_families()?;
         let refused = |r: &str| f.refused.get_metric_with_label_values(&[name, r]).ok();
+        let mut counters = Vec::with_capacity(REFUSAL_REASONS.len());
+        for r in REFUSAL_REASONS {
+            counters.push(refused(r)?);
+        }
         Some(ListenerMetrics {
             open: f.open.get_metric_with_label_values(&[name]).ok()?,
-            refused: [
-                refused(REFUSAL_REASONS[0])?,
-                refused(REFUSAL_REASONS[1])?,
-                refused(REFUSAL_REASONS[2])?,
-                refused(REFUSAL_REASONS[3])?,
-                refused(REFUSAL_REASONS[4])?,
-            ],
+            refused: counters.try_into().ok()?,
+            name: name.to_string(),
         })
+    }
+
+    /// `leaky_tls_cert_expiry_timestamp_seconds{listener}`, created only when a listener turns TLS
+    /// on, so a plain listener exports no expiry series.
+    pub fn cert_expiry(&self) -> Option<IntGauge> {
+        connection_families()?
+            .cert_expiry
+            .get_metric_with_label_values(&[&self.name])
+            .ok()
     }
 }
 

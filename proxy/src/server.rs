@@ -2,17 +2,20 @@
 //! files, watched; or a control plane's watch stream with `RunOptions::control_plane`) and the
 //! background service (usage flush), all sharing one `ConfigState`. The listeners are sized from the bootstrap settings
 //! (`bootstrap.rs`), fixed here for the life of the process. Both sit behind `listener::Listener`
-//! (connection limit, head timeout and size, keep-alive idle timeout), each with its own budget.
+//! (connection limit, head timeout and size, keep-alive idle timeout), each with its own budget, and
+//! speak TLS when the first config version has `server.tls` / `server.admin_tls` (each connection then
+//! takes the serving version's certificate, so a reload rotates it).
 
 use crate::admin::Admin;
 use crate::background::{Background, BackgroundError};
 use crate::bootstrap::Bootstrap;
 use crate::control_plane::{BootError, ControlPlaneOptions};
 use crate::document::{ConfigDocument, SourceError};
-use crate::listener::{ConnLimits, Listener};
+use crate::listener::{ConnLimits, Listener, TlsSource};
 use crate::reload::{ApplyError, ConfigState};
 use crate::service::Gateway;
 use crate::source::{ConfigSource, SourceService};
+use crate::tls::{ListenerCert, ListenerCerts};
 use crate::watch::FileSource;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -132,6 +135,44 @@ fn proxy_limits(b: &Bootstrap, open_files: Option<u64>) -> ConnLimits {
     }
 }
 
+/// The admin listener: its own connection budget, one thread.
+fn admin_service(
+    state: &Arc<ConfigState>,
+    source: &Arc<dyn ConfigSource>,
+    limits: ConnLimits,
+) -> Service<Listener<Admin>> {
+    let boot = state.bootstrap();
+    let admin_limits = ConnLimits {
+        max_connections: boot.admin_max_connections,
+        ..limits
+    };
+    let admin_app = Admin {
+        state: state.clone(),
+        source: source.clone(),
+    };
+    let listener = Listener::new("admin", admin_app, admin_limits);
+    let mut admin = Service::new("admin".to_string(), with_tls(listener, state, |t| &t.admin));
+    admin.add_tcp(&boot.admin_listen.to_string());
+    admin.threads = Some(1);
+    admin
+}
+
+/// `listener` speaking TLS when the first config version has a certificate for it (`which` picks
+/// the proxy's or the admin's); each connection then takes the serving version's certificate.
+fn with_tls<A>(
+    listener: Listener<A>,
+    state: &Arc<ConfigState>,
+    which: fn(&ListenerCerts) -> &Option<Arc<ListenerCert>>,
+) -> Listener<A> {
+    let Some(initial) = which(&state.snapshot().tls).clone() else {
+        return listener;
+    };
+    let state = state.clone();
+    listener.with_tls(TlsSource::new(initial, move || {
+        which(&state.snapshot().tls).clone()
+    }))
+}
+
 /// What `build` assembled. After `server` has run, call `background.shutdown()`: it writes the
 /// usage records queued while the server stopped.
 pub struct Built {
@@ -162,24 +203,14 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
 
     let limits = proxy_limits(&boot, opts.open_files);
     let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
-    let mut proxy = Service::new("proxy".to_string(), Listener::new("proxy", gateway, limits));
+    let listener = with_tls(Listener::new("proxy", gateway, limits), &state, |t| {
+        &t.proxy
+    });
+    let mut proxy = Service::new("proxy".to_string(), listener);
     proxy.add_tcp(&boot.listen.to_string());
     proxy.threads = Some(boot.threads);
 
-    let admin_limits = ConnLimits {
-        max_connections: boot.admin_max_connections,
-        ..limits
-    };
-    let admin_app = Admin {
-        state: state.clone(),
-        source: source.clone(),
-    };
-    let mut admin = Service::new(
-        "admin".to_string(),
-        Listener::new("admin", admin_app, admin_limits),
-    );
-    admin.add_tcp(&boot.admin_listen.to_string());
-    admin.threads = Some(1);
+    let admin = admin_service(&state, &source, limits);
 
     let watcher = background_service(
         "config-watcher",

@@ -192,6 +192,8 @@ pub struct Snapshot {
     pub usage: UsageSink,
     /// The response cache's stores (the same for every version), for their metrics.
     pub caches: Arc<Stores>,
+    /// The listeners' certificates as this version's files hold them (read once per version).
+    pub tls: crate::tls::ListenerCerts,
 }
 
 /// What validation cannot see and the snapshot build finds: the reload fails (the previous version
@@ -220,6 +222,9 @@ pub enum BuildError {
     },
     #[error("deployment `{deployment}`: `{host}` resolved to no address")]
     NoAddress { deployment: String, host: String },
+    /// A certificate, key or CA file named by `server.tls`, `server.admin_tls` or a provider's `tls`.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// `what`: `host`, `credential` or the account header.
     #[error("deployment `{deployment}`: {what}: {source}")]
     Header {
@@ -263,6 +268,7 @@ impl Snapshot {
             decisions: Some(decision_sink(decisions)),
             flags: config.flags.clone(),
         };
+        let tls = crate::tls::ListenerCerts::load(&config.server)?;
         let mut pools = HashMap::new();
         for (name, p) in &config.providers {
             pools.insert(name.as_str(), Arc::new(provider_pool(p, shared)?));
@@ -283,6 +289,7 @@ impl Snapshot {
             unmatched: RequestMetrics::new("none", "none"),
             usage: shared.background.usage().clone(),
             caches: shared.caches.clone(),
+            tls,
         })
     }
 
@@ -447,9 +454,10 @@ fn provider_pool(p: &Provider, shared: &Shared) -> Result<ProviderPool, BuildErr
     };
     let bulkhead = p.bulkhead.clone().unwrap_or(bulkhead);
     let mut out = Vec::with_capacity(p.deployments.len());
+    let tls = crate::tls::PeerTls::load(&p.upstream_tls, &format!("providers.{}.tls", p.name))?;
     for d in &p.deployments {
         let label = format!("{}/{}", p.name, d.name);
-        let peer = peer(p, d, address(shared, &label, d)?);
+        let peer = peer(p, d, address(shared, &label, d)?, &tls);
         let header = |what: &'static str| {
             let deployment = label.clone();
             move |source| BuildError::Header {
@@ -510,9 +518,19 @@ fn address(
         })
 }
 
-/// The Pingora peer of deployment `d` of `p` at `addr`.
-fn peer(p: &Provider, d: &leaky_config::resilience::Deployment, addr: SocketAddr) -> HttpPeer {
+/// The Pingora peer of deployment `d` of `p` at `addr`. Over TLS the server name sent and verified is
+/// the deployment's host, against `tls.ca` when pinned (else the system roots).
+fn peer(
+    p: &Provider,
+    d: &leaky_config::resilience::Deployment,
+    addr: SocketAddr,
+    tls: &crate::tls::PeerTls,
+) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, d.tls, d.host.clone());
+    if d.tls {
+        peer.options.ca = tls.ca.clone();
+        peer.client_cert_key = tls.client_cert.clone();
+    }
     peer.options.connection_timeout = Some(p.connect_timeout);
     // First-byte and idle timeouts are the route's, applied around each read by the caller.
     peer.options.read_timeout = None;

@@ -167,7 +167,16 @@ fn is_stale(e: &pingora::Error) -> bool {
 /// request may not have been processed, and another deployment may well answer.
 fn failed(d: &Deployment, e: &pingora::Error) -> Failed {
     let timeout = matches!(e.etype(), ErrorType::ConnectTimedout);
-    tracing::debug!(upstream = %d.label, error = %e, "upstream attempt failed");
+    if matches!(
+        e.etype(),
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
+    ) {
+        // Not a passing fault: the provider's certificate is not trusted (or ours refused), and every
+        // attempt will fail the same way until the provider's `tls` settings change.
+        tracing::warn!(upstream = %d.label, error = %e, "TLS handshake with the upstream failed; check the provider's `tls` (ca, client_cert)");
+    } else {
+        tracing::debug!(upstream = %d.label, error = %e, "upstream attempt failed");
+    }
     let (kind, what) = if timeout {
         (
             RejectKind::GatewayTimeout,

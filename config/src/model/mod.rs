@@ -83,6 +83,36 @@ pub struct Server {
     pub max_connections: usize,
     /// Admin listener connections held at once.
     pub admin_max_connections: usize,
+    /// TLS on the proxy listener.
+    pub tls: Option<ListenerTls>,
+    /// TLS on the admin listener.
+    pub admin_tls: Option<ListenerTls>,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// A listener's TLS files (absolute, or relative to the working directory when the document came
+/// without a directory) and its oldest accepted version. The files are read by the data plane when
+/// it builds a config version, not here: a pushed document is validated where the files do not live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub min_version: TlsVersion,
+}
+
+/// How the gateway connects to an `https` provider (files read by the data plane, as above).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// Trusted instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key, always both.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl Server {
@@ -177,6 +207,8 @@ pub struct Provider {
     pub workspace: Option<String>,
     /// Headers passed through both ways beyond the dialect's defaults.
     pub forward_headers: Vec<forwarding::HeaderPattern>,
+    /// TLS settings towards the provider's `https` deployments (default: system roots, no client cert).
+    pub upstream_tls: UpstreamTls,
 }
 
 impl Provider {

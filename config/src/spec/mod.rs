@@ -133,6 +133,52 @@ pub struct ServerSpec {
     /// starve `/healthz`).
     #[serde(default = "default_admin_max_connections")]
     pub admin_max_connections: usize,
+    /// TLS on the proxy listener (absent: plain HTTP). TLS 1.2 and 1.3 with ALPN `h2` and
+    /// `http/1.1`. Turned on or off only by a restart; the certificate and key files are read again
+    /// on every reload (`POST /admin/reload`, `SIGHUP`, a config file change), so a rotated
+    /// certificate is served without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsSpec>,
+    /// TLS on the admin listener, the same way (absent: plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<ListenerTlsSpec>,
+}
+
+/// A listener's certificate and key (PEM files; relative paths are from the config file's directory).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// The certificate chain, leaf first (PEM).
+    pub cert: String,
+    /// The private key of the leaf certificate (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Oldest TLS version accepted: `"1.2"` (default) or `"1.3"`. Older versions are never offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<TlsVersionSpec>,
+}
+
+/// A TLS protocol version the gateway speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum TlsVersionSpec {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// How the gateway connects to an `https` provider.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// A CA certificate file (PEM) to trust instead of the system roots: pins the provider's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// A client certificate chain (PEM) presented to the provider (mTLS); needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The client certificate's private key (PEM); needs `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 impl Default for ServerSpec {
@@ -150,6 +196,8 @@ impl Default for ServerSpec {
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_max_connections(),
             admin_max_connections: default_admin_max_connections(),
+            tls: None,
+            admin_tls: None,
         }
     }
 }
@@ -240,6 +288,10 @@ pub struct ProviderSpec {
     /// ending in `*`; credentials, account, hop-by-hop and gateway-owned headers are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forward_headers: Vec<String>,
+    /// TLS towards an `https` provider: a pinned CA (default: the system's roots) and a client
+    /// certificate. The server name sent (SNI) and verified is the host of `base_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSpec>,
 }
 
 fn default_auth() -> UpstreamAuth {

@@ -5,8 +5,8 @@
 //! - `mod.rs`: the entry point, `server`, tiers, keys;
 //! - `routes`: providers and routes (prefix, upstream);
 //! - `filters`: a route's filter chain (`FilterSpec` → `FilterConfig`);
-//! - `limits`, `resilience`, `endpoints`, `forwarding`, `flags`, `events`, `cache`: the rules of those
-//!   sections.
+//! - `limits`, `resilience`, `endpoints`, `forwarding`, `flags`, `events`, `cache`, `tls`: the rules of
+//!   those sections.
 
 mod cache;
 mod endpoints;
@@ -17,6 +17,7 @@ mod forwarding;
 mod limits;
 mod resilience;
 mod routes;
+mod tls;
 
 use crate::error::{ConfigError, ConfigErrors, Sources};
 use crate::interpolate::interpolate;
@@ -112,10 +113,10 @@ pub(crate) fn validate(
         env,
         errors: Vec::new(),
     };
-    let server = server(&mut c, &file.server);
+    let server = server(&mut c, &file.server, &base_dir);
     let mut providers = BTreeMap::new();
     for (name, p) in &file.providers {
-        if let Some(p) = routes::provider(&mut c, name, p) {
+        if let Some(p) = routes::provider(&mut c, name, p, &base_dir) {
             providers.insert(name.clone(), p);
         }
     }
@@ -152,7 +153,7 @@ pub(crate) fn validate(
 }
 
 /// `server:`; `None` when an address does not parse (its error is recorded).
-fn server(c: &mut Check<'_>, s: &ServerSpec) -> Option<Server> {
+fn server(c: &mut Check<'_>, s: &ServerSpec, base_dir: &std::path::Path) -> Option<Server> {
     let listen = c.addr("server.listen", &s.listen);
     let admin_listen = c.addr("server.admin_listen", &s.admin_listen);
     let admin_token = admin_token(c, s.admin_token.as_deref());
@@ -172,6 +173,8 @@ fn server(c: &mut Check<'_>, s: &ServerSpec) -> Option<Server> {
     }
     connection_limits(c, s);
     let trusted_proxies = forwarding::trusted_proxies(c, &s.trusted_proxies);
+    let tls = tls::listener(c, "server.tls", s.tls.as_ref(), base_dir);
+    let admin_tls = tls::listener(c, "server.admin_tls", s.admin_tls.as_ref(), base_dir);
     Some(Server {
         listen: listen?,
         admin_listen: admin_listen?,
@@ -185,6 +188,8 @@ fn server(c: &mut Check<'_>, s: &ServerSpec) -> Option<Server> {
         max_header_bytes: s.max_header_bytes,
         max_connections: s.max_connections,
         admin_max_connections: s.admin_max_connections,
+        tls,
+        admin_tls,
     })
 }
 

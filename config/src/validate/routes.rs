@@ -12,7 +12,12 @@ use crate::validate::Check;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub(crate) fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Option<Provider> {
+pub(crate) fn provider(
+    c: &mut Check<'_>,
+    name: &str,
+    p: &ProviderSpec,
+    base_dir: &std::path::Path,
+) -> Option<Provider> {
     use super::resilience as res;
     let path = format!("providers.{name}");
     let errors = c.error_count();
@@ -39,6 +44,7 @@ pub(crate) fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Optio
         &p.forward_headers,
     );
     let deployments = deployments?;
+    let upstream_tls = super::tls::upstream(c, &path, p, &deployments, base_dir);
     if c.error_count() != errors {
         return None;
     }
@@ -63,6 +69,7 @@ pub(crate) fn provider(c: &mut Check<'_>, name: &str, p: &ProviderSpec) -> Optio
         project,
         workspace,
         forward_headers,
+        upstream_tls,
     })
 }
 

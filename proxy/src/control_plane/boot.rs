@@ -74,8 +74,8 @@ pub fn boot(
     opts: ControlPlaneOptions,
     background: &Background,
 ) -> Result<(ConfigDocument, Arc<ControlPlaneSource>), BootError> {
-    let endpoint =
-        Endpoint::new(&opts.url, &opts.token, &opts.instance).map_err(BootError::Client)?;
+    let endpoint = Endpoint::new(&opts.url, &opts.token, &opts.instance, &opts.tls)
+        .map_err(BootError::Client)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let ep = endpoint.clone();
     // On the background runtime: the stream's connection lives there for the life of the process.

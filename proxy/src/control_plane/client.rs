@@ -5,6 +5,7 @@
 
 use super::event::Event;
 use super::ndjson::{LineTooLong, Lines};
+use super::ClientTls;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::json;
@@ -83,6 +84,41 @@ impl WatchStream {
     }
 }
 
+/// `builder` trusting only `tls.ca` (when set) and presenting `tls.client_cert` (when set). The files
+/// are read once, here, when the proxy starts.
+fn with_tls(
+    mut builder: reqwest::ClientBuilder,
+    tls: &ClientTls,
+) -> Result<reqwest::ClientBuilder, String> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{what} `{}`: {e}", path.display()))
+    };
+    if let Some(ca) = &tls.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&read("--control-plane-ca", ca)?)
+            .map_err(|e| format!("--control-plane-ca `{}`: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--control-plane-ca `{}`: holds no PEM certificate",
+                ca.display()
+            ));
+        }
+        // A private CA replaces the public roots: nothing else may stand in for the control plane.
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((cert, key)) = &tls.client_cert {
+        let mut pem = read("--control-plane-cert", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("--control-plane-key", key)?);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("--control-plane-cert `{}`: {e}", cert.display()))?;
+        builder = builder.identity(identity);
+    }
+    Ok(builder)
+}
+
 /// Where and as whom the proxy talks to its control plane.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -94,10 +130,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(url: &str, token: &str, instance: &str) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+    pub fn new(url: &str, token: &str, instance: &str, tls: &ClientTls) -> Result<Self, String> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_keepalive(Duration::from_secs(15))
+            .tcp_keepalive(Duration::from_secs(15));
+        let http = with_tls(builder, tls)?
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         Ok(Endpoint {

@@ -44,6 +44,17 @@ pub struct ControlPlaneOptions {
     pub token: String,
     /// The last-good snapshot file.
     pub cache: PathBuf,
+    /// TLS towards an `https://` control plane.
+    pub tls: ClientTls,
+}
+
+/// How the proxy's control-plane client does TLS: a private CA to trust (instead of the webpki roots)
+/// and a client certificate for mutual TLS (the control plane's `--tls-client-ca`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca: Option<PathBuf>,
+    /// Certificate chain and private key (PEM files).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for ControlPlaneOptions {
@@ -53,6 +64,7 @@ impl std::fmt::Debug for ControlPlaneOptions {
             .field("url", &self.url)
             .field("instance", &self.instance)
             .field("cache", &self.cache)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
