@@ -15,7 +15,7 @@ use tls_pki::{connect, Issued, Pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Longest any test waits for the server to do something.
-const PATIENCE: Duration = Duration::from_secs(10);
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The harness's config with `server` settings added.
 fn config(up: &Upstreams, server: &str) -> String {
@@ -164,7 +164,7 @@ async fn a_client_that_never_sends_a_client_hello_is_released_at_the_head_deadli
     let server = format!(
         // Long enough that the checks below run while the silent client still holds the slot, even
         // on a loaded machine; the test waits for the server's close, not for this time.
-        "  max_connections: 1\n  header_timeout_ms: 3000\n{}",
+        "  max_connections: 1\n  header_timeout_ms: 8000\n{}",
         tls_block("tls", &cert)
     );
     let (_up, gw) = start(&server).await;
@@ -207,7 +207,7 @@ async fn h2_connections_keep_the_head_deadline_and_the_idle_timeout() {
     let pki = Pki::new("h2-limits");
     let cert = pki.server("proxy", 2031);
     let server = format!(
-        "  header_timeout_ms: 500\n  keepalive_timeout_ms: 500\n{}",
+        "  header_timeout_ms: 2000\n  keepalive_timeout_ms: 1000\n{}",
         tls_block("tls", &cert)
     );
     let (_up, gw) = start(&server).await;
