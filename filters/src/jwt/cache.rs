@@ -137,6 +137,11 @@ impl Jwks {
         self.keys.store(Arc::new(set));
     }
 
+    /// The current key set's generation (changes with every refresh or re-read).
+    pub(super) fn generation(&self) -> u64 {
+        self.keys.load().generation
+    }
+
     /// The key for (`kid`, `alg`), refreshing the set once if the `kid` is unknown and the last
     /// refresh is at least `min_refresh` old.
     pub(super) async fn find_key(

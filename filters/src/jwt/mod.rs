@@ -16,6 +16,9 @@
 //! - Revoked tokens: a verified token whose `jti` is in the process-wide [`RevokedTokens`] (pushed by
 //!   the control plane, `docs/config-protocol.md`) is refused; the check is a lock-free set lookup.
 //!
+//! - Verified tokens are remembered (`verified.rs`): a token seen again pays the time and revocation
+//!   checks and a map lookup, not another signature verification, until the JWKS changes.
+//!
 //! Claims map onto a [`Principal`] through the `claims` names; the model allow-list is enforced in
 //! `on_request_body` exactly as `api-key` does.
 
@@ -38,12 +41,14 @@ mod jwks;
 mod revoked;
 #[cfg(test)]
 mod tests;
+mod verified;
 
 use cache::Jwks;
 pub use cache::JwksCache;
 pub use jwks::JwksError;
 use jwks::{Lookup, VerifyKey};
 pub use revoked::RevokedTokens;
+use verified::{Verified, VerifiedTokens};
 
 /// Why a `jwt` filter cannot be built from its settings (fails the reload; the last good config stays).
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,8 @@ pub struct JwtFilter {
     optional: bool,
     /// Token ids the control plane revoked (process-wide, pushed over the watch stream).
     revoked: Arc<RevokedTokens>,
+    /// Tokens already verified by this filter (see `verified.rs`); `None` when turned off.
+    verified: Option<VerifiedTokens>,
 }
 
 impl JwtFilter {
@@ -139,11 +146,42 @@ impl JwtFilter {
             tiers: deps.tiers.clone(),
             optional: spec.optional,
             revoked: deps.jwks.revoked().clone(),
+            verified: Some(VerifiedTokens::default()),
         })
     }
 
-    /// Verify `token` and map its claims; `now` is unix seconds.
-    async fn authenticate(&self, token: &str, now: i64) -> Result<Principal, Rejection> {
+    /// The same filter verifying every token's signature on every request (benchmarks measure the
+    /// cost of a first sight this way).
+    #[doc(hidden)]
+    pub fn without_verified_cache(mut self) -> Self {
+        self.verified = None;
+        self
+    }
+
+    /// A token verified before under the current JWKS, checked again for time and revocation;
+    /// `None` to verify it in full.
+    fn remembered(&self, token: &str, now: i64) -> Option<Result<Arc<Principal>, Rejection>> {
+        let cache = self.verified.as_ref()?;
+        let v = cache.get(token)?;
+        if v.generation != self.jwks.generation() {
+            cache.forget(token);
+            return None;
+        }
+        if let Err(r) = times_ok(v.exp, v.nbf, now, self.leeway) {
+            return Some(Err(r));
+        }
+        if v.jti.as_deref().is_some_and(|j| self.revoked.is_revoked(j)) {
+            return Some(Err(unauthenticated("The token has been revoked.")));
+        }
+        Some(Ok(v.principal.clone()))
+    }
+
+    /// Verify `token` (or find it verified) and map its claims; `now` is unix seconds.
+    async fn authenticate(&self, token: &str, now: i64) -> Result<Arc<Principal>, Rejection> {
+        if let Some(known) = self.remembered(token, now) {
+            return known;
+        }
+        let generation = self.jwks.generation();
         let header = parse_header(token)?;
         let alg = match Algorithm::from_str(&header.alg) {
             Ok(a) if self.algorithms.contains(&a) => a,
@@ -167,13 +205,28 @@ impl JwtFilter {
         };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| verification_error(e.kind(), key.kid.as_deref()))?;
-        check_times(&data.claims, now, self.leeway)?;
-        if let Some(Value::String(jti)) = data.claims.get("jti") {
-            if self.revoked.is_revoked(jti) {
-                return Err(unauthenticated("The token has been revoked."));
-            }
+        let (exp, nbf) = check_times(&data.claims, now, self.leeway)?;
+        let jti = match data.claims.get("jti") {
+            Some(Value::String(jti)) => Some(jti.as_str()),
+            _ => None,
+        };
+        if jti.is_some_and(|j| self.revoked.is_revoked(j)) {
+            return Err(unauthenticated("The token has been revoked."));
         }
-        self.principal(&data.claims)
+        let principal = Arc::new(self.principal(&data.claims)?);
+        if let Some(cache) = &self.verified {
+            // Under the generation read before the key lookup: a refresh in between makes the
+            // entry stale at once rather than vouch for a key that may be gone.
+            let verified = Verified {
+                generation,
+                exp,
+                nbf,
+                jti: jti.map(Box::from),
+                principal: principal.clone(),
+            };
+            cache.insert(token, verified);
+        }
+        Ok(principal)
     }
 
     /// The key for (`kid`, `alg`), refreshing the set once if the `kid` is unknown.
@@ -281,7 +334,7 @@ impl Filter for JwtFilter {
         };
         match self.authenticate(token, ctx.now_unix).await {
             Ok(p) => {
-                ctx.principal = Some(Arc::new(p));
+                ctx.principal = Some(p);
                 Ok(())
             }
             Err(r) => {
@@ -404,25 +457,35 @@ fn verification_error(kind: &ErrorKind, kid: Option<&str>) -> Rejection {
     }
 }
 
-/// `exp` (required) and `nbf` (if present) against `now`, with `leeway` seconds of skew.
-fn check_times(c: &Map<String, Value>, now: i64, leeway: i64) -> Result<(), Rejection> {
+/// `exp` (required) and `nbf` (if present) against `now`, with `leeway` seconds of skew; returns
+/// both for the verified-token cache.
+fn check_times(
+    c: &Map<String, Value>,
+    now: i64,
+    leeway: i64,
+) -> Result<(i64, Option<i64>), Rejection> {
     let Some(exp) = c.get("exp").and_then(numeric) else {
         return Err(unauthenticated("The token has no valid `exp` claim."));
     };
+    let nbf = match c.get("nbf") {
+        None | Some(Value::Null) => None,
+        Some(v) => match numeric(v) {
+            Some(nbf) => Some(nbf),
+            None => return Err(unauthenticated("The token's `nbf` claim is malformed.")),
+        },
+    };
+    times_ok(exp, nbf, now, leeway)?;
+    Ok((exp, nbf))
+}
+
+fn times_ok(exp: i64, nbf: Option<i64>, now: i64, leeway: i64) -> Result<(), Rejection> {
     if now >= exp.saturating_add(leeway) {
         return Err(unauthenticated("The token has expired."));
     }
-    match c.get("nbf") {
-        None | Some(Value::Null) => {}
-        Some(v) => match numeric(v) {
-            Some(nbf) if now.saturating_add(leeway) < nbf => {
-                return Err(unauthenticated(
-                    "The token is not valid yet (its `nbf` is in the future).",
-                ))
-            }
-            Some(_) => {}
-            None => return Err(unauthenticated("The token's `nbf` claim is malformed.")),
-        },
+    if nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+        return Err(unauthenticated(
+            "The token is not valid yet (its `nbf` is in the future).",
+        ));
     }
     Ok(())
 }

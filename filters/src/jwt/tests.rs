@@ -856,3 +856,75 @@ fn base64url_and_shape_helpers() {
             && !jwt_shaped("a.b+.c")
     );
 }
+
+#[tokio::test]
+async fn a_verified_token_is_remembered_and_still_checked_for_time_and_revocation() {
+    let c = cx(&fixtures());
+    let f = JwtFilter::from_config(&spec(), c.deps()).unwrap();
+    let token = rs(&claims_with(json!({"exp": NOW + 60})));
+    let first = principal(&f, &token).await;
+    let cache = f.verified.as_ref().unwrap();
+    assert!(cache.get(&token).is_some(), "a success is remembered");
+    // The same principal object comes back, without another verification.
+    assert!(Arc::ptr_eq(&first, &principal(&f, &token).await));
+    // Expiry and revocation apply to remembered tokens as to new ones.
+    let (r, _) = run_at(&f, Some(&format!("Bearer {token}")), NOW + 60 + 30).await;
+    assert!(r.unwrap_err().message.contains("expired"));
+    c.jwks
+        .revoked()
+        .replace([("tok-1".to_string(), NOW + 60)], NOW);
+    assert!(refused(&f, &token).await.contains("revoked"));
+    c.jwks.revoked().replace(Vec::new(), NOW);
+    principal(&f, &token).await;
+    // A token differing in one byte of its payload (same signature) is not the remembered one.
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut payload = parts[1].as_bytes().to_vec();
+    payload[5] = if payload[5] == b'A' { b'B' } else { b'A' };
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        String::from_utf8(payload).unwrap(),
+        parts[2]
+    );
+    refused(&f, &tampered).await;
+    assert!(
+        cache.get(&tampered).is_none(),
+        "failures are not remembered"
+    );
+    // Turned off (what the benchmark's first-sight case uses): nothing is kept.
+    let plain = JwtFilter::from_config(&spec(), c.deps())
+        .unwrap()
+        .without_verified_cache();
+    principal(&plain, &token).await;
+    assert!(plain.verified.is_none());
+}
+
+#[tokio::test]
+async fn a_key_removed_from_the_jwks_stops_its_remembered_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    std::fs::write(
+        &path,
+        jwks(&[("rsa-1", "rsa-1"), ("ec-1", "ec-1")]).to_string(),
+    )
+    .unwrap();
+    let file_spec = JwtConfig {
+        jwks: JwksSource::File("keys.json".into()),
+        ..spec()
+    };
+    let c = cx(dir.path());
+    let f = JwtFilter::from_config(&file_spec, c.deps()).unwrap();
+    let old = rs(&claims());
+    principal(&f, &old).await;
+    assert!(f.verified.as_ref().unwrap().get(&old).is_some());
+    // The key set changes (rsa-1 removed); an unknown kid makes the filter re-read it.
+    std::fs::write(
+        &path,
+        jwks(&[("ec-1", "ec-1"), ("ed-1", "ed-1")]).to_string(),
+    )
+    .unwrap();
+    principal(&f, &sign(Algorithm::EdDSA, Some("ed-1"), &ed(), &claims())).await;
+    // The remembered token is verified again under the new set, and its key is gone.
+    assert!(refused(&f, &old).await.contains("unknown"));
+    assert!(f.verified.as_ref().unwrap().get(&old).is_none());
+}
