@@ -79,6 +79,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(ledger::openapi());
     doc.merge(notify::openapi());
     doc.merge(identity::api::openapi());
+    doc.merge(identity::provider_credentials::openapi());
     doc.merge(crate::usage::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
