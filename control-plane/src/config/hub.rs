@@ -370,6 +370,26 @@ impl Hub {
         Ok(structure.with_secrets(revisions))
     }
 
+    /// [`Self::structure_now`]; when no one sent a base and it no longer resolves (a credential it
+    /// references was deleted meanwhile), the structure in force, so key changes still go out.
+    async fn structure_or_current(
+        &self,
+        conn: &mut PgConnection,
+        cur: Option<&Current>,
+        req: &Publish,
+    ) -> Result<Structure, ConfigError> {
+        match (self.structure_now(conn, cur, req).await, cur) {
+            (Err(ConfigError::Invalid(errors)), Some(c)) if req.base.is_none() => {
+                tracing::error!(
+                    ?errors,
+                    "config server: the base in force no longer resolves"
+                );
+                Ok((*c.structure).clone())
+            }
+            (other, _) => other,
+        }
+    }
+
     /// The next version, or none if nothing changed.
     async fn prepare(
         &self,
@@ -377,18 +397,7 @@ impl Hub {
         cur: Option<&Current>,
         req: &Publish,
     ) -> Result<Option<Next>, ConfigError> {
-        let mut structure = match (self.structure_now(conn, cur, req).await, cur) {
-            // Not a base someone sent: keep the structure in force (a credential it references
-            // was deleted meanwhile) and still push key changes.
-            (Err(ConfigError::Invalid(errors)), Some(c)) if req.base.is_none() => {
-                tracing::error!(
-                    ?errors,
-                    "config server: the base in force no longer resolves"
-                );
-                (*c.structure).clone()
-            }
-            (other, _) => other?,
-        };
+        let mut structure = self.structure_or_current(conn, cur, req).await?;
         let revision = feed::revision(conn).await?;
         let (delta, keys) = key_delta(conn, cur, revision).await?;
         let mut structural = cur.is_none_or(|c| c.structure.hash != structure.hash);

@@ -15,6 +15,8 @@ use leaky_config::KeySpec;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::identity::provider_credentials::valid_name as valid_secret_name;
+
 /// Everything of a version but its keys: the YAML base as written, and the tiers and flags owned by
 /// other contexts, merged over the base's own (an entry of the same name replaces the base's).
 #[derive(Debug, Clone)]
@@ -154,17 +156,6 @@ fn classify(text: &str) -> Credential<'_> {
     } else {
         Credential::Literal
     }
-}
-
-/// A credential name: `[a-z0-9][a-z0-9_.-]{0,63}` (what the vault's table accepts).
-pub fn valid_secret_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (1..=64).contains(&b.len())
-        && b[0].is_ascii_alphanumeric()
-        && !b[0].is_ascii_uppercase()
-        && b.iter().all(|c| {
-            c.is_ascii_digit() || c.is_ascii_lowercase() || matches!(c, b'_' | b'.' | b'-')
-        })
 }
 
 /// Every `credential` of the base: `providers.<p>.credential` and

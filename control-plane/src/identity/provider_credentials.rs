@@ -32,7 +32,6 @@ use super::secrets::{MasterKeys, Sealed, Secret};
 use super::{Identity, IdentityError};
 use crate::apidoc::problems;
 use crate::audit;
-use crate::config::render::valid_secret_name;
 use crate::http::{ApiJson, ApiState, Page, Principal, Problem};
 
 /// The longest value accepted (provider keys are well under this; it goes into a header).
@@ -74,8 +73,19 @@ impl fmt::Debug for NewValue {
     }
 }
 
+/// A credential name: `[a-z0-9][a-z0-9_.-]{0,63}` (the table's `CHECK`; what a `${secret:<name>}` reference may name).
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=64).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && !b[0].is_ascii_uppercase()
+        && b.iter().all(|c| {
+            c.is_ascii_digit() || c.is_ascii_lowercase() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
 fn check_name(name: &str) -> Result<(), IdentityError> {
-    if valid_secret_name(name) {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(IdentityError::Field(
