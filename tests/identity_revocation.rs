@@ -97,6 +97,7 @@ async fn the_readme_howto_puts_the_jwt_filter_on_v1_and_a_token_calls_it() {
                      "algorithms": ["ES256", "RS256", "EdDSA"], "issuer": cp,
                      "audiences": ["leaky-tokens"], "optional": true});
     filters.insert(1, jwt);
+    stack.vault_literal_credentials(&mut base).await;
     let res = http
         .put(format!("{cp}/v1/config/base"))
         .bearer_auth(identity_stack::ADMIN)

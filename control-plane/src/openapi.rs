@@ -41,7 +41,7 @@ pub const SECURITY_SCHEME: &str = "admin_token";
         (name = "ledger", description = "Each org's token account: an event-sourced ledger of purchases, grants, consumption, refunds and expiries, with its balance (bounded context `ledger`)."),
         (name = "usage", description = "Usage analytics: an org's tokens and requests over time by model, key or provider, and its top keys (served by the analytics service, issue 16; docs/analytics.md)."),
         (name = "notify", description = "Notifications to org admins: HMAC-signed webhooks with retries, and email (bounded context `notify`)."),
-        (name = "identity", description = "The OAuth2 authorization server's admin side: clients (`client_credentials`, secrets shown once) and token signing keys with their rotation (bounded context `identity`; the protocol endpoints `/oauth2/*` and `/.well-known/*` are described by the discovery document, docs/identity.md)."),
+        (name = "identity", description = "The OAuth2 authorization server's admin side: clients (`client_credentials`, secrets shown once), token signing keys with their rotation, and the write-only vault of provider credentials (`/v1/provider-credentials`, encrypted at rest, referenced by the config base as `${secret:<name>}`) (bounded context `identity`; the protocol endpoints `/oauth2/*` and `/.well-known/*` are described by the discovery document, docs/identity.md)."),
         (name = "eureka", description = "Netflix Eureka's REST API under `/eureka` over the same registry, for Eureka clients \
                                          (bearer token or HTTP Basic with the admin token as password).")
     ),
@@ -79,6 +79,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(ledger::openapi());
     doc.merge(notify::openapi());
     doc.merge(identity::api::openapi());
+    doc.merge(identity::provider_credentials::openapi());
     doc.merge(crate::usage::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);

@@ -90,6 +90,10 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/identity/clients/{id}"),
     ("GET", "/v1/identity/keys"),
     ("POST", "/v1/identity/keys/rotate"),
+    // The provider-credential vault (`identity::provider_credentials::routes`).
+    ("GET", "/v1/provider-credentials"),
+    ("PUT", "/v1/provider-credentials/{name}"),
+    ("DELETE", "/v1/provider-credentials/{name}"),
     // The Eureka API (`eureka::routes`, under `/eureka`, role `registry`) is in the same spec.
     ("GET", "/eureka/apps"),
     ("GET", "/eureka/apps/delta"),

@@ -140,6 +140,33 @@ impl Stack {
         std::fs::read_to_string(self.dir.path().join("control-plane.log")).unwrap_or_default()
     }
 
+    /// Stores `value` in the control plane's provider-credential vault as `name`.
+    pub async fn store_credential(&self, name: &str, value: &str) {
+        let res = self
+            .http
+            .put(format!("{}/v1/provider-credentials/{name}", self.url))
+            .bearer_auth(ADMIN)
+            .json(&json!({ "value": value }))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    }
+
+    /// The control plane refuses a base with a literal credential (issue 14): each provider's literal
+    /// in `base` (the imported test base has some) is stored in the vault under the provider's name
+    /// and replaced by its `${secret:<name>}` reference, as an operator migrating would.
+    pub async fn vault_literal_credentials(&self, base: &mut Value) {
+        let providers = base["providers"].as_object_mut().unwrap();
+        for (name, p) in providers.iter_mut() {
+            let Some(literal) = p["credential"].as_str().filter(|c| !c.starts_with("${")) else {
+                continue;
+            };
+            self.store_credential(name, literal).await;
+            p["credential"] = json!(format!("${{secret:{name}}}"));
+        }
+    }
+
     /// A proxy fed by this control plane (`--control-plane`), with `env` added.
     pub async fn proxy(&self, instance: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();

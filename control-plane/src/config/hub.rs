@@ -13,6 +13,11 @@
 //! - **Waking up** (`run`): `LISTEN` on `leaky_config_changed` (tenancy and flags write it in their
 //!   transactions) and `leaky_config_versions`, and a one-second poll as the fallback, so a lost
 //!   notification (a replica restarting, Postgres restarting) delays a change by a second at most.
+//! - **Provider credentials**: a base's `${secret:<name>}` references are checked against the vault
+//!   (`identity::provider_credentials`) at publication, their revisions are part of the structure's
+//!   hash (a changed credential publishes a snapshot), and their values — decrypted with the master
+//!   key from the environment, kept in memory only — are substituted into the snapshot lines
+//!   streamed to proxies. Postgres keeps only the references.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -27,6 +32,7 @@ use tokio::sync::broadcast;
 use super::render::{self, content_hash, Delta, KeySet, Structure};
 use super::store::{self, NewVersion, VersionRow, PUBLISH_LOCK};
 use super::ConfigError;
+use crate::identity::{provider_credentials, MasterKeys, Secret};
 use crate::outbox::{self, CONFIG_TOPIC};
 use crate::tenancy::feed::{self, KeyChange};
 
@@ -42,9 +48,15 @@ pub struct Current {
     pub base_version: i64,
     pub keys: Arc<KeySet>,
     pub tenancy_revision: i64,
+    /// The values of the provider credentials the structure references (memory only, for the lines
+    /// streamed to proxies).
+    credentials: Arc<Credentials>,
     /// The `snapshot` event line for this version, rendered once, on first demand.
     snapshot: OnceLock<Bytes>,
 }
+
+/// Provider credential values by name.
+type Credentials = BTreeMap<String, Secret<String>>;
 
 impl Current {
     /// The `snapshot` event of this version (one NDJSON line), rendering it if no one has yet. Rendering
@@ -55,7 +67,7 @@ impl Current {
         }
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            let doc = render::render(&me.structure, &me.keys);
+            let doc = render::resolve(&render::render(&me.structure, &me.keys), &me.credentials);
             me.snapshot
                 .get_or_init(|| snapshot_line(me.version, &me.hash, &doc))
                 .clone()
@@ -106,6 +118,9 @@ pub struct Hub {
     busy: tokio::sync::Mutex<()>,
     /// The base imported when there is no version at all yet.
     initial_base: Option<String>,
+    /// The master keys provider credentials are opened with (`LEAKY_MASTER_KEY`...); without them
+    /// `${secret:...}` references stay unresolved and proxies refuse such versions.
+    master: Option<MasterKeys>,
 }
 
 impl Hub {
@@ -117,7 +132,32 @@ impl Hub {
             events,
             busy: tokio::sync::Mutex::new(()),
             initial_base,
+            master: master_from_env(),
         })
+    }
+
+    /// The values of `names`, decrypted; on failure (no or wrong master key) none, logged without
+    /// any value: the references then reach proxies unresolved and are NACKed.
+    async fn credentials<'a>(
+        &self,
+        conn: &mut PgConnection,
+        names: impl Iterator<Item = &'a String>,
+    ) -> Arc<Credentials> {
+        let names: Vec<&String> = names.collect();
+        if names.is_empty() {
+            return Arc::default();
+        }
+        let Some(master) = &self.master else {
+            tracing::error!("config server: the base references provider credentials but no master key is configured");
+            return Arc::default();
+        };
+        match provider_credentials::open_all(conn, master, names.into_iter()).await {
+            Ok(values) => Arc::new(values),
+            Err(e) => {
+                tracing::error!(error = %e, "config server: provider credentials could not be opened");
+                Arc::default()
+            }
+        }
     }
 
     /// The version in force (none before the first one is loaded or published).
@@ -205,7 +245,14 @@ impl Hub {
             return self.load(conn).await;
         };
         for row in store::versions_after(conn, cur.version).await? {
-            let (next, event) = apply_row(&cur, row)?;
+            let credentials = match row.document {
+                Some(_) => {
+                    let names = secret_names(&row.secrets);
+                    self.credentials(conn, names.iter()).await
+                }
+                None => cur.credentials.clone(),
+            };
+            let (next, event) = apply_row(&cur, row, credentials)?;
             cur = Arc::new(next);
             // In force first, then announced: a stream that resyncs on the event finds it.
             self.set_current(cur.clone());
@@ -222,6 +269,7 @@ impl Hub {
             return Ok(None);
         };
         let structure = structure_of(&snap)?;
+        let credentials = self.credentials(conn, structure.secrets.keys()).await;
         let keys = KeySet::from_specs(feed::live_keys(conn).await?);
         let cur = Arc::new(Current {
             version: last.version,
@@ -230,6 +278,7 @@ impl Hub {
             base_version: last.base_version,
             keys: Arc::new(keys),
             tenancy_revision: last.tenancy_revision,
+            credentials,
             snapshot: OnceLock::new(),
         });
         self.set_current(cur.clone());
@@ -303,7 +352,42 @@ impl Hub {
             .into_iter()
             .map(|(name, spec)| (name, serde_json::to_value(spec).unwrap_or(Value::Null)))
             .collect();
-        Structure::new(base, tiers, flags).map_err(ConfigError::Invalid)
+        let structure = Structure::new(base, tiers, flags).map_err(ConfigError::Invalid)?;
+        // A base sent to the API may hold no literal credential; one already in force (imported
+        // from a file, or published before the vault existed) is only checked for its references.
+        let refs = structure
+            .credential_refs(req.base.is_some())
+            .map_err(ConfigError::Invalid)?;
+        let revisions = provider_credentials::revisions(conn, &refs).await?;
+        let unknown: Vec<String> = refs
+            .iter()
+            .filter(|n| !revisions.contains_key(*n))
+            .map(|n| format!("base.yaml: `${{secret:{n}}}` names no stored provider credential: PUT /v1/provider-credentials/{n} first"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ConfigError::Invalid(unknown));
+        }
+        Ok(structure.with_secrets(revisions))
+    }
+
+    /// [`Self::structure_now`]; when no one sent a base and it no longer resolves (a credential it
+    /// references was deleted meanwhile), the structure in force, so key changes still go out.
+    async fn structure_or_current(
+        &self,
+        conn: &mut PgConnection,
+        cur: Option<&Current>,
+        req: &Publish,
+    ) -> Result<Structure, ConfigError> {
+        match (self.structure_now(conn, cur, req).await, cur) {
+            (Err(ConfigError::Invalid(errors)), Some(c)) if req.base.is_none() => {
+                tracing::error!(
+                    ?errors,
+                    "config server: the base in force no longer resolves"
+                );
+                Ok((*c.structure).clone())
+            }
+            (other, _) => other,
+        }
     }
 
     /// The next version, or none if nothing changed.
@@ -313,7 +397,7 @@ impl Hub {
         cur: Option<&Current>,
         req: &Publish,
     ) -> Result<Option<Next>, ConfigError> {
-        let mut structure = self.structure_now(conn, cur, req).await?;
+        let mut structure = self.structure_or_current(conn, cur, req).await?;
         let revision = feed::revision(conn).await?;
         let (delta, keys) = key_delta(conn, cur, revision).await?;
         let mut structural = cur.is_none_or(|c| c.structure.hash != structure.hash);
@@ -363,15 +447,19 @@ impl Hub {
 }
 
 /// The version after `cur` from its row, and the event announcing it.
-fn apply_row(cur: &Current, row: VersionRow) -> Result<(Current, Event), ConfigError> {
+fn apply_row(
+    cur: &Current,
+    row: VersionRow,
+    credentials: Arc<Credentials>,
+) -> Result<(Current, Event), ConfigError> {
     let delta: Delta = serde_json::from_value(row.delta).map_err(ConfigError::Corrupt)?;
     let mut keys = (*cur.keys).clone();
     keys.apply(&delta);
     let snapshot = OnceLock::new();
     let (structure, event) = match row.document {
         Some(doc) => {
-            let structure = structure_of_parts(row.base, row.tiers, row.flags)?;
-            let l = snapshot_line(row.version, &row.hash, &doc);
+            let structure = structure_of_parts(row.base, row.tiers, row.flags, row.secrets)?;
+            let l = snapshot_line(row.version, &row.hash, &render::resolve(&doc, &credentials));
             let _ = snapshot.set(l.clone());
             (Arc::new(structure), (None, l))
         }
@@ -395,6 +483,7 @@ fn apply_row(cur: &Current, row: VersionRow) -> Result<(Current, Event), ConfigE
         base_version: row.base_version,
         keys: Arc::new(keys),
         tenancy_revision: row.tenancy_revision,
+        credentials,
         snapshot,
     };
     Ok((next, event))
@@ -489,16 +578,50 @@ impl Next {
             document: self.document.as_deref(),
             author: &req.author,
             reason: &req.reason,
+            secrets: json!(self.structure.secrets),
         }
     }
 }
 
 fn structure_of(row: &VersionRow) -> Result<Structure, ConfigError> {
-    structure_of_parts(row.base.clone(), row.tiers.clone(), row.flags.clone())
+    let (base, tiers, flags) = (row.base.clone(), row.tiers.clone(), row.flags.clone());
+    structure_of_parts(base, tiers, flags, row.secrets.clone())
 }
 
-fn structure_of_parts(base: String, tiers: Value, flags: Value) -> Result<Structure, ConfigError> {
+fn structure_of_parts(
+    base: String,
+    tiers: Value,
+    flags: Value,
+    secrets: Value,
+) -> Result<Structure, ConfigError> {
     let tiers = serde_json::from_value(tiers).map_err(ConfigError::Corrupt)?;
     let flags = serde_json::from_value(flags).map_err(ConfigError::Corrupt)?;
-    Structure::new(base, tiers, flags).map_err(ConfigError::Invalid)
+    let secrets = serde_json::from_value(secrets).map_err(ConfigError::Corrupt)?;
+    let structure = Structure::new(base, tiers, flags).map_err(ConfigError::Invalid)?;
+    Ok(structure.with_secrets(secrets))
+}
+
+/// The credential names of a stored `secrets` column.
+fn secret_names(secrets: &Value) -> Vec<String> {
+    secrets
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The master keys as identity reads them (`LEAKY_MASTER_KEY`, `LEAKY_MASTER_KEY_FILE`, or the dev
+/// key with `LEAKY_IDENTITY_DEV=1`); none when not configured.
+fn master_from_env() -> Option<MasterKeys> {
+    let dev = matches!(
+        std::env::var("LEAKY_IDENTITY_DEV").as_deref(),
+        Ok("1" | "true")
+    );
+    match MasterKeys::from_env(dev) {
+        Ok(m) => Some(m),
+        Err(crate::identity::SecretError::NoMasterKey) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "config server: provider credentials cannot be resolved");
+            None
+        }
+    }
 }

@@ -1,14 +1,21 @@
 //! Pure parts of the config server: the structure of a version (YAML base, tiers, flags) and its key
 //! set, merged into the document proxies load; content hashes; validation with the data plane's own
 //! loader (`leaky_config::load_text`), so the API refuses exactly what `check-config` refuses.
+//!
+//! Provider credentials: a base names them as `${secret:<name>}` (the vault of
+//! `identity::provider_credentials`) or `${VAR}` (the proxy's environment). The stored base and
+//! document keep the reference; [`resolve`] substitutes the value only into the line streamed to a
+//! proxy, so no clear credential is written to Postgres.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use leaky_config::KeySpec;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+use crate::identity::provider_credentials::valid_name as valid_secret_name;
 
 /// Everything of a version but its keys: the YAML base as written, and the tiers and flags owned by
 /// other contexts, merged over the base's own (an entry of the same name replaces the base's).
@@ -22,7 +29,9 @@ pub struct Structure {
     pub tiers: BTreeMap<String, Value>,
     /// Flag name → config flag spec (JSON).
     pub flags: BTreeMap<String, Value>,
-    /// Hex SHA-256 of the three, canonical.
+    /// Provider credentials the base references (`${secret:<name>}`): name → revision.
+    pub secrets: BTreeMap<String, i64>,
+    /// Hex SHA-256 of the base, tiers and flags (and the secrets' revisions, when any), canonical.
     pub hash: String,
 }
 
@@ -43,16 +52,182 @@ impl Structure {
                 "base.yaml: the base must be a mapping (`providers:`, `routes:`, ...)".to_owned(),
             ]);
         }
-        let canonical = serde_json::json!({ "base": base_value, "tiers": tiers, "flags": flags });
-        let hash = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
-        Ok(Self {
+        let mut s = Self {
             base,
             base_value,
             tiers,
             flags,
-            hash,
-        })
+            secrets: BTreeMap::new(),
+            hash: String::new(),
+        };
+        s.rehash();
+        Ok(s)
     }
+
+    /// The same structure with the referenced credentials' revisions, so a changed credential
+    /// changes the hash (and publishes a snapshot) while the base stays as written.
+    pub fn with_secrets(mut self, secrets: BTreeMap<String, i64>) -> Self {
+        self.secrets = secrets;
+        self.rehash();
+        self
+    }
+
+    fn rehash(&mut self) {
+        let (b, t, f) = (&self.base_value, &self.tiers, &self.flags);
+        // Without references the hash is what it was before credentials existed (stored versions
+        // keep matching the structure in force).
+        let canonical = if self.secrets.is_empty() {
+            serde_json::json!({ "base": b, "tiers": t, "flags": f })
+        } else {
+            serde_json::json!({ "base": b, "tiers": t, "flags": f, "secrets": self.secrets })
+        };
+        self.hash = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
+    }
+
+    /// The credential names the base references. `strict` (a base sent to the API) also refuses a
+    /// literal credential; a reference outside a `credential` is refused either way. Messages name
+    /// the place and the reference, never a value.
+    pub fn credential_refs(&self, strict: bool) -> Result<BTreeSet<String>, Vec<String>> {
+        let mut refs = BTreeSet::new();
+        let mut errors = Vec::new();
+        let mut at_credentials = 0usize;
+        for (path, value) in credential_slots(&self.base_value) {
+            let Some(text) = value.as_str() else { continue };
+            at_credentials += text.matches(SECRET_REF).count();
+            match classify(text) {
+                Credential::Secret(name) => {
+                    refs.insert(name.to_owned());
+                }
+                Credential::Env => {}
+                Credential::BadSecret => errors.push(format!(
+                    "base.yaml: {path}: a credential reference is `${{secret:<name>}}` alone, \
+                     <name> of a-z 0-9 _ . - (at most 64)"
+                )),
+                Credential::Literal if strict => errors.push(format!(
+                    "base.yaml: {path}: a literal credential is refused (it would be stored in clear): \
+                     store it with PUT /v1/provider-credentials/{{name}} and reference it as `${{secret:<name>}}`"
+                )),
+                Credential::Literal => {}
+            }
+        }
+        if count_refs(&self.base_value) > at_credentials {
+            errors.push(format!(
+                "base.yaml: `{SECRET_REF}...}}` is resolved only in a provider's or deployment's `credential`"
+            ));
+        }
+        if errors.is_empty() {
+            Ok(refs)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The prefix of a vault reference.
+pub const SECRET_REF: &str = "${secret:";
+
+enum Credential<'a> {
+    Secret(&'a str),
+    Env,
+    BadSecret,
+    Literal,
+}
+
+/// What a credential's text is: exactly one reference (`${secret:<name>}`, `${VAR}` or
+/// `${VAR:-default}`), or a literal.
+fn classify(text: &str) -> Credential<'_> {
+    let text = text.trim();
+    if let Some(rest) = text.strip_prefix(SECRET_REF) {
+        return match rest.strip_suffix('}') {
+            Some(name) if valid_secret_name(name) => Credential::Secret(name),
+            _ => Credential::BadSecret,
+        };
+    }
+    let env = text
+        .strip_prefix("${")
+        .and_then(|r| r.strip_suffix('}'))
+        .filter(|body| !body.contains('}') && !body.contains('$'))
+        .map(|body| body.split_once(":-").map_or(body, |(n, _)| n))
+        .is_some_and(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if env {
+        Credential::Env
+    } else {
+        Credential::Literal
+    }
+}
+
+/// Every `credential` of the base: `providers.<p>.credential` and
+/// `providers.<p>.deployments[i].credential`, with their paths.
+fn credential_slots(base: &Value) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    let Some(providers) = base.get("providers").and_then(Value::as_object) else {
+        return out;
+    };
+    for (name, p) in providers {
+        if let Some(c) = p.get("credential") {
+            out.push((format!("providers.{name}.credential"), c));
+        }
+        let deployments = p.get("deployments").and_then(Value::as_array);
+        for (i, d) in deployments.into_iter().flatten().enumerate() {
+            if let Some(c) = d.get("credential") {
+                out.push((format!("providers.{name}.deployments[{i}].credential"), c));
+            }
+        }
+    }
+    out
+}
+
+fn count_refs(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.matches(SECRET_REF).count(),
+        Value::Array(a) => a.iter().map(count_refs).sum(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| k.matches(SECRET_REF).count() + count_refs(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// `document` with every `${secret:<name>}` credential replaced by its value from `values` (`$`
+/// doubled, since the proxy's loader reads `$$` as `$`). References without a value stay as they
+/// are: the proxy refuses such a version (NACK) and keeps serving the one before. What this returns
+/// goes to proxies only; it is never stored or logged.
+pub fn resolve(
+    document: &str,
+    values: &BTreeMap<String, crate::identity::Secret<String>>,
+) -> String {
+    if values.is_empty() || !document.contains(SECRET_REF) {
+        return document.to_owned();
+    }
+    let Ok(mut doc) = serde_json::from_str::<Value>(document) else {
+        return document.to_owned();
+    };
+    let Some(providers) = doc.get_mut("providers").and_then(Value::as_object_mut) else {
+        return document.to_owned();
+    };
+    let substitute = |slot: &mut Value| {
+        let value = match slot.as_str().map(classify) {
+            Some(Credential::Secret(name)) => values.get(name),
+            _ => None,
+        };
+        if let Some(v) = value {
+            *slot = Value::String(v.expose().replace('$', "$$"));
+        }
+    };
+    for p in providers.values_mut() {
+        if let Some(c) = p.get_mut("credential") {
+            substitute(c);
+        }
+        if let Some(ds) = p.get_mut("deployments").and_then(Value::as_array_mut) {
+            for c in ds.iter_mut().filter_map(|d| d.get_mut("credential")) {
+                substitute(c);
+            }
+        }
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| document.to_owned())
 }
 
 /// A key set by id, with the order-free digest of its entries.
@@ -159,7 +334,10 @@ fn merge_named(map: &mut Map<String, Value>, section: &str, entries: &BTreeMap<S
 /// Validates `text` as the data plane will load it, with this process's environment for `${VAR}`
 /// references. Errors read `{label}:line:col: message`, as `check-config` prints them.
 pub fn validate(label: &str, text: &str) -> Result<(), Vec<String>> {
-    leaky_config::load_text(Path::new(label), text, Path::new("."), &|k| {
+    // A vault reference is resolved only for the proxies: validate it as the literal text it is
+    // (`$$` is the loader's escape for `$`), so its value is never needed here.
+    let text = text.replace(SECRET_REF, "$${secret:");
+    leaky_config::load_text(Path::new(label), &text, Path::new("."), &|k| {
         std::env::var(k).ok()
     })
     .map(|_| ())
@@ -221,6 +399,104 @@ tiers:\n  pro: { priority: normal }\n";
             remove: vec!["a".into(), "b".into()],
         });
         assert_eq!(two.digest(), [0u8; 32]);
+    }
+
+    fn structure(base: &str) -> Structure {
+        Structure::new(base.into(), BTreeMap::new(), BTreeMap::new()).unwrap()
+    }
+
+    const CRED_BASE: &str = r#"providers:
+  openai:
+    base_url: http://127.0.0.1:9
+    models: [gpt-4o]
+    credential: CRED
+    deployments:
+      - { name: eu, base_url: http://127.0.0.1:10, credential: "${secret:eu.openai}" }
+routes:
+  - name: v1
+    prefix: /v1
+    upstream: { provider: openai, path_prefix: /v1 }
+"#;
+
+    #[test]
+    fn credentials_are_references_and_literals_are_refused_only_when_sent() {
+        let s = structure(&CRED_BASE.replace("CRED", "${secret:openai}"));
+        let refs = s.credential_refs(true).unwrap();
+        assert_eq!(
+            refs.into_iter().collect::<Vec<_>>(),
+            ["eu.openai", "openai"]
+        );
+        for env in ["${OPENAI_API_KEY}", "${OPENAI_API_KEY:-sk-stub}"] {
+            let s = structure(&CRED_BASE.replace("CRED", env));
+            assert_eq!(s.credential_refs(true).unwrap().len(), 1, "{env}");
+        }
+        let literal = structure(&CRED_BASE.replace("CRED", "sk-live-1234"));
+        let errors = literal.credential_refs(true).unwrap_err();
+        assert!(
+            errors[0].contains("providers.openai.credential"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("PUT /v1/provider-credentials/{name}"),
+            "{errors:?}"
+        );
+        assert!(!errors[0].contains("sk-live-1234"), "{errors:?}");
+        assert!(
+            literal.credential_refs(false).is_ok(),
+            "a stored base is not re-judged"
+        );
+        for bad in ["${secret:Open AI}", "sk-${secret:openai}", "${OPENAI}${X}"] {
+            let s = structure(&CRED_BASE.replace("CRED", &format!("\"{bad}\"")));
+            assert!(s.credential_refs(true).is_err(), "{bad}");
+        }
+        let elsewhere = structure(&format!(
+            "{}x_note: \"${{secret:openai}}\"\n",
+            CRED_BASE.replace("CRED", "${X}")
+        ));
+        assert!(elsewhere.credential_refs(false).is_err());
+    }
+
+    #[test]
+    fn secrets_change_the_hash_and_resolve_only_in_the_streamed_document() {
+        let s = structure(&CRED_BASE.replace("CRED", "${secret:openai}"));
+        let plain = s.hash.clone();
+        let one = s.clone().with_secrets(BTreeMap::from([
+            ("openai".into(), 1),
+            ("eu.openai".into(), 2),
+        ]));
+        let two = s.clone().with_secrets(BTreeMap::from([
+            ("openai".into(), 3),
+            ("eu.openai".into(), 2),
+        ]));
+        assert_ne!(plain, one.hash);
+        assert_ne!(one.hash, two.hash);
+        let doc = render(&one, &KeySet::default());
+        validate("config v1", &doc).unwrap();
+        assert!(doc.contains("${secret:openai}"));
+        let values = BTreeMap::from([
+            (
+                "openai".to_owned(),
+                crate::identity::Secret::new("sk-a$b".to_owned()),
+            ),
+            (
+                "eu.openai".to_owned(),
+                crate::identity::Secret::new("sk-eu".to_owned()),
+            ),
+        ]);
+        let resolved = resolve(&doc, &values);
+        assert!(!resolved.contains("${secret:"), "{resolved}");
+        let config =
+            leaky_config::load_text(Path::new("pushed"), &resolved, Path::new("."), &|_| None)
+                .unwrap();
+        let p = &config.providers["openai"];
+        assert_eq!(p.credential.as_ref().unwrap().expose(), "sk-a$b");
+        let eu = p.deployments.iter().find(|d| d.name == "eu").unwrap();
+        assert_eq!(eu.credential.as_ref().unwrap().expose(), "sk-eu");
+        assert_eq!(
+            resolve(&doc, &BTreeMap::new()),
+            *doc,
+            "no values: unchanged"
+        );
     }
 
     #[test]

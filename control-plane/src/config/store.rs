@@ -29,11 +29,13 @@ pub struct VersionRow {
     pub author: String,
     pub reason: String,
     pub created_at: DateTime<Utc>,
+    /// The provider credentials the base references: name → revision (never a value).
+    pub secrets: Value,
 }
 
 const COLUMNS: &str =
     "version, kind, hash, base, base_version, tiers, flags, delta, keys_digest, tenancy_revision, \
-    document, author, reason, created_at";
+    document, author, reason, created_at, secrets";
 
 /// Rows after `after`, in order.
 pub async fn versions_after(
@@ -119,13 +121,15 @@ pub struct NewVersion<'a> {
     pub document: Option<&'a str>,
     pub author: &'a str,
     pub reason: &'a str,
+    /// Name → revision of the provider credentials the base references.
+    pub secrets: Value,
 }
 
 pub async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result<(), ConfigError> {
     sqlx::query(
         "INSERT INTO config.versions (version, kind, hash, base, base_version, tiers, flags, delta,
-            keys_digest, tenancy_revision, document, author, reason)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            keys_digest, tenancy_revision, document, author, reason, secrets)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(v.version)
     .bind(v.kind)
@@ -140,6 +144,7 @@ pub async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result<(), Co
     .bind(v.document)
     .bind(v.author)
     .bind(v.reason)
+    .bind(v.secrets)
     .execute(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify('leaky_config_versions', $1)")

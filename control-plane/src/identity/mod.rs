@@ -12,6 +12,8 @@
 //!   [`grants`] (`authorization_code` + PKCE S256, `refresh_token` with rotation and reuse
 //!   detection), [`oidc`] (ID tokens, `userinfo`), all keeping their state in Redis ([`sessions`]).
 //! - [`assertion`]: `private_key_jwt` client authentication (RFC 7523).
+//! - [`provider_credentials`]: upstream API keys sealed at rest, referenced by the config base as
+//!   `${secret:<name>}` and resolved only into what proxies receive.
 //!
 //! Identity runs only with a master key: [`Settings::from_env`] refuses without one unless
 //! `LEAKY_IDENTITY_DEV=1` selects the public dev key (and seeds the dev client `dev-admin` /
@@ -26,6 +28,7 @@ pub mod grants;
 pub mod keys;
 pub mod oauth;
 pub mod oidc;
+pub mod provider_credentials;
 pub mod rbac;
 pub mod revoked;
 pub mod secrets;
@@ -217,10 +220,12 @@ pub fn router(state: ApiState, identity: Arc<Identity>) -> Router {
         .merge(oauth::routes())
         .nest(
             "/v1",
-            api::routes().route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                rbac::enforce,
-            )),
+            api::routes()
+                .merge(provider_credentials::routes())
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    rbac::enforce,
+                )),
         )
         .layer(axum::Extension(identity))
         .layer(axum::middleware::from_fn_with_state(
@@ -275,10 +280,14 @@ pub async fn rewrap_command(database_url: &str) -> Result<Vec<String>, IdentityE
         .await
         .map_err(|e| IdentityError::Internal(e.to_string()))?;
     let moved = keys::rewrap_all(&pool, &master).await?;
-    Ok(vec![format!(
-        "identity.signing_keys: {moved} row(s) re-wrapped under master key v{}",
-        master.newest()
-    )])
+    let credentials = provider_credentials::rewrap_all(&pool, &master).await?;
+    let v = master.newest();
+    Ok(vec![
+        format!("identity.signing_keys: {moved} row(s) re-wrapped under master key v{v}"),
+        format!(
+            "identity.provider_credentials: {credentials} row(s) re-wrapped under master key v{v}"
+        ),
+    ])
 }
 
 /// Why an identity operation failed. Never carries a secret.

@@ -457,6 +457,22 @@ pub const OPERATIONS: &[Operation] = &[
         "/v1/identity/keys/rotate",
         Rbac(P::IdentityAdmin, Platform),
     ),
+    // identity: provider credentials (write-only vault)
+    op(
+        "GET",
+        "/v1/provider-credentials",
+        Rbac(P::IdentityAdmin, Platform),
+    ),
+    op(
+        "PUT",
+        "/v1/provider-credentials/{name}",
+        Rbac(P::IdentityAdmin, Platform),
+    ),
+    op(
+        "DELETE",
+        "/v1/provider-credentials/{name}",
+        Rbac(P::IdentityAdmin, Platform),
+    ),
 ];
 
 /// The table entry for `method` on the axum path template `path`; `None` means "not in the table",
