@@ -1196,3 +1196,138 @@ async fn dev_mode_seeds_a_user_and_a_public_client_that_log_in_idempotently() {
     );
     assert_eq!(claims["roles"], json!(["org-admin"]));
 }
+
+/// A third-party relying party: the `openidconnect` crate (with its `oauth2` core) discovers the
+/// provider, runs the code flow with PKCE as a confidential client, verifies the ID token (signature
+/// from the JWKS, issuer, audience, nonce, `at_hash`), reads `userinfo`, refreshes, and gets a
+/// service token by `client_credentials` — all with its own strict parsing of our documents.
+#[tokio::test]
+async fn the_openidconnect_crate_runs_the_whole_flow_against_the_server() {
+    use openidconnect::core::{
+        CoreAuthenticationFlow, CoreClient, CoreProviderMetadata, CoreUserInfoClaims,
+    };
+    use openidconnect::{
+        AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
+        OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope, TokenResponse,
+    };
+    let w = world().await;
+    let s = &w.s;
+    let (id, secret) = s
+        .client(
+            json!({"name": "portal", "scopes": ["openid", "profile", "email", "admin"],
+            "audience": "leaky-admin", "redirect_uris": [REDIRECT],
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials"]}),
+        )
+        .await;
+    let http = openidconnect::reqwest::ClientBuilder::new()
+        .redirect(openidconnect::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let meta = CoreProviderMetadata::discover_async(IssuerUrl::new(s.base.clone()).unwrap(), &http)
+        .await
+        .expect("discovery parses and its issuer matches");
+    let client = CoreClient::from_provider_metadata(
+        meta,
+        ClientId::new(id.clone()),
+        Some(ClientSecret::new(secret.unwrap())),
+    )
+    .set_redirect_uri(RedirectUrl::new(REDIRECT.into()).unwrap());
+
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, csrf, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("profile".into()))
+        .add_scope(Scope::new("email".into()))
+        .add_scope(Scope::new("admin".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    let mut b = Browser::default();
+    let page = s.http.get(url).send().await.unwrap();
+    b.keep_cookie(&page);
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    let res = s.login(&mut b, &page, &w.email, PASSWORD).await;
+    assert_eq!(res.status(), 303);
+    let location = res.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(
+        query_param(&location, "state").as_deref(),
+        Some(csrf.secret().as_str())
+    );
+    let code = query_param(&location, "code").unwrap();
+
+    let tokens = client
+        .exchange_code(AuthorizationCode::new(code))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .expect("code exchange");
+    // The server's clock is the test's manual clock, not the system's.
+    let at = leaky_control_plane::clock::Clock::now(&*w.clock);
+    let id_verifier = client.id_token_verifier().set_time_fn(move || at);
+    let id_token = tokens.id_token().expect("an ID token for the openid scope");
+    let claims = id_token
+        .claims(&id_verifier, &nonce)
+        .expect("ID token verifies");
+    let expected_hash = AccessTokenHash::from_token(
+        tokens.access_token(),
+        id_token.signing_alg().unwrap(),
+        id_token.signing_key(&id_verifier).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims.access_token_hash(), Some(&expected_hash));
+    assert_eq!(claims.email().map(|e| e.as_str()), Some(w.email.as_str()));
+
+    let info: CoreUserInfoClaims = client
+        .user_info(
+            tokens.access_token().clone(),
+            Some(claims.subject().clone()),
+        )
+        .unwrap()
+        .request_async(&http)
+        .await
+        .expect("userinfo for the ID token's subject");
+    assert_eq!(info.subject(), claims.subject());
+
+    let refreshed = client
+        .exchange_refresh_token(tokens.refresh_token().expect("a refresh token"))
+        .unwrap()
+        .request_async(&http)
+        .await
+        .expect("refresh");
+    assert_ne!(
+        refreshed.refresh_token().unwrap().secret(),
+        tokens.refresh_token().unwrap().secret(),
+        "refresh tokens rotate"
+    );
+    // The rotated-out refresh token is refused: the library surfaces the server's invalid_grant.
+    let replay = client
+        .exchange_refresh_token(tokens.refresh_token().unwrap())
+        .unwrap()
+        .request_async(&http)
+        .await;
+    assert!(
+        format!("{:?}", replay.unwrap_err()).contains("invalid_grant"),
+        "a replayed refresh token is invalid_grant"
+    );
+
+    let service = client
+        .exchange_client_credentials()
+        .unwrap()
+        .add_scope(Scope::new("admin".into()))
+        .request_async(&http)
+        .await
+        .expect("client_credentials");
+    let set = s.jwks().await;
+    let claims = verify_jwt(
+        &set,
+        service.access_token().secret(),
+        &s.base,
+        "leaky-admin",
+    );
+    assert_eq!(claims["sub"], id.as_str());
+}

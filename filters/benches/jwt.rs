@@ -161,7 +161,12 @@ fn bench(c: &mut Criterion) {
         &first_sight,
         &h,
     );
-    both(c, "jwt filter: ES256, token seen before, 10k revoked ids", &f, &h);
+    both(
+        c,
+        "jwt filter: ES256, token seen before, 10k revoked ids",
+        &f,
+        &h,
+    );
     let h = bearer(&format!("eyJ{}", "A".repeat(16 * 1024)));
     assert!(!run(&f, &h));
     both(c, "jwt filter: 16 KiB token refused by size", &f, &h);
