@@ -28,6 +28,7 @@ pub mod notify;
 pub mod openapi;
 pub mod outbox;
 pub mod registry;
+pub mod roles;
 pub mod tenancy;
 pub mod tls;
 pub mod usage;

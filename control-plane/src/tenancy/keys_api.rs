@@ -69,7 +69,7 @@ async fn create_key(
     ApiJson(body): ApiJson<NewKey>,
 ) -> Result<(StatusCode, HeaderMap, Json<IssuedKey>), Problem> {
     let org = parse_id("org", &org)?;
-    crate::identity::rbac::check_delegation(&p, &body.admin_roles)?;
+    crate::roles::check_delegation(&p, &body.admin_roles)?;
     let issued = keys::create(&s.pool, &p.subject, org, &body).await?;
     Ok((StatusCode::CREATED, location(issued.meta.id), Json(issued)))
 }
