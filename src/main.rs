@@ -445,14 +445,11 @@ struct ControlPlaneArgs {
     /// Sender of email notifications.
     #[arg(long, env = "LEAKY_SMTP_FROM", default_value = leaky_control_plane::notify::DEFAULT_FROM)]
     smtp_from: String,
-    /// Bearer token for the admin API (dev default `lt-dev-admin`).
-    #[arg(
-        long,
-        env = "LEAKY_ADMIN_TOKEN",
-        default_value = "lt-dev-admin",
-        hide_env_values = true
-    )]
-    admin_token: String,
+    /// A static bootstrap bearer token for the admin API, accepted as `platform-admin` (break-glass;
+    /// people and services should use OAuth2 tokens). Unset: none, except in dev mode
+    /// (`LEAKY_IDENTITY_DEV=1`), where it is `lt-dev-admin`.
+    #[arg(long, env = "LEAKY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -634,12 +631,33 @@ fn billing_config(
     config
 }
 
+/// The control plane's bootstrap admin token: the one configured, else `lt-dev-admin` in dev mode
+/// only, else none (empty: the admin API takes OAuth2 access tokens and admin-scoped API keys only).
+/// A production deployment that forgot to set it therefore has no well-known admin password.
+fn bootstrap_admin_token(configured: Option<String>) -> String {
+    let dev = matches!(
+        std::env::var("LEAKY_IDENTITY_DEV").as_deref(),
+        Ok("1" | "true")
+    );
+    match configured.filter(|t| !t.is_empty()) {
+        Some(token) => token,
+        None if dev => "lt-dev-admin".to_owned(),
+        None => {
+            tracing::info!(
+                "admin API: no bootstrap token (LEAKY_ADMIN_TOKEN unset); OAuth2 access tokens \
+                 and admin-scoped API keys only"
+            );
+            String::new()
+        }
+    }
+}
+
 fn run_control_plane(cp: ControlPlaneArgs) -> anyhow::Result<()> {
     let config = leaky_control_plane::Config {
         listen: cp.listen,
         database_url: cp.database_url,
         roles: cp.roles,
-        admin_token: cp.admin_token,
+        admin_token: bootstrap_admin_token(cp.admin_token),
         config_base: Some(cp.config_base),
         outbox: cp
             .kafka_brokers

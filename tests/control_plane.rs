@@ -1,5 +1,6 @@
 //! The real `leaky-tokens control-plane` binary against a real PostgreSQL: it becomes ready (migrations
-//! done), creates an org and a key through the admin API, and refuses an unknown role.
+//! done), creates an org and a key through the admin API, and refuses an unknown role; without
+//! `LEAKY_ADMIN_TOKEN` it has no bootstrap token at all, unless in dev mode.
 
 #[path = "../control-plane/tests/common/mod.rs"]
 mod common;
@@ -91,5 +92,67 @@ fn unknown_role_is_refused() -> anyhow::Result<()> {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown role `eureka`"), "{stderr}");
+    Ok(())
+}
+
+/// Starts the binary on `db` with `env` (and nothing inherited about the admin token or dev mode);
+/// returns it and its base URL once ready.
+async fn start(db: &str, env: &[(&str, &str)]) -> anyhow::Result<(Killed, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leaky-tokens"));
+    cmd.args([
+        "control-plane",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--roles",
+        "admin-api",
+    ])
+    .env("LEAKY_DATABASE_URL", db)
+    .env_remove("LEAKY_ADMIN_TOKEN")
+    .env_remove("LEAKY_IDENTITY_DEV")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = Killed(cmd.spawn()?);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = reqwest::get(format!("{base}/readyz")).await;
+        if ready.as_ref().is_ok_and(|r| r.status() == 200) {
+            return Ok((child, base));
+        }
+        assert!(Instant::now() < deadline, "not ready: {ready:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_an_admin_token_the_well_known_dev_token_works_only_in_dev_mode(
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let orgs = |base: &str| {
+        http.get(format!("{base}/v1/orgs"))
+            .bearer_auth("lt-dev-admin")
+            .send()
+    };
+    // Production-like: no LEAKY_ADMIN_TOKEN, no dev mode → no bootstrap token; an empty bearer
+    // matches nothing either.
+    let db = common::fresh_db().await?;
+    let (_cp, base) = start(&db, &[]).await?;
+    assert_eq!(orgs(&base).await?.status(), 401);
+    let empty = http
+        .get(format!("{base}/v1/orgs"))
+        .header("authorization", "Bearer ")
+        .send()
+        .await?;
+    assert_eq!(empty.status(), 401);
+    // Dev mode: `lt-dev-admin` is the bootstrap token.
+    let db = common::fresh_db().await?;
+    let (_dev, base) = start(&db, &[("LEAKY_IDENTITY_DEV", "1")]).await?;
+    assert_eq!(orgs(&base).await?.status(), 200);
     Ok(())
 }

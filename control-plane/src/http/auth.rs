@@ -23,10 +23,13 @@ impl AdminToken {
         Self(token.into())
     }
 
-    /// Whether `presented` is this token (constant time).
+    /// Whether `presented` is this token (constant time). An empty token is no token: nothing
+    /// matches it (a control plane without a bootstrap token).
     pub fn matches(&self, presented: &str) -> bool {
         // Constant time over the bytes; only the length may leak, and that is public (docs).
-        presented.len() == self.0.len() && bool::from(presented.as_bytes().ct_eq(self.0.as_bytes()))
+        !self.0.is_empty()
+            && presented.len() == self.0.len()
+            && bool::from(presented.as_bytes().ct_eq(self.0.as_bytes()))
     }
 }
 
