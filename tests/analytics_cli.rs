@@ -6,7 +6,7 @@
 #[path = "../analytics/tests/common/cassandra.rs"]
 mod cassandra;
 #[allow(dead_code)]
-#[path = "../analytics/tests/common/kafka.rs"]
+#[path = "../control-plane/tests/common/kafka.rs"]
 mod kafka;
 
 use std::process::{Child, Command, Stdio};

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cassandra;
+#[path = "../../../control-plane/tests/common/kafka.rs"]
 pub mod kafka;
 
 use std::sync::Arc;

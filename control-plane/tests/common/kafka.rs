@@ -1,6 +1,7 @@
 //! A real Kafka broker for tests: `LEAKY_TEST_KAFKA` when set (what `scripts/test` starts), else one
 //! per test process, started on first use through `scripts/lib/kafka.sh` and stopped by a watchdog
-//! once the process is gone (Rust drops no statics). The same recipe as `tests/outbox.rs`, shared.
+//! once the process is gone (Rust drops no statics). Included by the control plane's, the analytics
+//! crate's and the root package's tests.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
 fn kafka_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/kafka.sh");
+    let script = script("kafka.sh");
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(". '{}' && {cmd} \"$0\" \"$1\"", script.display()))
@@ -25,6 +26,18 @@ fn kafka_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// `scripts/lib/NAME` of the repository, from a member crate or from the root package (whose tests
+/// include this file too).
+fn script(name: &str) -> std::path::PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = manifest.join("scripts/lib").join(name);
+    if here.exists() {
+        here
+    } else {
+        manifest.join("../scripts/lib").join(name)
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -40,7 +53,7 @@ fn start_own_broker() -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?.keep();
     let port = free_port()?;
     kafka_sh("kafka_start", &dir, port)?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/kafka.sh");
+    let script = script("kafka.sh");
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; . '{s}' && kafka_stop '{d}' {port}; rm -rf '{d}'",
         pid = std::process::id(),
