@@ -7,10 +7,10 @@ two of org `acme` (they share answers: the routes' scope is `org`) and one of or
 """
 import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -18,45 +18,14 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from procs import binary as _binary, free_port as _free_port, stop as _stop, wait_port as _wait  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"acme": "lt-cache-acme", "acme2": "lt-cache-acme-2", "globex": "lt-cache-globex"}
 ORGS = {"acme": "acme", "acme2": "acme", "globex": "globex"}
 # Route prefixes by store, for the OpenAI dialect and for Gemini native.
 PREFIX = {"memory": "", "redis": "/redis"}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(port, proc, what):
-    for _ in range(400):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.025)
-    raise RuntimeError(f"{what}: port {port} never opened")
-
-
-def _stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _binary():
-    binary = Path(os.environ.get("LEAKY_TOKENS_BIN", ROOT / "target/debug/leaky-tokens"))
-    if not binary.is_file():
-        pytest.fail(f"{binary} is missing: run `cargo build` at the repo root first", pytrace=False)
-    return binary
 
 
 @pytest.fixture(scope="session")

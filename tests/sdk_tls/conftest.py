@@ -6,49 +6,17 @@ The certificates come from `scripts/dev-certs` (openssl, idempotent): into `$LEA
 """
 import hashlib
 import os
-import socket
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from procs import binary as _binary, free_port as _free_port, stop as _stop, wait_port as _wait  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "lt-tls-sdk"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(port, proc, what):
-    for _ in range(400):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.025)
-    raise RuntimeError(f"{what}: port {port} never opened")
-
-
-def _stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _binary():
-    binary = Path(os.environ.get("LEAKY_TOKENS_BIN", ROOT / "target/debug/leaky-tokens"))
-    if not binary.is_file():
-        pytest.fail(f"{binary} is missing: run `cargo build` at the repo root first", pytrace=False)
-    return binary
 
 
 @pytest.fixture(scope="session")
