@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod anomaly;
 pub mod api;
 pub mod buckets;
 pub mod consumer;
