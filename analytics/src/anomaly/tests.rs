@@ -203,6 +203,21 @@ fn idle_subjects_are_evicted_and_the_subject_count_is_capped() {
 }
 
 #[test]
+fn a_far_future_event_evicts_instead_of_closing_every_minute_between() {
+    let mut det = Detector::new(Config::default());
+    assert!(steady(&mut det, T0..T0 + 60).is_empty());
+    // A skewed clock: one event a week ahead. The old subjects are idle from that watermark's view.
+    let ahead = T0 + 7 * 24 * 60;
+    assert!(det.observe(&obs(ahead, "k2", "m", 1, 0, 10)).is_empty());
+    // k1 is evicted; the org, active again through k2, closes at most `idle_evict_minutes` zeros.
+    assert_eq!(det.stats().subjects, 2, "k2 and its org");
+    assert_eq!(det.stats().evicted, 1);
+    // Events of the old minutes are now late.
+    assert!(det.observe(&obs(T0 + 60, "k1", "m", 1, 0, 10)).is_empty());
+    assert_eq!(det.stats().late_events, 1);
+}
+
+#[test]
 fn the_same_input_gives_the_same_alerts() {
     let set = generate(&SynthConfig::default());
     assert_eq!(run(&set), run(&set));
