@@ -450,36 +450,53 @@ pub async fn decoding_key(
 /// Re-wraps every signing key's data key under the newest master key; returns how many rows moved.
 /// Idempotent (rows already there are not selected) and resumable (each row commits on its own).
 pub async fn rewrap_all(pool: &PgPool, master: &MasterKeys) -> Result<u64, IdentityError> {
-    let newest = master.newest();
-    let rows: Vec<(String, i32, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT kid, key_version, wrapped_dek, ciphertext FROM identity.signing_keys
-         WHERE key_version <> $1 ORDER BY kid",
-    )
-    .bind(newest)
+    rewrap_table(pool, master, "identity.signing_keys", "kid", |kid| {
+        kid.to_owned()
+    })
+    .await
+}
+
+/// Re-wraps the data keys of every row of `table` (envelope columns `key_version`, `wrapped_dek`,
+/// `ciphertext`, identified by `id_column`; `aad` gives a row's associated data from its id) under
+/// the newest master key. Each row is a compare-and-set: it moves only if it still holds what was
+/// read (another rewrap may have moved it meanwhile). `table` and `id_column` are constants of the
+/// callers, never input.
+pub(crate) async fn rewrap_table(
+    pool: &PgPool,
+    master: &MasterKeys,
+    table: &'static str,
+    id_column: &'static str,
+    aad: impl Fn(&str) -> String,
+) -> Result<u64, IdentityError> {
+    let rows: Vec<(String, i32, Vec<u8>, Vec<u8>)> = sqlx::query_as(&format!(
+        "SELECT {id_column}, key_version, wrapped_dek, ciphertext FROM {table}
+         WHERE key_version <> $1 ORDER BY {id_column}"
+    ))
+    .bind(master.newest())
     .fetch_all(pool)
     .await?;
+    let update = format!(
+        "UPDATE {table} SET key_version = $2, wrapped_dek = $3
+         WHERE {id_column} = $1 AND key_version = $4 AND wrapped_dek = $5"
+    );
     let mut moved = 0;
-    for (kid, key_version, wrapped_dek, ciphertext) in rows {
+    for (id, key_version, wrapped_dek, ciphertext) in rows {
         let sealed = Sealed {
             key_version,
             wrapped_dek,
             ciphertext,
         };
-        let Some(new) = master.rewrap(&sealed, &kid)? else {
+        let Some(new) = master.rewrap(&sealed, &aad(&id))? else {
             continue;
         };
-        // Only if the row still holds what we read (another rewrap may have moved it meanwhile).
-        let done = sqlx::query(
-            "UPDATE identity.signing_keys SET key_version = $2, wrapped_dek = $3
-             WHERE kid = $1 AND key_version = $4 AND wrapped_dek = $5",
-        )
-        .bind(&kid)
-        .bind(new.key_version)
-        .bind(&new.wrapped_dek)
-        .bind(sealed.key_version)
-        .bind(&sealed.wrapped_dek)
-        .execute(pool)
-        .await?;
+        let done = sqlx::query(&update)
+            .bind(&id)
+            .bind(new.key_version)
+            .bind(&new.wrapped_dek)
+            .bind(sealed.key_version)
+            .bind(&sealed.wrapped_dek)
+            .execute(pool)
+            .await?;
         moved += done.rows_affected();
     }
     Ok(moved)

@@ -278,37 +278,14 @@ pub async fn open_all(
 /// Re-wraps every credential's data key under the newest master key (compare-and-set per row, like
 /// the signing keys'); the number of rows moved.
 pub async fn rewrap_all(pool: &PgPool, master: &MasterKeys) -> Result<u64, IdentityError> {
-    let rows: Vec<(String, i32, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT name, key_version, wrapped_dek, ciphertext FROM identity.provider_credentials
-         WHERE key_version <> $1 ORDER BY name",
+    super::keys::rewrap_table(
+        pool,
+        master,
+        "identity.provider_credentials",
+        "name",
+        row_id,
     )
-    .bind(master.newest())
-    .fetch_all(pool)
-    .await?;
-    let mut moved = 0;
-    for (name, key_version, wrapped_dek, ciphertext) in rows {
-        let sealed = Sealed {
-            key_version,
-            wrapped_dek,
-            ciphertext,
-        };
-        let Some(new) = master.rewrap(&sealed, &row_id(&name))? else {
-            continue;
-        };
-        let done = sqlx::query(
-            "UPDATE identity.provider_credentials SET key_version = $2, wrapped_dek = $3
-             WHERE name = $1 AND key_version = $4 AND wrapped_dek = $5",
-        )
-        .bind(&name)
-        .bind(new.key_version)
-        .bind(&new.wrapped_dek)
-        .bind(sealed.key_version)
-        .bind(&sealed.wrapped_dek)
-        .execute(pool)
-        .await?;
-        moved += done.rows_affected();
-    }
-    Ok(moved)
+    .await
 }
 
 #[utoipa::path(
