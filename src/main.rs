@@ -485,6 +485,10 @@ struct AnalyticsArgs {
     /// How long a batch waits for more messages after its first, in milliseconds.
     #[arg(long, default_value_t = 200)]
     linger_ms: u64,
+    /// Create the keyspace and apply the schema migrations, then exit (`scripts/restore` runs this on
+    /// a fresh node before importing a snapshot's SSTables).
+    #[arg(long)]
+    migrate_only: bool,
 }
 
 fn run_analytics(a: AnalyticsArgs) -> anyhow::Result<()> {
@@ -493,6 +497,10 @@ fn run_analytics(a: AnalyticsArgs) -> anyhow::Result<()> {
     consumer.linger = std::time::Duration::from_millis(a.linger_ms);
     let mut store = leaky_analytics::store::StoreConfig::new(&a.cassandra, &a.keyspace);
     store.replication_factor = a.replication_factor;
+    if a.migrate_only {
+        tokio_rt()?.block_on(leaky_analytics::connect_store(&store))?;
+        return Ok(());
+    }
     let config = leaky_analytics::AnalyticsConfig {
         consumer,
         store,

@@ -6,6 +6,8 @@
 #                             "Starting listening for CQL clients" (idempotent: prints the running pid)
 #   cassandra_stop DIR        stop DIR's node (SIGTERM, drain in the shutdown hook); a no-op when none runs
 #   cassandra_pid DIR         the pid of DIR's node if it runs (checked through /proc/PID/cmdline)
+#   cassandra_nodetool DIR ARGS...  nodetool against DIR's node (JMX on a loopback-only port of its own,
+#                             kept in DIR/jmx.port): snapshots and imports for scripts/backup and restore
 # Needs java 17 (Cassandra 5.0 runs on 11 and 17 only) and maven; installs them from Debian when
 # missing. Overrides: CASSANDRA_VERSION, INFRA_CACHE, CASSANDRA_HEAP_OPTS, CASSANDRA_GC_OPTS,
 # CASSANDRA_JVM_EXTRA, CASSANDRA_EXTRA_YAML (lines appended to the yaml; a repeated key wins), JAVA,
@@ -156,12 +158,14 @@ cassandra_start() {
   mkdir -p "$dir/logs" "$dir/triggers"
   [ -f "$dir/storage.port" ] || cassandra_free_port >"$dir/storage.port"
   sport=$(cat "$dir/storage.port")
+  # JMX (for nodetool) on a port of the node's own; `local.port` binds it to loopback without auth.
+  [ -f "$dir/jmx.port" ] || cassandra_free_port >"$dir/jmx.port"
   cassandra_write_config "$dir" "$port" "$sport"
   local from=0
   [ -f "$dir/logs/system.log" ] && from=$(wc -c <"$dir/logs/system.log")
   # shellcheck disable=SC2046,SC2086
   MALLOC_ARENA_MAX=2 nohup "$java" $CASSANDRA_HEAP_OPTS $CASSANDRA_GC_OPTS $(cassandra_jvm_opts "$dir") \
-    ${CASSANDRA_JVM_EXTRA:-} -cp "$CASSANDRA_LIB/*" org.apache.cassandra.service.CassandraDaemon \
+    -Dcassandra.jmx.local.port="$(cat "$dir/jmx.port")" ${CASSANDRA_JVM_EXTRA:-} -cp "$CASSANDRA_LIB/*" org.apache.cassandra.service.CassandraDaemon \
     >"$dir/logs/stdout.log" 2>&1 &
   local started=$!
   echo "$started" >"$dir/cassandra.pid"
@@ -189,4 +193,17 @@ cassandra_stop() {
   done
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$dir/cassandra.pid"
+}
+
+# nodetool is a class of the same jars; it needs the server's module flags, and writes its history and
+# logs under DIR rather than ~/.cassandra.
+cassandra_nodetool() {
+  local dir=$1 java=${JAVA:-java}
+  shift
+  [ -f "$dir/jmx.port" ] || { echo "no JMX port recorded in $dir (node not started by cassandra_start?)" >&2; return 1; }
+  cassandra_fetch || return 1
+  # shellcheck disable=SC2046
+  "$java" $(cassandra_jvm_opts "$dir" | grep -E '^--add-(exports|opens)') -Xmx256m \
+    -Dcassandra.logdir="$dir/logs" -Dlogback.configurationFile="$dir/logback.xml" -Duser.home="$dir" \
+    -cp "$CASSANDRA_LIB/*" org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p "$(cat "$dir/jmx.port")" "$@"
 }

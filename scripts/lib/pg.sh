@@ -5,6 +5,8 @@
 #                         extra server options OPTS (e.g. `-c fsync=off` for throwaway test clusters)
 #   pg_stop DIR           stop it (fast)
 #   free_port             a free loopback TCP port
+#   pg_archive_opts DIR   server options that archive every WAL segment into DIR (point-in-time
+#                         recovery with scripts/restore; DIR is created, owned by the server's user)
 # Running as root, the server runs as user `postgres` (initdb and postgres refuse root).
 
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
@@ -48,4 +50,21 @@ pg_createdb() {
   as_postgres "$(pg_bin)/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = '$name'" | grep -q 1 ||
     as_postgres "$(pg_bin)/createdb" -h 127.0.0.1 -p "$port" -U postgres "$name"
+}
+
+# WAL archiving for point-in-time recovery (docs/backup.md): each finished segment is copied into DIR
+# (never overwriting one already there, as the PostgreSQL docs require), and a segment is forced at
+# least every 60 s, which bounds the data lost with the server's disk (the RPO) to a minute.
+pg_archive_opts() {
+  local dir=$1
+  mkdir -p "$dir"
+  chmod 755 "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$dir"
+  echo "-c wal_level=replica -c archive_mode=on -c archive_timeout=60 -c archive_command='test ! -f $dir/%f && cp %p $dir/%f'"
+}
+
+# Runs one SQL statement as the superuser on the server at PORT and prints the unaligned result.
+pg_sql() {
+  local port=$1 db=$2 sql=$3
+  as_postgres "$(pg_bin)/psql" -h 127.0.0.1 -p "$port" -U postgres -d "$db" -v ON_ERROR_STOP=1 -tAc "$sql"
 }
