@@ -76,14 +76,9 @@ impl Events {
     /// background one). `source` is the envelopes' CloudEvents `source`.
     pub fn start(k: &Kafka, source: String) -> Result<Events, EventsError> {
         let producer = producer_config(k).create_with_context(publisher::Deliveries::default())?;
-        let spool = match &k.spool_dir {
-            Some(dir) => Some(spool::Spool::open(dir, k.spool_max_bytes).map_err(|e| {
-                EventsError::Spool {
-                    dir: dir.display().to_string(),
-                    source: e,
-                }
-            })?),
-            None => None,
+        let (spool, pending) = match &k.spool_dir {
+            Some(dir) => open_spool(dir, k.spool_max_bytes)?,
+            None => (None, None),
         };
         let (tx, rx) = mpsc::channel(CHANNEL);
         let stop = Arc::new(Notify::new());
@@ -92,7 +87,7 @@ impl Events {
             Arc::new(AtomicUsize::new(0)),
             Arc::new(batch::Pool::default()),
         );
-        let task = publisher::Publisher::new(producer, k.topic.clone(), spool);
+        let task = publisher::Publisher::new(producer, k.topic.clone(), spool, pending);
         let handover = publisher::Handover {
             rx,
             waiting: waiting.clone(),
@@ -135,6 +130,31 @@ impl Events {
             }
         }
     }
+}
+
+/// The spool in `dir`, or — while another process of this instance holds it (an in-place upgrade)
+/// — a thread waiting for it, whose result the publisher picks up.
+fn open_spool(
+    dir: &std::path::Path,
+    max_bytes: u64,
+) -> Result<(Option<spool::Spool>, Option<publisher::Pending>), EventsError> {
+    let failed = |source| EventsError::Spool {
+        dir: dir.display().to_string(),
+        source,
+    };
+    if let Some(s) = spool::Spool::try_open(dir, max_bytes).map_err(failed)? {
+        return Ok((Some(s), None));
+    }
+    tracing::info!(dir = %dir.display(), "usage events: another process holds the spool; taking it when that one exits");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("spool-lock".into())
+        .spawn(move || {
+            let _ = tx.send(spool::Spool::open(&dir, max_bytes));
+        })
+        .map_err(failed)?;
+    Ok((None, Some(rx)))
 }
 
 /// One drain's access to the publisher: its events, sent as one batch when it is dropped.

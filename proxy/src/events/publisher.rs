@@ -7,6 +7,10 @@
 //! spooled events are sent again; the delivered ones leave the spool, and once it is empty the task
 //! is online again. Without a spool, undeliverable events are dropped and counted.
 //!
+//! While another process of the same instance holds the spool (an in-place upgrade: the old process
+//! drains for its grace period), the spool is [`Pending`]: undeliverable events wait in memory
+//! (bounded) and go to the spool, in order, as soon as the old process lets it go.
+//!
 //! The producer is a plain `BaseProducer` that this task polls itself while a batch is out, so a
 //! batch costs a few wake-ups instead of a future, a oneshot and a polling-thread wake-up per event
 //! (`FutureProducer`: about 4 µs of CPU per request, see loadtests/results/events.md). Delivery
@@ -73,10 +77,19 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// Most events held in memory while the spool is [`Pending`]; past it they are dropped and counted.
+const HELD_MAX: usize = 100_000;
+
+/// A spool another process still holds, opened by a thread waiting for its lock.
+pub(super) type Pending = tokio::sync::oneshot::Receiver<std::io::Result<Spool>>;
+
 pub(super) struct Publisher {
     producer: BaseProducer<Deliveries>,
     topic: String,
     spool: Option<Spool>,
+    pending: Option<Pending>,
+    /// Undeliverable events kept while the spool is pending, oldest first.
+    held: Vec<Event>,
 }
 
 /// The publisher's end of the drain's handover: the batches, the count of events in them (lowered
@@ -117,16 +130,45 @@ impl Publisher {
         producer: BaseProducer<Deliveries>,
         topic: String,
         spool: Option<Spool>,
+        pending: Option<Pending>,
     ) -> Self {
         Publisher {
             producer,
             topic,
             spool,
+            pending,
+            held: Vec::new(),
         }
     }
 
     fn spooling(&self) -> bool {
-        self.spool.as_ref().is_some_and(|s| !s.is_empty())
+        !self.held.is_empty() || self.spool.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    /// Takes the pending spool once its lock is ours, moving the held events into it (behind what
+    /// the previous process left, which is older).
+    fn adopt(&mut self) {
+        let Some(rx) = self.pending.as_mut() else {
+            return;
+        };
+        let opened = match rx.try_recv() {
+            Ok(opened) => opened,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                Err(std::io::Error::other("the spool opener stopped"))
+            }
+        };
+        self.pending = None;
+        match opened {
+            Ok(spool) => {
+                tracing::info!("usage events: the spool is this process's now");
+                self.spool = Some(spool);
+            }
+            Err(e) => tracing::error!(error = %e, "usage events: opening the spool failed"),
+        }
+        for e in std::mem::take(&mut self.held) {
+            self.spool_one(&e);
+        }
     }
 
     /// The task's loop, until `stop` is notified; then the shutdown flush, and `done` is signalled.
@@ -137,6 +179,7 @@ impl Publisher {
         done: std_mpsc::Sender<()>,
     ) {
         loop {
+            self.adopt();
             self.gauges(&from);
             if self.spooling() {
                 self.spool_all(&mut from);
@@ -164,6 +207,15 @@ impl Publisher {
     /// Shutdown: sends what the channel holds as one batch (unless spooling: then it joins the
     /// spool) and waits for the producer's queue, up to [`FLUSH_WITHIN`].
     async fn flush(&mut self, from: &mut Handover) {
+        self.adopt();
+        if !self.held.is_empty() && self.spool.is_none() {
+            // The spool never became ours: one last delivery attempt for what waited for it.
+            let sent = tokio::time::timeout(FLUSH_WITHIN, self.send_held()).await;
+            if sent.is_err() || !self.held.is_empty() {
+                dropped("no_spool", self.held.len() as u64);
+                self.held.clear();
+            }
+        }
         let mut all = Batch::default();
         while let Some(b) = from.try_recv() {
             all.append(&b);
@@ -231,7 +283,7 @@ impl Publisher {
     /// One replay attempt of the oldest spooled events; `true` when all of them went through.
     async fn replay(&mut self) -> bool {
         let Some(spool) = self.spool.as_mut() else {
-            return true;
+            return self.send_held().await;
         };
         let batch = match spool.peek(REPLAY_BATCH) {
             Ok(b) => b,
@@ -251,6 +303,18 @@ impl Publisher {
             }
         }
         failed.is_empty()
+    }
+
+    /// Sends the events held for the pending spool; the failed ones stay held, in order. `true` when
+    /// none is left.
+    async fn send_held(&mut self) -> bool {
+        let failed = self.send(self.held.iter().map(Event::borrowed)).await;
+        let mut i = 0;
+        self.held.retain(|_| {
+            i += 1;
+            failed.binary_search(&(i - 1)).is_ok()
+        });
+        self.held.is_empty()
     }
 
     /// Moves everything the channel holds into the spool (order kept: older events are there).
@@ -273,7 +337,18 @@ impl Publisher {
 
     fn spool_one(&mut self, e: &Event) {
         let Some(spool) = self.spool.as_mut() else {
-            dropped("no_spool", 1);
+            if self.pending.is_some() && self.held.len() < HELD_MAX {
+                self.held.push(e.clone());
+            } else {
+                dropped(
+                    if self.pending.is_some() {
+                        "spool_full"
+                    } else {
+                        "no_spool"
+                    },
+                    1,
+                );
+            }
             return;
         };
         match spool.append(e) {

@@ -9,10 +9,14 @@
 //! Lines are written without fsync: the spool covers a broker outage, not a host crash. After a
 //! process restart the spool is picked up again; a segment that was half replayed is replayed
 //! whole, so a consumer may see an event twice then (events carry a unique `id` to dedupe on).
+//!
+//! One process owns a spool at a time: an exclusive lock on `.lock` in the directory, held while
+//! the [`Spool`] lives. During an in-place upgrade (`proxy --upgrade`) the old process still drains
+//! with the spool open; the new one waits for the lock (see [`Spool::try_open`]).
 
 use super::Event;
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -32,12 +36,39 @@ pub struct Spool {
     head: VecDeque<Option<Event>>,
     /// The loaded segment's sequence number and size.
     head_seg: Option<(u64, u64)>,
+    /// The directory's lock, held for as long as this spool lives.
+    _lock: File,
+}
+
+fn lock_file(dir: &Path) -> io::Result<File> {
+    fs::create_dir_all(dir)?;
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, picking up the segments a previous run left.
+    /// Opens (or creates) the spool in `dir`, picking up the segments a previous run left; waits
+    /// while another process holds it.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
-        fs::create_dir_all(dir)?;
+        let lock = lock_file(dir)?;
+        lock.lock()?;
+        Spool::load(dir, max_bytes, lock)
+    }
+
+    /// [`Spool::open`] without waiting: `None` while another process holds the spool.
+    pub fn try_open(dir: &Path, max_bytes: u64) -> io::Result<Option<Spool>> {
+        let lock = lock_file(dir)?;
+        match lock.try_lock() {
+            Ok(()) => Spool::load(dir, max_bytes, lock).map(Some),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn load(dir: &Path, max_bytes: u64, lock: File) -> io::Result<Spool> {
         let mut segments = Vec::new();
         let mut bytes = 0;
         for entry in fs::read_dir(dir)? {
@@ -61,6 +92,7 @@ impl Spool {
             writer: None,
             head: VecDeque::new(),
             head_seg: None,
+            _lock: lock,
         })
     }
 

@@ -40,12 +40,17 @@ fn replays_in_order_across_segments_and_deletes_them() {
         assert!(s.append(e).unwrap());
     }
     assert!(
-        fs::read_dir(dir.path()).unwrap().count() > 1,
-        "several segments"
+        fs::read_dir(dir.path()).unwrap().count() > 2,
+        "several segments (and the lock)"
     );
     assert_eq!(drain(&mut s, 100), events);
     assert_eq!(s.bytes(), 0);
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    // Only the owner's lock file is left.
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [".lock"]);
 }
 
 #[test]
@@ -89,4 +94,18 @@ fn a_reopened_spool_picks_up_what_was_left() {
     assert!(!s.is_empty());
     s.append(&event(3)).unwrap();
     assert_eq!(drain(&mut s, 10), (0..4).map(event).collect::<Vec<_>>());
+}
+
+#[test]
+fn one_process_at_a_time_holds_a_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Spool::try_open(dir.path(), u64::MAX).unwrap().unwrap();
+    first.append(&event(0)).unwrap();
+    assert!(Spool::try_open(dir.path(), u64::MAX).unwrap().is_none());
+    // The waiting opener gets it once the holder is gone, with what the holder left.
+    let path = dir.path().to_path_buf();
+    let waiting = std::thread::spawn(move || Spool::open(&path, u64::MAX).unwrap());
+    drop(first);
+    let mut second = waiting.join().unwrap();
+    assert_eq!(drain(&mut second, 10), vec![event(0)]);
 }
