@@ -176,6 +176,15 @@ struct ProxyArgs {
         value_name = "PEM"
     )]
     control_plane_key: Option<PathBuf>,
+    /// In-place upgrade: take over the listening sockets of the running proxy that uses the same
+    /// `--upgrade-sock`, then send that process SIGQUIT (`scripts/deploy` does both). No connection
+    /// is refused; the old process finishes what it has in flight and exits.
+    #[arg(long)]
+    upgrade: bool,
+    /// The unix socket listening sockets are handed over on at an in-place upgrade (default: one per
+    /// listen port in the temp directory).
+    #[arg(long, value_name = "PATH")]
+    upgrade_sock: Option<PathBuf>,
 }
 
 impl Default for ProxyArgs {
@@ -192,6 +201,8 @@ impl Default for ProxyArgs {
             control_plane_ca: None,
             control_plane_cert: None,
             control_plane_key: None,
+            upgrade: false,
+            upgrade_sock: None,
         }
     }
 }
@@ -748,6 +759,8 @@ fn run_proxy(proxy: &ProxyArgs, stubs: Option<StubArgs>) -> anyhow::Result<()> {
         admin_listen: proxy.admin_listen,
         threads: proxy.threads,
         open_files: raise_open_file_limit(),
+        upgrade: proxy.upgrade,
+        upgrade_sock: proxy.upgrade_sock.clone(),
     };
     if opts.control_plane.is_none() && !opts.config.is_file() {
         anyhow::bail!(

@@ -78,3 +78,70 @@ async fn sigterm_flushes_every_queued_usage_record() {
     );
     assert!(usage.iter().all(|v| v["schema_version"] == 1), "{usage:?}");
 }
+
+/// SIGTERM in the middle of a stream (issue 17's graceful shutdown, also what the old process of an
+/// in-place upgrade does once it has handed its sockets over): the stream runs to its end within the
+/// grace period, the client gets every event and `[DONE]`, the request's usage is recorded with what
+/// the provider reported, and only then does the process exit, cleanly.
+#[tokio::test]
+async fn sigterm_lets_a_running_stream_finish_and_records_its_usage() {
+    use futures::StreamExt;
+    let mut up = Upstreams::start().await;
+    // Realistic pacing: 150–400 ms to the first token, 10–30 ms between tokens.
+    let (stubs, serve) = leaky_stubs::bind(leaky_stubs::StubsConfig {
+        openai: "127.0.0.1:0".parse().unwrap(),
+        gemini: "127.0.0.1:0".parse().unwrap(),
+        qwen: "127.0.0.1:0".parse().unwrap(),
+        latency: leaky_stubs::Latency::Realistic,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::spawn(serve);
+    up.stubs = stubs;
+    // The rate-limit filter meters the request, which is what records its usage.
+    let config = up
+        .config("")
+        .replacen("server:\n", "server:\n  grace_period_seconds: 6\n", 1)
+        .replace(
+            "      - kind: api-key\n",
+            "      - kind: api-key\n      - kind: rate-limit\n",
+        );
+    let mut gw = Gateway::start(&config).await;
+    let mut body = chat("gpt-4o-mini", "tell me a long story");
+    body["stream"] = true.into();
+    body["max_tokens"] = 120.into();
+    let r = gw.post_chat(PRO_KEY, &body).await;
+    assert_eq!(r.status(), 200);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut events = r.bytes_stream();
+    let first = events.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let reader = tokio::spawn(async move {
+        let mut text = String::from_utf8_lossy(&first).into_owned();
+        while let Some(chunk) = events.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+        (text, Instant::now())
+    });
+
+    let status = gw.terminate(Duration::from_secs(40)).await;
+    let exited = Instant::now();
+    let (text, ended) = reader.await.unwrap();
+    assert!(status.success(), "{status}; log:\n{}", gw.log());
+    assert!(
+        ended <= exited,
+        "the process exited before the stream ended"
+    );
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "stream cut at shutdown: {text}"
+    );
+    let usage: Vec<Value> = lines(&gw, "usage")
+        .into_iter()
+        .filter(|v| v["request_id"] == rid.as_str())
+        .collect();
+    assert_eq!(usage.len(), 1, "usage of the stream; log:\n{}", gw.log());
+    assert_eq!(usage[0]["source"], "reported", "{:?}", usage[0]);
+    assert!(usage[0]["completion_tokens"].as_u64().unwrap() > 0);
+}

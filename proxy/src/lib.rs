@@ -121,5 +121,5 @@ pub mod watch;
 
 pub use document::{ConfigDocument, Origin, SourceError};
 pub use reload::{ApplyError, ConfigState};
-pub use server::{build, Built, RunOptions, StartError};
+pub use server::{build, default_upgrade_sock, Built, RunOptions, StartError};
 pub use source::{ConfigSource, PushHandle, PushedSource};

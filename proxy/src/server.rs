@@ -39,6 +39,17 @@ pub struct RunOptions {
     /// The process's open-file limit (`RLIMIT_NOFILE`, already raised); the proxy's connection limit
     /// is lowered to fit under it.
     pub open_files: Option<u64>,
+    /// Take the listening sockets over from the running process on `upgrade_sock` (which is sent
+    /// SIGQUIT) instead of binding them.
+    pub upgrade: bool,
+    /// Where listening sockets are handed over at an upgrade, by the old process to the new one
+    /// (`None`: [`default_upgrade_sock`] of the proxy's listen address).
+    pub upgrade_sock: Option<PathBuf>,
+}
+
+/// One handover socket per proxy port, so two proxies on one host never swap sockets.
+pub fn default_upgrade_sock(listen: SocketAddr) -> PathBuf {
+    std::env::temp_dir().join(format!("leaky-tokens-{}.upgrade.sock", listen.port()))
 }
 
 /// File descriptors kept outside the connection budgets: config files, logs, the watcher, listeners.
@@ -196,9 +207,19 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
         grace_period_seconds: Some(boot.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(boot.grace_period_seconds),
         upstream_keepalive_pool_size: 1024,
+        upgrade_sock: opts
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| default_upgrade_sock(boot.listen))
+            .to_string_lossy()
+            .into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = opts.upgrade.then(|| pingora::server::configuration::Opt {
+        upgrade: true,
+        ..Default::default()
+    });
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let limits = proxy_limits(&boot, opts.open_files);
