@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Prometheus and Alertmanager helpers shared by scripts/test, scripts/stack and the observability
 # tests: Debian's packages (Prometheus 2.42, Alertmanager 0.25, promtool, amtool) run unprivileged on
 # loopback, each in a directory of its own. Source this file; it defines:
