@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
 
@@ -218,7 +218,18 @@ fn consumer_metrics(r: &Registry, stats: &Stats) -> Result<(), prometheus::Error
         "leaky_consumer_retries_total",
         "Failed effects a consumer retried",
         ConsumerStats::retries,
-    )
+    )?;
+    let lag = IntGaugeVec::new(
+        Opts::new(
+            "leaky_consumer_lag",
+            "Messages not yet consumed on a consumer's partitions (librdkafka statistics, every 5 s)",
+        ),
+        &["consumer"],
+    )?;
+    for (consumer, s) in &consumers {
+        lag.with_label_values(&[consumer.as_str()]).set(s.lag());
+    }
+    r.register(Box::new(lag))
 }
 
 fn outbox_metrics(
@@ -340,6 +351,7 @@ mod tests {
             "leaky_consumer_duplicates_total{consumer=\"leaky-ledger\"} 0",
             "leaky_consumer_poison_total{consumer=\"leaky-ledger\"} 0",
             "leaky_consumer_retries_total{consumer=\"leaky-ledger\"} 0",
+            "leaky_consumer_lag{consumer=\"leaky-ledger\"} 0",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

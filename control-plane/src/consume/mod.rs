@@ -9,16 +9,18 @@
 //! the Postgres commit and the offset commit redelivers the event, which [`once`] turns into a no-op.
 //! The W3C `traceparent` header the producer wrote is put on the span of the message's handling.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use leaky_wire::event::Envelope;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
@@ -101,6 +103,8 @@ pub struct ConsumerStats {
     duplicates: AtomicU64,
     poison: AtomicU64,
     retries: AtomicU64,
+    /// Messages not yet consumed on this member's partitions, from librdkafka's statistics.
+    lag: AtomicI64,
 }
 
 impl ConsumerStats {
@@ -120,12 +124,48 @@ impl ConsumerStats {
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
+    /// Messages not yet consumed on this member's partitions, as of the last statistics report
+    /// ([`STATS_INTERVAL_MS`]; 0 before the first).
+    pub fn lag(&self) -> i64 {
+        self.lag.load(Ordering::Relaxed)
+    }
+}
+
+/// How often librdkafka reports statistics, i.e. how fresh `leaky_consumer_lag` is.
+pub const STATS_INTERVAL_MS: &str = "5000";
+
+/// Turns librdkafka's periodic statistics into [`ConsumerStats::lag`] (the `LeakyConsumerLag` alert
+/// of observability/prometheus/rules/alerts.yml reads it).
+pub struct LagContext {
+    stats: Arc<ConsumerStats>,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        self.stats
+            .lag
+            .store(consumer_lag(&stats), Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// The summed lag of the partitions this member consumes (librdkafka reports -1 while unknown, and
+/// an internal partition -1 per topic; both are skipped).
+fn consumer_lag(stats: &Statistics) -> i64 {
+    stats
+        .topics
+        .values()
+        .flat_map(|t| t.partitions.iter())
+        .filter(|(id, p)| **id >= 0 && p.consumer_lag >= 0)
+        .map(|(_, p)| p.consumer_lag)
+        .sum()
 }
 
 /// A consumer-group member running one [`Handler`]: see the module docs.
 pub struct Consumer<H: Handler> {
     pool: PgPool,
-    kafka: StreamConsumer,
+    kafka: StreamConsumer<LagContext>,
     handler: H,
     config: ConsumerConfig,
     stats: Arc<ConsumerStats>,
@@ -135,19 +175,24 @@ impl<H: Handler> Consumer<H> {
     /// Joins `config.group` on `config.topic` (manual offset commits, from the earliest offset the
     /// group has not committed).
     pub fn new(pool: PgPool, config: ConsumerConfig, handler: H) -> Result<Self, KafkaError> {
-        let kafka: StreamConsumer = ClientConfig::new()
+        let stats = Arc::<ConsumerStats>::default();
+        let context = LagContext {
+            stats: stats.clone(),
+        };
+        let kafka: StreamConsumer<LagContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .create()?;
+            .set("statistics.interval.ms", STATS_INTERVAL_MS)
+            .create_with_context(context)?;
         kafka.subscribe(&[&config.topic])?;
         Ok(Consumer {
             pool,
             kafka,
             handler,
             config,
-            stats: Arc::default(),
+            stats,
         })
     }
 
