@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Messages between the group's position and the end of its partitions, summed over this
     /// member's partitions (librdkafka's statistics, every few seconds; no extra broker round trip).
     pub consumer_lag: IntGauge,
+    /// Distinct anomalies detected by this process, by kind (a re-detected one counts once).
+    pub anomalies: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +70,18 @@ impl Metrics {
             "leaky_analytics_consumer_lag",
             "Messages not yet consumed on this member's partitions",
         )?;
+        let anomalies = IntCounterVec::new(
+            Opts::new(
+                "leaky_analytics_anomalies_total",
+                "Usage anomalies detected (each distinct anomaly once per process)",
+            ),
+            &["kind"],
+        )?;
+        for kind in crate::anomaly::Kind::ALL {
+            // Every kind present from the start, at 0: a rate() over it needs the series to exist.
+            anomalies.with_label_values(&[kind.as_str()]);
+        }
+        registry.register(Box::new(anomalies.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(batches.clone()))?;
@@ -84,6 +98,7 @@ impl Metrics {
             commit_failures,
             event_lag,
             consumer_lag,
+            anomalies,
         })
     }
 
