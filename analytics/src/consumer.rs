@@ -127,6 +127,8 @@ pub struct Consumer {
 
 /// The CloudEvents `source` of anomaly events.
 const ANOMALY_SOURCE: &str = "/leaky-tokens/analytics";
+/// Attempts to publish one anomaly event before giving up on it (each send waits up to 10 s).
+const PUBLISH_ATTEMPTS: u32 = 3;
 
 /// A poison message on its way to the dead-letter topic.
 struct DeadLetter {
@@ -296,33 +298,39 @@ impl Consumer {
         self.emit(&found).await;
     }
 
-    /// Stores and publishes each anomaly, retrying until both succeeded (before the batch commits,
-    /// like dead letters; both outputs are idempotent, so a retry after a half success is safe).
+    /// Stores each anomaly (retried until Cassandra takes it, as the batch's own writes are) and
+    /// publishes it (a few attempts: an unreachable or missing anomalies topic must not stall usage
+    /// ingestion; the row is stored and served either way). Both outputs are idempotent.
     async fn emit(&self, found: &[AnomalyRecord]) {
         for r in found {
             let mut pause = self.config.retry_min;
-            loop {
-                let stored = self.anomalies.write(r).await.map_err(|e| e.to_string());
-                let sent = match stored {
-                    Ok(()) => {
-                        sink::publish(&self.dlq, &self.config.anomaly_topic, ANOMALY_SOURCE, r)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(e),
-                };
-                match sent {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?pause, "anomaly output failed, retrying");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(self.config.retry_max);
-                    }
-                }
+            while let Err(e) = self.anomalies.write(r).await {
+                tracing::warn!(error = %e, retry_in = ?pause, "anomaly write failed, retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(self.config.retry_max);
             }
+            self.publish(r).await;
             self.metrics.anomalies.with_label_values(&[&r.kind]).inc();
             tracing::warn!(org = %r.org, key = ?r.key, kind = %r.kind, minute = r.minute_ms,
                 explanation = %r.explanation, "usage anomaly");
+        }
+    }
+
+    async fn publish(&self, r: &AnomalyRecord) {
+        let mut pause = self.config.retry_min;
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let topic = &self.config.anomaly_topic;
+            match sink::publish(&self.dlq, topic, ANOMALY_SOURCE, r).await {
+                Ok(()) => return,
+                Err(e) if attempt == PUBLISH_ATTEMPTS => {
+                    tracing::error!(error = %e, topic = %topic, id = %r.id, "anomaly event not published");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "anomaly publish failed, retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.config.retry_max);
+                }
+            }
         }
     }
 
