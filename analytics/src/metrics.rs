@@ -70,17 +70,7 @@ impl Metrics {
             "leaky_analytics_consumer_lag",
             "Messages not yet consumed on this member's partitions",
         )?;
-        let anomalies = IntCounterVec::new(
-            Opts::new(
-                "leaky_analytics_anomalies_total",
-                "Usage anomalies detected (each distinct anomaly once per process)",
-            ),
-            &["kind"],
-        )?;
-        for kind in crate::anomaly::Kind::ALL {
-            // Every kind present from the start, at 0: a rate() over it needs the series to exist.
-            anomalies.with_label_values(&[kind.as_str()]);
-        }
+        let anomalies = anomalies_counter()?;
         registry.register(Box::new(anomalies.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -110,4 +100,20 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// `leaky_analytics_anomalies_total{kind}`, with every kind present from the start at 0 (a rate()
+/// over it needs the series to exist before the first anomaly).
+fn anomalies_counter() -> Result<IntCounterVec, prometheus::Error> {
+    let anomalies = IntCounterVec::new(
+        Opts::new(
+            "leaky_analytics_anomalies_total",
+            "Usage anomalies detected (each distinct anomaly once per process)",
+        ),
+        &["kind"],
+    )?;
+    for kind in crate::anomaly::Kind::ALL {
+        anomalies.with_label_values(&[kind.as_str()]);
+    }
+    Ok(anomalies)
 }
