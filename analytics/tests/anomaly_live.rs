@@ -25,9 +25,20 @@ const SPIKE_AT: i64 = 42;
 const SPIKED_ORG: &str = "org-00";
 const SPIKED_KEY: &str = "key-000";
 
-/// The baseline as one event per request, in delivery order, with the spiked key's prompts ×20 in
-/// the spike's minute.
-fn events(start: i64) -> Vec<Ev> {
+/// The anomaly injected into the steady baseline.
+#[derive(Clone, Copy, PartialEq)]
+enum Inject {
+    /// `SPIKED_KEY`'s prompts ×20 in minute `SPIKE_AT`.
+    Spike,
+    /// `SWITCHED_KEY` moves to a model no key used, from minute `SPIKE_AT` on.
+    Switch,
+}
+
+const SWITCHED_ORG: &str = "org-01";
+const SWITCHED_KEY: &str = "key-002";
+
+/// The baseline as one event per request, in delivery order, with `inject`.
+fn events(start: i64, inject: Inject) -> Vec<Ev> {
     let set = generate(&SynthConfig {
         seed: 32,
         orgs: 3,
@@ -40,9 +51,18 @@ fn events(start: i64) -> Vec<Ev> {
     });
     let mut out = Vec::new();
     for (i, o) in set.observations.iter().enumerate() {
-        let spiked = o.org == SPIKED_ORG
+        let minute = o.ts_ms.div_euclid(MINUTE_MS);
+        let spiked = inject == Inject::Spike
+            && o.org == SPIKED_ORG
             && o.key == SPIKED_KEY
-            && o.ts_ms.div_euclid(MINUTE_MS) == start + SPIKE_AT;
+            && minute == start + SPIKE_AT;
+        let switched =
+            inject == Inject::Switch && o.key == SWITCHED_KEY && minute >= start + SPIKE_AT;
+        let model = if switched {
+            "o1-preview"
+        } else {
+            o.model.as_str()
+        };
         let n = o.requests.max(1);
         for j in 0..n {
             let tokens = o.tokens / n;
@@ -51,7 +71,7 @@ fn events(start: i64) -> Vec<Ev> {
                 id: format!("an-{i}-{j}"),
                 org: o.org.clone(),
                 key: o.key.clone(),
-                model: o.model.clone(),
+                model: model.to_owned(),
                 provider: "openai".into(),
                 ts: o.ts_ms,
                 prompt,
@@ -143,7 +163,7 @@ async fn a_spike_is_detected_within_two_minutes_once_and_the_baseline_stays_quie
     let anomalies = kafka::topic(&brokers, "anomalies", 1).await?;
     let ks = cassandra::keyspace("anomaly");
     let start = chrono::Utc::now().timestamp_millis() / MINUTE_MS - 3 * 60;
-    let evs = events(start);
+    let evs = events(start, Inject::Spike);
     let spike = start + SPIKE_AT;
 
     // The expectation, offline: exactly a token spike of the key and of its org, at the spike.
@@ -183,6 +203,9 @@ async fn a_spike_is_detected_within_two_minutes_once_and_the_baseline_stays_quie
         assert!(explanation.starts_with("tokens/min "), "{explanation}");
         assert!(a["score"].as_f64().unwrap_or(0.0) >= 6.0, "{a}");
     }
+    // The counter moves once the event is published, just after the row is written.
+    let counted = eventually(30, || async { (token_spikes(&role) >= 2).then_some(()) }).await;
+    assert!(counted.is_some());
     assert_eq!(token_spikes(&role), 2);
     let published = topic_ids(&brokers, &anomalies, 2).await?;
     assert_eq!(published.iter().cloned().collect::<BTreeSet<_>>(), want_ids);
@@ -239,5 +262,69 @@ async fn assert_steady_and_spiked(
         let none = api_ids(role, org, start).await?;
         assert!(none.is_empty(), "{org}: {none:#?}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_switch_is_detected_live_within_two_minutes() -> anyhow::Result<()> {
+    let brokers = kafka::brokers()?;
+    let node = cassandra::node()?;
+    let topic = kafka::topic(&brokers, "usage", 3).await?;
+    let anomalies = kafka::topic(&brokers, "anomalies", 1).await?;
+    let ks = cassandra::keyspace("switch");
+    let start = chrono::Utc::now().timestamp_millis() / MINUTE_MS - 3 * 60;
+    let evs = events(start, Inject::Switch);
+    let switch = start + SPIKE_AT;
+
+    // Offline: model switches only, on the switched key (and perhaps its org), within 2 minutes.
+    let want = offline(&evs);
+    assert!(
+        want.iter().any(|a| a.key.as_deref() == Some(SWITCHED_KEY)),
+        "the test data: {want:#?}"
+    );
+    for a in &want {
+        assert_eq!(
+            (a.org.as_str(), a.kind.as_str()),
+            (SWITCHED_ORG, "model_switch"),
+            "{a:?}"
+        );
+        assert!(
+            (switch..=switch + 2).contains(&(a.minute_ms / MINUTE_MS)),
+            "{a:?}"
+        );
+    }
+    let want_ids: BTreeSet<String> = want.iter().map(|a| a.id.clone()).collect();
+
+    produce_events(&brokers, &topic, &evs).await?;
+    let mut cfg = consumer_config(&brokers, &topic);
+    cfg.anomaly_topic = anomalies;
+    let role = Role::start(&node, &ks, cfg).await?;
+    let found = eventually(120, || async {
+        let ids = api_ids(&role, SWITCHED_ORG, start).await.ok()?;
+        (ids.len() >= want_ids.len()).then_some(ids)
+    })
+    .await
+    .unwrap_or_default();
+    let got: BTreeSet<String> = found.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(got, want_ids, "{found:#?}");
+    let explanation = found[0].1["explanation"].as_str().unwrap_or("").to_owned();
+    assert!(
+        explanation.starts_with("model o1-preview carried"),
+        "{explanation}"
+    );
+    for org in ["org-00", "org-02"] {
+        let none = api_ids(&role, org, start).await?;
+        assert!(none.is_empty(), "{org}: {none:#?}");
+    }
+    let switches = || {
+        role.metrics
+            .anomalies
+            .with_label_values(&["model_switch"])
+            .get()
+    };
+    let want_n = want_ids.len() as u64;
+    let counted = eventually(30, || async { (switches() >= want_n).then_some(()) }).await;
+    assert!(counted.is_some());
+    assert_eq!(switches(), want_n);
     Ok(())
 }
