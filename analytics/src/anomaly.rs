@@ -27,6 +27,8 @@ use crate::event::UsageRow;
 
 pub mod baseline;
 mod explain;
+pub mod live;
+pub mod sink;
 mod subject;
 pub mod synthetic;
 #[cfg(test)]
@@ -224,6 +226,11 @@ impl Detector {
             late_events: 0,
             evicted: 0,
         }
+    }
+
+    /// Every minute up to and including this one is closed (`None` before the first observation).
+    pub fn closed_through(&self) -> Option<i64> {
+        self.closed_through
     }
 
     pub fn stats(&self) -> Stats {

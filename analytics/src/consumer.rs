@@ -13,7 +13,7 @@
 //! (with the reason and origin in headers) before the batch commits, so they never block it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -25,6 +25,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::anomaly::live::{AnomalyRecord, Live};
+use crate::anomaly::sink::{self, AnomalyStore};
 use crate::buckets::Level;
 use crate::event::{decode, Poison, UsageRow};
 use crate::metrics::Metrics;
@@ -55,6 +57,13 @@ pub struct ConsumerConfig {
     pub session_timeout: Duration,
     /// How often librdkafka reports its statistics (the consumer-lag gauge's refresh).
     pub stats_interval: Duration,
+    /// Detected anomalies are published here (`usage.anomaly` events, see `anomaly::sink`).
+    pub anomaly_topic: String,
+    /// The anomaly detector's tuning.
+    pub anomaly: crate::anomaly::Config,
+    /// With no message for this long, quiet partitions' minutes are closed (see
+    /// [`Live::tick`]).
+    pub idle_tick: Duration,
 }
 
 impl ConsumerConfig {
@@ -72,6 +81,9 @@ impl ConsumerConfig {
             concurrency: 64,
             session_timeout: Duration::from_secs(10),
             stats_interval: Duration::from_secs(5),
+            anomaly_topic: sink::ANOMALY_TOPIC.to_owned(),
+            anomaly: crate::anomaly::Config::default(),
+            idle_tick: Duration::from_secs(10),
         }
     }
 }
@@ -108,7 +120,15 @@ pub struct Consumer {
     store: Arc<Store>,
     metrics: Metrics,
     config: ConsumerConfig,
+    /// The live anomaly detectors: only this consumer's task locks it, never across an await.
+    live: Mutex<Live>,
+    anomalies: AnomalyStore,
 }
+
+/// The CloudEvents `source` of anomaly events.
+const ANOMALY_SOURCE: &str = "/leaky-tokens/analytics";
+/// Attempts to publish one anomaly event before giving up on it (each send waits up to 10 s).
+const PUBLISH_ATTEMPTS: u32 = 3;
 
 /// A poison message on its way to the dead-letter topic.
 struct DeadLetter {
@@ -151,6 +171,8 @@ impl Consumer {
         Ok(Consumer {
             kafka,
             dlq,
+            live: Mutex::new(Live::new(config.anomaly.clone())),
+            anomalies: AnomalyStore::new(store.clone()),
             store,
             metrics,
             config,
@@ -161,7 +183,9 @@ impl Consumer {
     pub async fn run(self) {
         loop {
             let batch = self.next_batch().await;
-            if !batch.is_empty() {
+            if batch.is_empty() {
+                self.tick().await;
+            } else {
                 self.handle(&batch).await;
             }
         }
@@ -170,13 +194,16 @@ impl Consumer {
     /// Waits for one message, then takes what else arrives within `linger`, up to `max_batch`.
     async fn next_batch(&self) -> Vec<BorrowedMessage<'_>> {
         let mut batch = Vec::new();
-        match self.kafka.recv().await {
-            Ok(m) => batch.push(m),
-            Err(e) => {
+        // Cancelling a `recv` that has not returned loses nothing: the message stays queued.
+        let first = tokio::time::timeout(self.config.idle_tick, self.kafka.recv()).await;
+        match first {
+            Ok(Ok(m)) => batch.push(m),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "kafka receive failed");
                 tokio::time::sleep(self.config.retry_min).await;
                 return batch;
             }
+            Err(_) => return batch,
         }
         let deadline = tokio::time::Instant::now() + self.config.linger;
         while batch.len() < self.config.max_batch {
@@ -194,7 +221,7 @@ impl Consumer {
 
     /// Stores a batch (retrying until Cassandra takes it), dead-letters its poison, commits it.
     async fn handle(&self, batch: &[BorrowedMessage<'_>]) {
-        let (rows, poison) = self.split(batch);
+        let (rows, partitions, poison) = self.split(batch);
         let mut pause = self.config.retry_min;
         while let Err(e) = store_batch(&self.store, &rows, self.config.concurrency).await {
             self.metrics.write_retries.inc();
@@ -209,6 +236,8 @@ impl Consumer {
                 .observe((now - r.ts).max(0) as f64 / 1000.0);
         }
         self.metrics.events.inc_by(rows.len() as u64);
+        let found = self.detect(&rows, &partitions, now);
+        self.emit(&found).await;
         for d in &poison {
             self.dead_letter(d).await;
         }
@@ -216,16 +245,18 @@ impl Consumer {
         self.metrics.batches.inc();
     }
 
-    /// The batch's storable events and its poison.
-    fn split(&self, batch: &[BorrowedMessage<'_>]) -> (Vec<UsageRow>, Vec<DeadLetter>) {
+    /// The batch's storable events, the partition of each, and its poison.
+    fn split(&self, batch: &[BorrowedMessage<'_>]) -> (Vec<UsageRow>, Vec<i32>, Vec<DeadLetter>) {
         let oldest = chrono::Utc::now().timestamp_millis()
             - i64::try_from(self.config.max_lateness.as_millis()).unwrap_or(i64::MAX);
         let mut rows = Vec::with_capacity(batch.len());
+        let mut partitions = Vec::with_capacity(batch.len());
         let mut poison = Vec::new();
         for m in batch {
             let label = match decode(m.payload()) {
                 Ok(row) if row.ts >= oldest => {
                     rows.push(row);
+                    partitions.push(m.partition());
                     continue;
                 }
                 Ok(row) => (
@@ -242,7 +273,65 @@ impl Consumer {
                 origin: format!("{}/{}/{}", m.topic(), m.partition(), m.offset()),
             });
         }
-        (rows, poison)
+        (rows, partitions, poison)
+    }
+
+    /// Feeds the stored events to the anomaly detectors (CPU only: the partition never waits on
+    /// detection) and returns the anomalies of the minutes they closed.
+    fn detect(&self, rows: &[UsageRow], partitions: &[i32], now_ms: i64) -> Vec<AnomalyRecord> {
+        let Ok(mut live) = self.live.lock() else {
+            return Vec::new();
+        };
+        rows.iter()
+            .zip(partitions)
+            .flat_map(|(r, p)| live.observe(*p, r, now_ms))
+            .collect()
+    }
+
+    /// No message for `idle_tick`: closes quiet partitions' minutes and emits what that found.
+    async fn tick(&self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let found = match self.live.lock() {
+            Ok(mut live) => live.tick(now),
+            Err(_) => Vec::new(),
+        };
+        self.emit(&found).await;
+    }
+
+    /// Stores each anomaly (retried until Cassandra takes it, as the batch's own writes are) and
+    /// publishes it (a few attempts: an unreachable or missing anomalies topic must not stall usage
+    /// ingestion; the row is stored and served either way). Both outputs are idempotent.
+    async fn emit(&self, found: &[AnomalyRecord]) {
+        for r in found {
+            let mut pause = self.config.retry_min;
+            while let Err(e) = self.anomalies.write(r).await {
+                tracing::warn!(error = %e, retry_in = ?pause, "anomaly write failed, retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(self.config.retry_max);
+            }
+            self.publish(r).await;
+            self.metrics.anomalies.with_label_values(&[&r.kind]).inc();
+            tracing::warn!(org = %r.org, key = ?r.key, kind = %r.kind, minute = r.minute_ms,
+                explanation = %r.explanation, "usage anomaly");
+        }
+    }
+
+    async fn publish(&self, r: &AnomalyRecord) {
+        let mut pause = self.config.retry_min;
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let topic = &self.config.anomaly_topic;
+            match sink::publish(&self.dlq, topic, ANOMALY_SOURCE, r).await {
+                Ok(()) => return,
+                Err(e) if attempt == PUBLISH_ATTEMPTS => {
+                    tracing::error!(error = %e, topic = %topic, id = %r.id, "anomaly event not published");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "anomaly publish failed, retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.config.retry_max);
+                }
+            }
+        }
     }
 
     /// Sends one poison message to the dead-letter topic, retrying until the broker has it (the

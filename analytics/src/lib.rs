@@ -10,6 +10,8 @@
 //!   in effect, without counters — see the module docs and `docs/analytics.md`);
 //! - [`schema`]: versioned CQL migrations applied at start-up;
 //! - [`buckets`]: time buckets and partitions; [`query`]: plans and folds usage queries;
+//! - [`anomaly`]: the streaming anomaly detector, fed live by the consumer ([`anomaly::live`]) and
+//!   stored and published by [`anomaly::sink`];
 //! - [`api`]: the HTTP routes; [`metrics`]: the Prometheus families.
 
 use std::net::SocketAddr;
@@ -84,6 +86,7 @@ pub async fn run(
         .map_err(|e| RunError::Listen(cfg.listen, e))?;
     let consuming = tokio::spawn(consumer.run());
     let state = Arc::new(api::ApiState {
+        anomalies: Arc::new(anomaly::sink::AnomalyStore::new(store.clone())),
         store,
         metrics,
         token: cfg.token.clone(),

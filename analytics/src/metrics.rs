@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Messages between the group's position and the end of its partitions, summed over this
     /// member's partitions (librdkafka's statistics, every few seconds; no extra broker round trip).
     pub consumer_lag: IntGauge,
+    /// Distinct anomalies detected by this process, by kind (a re-detected one counts once).
+    pub anomalies: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +70,8 @@ impl Metrics {
             "leaky_analytics_consumer_lag",
             "Messages not yet consumed on this member's partitions",
         )?;
+        let anomalies = anomalies_counter()?;
+        registry.register(Box::new(anomalies.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(batches.clone()))?;
@@ -84,6 +88,7 @@ impl Metrics {
             commit_failures,
             event_lag,
             consumer_lag,
+            anomalies,
         })
     }
 
@@ -95,4 +100,20 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// `leaky_analytics_anomalies_total{kind}`, with every kind present from the start at 0 (a rate()
+/// over it needs the series to exist before the first anomaly).
+fn anomalies_counter() -> Result<IntCounterVec, prometheus::Error> {
+    let anomalies = IntCounterVec::new(
+        Opts::new(
+            "leaky_analytics_anomalies_total",
+            "Usage anomalies detected (each distinct anomaly once per process)",
+        ),
+        &["kind"],
+    )?;
+    for kind in crate::anomaly::Kind::ALL {
+        anomalies.with_label_values(&[kind.as_str()]);
+    }
+    Ok(anomalies)
 }

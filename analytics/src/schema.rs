@@ -32,7 +32,8 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append only: a shipped migration never changes.
-pub const MIGRATIONS: &[Migration] = &[Migration {
+pub const MIGRATIONS: &[Migration] = &[
+Migration {
     version: 1,
     name: "raw events and rollups",
     statements: &[
@@ -56,6 +57,18 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
          bucket timestamp, dim_value text, requests bigint, errors bigint, prompt_tokens bigint, \
          completion_tokens bigint, total_tokens bigint, latency_us bigint, cost decimal, \
          PRIMARY KEY ((org, part), dim, bucket, dim_value))",
+    ],
+},
+// Version 2 is the price table (statements); the list stays ordered by version when merged.
+Migration {
+    version: 3,
+    name: "anomalies",
+    statements: &[
+        // One row per (org, UTC day, anomalous minute, subject, kind): a replayed detection
+        // overwrites its own row. `subject` is the key id, '' for the org as a whole.
+        "CREATE TABLE IF NOT EXISTS {ks}.anomalies (org text, day timestamp, ts timestamp, \
+         subject text, kind text, id text, score double, baseline double, spread double, \
+         observed double, explanation text, PRIMARY KEY ((org, day), ts, subject, kind))",
     ],
 }];
 

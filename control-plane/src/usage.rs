@@ -1,6 +1,9 @@
-//! `GET /v1/orgs/{org}/usage` and `GET /v1/orgs/{org}/usage/top-keys` on the admin API: the
-//! analytics role's usage API (issue 16) behind the control plane's auth and RBAC (`billing:read`
-//! in the org, see `identity::rbac`).
+//! `GET /v1/orgs/{org}/usage`, `GET /v1/orgs/{org}/usage/top-keys` and
+//! `GET /v1/orgs/{org}/anomalies` on the admin API: the analytics role's API (issue 16) behind the
+//! control plane's auth and RBAC (`billing:read` in the org, see `identity::rbac`).
+//!
+//! A usage query without `tz` is answered in the org's own time zone (`tenancy.orgs.time_zone`,
+//! see [`org_time_zone`]): the control plane adds it to the query it forwards.
 //!
 //! The control plane does not read Cassandra itself: it forwards the checked query to the analytics
 //! role (`LEAKY_ANALYTICS_URL`, with `LEAKY_ANALYTICS_TOKEN` as its bearer token) and answers with
@@ -23,6 +26,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::apidoc::problems;
 use crate::http::{parse_id, ApiQuery, ApiState, Principal, Problem, ProblemKind};
 use crate::tenancy::orgs;
+use sqlx::PgPool;
+use uuid::Uuid;
 
 /// How long a usage query may take at the analytics role.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,7 +111,8 @@ pub struct UsageQuery {
     pub granularity: Option<String>,
     /// Split the series by `model`, `key` or `provider`.
     pub group_by: Option<String>,
-    /// IANA time zone of the buckets (default `UTC`); days and months start at local midnight.
+    /// IANA time zone of the buckets (default: the org's `time_zone`); days and months start at
+    /// local midnight.
     pub tz: Option<String>,
     /// Only this API key's usage.
     pub key: Option<String>,
@@ -220,7 +226,11 @@ async fn get_usage(
     ApiQuery(q): ApiQuery<UsageQuery>,
 ) -> Result<Json<UsageReport>, Problem> {
     let org = parse_id("org", &org)?;
-    orgs::get(&s.pool, org).await?;
+    let mut q = q;
+    let zone = org_time_zone(&s.pool, org).await?;
+    if q.tz.as_deref().is_none_or(str::is_empty) {
+        q.tz = Some(zone);
+    }
     let report = client(&analytics)?
         .get(&format!("/v1/orgs/{org}/usage"), &q)
         .await?;
@@ -254,6 +264,92 @@ async fn get_top_keys(
     Ok(Json(top))
 }
 
+/// The org's IANA time zone (`UTC` unless set on the org): what usage and statement routes pass
+/// to analytics when the caller names no `tz`. A 404 problem when the org does not exist.
+pub async fn org_time_zone(pool: &PgPool, org: Uuid) -> Result<String, Problem> {
+    Ok(orgs::get(pool, org).await?.time_zone)
+}
+
+/// The query of `GET /v1/orgs/{org}/anomalies`.
+#[derive(Debug, Deserialize, Serialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AnomaliesQuery {
+    /// Start (inclusive), RFC 3339 or `YYYY-MM-DD` (UTC). Default: 7 days before `to`.
+    pub from: Option<String>,
+    /// End (exclusive). Default: now. At most 31 days after `from`.
+    pub to: Option<String>,
+}
+
+/// One detected usage anomaly (see docs/analytics.md, "Anomaly detection").
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct Anomaly {
+    /// Stable per (org, key, kind, minute): the `id` of its `usage.anomaly` event too.
+    pub id: String,
+    /// The API key, or `null` when the org as a whole is anomalous.
+    pub key: Option<String>,
+    /// `token_spike`, `request_spike`, `model_switch` or `error_rate_jump`.
+    pub kind: String,
+    /// The anomalous minute (event time), RFC 3339 UTC.
+    pub minute: String,
+    /// How far above the baseline, in spreads (share points for a model switch).
+    pub score: f64,
+    /// The baseline per minute (a ratio 0..1 for error rate and model share).
+    pub baseline: f64,
+    pub spread: f64,
+    /// What the minute showed, same unit as `baseline`.
+    pub observed: f64,
+    pub explanation: String,
+}
+
+/// An org's anomalies over a range, oldest first.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct Anomalies {
+    pub org: String,
+    pub from: String,
+    pub to: String,
+    pub anomalies: Vec<Anomaly>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/orgs/{org}/anomalies", tag = "usage",
+    params(("org" = Uuid, Path, description = "Org id"), AnomaliesQuery),
+    responses(
+        (status = 200, description = "The org's usage anomalies, oldest first", body = Anomalies,
+         example = json!(example_anomalies())),
+        (status = 404, response = problems::NotFound),
+        (status = 422, response = problems::Validation),
+        (status = 503, response = problems::Unavailable),
+    )
+)]
+/// Usage anomalies detected for the org and its keys (from the analytics service).
+async fn get_anomalies(
+    _: Principal,
+    State(s): State<ApiState>,
+    Extension(analytics): Extension<Option<Arc<AnalyticsClient>>>,
+    Path(org): Path<String>,
+    ApiQuery(q): ApiQuery<AnomaliesQuery>,
+) -> Result<Json<Anomalies>, Problem> {
+    let org = parse_id("org", &org)?;
+    orgs::get(&s.pool, org).await?;
+    let found = client(&analytics)?
+        .get(&format!("/v1/orgs/{org}/anomalies"), &q)
+        .await?;
+    Ok(Json(found))
+}
+
+fn example_anomalies() -> serde_json::Value {
+    json!({
+        "org": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "from": "2026-03-01T00:00:00Z", "to": "2026-03-08T00:00:00Z",
+        "anomalies": [{"id": "5e1f0c3a-8d2b-8c4e-9a7f-1b2c3d4e5f60",
+                       "key": "3d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b0a", "kind": "token_spike",
+                       "minute": "2026-03-04T14:07:00Z", "score": 389.2, "baseline": 3147.0,
+                       "spread": 116.0, "observed": 48200.0,
+                       "explanation": "tokens/min 48,200 vs baseline 3,147 ± 116 (score 389)"}],
+    })
+}
+
 fn example_report() -> serde_json::Value {
     let totals = |r: i64, p: i64, c: i64| {
         json!({"requests": r, "errors": 0, "prompt_tokens": p, "completion_tokens": c,
@@ -285,7 +381,7 @@ fn example_top_keys() -> serde_json::Value {
 
 /// The OpenAPI paths of these routes.
 #[derive(OpenApi)]
-#[openapi(paths(get_usage, get_top_keys))]
+#[openapi(paths(get_usage, get_top_keys, get_anomalies))]
 struct Doc;
 
 /// The usage routes' OpenAPI paths.
@@ -298,5 +394,6 @@ pub fn routes(analytics: Option<AnalyticsClient>) -> Router<ApiState> {
     Router::new()
         .route("/orgs/{org}/usage", get(get_usage))
         .route("/orgs/{org}/usage/top-keys", get(get_top_keys))
+        .route("/orgs/{org}/anomalies", get(get_anomalies))
         .layer(Extension(analytics.map(Arc::new)))
 }

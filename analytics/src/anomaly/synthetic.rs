@@ -8,7 +8,7 @@
 //! observations are delivered one minute late (inside the watermark's window). Seeded and
 //! deterministic: the same config gives the same data.
 
-use super::{Kind, Observation, Subject};
+use super::{Alert, Kind, Observation, Subject};
 
 const MINUTE_MS: i64 = 60_000;
 const MODELS: [&str; 4] = ["gpt-4o-mini", "claude-3-haiku", "llama-3-70b", "gpt-4o"];
@@ -56,6 +56,8 @@ pub struct SynthConfig {
     pub anomalous_keys: f64,
     /// No anomaly starts before this many minutes (the detector's warm-up plus margin).
     pub quiet_minutes: i64,
+    /// Each key's mean requests per minute is drawn log-uniformly from this range.
+    pub requests_per_minute: (f64, f64),
 }
 
 impl Default for SynthConfig {
@@ -68,6 +70,7 @@ impl Default for SynthConfig {
             minutes: 6 * 60,
             anomalous_keys: 0.4,
             quiet_minutes: 60,
+            requests_per_minute: (20.0, 200.0),
         }
     }
 }
@@ -156,7 +159,11 @@ fn profile(rng: &mut Rng, cfg: &SynthConfig, i: usize) -> Profile {
     let second = (rng.unit() < 0.5).then(|| (MODELS[3], rng.range(0.05, 0.3)));
     let mut p = Profile {
         subject,
-        requests: (rng.range(20f64.ln(), 200f64.ln())).exp(),
+        requests: (rng.range(
+            cfg.requests_per_minute.0.ln(),
+            cfg.requests_per_minute.1.ln(),
+        ))
+        .exp(),
         tokens_per_request: rng.range(200.0, 3000.0),
         error_rate: rng.range(0.0, 0.05),
         main,
@@ -235,4 +242,29 @@ fn minute_of(rng: &mut Rng, p: &Profile, minute: i64) -> Vec<Observation> {
         });
     }
     out
+}
+
+/// Precision and recall of `alerts` against `labels`. An alert is true when it names the labelled
+/// key (or its org) with a matching kind inside the anomaly's minutes (+2); an anomaly is found
+/// when its key alerts with a matching kind within 2 minutes of its start.
+pub fn precision_recall(labels: &[Label], alerts: &[Alert]) -> (f64, f64) {
+    let explains = |a: &Alert| {
+        labels.iter().any(|l| {
+            l.kind.matches(a.kind)
+                && (a.subject == l.subject
+                    || (a.subject.key.is_none() && a.subject.org == l.subject.org))
+                && (l.start..=l.end + 2).contains(&a.minute)
+        })
+    };
+    let found = |l: &&Label| {
+        alerts.iter().any(|a| {
+            a.subject == l.subject
+                && l.kind.matches(a.kind)
+                && (l.start..=l.start + 2).contains(&a.minute)
+        })
+    };
+    let tp = alerts.iter().filter(|a| explains(a)).count();
+    let precision = tp as f64 / alerts.len().max(1) as f64;
+    let recall = labels.iter().filter(found).count() as f64 / labels.len().max(1) as f64;
+    (precision, recall)
 }

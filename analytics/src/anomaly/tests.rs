@@ -253,31 +253,6 @@ fn no_alert_on_a_clean_steady_baseline_over_six_hours() {
     }
 }
 
-/// An alert is true when it names the labelled key (or its org) with a matching kind inside the
-/// anomaly's minutes (+2); an anomaly is found when its key alerts with a matching kind within 2
-/// minutes of its start.
-fn precision_recall(set: &Dataset, alerts: &[Alert]) -> (f64, f64) {
-    let explains = |a: &Alert| {
-        set.labels.iter().any(|l| {
-            l.kind.matches(a.kind)
-                && (a.subject == l.subject
-                    || (a.subject.key.is_none() && a.subject.org == l.subject.org))
-                && (l.start..=l.end + 2).contains(&a.minute)
-        })
-    };
-    let found = |l: &&synthetic::Label| {
-        alerts.iter().any(|a| {
-            a.subject == l.subject
-                && l.kind.matches(a.kind)
-                && (l.start..=l.start + 2).contains(&a.minute)
-        })
-    };
-    let tp = alerts.iter().filter(|a| explains(a)).count();
-    let precision = tp as f64 / alerts.len().max(1) as f64;
-    let recall = set.labels.iter().filter(found).count() as f64 / set.labels.len().max(1) as f64;
-    (precision, recall)
-}
-
 #[test]
 #[allow(clippy::print_stdout)]
 fn precision_and_recall_on_the_synthetic_set() {
@@ -288,7 +263,7 @@ fn precision_and_recall_on_the_synthetic_set() {
             ..SynthConfig::default()
         });
         let alerts = run(&set);
-        let (p, r) = precision_recall(&set, &alerts);
+        let (p, r) = synthetic::precision_recall(&set.labels, &alerts);
         println!(
             "anomaly synthetic seed {seed}: {} anomalies, {} alerts, precision {p:.3}, recall {r:.3}",
             set.labels.len(),

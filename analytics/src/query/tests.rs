@@ -142,6 +142,36 @@ fn hours_fold_into_local_days_and_groups() {
 }
 
 #[test]
+fn a_half_hour_zone_splits_days_at_local_midnight_from_minute_rows() {
+    // Kolkata is UTC+05:30: local midnight of the 2nd is 18:30 UTC on the 1st.
+    let p = UsageParams {
+        tz: Some("Asia/Kolkata".into()),
+        ..params("2026-03-01", "2026-03-03", Granularity::Day)
+    };
+    let p = plan(&p, 0).unwrap_or_else(|e| unreachable!("{e}"));
+    assert_eq!(p.level, Level::Minute);
+    let rows = [
+        row("2026-03-01T18:29:00Z", "", 5),
+        row("2026-03-01T18:30:00Z", "", 7),
+        row("2026-03-02T18:29:00Z", "", 11),
+    ];
+    let u = fold("acme", &p, &rows);
+    let got: Vec<(String, i64)> = u
+        .series
+        .iter()
+        .map(|s| (s.start.clone(), s.totals.total_tokens))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("2026-03-01T00:00:00+05:30".into(), 5),
+            ("2026-03-02T00:00:00+05:30".into(), 18),
+        ]
+    );
+    assert_eq!(u.total.total_tokens, 23);
+}
+
+#[test]
 fn a_filter_keeps_one_value() {
     let p = UsageParams {
         key: Some("k2".into()),

@@ -128,6 +128,9 @@ impl Role {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let state = Arc::new(leaky_analytics::api::ApiState {
+            anomalies: Arc::new(leaky_analytics::anomaly::sink::AnomalyStore::new(
+                store.clone(),
+            )),
             store: store.clone(),
             metrics: metrics.clone(),
             token: None,

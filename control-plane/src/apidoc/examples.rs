@@ -10,11 +10,11 @@ pub const NEW_KEY: &str = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d";
 const AT: &str = "2026-01-15T09:30:00Z";
 
 pub fn org() -> Value {
-    json!({"id": ORG, "name": "acme", "created_at": AT, "updated_at": AT, "version": 1})
+    json!({"id": ORG, "name": "acme", "time_zone": "UTC", "created_at": AT, "updated_at": AT, "version": 1})
 }
 
 pub fn org_renamed() -> Value {
-    json!({"id": ORG, "name": "acme-renamed", "created_at": AT, "updated_at": "2026-01-16T10:00:00Z", "version": 2})
+    json!({"id": ORG, "name": "acme-renamed", "time_zone": "Europe/Berlin", "created_at": AT, "updated_at": "2026-01-16T10:00:00Z", "version": 2})
 }
 
 pub fn new_user() -> Value {

@@ -18,11 +18,22 @@ use crate::http::{
 
 pub(super) type Created<T> = (StatusCode, HeaderMap, Json<T>);
 
-/// `POST /v1/orgs` and `PATCH /v1/orgs/{org}` body.
+/// `POST /v1/orgs` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrgBody {
     name: String,
+    /// IANA time zone of the org's usage reports (default `UTC`).
+    time_zone: Option<String>,
+}
+
+/// `PATCH /v1/orgs/{org}` body: the fields to change (at least one).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct OrgPatch {
+    name: Option<String>,
+    /// IANA time zone of the org's usage reports, e.g. `Europe/Berlin`.
+    time_zone: Option<String>,
 }
 
 /// `PUT /v1/tiers/{name}` body.
@@ -62,7 +73,8 @@ async fn create_org(
     State(s): State<ApiState>,
     ApiJson(body): ApiJson<OrgBody>,
 ) -> Result<Created<Org>, Problem> {
-    let org = orgs::create(&s.pool, &p.subject, &body.name).await?;
+    let org =
+        orgs::create_in_zone(&s.pool, &p.subject, &body.name, body.time_zone.as_deref()).await?;
     Ok((StatusCode::CREATED, org_headers(&org), Json(org)))
 }
 
@@ -110,9 +122,9 @@ async fn get_org(
         ("org" = Uuid, Path, description = "Org id"),
         ("If-Match" = String, Header, description = "The ETag you read, e.g. `\"1\"`"),
     ),
-    request_body(content = OrgBody, example = json!({"name": "acme-renamed"})),
+    request_body(content = OrgPatch, example = json!({"name": "acme-renamed", "time_zone": "Europe/Berlin"})),
     responses(
-        (status = 200, description = "The org, renamed", body = Org,
+        (status = 200, description = "The org, changed", body = Org,
          headers(("ETag" = String, description = "Its new version")),
          example = json!(examples::org_renamed())),
         (status = 400, response = problems::MalformedJson),
@@ -125,17 +137,21 @@ async fn get_org(
         (status = 428, response = problems::PreconditionRequired),
     )
 )]
-/// Rename an org (optimistic concurrency: `If-Match` required).
+/// Rename an org or change its time zone (optimistic concurrency: `If-Match` required).
 async fn patch_org(
     p: Principal,
     State(s): State<ApiState>,
     Path(org): Path<String>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<OrgBody>,
+    ApiJson(body): ApiJson<OrgPatch>,
 ) -> Result<(HeaderMap, Json<Org>), Problem> {
     let id = parse_id("org", &org)?;
     let expected = if_match(&headers)?;
-    let org = orgs::rename(&s.pool, &p.subject, id, expected, &body.name).await?;
+    if body.name.is_none() && body.time_zone.is_none() {
+        return Err(Problem::field("name", "give `name` and/or `time_zone`"));
+    }
+    let (name, zone) = (body.name.as_deref(), body.time_zone.as_deref());
+    let org = orgs::update(&s.pool, &p.subject, id, expected, name, zone).await?;
     Ok((org_headers(&org), Json(org)))
 }
 

@@ -21,25 +21,55 @@ use crate::outbox::{self, Event};
 pub struct Org {
     pub id: Uuid,
     pub name: String,
+    /// The IANA time zone of the org's usage reports and statements (default `UTC`).
+    #[schema(example = "Europe/Berlin")]
+    pub time_zone: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
 }
 
-const COLUMNS: &str = "id, name, created_at, updated_at, version";
+const COLUMNS: &str = "id, name, time_zone, created_at, updated_at, version";
 
 fn duplicate(name: &str) -> TenancyError {
     TenancyError::Conflict(format!("an org named `{name}` already exists"))
 }
 
-/// Creates an org named `name` (unique).
+/// An IANA time zone name as chrono-tz knows it (its canonical spelling), or a field error.
+pub fn check_time_zone(value: &str) -> Result<String, TenancyError> {
+    value
+        .parse::<chrono_tz::Tz>()
+        .map(|tz| tz.name().to_owned())
+        .map_err(|_| {
+            TenancyError::field(
+                "time_zone",
+                "must be an IANA time zone name, e.g. `Europe/Berlin` or `UTC`",
+            )
+        })
+}
+
+/// Creates an org named `name` (unique), in UTC.
 pub async fn create(pool: &PgPool, actor: &str, name: &str) -> Result<Org, TenancyError> {
+    create_in_zone(pool, actor, name, None).await
+}
+
+/// Creates an org named `name` (unique) in `time_zone` (IANA; `None`: UTC).
+pub async fn create_in_zone(
+    pool: &PgPool,
+    actor: &str,
+    name: &str,
+    time_zone: Option<&str>,
+) -> Result<Org, TenancyError> {
     let name = check_name("name", name)?;
+    let zone = check_time_zone(time_zone.unwrap_or("UTC"))?;
     let mut tx = pool.begin().await?;
-    let sql = format!("INSERT INTO tenancy.orgs (id, name) VALUES ($1, $2) RETURNING {COLUMNS}");
+    let sql = format!(
+        "INSERT INTO tenancy.orgs (id, name, time_zone) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
+    );
     let org: Org = sqlx::query_as(&sql)
         .bind(Uuid::new_v4())
         .bind(&name)
+        .bind(&zone)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -54,7 +84,7 @@ pub async fn create(pool: &PgPool, actor: &str, name: &str) -> Result<Org, Tenan
         action: "org.create",
         object_kind: "org",
         object_id: org.id.to_string(),
-        detail: json!({ "name": org.name }),
+        detail: json!({ "name": org.name, "time_zone": org.time_zone }),
     };
     audit::record(&mut tx, change).await?;
     let data = json!({ "id": org.id, "name": org.name });
@@ -161,21 +191,37 @@ pub async fn rename(
     expected: i64,
     name: &str,
 ) -> Result<Org, TenancyError> {
-    let name = check_name("name", name)?;
+    update(pool, actor, id, expected, Some(name), None).await
+}
+
+/// Changes org `id`'s name and/or time zone (each `None`: kept) if its version is still
+/// `expected`, in one compare-and-write UPDATE like [`rename`].
+pub async fn update(
+    pool: &PgPool,
+    actor: &str,
+    id: Uuid,
+    expected: i64,
+    name: Option<&str>,
+    time_zone: Option<&str>,
+) -> Result<Org, TenancyError> {
+    let name = name.map(|n| check_name("name", n)).transpose()?;
+    let zone = time_zone.map(check_time_zone).transpose()?;
     let mut tx = pool.begin().await?;
     let sql = format!(
-        "UPDATE tenancy.orgs SET name = $1, version = version + 1, updated_at = now()
+        "UPDATE tenancy.orgs SET name = COALESCE($1, name), time_zone = COALESCE($4, time_zone),
+         version = version + 1, updated_at = now()
          WHERE id = $2 AND version = $3 AND deleted_at IS NULL RETURNING {COLUMNS}"
     );
     let updated: Option<Org> = sqlx::query_as(&sql)
         .bind(&name)
         .bind(id)
         .bind(expected)
+        .bind(&zone)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
-                duplicate(&name)
+                duplicate(name.as_deref().unwrap_or(""))
             } else {
                 e.into()
             }
@@ -192,7 +238,7 @@ pub async fn rename(
         action: "org.update",
         object_kind: "org",
         object_id: id.to_string(),
-        detail: json!({ "name": org.name, "version": org.version }),
+        detail: json!({ "name": org.name, "time_zone": org.time_zone, "version": org.version }),
     };
     super::audited(&mut tx, "org.updated", "org", change).await?;
     tx.commit().await?;
