@@ -1,13 +1,13 @@
 # CI tool installs shared by .ci/run and developers: each tool pinned, installed once into a cache
 # directory of its own and reused (a second run only checks that the binary is there). Source this
-# file; it defines:
-#   tools_dir                 the cache root (LEAKY_TOOLS_DIR, default ~/.cache/leaky-tokens/tools)
-#   cargo_deny                path of cargo-deny $CARGO_DENY_VERSION (cargo install --locked)
-#   shellcheck_bin            path of shellcheck (Debian's package)
-#   actionlint_bin            path of actionlint $ACTIONLINT_VERSION (go install, from the Go module proxy)
-#   deny_advisory_args        cargo-deny flags for the RustSec database: the live one when it can be
-#                             fetched, else the snapshot in ../shared/advisory-db (machines without GitHub)
-# Each prints the binary's path on stdout and its progress on stderr.
+# file; it defines (each prints the binary's path on stdout, its progress on stderr):
+#   - tools_dir: the cache root (LEAKY_TOOLS_DIR, default ~/.cache/leaky-tokens/tools)
+#   - cargo_deny: cargo-deny $CARGO_DENY_VERSION (cargo install --locked)
+#   - shellcheck_bin: ShellCheck (Debian's package; settings in .shellcheckrc)
+#   - actionlint_bin: actionlint $ACTIONLINT_VERSION (go install, from the Go module proxy)
+#   - compose_spec_bin: compose-go's validator $COMPOSE_GO_VERSION (go install)
+#   - shell_scripts: every shell script in git (a .sh name or a sh/bash shebang), one a line
+#   - deny_advisories: prepares the RustSec database for `cargo deny check` and prints its flags
 
 CARGO_DENY_VERSION=${CARGO_DENY_VERSION:-0.20.2}
 ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
@@ -71,4 +71,56 @@ compose_spec_bin() {
     mv "$dir/cmd" "$bin"
   fi
   echo "$bin"
+}
+
+shell_scripts() {
+  local f
+  git ls-files | while read -r f; do
+    [ -f "$f" ] || continue
+    case $f in
+    *.sh) echo "$f" ;;
+    *) head -n 1 "$f" | grep -qE '^#!(/usr/bin/env )?(/usr)?(/bin/)?(ba)?sh\b' && echo "$f" ;;
+    esac
+  done
+  return 0
+}
+
+# The RustSec advisory database for cargo-deny, which keeps it under db-path (deny.toml:
+# LEAKY_ADVISORY_DBS) in a directory named after the URL. The live one is fetched when GitHub answers;
+# else the snapshot in ../shared/advisory-db (a plain directory, dated in its SNAPSHOT.md) becomes a
+# throwaway git repository at that place, committed with the snapshot's date so that cargo-deny's
+# staleness check sees its real age. Prints the flags for `cargo deny check` on stdout.
+ADVISORY_URL=https://github.com/rustsec/advisory-db
+ADVISORY_DIR_HASH=3157b0e258782691
+deny_advisories() {
+  local deny=$1 root snapshot date dir
+  root=${LEAKY_ADVISORY_DBS:-$(tools_dir)/advisory-dbs}
+  export LEAKY_ADVISORY_DBS=$root
+  snapshot=${LEAKY_ADVISORY_SNAPSHOT:-../shared/advisory-db}
+  if [ "${LEAKY_ADVISORY_OFFLINE:-0}" != 1 ] && timeout 120 "$deny" fetch db >&2 2>/dev/null; then
+    echo "advisories: live database ($ADVISORY_URL)" >&2
+    echo "--disable-fetch"
+    return
+  fi
+  [ -d "$snapshot/crates" ] || { echo "advisories: no live database and no snapshot at $snapshot" >&2; return 1; }
+  date=$(grep -oE '[0-9]{4}-[0-9]{2}-[0-9]{2}' "$snapshot/SNAPSHOT.md" | head -n 1)
+  # cargo-deny's directory for the default URL: <name>-<xxhash64 of the lower-cased URL> (its db.rs).
+  dir="$root/advisory-db-$ADVISORY_DIR_HASH"
+  if [ -d "$dir/.git" ] && [ ! -f "$dir/.leaky-snapshot" ]; then
+    echo "advisories: GitHub unreachable, the live database fetched earlier into $dir" >&2
+    echo "--disable-fetch"
+    return
+  fi
+  if ! cmp -s "$dir/.leaky-snapshot" "$snapshot/SNAPSHOT.md" 2>/dev/null; then
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r "$snapshot/." "$dir/"
+    chmod -R u+w "$dir"
+    (cd "$dir" && git init -q -b main && git add -A &&
+      GIT_AUTHOR_DATE="${date}T00:00:00Z" GIT_COMMITTER_DATE="${date}T00:00:00Z" \
+        git -c user.name=ci -c user.email=ci@localhost commit -qm "RustSec snapshot $date")
+    cp "$snapshot/SNAPSHOT.md" "$dir/.leaky-snapshot"
+  fi
+  echo "advisories: GitHub unreachable, snapshot of $date from $snapshot" >&2
+  echo "--disable-fetch"
 }
