@@ -7,7 +7,7 @@
 #   - actionlint_bin: actionlint $ACTIONLINT_VERSION (go install, from the Go module proxy)
 #   - compose_spec_bin: compose-go's validator $COMPOSE_GO_VERSION (go install)
 #   - shell_scripts: every shell script in git (a .sh name or a sh/bash shebang), one a line
-#   - deny_advisories: prepares the RustSec database for `cargo deny check` and prints its flags
+#   - deny_advisories: prepares the RustSec database and prints the flags that make cargo-deny use it
 
 CARGO_DENY_VERSION=${CARGO_DENY_VERSION:-0.20.2}
 ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
@@ -86,20 +86,19 @@ shell_scripts() {
 }
 
 # The RustSec advisory database for cargo-deny, which keeps it under db-path (deny.toml:
-# LEAKY_ADVISORY_DBS) in a directory named after the URL. The live one is fetched when GitHub answers;
+# $CARGO_HOME/advisory-dbs) in a directory named after the URL. The live one is fetched when GitHub answers;
 # else the snapshot in ../shared/advisory-db (a plain directory, dated in its SNAPSHOT.md) becomes a
 # throwaway git repository at that place, committed with the snapshot's date so that cargo-deny's
-# staleness check sees its real age. Prints the flags for `cargo deny check` on stdout.
+# staleness check sees its real age. Prints the global flags for cargo-deny (`--offline`) on stdout.
 ADVISORY_URL=https://github.com/rustsec/advisory-db
 ADVISORY_DIR_HASH=3157b0e258782691
 deny_advisories() {
   local deny=$1 root snapshot date dir
-  root=${LEAKY_ADVISORY_DBS:-$(tools_dir)/advisory-dbs}
-  export LEAKY_ADVISORY_DBS=$root
+  root=${CARGO_HOME:-$HOME/.cargo}/advisory-dbs
   snapshot=${LEAKY_ADVISORY_SNAPSHOT:-../shared/advisory-db}
   if [ "${LEAKY_ADVISORY_OFFLINE:-0}" != 1 ] && timeout 120 "$deny" fetch db >&2 2>/dev/null; then
     echo "advisories: live database ($ADVISORY_URL)" >&2
-    echo "--disable-fetch"
+    echo "--offline"
     return
   fi
   [ -d "$snapshot/crates" ] || { echo "advisories: no live database and no snapshot at $snapshot" >&2; return 1; }
@@ -108,7 +107,7 @@ deny_advisories() {
   dir="$root/advisory-db-$ADVISORY_DIR_HASH"
   if [ -d "$dir/.git" ] && [ ! -f "$dir/.leaky-snapshot" ]; then
     echo "advisories: GitHub unreachable, the live database fetched earlier into $dir" >&2
-    echo "--disable-fetch"
+    echo "--offline"
     return
   fi
   if ! cmp -s "$dir/.leaky-snapshot" "$snapshot/SNAPSHOT.md" 2>/dev/null; then
@@ -122,5 +121,5 @@ deny_advisories() {
     cp "$snapshot/SNAPSHOT.md" "$dir/.leaky-snapshot"
   fi
   echo "advisories: GitHub unreachable, snapshot of $date from $snapshot" >&2
-  echo "--disable-fetch"
+  echo "--offline"
 }
