@@ -75,8 +75,9 @@ def payments_webhook():
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(value)
-    # The control plane runs as the image's non-root user (uid 10001).
-    os.chown(path, 10001, 10001)
+    # The control plane runs as the image's non-root user (uid 10001); the job runs as root.
+    if os.geteuid() == 0:
+        os.chown(path, 10001, 10001)
     print(f"stack_init: webhook endpoint {endpoint} registered; secret in {path}")
 
 

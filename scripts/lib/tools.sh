@@ -12,6 +12,10 @@
 CARGO_DENY_VERSION=${CARGO_DENY_VERSION:-0.20.2}
 ACTIONLINT_VERSION=${ACTIONLINT_VERSION:-v1.7.12}
 
+# Go from the toolchain install the machine images carry, when it is not on PATH (Debian's golang-go
+# is too old for these modules; it is only the last resort).
+[ -x /usr/local/go/bin/go ] && ! command -v go >/dev/null 2>&1 && PATH=$PATH:/usr/local/go/bin
+
 tools_dir() { echo "${LEAKY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/leaky-tokens/tools}"; }
 
 tools_apt() {

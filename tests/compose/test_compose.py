@@ -8,7 +8,9 @@ here: docs/delivery.md says what is proven here and what only statically).
   written into the file or the env files;
 - the roles, their flags, ports, environment and Kafka topics agree with scripts/stack, which runs the
   same system as local processes (parsed, so the two cannot drift apart silently);
-- the entry point's health probe and *_FILE secrets, run for real against a local HTTP server.
+- the entry point's health probe and *_FILE secrets, run for real against a local HTTP server;
+- the payments-init job against the real payment stub (`leaky-tokens stubs`, the binary scripts/test
+  builds; LEAKY_BIN overrides).
 """
 
 import http.server
@@ -20,6 +22,7 @@ import socket
 import stat
 import subprocess
 import threading
+import urllib.request
 
 import jsonschema
 import pytest
@@ -407,3 +410,59 @@ def test_secret_files_become_environment(tmp_path):
     failed = subprocess.run([str(ENTRYPOINT), "proxy"], env=env, capture_output=True, text=True)
     assert failed.returncode == 1 and "not a readable file" in failed.stderr
     assert "s3cret" not in failed.stderr
+
+
+# --- the payments-init job against the real payment stub --------------------------------------
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def payment_stub(tmp_path):
+    """`leaky-tokens stubs` (the binary scripts/test builds; LEAKY_BIN overrides) on free ports."""
+    binary = pathlib.Path(os.environ.get("LEAKY_BIN", ROOT / "target/debug/leaky-tokens"))
+    assert binary.is_file(), f"{binary} missing: build it first (cargo build), or set LEAKY_BIN"
+    ports = [_free_port() for _ in range(4)]
+    args = [str(binary), "stubs", "--latency", "off"]
+    for flag, port in zip(("--openai-listen", "--gemini-listen", "--qwen-listen", "--payment-listen"), ports):
+        args += [flag, f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"http://127.0.0.1:{ports[3]}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _payments_init(url, out_dir, key_file):
+    env = {
+        "PATH": os.environ["PATH"],
+        "LEAKY_PAYMENTS_URL": url,
+        "LEAKY_PAYMENTS_API_KEY_FILE": str(key_file),
+        "LEAKY_WEBHOOK_URL": "http://control-plane:9300/v1/webhooks/payments",
+        "LEAKY_INIT_DIR": str(out_dir),
+    }
+    script = ROOT / "deploy/init/stack_init.py"
+    run = subprocess.run(["python3", str(script), "payments-webhook"], env=env, capture_output=True,
+                         text=True, timeout=150)
+    assert run.returncode == 0, run.stderr
+    return (out_dir / "webhook-secret").read_text()
+
+
+def test_payments_init_registers_once_and_hands_over_the_secret(payment_stub, tmp_path):
+    key = tmp_path / "payments_api_key"
+    key.write_text("sk_test_compose\n")
+    first = _payments_init(payment_stub, tmp_path, key)
+    assert first.startswith("whsec_")
+    written = tmp_path / "webhook-secret"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    # Readable by the control plane's user only (the job runs as root in its container).
+    assert written.stat().st_uid == (10001 if os.geteuid() == 0 else os.geteuid())
+    # A second `up` reuses the endpoint the stub already has: the same secret, no second endpoint.
+    assert _payments_init(payment_stub, tmp_path, key) == first
+    with urllib.request.urlopen(payment_stub + "/_stub/state", timeout=5) as resp:
+        state = json.load(resp)
+    mine = [e for e in state["webhook_endpoints"] if e["url"].startswith("http://control-plane:9300/")]
+    assert len(mine) == 1 and mine[0]["secret"] == first
