@@ -10,6 +10,8 @@
 //! past the timeout. Certificates are read at start; rotating them takes a restart (docs/tls.md).
 //! TLS 1.2 and 1.3 only (rustls offers nothing older); ALPN `http/1.1`.
 
+// PEM parsing from rustls' own pki-types (rustls-pemfile is unmaintained: RUSTSEC-2025-0134).
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -59,7 +61,7 @@ pub fn certificates(
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| error(what, path, e))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error(what, path, format!("not PEM: {e}")))?;
     if certs.is_empty() {
@@ -71,9 +73,10 @@ pub fn certificates(
 /// The first private key of a PEM file.
 pub fn private_key(path: &Path, what: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| error(what, path, e))?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| error(what, path, format!("not PEM: {e}")))?
-        .ok_or_else(|| error(what, path, "holds no PEM private key"))
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => error(what, path, "holds no PEM private key"),
+        e => error(what, path, format!("not PEM: {e}")),
+    })
 }
 
 /// The rustls server config of `files`: TLS 1.2+, ALPN `http/1.1`, client certificates required and

@@ -12,6 +12,8 @@ use leaky_config::{ListenerTls, Server, TlsVersion, UpstreamTls};
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::tls::CaType;
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
+// PEM parsing from rustls' own pki-types (rustls-pemfile is unmaintained: RUSTSEC-2025-0134).
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use std::path::{Path, PathBuf};
@@ -98,7 +100,7 @@ pub fn listener_cert(tls: &ListenerTls, setting: &str) -> Result<ListenerCert, T
 pub fn certificates(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| error(setting, path, e.to_string()))?;
     let mut certs = Vec::new();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| error(setting, path, format!("not PEM: {e}")))?;
         x509_parser::parse_x509_certificate(&cert)
             .map_err(|e| error(setting, path, format!("not an X.509 certificate: {e}")))?;
@@ -113,9 +115,10 @@ pub fn certificates(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'st
 /// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn private_key(path: &Path, setting: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| error(setting, path, e.to_string()))?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| error(setting, path, format!("not PEM: {e}")))?
-        .ok_or_else(|| error(setting, path, "holds no PEM private key"))
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => error(setting, path, "holds no PEM private key"),
+        e => error(setting, path, format!("not PEM: {e}")),
+    })
 }
 
 /// A certificate's `notAfter` as Unix seconds.

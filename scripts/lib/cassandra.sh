@@ -58,8 +58,8 @@ cassandra_fetch() {
 EOF
   rm -rf "$CASSANDRA_LIB"
   # shellcheck disable=SC2086
-  (cd "$CASSANDRA_CACHE" && mvn -q -B ${MVN_ARGS:-} dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory=lib 2>&1 | grep -v 'sjk-' || true) >&2
+  (if cd "$CASSANDRA_CACHE"; then mvn -q -B ${MVN_ARGS:-} dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory=lib 2>&1 | grep -v 'sjk-' || true; fi) >&2
   ls "$CASSANDRA_LIB"/cassandra-all-*.jar >/dev/null 2>&1 || { echo "cassandra fetch failed" >&2; return 1; }
   touch "$CASSANDRA_LIB/.complete"
 }
@@ -137,7 +137,8 @@ cassandra_jvm_opts() {
   echo "-Dcassandra.config=file://$dir/cassandra.yaml -Dcassandra.storagedir=$dir"
   echo "-Dcassandra.logdir=$dir/logs -Dlogback.configurationFile=$dir/logback.xml"
   echo "-Dcassandra.triggers_dir=$dir/triggers -Dcassandra-foreground=yes"
-  echo "-javaagent:$(ls "$CASSANDRA_LIB"/jamm-*.jar | head -1)"
+  local jamm=("$CASSANDRA_LIB"/jamm-*.jar)
+  echo "-javaagent:${jamm[0]}"
 }
 
 cassandra_pid() {

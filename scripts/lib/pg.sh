@@ -9,7 +9,10 @@
 #                         recovery with scripts/restore; DIR is created, owned by the server's user)
 # Running as root, the server runs as user `postgres` (initdb and postgres refuse root).
 
-pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do [ -d "$d" ] && echo "$d"; done | sort -V | tail -n 1
+}
 
 pg_install() {
   if [ -z "$(pg_bin)" ]; then
