@@ -114,6 +114,7 @@ pub mod service;
 pub mod snapshot;
 pub mod source;
 pub mod tls;
+pub mod trace;
 mod transport;
 mod upstream;
 pub mod usage_log;
