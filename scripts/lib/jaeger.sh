@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Jaeger v2 helpers shared by scripts/test, scripts/stack and the tests: the trace store (OTLP in,
 # in-memory storage, query API and UI out) on loopback, built from the Go module proxy (Debian ships
 # no Jaeger). Source this file; it defines:
