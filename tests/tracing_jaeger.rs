@@ -96,6 +96,7 @@ async fn a_request_continues_the_callers_trace_with_phase_spans_and_genai_attrib
         .unwrap_or_else(|| panic!("no access line for {rid}:\n{log}"));
     let v: Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["trace_id"], CALLER_TRACE);
+    assert_eq!(v["span_id"], root_id);
 }
 
 #[tokio::test]

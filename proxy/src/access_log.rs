@@ -41,6 +41,7 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) -> u16 {
         target: "access",
         request_id = %ctx.req.request_id,
         trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex()),
+        span_id = ctx.trace.as_ref().map(|t| t.span_id_hex()),
         method = %session.req_header().method,
         path = %session.req_header().uri.path(),
         route = route.map_or("none", |r| &*r.name),

@@ -176,6 +176,11 @@ impl RequestTrace {
     pub(crate) fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+
+    /// The server span's id, as logs and Jaeger show it.
+    pub(crate) fn span_id_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
+    }
 }
 
 /// The start of a phase, read only when the request is traced.
