@@ -185,7 +185,8 @@ impl Record {
         let end = at(Instant::now().min(t.start + Duration::from_secs(86_400)));
         let mut out = Vec::with_capacity(self.span_count());
         let root_parent = t.parent.unwrap_or(0);
-        let status = if self.error && self.status >= 500 || self.error && self.status == 0 {
+        // OTel HTTP server spans: a 4xx is the caller's error, not the span's (kept, with `error.type`).
+        let status = if self.error && (self.status >= 500 || self.status == 0) {
             Status::error(self.reject.unwrap_or("error"))
         } else {
             Status::Unset
