@@ -69,6 +69,32 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) -> u16 {
     status
 }
 
+/// The trace's end (`trace.rs`): kept when head-sampled or an error, with what the request ended
+/// with; the facts are gathered only for a kept trace.
+pub fn end_trace(session: &Session, e: Option<&Error>, ctx: &mut Ctx, status: u16) {
+    let error = e.is_some() || status >= 400 || ctx.response.reject_reason.is_some();
+    let Some(trace) = ctx.trace.take().filter(|t| crate::trace::keeps(t, error)) else {
+        return;
+    };
+    let head = session.req_header();
+    let principal = ctx.req.principal.as_deref();
+    let end = crate::trace::End {
+        method: head.method.as_str().to_owned(),
+        path: head.uri.path().to_owned(),
+        status,
+        error,
+        route: ctx.route().map(|r| r.name.clone()),
+        provider: ctx.exchange.upstream.as_ref().map(|u| u.provider.clone()),
+        model: ctx.req.model.clone(),
+        served_model: ctx.exchange.served_model.clone(),
+        usage: ctx.ledger.usage().map(|u| (u.prompt, u.completion)),
+        request_id: ctx.req.request_id.clone(),
+        org: principal.and_then(|p| p.org.clone()),
+        reject: ctx.response.reject_reason,
+    };
+    crate::trace::finish(trace, end);
+}
+
 /// The caller's W3C `traceparent`, for the usage event's Kafka header (copied only when present).
 fn traceparent(session: &Session) -> Option<String> {
     let v = session.req_header().headers.get("traceparent")?;

@@ -254,11 +254,7 @@ async fn run_stage<T: Transport, C: Clock, B: BuildHead>(
         d.state.quota.charge(clock.now_ms(), plan.tokens);
         let (outcome, result) = attempt(env, s, d, &head, run).await;
         if let Some(span) = span {
-            let label = match outcome {
-                Outcome::Status(code) => code.to_string(),
-                o => o.label().to_string(),
-            };
-            run.attempts.spans.push(span.finish(&d.label, label));
+            record_span(run, span, d, outcome);
         }
         admitted.record(clock.now_ms(), outcome, || plan.tenant.hash());
         let again =
@@ -281,6 +277,15 @@ async fn run_stage<T: Transport, C: Clock, B: BuildHead>(
         backoff(env, run.attempts.count).await;
     }
     StageEnd::Exhausted
+}
+
+/// A traced attempt's span, finished with its outcome.
+fn record_span(run: &mut Run, span: crate::trace::AttemptStart, d: &Deployment, outcome: Outcome) {
+    let label = match outcome {
+        Outcome::Status(code) => code.to_string(),
+        o => o.label().to_string(),
+    };
+    run.attempts.spans.push(span.finish(&d.label, label));
 }
 
 /// Which deployments a stage tried: untried ones first; once every eligible one was tried and an

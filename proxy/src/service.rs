@@ -89,16 +89,7 @@ impl ProxyHttp for Gateway {
         ctx.ledger.finish();
         trace::phase(&mut ctx.trace, "finish", settle);
         let status = crate::access_log::complete(session, e, ctx);
-        if ctx.trace.is_some() {
-            let head = session.req_header();
-            let end = trace::End {
-                method: head.method.as_str(),
-                path: head.uri.path(),
-                status,
-                error: e.is_some() || status >= 400 || ctx.response.reject_reason.is_some(),
-            };
-            trace::finish(ctx, end);
-        }
+        crate::access_log::end_trace(session, e, ctx, status);
     }
 }
 
@@ -190,7 +181,6 @@ impl Gateway {
         let (route, at) = (out.route, out.at);
         let deadline = tokio::time::Instant::now() + route.total_timeout;
         ctx.exchange.deadline = Some(deadline);
-        let query = at.query.as_deref();
         let c: &Ctx = ctx;
         let plan = Plan {
             route,
@@ -212,7 +202,7 @@ impl Gateway {
                 .snapshot
                 .as_ref()
                 .map_or(&[][..], |s| &s.config.server.trusted_proxies),
-            query,
+            query: at.query.as_deref(),
         };
         let head = |up: &Upstream, d: &Deployment, rest: &str, len: usize| {
             request::upstream_head(&caller, up, d, rest, len)
@@ -222,9 +212,7 @@ impl Gateway {
             Ok(x) => (x.attempts, Ok((x.response, x.holds, x.served_model))),
             Err(f) => (f.attempts, Err(Fail::Reject(f.rejection))),
         };
-        if let Some(t) = ctx.trace.as_mut() {
-            t.attempts.append(&mut attempts.spans);
-        }
+        trace::adopt(&mut ctx.trace, &mut attempts.spans);
         ctx.exchange.attempts = attempts.count;
         ctx.exchange.trail = attempts.failed;
         ctx.exchange.upstream_seconds = attempts.upstream_seconds;

@@ -14,7 +14,6 @@
 //! **Off costs nothing.** Without [`init`], [`begin`] is one `OnceLock` load returning `None`: no
 //! allocation, no clock read, and every hook is an `if let Some` on that `None`.
 
-use crate::ctx::Ctx;
 use http::HeaderValue;
 use pingora::http::RequestHeader;
 use std::sync::{Arc, OnceLock};
@@ -188,6 +187,13 @@ pub(crate) fn mark(trace: &Option<Box<RequestTrace>>) -> Option<Instant> {
     trace.as_ref().map(|_| Instant::now())
 }
 
+/// Takes the exchange's attempt spans into the request's trace.
+pub(crate) fn adopt(trace: &mut Option<Box<RequestTrace>>, attempts: &mut Vec<AttemptSpan>) {
+    if let Some(t) = trace.as_mut() {
+        t.attempts.append(attempts);
+    }
+}
+
 /// Records the phase `name` from `since` (a [`mark`]) to now.
 pub(crate) fn phase(
     trace: &mut Option<Box<RequestTrace>>,
@@ -204,26 +210,34 @@ pub(crate) fn phase(
     }
 }
 
-/// How a request ended, as the completion phase saw it.
-pub(crate) struct End<'a> {
-    pub(crate) method: &'a str,
-    pub(crate) path: &'a str,
+/// How a request ended, as the completion phase saw it (`access_log::end_trace` fills it in).
+pub(crate) struct End {
+    pub(crate) method: String,
+    pub(crate) path: String,
     pub(crate) status: u16,
     /// Status ≥ 400, a rejection, or an abort.
     pub(crate) error: bool,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) provider: Option<Arc<str>>,
+    pub(crate) model: Option<String>,
+    pub(crate) served_model: Option<String>,
+    /// Settled usage: (prompt, completion) tokens.
+    pub(crate) usage: Option<(u64, u64)>,
+    pub(crate) request_id: String,
+    pub(crate) org: Option<Arc<str>>,
+    pub(crate) reject: Option<&'static str>,
 }
 
-/// The completion phase's decision: keep (sampled, or an error) and queue, or drop.
-pub(crate) fn finish(ctx: &mut Ctx, end: End<'_>) {
-    let Some(trace) = ctx.trace.take() else {
-        return;
-    };
-    if !(trace.sampled || end.error) {
-        return;
+/// Whether a finished request's trace is kept: head-sampled, or ended in an error.
+pub(crate) fn keeps(trace: &RequestTrace, error: bool) -> bool {
+    trace.sampled || error
+}
+
+/// Queues a kept request's trace for export (never waits; a full queue drops and counts it).
+pub(crate) fn finish(trace: Box<RequestTrace>, end: End) {
+    if let Some(pipe) = PIPE.get() {
+        pipe.queue.push(export::Record { trace, end });
     }
-    let Some(pipe) = PIPE.get() else { return };
-    let record = export::Record::of(trace, ctx, end);
-    pipe.queue.push(record);
 }
 
 /// A W3C `traceparent` (version 00).

@@ -5,7 +5,6 @@
 //! overflow is dropped and counted, never waited for.
 
 use super::{AttemptSpan, Phase, RequestTrace};
-use crate::ctx::Ctx;
 use opentelemetry::trace::{
     Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
@@ -14,7 +13,6 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use opentelemetry_sdk::Resource;
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -137,70 +135,38 @@ async fn run(
 
 /// A kept request, as the exporter needs it: the trace's timing plus what the request ended with.
 pub(super) struct Record {
-    trace: Box<RequestTrace>,
-    error: bool,
-    status: u16,
-    method: String,
-    path: String,
-    route: Option<Arc<str>>,
-    provider: Option<Arc<str>>,
-    model: Option<String>,
-    served_model: Option<String>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    request_id: String,
-    org: Option<Arc<str>>,
-    reject: Option<&'static str>,
+    pub(super) trace: Box<RequestTrace>,
+    pub(super) end: super::End,
 }
 
 impl Record {
-    pub(super) fn of(trace: Box<RequestTrace>, ctx: &Ctx, end: super::End<'_>) -> Record {
-        let usage = ctx.ledger.usage();
-        Record {
-            trace,
-            error: end.error,
-            status: end.status,
-            method: end.method.to_owned(),
-            path: end.path.to_owned(),
-            route: ctx.route().map(|r| r.name.clone()),
-            provider: ctx.exchange.upstream.as_ref().map(|u| u.provider.clone()),
-            model: ctx.req.model.clone(),
-            served_model: ctx.exchange.served_model.clone(),
-            input_tokens: usage.map(|u| u.prompt),
-            output_tokens: usage.map(|u| u.completion),
-            request_id: ctx.req.request_id.clone(),
-            org: ctx.req.principal.as_ref().and_then(|p| p.org.clone()),
-            reject: ctx.response.reject_reason,
-        }
-    }
-
     fn span_count(&self) -> usize {
         1 + self.trace.phases.len() + self.trace.attempts.len()
     }
 
     /// The server span and its children.
     fn spans(self, scope: &InstrumentationScope) -> Vec<SpanData> {
-        let t = &*self.trace;
+        let (t, e) = (&*self.trace, &self.end);
         let at = |i: Instant| t.wall + i.saturating_duration_since(t.start);
         let end = at(Instant::now().min(t.start + Duration::from_secs(86_400)));
         let mut out = Vec::with_capacity(self.span_count());
         let root_parent = t.parent.unwrap_or(0);
         // OTel HTTP server spans: a 4xx is the caller's error, not the span's (kept, with `error.type`).
-        let status = if self.error && (self.status >= 500 || self.status == 0) {
-            Status::error(self.reject.unwrap_or("error"))
+        let status = if e.error && (e.status >= 500 || e.status == 0) {
+            Status::error(e.reject.unwrap_or("error"))
         } else {
             Status::Unset
         };
         let name = format!(
             "{} {}",
-            self.method,
-            self.route.as_deref().unwrap_or("none")
+            self.end.method,
+            self.end.route.as_deref().unwrap_or("none")
         );
         let mut root = span(t, scope, t.span_id, root_parent, name, SpanKind::Server);
         root.parent_span_is_remote = t.parent.is_some();
         root.start_time = t.wall;
         root.end_time = end;
-        root.attributes = self.attributes();
+        root.attributes = attributes(e);
         root.status = status;
         out.push(root);
         for p in &t.phases {
@@ -211,44 +177,44 @@ impl Record {
         }
         out
     }
+}
 
-    /// The server span's attributes: HTTP, GenAI semantic conventions, and ours.
-    fn attributes(&self) -> Vec<KeyValue> {
-        let mut a = vec![
-            KeyValue::new("http.request.method", self.method.clone()),
-            KeyValue::new("url.path", self.path.clone()),
-            KeyValue::new("http.response.status_code", i64::from(self.status)),
-            KeyValue::new("leaky.request_id", self.request_id.clone()),
-        ];
-        let mut s = |k: &'static str, v: Option<String>| {
-            if let Some(v) = v {
-                a.push(KeyValue::new(k, v));
-            }
-        };
-        s("http.route", self.route.as_deref().map(str::to_owned));
-        s(
-            "gen_ai.provider.name",
-            self.provider.as_deref().map(str::to_owned),
-        );
-        s("gen_ai.system", self.provider.as_deref().map(str::to_owned));
-        s("gen_ai.request.model", self.model.clone());
-        let served = self.served_model.clone().or_else(|| self.model.clone());
-        s("gen_ai.response.model", served);
-        s("leaky.org", self.org.as_deref().map(str::to_owned));
-        s("leaky.reject", self.reject.map(str::to_owned));
-        if self.error {
-            s("error.type", Some(self.status.to_string()));
+/// The server span's attributes: HTTP, GenAI semantic conventions, and ours.
+fn attributes(e: &super::End) -> Vec<KeyValue> {
+    let mut a = vec![
+        KeyValue::new("http.request.method", e.method.clone()),
+        KeyValue::new("url.path", e.path.clone()),
+        KeyValue::new("http.response.status_code", i64::from(e.status)),
+        KeyValue::new("leaky.request_id", e.request_id.clone()),
+    ];
+    let mut s = |k: &'static str, v: Option<String>| {
+        if let Some(v) = v {
+            a.push(KeyValue::new(k, v));
         }
-        for (k, v) in [
-            ("gen_ai.usage.input_tokens", self.input_tokens),
-            ("gen_ai.usage.output_tokens", self.output_tokens),
-        ] {
-            if let Some(v) = v {
-                a.push(KeyValue::new(k, i64::try_from(v).unwrap_or(i64::MAX)));
-            }
-        }
-        a
+    };
+    s("http.route", e.route.as_deref().map(str::to_owned));
+    s(
+        "gen_ai.provider.name",
+        e.provider.as_deref().map(str::to_owned),
+    );
+    s("gen_ai.system", e.provider.as_deref().map(str::to_owned));
+    s("gen_ai.request.model", e.model.clone());
+    let served = e.served_model.clone().or_else(|| e.model.clone());
+    s("gen_ai.response.model", served);
+    s("leaky.org", e.org.as_deref().map(str::to_owned));
+    s("leaky.reject", e.reject.map(str::to_owned));
+    if e.error {
+        s("error.type", Some(e.status.to_string()));
     }
+    for (k, v) in [
+        ("gen_ai.usage.input_tokens", e.usage.map(|u| u.0)),
+        ("gen_ai.usage.output_tokens", e.usage.map(|u| u.1)),
+    ] {
+        if let Some(v) = v {
+            a.push(KeyValue::new(k, i64::try_from(v).unwrap_or(i64::MAX)));
+        }
+    }
+    a
 }
 
 fn phase_span(
