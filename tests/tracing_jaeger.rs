@@ -21,7 +21,14 @@ async fn gateway(up: &Upstreams, jaeger: &Jaeger, service: &str, ratio: &str) ->
         ("OTEL_TRACES_SAMPLER_ARG", ratio),
         ("OTEL_SERVICE_NAME", service),
     ];
-    Gateway::start_with(&up.config(""), &env).await
+    // With `rate-limit` in the chain the routes meter tokens, so the settled usage becomes the
+    // GenAI usage attributes.
+    let config = up.config("").replacen(
+        "      - kind: api-key\n",
+        "      - kind: api-key\n      - kind: rate-limit\n",
+        1,
+    );
+    Gateway::start_with(&config, &env).await
 }
 
 fn unique(prefix: &str) -> String {
