@@ -95,6 +95,55 @@ struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `info,access=warn`.
     #[arg(long, global = true, env = "LEAKY_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
+/// OpenTelemetry tracing (off unless an OTLP endpoint is given). The standard `OTEL_*` variables
+/// are read, so the gateway is configured like any other OTel-instrumented service.
+#[derive(clap::Args, Clone)]
+struct TraceArgs {
+    /// OTLP/HTTP endpoint (base URL, e.g. http://127.0.0.1:4318): spans go to `<URL>/v1/traces`.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
+    /// Head sampling ratio in [0, 1] for requests without a sampled caller `traceparent`; error
+    /// requests are kept at any ratio.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_TRACES_SAMPLER_ARG",
+        default_value_t = 0.01
+    )]
+    trace_sample_ratio: f64,
+    /// `service.name` of the spans (default: `leaky-proxy`, `leaky-control-plane`, `leaky-analytics`).
+    #[arg(long, global = true, env = "OTEL_SERVICE_NAME")]
+    service_name: Option<String>,
+}
+
+impl TraceArgs {
+    /// The proxy's tracing, started when an endpoint is set.
+    fn start_proxy(&self) -> anyhow::Result<()> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(());
+        };
+        let opts = leaky_proxy::trace::TracingOptions {
+            endpoint: endpoint.clone(),
+            sample_ratio: self.trace_sample_ratio,
+            service_name: self
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "leaky-proxy".into()),
+            ..Default::default()
+        };
+        leaky_proxy::trace::init(opts)?;
+        tracing::info!(endpoint = %endpoint, ratio = self.trace_sample_ratio, "request tracing on");
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -538,8 +587,14 @@ fn main() -> ExitCode {
             stubs,
             payment_listen,
         } => run_stubs(stubs, payment_listen),
-        Command::Proxy { proxy } => run_proxy(&proxy, None),
-        Command::Up { proxy, stubs } => run_proxy(&proxy, Some(stubs)),
+        Command::Proxy { proxy } => cli
+            .trace
+            .start_proxy()
+            .and_then(|()| run_proxy(&proxy, None)),
+        Command::Up { proxy, stubs } => cli
+            .trace
+            .start_proxy()
+            .and_then(|()| run_proxy(&proxy, Some(stubs))),
         Command::ControlPlane {
             action: Some(ControlPlaneCommand::Ledger { command }),
             ..

@@ -8,7 +8,8 @@ use pingora::proxy::Session;
 use pingora::Error;
 use std::sync::Arc;
 
-pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) {
+/// Returns the status the client got (0 when nothing was written).
+pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) -> u16 {
     let status = match ctx.response.status {
         0 => session.response_written().map_or(0, |r| r.status.as_u16()),
         s => s,
@@ -28,12 +29,19 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         (None, None, Some(s)) => s.unmatched.observe(status, seconds),
         (None, None, None) => {}
     }
-    account(ctx, status, seconds, traceparent(session));
+    // A traced request's usage event names its own span; otherwise the caller's context goes on.
+    let tp = match &ctx.trace {
+        Some(t) => Some(t.traceparent()),
+        None => traceparent(session),
+    };
+    account(ctx, status, seconds, tp);
     let principal = ctx.req.principal.as_ref();
     let ex = &ctx.exchange;
     tracing::info!(
         target: "access",
         request_id = %ctx.req.request_id,
+        trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex()),
+        span_id = ctx.trace.as_ref().map(|t| t.span_id_hex()),
         method = %session.req_header().method,
         path = %session.req_header().uri.path(),
         route = route.map_or("none", |r| &*r.name),
@@ -58,6 +66,33 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) {
         config_version = snapshot.map_or(0, |s| s.version),
         "request"
     );
+    status
+}
+
+/// The trace's end (`trace.rs`): kept when head-sampled or an error, with what the request ended
+/// with; the facts are gathered only for a kept trace.
+pub fn end_trace(session: &Session, e: Option<&Error>, ctx: &mut Ctx, status: u16) {
+    let error = e.is_some() || status >= 400 || ctx.response.reject_reason.is_some();
+    let Some(trace) = ctx.trace.take().filter(|t| crate::trace::keeps(t, error)) else {
+        return;
+    };
+    let head = session.req_header();
+    let principal = ctx.req.principal.as_deref();
+    let end = crate::trace::End {
+        method: head.method.as_str().to_owned(),
+        path: head.uri.path().to_owned(),
+        status,
+        error,
+        route: ctx.route().map(|r| r.name.clone()),
+        provider: ctx.exchange.upstream.as_ref().map(|u| u.provider.clone()),
+        model: ctx.req.model.clone(),
+        served_model: ctx.exchange.served_model.clone(),
+        usage: ctx.ledger.usage().map(|u| (u.prompt, u.completion)),
+        request_id: ctx.req.request_id.clone(),
+        org: principal.and_then(|p| p.org.clone()),
+        reject: ctx.response.reject_reason,
+    };
+    crate::trace::finish(trace, end);
 }
 
 /// The caller's W3C `traceparent`, for the usage event's Kafka header (copied only when present).

@@ -31,6 +31,8 @@ pub struct Ctx {
     pub(crate) response: ResponseState,
     /// Request body bytes read.
     pub(crate) request_bytes: usize,
+    /// The request's trace while it runs (`None` when tracing is off: see `trace.rs`).
+    pub(crate) trace: Option<Box<crate::trace::RequestTrace>>,
 }
 
 /// The upstream side of a request, written by the routing step (`upstream`) and the exchange.
@@ -80,6 +82,7 @@ impl Ctx {
             exchange: Exchange::default(),
             response: ResponseState::default(),
             request_bytes: 0,
+            trace: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub struct Plan<'a> {
     pub tenant: Tenant<'a>,
     /// End of the exchange: the route's `timeouts.total_ms` from its start.
     pub deadline: Instant,
+    /// The request's trace, when traced: each attempt gets a span and sends its `traceparent`.
+    pub trace: Option<crate::trace::Parent>,
 }
 
 /// How the attempts went, answered or not (logged with the request).
@@ -87,6 +89,8 @@ pub struct Attempts {
     pub failed: Option<String>,
     /// Seconds of the last attempt, from sending to its response header or failure.
     pub upstream_seconds: Option<f64>,
+    /// Each attempt's span (traced requests only; empty, unallocated, otherwise).
+    pub spans: Vec<crate::trace::AttemptSpan>,
 }
 
 /// A deployment answered: its response (header read), what the request holds on it, and the trail.
@@ -239,15 +243,19 @@ async fn run_stage<T: Transport, C: Clock, B: BuildHead>(
         };
         in_stage += 1;
         tried.attempted = true;
-        let head = match (env.head)(&s.up, d, &s.rest, s.body.len()) {
+        let mut head = match (env.head)(&s.up, d, &s.rest, s.body.len()) {
             Ok(h) => h,
             Err(r) => {
                 run.last = Some(r);
                 return StageEnd::Stop;
             }
         };
+        let span = plan.trace.map(|t| t.attempt(&mut head));
         d.state.quota.charge(clock.now_ms(), plan.tokens);
         let (outcome, result) = attempt(env, s, d, &head, run).await;
+        if let Some(span) = span {
+            record_span(run, span, d, outcome);
+        }
         admitted.record(clock.now_ms(), outcome, || plan.tenant.hash());
         let again =
             retryable(&plan.route.retry, outcome) && may_retry(env, &s.up, in_stage, s.more);
@@ -269,6 +277,15 @@ async fn run_stage<T: Transport, C: Clock, B: BuildHead>(
         backoff(env, run.attempts.count).await;
     }
     StageEnd::Exhausted
+}
+
+/// A traced attempt's span, finished with its outcome.
+fn record_span(run: &mut Run, span: crate::trace::AttemptStart, d: &Deployment, outcome: Outcome) {
+    let label = match outcome {
+        Outcome::Status(code) => code.to_string(),
+        o => o.label().to_string(),
+    };
+    run.attempts.spans.push(span.finish(&d.label, label));
 }
 
 /// Which deployments a stage tried: untried ones first; once every eligible one was tried and an

@@ -65,6 +65,8 @@
 //!   response to the client), `access_log` (the completion phase), `usage_log` (usage records),
 //!   the response cache: `response_cache` (each route's compiled cache, the process-wide stores,
 //!   metrics), `capture` (a live answer teed into an entry), `replay` (a hit answered).
+//!   `trace` (OpenTelemetry spans of each request: recorded while it runs, kept at the end when
+//!   head-sampled or an error, exported off the request path; docs/observability.md).
 //! - Config: `snapshot` (one immutable, compiled config version), `reload` (`ConfigState`: applies
 //!   config documents, `document`, and swaps snapshots atomically), `source` (the `ConfigSource` seam,
 //!   and a pushed source), `watch` (the file source: files, inotify, `SIGHUP`), `bootstrap` (the
@@ -114,6 +116,7 @@ pub mod service;
 pub mod snapshot;
 pub mod source;
 pub mod tls;
+pub mod trace;
 mod transport;
 mod upstream;
 pub mod usage_log;

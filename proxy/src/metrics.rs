@@ -39,6 +39,7 @@ pub struct Metrics {
     pub usage_events_queue_depth: IntGauge,
     pub usage_events_spool_bytes: IntGauge,
     pub jwt_revoked_tokens: IntGauge,
+    pub trace_spans_dropped: IntCounterVec,
 }
 
 /// Every family of the proxy's registry, one per line: name, help, labels.
@@ -69,6 +70,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         usage_events_queue_depth: gauge(&r, "leaky_usage_events_queue_depth", "Usage events waiting for Kafka (publisher channel plus producer in flight)")?,
         usage_events_spool_bytes: gauge(&r, "leaky_usage_events_spool_bytes", "Bytes of usage events in the on-disk spool")?,
         jwt_revoked_tokens: gauge(&r, "leaky_jwt_revoked_tokens", "Revoked access tokens (not yet expired) the jwt filters refuse, as the control plane last pushed them")?,
+        trace_spans_dropped: counter_vec(&r, "leaky_trace_spans_dropped_total", "Trace spans dropped before export, by reason (queue_full, export_failed, exporter_gone)", &["reason"])?,
         registry: r,
     })
 }
@@ -245,6 +247,18 @@ pub fn decision_counter(policy: &str, decision: &str) -> Option<IntCounter> {
         .ratelimit_decisions
         .get_metric_with_label_values(&[policy, decision])
         .ok()
+}
+
+/// `leaky_trace_spans_dropped_total{reason}`: spans of kept requests that never reached the exporter
+/// or the collector (off the request path except for `queue_full`, a single counter add).
+pub fn count_dropped_spans(reason: &str, spans: usize) {
+    if let Some(c) = metrics().and_then(|m| {
+        m.trace_spans_dropped
+            .get_metric_with_label_values(&[reason])
+            .ok()
+    }) {
+        c.inc_by(spans as u64);
+    }
 }
 
 /// `leaky_ratelimit_settlements_total{source}`: three counters, resolved once.

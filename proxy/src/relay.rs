@@ -68,7 +68,7 @@ pub(crate) async fn relay(
         // The provider's usage is settled before the last byte goes out, so a caller that sends
         // its next request on receiving this response already sees it in the headers.
         let tail = if resp.session.is_body_done() {
-            ctx.ledger.settle().await
+            settle(ctx).await
         } else {
             Bytes::new()
         };
@@ -81,7 +81,7 @@ pub(crate) async fn relay(
         }
     }
     // Chunked bodies end with an empty read: settle here (once) and forward what was held.
-    let tail = ctx.ledger.settle().await;
+    let tail = settle(ctx).await;
     forward(session, ctx, tail).await?;
     if let Some(c) = capture {
         c.complete();
@@ -169,7 +169,7 @@ async fn client_gone(
             };
             ctx.ledger.on_chunk(chunk);
         }
-        let _ = ctx.ledger.settle().await;
+        let _ = settle(ctx).await;
     }
     Fail::Abort(e)
 }
@@ -192,7 +192,7 @@ async fn cut(
         crate::metrics::bump(|m| &m.stream_cuts, &[&d.label, reason]);
         tracing::warn!(upstream = %d.label, reason, waited_ms = waited.as_millis() as u64, "upstream response stalled; cut");
     }
-    let tail = ctx.ledger.settle().await;
+    let tail = settle(ctx).await;
     forward(session, ctx, tail).await?;
     if !ctx.response.sse {
         return Err(Fail::Abort(Error::explain(
@@ -270,4 +270,12 @@ pub(crate) async fn respond_json(
 /// The error dialect of the request's route (OpenAI's when no route matched).
 pub(crate) fn dialect(ctx: &Ctx) -> Dialect {
     ctx.route().map_or(Dialect::Openai, |r| r.dialect)
+}
+
+/// `Ledger::settle`, timed as the trace's `settle` phase when the request is traced.
+async fn settle(ctx: &mut Ctx) -> Bytes {
+    let since = crate::trace::mark(&ctx.trace);
+    let tail = ctx.ledger.settle().await;
+    crate::trace::phase(&mut ctx.trace, "settle", since);
+    tail
 }

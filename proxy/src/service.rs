@@ -11,6 +11,7 @@ use crate::relay::{self, respond_json};
 use crate::reload::ConfigState;
 use crate::request::{self, BodyBuf};
 use crate::snapshot::{CompiledRoute, Snapshot, Upstream};
+use crate::trace;
 use crate::upstream;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,6 +42,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = self.state.snapshot();
         ctx.snapshot = Some(snapshot.clone());
+        ctx.trace = crate::trace::begin(session.req_header());
         match self.handle(session, ctx, &snapshot).await {
             Ok(()) => Ok(true),
             Err(Fail::Reject(r)) => {
@@ -83,8 +85,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let settle = trace::mark(&ctx.trace);
         ctx.ledger.finish();
-        crate::access_log::complete(session, e, ctx);
+        trace::phase(&mut ctx.trace, "finish", settle);
+        let status = crate::access_log::complete(session, e, ctx);
+        crate::access_log::end_trace(session, e, ctx, status);
     }
 }
 
@@ -131,7 +136,10 @@ impl Gateway {
     ) -> std::result::Result<(), Fail> {
         ctx.req.now_unix = unix_now();
         let (route, at) = locate(session, ctx, snap)?;
-        authenticate(session, ctx, route, &at).await?;
+        let auth = trace::mark(&ctx.trace);
+        let authenticated = authenticate(session, ctx, route, &at).await;
+        trace::phase(&mut ctx.trace, "auth", auth);
+        authenticated?;
         if at.method == Method::GET && at.rest() == "/models" {
             if let Some(list) = &route.models_list {
                 return respond_json(session, ctx, StatusCode::OK, list.clone()).await;
@@ -142,7 +150,10 @@ impl Gateway {
         // The cache key is made of the caller's body; admission may rewrite the one sent upstream.
         // (A `Bytes` clone is a reference count, no copy.)
         let original = route.cache.as_ref().map(|_| body.clone());
-        let body = admit(session, ctx, route, &up, at.rest(), body).await?;
+        let reserve = trace::mark(&ctx.trace);
+        let admitted = admit(session, ctx, route, &up, at.rest(), body).await;
+        trace::phase(&mut ctx.trace, "limit.reserve", reserve);
+        let body = admitted?;
         let out = Outbound {
             route,
             up,
@@ -170,7 +181,6 @@ impl Gateway {
         let (route, at) = (out.route, out.at);
         let deadline = tokio::time::Instant::now() + route.total_timeout;
         ctx.exchange.deadline = Some(deadline);
-        let query = at.query.as_deref();
         let c: &Ctx = ctx;
         let plan = Plan {
             route,
@@ -183,6 +193,7 @@ impl Gateway {
             }),
             tenant: Tenant::of(c.req.principal.as_deref(), request::client_ip(session)),
             deadline,
+            trace: c.trace.as_ref().map(|t| t.parent()),
         };
         let caller = request::Caller {
             session,
@@ -191,16 +202,17 @@ impl Gateway {
                 .snapshot
                 .as_ref()
                 .map_or(&[][..], |s| &s.config.server.trusted_proxies),
-            query,
+            query: at.query.as_deref(),
         };
         let head = |up: &Upstream, d: &Deployment, rest: &str, len: usize| {
             request::upstream_head(&caller, up, d, rest, len)
         };
         let result = exchange(&self.transport, &SystemClock, plan, head).await;
-        let (attempts, answer) = match result {
+        let (mut attempts, answer) = match result {
             Ok(x) => (x.attempts, Ok((x.response, x.holds, x.served_model))),
             Err(f) => (f.attempts, Err(Fail::Reject(f.rejection))),
         };
+        trace::adopt(&mut ctx.trace, &mut attempts.spans);
         ctx.exchange.attempts = attempts.count;
         ctx.exchange.trail = attempts.failed;
         ctx.exchange.upstream_seconds = attempts.upstream_seconds;

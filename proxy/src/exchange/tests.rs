@@ -240,6 +240,7 @@ async fn ask_on(
         tokens: 10,
         tenant: Tenant::Named("acme"),
         deadline: Instant::now() + route.total_timeout,
+        trace: None,
     };
     exchange(fake, clock, plan, head).await
 }

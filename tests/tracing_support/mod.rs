@@ -1,0 +1,145 @@
+//! A real Jaeger for the tracing tests: the one `scripts/test` runs (`LEAKY_TEST_JAEGER_OTLP`,
+//! `LEAKY_TEST_JAEGER_QUERY`), or one started here through `scripts/lib/jaeger.sh` on free loopback
+//! ports and stopped on drop; plus the query API calls the tests make.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Jaeger {
+    /// OTLP/HTTP base URL (what `OTEL_EXPORTER_OTLP_ENDPOINT` takes).
+    pub otlp: String,
+    /// Query API base URL.
+    pub query: String,
+    /// Set when this process started Jaeger (stopped and removed on drop).
+    own: Option<tempfile::TempDir>,
+}
+
+fn loopback_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn jaeger_sh(call: &str) -> std::process::Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    Command::new("bash")
+        .arg("-c")
+        .arg(format!(". {root}/scripts/lib/jaeger.sh && {call}"))
+        .output()
+        .unwrap()
+}
+
+impl Jaeger {
+    pub fn get() -> Jaeger {
+        if let (Ok(otlp), Ok(query)) = (
+            std::env::var("LEAKY_TEST_JAEGER_OTLP"),
+            std::env::var("LEAKY_TEST_JAEGER_QUERY"),
+        ) {
+            return Jaeger {
+                otlp,
+                query,
+                own: None,
+            };
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (q, g, h) = (loopback_port(), loopback_port(), loopback_port());
+        let out = jaeger_sh(&format!(
+            "jaeger_start {} {q} {g} {h}",
+            dir.path().display()
+        ));
+        assert!(
+            out.status.success(),
+            "jaeger did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Jaeger {
+            otlp: format!("http://127.0.0.1:{h}"),
+            query: format!("http://127.0.0.1:{q}"),
+            own: Some(dir),
+        }
+    }
+
+    /// The traces of `service` with tag `key` = `value` (Jaeger's v1 query API, JSON).
+    pub async fn traces(&self, service: &str, key: &str, value: &str) -> Vec<Value> {
+        let tags = serde_json::json!({ key: value }).to_string();
+        let r = reqwest::Client::new()
+            .get(format!("{}/api/traces", self.query))
+            .query(&[
+                ("service", service),
+                ("tags", tags.as_str()),
+                ("lookback", "1h"),
+                ("limit", "20"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        v["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits (up to 20 s) for exactly one trace of `service` tagged `leaky.request_id` = `rid`.
+    pub async fn trace_of(&self, service: &str, rid: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.traces(service, "leaky.request_id", rid).await;
+            if let [one] = &found[..] {
+                // Spans of one trace can arrive in two batches: wait for the root's children too.
+                if one["spans"].as_array().is_some_and(|s| s.len() > 1) {
+                    return one.clone();
+                }
+            }
+            assert!(found.len() <= 1, "{rid} has {} traces", found.len());
+            assert!(Instant::now() < deadline, "no trace for {rid} in Jaeger");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Jaeger {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.own {
+            jaeger_sh(&format!("jaeger_stop {}", dir.path().display()));
+        }
+    }
+}
+
+/// The span of `trace` named `name` (panics if none).
+pub fn span<'a>(trace: &'a Value, name: &str) -> &'a Value {
+    spans(trace, name)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no span {name} in {trace:#}"))
+}
+
+pub fn spans<'a>(trace: &'a Value, name: &str) -> Vec<&'a Value> {
+    trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["operationName"] == name)
+        .collect()
+}
+
+/// The value of `span`'s tag `key`.
+pub fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["tags"]
+        .as_array()?
+        .iter()
+        .find(|t| t["key"] == key)
+        .map(|t| &t["value"])
+}
+
+/// The span id `span` is a child of (its CHILD_OF reference), if any.
+pub fn parent_of(span: &Value) -> Option<&str> {
+    span["references"]
+        .as_array()?
+        .iter()
+        .find(|r| r["refType"] == "CHILD_OF")
+        .and_then(|r| r["spanID"].as_str())
+}
+
+/// A service name of its own per test, so tests sharing one Jaeger never see each other's traces.
+pub fn service(test: &str) -> String {
+    format!("leaky-proxy-{test}-{}", std::process::id())
+}
