@@ -283,7 +283,7 @@ def test_roles_flags_and_ports_match_scripts_stack():
             elif flag == "--config-base":
                 base = yaml.safe_load((ROOT / "deploy/config/compose.yaml").read_text())["extends"]
                 assert pathlib.Path(value).name == base, "compose.yaml extends scripts/stack's base"
-            elif flag == "--config-cache":
+            elif flag in ("--config-cache", "--upgrade-sock"):
                 assert cf[flag].startswith("/var/lib/leaky-tokens/"), flag
             else:
                 assert cf[flag] == value, f"{name} {flag}"
@@ -466,3 +466,15 @@ def test_payments_init_registers_once_and_hands_over_the_secret(payment_stub, tm
         state = json.load(resp)
     mine = [e for e in state["webhook_endpoints"] if e["url"].startswith("http://control-plane:9300/")]
     assert len(mine) == 1 and mine[0]["secret"] == first
+
+
+def test_prometheus_scrapes_the_compose_services_by_their_names():
+    """observability/prometheus/prometheus-compose.yml finds targets by DNS on service names: each
+    name it asks for must be a service of docker-compose.yml."""
+    prom = yaml.safe_load((ROOT / "observability/prometheus/prometheus-compose.yml").read_text())
+    services = set(SERVICES)
+    asked = {n for job in prom["scrape_configs"] for sd in job.get("dns_sd_configs", []) for n in sd["names"]}
+    for alerting in prom.get("alerting", {}).get("alertmanagers", []):
+        for sd in alerting.get("dns_sd_configs", []):
+            asked.update(sd["names"])
+    assert asked and asked <= services, asked - services
