@@ -23,7 +23,9 @@ pub mod consumer;
 pub mod error;
 pub mod event;
 pub mod metrics;
+pub mod prices;
 pub mod query;
+pub mod reports;
 pub mod schema;
 pub mod store;
 

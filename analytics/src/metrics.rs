@@ -27,6 +27,12 @@ pub struct Metrics {
     /// Messages between the group's position and the end of its partitions, summed over this
     /// member's partitions (librdkafka's statistics, every few seconds; no extra broker round trip).
     pub consumer_lag: IntGauge,
+    /// Events of a model without a price in effect at their time (cost 0, line flagged `unpriced`).
+    pub unpriced_events: IntCounter,
+    /// Statements closed and stored by this process (a racing closer that lost counts nothing).
+    pub statements_closed: IntCounter,
+    /// `report.generated` events published (at least once per closed statement).
+    pub reports_published: IntCounter,
 }
 
 impl Metrics {
@@ -68,6 +74,21 @@ impl Metrics {
             "leaky_analytics_consumer_lag",
             "Messages not yet consumed on this member's partitions",
         )?;
+        let unpriced_events = IntCounter::new(
+            "leaky_analytics_unpriced_events_total",
+            "Usage events of a model with no price in effect at their time (costed 0)",
+        )?;
+        let statements_closed = IntCounter::new(
+            "leaky_analytics_statements_closed_total",
+            "Statements closed and stored by this process",
+        )?;
+        let reports_published = IntCounter::new(
+            "leaky_analytics_reports_published_total",
+            "report.generated events published",
+        )?;
+        registry.register(Box::new(unpriced_events.clone()))?;
+        registry.register(Box::new(statements_closed.clone()))?;
+        registry.register(Box::new(reports_published.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(batches.clone()))?;
@@ -84,6 +105,9 @@ impl Metrics {
             commit_failures,
             event_lag,
             consumer_lag,
+            unpriced_events,
+            statements_closed,
+            reports_published,
         })
     }
 
