@@ -1,5 +1,6 @@
 //! The analytics role's HTTP API: `GET /v1/orgs/{org}/usage`, `GET /v1/orgs/{org}/usage/top-keys`,
-//! `GET /metrics`, `GET /healthz`.
+//! `GET /v1/orgs/{org}/statements`, `GET /v1/prices`, `PUT /v1/prices/{model}` (handlers in
+//! [`crate::reports::api`]), `GET /metrics`, `GET /healthz`.
 //!
 //! The usage routes need `Authorization: Bearer <token>` when the role was started with a token
 //! (the control plane forwards its callers' already-authorized requests with it; the role itself
@@ -34,13 +35,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/orgs/{org}/usage", get(usage))
         .route("/v1/orgs/{org}/usage/top-keys", get(top_keys))
+        .route(
+            "/v1/orgs/{org}/statements",
+            get(crate::reports::api::statements),
+        )
+        .route("/v1/prices", get(crate::reports::api::prices))
+        .route(
+            "/v1/prices/{model}",
+            axum::routing::put(crate::reports::api::put_price),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
 
 /// An RFC 9457 problem.
-fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Response {
+pub(crate) fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Response {
     let body = json!({
         "type": format!("https://leaky-tokens.dev/problems/{slug}"),
         "title": title,
@@ -66,7 +76,7 @@ impl IntoResponse for BadQuery {
     }
 }
 
-fn unavailable(e: &StoreError) -> Response {
+pub(crate) fn unavailable(e: &StoreError) -> Response {
     tracing::warn!(error = %e, "usage query failed");
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -77,7 +87,7 @@ fn unavailable(e: &StoreError) -> Response {
 }
 
 /// Whether the request carries the role's token (compared in constant time), if it has one.
-fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
     let Some(token) = state.token.as_deref() else {
         return true;
     };
@@ -94,7 +104,7 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
             == 0
 }
 
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     problem(
         StatusCode::UNAUTHORIZED,
         "unauthorized",

@@ -2,6 +2,7 @@
 //! with line items per model and price version, totals, and JSON and CSV renderings that are
 //! byte-reproducible.
 //!
+//! - [`api`]: the statement and price routes;
 //! - [`period`]: a local day or month as a UTC range;
 //! - [`statement`]: lines, rounding and the two renderings (pure);
 //! - [`db`]: closed statements, carried adjustments and active orgs in Cassandra;
@@ -15,6 +16,7 @@
 //! differ from the frozen ones plus what earlier statements carried. Once that statement is stored,
 //! its adjustments are recorded, so each difference is carried exactly once.
 
+pub mod api;
 pub mod db;
 pub mod job;
 pub mod period;
