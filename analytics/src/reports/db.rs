@@ -122,11 +122,13 @@ pub async fn insert(store: &Store, org: &str, s: &Stored) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Marks the statement's `report.generated` as published.
+/// Marks the statement's `report.generated` as published (a lightweight transaction too: the row
+/// was written by one, and mixing plain writes into Paxos-managed rows is unsafe).
 pub async fn mark_emitted(store: &Store, org: &str, label: &str) -> Result<(), StoreError> {
     let ks = store.keyspace();
     let q = format!(
-        "UPDATE {ks}.statements SET emitted = true WHERE org = ? AND year = ? AND period = ?"
+        "UPDATE {ks}.statements SET emitted = true WHERE org = ? AND year = ? AND period = ? \
+         IF EXISTS"
     );
     store
         .session()
