@@ -1,6 +1,6 @@
 //! The analytics role's HTTP API: `GET /v1/orgs/{org}/usage`, `GET /v1/orgs/{org}/usage/top-keys`,
-//! `GET /v1/orgs/{org}/statements`, `GET /v1/prices`, `PUT /v1/prices/{model}` (handlers in
-//! [`crate::reports::api`]), `GET /metrics`, `GET /healthz`.
+//! `GET /metrics`, `GET /healthz`; the statement and price routes of [`crate::reports::api`] are
+//! merged in.
 //!
 //! The usage routes need `Authorization: Bearer <token>` when the role was started with a token
 //! (the control plane forwards its callers' already-authorized requests with it; the role itself
@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::buckets::Level;
 use crate::metrics::Metrics;
+use crate::problem::{problem, unauthorized};
 use crate::query::{self, BadQuery, TopKeysParams, UsageParams};
 use crate::store::{Dim, Store, StoreError};
 
@@ -32,37 +33,14 @@ pub struct ApiState {
 
 /// The role's router.
 pub fn router(state: Arc<ApiState>) -> Router {
+    let reports = crate::reports::api::routes(state.store.clone(), state.token.clone());
     Router::new()
         .route("/v1/orgs/{org}/usage", get(usage))
         .route("/v1/orgs/{org}/usage/top-keys", get(top_keys))
-        .route(
-            "/v1/orgs/{org}/statements",
-            get(crate::reports::api::statements),
-        )
-        .route("/v1/prices", get(crate::reports::api::prices))
-        .route(
-            "/v1/prices/{model}",
-            axum::routing::put(crate::reports::api::put_price),
-        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)
-}
-
-/// An RFC 9457 problem.
-pub(crate) fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Response {
-    let body = json!({
-        "type": format!("https://leaky-tokens.dev/problems/{slug}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut r = (status, Json(body)).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    r
+        .merge(reports)
 }
 
 impl IntoResponse for BadQuery {
@@ -76,7 +54,7 @@ impl IntoResponse for BadQuery {
     }
 }
 
-pub(crate) fn unavailable(e: &StoreError) -> Response {
+fn unavailable(e: &StoreError) -> Response {
     tracing::warn!(error = %e, "usage query failed");
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -87,30 +65,8 @@ pub(crate) fn unavailable(e: &StoreError) -> Response {
 }
 
 /// Whether the request carries the role's token (compared in constant time), if it has one.
-pub(crate) fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
-    let Some(token) = state.token.as_deref() else {
-        return true;
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
-pub(crate) fn unauthorized() -> Response {
-    problem(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "Missing or invalid credentials",
-        "a valid bearer token is required",
-    )
+fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
+    crate::problem::bearer_ok(state.token.as_deref(), headers)
 }
 
 async fn usage(

@@ -108,6 +108,8 @@ pub struct Consumer {
     store: Arc<Store>,
     metrics: Metrics,
     config: ConsumerConfig,
+    /// The price table events are costed with, reloaded every few seconds.
+    prices: crate::prices::Prices,
 }
 
 /// A poison message on its way to the dead-letter topic.
@@ -154,6 +156,7 @@ impl Consumer {
             store,
             metrics,
             config,
+            prices: crate::prices::Prices::default(),
         })
     }
 
@@ -195,7 +198,7 @@ impl Consumer {
     /// Stores a batch (retrying until Cassandra takes it), dead-letters its poison, commits it.
     async fn handle(&self, batch: &[BorrowedMessage<'_>]) {
         let (mut rows, poison) = self.split(batch);
-        let book = self.store.prices.book(&self.store).await;
+        let book = self.prices.book(&self.store).await;
         let unpriced = crate::prices::apply(&book, &mut rows);
         self.metrics.unpriced_events.inc_by(unpriced);
         let mut pause = self.config.retry_min;

@@ -12,9 +12,8 @@
 //! - [`buckets`]: time buckets and partitions; [`query`]: plans and folds usage queries;
 //! - [`prices`]: the versioned price table and per-event cost; [`reports`]: statements, the
 //!   closer job and `report.generated`;
-//! - [`prices`]: the versioned price table and per-event cost; [`reports`]: statements, the
-//!   closer job and `report.generated`;
-//! - [`api`]: the HTTP routes; [`metrics`]: the Prometheus families.
+//! - [`api`]: the HTTP routes ([`problem`]: their shared problem+json and token check);
+//!   [`metrics`]: the Prometheus families.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ pub mod error;
 pub mod event;
 pub mod metrics;
 pub mod prices;
+pub mod problem;
 pub mod query;
 pub mod reports;
 pub mod schema;
@@ -88,7 +88,6 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let store = Arc::new(connect_store(&cfg.store).await?);
     prices::seed(&store, &cfg.prices).await?;
-    store.prices.set(prices::load(&store).await?);
     let metrics = metrics::Metrics::new()?;
     let closing = match cfg.statements.clone() {
         Some(c) => {

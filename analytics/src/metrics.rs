@@ -74,27 +74,21 @@ impl Metrics {
             "leaky_analytics_consumer_lag",
             "Messages not yet consumed on this member's partitions",
         )?;
-        let unpriced_events = IntCounter::new(
-            "leaky_analytics_unpriced_events_total",
-            "Usage events of a model with no price in effect at their time (costed 0)",
-        )?;
-        let statements_closed = IntCounter::new(
-            "leaky_analytics_statements_closed_total",
-            "Statements closed and stored by this process",
-        )?;
-        let reports_published = IntCounter::new(
-            "leaky_analytics_reports_published_total",
-            "report.generated events published",
-        )?;
-        registry.register(Box::new(unpriced_events.clone()))?;
-        registry.register(Box::new(statements_closed.clone()))?;
-        registry.register(Box::new(reports_published.clone()))?;
+        let (unpriced_events, statements_closed, reports_published) = statement_counters()?;
+        let counters = [
+            &unpriced_events,
+            &statements_closed,
+            &reports_published,
+            &events,
+        ];
+        for c in counters
+            .into_iter()
+            .chain([&batches, &write_retries, &commit_failures])
+        {
+            registry.register(Box::new(c.clone()))?;
+        }
         registry.register(Box::new(consumer_lag.clone()))?;
-        registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(batches.clone()))?;
-        registry.register(Box::new(write_retries.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
-        registry.register(Box::new(commit_failures.clone()))?;
         registry.register(Box::new(event_lag.clone()))?;
         Ok(Metrics {
             registry,
@@ -119,4 +113,22 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The price and statement counters: unpriced events, statements closed, reports published.
+fn statement_counters() -> Result<(IntCounter, IntCounter, IntCounter), prometheus::Error> {
+    Ok((
+        IntCounter::new(
+            "leaky_analytics_unpriced_events_total",
+            "Usage events of a model with no price in effect at their time (costed 0)",
+        )?,
+        IntCounter::new(
+            "leaky_analytics_statements_closed_total",
+            "Statements closed and stored by this process",
+        )?,
+        IntCounter::new(
+            "leaky_analytics_reports_published_total",
+            "report.generated events published",
+        )?,
+    ))
 }

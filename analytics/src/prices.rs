@@ -29,6 +29,9 @@ const BOOK: &str = "default";
 /// How long a loaded book serves cost lookups before the consumer reloads it (another replica may
 /// have added a version).
 pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
+/// A version added through the API takes effect at least this far ahead, so every consumer (which
+/// reloads every [`RELOAD_EVERY`]) costs the first event at its time with it.
+pub const MIN_LEAD_MS: i64 = 60_000;
 
 /// One price version of a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,7 +161,7 @@ impl Prices {
         }
     }
 
-    /// Replaces the loaded book (after a `PUT`, so this replica uses it at once).
+    /// Replaces the loaded book.
     pub fn set(&self, book: PriceBook) -> Arc<PriceBook> {
         let book = Arc::new(book);
         if let Ok(mut g) = self.current.write() {
@@ -259,12 +262,20 @@ pub enum PutError {
 }
 
 /// Adds (or, while still in the future, replaces) a version. A version taking effect before `now`
-/// would reprice events already costed and statements already closed: refused.
+/// would reprice events already costed and statements already closed: refused; so is one less than
+/// [`MIN_LEAD_MS`] away.
 pub async fn put(store: &Store, v: &PriceVersion, now: i64) -> Result<PriceBook, PutError> {
     v.check().map_err(PutError::Invalid)?;
     if v.effective_from < now {
         return Err(PutError::Immutable(format!(
             "effective_from {} has passed; past price versions are immutable, add a new version",
+            instant(v.effective_from)
+        )));
+    }
+    if v.effective_from < now + MIN_LEAD_MS {
+        return Err(PutError::Invalid(format!(
+            "effective_from {} is less than a minute away: every replica must have loaded the \
+             version before it takes effect",
             instant(v.effective_from)
         )));
     }

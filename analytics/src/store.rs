@@ -112,8 +112,6 @@ pub struct Store {
     hour: RollupStatements,
     day: RollupStatements,
     insert_active: PreparedStatement,
-    /// The price table this process costs events with (see [`crate::prices`]).
-    pub prices: crate::prices::Prices,
 }
 
 const SUMS: &str =
@@ -184,7 +182,6 @@ impl Store {
         .await?;
         Ok(Store {
             insert_active,
-            prices: crate::prices::Prices::default(),
             minute: rollup_statements(&session, ks, "rollup_minute", cfg.page_size).await?,
             hour: rollup_statements(&session, ks, "rollup_hour", cfg.page_size).await?,
             day: rollup_statements(&session, ks, "rollup_day", cfg.page_size).await?,

@@ -108,7 +108,6 @@ async fn setup(name: &str) -> anyhow::Result<Setup> {
     let ks = format!("st_{}", uuid::Uuid::new_v4().simple());
     let role = Role::start(&node, &ks, config).await?;
     prices::seed(&role.store, &price_table()).await?;
-    role.store.prices.set(prices::load(&role.store).await?);
     Ok(Setup {
         role,
         brokers,

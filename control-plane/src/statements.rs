@@ -167,8 +167,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     Doc::openapi()
 }
 
-/// The statement routes (mounted under `/v1` inside [`crate::usage::routes`], which provides the
-/// analytics client).
-pub fn routes() -> Router<ApiState> {
-    Router::new().route("/orgs/{org}/statements", get(get_statements))
+/// The statement routes (mounted under `/v1`), forwarding to `analytics` (`None`: 503 with a
+/// reason).
+pub fn routes(analytics: Option<AnalyticsClient>) -> Router<ApiState> {
+    Router::new()
+        .route("/orgs/{org}/statements", get(get_statements))
+        .layer(Extension(analytics.map(Arc::new)))
 }

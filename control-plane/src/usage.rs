@@ -343,6 +343,5 @@ pub fn routes(analytics: Option<AnalyticsClient>) -> Router<ApiState> {
     Router::new()
         .route("/orgs/{org}/usage", get(get_usage))
         .route("/orgs/{org}/usage/top-keys", get(get_top_keys))
-        .merge(crate::statements::routes())
         .layer(Extension(analytics.map(Arc::new)))
 }

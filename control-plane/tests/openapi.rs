@@ -76,6 +76,7 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs/{org}/balance"),
     ("GET", "/v1/orgs/{org}/usage"),
     ("GET", "/v1/orgs/{org}/usage/top-keys"),
+    ("GET", "/v1/orgs/{org}/statements"),
     ("GET", "/v1/orgs/{org}/ledger"),
     ("POST", "/v1/orgs/{org}/grants"),
     // Notifications (`notify::routes`, role `admin-api`).

@@ -15,18 +15,50 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, put};
+use axum::{Json, Router};
 use chrono::Datelike;
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{authorized, problem, unauthorized, unavailable, ApiState};
 use crate::prices::{self, PriceVersion, PutError};
+use crate::problem::{bearer_ok, problem, unauthorized};
 use crate::query::BadQuery;
 use crate::reports::period::Period;
 use crate::reports::{db, statement};
+use crate::store::{Store, StoreError};
+
+/// What the handlers share.
+pub struct ReportsState {
+    pub store: Arc<Store>,
+    /// The role's bearer token (`None`: open).
+    pub token: Option<String>,
+}
+
+/// The statement and price routes.
+pub fn routes(store: Arc<Store>, token: Option<String>) -> Router {
+    Router::new()
+        .route("/v1/orgs/{org}/statements", get(statements))
+        .route("/v1/prices", get(prices))
+        .route("/v1/prices/{model}", put(put_price))
+        .with_state(Arc::new(ReportsState { store, token }))
+}
+
+fn authorized(state: &ReportsState, headers: &HeaderMap) -> bool {
+    bearer_ok(state.token.as_deref(), headers)
+}
+
+fn unavailable(e: &StoreError) -> Response {
+    tracing::warn!(error = %e, "statement or price request failed");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "Service unavailable",
+        "the analytics store is not reachable; retry later",
+    )
+}
 
 /// `GET /v1/orgs/{org}/statements` query string.
 #[derive(Debug, Default, Deserialize)]
@@ -68,7 +100,7 @@ fn bytes(csv: bool, body: String) -> Response {
 }
 
 pub async fn statements(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<ReportsState>>,
     Path(org): Path<String>,
     params: Result<Query<StatementParams>, QueryRejection>,
     headers: HeaderMap,
@@ -99,7 +131,13 @@ fn parse_tz(tz: Option<&str>) -> Result<Tz, BadQuery> {
 }
 
 /// One period: the stored bytes when closed, a preview otherwise.
-async fn one(state: &ApiState, org: &str, label: &str, tz: Option<&str>, csv: bool) -> Response {
+async fn one(
+    state: &ReportsState,
+    org: &str,
+    label: &str,
+    tz: Option<&str>,
+    csv: bool,
+) -> Response {
     let period = match parse_tz(tz).and_then(|tz| Period::parse(label, tz)) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -109,7 +147,10 @@ async fn one(state: &ApiState, org: &str, label: &str, tz: Option<&str>, csv: bo
         Ok(None) => {}
         Err(e) => return unavailable(&e),
     }
-    let book = state.store.prices.book(&state.store).await;
+    let book = match prices::load(&state.store).await {
+        Ok(b) => b,
+        Err(e) => return unavailable(&e),
+    };
     match crate::reports::compose(&state.store, &book, org, &period, false).await {
         Ok(c) if csv => bytes(true, statement::to_csv(&c.statement)),
         Ok(c) => bytes(false, statement::to_json(&c.statement)),
@@ -117,7 +158,7 @@ async fn one(state: &ApiState, org: &str, label: &str, tz: Option<&str>, csv: bo
     }
 }
 
-async fn list(state: &ApiState, org: &str, year: Option<i32>) -> Response {
+async fn list(state: &ReportsState, org: &str, year: Option<i32>) -> Response {
     let years = match year {
         Some(y) => vec![y],
         None => {
@@ -144,7 +185,7 @@ async fn list(state: &ApiState, org: &str, year: Option<i32>) -> Response {
     }
 }
 
-pub async fn prices(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+pub async fn prices(State(state): State<Arc<ReportsState>>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
@@ -170,7 +211,7 @@ pub struct PriceBody {
 }
 
 pub async fn put_price(
-    State(state): State<Arc<ApiState>>,
+    State(state): State<Arc<ReportsState>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Result<Json<PriceBody>, JsonRejection>,
@@ -194,10 +235,7 @@ pub async fn put_price(
     };
     let now = chrono::Utc::now().timestamp_millis();
     match prices::put(&state.store, &version, now).await {
-        Ok(book) => {
-            state.store.prices.set(book);
-            Json(version).into_response()
-        }
+        Ok(_) => Json(version).into_response(),
         Err(PutError::Invalid(m)) => BadQuery(m).into_response(),
         Err(PutError::Immutable(m)) => problem(
             StatusCode::CONFLICT,
