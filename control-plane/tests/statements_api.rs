@@ -103,7 +103,9 @@ async fn statements_pass_through_from_analytics_behind_rbac() -> anyhow::Result<
         .send()
         .await?;
     assert_eq!(
-        csv.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        csv.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
         Some("text/csv; charset=utf-8")
     );
     let csv = csv.text().await?;
