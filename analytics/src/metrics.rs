@@ -74,17 +74,9 @@ impl Metrics {
             "leaky_analytics_consumer_lag",
             "Messages not yet consumed on this member's partitions",
         )?;
-        let (unpriced_events, statements_closed, reports_published) = statement_counters()?;
-        let counters = [
-            &unpriced_events,
-            &statements_closed,
-            &reports_published,
-            &events,
-        ];
-        for c in counters
-            .into_iter()
-            .chain([&batches, &write_retries, &commit_failures])
-        {
+        let (unpriced_events, statements_closed, reports_published) =
+            statement_counters(&registry)?;
+        for c in [&events, &batches, &write_retries, &commit_failures] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(consumer_lag.clone()))?;
@@ -115,20 +107,25 @@ impl Metrics {
     }
 }
 
-/// The price and statement counters: unpriced events, statements closed, reports published.
-fn statement_counters() -> Result<(IntCounter, IntCounter, IntCounter), prometheus::Error> {
-    Ok((
-        IntCounter::new(
-            "leaky_analytics_unpriced_events_total",
-            "Usage events of a model with no price in effect at their time (costed 0)",
-        )?,
-        IntCounter::new(
-            "leaky_analytics_statements_closed_total",
-            "Statements closed and stored by this process",
-        )?,
-        IntCounter::new(
-            "leaky_analytics_reports_published_total",
-            "report.generated events published",
-        )?,
-    ))
+/// The price and statement counters (unpriced events, statements closed, reports published),
+/// registered in `registry`.
+fn statement_counters(
+    registry: &Registry,
+) -> Result<(IntCounter, IntCounter, IntCounter), prometheus::Error> {
+    let unpriced = IntCounter::new(
+        "leaky_analytics_unpriced_events_total",
+        "Usage events of a model with no price in effect at their time (costed 0)",
+    )?;
+    let closed = IntCounter::new(
+        "leaky_analytics_statements_closed_total",
+        "Statements closed and stored by this process",
+    )?;
+    let published = IntCounter::new(
+        "leaky_analytics_reports_published_total",
+        "report.generated events published",
+    )?;
+    for c in [&unpriced, &closed, &published] {
+        registry.register(Box::new(c.clone()))?;
+    }
+    Ok((unpriced, closed, published))
 }
