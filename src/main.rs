@@ -549,6 +549,54 @@ struct AnalyticsArgs {
     /// a fresh node before importing a snapshot's SSTables).
     #[arg(long)]
     migrate_only: bool,
+    /// A price file (YAML, see `config/prices.yaml`) seeded into the price table at start-up; a
+    /// version already stored is never overwritten.
+    #[arg(long, env = "LEAKY_ANALYTICS_PRICES")]
+    prices: Option<std::path::PathBuf>,
+    /// How often the statement job looks for periods to close, in seconds (0: this process closes
+    /// no statements).
+    #[arg(long, default_value_t = 300)]
+    statements_every: u64,
+    /// How long after a day or month ends its statements are closed, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    close_after: u64,
+    /// The time zone statements are closed in (an IANA name).
+    #[arg(long, default_value = "UTC")]
+    statements_tz: String,
+    /// The topic of `report.generated` events.
+    #[arg(long, default_value = leaky_analytics::reports::job::REPORTS_TOPIC)]
+    reports_topic: String,
+}
+
+/// The price versions of `--prices`, if given.
+fn analytics_prices(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<leaky_analytics::prices::PriceVersion>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    leaky_analytics::prices::parse_file(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The statement closer's settings (`None` with `--statements-every 0`).
+fn analytics_statements(
+    a: &AnalyticsArgs,
+) -> anyhow::Result<Option<leaky_analytics::reports::job::CloserConfig>> {
+    if a.statements_every == 0 {
+        return Ok(None);
+    }
+    let mut c = leaky_analytics::reports::job::CloserConfig::new(&a.kafka);
+    c.every = std::time::Duration::from_secs(a.statements_every);
+    c.close_after = std::time::Duration::from_secs(a.close_after);
+    c.topic = a.reports_topic.clone();
+    c.tz = a
+        .statements_tz
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown time zone {:?}", a.statements_tz))?;
+    Ok(Some(c))
 }
 
 fn run_analytics(a: AnalyticsArgs) -> anyhow::Result<()> {
@@ -561,11 +609,15 @@ fn run_analytics(a: AnalyticsArgs) -> anyhow::Result<()> {
         tokio_rt()?.block_on(leaky_analytics::connect_store(&store))?;
         return Ok(());
     }
+    let prices = analytics_prices(a.prices.as_deref())?;
+    let statements = analytics_statements(&a)?;
     let config = leaky_analytics::AnalyticsConfig {
         consumer,
         store,
         listen: a.listen,
         token: a.token.filter(|t| !t.is_empty()),
+        prices,
+        statements,
     };
     tokio_rt()?.block_on(leaky_analytics::run(config, shutdown_signal()))?;
     Ok(())

@@ -1,5 +1,6 @@
 //! The analytics role's HTTP API: `GET /v1/orgs/{org}/usage`, `GET /v1/orgs/{org}/usage/top-keys`,
-//! `GET /v1/orgs/{org}/anomalies`, `GET /metrics`, `GET /healthz`.
+//! `GET /v1/orgs/{org}/anomalies`, `GET /metrics`, `GET /healthz`; the statement and price routes of
+//! [`crate::reports::api`] are merged in.
 //!
 //! The usage routes need `Authorization: Bearer <token>` when the role was started with a token
 //! (the control plane forwards its callers' already-authorized requests with it; the role itself
@@ -14,12 +15,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use crate::anomaly::live::AnomalyRecord;
 use crate::anomaly::sink::{AnomalyStore, MAX_RANGE_DAYS};
 use crate::buckets::{Level, DAY_MS};
 use crate::metrics::Metrics;
+use crate::problem::{problem, unauthorized};
 use crate::query::{self, BadQuery, TopKeysParams, UsageParams};
 use crate::store::{Dim, Store, StoreError};
 
@@ -35,6 +36,7 @@ pub struct ApiState {
 
 /// The role's router.
 pub fn router(state: Arc<ApiState>) -> Router {
+    let reports = crate::reports::api::routes(state.store.clone(), state.token.clone());
     Router::new()
         .route("/v1/orgs/{org}/usage", get(usage))
         .route("/v1/orgs/{org}/usage/top-keys", get(top_keys))
@@ -42,22 +44,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)
-}
-
-/// An RFC 9457 problem.
-fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> Response {
-    let body = json!({
-        "type": format!("https://leaky-tokens.dev/problems/{slug}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut r = (status, Json(body)).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    r
+        .merge(reports)
 }
 
 impl IntoResponse for BadQuery {
@@ -83,29 +70,7 @@ fn unavailable(e: &StoreError) -> Response {
 
 /// Whether the request carries the role's token (compared in constant time), if it has one.
 fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
-    let Some(token) = state.token.as_deref() else {
-        return true;
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
-fn unauthorized() -> Response {
-    problem(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "Missing or invalid credentials",
-        "a valid bearer token is required",
-    )
+    crate::problem::bearer_ok(state.token.as_deref(), headers)
 }
 
 async fn usage(

@@ -123,6 +123,8 @@ pub struct Consumer {
     /// The live anomaly detectors: only this consumer's task locks it, never across an await.
     live: Mutex<Live>,
     anomalies: AnomalyStore,
+    /// The price table events are costed with, reloaded every few seconds.
+    prices: crate::prices::Prices,
 }
 
 /// The CloudEvents `source` of anomaly events.
@@ -176,6 +178,7 @@ impl Consumer {
             store,
             metrics,
             config,
+            prices: crate::prices::Prices::default(),
         })
     }
 
@@ -221,7 +224,10 @@ impl Consumer {
 
     /// Stores a batch (retrying until Cassandra takes it), dead-letters its poison, commits it.
     async fn handle(&self, batch: &[BorrowedMessage<'_>]) {
-        let (rows, partitions, poison) = self.split(batch);
+        let (mut rows, partitions, poison) = self.split(batch);
+        let book = self.prices.book(&self.store).await;
+        let unpriced = crate::prices::apply(&book, &mut rows);
+        self.metrics.unpriced_events.inc_by(unpriced);
         let mut pause = self.config.retry_min;
         while let Err(e) = store_batch(&self.store, &rows, self.config.concurrency).await {
             self.metrics.write_retries.inc();
@@ -416,6 +422,23 @@ pub async fn store_batch(
     // consumer's future fail `Send`'s higher-ranked check (a known rustc limitation).
     for chunk in rows.chunks(concurrency) {
         futures::future::try_join_all(chunk.iter().map(|r| store.insert_event(r))).await?;
+    }
+    // The orgs active on each event's day and on today (a late event makes its org due a
+    // statement now, which carries the adjustment for the closed period).
+    let today = chrono::Utc::now().timestamp_millis();
+    let active: BTreeSet<(&str, i64)> = rows
+        .iter()
+        .flat_map(|r| {
+            [
+                (r.org.as_str(), Level::Day.floor(r.ts)),
+                (r.org.as_str(), Level::Day.floor(today)),
+            ]
+        })
+        .collect();
+    let marks: Vec<(&str, i64)> = active.into_iter().collect();
+    for chunk in marks.chunks(concurrency) {
+        futures::future::try_join_all(chunk.iter().map(|&(org, day)| store.mark_active(org, day)))
+            .await?;
     }
     let mut touched: BTreeSet<(&str, i64)> = rows
         .iter()

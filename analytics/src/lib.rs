@@ -12,7 +12,10 @@
 //! - [`buckets`]: time buckets and partitions; [`query`]: plans and folds usage queries;
 //! - [`anomaly`]: the streaming anomaly detector, fed live by the consumer ([`anomaly::live`]) and
 //!   stored and published by [`anomaly::sink`];
-//! - [`api`]: the HTTP routes; [`metrics`]: the Prometheus families.
+//! - [`prices`]: the versioned price table and per-event cost; [`reports`]: statements, the
+//!   closer job and `report.generated`;
+//! - [`api`]: the HTTP routes ([`problem`]: their shared problem+json and token check);
+//!   [`metrics`]: the Prometheus families.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +28,10 @@ pub mod consumer;
 pub mod error;
 pub mod event;
 pub mod metrics;
+pub mod prices;
+pub mod problem;
 pub mod query;
+pub mod reports;
 pub mod schema;
 pub mod store;
 
@@ -37,6 +43,10 @@ pub struct AnalyticsConfig {
     pub listen: SocketAddr,
     /// The bearer token of the usage routes (`None`: open).
     pub token: Option<String>,
+    /// Price versions seeded at start-up (`--prices`; a stored version is never overwritten).
+    pub prices: Vec<prices::PriceVersion>,
+    /// The statement closer (`None`: this process closes no statements).
+    pub statements: Option<reports::job::CloserConfig>,
 }
 
 /// Why the role could not start or stopped.
@@ -79,7 +89,20 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let store = Arc::new(connect_store(&cfg.store).await?);
+    prices::seed(&store, &cfg.prices).await?;
     let metrics = metrics::Metrics::new()?;
+    let closing = match cfg.statements.clone() {
+        Some(c) => {
+            let closer = reports::job::Closer::new(
+                c,
+                store.clone(),
+                metrics.clone(),
+                reports::job::system_clock(),
+            )?;
+            Some(tokio::spawn(closer.run()))
+        }
+        None => None,
+    };
     let consumer = consumer::Consumer::new(cfg.consumer.clone(), store.clone(), metrics.clone())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -96,5 +119,8 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await;
     consuming.abort();
+    if let Some(c) = closing {
+        c.abort();
+    }
     served.map_err(|e| RunError::Listen(cfg.listen, e))
 }

@@ -29,6 +29,12 @@ pub struct Metrics {
     pub consumer_lag: IntGauge,
     /// Distinct anomalies detected by this process, by kind (a re-detected one counts once).
     pub anomalies: IntCounterVec,
+    /// Events of a model without a price in effect at their time (cost 0, line flagged `unpriced`).
+    pub unpriced_events: IntCounter,
+    /// Statements closed and stored by this process (a racing closer that lost counts nothing).
+    pub statements_closed: IntCounter,
+    /// `report.generated` events published (at least once per closed statement).
+    pub reports_published: IntCounter,
 }
 
 impl Metrics {
@@ -57,27 +63,19 @@ impl Metrics {
             "leaky_analytics_commit_failures_total",
             "Kafka offset commits that failed (the batch is redelivered)",
         )?;
-        let event_lag = Histogram::with_opts(
-            HistogramOpts::new(
-                "leaky_analytics_event_lag_seconds",
-                "From an event's time to its rollups being written",
-            )
-            .buckets(vec![
-                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
-            ]),
-        )?;
+        let event_lag = event_lag_histogram()?;
         let consumer_lag = IntGauge::new(
             "leaky_analytics_consumer_lag",
             "Messages not yet consumed on this member's partitions",
         )?;
-        let anomalies = anomalies_counter()?;
-        registry.register(Box::new(anomalies.clone()))?;
+        let anomalies = anomalies_counter(&registry)?;
+        let (unpriced_events, statements_closed, reports_published) =
+            statement_counters(&registry)?;
+        for c in [&events, &batches, &write_retries, &commit_failures] {
+            registry.register(Box::new(c.clone()))?;
+        }
         registry.register(Box::new(consumer_lag.clone()))?;
-        registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(batches.clone()))?;
-        registry.register(Box::new(write_retries.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
-        registry.register(Box::new(commit_failures.clone()))?;
         registry.register(Box::new(event_lag.clone()))?;
         Ok(Metrics {
             registry,
@@ -89,6 +87,9 @@ impl Metrics {
             event_lag,
             consumer_lag,
             anomalies,
+            unpriced_events,
+            statements_closed,
+            reports_published,
         })
     }
 
@@ -104,7 +105,7 @@ impl Metrics {
 
 /// `leaky_analytics_anomalies_total{kind}`, with every kind present from the start at 0 (a rate()
 /// over it needs the series to exist before the first anomaly).
-fn anomalies_counter() -> Result<IntCounterVec, prometheus::Error> {
+fn anomalies_counter(registry: &Registry) -> Result<IntCounterVec, prometheus::Error> {
     let anomalies = IntCounterVec::new(
         Opts::new(
             "leaky_analytics_anomalies_total",
@@ -115,5 +116,42 @@ fn anomalies_counter() -> Result<IntCounterVec, prometheus::Error> {
     for kind in crate::anomaly::Kind::ALL {
         anomalies.with_label_values(&[kind.as_str()]);
     }
+    registry.register(Box::new(anomalies.clone()))?;
     Ok(anomalies)
+}
+
+/// The price and statement counters (unpriced events, statements closed, reports published),
+/// registered in `registry`.
+fn statement_counters(
+    registry: &Registry,
+) -> Result<(IntCounter, IntCounter, IntCounter), prometheus::Error> {
+    let unpriced = IntCounter::new(
+        "leaky_analytics_unpriced_events_total",
+        "Usage events of a model with no price in effect at their time (costed 0)",
+    )?;
+    let closed = IntCounter::new(
+        "leaky_analytics_statements_closed_total",
+        "Statements closed and stored by this process",
+    )?;
+    let published = IntCounter::new(
+        "leaky_analytics_reports_published_total",
+        "report.generated events published",
+    )?;
+    for c in [&unpriced, &closed, &published] {
+        registry.register(Box::new(c.clone()))?;
+    }
+    Ok((unpriced, closed, published))
+}
+
+/// `leaky_analytics_event_lag_seconds`: from an event's time to its rollups being written.
+fn event_lag_histogram() -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(
+        HistogramOpts::new(
+            "leaky_analytics_event_lag_seconds",
+            "From an event's time to its rollups being written",
+        )
+        .buckets(vec![
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+        ]),
+    )
 }

@@ -58,8 +58,29 @@ Migration {
          completion_tokens bigint, total_tokens bigint, latency_us bigint, cost decimal, \
          PRIMARY KEY ((org, part), dim, bucket, dim_value))",
     ],
+}, Migration {
+    version: 2,
+    name: "prices, statements, adjustments, active orgs",
+    statements: &[
+        // One small partition (`book` = 'default'): the whole table is read in one partition read.
+        // A version is (model, effective_from); past versions are never rewritten.
+        "CREATE TABLE IF NOT EXISTS {ks}.prices (book text, model text, effective_from timestamp, \
+         input_per_mtok decimal, output_per_mtok decimal, currency text, \
+         PRIMARY KEY ((book), model, effective_from))",
+        // Closed statements, one partition per org and year (at most 12 months + 366 days of
+        // rows); written once with IF NOT EXISTS so racing closers agree on one.
+        "CREATE TABLE IF NOT EXISTS {ks}.statements (org text, year int, period text, kind text, \
+         tz text, json text, csv text, snapshot text, adjustments text, event_id text, closed_by text, \
+         emitted boolean, PRIMARY KEY ((org, year), period))",
+        // Adjustments already carried for a closed period, by the statement that carried them.
+        "CREATE TABLE IF NOT EXISTS {ks}.statement_adjustments (org text, period text, \
+         carried_in text, model text, price_from text, requests bigint, prompt_tokens bigint, \
+         completion_tokens bigint, PRIMARY KEY ((org, period), carried_in, model, price_from))",
+        // The orgs with usage on a UTC day (event day and arrival day): who gets a statement.
+        "CREATE TABLE IF NOT EXISTS {ks}.active_orgs (day timestamp, org text, \
+         PRIMARY KEY ((day), org)) WITH default_time_to_live = {raw_ttl}",
+    ],
 },
-// Version 2 is the price table (statements); the list stays ordered by version when merged.
 Migration {
     version: 3,
     name: "anomalies",

@@ -111,6 +111,7 @@ pub struct Store {
     minute: RollupStatements,
     hour: RollupStatements,
     day: RollupStatements,
+    insert_active: PreparedStatement,
 }
 
 const SUMS: &str =
@@ -173,7 +174,14 @@ impl Store {
             cfg.page_size,
         )
         .await?;
+        let insert_active = prepare(
+            &session,
+            format!("INSERT INTO {ks}.active_orgs (day, org) VALUES (?, ?)"),
+            cfg.page_size,
+        )
+        .await?;
         Ok(Store {
+            insert_active,
             minute: rollup_statements(&session, ks, "rollup_minute", cfg.page_size).await?,
             hour: rollup_statements(&session, ks, "rollup_hour", cfg.page_size).await?,
             day: rollup_statements(&session, ks, "rollup_day", cfg.page_size).await?,
@@ -224,6 +232,17 @@ impl Store {
         );
         self.session
             .execute_unpaged(&self.insert_event, values)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Records that `org` had usage (or a late event arrived for it) on the UTC day holding `ts`:
+    /// the statement job closes periods for the orgs recorded in them (idempotent).
+    pub async fn mark_active(&self, org: &str, ts: i64) -> Result<(), StoreError> {
+        let day = CqlTimestamp(Level::Day.floor(ts));
+        self.session
+            .execute_unpaged(&self.insert_active, (day, org))
             .await
             .map_err(db)?;
         Ok(())

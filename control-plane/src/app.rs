@@ -149,6 +149,9 @@ pub fn v1_with(roles: &Roles, settings: std::sync::Arc<billing::Settings>) -> Ro
             .merge(billing::routes(settings))
             .merge(crate::usage::routes(
                 crate::usage::AnalyticsClient::from_env(),
+            ))
+            .merge(crate::statements::routes(
+                crate::usage::AnalyticsClient::from_env(),
             ));
     }
     if roles.contains(Role::Registry) {

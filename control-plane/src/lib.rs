@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod registry;
 pub mod roles;
+pub mod statements;
 pub mod tenancy;
 pub mod tls;
 pub mod usage;

@@ -81,6 +81,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
     doc.merge(identity::api::openapi());
     doc.merge(identity::provider_credentials::openapi());
     doc.merge(crate::usage::openapi());
+    doc.merge(crate::statements::openapi());
     // Modifiers ran before the merge; run them again over the merged paths.
     BearerAuth.modify(&mut doc);
     CommonProblems.modify(&mut doc);

@@ -98,6 +98,51 @@ impl AnalyticsClient {
     }
 }
 
+impl AnalyticsClient {
+    /// GETs `path` with `query` and `accept` and returns the answer's content type and bytes
+    /// untouched (statements are byte-reproducible); a 400 becomes a 422, other failures a 503.
+    pub async fn get_bytes<Q: Serialize>(
+        &self,
+        path: &str,
+        query: &Q,
+        accept: &str,
+    ) -> Result<(String, bytes::Bytes), Problem> {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .header(reqwest::header::ACCEPT, accept)
+            .timeout(TIMEOUT);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "analytics request failed");
+            Problem::new(
+                ProblemKind::Unavailable,
+                "the analytics service is unreachable; retry later",
+            )
+        };
+        let resp = req.send().await.map_err(|e| unavailable(&e))?;
+        if resp.status() == reqwest::StatusCode::BAD_REQUEST {
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            let detail = body["detail"].as_str().unwrap_or("invalid query");
+            return Err(Problem::field("query", detail.to_owned()));
+        }
+        if !resp.status().is_success() {
+            return Err(unavailable(&resp.status()));
+        }
+        let kind = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
+        Ok((kind, body))
+    }
+}
+
 /// The query of `GET /v1/orgs/{org}/usage`.
 #[derive(Debug, Deserialize, Serialize, IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -77,6 +77,7 @@ const V1_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs/{org}/usage"),
     ("GET", "/v1/orgs/{org}/usage/top-keys"),
     ("GET", "/v1/orgs/{org}/anomalies"),
+    ("GET", "/v1/orgs/{org}/statements"),
     ("GET", "/v1/orgs/{org}/ledger"),
     ("POST", "/v1/orgs/{org}/grants"),
     // Notifications (`notify::routes`, role `admin-api`).

@@ -251,6 +251,11 @@ pub const OPERATIONS: &[Operation] = &[
         "/v1/orgs/{org}/anomalies",
         Rbac(P::BillingRead, PathOrg),
     ),
+    op(
+        "GET",
+        "/v1/orgs/{org}/statements",
+        Rbac(P::BillingRead, PathOrg),
+    ),
     // ledger: balance and history are the org's to read; grants create credit, a platform act.
     op(
         "GET",

@@ -1,0 +1,112 @@
+//! Statements (issue 16, "Reports and billing export"): per org, daily and monthly, in a time zone,
+//! with line items per model and price version, totals, and JSON and CSV renderings that are
+//! byte-reproducible.
+//!
+//! - [`api`]: the statement and price routes;
+//! - [`period`]: a local day or month as a UTC range;
+//! - [`statement`]: lines, rounding and the two renderings (pure);
+//! - [`db`]: closed statements, carried adjustments and active orgs in Cassandra;
+//! - [`job`]: the periodic closer (a period closes once it is over plus a grace; `IF NOT EXISTS` so
+//!   racing replicas agree on one statement) and the `report.generated` event.
+//!
+//! Counts come from the per-model rollups (hour rows, or minute rows for a zone whose offset is not
+//! a whole number of hours), never from the raw events, which expire. A closed statement is frozen:
+//! a late event for its period changes the rollups, and the next statement of the same kind for the
+//! org carries an adjustment line per (closed period, model, price version) whose current counts
+//! differ from the frozen ones plus what earlier statements carried. Once that statement is stored,
+//! its adjustments are recorded, so each difference is carried exactly once.
+
+pub mod api;
+pub mod db;
+pub mod job;
+pub mod period;
+pub mod statement;
+
+use crate::buckets::{Level, DAY_MS, HOUR_MS};
+use crate::prices::PriceBook;
+use crate::store::{Dim, Store, StoreError};
+use period::Period;
+use statement::{Adjust, Statement, Usage};
+
+/// Closed periods this far back (before the new statement's start) are checked for adjustments:
+/// the consumer refuses events older than 30 days, and a month is at most 31.
+pub const ADJUST_LOOKBACK_MS: i64 = 62 * DAY_MS;
+
+/// The rollup level whose buckets nest in `p`: hours when both ends fall on whole UTC hours.
+fn source_level(p: &Period) -> Level {
+    if p.start % HOUR_MS == 0 && p.end % HOUR_MS == 0 {
+        Level::Hour
+    } else {
+        Level::Minute
+    }
+}
+
+/// `org`'s usage in `p` per line, from the rollups.
+pub async fn usage(
+    store: &Store,
+    book: &PriceBook,
+    org: &str,
+    p: &Period,
+) -> Result<Usage, StoreError> {
+    let rows = store
+        .read(org, source_level(p), Dim::Model, p.start, p.end)
+        .await?;
+    Ok(statement::group(book, &rows))
+}
+
+/// The adjustments a statement for `p` carries: for each closed statement of the same kind before
+/// `p` (within [`ADJUST_LOOKBACK_MS`]), the lines whose counts changed since they were frozen and
+/// not yet carried.
+pub async fn pending_adjustments(
+    store: &Store,
+    book: &PriceBook,
+    org: &str,
+    p: &Period,
+) -> Result<Vec<Adjust>, StoreError> {
+    let year = p.year();
+    let closed = db::list(store, org, &[year - 1, year]).await?;
+    let mut out = Vec::new();
+    for s in closed {
+        if s.kind != p.kind.as_str() || s.period >= p.label {
+            continue;
+        }
+        let tz = s.tz.parse().unwrap_or(chrono_tz::Tz::UTC);
+        let Ok(cp) = Period::parse(&s.period, tz) else {
+            continue;
+        };
+        if cp.end < p.start - ADJUST_LOOKBACK_MS {
+            continue;
+        }
+        let current = usage(store, book, org, &cp).await?;
+        let mut frozen = s.snapshot;
+        statement::merge(&mut frozen, db::carried(store, org, &cp.label).await?);
+        out.extend(statement::adjustments(&cp.label, &current, &frozen));
+    }
+    Ok(out)
+}
+
+/// A statement computed now: its contents, its usage (the snapshot a closed one freezes) and the
+/// adjustments it carries.
+pub struct Composed {
+    pub statement: Statement,
+    pub usage: Usage,
+    pub adjustments: Vec<Adjust>,
+}
+
+/// Computes `org`'s statement for `p` (`closed` only changes its `status`).
+pub async fn compose(
+    store: &Store,
+    book: &PriceBook,
+    org: &str,
+    p: &Period,
+    closed: bool,
+) -> Result<Composed, StoreError> {
+    let usage = usage(store, book, org, p).await?;
+    let adjustments = pending_adjustments(store, book, org, p).await?;
+    let statement = statement::build(org, p, closed, book, &usage, &adjustments);
+    Ok(Composed {
+        statement,
+        usage,
+        adjustments,
+    })
+}
