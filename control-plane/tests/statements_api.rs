@@ -42,6 +42,9 @@ fn row(i: i64, org: &str, ts: i64) -> UsageRow {
 
 async fn analytics_api(store: Arc<leaky_analytics::store::Store>) -> anyhow::Result<String> {
     let state = Arc::new(leaky_analytics::api::ApiState {
+        anomalies: Arc::new(leaky_analytics::anomaly::sink::AnomalyStore::new(
+            store.clone(),
+        )),
         store,
         metrics: leaky_analytics::metrics::Metrics::new()?,
         token: Some(ANALYTICS_TOKEN.to_owned()),
