@@ -97,10 +97,23 @@ shell_scripts() {
 # staleness check sees its real age. Prints the global flags for cargo-deny (`--offline`) on stdout.
 ADVISORY_URL=https://github.com/rustsec/advisory-db
 ADVISORY_DIR_HASH=3157b0e258782691
+# The RustSec snapshot for machines without GitHub: $LEAKY_ADVISORY_SNAPSHOT, else `../shared/advisory-db`
+# beside the checkout — or beside the repository it was cloned from (a CI clone in a temp dir), or the
+# machine's /work/shared. Prints the first that exists (or the default path, for the error message).
+advisory_snapshot() {
+  local origin candidate
+  origin=$(git config --get remote.origin.url 2>/dev/null || true)
+  for candidate in "${LEAKY_ADVISORY_SNAPSHOT:-}" ../shared/advisory-db \
+    "${origin:+$origin/../shared/advisory-db}" /work/shared/advisory-db; do
+    [ -n "$candidate" ] && [ -d "$candidate/crates" ] && { echo "$candidate"; return; }
+  done
+  echo "${LEAKY_ADVISORY_SNAPSHOT:-../shared/advisory-db}"
+}
+
 deny_advisories() {
   local deny=$1 root snapshot date dir
   root=${CARGO_HOME:-$HOME/.cargo}/advisory-dbs
-  snapshot=${LEAKY_ADVISORY_SNAPSHOT:-../shared/advisory-db}
+  snapshot=$(advisory_snapshot)
   if [ "${LEAKY_ADVISORY_OFFLINE:-0}" != 1 ] && timeout 120 "$deny" fetch db >&2 2>/dev/null; then
     echo "advisories: live database ($ADVISORY_URL)" >&2
     echo "--offline"
