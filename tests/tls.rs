@@ -164,7 +164,7 @@ async fn a_client_that_never_sends_a_client_hello_is_released_at_the_head_deadli
     let server = format!(
         // Long enough that the checks below run while the silent client still holds the slot, even
         // on a loaded machine; the test waits for the server's close, not for this time.
-        "  max_connections: 1\n  header_timeout_ms: 8000\n{}",
+        "  max_connections: 1\n  header_timeout_ms: 15000\n{}",
         tls_block("tls", &cert)
     );
     let (_up, gw) = start(&server).await;
