@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod log_fields;
+mod log_json;
 mod pingora_shim;
 
 /// glibc's allocator showed up as ~17% of the proxy's CPU under load (malloc, free, consolidation);
@@ -625,7 +626,8 @@ fn run_analytics(a: AnalyticsArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format, &cli.log);
+    let log_format = cli.log_format;
+    init_logs(log_format, &cli.log);
     let result = match cli.command.unwrap_or(Command::Up {
         proxy: ProxyArgs::default(),
         stubs: StubArgs::default(),
@@ -661,7 +663,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("leaky-tokens: {e:#}");
+            match log_format {
+                // A log pipeline reads stderr as JSON lines: the fatal error is one of them.
+                LogFormat::Json => {
+                    tracing::error!(error = %format!("{e:#}"), "leaky-tokens exited")
+                }
+                LogFormat::Text => eprintln!("leaky-tokens: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -670,18 +678,18 @@ fn main() -> ExitCode {
 fn init_logs(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+    match format {
+        // With `trace_id`, `span_id`, `request_id` on every line they apply to (src/log_json.rs).
+        LogFormat::Json => log_json::init(filter),
         // Caller-supplied values (a model, a path) are escaped: one event is one line.
-        LogFormat::Text => builder.fmt_fields(log_fields::EscapedFields).try_init(),
-    };
+        LogFormat::Text => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .fmt_fields(log_fields::EscapedFields)
+                .try_init();
+        }
+    }
 }
 
 fn check_config(files: &[PathBuf], offline: bool) -> ExitCode {
