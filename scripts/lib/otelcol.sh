@@ -33,13 +33,14 @@ otelcol_fetch() {
   # (relative: inside $work). Its own module step (`go mod tidy`) is skipped: tidy also resolves the
   # components' *test* dependencies, and the module proxy here refuses some of those versions
   # (otlpencodingextension v0.140.1: "not available"). `go build -mod=mod` resolves only what the
-  # binary imports, with the same flags the builder's compile step uses.
+  # binary imports. No -trimpath (the builder's default): Jaeger's build has none, and the flag is part
+  # of every package's build-cache key, so without it the collector core Jaeger compiled is reused.
   (
     cd "$work" &&
       GOBIN="$work/bin" go install "go.opentelemetry.io/collector/cmd/builder@$OTELCOL_BUILDER_VERSION" &&
       "$work/bin/builder" --config "$OTELCOL_MANIFEST" --skip-get-modules --skip-compilation &&
       cd otelcol-leaky &&
-      go build -mod=mod -trimpath -ldflags="-s -w" -o otelcol-leaky . &&
+      go build -mod=mod -ldflags="-s -w" -o otelcol-leaky . &&
       mkdir -p "$OTELCOL_GOBIN" &&
       mv otelcol-leaky "$OTELCOL_BIN"
   ) >"$work/build.log" 2>&1 || { tail -20 "$work/build.log" >&2; echo "otelcol: build failed ($work/build.log)" >&2; return 1; }
