@@ -275,5 +275,5 @@ pub fn init(filter: tracing_subscriber::EnvFilter) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests;

@@ -35,13 +35,14 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) -> u16 {
         None => traceparent(session),
     };
     account(ctx, status, seconds, tp);
+    crate::log_ids::failed_attempts(ctx);
     let principal = ctx.req.principal.as_ref();
     let ex = &ctx.exchange;
     tracing::info!(
         target: "access",
         request_id = %ctx.req.request_id,
-        trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex()),
-        span_id = ctx.trace.as_ref().map(|t| t.span_id_hex()),
+        trace_id = ctx.log_trace_id(),
+        span_id = ctx.log_span_id(),
         method = %session.req_header().method,
         path = %session.req_header().uri.path(),
         route = route.map_or("none", |r| &*r.name),

@@ -67,6 +67,7 @@
 //!   metrics), `capture` (a live answer teed into an entry), `replay` (a hit answered).
 //!   `trace` (OpenTelemetry spans of each request: recorded while it runs, kept at the end when
 //!   head-sampled or an error, exported off the request path; docs/observability.md).
+//!   `log_ids` (the `request_id` / `trace_id` / `span_id` fields of the lines about a request).
 //! - Config: `snapshot` (one immutable, compiled config version), `reload` (`ConfigState`: applies
 //!   config documents, `document`, and swaps snapshots atomically), `source` (the `ConfigSource` seam,
 //!   and a pushed source), `watch` (the file source: files, inotify, `SIGHUP`), `bootstrap` (the
@@ -100,6 +101,7 @@ mod headers;
 mod ledger;
 pub mod limiter;
 pub mod listener;
+mod log_ids;
 mod metering;
 pub mod metrics;
 mod offload;

@@ -190,7 +190,8 @@ async fn cut(
         d.state
             .record_stream_failure(crate::balancer::now_ms(), tenant);
         crate::metrics::bump(|m| &m.stream_cuts, &[&d.label, reason]);
-        tracing::warn!(upstream = %d.label, reason, waited_ms = waited.as_millis() as u64, "upstream response stalled; cut");
+        tracing::warn!(request_id = %ctx.req.request_id, trace_id = ctx.log_trace_id(), span_id = ctx.log_span_id(),
+            upstream = %d.label, reason, waited_ms = waited.as_millis() as u64, "upstream response stalled; cut");
     }
     let tail = settle(ctx).await;
     forward(session, ctx, tail).await?;

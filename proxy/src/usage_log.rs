@@ -83,10 +83,13 @@ impl UsageSink {
 /// One `usage` log line. The fields and their order are what log consumers parse (tests and
 /// pipelines): absent values are written `-` like every log line, not `null` as on the wire.
 fn log(r: &UsageRecord) {
+    let (trace_id, span_id) = traceparent_ids(r.traceparent.as_deref());
     tracing::info!(
         target: "usage",
         schema_version = r.schema_version,
         request_id = %r.request_id,
+        trace_id,
+        span_id,
         principal = %r.principal,
         user = %r.user,
         org = r.org.as_deref().unwrap_or("-"),
@@ -104,6 +107,24 @@ fn log(r: &UsageRecord) {
         charged_tokens = r.charged_tokens,
         "usage"
     );
+}
+
+/// `trace_id` and `span_id` of the `traceparent` a record carries, when it names this proxy's server
+/// span (tracing on: the ids of the request's other lines, `log_ids.rs`); with tracing off it is the
+/// caller's, and the line stays without trace ids like the request's other lines.
+fn traceparent_ids(traceparent: Option<&str>) -> (Option<&str>, Option<&str>) {
+    match traceparent.filter(|_| crate::trace::enabled()) {
+        Some(tp) => split_traceparent(tp),
+        None => (None, None),
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` (as the proxy formats its own) → its trace and span ids.
+fn split_traceparent(tp: &str) -> (Option<&str>, Option<&str>) {
+    match (tp.get(3..35), tp.get(36..52)) {
+        (Some(t), Some(s)) if tp.len() == 55 => (Some(t), Some(s)),
+        _ => (None, None),
+    }
 }
 
 #[cfg(test)]

@@ -119,3 +119,17 @@ fn a_full_queue_drops_the_record() {
     let out = json_log(|| assert_eq!(sink.drain(), 2));
     assert!(!out.contains("req-2"), "{out}");
 }
+
+#[test]
+fn a_traceparent_splits_into_its_ids() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(
+        super::split_traceparent(tp),
+        (
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            Some("00f067aa0ba902b7")
+        )
+    );
+    assert_eq!(super::split_traceparent("00-abc-def-01"), (None, None));
+    assert_eq!(super::split_traceparent(""), (None, None));
+}
