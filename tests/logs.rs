@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "../control-plane/tests/common/mod.rs"]
+mod cp_common;
 
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -285,5 +287,81 @@ async fn a_request_s_lines_are_found_in_the_collector_by_trace_id() {
         assert_eq!(r["spanId"], span.as_str(), "{r}");
         assert_eq!(attr(&r, "request_id"), Some(rid.as_str()), "{r}");
         assert_eq!(attr(&r, "log.iostream"), Some("stderr"), "{r}");
+    }
+}
+
+/// The control plane's lines go through the same format and the same collector: every line it writes
+/// (start-up, migrations, an audited API call, a refused one) is valid JSON and arrives parsed.
+#[tokio::test]
+async fn the_control_plane_s_json_lines_reach_the_collector() {
+    let db = cp_common::fresh_db().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("control-plane.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_leaky-tokens"))
+        .args(["control-plane", "--log-format", "json", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--roles", "admin-api"])
+        .env("LEAKY_DATABASE_URL", &db)
+        .env("LEAKY_ADMIN_TOKEN", cp_common::TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    let collector = Collector::start(&[&log_path]);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    eventually(
+        "the control plane is ready",
+        Duration::from_secs(30),
+        None,
+        || {
+            let ready = http.get(format!("{base}/readyz")).send();
+            async move { ready.await.is_ok_and(|r| r.status() == 200) }
+        },
+    )
+    .await;
+    let created = http
+        .post(format!("{base}/v1/orgs"))
+        .bearer_auth(cp_common::TOKEN)
+        .json(&serde_json::json!({ "name": "logs" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let refused = http.get(format!("{base}/v1/orgs")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let (mut lines, mut records) = (Vec::new(), Vec::new());
+    eventually(
+        "the collector has every line",
+        Duration::from_secs(20),
+        None,
+        || {
+            lines = log().lines().map(str::to_owned).collect::<Vec<_>>();
+            records = collector.records();
+            let all = !lines.is_empty() && records.len() == lines.len();
+            async move { all }
+        },
+    )
+    .await;
+    for (line, record) in lines.iter().zip(&records) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["target"].as_str().is_some(), "{line}");
+        assert_eq!(attr(record, "level"), v["level"].as_str(), "{record}");
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
