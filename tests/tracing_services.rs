@@ -433,3 +433,51 @@ async fn a_failed_call_is_kept_at_ratio_zero_and_a_success_is_not() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_flushes_the_spans_still_queued() {
+    let jaeger = Jaeger::get();
+    let cps = service("cp-flush");
+    let db = cp::fresh_db().await.unwrap();
+    let mut env = vec![
+        ("LEAKY_DATABASE_URL", db.as_str()),
+        ("LEAKY_ADMIN_TOKEN", cp::TOKEN),
+    ];
+    env.extend(otel(&jaeger, &cps, "0"));
+    let mut cp_proc = Proc::spawn(&["control-plane", "--roles", "admin-api"], &env);
+    cp_proc.wait_http("/readyz").await;
+    let (trace, caller) = new_trace();
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/orgs", cp_proc.base))
+        .bearer_auth(cp::TOKEN)
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // At once: the exporter gathers units for 500 ms before a batch, so only the shutdown flush can
+    // have sent this one by the time the process is gone.
+    let term = Command::new("kill")
+        .args(["-TERM", &cp_proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = cp_proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the control plane did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let t = jaeger
+        .trace_until(&trace, 10, |t| {
+            !spans_of(t, &cps, "GET /v1/orgs").is_empty()
+        })
+        .await;
+    assert_eq!(
+        parent_of(spans_of(&t, &cps, "GET /v1/orgs")[0]),
+        Some(caller.as_str())
+    );
+}
