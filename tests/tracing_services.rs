@@ -12,7 +12,6 @@ mod tracing_support;
 #[allow(dead_code)]
 #[path = "../analytics/tests/common/cassandra.rs"]
 mod cassandra;
-#[allow(dead_code)]
 #[path = "../control-plane/tests/common/mod.rs"]
 mod cp;
 
