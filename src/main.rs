@@ -145,6 +145,30 @@ impl TraceArgs {
         tracing::info!(endpoint = %endpoint, ratio = self.trace_sample_ratio, "request tracing on");
         Ok(())
     }
+
+    /// The control plane's or analytics' tracing (`leaky_telemetry`), started when an endpoint is
+    /// set; `default_name` is the `service.name` unless `--service-name` says otherwise.
+    fn start_service(&self, default_name: &str) -> anyhow::Result<()> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(());
+        };
+        let name = self.service_name.as_deref().unwrap_or(default_name);
+        let mut opts = leaky_telemetry::Options::new(endpoint.clone(), name);
+        opts.sample_ratio = self.trace_sample_ratio;
+        leaky_telemetry::init(opts)?;
+        tracing::info!(endpoint = %endpoint, ratio = self.trace_sample_ratio, service = name, "tracing on");
+        Ok(())
+    }
+}
+
+/// How long a stopping process waits for its queued spans to reach the collector.
+const TRACE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Exports the spans still queued (proxy and services alike), within [`TRACE_FLUSH`] each.
+fn flush_traces() {
+    if !leaky_proxy::trace::shutdown(TRACE_FLUSH) || !leaky_telemetry::shutdown(TRACE_FLUSH) {
+        tracing::warn!(within = ?TRACE_FLUSH, "queued spans not all exported at shutdown");
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -657,9 +681,16 @@ fn main() -> ExitCode {
             action: Some(ControlPlaneCommand::Secrets { command }),
             ..
         } => run_secrets(command),
-        Command::ControlPlane { cp, action: None } => run_control_plane(cp),
-        Command::Analytics(a) => run_analytics(a),
+        Command::ControlPlane { cp, action: None } => cli
+            .trace
+            .start_service("leaky-control-plane")
+            .and_then(|()| run_control_plane(cp)),
+        Command::Analytics(a) => cli
+            .trace
+            .start_service("leaky-analytics")
+            .and_then(|()| run_analytics(a)),
     };
+    flush_traces();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

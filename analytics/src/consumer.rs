@@ -31,6 +31,7 @@ use crate::buckets::Level;
 use crate::event::{decode, Poison, UsageRow};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use tracing::Instrument;
 
 /// Where the consumer reads and how it batches.
 #[derive(Debug, Clone)]
@@ -189,7 +190,14 @@ impl Consumer {
             if batch.is_empty() {
                 self.tick().await;
             } else {
-                self.handle(&batch).await;
+                // Tracing (issue 17): the batch's spans, and each sampled message's in its trace.
+                let spans = leaky_telemetry::kafka::Batch::start(
+                    "analytics.consume",
+                    &self.config.group,
+                    &batch,
+                );
+                self.handle(&batch).instrument(spans.log_span()).await;
+                spans.finish();
             }
         }
     }

@@ -115,7 +115,7 @@ pub async fn run(
         token: cfg.token.clone(),
     });
     tracing::info!(listen = %cfg.listen, topic = %cfg.consumer.topic, "analytics running");
-    let served = axum::serve(listener, api::router(state))
+    let served = axum::serve(listener, leaky_telemetry::http::traced(api::router(state)))
         .with_graceful_shutdown(shutdown)
         .await;
     consuming.abort();

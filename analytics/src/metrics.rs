@@ -77,6 +77,7 @@ impl Metrics {
         registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(event_lag.clone()))?;
+        leaky_telemetry::register_metrics(&registry)?;
         Ok(Metrics {
             registry,
             events,

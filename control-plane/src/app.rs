@@ -397,6 +397,7 @@ pub async fn run_with_tls(
         tasks.push(tokio::spawn(identity::run_jobs(state.clone(), id.clone())));
         router = identity::attach(router, state.clone(), id);
     }
+    let router = leaky_telemetry::http::traced(router);
     // Watch streams never end by themselves: end them when the drain starts.
     let drain = {
         let state = state.clone();

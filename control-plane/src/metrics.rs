@@ -173,6 +173,7 @@ fn registry(
     backlog: Option<outbox::Backlog>,
 ) -> Result<Registry, prometheus::Error> {
     let r = Registry::new();
+    leaky_telemetry::register_metrics(&r)?;
     outbox_metrics(&r, stats, backlog)?;
     consumer_metrics(&r, stats)?;
     Ok(r)

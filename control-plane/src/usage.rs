@@ -75,6 +75,11 @@ impl AnalyticsClient {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
+        // A client span of the forwarded call (ended when this returns); analytics continues it.
+        let call = leaky_telemetry::http::client("GET analytics");
+        if let Some((_, tp)) = &call {
+            req = req.header("traceparent", tp);
+        }
         let unavailable = |e: &dyn std::fmt::Display| {
             tracing::warn!(error = %e, "analytics request failed");
             Problem::new(
@@ -115,6 +120,11 @@ impl AnalyticsClient {
             .timeout(TIMEOUT);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
+        }
+        // A client span of the forwarded call (ended when this returns); analytics continues it.
+        let call = leaky_telemetry::http::client("GET analytics");
+        if let Some((_, tp)) = &call {
+            req = req.header("traceparent", tp);
         }
         let unavailable = |e: &dyn std::fmt::Display| {
             tracing::warn!(error = %e, "analytics request failed");

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 mod export;
 
-pub use export::{TraceError, TracingOptions};
+pub use export::{shutdown, TraceError, TracingOptions};
 
 /// The process's trace pipeline: the sampling threshold and the exporter's queue.
 struct Pipe {

@@ -482,3 +482,23 @@ def test_prometheus_scrapes_the_compose_services_by_their_names():
         for sd in alerting.get("dns_sd_configs", []):
             asked.update(sd["names"])
     assert asked and asked <= services, asked - services
+
+
+def test_every_role_exports_traces_to_jaeger_like_scripts_stack():
+    # Issue 17's cross-service traces need every Leaky role exporting, under its own service name,
+    # in compose as in scripts/stack.
+    names = {}
+    for name in ("control-plane", "analytics", "proxy-8080", "proxy-8081"):
+        env = _env(SERVICES[name])
+        assert env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://jaeger:4318", name
+        assert "OTEL_TRACES_SAMPLER_ARG" in env, name
+        names[name] = env.get("OTEL_SERVICE_NAME")
+    assert names == {
+        "control-plane": "leaky-control-plane",
+        "analytics": "leaky-analytics",
+        "proxy-8080": "leaky-proxy",
+        "proxy-8081": "leaky-proxy",
+    }
+    for role, service in (("control-plane", "leaky-control-plane"), ("analytics", "leaky-analytics")):
+        block = re.search(rf"OTEL_SERVICE_NAME=(\S+) OTEL_EXPORTER_OTLP_ENDPOINT=\S+ \\\s*\n\s*spawn {role}", STACK)
+        assert block and block.group(1) == service, f"scripts/stack exports {role}'s traces as {service}"

@@ -143,3 +143,73 @@ pub fn parent_of(span: &Value) -> Option<&str> {
 pub fn service(test: &str) -> String {
     format!("leaky-proxy-{test}-{}", std::process::id())
 }
+
+impl Jaeger {
+    /// The trace `trace_id` (32 hex digits) as Jaeger holds it now, if it has any span of it.
+    pub async fn trace_by_id(&self, trace_id: &str) -> Option<Value> {
+        let r = reqwest::Client::new()
+            .get(format!("{}/api/traces/{trace_id}", self.query))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: Value = r.json().await.ok()?;
+        v["data"].as_array()?.first().cloned()
+    }
+
+    /// Waits (up to `secs`) until the trace `trace_id` satisfies `done`; returns it.
+    pub async fn trace_until(
+        &self,
+        trace_id: &str,
+        secs: u64,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let t = self.trace_by_id(trace_id).await;
+            if let Some(t) = t.as_ref().filter(|t| done(t)) {
+                return t.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trace {trace_id} incomplete in Jaeger: {t:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The `service.name` of the process that reported `span` in `trace`.
+pub fn service_of<'a>(trace: &'a Value, span: &Value) -> &'a str {
+    let pid = span["processID"].as_str().unwrap_or_default();
+    trace["processes"][pid]["serviceName"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// The spans of `trace` named `name` reported by `service`.
+pub fn spans_of<'a>(trace: &'a Value, service: &str, name: &str) -> Vec<&'a Value> {
+    spans(trace, name)
+        .into_iter()
+        .filter(|s| service_of(trace, s) == service)
+        .collect()
+}
+
+impl Jaeger {
+    /// Waits (up to 20 s) for the one trace of `service` tagged `leaky.request_id` = `rid`, however
+    /// many spans it has.
+    pub async fn only_trace_of(&self, service: &str, rid: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.traces(service, "leaky.request_id", rid).await;
+            if let [one] = &found[..] {
+                return one.clone();
+            }
+            assert!(found.len() <= 1, "{rid} has {} traces", found.len());
+            assert!(Instant::now() < deadline, "no trace for {rid} in Jaeger");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

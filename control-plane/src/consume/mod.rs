@@ -7,7 +7,12 @@
 //! its offset is committed, it never blocks the partition. A database failure is retried with
 //! backoff and the offset is not committed: the event is neither lost nor skipped. A crash between
 //! the Postgres commit and the offset commit redelivers the event, which [`once`] turns into a no-op.
-//! The W3C `traceparent` header the producer wrote is put on the span of the message's handling.
+//! Tracing: each message is handled inside a consumer span continuing the `traceparent` header the
+//! producer wrote (the relay's span, or the proxy's request span for usage events), with a
+//! `db.transaction` child for the effect's transaction; a poison or rejected message fails its span,
+//! so it is exported at any sampling ratio. The `tracing` span of the handling carries that span's
+//! `trace_id` and `span_id` for the log lines, and events the effect appends to the outbox continue
+//! the same trace.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -205,8 +210,14 @@ impl<H: Handler> Consumer<H> {
         loop {
             match self.kafka.recv().await {
                 Ok(msg) => {
-                    let span = span_of(self.handler.name(), &msg);
-                    self.handle(&msg).instrument(span).await;
+                    let name = self.handler.name();
+                    let mut span = leaky_telemetry::kafka::consumer_span("consume", name, &msg);
+                    let log_span = span_of(name, &msg, &span.context());
+                    let handled = leaky_telemetry::scope(&span, self.handle(&msg));
+                    if let Some(failure) = handled.instrument(log_span).await {
+                        span.fail(failure, true);
+                    }
+                    span.end();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, consumer = self.handler.name(), "kafka receive failed");
@@ -216,31 +227,34 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Applies one message (retrying the database until it takes it), then commits its offset.
-    async fn handle(&self, msg: &BorrowedMessage<'_>) {
+    /// Applies one message (retrying the database until it takes it), then commits its offset;
+    /// why it was skipped, if it was (`poison`, `rejected`).
+    async fn handle(&self, msg: &BorrowedMessage<'_>) -> Option<&'static str> {
         let decoded = msg
             .payload()
             .ok_or_else(|| "no payload".to_owned())
             .and_then(|p| {
                 serde_json::from_slice::<Envelope<H::Data>>(p).map_err(|e| e.to_string())
             });
-        match decoded {
+        let failure = match decoded {
             Ok(event) => {
                 tracing::Span::current().record("event_id", event.id.as_str());
-                self.apply_until_done(&event).await;
+                self.apply_until_done(&event).await
             }
             Err(e) => {
                 self.stats.poison.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "undecodable message skipped");
+                Some("poison")
             }
-        }
+        };
         if let Err(e) = self.kafka.commit_message(msg, CommitMode::Async) {
             // The effect is durable; a redelivery after this is a no-op.
             tracing::warn!(error = %e, "offset commit failed");
         }
+        failure
     }
 
-    async fn apply_until_done(&self, event: &Envelope<H::Data>) {
+    async fn apply_until_done(&self, event: &Envelope<H::Data>) -> Option<&'static str> {
         let mut pause = self.config.retry_min;
         loop {
             match self.apply_once(event).await {
@@ -248,7 +262,8 @@ impl<H: Handler> Consumer<H> {
                 Ok(false) => self.stats.duplicates.fetch_add(1, Ordering::Relaxed),
                 Err(HandlerError::Reject(why)) => {
                     tracing::warn!(reason = %why, "event rejected, skipped");
-                    self.stats.poison.fetch_add(1, Ordering::Relaxed)
+                    self.stats.poison.fetch_add(1, Ordering::Relaxed);
+                    return Some("rejected");
                 }
                 Err(HandlerError::Retry(why)) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -258,12 +273,31 @@ impl<H: Handler> Consumer<H> {
                     continue;
                 }
             };
-            return;
+            return None;
         }
     }
 
-    /// The effect and [`once`] in one transaction: `Ok(false)` if the event was applied before.
+    /// The effect and [`once`] in one transaction (a `db.transaction` span, failed when it did not
+    /// commit): `Ok(false)` if the event was applied before.
     async fn apply_once(&self, event: &Envelope<H::Data>) -> Result<bool, HandlerError> {
+        let span = leaky_telemetry::child("db.transaction", leaky_telemetry::SpanKind::Client);
+        let applied = match &span {
+            Some(s) => leaky_telemetry::scope(s, self.apply_in_tx(event)).await,
+            None => self.apply_in_tx(event).await,
+        };
+        if let (Some(mut s), Err(e)) = (span, &applied) {
+            s.fail(
+                match e {
+                    HandlerError::Retry(_) => "retry",
+                    HandlerError::Reject(_) => "rejected",
+                },
+                true,
+            );
+        }
+        applied
+    }
+
+    async fn apply_in_tx(&self, event: &Envelope<H::Data>) -> Result<bool, HandlerError> {
         let mut tx = self.pool.begin().await?;
         if !once(&mut tx, self.handler.name(), &event.id).await? {
             return Ok(false);
@@ -274,7 +308,7 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
-/// The W3C `traceparent` header the producer wrote, if any.
+/// The W3C `traceparent` header the producer wrote, if any (as written, valid or not).
 fn traceparent<M: Message>(msg: &M) -> Option<String> {
     let headers = msg.headers()?;
     headers
@@ -285,11 +319,17 @@ fn traceparent<M: Message>(msg: &M) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The span of one message, carrying the producer's `traceparent`.
-fn span_of(consumer: &str, msg: &BorrowedMessage<'_>) -> tracing::Span {
+/// The `tracing` span of one message: the producer's `traceparent` and the consumer span's ids.
+fn span_of(
+    consumer: &str,
+    msg: &BorrowedMessage<'_>,
+    ctx: &leaky_telemetry::SpanContext,
+) -> tracing::Span {
     let traceparent = traceparent(msg);
     tracing::info_span!(
         "consume",
+        trace_id = %ctx.trace_id_hex(),
+        span_id = %ctx.span_id_hex(),
         consumer,
         topic = msg.topic(),
         partition = msg.partition(),

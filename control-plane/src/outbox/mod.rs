@@ -2,6 +2,9 @@
 //! domain events. A context calls [`append`] inside the transaction of its change, so the change and its
 //! event commit together or not at all; the [`relay`] publishes committed events to Kafka afterwards,
 //! at least once, in order per aggregate, and marks them sent only once the broker acknowledged them.
+//!
+//! Tracing: [`append`] stores the `traceparent` of the span it runs in (an `outbox.append` child of
+//! the request's or message's span), so the relay can continue the trace across the commit.
 
 pub mod relay;
 
@@ -71,6 +74,8 @@ impl Event {
 /// commit (`pg_notify` is transactional). Returns the event id (the CloudEvents `id`).
 pub async fn append(conn: &mut PgConnection, event: Event) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::new_v4();
+    let span = leaky_telemetry::child("outbox.append", leaky_telemetry::SpanKind::Internal);
+    let traceparent = span.as_ref().map(|s| s.context().traceparent());
     // Held to commit: the next append to this aggregate sees this one's sequence number.
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2 || ':' || $3))")
         .bind(APPEND_LOCK)
@@ -79,8 +84,9 @@ pub async fn append(conn: &mut PgConnection, event: Event) -> Result<Uuid, sqlx:
         .execute(&mut *conn)
         .await?;
     sqlx::query(
-        "INSERT INTO outbox.events (id, aggregate_type, aggregate_id, aggregate_seq, topic, type, payload)
-         SELECT $1, $2, $3, coalesce(max(aggregate_seq), 0) + 1, $4, $5, $6 FROM outbox.events
+        "INSERT INTO outbox.events (id, aggregate_type, aggregate_id, aggregate_seq, topic, type, payload,
+                                    traceparent)
+         SELECT $1, $2, $3, coalesce(max(aggregate_seq), 0) + 1, $4, $5, $6, $7 FROM outbox.events
          WHERE aggregate_type = $2 AND aggregate_id = $3",
     )
     .bind(id)
@@ -89,12 +95,28 @@ pub async fn append(conn: &mut PgConnection, event: Event) -> Result<Uuid, sqlx:
     .bind(event.topic)
     .bind(event.kind)
     .bind(&event.data)
+    .bind(&traceparent)
     .execute(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANNEL)
         .execute(&mut *conn)
         .await?;
+    if let Some(mut s) = span {
+        s.attr(leaky_telemetry::KeyValue::new(
+            "messaging.destination.name",
+            event.topic,
+        ));
+        s.attr(leaky_telemetry::KeyValue::new(
+            "cloudevents.event_type",
+            event.kind,
+        ));
+        s.attr(leaky_telemetry::KeyValue::new(
+            "cloudevents.event_id",
+            id.to_string(),
+        ));
+        s.end();
+    }
     Ok(id)
 }
 

@@ -9,6 +9,10 @@
 //! back, makes it skip the rest of that aggregate until the next round). A failed batch is rolled back whole (nothing marked) and retried after a pause; events
 //! of it the broker did take come again (consumers dedupe on the CloudEvents `id`).
 //! The relay wakes on the `pg_notify` of [`super::append`], and polls as a fallback.
+//!
+//! Tracing: an event appended inside a traced span carries its `traceparent`; publishing it opens an
+//! `outbox.relay` producer span in that trace (failed when the broker did not take it) and sends
+//! that span as the message's `traceparent` header, which the consumers continue.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,6 +114,7 @@ struct Row {
     kind: String,
     payload: serde_json::Value,
     created_at: DateTime<Utc>,
+    traceparent: Option<String>,
 }
 
 /// One relay: see the module docs.
@@ -256,7 +261,8 @@ impl Relay {
             let doc = serde_json::to_vec(&self.envelope(row)).unwrap_or_default();
             let seq = row.aggregate_seq.to_string();
             let topic = self.config.topic.as_deref().unwrap_or(&row.topic);
-            let headers = OwnedHeaders::new()
+            let span = relay_span(row, topic);
+            let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "aggregate-type",
                     value: Some(row.aggregate_type.as_bytes()),
@@ -265,17 +271,23 @@ impl Relay {
                     key: "aggregate-seq",
                     value: Some(seq.as_bytes()),
                 });
+            if let Some(s) = &span {
+                headers = leaky_telemetry::kafka::with_traceparent(headers, &s.context());
+            }
             let record = FutureRecord::to(topic)
                 .key(row.aggregate_id.as_bytes())
                 .payload(&doc)
                 .headers(headers);
-            pending.push(self.producer.send_result(record).map_err(|(e, _)| e)?);
+            pending.push((self.producer.send_result(record).map_err(|(e, _)| e)?, span));
         }
         let total = pending.len();
         let mut failed = 0;
-        for delivery in pending {
+        for (delivery, span) in pending {
             if !matches!(delivery.await, Ok(Ok(_))) {
                 failed += 1;
+                if let Some(mut s) = span {
+                    s.fail("undelivered", true);
+                }
             }
         }
         match failed {
@@ -299,6 +311,29 @@ impl Relay {
     }
 }
 
+/// The producer span of publishing `row`, in the trace of the span that appended it (none when
+/// the event carries no `traceparent`); ended when its delivery is known.
+fn relay_span(row: &Row, topic: &str) -> Option<leaky_telemetry::Span> {
+    let parent = leaky_telemetry::parse_traceparent(row.traceparent.as_deref()?.as_bytes())?;
+    let mut span = leaky_telemetry::Span::root(
+        "outbox.relay",
+        leaky_telemetry::SpanKind::Producer,
+        Some(parent),
+    );
+    if span.is_recording() {
+        use leaky_telemetry::KeyValue;
+        span.attr(KeyValue::new("messaging.system", "kafka"));
+        span.attr(KeyValue::new("messaging.operation.type", "send"));
+        span.attr(KeyValue::new(
+            "messaging.destination.name",
+            topic.to_owned(),
+        ));
+        span.attr(KeyValue::new("messaging.message.id", row.id.to_string()));
+        span.attr(KeyValue::new("cloudevents.event_type", row.kind.clone()));
+    }
+    Some(span)
+}
+
 /// The oldest unsent events this relay may publish: rows nobody else holds, each the next of its
 /// aggregate (so another relay never publishes a later event of an aggregate ahead of an earlier one).
 /// Rows locked but held back stay locked to the end of the batch, which only delays them.
@@ -308,7 +343,7 @@ async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<Row>, sqlx::Er
              SELECT id, aggregate_type, aggregate_id, aggregate_seq FROM outbox.events
              WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)
          SELECT e.id, e.aggregate_type, e.aggregate_id, e.aggregate_seq, e.topic, e.type, e.payload,
-                e.created_at
+                e.created_at, e.traceparent
          FROM outbox.events e JOIN batch b ON b.id = e.id
          WHERE NOT EXISTS (
              SELECT 1 FROM outbox.events o

@@ -2,7 +2,8 @@
 //! own single-threaded runtime that batches them, builds the spans (`SpanData`) and sends them with
 //! `opentelemetry-otlp`'s HTTP/protobuf exporter. Nothing here runs on Pingora's workers: the request
 //! path only calls [`Queue::push`] (`try_send`), and a slow or dead collector fills the queue, whose
-//! overflow is dropped and counted, never waited for.
+//! overflow is dropped and counted, never waited for. At shutdown, [`shutdown`] has the thread
+//! export what is queued and waits for it a bounded time.
 
 use super::{AttemptSpan, Phase, RequestTrace};
 use opentelemetry::trace::{
@@ -60,6 +61,27 @@ const MAX_BATCH: usize = 512;
 /// The request path's end of the export queue.
 pub(super) struct Queue(mpsc::Sender<Record>);
 
+/// Tells the exporter thread to flush and stop; it answers on the channel once done.
+struct Stop {
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    done: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+static STOP: std::sync::OnceLock<Stop> = std::sync::OnceLock::new();
+
+/// Exports the queued requests' spans, waiting at most `within`; `true` once they were sent (or
+/// tracing is off). Requests finished later are dropped (`exporter_gone`).
+pub fn shutdown(within: Duration) -> bool {
+    let Some(stop) = STOP.get() else {
+        return true;
+    };
+    let Some(done) = stop.done.lock().ok().and_then(|mut d| d.take()) else {
+        return true;
+    };
+    stop.notify.notify_one();
+    done.recv_timeout(within).is_ok()
+}
+
 impl Queue {
     /// Queues a kept request without waiting; a full or closed queue drops it (counted by spans).
     pub(super) fn push(&self, record: Record) {
@@ -97,31 +119,59 @@ pub(super) fn start(opts: TracingOptions) -> Result<Queue, super::TraceError> {
         .enable_all()
         .build()?;
     let flush = opts.flush;
+    let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let stopping = notify.clone();
     std::thread::Builder::new()
         .name("otlp-export".into())
-        .spawn(move || runtime.block_on(run(exporter, rx, flush)))?;
+        .spawn(move || {
+            runtime.block_on(run(exporter, rx, flush, stopping));
+            let _ = done_tx.send(());
+        })?;
+    let _ = STOP.set(Stop {
+        notify,
+        done: std::sync::Mutex::new(Some(done_rx)),
+    });
     Ok(Queue(tx))
 }
 
-/// The exporter loop: wait for one request, gather more for `flush`, export them as one batch.
+/// The exporter loop: wait for one request, gather more for `flush`, export them as one batch;
+/// once `stop` is notified, export everything queued and return.
 async fn run(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<Record>,
     flush: Duration,
+    stop: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let scope = InstrumentationScope::builder("leaky-proxy")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        tokio::time::sleep(flush).await;
-        let room = MAX_BATCH.saturating_sub(batch.len());
-        if room > 0 {
+    let mut stopping = false;
+    while !stopping {
+        tokio::select! {
+            biased;
+            () = stop.notified() => stopping = true,
+            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
+        }
+        if !stopping {
+            tokio::select! {
+                biased;
+                () = stop.notified() => stopping = true,
+                () = tokio::time::sleep(flush) => {}
+            }
+        }
+        // Stopping: take the whole queue (later requests find it closed and count their drops).
+        while let Ok(r) = rx.try_recv() {
+            batch.push(r);
+            if !stopping && batch.len() >= MAX_BATCH {
+                break;
+            }
+        }
+        if stopping {
+            rx.close();
             while let Ok(r) = rx.try_recv() {
                 batch.push(r);
-                if batch.len() >= MAX_BATCH {
-                    break;
-                }
             }
         }
         let spans: Vec<SpanData> = batch.drain(..).flat_map(|r| r.spans(&scope)).collect();

@@ -1,0 +1,482 @@
+//! Cross-service traces end to end (issue 17): the real binary as proxy, control plane and analytics,
+//! on a real PostgreSQL, a Kafka broker of this test's own, a real Cassandra and a real Jaeger. Each
+//! test sends a request with a known `traceparent` and finds the whole trace in Jaeger's query API by
+//! that trace id: a proxied request's usage event continued by the ledger's and analytics' consumers;
+//! an admin call's outbox event through the relay into a control-plane consumer; a control-plane call
+//! forwarded to analytics; and a failed call kept at a sampling ratio of 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod tracing_support;
+
+#[allow(dead_code)]
+#[path = "../analytics/tests/common/cassandra.rs"]
+mod cassandra;
+#[path = "../control-plane/tests/common/mod.rs"]
+mod cp;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{chat, free_port, sha256_hex, Gateway, Upstreams, PRO_KEY};
+use serde_json::{json, Value};
+use tracing_support::{parent_of, service, spans_of, tag, Jaeger};
+
+/// A Kafka broker of this test's own (`scripts/lib/kafka.sh`): the control plane's consumer groups
+/// have fixed names, which another test's control plane on a shared broker would join.
+struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().port();
+        kafka_sh("kafka_start", dir.path(), port);
+        Broker { dir, port }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        kafka_sh("kafka_stop", self.dir.path(), self.port);
+    }
+}
+
+fn kafka_sh(cmd: &str, dir: &Path, port: u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/kafka.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(". '{}' && {cmd} \"$0\" \"$1\"", script.display()))
+        .arg(dir)
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kafka.sh {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A child process killed on drop, its stderr in `log`.
+struct Proc {
+    child: Child,
+    log: std::path::PathBuf,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let port = free_port().port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_leaky-tokens"))
+            .args(["--log-format", "json"])
+            .args(args)
+            .args(["--listen", &listen])
+            // The analytics API stays open (the control plane sends no token) whatever the shell has.
+            .env_remove("LEAKY_ANALYTICS_TOKEN")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            log,
+            base: format!("http://{listen}"),
+            _dir: dir,
+        }
+    }
+
+    async fn wait_http(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let http = reqwest::Client::new();
+        loop {
+            let r = http.get(format!("{}{path}", self.base)).send().await;
+            if r.as_ref().is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            assert!(Instant::now() < deadline, "{path} never answered:\n{log}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The OTel environment of one traced process.
+fn otel<'a>(jaeger: &'a Jaeger, service: &'a str, ratio: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger.otlp.as_str()),
+        ("OTEL_TRACES_SAMPLER_ARG", ratio),
+        ("OTEL_SERVICE_NAME", service),
+    ]
+}
+
+/// A control plane (admin API, relay, ledger and notification consumers) tracing as `svc`.
+async fn control_plane(jaeger: &Jaeger, svc: &str, brokers: &str, analytics: &str) -> Proc {
+    let db = cp::fresh_db().await.unwrap();
+    let mut env = vec![
+        ("LEAKY_DATABASE_URL", db.as_str()),
+        ("LEAKY_ADMIN_TOKEN", cp::TOKEN),
+        ("LEAKY_KAFKA_BROKERS", brokers),
+        ("LEAKY_ANALYTICS_URL", analytics),
+    ];
+    env.extend(otel(jaeger, svc, "0"));
+    let p = Proc::spawn(&["control-plane", "--roles", "admin-api"], &env);
+    p.wait_http("/readyz").await;
+    p
+}
+
+/// Analytics on the usage topic, tracing as `svc`, in a keyspace and group of its own.
+fn analytics(jaeger: &Jaeger, svc: &str, brokers: &str) -> Proc {
+    let node = cassandra::node().unwrap();
+    let ks = cassandra::keyspace("tracing");
+    let group = format!("tracing-{}", uuid::Uuid::new_v4().simple());
+    let args = [
+        "analytics",
+        "--kafka",
+        brokers,
+        "--cassandra",
+        &node,
+        "--keyspace",
+        &ks,
+        "--group",
+        &group,
+        "--linger-ms",
+        "50",
+    ];
+    Proc::spawn(&args, &otel(jaeger, svc, "0"))
+}
+
+async fn create_topics(brokers: &str) {
+    for t in [
+        leaky_wire::event::USAGE_TOPIC,
+        "leaky.ledger.v1",
+        "leaky.tenancy.v1",
+        "leaky.billing.v1",
+    ] {
+        cp::kafka::topic_named(brokers, t, 1).await.unwrap();
+    }
+}
+
+/// The gateway: `/v1` to the OpenAI stub, metered, publishing usage events to `brokers`.
+fn gateway_config(up: &Upstreams, brokers: &str) -> String {
+    format!(
+        r#"providers:
+  openai:
+    base_url: http://{openai}
+    credential: sk-test
+    models: [gpt-4o-mini]
+routes:
+  - name: v1
+    prefix: /v1
+    upstream: {{ provider: openai, path_prefix: /v1 }}
+    filters:
+      - kind: request-id
+      - kind: api-key
+      - kind: rate-limit
+tiers:
+  pro:
+    limits:
+      - {{ name: day, unit: tokens, quota: daily, limit: 10000000 }}
+keys:
+  - {{ id: test-pro, sha256: {key}, user: alice, org: acme, tier: pro }}
+events:
+  kafka:
+    brokers: ["{brokers}"]
+    topic: {topic}
+"#,
+        openai = up.stubs.openai,
+        key = sha256_hex(PRO_KEY.as_bytes()),
+        topic = leaky_wire::event::USAGE_TOPIC,
+    )
+}
+
+fn new_trace() -> (String, String) {
+    let t = uuid::Uuid::new_v4().simple().to_string();
+    let s = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    (t, s)
+}
+
+fn span_id(s: &Value) -> &str {
+    s["spanID"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_proxied_request_is_one_trace_with_the_ledger_and_analytics_consumers() {
+    let jaeger = Jaeger::get();
+    let broker = Broker::start();
+    let brokers = broker.addr();
+    create_topics(&brokers).await;
+    let (px, cps, an) = (service("px"), service("cp"), service("an"));
+    let an_proc = analytics(&jaeger, &an, &brokers);
+    let cp_proc = control_plane(&jaeger, &cps, &brokers, &an_proc.base).await;
+    an_proc.wait_http("/healthz").await;
+    let up = Upstreams::start().await;
+    let gw = Gateway::start_with(&gateway_config(&up, &brokers), &otel(&jaeger, &px, "0")).await;
+    let (trace, caller) = new_trace();
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(PRO_KEY)
+        .header("x-request-id", format!("svc-{trace}"))
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .json(&chat("gpt-4o-mini", "hello there"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = jaeger
+        .trace_until(&trace, 90, |t| {
+            !spans_of(t, &px, "POST v1").is_empty()
+                && !spans_of(t, &cps, "consume").is_empty()
+                && !spans_of(t, &an, "analytics.consume").is_empty()
+        })
+        .await;
+    let root = spans_of(&t, &px, "POST v1")[0];
+    assert_eq!(parent_of(root), Some(caller.as_str()));
+    // The usage event's header names the proxy's server span: both consumers are its children.
+    let ledger = spans_of(&t, &cps, "consume")[0];
+    assert_eq!(parent_of(ledger), Some(span_id(root)), "{ledger:#}");
+    assert_eq!(
+        tag(ledger, "messaging.consumer.group.name").unwrap(),
+        "leaky-ledger"
+    );
+    assert_eq!(
+        spans_of(&t, &cps, "db.transaction").len(),
+        1,
+        "the debit's transaction"
+    );
+    let stored = spans_of(&t, &an, "analytics.consume")[0];
+    assert_eq!(parent_of(stored), Some(span_id(root)), "{stored:#}");
+    assert_eq!(
+        tag(stored, "messaging.destination.name").unwrap(),
+        leaky_wire::event::USAGE_TOPIC
+    );
+    forwarded_usage_query(&jaeger, &cp_proc, &cps, &an).await;
+}
+
+/// A control-plane usage query forwarded to analytics: the analytics server span is a child of the
+/// control plane's client span, in the caller's trace.
+async fn forwarded_usage_query(jaeger: &Jaeger, cp_proc: &Proc, cps: &str, an: &str) {
+    let http = reqwest::Client::new();
+    let org: Value = http
+        .post(format!("{}/v1/orgs", cp_proc.base))
+        .bearer_auth(cp::TOKEN)
+        .json(&json!({ "name": "traced" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org = org["id"].as_str().unwrap();
+    let (trace, caller) = new_trace();
+    let r = http
+        .get(format!("{}/v1/orgs/{org}/usage", cp_proc.base))
+        .bearer_auth(cp::TOKEN)
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let t = jaeger
+        .trace_until(&trace, 30, |t| {
+            !spans_of(t, an, "GET /v1/orgs/{org}/usage").is_empty()
+                && !spans_of(t, cps, "GET /v1/orgs/{org}/usage").is_empty()
+        })
+        .await;
+    let server = spans_of(&t, cps, "GET /v1/orgs/{org}/usage")[0];
+    assert_eq!(parent_of(server), Some(caller.as_str()));
+    assert_eq!(tag(server, "http.route").unwrap(), "/v1/orgs/{org}/usage");
+    let client = spans_of(&t, cps, "GET analytics")[0];
+    assert_eq!(parent_of(client), Some(span_id(server)));
+    let analytics = spans_of(&t, an, "GET /v1/orgs/{org}/usage")[0];
+    assert_eq!(parent_of(analytics), Some(span_id(client)));
+}
+
+#[tokio::test]
+async fn an_admin_call_is_one_trace_through_the_outbox_relay_and_a_consumer() {
+    let jaeger = Jaeger::get();
+    let broker = Broker::start();
+    let brokers = broker.addr();
+    create_topics(&brokers).await;
+    let cps = service("cp-outbox");
+    let cp_proc = control_plane(&jaeger, &cps, &brokers, "http://127.0.0.1:9").await;
+    let http = reqwest::Client::new();
+    let org: Value = http
+        .post(format!("{}/v1/orgs", cp_proc.base))
+        .bearer_auth(cp::TOKEN)
+        .json(&json!({ "name": "granted" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let org = org["id"].as_str().unwrap();
+    let (trace, caller) = new_trace();
+    let r = http
+        .post(format!("{}/v1/orgs/{org}/grants", cp_proc.base))
+        .bearer_auth(cp::TOKEN)
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .header("idempotency-key", format!("grant-{trace}"))
+        .json(&json!({ "tokens": 1000, "reason": "traced grant" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // The grant's ledger event: appended in the request's transaction, published by the relay, and
+    // consumed by the notification consumer of the ledger topic — all in the caller's trace.
+    let on_ledger = |t: &Value| {
+        spans_of(t, &cps, "consume")
+            .into_iter()
+            .find(|s| tag(s, "messaging.destination.name").is_some_and(|d| d == "leaky.ledger.v1"))
+            .map(|s| s["spanID"].as_str().unwrap().to_owned())
+    };
+    let t = jaeger
+        .trace_until(&trace, 60, |t| on_ledger(t).is_some())
+        .await;
+    let server = spans_of(&t, &cps, "POST /v1/orgs/{org}/grants")[0];
+    assert_eq!(parent_of(server), Some(caller.as_str()));
+    let consume_id = on_ledger(&t).unwrap();
+    let consume = t["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["spanID"] == consume_id.as_str())
+        .unwrap();
+    let relay = spans_of(&t, &cps, "outbox.relay")
+        .into_iter()
+        .find(|s| Some(span_id(s)) == parent_of(consume))
+        .unwrap_or_else(|| panic!("the consumer's parent is a relay span: {t:#}"));
+    assert_eq!(
+        tag(relay, "messaging.destination.name").unwrap(),
+        "leaky.ledger.v1"
+    );
+    let append = spans_of(&t, &cps, "outbox.append")
+        .into_iter()
+        .find(|s| Some(span_id(s)) == parent_of(relay))
+        .unwrap_or_else(|| panic!("the relay's parent is an append span: {t:#}"));
+    assert_eq!(parent_of(append), Some(span_id(server)));
+}
+
+#[tokio::test]
+async fn a_failed_call_is_kept_at_ratio_zero_and_a_success_is_not() {
+    let jaeger = Jaeger::get();
+    let cps = service("cp-errors");
+    let db = cp::fresh_db().await.unwrap();
+    let mut env = vec![
+        ("LEAKY_DATABASE_URL", db.as_str()),
+        ("LEAKY_ADMIN_TOKEN", cp::TOKEN),
+    ];
+    env.extend(otel(&jaeger, &cps, "0"));
+    let cp_proc = Proc::spawn(&["control-plane", "--roles", "admin-api"], &env);
+    cp_proc.wait_http("/readyz").await;
+    let http = reqwest::Client::new();
+    let ok = format!("ok-{}", uuid::Uuid::new_v4().simple());
+    let r = http
+        .get(format!("{}/v1/orgs", cp_proc.base))
+        .bearer_auth(cp::TOKEN)
+        .header("x-request-id", &ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let missing = format!("missing-{}", uuid::Uuid::new_v4().simple());
+    let r = http
+        .get(format!("{}/v1/orgs/{}", cp_proc.base, uuid::Uuid::new_v4()))
+        .bearer_auth(cp::TOKEN)
+        .header("x-request-id", &missing)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let t = jaeger.only_trace_of(&cps, &missing).await;
+    let root = spans_of(&t, &cps, "GET /v1/orgs/{org}")[0];
+    assert_eq!(tag(root, "http.response.status_code").unwrap(), 404);
+    assert_eq!(tag(root, "error.type").unwrap(), "404");
+    assert_eq!(tag(root, "leaky.request_id").unwrap(), missing.as_str());
+    // Units leave through one queue in order: had the success been kept, it would be there by now.
+    assert!(jaeger
+        .traces(&cps, "leaky.request_id", &ok)
+        .await
+        .is_empty());
+    let metrics = http
+        .get(format!("{}/metrics", cp_proc.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("leaky_trace_spans_dropped_total{reason=\"queue_full\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_flushes_the_spans_still_queued() {
+    let jaeger = Jaeger::get();
+    let cps = service("cp-flush");
+    let db = cp::fresh_db().await.unwrap();
+    let mut env = vec![
+        ("LEAKY_DATABASE_URL", db.as_str()),
+        ("LEAKY_ADMIN_TOKEN", cp::TOKEN),
+    ];
+    env.extend(otel(&jaeger, &cps, "0"));
+    let mut cp_proc = Proc::spawn(&["control-plane", "--roles", "admin-api"], &env);
+    cp_proc.wait_http("/readyz").await;
+    let (trace, caller) = new_trace();
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/orgs", cp_proc.base))
+        .bearer_auth(cp::TOKEN)
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // At once: the exporter gathers units for 500 ms before a batch, so only the shutdown flush can
+    // have sent this one by the time the process is gone.
+    let term = Command::new("kill")
+        .args(["-TERM", &cp_proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = cp_proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the control plane did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let t = jaeger
+        .trace_until(&trace, 10, |t| {
+            !spans_of(t, &cps, "GET /v1/orgs").is_empty()
+        })
+        .await;
+    assert_eq!(
+        parent_of(spans_of(&t, &cps, "GET /v1/orgs")[0]),
+        Some(caller.as_str())
+    );
+}
