@@ -140,3 +140,54 @@ pub async fn compose(
         adjustments,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::Tz;
+    use period::Kind;
+
+    fn ms(s: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(s).map_or(-1, |t| t.timestamp_millis())
+    }
+
+    fn closed(label: &str, tz: Tz) -> db::Summary {
+        let p = Period::parse(label, tz).unwrap_or_else(|_| Period::containing(Kind::Day, tz, 0));
+        db::Summary {
+            period: label.into(),
+            kind: "day".into(),
+            tz: tz.name().into(),
+            start: p.start,
+            end: p.end,
+            snapshot: statement::Usage::new(),
+        }
+    }
+
+    #[test]
+    fn a_zone_change_continues_where_the_old_zone_ended() -> Result<(), crate::query::BadQuery> {
+        let nz = chrono_tz::Pacific::Auckland;
+        // East (UTC → Auckland): the first Auckland day starts at the UTC day's end, not 13 h before.
+        let utc = [closed("2026-10-09", Tz::UTC), closed("2026-10-10", Tz::UTC)];
+        let p = align(&Period::parse("2026-10-11", nz)?, &utc);
+        assert_eq!(
+            (p.start, p.end),
+            (ms("2026-10-11T00:00:00Z"), ms("2026-10-11T11:00:00Z"))
+        );
+        // West (Auckland → UTC): the first UTC day starts at the Auckland day's end, 11 h before.
+        let auckland = [closed("2026-10-10", nz)];
+        let p = align(&Period::parse("2026-10-11", Tz::UTC)?, &auckland);
+        assert_eq!(
+            (p.start, p.end),
+            (ms("2026-10-10T11:00:00Z"), ms("2026-10-12T00:00:00Z"))
+        );
+        // The same zone, consecutive or after a gap: unchanged.
+        let p = Period::parse("2026-10-12", Tz::UTC)?;
+        assert_eq!(align(&p, &utc), p);
+        let p = Period::parse("2026-10-11", Tz::UTC)?;
+        assert_eq!(align(&p, &utc), p);
+        // A statement of another zone long before (over a day of offsets away): unchanged.
+        let p = Period::parse("2026-10-20", nz)?;
+        assert_eq!(align(&p, &utc), p);
+        Ok(())
+    }
+}
