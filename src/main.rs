@@ -585,12 +585,16 @@ struct AnalyticsArgs {
     /// How long after a day or month ends its statements are closed, in seconds.
     #[arg(long, default_value_t = 3600)]
     close_after: u64,
-    /// The time zone statements are closed in (an IANA name).
+    /// The time zone statements of an org are closed in until its own zone is known (an IANA name).
     #[arg(long, default_value = "UTC")]
     statements_tz: String,
     /// The topic of `report.generated` events.
     #[arg(long, default_value = leaky_analytics::reports::job::REPORTS_TOPIC)]
     reports_topic: String,
+    /// The control plane's tenancy topic, where each org's time zone is learnt (consumer group
+    /// `<group>.tenancy`); empty: every org closes in `--statements-tz`.
+    #[arg(long, default_value = leaky_analytics::zones::TENANCY_TOPIC)]
+    tenancy_topic: String,
 }
 
 /// The price versions of `--prices`, if given.
@@ -636,6 +640,11 @@ fn run_analytics(a: AnalyticsArgs) -> anyhow::Result<()> {
     }
     let prices = analytics_prices(a.prices.as_deref())?;
     let statements = analytics_statements(&a)?;
+    let zones = (!a.tenancy_topic.is_empty()).then(|| {
+        let mut z = leaky_analytics::zones::ZoneConfig::new(&a.kafka, &a.group);
+        z.topic = a.tenancy_topic.clone();
+        z
+    });
     let config = leaky_analytics::AnalyticsConfig {
         consumer,
         store,
@@ -643,6 +652,7 @@ fn run_analytics(a: AnalyticsArgs) -> anyhow::Result<()> {
         token: a.token.filter(|t| !t.is_empty()),
         prices,
         statements,
+        zones,
     };
     tokio_rt()?.block_on(leaky_analytics::run(config, shutdown_signal()))?;
     Ok(())

@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -20,7 +19,7 @@ use crate::anomaly::live::AnomalyRecord;
 use crate::anomaly::sink::{AnomalyStore, MAX_RANGE_DAYS};
 use crate::buckets::{Level, DAY_MS};
 use crate::metrics::Metrics;
-use crate::problem::{problem, unauthorized};
+use crate::problem::{problem, AuthQuery, TokenState};
 use crate::query::{self, BadQuery, TopKeysParams, UsageParams};
 use crate::store::{Dim, Store, StoreError};
 
@@ -68,24 +67,17 @@ fn unavailable(e: &StoreError) -> Response {
     )
 }
 
-/// Whether the request carries the role's token (compared in constant time), if it has one.
-fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
-    crate::problem::bearer_ok(state.token.as_deref(), headers)
+impl TokenState for ApiState {
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
 }
 
 async fn usage(
     State(state): State<Arc<ApiState>>,
     Path(org): Path<String>,
-    params: Result<Query<UsageParams>, QueryRejection>,
-    headers: HeaderMap,
+    AuthQuery(params): AuthQuery<UsageParams>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return BadQuery(e.body_text()).into_response(),
-    };
     let plan = match query::plan(&params, query::now_ms()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -103,16 +95,8 @@ async fn usage(
 async fn top_keys(
     State(state): State<Arc<ApiState>>,
     Path(org): Path<String>,
-    params: Result<Query<TopKeysParams>, QueryRejection>,
-    headers: HeaderMap,
+    AuthQuery(params): AuthQuery<TopKeysParams>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return BadQuery(e.body_text()).into_response(),
-    };
     let (from, to) = match query::top_keys_range(&params, query::now_ms()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -203,16 +187,8 @@ pub fn anomalies_range(p: &AnomaliesParams, now: i64) -> Result<(i64, i64), BadQ
 async fn anomalies(
     State(state): State<Arc<ApiState>>,
     Path(org): Path<String>,
-    params: Result<Query<AnomaliesParams>, QueryRejection>,
-    headers: HeaderMap,
+    AuthQuery(params): AuthQuery<AnomaliesParams>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return BadQuery(e.body_text()).into_response(),
-    };
     let (from, to) = match anomalies_range(&params, query::now_ms()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),

@@ -13,7 +13,8 @@
 //! - [`anomaly`]: the streaming anomaly detector, fed live by the consumer ([`anomaly::live`]) and
 //!   stored and published by [`anomaly::sink`];
 //! - [`prices`]: the versioned price table and per-event cost; [`reports`]: statements, the
-//!   closer job and `report.generated`;
+//!   closer job and `report.generated`; [`zones`]: each org's time zone, from the control plane's
+//!   tenancy events (the zone its statements close in);
 //! - [`api`]: the HTTP routes ([`problem`]: their shared problem+json and token check);
 //!   [`metrics`]: the Prometheus families.
 
@@ -34,6 +35,7 @@ pub mod query;
 pub mod reports;
 pub mod schema;
 pub mod store;
+pub mod zones;
 
 /// Everything the role needs to start.
 #[derive(Debug, Clone)]
@@ -47,6 +49,8 @@ pub struct AnalyticsConfig {
     pub prices: Vec<prices::PriceVersion>,
     /// The statement closer (`None`: this process closes no statements).
     pub statements: Option<reports::job::CloserConfig>,
+    /// The consumer of org time zones (`None`: every org closes in the closer's fallback zone).
+    pub zones: Option<zones::ZoneConfig>,
 }
 
 /// Why the role could not start or stopped.
@@ -103,6 +107,12 @@ pub async fn run(
         }
         None => None,
     };
+    let learning = match cfg.zones.clone() {
+        Some(z) => Some(tokio::spawn(
+            zones::ZoneConsumer::new(z, store.clone())?.run(),
+        )),
+        None => None,
+    };
     let consumer = consumer::Consumer::new(cfg.consumer.clone(), store.clone(), metrics.clone())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -119,8 +129,8 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await;
     consuming.abort();
-    if let Some(c) = closing {
-        c.abort();
+    for task in [closing, learning].into_iter().flatten() {
+        task.abort();
     }
     served.map_err(|e| RunError::Listen(cfg.listen, e))
 }

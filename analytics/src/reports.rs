@@ -54,29 +54,55 @@ pub async fn usage(
     Ok(statement::group(book, &rows))
 }
 
+/// The widest two zones' offsets differ (UTC−12 to UTC+14), with an hour's margin.
+pub const ZONE_SHIFT_MS: i64 = 27 * HOUR_MS;
+
+/// `p` as `org` is billed for it, given its closed statements: after a zone change, the first
+/// period in the new zone starts where the last statement closed in the old zone ended (before or
+/// after the new zone's midnight), so no usage is billed twice or never. Unchanged otherwise —
+/// also across a gap of inactive periods in one zone, which [`ZONE_SHIFT_MS`] and the zone check
+/// keep from being stretched over.
+pub fn align(p: &Period, closed: &[db::Summary]) -> Period {
+    let prev = closed
+        .iter()
+        .filter(|s| s.kind == p.kind.as_str() && s.period < p.label)
+        .filter(|s| s.end <= p.end && s.end > p.start - ZONE_SHIFT_MS)
+        .max_by_key(|s| s.end);
+    match prev {
+        Some(s) if s.tz != p.tz.name() => Period {
+            start: s.end,
+            ..p.clone()
+        },
+        _ => p.clone(),
+    }
+}
+
 /// The adjustments a statement for `p` carries: for each closed statement of the same kind before
 /// `p` (within [`ADJUST_LOOKBACK_MS`]), the lines whose counts changed since they were frozen and
-/// not yet carried.
+/// not yet carried. `closed` is the org's closed statements ([`db::list`]).
 pub async fn pending_adjustments(
     store: &Store,
     book: &PriceBook,
     org: &str,
     p: &Period,
+    closed: Vec<db::Summary>,
 ) -> Result<Vec<Adjust>, StoreError> {
-    let year = p.year();
-    let closed = db::list(store, org, &[year - 1, year]).await?;
     let mut out = Vec::new();
     for s in closed {
         if s.kind != p.kind.as_str() || s.period >= p.label {
             continue;
         }
-        let tz = s.tz.parse().unwrap_or(chrono_tz::Tz::UTC);
-        let Ok(cp) = Period::parse(&s.period, tz) else {
-            continue;
-        };
-        if cp.end < p.start - ADJUST_LOOKBACK_MS {
+        if s.end < p.start - ADJUST_LOOKBACK_MS {
             continue;
         }
+        // The range the statement covered, as it states it (a zone change may have moved its start).
+        let cp = Period {
+            kind: p.kind,
+            label: s.period.clone(),
+            tz: s.tz.parse().unwrap_or(chrono_tz::Tz::UTC),
+            start: s.start,
+            end: s.end,
+        };
         let current = usage(store, book, org, &cp).await?;
         let mut frozen = s.snapshot;
         statement::merge(&mut frozen, db::carried(store, org, &cp.label).await?);
@@ -93,7 +119,8 @@ pub struct Composed {
     pub adjustments: Vec<Adjust>,
 }
 
-/// Computes `org`'s statement for `p` (`closed` only changes its `status`).
+/// Computes `org`'s statement for `p` (`closed` only changes its `status`), over `p` as
+/// [`align`]ed to the org's closed statements.
 pub async fn compose(
     store: &Store,
     book: &PriceBook,
@@ -101,12 +128,66 @@ pub async fn compose(
     p: &Period,
     closed: bool,
 ) -> Result<Composed, StoreError> {
+    let year = p.year();
+    let stored = db::list(store, org, &[year - 1, year]).await?;
+    let p = &align(p, &stored);
     let usage = usage(store, book, org, p).await?;
-    let adjustments = pending_adjustments(store, book, org, p).await?;
+    let adjustments = pending_adjustments(store, book, org, p, stored).await?;
     let statement = statement::build(org, p, closed, book, &usage, &adjustments);
     Ok(Composed {
         statement,
         usage,
         adjustments,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::Tz;
+    use period::Kind;
+
+    fn ms(s: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(s).map_or(-1, |t| t.timestamp_millis())
+    }
+
+    fn closed(label: &str, tz: Tz) -> db::Summary {
+        let p = Period::parse(label, tz).unwrap_or_else(|_| Period::containing(Kind::Day, tz, 0));
+        db::Summary {
+            period: label.into(),
+            kind: "day".into(),
+            tz: tz.name().into(),
+            start: p.start,
+            end: p.end,
+            snapshot: statement::Usage::new(),
+        }
+    }
+
+    #[test]
+    fn a_zone_change_continues_where_the_old_zone_ended() -> Result<(), crate::query::BadQuery> {
+        let nz = chrono_tz::Pacific::Auckland;
+        // East (UTC → Auckland): the first Auckland day starts at the UTC day's end, not 13 h before.
+        let utc = [closed("2026-10-09", Tz::UTC), closed("2026-10-10", Tz::UTC)];
+        let p = align(&Period::parse("2026-10-11", nz)?, &utc);
+        assert_eq!(
+            (p.start, p.end),
+            (ms("2026-10-11T00:00:00Z"), ms("2026-10-11T11:00:00Z"))
+        );
+        // West (Auckland → UTC): the first UTC day starts at the Auckland day's end, 11 h before.
+        let auckland = [closed("2026-10-10", nz)];
+        let p = align(&Period::parse("2026-10-11", Tz::UTC)?, &auckland);
+        assert_eq!(
+            (p.start, p.end),
+            (ms("2026-10-10T11:00:00Z"), ms("2026-10-12T00:00:00Z"))
+        );
+        // The same zone, consecutive or after a gap: unchanged.
+        let p = Period::parse("2026-10-12", Tz::UTC)?;
+        assert_eq!(align(&p, &utc), p);
+        let p = Period::parse("2026-10-11", Tz::UTC)?;
+        assert_eq!(align(&p, &utc), p);
+        // A statement of another zone long before (over a day of offsets away): unchanged.
+        let p = Period::parse("2026-10-20", nz)?;
+        assert_eq!(align(&p, &utc), p);
+        Ok(())
+    }
 }

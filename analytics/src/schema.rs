@@ -91,6 +91,16 @@ Migration {
          subject text, kind text, id text, score double, baseline double, spread double, \
          observed double, explanation text, PRIMARY KEY ((org, day), ts, subject, kind))",
     ],
+},
+Migration {
+    version: 4,
+    name: "org time zones",
+    statements: &[
+        // Each org's IANA zone as the control plane last set it (`org.created` / `org.updated` on
+        // leaky.tenancy.v1), written `USING TIMESTAMP` the org's version: a redelivered or
+        // reordered event never overwrites a newer zone.
+        "CREATE TABLE IF NOT EXISTS {ks}.org_zones (org text PRIMARY KEY, tz text, version bigint)",
+    ],
 }];
 
 /// Whether `ks` can be spliced into CQL: Cassandra's unquoted identifier rules, lower case.

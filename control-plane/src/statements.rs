@@ -19,9 +19,8 @@ use serde_json::json;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::apidoc::problems;
-use crate::http::{parse_id, ApiQuery, ApiState, Principal, Problem, ProblemKind};
-use crate::tenancy::orgs;
-use crate::usage::AnalyticsClient;
+use crate::http::{parse_id, ApiQuery, ApiState, Principal, Problem};
+use crate::usage::{client, default_zone, AnalyticsClient};
 
 /// The query of `GET /v1/orgs/{org}/statements`.
 #[derive(Debug, Deserialize, Serialize, IntoParams)]
@@ -30,7 +29,8 @@ use crate::usage::AnalyticsClient;
 pub struct StatementQuery {
     /// `YYYY-MM` (monthly) or `YYYY-MM-DD` (daily). Absent: the list of closed statements.
     pub period: Option<String>,
-    /// IANA zone of an open period's preview (default `UTC`); a closed statement keeps its zone.
+    /// IANA zone of an open period's preview (default: the org's `time_zone`); a closed statement
+    /// keeps the zone it was closed in.
     pub tz: Option<String>,
     /// `csv` or `json`; without it, CSV when `Accept` names `text/csv`, JSON otherwise.
     pub format: Option<String>,
@@ -92,15 +92,6 @@ pub struct Statement {
     pub totals: StatementTotals,
 }
 
-fn client(c: &Option<Arc<AnalyticsClient>>) -> Result<&AnalyticsClient, Problem> {
-    c.as_deref().ok_or_else(|| {
-        Problem::new(
-            ProblemKind::Unavailable,
-            "usage analytics is not configured (LEAKY_ANALYTICS_URL)",
-        )
-    })
-}
-
 #[utoipa::path(
     get, path = "/v1/orgs/{org}/statements", tag = "usage",
     params(("org" = Uuid, Path, description = "Org id"), StatementQuery),
@@ -127,7 +118,8 @@ async fn get_statements(
     ApiQuery(q): ApiQuery<StatementQuery>,
 ) -> Result<Response, Problem> {
     let org = parse_id("org", &org)?;
-    orgs::get(&s.pool, org).await?;
+    let mut q = q;
+    default_zone(&s.pool, org, &mut q.tz).await?;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

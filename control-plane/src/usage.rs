@@ -60,58 +60,44 @@ impl AnalyticsClient {
         Some(AnalyticsClient::new(&url, token))
     }
 
-    /// GETs `path` with `query` and decodes the answer; the role's own 400 becomes a 422 with its
-    /// reason, anything else that fails a 503.
+    /// GETs `path` with `query` and decodes the JSON answer; see [`AnalyticsClient::send`].
     async fn get<Q: Serialize, T: for<'de> Deserialize<'de>>(
         &self,
         path: &str,
         query: &Q,
     ) -> Result<T, Problem> {
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .query(query)
-            .timeout(TIMEOUT);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        // A client span of the forwarded call (ended when this returns); analytics continues it.
-        let call = leaky_telemetry::http::client("GET analytics");
-        if let Some((_, tp)) = &call {
-            req = req.header("traceparent", tp);
-        }
-        let unavailable = |e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "analytics request failed");
-            Problem::new(
-                ProblemKind::Unavailable,
-                "the analytics service is unreachable; retry later",
-            )
-        };
-        let resp = req.send().await.map_err(|e| unavailable(&e))?;
-        if resp.status() == reqwest::StatusCode::BAD_REQUEST {
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
-            let detail = body["detail"]
-                .as_str()
-                .unwrap_or("invalid query")
-                .to_owned();
-            return Err(Problem::field("query", detail));
-        }
-        if !resp.status().is_success() {
-            return Err(unavailable(&resp.status()));
-        }
+        let resp = self.send(path, query, "application/json").await?;
         resp.json().await.map_err(|e| unavailable(&e))
     }
-}
 
-impl AnalyticsClient {
     /// GETs `path` with `query` and `accept` and returns the answer's content type and bytes
-    /// untouched (statements are byte-reproducible); a 400 becomes a 422, other failures a 503.
+    /// untouched (statements are byte-reproducible); see [`AnalyticsClient::send`].
     pub async fn get_bytes<Q: Serialize>(
         &self,
         path: &str,
         query: &Q,
         accept: &str,
     ) -> Result<(String, bytes::Bytes), Problem> {
+        let resp = self.send(path, query, accept).await?;
+        let kind = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
+        Ok((kind, body))
+    }
+
+    /// The one forwarding path: GETs `path` with `query`, the role's token and `accept`; a
+    /// successful answer is returned, the role's own 400 becomes a 422 with its reason, anything
+    /// else that fails a 503.
+    async fn send<Q: Serialize>(
+        &self,
+        path: &str,
+        query: &Q,
+        accept: &str,
+    ) -> Result<reqwest::Response, Problem> {
         let mut req = self
             .http
             .get(format!("{}{path}", self.base))
@@ -126,13 +112,6 @@ impl AnalyticsClient {
         if let Some((_, tp)) = &call {
             req = req.header("traceparent", tp);
         }
-        let unavailable = |e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "analytics request failed");
-            Problem::new(
-                ProblemKind::Unavailable,
-                "the analytics service is unreachable; retry later",
-            )
-        };
         let resp = req.send().await.map_err(|e| unavailable(&e))?;
         if resp.status() == reqwest::StatusCode::BAD_REQUEST {
             let body: serde_json::Value = resp.json().await.unwrap_or_default();
@@ -142,15 +121,17 @@ impl AnalyticsClient {
         if !resp.status().is_success() {
             return Err(unavailable(&resp.status()));
         }
-        let kind = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_owned();
-        let body = resp.bytes().await.map_err(|e| unavailable(&e))?;
-        Ok((kind, body))
+        Ok(resp)
     }
+}
+
+/// The role could not be asked (unreachable, failed, or answered garbage): a 503.
+fn unavailable(e: &dyn std::fmt::Display) -> Problem {
+    tracing::warn!(error = %e, "analytics request failed");
+    Problem::new(
+        ProblemKind::Unavailable,
+        "the analytics service is unreachable; retry later",
+    )
 }
 
 /// The query of `GET /v1/orgs/{org}/usage`.
@@ -252,7 +233,9 @@ pub struct TopKeys {
     pub keys: Vec<KeyUsage>,
 }
 
-fn client(c: &Option<Arc<AnalyticsClient>>) -> Result<&AnalyticsClient, Problem> {
+/// The configured client, or the 503 saying analytics is not configured (the usage and statement
+/// routes' shared check).
+pub(crate) fn client(c: &Option<Arc<AnalyticsClient>>) -> Result<&AnalyticsClient, Problem> {
     c.as_deref().ok_or_else(|| {
         Problem::new(
             ProblemKind::Unavailable,
@@ -282,10 +265,7 @@ async fn get_usage(
 ) -> Result<Json<UsageReport>, Problem> {
     let org = parse_id("org", &org)?;
     let mut q = q;
-    let zone = org_time_zone(&s.pool, org).await?;
-    if q.tz.as_deref().is_none_or(str::is_empty) {
-        q.tz = Some(zone);
-    }
+    default_zone(&s.pool, org, &mut q.tz).await?;
     let report = client(&analytics)?
         .get(&format!("/v1/orgs/{org}/usage"), &q)
         .await?;
@@ -323,6 +303,20 @@ async fn get_top_keys(
 /// to analytics when the caller names no `tz`. A 404 problem when the org does not exist.
 pub async fn org_time_zone(pool: &PgPool, org: Uuid) -> Result<String, Problem> {
     Ok(orgs::get(pool, org).await?.time_zone)
+}
+
+/// Sets `tz` to the org's zone when the caller gave none (a 404 problem when the org does not
+/// exist, whether or not `tz` was given).
+pub(crate) async fn default_zone(
+    pool: &PgPool,
+    org: Uuid,
+    tz: &mut Option<String>,
+) -> Result<(), Problem> {
+    let zone = org_time_zone(pool, org).await?;
+    if tz.as_deref().is_none_or(str::is_empty) {
+        *tz = Some(zone);
+    }
+    Ok(())
 }
 
 /// The query of `GET /v1/orgs/{org}/anomalies`.

@@ -3,63 +3,20 @@
 //! price module): the role's bytes come through unchanged (JSON and CSV), behind the control
 //! plane's auth and RBAC, and a bad period is a 422 problem.
 
-#[allow(dead_code)]
-#[path = "../../analytics/tests/common/cassandra.rs"]
-mod cassandra;
+#[path = "common/analytics.rs"]
+mod analytics;
 mod common;
 
-use std::sync::Arc;
-
-use leaky_analytics::buckets::{Totals, HOUR_MS};
+use analytics::{row, ANALYTICS_TOKEN};
+use leaky_analytics::buckets::HOUR_MS;
 use leaky_analytics::consumer::store_batch;
 use leaky_analytics::event::UsageRow;
 use leaky_analytics::prices::{self, PriceVersion};
-use leaky_analytics::store::StoreConfig;
 use serde_json::Value;
-
-const ANALYTICS_TOKEN: &str = "analytics-test-token";
-
-fn row(i: i64, org: &str, ts: i64) -> UsageRow {
-    UsageRow {
-        event_id: format!("st-{i}"),
-        ts,
-        org: org.to_owned(),
-        request_id: format!("req-{i}"),
-        key_id: "k1".to_owned(),
-        model: "gpt-4o".to_owned(),
-        provider: "openai".to_owned(),
-        status: 200,
-        totals: Totals {
-            requests: 1,
-            prompt_tokens: 1_000 + i,
-            completion_tokens: 10,
-            total_tokens: 1_010 + i,
-            latency_us: 1000,
-            ..Totals::default()
-        },
-    }
-}
-
-async fn analytics_api(store: Arc<leaky_analytics::store::Store>) -> anyhow::Result<String> {
-    let state = Arc::new(leaky_analytics::api::ApiState {
-        anomalies: Arc::new(leaky_analytics::anomaly::sink::AnomalyStore::new(
-            store.clone(),
-        )),
-        store,
-        metrics: leaky_analytics::metrics::Metrics::new()?,
-        token: Some(ANALYTICS_TOKEN.to_owned()),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, leaky_analytics::api::router(state)).await });
-    Ok(base)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_pass_through_from_analytics_behind_rbac() -> anyhow::Result<()> {
-    let node = cassandra::node()?;
-    let cfg = StoreConfig::new(&node, &cassandra::keyspace("cpst"));
-    let store = Arc::new(leaky_analytics::connect_store(&cfg).await?);
+    let analytics::Analytics { store, base, app } = analytics::start("cpst").await?;
     let gpt4o = PriceVersion {
         model: "gpt-4o".into(),
         effective_from: 0,
@@ -68,17 +25,14 @@ async fn statements_pass_through_from_analytics_behind_rbac() -> anyhow::Result<
         currency: "USD".into(),
     };
     prices::seed(&store, &[gpt4o]).await?;
-    let base = analytics_api(store.clone()).await?;
-    // This binary holds this one test: the environment is its own; the app reads it once.
-    std::env::set_var("LEAKY_ANALYTICS_URL", &base);
-    std::env::set_var("LEAKY_ANALYTICS_TOKEN", ANALYTICS_TOKEN);
-    let app = common::app().await?;
     let org = app.org("statement-co").await?;
     let id = org["id"].as_str().unwrap_or_default().to_owned();
 
     let now = chrono::Utc::now().timestamp_millis();
     let this_hour = now - now.rem_euclid(HOUR_MS);
-    let rows: Vec<UsageRow> = (0..4).map(|i| row(i, &id, this_hour + i)).collect();
+    let rows: Vec<UsageRow> = (0..4)
+        .map(|i| row(i, &id, "gpt-4o", this_hour + i, 1_000 + i))
+        .collect();
     store_batch(&store, &rows, 8).await?;
     let period = chrono::Utc::now().format("%Y-%m").to_string();
 

@@ -2,57 +2,15 @@
 //! role's API on a real Cassandra (rows written by the analytics crate's own batch writer), behind
 //! the control plane's auth and RBAC; DESIGN.md's full-stack shape is checked field by field.
 
-#[allow(dead_code)]
-#[path = "../../analytics/tests/common/cassandra.rs"]
-mod cassandra;
+#[path = "common/analytics.rs"]
+mod analytics;
 mod common;
 
-use std::sync::Arc;
-
-use leaky_analytics::buckets::{Totals, DAY_MS, HOUR_MS};
+use analytics::row;
+use leaky_analytics::buckets::{DAY_MS, HOUR_MS};
 use leaky_analytics::consumer::store_batch;
 use leaky_analytics::event::UsageRow;
-use leaky_analytics::store::StoreConfig;
 use serde_json::Value;
-
-const ANALYTICS_TOKEN: &str = "analytics-test-token";
-
-fn row(i: i64, org: &str, model: &str, ts: i64) -> UsageRow {
-    UsageRow {
-        event_id: format!("cp-{i}"),
-        ts,
-        org: org.to_owned(),
-        request_id: format!("req-{i}"),
-        key_id: format!("k{}", i % 2),
-        model: model.to_owned(),
-        provider: "openai".to_owned(),
-        status: 200,
-        totals: Totals {
-            requests: 1,
-            prompt_tokens: 100 + i,
-            completion_tokens: 10,
-            total_tokens: 110 + i,
-            latency_us: 1000,
-            ..Totals::default()
-        },
-    }
-}
-
-/// The analytics role's HTTP API on `store`, on a free port; returns its base URL.
-async fn analytics_api(store: Arc<leaky_analytics::store::Store>) -> anyhow::Result<String> {
-    let state = Arc::new(leaky_analytics::api::ApiState {
-        anomalies: Arc::new(leaky_analytics::anomaly::sink::AnomalyStore::new(
-            store.clone(),
-        )),
-        store,
-        metrics: leaky_analytics::metrics::Metrics::new()?,
-        token: Some(ANALYTICS_TOKEN.to_owned()),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, leaky_analytics::api::router(state)).await });
-    Ok(base)
-}
 
 fn iso(ts: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ts)
@@ -62,15 +20,7 @@ fn iso(ts: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_served_from_analytics_behind_rbac() -> anyhow::Result<()> {
-    let node = cassandra::node()?;
-    let cfg = StoreConfig::new(&node, &cassandra::keyspace("cp"));
-    let store = Arc::new(leaky_analytics::connect_store(&cfg).await?);
-    let base = analytics_api(store.clone()).await?;
-    // This test binary holds this one test, so the process environment is its own; the router
-    // reads it once, when the app is built.
-    std::env::set_var("LEAKY_ANALYTICS_URL", &base);
-    std::env::set_var("LEAKY_ANALYTICS_TOKEN", ANALYTICS_TOKEN);
-    let app = common::app().await?;
+    let analytics::Analytics { store, base, app } = analytics::start("cp").await?;
     let org = app.org("usage-co").await?;
     let id = org["id"].as_str().unwrap_or_default().to_owned();
 
@@ -78,7 +28,7 @@ async fn usage_is_served_from_analytics_behind_rbac() -> anyhow::Result<()> {
     let rows: Vec<UsageRow> = (0..6)
         .map(|i| {
             let model = if i % 3 == 0 { "gpt-4o" } else { "qwen-max" };
-            row(i, &id, model, day + (i % 2) * DAY_MS + HOUR_MS)
+            row(i, &id, model, day + (i % 2) * DAY_MS + HOUR_MS, 100 + i)
         })
         .collect();
     store_batch(&store, &rows, 8).await?;

@@ -1,6 +1,7 @@
 //! The org's time zone (issue 16): set on create and by PATCH (validated as an IANA name), shown by
-//! GET, and passed to the analytics role by the usage route when the caller names no `tz`; the
-//! anomalies route forwarded as it came. Real PostgreSQL; the analytics role is stood in for by a
+//! GET, passed to the analytics role by the usage and statement routes when the caller names no
+//! `tz`, and published with the org's version on `org.created` / `org.updated` (the outbox rows);
+//! the anomalies route forwarded as it came. Real PostgreSQL; the analytics role is stood in for by a
 //! real axum listener that records the requests it gets (what is checked is the control plane's own
 //! forwarding; the role's answers are covered by `usage_api.rs` and the analytics crate).
 
@@ -48,11 +49,20 @@ async fn anomalies(State(seen): State<Seen>, uri: Uri) -> Json<Value> {
     )
 }
 
+/// Records the path and query, answers a statement list.
+async fn statements(State(seen): State<Seen>, uri: Uri) -> Json<Value> {
+    if let Ok(mut s) = seen.lock() {
+        s.push(uri.to_string());
+    }
+    Json(json!({"org": "o", "statements": []}))
+}
+
 async fn stand_in() -> anyhow::Result<(String, Seen)> {
     let seen: Seen = Arc::default();
     let router = Router::new()
         .route("/v1/orgs/{org}/usage", get(usage))
         .route("/v1/orgs/{org}/anomalies", get(anomalies))
+        .route("/v1/orgs/{org}/statements", get(statements))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -153,6 +163,38 @@ async fn the_org_time_zone_is_stored_validated_and_forwarded() -> anyhow::Result
     assert_eq!(
         renamed["time_zone"], "America/New_York",
         "a rename keeps the zone"
+    );
+
+    // Statements: the org's zone forwarded too (an open period's preview is in it).
+    let r = app
+        .get(&format!("/v1/orgs/{id}/statements?period=2026-03"))
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert!(
+        last(&seen).contains("tz=America%2FNew_York"),
+        "{}",
+        last(&seen)
+    );
+
+    // The tenancy events carry the zone and the org's version: the analytics role learns each
+    // org's zone from them and orders changes by version.
+    let events: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT type, payload FROM outbox.events WHERE aggregate_id = $1 ORDER BY aggregate_seq",
+    )
+    .bind(&id)
+    .fetch_all(&app.pool)
+    .await?;
+    let zones: Vec<(&str, &Value, &Value)> = events
+        .iter()
+        .map(|(kind, p)| (kind.as_str(), &p["time_zone"], &p["version"]))
+        .collect();
+    assert_eq!(
+        zones,
+        vec![
+            ("org.created", &json!("Asia/Kolkata"), &json!(1)),
+            ("org.updated", &json!("America/New_York"), &json!(2)),
+            ("org.updated", &json!("America/New_York"), &json!(3)),
+        ]
     );
 
     // Anomalies: forwarded with the caller's query, answered in the typed shape.

@@ -3,7 +3,8 @@
 //!
 //! - `GET /v1/orgs/{org}/statements?period=2026-11|2026-11-29[&tz=][&format=csv|json]`: a closed
 //!   period answers its stored bytes exactly; an open one (or one over but not yet closed) a preview
-//!   computed now with `"status":"open"`. CSV with `format=csv` or `Accept: text/csv`.
+//!   computed now with `"status":"open"`, in `tz`, else the org's zone ([`crate::zones`]), else
+//!   UTC. CSV with `format=csv` or `Accept: text/csv`.
 //! - `GET /v1/orgs/{org}/statements[?year=]`: the closed statements (this and last year by default).
 //! - `GET /v1/prices`; `PUT /v1/prices/{model}`: a new version, effective now or later (a version
 //!   in effect already is immutable: 409).
@@ -11,8 +12,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -24,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::prices::{self, PriceVersion, PutError};
-use crate::problem::{bearer_ok, problem, unauthorized};
+use crate::problem::{problem, AuthQuery, Authorized, TokenState};
 use crate::query::BadQuery;
 use crate::reports::period::Period;
 use crate::reports::{db, statement};
@@ -46,8 +47,10 @@ pub fn routes(store: Arc<Store>, token: Option<String>) -> Router {
         .with_state(Arc::new(ReportsState { store, token }))
 }
 
-fn authorized(state: &ReportsState, headers: &HeaderMap) -> bool {
-    bearer_ok(state.token.as_deref(), headers)
+impl TokenState for ReportsState {
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
 }
 
 fn unavailable(e: &StoreError) -> Response {
@@ -102,16 +105,9 @@ fn bytes(csv: bool, body: String) -> Response {
 pub async fn statements(
     State(state): State<Arc<ReportsState>>,
     Path(org): Path<String>,
-    params: Result<Query<StatementParams>, QueryRejection>,
     headers: HeaderMap,
+    AuthQuery(params): AuthQuery<StatementParams>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return BadQuery(e.body_text()).into_response(),
-    };
     match params.period.as_deref() {
         None => list(&state, &org, params.year).await,
         Some(label) => match wants_csv(&params, &headers) {
@@ -121,12 +117,16 @@ pub async fn statements(
     }
 }
 
-fn parse_tz(tz: Option<&str>) -> Result<Tz, BadQuery> {
+/// The preview's zone: `tz` when given, else the org's own zone as analytics learnt it, else UTC.
+async fn preview_tz(store: &Store, org: &str, tz: Option<&str>) -> Result<Tz, Response> {
     match tz {
-        None | Some("") => Ok(Tz::UTC),
+        None | Some("") => match crate::zones::get(store, org).await {
+            Ok(zone) => Ok(zone.unwrap_or(Tz::UTC)),
+            Err(e) => Err(unavailable(&e)),
+        },
         Some(name) => name
             .parse()
-            .map_err(|_| BadQuery(format!("unknown time zone {name:?}"))),
+            .map_err(|_| BadQuery(format!("unknown time zone {name:?}")).into_response()),
     }
 }
 
@@ -138,7 +138,11 @@ async fn one(
     tz: Option<&str>,
     csv: bool,
 ) -> Response {
-    let period = match parse_tz(tz).and_then(|tz| Period::parse(label, tz)) {
+    let tz = match preview_tz(&state.store, org, tz).await {
+        Ok(tz) => tz,
+        Err(r) => return r,
+    };
+    let period = match Period::parse(label, tz) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -185,10 +189,7 @@ async fn list(state: &ReportsState, org: &str, year: Option<i32>) -> Response {
     }
 }
 
-pub async fn prices(State(state): State<Arc<ReportsState>>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+pub async fn prices(State(state): State<Arc<ReportsState>>, _: Authorized) -> Response {
     match prices::load(&state.store).await {
         Ok(book) => {
             let versions: Vec<&PriceVersion> = book.versions().collect();
@@ -213,12 +214,9 @@ pub struct PriceBody {
 pub async fn put_price(
     State(state): State<Arc<ReportsState>>,
     Path(model): Path<String>,
-    headers: HeaderMap,
+    _: Authorized,
     body: Result<Json<PriceBody>, JsonRejection>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     let body = match body {
         Ok(Json(b)) => b,
         Err(e) => return BadQuery(e.body_text()).into_response(),

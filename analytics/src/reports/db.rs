@@ -2,6 +2,8 @@
 //! `statement_adjustments` (what later statements carried for a closed period) and `active_orgs`
 //! (who had usage on a day). Plain queries: the job runs a few per period and org, never per event.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use futures::TryStreamExt;
 use scylla::frame::types::Consistency;
 use scylla::statement::Statement as Cql;
@@ -29,13 +31,34 @@ pub struct Stored {
     pub emitted: bool,
 }
 
-/// A closed statement's identity and frozen lines, without its bytes.
+/// A closed statement's identity, range and frozen lines, without its bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     pub period: String,
     pub kind: String,
     pub tz: String,
+    /// The UTC range `[start, end)` the statement covers, as it states (`from`, `to`): the local
+    /// period's, or from where the org's previous statement ended after a zone change.
+    pub start: i64,
+    pub end: i64,
     pub snapshot: Usage,
+}
+
+/// The range a stored statement states; the nominal period's when its JSON names none.
+fn stated_range(json: &str, period: &str, tz: &str) -> (i64, i64) {
+    let at = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp_millis())
+    };
+    let body: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    match (at(&body["from"]), at(&body["to"])) {
+        (Some(start), Some(end)) => (start, end),
+        _ => {
+            let tz = tz.parse().unwrap_or(chrono_tz::Tz::UTC);
+            Period::parse(period, tz).map_or((0, 0), |p| (p.start, p.end))
+        }
+    }
 }
 
 fn encode_usage(u: &Usage) -> String {
@@ -142,7 +165,7 @@ pub async fn mark_emitted(store: &Store, org: &str, label: &str) -> Result<(), S
 pub async fn list(store: &Store, org: &str, years: &[i32]) -> Result<Vec<Summary>, StoreError> {
     let ks = store.keyspace();
     let q = format!(
-        "SELECT period, kind, tz, snapshot FROM {ks}.statements WHERE org = ? AND year = ?"
+        "SELECT period, kind, tz, snapshot, json FROM {ks}.statements WHERE org = ? AND year = ?"
     );
     let mut out = Vec::new();
     for year in years {
@@ -151,13 +174,16 @@ pub async fn list(store: &Store, org: &str, years: &[i32]) -> Result<Vec<Summary
             .query_iter(q.clone(), (org, *year))
             .await
             .map_err(db)?
-            .rows_stream::<(String, String, String, String)>()
+            .rows_stream::<(String, String, String, String, String)>()
             .map_err(db)?;
-        while let Some((period, kind, tz, snap)) = rows.try_next().await.map_err(db)? {
+        while let Some((period, kind, tz, snap, json)) = rows.try_next().await.map_err(db)? {
+            let (start, end) = stated_range(&json, &period, &tz);
             out.push(Summary {
                 period,
                 kind,
                 tz,
+                start,
+                end,
                 snapshot: decode_usage(&snap),
             });
         }
@@ -236,11 +262,24 @@ pub async fn record_carried(
 
 /// The orgs with usage recorded on any UTC day overlapping `p` (sorted, distinct).
 pub async fn active_orgs(store: &Store, p: &Period) -> Result<Vec<String>, StoreError> {
+    Ok(active_days(store, p.start, p.end)
+        .await?
+        .into_keys()
+        .collect())
+}
+
+/// For each org with usage recorded on a UTC day overlapping `[from, to)`, those days (their
+/// starts, UTC milliseconds).
+pub async fn active_days(
+    store: &Store,
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<String, BTreeSet<i64>>, StoreError> {
     let ks = store.keyspace();
     let q = format!("SELECT org FROM {ks}.active_orgs WHERE day = ?");
-    let mut out = std::collections::BTreeSet::new();
-    let mut day = crate::buckets::Level::Day.floor(p.start);
-    while day < p.end {
+    let mut out: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    let mut day = crate::buckets::Level::Day.floor(from);
+    while day < to {
         let mut rows = store
             .session()
             .query_iter(q.clone(), (CqlTimestamp(day),))
@@ -249,9 +288,9 @@ pub async fn active_orgs(store: &Store, p: &Period) -> Result<Vec<String>, Store
             .rows_stream::<(String,)>()
             .map_err(db)?;
         while let Some((org,)) = rows.try_next().await.map_err(db)? {
-            out.insert(org);
+            out.entry(org).or_default().insert(day);
         }
         day += crate::buckets::DAY_MS;
     }
-    Ok(out.into_iter().collect())
+    Ok(out)
 }

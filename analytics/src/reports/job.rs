@@ -21,10 +21,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
+use crate::buckets::DAY_MS;
 use crate::metrics::Metrics;
 use crate::reports::db::{self, Stored};
 use crate::reports::period::{Kind, Period};
 use crate::reports::statement;
+use crate::reports::ZONE_SHIFT_MS;
 use crate::store::{Store, StoreError};
 
 /// The topic of `report.generated`, keyed by org.
@@ -52,8 +54,8 @@ pub struct CloserConfig {
     /// How long after its end a period is closed (`--close-after`): late events within the grace
     /// land in the statement rather than in an adjustment.
     pub close_after: Duration,
-    /// The zone statements are closed in (the per-org zone lives on the control plane; until it
-    /// reaches the role, one zone for all).
+    /// The zone of an org whose own zone analytics has not learnt (`--statements-tz`; each org's
+    /// zone comes from the control plane's tenancy events, see [`crate::zones`]).
     pub tz: Tz,
     /// Periods of each kind a tick looks at, newest closable back (catch-up after downtime).
     pub catch_up: u32,
@@ -120,10 +122,9 @@ impl Closer {
         }
     }
 
-    /// The periods of `kind` a tick at `now` closes, oldest first.
-    pub fn due(&self, kind: Kind, now: i64) -> Vec<Period> {
-        let grace = i64::try_from(self.config.close_after.as_millis()).unwrap_or(i64::MAX);
-        let latest = Period::containing(kind, self.config.tz, now.saturating_sub(grace)).prev();
+    /// The periods of `kind` in `tz` a tick at `now` closes, oldest first.
+    pub fn due(&self, kind: Kind, now: i64, tz: Tz) -> Vec<Period> {
+        let latest = Period::containing(kind, tz, self.closable_before(now)).prev();
         let mut out = vec![latest];
         for _ in 1..self.config.catch_up.max(1) {
             if let Some(p) = out.last().map(Period::prev) {
@@ -134,13 +135,40 @@ impl Closer {
         out
     }
 
-    /// Closes every due period for every org active in it; returns the statements handled.
+    /// Periods that ended before this instant may close.
+    fn closable_before(&self, now: i64) -> i64 {
+        let grace = i64::try_from(self.config.close_after.as_millis()).unwrap_or(i64::MAX);
+        now.saturating_sub(grace)
+    }
+
+    /// The UTC range whose active days a tick reads: every due period in any zone lies in it
+    /// (zones' offsets differ by less than [`ZONE_SHIFT_MS`], so another zone's due periods start
+    /// at most one period earlier than the fallback zone's, and all end before the grace).
+    fn scan_range(&self, now: i64) -> (i64, i64) {
+        let start = [Kind::Day, Kind::Month]
+            .into_iter()
+            .filter_map(|k| self.due(k, now, self.config.tz).first().map(Period::prev))
+            .map(|p| p.start - ZONE_SHIFT_MS)
+            .min()
+            .unwrap_or(now);
+        (start, self.closable_before(now))
+    }
+
+    /// Closes every due period of every org active in it, each in the org's own zone (the
+    /// fallback zone for an org whose zone is unknown); returns the statements handled.
     pub async fn tick(&self, now: i64) -> Result<Vec<Stored>, StoreError> {
+        let (from, to) = self.scan_range(now);
         let mut handled = Vec::new();
-        for kind in [Kind::Day, Kind::Month] {
-            for p in self.due(kind, now) {
-                for org in db::active_orgs(&self.store, &p).await? {
-                    if org != NO_ORG_KEY {
+        for (org, days) in db::active_days(&self.store, from, to).await? {
+            if org == NO_ORG_KEY {
+                continue;
+            }
+            let tz = crate::zones::get(&self.store, &org)
+                .await?
+                .unwrap_or(self.config.tz);
+            for kind in [Kind::Day, Kind::Month] {
+                for p in self.due(kind, now, tz) {
+                    if days.iter().any(|&d| d < p.end && d + DAY_MS > p.start) {
                         handled.push(self.close(&org, &p).await?);
                     }
                 }

@@ -84,10 +84,12 @@ impl Period {
             Kind::Month => format!("{label}-01"),
         };
         let date = NaiveDate::parse_from_str(&day, "%Y-%m-%d").map_err(|_| bad())?;
-        // Noon of the first local day is inside the period whatever the zone's offset.
+        // Local noon of the first day is inside the period whatever the zone's offset (UTC noon is
+        // not: it is the next local day in Auckland in summer, +13, or Kiritimati, +14).
         let noon = date
             .and_hms_opt(12, 0, 0)
-            .map(|t| t.and_utc().timestamp_millis())
+            .and_then(|t| t.and_local_timezone(tz).earliest())
+            .map(|t| t.timestamp_millis())
             .ok_or_else(bad)?;
         let p = Period::containing(kind, tz, noon);
         if p.label != label {
@@ -137,6 +139,14 @@ mod tests {
             (ms("2026-10-24T22:00:00Z"), ms("2026-10-25T23:00:00Z"))
         );
         assert_eq!(d.prev().label, "2026-10-24");
+        // Beyond ±12 h: UTC noon would fall on the next (or previous) local day.
+        let nz = Period::parse("2026-10-11", chrono_tz::Pacific::Auckland)?;
+        assert_eq!(
+            (nz.start, nz.end),
+            (ms("2026-10-10T11:00:00Z"), ms("2026-10-11T11:00:00Z"))
+        );
+        let kiritimati = Period::parse("2026-01", chrono_tz::Pacific::Kiritimati)?;
+        assert_eq!(kiritimati.start, ms("2025-12-31T10:00:00Z"));
         assert_eq!(m.prev().label, "2026-09");
         assert!(Period::parse("2026-13", Tz::UTC).is_err());
         assert!(Period::parse("2026-1-01", Tz::UTC).is_err());

@@ -87,7 +87,11 @@ pub async fn create_in_zone(
         detail: json!({ "name": org.name, "time_zone": org.time_zone }),
     };
     audit::record(&mut tx, change).await?;
-    let data = json!({ "id": org.id, "name": org.name });
+    // The zone and version reach analytics, which closes the org's statements in its zone and
+    // orders zone changes by version (`org.updated` carries both too, from the audit detail).
+    let data = json!({
+        "id": org.id, "name": org.name, "time_zone": org.time_zone, "version": org.version,
+    });
     outbox::append(&mut tx, Event::tenancy("org", org.id, "org.created", data)).await?;
     tx.commit().await?;
     Ok(org)
