@@ -52,7 +52,9 @@ pub(crate) async fn relay(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = up.idle.min(left);
-        let read = tokio::time::timeout(wait, resp.session.read_body_bytes()).await;
+        // Pingora's timer wheel, registered only when the read is pending (see `upstream.rs`): one
+        // tokio timer per streamed event would wake the worker through the time driver each time.
+        let read = pingora_timeout::timeout(wait, resp.session.read_body_bytes()).await;
         let Ok(read) = read else {
             let reason = if left <= up.idle { "total" } else { "idle" };
             cut(session, ctx, reason, wait).await?;
