@@ -250,7 +250,9 @@ def section(cost, header):
         L += ["", f"Per streamed event: the full chain (memory) relaying {st['streams']} concurrent streams of "
               "`payloads/chat-stream.json` from the stub with realistic pacing (`--latency realistic`), "
               f"`bench.d/clients.py sse`; {st['events']:,} events (each stream's request, metering and "
-              "settlement included, spread over its events).", "",
+              "settlement included, spread over its events). Instructions per event are stable; the syscalls are "
+              "not quite: strace slows the gateway, so upstream reads batch and `recvfrom` per event comes out "
+              "lower than at full speed (`bench.d/stream_probe.py` counts them with perf tracepoints instead).", "",
               "| path | instructions/event | syscalls/event | " + " | ".join(SHOWN) + " | other |",
               "|---|---|---|" + "---|" * (len(SHOWN) + 1),
               f"| full chain, memory | {st['ir']:,.0f} | {st['sys']:.2f} | "
