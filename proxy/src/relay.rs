@@ -52,8 +52,7 @@ pub(crate) async fn relay(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = up.idle.min(left);
-        // Pingora's timer wheel, registered only when the read is pending (see `upstream.rs`): one
-        // tokio timer per streamed event would wake the worker through the time driver each time.
+        // Pingora's timer wheel, armed only when pending: a tokio timer woke the worker (upstream.rs).
         let read = pingora_timeout::timeout(wait, resp.session.read_body_bytes()).await;
         let Ok(read) = read else {
             let reason = if left <= up.idle { "total" } else { "idle" };
