@@ -394,12 +394,22 @@ def main():
     ap.add_argument("--oha", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", default=os.path.join(LT, "results"))
-    ap.add_argument("--only", default="", help="comma list of scenarios (overhead,saturation,cpu,stream,tenants,memory)")
+    ap.add_argument("--only", default="", help="comma list of scenarios (overhead,saturation,cpu,stream,tenants,memory,cost)")
     a = ap.parse_args()
     BIN, OHA, LOG_DIR = a.bin, a.oha, a.work
     quick = a.quick
-    only = set(a.only.split(",")) if a.only else {"overhead", "saturation", "cpu", "stream", "tenants", "memory"}
+    only = set(a.only.split(",")) if a.only else {"overhead", "saturation", "cpu", "stream", "tenants", "memory", "cost"}
     t_start = time.time()
+    import cost
+    if only == {"cost"}:
+        # alone: its own servers, and only its section of bench.md is replaced
+        c = cost.measure(BIN, LOG_DIR, quick)
+        json.dump(c, open(f"{LOG_DIR}/cost.json", "w"), indent=1)
+        cleanup()
+        os.makedirs(a.out, exist_ok=True)
+        cost.splice(f"{a.out}/bench.md", cost.section(c, cost_header(BIN)))
+        log(f"done in {time.time() - t_start:.0f} s; replaced the cost section of {a.out}/bench.md")
+        return
     Q = {
         "c1_rounds": 1 if quick else 3, "c1_dur": "1s" if quick else "3s",
         "sweep_dur": "1s" if quick else "3s",
@@ -637,6 +647,11 @@ def main():
         res["memory"] = mem
         stop(gw)
 
+    # ---- 7. instructions and syscalls per request (bench.d/cost.py; its own servers) ----
+    if "cost" in only:
+        res["cost"] = cost.measure(BIN, LOG_DIR, quick)
+        res["cost_header"] = cost_header(BIN)
+
     res["metrics_check_after"] = True
     res["elapsed_s"] = time.time() - t_start
     json.dump(res, open(f"{LOG_DIR}/results.json", "w"), indent=1, default=str)
@@ -644,6 +659,16 @@ def main():
     import report
     report.write(res, COMMANDS, a.out, BIN, OHA, sys.executable)
     log(f"done in {res['elapsed_s']:.0f} s; wrote {a.out}/bench.md")
+
+
+def cost_header(bin_):
+    """Which build the cost section measured (it can be regenerated apart from the rest of bench.md)."""
+    rev = sh("git rev-parse --short HEAD")
+    dirty = subprocess.run("git status --porcelain --untracked-files=no", shell=True, capture_output=True,
+                           text=True, cwd=ROOT).stdout.strip()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (f"Measured {now:%Y-%m-%d %H:%M} UTC, commit `{rev}`{' (with uncommitted changes)' if dirty else ''}, "
+            f"release build `{os.path.relpath(bin_, ROOT)}`.")
 
 
 def check_metrics(gws):
@@ -669,4 +694,7 @@ def check_metrics(gws):
 
 if __name__ == "__main__":
     sys.path.insert(0, HERE)
+    # cost.py and report.py `import bench`: let them see this run's globals (OHA, LOG_DIR, PROCS), not a
+    # second, unconfigured copy of the module
+    sys.modules["bench"] = sys.modules["__main__"]
     main()

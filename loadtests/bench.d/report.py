@@ -266,6 +266,9 @@ def write(res, commands, out, bin_, oha, py):
         L.append(f"| same after one request on each of the {mem['keys']:,} keys ({3 * mem['keys']:,} live buckets; "
                  f"{mem['load']['rps']:,.0f} req/s from one Python client) | {mem['rss_active']:.0f} MiB |")
     L.append("")
+    if "cost" in res:
+        import cost
+        L += cost.section(res["cost"], res["cost_header"]) + [""]
     L += ["## LiteLLM notes", "",
           "- Installed with `pip install 'litellm[proxy]==1.106.12'` in `~/.cache/leaky-bench/litellm-venv` (newer "
           "releases' `[proxy]` extra pins `litellm-proxy-extras`/`litellm-enterprise` builds not on the package index "

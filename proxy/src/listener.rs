@@ -417,8 +417,10 @@ async fn read_head(
             },
             None => {
                 let mut stop = shutdown.clone();
+                // Pingora's timer wheel rather than tokio's: re-arming a tokio timer on every
+                // keep-alive wait woke the worker through the time driver once per request.
                 tokio::select! {
-                    n = tokio::time::timeout(limits.keepalive_timeout, read) => match n {
+                    n = pingora_timeout::timeout(limits.keepalive_timeout, read) => match n {
                         Ok(n) => n,
                         Err(_) => return Err(Ended::Quietly),
                     },

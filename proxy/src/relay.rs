@@ -52,7 +52,8 @@ pub(crate) async fn relay(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = up.idle.min(left);
-        let read = tokio::time::timeout(wait, resp.session.read_body_bytes()).await;
+        // Pingora's timer wheel, armed only when pending: a tokio timer woke the worker (upstream.rs).
+        let read = pingora_timeout::timeout(wait, resp.session.read_body_bytes()).await;
         let Ok(read) = read else {
             let reason = if left <= up.idle { "total" } else { "idle" };
             cut(session, ctx, reason, wait).await?;

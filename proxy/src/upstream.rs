@@ -12,6 +12,10 @@
 //!
 //! `TransportConnector` is the exchange's [`Transport`] (one attempt = [`send`]); idle connections are
 //! aged on tokio's clock like the rest of the exchange.
+//!
+//! The first-byte wait is Pingora's timer wheel (`pingora_timeout::timeout`: 10 ms ticks on its own
+//! thread), not tokio's: a tokio timer earlier than the one the worker parked with makes the time
+//! driver wake the worker through its eventfd, one `write` and one extra `epoll_wait` per request.
 
 use crate::balancer::{Deployment, Outcome, Probe};
 use crate::metrics::count_retry;
@@ -71,7 +75,7 @@ pub async fn send(
         ),
     };
     if let Some(stream) = d.pool.take(Instant::now()) {
-        match tokio::time::timeout(first_byte, exchange(stream, d, req, body)).await {
+        match pingora_timeout::timeout(first_byte, exchange(stream, d, req, body)).await {
             Err(_) => return Err(timed_out()),
             Ok(Ok(session)) => return Ok(Response { session }),
             Ok(Err(e)) if is_stale(&e) => {
@@ -89,7 +93,7 @@ pub async fn send(
         None => transport.new_stream(&d.peer).await,
     }
     .map_err(|e| failed(d, &e))?;
-    match tokio::time::timeout(first_byte, exchange(stream, d, req, body)).await {
+    match pingora_timeout::timeout(first_byte, exchange(stream, d, req, body)).await {
         Err(_) => Err(timed_out()),
         Ok(Ok(session)) => Ok(Response { session }),
         Ok(Err(e)) => Err(failed(d, &e)),
