@@ -1,5 +1,5 @@
 //! The proxy as the provider of usage events (Pact message pacts, provider side; docs/contracts.md):
-//! the committed pact of the usage events' consumer analytics is verified
+//! the committed pacts of the usage events' consumers — analytics and the ledger — are verified
 //! against the proxy's real event encoder ([`Encoder`], what the usage drain publishes to Kafka).
 //! Each provider state names the request whose record the encoder turns into the message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -87,4 +87,9 @@ async fn verify_consumer(consumer: &str) {
 #[tokio::test]
 async fn the_encoder_honours_the_analytics_pact() {
     verify_consumer("leaky-analytics").await;
+}
+
+#[tokio::test]
+async fn the_encoder_honours_the_ledger_pact() {
+    verify_consumer("leaky-ledger").await;
 }
