@@ -23,6 +23,11 @@ mod session;
 
 pub use boot::{boot, BootError, BOOT_WAIT};
 pub use cache::LastGood;
+// The client half of the protocol is public for the contract tests (proxy/tests/pact_control_plane.rs,
+// docs/contracts.md): they drive this very code against a Pact mock server.
+pub use client::{Endpoint, StreamError, WatchStream};
+pub use event::{Event, RevokedToken};
+pub use registry::{registration, Identity};
 
 use crate::document::{ConfigDocument, Origin, SourceError};
 use crate::reload::{ApplyError, ConfigState};

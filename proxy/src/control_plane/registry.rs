@@ -22,6 +22,18 @@ pub struct Identity {
     pub started_at: String,
 }
 
+/// The registration body (the registry's `Registration`): role `proxy`, the proxy listener, the
+/// build version, the config version running and the start time.
+pub fn registration(me: &Identity, config_version: Option<u64>) -> serde_json::Value {
+    json!({
+        "role": "proxy",
+        "address": me.address,
+        "version": env!("CARGO_PKG_VERSION"),
+        "config_version": config_version,
+        "started_at": me.started_at,
+    })
+}
+
 /// Registers, then heartbeats until `shutdown`; `version()` is the config version running now.
 pub async fn run(
     endpoint: Endpoint,
@@ -42,14 +54,7 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "registry heartbeat failed; retrying"),
             }
         } else {
-            let body = json!({
-                "role": "proxy",
-                "address": me.address,
-                "version": env!("CARGO_PKG_VERSION"),
-                "config_version": version(),
-                "started_at": me.started_at,
-            });
-            match endpoint.register(&body).await {
+            match endpoint.register(&registration(&me, version())).await {
                 Ok(_) => {
                     tracing::info!(instance = %endpoint.instance, "registered with the control plane");
                     registered = true;
