@@ -15,6 +15,9 @@
 //! allocation, no clock read, and every hook is an `if let Some` on that `None`.
 
 use http::HeaderValue;
+use leaky_wire::trace_context::{
+    new_span_id, new_trace_id, parse_traceparent, ratio_threshold, sampled_by_ratio, SpanContext,
+};
 use pingora::http::RequestHeader;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -48,17 +51,6 @@ pub fn init(opts: TracingOptions) -> Result<(), TraceError> {
 /// Whether requests are traced (the hot path's only question when tracing is off).
 pub fn enabled() -> bool {
     PIPE.get().is_some()
-}
-
-/// `ratio` in [0, 1] as a threshold on 63 bits of the trace id (OTel's `TraceIdRatioBased`).
-fn ratio_threshold(ratio: f64) -> u64 {
-    let r = if ratio.is_nan() {
-        0.0
-    } else {
-        ratio.clamp(0.0, 1.0)
-    };
-    // 2^63 as f64 is exact; the product fits u64 for r ≤ 1.
-    (r * 9_223_372_036_854_775_808.0) as u64
 }
 
 /// What one request's trace holds until the completion phase decides to keep it.
@@ -110,7 +102,7 @@ impl Parent {
     /// Starts an attempt span and puts its `traceparent` on the upstream request `head`.
     pub fn attempt(&self, head: &mut RequestHeader) -> AttemptStart {
         let span_id = new_span_id();
-        let tp = format_traceparent(self.trace_id, span_id, self.sampled);
+        let tp = traceparent(self.trace_id, span_id, self.sampled);
         if let Ok(v) = HeaderValue::from_str(&tp) {
             let _ = head.insert_header("traceparent", v);
         }
@@ -144,7 +136,7 @@ pub(crate) fn begin(head: &RequestHeader) -> Option<Box<RequestTrace>> {
         Some(c) => (c.trace_id, Some(c.span_id), c.sampled),
         None => {
             let id = new_trace_id();
-            (id, None, (id as u64 & (u64::MAX >> 1)) < pipe.threshold)
+            (id, None, sampled_by_ratio(id, pipe.threshold))
         }
     };
     Some(Box::new(RequestTrace {
@@ -169,7 +161,7 @@ impl RequestTrace {
 
     /// The `traceparent` naming this request's server span (for the usage event's Kafka header).
     pub(crate) fn traceparent(&self) -> String {
-        format_traceparent(self.trace_id, self.span_id, self.sampled)
+        traceparent(self.trace_id, self.span_id, self.sampled)
     }
 
     pub(crate) fn trace_id_hex(&self) -> String {
@@ -240,103 +232,12 @@ pub(crate) fn finish(trace: Box<RequestTrace>, end: End) {
     }
 }
 
-/// A W3C `traceparent` (version 00).
-struct TraceParent {
-    trace_id: u128,
-    span_id: u64,
-    sampled: bool,
-}
-
-/// `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids and version `ff` are invalid (W3C Trace Context).
-fn parse_traceparent(v: &[u8]) -> Option<TraceParent> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let mut parts = s.split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(version, 2) || version.eq_ignore_ascii_case("ff") || !hex(flags, 2) {
-        return None;
-    }
-    // Version 00 has exactly four fields; later versions may append more.
-    if version == "00" && parts.next().is_some() {
-        return None;
-    }
-    if !hex(trace, 32) || !hex(span, 16) {
-        return None;
-    }
-    let trace_id = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
-    let span_id = u64::from_str_radix(span, 16).ok().filter(|s| *s != 0)?;
-    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some(TraceParent {
+/// `00-<trace>-<span>-<flags>` for a span of this trace.
+fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> String {
+    SpanContext {
         trace_id,
         span_id,
         sampled,
-    })
-}
-
-fn format_traceparent(trace_id: u128, span_id: u64, sampled: bool) -> String {
-    format!(
-        "00-{trace_id:032x}-{span_id:016x}-{:02x}",
-        u8::from(sampled)
-    )
-}
-
-fn new_trace_id() -> u128 {
-    // uuid's v4 generator (fast-rng) is already in the tree; never zero in practice, and a zero is
-    // replaced so the id stays valid.
-    uuid::Uuid::new_v4().as_u128().max(1)
-}
-
-fn new_span_id() -> u64 {
-    (uuid::Uuid::new_v4().as_u128() as u64).max(1)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_formats_traceparent() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let p = parse_traceparent(tp.as_bytes()).unwrap();
-        assert_eq!(p.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
-        assert_eq!(p.span_id, 0x00f067aa0ba902b7);
-        assert!(p.sampled);
-        assert_eq!(format_traceparent(p.trace_id, p.span_id, true), tp);
-        let unsampled =
-            parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-        assert!(!unsampled.unwrap().sampled);
     }
-
-    #[test]
-    fn refuses_invalid_traceparents() {
-        for bad in [
-            "",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
-        ] {
-            assert!(parse_traceparent(bad.as_bytes()).is_none(), "{bad}");
-        }
-        // A later version may carry more fields.
-        assert!(
-            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
-                .is_some()
-        );
-    }
-
-    #[test]
-    fn ratio_threshold_bounds() {
-        assert_eq!(ratio_threshold(0.0), 0);
-        assert_eq!(ratio_threshold(f64::NAN), 0);
-        assert_eq!(ratio_threshold(-1.0), 0);
-        assert_eq!(ratio_threshold(1.0), 1u64 << 63);
-        assert_eq!(ratio_threshold(0.5), 1u64 << 62);
-        // Every 63-bit value is below the threshold of 1.0: ratio 1 samples everything.
-        assert!((u64::MAX >> 1) < ratio_threshold(1.0));
-    }
+    .traceparent()
 }

@@ -20,7 +20,7 @@
 //! batch processor does not count what it drops in a metric of ours; the bridge would also export
 //! every library's `tracing` span. The spans here are few and chosen, like the proxy's.
 
-pub mod context;
+pub use leaky_wire::trace_context as context;
 pub mod export;
 pub mod http;
 pub mod kafka;

@@ -8,6 +8,7 @@
 //! removing one, or changing its meaning, bumps it.
 
 pub mod event;
+pub mod trace_context;
 pub mod usage;
 
 pub use event::{Envelope, UsageData};

@@ -1,4 +1,5 @@
-//! W3C Trace Context (`traceparent`, version 00): parsing what a caller or a Kafka header carries,
+//! W3C Trace Context (`traceparent`, version 00), shared by the proxy's tracing and `leaky-telemetry`
+//! (control plane, analytics, consumers): parsing what a caller or a Kafka header carries,
 //! formatting what we send on, and new ids. The ids are the OTel ones, so the hex forms here are
 //! what Jaeger shows and what the log lines carry (`trace_id`, `span_id`).
 
@@ -71,7 +72,7 @@ pub fn new_span_id() -> u64 {
 }
 
 /// `ratio` in [0, 1] as a threshold on the low 63 bits of a trace id (OTel's `TraceIdRatioBased`).
-pub(crate) fn ratio_threshold(ratio: f64) -> u64 {
+pub fn ratio_threshold(ratio: f64) -> u64 {
     let r = if ratio.is_nan() {
         0.0
     } else {
@@ -82,7 +83,7 @@ pub(crate) fn ratio_threshold(ratio: f64) -> u64 {
 }
 
 /// The head decision for a new root trace: its id against the threshold.
-pub(crate) fn sampled_by_ratio(trace_id: u128, threshold: u64) -> bool {
+pub fn sampled_by_ratio(trace_id: u128, threshold: u64) -> bool {
     (trace_id as u64 & (u64::MAX >> 1)) < threshold
 }
 
@@ -128,7 +129,9 @@ mod tests {
     fn ratio_bounds_sample_none_or_all() {
         assert_eq!(ratio_threshold(0.0), 0);
         assert_eq!(ratio_threshold(f64::NAN), 0);
+        assert_eq!(ratio_threshold(-1.0), 0);
         assert_eq!(ratio_threshold(1.0), 1u64 << 63);
+        assert_eq!(ratio_threshold(0.5), 1u64 << 62);
         assert!(!sampled_by_ratio(u128::MAX, ratio_threshold(0.0)));
         assert!(sampled_by_ratio(u128::MAX, ratio_threshold(1.0)));
         assert!(sampled_by_ratio(1, ratio_threshold(0.5)));
