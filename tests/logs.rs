@@ -308,6 +308,8 @@ async fn the_control_plane_s_json_lines_reach_the_collector() {
         .args(["--roles", "admin-api"])
         .env("LEAKY_DATABASE_URL", &db)
         .env("LEAKY_ADMIN_TOKEN", cp_common::TOKEN)
+        // Nothing listens there: the forwarded usage call fails and warns inside its request span.
+        .env("LEAKY_ANALYTICS_URL", "http://127.0.0.1:9")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -337,6 +339,21 @@ async fn the_control_plane_s_json_lines_reach_the_collector() {
     assert_eq!(created.status(), 201);
     let refused = http.get(format!("{base}/v1/orgs")).send().await.unwrap();
     assert_eq!(refused.status(), 401);
+    // A call whose handler logs (the analytics role is unreachable): its line carries the caller's
+    // trace, the control plane's server span and the request id.
+    let org = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let usage = http
+        .get(format!("{base}/v1/orgs/{org}/usage"))
+        .bearer_auth(cp_common::TOKEN)
+        .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+        .header("x-request-id", "cp-logs-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(usage.status(), 503);
     let (mut lines, mut records) = (Vec::new(), Vec::new());
     eventually(
         "the collector has every line",
@@ -355,6 +372,24 @@ async fn the_control_plane_s_json_lines_reach_the_collector() {
         assert!(v["target"].as_str().is_some(), "{line}");
         assert_eq!(attr(record, "level"), v["level"].as_str(), "{record}");
     }
+    let by_trace: Vec<&Value> = records.iter().filter(|r| r["traceId"] == TRACE).collect();
+    assert!(
+        !by_trace.is_empty(),
+        "no line of the usage call: {lines:#?}"
+    );
+    for r in &by_trace {
+        assert_eq!(attr(r, "trace_id"), Some(TRACE), "{r}");
+        assert_eq!(attr(r, "request_id"), Some("cp-logs-1"), "{r}");
+        let span = attr(r, "span_id").unwrap();
+        assert_eq!(r["spanId"], span, "{r}");
+        assert_ne!(span, CALLER_SPAN, "the control plane's own server span");
+    }
+    assert!(
+        by_trace
+            .iter()
+            .any(|r| attr(r, "message") == Some("analytics request failed")),
+        "{by_trace:#?}"
+    );
 }
 
 struct KillOnDrop(std::process::Child);

@@ -45,6 +45,13 @@ jaeger_pid() {
   [[ $cmd == *"$JAEGER_BIN --config"* ]] && echo "$pid"
 }
 
+# Whether the process started by jaeger_start is still alive (not yet exec'd counts: right after the
+# fork, its command line is still the shell's, so jaeger_pid would call a starting jaeger exited).
+jaeger_alive() {
+  local state
+  state=$(cut -d' ' -f3 "/proc/$(cat "$1/jaeger.pid" 2>/dev/null)/stat" 2>/dev/null) && [ "$state" != Z ]
+}
+
 jaeger_start() {
   local dir=$1 query=$2 grpc=$3 http=$4 pid
   if pid=$(jaeger_pid "$dir"); then echo "jaeger already running in $dir (pid $pid)" >&2; return 0; fi
@@ -58,7 +65,7 @@ jaeger_start() {
   # Ready when the query API answers (it starts after the receivers).
   for _ in $(seq 300); do
     if curl -fsS -o /dev/null "http://127.0.0.1:$query/api/services" 2>/dev/null; then return 0; fi
-    jaeger_pid "$dir" >/dev/null || { echo "jaeger exited; see $dir/jaeger.log" >&2; tail -20 "$dir/jaeger.log" >&2; return 1; }
+    jaeger_alive "$dir" || { echo "jaeger exited; see $dir/jaeger.log" >&2; tail -20 "$dir/jaeger.log" >&2; return 1; }
     sleep 0.1
   done
   echo "jaeger did not start within 30 s; see $dir/jaeger.log" >&2

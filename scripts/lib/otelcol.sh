@@ -57,6 +57,13 @@ otelcol_pid() {
   [[ $cmd == *"$OTELCOL_BIN --config"* ]] && echo "$pid"
 }
 
+# Whether the process started by otelcol_start is still alive (not yet exec'd counts: right after the
+# fork, its command line is still the shell's, so otelcol_pid would call a starting otelcol exited).
+otelcol_alive() {
+  local state
+  state=$(cut -d' ' -f3 "/proc/$(cat "$1/otelcol.pid" 2>/dev/null)/stat" 2>/dev/null) && [ "$state" != Z ]
+}
+
 otelcol_start() {
   local dir=$1 output=$2 pid include
   shift 2
@@ -72,7 +79,7 @@ otelcol_start() {
   # Ready when the service says so (the collector has no HTTP endpoint in this build).
   for _ in $(seq 300); do
     if grep -q 'Everything is ready' "$dir/otelcol.log" 2>/dev/null; then return 0; fi
-    otelcol_pid "$dir" >/dev/null || { echo "otelcol exited; see $dir/otelcol.log" >&2; tail -20 "$dir/otelcol.log" >&2; return 1; }
+    otelcol_alive "$dir" || { echo "otelcol exited; see $dir/otelcol.log" >&2; tail -20 "$dir/otelcol.log" >&2; return 1; }
     sleep 0.1
   done
   echo "otelcol did not start within 30 s; see $dir/otelcol.log" >&2
