@@ -188,7 +188,11 @@ async fn a_failing_deployment_opens_its_circuit_and_traffic_flows_to_the_healthy
     let log = gw.log();
     let line = log
         .lines()
-        .find(|l| l.contains("\"failed_attempts\":\"openai/a:500\""))
+        .find(|l| {
+            // The access line (a warning written just before it names the failed attempt too).
+            l.contains("\"target\":\"access\"")
+                && l.contains("\"failed_attempts\":\"openai/a:500\"")
+        })
         .unwrap_or_else(|| panic!("no access line with the failed attempt; log:\n{log}"));
     assert!(line.contains("\"deployment\":\"b\""), "{line}");
     assert!(line.contains("\"attempts\":2"), "{line}");
