@@ -9,7 +9,9 @@
 
 use bytes::Bytes;
 use http::header::{GetAll, HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::{Method, StatusCode};
 use leaky_config::{Cidr, Dialect, HeaderPattern};
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -41,6 +43,8 @@ pub fn defaults(dialect: Dialect) -> impl Iterator<Item = &'static str> {
 }
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The request id, on the upstream request and on every answer.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The header policy of one route towards one provider.
 pub struct HeaderPolicy {
@@ -152,6 +156,32 @@ impl<'a> ConnectionNamed<'a> {
     }
 }
 
+/// A request head for Pingora from a header map filled directly. Pingora's `append_header` and
+/// `insert_header` turn each name into a case-preserving copy and parse it back into a `HeaderName`;
+/// a map built with `http`'s own `append`/`insert` clones names and values (reference counts) and is
+/// handed over whole. Like `RequestHeader::build_no_case`, the head keeps no case map: Pingora writes
+/// the names as `http` holds them (titling the common ones), in the map's order.
+pub fn request_head(
+    method: Method,
+    path: &[u8],
+    headers: HeaderMap,
+) -> pingora::Result<RequestHeader> {
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.headers = headers;
+    let mut req = RequestHeader::from(parts);
+    req.set_raw_path(path)?;
+    Ok(req)
+}
+
+/// A response head for Pingora from a header map filled directly (see [`request_head`]).
+pub fn response_head(status: StatusCode, headers: HeaderMap) -> ResponseHeader {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers = headers;
+    ResponseHeader::from(parts)
+}
+
 /// `X-Forwarded-For` and `Forwarded` for the upstream request. A peer in `trusted` is a proxy
 /// reporting its own client: the chain it sent is kept and the peer appended. Any other peer is the
 /// client, and what it sent about addresses is replaced by its own address. One buffer per header,
@@ -243,6 +273,53 @@ mod tests {
         assert!(c.contains(&name("x-foo")));
         assert!(c.contains(&name("x-bar")));
         assert!(!c.contains(&name("x-baz")));
+    }
+
+    /// The heads built from a map are the ones `build_no_case` plus a header at a time made: same
+    /// request line and status, same bytes on the wire (names, case, order, repeated values).
+    #[test]
+    fn heads_from_a_map_write_what_header_by_header_wrote() {
+        let pairs: [(&str, &str); 6] = [
+            ("content-type", "application/json"),
+            ("x-stainless-os", "Linux"),
+            ("accept", "*/*"),
+            ("x-multi", "a"),
+            ("x-multi", "b"),
+            ("host", "api.example"),
+        ];
+        let mut map = HeaderMap::new();
+        let mut req = RequestHeader::build_no_case(Method::POST, b"/v1/x?a=1", None).unwrap();
+        let mut resp = ResponseHeader::build_no_case(StatusCode::CREATED, None).unwrap();
+        for (n, v) in pairs {
+            map.append(n, HeaderValue::from_static(v));
+            req.append_header(n, v).unwrap();
+            resp.append_header(n, v).unwrap();
+        }
+        let wire = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = Vec::new();
+            f(&mut b);
+            String::from_utf8(b).unwrap()
+        };
+        let built = request_head(Method::POST, b"/v1/x?a=1", map.clone()).unwrap();
+        assert_eq!(built.method, req.method);
+        assert_eq!(built.version, req.version);
+        assert_eq!(built.raw_path(), req.raw_path());
+        assert_eq!(built.uri, req.uri);
+        assert!(!built.has_case() && !req.has_case());
+        let w = wire(&|b| built.header_to_h1_wire(b));
+        assert_eq!(w, wire(&|b| req.header_to_h1_wire(b)));
+        assert_eq!(
+            w,
+            "Content-Type: application/json\r\nx-stainless-os: Linux\r\naccept: */*\r\n\
+             x-multi: a\r\nx-multi: b\r\nHost: api.example\r\n"
+        );
+        let built = response_head(StatusCode::CREATED, map);
+        assert_eq!((built.status, built.version), (resp.status, resp.version));
+        assert_eq!(built.get_reason_phrase(), resp.get_reason_phrase());
+        assert_eq!(
+            wire(&|b| built.header_to_h1_wire(b)),
+            wire(&|b| resp.header_to_h1_wire(b))
+        );
     }
 
     #[test]

@@ -10,12 +10,13 @@
 use crate::capture::Capture;
 use crate::ctx::{Ctx, Fail};
 use crate::exchange::Tenant;
-use crate::headers::ConnectionNamed;
+use crate::headers::{self, ConnectionNamed};
 use crate::request;
 use crate::response_cache::{Outcome, CACHE_HEADER};
 use crate::snapshot::{CompiledRoute, Upstream};
 use crate::upstream;
 use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, InvalidHeaderValue, MaxSizeReached};
 use http::StatusCode;
 use leaky_config::Dialect;
 use leaky_filters::{RejectKind, Rejection};
@@ -24,6 +25,9 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::time::Duration;
 use tokio::time::Instant;
+
+const SERVED_MODEL: HeaderName = HeaderName::from_static("x-leaky-served-model");
+const CACHE: HeaderName = HeaderName::from_static(CACHE_HEADER);
 
 /// Streams the upstream's response to the client as it arrives. Returns whether the upstream
 /// connection can be reused (not after a cut). With a `capture` (a response-cache miss that may be
@@ -92,6 +96,8 @@ pub(crate) async fn relay(
 
 /// The client's response header: the upstream's, filtered, plus the gateway's own. Tells the ledger
 /// the upstream's status (its meter starts tracking usage on a success).
+///
+/// The map is filled directly and handed over whole (`headers::response_head`).
 fn response_head(
     ctx: &mut Ctx,
     route: &CompiledRoute,
@@ -106,45 +112,48 @@ fn response_head(
         .into());
     };
     let status = up_head.status;
-    let bad = |e: Box<Error>| {
+    let bad = |e: &dyn std::fmt::Display| {
         Fail::Reject(Rejection::new(
             RejectKind::BadGateway,
             format!("The upstream response header was invalid: {e}"),
         ))
     };
-    let mut out =
-        ResponseHeader::build_no_case(status, Some(up_head.headers.len() + 4)).map_err(bad)?;
+    let full = |e: MaxSizeReached| bad(&e);
+    let mut h = HeaderMap::try_with_capacity(up_head.headers.len() + 4).map_err(full)?;
     let hop = ConnectionNamed::of(&up_head.headers);
     for (name, value) in up_head.headers.iter() {
         // Where the gateway's own limit headers describe the caller, the provider's describe the
         // gateway's upstream key and would contradict them.
         let provider_limit = route.own_limit_headers && request::is_limit_header(name);
         if up.headers.returns(name) && !hop.contains(name) && !provider_limit {
-            out.append_header(name.clone(), value.clone())
-                .map_err(bad)?;
+            h.try_append(name, value.clone()).map_err(full)?;
         }
     }
-    if !out.headers.contains_key(http::header::CONTENT_LENGTH)
+    if !h.contains_key(header::CONTENT_LENGTH)
         && status != StatusCode::NO_CONTENT
         && status != StatusCode::NOT_MODIFIED
     {
-        out.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-            .map_err(bad)?;
+        h.try_insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        )
+        .map_err(full)?;
     }
-    ctx.ledger.on_response(status.as_u16(), &out.headers);
-    ctx.response.sse = out
-        .headers
-        .get(http::header::CONTENT_TYPE)
+    ctx.ledger.on_response(status.as_u16(), &h);
+    ctx.response.sse = h
+        .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let served = ctx.exchange.served_model.as_deref();
     if let Some(m) = served.or(ctx.req.model.as_deref()) {
-        if let Ok(v) = http::HeaderValue::from_str(m) {
-            out.insert_header("x-leaky-served-model", v).map_err(bad)?;
+        if let Ok(v) = HeaderValue::from_str(m) {
+            h.try_insert(SERVED_MODEL, v).map_err(full)?;
         }
     }
-    finish_headers(&mut out, ctx).map_err(bad)?;
+    for (name, value) in own_headers(ctx).map_err(|e| bad(&e))? {
+        h.try_insert(name, value).map_err(full)?;
+    }
     ctx.response.status = status.as_u16();
-    Ok(out)
+    Ok(headers::response_head(status, h))
 }
 
 /// A write to the client failed (it left). A non-streamed answer is still read to its end
@@ -233,15 +242,25 @@ async fn forward(session: &mut Session, ctx: &mut Ctx, chunk: Bytes) -> Result<(
 /// cache-enabled route `x-leaky-cache` (`bypass` until the cache decided: a refusal before it was
 /// neither looked up nor stored).
 pub(crate) fn finish_headers(out: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
-    out.insert_header("x-request-id", ctx.req.request_id.as_str())?;
-    if ctx.route().is_some_and(|r| r.cache.is_some()) {
-        let outcome = ctx.response.cache.unwrap_or(Outcome::Bypass);
-        out.insert_header(CACHE_HEADER, outcome.label())?;
-    }
-    for (name, value) in ctx.req.response_headers.drain(..) {
+    let own = own_headers(ctx)
+        .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.to_string()))?;
+    for (name, value) in own {
         out.insert_header(name, value)?;
     }
     Ok(())
+}
+
+/// The pairs of [`finish_headers`], each to be inserted (replacing) in this order.
+fn own_headers(
+    ctx: &mut Ctx,
+) -> Result<impl Iterator<Item = (HeaderName, HeaderValue)> + '_, InvalidHeaderValue> {
+    let id = HeaderValue::from_str(&ctx.req.request_id)?;
+    let cache = ctx.route().is_some_and(|r| r.cache.is_some()).then(|| {
+        let outcome = ctx.response.cache.unwrap_or(Outcome::Bypass);
+        (CACHE, HeaderValue::from_static(outcome.label()))
+    });
+    let own = std::iter::once((headers::X_REQUEST_ID, id)).chain(cache);
+    Ok(own.chain(ctx.req.response_headers.drain(..)))
 }
 
 /// The gateway's own JSON answer, whole.

@@ -6,7 +6,7 @@ use crate::balancer::Deployment;
 use crate::headers::{self, ConnectionNamed};
 use crate::snapshot::Upstream;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, MaxSizeReached};
 use http::Method;
 use leaky_config::{Cidr, Dialect};
 use leaky_filters::{RejectKind, Rejection, RequestCtx};
@@ -187,8 +187,8 @@ pub fn stream_error_event(dialect: Dialect, request_id: &str, message: &str) -> 
 fn forwarded_for(
     session: &Session,
     trusted: &[Cidr],
-    req: &mut RequestHeader,
-) -> pingora::Result<()> {
+    out: &mut HeaderMap,
+) -> Result<(), MaxSizeReached> {
     let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
         return Ok(());
     };
@@ -197,7 +197,7 @@ fn forwarded_for(
     let names = [headers::X_FORWARDED_FOR, header::FORWARDED];
     for (name, value) in names.into_iter().zip([xff, fwd]) {
         if let Some(v) = value {
-            req.insert_header(name, v)?;
+            out.try_insert(name, v)?;
         }
     }
     Ok(())
@@ -217,6 +217,8 @@ pub struct Caller<'a> {
 /// the headers the route's policy forwards (never hop-by-hop ones), the deployment's host,
 /// credential and account, `X-Forwarded-For` / `Forwarded`, the framing of the (whole) body, the
 /// request id, and what the chain asked for.
+///
+/// The map is filled directly and handed over whole (`headers::request_head`).
 pub fn upstream_head(
     caller: &Caller<'_>,
     up: &Upstream,
@@ -231,44 +233,36 @@ pub fn upstream_head(
         query,
     } = *caller;
     let head = session.req_header();
-    let path = upstream_path(&up.path_prefix, rest, query);
-    let internal = |e: Box<pingora::Error>| {
+    let internal = |e: &dyn std::fmt::Display| {
         Rejection::new(
             RejectKind::Internal,
             format!("building the upstream request: {e}"),
         )
     };
-    let mut req = RequestHeader::build_no_case(
-        head.method.clone(),
-        path.as_bytes(),
-        Some(head.headers.len() + 4),
-    )
-    .map_err(internal)?;
+    let full = |e: MaxSizeReached| internal(&e);
+    let mut h = HeaderMap::try_with_capacity(head.headers.len() + 4).map_err(full)?;
     let hop = ConnectionNamed::of(&head.headers);
     for (name, value) in head.headers.iter() {
         if up.headers.forwards(name) && !hop.contains(name) {
-            req.append_header(name.clone(), value.clone())
-                .map_err(internal)?;
+            h.try_append(name, value.clone()).map_err(full)?;
         }
     }
-    req.insert_header(header::HOST, d.host.clone())
-        .map_err(internal)?;
+    h.try_insert(header::HOST, d.host.clone()).map_err(full)?;
     for (name, value) in d.auth.iter().chain(d.account.iter()) {
-        req.insert_header(name.clone(), value.clone())
-            .map_err(internal)?;
+        h.try_insert(name, value.clone()).map_err(full)?;
     }
-    forwarded_for(session, trusted, &mut req).map_err(internal)?;
+    forwarded_for(session, trusted, &mut h).map_err(full)?;
     if body_len > 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
-        req.insert_header(header::CONTENT_LENGTH, body_len)
-            .map_err(internal)?;
+        h.try_insert(header::CONTENT_LENGTH, HeaderValue::from(body_len))
+            .map_err(full)?;
     }
-    req.insert_header("x-request-id", rcx.request_id.as_str())
-        .map_err(internal)?;
+    let id = HeaderValue::from_str(&rcx.request_id).map_err(|e| internal(&e))?;
+    h.try_insert(headers::X_REQUEST_ID, id).map_err(full)?;
     for (name, value) in &rcx.upstream_headers {
-        req.insert_header(name.clone(), value.clone())
-            .map_err(internal)?;
+        h.try_insert(name, value.clone()).map_err(full)?;
     }
-    Ok(req)
+    let path = upstream_path(&up.path_prefix, rest, query);
+    headers::request_head(head.method.clone(), path.as_bytes(), h).map_err(|e| internal(&e))
 }
 
 /// The client's IP address (the TCP peer), when the connection is over IP.

@@ -111,6 +111,54 @@ pub(super) fn read(surface: Surface, incremental: bool, acc: &mut Accum, data: &
     ok.map_or(Doc::NotJson, |()| READ)
 }
 
+/// The usage a whole JSON answer of `surface` reports, read without the rest of it: every other
+/// member is skipped by the parser (no text collected, nothing allocated). `None` when the answer
+/// is not JSON, reports no usage, or is of a surface read whole anyway ([`read`] then decides).
+/// A complete answer with usage settles on it alone; its generated text is only needed without.
+pub(super) fn reported(surface: Surface, data: &[u8]) -> Option<(u64, u64)> {
+    match surface {
+        Surface::ChatCompletions(_) | Surface::Completions(_) | Surface::DashScopeGeneration => {
+            serde_json::from_slice::<UsageOnly>(data)
+                .ok()?
+                .usage?
+                .pair()
+        }
+        Surface::GeminiGenerate | Surface::GeminiStreamGenerate => {
+            serde_json::from_slice::<GemUsageOnly>(data)
+                .ok()?
+                .usage?
+                .pair()
+        }
+        Surface::Responses(_) => {
+            let d = serde_json::from_slice::<RespUsageOnly>(data).ok()?;
+            // As `responses`: the `response` object's usage wins over a top-level one.
+            let inner = d.response.and_then(|r| r.usage).and_then(|u| u.pair());
+            inner.or_else(|| d.usage?.pair())
+        }
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize)]
+struct GemUsageOnly {
+    #[serde(default, rename = "usageMetadata")]
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize)]
+struct RespUsageOnly {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(default)]
+    response: Option<UsageDoc>,
+}
+
 #[derive(Deserialize)]
 struct UsageDoc {
     #[serde(default, alias = "usageMetadata")]

@@ -1,5 +1,7 @@
 //! Non-event-stream bodies: one JSON document, or Gemini's `streamGenerateContent` without
-//! `alt=sse` (a JSON array sent element by element). Buffered up to a cap, parsed at the end.
+//! `alt=sse` (a JSON array sent element by element). Buffered up to a cap, parsed at the end: first
+//! for the usage alone (every other member skipped unread), and only when that finds none, whole,
+//! for the text generated.
 
 use serde::de::IgnoredAny;
 
@@ -45,7 +47,14 @@ impl JsonBody {
         }
         let complete = match first_byte(&self.buf) {
             Some(b'[') => read_array(&self.buf, surface, incremental, &mut acc),
-            _ => extract::read(surface, incremental, &mut acc, &self.buf) != Doc::NotJson,
+            _ => {
+                if let Some(p) = extract::reported(surface, &self.buf) {
+                    acc.last = Some(p);
+                    acc.final_usage = true;
+                    return acc;
+                }
+                extract::read(surface, incremental, &mut acc, &self.buf) != Doc::NotJson
+            }
         };
         if complete && acc.last.is_some() {
             acc.final_usage = true;
@@ -138,6 +147,32 @@ mod tests {
         let b = br#"{"usageMetadata":{"promptTokenCount":3,"totalTokenCount":5},"x":"\"usage\" is a word"}"#;
         assert_eq!(tail_usage(b).and_then(|u| u.pair()), Some((3, 2)));
         assert!(tail_usage(b"{\"usage\": 12").is_none());
+    }
+
+    #[test]
+    fn a_reported_usage_is_read_without_the_text_and_its_absence_counts_the_text() {
+        let with = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi there"}}],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#;
+        let mut body = JsonBody::default();
+        body.push(with);
+        let acc = body.read(Surface::ChatCompletions(Vendor::OpenAi), false);
+        assert_eq!((acc.last, acc.final_usage), (Some((5, 3)), true));
+        assert_eq!(acc.gen.content(0), "", "the text is not collected");
+        let without = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi there"}}],"usage":null}"#;
+        let mut body = JsonBody::default();
+        body.push(without);
+        let acc = body.read(Surface::ChatCompletions(Vendor::OpenAi), false);
+        assert_eq!((acc.last, acc.final_usage), (None, false));
+        assert_eq!(acc.gen.content(0), "Hi there");
+        // Responses: the `response` object's usage wins, as when the document is read whole.
+        let resp = br#"{"usage":{"input_tokens":1,"output_tokens":1},"response":{"usage":{"input_tokens":4,"output_tokens":6}}}"#;
+        let mut body = JsonBody::default();
+        body.push(resp);
+        let acc = body.read(Surface::Responses(Vendor::OpenAi), false);
+        assert_eq!(acc.last, Some((4, 6)));
+        let mut cut = JsonBody::default();
+        cut.push(&with[..with.len() - 1]);
+        let acc = cut.read(Surface::ChatCompletions(Vendor::OpenAi), false);
+        assert!(!acc.final_usage, "a body cut short is not a report");
     }
 
     #[test]
