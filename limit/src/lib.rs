@@ -15,6 +15,7 @@ pub mod guard;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+mod redis_local;
 pub mod redis_server;
 pub mod settle;
 pub mod store;

@@ -30,6 +30,7 @@
 use super::algo::{Admit, Algorithm, Deny, Nanos, Status};
 use super::calendar;
 use super::guard::limit_of;
+use super::redis_local::PerThread;
 use super::store::{Adjust, Charge, Store, StoreError, Taken};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -74,7 +75,10 @@ impl Default for RedisOptions {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// Made on the connecting runtime; serves a thread until its own connection is up.
+    shared: ConnectionManager,
+    /// Each calling thread's own connection (see `redis_local`).
+    local: PerThread,
     take: redis::Script,
     adjust: redis::Script,
     /// `{key_prefix}:{{{hash_tag}}}:`
@@ -93,7 +97,8 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects (multiplexed, reconnecting in the background after failures) and loads nothing
-    /// yet: scripts are sent on first use (`NOSCRIPT` → `EVAL`).
+    /// yet: scripts are sent on first use (`NOSCRIPT` → `EVAL`). Each thread that calls the store
+    /// later gets a connection of its own, made on its runtime (`redis_local`).
     pub async fn connect(url: &str, opts: RedisOptions) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(map_err)?;
         let config = ConnectionManagerConfig::new()
@@ -104,11 +109,12 @@ impl RedisStore {
             .set_number_of_retries(3)
             .set_factor(50)
             .set_max_delay(1000);
-        let conn = ConnectionManager::new_with_config(client, config)
+        let shared = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
             .map_err(map_err)?;
         Ok(Self {
-            conn,
+            shared,
+            local: PerThread::new(client, config),
             take: redis::Script::new(&format!("{COMMON_LUA}\n{TAKE_LUA}")),
             adjust: redis::Script::new(&format!("{COMMON_LUA}\n{ADJUST_LUA}")),
             prefix: format!("{}:{{{}}}:", opts.key_prefix, opts.hash_tag),
@@ -127,6 +133,11 @@ impl RedisStore {
             Algorithm::Balance { .. } => key.to_string(),
             _ => format!("{}{}", self.prefix, key),
         }
+    }
+
+    /// The calling thread's connection, or the shared one until that is up.
+    fn conn(&self) -> ConnectionManager {
+        self.local.get().unwrap_or_else(|| self.shared.clone())
     }
 
     fn now_arg(&self, now: Nanos) -> i64 {
@@ -275,7 +286,7 @@ impl Store for RedisStore {
         for c in charges {
             self.push_bucket(&mut inv, &c.key, &c.algo, now, amount(c.cost), c.reserve);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let reply: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(map_err)?;
         parse_take(&reply, charges)
     }
@@ -290,7 +301,7 @@ impl Store for RedisStore {
         for a in &adjusts {
             self.push_bucket(&mut inv, &a.key, &a.algo, now, a.delta, 0);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let _: i64 = inv.invoke_async(&mut conn).await.map_err(map_err)?;
         Ok(())
     }

@@ -671,3 +671,112 @@ async fn guarded_redis_survives_a_kill_and_recovers() {
     assert_eq!(counting.calls.load(Ordering::SeqCst), before + 1);
     drop(server);
 }
+
+/// `INFO <section>`'s `field` as a number.
+fn info(admin: &mut ::redis::Connection, section: &str, field: &str) -> i64 {
+    let text: String = ::redis::cmd("INFO").arg(section).query(admin).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO {section} has no {field}: {text}"))
+}
+
+/// `CLIENT LIST` as (id, last command) per connection.
+fn clients(admin: &mut ::redis::Connection) -> Vec<(i64, String)> {
+    let text: String = ::redis::cmd("CLIENT").arg("LIST").query(admin).unwrap();
+    let field = |line: &str, name: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    text.lines()
+        .map(|l| (field(l, "id").parse().unwrap(), field(l, "cmd")))
+        .collect()
+}
+
+/// A proxy worker's calls go over a connection of the worker's own, made on its runtime, once it
+/// is up (until then the store's shared connection serves, so no call waits for a connect). Proof:
+/// the shared connection is killed server-side and the worker keeps being answered with no new
+/// connection made (a command on the killed connection would fail or reconnect).
+#[test]
+fn a_thread_uses_a_connection_of_its_own_once_it_is_up() {
+    // Always its own server: the test counts its connections.
+    let server = spawn_server();
+    let mut admin = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let admin_id: i64 = ::redis::cmd("CLIENT").arg("ID").query(&mut admin).unwrap();
+    // The store is made on one runtime (the proxy's background runtime) ...
+    let home = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(
+        home.block_on(RedisStore::connect(
+            &server.url(),
+            caller_clock(unique_prefix()),
+        ))
+        .unwrap(),
+    );
+    let shared: Vec<i64> = clients(&mut admin)
+        .into_iter()
+        .map(|(id, _)| id)
+        .filter(|id| *id != admin_id)
+        .collect();
+    assert_eq!(shared.len(), 1, "one shared connection after connect");
+    // ... and called from another thread with its own runtime (a proxy worker).
+    let w = Arc::new(hourly(1_000, false));
+    let worker = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut remaining = 1_000;
+    let mut take = |store: &RedisStore| {
+        remaining -= 1;
+        assert_eq!(
+            worker.block_on(admit(store, T0, &[ch("k", &w, 1)])),
+            vec![remaining]
+        );
+    };
+    // The first call is served (by the shared connection) while the worker's own comes up.
+    take(&store);
+    let mut own = None;
+    for _ in 0..500 {
+        own = clients(&mut admin)
+            .into_iter()
+            .find(|(id, cmd)| *id != admin_id && *id != shared[0] && cmd == "evalsha");
+        if own.is_some() {
+            break;
+        }
+        take(&store);
+        // the connect runs on the worker's runtime: drive it
+        worker.block_on(async { tokio::time::sleep(Duration::from_millis(10)).await });
+    }
+    // up and used: it ran a script
+    let (own, _) = own.expect("the worker's connection never came up");
+    ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(shared[0])
+        .query::<i64>(&mut admin)
+        .unwrap();
+    let made = info(&mut admin, "stats", "total_connections_received");
+    for _ in 0..20 {
+        take(&store);
+    }
+    assert_eq!(
+        info(&mut admin, "stats", "total_connections_received"),
+        made,
+        "no connection was made again: the shared one was not used"
+    );
+    let now = clients(&mut admin);
+    assert!(now.iter().all(|(id, _)| *id != shared[0]));
+    assert!(
+        now.iter().any(|(id, cmd)| *id == own && cmd == "evalsha"),
+        "the worker's connection ran the scripts: {now:?}"
+    );
+    drop(home);
+}

@@ -1,8 +1,10 @@
 //! The limiter's backend, kept across config versions: the store (in-process, or Redis behind the
 //! outage guard), the batching settler and idle-bucket eviction.
 //!
-//! The limiter's background work (the Redis connection's driver, the settler, eviction) runs on the
-//! `Background` service's runtime, so it outlives any request and is shared by every proxy thread.
+//! The limiter's background work (the Redis connect loop and shared connection, the settler,
+//! eviction) runs on the `Background` service's runtime, so it outlives any request and is shared by
+//! every proxy thread. Each proxy worker thread then makes its own Redis connection on its runtime
+//! (`leaky_limit::redis`), so decisions do not cross runtimes.
 //! A reload that keeps `limits.store` and `limits.redis` keeps this backend, so buckets survive; a
 //! changed store setting builds a new one.
 
