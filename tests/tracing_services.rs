@@ -2,8 +2,9 @@
 //! on a real PostgreSQL, a Kafka broker of this test's own, a real Cassandra and a real Jaeger. Each
 //! test sends a request with a known `traceparent` and finds the whole trace in Jaeger's query API by
 //! that trace id: a proxied request's usage event continued by the ledger's and analytics' consumers;
-//! an admin call's outbox event through the relay into a control-plane consumer; a control-plane call
-//! forwarded to analytics; and a failed call kept at a sampling ratio of 0.
+//! an admin call's Postgres transaction and its outbox event through the relay into a control-plane
+//! consumer; a control-plane call forwarded to analytics; and a failed call kept at a sampling ratio
+//! of 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -356,6 +357,17 @@ async fn an_admin_call_is_one_trace_through_the_outbox_relay_and_a_consumer() {
         .await;
     let server = spans_of(&t, &cps, "POST /v1/orgs/{org}/grants")[0];
     assert_eq!(parent_of(server), Some(caller.as_str()));
+    // The handler's Postgres transaction: a client span under the server span, named for how it
+    // ended, with the database conventions and where it began.
+    let tx = spans_of(&t, &cps, "COMMIT")
+        .into_iter()
+        .find(|s| parent_of(s) == Some(span_id(server)))
+        .unwrap_or_else(|| panic!("the grant's transaction span: {t:#}"));
+    assert_eq!(tag(tx, "span.kind").unwrap(), "client");
+    assert_eq!(tag(tx, "db.system.name").unwrap(), "postgresql");
+    assert_eq!(tag(tx, "db.operation.name").unwrap(), "COMMIT");
+    let began = tag(tx, "code.file.path").unwrap().as_str().unwrap();
+    assert!(began.ends_with("src/ledger/api.rs"), "{began}");
     let consume_id = on_ledger(&t).unwrap();
     let consume = t["spans"]
         .as_array()
