@@ -127,36 +127,37 @@ struct TraceArgs {
 }
 
 impl TraceArgs {
+    /// The export options when an endpoint is set; `default_name` is the `service.name` unless
+    /// `--service-name` says otherwise.
+    fn options(&self, default_name: &str) -> Option<leaky_telemetry::Options> {
+        let endpoint = self.otlp_endpoint.as_ref()?;
+        let name = self.service_name.as_deref().unwrap_or(default_name);
+        let mut opts = leaky_telemetry::Options::new(endpoint.clone(), name);
+        opts.sample_ratio = self.trace_sample_ratio;
+        Some(opts)
+    }
+
     /// The proxy's tracing, started when an endpoint is set.
     fn start_proxy(&self) -> anyhow::Result<()> {
-        let Some(endpoint) = &self.otlp_endpoint else {
+        let Some(opts) = self.options("leaky-proxy") else {
             return Ok(());
         };
-        let opts = leaky_proxy::trace::TracingOptions {
-            endpoint: endpoint.clone(),
-            sample_ratio: self.trace_sample_ratio,
-            service_name: self
-                .service_name
-                .clone()
-                .unwrap_or_else(|| "leaky-proxy".into()),
-            ..Default::default()
-        };
+        let (endpoint, ratio) = (opts.endpoint.clone(), opts.sample_ratio);
         leaky_proxy::trace::init(opts)?;
-        tracing::info!(endpoint = %endpoint, ratio = self.trace_sample_ratio, "request tracing on");
+        tracing::info!(endpoint = %endpoint, ratio, "request tracing on");
         Ok(())
     }
 
     /// The control plane's or analytics' tracing (`leaky_telemetry`), started when an endpoint is
-    /// set; `default_name` is the `service.name` unless `--service-name` says otherwise.
+    /// set.
     fn start_service(&self, default_name: &str) -> anyhow::Result<()> {
-        let Some(endpoint) = &self.otlp_endpoint else {
+        let Some(opts) = self.options(default_name) else {
             return Ok(());
         };
-        let name = self.service_name.as_deref().unwrap_or(default_name);
-        let mut opts = leaky_telemetry::Options::new(endpoint.clone(), name);
-        opts.sample_ratio = self.trace_sample_ratio;
+        let (endpoint, ratio) = (opts.endpoint.clone(), opts.sample_ratio);
+        let name = opts.service_name.clone();
         leaky_telemetry::init(opts)?;
-        tracing::info!(endpoint = %endpoint, ratio = self.trace_sample_ratio, service = name, "tracing on");
+        tracing::info!(endpoint = %endpoint, ratio, service = %name, "tracing on");
         Ok(())
     }
 }

@@ -2,8 +2,9 @@
 //! on a real PostgreSQL, a Kafka broker of this test's own, a real Cassandra and a real Jaeger. Each
 //! test sends a request with a known `traceparent` and finds the whole trace in Jaeger's query API by
 //! that trace id: a proxied request's usage event continued by the ledger's and analytics' consumers;
-//! an admin call's outbox event through the relay into a control-plane consumer; a control-plane call
-//! forwarded to analytics; and a failed call kept at a sampling ratio of 0.
+//! an admin call's Postgres transaction and its outbox event through the relay into a control-plane
+//! consumer; a control-plane call forwarded to analytics; and a failed call kept at a sampling ratio
+//! of 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -20,8 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{chat, free_port, sha256_hex, Gateway, Upstreams, PRO_KEY};
+use reqwest::Method;
 use serde_json::{json, Value};
-use tracing_support::{parent_of, service, spans_of, tag, Jaeger};
+use tracing_support::{parent_of, service, spans_of, tag, Admin, Caller, Jaeger};
 
 /// A Kafka broker of this test's own (`scripts/lib/kafka.sh`): the control plane's consumer groups
 /// have fixed names, which another test's control plane on a shared broker would join.
@@ -105,6 +107,11 @@ impl Proc {
         }
     }
 
+    /// The admin API of this control plane.
+    fn admin(&self) -> Admin {
+        Admin::new(&self.base, cp::TOKEN)
+    }
+
     async fn wait_http(&self, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let http = reqwest::Client::new();
@@ -129,19 +136,27 @@ fn otel<'a>(jaeger: &'a Jaeger, service: &'a str, ratio: &'a str) -> [(&'a str, 
     ]
 }
 
-/// A control plane (admin API, relay, ledger and notification consumers) tracing as `svc`.
-async fn control_plane(jaeger: &Jaeger, svc: &str, brokers: &str, analytics: &str) -> Proc {
+/// A control plane (admin API; with `extra` naming brokers, the relay and the ledger and
+/// notification consumers too) on a fresh database, tracing as `svc` at ratio 0, ready.
+async fn control_plane(jaeger: &Jaeger, svc: &str, extra: &[(&str, &str)]) -> Proc {
     let db = cp::fresh_db().await.unwrap();
     let mut env = vec![
         ("LEAKY_DATABASE_URL", db.as_str()),
         ("LEAKY_ADMIN_TOKEN", cp::TOKEN),
-        ("LEAKY_KAFKA_BROKERS", brokers),
-        ("LEAKY_ANALYTICS_URL", analytics),
     ];
+    env.extend_from_slice(extra);
     env.extend(otel(jaeger, svc, "0"));
     let p = Proc::spawn(&["control-plane", "--roles", "admin-api"], &env);
     p.wait_http("/readyz").await;
     p
+}
+
+/// The control plane's environment for `brokers` and the analytics API at `analytics`.
+fn wired<'a>(brokers: &'a str, analytics: &'a str) -> [(&'a str, &'a str); 2] {
+    [
+        ("LEAKY_KAFKA_BROKERS", brokers),
+        ("LEAKY_ANALYTICS_URL", analytics),
+    ]
 }
 
 /// Analytics on the usage topic, tracing as `svc`, in a keyspace and group of its own.
@@ -209,12 +224,6 @@ events:
     )
 }
 
-fn new_trace() -> (String, String) {
-    let t = uuid::Uuid::new_v4().simple().to_string();
-    let s = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
-    (t, s)
-}
-
 fn span_id(s: &Value) -> &str {
     s["spanID"].as_str().unwrap()
 }
@@ -227,31 +236,32 @@ async fn a_proxied_request_is_one_trace_with_the_ledger_and_analytics_consumers(
     create_topics(&brokers).await;
     let (px, cps, an) = (service("px"), service("cp"), service("an"));
     let an_proc = analytics(&jaeger, &an, &brokers);
-    let cp_proc = control_plane(&jaeger, &cps, &brokers, &an_proc.base).await;
+    let cp_proc = control_plane(&jaeger, &cps, &wired(&brokers, &an_proc.base)).await;
     an_proc.wait_http("/healthz").await;
     let up = Upstreams::start().await;
     let gw = Gateway::start_with(&gateway_config(&up, &brokers), &otel(&jaeger, &px, "0")).await;
-    let (trace, caller) = new_trace();
+    let caller = Caller::new();
+    let (trace, caller_span) = (&caller.trace, caller.span.as_str());
     let r = gw
         .client
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(PRO_KEY)
         .header("x-request-id", format!("svc-{trace}"))
-        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .header("traceparent", caller.traceparent())
         .json(&chat("gpt-4o-mini", "hello there"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let t = jaeger
-        .trace_until(&trace, 90, |t| {
+        .trace_until(trace, 90, |t| {
             !spans_of(t, &px, "POST v1").is_empty()
                 && !spans_of(t, &cps, "consume").is_empty()
                 && !spans_of(t, &an, "analytics.consume").is_empty()
         })
         .await;
     let root = spans_of(&t, &px, "POST v1")[0];
-    assert_eq!(parent_of(root), Some(caller.as_str()));
+    assert_eq!(parent_of(root), Some(caller_span));
     // The usage event's header names the proxy's server span: both consumers are its children.
     let ledger = spans_of(&t, &cps, "consume")[0];
     assert_eq!(parent_of(ledger), Some(span_id(root)), "{ledger:#}");
@@ -270,41 +280,28 @@ async fn a_proxied_request_is_one_trace_with_the_ledger_and_analytics_consumers(
         tag(stored, "messaging.destination.name").unwrap(),
         leaky_wire::event::USAGE_TOPIC
     );
-    forwarded_usage_query(&jaeger, &cp_proc, &cps, &an).await;
+    forwarded_usage_query(&jaeger, &cp_proc.admin(), &cps, &an).await;
 }
 
 /// A control-plane usage query forwarded to analytics: the analytics server span is a child of the
 /// control plane's client span, in the caller's trace.
-async fn forwarded_usage_query(jaeger: &Jaeger, cp_proc: &Proc, cps: &str, an: &str) {
-    let http = reqwest::Client::new();
-    let org: Value = http
-        .post(format!("{}/v1/orgs", cp_proc.base))
-        .bearer_auth(cp::TOKEN)
-        .json(&json!({ "name": "traced" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let org = org["id"].as_str().unwrap();
-    let (trace, caller) = new_trace();
-    let r = http
-        .get(format!("{}/v1/orgs/{org}/usage", cp_proc.base))
-        .bearer_auth(cp::TOKEN)
-        .header("traceparent", format!("00-{trace}-{caller}-01"))
+async fn forwarded_usage_query(jaeger: &Jaeger, admin: &Admin, cps: &str, an: &str) {
+    let org = admin.create_org("traced").await;
+    let caller = Caller::new();
+    let r = admin
+        .traced(Method::GET, &format!("/v1/orgs/{org}/usage"), &caller)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let t = jaeger
-        .trace_until(&trace, 30, |t| {
+        .trace_until(&caller.trace, 30, |t| {
             !spans_of(t, an, "GET /v1/orgs/{org}/usage").is_empty()
                 && !spans_of(t, cps, "GET /v1/orgs/{org}/usage").is_empty()
         })
         .await;
     let server = spans_of(&t, cps, "GET /v1/orgs/{org}/usage")[0];
-    assert_eq!(parent_of(server), Some(caller.as_str()));
+    assert_eq!(parent_of(server), Some(caller.span.as_str()));
     assert_eq!(tag(server, "http.route").unwrap(), "/v1/orgs/{org}/usage");
     let client = spans_of(&t, cps, "GET analytics")[0];
     assert_eq!(parent_of(client), Some(span_id(server)));
@@ -319,25 +316,13 @@ async fn an_admin_call_is_one_trace_through_the_outbox_relay_and_a_consumer() {
     let brokers = broker.addr();
     create_topics(&brokers).await;
     let cps = service("cp-outbox");
-    let cp_proc = control_plane(&jaeger, &cps, &brokers, "http://127.0.0.1:9").await;
-    let http = reqwest::Client::new();
-    let org: Value = http
-        .post(format!("{}/v1/orgs", cp_proc.base))
-        .bearer_auth(cp::TOKEN)
-        .json(&json!({ "name": "granted" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let org = org["id"].as_str().unwrap();
-    let (trace, caller) = new_trace();
-    let r = http
-        .post(format!("{}/v1/orgs/{org}/grants", cp_proc.base))
-        .bearer_auth(cp::TOKEN)
-        .header("traceparent", format!("00-{trace}-{caller}-01"))
-        .header("idempotency-key", format!("grant-{trace}"))
+    let cp_proc = control_plane(&jaeger, &cps, &wired(&brokers, "http://127.0.0.1:9")).await;
+    let admin = cp_proc.admin();
+    let org = admin.create_org("granted").await;
+    let caller = Caller::new();
+    let r = admin
+        .traced(Method::POST, &format!("/v1/orgs/{org}/grants"), &caller)
+        .header("idempotency-key", format!("grant-{}", caller.trace))
         .json(&json!({ "tokens": 1000, "reason": "traced grant" }))
         .send()
         .await
@@ -352,10 +337,21 @@ async fn an_admin_call_is_one_trace_through_the_outbox_relay_and_a_consumer() {
             .map(|s| s["spanID"].as_str().unwrap().to_owned())
     };
     let t = jaeger
-        .trace_until(&trace, 60, |t| on_ledger(t).is_some())
+        .trace_until(&caller.trace, 60, |t| on_ledger(t).is_some())
         .await;
     let server = spans_of(&t, &cps, "POST /v1/orgs/{org}/grants")[0];
-    assert_eq!(parent_of(server), Some(caller.as_str()));
+    assert_eq!(parent_of(server), Some(caller.span.as_str()));
+    // The handler's Postgres transaction: a client span under the server span, named for how it
+    // ended, with the database conventions and where it began.
+    let tx = spans_of(&t, &cps, "COMMIT")
+        .into_iter()
+        .find(|s| parent_of(s) == Some(span_id(server)))
+        .unwrap_or_else(|| panic!("the grant's transaction span: {t:#}"));
+    assert_eq!(tag(tx, "span.kind").unwrap(), "client");
+    assert_eq!(tag(tx, "db.system.name").unwrap(), "postgresql");
+    assert_eq!(tag(tx, "db.operation.name").unwrap(), "COMMIT");
+    let began = tag(tx, "code.file.path").unwrap().as_str().unwrap();
+    assert!(began.ends_with("src/ledger/api.rs"), "{began}");
     let consume_id = on_ledger(&t).unwrap();
     let consume = t["spans"]
         .as_array()
@@ -382,28 +378,19 @@ async fn an_admin_call_is_one_trace_through_the_outbox_relay_and_a_consumer() {
 async fn a_failed_call_is_kept_at_ratio_zero_and_a_success_is_not() {
     let jaeger = Jaeger::get();
     let cps = service("cp-errors");
-    let db = cp::fresh_db().await.unwrap();
-    let mut env = vec![
-        ("LEAKY_DATABASE_URL", db.as_str()),
-        ("LEAKY_ADMIN_TOKEN", cp::TOKEN),
-    ];
-    env.extend(otel(&jaeger, &cps, "0"));
-    let cp_proc = Proc::spawn(&["control-plane", "--roles", "admin-api"], &env);
-    cp_proc.wait_http("/readyz").await;
-    let http = reqwest::Client::new();
+    let cp_proc = control_plane(&jaeger, &cps, &[]).await;
+    let admin = cp_proc.admin();
     let ok = format!("ok-{}", uuid::Uuid::new_v4().simple());
-    let r = http
-        .get(format!("{}/v1/orgs", cp_proc.base))
-        .bearer_auth(cp::TOKEN)
+    let r = admin
+        .call(Method::GET, "/v1/orgs")
         .header("x-request-id", &ok)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let missing = format!("missing-{}", uuid::Uuid::new_v4().simple());
-    let r = http
-        .get(format!("{}/v1/orgs/{}", cp_proc.base, uuid::Uuid::new_v4()))
-        .bearer_auth(cp::TOKEN)
+    let r = admin
+        .call(Method::GET, &format!("/v1/orgs/{}", uuid::Uuid::new_v4()))
         .header("x-request-id", &missing)
         .send()
         .await
@@ -419,7 +406,8 @@ async fn a_failed_call_is_kept_at_ratio_zero_and_a_success_is_not() {
         .traces(&cps, "leaky.request_id", &ok)
         .await
         .is_empty());
-    let metrics = http
+    let metrics = admin
+        .http
         .get(format!("{}/metrics", cp_proc.base))
         .send()
         .await
@@ -437,19 +425,11 @@ async fn a_failed_call_is_kept_at_ratio_zero_and_a_success_is_not() {
 async fn sigterm_flushes_the_spans_still_queued() {
     let jaeger = Jaeger::get();
     let cps = service("cp-flush");
-    let db = cp::fresh_db().await.unwrap();
-    let mut env = vec![
-        ("LEAKY_DATABASE_URL", db.as_str()),
-        ("LEAKY_ADMIN_TOKEN", cp::TOKEN),
-    ];
-    env.extend(otel(&jaeger, &cps, "0"));
-    let mut cp_proc = Proc::spawn(&["control-plane", "--roles", "admin-api"], &env);
-    cp_proc.wait_http("/readyz").await;
-    let (trace, caller) = new_trace();
-    let r = reqwest::Client::new()
-        .get(format!("{}/v1/orgs", cp_proc.base))
-        .bearer_auth(cp::TOKEN)
-        .header("traceparent", format!("00-{trace}-{caller}-01"))
+    let mut cp_proc = control_plane(&jaeger, &cps, &[]).await;
+    let caller = Caller::new();
+    let r = cp_proc
+        .admin()
+        .traced(Method::GET, "/v1/orgs", &caller)
         .send()
         .await
         .unwrap();
@@ -471,12 +451,12 @@ async fn sigterm_flushes_the_spans_still_queued() {
     };
     assert!(status.success(), "{status:?}");
     let t = jaeger
-        .trace_until(&trace, 10, |t| {
+        .trace_until(&caller.trace, 10, |t| {
             !spans_of(t, &cps, "GET /v1/orgs").is_empty()
         })
         .await;
     assert_eq!(
         parent_of(spans_of(&t, &cps, "GET /v1/orgs")[0]),
-        Some(caller.as_str())
+        Some(caller.span.as_str())
     );
 }

@@ -4,11 +4,15 @@
 //! [`ACQUIRE_TIMEOUT`] for a connection, so a down database turns into a quick 503, never a hang.
 //! Migrations run under a session-level advisory lock, so N replicas starting together migrate once:
 //! the first takes the lock and migrates, the others wait, then find nothing left to do.
+//! Request handlers open transactions with [`begin`], which traces each one (`tx.rs`).
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Connection;
+
+mod tx;
+pub use tx::{begin, Tx};
 
 /// How long a request waits for a pooled connection before it is answered 503.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);

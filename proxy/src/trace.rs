@@ -9,43 +9,43 @@
 //! in an error (status ≥ 400, a rejection or an abort) — so error traces survive a ratio of 0 without
 //! a tail-sampling collector. Kept records go to a bounded queue (`try_send`, never waits); a full
 //! queue drops the record and counts its spans in `leaky_trace_spans_dropped_total{reason}`. The
-//! exporter thread (`export.rs`) turns records into spans and sends them over OTLP/HTTP.
+//! queue and its exporter thread are `leaky-telemetry`'s, shared with the control plane and
+//! analytics; the thread turns records into spans (`record.rs`) and sends them over OTLP/HTTP.
 //!
 //! **Off costs nothing.** Without [`init`], [`begin`] is one `OnceLock` load returning `None`: no
 //! allocation, no clock read, and every hook is an `if let Some` on that `None`.
 
 use http::HeaderValue;
+use leaky_telemetry::export::Pipeline;
 use leaky_wire::trace_context::{
-    new_span_id, new_trace_id, parse_traceparent, ratio_threshold, sampled_by_ratio, SpanContext,
+    new_span_id, new_trace_id, parse_traceparent, sampled_by_ratio, SpanContext,
 };
 use pingora::http::RequestHeader;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 use tokio::time::Instant;
 
-mod export;
+mod record;
 
-pub use export::{shutdown, TraceError, TracingOptions};
+pub use leaky_telemetry::export::{Options as TracingOptions, TelemetryError as TraceError};
 
-/// The process's trace pipeline: the sampling threshold and the exporter's queue.
-struct Pipe {
-    /// Head sampling: a trace id whose low 63 bits fall below this is sampled.
-    threshold: u64,
-    queue: export::Queue,
-}
-
-static PIPE: OnceLock<Pipe> = OnceLock::new();
+/// The process's trace pipeline: the sampling threshold and the exporter's queue of kept requests;
+/// drops are counted in the proxy's `leaky_trace_spans_dropped_total{reason}`.
+static PIPE: OnceLock<Pipeline<record::Record>> = OnceLock::new();
 
 /// Starts the exporter and turns tracing on for every later request (once per process).
 pub fn init(opts: TracingOptions) -> Result<(), TraceError> {
-    let threshold = ratio_threshold(opts.sample_ratio);
-    let queue = export::start(opts)?;
-    // Every reason shows (at 0) from the start, so an alert can tell "none dropped" from "absent".
-    for reason in ["queue_full", "export_failed", "exporter_gone"] {
-        crate::metrics::count_dropped_spans(reason, 0);
+    if PIPE.get().is_some() {
+        return Err(TraceError::AlreadyStarted);
     }
-    PIPE.set(Pipe { threshold, queue })
-        .map_err(|_| TraceError::AlreadyStarted)
+    let pipe = Pipeline::start(&opts, crate::metrics::count_dropped_spans)?;
+    PIPE.set(pipe).map_err(|_| TraceError::AlreadyStarted)
+}
+
+/// Exports the queued requests' spans, waiting at most `within`; `true` once they were sent (or
+/// tracing is off). Requests finished later are dropped (`exporter_gone`).
+pub fn shutdown(within: std::time::Duration) -> bool {
+    PIPE.get().is_none_or(|p| p.shutdown(within))
 }
 
 /// Whether requests are traced (the hot path's only question when tracing is off).
@@ -136,7 +136,7 @@ pub(crate) fn begin(head: &RequestHeader) -> Option<Box<RequestTrace>> {
         Some(c) => (c.trace_id, Some(c.span_id), c.sampled),
         None => {
             let id = new_trace_id();
-            (id, None, sampled_by_ratio(id, pipe.threshold))
+            (id, None, sampled_by_ratio(id, pipe.threshold()))
         }
     };
     Some(Box::new(RequestTrace {
@@ -228,7 +228,7 @@ pub(crate) fn keeps(trace: &RequestTrace, error: bool) -> bool {
 /// Queues a kept request's trace for export (never waits; a full queue drops and counts it).
 pub(crate) fn finish(trace: Box<RequestTrace>, end: End) {
     if let Some(pipe) = PIPE.get() {
-        pipe.queue.push(export::Record { trace, end });
+        pipe.push(record::Record { trace, end });
     }
 }
 

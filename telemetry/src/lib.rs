@@ -1,5 +1,6 @@
 //! Cross-service tracing for the control plane and analytics (issue 17): the same model as the
-//! proxy's request traces (`leaky_proxy::trace`), for services built on axum, sqlx and rdkafka.
+//! proxy's request traces (`leaky_proxy::trace`), for services built on axum, sqlx and rdkafka —
+//! and the one OTLP export pipeline of every service, the proxy included.
 //!
 //! - [`context`]: W3C `traceparent` parsing and formatting, ids;
 //! - [`span`]: spans recorded per unit of work and decided when its root ends — head sampling is
@@ -8,9 +9,12 @@
 //!   ([`scope`], [`child`], [`current`]), which is how the outbox learns whose transaction appended
 //!   an event;
 //! - [`export`]: the bounded queue and the OTLP/HTTP exporter thread, the drop counter, and the
-//!   bounded flush at shutdown ([`shutdown`]);
-//! - [`http`]: the server span middleware and client spans for forwarded calls;
-//! - [`kafka`]: `traceparent` headers and consumer spans.
+//!   bounded flush at shutdown ([`shutdown`]); its [`export::Pipeline`] is the proxy's too (over
+//!   the proxy's request records);
+//! - `http` (feature `http`, axum): the server span middleware and client spans for forwarded calls;
+//! - `kafka` (feature `kafka`, rdkafka): `traceparent` headers and consumer spans.
+//!
+//! Both features are on by default; the proxy turns them off (it needs only the export side).
 //!
 //! Every per-request and per-message `tracing` span made here carries `trace_id` and `span_id` (and
 //! `request_id` when there is one), sampled or not: the JSON log lines lift them.
@@ -22,7 +26,9 @@
 
 pub use leaky_wire::trace_context as context;
 pub mod export;
+#[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod span;
 

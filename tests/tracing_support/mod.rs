@@ -213,3 +213,70 @@ impl Jaeger {
         }
     }
 }
+
+/// A caller's trace: a fresh trace id and the caller's span id, so a test finds its trace by id.
+pub struct Caller {
+    pub trace: String,
+    pub span: String,
+}
+
+impl Caller {
+    pub fn new() -> Caller {
+        let trace = uuid::Uuid::new_v4().simple().to_string();
+        let span = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+        Caller { trace, span }
+    }
+
+    /// Its `traceparent` header value, sampled.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace, self.span)
+    }
+}
+
+/// The control plane's admin API as the tracing tests call it: bearer `token`, calls traced or not.
+pub struct Admin {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Admin {
+    pub fn new(base: &str, token: &str) -> Admin {
+        Admin {
+            base: base.to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// An authorized call to `path`.
+    pub fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// An authorized call to `path` continuing `caller`'s (sampled) trace.
+    pub fn traced(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        caller: &Caller,
+    ) -> reqwest::RequestBuilder {
+        self.call(method, path)
+            .header("traceparent", caller.traceparent())
+    }
+
+    /// Creates an org named `name` (untraced); its id.
+    pub async fn create_org(&self, name: &str) -> String {
+        let r = self
+            .call(reqwest::Method::POST, "/v1/orgs")
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let org: Value = r.json().await.unwrap();
+        org["id"].as_str().unwrap().to_owned()
+    }
+}

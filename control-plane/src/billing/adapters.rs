@@ -70,7 +70,7 @@ impl Credits for LedgerCredits {
     ) -> Result<(), PortError> {
         let saga = Uuid::parse_str(purchase_ref)
             .map_err(|_| PortError::Permanent(format!("`{purchase_ref}` is no purchase id")))?;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = crate::db::begin(&self.pool).await.map_err(db_error)?;
         // See the module docs: the share lock orders this credit against the move to compensating.
         let state: Option<String> =
             sqlx::query_scalar("SELECT state FROM billing.sagas WHERE id = $1 FOR SHARE")

@@ -118,7 +118,7 @@ impl Reconciler {
     /// One pass over every org with a ledger stream (see the module docs).
     pub async fn pass(&self) -> Result<Pass, ReconcileError> {
         let mut above = self.above.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(LOCK_KEY)
             .fetch_one(&mut *tx)

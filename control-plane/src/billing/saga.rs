@@ -573,7 +573,7 @@ impl Engine {
     /// Records the attempt `started` and extends the lease; `None` when the lease is no longer ours.
     async fn begin(&self, saga: &Claimed) -> Result<Option<i32>, sqlx::Error> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let held = sqlx::query(
             "UPDATE billing.sagas SET locked_until = $3, updated_at = $4 WHERE id = $1 AND locked_by = $2",
         )
@@ -771,7 +771,7 @@ impl Engine {
         let reason = (state != SagaState::NeedsAttention)
             .then_some(attempt.reason)
             .flatten();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let held = sqlx::query(
             "UPDATE billing.sagas SET state = $3, step = $4, attempts = $5, next_run_at = $6, data = $7,
                     updated_at = $8, reason = coalesce(reason, $9), needs_attention_reason = $10,

@@ -294,7 +294,7 @@ impl Hub {
     /// force, the current version; `None` when there is nothing to publish).
     pub async fn publish(&self, req: Publish) -> Result<Option<i64>, ConfigError> {
         let _one = self.busy.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(PUBLISH_LOCK)
             .execute(&mut *tx)

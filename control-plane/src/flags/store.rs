@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use leaky_config::FlagSpec;
 use serde_json::json;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 
 use super::{check_override, name_check, refuse, settings, Flag, FlagBody, FlagsError};
 use crate::audit::{self, Change};
@@ -80,7 +80,7 @@ pub async fn snapshot(pool: &PgPool) -> Result<BTreeMap<String, FlagSpec>, Flags
 /// Audits the change, appends its domain event (`kind`, on `leaky.config.v1`), wakes the config server
 /// and commits.
 async fn commit_change(
-    mut tx: Transaction<'_, Postgres>,
+    mut tx: crate::db::Tx<'_>,
     actor: &str,
     (action, kind): (&str, &'static str),
     name: &str,
@@ -135,7 +135,7 @@ pub async fn upsert(
     if_match: Option<i64>,
 ) -> Result<(Flag, bool), FlagsError> {
     let s = settings(name, body)?;
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(&pool).await?;
     // `$5` is the expected version; a create has none (and sets no version: it starts at 1).
     let sql = match if_match {
         None => {
@@ -185,7 +185,7 @@ pub async fn delete(
     if_match: i64,
 ) -> Result<(), FlagsError> {
     refuse(vec![name_check(name)])?;
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(&pool).await?;
     let deleted = sqlx::query("DELETE FROM flags.flags WHERE name = $1 AND version = $2")
         .bind(name)
         .bind(if_match)
@@ -245,7 +245,7 @@ pub async fn set_override(
     if_match: Option<i64>,
 ) -> Result<Flag, FlagsError> {
     check_override(name, org)?;
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(&pool).await?;
     lock(&mut tx, name, if_match).await?;
     sqlx::query(
         "INSERT INTO flags.org_overrides (flag, org, enabled) VALUES ($1, $2, $3)
@@ -280,7 +280,7 @@ pub async fn remove_override(
     if_match: Option<i64>,
 ) -> Result<Flag, FlagsError> {
     check_override(name, org)?;
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(&pool).await?;
     lock(&mut tx, name, if_match).await?;
     let removed = sqlx::query("DELETE FROM flags.org_overrides WHERE flag = $1 AND org = $2")
         .bind(name)

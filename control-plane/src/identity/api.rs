@@ -103,7 +103,7 @@ async fn create_client(
         Some(id) => id.to_owned(),
         None => clients::new_id()?,
     };
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     let now = state.clock.now();
     let client = clients::insert(&mut tx, &id, new, filled, hash.as_deref(), now).await?;
     let change = audit::Change {
@@ -163,7 +163,7 @@ async fn remove(
     if !well_formed {
         return Err(Problem::field("id", "not a client id"));
     }
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     if !clients::delete(&mut tx, &id).await? {
         return Err(IdentityError::NotFound(format!("no client {id}")).into());
     }

@@ -135,7 +135,7 @@ async fn create_grant(
     let org = parse_id("org", &org)?;
     let key = idempotency_key(&headers)?;
     check_grant(&body, s.clock.now())?;
-    let mut tx = s.pool.begin().await.map_err(LedgerError::from)?;
+    let mut tx = crate::db::begin(&s.pool).await.map_err(LedgerError::from)?;
     orgs::lock_live(&mut tx, org).await?;
     let data = json!({ "reason": body.reason.trim(), "actor": p.subject });
     let reference = format!("grant:{key}");

@@ -248,7 +248,7 @@ impl Worker {
     /// Records `sent` for `row` (and, for a webhook, its endpoint's streak) in one transaction.
     async fn finish(&self, row: &Claimed, sent: Sent) -> Result<(), sqlx::Error> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let outcome = match sent {
             Sent::Ok => {
                 set_status(&mut tx, row.id, "delivered", now, None).await?;

@@ -236,7 +236,7 @@ impl Relay {
 
     /// Claims, publishes and marks one batch in one transaction; its size.
     pub async fn publish_batch(&self) -> Result<i64, RelayError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let rows = claim(&mut tx, self.config.batch).await?;
         if rows.is_empty() {
             return Ok(0);
