@@ -37,11 +37,13 @@ P_STUB, P_STUB_RT = 19101, 19111
 P = {"direct": 19101, "nginx": 19280, "leaky-none": 19180, "leaky-full-memory": 19181,
      "leaky-full-redis": 19182, "litellm": 19400}
 P_STREAM, P_MT, P_MT_REDIS, P_100K = 19183, 19184, 19185, 19186
+P_SCALE, P_SCALE_STUB = 19187, 19121
 LABEL = {"direct": "direct (stub)", "nginx": "nginx (keep-alive proxy)", "leaky-none": "Leaky Tokens, no filters",
          "leaky-full-memory": "Leaky Tokens, full chain, memory", "leaky-full-redis": "Leaky Tokens, full chain, redis",
          "litellm": "LiteLLM proxy (2 workers)"}
 CONTENDERS = list(P)
 LEAKY = ["leaky-none", "leaky-full-memory", "leaky-full-redis"]
+FULL_MEMORY = "leaky-full-memory"
 
 PROCS = []  # (name, Popen)
 LOG_DIR = None
@@ -205,12 +207,12 @@ def url_for(name):
     return f"http://127.0.0.1:{P[name]}/v1/chat/completions"
 
 
-def oha(name, duration, conc, rate=None, allow_transport_errors=False, tag=""):
-    argv = ["taskset", "-c", "1", OHA, "-z", duration, "-c", str(conc), "--no-tui", "--output-format", "json",
+def oha(name, duration, conc, rate=None, allow_transport_errors=False, tag="", cpu="1", url=None):
+    argv = ["taskset", "-c", cpu, OHA, "-z", duration, "-c", str(conc), "--no-tui", "--output-format", "json",
             "-w", "-m", "POST", *headers_for(name), "-D", PAYLOAD]
     if rate:
         argv += ["-q", str(rate), "--latency-correction"]
-    argv.append(url_for(name))
+    argv.append(url or url_for(name))
     cmdline = " ".join(shlex.quote(a) for a in argv)
     p = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
@@ -270,7 +272,7 @@ def sha(k):
 
 
 def leaky_yaml(listen, admin, stub=P_STUB, store="memory", redis_port=None, filters=True, extra_keys="",
-               extra_tiers=""):
+               extra_tiers="", threads=1):
     y = open(os.path.join(HERE, "full-memory.yaml")).read()
 
     def sub(t, old, new):
@@ -286,6 +288,8 @@ def leaky_yaml(listen, admin, stub=P_STUB, store="memory", redis_port=None, filt
         y = sub(y, "  store: memory\n", f"  store: redis\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\", timeout_ms: 20 }}\n")
     if extra_tiers:
         y = sub(y, "\ntiers:\n", "\ntiers:\n" + extra_tiers)
+    if threads != 1:
+        y = sub(y, "  threads: 1\n", f"  threads: {threads}\n")
     return y + extra_keys
 
 
@@ -363,7 +367,7 @@ general_settings:
 """
 
 
-NGINX = """worker_processes 1;
+NGINX = """worker_processes {workers};
 error_log {work}/nginx-error.log warn;
 pid {work}/nginx.pid;
 daemon off;
@@ -394,11 +398,13 @@ def main():
     ap.add_argument("--oha", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", default=os.path.join(LT, "results"))
-    ap.add_argument("--only", default="", help="comma list of scenarios (overhead,saturation,cpu,stream,tenants,memory,cost)")
+    ap.add_argument("--only", default="", help="comma list of scenarios "
+                    "(overhead,saturation,cpu,closed,stream,tenants,memory,cost,scaling)")
     a = ap.parse_args()
     BIN, OHA, LOG_DIR = a.bin, a.oha, a.work
     quick = a.quick
-    only = set(a.only.split(",")) if a.only else {"overhead", "saturation", "cpu", "stream", "tenants", "memory", "cost"}
+    only = set(a.only.split(",")) if a.only else {"overhead", "saturation", "cpu", "closed", "stream", "tenants",
+                                                    "memory", "cost", "scaling"}
     t_start = time.time()
     import cost
     if only == {"cost"}:
@@ -413,10 +419,15 @@ def main():
     Q = {
         "c1_rounds": 1 if quick else 3, "c1_dur": "1s" if quick else "3s",
         "sweep_dur": "1s" if quick else "3s",
+        # steps of 500-1,000 req/s up to 10,000 (where the gateways and nginx top out on a shared core),
+        # so a contender's limit is known to within ~15%, not within a factor of two
         "ladder": [2000, 6000, 12000] if quick else
-                  [1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 17000, 20000, 24000, 28000, 32000],
+                  [1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000, 5500, 6000, 7000, 8000, 9000, 10000, 11000,
+                   12000, 14000, 17000, 20000, 24000, 28000, 32000],
         "ladder_litellm": [25, 100] if quick else [25, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1500],
         "cpu_dur": "1s" if quick else "6s", "cpu_rate": 2000,
+        "closed_dur": "1s" if quick else "5s", "closed_conc": 32,
+        "scaling_dur": "1s" if quick else "5s", "scaling_conc": 64,
         "streams": 100 if quick else 1000,
         "mt_keys": 2000 if quick else 10000, "mt_dur": "1s" if quick else "5s",
         "tight": 10 if quick else 100, "per_key_r": 90, "per_key_t": 75,
@@ -433,7 +444,7 @@ def main():
                             "--appendonly", "no", "--loglevel", "warning"])
     wait_port(P_STUB, stub, name="stub")
     wait_port(redis_port, redis, name="redis")
-    open(f"{LOG_DIR}/nginx.conf", "w").write(NGINX.format(work=LOG_DIR, stub=P_STUB, port=P["nginx"]))
+    open(f"{LOG_DIR}/nginx.conf", "w").write(NGINX.format(work=LOG_DIR, stub=P_STUB, port=P["nginx"], workers=1))
     srv = {"direct": stub}
     srv["nginx"] = start("nginx", ["nginx", "-c", f"{LOG_DIR}/nginx.conf", "-p", LOG_DIR])
     cfgs = {"leaky-none": leaky_yaml(P["leaky-none"], 19190, filters=False),
@@ -538,6 +549,20 @@ def main():
             res["cpu"][n] = {"rate": rate, "achieved": x["rps"], "requests": x["ok"], "cpu_s": c1 - c0,
                              "us_per_req": (c1 - c0) / x["ok"] * 1e6, "cmd": x["cmd"]}
         # the stub serves every contender: its own share is the "direct" row
+
+    # ---- 3b. CPU per request, closed loop: each server on its core, as fast as it answers ----
+    if "closed" in only:
+        res["closed"] = {}
+        # LiteLLM is hundreds of times slower (its fixed-rate figure says enough); the Redis gateway
+        # saturated on a core it shares with Redis can miss its 20 ms store timeout, and a fallback
+        # would no longer be the full chain (the metrics check below refuses the run then)
+        for n in ("direct", "nginx", "leaky-none", FULL_MEMORY):
+            c0 = cpu_seconds(srv[n].pid)
+            log(f"closed loop {n} at c{Q['closed_conc']}")
+            x = oha(n, Q["closed_dur"], Q["closed_conc"], tag=f"closed c{Q['closed_conc']}")
+            c1 = cpu_seconds(srv[n].pid)
+            res["closed"][n] = {"rps": x["rps"], "requests": x["ok"], "cpu_s": c1 - c0, "p99": x["p99"],
+                                "us_per_req": (c1 - c0) / x["ok"] * 1e6, "cmd": x["cmd"]}
 
     # Redis must not have degraded or refused: check the full gateways' metrics.
     res["metrics_check"] = check_metrics([("leaky-full-memory", 19191), ("leaky-full-redis", 19192)])
@@ -652,6 +677,10 @@ def main():
         res["cost"] = cost.measure(BIN, LOG_DIR, quick)
         res["cost_header"] = cost_header(BIN)
 
+    # ---- 8. scaling: two threads against one, nginx's two workers against one as the reference ----
+    if "scaling" in only:
+        res["scaling"] = scaling(Q, BIN)
+
     res["metrics_check_after"] = True
     res["elapsed_s"] = time.time() - t_start
     json.dump(res, open(f"{LOG_DIR}/results.json", "w"), indent=1, default=str)
@@ -659,6 +688,51 @@ def main():
     import report
     report.write(res, COMMANDS, a.out, BIN, OHA, sys.executable)
     log(f"done in {res['elapsed_s']:.0f} s; wrote {a.out}/bench.md")
+
+
+def scaling(Q, bin_):
+    """Closed-loop throughput of nginx with 1 and 2 workers and of the full chain (memory) with
+    `threads: 1` and `threads: 2`. Everything here (its own stub, the server, oha) is unpinned: the
+    machine's two cores are shared by all three, as they would be on a 2-core host, so the ratio is
+    what a second thread buys on this box, measured the same way for nginx and the gateway."""
+    stub = start("scaling-stub", [bin_, "--log", "warn", "stubs", "--latency", "off", "--openai-listen",
+                                  f"127.0.0.1:{P_SCALE_STUB}", "--gemini-listen", f"127.0.0.1:{P_SCALE_STUB + 1}",
+                                  "--qwen-listen", f"127.0.0.1:{P_SCALE_STUB + 2}", "--payment-listen",
+                                  f"127.0.0.1:{P_SCALE_STUB + 3}"], cpu="0,1")
+    wait_port(P_SCALE_STUB, stub, name="scaling-stub")
+    out = {}
+    for n, k in (("nginx", 1), ("nginx", 2), ("leaky-full-memory", 1), ("leaky-full-memory", 2)):
+        tag = f"scaling-{n}-{k}"
+        if n == "nginx":
+            conf = NGINX.format(work=LOG_DIR, stub=P_SCALE_STUB, port=P_SCALE, workers=k)
+            conf = conf.replace("nginx.pid", f"{tag}.pid")
+            open(f"{LOG_DIR}/{tag}.conf", "w").write(conf)
+            p = start(tag, ["nginx", "-c", f"{LOG_DIR}/{tag}.conf", "-p", LOG_DIR], cpu="0,1")
+        else:
+            open(f"{LOG_DIR}/{tag}.yaml", "w").write(leaky_yaml(P_SCALE, 19197, stub=P_SCALE_STUB, threads=k))
+            p = start(tag, [bin_, "--log", "warn", "proxy", "--config", f"{LOG_DIR}/{tag}.yaml"], cpu="0,1")
+        wait_port(P_SCALE, p, name=tag)
+        url = f"http://127.0.0.1:{P_SCALE}/v1/chat/completions"
+        curl_check(tag, url, BENCH_KEY)
+        oha(n, "1s", Q["scaling_conc"], tag=f"{tag} warm-up", cpu="0,1", url=url)
+        log(f"scaling: {n} with {k} worker(s)/thread(s), closed loop c{Q['scaling_conc']}")
+        x = oha(n, Q["scaling_dur"], Q["scaling_conc"], tag=tag, cpu="0,1", url=url)
+        out[f"{n}/{k}"] = {"rps": x["rps"], "p99": x["p99"], "cmd": x["cmd"]}
+        stop(p)
+        wait_free(P_SCALE)
+    stop(stub)
+    return out
+
+
+def wait_free(port, timeout=10):
+    """Until nothing listens on `port` (the next scaling server binds it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.1)
+    die(f"port {port} still in use after {timeout} s")
 
 
 def cost_header(bin_):

@@ -30,8 +30,16 @@ import bench
 P_STUB = 19501
 P_REDIS = 19579
 PORTS = {"direct": P_STUB, "nginx": 19580, "leaky-none": 19581, "leaky-full-memory": 19582,
-         "leaky-full-redis": 19583}
-ADMIN = {"leaky-none": 19591, "leaky-full-memory": 19592, "leaky-full-redis": 19593}
+         "leaky-full-redis": 19583, "leaky-full-trace1": 19585, "leaky-full-trace100": 19586}
+ADMIN = {"leaky-none": 19591, "leaky-full-memory": 19592, "leaky-full-redis": 19593, "leaky-full-trace1": 19595,
+         "leaky-full-trace100": 19596}
+# The full chain (memory) with OpenTelemetry tracing on, head-sampled at 1% and 100%, exporting over
+# OTLP/HTTP to a sink in this process (`OtlpSink`): the cost of tracing is the difference to the
+# full chain's row (the exporter thread is one of the gateway's threads, so it is counted).
+TRACE_RATIO = {"leaky-full-trace1": 0.01, "leaky-full-trace100": 1.0}
+P_OTLP = 19518
+LABEL = {**bench.LABEL, "leaky-full-trace1": "Leaky Tokens, full chain, memory, tracing 1%",
+         "leaky-full-trace100": "Leaky Tokens, full chain, memory, tracing 100%"}
 BEGIN, END = "<!-- cost:begin -->", "<!-- cost:end -->"
 # Per streamed event: the full chain (memory) in front of the stub with realistic pacing.
 P_STUB_RT, P_STREAM, ADMIN_STREAM = 19511, 19584, 19594
@@ -47,14 +55,61 @@ def server_argv(name, bin_, work):
     if name == "direct":
         return stub_argv(bin_)
     if name == "nginx":
-        conf = bench.NGINX.format(work=work, stub=P_STUB, port=PORTS["nginx"])
+        conf = bench.NGINX.format(work=work, stub=P_STUB, port=PORTS["nginx"], workers=1)
         conf = conf.replace("daemon off;", "daemon off;\nmaster_process off;")
         open(f"{work}/cost-nginx.conf", "w").write(conf)
         return ["nginx", "-c", f"{work}/cost-nginx.conf", "-p", work]
     y = bench.leaky_yaml(PORTS[name], ADMIN[name], stub=P_STUB, filters=name != "leaky-none",
                          store="redis" if name == "leaky-full-redis" else "memory", redis_port=P_REDIS)
     open(f"{work}/cost-{name}.yaml", "w").write(y)
-    return [bin_, "--log", "warn", "proxy", "--config", f"{work}/cost-{name}.yaml"]
+    trace = []
+    if name in TRACE_RATIO:
+        trace = ["--otlp-endpoint", f"http://127.0.0.1:{P_OTLP}", "--trace-sample-ratio", str(TRACE_RATIO[name])]
+    return [bin_, "--log", "warn", *trace, "proxy", "--config", f"{work}/cost-{name}.yaml"]
+
+
+class OtlpSink:
+    """An OTLP/HTTP receiver that accepts every export (200, an empty `ExportTraceServiceResponse`)
+    and remembers when the last one arrived, so a measurement can wait for the exporter to go idle."""
+
+    def __init__(self, port):
+        import http.server
+        import threading
+        sink = self
+        self.last = 0.0
+        self.exports = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.last, sink.exports = time.time(), sink.exports + 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def settle(self, name, quiet=3.0, limit=120.0):
+        """Waits until no export has arrived for `quiet` seconds: the spans of the requests sent so
+        far are exported (the gateway flushes every 500 ms), so the window counts their export too."""
+        if name not in TRACE_RATIO:
+            return
+        deadline = time.time() + limit
+        start = time.time()
+        while time.time() < deadline and time.time() - max(self.last, start) < quiet:
+            time.sleep(0.2)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SINK = None
 
 
 def drive(name, n):
@@ -86,10 +141,12 @@ def instructions(name, bin_, work, n, warm):
     p = bench.start(f"callgrind-{name}", argv)
     bench.wait_port(PORTS[name], p, timeout=240, name=f"callgrind-{name}")
     drive(name, warm)
+    SINK.settle(name)
     ctl = lambda *a: subprocess.run(["callgrind_control", *a, str(p.pid)], capture_output=True, text=True,
                                     timeout=120)
     ctl("-z")
     drive(name, n)
+    SINK.settle(name)
     ctl("--dump=measured")
     total = wait_total(out)
     bench.stop(p)
@@ -139,10 +196,12 @@ def syscalls(name, bin_, work, n, warm):
     p = bench.start(f"strace-{name}", server_argv(name, bin_, work))
     bench.wait_port(PORTS[name], p, name=f"strace-{name}")
     drive(name, warm)
+    SINK.settle(name)
     # nginx (master_process off) and the gateways are one process each; the stub too
     st, txt = attach(p.pid, f"{work}/strace-{name}.txt")
     r0 = redis_calls() if name == "leaky-full-redis" else 0
     drive(name, n)
+    SINK.settle(name)
     r1 = redis_calls() if name == "leaky-full-redis" else 0
     calls = detach(st, txt)
     bench.stop(p)
@@ -185,8 +244,10 @@ def streams(bin_, work, how, count):
 
 
 def measure(bin_, work, quick):
+    global SINK
     n, warm = (200, 50) if quick else (1000, 200)
     res = {"n": n, "warm": warm, "rows": {}}
+    SINK = OtlpSink(P_OTLP)
     stub = None
     redis = bench.start("cost-redis", ["redis-server", "--port", str(P_REDIS), "--bind", "127.0.0.1", "--save", "",
                                        "--appendonly", "no", "--loglevel", "warning"])
@@ -206,6 +267,7 @@ def measure(bin_, work, quick):
         bench.log(f"cost {name}: {ir:,.0f} instructions/request, {sum(per.values()):.1f} syscalls/request")
     bench.stop(stub)
     bench.stop(redis)
+    SINK.stop()
     stub_rt = bench.start("cost-stub-realistic", [bin_, "--log", "warn", "stubs", "--latency", "realistic",
                                                   "--openai-listen", f"127.0.0.1:{P_STUB_RT}", "--gemini-listen",
                                                   f"127.0.0.1:{P_STUB_RT + 1}", "--qwen-listen",
@@ -234,14 +296,17 @@ def section(cost, header):
          f"{cost['warm']} warm-up requests, dumped after the measured {cost['n']:,}; every thread of the server, not the "
          "stub behind it) and syscalls per request from `strace -c -f -p PID` over the same count, run natively. "
          "Requests: `oha -n N -c 1` with `payloads/chat.json`. nginx runs with `master_process off`. "
-         "`./loadtests/bench --only cost` regenerates this section alone.", "",
+         "`./loadtests/bench --only cost` regenerates this section alone. The two tracing rows are the full chain "
+         "(memory) with OpenTelemetry tracing on (`--otlp-endpoint`, `--trace-sample-ratio` 0.01 and 1), exporting "
+         "over OTLP/HTTP to a sink in the bench script; each window ends once the exporter has gone idle, so the "
+         "export of the measured requests' spans is counted (the exporter is a thread of the gateway).", "",
          "| contender | instructions/request | ÷ nginx | syscalls/request | ÷ nginx | "
          + " | ".join(SHOWN) + " | other | Redis commands/request |",
          "|---|---|---|---|---|" + "---|" * (len(SHOWN) + 2)]
     for name, x in rows.items():
         other = x["sys"] - sum(x["per"].get(k, 0) for k in SHOWN)
         redis = f"{x['redis']:.2f}" if name == "leaky-full-redis" else "–"
-        L.append(f"| {bench.LABEL[name]} | {x['ir']:,.0f} | {x['ir'] / ng['ir']:.2f}× | {x['sys']:.1f} | "
+        L.append(f"| {LABEL[name]} | {x['ir']:,.0f} | {x['ir'] / ng['ir']:.2f}× | {x['sys']:.1f} | "
                  f"{x['sys'] / ng['sys']:.2f}× | " + " | ".join(f"{x['per'].get(k, 0):.2f}" for k in SHOWN)
                  + f" | {other:.2f} | {redis} |")
     st = cost.get("stream")

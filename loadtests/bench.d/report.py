@@ -115,6 +115,61 @@ def charts(res, out):
     return files
 
 
+def targets(res):
+    """[(target, measured, ok)] from this run's figures (ratios within the run only)."""
+    t = []
+    c1, mr, cpu, st = res.get("c1"), res.get("max_rate"), res.get("cpu"), res.get("stream")
+    closed, sc = res.get("closed"), res.get("scaling")
+    if cpu:
+        a, b = cpu[FULL]["us_per_req"], cpu["nginx"]["us_per_req"]
+        t.append(("full chain CPU/request ÷ nginx's, fixed rate ≤ 1.5×", f"{a:.0f} vs {b:.0f} µs ({fr(ratio(a, b))})",
+                  a <= 1.5 * b))
+    if closed:
+        a, b = closed[FULL]["us_per_req"], closed["nginx"]["us_per_req"]
+        t.append(("full chain CPU/request ÷ nginx's, each on one core, closed loop c32 ≤ 1.5×",
+                  f"{a:.0f} vs {b:.0f} µs ({fr(ratio(a, b))})", a <= 1.5 * b))
+    if mr:
+        a, b = mr[FULL][5], mr["nginx"][5]
+        r = ratio(a, b)
+        t.append(("full chain highest fixed rate with p99 < 5 ms ≥ 70% of nginx's",
+                  f"{a:,} vs {b:,} req/s ({'n/a' if r is None else f'{r:.0%}'})", r is not None and r >= 0.7))
+    if c1:
+        for q in ("p50", "p99"):
+            a, b = c1[FULL][f"added_{q}"], c1["nginx"][f"added_{q}"]
+            ok = (a <= 1.3 * max(b, 0)) if a is not None else False
+            t.append((f"full chain added latency at c1, {q} ≤ 1.3× nginx's", f"{fmt_ms(a)} vs nginx {fmt_ms(b)} "
+                      f"({fr(ratio(a, b))})", ok))
+    if st:
+        d, g = st["direct"], st["leaky"]
+        gap = g["gap_p99_ms"] - d["gap_p99_ms"]
+        t.append((f"{g['streams']:,} concurrent streams: inter-event p99 through the gateway − direct ≤ +10 ms",
+                  f"{g['gap_p99_ms']:.1f} vs {d['gap_p99_ms']:.1f} ms ({gap:+.1f} ms)", gap <= 10))
+        ttft = g["ttft_p50_ms"] - d["ttft_p50_ms"]
+        t.append((f"{g['streams']:,} concurrent streams: TTFT p50 added ≤ +10 ms",
+                  f"{g['ttft_p50_ms']:.0f} vs {d['ttft_p50_ms']:.0f} ms ({ttft:+.0f} ms)", ttft <= 10))
+    if cpu:
+        a, b = cpu["leaky-full-redis"]["us_per_req"], cpu[FULL]["us_per_req"]
+        t.append(("full chain on Redis: CPU/request ÷ memory store's ≤ 1.15×", f"{a:.0f} vs {b:.0f} µs ({fr(ratio(a, b))})",
+                  a <= 1.15 * b))
+    if sc:
+        g = ratio(sc[f"{FULL}/2"]["rps"], sc[f"{FULL}/1"]["rps"])
+        n = ratio(sc["nginx/2"]["rps"], sc["nginx/1"]["rps"])
+        t.append(("scaling: throughput `threads: 2` ÷ `threads: 1` ≥ nginx's 2 workers ÷ 1",
+                  f"{fr(g)} vs nginx {fr(n)}", g is not None and n is not None and g >= n))
+    if cpu:
+        a, l = cpu[FULL]["us_per_req"], cpu["litellm"]["us_per_req"]
+        t.append(("CPU/request ≥ 20× lower than LiteLLM's", f"{a:.0f} vs {l:.0f} µs ({fr(ratio(l, a), 1)} lower)", l >= 20 * a))
+    if c1:
+        a, l = c1[FULL]["added_p99"], c1["litellm"]["added_p99"]
+        r = ratio(l, a)
+        t.append(("p99 overhead at c1 ≥ 10× lower than LiteLLM's", f"{fmt_ms(a)} vs {fmt_ms(l)} ({fr(r, 1)} lower)",
+                  r is not None and r >= 10 or (a is not None and a <= 0 < l)))
+    if st:
+        t.append((f"{st['leaky']['streams']:,} concurrent streams < 200 MiB RSS", f"{st['leaky']['rss_peak']:.0f} MiB peak",
+                  st["leaky"]["rss_peak"] < 200))
+    return t
+
+
 def write(res, commands, out, bin_, oha, py):
     os.makedirs(out, exist_ok=True)
     v = versions(bin_, oha, py)
@@ -146,32 +201,9 @@ def write(res, commands, out, bin_, oha, py):
           "model-level `rpm`/`tpm` enforced by `usage-based-routing-v2` (see the note on LiteLLM below). "
           "Every Leaky Tokens gateway runs `server.threads: 1`.", ""]
 
-    # targets
-    t = []
+    # targets: issue 19's (the gap to nginx) first, then the comparisons with LiteLLM
+    t = targets(res)
     c1, mr, cpu, st = res.get("c1"), res.get("max_rate"), res.get("cpu"), res.get("stream")
-    if c1:
-        for q in ("p50", "p99"):
-            a, b = c1[FULL][f"added_{q}"], c1["nginx"][f"added_{q}"]
-            r = ratio(a, b)
-            ok = (a <= 1.5 * max(b, 0)) if a is not None else False
-            t.append((f"full chain added latency at c1, {q} ≤ 1.5× nginx's", f"{fmt_ms(a)} vs nginx {fmt_ms(b)} ({fr(r)})", ok))
-    if mr:
-        a, b = mr[FULL][5], mr["nginx"][5]
-        r = ratio(a, b)
-        t.append(("full chain throughput (p99 < 5 ms) ≥ 70% of nginx's", f"{a:,} vs {b:,} req/s ({'n/a' if r is None else f'{r:.0%}'})",
-                  r is not None and r >= 0.7))
-    if cpu:
-        a, b, l = cpu[FULL]["us_per_req"], cpu["nginx"]["us_per_req"], cpu["litellm"]["us_per_req"]
-        t.append(("CPU/request ≤ 2× nginx's", f"{a:.0f} vs {b:.0f} µs ({fr(ratio(a, b))})", a <= 2 * b))
-        t.append(("CPU/request ≥ 20× lower than LiteLLM's", f"{a:.0f} vs {l:.0f} µs ({fr(ratio(l, a), 1)} lower)", l >= 20 * a))
-    if c1:
-        a, l = c1[FULL]["added_p99"], c1["litellm"]["added_p99"]
-        r = ratio(l, a)
-        t.append(("p99 overhead at c1 ≥ 10× lower than LiteLLM's", f"{fmt_ms(a)} vs {fmt_ms(l)} ({fr(r, 1)} lower)",
-                  r is not None and r >= 10 or (a is not None and a <= 0 < l)))
-    if st:
-        t.append((f"{st['leaky']['streams']:,} concurrent streams < 200 MiB RSS", f"{st['leaky']['rss_peak']:.0f} MiB peak",
-                  st["leaky"]["rss_peak"] < 200))
     L += ["## Targets (recorded, not asserted)", "", "| target | measured | |", "|---|---|---|"]
     L += [f"| {a} | {b} | {'pass' if ok else '**miss**'} |" for a, b, ok in t]
     L += ["", "Added latency = contender minus direct, per round, median over rounds. Ratios are computed from this run's "
@@ -214,6 +246,16 @@ def write(res, commands, out, bin_, oha, py):
             L.append(f"| {LABEL[n]} | {x['rate']:,} | {x['achieved']:,.0f} | {x['requests']:,} | {x['cpu_s']:.2f} s | "
                      f"{x['us_per_req']:.1f} | {fr(ratio(x['us_per_req'], cpu['nginx']['us_per_req']))} | "
                      f"{fr(ratio(cpu['litellm']['us_per_req'], x['us_per_req']), 1)} | {res['rss_load'][n]:.0f} MiB |")
+        L.append("")
+    closed = res.get("closed")
+    if closed:
+        L += [f"### Closed loop: as fast as each answers (`oha -c {Q['closed_conc']} -z {Q['closed_dur']}`, no rate)", "",
+              "Each server on CPU 0 (with the stub), oha on CPU 1; CPU as above. At saturation a server batches more "
+              "per wake-up than at a fixed rate, so this is its best case per request.", "",
+              "| contender | req/s | p99 | CPU | CPU µs/request | ÷ nginx |", "|---|---|---|---|---|---|"]
+        for n, x in closed.items():
+            L.append(f"| {LABEL[n]} | {x['rps']:,.0f} | {fmt_ms(x['p99'])} | {x['cpu_s']:.2f} s | {x['us_per_req']:.1f} | "
+                     f"{fr(ratio(x['us_per_req'], closed['nginx']['us_per_req']))} |")
         L.append("")
     if st:
         L += [f"## 4. Streaming: {st['leaky']['streams']:,} concurrent SSE streams", "",
@@ -269,6 +311,19 @@ def write(res, commands, out, bin_, oha, py):
     if "cost" in res:
         import cost
         L += cost.section(res["cost"], res["cost_header"]) + [""]
+    sc = res.get("scaling")
+    if sc:
+        L += [f"## 8. Scaling: a second thread (`oha -c {Q['scaling_conc']} -z {Q['scaling_dur']}`, closed loop)", "",
+              "nginx with `worker_processes` 1 and 2, the full chain (memory) with `server.threads` 1 and 2, each in "
+              "front of its own stub. Nothing is pinned here: server, stub and oha share the machine's two cores, so a "
+              "second thread competes with the stub and the load generator; the same holds for nginx, which makes "
+              "the ratios comparable, not the absolute figures.", "",
+              "| contender | 1 thread/worker req/s | 2 req/s | ratio | p99 at 1 / 2 |", "|---|---|---|---|---|"]
+        for n in ("nginx", FULL):
+            a, b = sc[f"{n}/1"], sc[f"{n}/2"]
+            L.append(f"| {LABEL[n]} | {a['rps']:,.0f} | {b['rps']:,.0f} | {fr(ratio(b['rps'], a['rps']))} | "
+                     f"{fmt_ms(a['p99'])} / {fmt_ms(b['p99'])} |")
+        L.append("")
     L += ["## LiteLLM notes", "",
           "- Installed with `pip install 'litellm[proxy]==1.106.12'` in `~/.cache/leaky-bench/litellm-venv` (newer "
           "releases' `[proxy]` extra pins `litellm-proxy-extras`/`litellm-enterprise` builds not on the package index "
@@ -282,7 +337,7 @@ def write(res, commands, out, bin_, oha, py):
     for name, c in commands:
         L.append(f"# {name}\n{c}")
     seen = set()
-    for sect in ("c1", "cpu"):
+    for sect in ("c1", "cpu", "closed", "scaling"):
         for n, x in (res.get(sect) or {}).items():
             if sect + n not in seen:
                 seen.add(sect + n)
