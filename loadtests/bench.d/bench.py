@@ -737,9 +737,10 @@ def wait_free(port, timeout=10):
 
 def cost_header(bin_):
     """Which build the cost section measured (it can be regenerated apart from the rest of bench.md)."""
-    rev = sh("git rev-parse --short HEAD")
-    dirty = subprocess.run("git status --porcelain --untracked-files=no", shell=True, capture_output=True,
-                           text=True, cwd=ROOT).stdout.strip()
+    # BENCH_COMMIT names the commit of a binary built elsewhere (BENCH_SKIP_BUILD=1 with another target)
+    rev = os.environ.get("BENCH_COMMIT") or sh("git rev-parse --short HEAD")
+    dirty = "" if os.environ.get("BENCH_COMMIT") else subprocess.run(
+        "git status --porcelain --untracked-files=no", shell=True, capture_output=True, text=True, cwd=ROOT).stdout.strip()
     now = datetime.datetime.now(datetime.timezone.utc)
     return (f"Measured {now:%Y-%m-%d %H:%M} UTC, commit `{rev}`{' (with uncommitted changes)' if dirty else ''}, "
             f"release build `{os.path.relpath(bin_, ROOT)}`.")
