@@ -209,7 +209,7 @@ pub async fn create(
     let amount = validate(req, settings)?;
     orgs::get(pool, req.org).await?;
     let hash = hex::encode(Sha256::digest(json!({ "tokens": req.tokens }).to_string()));
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     // Concurrent duplicates queue here; the unique (org, key) is the backstop.
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2 || ':' || $3))")
         .bind(CREATE_LOCK)

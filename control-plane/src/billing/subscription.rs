@@ -198,7 +198,7 @@ async fn grant(pool: &PgPool, id: Uuid, data: &SubscriptionData) -> Result<Value
     if data.tokens <= 0 {
         return Ok(json!({ "skipped": "no tokens to grant" }));
     }
-    let mut tx = crate::db::begin(&pool).await.map_err(db_error)?;
+    let mut tx = crate::db::begin(pool).await.map_err(db_error)?;
     let state: Option<String> =
         sqlx::query_scalar("SELECT state FROM billing.sagas WHERE id = $1 FOR SHARE")
             .bind(id)
@@ -219,7 +219,7 @@ async fn grant(pool: &PgPool, id: Uuid, data: &SubscriptionData) -> Result<Value
 
 /// Sets the org's plan tier. A tier deleted since the plan was made fails for good (compensate).
 async fn set_tier(pool: &PgPool, org: Uuid, tier: Option<&str>) -> Result<Value, PortError> {
-    let mut tx = crate::db::begin(&pool).await.map_err(db_error)?;
+    let mut tx = crate::db::begin(pool).await.map_err(db_error)?;
     tenancy::orgs::set_plan_tier(&mut tx, org, tier)
         .await
         .map_err(|e| match e {

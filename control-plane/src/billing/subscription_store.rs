@@ -91,7 +91,7 @@ pub async fn put_plan(
 ) -> Result<(Plan, bool), Problem> {
     check_plan(pool, name, body).await?;
     let currency = body.currency.clone().unwrap_or(settings.currency.clone());
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let sql = format!(
         "INSERT INTO billing.plans AS p ({PLAN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)
          ON CONFLICT (name) DO UPDATE SET tier = $2, monthly_tokens = $3, price_cents = $4,
@@ -327,7 +327,7 @@ pub async fn subscribe(
     check_key(req.idempotency_key)?;
     orgs::get(pool, req.org).await?;
     let hash = hex::encode(Sha256::digest(json!({ "plan": req.plan }).to_string()));
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('subscription:' || $1))")
         .bind(req.org.to_string())
         .execute(&mut *tx)
@@ -487,7 +487,7 @@ pub async fn change_plan(
     settings: &Settings,
     (org, plan, actor): (Uuid, &str, &str),
 ) -> Result<(Subscription, bool), Problem> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let target = plan_or_422(&mut tx, plan).await?;
     let live = lock_live(&mut tx, org).await?;
     let from = plan_or_422(&mut tx, &live.plan).await?;
@@ -564,7 +564,7 @@ pub async fn cancel(
     org: Uuid,
     actor: &str,
 ) -> Result<Subscription, Problem> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let live = lock_live(&mut tx, org).await?;
     sqlx::query("UPDATE billing.subscriptions SET cancel_at_period_end = true, updated_at = $2 WHERE id = $1")
         .bind(live.id)
@@ -628,7 +628,7 @@ pub async fn renew_due(
     settings: &Settings,
     policy: &RenewalPolicy,
 ) -> Result<usize, Problem> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let due: Vec<Due> = sqlx::query_as(
         "SELECT id, org_id, plan, pending_plan, cancel_at_period_end, period, period_end, renewal_failures
          FROM billing.subscriptions

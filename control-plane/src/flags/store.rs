@@ -135,7 +135,7 @@ pub async fn upsert(
     if_match: Option<i64>,
 ) -> Result<(Flag, bool), FlagsError> {
     let s = settings(name, body)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     // `$5` is the expected version; a create has none (and sets no version: it starts at 1).
     let sql = match if_match {
         None => {
@@ -185,7 +185,7 @@ pub async fn delete(
     if_match: i64,
 ) -> Result<(), FlagsError> {
     refuse(vec![name_check(name)])?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let deleted = sqlx::query("DELETE FROM flags.flags WHERE name = $1 AND version = $2")
         .bind(name)
         .bind(if_match)
@@ -245,7 +245,7 @@ pub async fn set_override(
     if_match: Option<i64>,
 ) -> Result<Flag, FlagsError> {
     check_override(name, org)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     lock(&mut tx, name, if_match).await?;
     sqlx::query(
         "INSERT INTO flags.org_overrides (flag, org, enabled) VALUES ($1, $2, $3)
@@ -280,7 +280,7 @@ pub async fn remove_override(
     if_match: Option<i64>,
 ) -> Result<Flag, FlagsError> {
     check_override(name, org)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     lock(&mut tx, name, if_match).await?;
     let removed = sqlx::query("DELETE FROM flags.org_overrides WHERE flag = $1 AND org = $2")
         .bind(name)

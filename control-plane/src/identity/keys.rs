@@ -200,7 +200,7 @@ pub async fn tick(
     algs: &[Alg],
     now: DateTime<Utc>,
 ) -> Result<TickReport, IdentityError> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(LOCK)
         .execute(&mut *tx)
@@ -304,7 +304,7 @@ pub async fn rotate(
     algs: &[Alg],
     now: DateTime<Utc>,
 ) -> Result<Vec<KeyInfo>, IdentityError> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(LOCK)
         .execute(&mut *tx)

@@ -119,7 +119,7 @@ pub async fn store(
     check_value(value.expose())?;
     let sealed = master.seal(value.expose().as_bytes(), &row_id(name))?;
     let print = fingerprint(value.expose());
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let (info, created): (CredentialInfo, bool) =
         sqlx::query_as::<_, (String, String, DateTime<Utc>, DateTime<Utc>, bool)>(
             "INSERT INTO identity.provider_credentials
@@ -190,7 +190,7 @@ pub async fn list(pool: &PgPool) -> Result<Vec<CredentialInfo>, IdentityError> {
 /// not be resolved).
 pub async fn remove(pool: &PgPool, name: &str, actor: &str) -> Result<(), IdentityError> {
     check_name(name)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let in_use: bool = sqlx::query_scalar(
         "SELECT COALESCE((SELECT secrets ? $1 FROM config.versions WHERE kind = 'snapshot'
                           ORDER BY version DESC LIMIT 1), false)",

@@ -33,7 +33,7 @@ pub async fn expire_due(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, Ledger
     .await?;
     let mut expired = 0;
     for (block, org) in due {
-        let mut tx = crate::db::begin(&pool).await?;
+        let mut tx = crate::db::begin(pool).await?;
         let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
             .bind(EXPIRE_LOCK)
             .bind(block.to_string())

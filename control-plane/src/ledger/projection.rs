@@ -362,7 +362,7 @@ async fn drift(conn: &mut PgConnection, state: &Replay) -> Result<Option<Drift>,
 /// Replays `org`'s stream and compares it with the live projection: `Err(LedgerError::Drift)` when
 /// they differ. Also checks `Σ remaining − debt = balance` on the replay.
 pub async fn verify(pool: &PgPool, org: Uuid) -> Result<(), LedgerError> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     // One snapshot for the replay and the live read.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)

@@ -117,7 +117,7 @@ pub async fn create(
     }
     tenancy::orgs::get(pool, org).await?;
     let secret = new_secret()?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     // Serializes creations per org, so the limit holds under concurrency.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('notify.endpoints:' || $1::text))")
         .bind(org)
@@ -166,7 +166,7 @@ pub async fn list(pool: &PgPool, org: Uuid) -> Result<Vec<Endpoint>, NotifyError
 
 /// Deletes endpoint `id` of `org` and cancels its pending deliveries (404 when unknown).
 pub async fn delete(pool: &PgPool, actor: &str, org: Uuid, id: Uuid) -> Result<(), NotifyError> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let url: Option<String> = sqlx::query_scalar(
         "DELETE FROM notify.endpoints WHERE id = $1 AND org_id = $2 RETURNING url",
     )

@@ -65,7 +65,7 @@ pub async fn notify_expiring(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, L
     );
     let mut added = 0;
     for n in &notices {
-        let mut tx = crate::db::begin(&pool).await?;
+        let mut tx = crate::db::begin(pool).await?;
         added += enqueue_for(pool, &mut tx, n).await?;
         tx.commit().await?;
     }

@@ -72,7 +72,7 @@ pub async fn put(
 ) -> Result<OrgSettings, NotifyError> {
     check(body)?;
     tenancy::orgs::get(pool, org).await?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query(
         "INSERT INTO notify.org_settings (org_id, email, updated_at) VALUES ($1, $2, $3)
          ON CONFLICT (org_id) DO UPDATE SET email = $2, updated_at = $3",

@@ -151,7 +151,7 @@ pub async fn heartbeat_app(
 
 /// Removes `app`'s instance `id`; 404 when there is none (Eureka's answer).
 pub async fn cancel_app(pool: &PgPool, actor: &str, app: &str, id: &str) -> Result<(), Problem> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let done = sqlx::query("DELETE FROM registry.instances WHERE id = $1 AND app = $2")
         .bind(id)
         .bind(app)
@@ -182,7 +182,7 @@ pub async fn set_status_override(
     id: &str,
     status: Option<&str>,
 ) -> Result<(), Problem> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let done = sqlx::query(
         "UPDATE registry.instances SET status_override = $3 WHERE id = $1 AND app = $2",
     )

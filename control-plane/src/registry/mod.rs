@@ -234,7 +234,7 @@ async fn upsert(
     u: &Upsert<'_>,
     now: DateTime<Utc>,
 ) -> Result<(Instance, bool), Problem> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let sql = upsert_sql();
     let row: Option<InstanceCreated> = sqlx::query_as(&sql)
         .bind(now)
@@ -316,7 +316,7 @@ pub async fn heartbeat(
 
 /// Removes instance `id` (idempotent; audited only when something was removed).
 pub async fn cancel(pool: &PgPool, actor: &str, id: &str) -> Result<(), Problem> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let done = sqlx::query("DELETE FROM registry.instances WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -339,7 +339,7 @@ pub async fn cancel(pool: &PgPool, actor: &str, id: &str) -> Result<(), Problem>
 /// Deletes every instance whose last heartbeat is older than [`EXPIRE_AFTER`] at `now`, each with its
 /// `instance.expired` event; returns how many. Safe to run from several replicas at once.
 pub(crate) async fn expire(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, Problem> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let expired: Vec<(String, String)> = sqlx::query_as(
         "DELETE FROM registry.instances WHERE last_heartbeat_at < $1 RETURNING id, app",
     )

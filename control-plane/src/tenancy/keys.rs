@@ -263,7 +263,7 @@ pub async fn create(
     new: &NewKey,
 ) -> Result<IssuedKey, TenancyError> {
     let name = validate(new)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     orgs::lock_live(&mut tx, org).await?;
     if !tiers::lock_existing(&mut tx, &new.tier).await? {
         return Err(TenancyError::field(
@@ -376,7 +376,7 @@ pub async fn rotate(
     id: Uuid,
     grace_secs: u32,
 ) -> Result<Rotation, TenancyError> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     // The org's share lock before the key's row lock, in the order an org delete takes them (org, then
     // its keys): otherwise the two could deadlock, or the delete miss the key issued here.
     let org = fetch(&mut tx, id, false).await?.org_id;
@@ -434,7 +434,7 @@ pub async fn rotate(
 /// Revokes key `id` now (also ending a rotation's grace period). Idempotent: revoking a revoked key
 /// changes nothing and writes no audit row.
 pub async fn revoke(pool: &PgPool, actor: &str, id: Uuid) -> Result<(), TenancyError> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let changed = sqlx::query(
         "UPDATE tenancy.api_keys SET revoked_at = now(), grace_until = NULL
          WHERE id = $1 AND (revoked_at IS NULL OR revoked_at > now())",
@@ -480,7 +480,7 @@ pub async fn update(
         }
         None => None,
     };
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let old = fetch(&mut tx, id, true).await?;
     if old.revoked_at.is_some() {
         let why = if old.state == "revoked" {

@@ -62,7 +62,7 @@ pub async fn create_in_zone(
 ) -> Result<Org, TenancyError> {
     let name = check_name("name", name)?;
     let zone = check_time_zone(time_zone.unwrap_or("UTC"))?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let sql = format!(
         "INSERT INTO tenancy.orgs (id, name, time_zone) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
     );
@@ -210,7 +210,7 @@ pub async fn update(
 ) -> Result<Org, TenancyError> {
     let name = name.map(|n| check_name("name", n)).transpose()?;
     let zone = time_zone.map(check_time_zone).transpose()?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let sql = format!(
         "UPDATE tenancy.orgs SET name = COALESCE($1, name), time_zone = COALESCE($4, time_zone),
          version = version + 1, updated_at = now()
@@ -264,7 +264,7 @@ pub async fn delete(
     id: Uuid,
     expected: i64,
 ) -> Result<Deleted, TenancyError> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let updated = sqlx::query(
         "UPDATE tenancy.orgs SET deleted_at = now(), version = version + 1, updated_at = now()
          WHERE id = $1 AND version = $2 AND deleted_at IS NULL",

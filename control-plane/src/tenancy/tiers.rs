@@ -82,7 +82,7 @@ pub async fn put(
 ) -> Result<(Tier, bool), TenancyError> {
     check_tier_name("name", name)?;
     check_limits(limits)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let sql = format!(
         "INSERT INTO tenancy.tiers (name, limits) VALUES ($1, $2)
          ON CONFLICT (name) DO UPDATE SET limits = EXCLUDED.limits, version = tiers.version + 1, updated_at = now()
@@ -134,7 +134,7 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Tier, TenancyError> {
 /// their config validation). Revoke those keys first.
 pub async fn delete(pool: &PgPool, actor: &str, name: &str) -> Result<(), TenancyError> {
     check_tier_name("name", name)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     // Lock the row first: key creations holding it (FOR SHARE) finish before the count below.
     let found: Option<(i64,)> =
         sqlx::query_as("SELECT version FROM tenancy.tiers WHERE name = $1 FOR UPDATE")

@@ -123,7 +123,7 @@ pub async fn create(
     new: &NewUser,
 ) -> Result<User, TenancyError> {
     let (email, name) = validate(new)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     orgs::lock_live(&mut tx, org).await?;
     let sql = format!(
         "INSERT INTO tenancy.users (id, org_id, email, name, roles) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
@@ -222,7 +222,7 @@ pub async fn update(
     patch: &UserPatch,
 ) -> Result<User, TenancyError> {
     let name = validate_patch(patch)?;
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let sql = format!(
         "UPDATE tenancy.users u SET name = coalesce($4, u.name), roles = coalesce($5, u.roles),
          version = u.version + 1, updated_at = now()
@@ -259,7 +259,7 @@ pub async fn update(
 
 /// Deletes user `id` of org `org`; 404 when there is none (already deleted included).
 pub async fn delete(pool: &PgPool, actor: &str, org: Uuid, id: Uuid) -> Result<(), TenancyError> {
-    let mut tx = crate::db::begin(&pool).await?;
+    let mut tx = crate::db::begin(pool).await?;
     let email: Option<String> = sqlx::query_scalar(
         "DELETE FROM tenancy.users u USING tenancy.orgs o
          WHERE o.id = u.org_id AND o.deleted_at IS NULL AND u.org_id = $1 AND u.id = $2 RETURNING u.email",
