@@ -177,7 +177,10 @@ fn analytics(jaeger: &Jaeger, svc: &str, brokers: &str) -> Proc {
         "--linger-ms",
         "50",
     ];
-    Proc::spawn(&args, &otel(jaeger, svc, "0"))
+    let mut env = otel(jaeger, svc, "0").to_vec();
+    // The consumer's per-event and per-batch lines are debug lines.
+    env.push(("LEAKY_LOG", "info,leaky_analytics=debug"));
+    Proc::spawn(&args, &env)
 }
 
 async fn create_topics(brokers: &str) {
@@ -280,7 +283,49 @@ async fn a_proxied_request_is_one_trace_with_the_ledger_and_analytics_consumers(
         tag(stored, "messaging.destination.name").unwrap(),
         leaky_wire::event::USAGE_TOPIC
     );
+    analytics_lines(&an_proc, &format!("svc-{trace}"), stored);
     forwarded_usage_query(&jaeger, &cp_proc.admin(), &cps, &an).await;
+}
+
+/// The analytics role's JSON lines about the stored event: found by the request's id, each with the
+/// consuming batch's `trace_id` and `span_id` — the batch span that `stored` (the event's span in
+/// the request's trace) links to — and the batch's own line with the same ids.
+fn analytics_lines(an: &Proc, request_id: &str, stored: &Value) {
+    let text = std::fs::read_to_string(&an.log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let event = lines
+        .iter()
+        .find(|l| l["message"] == "usage event stored" && l["request_id"] == request_id)
+        .unwrap_or_else(|| panic!("no line for {request_id}:\n{text}"));
+    let (trace, span) = (
+        event["trace_id"].as_str().unwrap(),
+        event["span_id"].as_str().unwrap(),
+    );
+    assert!(
+        trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{event}"
+    );
+    assert!(
+        span.len() == 16 && span.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{event}"
+    );
+    let links: Vec<&str> = stored["references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["refType"] != "CHILD_OF")
+        .filter_map(|r| r["spanID"].as_str())
+        .collect();
+    assert!(links.contains(&span), "{stored:#} links no span {span}");
+    assert!(
+        lines.iter().any(|l| l["message"] == "usage batch stored"
+            && l["trace_id"] == trace
+            && l["span_id"] == span),
+        "no batch line with the event's ids:\n{text}"
+    );
 }
 
 /// A control-plane usage query forwarded to analytics: the analytics server span is a child of the

@@ -257,6 +257,19 @@ impl Consumer {
         }
         self.commit(batch);
         self.metrics.batches.inc();
+        // Debug lines (issue 17): inside the batch's log span, so each carries the batch's
+        // `trace_id`/`span_id`; a request's event is found by its `request_id`.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for r in &rows {
+                tracing::debug!(request_id = %r.request_id, org = %r.org, model = %r.model,
+                    "usage event stored");
+            }
+            tracing::debug!(
+                events = rows.len(),
+                dead_lettered = poison.len(),
+                "usage batch stored"
+            );
+        }
     }
 
     /// The batch's storable events, the partition of each, and its poison.
