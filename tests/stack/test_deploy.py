@@ -12,6 +12,7 @@
 """
 import concurrent.futures
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -101,6 +102,14 @@ def test_a_rolling_deploy_under_load_answers_every_request():
     statuses = [o for _, _, o in load.outcomes]
     assert len(statuses) >= RATE * 15, f"only {len(statuses)} requests during the deploy"
     assert all(s == 200 for s in statuses), {s: statuses.count(s) for s in set(statuses)}
+    # The rollout's time (docs/deploy.md records it): per proxy the 5 s of shared accepting, the
+    # new process's start and the gate window.
+    took = re.search(r"to 8080 8081 in ([0-9.]+) s", err)
+    assert took, err
+    per_proxy = [float(t) for t in re.findall(r"healthy on the new binary \(pid \d+\) after ([0-9.]+) s", err)]
+    assert len(per_proxy) == 2, err
+    assert sum(per_proxy) <= float(took.group(1)) + 0.2, err
+    print(f"rolling deploy of two proxies: {took.group(1)} s ({per_proxy[0]} s + {per_proxy[1]} s)")
 
 
 def free_port():
