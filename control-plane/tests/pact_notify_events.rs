@@ -156,7 +156,7 @@ async fn every_domain_event_of_the_pact_is_notified() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let pact = pact(out.path());
     let mut notified = Vec::new();
-    for (n, message) in pact.messages().into_iter().enumerate() {
+    for (n, message) in pact.messages().enumerate() {
         let org = org(&pool, n).await?;
         let bytes = message.contents.contents.value().expect("a message body");
         let text = String::from_utf8(bytes.to_vec())?
