@@ -1,7 +1,8 @@
 //! The control plane as the proxy's provider (a Pact HTTP pact, provider side; docs/contracts.md):
 //! the committed `contracts/pacts/leaky-proxy-leaky-control-plane.json` is replayed by Pact's
-//! verifier against the real admin API on a real PostgreSQL, each provider state set up through the
-//! API itself.
+//! verifier against the real admin API on a real PostgreSQL, with identity's endpoints attached as
+//! the admin-api process attaches them (the JWKS), each provider state set up through the API
+//! itself or, for signing keys, identity's own rotation step.
 //!
 //! One relay stands between the verifier and the control plane: the watch stream is NDJSON that never
 //! ends, and the verifier reads whole bodies, so the relay passes every request and answer through
@@ -24,8 +25,11 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::StreamExt;
+use leaky_control_plane::app::{self, Roles};
+use leaky_control_plane::clock::SystemClock;
 use leaky_control_plane::db;
 use leaky_control_plane::http::{AdminToken, ApiState};
+use leaky_control_plane::identity::{self, Alg, Identity, MasterKeys};
 use serde_json::json;
 use verify::{Provider, States};
 
@@ -90,8 +94,24 @@ async fn serve_relay(base: String) -> SocketAddr {
     addr
 }
 
-/// Sets up a provider state through the admin API.
-async fn set_up(base: &str, state: &str) -> Result<(), String> {
+/// Serves the admin API for `state` with identity attached (ES256 keys only: the state the JWKS
+/// interaction names) on 127.0.0.1:0; its base URL and the identity context.
+async fn serve(state: ApiState) -> anyhow::Result<(String, Arc<Identity>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let master = MasterKeys::parse(&format!("v1:{}", "A".repeat(43) + "="))?;
+    let mut settings = identity::Settings::new(&base, master, false);
+    settings.algs = vec![Alg::ES256];
+    let id = Identity::new(settings, state.pool.clone(), Arc::new(SystemClock), None)?;
+    let router = identity::attach(app::router(state.clone(), &Roles::all()), state, id.clone())
+        .into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((base, id))
+}
+
+/// Sets up a provider state through the admin API (signing keys: identity's rotation step, what its
+/// periodic job runs).
+async fn set_up(base: &str, identity: &Identity, state: &str) -> Result<(), String> {
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str| {
         http.request(method, format!("{base}{path}"))
@@ -121,6 +141,19 @@ async fn set_up(base: &str, state: &str) -> Result<(), String> {
                 &[200, 201],
             )
         }
+        "an ES256 signing key is published" => {
+            identity.tick().await.map_err(|e| e.to_string())?;
+            let keys = identity::keys::list(&identity.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            if keys.iter().any(|k| k.alg == "ES256" && k.state == "active") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no active ES256 key after a rotation step: {keys:?}"
+                ))
+            }
+        }
         other => Err(format!("unknown provider state `{other}`")),
     }
 }
@@ -132,12 +165,12 @@ async fn the_control_plane_honours_the_proxys_pact() -> anyhow::Result<()> {
     db::migrate(&pool).await?;
     let state = ApiState::new(pool, AdminToken::new(TOKEN));
     state.set_migrated();
-    let app = common::serve_state(url, state).await?;
-    let relay = serve_relay(app.base.clone()).await;
-    let base = Arc::new(app.base.clone());
+    let (base, identity) = serve(state).await?;
+    let relay = serve_relay(base.clone()).await;
+    let base = Arc::new(base);
     let states = States(Arc::new(move |name: String| {
-        let base = base.clone();
-        Box::pin(async move { set_up(&base, &name).await })
+        let (base, identity) = (base.clone(), identity.clone());
+        Box::pin(async move { set_up(&base, &identity, &name).await })
     }));
     let provider = Provider {
         name: "leaky-control-plane",

@@ -103,8 +103,10 @@ pub enum RelayError {
     Undelivered(usize, usize),
 }
 
+/// One outbox row as the relay reads it (`pub` for the contract tests, which build the published
+/// document of a row with [`Relay::envelope`] without a broker).
 #[derive(sqlx::FromRow)]
-struct Row {
+pub struct Row {
     id: Uuid,
     aggregate_type: String,
     aggregate_id: String,
@@ -296,7 +298,8 @@ impl Relay {
         }
     }
 
-    fn envelope<'r>(&self, row: &'r Row) -> Envelope<&'r serde_json::Value> {
+    /// The CloudEvents document the relay publishes for `row` (the Kafka message's payload).
+    pub fn envelope<'r>(&self, row: &'r Row) -> Envelope<&'r serde_json::Value> {
         Envelope {
             specversion: SPEC_VERSION.to_owned(),
             id: row.id.to_string(),
