@@ -97,7 +97,10 @@ pub(super) fn read(surface: Surface, incremental: bool, acc: &mut Accum, data: &
     }
     let ok = match surface {
         Surface::ChatCompletions(_) | Surface::Completions(_) => {
-            return serde_json::from_slice::<OaDoc>(data).map_or(Doc::NotJson, |d| openai(acc, d))
+            if let Some(chunk) = super::fast::openai_chunk(data) {
+                return openai_fast(acc, &chunk);
+            }
+            return openai_serde(acc, data);
         }
         Surface::Responses(_) => serde_json::from_slice(data).map(|d| responses(acc, d)),
         Surface::GeminiGenerate | Surface::GeminiStreamGenerate => {
@@ -230,6 +233,32 @@ pub(super) fn message(gen: &mut Generated, choice: u32, d: &OaDelta<'_>, cumulat
             put(gen, Slot::tool_args(k), &f.arguments);
         }
     }
+}
+
+/// An OpenAI document read by serde (everything the fast path leaves to it).
+pub(super) fn openai_serde(acc: &mut Accum, data: &[u8]) -> Doc {
+    serde_json::from_slice::<OaDoc>(data).map_or(Doc::NotJson, |d| openai(acc, d))
+}
+
+/// A chunk read by [`super::fast`]: the same effect as [`openai`] on serde's reading of it (no
+/// usage, no tool calls by construction).
+pub(super) fn openai_fast(acc: &mut Accum, chunk: &super::fast::Chunk<'_>) -> Doc {
+    if let Some((choices, n)) = &chunk.choices {
+        for (i, c) in choices.iter().take(*n).enumerate() {
+            let choice = c.index.unwrap_or(i as u32);
+            let texts = [
+                (Slot::CONTENT, &c.content),
+                (Slot::REASONING, &c.reasoning),
+                (Slot::CONTENT, &c.text),
+            ];
+            for (kind, t) in texts {
+                if let Some(t) = t {
+                    acc.gen.append(Slot { choice, kind }, t);
+                }
+            }
+        }
+    }
+    READ
 }
 
 fn openai(acc: &mut Accum, d: OaDoc<'_>) -> Doc {

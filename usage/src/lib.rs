@@ -20,6 +20,7 @@
 
 mod estimate;
 mod extract;
+mod fast;
 mod json;
 mod native;
 mod text;
