@@ -25,6 +25,8 @@ use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 
 mod cached;
+#[cfg(test)]
+mod sizes;
 
 pub struct Gateway {
     state: Arc<ConfigState>,
@@ -33,13 +35,15 @@ pub struct Gateway {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = Ctx;
+    /// Boxed: Pingora keeps the context inside its per-connection and per-request futures, which are
+    /// moved (copied whole) several times per request; a pointer moves for free (issue 19).
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::new()
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx::new())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let snapshot = self.state.snapshot();
         ctx.snapshot = Some(snapshot.clone());
         ctx.trace = crate::trace::begin(session.req_header());
@@ -53,7 +57,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Box<Ctx>,
+    ) -> Result<Box<HttpPeer>> {
         // Unreachable: request_filter always answers. Fail closed if that ever changes.
         Error::e_explain(
             ErrorType::InternalError,
@@ -61,7 +69,12 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Box<Ctx>,
+    ) -> FailToProxy {
         if !ctx.response.started {
             // Only reachable for downstream errors before any byte was written (e.g. reading the body).
             let code = match e.etype() {
@@ -84,7 +97,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         let settle = trace::mark(&ctx.trace);
         ctx.ledger.finish();
         trace::phase(&mut ctx.trace, "finish", settle);
@@ -161,8 +174,10 @@ impl Gateway {
             body,
         };
         match (&route.cache, original) {
+            // Boxed: the cache branch's future is the exchange's plus the cache's own state; inline,
+            // it would set the size (and the cost of every move) of every request's future.
             (Some(cache), Some(original)) => {
-                self.serve_cached(session, ctx, cache, out, &original).await
+                Box::pin(self.serve_cached(session, ctx, cache, out, &original)).await
             }
             _ => self.exchange(session, ctx, out, None).await,
         }

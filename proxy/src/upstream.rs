@@ -85,12 +85,14 @@ pub async fn send(
             Ok(Err(e)) => return Err(failed(d, &e)),
         }
     }
+    // Boxed: Pingora's connect future (TCP, TLS, pool bookkeeping) is several KiB, most of this
+    // attempt's future, and only a request without a pooled connection awaits it.
     let stream = match connect {
-        Some(t) => match tokio::time::timeout(t, transport.new_stream(&d.peer)).await {
+        Some(t) => match tokio::time::timeout(t, Box::pin(transport.new_stream(&d.peer))).await {
             Ok(r) => r,
             Err(_) => pingora::Error::e_explain(ErrorType::ConnectTimedout, "route connect_ms"),
         },
-        None => transport.new_stream(&d.peer).await,
+        None => Box::pin(transport.new_stream(&d.peer)).await,
     }
     .map_err(|e| failed(d, &e))?;
     match pingora_timeout::timeout(first_byte, exchange(stream, d, req, body)).await {
