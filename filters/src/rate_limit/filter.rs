@@ -19,8 +19,7 @@ use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::{PolicyKind, QuotaWindow, Unit};
 use leaky_limit::{
-    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Limiter, Status, Taken, TokenUsage,
-    UsageSource,
+    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Limiter, Taken, TokenUsage, UsageSource,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +32,15 @@ struct Reserved {
 
 pub struct RateLimitFilter {
     limiter: Arc<Limiter>,
+    /// The limiter's policies as headers, rendered once.
+    headers: headers::Fixed,
     decisions: Option<DecisionSink>,
 }
 
 impl RateLimitFilter {
     pub fn new(limiter: Arc<Limiter>) -> Self {
         RateLimitFilter {
+            headers: headers::Fixed::new(&limiter),
             limiter,
             decisions: None,
         }
@@ -181,12 +183,8 @@ impl Filter for RateLimitFilter {
         let now = (self.limiter.clock)();
         match self.limiter.store.take(now, &charges).await {
             Ok(Taken::Admitted(admits)) => {
-                let statuses: Vec<(usize, Status)> = which
-                    .iter()
-                    .zip(&admits)
-                    .map(|(i, a)| (*i, a.status))
-                    .collect();
-                headers::add(&self.limiter, &statuses, None, ctx);
+                let statuses = which.iter().zip(&admits).map(|(i, a)| (*i, a.status));
+                headers::add(&self.headers, statuses, None, ctx);
                 self.count(which.iter().zip(&admits).map(|(i, a)| (*i, decision(a))));
                 let delay = admits.iter().map(|a| a.delay_ns).max().unwrap_or(0);
                 let items = which
@@ -213,8 +211,8 @@ impl Filter for RateLimitFilter {
                 })
             }
             Ok(Taken::Denied { index, deny }) => {
-                let statuses = [(which[index], deny.status)];
-                headers::add(&self.limiter, &statuses, Some(&deny), ctx);
+                let statuses = std::iter::once((which[index], deny.status));
+                headers::add(&self.headers, statuses, Some(&deny), ctx);
                 self.count([(which[index], Decision::Denied)]);
                 Err(self.rejection(&which, &charges, index, &deny))
             }
