@@ -161,6 +161,18 @@ fn digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
+/// `00` to `99`: the two digits of every pair.
+const PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
 /// A short ASCII value written on the stack: a header value or part of one, without `fmt`.
 struct Buf {
     bytes: [u8; 64],
@@ -181,17 +193,23 @@ impl Buf {
         b
     }
 
-    /// At most 20 digits: callers stay within the 64 bytes.
+    /// At most 20 digits: callers stay within the 64 bytes. Two digits per division.
     fn push_u64(&mut self, mut n: u64) {
         let mut tmp = [0u8; 20];
         let mut at = tmp.len();
-        loop {
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            at -= 2;
+            tmp[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        }
+        if n >= 10 {
+            let pair = n as usize * 2;
+            at -= 2;
+            tmp[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
             at -= 1;
-            tmp[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+            tmp[at] = b'0' + n as u8;
         }
         self.push(&tmp[at..]);
     }
@@ -255,7 +273,7 @@ mod tests {
 
     #[test]
     fn numbers_without_fmt() {
-        for n in [0, 7, 9, 10, 99, 100, 123_456_789, u64::MAX / 10, u64::MAX] {
+        for n in (0..100_000).chain([123_456_789, 1 << 40, u64::MAX / 10, u64::MAX]) {
             assert_eq!(Buf::u64(n).as_bytes(), n.to_string().as_bytes());
             assert_eq!(digits(n), n.to_string().len());
         }
