@@ -95,22 +95,27 @@ impl MemoryStore {
     /// The synchronous `adjust`.
     pub fn adjust_sync(&self, now: Nanos, adjusts: &[Adjust]) {
         for a in adjusts {
-            if a.delta == 0 {
-                continue;
-            }
-            // A refund to a missing (evicted, hence fresh) bucket changes nothing: don't create it.
-            let slot = if a.delta < 0 {
-                match self.buckets.get(&*a.key) {
-                    Some(r) => Arc::clone(r.value()),
-                    None => continue,
-                }
-            } else {
-                self.slot(&a.key, &a.algo, now)
-            };
-            let mut e = slot.lock();
-            e.state = a.algo.adjust(&e.state, now, a.delta);
-            touch(&mut e, &a.algo, now);
+            self.adjust_one(now, &a.key, &a.algo, a.delta);
         }
+    }
+
+    /// One bucket's `adjust`, without an [`Adjust`] (the caller keeps its key and algorithm).
+    pub fn adjust_one(&self, now: Nanos, key: &Arc<str>, algo: &Arc<Algorithm>, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        // A refund to a missing (evicted, hence fresh) bucket changes nothing: don't create it.
+        let slot = if delta < 0 {
+            match self.buckets.get(&**key) {
+                Some(r) => Arc::clone(r.value()),
+                None => return,
+            }
+        } else {
+            self.slot(key, algo, now)
+        };
+        let mut e = slot.lock();
+        e.state = algo.adjust(&e.state, now, delta);
+        touch(&mut e, algo, now);
     }
 
     /// Gets or creates the bucket; the map's shard lock is released on return.

@@ -19,16 +19,11 @@ use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::{PolicyKind, QuotaWindow, Unit};
 use leaky_limit::{
-    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Limiter, Taken, TokenUsage, UsageSource,
+    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Limiter, MemoryStore, Taken, TokenUsage,
+    UsageSource,
 };
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Debug, Clone)]
-struct Reserved {
-    unit: Unit,
-    charge: Charge,
-}
 
 pub struct RateLimitFilter {
     limiter: Arc<Limiter>,
@@ -181,23 +176,21 @@ impl Filter for RateLimitFilter {
             return Ok(Admission::default());
         }
         let now = (self.limiter.clock)();
-        match self.limiter.store.take(now, &charges).await {
+        let taken = match &self.limiter.inline {
+            // The in-process store answers at once: no boxed future, no dynamic call.
+            Some(m) => Ok(m.take_sync(now, &charges)),
+            None => self.limiter.store.take(now, &charges).await,
+        };
+        match taken {
             Ok(Taken::Admitted(admits)) => {
                 let statuses = which.iter().zip(&admits).map(|(i, a)| (*i, a.status));
                 headers::add(&self.headers, statuses, None, ctx);
                 self.count(which.iter().zip(&admits).map(|(i, a)| (*i, decision(a))));
                 let delay = admits.iter().map(|a| a.delay_ns).max().unwrap_or(0);
-                let items = which
-                    .iter()
-                    .zip(charges)
-                    .map(|(i, charge)| Reserved {
-                        unit: self.limiter.policies[*i].policy.unit,
-                        charge,
-                    })
-                    .collect();
                 let hold = RateLimitHold {
                     limiter: self.limiter.clone(),
-                    items,
+                    which,
+                    charges,
                 };
                 if delay > 0 {
                     // Shaping: the request waits here, holding its reservation (a cancelled wait
@@ -242,19 +235,22 @@ fn decision(a: &leaky_limit::Admit) -> Decision {
 /// dropped unsettled (the request was cancelled), it refunds everything.
 struct RateLimitHold {
     limiter: Arc<Limiter>,
-    /// Empty once settled.
-    items: Vec<Reserved>,
+    /// The policy of each charge (indexes into the limiter's policies).
+    which: Vec<usize>,
+    /// What was reserved; empty once settled.
+    charges: Vec<Charge>,
 }
 
 impl RateLimitHold {
-    /// The correction of each bucket from what it reserved to what the request used.
-    fn adjusts(&self, outcome: &Settlement) -> Vec<Adjust> {
+    /// The correction of each bucket from what it reserved to what the request used (non-zero ones).
+    fn deltas<'a>(&'a self, outcome: &'a Settlement) -> impl Iterator<Item = (&'a Charge, i64)> {
         let failed = outcome.failed();
-        self.items
+        self.which
             .iter()
-            .filter_map(|it| {
-                let reserved = it.charge.cost as i64;
-                let used = match (it.unit, outcome.usage) {
+            .zip(&self.charges)
+            .filter_map(move |(i, c)| {
+                let reserved = c.cost as i64;
+                let used = match (self.limiter.policies[*i].policy.unit, outcome.usage) {
                     _ if failed => 0,
                     (Unit::ConcurrentRequests, _) => 0,
                     (Unit::Requests, _) => 1,
@@ -271,27 +267,43 @@ impl RateLimitHold {
                     _ => used,
                 };
                 let delta = used - reserved;
-                (delta != 0).then(|| Adjust {
-                    key: it.charge.key.clone(),
-                    algo: it.charge.algo.clone(),
-                    delta,
-                })
+                (delta != 0).then_some((c, delta))
+            })
+    }
+
+    fn adjusts(&self, outcome: &Settlement) -> Vec<Adjust> {
+        self.deltas(outcome)
+            .map(|(c, delta)| Adjust {
+                key: c.key.clone(),
+                algo: c.algo.clone(),
+                delta,
             })
             .collect()
     }
 
+    /// Settles on the in-process store, bucket by bucket (no `Adjust`s built); the clock is read
+    /// only if some bucket changes.
+    fn settle_inline(&self, m: &MemoryStore, outcome: &Settlement) {
+        let mut now = None;
+        for (c, delta) in self.deltas(outcome) {
+            let now = *now.get_or_insert_with(|| (self.limiter.clock)());
+            m.adjust_one(now, &c.key, &c.algo, delta);
+        }
+    }
+
     /// Settles without awaiting: inline on the in-process store, else through the settler queue.
     fn settle_now(&mut self, outcome: &Settlement) {
+        if let Some(m) = &self.limiter.inline {
+            self.settle_inline(m, outcome);
+            self.charges.clear();
+            return;
+        }
         let adjusts = self.adjusts(outcome);
-        self.items.clear();
+        self.charges.clear();
         if adjusts.is_empty() {
             return;
         }
         let now = (self.limiter.clock)();
-        if let Some(m) = &self.limiter.inline {
-            m.adjust_sync(now, &adjusts);
-            return;
-        }
         if let Some(s) = &self.limiter.settler {
             s.send(adjusts);
             return;
@@ -313,8 +325,13 @@ impl RateLimitHold {
 #[async_trait]
 impl Hold for RateLimitHold {
     async fn settle(mut self: Box<Self>, outcome: &Settlement) {
+        if let Some(m) = &self.limiter.inline {
+            self.settle_inline(m, outcome);
+            self.charges.clear();
+            return;
+        }
         let adjusts = self.adjusts(outcome);
-        self.items.clear();
+        self.charges.clear();
         if adjusts.is_empty() {
             return;
         }
@@ -331,7 +348,7 @@ impl Hold for RateLimitHold {
 
 impl Drop for RateLimitHold {
     fn drop(&mut self) {
-        if !self.items.is_empty() {
+        if !self.charges.is_empty() {
             self.settle_now(&Settlement::default());
         }
     }
