@@ -88,7 +88,26 @@ impl MemoryStore {
         match charges {
             [] => Taken::Admitted(Vec::new()),
             [one] => self.take_one(now, one),
-            _ => self.take_many(now, charges),
+            _ => self.take_many(now, charges, false).0,
+        }
+    }
+
+    /// `take_sync`, also handing back the buckets when admitted (one per charge, in order), so the
+    /// request settles them without looking them up again. A held bucket is never evicted; that
+    /// changes nothing, since only a bucket equivalent to a fresh one is evicted.
+    pub fn take_held(&self, now: Nanos, charges: &[Charge]) -> (Taken, Vec<Held>) {
+        match charges {
+            [] => (Taken::Admitted(Vec::new()), Vec::new()),
+            [one] => {
+                let slot = self.slot(&one.key, &one.algo, now);
+                let taken = Self::take_locked(&mut slot.lock(), now, one);
+                let held = match taken {
+                    Taken::Admitted(_) => vec![Held(slot)],
+                    Taken::Denied { .. } => Vec::new(),
+                };
+                (taken, held)
+            }
+            _ => self.take_many(now, charges, true),
         }
     }
 
@@ -155,7 +174,8 @@ impl MemoryStore {
         }
     }
 
-    fn take_many(&self, now: Nanos, charges: &[Charge]) -> Taken {
+    /// `held`: hand the buckets back (in charge order) when admitted.
+    fn take_many(&self, now: Nanos, charges: &[Charge], held: bool) -> (Taken, Vec<Held>) {
         // Buckets in key order, with the charge each belongs to.
         let mut order: Vec<(usize, Slot)> = charges
             .iter()
@@ -164,38 +184,63 @@ impl MemoryStore {
             .collect();
         order.sort_by(|a, b| charges[a.0].key.cmp(&charges[b.0].key));
 
-        // Lock each distinct bucket once, in that order; `of[charge]` is its guard's index.
-        let mut guards: Vec<MutexGuard<'_, Entry>> = Vec::with_capacity(order.len());
-        let mut of = vec![0usize; charges.len()];
-        let mut prev: Option<&Slot> = None;
-        for (i, slot) in &order {
-            match prev {
-                Some(p) if Arc::ptr_eq(p, slot) => {}
-                _ => guards.push(slot.lock()),
-            }
-            of[*i] = guards.len() - 1;
-            prev = Some(slot);
-        }
-
-        // Work on copies; commit only when every charge is admitted.
-        let mut work: Vec<State> = guards.iter().map(|g| g.state).collect();
-        let mut admits: Vec<Admit> = Vec::with_capacity(charges.len());
-        for (i, c) in charges.iter().enumerate() {
-            let g = of[i];
-            match c.algo.take(&work[g], now, c.cost, c.reserve) {
-                Ok((state, admit)) => {
-                    work[g] = state;
-                    admits.push(admit);
+        let admits = {
+            // Lock each distinct bucket once, in that order; `of[charge]` is its guard's index.
+            let mut guards: Vec<MutexGuard<'_, Entry>> = Vec::with_capacity(order.len());
+            let mut of = vec![0usize; charges.len()];
+            let mut prev: Option<&Slot> = None;
+            for (i, slot) in &order {
+                match prev {
+                    Some(p) if Arc::ptr_eq(p, slot) => {}
+                    _ => guards.push(slot.lock()),
                 }
-                Err(deny) => return Taken::Denied { index: i, deny },
+                of[*i] = guards.len() - 1;
+                prev = Some(slot);
             }
+
+            // Work on copies; commit only when every charge is admitted.
+            let mut work: Vec<State> = guards.iter().map(|g| g.state).collect();
+            let mut admits: Vec<Admit> = Vec::with_capacity(charges.len());
+            for (i, c) in charges.iter().enumerate() {
+                let g = of[i];
+                match c.algo.take(&work[g], now, c.cost, c.reserve) {
+                    Ok((state, admit)) => {
+                        work[g] = state;
+                        admits.push(admit);
+                    }
+                    Err(deny) => return (Taken::Denied { index: i, deny }, Vec::new()),
+                }
+            }
+            for (i, c) in charges.iter().enumerate() {
+                let g = &mut guards[of[i]];
+                g.state = work[of[i]];
+                touch(g, &c.algo, now);
+            }
+            admits
+        };
+        let held = if held {
+            order.sort_unstable_by_key(|(i, _)| *i);
+            order.into_iter().map(|(_, slot)| Held(slot)).collect()
+        } else {
+            Vec::new()
+        };
+        (Taken::Admitted(admits), held)
+    }
+}
+
+/// A bucket an admitted request holds until it settles (see [`MemoryStore::take_held`]).
+#[derive(Debug)]
+pub struct Held(Slot);
+
+impl Held {
+    /// [`MemoryStore::adjust_one`] on this bucket, without the map lookup.
+    pub fn adjust(&self, now: Nanos, algo: &Arc<Algorithm>, delta: i64) {
+        if delta == 0 {
+            return;
         }
-        for (i, c) in charges.iter().enumerate() {
-            let g = &mut guards[of[i]];
-            g.state = work[of[i]];
-            touch(g, &c.algo, now);
-        }
-        Taken::Admitted(admits)
+        let mut e = self.0.lock();
+        e.state = algo.adjust(&e.state, now, delta);
+        touch(&mut e, algo, now);
     }
 }
 
@@ -377,6 +422,36 @@ mod tests {
         assert_eq!(s.evict_idle(0), 0);
         drop(held);
         assert_eq!(s.evict_idle(0), 1);
+    }
+
+    #[test]
+    fn held_buckets_settle_like_a_lookup_and_are_not_evicted() {
+        let s = MemoryStore::new();
+        let (a, b) = (leaky(1, 10), leaky(1, 5));
+        // "z" sorts first by key, and is charged twice: one held bucket per charge, in order.
+        let cs = [charge("z", &a, 2), charge("b", &b, 1), charge("z", &a, 3)];
+        let (t, held) = s.take_held(0, &cs);
+        assert!(admitted(&t));
+        assert_eq!(held.len(), 3);
+        assert_eq!(s.status("z", 0).unwrap().remaining, 5);
+        // Not evicted while held, even once equivalent to a fresh bucket.
+        held[0].adjust(0, &a, -2);
+        held[2].adjust(0, &a, -3);
+        assert_eq!(s.evict_idle(0), 0);
+        assert_eq!(s.status("z", 0).unwrap().remaining, 10);
+        held[1].adjust(0, &b, 4);
+        assert_eq!(s.status("b", 0).unwrap().remaining, 0);
+        drop(held);
+        assert_eq!(s.evict_idle(0), 1); // "z"
+        // One charge, and a refusal: nothing held.
+        let (t, held) = s.take_held(0, &[charge("b", &b, 1)]);
+        assert!(!admitted(&t) && held.is_empty());
+        let (t, held) = s.take_held(0, &[charge("z", &a, 1), charge("b", &b, 1)]);
+        assert!(matches!(t, Taken::Denied { index: 1, .. }) && held.is_empty());
+        let (t, held) = s.take_held(0, &[charge("z", &a, 1)]);
+        assert!(admitted(&t));
+        held[0].adjust(0, &a, -1);
+        assert_eq!(s.status("z", 0).unwrap().remaining, 10);
     }
 
     #[test]

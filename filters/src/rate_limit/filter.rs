@@ -19,8 +19,8 @@ use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::{PolicyKind, QuotaWindow, Unit};
 use leaky_limit::{
-    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Limiter, MemoryStore, Taken, TokenUsage,
-    UsageSource,
+    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Held, Limiter, MemoryStore, Taken,
+    TokenUsage, UsageSource,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,10 +176,14 @@ impl Filter for RateLimitFilter {
             return Ok(Admission::default());
         }
         let now = (self.limiter.clock)();
-        let taken = match &self.limiter.inline {
-            // The in-process store answers at once: no boxed future, no dynamic call.
-            Some(m) => Ok(m.take_sync(now, &charges)),
-            None => self.limiter.store.take(now, &charges).await,
+        let (taken, held) = match &self.limiter.inline {
+            // The in-process store answers at once (no boxed future, no dynamic call) and hands
+            // the buckets over, for the settlement.
+            Some(m) => {
+                let (taken, held) = m.take_held(now, &charges);
+                (Ok(taken), held)
+            }
+            None => (self.limiter.store.take(now, &charges).await, Vec::new()),
         };
         match taken {
             Ok(Taken::Admitted(admits)) => {
@@ -191,6 +195,7 @@ impl Filter for RateLimitFilter {
                     limiter: self.limiter.clone(),
                     which,
                     charges,
+                    held,
                 };
                 if delay > 0 {
                     // Shaping: the request waits here, holding its reservation (a cancelled wait
@@ -239,16 +244,23 @@ struct RateLimitHold {
     which: Vec<usize>,
     /// What was reserved; empty once settled.
     charges: Vec<Charge>,
+    /// On the in-process store, each charge's bucket (else empty).
+    held: Vec<Held>,
 }
 
 impl RateLimitHold {
     /// The correction of each bucket from what it reserved to what the request used (non-zero ones).
-    fn deltas<'a>(&'a self, outcome: &'a Settlement) -> impl Iterator<Item = (&'a Charge, i64)> {
+    /// (charge index, charge, delta).
+    fn deltas<'a>(
+        &'a self,
+        outcome: &'a Settlement,
+    ) -> impl Iterator<Item = (usize, &'a Charge, i64)> {
         let failed = outcome.failed();
         self.which
             .iter()
             .zip(&self.charges)
-            .filter_map(move |(i, c)| {
+            .enumerate()
+            .filter_map(move |(n, (i, c))| {
                 let reserved = c.cost as i64;
                 let used = match (self.limiter.policies[*i].policy.unit, outcome.usage) {
                     _ if failed => 0,
@@ -267,13 +279,13 @@ impl RateLimitHold {
                     _ => used,
                 };
                 let delta = used - reserved;
-                (delta != 0).then_some((c, delta))
+                (delta != 0).then_some((n, c, delta))
             })
     }
 
     fn adjusts(&self, outcome: &Settlement) -> Vec<Adjust> {
         self.deltas(outcome)
-            .map(|(c, delta)| Adjust {
+            .map(|(_, c, delta)| Adjust {
                 key: c.key.clone(),
                 algo: c.algo.clone(),
                 delta,
@@ -281,13 +293,16 @@ impl RateLimitHold {
             .collect()
     }
 
-    /// Settles on the in-process store, bucket by bucket (no `Adjust`s built); the clock is read
-    /// only if some bucket changes.
+    /// Settles on the in-process store, bucket by bucket (no `Adjust`s built, no lookups for the
+    /// buckets it holds); the clock is read only if some bucket changes.
     fn settle_inline(&self, m: &MemoryStore, outcome: &Settlement) {
         let mut now = None;
-        for (c, delta) in self.deltas(outcome) {
+        for (n, c, delta) in self.deltas(outcome) {
             let now = *now.get_or_insert_with(|| (self.limiter.clock)());
-            m.adjust_one(now, &c.key, &c.algo, delta);
+            match self.held.get(n) {
+                Some(b) => b.adjust(now, &c.algo, delta),
+                None => m.adjust_one(now, &c.key, &c.algo, delta),
+            }
         }
     }
 
@@ -296,6 +311,7 @@ impl RateLimitHold {
         if let Some(m) = &self.limiter.inline {
             self.settle_inline(m, outcome);
             self.charges.clear();
+            self.held.clear();
             return;
         }
         let adjusts = self.adjusts(outcome);
@@ -328,6 +344,7 @@ impl Hold for RateLimitHold {
         if let Some(m) = &self.limiter.inline {
             self.settle_inline(m, outcome);
             self.charges.clear();
+            self.held.clear();
             return;
         }
         let adjusts = self.adjusts(outcome);
