@@ -184,48 +184,77 @@ impl MemoryStore {
             .collect();
         order.sort_by(|a, b| charges[a.0].key.cmp(&charges[b.0].key));
 
-        let admits = {
-            // Lock each distinct bucket once, in that order; `of[charge]` is its guard's index.
-            let mut guards: Vec<MutexGuard<'_, Entry>> = Vec::with_capacity(order.len());
-            let mut of = vec![0usize; charges.len()];
-            let mut prev: Option<&Slot> = None;
-            for (i, slot) in &order {
-                match prev {
-                    Some(p) if Arc::ptr_eq(p, slot) => {}
-                    _ => guards.push(slot.lock()),
-                }
-                of[*i] = guards.len() - 1;
-                prev = Some(slot);
-            }
-
-            // Work on copies; commit only when every charge is admitted.
-            let mut work: Vec<State> = guards.iter().map(|g| g.state).collect();
-            let mut admits: Vec<Admit> = Vec::with_capacity(charges.len());
-            for (i, c) in charges.iter().enumerate() {
-                let g = of[i];
-                match c.algo.take(&work[g], now, c.cost, c.reserve) {
-                    Ok((state, admit)) => {
-                        work[g] = state;
-                        admits.push(admit);
-                    }
-                    Err(deny) => return (Taken::Denied { index: i, deny }, Vec::new()),
-                }
-            }
-            for (i, c) in charges.iter().enumerate() {
-                let g = &mut guards[of[i]];
-                g.state = work[of[i]];
-                touch(g, &c.algo, now);
-            }
-            admits
-        };
-        let held = if held {
+        let taken = take_in_order(&order, charges, now);
+        let held = if held && matches!(taken, Taken::Admitted(_)) {
             order.sort_unstable_by_key(|(i, _)| *i);
             order.into_iter().map(|(_, slot)| Held(slot)).collect()
         } else {
             Vec::new()
         };
-        (Taken::Admitted(admits), held)
+        (taken, held)
     }
+}
+
+/// A locked bucket, once its turn in key order came.
+type Guard<'a> = Option<MutexGuard<'a, Entry>>;
+
+/// Up to this many charges, `take_in_order`'s scratch (guards, states) lives on the stack.
+const SMALL: usize = 8;
+
+/// Locks each distinct bucket of `order` (key order, with each charge's index) once, runs every
+/// charge on copies of the states, in the caller's order, and stores them only if all were admitted.
+fn take_in_order(order: &[(usize, Slot)], charges: &[Charge], now: Nanos) -> Taken {
+    let n = charges.len();
+    let mut guards_small: [Guard<'_>; SMALL] = Default::default();
+    let mut of_small = [0usize; SMALL];
+    let mut work_small = [State::Concurrency { inflight: 0 }; SMALL];
+    let (mut guards_big, mut of_big, mut work_big);
+    let (guards, of, work): (&mut [Guard<'_>], &mut [usize], &mut [State]) = if n <= SMALL {
+        (
+            &mut guards_small[..n],
+            &mut of_small[..n],
+            &mut work_small[..n],
+        )
+    } else {
+        guards_big = (0..n).map(|_| None).collect::<Vec<_>>();
+        of_big = vec![0usize; n];
+        work_big = vec![State::Concurrency { inflight: 0 }; n];
+        (&mut guards_big, &mut of_big, &mut work_big)
+    };
+
+    // Lock each distinct bucket once, in that order; `of[charge]` is its guard's index.
+    let mut locked = 0;
+    let mut prev: Option<&Slot> = None;
+    for (i, slot) in order {
+        if !prev.is_some_and(|p| Arc::ptr_eq(p, slot)) {
+            let g = slot.lock();
+            work[locked] = g.state;
+            guards[locked] = Some(g);
+            locked += 1;
+        }
+        of[*i] = locked - 1;
+        prev = Some(slot);
+    }
+
+    // Work on copies; commit only when every charge is admitted.
+    let mut admits: Vec<Admit> = Vec::with_capacity(n);
+    for (i, c) in charges.iter().enumerate() {
+        let g = of[i];
+        match c.algo.take(&work[g], now, c.cost, c.reserve) {
+            Ok((state, admit)) => {
+                work[g] = state;
+                admits.push(admit);
+            }
+            Err(deny) => return Taken::Denied { index: i, deny },
+        }
+    }
+    for (i, c) in charges.iter().enumerate() {
+        if let Some(g) = guards[of[i]].as_mut() {
+            g.state = work[of[i]];
+            touch(g, &c.algo, now);
+        }
+    }
+    Taken::Admitted(admits)
 }
 
 /// A bucket an admitted request holds until it settles (see [`MemoryStore::take_held`]).
@@ -424,6 +453,28 @@ mod tests {
         assert_eq!(s.evict_idle(0), 1);
     }
 
+    /// Past `SMALL` charges the scratch is on the heap: the same all-or-nothing takes.
+    #[test]
+    fn many_charges_all_or_nothing() {
+        let s = MemoryStore::new();
+        let a = leaky(1, 10);
+        for n in [SMALL - 1, SMALL, SMALL + 1, 3 * SMALL] {
+            let keys: Vec<String> = (0..n).map(|i| format!("n{n}-k{}", i % (n - 1))).collect();
+            // The last charge repeats the first key; the bucket holds 10.
+            let mut cs: Vec<Charge> = keys.iter().map(|k| charge(k, &a, 4)).collect();
+            cs[n - 1].cost = 7;
+            assert!(matches!(s.take_sync(0, &cs), Taken::Denied { index, .. } if index == n - 1));
+            assert!(keys.iter().all(|k| s.status(k, 0).unwrap().remaining == 10));
+            cs[n - 1].cost = 6;
+            match s.take_sync(0, &cs) {
+                Taken::Admitted(v) => assert_eq!(v.len(), n),
+                t => panic!("{t:?}"),
+            }
+            assert_eq!(s.status(&keys[0], 0).unwrap().remaining, 0);
+            assert_eq!(s.status(&keys[1], 0).unwrap().remaining, 6);
+        }
+    }
+
     #[test]
     fn held_buckets_settle_like_a_lookup_and_are_not_evicted() {
         let s = MemoryStore::new();
@@ -443,7 +494,7 @@ mod tests {
         assert_eq!(s.status("b", 0).unwrap().remaining, 0);
         drop(held);
         assert_eq!(s.evict_idle(0), 1); // "z"
-        // One charge, and a refusal: nothing held.
+                                        // One charge, and a refusal: nothing held.
         let (t, held) = s.take_held(0, &[charge("b", &b, 1)]);
         assert!(!admitted(&t) && held.is_empty());
         let (t, held) = s.take_held(0, &[charge("z", &a, 1), charge("b", &b, 1)]);
