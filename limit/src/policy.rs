@@ -15,6 +15,7 @@ use leaky_config::{
     Tier, Unit,
 };
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -165,6 +166,15 @@ impl CompiledPolicy {
                 .unwrap_or(&b.none)
                 .clone(),
         }
+    }
+
+    /// Appends the bucket key of `s` to `out`.
+    fn write_key(&self, s: &Subject<'_>, out: &mut String) {
+        if self.balances.is_some() {
+            out.push_str(&super::balance::key(s.org.unwrap_or("")));
+            return;
+        }
+        self.key_parts(s, |part| out.push_str(part));
     }
 
     fn key(&self, s: &Subject<'_>) -> Arc<str> {
@@ -371,6 +381,36 @@ impl Limiter {
 
     /// The request's charges, with the index of each one's policy.
     pub fn charges(&self, s: &Subject<'_>) -> Charges {
+        self.build_charges(s, |p, _| p.key(s))
+    }
+
+    /// [`charges`](Self::charges), with each bucket key's text (and the charge's algorithm) handed to
+    /// `resolve`, which returns the key to charge: e.g. the in-process store's own `Arc` of it, so an
+    /// existing bucket's key is not allocated again.
+    pub fn charges_resolved(
+        &self,
+        s: &Subject<'_>,
+        mut resolve: impl FnMut(&str, &Arc<Algorithm>) -> Arc<str>,
+    ) -> Charges {
+        thread_local! {
+            /// The key text's buffer, reused (taken out while in use: `resolve` may re-enter).
+            static TEXT: Cell<String> = const { Cell::new(String::new()) };
+        }
+        let mut text = TEXT.take();
+        let charges = self.build_charges(s, |p, algo| {
+            text.clear();
+            p.write_key(s, &mut text);
+            resolve(&text, algo)
+        });
+        TEXT.set(text);
+        charges
+    }
+
+    fn build_charges(
+        &self,
+        s: &Subject<'_>,
+        mut key: impl FnMut(&CompiledPolicy, &Arc<Algorithm>) -> Arc<str>,
+    ) -> Charges {
         let (slot, candidates) = self.candidates(s);
         let mut which = Vec::with_capacity(candidates.len());
         let mut charges = Vec::with_capacity(candidates.len());
@@ -390,9 +430,10 @@ impl Limiter {
                 }
             }
             which.push(i);
+            let algo = p.algo_for(s);
             charges.push(Charge {
-                key: p.key(s),
-                algo: p.algo_for(s),
+                key: key(p, &algo),
+                algo,
                 cost,
                 reserve: p.policy.reserve_permille[slot],
                 on_error: p.on_error,
@@ -435,6 +476,8 @@ limits:
   policies:
     - { name: all, unit: requests, rate: 9, per: minute,
         scope: [key, user, org, tier, model, provider, route] }
+    - { name: prepaid, unit: balance }
+balances: { acme: 10 }
 ";
         let dir = std::path::Path::new("/");
         let c =
@@ -459,6 +502,34 @@ limits:
                 p.key_prefix
             );
             assert_eq!(&*p.key(&s), expected);
+            let mut text = String::new();
+            p.write_key(&s, &mut text);
+            assert_eq!(text, expected);
+            // The resolved charges spell the same keys, and charge what the resolver returns.
+            let mut seen = Vec::new();
+            let c = l.charges_resolved(&s, |k, _| {
+                seen.push(k.to_string());
+                Arc::from(k)
+            });
+            // (No cost: the balance does not meter this request.)
+            assert_eq!(seen, std::slice::from_ref(&expected));
+            assert_eq!(&*c.charges[0].key, expected);
+            assert_eq!(c.which, l.charges(&s).which);
         }
+        // A balance's key is its org's account.
+        let s = Subject {
+            org: Some("acme"),
+            cost: Some(TokenCost {
+                prompt: 1,
+                max_completion: Some(1),
+                choices: 1,
+            }),
+            ..Subject::default()
+        };
+        let c = l.charges_resolved(&s, |k, _| Arc::from(k));
+        assert_eq!(c.which, [0, 1]);
+        assert_eq!(c.charges[1].key, l.charges(&s).charges[1].key);
+        assert_eq!(&*c.charges[1].key, "leaky:bal:{acme}");
+        assert_eq!(*c.charges[1].algo, Algorithm::Balance { credited: 10 });
     }
 }

@@ -166,21 +166,37 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<Admission, Rejection> {
+        let inline = self.limiter.inline.as_deref();
+        // On the in-process store, each charge's bucket is found (or created) as its key is
+        // spelled: the store's own key is charged (nothing allocated for an existing bucket) and the
+        // bucket is held from here to the settlement.
+        let mut buckets = Vec::new();
+        let mut clock = None;
         let Charges {
             which,
             charges,
             completion,
             cap,
-        } = self.limiter.charges(&subject(ctx));
+        } = match inline {
+            Some(m) => {
+                let now = (self.limiter.clock)();
+                clock = Some(now);
+                self.limiter.charges_resolved(&subject(ctx), |key, algo| {
+                    let (key, bucket) = m.bucket(key, algo, now);
+                    buckets.push(bucket);
+                    key
+                })
+            }
+            None => self.limiter.charges(&subject(ctx)),
+        };
         if charges.is_empty() {
             return Ok(Admission::default());
         }
-        let now = (self.limiter.clock)();
-        let (taken, held) = match &self.limiter.inline {
-            // The in-process store answers at once (no boxed future, no dynamic call) and hands
-            // the buckets over, for the settlement.
+        let now = clock.unwrap_or_else(|| (self.limiter.clock)());
+        let (taken, held) = match inline {
+            // The in-process store answers at once: no boxed future, no dynamic call.
             Some(m) => {
-                let (taken, held) = m.take_held(now, &charges);
+                let (taken, held) = m.take_in(now, &charges, buckets);
                 (Ok(taken), held)
             }
             None => (self.limiter.store.take(now, &charges).await, Vec::new()),
