@@ -8,6 +8,10 @@
 //! A request may name one key twice: the bucket is locked once and its charges apply one after the
 //! other, in the caller's order.
 //!
+//! The `rate-limit` filter resolves a request's buckets as it spells their keys (`bucket`: the map's
+//! own key, nothing allocated for an existing bucket), takes on them (`take_in`) and settles through
+//! them (`Held`), with no further lookups.
+//!
 //! `evict_idle` drops buckets whose state equals a fresh one (a background sweep calls it). A bucket
 //! some `take` is using (its `Arc` is cloned) is never evicted, so no admission is lost to a sweep.
 
@@ -88,29 +92,92 @@ impl MemoryStore {
         match charges {
             [] => Taken::Admitted(Vec::new()),
             [one] => self.take_one(now, one),
-            _ => self.take_many(now, charges),
+            _ => self.take_many(now, charges, false).0,
+        }
+    }
+
+    /// `take_sync`, also handing back the buckets when admitted (one per charge, in order), so the
+    /// request settles them without looking them up again. A held bucket is never evicted; that
+    /// changes nothing, since only a bucket equivalent to a fresh one is evicted.
+    pub fn take_held(&self, now: Nanos, charges: &[Charge]) -> (Taken, Vec<Held>) {
+        match charges {
+            [] => (Taken::Admitted(Vec::new()), Vec::new()),
+            [one] => {
+                let slot = self.slot(&one.key, &one.algo, now);
+                let taken = Self::take_locked(&mut slot.lock(), now, one);
+                let held = match taken {
+                    Taken::Admitted(_) => vec![Held(slot)],
+                    Taken::Denied { .. } => Vec::new(),
+                };
+                (taken, held)
+            }
+            _ => self.take_many(now, charges, true),
+        }
+    }
+
+    /// The bucket for `key`, created fresh at `now` if missing, held: the map's own key (an `Arc`
+    /// clone: no allocation when the bucket exists) and the bucket, for [`take_in`](Self::take_in).
+    pub fn bucket(&self, key: &str, algo: &Arc<Algorithm>, now: Nanos) -> (Arc<str>, Held) {
+        if let Some(r) = self.buckets.get(key) {
+            return (Arc::clone(r.key()), Held(Arc::clone(r.value())));
+        }
+        let r = self
+            .buckets
+            .entry(Arc::from(key))
+            .or_insert_with(|| fresh(algo, now));
+        (Arc::clone(r.key()), Held(Arc::clone(r.value())))
+    }
+
+    /// [`take_held`](Self::take_held) on buckets the caller holds already (from
+    /// [`bucket`](Self::bucket), one per charge, in order): no map lookups. Given another number of
+    /// buckets than charges, it looks them up instead.
+    pub fn take_in(
+        &self,
+        now: Nanos,
+        charges: &[Charge],
+        buckets: Vec<Held>,
+    ) -> (Taken, Vec<Held>) {
+        if buckets.len() != charges.len() {
+            return self.take_held(now, charges);
+        }
+        let taken = match charges {
+            [] => Taken::Admitted(Vec::new()),
+            [one] => match buckets.first() {
+                Some(b) => Self::take_locked(&mut b.0.lock(), now, one),
+                None => Taken::Admitted(Vec::new()),
+            },
+            _ => take_in_order(&buckets, charges, now),
+        };
+        match taken {
+            Taken::Admitted(_) => (taken, buckets),
+            Taken::Denied { .. } => (taken, Vec::new()),
         }
     }
 
     /// The synchronous `adjust`.
     pub fn adjust_sync(&self, now: Nanos, adjusts: &[Adjust]) {
         for a in adjusts {
-            if a.delta == 0 {
-                continue;
-            }
-            // A refund to a missing (evicted, hence fresh) bucket changes nothing: don't create it.
-            let slot = if a.delta < 0 {
-                match self.buckets.get(&*a.key) {
-                    Some(r) => Arc::clone(r.value()),
-                    None => continue,
-                }
-            } else {
-                self.slot(&a.key, &a.algo, now)
-            };
-            let mut e = slot.lock();
-            e.state = a.algo.adjust(&e.state, now, a.delta);
-            touch(&mut e, &a.algo, now);
+            self.adjust_one(now, &a.key, &a.algo, a.delta);
         }
+    }
+
+    /// One bucket's `adjust`, without an [`Adjust`] (the caller keeps its key and algorithm).
+    pub fn adjust_one(&self, now: Nanos, key: &Arc<str>, algo: &Arc<Algorithm>, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        // A refund to a missing (evicted, hence fresh) bucket changes nothing: don't create it.
+        let slot = if delta < 0 {
+            match self.buckets.get(&**key) {
+                Some(r) => Arc::clone(r.value()),
+                None => return,
+            }
+        } else {
+            self.slot(key, algo, now)
+        };
+        let mut e = slot.lock();
+        e.state = algo.adjust(&e.state, now, delta);
+        touch(&mut e, algo, now);
     }
 
     /// Gets or creates the bucket; the map's shard lock is released on return.
@@ -118,13 +185,10 @@ impl MemoryStore {
         if let Some(r) = self.buckets.get(&**key) {
             return Arc::clone(r.value());
         }
-        let r = self.buckets.entry(Arc::clone(key)).or_insert_with(|| {
-            Arc::new(Mutex::new(Entry {
-                state: algo.fresh(now),
-                algo: Arc::clone(algo),
-                last_used: now,
-            }))
-        });
+        let r = self
+            .buckets
+            .entry(Arc::clone(key))
+            .or_insert_with(|| fresh(algo, now));
         Arc::clone(r.value())
     }
 
@@ -150,47 +214,115 @@ impl MemoryStore {
         }
     }
 
-    fn take_many(&self, now: Nanos, charges: &[Charge]) -> Taken {
-        // Buckets in key order, with the charge each belongs to.
-        let mut order: Vec<(usize, Slot)> = charges
+    /// `held`: hand the buckets back (in charge order) when admitted.
+    fn take_many(&self, now: Nanos, charges: &[Charge], held: bool) -> (Taken, Vec<Held>) {
+        let buckets: Vec<Held> = charges
             .iter()
-            .enumerate()
-            .map(|(i, c)| (i, self.slot(&c.key, &c.algo, now)))
+            .map(|c| Held(self.slot(&c.key, &c.algo, now)))
             .collect();
-        order.sort_by(|a, b| charges[a.0].key.cmp(&charges[b.0].key));
+        let taken = take_in_order(&buckets, charges, now);
+        let held = if held && matches!(taken, Taken::Admitted(_)) {
+            buckets
+        } else {
+            Vec::new()
+        };
+        (taken, held)
+    }
+}
 
-        // Lock each distinct bucket once, in that order; `of[charge]` is its guard's index.
-        let mut guards: Vec<MutexGuard<'_, Entry>> = Vec::with_capacity(order.len());
-        let mut of = vec![0usize; charges.len()];
-        let mut prev: Option<&Slot> = None;
-        for (i, slot) in &order {
-            match prev {
-                Some(p) if Arc::ptr_eq(p, slot) => {}
-                _ => guards.push(slot.lock()),
-            }
-            of[*i] = guards.len() - 1;
-            prev = Some(slot);
-        }
+fn fresh(algo: &Arc<Algorithm>, now: Nanos) -> Slot {
+    Arc::new(Mutex::new(Entry {
+        state: algo.fresh(now),
+        algo: Arc::clone(algo),
+        last_used: now,
+    }))
+}
 
-        // Work on copies; commit only when every charge is admitted.
-        let mut work: Vec<State> = guards.iter().map(|g| g.state).collect();
-        let mut admits: Vec<Admit> = Vec::with_capacity(charges.len());
-        for (i, c) in charges.iter().enumerate() {
-            let g = of[i];
-            match c.algo.take(&work[g], now, c.cost, c.reserve) {
-                Ok((state, admit)) => {
-                    work[g] = state;
-                    admits.push(admit);
-                }
-                Err(deny) => return Taken::Denied { index: i, deny },
-            }
+/// A locked bucket, once its turn in key order came.
+type Guard<'a> = Option<MutexGuard<'a, Entry>>;
+
+/// Up to this many charges, `take_in_order`'s scratch (guards, states) lives on the stack.
+const SMALL: usize = 8;
+
+/// Locks each distinct bucket (`buckets[i]` is charge `i`'s) once, in key order (so two requests
+/// sharing buckets cannot deadlock), runs every charge on copies of the states, in the caller's order,
+/// and stores them only if all were admitted.
+fn take_in_order(buckets: &[Held], charges: &[Charge], now: Nanos) -> Taken {
+    let n = charges.len().min(buckets.len());
+    let mut guards_small: [Guard<'_>; SMALL] = Default::default();
+    let mut of_small = [0usize; SMALL];
+    let mut work_small = [State::Concurrency { inflight: 0 }; SMALL];
+    let mut perm_small = [0usize; SMALL];
+    let (mut guards_big, mut of_big, mut work_big, mut perm_big);
+    let (guards, of, work, perm): (&mut [Guard<'_>], &mut [usize], &mut [State], &mut [usize]) =
+        if n <= SMALL {
+            (
+                &mut guards_small[..n],
+                &mut of_small[..n],
+                &mut work_small[..n],
+                &mut perm_small[..n],
+            )
+        } else {
+            guards_big = (0..n).map(|_| None).collect::<Vec<_>>();
+            of_big = vec![0usize; n];
+            work_big = vec![State::Concurrency { inflight: 0 }; n];
+            perm_big = vec![0usize; n];
+            (&mut guards_big, &mut of_big, &mut work_big, &mut perm_big)
+        };
+    for (i, p) in perm.iter_mut().enumerate() {
+        *p = i;
+    }
+    perm.sort_by(|a, b| charges[*a].key.cmp(&charges[*b].key));
+
+    // Lock each distinct bucket once, in that order; `of[charge]` is its guard's index.
+    let mut locked = 0;
+    let mut prev: Option<&Slot> = None;
+    for &i in perm.iter() {
+        let slot = &buckets[i].0;
+        if !prev.is_some_and(|p| Arc::ptr_eq(p, slot)) {
+            let g = slot.lock();
+            work[locked] = g.state;
+            guards[locked] = Some(g);
+            locked += 1;
         }
-        for (i, c) in charges.iter().enumerate() {
-            let g = &mut guards[of[i]];
+        of[i] = locked - 1;
+        prev = Some(slot);
+    }
+
+    // Work on copies; commit only when every charge is admitted.
+    let mut admits: Vec<Admit> = Vec::with_capacity(n);
+    for (i, c) in charges.iter().enumerate().take(n) {
+        let g = of[i];
+        match c.algo.take(&work[g], now, c.cost, c.reserve) {
+            Ok((state, admit)) => {
+                work[g] = state;
+                admits.push(admit);
+            }
+            Err(deny) => return Taken::Denied { index: i, deny },
+        }
+    }
+    for (i, c) in charges.iter().enumerate().take(n) {
+        if let Some(g) = guards[of[i]].as_mut() {
             g.state = work[of[i]];
             touch(g, &c.algo, now);
         }
-        Taken::Admitted(admits)
+    }
+    Taken::Admitted(admits)
+}
+
+/// A bucket an admitted request holds until it settles (see [`MemoryStore::take_held`]).
+#[derive(Debug)]
+pub struct Held(Slot);
+
+impl Held {
+    /// [`MemoryStore::adjust_one`] on this bucket, without the map lookup.
+    pub fn adjust(&self, now: Nanos, algo: &Arc<Algorithm>, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let mut e = self.0.lock();
+        e.state = algo.adjust(&e.state, now, delta);
+        touch(&mut e, algo, now);
     }
 }
 
@@ -372,6 +504,103 @@ mod tests {
         assert_eq!(s.evict_idle(0), 0);
         drop(held);
         assert_eq!(s.evict_idle(0), 1);
+    }
+
+    /// Past `SMALL` charges the scratch is on the heap: the same all-or-nothing takes.
+    #[test]
+    fn many_charges_all_or_nothing() {
+        let s = MemoryStore::new();
+        let a = leaky(1, 10);
+        for n in [SMALL - 1, SMALL, SMALL + 1, 3 * SMALL] {
+            let keys: Vec<String> = (0..n).map(|i| format!("n{n}-k{}", i % (n - 1))).collect();
+            // The last charge repeats the first key; the bucket holds 10.
+            let mut cs: Vec<Charge> = keys.iter().map(|k| charge(k, &a, 4)).collect();
+            cs[n - 1].cost = 7;
+            assert!(matches!(s.take_sync(0, &cs), Taken::Denied { index, .. } if index == n - 1));
+            assert!(keys.iter().all(|k| s.status(k, 0).unwrap().remaining == 10));
+            cs[n - 1].cost = 6;
+            match s.take_sync(0, &cs) {
+                Taken::Admitted(v) => assert_eq!(v.len(), n),
+                t => panic!("{t:?}"),
+            }
+            assert_eq!(s.status(&keys[0], 0).unwrap().remaining, 0);
+            assert_eq!(s.status(&keys[1], 0).unwrap().remaining, 6);
+        }
+    }
+
+    #[test]
+    fn held_buckets_settle_like_a_lookup_and_are_not_evicted() {
+        let s = MemoryStore::new();
+        let (a, b) = (leaky(1, 10), leaky(1, 5));
+        // "z" sorts first by key, and is charged twice: one held bucket per charge, in order.
+        let cs = [charge("z", &a, 2), charge("b", &b, 1), charge("z", &a, 3)];
+        let (t, held) = s.take_held(0, &cs);
+        assert!(admitted(&t));
+        assert_eq!(held.len(), 3);
+        assert_eq!(s.status("z", 0).unwrap().remaining, 5);
+        // Not evicted while held, even once equivalent to a fresh bucket.
+        held[0].adjust(0, &a, -2);
+        held[2].adjust(0, &a, -3);
+        assert_eq!(s.evict_idle(0), 0);
+        assert_eq!(s.status("z", 0).unwrap().remaining, 10);
+        held[1].adjust(0, &b, 4);
+        assert_eq!(s.status("b", 0).unwrap().remaining, 0);
+        drop(held);
+        assert_eq!(s.evict_idle(0), 1); // "z"
+                                        // One charge, and a refusal: nothing held.
+        let (t, held) = s.take_held(0, &[charge("b", &b, 1)]);
+        assert!(!admitted(&t) && held.is_empty());
+        let (t, held) = s.take_held(0, &[charge("z", &a, 1), charge("b", &b, 1)]);
+        assert!(matches!(t, Taken::Denied { index: 1, .. }) && held.is_empty());
+        let (t, held) = s.take_held(0, &[charge("z", &a, 1)]);
+        assert!(admitted(&t));
+        held[0].adjust(0, &a, -1);
+        assert_eq!(s.status("z", 0).unwrap().remaining, 10);
+    }
+
+    #[test]
+    fn buckets_resolved_up_front_take_like_a_lookup() {
+        let s = MemoryStore::new();
+        let (a, b) = (leaky(1, 10), leaky(1, 5));
+        // `bucket` creates a fresh bucket once and then hands out the map's own key.
+        let (k1, _) = s.bucket("z", &a, 0);
+        let (k2, _) = s.bucket("z", &a, 0);
+        assert!(Arc::ptr_eq(&k1, &k2));
+        assert_eq!(s.status("z", 0).unwrap().remaining, 10);
+        let resolve = |keys: &[(&str, &Arc<Algorithm>, u64)]| {
+            let mut held = Vec::new();
+            let cs: Vec<Charge> = keys
+                .iter()
+                .map(|(k, algo, cost)| {
+                    let (key, h) = s.bucket(k, algo, 0);
+                    held.push(h);
+                    Charge {
+                        key,
+                        ..charge(k, algo, *cost)
+                    }
+                })
+                .collect();
+            (cs, held)
+        };
+        let (cs, held) = resolve(&[("z", &a, 2), ("b", &b, 1), ("z", &a, 3)]);
+        let (t, held) = s.take_in(0, &cs, held);
+        assert!(admitted(&t));
+        assert_eq!(held.len(), 3);
+        assert_eq!(s.status("z", 0).unwrap().remaining, 5);
+        assert_eq!(s.status("b", 0).unwrap().remaining, 4);
+        // All or nothing, nothing held on a refusal.
+        let (cs, held) = resolve(&[("b", &b, 1), ("z", &a, 6)]);
+        let (t, held) = s.take_in(0, &cs, held);
+        assert!(matches!(t, Taken::Denied { index: 1, .. }) && held.is_empty());
+        assert_eq!(s.status("b", 0).unwrap().remaining, 4);
+        let (cs, held) = resolve(&[("b", &b, 4)]);
+        let (t, held) = s.take_in(0, &cs, held);
+        assert!(admitted(&t) && held.len() == 1);
+        assert_eq!(s.status("b", 0).unwrap().remaining, 0);
+        // Buckets that do not match the charges: looked up instead.
+        let (t, held) = s.take_in(SEC, &[charge("z", &a, 1), charge("b", &b, 1)], Vec::new());
+        assert!(admitted(&t) && held.len() == 2);
+        assert_eq!(s.status("z", SEC).unwrap().remaining, 5);
     }
 
     #[test]

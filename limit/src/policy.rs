@@ -15,8 +15,8 @@ use leaky_config::{
     Tier, Unit,
 };
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
 use std::sync::Arc;
 
 /// The request as the limiter sees it: who calls and what it asks for, borrowed from the caller's
@@ -168,30 +168,61 @@ impl CompiledPolicy {
         }
     }
 
+    /// Appends the bucket key of `s` to `out`.
+    fn write_key(&self, s: &Subject<'_>, out: &mut String) {
+        if self.balances.is_some() {
+            out.push_str(&super::balance::key(s.org.unwrap_or("")));
+            return;
+        }
+        self.key_parts(s, |part| out.push_str(part));
+    }
+
     fn key(&self, s: &Subject<'_>) -> Arc<str> {
         if self.balances.is_some() {
             // The org's account, whatever the policy's name or version: a reload keeps it. A
             // caller with no org charges an account nobody credits (`leaky:bal:{}`): refused.
             return Arc::from(super::balance::key(s.org.unwrap_or("")));
         }
-        let mut k = String::with_capacity(self.key_prefix.len() + 48);
-        k.push_str(&self.key_prefix);
-        for (i, d) in self.policy.scope.iter().enumerate() {
-            if i > 0 {
-                k.push(',');
+        // `name:fingerprint:tag=value,…`, copied into the `Arc` from the stack when it fits (one
+        // allocation, no `fmt`).
+        let mut total = 0;
+        self.key_parts(s, |part| total += part.len());
+        let mut stack = [0u8; 192];
+        let Some(buf) = stack.get_mut(..total) else {
+            let mut k = String::with_capacity(total);
+            self.key_parts(s, |part| k.push_str(part));
+            return Arc::from(k);
+        };
+        let mut at = 0;
+        self.key_parts(s, |part| {
+            if let Some(dst) = buf.get_mut(at..at + part.len()) {
+                dst.copy_from_slice(part.as_bytes());
             }
+            at += part.len();
+        });
+        // Whole `&str`s were copied in: always UTF-8.
+        Arc::from(std::str::from_utf8(buf).unwrap_or_default())
+    }
+
+    /// The pieces of the bucket key of `s`, in order.
+    fn key_parts<'s>(&'s self, s: &Subject<'s>, mut put: impl FnMut(&'s str)) {
+        put(&self.key_prefix);
+        for (i, d) in self.policy.scope.iter().enumerate() {
             let (tag, v): (&str, Option<&str>) = match d {
-                Dimension::Key => ("k", s.key),
-                Dimension::User => ("u", s.user),
-                Dimension::Org => ("o", s.org),
-                Dimension::Tier => ("t", s.tier),
-                Dimension::Model => ("m", s.model),
-                Dimension::Provider => ("p", s.provider),
-                Dimension::Route => ("r", s.route),
+                Dimension::Key => ("k=", s.key),
+                Dimension::User => ("u=", s.user),
+                Dimension::Org => ("o=", s.org),
+                Dimension::Tier => ("t=", s.tier),
+                Dimension::Model => ("m=", s.model),
+                Dimension::Provider => ("p=", s.provider),
+                Dimension::Route => ("r=", s.route),
             };
-            let _ = write!(k, "{tag}={}", v.unwrap_or("-"));
+            if i > 0 {
+                put(",");
+            }
+            put(tag);
+            put(v.unwrap_or("-"));
         }
-        Arc::from(k)
     }
 }
 
@@ -350,6 +381,36 @@ impl Limiter {
 
     /// The request's charges, with the index of each one's policy.
     pub fn charges(&self, s: &Subject<'_>) -> Charges {
+        self.build_charges(s, |p, _| p.key(s))
+    }
+
+    /// [`charges`](Self::charges), with each bucket key's text (and the charge's algorithm) handed to
+    /// `resolve`, which returns the key to charge: e.g. the in-process store's own `Arc` of it, so an
+    /// existing bucket's key is not allocated again.
+    pub fn charges_resolved(
+        &self,
+        s: &Subject<'_>,
+        mut resolve: impl FnMut(&str, &Arc<Algorithm>) -> Arc<str>,
+    ) -> Charges {
+        thread_local! {
+            /// The key text's buffer, reused (taken out while in use: `resolve` may re-enter).
+            static TEXT: Cell<String> = const { Cell::new(String::new()) };
+        }
+        let mut text = TEXT.take();
+        let charges = self.build_charges(s, |p, algo| {
+            text.clear();
+            p.write_key(s, &mut text);
+            resolve(&text, algo)
+        });
+        TEXT.set(text);
+        charges
+    }
+
+    fn build_charges(
+        &self,
+        s: &Subject<'_>,
+        mut key: impl FnMut(&CompiledPolicy, &Arc<Algorithm>) -> Arc<str>,
+    ) -> Charges {
         let (slot, candidates) = self.candidates(s);
         let mut which = Vec::with_capacity(candidates.len());
         let mut charges = Vec::with_capacity(candidates.len());
@@ -369,9 +430,10 @@ impl Limiter {
                 }
             }
             which.push(i);
+            let algo = p.algo_for(s);
             charges.push(Charge {
-                key: p.key(s),
-                algo: p.algo_for(s),
+                key: key(p, &algo),
+                algo,
                 cost,
                 reserve: p.policy.reserve_permille[slot],
                 on_error: p.on_error,
@@ -395,4 +457,79 @@ pub struct Charges {
     /// The per-choice completion cap to send upstream (an uncapped request under a policy with
     /// `enforce_max_tokens`; the smallest such policy's `default_max_tokens`).
     pub cap: Option<u64>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// Keys are built on the stack up to its size and in a `String` past it: the same text either way.
+    #[test]
+    fn keys_are_whole_on_either_side_of_the_stack_buffer() {
+        let yaml = "providers:
+  openai: { base_url: http://127.0.0.1:1 }
+routes:
+  - { name: v1, prefix: /v1, upstream: { provider: openai } }
+tiers: { pro: {} }
+limits:
+  policies:
+    - { name: all, unit: requests, rate: 9, per: minute,
+        scope: [key, user, org, tier, model, provider, route] }
+    - { name: prepaid, unit: balance }
+balances: { acme: 10 }
+";
+        let dir = std::path::Path::new("/");
+        let c =
+            leaky_config::load_text(dir, yaml, dir, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(super::super::memory::MemoryStore::new());
+        let l = Limiter::new(&c.limits, &c.tiers, store, None, Arc::new(|| 0)).unwrap();
+        let p = &l.policies[0];
+        for n in 0..300 {
+            let long = "é".repeat(n / 2) + &"x".repeat(n % 2);
+            let s = Subject {
+                key: Some(&long),
+                user: Some("u1"),
+                org: None,
+                tier: Some("pro"),
+                model: Some("gpt-4o"),
+                provider: Some("openai"),
+                route: Some("v1"),
+                cost: None,
+            };
+            let expected = format!(
+                "{}k={long},u=u1,o=-,t=pro,m=gpt-4o,p=openai,r=v1",
+                p.key_prefix
+            );
+            assert_eq!(&*p.key(&s), expected);
+            let mut text = String::new();
+            p.write_key(&s, &mut text);
+            assert_eq!(text, expected);
+            // The resolved charges spell the same keys, and charge what the resolver returns.
+            let mut seen = Vec::new();
+            let c = l.charges_resolved(&s, |k, _| {
+                seen.push(k.to_string());
+                Arc::from(k)
+            });
+            // (No cost: the balance does not meter this request.)
+            assert_eq!(seen, std::slice::from_ref(&expected));
+            assert_eq!(&*c.charges[0].key, expected);
+            assert_eq!(c.which, l.charges(&s).which);
+        }
+        // A balance's key is its org's account.
+        let s = Subject {
+            org: Some("acme"),
+            cost: Some(TokenCost {
+                prompt: 1,
+                max_completion: Some(1),
+                choices: 1,
+            }),
+            ..Subject::default()
+        };
+        let c = l.charges_resolved(&s, |k, _| Arc::from(k));
+        assert_eq!(c.which, [0, 1]);
+        assert_eq!(c.charges[1].key, l.charges(&s).charges[1].key);
+        assert_eq!(&*c.charges[1].key, "leaky:bal:{acme}");
+        assert_eq!(*c.charges[1].algo, Algorithm::Balance { credited: 10 });
+    }
 }

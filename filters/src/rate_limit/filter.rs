@@ -19,26 +19,23 @@ use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::{PolicyKind, QuotaWindow, Unit};
 use leaky_limit::{
-    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Limiter, Status, Taken, TokenUsage,
-    UsageSource,
+    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Held, Limiter, MemoryStore, Taken,
+    TokenUsage, UsageSource,
 };
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
-struct Reserved {
-    unit: Unit,
-    charge: Charge,
-}
-
 pub struct RateLimitFilter {
     limiter: Arc<Limiter>,
+    /// The limiter's policies as headers, rendered once.
+    headers: headers::Fixed,
     decisions: Option<DecisionSink>,
 }
 
 impl RateLimitFilter {
     pub fn new(limiter: Arc<Limiter>) -> Self {
         RateLimitFilter {
+            headers: headers::Fixed::new(&limiter),
             limiter,
             decisions: None,
         }
@@ -169,37 +166,52 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<Admission, Rejection> {
+        let inline = self.limiter.inline.as_deref();
+        // On the in-process store, each charge's bucket is found (or created) as its key is
+        // spelled: the store's own key is charged (nothing allocated for an existing bucket) and the
+        // bucket is held from here to the settlement.
+        let mut buckets = Vec::new();
+        let mut clock = None;
         let Charges {
             which,
             charges,
             completion,
             cap,
-        } = self.limiter.charges(&subject(ctx));
+        } = match inline {
+            Some(m) => {
+                let now = (self.limiter.clock)();
+                clock = Some(now);
+                self.limiter.charges_resolved(&subject(ctx), |key, algo| {
+                    let (key, bucket) = m.bucket(key, algo, now);
+                    buckets.push(bucket);
+                    key
+                })
+            }
+            None => self.limiter.charges(&subject(ctx)),
+        };
         if charges.is_empty() {
             return Ok(Admission::default());
         }
-        let now = (self.limiter.clock)();
-        match self.limiter.store.take(now, &charges).await {
+        let now = clock.unwrap_or_else(|| (self.limiter.clock)());
+        let (taken, held) = match inline {
+            // The in-process store answers at once: no boxed future, no dynamic call.
+            Some(m) => {
+                let (taken, held) = m.take_in(now, &charges, buckets);
+                (Ok(taken), held)
+            }
+            None => (self.limiter.store.take(now, &charges).await, Vec::new()),
+        };
+        match taken {
             Ok(Taken::Admitted(admits)) => {
-                let statuses: Vec<(usize, Status)> = which
-                    .iter()
-                    .zip(&admits)
-                    .map(|(i, a)| (*i, a.status))
-                    .collect();
-                headers::add(&self.limiter, &statuses, None, ctx);
+                let statuses = which.iter().zip(&admits).map(|(i, a)| (*i, a.status));
+                headers::add(&self.headers, statuses, None, ctx);
                 self.count(which.iter().zip(&admits).map(|(i, a)| (*i, decision(a))));
                 let delay = admits.iter().map(|a| a.delay_ns).max().unwrap_or(0);
-                let items = which
-                    .iter()
-                    .zip(charges)
-                    .map(|(i, charge)| Reserved {
-                        unit: self.limiter.policies[*i].policy.unit,
-                        charge,
-                    })
-                    .collect();
                 let hold = RateLimitHold {
                     limiter: self.limiter.clone(),
-                    items,
+                    which,
+                    charges,
+                    held,
                 };
                 if delay > 0 {
                     // Shaping: the request waits here, holding its reservation (a cancelled wait
@@ -213,8 +225,8 @@ impl Filter for RateLimitFilter {
                 })
             }
             Ok(Taken::Denied { index, deny }) => {
-                let statuses = [(which[index], deny.status)];
-                headers::add(&self.limiter, &statuses, Some(&deny), ctx);
+                let statuses = std::iter::once((which[index], deny.status));
+                headers::add(&self.headers, statuses, Some(&deny), ctx);
                 self.count([(which[index], Decision::Denied)]);
                 Err(self.rejection(&which, &charges, index, &deny))
             }
@@ -244,19 +256,29 @@ fn decision(a: &leaky_limit::Admit) -> Decision {
 /// dropped unsettled (the request was cancelled), it refunds everything.
 struct RateLimitHold {
     limiter: Arc<Limiter>,
-    /// Empty once settled.
-    items: Vec<Reserved>,
+    /// The policy of each charge (indexes into the limiter's policies).
+    which: Vec<usize>,
+    /// What was reserved; empty once settled.
+    charges: Vec<Charge>,
+    /// On the in-process store, each charge's bucket (else empty).
+    held: Vec<Held>,
 }
 
 impl RateLimitHold {
-    /// The correction of each bucket from what it reserved to what the request used.
-    fn adjusts(&self, outcome: &Settlement) -> Vec<Adjust> {
+    /// The correction of each bucket from what it reserved to what the request used (non-zero ones).
+    /// (charge index, charge, delta).
+    fn deltas<'a>(
+        &'a self,
+        outcome: &'a Settlement,
+    ) -> impl Iterator<Item = (usize, &'a Charge, i64)> {
         let failed = outcome.failed();
-        self.items
+        self.which
             .iter()
-            .filter_map(|it| {
-                let reserved = it.charge.cost as i64;
-                let used = match (it.unit, outcome.usage) {
+            .zip(&self.charges)
+            .enumerate()
+            .filter_map(move |(n, (i, c))| {
+                let reserved = c.cost as i64;
+                let used = match (self.limiter.policies[*i].policy.unit, outcome.usage) {
                     _ if failed => 0,
                     (Unit::ConcurrentRequests, _) => 0,
                     (Unit::Requests, _) => 1,
@@ -273,27 +295,47 @@ impl RateLimitHold {
                     _ => used,
                 };
                 let delta = used - reserved;
-                (delta != 0).then(|| Adjust {
-                    key: it.charge.key.clone(),
-                    algo: it.charge.algo.clone(),
-                    delta,
-                })
+                (delta != 0).then_some((n, c, delta))
+            })
+    }
+
+    fn adjusts(&self, outcome: &Settlement) -> Vec<Adjust> {
+        self.deltas(outcome)
+            .map(|(_, c, delta)| Adjust {
+                key: c.key.clone(),
+                algo: c.algo.clone(),
+                delta,
             })
             .collect()
     }
 
+    /// Settles on the in-process store, bucket by bucket (no `Adjust`s built, no lookups for the
+    /// buckets it holds); the clock is read only if some bucket changes.
+    fn settle_inline(&self, m: &MemoryStore, outcome: &Settlement) {
+        let mut now = None;
+        for (n, c, delta) in self.deltas(outcome) {
+            let now = *now.get_or_insert_with(|| (self.limiter.clock)());
+            match self.held.get(n) {
+                Some(b) => b.adjust(now, &c.algo, delta),
+                None => m.adjust_one(now, &c.key, &c.algo, delta),
+            }
+        }
+    }
+
     /// Settles without awaiting: inline on the in-process store, else through the settler queue.
     fn settle_now(&mut self, outcome: &Settlement) {
+        if let Some(m) = &self.limiter.inline {
+            self.settle_inline(m, outcome);
+            self.charges.clear();
+            self.held.clear();
+            return;
+        }
         let adjusts = self.adjusts(outcome);
-        self.items.clear();
+        self.charges.clear();
         if adjusts.is_empty() {
             return;
         }
         let now = (self.limiter.clock)();
-        if let Some(m) = &self.limiter.inline {
-            m.adjust_sync(now, &adjusts);
-            return;
-        }
         if let Some(s) = &self.limiter.settler {
             s.send(adjusts);
             return;
@@ -315,8 +357,14 @@ impl RateLimitHold {
 #[async_trait]
 impl Hold for RateLimitHold {
     async fn settle(mut self: Box<Self>, outcome: &Settlement) {
+        if let Some(m) = &self.limiter.inline {
+            self.settle_inline(m, outcome);
+            self.charges.clear();
+            self.held.clear();
+            return;
+        }
         let adjusts = self.adjusts(outcome);
-        self.items.clear();
+        self.charges.clear();
         if adjusts.is_empty() {
             return;
         }
@@ -333,7 +381,7 @@ impl Hold for RateLimitHold {
 
 impl Drop for RateLimitHold {
     fn drop(&mut self) {
-        if !self.items.is_empty() {
+        if !self.charges.is_empty() {
             self.settle_now(&Settlement::default());
         }
     }
