@@ -6,7 +6,7 @@
 //!
 //! and divide the total by the events (printed). The tracker's result is printed too, so a change
 //! that alters what is counted shows.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use leaky_usage::{Surface, UsageTracker, Vendor};
 
