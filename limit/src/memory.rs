@@ -289,9 +289,20 @@ fn take_in_order(buckets: &[Held], charges: &[Charge], now: Nanos) -> Taken {
         prev = Some(slot);
     }
 
-    // Work on copies; commit only when every charge is admitted.
-    let mut admits: Vec<Admit> = Vec::with_capacity(n);
-    for (i, c) in charges.iter().enumerate().take(n) {
+    run_locked(&charges[..n], guards, of, work, now)
+}
+
+/// Runs `charges` on copies of their locked buckets' states (`of[i]`: charge `i`'s guard and
+/// working state), in order; stores the states only when every charge is admitted.
+fn run_locked(
+    charges: &[Charge],
+    guards: &mut [Guard<'_>],
+    of: &[usize],
+    work: &mut [State],
+    now: Nanos,
+) -> Taken {
+    let mut admits: Vec<Admit> = Vec::with_capacity(charges.len());
+    for (i, c) in charges.iter().enumerate() {
         let g = of[i];
         match c.algo.take(&work[g], now, c.cost, c.reserve) {
             Ok((state, admit)) => {
@@ -301,7 +312,7 @@ fn take_in_order(buckets: &[Held], charges: &[Charge], now: Nanos) -> Taken {
             Err(deny) => return Taken::Denied { index: i, deny },
         }
     }
-    for (i, c) in charges.iter().enumerate().take(n) {
+    for (i, c) in charges.iter().enumerate() {
         if let Some(g) = guards[of[i]].as_mut() {
             g.state = work[of[i]];
             touch(g, &c.algo, now);

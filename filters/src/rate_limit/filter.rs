@@ -19,8 +19,8 @@ use crate::{RejectKind, Rejection};
 use async_trait::async_trait;
 use leaky_config::{PolicyKind, QuotaWindow, Unit};
 use leaky_limit::{
-    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Held, Limiter, MemoryStore, Taken,
-    TokenUsage, UsageSource,
+    Adjust, Charge, Charges, Decision, DecisionSink, Deny, Held, Limiter, MemoryStore, Nanos,
+    Taken, TokenUsage, UsageSource,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +147,35 @@ fn total(u: TokenUsage) -> i64 {
     u.prompt.saturating_add(u.completion) as i64
 }
 
+impl RateLimitFilter {
+    /// The request's charges. On the in-process store, each charge's bucket is found (or created)
+    /// as its key is spelled: the store's own key is charged (nothing allocated for an existing
+    /// bucket) and the bucket is held from here to the settlement; the clock read then is returned.
+    fn resolve(&self, ctx: &RequestCtx) -> (Charges, Vec<Held>, Option<Nanos>) {
+        let mut buckets = Vec::new();
+        let Some(m) = self.limiter.inline.as_deref() else {
+            return (self.limiter.charges(&subject(ctx)), buckets, None);
+        };
+        let now = (self.limiter.clock)();
+        let charges = self.limiter.charges_resolved(&subject(ctx), |key, algo| {
+            let (key, bucket) = m.bucket(key, algo, now);
+            buckets.push(bucket);
+            key
+        });
+        (charges, buckets, Some(now))
+    }
+
+    /// The store could not answer and a `fail_closed` policy applies: the request is refused.
+    fn unavailable(&self, which: &[usize], e: &impl std::fmt::Display) -> Rejection {
+        tracing::warn!(error = %e, "rate limiter store unavailable; a fail_closed policy refuses the request");
+        self.count(which.iter().map(|i| (*i, Decision::Unavailable)));
+        Rejection::new(
+            RejectKind::Unavailable,
+            "The rate limiter cannot check your limits right now; please retry shortly.",
+        )
+    }
+}
+
 #[async_trait]
 impl Filter for RateLimitFilter {
     fn kind(&self) -> &'static str {
@@ -167,28 +196,16 @@ impl Filter for RateLimitFilter {
 
     async fn on_admit(&self, ctx: &mut RequestCtx) -> Result<Admission, Rejection> {
         let inline = self.limiter.inline.as_deref();
-        // On the in-process store, each charge's bucket is found (or created) as its key is
-        // spelled: the store's own key is charged (nothing allocated for an existing bucket) and the
-        // bucket is held from here to the settlement.
-        let mut buckets = Vec::new();
-        let mut clock = None;
-        let Charges {
-            which,
-            charges,
-            completion,
-            cap,
-        } = match inline {
-            Some(m) => {
-                let now = (self.limiter.clock)();
-                clock = Some(now);
-                self.limiter.charges_resolved(&subject(ctx), |key, algo| {
-                    let (key, bucket) = m.bucket(key, algo, now);
-                    buckets.push(bucket);
-                    key
-                })
-            }
-            None => self.limiter.charges(&subject(ctx)),
-        };
+        let (
+            Charges {
+                which,
+                charges,
+                completion,
+                cap,
+            },
+            buckets,
+            clock,
+        ) = self.resolve(ctx);
         if charges.is_empty() {
             return Ok(Admission::default());
         }
@@ -230,14 +247,7 @@ impl Filter for RateLimitFilter {
                 self.count([(which[index], Decision::Denied)]);
                 Err(self.rejection(&which, &charges, index, &deny))
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "rate limiter store unavailable; a fail_closed policy refuses the request");
-                self.count(which.iter().map(|i| (*i, Decision::Unavailable)));
-                Err(Rejection::new(
-                    RejectKind::Unavailable,
-                    "The rate limiter cannot check your limits right now; please retry shortly.",
-                ))
-            }
+            Err(e) => Err(self.unavailable(&which, &e)),
         }
     }
 }
