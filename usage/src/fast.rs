@@ -44,16 +44,12 @@ pub(super) fn openai_chunk(data: &[u8]) -> Option<Chunk<'_>> {
     s.object(|s, key| {
         match key {
             b"choices" => {
-                if std::mem::replace(&mut seen_choices, true) {
-                    return None;
-                }
+                first(&mut seen_choices)?;
                 out.choices = s.choices()?;
             }
             b"usage" => {
                 // Only `null`: a chunk that reports usage is rare and read by serde.
-                if std::mem::replace(&mut seen_usage, true) {
-                    return None;
-                }
+                first(&mut seen_usage)?;
                 s.literal(b"null")?;
             }
             _ => s.skip(0)?,
@@ -77,6 +73,11 @@ const fn stops(ascii_only: bool) -> [bool; 256] {
         c += 1;
     }
     t
+}
+
+/// `None` when a member was `seen` already (serde refuses a duplicate field: let it say so).
+fn first(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
 }
 
 struct Scan<'a> {
@@ -302,23 +303,17 @@ impl<'a> Scan<'a> {
         self.object(|s, key| {
             match key {
                 b"index" => {
-                    if std::mem::replace(&mut index, true) {
-                        return None;
-                    }
+                    first(&mut index)?;
                     c.index = s.index()?;
                 }
                 b"delta" | b"message" => {
-                    if std::mem::replace(&mut delta, true) {
-                        return None;
-                    }
+                    first(&mut delta)?;
                     if !s.is_null() {
                         s.delta(&mut c)?;
                     }
                 }
                 b"text" => {
-                    if std::mem::replace(&mut text, true) {
-                        return None;
-                    }
+                    first(&mut text)?;
                     c.text = s.opt_text()?;
                 }
                 _ => s.skip(1)?,
@@ -365,21 +360,15 @@ impl<'a> Scan<'a> {
         self.object(|s, key| {
             match key {
                 b"content" => {
-                    if std::mem::replace(&mut content, true) {
-                        return None;
-                    }
+                    first(&mut content)?;
                     c.content = s.opt_text()?;
                 }
                 b"reasoning_content" => {
-                    if std::mem::replace(&mut reasoning, true) {
-                        return None;
-                    }
+                    first(&mut reasoning)?;
                     c.reasoning = s.opt_text()?;
                 }
                 b"tool_calls" => {
-                    if std::mem::replace(&mut tools, true) {
-                        return None;
-                    }
+                    first(&mut tools)?;
                     if !s.is_null() {
                         return None;
                     }
