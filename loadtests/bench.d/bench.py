@@ -32,7 +32,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 BENCH_KEY = "lt-bench-key"
 LITELLM_KEY = "sk-litellm-bench"
 
-# Ports (all loopback). The stub on 19101-19103, the realistic-latency stub on 19111-19113.
+# Ports (all loopback). The stub on 19101-19104, the realistic-latency stub on 19111-19114 (each stub
+# process serves OpenAI, Gemini, Qwen and the payment provider, so each needs its own four ports).
 P_STUB, P_STUB_RT = 19101, 19111
 P = {"direct": 19101, "nginx": 19280, "leaky-none": 19180, "leaky-full-memory": 19181,
      "leaky-full-redis": 19182, "litellm": 19400}
@@ -438,7 +439,8 @@ def main():
 
     # ---- servers ----
     stub = start("stub", [BIN, "--log", "warn", "stubs", "--latency", "off", "--openai-listen", f"127.0.0.1:{P_STUB}",
-                          "--gemini-listen", f"127.0.0.1:{P_STUB + 1}", "--qwen-listen", f"127.0.0.1:{P_STUB + 2}"])
+                          "--gemini-listen", f"127.0.0.1:{P_STUB + 1}", "--qwen-listen", f"127.0.0.1:{P_STUB + 2}",
+                          "--payment-listen", f"127.0.0.1:{P_STUB + 3}"])
     redis_port = 19379
     redis = start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                             "--appendonly", "no", "--loglevel", "warning"])
@@ -575,7 +577,8 @@ def main():
     if "stream" in only:
         stub_rt = start("stub-realistic", [BIN, "--log", "warn", "stubs", "--latency", "realistic", "--openai-listen",
                                            f"127.0.0.1:{P_STUB_RT}", "--gemini-listen", f"127.0.0.1:{P_STUB_RT + 1}",
-                                           "--qwen-listen", f"127.0.0.1:{P_STUB_RT + 2}"])
+                                           "--qwen-listen", f"127.0.0.1:{P_STUB_RT + 2}", "--payment-listen",
+                                           f"127.0.0.1:{P_STUB_RT + 3}"])
         open(f"{LOG_DIR}/leaky-stream.yaml", "w").write(leaky_yaml(P_STREAM, 19193, stub=P_STUB_RT))
         gw = start("leaky-stream", [BIN, "--log", "warn", "proxy", "--config", f"{LOG_DIR}/leaky-stream.yaml"])
         wait_port(P_STUB_RT, stub_rt, name="stub-realistic")

@@ -47,7 +47,8 @@ P_STUB_RT, P_STREAM, ADMIN_STREAM = 19511, 19584, 19594
 
 def stub_argv(bin_):
     return [bin_, "--log", "warn", "stubs", "--latency", "off", "--openai-listen", f"127.0.0.1:{P_STUB}",
-            "--gemini-listen", f"127.0.0.1:{P_STUB + 1}", "--qwen-listen", f"127.0.0.1:{P_STUB + 2}"]
+            "--gemini-listen", f"127.0.0.1:{P_STUB + 1}", "--qwen-listen", f"127.0.0.1:{P_STUB + 2}",
+            "--payment-listen", f"127.0.0.1:{P_STUB + 3}"]
 
 
 def server_argv(name, bin_, work):
@@ -271,7 +272,8 @@ def measure(bin_, work, quick):
     stub_rt = bench.start("cost-stub-realistic", [bin_, "--log", "warn", "stubs", "--latency", "realistic",
                                                   "--openai-listen", f"127.0.0.1:{P_STUB_RT}", "--gemini-listen",
                                                   f"127.0.0.1:{P_STUB_RT + 1}", "--qwen-listen",
-                                                  f"127.0.0.1:{P_STUB_RT + 2}"])
+                                                  f"127.0.0.1:{P_STUB_RT + 2}", "--payment-listen",
+                                                  f"127.0.0.1:{P_STUB_RT + 3}"])
     bench.wait_port(P_STUB_RT, stub_rt, name="cost-stub-realistic")
     count = 10 if quick else 50
     bench.log(f"cost streams: {count} concurrent paced streams under callgrind")

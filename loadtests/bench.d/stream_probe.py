@@ -33,7 +33,8 @@ EVENTS = ["recvfrom", "sendto", "writev", "write", "epoll_wait"]
 def run(bin_, work, count):
     stub = bench.start(f"probe-stub-{count}", [bin_, "--log", "warn", "stubs", "--latency", "realistic",
                                                "--openai-listen", f"127.0.0.1:{P_STUB}", "--gemini-listen",
-                                               f"127.0.0.1:{P_STUB + 1}", "--qwen-listen", f"127.0.0.1:{P_STUB + 2}"])
+                                               f"127.0.0.1:{P_STUB + 1}", "--qwen-listen", f"127.0.0.1:{P_STUB + 2}",
+                                               "--payment-listen", f"127.0.0.1:{P_STUB + 3}"])
     open(f"{work}/probe.yaml", "w").write(bench.leaky_yaml(P_GW, P_ADMIN, stub=P_STUB))
     gw = bench.start(f"probe-gw-{count}", [bin_, "--log", "warn", "proxy", "--config", f"{work}/probe.yaml"])
     bench.wait_port(P_STUB, stub, name="probe-stub")
