@@ -1,6 +1,11 @@
 //! Three gateway processes sharing one real Redis (a throwaway `redis-server` on loopback): together
 //! they admit no more than the limit, and when Redis dies each policy follows its `on_store_error`
 //! with bounded latency, then the proxies recover on their own when Redis returns.
+//!
+//! The exactness phase runs with a Redis call timeout no load on this machine reaches (1 s): with
+//! the outage phase's 20 ms, a Redis answer delayed by a busy machine counts as an outage, and the
+//! `local` policy then rightly admits past the shared limit — the test would measure the machine's
+//! load, not the limiter. The gateways are reloaded with the 20 ms timeout before Redis is killed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // The figures this test measures are printed for the record.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -11,7 +16,7 @@ use common::*;
 use leaky_limit::redis_server::RedisServer;
 use std::time::{Duration, Instant};
 
-fn config(up: &Upstreams, redis_url: &str) -> String {
+fn config(up: &Upstreams, redis_url: &str, timeout_ms: u64) -> String {
     up.config("")
         .replace(
             "      - kind: api-key\n",
@@ -28,7 +33,7 @@ fn config(up: &Upstreams, redis_url: &str) -> String {
 ",
         )
         + &format!(
-            "limits:\n  store: redis\n  redis: {{ url: \"{redis_url}\", timeout_ms: 20, open_ms: 200, replicas: 3 }}\n"
+            "limits:\n  store: redis\n  redis: {{ url: \"{redis_url}\", timeout_ms: {timeout_ms}, open_ms: 200, replicas: 3 }}\n"
         )
 }
 
@@ -78,27 +83,36 @@ fn p99(r: &[(u16, f64)]) -> f64 {
     v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_share_one_redis_and_ride_out_its_outage() {
-    let mut redis = RedisServer::spawn().expect("redis-server (./scripts/test installs it)");
-    let up = Upstreams::start().await;
-    let cfg = config(&up, &redis.url());
-    let gws = vec![
-        Gateway::start(&cfg).await,
-        Gateway::start(&cfg).await,
-        Gateway::start(&cfg).await,
-    ];
+/// Waits until every replica's limiter is connected (the fail_closed policy admits).
+async fn reach_redis(gws: &[Gateway]) {
     eventually(
         "every replica reaches Redis",
         Duration::from_secs(10),
         None,
         || async {
-            let r = hammer(&gws, "gpt-4o", 3, 3).await;
+            let r = hammer(gws, "gpt-4o", 3, 3).await;
             count(&r, 200) == 3
         },
     )
     .await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_redis_and_ride_out_its_outage() {
+    let mut redis = RedisServer::spawn().expect("redis-server (./scripts/test installs it)");
+    let up = Upstreams::start().await;
+    let cfg = config(&up, &redis.url(), 1000);
+    let gws = vec![
+        Gateway::start(&cfg).await,
+        Gateway::start(&cfg).await,
+        Gateway::start(&cfg).await,
+    ];
+    reach_redis(&gws).await;
+
+    let mut fallbacks = Vec::new();
+    for gw in &gws {
+        fallbacks.push(gw.metric("leaky_ratelimit_store_fallbacks_total").await);
+    }
     // Hammered together on one key: 600 requests against 300/hour shared through Redis.
     let r = hammer(&gws, "gpt-4o-mini", 600, 30).await;
     let shared = count(&r, 200);
@@ -107,9 +121,25 @@ async fn three_replicas_share_one_redis_and_ride_out_its_outage() {
         (297..=303).contains(&shared),
         "admitted {shared} of 600 against a shared limit of 300 (±1%)"
     );
+    for (gw, before) in gws.iter().zip(fallbacks) {
+        assert_eq!(
+            gw.metric("leaky_ratelimit_store_fallbacks_total").await,
+            before,
+            "every decision came from Redis"
+        );
+    }
     // The fail_open policy's 1/hour is enforced while Redis is up.
     let r = hammer(&gws, "qwen-plus", 3, 1).await;
     assert_eq!((count(&r, 200), count(&r, 429)), (1, 2));
+
+    // The outage phase's tight timeout: a reload builds each replica's limiter backend anew.
+    let tight = config(&up, &redis.url(), 20);
+    for gw in &gws {
+        let v = gw.config_version().await;
+        gw.write_config(&tight);
+        gw.wait_version_change(v, Duration::from_secs(10)).await;
+    }
+    reach_redis(&gws).await;
     let baseline = hammer(&gws, "gpt-4o", 90, 3).await;
     assert_eq!(count(&baseline, 200), 90);
 
