@@ -50,6 +50,12 @@ pub const MAX_CHOICES: u64 = 128;
 /// DashScope generation looks at it). Never panics; a body that is not JSON costs
 /// `ceil(bytes / 4)` prompt tokens.
 pub fn estimate(surface: Surface, model: &str, body: &[u8], sse_requested: bool) -> RequestCost {
+    // A plain chat request is read without building a `Value` (same result; see `estimate_chat`).
+    if let Surface::ChatCompletions(vendor) = surface {
+        if let Some(cost) = super::estimate_chat::estimate(vendor, model, body) {
+            return cost;
+        }
+    }
     estimate_with(
         surface,
         model,

@@ -19,6 +19,7 @@
 //! tracker does not look at the status.
 
 mod estimate;
+mod estimate_chat;
 mod extract;
 mod fast;
 mod json;

@@ -67,7 +67,7 @@ fn the_fast_path_reads_plain_chunks_as_serde_does_and_leaves_the_rest() {
 }
 
 /// A small deterministic generator (xorshift64*), so a failure reproduces.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -76,9 +76,31 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+}
+
+/// `sample` with one to three random edits: a byte removed, replaced by a piece, or a piece inserted.
+pub(super) fn mutate(rng: &mut Rng, sample: &[u8], pieces: &[&[u8]]) -> Vec<u8> {
+    let mut b = sample.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let at = rng.below(b.len() + 1);
+        match rng.below(3) {
+            0 if at < b.len() => {
+                b.remove(at);
+            }
+            1 if at < b.len() => {
+                let p = pieces[rng.below(pieces.len())];
+                b.splice(at..at + 1, p.iter().copied());
+            }
+            _ => {
+                let p = pieces[rng.below(pieces.len())];
+                b.splice(at..at, p.iter().copied());
+            }
+        }
+    }
+    b
 }
 
 /// Bytes a mutation inserts: JSON's structure, escapes, digits, exponents, controls, non-ASCII.
@@ -125,23 +147,7 @@ fn mutated_chunks_read_fast_always_read_as_serde_reads_them() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let (mut fast, mut total) = (0, 0);
     for round in 0..40_000 {
-        let mut b = SAMPLES[round % SAMPLES.len()].as_bytes().to_vec();
-        for _ in 0..1 + rng.below(3) {
-            let at = rng.below(b.len() + 1);
-            match rng.below(3) {
-                0 if at < b.len() => {
-                    b.remove(at);
-                }
-                1 if at < b.len() => {
-                    let p = PIECES[rng.below(PIECES.len())];
-                    b.splice(at..at + 1, p.iter().copied());
-                }
-                _ => {
-                    let p = PIECES[rng.below(PIECES.len())];
-                    b.splice(at..at, p.iter().copied());
-                }
-            }
-        }
+        let b = mutate(&mut rng, SAMPLES[round % SAMPLES.len()].as_bytes(), PIECES);
         total += 1;
         if check(&b) {
             fast += 1;

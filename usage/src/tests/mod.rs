@@ -2,6 +2,7 @@
 //! integration test `filters/tests/usage_stubs.rs` drives the real stubs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod estimate_chat;
 mod fast;
 mod fixtures;
 mod streams;
