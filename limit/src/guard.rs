@@ -36,6 +36,21 @@ pub struct GuardOptions {
     pub open_for: Duration,
     /// Share of each limit this proxy enforces locally during an outage (per mille; 1000 = all).
     pub local_share_permille: u32,
+    /// Which timer bounds each call.
+    pub timer: GuardTimer,
+}
+
+/// The timer behind each call's timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuardTimer {
+    /// tokio's (`tokio::time::timeout`): follows a paused test clock.
+    #[default]
+    Tokio,
+    /// Pingora's timer wheel (`pingora_timeout`, 10 ms ticks on its own thread): the proxy's. A
+    /// tokio timer registered per call wakes the worker's own time driver (an eventfd write and an
+    /// `epoll_wait`) whenever its deadline is earlier than the one the worker parked with, which
+    /// on a request path is every call.
+    Wheel,
 }
 
 impl Default for GuardOptions {
@@ -45,6 +60,7 @@ impl Default for GuardOptions {
             failures_to_open: 3,
             open_for: Duration::from_millis(500),
             local_share_permille: 1000,
+            timer: GuardTimer::Tokio,
         }
     }
 }
@@ -247,10 +263,11 @@ impl Guarded {
             permit,
             armed: true,
         };
-        let outcome = match tokio::time::timeout(self.opts.timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout),
+        let bounded = match self.opts.timer {
+            GuardTimer::Tokio => tokio::time::timeout(self.opts.timeout, fut).await.ok(),
+            GuardTimer::Wheel => pingora_timeout::timeout(self.opts.timeout, fut).await.ok(),
         };
+        let outcome = bounded.unwrap_or(Err(StoreError::Timeout));
         pending.armed = false;
         match outcome {
             Ok(v) => {

@@ -23,7 +23,7 @@ pub mod store;
 pub use self::redis::{RedisClock, RedisOptions, RedisStore};
 pub use algo::{Admit, Algorithm, CalendarWindow, Deny, Nanos, State, Status};
 pub use decision::{Decision, DecisionSink};
-pub use guard::{BreakerState, GuardOptions, GuardStats, Guarded};
+pub use guard::{BreakerState, GuardOptions, GuardStats, GuardTimer, Guarded};
 pub use memory::{Held, MemoryStore};
 pub use policy::{
     Charges, Clock, Limiter, PolicyError, Subject, TokenCost, TokenUsage, UsageSource,

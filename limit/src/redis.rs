@@ -58,8 +58,10 @@ pub struct RedisOptions {
     pub clock: RedisClock,
     /// Bound on each (re)connection attempt.
     pub connect_timeout: Duration,
-    /// Bound on each command; `Guarded` adds its own, tighter one.
-    pub response_timeout: Duration,
+    /// Bound on each command (`None`: none of its own). The proxy passes `None`: its `Guarded`
+    /// bounds every call on Pingora's timer wheel, and a tokio timer per command would wake the
+    /// worker's time driver on every call.
+    pub response_timeout: Option<Duration>,
 }
 
 impl Default for RedisOptions {
@@ -69,7 +71,7 @@ impl Default for RedisOptions {
             hash_tag: "lt".to_string(),
             clock: RedisClock::Server,
             connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
+            response_timeout: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -101,14 +103,16 @@ impl RedisStore {
     /// later gets a connection of its own, made on its runtime (`redis_local`).
     pub async fn connect(url: &str, opts: RedisOptions) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(map_err)?;
-        let config = ConnectionManagerConfig::new()
+        let mut config = ConnectionManagerConfig::new()
             .set_connection_timeout(opts.connect_timeout)
-            .set_response_timeout(opts.response_timeout)
             // Reconnect quickly after an outage: a few attempts, at most a second apart; the next
             // command after they all failed starts another round.
             .set_number_of_retries(3)
             .set_factor(50)
             .set_max_delay(1000);
+        if let Some(t) = opts.response_timeout {
+            config = config.set_response_timeout(t);
+        }
         let shared = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
             .map_err(map_err)?;

@@ -8,8 +8,9 @@
 
 use leaky_limit::redis_server::RedisServer;
 use leaky_limit::{
-    Adjust, Algorithm, BreakerState, CalendarWindow, Charge, GuardOptions, Guarded, MemoryStore,
-    Nanos, OnStoreError, RedisClock, RedisOptions, RedisStore, Store, StoreError, Taken,
+    Adjust, Algorithm, BreakerState, CalendarWindow, Charge, GuardOptions, GuardTimer, Guarded,
+    MemoryStore, Nanos, OnStoreError, RedisClock, RedisOptions, RedisStore, Store, StoreError,
+    Taken,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -579,6 +580,7 @@ async fn guarded_redis_survives_a_kill_and_recovers() {
             failures_to_open: 3,
             open_for: Duration::from_secs(1),
             local_share_permille: 1000,
+            timer: GuardTimer::Wheel,
         },
     );
     let now = leaky_limit::settle::system_now;
@@ -779,4 +781,65 @@ fn a_thread_uses_a_connection_of_its_own_once_it_is_up() {
         "the worker's connection ran the scripts: {now:?}"
     );
     drop(home);
+}
+
+/// The proxy's configuration: no response timeout of the connection's own, the guard's timeout on
+/// Pingora's timer wheel. A call to a Redis that has stopped answering (`CLIENT PAUSE`) still
+/// returns at the guard's timeout, not when Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wheel_timer_bounds_a_call_to_a_stalled_redis() {
+    // Its own server: this test stalls it.
+    let server = spawn_server();
+    let redis = RedisStore::connect(
+        &server.url(),
+        RedisOptions {
+            response_timeout: None,
+            ..caller_clock(unique_prefix())
+        },
+    )
+    .await
+    .unwrap();
+    let g = Guarded::new(
+        Arc::new(redis),
+        GuardOptions {
+            timeout: Duration::from_millis(50),
+            timer: GuardTimer::Wheel,
+            ..GuardOptions::default()
+        },
+    );
+    let now = leaky_limit::settle::system_now;
+    let w = Arc::new(hourly(5, false));
+    let local = Charge {
+        on_error: OnStoreError::Local,
+        ..ch("stall", &w, 1)
+    };
+    assert_eq!(
+        admit(&g, now(), std::slice::from_ref(&local)).await,
+        vec![4]
+    );
+    let mut c = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let t = g.take(now(), std::slice::from_ref(&local)).await.unwrap();
+    let took = start.elapsed();
+    assert!(
+        matches!(t, Taken::Admitted(_)),
+        "the local fallback answers"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "the call took {took:?}: not bounded by the 50 ms timeout (Redis is paused for 3 s)"
+    );
+    let s = g.stats();
+    assert_eq!((s.errors_total, s.fallbacks_total), (1, 1));
 }

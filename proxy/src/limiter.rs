@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use leaky_config::{LimitStore, RedisSettings};
 use leaky_limit::settle::system_now;
 use leaky_limit::{
-    Adjust, Charge, GuardOptions, GuardStats, Guarded, MemoryStore, Nanos, RedisOptions,
-    RedisStore, Settler, SettlerHandle, Store, StoreError, Taken,
+    Adjust, Charge, GuardOptions, GuardStats, GuardTimer, Guarded, MemoryStore, Nanos,
+    RedisOptions, RedisStore, Settler, SettlerHandle, Store, StoreError, Taken,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +67,7 @@ impl LimiterBackend {
                         failures_to_open: r.failures_to_open,
                         open_for: r.open_for,
                         local_share_permille: 1000 / r.replicas.max(1),
+                        timer: GuardTimer::Wheel,
                     },
                 ));
                 (guard.clone(), None, Some(guard))
@@ -101,6 +102,8 @@ fn spawn_connect(bg: &Background, lazy: std::sync::Weak<LazyRedis>, r: RedisSett
         let opts = RedisOptions {
             key_prefix: r.key_prefix.clone(),
             hash_tag: r.hash_tag.clone(),
+            // The guard bounds every call (`r.timeout`, on Pingora's timer wheel).
+            response_timeout: None,
             ..RedisOptions::default()
         };
         let mut warned = false;
