@@ -631,7 +631,8 @@ def main():
                 log(f"limiter accuracy ({variant}, tight-{kind}): {Q['tight']} keys x {per_key} requests")
                 subprocess.run(argv, check=True, cwd=ROOT)
                 acc = json.load(open(out))
-                rate, cost = TIGHT_R if kind == "r" else TIGHT_T
+                # (`unit_cost`: a local `cost` would shadow the cost module for the rest of main)
+                rate, unit_cost = TIGHT_R if kind == "r" else TIGHT_T
                 admitted = expected = refused = 0
                 for k, v in acc["keys"].items():
                     other = {s: c for s, c in v["counts"].items() if s not in ("200", "429")}
@@ -641,7 +642,7 @@ def main():
                     refused += v["counts"].get("429", 0)
                     # GCRA from a full bucket: burst (= rate) at once, then rate per minute.
                     units = rate + rate * v["elapsed_s"] / 60
-                    expected += min(per_key, int(units // cost))
+                    expected += min(per_key, int(units // unit_cost))
                 m[f"acc_{kind}"] = {"keys": len(acc["keys"]), "per_key": per_key, "admitted": admitted,
                                     "refused": refused, "expected": expected, "wall_s": acc["wall_s"]}
                 if refused == 0:
