@@ -95,6 +95,12 @@ struct Skip;
 /// A string, or any other value (parsed as strictly and forgotten).
 struct Text<'a>(Option<Cow<'a, str>>);
 
+impl<'a> Text<'a> {
+    fn some(t: Cow<'a, str>) -> Self {
+        Text(Some(t))
+    }
+}
+
 /// Visitor methods for the values a reader forgets (each read with [`Skip`]), giving `$out`.
 macro_rules! forget {
     ($out:expr; $($skip:ident),*) => {
@@ -136,6 +142,18 @@ macro_rules! forget {
     };
 }
 
+/// Visitor methods taking a string as `$wrap(Cow)`: borrowed from the body when it has no escapes.
+macro_rules! text {
+    ($wrap:path) => {
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok($wrap(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok($wrap(Cow::Owned(v.to_owned())))
+        }
+    };
+}
+
 /// A visitor of any JSON value; `expecting` is never shown (every value is accepted).
 macro_rules! any_value {
     () => {
@@ -163,12 +181,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
         impl<'de> Visitor<'de> for V {
             type Value = Text<'de>;
             any_value!();
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Some(Cow::Owned(v.to_owned()))))
-            }
+            text!(Text::some);
             forget!(Text(None); scalars, seqs, maps);
         }
         d.deserialize_any(V)
@@ -326,12 +339,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
         impl<'de> Visitor<'de> for V {
             type Value = Content<'de>;
             any_value!();
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Content<'de>, E> {
-                Ok(Content::Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content<'de>, E> {
-                Ok(Content::Text(Cow::Owned(v.to_owned())))
-            }
+            text!(Content::Text);
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content<'de>, A::Error> {
                 let mut parts = Vec::new();
                 while let Some(p) = seq.next_element()? {
@@ -351,12 +359,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Part<'a> {
         impl<'de> Visitor<'de> for V {
             type Value = Part<'de>;
             any_value!();
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Part<'de>, E> {
-                Ok(Part::Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Part<'de>, E> {
-                Ok(Part::Text(Cow::Owned(v.to_owned())))
-            }
+            text!(Part::Text);
             /// An object: its `text` member if that is a string (the last one, as a parsed
             /// object keeps), else a non-text part.
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Part<'de>, A::Error> {

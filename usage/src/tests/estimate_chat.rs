@@ -3,7 +3,7 @@
 //! of mutations of them, for each vendor's counting (two BPE encodings and the approximation);
 //! tools and tool calls it must leave to the general path.
 
-use super::fast::{mutate, Rng};
+use super::fast::fuzz;
 use crate::estimate_chat;
 use crate::{estimate_parsed, ParsedBody, Surface};
 use leaky_tokenize::Vendor;
@@ -108,19 +108,7 @@ fn plain_chat_requests_are_estimated_as_the_general_path_does() {
 
 #[test]
 fn mutated_requests_estimated_by_the_borrowed_read_match_the_general_path() {
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    let (mut fast, mut total) = (0, 0);
-    for round in 0..20_000 {
-        let b = mutate(&mut rng, SAMPLES[round % SAMPLES.len()].as_bytes(), PIECES);
-        total += 1;
-        if check(&b) {
-            fast += 1;
-        }
-    }
-    assert!(
-        fast > total / 20 && fast < total * 19 / 20,
-        "{fast} of {total} read by the borrowed read"
-    );
+    fuzz(0x2545_F491_4F6C_DD1D, 20_000, SAMPLES, PIECES, check);
 }
 
 #[test]

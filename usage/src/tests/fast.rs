@@ -67,7 +67,7 @@ fn the_fast_path_reads_plain_chunks_as_serde_does_and_leaves_the_rest() {
 }
 
 /// A small deterministic generator (xorshift64*), so a failure reproduces.
-pub(super) struct Rng(pub(super) u64);
+struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -76,13 +76,13 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    pub(super) fn below(&mut self, n: usize) -> usize {
+    fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }
 
 /// `sample` with one to three random edits: a byte removed, replaced by a piece, or a piece inserted.
-pub(super) fn mutate(rng: &mut Rng, sample: &[u8], pieces: &[&[u8]]) -> Vec<u8> {
+fn mutate(rng: &mut Rng, sample: &[u8], pieces: &[&[u8]]) -> Vec<u8> {
     let mut b = sample.to_vec();
     for _ in 0..1 + rng.below(3) {
         let at = rng.below(b.len() + 1);
@@ -144,18 +144,29 @@ const PIECES: &[&[u8]] = &[
 
 #[test]
 fn mutated_chunks_read_fast_always_read_as_serde_reads_them() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let (mut fast, mut total) = (0, 0);
-    for round in 0..40_000 {
-        let b = mutate(&mut rng, SAMPLES[round % SAMPLES.len()].as_bytes(), PIECES);
-        total += 1;
+    fuzz(0x9E37_79B9_7F4A_7C15, 40_000, SAMPLES, PIECES, check);
+}
+
+/// `rounds` mutations of the samples in turn, each given to `check` (which panics on a difference
+/// and says whether the fast path took it). The mutations must exercise both outcomes: many still
+/// taken by the fast path, many left to the general one.
+pub(super) fn fuzz(
+    seed: u64,
+    rounds: usize,
+    samples: &[&str],
+    pieces: &[&[u8]],
+    mut check: impl FnMut(&[u8]) -> bool,
+) {
+    let mut rng = Rng(seed);
+    let mut fast = 0;
+    for round in 0..rounds {
+        let b = mutate(&mut rng, samples[round % samples.len()].as_bytes(), pieces);
         if check(&b) {
             fast += 1;
         }
     }
-    // The mutations must exercise both outcomes: many still read fast, many are left to serde.
     assert!(
-        fast > total / 20 && fast < total * 19 / 20,
-        "{fast} of {total} read fast"
+        fast > rounds / 20 && fast < rounds * 19 / 20,
+        "{fast} of {rounds} taken by the fast path"
     );
 }
