@@ -276,7 +276,10 @@ async fn a_model_switch_is_detected_live_within_two_minutes() -> anyhow::Result<
     let evs = events(start, Inject::Switch);
     let switch = start + SPIKE_AT;
 
-    // Offline: model switches only, on the switched key (and perhaps its org), within 2 minutes.
+    // Offline: model switches only, on the switched key and its org, from the switch on, the first
+    // within 2 minutes. Not each of them within 2: the synthetic traffic follows the time of day,
+    // and for data starting at some hours the org's record comes at +1 minute and the key's own
+    // only at +5 (its baseline minutes were busier then). Checked over every start minute of a day.
     let want = offline(&evs);
     assert!(
         want.iter().any(|a| a.key.as_deref() == Some(SWITCHED_KEY)),
@@ -288,11 +291,13 @@ async fn a_model_switch_is_detected_live_within_two_minutes() -> anyhow::Result<
             (SWITCHED_ORG, "model_switch"),
             "{a:?}"
         );
-        assert!(
-            (switch..=switch + 2).contains(&(a.minute_ms / MINUTE_MS)),
-            "{a:?}"
-        );
+        assert!(a.minute_ms / MINUTE_MS >= switch, "{a:?}");
     }
+    let first = want.iter().map(|a| a.minute_ms / MINUTE_MS).min();
+    assert!(
+        first.is_some_and(|m| m <= switch + 2),
+        "first detection at minute {first:?}, the switch at {switch}: {want:#?}"
+    );
     let want_ids: BTreeSet<String> = want.iter().map(|a| a.id.clone()).collect();
 
     produce_events(&brokers, &topic, &evs).await?;
