@@ -7,8 +7,8 @@
 //! counts with the same rules. It reads what the general path reads the way it reads it: any JSON
 //! the `Value` parse refuses it refuses (every member is parsed, none skipped unchecked), a
 //! repeated member's last value counts, a member of another type counts as the general path counts
-//! it. Tool definitions and tool calls it leaves to the general path (`None`): their count comes
-//! from re-serialized JSON there. `tests/estimate_chat.rs` compares the two on real request shapes
+//! it. Tool definitions and tool calls it leaves to the general path (`None`, as soon as it meets
+//! them): their count comes from re-serialized JSON there. `tests/estimate_chat.rs` compares the two on real request shapes
 //! and thousands of mutations of them.
 
 use std::borrow::Cow;
@@ -24,8 +24,6 @@ use super::estimate::RequestCost;
 #[derive(Default)]
 struct Chat<'a> {
     messages: Vec<Message<'a>>,
-    /// Tool definitions, or a message's tool calls: left to the general path.
-    tools: bool,
     max_tokens: Scalar,
     max_completion_tokens: Scalar,
     n: Scalar,
@@ -39,7 +37,6 @@ struct Message<'a> {
     role: Option<Cow<'a, str>>,
     content: Content<'a>,
     name: Option<Cow<'a, str>>,
-    tool_calls: bool,
 }
 
 /// A member read as `Value::as_u64` / `Value::as_bool` read it: any other value reads as neither.
@@ -253,31 +250,21 @@ impl<'de> Deserialize<'de> for StreamOptions {
     }
 }
 
-/// `tools` / `tool_calls`: whether the member is there and not null.
-struct Present(bool);
+/// `tools` / `tool_calls`: only `null` is read; any other value ends the read (an error), so a
+/// request with tools goes to the general path without being parsed to its end first.
+struct Null;
 
-impl<'de> Deserialize<'de> for Present {
+impl<'de> Deserialize<'de> for Null {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Present;
-            any_value!();
-            fn visit_unit<E: de::Error>(self) -> Result<Present, E> {
-                Ok(Present(false))
+            type Value = Null;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("null (tools are counted by the general path)")
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Present, E> {
-                Ok(Present(true))
+            fn visit_unit<E: de::Error>(self) -> Result<Null, E> {
+                Ok(Null)
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Present, E> {
-                Ok(Present(true))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Present, E> {
-                Ok(Present(true))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Present, E> {
-                Ok(Present(true))
-            }
-            forget!(Present(true); strings, seqs, maps);
         }
         d.deserialize_any(V)
     }
@@ -321,7 +308,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Message<'a> {
                         Some("role") => m.role = map.next_value::<Text<'de>>()?.0,
                         Some("content") => m.content = map.next_value()?,
                         Some("name") => m.name = map.next_value::<Text<'de>>()?.0,
-                        Some(_) => m.tool_calls = map.next_value::<Present>()?.0,
+                        Some(_) => map.next_value::<Null>().map(drop)?,
                         None => map.next_value::<Skip>().map(drop)?,
                     }
                 }
@@ -401,7 +388,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Chat<'a> {
                 while let Some(key) = map.next_key_seed(Name(NAMES))? {
                     match key {
                         Some("messages") => c.messages = map.next_value::<Messages<'de>>()?.0,
-                        Some("tools") => c.tools = map.next_value::<Present>()?.0,
+                        Some("tools") => map.next_value::<Null>().map(drop)?,
                         Some("max_tokens") => c.max_tokens = map.next_value()?,
                         Some("max_completion_tokens") => {
                             c.max_completion_tokens = map.next_value()?;
@@ -441,9 +428,6 @@ impl Content<'_> {
 /// path decides then).
 pub(crate) fn estimate(vendor: Vendor, model: &str, body: &[u8]) -> Option<RequestCost> {
     let chat: Chat<'_> = serde_json::from_slice(body).ok()?;
-    if chat.tools || chat.messages.iter().any(|m| m.tool_calls) {
-        return None;
-    }
     let tk = vendor.tokenizer(model);
     let mut prompt = REPLY_PRIMING;
     for m in &chat.messages {

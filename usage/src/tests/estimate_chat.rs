@@ -25,30 +25,8 @@ const SAMPLES: &[&str] = &[
     r#"{}"#,
 ];
 
+/// Members of chat requests a mutation inserts (besides `fast`'s JSON pieces).
 const PIECES: &[&[u8]] = &[
-    b"\"",
-    b"\\",
-    b"{",
-    b"}",
-    b"[",
-    b"]",
-    b",",
-    b":",
-    b" ",
-    b"0",
-    b"1",
-    b"-",
-    b".",
-    b"e",
-    b"null",
-    b"true",
-    b"\\u00e9",
-    b"\\ud83d",
-    b"\\x",
-    b"\x01",
-    b"\xc3\xa9",
-    b"\xff",
-    b"1e400",
     b"\"n\":4,",
     b"\"max_tokens\":9,",
     b"\"stream\":true,",
@@ -60,8 +38,6 @@ const PIECES: &[&[u8]] = &[
     b"\"tool_calls\":null,",
     b"\"messages\":[],",
     b"{\"role\":\"user\",\"content\":\"more\"},",
-    b"01",
-    b"tru",
 ];
 
 const VENDORS: &[(Vendor, &str)] = &[

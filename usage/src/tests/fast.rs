@@ -81,8 +81,16 @@ impl Rng {
     }
 }
 
-/// `sample` with one to three random edits: a byte removed, replaced by a piece, or a piece inserted.
-fn mutate(rng: &mut Rng, sample: &[u8], pieces: &[&[u8]]) -> Vec<u8> {
+/// `sample` with one to three random edits: a byte removed, replaced by a piece, or a piece inserted
+/// (pieces from [`JSON_PIECES`] and `extra`).
+fn mutate(rng: &mut Rng, sample: &[u8], extra: &[&[u8]]) -> Vec<u8> {
+    let piece = |rng: &mut Rng| {
+        let i = rng.below(JSON_PIECES.len() + extra.len());
+        JSON_PIECES
+            .get(i)
+            .copied()
+            .unwrap_or_else(|| extra[i - JSON_PIECES.len()])
+    };
     let mut b = sample.to_vec();
     for _ in 0..1 + rng.below(3) {
         let at = rng.below(b.len() + 1);
@@ -91,11 +99,11 @@ fn mutate(rng: &mut Rng, sample: &[u8], pieces: &[&[u8]]) -> Vec<u8> {
                 b.remove(at);
             }
             1 if at < b.len() => {
-                let p = pieces[rng.below(pieces.len())];
+                let p = piece(rng);
                 b.splice(at..at + 1, p.iter().copied());
             }
             _ => {
-                let p = pieces[rng.below(pieces.len())];
+                let p = piece(rng);
                 b.splice(at..at, p.iter().copied());
             }
         }
@@ -104,7 +112,7 @@ fn mutate(rng: &mut Rng, sample: &[u8], pieces: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Bytes a mutation inserts: JSON's structure, escapes, digits, exponents, controls, non-ASCII.
-const PIECES: &[&[u8]] = &[
+const JSON_PIECES: &[&[u8]] = &[
     b"\"",
     b"\\",
     b"{",
@@ -129,17 +137,22 @@ const PIECES: &[&[u8]] = &[
     b"\x01",
     b"\xc3\xa9",
     b"\xff",
+    b"01",
+    b"1e5",
+    b"1e400",
+    b"-0.5",
+    b"tru",
+    b"nul",
+];
+
+/// Members of stream chunks a mutation inserts (besides [`JSON_PIECES`]).
+const PIECES: &[&[u8]] = &[
     b"\"index\":7,",
     b"\"content\":\"dup\",",
     b"\"usage\":null,",
     b"\"delta\":null,",
     b"\"message\":{},",
     b"\"choices\":[],",
-    b"01",
-    b"1e5",
-    b"-0.5",
-    b"tru",
-    b"nul",
 ];
 
 #[test]
@@ -147,7 +160,7 @@ fn mutated_chunks_read_fast_always_read_as_serde_reads_them() {
     fuzz(0x9E37_79B9_7F4A_7C15, 40_000, SAMPLES, PIECES, check);
 }
 
-/// `rounds` mutations of the samples in turn, each given to `check` (which panics on a difference
+/// `rounds` mutations of the samples in turn (pieces: [`JSON_PIECES`] and `pieces`), each given to `check` (which panics on a difference
 /// and says whether the fast path took it). The mutations must exercise both outcomes: many still
 /// taken by the fast path, many left to the general one.
 pub(super) fn fuzz(
