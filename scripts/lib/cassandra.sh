@@ -21,7 +21,9 @@ CASSANDRA_LIB="$CASSANDRA_CACHE/lib"
 CASSANDRA_HEAP_OPTS=${CASSANDRA_HEAP_OPTS:--Xms128m -Xmx512m}
 CASSANDRA_GC_OPTS=${CASSANDRA_GC_OPTS:--XX:+UseSerialGC}
 
-cassandra_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+cassandra_free_port() { free_port; }
 
 cassandra_install_tools() {
   command -v "${JAVA:-java}" >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 && return 0

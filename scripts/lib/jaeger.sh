@@ -16,7 +16,9 @@ JAEGER_GOBIN="${INFRA_CACHE:-$HOME/.cache/leaky-infra}/go-bin/jaeger-${JAEGER_VE
 JAEGER_BIN="$JAEGER_GOBIN/jaeger"
 JAEGER_CONFIG=${JAEGER_CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/observability/otel/jaeger.yaml}
 
-jaeger_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+jaeger_free_port() { free_port; }
 
 jaeger_fetch() {
   [ -x "$JAEGER_BIN" ] && return 0

@@ -17,7 +17,9 @@ KAFKA_LIB="$KAFKA_CACHE/lib"
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms64m -Xmx256m}
 KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=64m -XX:MaxMetaspaceSize=128m -XX:MaxDirectMemorySize=128m -Xss512k -Djava.net.preferIPv4Stack=true -Djava.awt.headless=true}
 
-kafka_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/lib/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+kafka_free_port() { free_port; }
 
 kafka_install_tools() {
   command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 && return 0
