@@ -127,7 +127,25 @@ mod allocator {
         }
     }
 
+    /// Starts the purger thread (for the long-running subcommands).
+    pub fn spawn_purger() {
+        let purger = std::thread::Builder::new()
+            .name("mi-purge".into())
+            .spawn(|| loop {
+                // A dedicated thread, not async code: sleeping is what it is for.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(PURGE_TICK);
+                // SAFETY: `mi_collect` is thread-safe: it collects this thread's own (nearly empty)
+                // heap and purges arena ranges whose delay expired, whoever freed them.
+                unsafe { libmimalloc_sys::mi_collect(false) }
+            });
+        if let Err(e) = purger {
+            tracing::warn!(error = %e, "allocator purger not started; freed memory returns to the system later");
+        }
+    }
+
     #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
     mod tests {
         use super::{GlobalAlloc, Layout, MiMalloc};
 
@@ -164,23 +182,6 @@ mod allocator {
                     }
                 }
             }
-        }
-    }
-
-    /// Starts the purger thread (for the long-running subcommands).
-    pub fn spawn_purger() {
-        let purger = std::thread::Builder::new()
-            .name("mi-purge".into())
-            .spawn(|| loop {
-                // A dedicated thread, not async code: sleeping is what it is for.
-                #[allow(clippy::disallowed_methods)]
-                std::thread::sleep(PURGE_TICK);
-                // SAFETY: `mi_collect` is thread-safe: it collects this thread's own (nearly empty)
-                // heap and purges arena ranges whose delay expired, whoever freed them.
-                unsafe { libmimalloc_sys::mi_collect(false) }
-            });
-        if let Err(e) = purger {
-            tracing::warn!(error = %e, "allocator purger not started; freed memory returns to the system later");
         }
     }
 }
