@@ -100,13 +100,16 @@ const PURCHASE_COLUMNS: &str =
      FROM billing.purchases p JOIN billing.sagas s ON s.id = p.id";
 
 /// The step histories of `ids`, by saga.
-async fn steps_of(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<StepRecord>, sqlx::Error> {
+async fn steps_of<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    ids: &[Uuid],
+) -> Result<Vec<StepRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT saga_id, seq, step, direction, status, attempt, detail, at FROM billing.saga_steps
          WHERE saga_id = ANY($1) ORDER BY saga_id, seq",
     )
     .bind(ids)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -120,11 +123,19 @@ fn take_steps(all: &mut Vec<StepRecord>, id: Uuid) -> Vec<StepRecord> {
 
 /// One purchase with its step history.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Purchase, Problem> {
+    get_on(&mut *pool.acquire().await?, id).await
+}
+
+/// [`get`] on one connection: in a transaction, the purchase as that transaction sees it.
+async fn get_on(conn: &mut PgConnection, id: Uuid) -> Result<Purchase, Problem> {
     let sql = format!("SELECT {PURCHASE_COLUMNS} WHERE p.id = $1");
-    let row: Option<PurchaseRow> = sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?;
+    let row: Option<PurchaseRow> = sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let row = row
         .ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("purchase `{id}` not found")))?;
-    let steps = steps_of(pool, &[id]).await?;
+    let steps = steps_of(&mut *conn, &[id]).await?;
     Ok(row.into_purchase(steps))
 }
 
@@ -237,8 +248,11 @@ pub async fn create(
     }
     let id = Uuid::new_v4();
     insert(&mut tx, id, req, (amount, &hash), settings, now).await?;
+    // The purchase as created (`pending`), read before the commit: the commit's `NOTIFY` can start
+    // another replica's worker on it at once, which may complete it before a read after the commit.
+    let created = get_on(&mut tx, id).await?;
     tx.commit().await?;
-    Ok((get(pool, id).await?, true))
+    Ok((created, true))
 }
 
 /// Writes a new purchase `id` — its saga, its row, its audit event — on `tx`.
