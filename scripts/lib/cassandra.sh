@@ -23,6 +23,7 @@ CASSANDRA_GC_OPTS=${CASSANDRA_GC_OPTS:--XX:+UseSerialGC}
 
 # shellcheck source=scripts/lib/ports.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+cassandra_free_port() { free_port; }
 
 cassandra_install_tools() {
   command -v "${JAVA:-java}" >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 && return 0
@@ -158,10 +159,10 @@ cassandra_start() {
   cassandra_fetch || return 1
   cassandra_check_java || return 1
   mkdir -p "$dir/logs" "$dir/triggers"
-  [ -f "$dir/storage.port" ] || free_port >"$dir/storage.port"
+  [ -f "$dir/storage.port" ] || cassandra_free_port >"$dir/storage.port"
   sport=$(cat "$dir/storage.port")
   # JMX (for nodetool) on a port of the node's own; `local.port` binds it to loopback without auth.
-  [ -f "$dir/jmx.port" ] || free_port >"$dir/jmx.port"
+  [ -f "$dir/jmx.port" ] || cassandra_free_port >"$dir/jmx.port"
   cassandra_write_config "$dir" "$port" "$sport"
   local from=0
   [ -f "$dir/logs/system.log" ] && from=$(wc -c <"$dir/logs/system.log")

@@ -18,6 +18,7 @@ JAEGER_CONFIG=${JAEGER_CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pw
 
 # shellcheck source=scripts/lib/ports.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+jaeger_free_port() { free_port; }
 
 jaeger_fetch() {
   [ -x "$JAEGER_BIN" ] && return 0
@@ -58,7 +59,7 @@ jaeger_start() {
   if pid=$(jaeger_pid "$dir"); then echo "jaeger already running in $dir (pid $pid)" >&2; return 0; fi
   jaeger_fetch || return 1
   mkdir -p "$dir"
-  [ -f "$dir/query-grpc.port" ] || free_port >"$dir/query-grpc.port"
+  [ -f "$dir/query-grpc.port" ] || jaeger_free_port >"$dir/query-grpc.port"
   JAEGER_QUERY_PORT=$query JAEGER_OTLP_GRPC_PORT=$grpc JAEGER_OTLP_HTTP_PORT=$http \
     JAEGER_QUERY_GRPC_PORT=$(cat "$dir/query-grpc.port") JAEGER_MAX_TRACES=${JAEGER_MAX_TRACES:-100000} \
     nohup "$JAEGER_BIN" --config "$JAEGER_CONFIG" >"$dir/jaeger.log" 2>&1 &

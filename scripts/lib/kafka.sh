@@ -19,6 +19,7 @@ KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:Re
 
 # shellcheck source=scripts/lib/ports.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+kafka_free_port() { free_port; }
 
 kafka_install_tools() {
   command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 && return 0
@@ -111,7 +112,7 @@ kafka_start() {
   if pid=$(kafka_pid "$dir"); then echo "kafka already running in $dir (pid $pid)" >&2; return 0; fi
   kafka_fetch
   mkdir -p "$dir/logs"
-  [ -f "$dir/controller.port" ] || free_port >"$dir/controller.port"
+  [ -f "$dir/controller.port" ] || kafka_free_port >"$dir/controller.port"
   cport=$(cat "$dir/controller.port")
   kafka_write_config "$dir" "$port" "$cport"
   if [ ! -f "$dir/data/meta.properties" ]; then

@@ -7,10 +7,9 @@
 # server binds it. Cassandra binds its storage port seconds after the JVM starts, and a test run lost
 # its node to exactly that ("127.0.0.1:53705 is in use by another process"). A port below the range
 # is never handed out that way. Ports picked are remembered for a while (LEAKY_PORTS_PICKED), so
-# two servers started one after the other never get the same one before either has bound it.
-# The picks come from 32000 up to the range's start: apart from the Rust tests' gateway ports
-# (20000..32000, tests/common/mod.rs `free_port`) and from the stack's fixed ports (15432, 16379,
-# 18001-18003, 19090-19093 ...), which scripts/test binds while these services still run.
+# two servers started one after the other never get the same one before either has bound it. The
+# picks stay under 20000: the Rust tests count their gateways' ports up from there
+# (tests/common/mod.rs `free_port`).
 
 free_port() {
   python3 - "${LEAKY_PORTS_PICKED:-${TMPDIR:-/tmp}/leaky-ports-picked}" <<'PY'
@@ -39,9 +38,9 @@ def free(port):
 
 
 port = None
-if low >= 32200:
+if low > 11000:
     for _ in range(500):
-        p = random.randrange(32000, low)
+        p = random.randrange(10000, min(low, 20000))
         if p not in recent and free(p):
             port = p
             break
