@@ -342,3 +342,32 @@ async fn pipelined_requests_in_one_write_are_all_answered_in_order() {
     conn.send(models_request("pipe-4").as_bytes()).await;
     assert_eq!(conn.response().await.unwrap().status, 200);
 }
+
+#[tokio::test]
+async fn connect_is_405_and_closed() {
+    let (_up, gw) = start("").await;
+    let mut conn = Conn::open(gw.proxy).await;
+    conn.send(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+        .await;
+    let r = conn.response().await.unwrap();
+    assert_eq!(r.status, 405, "{r:?}");
+    conn.closed_after().await;
+    assert!(conn.buf.is_empty(), "nothing after the 405");
+}
+
+/// A body that breaks its framing fails inside the request phase: the caller gets `400` (from
+/// `fail_to_proxy`) and the connection closes, since the body's end is unknowable.
+#[tokio::test]
+async fn a_malformed_chunked_body_is_400_and_closed() {
+    let (_up, gw) = start("").await;
+    let mut conn = Conn::open(gw.proxy).await;
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {PRO_KEY}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"
+    );
+    conn.send(raw.as_bytes()).await;
+    let r = conn.response().await.unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+    conn.closed_after().await;
+    assert!(conn.buf.is_empty(), "nothing after the 400");
+}

@@ -42,6 +42,9 @@ fn json_reply(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
     reply(status, "application/json", body)
 }
 
+/// Through Pingora's `HttpServerApp` (the listener's default).
+impl crate::listener::H1Serve for Admin {}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {

@@ -2,9 +2,12 @@
 //!
 //! # One request, phase by phase
 //!
-//! Pingora owns the connection; `request_filter` answers every request itself (Pingora's upstream
-//! phases are never reached) and `logging` always runs after it. `Ctx` (`ctx.rs`) carries the request
-//! through; each step passes values to the next, and every hold goes into the request's ledger.
+//! The listener owns the connection and hands each HTTP/1 request to `service/app.rs`, which runs
+//! Pingora's request phases the gateway uses (`request_filter`, then `logging`) without Pingora's
+//! proxy loop; HTTP/2 sessions go through Pingora's `HttpProxy`. `request_filter` answers every
+//! request itself (Pingora's upstream phases are never reached) and `logging` always runs after it.
+//! `Ctx` (`ctx.rs`) carries the request through; each step passes values to the next, and every
+//! hold goes into the request's ledger.
 //!
 //! ```text
 //! listener (listener.rs)     connection limit, TLS handshake (server.tls; h2 by ALPN → listener/h2.rs),
@@ -54,7 +57,8 @@
 //!
 //! # Modules
 //!
-//! - Request path: `service` (the `ProxyHttp` impl and the steps of `handle`), `ctx` (per-request
+//! - Request path: `service` (the `ProxyHttp` impl and the steps of `handle`; `service/app.rs`: the
+//!   proxy listener's app), `ctx` (per-request
 //!   context, `Fail`), `ledger` (holds, settled once), `request` (framing, body, model, upstream
 //!   request head), `path` (normalization), `endpoints` (allow-lists), `headers` (which headers cross),
 //!   `metering` (cost estimate and usage meter), `offload` (the estimate pool), `exchange` (a free

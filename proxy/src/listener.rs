@@ -41,11 +41,12 @@ use crate::metrics::ListenerMetrics;
 use crate::tls::ListenerCert;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,6 +61,32 @@ const INITIAL_BUF: usize = 4096;
 const LINGER: Duration = Duration::from_millis(500);
 /// Most bytes drained from a refused connection.
 const LINGER_BYTES: usize = 1 << 20;
+
+/// How a listener hands one checked HTTP/1 request to its app: the connection, its keep-alive
+/// settings from the request before, and the bytes read so far (the head, and what of the body
+/// came with it). By default through Pingora's `HttpServerApp::process_new_http`; the gateway
+/// takes the request straight to its phases (`service/app.rs`).
+pub trait H1Serve: HttpServerApp + Send + Sync + 'static {
+    fn serve_h1(
+        self: &Arc<Self>,
+        stream: Stream,
+        settings: Option<HttpPersistentSettings>,
+        prefix: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send {
+        async move {
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(s) = settings {
+                s.apply_to_session(&mut session);
+            }
+            session.set_pipelined_prefix(prefix);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            self.process_new_http(session, shutdown).await
+        }
+    }
+}
 
 /// A listener's connection settings.
 #[derive(Debug, Clone, Copy)]
@@ -214,7 +241,7 @@ impl Drop for Open<'_> {
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
+impl<A: H1Serve> ServerApp for Listener<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -251,7 +278,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Listener<A> {
     }
 }
 
-impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
+impl<A: H1Serve> Listener<A> {
     /// Request after request on one connection until either side closes it.
     /// `accepted`: when the connection was accepted (its first head is due `header_timeout` later).
     async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch, accepted: Instant) {
@@ -274,15 +301,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Listener<A> {
             if buf.capacity() < INITIAL_BUF {
                 buf.reserve(INITIAL_BUF);
             }
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(s) = settings.take() {
-                s.apply_to_session(&mut session);
-            }
-            session.set_pipelined_prefix(prefix);
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            }
-            let reused = self.app.process_new_http(session, shutdown).await;
+            let reused = self
+                .app
+                .serve_h1(stream, settings.take(), prefix, shutdown)
+                .await;
             let Some((next, s)) = reused.map(|r| r.consume()) else {
                 return;
             };

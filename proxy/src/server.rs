@@ -13,7 +13,7 @@ use crate::control_plane::{BootError, ControlPlaneOptions};
 use crate::document::{ConfigDocument, SourceError};
 use crate::listener::{ConnLimits, Listener, TlsSource};
 use crate::reload::{ApplyError, ConfigState};
-use crate::service::Gateway;
+use crate::service::{Gateway, GatewayApp};
 use crate::source::{ConfigSource, SourceService};
 use crate::tls::{ListenerCert, ListenerCerts};
 use crate::watch::FileSource;
@@ -223,7 +223,7 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
     server.bootstrap();
 
     let limits = proxy_limits(&boot, opts.open_files);
-    let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    let gateway = GatewayApp::new(&server.configuration, || Gateway::new(state.clone()));
     let listener = with_tls(Listener::new("proxy", gateway, limits), &state, |t| {
         &t.proxy
     });

@@ -24,9 +24,12 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 
+mod app;
 mod cached;
 #[cfg(test)]
 mod sizes;
+
+pub use app::GatewayApp;
 
 pub struct Gateway {
     state: Arc<ConfigState>,
