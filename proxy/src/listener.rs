@@ -47,6 +47,7 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -459,9 +460,10 @@ async fn read_head(
 
 /// `Ok(None)`: the head is not complete yet. A complete head is checked for size and framing.
 fn check_head(buf: &[u8], max: usize) -> Result<Option<Head>, Ended> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    // Uninitialized: 256 headers are 8 KiB that an initialized array would write on every request.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= max => {
             return Err(Ended::Refused(Refusal::HeadTooLarge))
