@@ -63,7 +63,7 @@
 //!   request head), `path` (normalization), `endpoints` (allow-lists), `headers` (which headers cross),
 //!   `metering` (cost estimate and usage meter), `offload` (the estimate pool), `exchange` (a free
 //!   function over a `Transport`: attempts, retries, fallbacks, on tokio's clock), `transport` (the exchange's seam to the network: `Attempt`, `Transport`, `Failed`), `upstream` (one
-//!   pooled upstream call, the Pingora `Transport`), `balancer` (deployments,
+//!   pooled upstream call, the Pingora `Transport`; `upstream/h1.rs` reads its answer), `balancer` (deployments,
 //!   breakers, cool-downs, quotas, bulkheads), `registry` (deployment states across versions, health
 //!   checks), `pool` (idle connections), `relay` (the
 //!   response to the client), `access_log` (the completion phase), `usage_log` (usage records),

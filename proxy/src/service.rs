@@ -244,7 +244,7 @@ impl Gateway {
         let reusable = relay::relay(session, ctx, route, &up, &mut response, capture).await?;
         if reusable {
             if let Some(d) = up.pool.deployments.get(deployment) {
-                upstream::release(d, response.session).await;
+                upstream::release(d, response.session);
             }
         }
         Ok(())

@@ -3,7 +3,8 @@
 //! Why: routing on the JSON `model` means reading the body before choosing the upstream, and Pingora
 //! replays a consumed body only from its 64 KiB retry buffer (cloudflare/pingora #191, #349, #575, #780).
 //! So the proxy reads the whole body (up to `max_body_bytes`), and this module writes it upstream over
-//! a pooled HTTP/1.1 connection from Pingora's `TransportConnector`.
+//! a pooled HTTP/1.1 connection from Pingora's `TransportConnector` and reads the answer with its own
+//! HTTP/1.1 response reader (`h1.rs`: each header parsed once, no case-preserving copy).
 //!
 //! Stale keep-alive connections: a pooled connection the upstream closed while idle fails on first use.
 //! When a *reused* connection fails before any response byte arrives, the request is sent again on a
@@ -32,9 +33,11 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+pub(crate) mod h1;
+
 /// A response whose header has been read; the body is read by the caller.
 pub struct Response {
-    pub session: HttpSession,
+    pub session: h1::Response<Stream>,
 }
 
 /// The exchange's transport in production: Pingora's connector and this module's pooled sessions.
@@ -105,57 +108,42 @@ pub async fn send(
 /// Bodies up to this size go out in the same write as the header.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
-/// Sends the request and reads the response header.
+/// Sends the request and reads the response header (`h1.rs`).
 ///
-/// Pingora's client flushes the request header on its own, so header and body would cost two `send`s
-/// and wake the upstream twice. For the common case (not HEAD, body ≤ 64 KiB) the serialized header and
-/// the body go out in one write on the raw stream; the session is then used only to read the response.
-/// That session never saw the request, which matters only for HEAD (no response body), upgrades and a
-/// request `Connection` header — HEAD takes the regular path, and the gateway forwards neither
-/// `Connection` nor upgrades.
+/// The request's head and, up to 64 KiB, its body go out in one write (a larger body in a second
+/// one): one `send`, one wake-up of the upstream. The request's framing is the gateway's own
+/// (`Content-Length`, never chunked), and it forwards neither `Connection` nor upgrades.
 async fn exchange(
     mut stream: Stream,
     up: &Deployment,
     req: &RequestHeader,
     body: &Bytes,
-) -> pingora::Result<HttpSession> {
-    let mut session = if req.method != Method::HEAD && body.len() <= COALESCE_LIMIT {
-        let mut wire = http_req_header_to_wire(req).ok_or_else(|| {
-            pingora::Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "request header cannot be serialized",
-            )
-        })?;
+) -> pingora::Result<h1::Response<Stream>> {
+    let mut wire = http_req_header_to_wire(req).ok_or_else(|| {
+        pingora::Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "request header cannot be serialized",
+        )
+    })?;
+    let coalesce = body.len() <= COALESCE_LIMIT;
+    if coalesce {
         wire.extend_from_slice(body);
-        let write = async {
-            stream.write_all(&wire).await?;
-            stream.flush().await
-        };
-        let written = match up.peer.options.write_timeout {
-            Some(t) => tokio::time::timeout(t, write).await.map_err(|_| {
-                pingora::Error::explain(ErrorType::WriteTimedout, "writing the upstream request")
-            })?,
-            None => write.await,
-        };
-        written.or_err(ErrorType::WriteError, "writing the upstream request")?;
-        HttpSession::new_with_options(stream, &up.peer)
-    } else {
-        let mut session = HttpSession::new_with_options(stream, &up.peer);
-        session.write_request_header(Box::new(req.clone())).await?;
-        if !body.is_empty() {
-            session.write_body(body).await?;
-        }
-        session.finish_body().await?;
-        session
-    };
-    // Skip informational responses (100 Continue, 103 Early Hints).
-    loop {
-        session.read_response().await?;
-        match session.get_status() {
-            Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
-            _ => return Ok(session),
-        }
     }
+    let write = async {
+        stream.write_all(&wire).await?;
+        if !coalesce {
+            stream.write_all(body).await?;
+        }
+        stream.flush().await
+    };
+    let written = match up.peer.options.write_timeout {
+        Some(t) => tokio::time::timeout(t, write).await.map_err(|_| {
+            pingora::Error::explain(ErrorType::WriteTimedout, "writing the upstream request")
+        })?,
+        None => write.await,
+    };
+    written.or_err(ErrorType::WriteError, "writing the upstream request")?;
+    h1::Response::read(stream, req.method == Method::HEAD).await
 }
 
 /// Failures that mean "the pooled connection was already dead", not "the upstream is slow or broken".
@@ -220,9 +208,8 @@ pub async fn probe(transport: &TransportConnector, p: &Probe, timeout: Duration)
 }
 
 /// Returns a finished response's connection to the pool when it can be reused.
-pub async fn release(up: &Deployment, mut session: HttpSession) {
-    session.respect_keepalive();
-    if let Some(stream) = session.reuse().await {
+pub fn release(up: &Deployment, session: h1::Response<Stream>) {
+    if let Some(stream) = session.reuse() {
         up.pool.put(stream, Instant::now());
     }
 }

@@ -1,0 +1,373 @@
+//! The upstream side of HTTP/1.1: one response read from a connection the request was written to.
+//!
+//! Why not Pingora's client session: it keeps every response header twice (an `http::HeaderMap`
+//! and a case-preserving map of the names as sent), parsing each name again on the way. The gateway
+//! never sends an upstream's header casing on (it builds the client's head from an allow-list,
+//! `headers.rs`), and that double map was the largest single cost of a request (issue 19: 23,000
+//! instructions to read the stubs' 13-header answer, more than the request's own rate limiting,
+//! usage read and settlement together). Here each header is parsed once, straight into the map.
+//!
+//! Framing follows RFC 9112 §6.3: no body after `HEAD`, `1xx`, `204` and `304`;
+//! `Transfer-Encoding` ending in `chunked` is read chunk by chunk (extensions and trailers
+//! skipped); any other `Transfer-Encoding`, or neither it nor `Content-Length`, reads to the close.
+//! `Content-Length` alongside `Transfer-Encoding` is dropped (§6.3 point 3), as Pingora does; one
+//! that is not a number, or two that differ, fail the response. Informational answers (`100
+//! Continue`, `103 Early Hints`) are skipped, `101` is returned as is (the gateway sends no
+//! upgrades).
+//!
+//! A connection may carry another request when the answer kept it alive (HTTP/1.1 without
+//! `Connection: close`, HTTP/1.0 with `keep-alive`), its body ended by its framing, and nothing
+//! came after it.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorType, OrErr, Result};
+use std::mem::MaybeUninit;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Most headers a response head may carry (Pingora's limit).
+const MAX_HEADERS: usize = 256;
+/// Largest response head accepted (Pingora's client limit).
+const MAX_HEAD: usize = 1 << 20;
+/// Largest trailer section skipped after a chunked body.
+const MAX_TRAILERS: usize = 64 * 1024;
+/// What one read asks for at least.
+const READ: usize = 16 * 1024;
+
+/// A response whose head has been read from `stream`; its body is read with [`Response::read_body_bytes`].
+pub struct Response<S> {
+    stream: S,
+    /// Read but not yet handed out.
+    buf: BytesMut,
+    head: ResponseHeader,
+    body: Body,
+    /// The answer lets the connection carry another request (once its body has ended).
+    keepalive: bool,
+}
+
+/// Where the body's framing stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Bytes of a `Content-Length` body still to come.
+    Length(u64),
+    /// A chunked body.
+    Chunked(Chunk),
+    /// To the connection's close.
+    Close,
+    /// Ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// Bytes of the current chunk still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data is next.
+    DataEnd,
+    /// The trailer section after the last chunk is next.
+    Trailers,
+}
+
+impl<S: AsyncRead + Unpin> Response<S> {
+    /// Reads the response head to the request just written on `stream` (`head_request`: it was a
+    /// `HEAD`), skipping informational answers.
+    pub async fn read(mut stream: S, head_request: bool) -> Result<Self> {
+        let mut buf = BytesMut::with_capacity(READ);
+        loop {
+            let parsed = match buf.is_empty() {
+                true => None,
+                false => parse_head(&mut buf, head_request)?,
+            };
+            if let Some((head, body, keepalive)) = parsed {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                let mut r = Response {
+                    stream,
+                    buf,
+                    head,
+                    body,
+                    keepalive,
+                };
+                r.advance()?;
+                return Ok(r);
+            }
+            if buf.len() >= MAX_HEAD {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "the upstream's response head is too large",
+                );
+            }
+            if fill(&mut stream, &mut buf).await? == 0 {
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "the upstream closed the connection before a response head",
+                );
+            }
+        }
+    }
+
+    pub fn resp_header(&self) -> Option<&ResponseHeader> {
+        Some(&self.head)
+    }
+
+    /// The body has ended (nothing more will be read).
+    pub fn is_body_done(&self) -> bool {
+        self.body == Body::Done
+    }
+
+    /// The next bytes of the body as they arrive; `None` once it has ended.
+    pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            if let Some(out) = self.take()? {
+                return Ok(Some(out));
+            }
+            if self.body == Body::Done {
+                return Ok(None);
+            }
+            if fill(&mut self.stream, &mut self.buf).await? == 0 {
+                if self.body == Body::Close {
+                    self.body = Body::Done;
+                    return Ok(None);
+                }
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "the upstream closed the connection before the body ended",
+                );
+            }
+        }
+    }
+
+    /// The connection, when it may carry another request: the answer kept it alive and its body
+    /// ended with nothing after it.
+    pub fn reuse(self) -> Option<S> {
+        (self.keepalive && self.body == Body::Done && self.buf.is_empty()).then_some(self.stream)
+    }
+
+    /// Body bytes from the buffer, if any are there; moves the framing on.
+    fn take(&mut self) -> Result<Option<Bytes>> {
+        self.advance()?;
+        let out = match self.body {
+            Body::Close if !self.buf.is_empty() => self.buf.split().freeze(),
+            Body::Length(left) if !self.buf.is_empty() => {
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
+                self.body = match left - n as u64 {
+                    0 => Body::Done,
+                    left => Body::Length(left),
+                };
+                self.buf.split_to(n).freeze()
+            }
+            Body::Chunked(Chunk::Data(left)) if !self.buf.is_empty() => {
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
+                self.body = Body::Chunked(match left - n as u64 {
+                    0 => Chunk::DataEnd,
+                    left => Chunk::Data(left),
+                });
+                self.buf.split_to(n).freeze()
+            }
+            _ => return Ok(None),
+        };
+        // Past a chunk's end: when the last chunk is already here too, the body ends with these
+        // bytes (the caller settles before it sends them on).
+        self.advance()?;
+        Ok(Some(out))
+    }
+
+    /// Moves a chunked body's framing over what the buffer holds of it (size lines, the CRLF
+    /// after a chunk, the trailers), stopping at data or where more bytes are needed.
+    fn advance(&mut self) -> Result<()> {
+        let bad = |why: &'static str| Error::e_explain(ErrorType::InvalidHTTPHeader, why);
+        while let Body::Chunked(state) = self.body {
+            match state {
+                Chunk::Data(_) => return Ok(()),
+                Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, 0))) => {
+                        self.buf.advance(used);
+                        self.body = Body::Chunked(Chunk::Trailers);
+                    }
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.advance(used);
+                        self.body = Body::Chunked(Chunk::Data(size));
+                    }
+                    Ok(httparse::Status::Partial) if self.buf.len() < MAX_TRAILERS => return Ok(()),
+                    _ => return bad("the upstream sent an invalid chunk size"),
+                },
+                Chunk::DataEnd => match self.buf.get(..2) {
+                    None if self.buf.first().is_none_or(|b| *b == b'\r') => return Ok(()),
+                    Some(b"\r\n") => {
+                        self.buf.advance(2);
+                        self.body = Body::Chunked(Chunk::Size);
+                    }
+                    _ => return bad("the upstream's chunk did not end with CRLF"),
+                },
+                Chunk::Trailers => {
+                    // Empty: CRLF at once. Else header lines up to an empty line.
+                    let end = if self.buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        memchr::memmem::find(&self.buf, b"\r\n\r\n").map(|i| i + 4)
+                    };
+                    match end {
+                        Some(n) => {
+                            self.buf.advance(n);
+                            self.body = Body::Done;
+                        }
+                        None if self.buf.len() < MAX_TRAILERS => return Ok(()),
+                        None => return bad("the upstream's trailers are too large"),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads what is there (at least one byte, or 0 at the close).
+async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<usize> {
+    if buf.capacity() - buf.len() < READ / 4 {
+        buf.reserve(READ);
+    }
+    stream
+        .read_buf(buf)
+        .await
+        .or_err(ErrorType::ReadError, "reading from the upstream")
+}
+
+/// A complete head from the start of `buf` (taken off it), with its body's framing and whether it
+/// keeps the connection alive; `None` when more bytes are needed.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<(ResponseHeader, Body, bool)>> {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    // As lenient as Pingora's client: spaces after a name, obsolete line folding (RFC 9112 §5.2).
+    let mut config = httparse::ParserConfig::default();
+    config.allow_spaces_after_header_name_in_responses(true);
+    config.allow_obsolete_multiline_headers_in_responses(true);
+    let len = match config.parse_response_with_uninit_headers(&mut resp, &buf[..], &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                format!("the upstream's response head is malformed: {e}"),
+            )
+        }
+    };
+    let code = resp.code.unwrap_or(0);
+    let version = match resp.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // The head's bytes, shared by the header values (one copy of the head, none of each value).
+    let raw = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
+    let (mut length, mut chunked, mut coded, mut close, mut keep_alive) =
+        (None::<u64>, false, false, false, false);
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .or_err(ErrorType::InvalidHTTPHeader, "an upstream header name")?;
+        if name == http::header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "the upstream's Content-Length is invalid",
+                    )
+                }
+            }
+        } else if name == http::header::TRANSFER_ENCODING {
+            coded = true;
+            // The last coding decides: chunked ends the body, anything else runs to the close.
+            if let Some(last) = h
+                .value
+                .rsplit(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .find(|c| !c.is_empty())
+            {
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name == http::header::CONNECTION {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        let at = h.value.as_ptr() as usize - base;
+        let value = match HeaderValue::from_maybe_shared(raw.slice(at..at + h.value.len())) {
+            Ok(v) => v,
+            // A folded value: each line break becomes a space (RFC 9112 §5.2), never sent on.
+            Err(_) => HeaderValue::from_bytes(&unfold(h.value))
+                .or_err(ErrorType::InvalidHTTPHeader, "an upstream header value")?,
+        };
+        headers.append(name, value);
+    }
+    let status = StatusCode::from_u16(code)
+        .or_err(ErrorType::InvalidHTTPHeader, "the upstream's status code")?;
+    // Kept (and allocated) only when it is not the status's usual phrase.
+    let reason = resp
+        .reason
+        .filter(|r| status.canonical_reason() != Some(*r))
+        .map(str::to_owned);
+    buf.advance(len);
+    if coded {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
+    // No case map: the gateway sends no upstream header on with its casing (see the module docs).
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    let mut head = ResponseHeader::from(parts);
+    head.set_reason_phrase(reason.as_deref())?;
+    let body = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Body::Done
+    } else if coded {
+        if chunked {
+            Body::Chunked(Chunk::Size)
+        } else {
+            Body::Close
+        }
+    } else {
+        match length {
+            Some(0) => Body::Done,
+            Some(n) => Body::Length(n),
+            None => Body::Close,
+        }
+    };
+    let keepalive = match version {
+        Version::HTTP_11 => !close,
+        _ => keep_alive && !close,
+    } && body != Body::Close;
+    Ok(Some((head, body, keepalive)))
+}
+
+/// `value` with CR and LF as spaces.
+fn unfold(value: &[u8]) -> Vec<u8> {
+    value
+        .iter()
+        .map(|b| if matches!(b, b'\r' | b'\n') { b' ' } else { *b })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
