@@ -268,55 +268,7 @@ fn parse_head(
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    // The head's bytes, shared by the header values (one copy of the head, none of each value).
-    let raw = Bytes::copy_from_slice(&buf[..len]);
-    let base = buf.as_ptr() as usize;
-    let (mut length, mut chunked, mut coded, mut close, mut keep_alive) =
-        (None::<u64>, false, false, false, false);
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .or_err(ErrorType::InvalidHTTPHeader, "an upstream header name")?;
-        if name == http::header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match (n, length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                _ => {
-                    return Error::e_explain(
-                        ErrorType::InvalidHTTPHeader,
-                        "the upstream's Content-Length is invalid",
-                    )
-                }
-            }
-        } else if name == http::header::TRANSFER_ENCODING {
-            coded = true;
-            // The last coding decides: chunked ends the body, anything else runs to the close.
-            if let Some(last) = h
-                .value
-                .rsplit(|b| *b == b',')
-                .map(<[u8]>::trim_ascii)
-                .find(|c| !c.is_empty())
-            {
-                chunked = last.eq_ignore_ascii_case(b"chunked");
-            }
-        } else if name == http::header::CONNECTION {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
-        let at = h.value.as_ptr() as usize - base;
-        let value = match HeaderValue::from_maybe_shared(raw.slice(at..at + h.value.len())) {
-            Ok(v) => v,
-            // A folded value: each line break becomes a space (RFC 9112 §5.2), never sent on.
-            Err(_) => HeaderValue::from_bytes(&unfold(h.value))
-                .or_err(ErrorType::InvalidHTTPHeader, "an upstream header value")?,
-        };
-        headers.append(name, value);
-    }
+    let (mut headers, framing) = read_headers(resp.headers, &buf[..len])?;
     let status = StatusCode::from_u16(code)
         .or_err(ErrorType::InvalidHTTPHeader, "the upstream's status code")?;
     // Kept (and allocated) only when it is not the status's usual phrase.
@@ -325,7 +277,7 @@ fn parse_head(
         .filter(|r| status.canonical_reason() != Some(*r))
         .map(str::to_owned);
     buf.advance(len);
-    if coded {
+    if framing.coded {
         headers.remove(http::header::CONTENT_LENGTH);
     }
     // No case map: the gateway sends no upstream header on with its casing (see the module docs).
@@ -335,30 +287,107 @@ fn parse_head(
     parts.headers = headers;
     let mut head = ResponseHeader::from(parts);
     head.set_reason_phrase(reason.as_deref())?;
-    let body = if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Body::Done
-    } else if coded {
-        if chunked {
-            Body::Chunked(Chunk::Size)
-        } else {
-            Body::Close
-        }
-    } else {
-        match length {
-            Some(0) => Body::Done,
-            Some(n) => Body::Length(n),
-            None => Body::Close,
-        }
-    };
+    let body = framing.body(status, head_request);
     let keepalive = match version {
-        Version::HTTP_11 => !close,
-        _ => keep_alive && !close,
+        Version::HTTP_11 => !framing.close,
+        _ => framing.keep_alive && !framing.close,
     } && body != Body::Close;
     Ok(Some((head, body, keepalive)))
+}
+
+/// The parsed `headers` of `head` (the head's bytes) into a map, and what they say about framing.
+fn read_headers(headers: &[httparse::Header<'_>], head: &[u8]) -> Result<(HeaderMap, Framing)> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    // The head's bytes, shared by the header values (one copy of the head, none of each value).
+    let raw = Bytes::copy_from_slice(head);
+    let base = head.as_ptr() as usize;
+    let mut framing = Framing::default();
+    for h in headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .or_err(ErrorType::InvalidHTTPHeader, "an upstream header name")?;
+        framing.note(&name, h.value)?;
+        let at = h.value.as_ptr() as usize - base;
+        let value = match HeaderValue::from_maybe_shared(raw.slice(at..at + h.value.len())) {
+            Ok(v) => v,
+            // A folded value: each line break becomes a space (RFC 9112 §5.2), never sent on.
+            Err(_) => HeaderValue::from_bytes(&unfold(h.value))
+                .or_err(ErrorType::InvalidHTTPHeader, "an upstream header value")?,
+        };
+        map.append(name, value);
+    }
+    Ok((map, framing))
+}
+
+/// What a response head's framing headers said.
+#[derive(Default)]
+struct Framing {
+    length: Option<u64>,
+    /// `Transfer-Encoding` was there; `chunked`: its last coding is `chunked`.
+    coded: bool,
+    chunked: bool,
+    /// `Connection` tokens.
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Framing {
+    /// Takes in one header (any: those that do not frame are passed over).
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<()> {
+        if name == http::header::CONTENT_LENGTH {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, self.length) {
+                (Some(n), None) => self.length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "the upstream's Content-Length is invalid",
+                    )
+                }
+            }
+        } else if name == http::header::TRANSFER_ENCODING {
+            self.coded = true;
+            // The last coding decides: chunked ends the body, anything else runs to the close.
+            if let Some(last) = value
+                .rsplit(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .find(|c| !c.is_empty())
+            {
+                self.chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name == http::header::CONNECTION {
+            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+
+    /// How the body of a `status` answer ends (RFC 9112 §6.3).
+    fn body(&self, status: StatusCode, head_request: bool) -> Body {
+        if head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Body::Done
+        } else if self.coded {
+            if self.chunked {
+                Body::Chunked(Chunk::Size)
+            } else {
+                Body::Close
+            }
+        } else {
+            match self.length {
+                Some(0) => Body::Done,
+                Some(n) => Body::Length(n),
+                None => Body::Close,
+            }
+        }
+    }
 }
 
 /// `value` with CR and LF as spaces.
