@@ -623,6 +623,9 @@ async fn a_hit_charges_a_prepaid_balance_its_share() {
 async fn the_memory_store_evicts_the_least_recently_used() {
     let mut rig = rig(Kind::Memory, "").await;
     let probe = ask_sized(&rig.gw, &greedy("size probe")).await;
+    // The probe's answer is stored after it is sent: wait for it, or its late count would pass
+    // for A's below and A's store could land after the reads that make B the oldest.
+    wait_stored(&rig.gw, Kind::Memory, 1.0).await;
     // An entry weighs its body plus under 100 bytes: two fit in 2.5 entries, three do not.
     let budget = (probe.body.len() as u64 + 90) * 5 / 2;
     let config = rig
