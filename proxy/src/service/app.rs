@@ -33,7 +33,7 @@ use pingora::protocols::Stream;
 use pingora::proxy::{HttpProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType};
 use std::sync::Arc;
 
 /// The proxy listener's app (see the module docs).
@@ -91,11 +91,20 @@ impl GatewayApp {
             Err(e) => e,
         };
         let failed = gateway.fail_to_proxy(&mut session, &e, &mut ctx).await;
-        tracing::error!(
-            "Fail to filter request: {e}, status: {}, {}",
-            failed.error_code,
-            session.downstream_session.request_summary()
-        );
+        // A client that left or sent a broken body is the client's affair, not the operator's.
+        if e.esource() == &ErrorSource::Downstream {
+            tracing::debug!(
+                "the client's request failed: {e}, status: {}, {}",
+                failed.error_code,
+                session.downstream_session.request_summary()
+            );
+        } else {
+            tracing::error!(
+                "Fail to filter request: {e}, status: {}, {}",
+                failed.error_code,
+                session.downstream_session.request_summary()
+            );
+        }
         gateway.logging(&mut session, Some(&e), &mut ctx).await;
         session.downstream_session.on_proxy_failure(e);
         if failed.can_reuse_downstream {
