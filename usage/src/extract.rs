@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::member::last_usage;
 use super::native::{dashscope, gemini};
 use super::text::{Generated, Slot, Text};
 use super::Surface;
@@ -32,6 +33,44 @@ pub(super) struct RawUsage {
 }
 
 impl RawUsage {
+    /// The member names serde reads into counts, in [`RawUsage::put`]'s order.
+    const FIELDS: [&'static [u8]; 10] = [
+        b"prompt_tokens",
+        b"completion_tokens",
+        b"total_tokens",
+        b"input_tokens",
+        b"output_tokens",
+        b"promptTokenCount",
+        b"candidatesTokenCount",
+        b"thoughtsTokenCount",
+        b"toolUsePromptTokenCount",
+        b"totalTokenCount",
+    ];
+
+    /// Which count a usage object's member `key` is (`None`: one serde skips).
+    pub(super) fn field(key: &[u8]) -> Option<usize> {
+        Self::FIELDS.iter().position(|f| *f == key)
+    }
+
+    /// Sets count `field` (an index from [`RawUsage::field`]).
+    pub(super) fn put(&mut self, field: usize, n: Option<u64>) {
+        let slots = [
+            &mut self.prompt_tokens,
+            &mut self.completion_tokens,
+            &mut self.total_tokens,
+            &mut self.input_tokens,
+            &mut self.output_tokens,
+            &mut self.gemini_prompt,
+            &mut self.gemini_candidates,
+            &mut self.gemini_thoughts,
+            &mut self.gemini_tool_prompt,
+            &mut self.gemini_total,
+        ];
+        if let Some(slot) = slots.into_iter().nth(field) {
+            *slot = n;
+        }
+    }
+
     /// `(prompt, completion)` tokens, if the object says anything.
     pub fn pair(&self) -> Option<(u64, u64)> {
         if self.prompt_tokens.is_some() || self.completion_tokens.is_some() {
@@ -118,15 +157,25 @@ pub(super) fn read(surface: Surface, incremental: bool, acc: &mut Accum, data: &
 /// member is skipped by the parser (no text collected, nothing allocated). `None` when the answer
 /// is not JSON, reports no usage, or is of a surface read whole anyway ([`read`] then decides).
 /// A complete answer with usage settles on it alone; its generated text is only needed without.
+///
+/// The usage member is first looked for from the end of the answer ([`last_usage`]), which reads
+/// only the usage and what follows it; the answer is parsed from its start when that cannot prove
+/// the member is the outermost object's.
 pub(super) fn reported(surface: Surface, data: &[u8]) -> Option<(u64, u64)> {
     match surface {
         Surface::ChatCompletions(_) | Surface::Completions(_) | Surface::DashScopeGeneration => {
+            if let Some(p) = last_usage(data, b"\"usage\"").and_then(|u| u.pair()) {
+                return Some(p);
+            }
             serde_json::from_slice::<UsageOnly>(data)
                 .ok()?
                 .usage?
                 .pair()
         }
         Surface::GeminiGenerate | Surface::GeminiStreamGenerate => {
+            if let Some(p) = last_usage(data, b"\"usageMetadata\"").and_then(|u| u.pair()) {
+                return Some(p);
+            }
             serde_json::from_slice::<GemUsageOnly>(data)
                 .ok()?
                 .usage?

@@ -23,6 +23,7 @@ mod estimate_chat;
 mod extract;
 mod fast;
 mod json;
+mod member;
 mod native;
 mod text;
 mod tracker;

@@ -5,6 +5,7 @@
 mod estimate_chat;
 mod fast;
 mod fixtures;
+mod member;
 mod streams;
 mod streams_native;
 
