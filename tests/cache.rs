@@ -649,6 +649,10 @@ async fn the_memory_store_evicts_the_least_recently_used() {
         assert_eq!(ask_sized(gw, q).await.cache, "miss");
         wait_stored(gw, Kind::Memory, base + i as f64 + 1.0).await;
     }
+    // A scrape applies moka's buffered writes of A and B. The scrape that saw B's count may have
+    // run them before B's insert ended, and moka applies buffered reads before writes: A's read
+    // below, applied with A's own write still pending, would be lost and leave A the oldest.
+    gw.admin_text("/metrics").await;
     // A is used again: B is now the least recently used.
     assert_eq!(ask_sized(gw, &a).await.cache, "hit");
     gw.admin_text("/metrics").await; // a scrape applies the store's pending LRU bookkeeping
