@@ -238,12 +238,16 @@ mod tests {
         assert_eq!(usage(r#"{"choices":[]}"#), None);
         // Only inside a string: one that ends right after the word, and a key that contains it.
         assert_eq!(usage(r#"{"text":"say \"usage"}"#), None);
-        assert_eq!(usage(r#"{"a\"usage":{"prompt_tokens":1,"completion_tokens":1}}"#), None);
+        assert_eq!(
+            usage(r#"{"a\"usage":{"prompt_tokens":1,"completion_tokens":1}}"#),
+            None
+        );
     }
 
     #[test]
     fn the_key_is_matched_whole() {
-        let doc = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":3,"totalTokenCount":5}}"#;
+        let doc =
+            br#"{"candidates":[],"usageMetadata":{"promptTokenCount":3,"totalTokenCount":5}}"#;
         let gem = last_usage(doc, b"\"usageMetadata\"").and_then(|u| u.pair());
         assert_eq!(gem, Some((3, 2)));
         assert!(last_usage(doc, b"\"usage\"").is_none());
