@@ -386,6 +386,7 @@ where
         first_byte,
         head,
         body: &s.body,
+        returned: s.up.returned(env.plan.route),
     };
     let result = env.transport.send(attempt).await;
     let seconds = sent.elapsed().as_secs_f64();

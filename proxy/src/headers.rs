@@ -102,36 +102,81 @@ impl HeaderPolicy {
     /// Whether the provider's response header `name` goes back to the caller (before the
     /// `Connection` check).
     pub fn returns(&self, name: &HeaderName) -> bool {
-        let n = name.as_str();
+        self.returns_name(name.as_str().as_bytes())
+    }
+
+    /// [`HeaderPolicy::returns`] of a lower-case name.
+    fn returns_name(&self, n: &[u8]) -> bool {
         if never_returned(n) {
             return false;
         }
         // The stubs' diagnostics (one echoes the credential the gateway sent).
-        !n.starts_with("x-stub-") || self.configured.iter().any(|p| p.matches(n))
+        !n.starts_with(b"x-stub-")
+            || std::str::from_utf8(n).is_ok_and(|n| self.configured.iter().any(|p| p.matches(n)))
     }
+}
+
+/// The response headers one route gives back from one provider.
+#[derive(Clone, Copy)]
+pub struct Returned<'a> {
+    pub policy: &'a HeaderPolicy,
+    /// The gateway writes its own limit headers: the provider's describe the gateway's upstream
+    /// key and would contradict them.
+    pub own_limits: bool,
+}
+
+impl Returned<'_> {
+    /// Whether the provider's header `name` goes back to the caller (before the `Connection`
+    /// check).
+    pub fn keeps(&self, name: &HeaderName) -> bool {
+        self.keeps_name(name.as_str().as_bytes())
+    }
+
+    fn keeps_name(&self, n: &[u8]) -> bool {
+        self.policy.returns_name(n) && !(self.own_limits && is_limit_header(n))
+    }
+
+    /// Whether the header named `raw`, as received in any case, is one [`Returned::keeps`] drops.
+    /// The upstream reader leaves such headers out of a successful answer's head rather than
+    /// parse names and values only to drop them (`false` when unsure: a name over 64 bytes).
+    pub fn drops(&self, raw: &[u8]) -> bool {
+        let mut buf = [0u8; 64];
+        let Some(lower) = buf.get_mut(..raw.len()) else {
+            return false;
+        };
+        lower.copy_from_slice(raw);
+        lower.make_ascii_lowercase();
+        !self.keeps_name(lower)
+    }
+}
+
+/// Rate-limit standing headers (OpenAI `x-ratelimit-*`, IETF `ratelimit*`), lower case. A
+/// provider's own `retry-after` on its 429 still reaches the caller.
+fn is_limit_header(n: &[u8]) -> bool {
+    n.starts_with(b"x-ratelimit-") || n.starts_with(b"ratelimit")
 }
 
 /// Response headers that only matter between the gateway and the provider: hop-by-hop headers
 /// (framing is redone for the caller), cookies and origin-wide policies the provider sets for its own
 /// origin, and the provider account the gateway used.
-fn never_returned(name: &str) -> bool {
+fn never_returned(name: &[u8]) -> bool {
     matches!(
         name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "set-cookie"
-            | "set-cookie2"
-            | "alt-svc"
-            | "strict-transport-security"
-            | "openai-organization"
-            | "openai-project"
-            | "x-dashscope-workspace"
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authenticate"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
+            | b"set-cookie"
+            | b"set-cookie2"
+            | b"alt-svc"
+            | b"strict-transport-security"
+            | b"openai-organization"
+            | b"openai-project"
+            | b"x-dashscope-workspace"
     )
 }
 
@@ -286,6 +331,53 @@ mod tests {
         assert!(!g.returns(&name("x-stub-saw-authorization")));
         assert!(!g.returns(&name("set-cookie")));
         assert!(g.returns(&name("openai-processing-ms")));
+    }
+
+    /// What the upstream reader leaves out of a head is what the relay would drop, in any case.
+    #[test]
+    fn dropped_names_are_the_ones_not_kept() {
+        let route = [HeaderPattern::Prefix("x-stub-saw-".into())];
+        let p = HeaderPolicy::new(Dialect::Openai, &route, &[]);
+        let names = [
+            "content-type",
+            "x-request-id",
+            "openai-processing-ms",
+            "x-ratelimit-remaining-tokens",
+            "ratelimit-policy",
+            "set-cookie",
+            "openai-organization",
+            "x-stub-saw-path",
+            "x-stub-latency",
+            "retry-after",
+        ];
+        for own_limits in [false, true] {
+            let r = Returned {
+                policy: &p,
+                own_limits,
+            };
+            for n in names {
+                let keeps = r.keeps(&name(n));
+                assert_eq!(
+                    r.drops(n.as_bytes()),
+                    !keeps,
+                    "{n} (own limits {own_limits})"
+                );
+                let upper = n.to_ascii_uppercase();
+                assert_eq!(r.drops(upper.as_bytes()), !keeps, "{upper}");
+            }
+            let limit = name("x-ratelimit-remaining-tokens");
+            assert_eq!(r.keeps(&limit), !own_limits);
+        }
+        let r = Returned {
+            policy: &p,
+            own_limits: true,
+        };
+        assert!(!r.keeps(&name("x-stub-latency")));
+        assert!(r.keeps(&name("x-stub-saw-path")));
+        // Unsure: a name too long to look at is not dropped by the reader (the relay still drops it).
+        let long = format!("x-stub-{}", "x".repeat(64));
+        assert!(!r.keeps(&HeaderName::from_bytes(long.as_bytes()).unwrap()));
+        assert!(!r.drops(long.as_bytes()));
     }
 
     #[test]

@@ -119,13 +119,12 @@ fn response_head(
         ))
     };
     let full = |e: MaxSizeReached| bad(&e);
-    let mut h = HeaderMap::try_with_capacity(up_head.headers.len() + 4).map_err(full)?;
+    // Room for the gateway's own headers too (limits, request id, served model): no regrowth.
+    let mut h = HeaderMap::try_with_capacity(up_head.headers.len() + 12).map_err(full)?;
     let hop = ConnectionNamed::of(&up_head.headers);
+    let returned = up.returned(route);
     for (name, value) in up_head.headers.iter() {
-        // Where the gateway's own limit headers describe the caller, the provider's describe the
-        // gateway's upstream key and would contradict them.
-        let provider_limit = route.own_limit_headers && request::is_limit_header(name);
-        if up.headers.returns(name) && !hop.contains(name) && !provider_limit {
+        if returned.keeps(name) && !hop.contains(name) {
             h.try_append(name, value.clone()).map_err(full)?;
         }
     }

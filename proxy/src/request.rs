@@ -6,7 +6,7 @@ use crate::balancer::Deployment;
 use crate::headers::{self, ConnectionNamed};
 use crate::snapshot::Upstream;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue, MaxSizeReached};
+use http::header::{self, HeaderMap, HeaderValue, MaxSizeReached};
 use http::Method;
 use leaky_config::{Cidr, Dialect};
 use leaky_filters::{RejectKind, Rejection, RequestCtx};
@@ -104,13 +104,6 @@ pub fn check_model(model: &str) -> Result<(), Rejection> {
         ),
     )
     .with_param("model"))
-}
-
-/// Rate-limit standing headers (OpenAI `x-ratelimit-*`, IETF `ratelimit*`). A provider's own
-/// `retry-after` on its 429 still reaches the caller.
-pub fn is_limit_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n.starts_with("x-ratelimit-") || n.starts_with("ratelimit")
 }
 
 /// `path_prefix` + the part of `path` after the route prefix + the query without the caller's `key`.

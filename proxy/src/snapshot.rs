@@ -5,7 +5,7 @@
 use crate::background::Background;
 use crate::balancer::{self, Deployment, ProviderPool, TenantBulkheads};
 use crate::endpoints::EndpointMatcher;
-use crate::headers::HeaderPolicy;
+use crate::headers::{HeaderPolicy, Returned};
 use crate::limiter::LimiterBackend;
 use crate::metrics::RequestMetrics;
 use crate::pool::Pools;
@@ -44,6 +44,16 @@ pub struct Upstream {
     pub idle: Duration,
     /// Which request and response headers cross the gateway on this route towards this provider.
     pub headers: HeaderPolicy,
+}
+
+impl Upstream {
+    /// The response headers `route` gives back from this provider.
+    pub fn returned(&self, route: &CompiledRoute) -> Returned<'_> {
+        Returned {
+            policy: &self.headers,
+            own_limits: route.own_limit_headers,
+        }
+    }
 }
 
 /// Everything kept across config versions: idle connections, deployment and tenant state, the live

@@ -4,6 +4,7 @@
 //! neither imports the other.
 
 use crate::balancer::{Deployment, Outcome};
+use crate::headers::Returned;
 use bytes::Bytes;
 use leaky_filters::Rejection;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -19,6 +20,8 @@ pub struct Attempt<'a> {
     pub first_byte: Duration,
     pub head: &'a RequestHeader,
     pub body: &'a Bytes,
+    /// The answer's headers that go back to the caller: a successful answer's others are not read.
+    pub returned: Returned<'a>,
 }
 
 /// A failed attempt: what kind of failure (for the breaker and the retry policy) and the error the

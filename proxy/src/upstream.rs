@@ -19,6 +19,7 @@
 //! driver wake the worker through its eventfd, one `write` and one extra `epoll_wait` per request.
 
 use crate::balancer::{Deployment, Outcome, Probe};
+use crate::headers::Returned;
 use crate::metrics::count_retry;
 use crate::transport::{Attempt, Failed, Transport};
 use bytes::Bytes;
@@ -48,7 +49,7 @@ impl Transport for TransportConnector {
         &self,
         a: Attempt<'_>,
     ) -> impl std::future::Future<Output = Result<Response, Failed>> + Send {
-        send(self, a.deployment, a.connect, a.first_byte, a.head, a.body)
+        send(self, a)
     }
 
     fn head(response: &Response) -> Option<&ResponseHeader> {
@@ -56,16 +57,17 @@ impl Transport for TransportConnector {
     }
 }
 
-/// One attempt on deployment `d`: connect (pooled, else fresh within `connect`), send, and wait at most
-/// `first_byte` for the response header.
-pub async fn send(
-    transport: &TransportConnector,
-    d: &Deployment,
-    connect: Option<Duration>,
-    first_byte: Duration,
-    req: &RequestHeader,
-    body: &Bytes,
-) -> Result<Response, Failed> {
+/// One attempt on its deployment: connect (pooled, else fresh within `connect`), send, and wait at
+/// most `first_byte` for the response header.
+pub async fn send(transport: &TransportConnector, a: Attempt<'_>) -> Result<Response, Failed> {
+    let Attempt {
+        deployment: d,
+        connect,
+        first_byte,
+        head: req,
+        body,
+        returned,
+    } = a;
     let timed_out = || Failed {
         outcome: Outcome::Timeout,
         rejection: Rejection::new(
@@ -78,7 +80,7 @@ pub async fn send(
         ),
     };
     if let Some(stream) = d.pool.take(Instant::now()) {
-        match pingora_timeout::timeout(first_byte, exchange(stream, d, req, body)).await {
+        match pingora_timeout::timeout(first_byte, exchange(stream, d, req, body, returned)).await {
             Err(_) => return Err(timed_out()),
             Ok(Ok(session)) => return Ok(Response { session }),
             Ok(Err(e)) if is_stale(&e) => {
@@ -98,7 +100,7 @@ pub async fn send(
         None => Box::pin(transport.new_stream(&d.peer)).await,
     }
     .map_err(|e| failed(d, &e))?;
-    match pingora_timeout::timeout(first_byte, exchange(stream, d, req, body)).await {
+    match pingora_timeout::timeout(first_byte, exchange(stream, d, req, body, returned)).await {
         Err(_) => Err(timed_out()),
         Ok(Ok(session)) => Ok(Response { session }),
         Ok(Err(e)) => Err(failed(d, &e)),
@@ -118,6 +120,7 @@ async fn exchange(
     up: &Deployment,
     req: &RequestHeader,
     body: &Bytes,
+    returned: Returned<'_>,
 ) -> pingora::Result<h1::Response<Stream>> {
     let mut wire = http_req_header_to_wire(req).ok_or_else(|| {
         pingora::Error::explain(
@@ -143,7 +146,8 @@ async fn exchange(
         None => write.await,
     };
     written.or_err(ErrorType::WriteError, "writing the upstream request")?;
-    h1::Response::read(stream, req.method == Method::HEAD).await
+    let dropped = |name: &[u8]| returned.drops(name);
+    h1::Response::read(stream, req.method == Method::HEAD, dropped).await
 }
 
 /// Failures that mean "the pooled connection was already dead", not "the upstream is slow or broken".

@@ -114,7 +114,7 @@ fn the_rare_large_branches_are_boxed() {
         handle < cached,
         "handle's future ({handle} bytes) holds the cache branch's ({cached} bytes) inline"
     );
-    let send = returns6(crate::upstream::send);
+    let send = returns2(crate::upstream::send);
     let connect = returns2(TransportConnector::new_stream::<HttpPeer>);
     assert!(
         send < connect,

@@ -73,13 +73,18 @@ enum Chunk {
 
 impl<S: AsyncRead + Unpin> Response<S> {
     /// Reads the response head to the request just written on `stream` (`head_request`: it was a
-    /// `HEAD`), skipping informational answers.
-    pub async fn read(mut stream: S, head_request: bool) -> Result<Self> {
+    /// `HEAD`), skipping informational answers. A successful (2xx) answer's head leaves out the
+    /// headers `dropped` names (they are not parsed); framing headers are always read.
+    pub async fn read(
+        mut stream: S,
+        head_request: bool,
+        dropped: impl Fn(&[u8]) -> bool,
+    ) -> Result<Self> {
         let mut buf = BytesMut::with_capacity(READ);
         loop {
             let parsed = match buf.is_empty() {
                 true => None,
-                false => parse_head(&mut buf, head_request)?,
+                false => parse_head(&mut buf, head_request, &dropped)?,
             };
             if let Some((head, body, keepalive)) = parsed {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
@@ -246,6 +251,7 @@ async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Resul
 fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
+    dropped: &dyn Fn(&[u8]) -> bool,
 ) -> Result<Option<(ResponseHeader, Body, bool)>> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -268,7 +274,11 @@ fn parse_head(
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let (mut headers, framing) = read_headers(resp.headers, &buf[..len])?;
+    // Other answers keep every header: a 429's limit headers tell the resilience chain whether the
+    // provider's account is exhausted.
+    let success = (200..300).contains(&code);
+    let skip = |name: &[u8]| success && !frames(name) && dropped(name);
+    let (mut headers, framing) = read_headers(resp.headers, &buf[..len], skip)?;
     let status = StatusCode::from_u16(code)
         .or_err(ErrorType::InvalidHTTPHeader, "the upstream's status code")?;
     // Kept (and allocated) only when it is not the status's usual phrase.
@@ -295,14 +305,33 @@ fn parse_head(
     Ok(Some((head, body, keepalive)))
 }
 
-/// The parsed `headers` of `head` (the head's bytes) into a map, and what they say about framing.
-fn read_headers(headers: &[httparse::Header<'_>], head: &[u8]) -> Result<(HeaderMap, Framing)> {
+/// Whether a header named `raw` (any case) can frame the body or the connection.
+fn frames(raw: &[u8]) -> bool {
+    [
+        b"content-length".as_slice(),
+        b"transfer-encoding",
+        b"connection",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(raw))
+}
+
+/// The parsed `headers` of `head` (the head's bytes) into a map, but for those `skip` names, and
+/// what they say about framing.
+fn read_headers(
+    headers: &[httparse::Header<'_>],
+    head: &[u8],
+    skip: impl Fn(&[u8]) -> bool,
+) -> Result<(HeaderMap, Framing)> {
     let mut map = HeaderMap::with_capacity(headers.len());
     // The head's bytes, shared by the header values (one copy of the head, none of each value).
     let raw = Bytes::copy_from_slice(head);
     let base = head.as_ptr() as usize;
     let mut framing = Framing::default();
     for h in headers {
+        if skip(h.name.as_bytes()) {
+            continue;
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .or_err(ErrorType::InvalidHTTPHeader, "an upstream header name")?;
         framing.note(&name, h.value)?;

@@ -49,7 +49,7 @@ async fn body(mut r: Response<Pieces>) -> (Vec<u8>, bool) {
 }
 
 async fn read(wire: &[u8], size: usize) -> Response<Pieces> {
-    Response::read(Pieces::split(wire, size), false)
+    Response::read(Pieces::split(wire, size), false, |_| false)
         .await
         .unwrap()
 }
@@ -123,7 +123,7 @@ HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
 #[tokio::test]
 async fn no_body_after_head_204_and_304() {
     let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
-    let r = Response::read(Pieces::split(wire, wire.len()), true)
+    let r = Response::read(Pieces::split(wire, wire.len()), true, |_| false)
         .await
         .unwrap();
     assert_eq!(body(r).await, (Vec::new(), true));
@@ -191,6 +191,41 @@ async fn content_length_beside_transfer_encoding_is_dropped() {
     assert_eq!(body(r).await, (b"ok".to_vec(), true));
 }
 
+/// The caller's dropped headers are left out of a successful answer's head; framing headers are
+/// read whatever it says, and any other answer keeps every header.
+#[tokio::test]
+async fn dropped_headers_are_left_out_of_a_successful_head() {
+    let dropped = |n: &[u8]| !n.eq_ignore_ascii_case(b"content-type");
+    let head = |status: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nX-RateLimit-Remaining-Tokens: 0\r\n\
+             Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\n\r\n\
+             2\r\nok\r\n0\r\n\r\n"
+        )
+    };
+    let wire = head("200 OK");
+    let r = Response::read(Pieces::split(wire.as_bytes(), 5), false, dropped)
+        .await
+        .unwrap();
+    let names: Vec<&str> = r
+        .resp_header()
+        .unwrap()
+        .headers
+        .keys()
+        .map(|n| n.as_str())
+        .collect();
+    assert_eq!(names, ["content-type", "connection", "transfer-encoding"]);
+    assert_eq!(body(r).await, (b"ok".to_vec(), true));
+    let wire = head("429 Too Many Requests");
+    let r = Response::read(Pieces::split(wire.as_bytes(), 5), false, dropped)
+        .await
+        .unwrap();
+    let h = &r.resp_header().unwrap().headers;
+    assert_eq!(h.len(), 5);
+    assert!(h.contains_key("x-ratelimit-remaining-tokens"));
+    assert_eq!(body(r).await, (b"ok".to_vec(), true));
+}
+
 #[tokio::test]
 async fn a_repeated_equal_content_length_is_accepted() {
     let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok";
@@ -198,7 +233,7 @@ async fn a_repeated_equal_content_length_is_accepted() {
 }
 
 async fn failure(wire: &[u8]) -> ErrorType {
-    let r = Response::read(Pieces::split(wire, 3), false).await;
+    let r = Response::read(Pieces::split(wire, 3), false, |_| false).await;
     let mut r = match r {
         Err(e) => return e.etype().clone(),
         Ok(r) => r,
