@@ -2,7 +2,9 @@
 //!
 //! One `take` is one atomic Lua call (`EVALSHA`, falling back to `EVAL` on `NOSCRIPT`) over all the
 //! request's buckets: it checks every charge and commits all of them only if all admit, else
-//! reports the first refusal. One `adjust` is one Lua call for the whole batch. The scripts
+//! reports the first refusal. One `adjust` is one Lua call for the whole batch, marked with a key
+//! of its own so that it can be retried after a lost connection without settling twice
+//! ([`RedisStore::adjust_marked`]). The scripts
 //! (`redis_common.lua` + `redis_take.lua` / `redis_adjust.lua`) mirror `algo.rs` in floating point
 //! microseconds (Lua numbers are doubles; µs since the epoch fit in 2^53), with a small tolerance
 //! so float rounding never refuses what the exact integer rules admit.
@@ -34,7 +36,13 @@ use super::redis_local::PerThread;
 use super::store::{Adjust, Charge, Store, StoreError, Taken};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Tries of one settlement while Redis is unreachable (see [`RedisStore::adjust_marked`]).
+pub const ADJUST_TRIES: u32 = 4;
+/// The pause before a later try, times the tries so far (the second try only waits for the reconnect).
+const ADJUST_BACKOFF: Duration = Duration::from_millis(200);
 
 const COMMON_LUA: &str = include_str!("redis_common.lua");
 const TAKE_LUA: &str = include_str!("redis_take.lua");
@@ -85,6 +93,9 @@ pub struct RedisStore {
     adjust: redis::Script,
     /// `{key_prefix}:{{{hash_tag}}}:`
     prefix: String,
+    /// With `settlements`, names each settlement's mark uniquely across replicas and restarts.
+    nonce: u64,
+    settlements: AtomicU64,
     clock: RedisClock,
 }
 
@@ -122,6 +133,11 @@ impl RedisStore {
             take: redis::Script::new(&format!("{COMMON_LUA}\n{TAKE_LUA}")),
             adjust: redis::Script::new(&format!("{COMMON_LUA}\n{ADJUST_LUA}")),
             prefix: format!("{}:{{{}}}:", opts.key_prefix, opts.hash_tag),
+            nonce: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                0u8,
+            ),
+            settlements: AtomicU64::new(0),
             clock: opts.clock,
         })
     }
@@ -136,6 +152,46 @@ impl RedisStore {
             // Already `leaky:bal:{org}`: the account outlives prefixes and policy versions.
             Algorithm::Balance { .. } => key.to_string(),
             _ => format!("{}{}", self.prefix, key),
+        }
+    }
+
+    /// One settlement under its `mark`, a key no other settlement uses: `Ok(false)` when the mark
+    /// was already set (an earlier try applied it). A try that failed for want of a connection is
+    /// tried again, up to [`ADJUST_TRIES`] times: a connection left idle through a Redis restart
+    /// fails its next command (its manager reconnects only then), and settlements finishing
+    /// after a restart would otherwise be lost. The mark makes a retry safe when a try ran but its
+    /// answer was lost. Public for the crate's integration tests.
+    #[doc(hidden)]
+    pub async fn adjust_marked(
+        &self,
+        now: Nanos,
+        adjusts: &[Adjust],
+        mark: &str,
+    ) -> Result<bool, StoreError> {
+        let adjusts: Vec<&Adjust> = adjusts.iter().filter(|a| a.delta != 0).collect();
+        if adjusts.is_empty() {
+            return Ok(true);
+        }
+        let mut inv = self.adjust.prepare_invoke();
+        inv.arg(self.now_arg(now));
+        for a in &adjusts {
+            self.push_bucket(&mut inv, &a.key, &a.algo, now, a.delta, 0);
+        }
+        inv.key(mark);
+        let mut tries = 0;
+        loop {
+            let mut conn = self.conn();
+            match inv.invoke_async::<i64>(&mut conn).await.map_err(map_err) {
+                Ok(n) => return Ok(n >= 0),
+                Err(StoreError::Unavailable(_)) if tries + 1 < ADJUST_TRIES => {
+                    // The first retry waits for the reconnect only; then Redis gets time.
+                    if tries > 0 {
+                        tokio::time::sleep(ADJUST_BACKOFF * tries).await;
+                    }
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -319,19 +375,11 @@ impl Store for RedisStore {
         parse_take(&reply, charges)
     }
 
+    /// Applies the batch once, retried while Redis is unreachable (see [`RedisStore::adjust_marked`]).
     async fn adjust(&self, now: Nanos, adjusts: &[Adjust]) -> Result<(), StoreError> {
-        let adjusts: Vec<&Adjust> = adjusts.iter().filter(|a| a.delta != 0).collect();
-        if adjusts.is_empty() {
-            return Ok(());
-        }
-        let mut inv = self.adjust.prepare_invoke();
-        inv.arg(self.now_arg(now));
-        for a in &adjusts {
-            self.push_bucket(&mut inv, &a.key, &a.algo, now, a.delta, 0);
-        }
-        let mut conn = self.conn();
-        let _: i64 = inv.invoke_async(&mut conn).await.map_err(map_err)?;
-        Ok(())
+        let seq = self.settlements.fetch_add(1, Ordering::Relaxed);
+        let mark = format!("{}settled:{:016x}{seq:x}", self.prefix, self.nonce);
+        self.adjust_marked(now, adjusts, &mark).await.map(|_| ())
     }
 }
 

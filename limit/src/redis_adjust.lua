@@ -1,7 +1,13 @@
 -- adjust: settles every bucket (delta > 0 charges more and may overdraw; delta < 0 gives back,
 -- never above capacity; concurrency -1 releases a slot). Returns the number of buckets settled.
+-- The last key is the call's mark: set on the first run (for 10 s, longer than a settlement's
+-- retries take), it makes a retry of a call whose answer was lost settle nothing twice (returns -1).
+local buckets = #KEYS - 1
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', 10000) then
+  return -1
+end
 local now = clock()
-for i = 1, #KEYS do
+for i = 1, buckets do
   local key = KEYS[i]
   local s = spec(i)
   local st = load(s, fetch(s, key), now)
@@ -20,4 +26,4 @@ for i = 1, #KEYS do
   end
   store(key, s, st, now)
 end
-return #KEYS
+return buckets

@@ -561,6 +561,44 @@ impl Store for Counting {
     }
 }
 
+/// The window's remaining count after taking one more; a take on a connection left idle through
+/// the restart fails once (takes are not retried), so it is asked again.
+async fn remaining_after_one(store: &RedisStore, w: &Arc<Algorithm>) -> u64 {
+    for _ in 0..3 {
+        match store.take(T0, &[ch("acme", w, 1)]).await {
+            Ok(Taken::Admitted(a)) => return a[0].status.remaining,
+            Ok(denied) => panic!("denied: {denied:?}"),
+            Err(_) => continue,
+        }
+    }
+    panic!("Redis did not answer a take after its restart");
+}
+
+/// A settlement after a Redis restart is applied, and applied once: the store's connections were
+/// idle through the restart (each fails its next command before reconnecting), and a retry of a
+/// settlement that already ran (same mark) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_after_a_redis_restart_is_applied_once() {
+    // Always its own server: this test restarts it.
+    let mut server = spawn_server();
+    let store = RedisStore::connect(&server.url(), caller_clock(unique_prefix()))
+        .await
+        .unwrap();
+    let w = Arc::new(hourly(100, false));
+    store.adjust(T0, &[adj("acme", &w, 3)]).await.unwrap();
+    assert_eq!(remaining_after_one(&store, &w).await, 96);
+
+    // Persistence is off: the restarted server is empty.
+    server.restart().unwrap();
+    store.adjust(T0, &[adj("acme", &w, 5)]).await.unwrap();
+    assert_eq!(remaining_after_one(&store, &w).await, 94);
+
+    let two = [adj("acme", &w, 2)];
+    assert!(store.adjust_marked(T0, &two, "retried").await.unwrap());
+    assert!(!store.adjust_marked(T0, &two, "retried").await.unwrap());
+    assert_eq!(remaining_after_one(&store, &w).await, 91);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guarded_redis_survives_a_kill_and_recovers() {
     // Always its own server: this test kills it.
