@@ -57,6 +57,101 @@ fn classify_gemini_native_is_version_agnostic() {
     }
 }
 
+/// `Surface::classify` as it was written with `str` searchers, before the byte scans.
+fn classify_by_str(dialect: Dialect, path: &str) -> Surface {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let path = path.trim_end_matches('/');
+    let last = path.rsplit('/').next().unwrap_or(path);
+    if let Some((_, method)) = last.rsplit_once(':') {
+        return match method {
+            "generateContent" => Surface::GeminiGenerate,
+            "streamGenerateContent" => Surface::GeminiStreamGenerate,
+            "embedContent" | "batchEmbedContents" => Surface::GeminiEmbed,
+            "countTokens" => Surface::GeminiCountTokens,
+            _ => Surface::Other,
+        };
+    }
+    if path.ends_with("/services/aigc/text-generation/generation")
+        || path.ends_with("/services/aigc/multimodal-generation/generation")
+    {
+        return Surface::DashScopeGeneration;
+    }
+    if path.ends_with("/services/embeddings/text-embedding/text-embedding") {
+        return Surface::DashScopeEmbedding;
+    }
+    let vendor = if path.contains("/v1beta/openai/") {
+        Vendor::Google
+    } else if path.contains("/compatible-mode/") {
+        Vendor::DashScope
+    } else {
+        match dialect {
+            Dialect::Openai => Vendor::OpenAi,
+            Dialect::Google => Vendor::Google,
+            Dialect::Dashscope => Vendor::DashScope,
+        }
+    };
+    if path.ends_with("/chat/completions") {
+        Surface::ChatCompletions(vendor)
+    } else if path.ends_with("/completions") {
+        Surface::Completions(vendor)
+    } else if path.ends_with("/responses") {
+        Surface::Responses(vendor)
+    } else if path.ends_with("/embeddings") {
+        Surface::Embeddings(vendor)
+    } else {
+        Surface::Other
+    }
+}
+
+/// The byte-scanning `classify` answers what the `str` one did, for every path of four pieces from a
+/// set that makes each branch and its near misses (a segment that only starts or ends like one,
+/// repeats, a match at either end, a query, a fragment, trailing slashes, a method after `:`).
+#[test]
+fn classify_answers_what_the_str_version_did() {
+    let pieces = [
+        "",
+        "v1beta",
+        "openai",
+        "compatible-mode",
+        "xv1beta",
+        "openaix",
+        "chat",
+        "completions",
+        "responses",
+        "embeddings",
+        "m:generateContent",
+        "m:countTokens?alt=sse",
+        "a:b:embedContent",
+        "services/aigc/text-generation/generation",
+        "services/embeddings/text-embedding/text-embedding",
+        "completions?x=/v1beta/openai/",
+        "openai#/chat/completions",
+        "compatible-mode/",
+    ];
+    let n = pieces.len();
+    let mut checked = 0;
+    for i in 0..n.pow(4) {
+        let segs = [
+            pieces[i % n],
+            pieces[i / n % n],
+            pieces[i / n / n % n],
+            pieces[i / n / n / n],
+        ];
+        for lead in ["", "/"] {
+            let path = format!("{lead}{}", segs.join("/"));
+            for dialect in [Dialect::Openai, Dialect::Google, Dialect::Dashscope] {
+                assert_eq!(
+                    Surface::classify(dialect, &path),
+                    classify_by_str(dialect, &path),
+                    "{dialect:?} {path}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 6 * n.pow(4));
+}
+
 #[test]
 fn classify_surfaces() {
     use Surface::*;
