@@ -40,7 +40,9 @@ pub struct Response<S> {
     stream: S,
     /// Read but not yet handed out.
     buf: BytesMut,
-    head: ResponseHeader,
+    /// Boxed: the response is moved a dozen times through the exchange's stages and results, and
+    /// with the head inline (about 300 bytes) each move was a `memcpy` call.
+    head: Box<ResponseHeader>,
     body: Body,
     /// The answer lets the connection carry another request (once its body has ended).
     keepalive: bool,
@@ -117,7 +119,7 @@ impl<S: AsyncRead + Unpin> Response<S> {
     }
 
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
-        Some(&self.head)
+        Some(&*self.head)
     }
 
     /// The body has ended (nothing more will be read).
@@ -252,7 +254,7 @@ fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
     dropped: &dyn Fn(&[u8]) -> bool,
-) -> Result<Option<(ResponseHeader, Body, bool)>> {
+) -> Result<Option<(Box<ResponseHeader>, Body, bool)>> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     // As lenient as Pingora's client: spaces after a name, obsolete line folding (RFC 9112 §5.2).
@@ -295,7 +297,7 @@ fn parse_head(
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
-    let mut head = ResponseHeader::from(parts);
+    let mut head = Box::new(ResponseHeader::from(parts));
     head.set_reason_phrase(reason.as_deref())?;
     let body = framing.body(status, head_request);
     let keepalive = match version {
