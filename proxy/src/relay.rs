@@ -53,7 +53,8 @@ pub(crate) async fn relay(
         return Err(client_gone(ctx, up, resp, deadline, e).await);
     }
     ctx.response.started = true;
-    loop {
+    let mut settled = false;
+    while !settled {
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = up.idle.min(left);
         // Pingora's timer wheel, armed only when pending: a tokio timer woke the worker (upstream.rs).
@@ -63,21 +64,22 @@ pub(crate) async fn relay(
             cut(session, ctx, reason, wait).await?;
             return Ok(false);
         };
-        let Some(chunk) = read.map_err(Fail::Abort)? else {
-            break;
-        };
-        if let Some(c) = capture.as_deref_mut() {
-            c.push(&chunk);
-        }
-        let chunk = ctx.ledger.on_chunk(chunk);
         // The provider's usage is settled before the last byte goes out, so a caller that sends
         // its next request on receiving this response already sees it in the headers.
-        let tail = if resp.session.is_body_done() {
+        let (chunk, done) = on_read(
+            ctx,
+            capture.as_deref_mut(),
+            resp,
+            read.map_err(Fail::Abort)?,
+        );
+        settled = done;
+        let tail = if settled {
             settle(ctx).await
         } else {
             Bytes::new()
         };
-        for out in [chunk, tail] {
+        // An empty part builds no write future (each was a few hundred bytes moved for nothing).
+        for out in [chunk, tail].into_iter().filter(|b| !b.is_empty()) {
             match forward(session, ctx, out).await {
                 Ok(()) => {}
                 Err(Fail::Abort(e)) => return Err(client_gone(ctx, up, resp, deadline, e).await),
@@ -85,13 +87,27 @@ pub(crate) async fn relay(
             }
         }
     }
-    // Chunked bodies end with an empty read: settle here (once) and forward what was held.
-    let tail = settle(ctx).await;
-    forward(session, ctx, tail).await?;
     if let Some(c) = capture {
         c.complete();
     }
     Ok(true)
+}
+
+/// A read of the upstream body: the part to forward (what the meter lets through; a capture gets
+/// the whole chunk) and whether the body has ended (chunked bodies end with an empty read).
+fn on_read(
+    ctx: &mut Ctx,
+    capture: Option<&mut Capture>,
+    resp: &upstream::Response,
+    read: Option<Bytes>,
+) -> (Bytes, bool) {
+    let Some(chunk) = read else {
+        return (Bytes::new(), true);
+    };
+    if let Some(c) = capture {
+        c.push(&chunk);
+    }
+    (ctx.ledger.on_chunk(chunk), resp.session.is_body_done())
 }
 
 /// The client's response header: the upstream's, filtered, plus the gateway's own. Tells the ledger
