@@ -315,6 +315,24 @@ fn amount(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The take script's packed reply: little-endian 8-byte integers.
+fn unpack(reply: &[u8]) -> Result<Vec<i64>, StoreError> {
+    let words = reply.chunks_exact(8);
+    if !words.remainder().is_empty() {
+        return Err(StoreError::Protocol(format!(
+            "take script replied {} bytes, not whole 8-byte integers",
+            reply.len()
+        )));
+    }
+    Ok(words
+        .map(|w| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            i64::from_le_bytes(b)
+        })
+        .collect())
+}
+
 /// Reads the take script's reply.
 fn parse_take(reply: &[i64], charges: &[Charge]) -> Result<Taken, StoreError> {
     let garbage = || StoreError::Protocol(format!("take script replied {reply:?}"));
@@ -371,8 +389,8 @@ impl Store for RedisStore {
             self.push_bucket(&mut inv, &c.key, &c.algo, now, amount(c.cost), c.reserve);
         }
         let mut conn = self.conn();
-        let reply: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(map_err)?;
-        parse_take(&reply, charges)
+        let reply: Vec<u8> = inv.invoke_async(&mut conn).await.map_err(map_err)?;
+        parse_take(&unpack(&reply)?, charges)
     }
 
     /// Applies the batch once, retried while Redis is unreachable (see [`RedisStore::adjust_marked`]).
@@ -392,6 +410,17 @@ mod tests {
         let args = Num(x).to_redis_args();
         assert_eq!(args.len(), 1);
         String::from_utf8(args[0].clone()).unwrap_or_default()
+    }
+
+    /// The take script's packed reply: 8 bytes a value, little-endian, signed; anything that is
+    /// not whole values is refused.
+    #[test]
+    fn packed_replies_unpack_to_their_integers() {
+        let values = [1i64, 0, -1, 42, 1_700_000_000_000_001, i64::MIN, i64::MAX];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(super::unpack(&bytes).unwrap(), values);
+        assert_eq!(super::unpack(&[]).unwrap(), Vec::<i64>::new());
+        assert!(super::unpack(&bytes[..bytes.len() - 1]).is_err());
     }
 
     /// Whole values go as integers; the rest exactly as `f64` would go (Lua reads both alike).
