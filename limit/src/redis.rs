@@ -418,8 +418,8 @@ mod tests {
     fn packed_replies_unpack_to_their_integers() {
         let values = [1i64, 0, -1, 42, 1_700_000_000_000_001, i64::MIN, i64::MAX];
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(super::unpack(&bytes).unwrap(), values);
-        assert_eq!(super::unpack(&[]).unwrap(), Vec::<i64>::new());
+        assert_eq!(super::unpack(&bytes).ok(), Some(values.to_vec()));
+        assert_eq!(super::unpack(&[]).ok(), Some(Vec::new()));
         assert!(super::unpack(&bytes[..bytes.len() - 1]).is_err());
     }
 
