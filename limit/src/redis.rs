@@ -1,6 +1,6 @@
 //! `RedisStore`: bucket state in Redis, shared by every replica of the proxy.
 //!
-//! One `take` is one atomic Lua call (`EVALSHA`, falling back to `EVAL` on `NOSCRIPT`) over all the
+//! One `take` is one atomic Lua call (`EVALSHA`; on `NOSCRIPT`, `SCRIPT LOAD` and again) over all the
 //! request's buckets: it checks every charge and commits all of them only if all admit, else
 //! reports the first refusal. One `adjust` is one Lua call for the whole batch, marked with a key
 //! of its own so that it can be retried after a lost connection without settling twice
@@ -110,7 +110,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects (multiplexed, reconnecting in the background after failures) and loads nothing
-    /// yet: scripts are sent on first use (`NOSCRIPT` → `EVAL`). Each thread that calls the store
+    /// yet: scripts are sent on first use (`NOSCRIPT` → `SCRIPT LOAD`). Each thread that calls the store
     /// later gets a connection of its own, made on its runtime (`redis_local`).
     pub async fn connect(url: &str, opts: RedisOptions) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(map_err)?;
@@ -143,15 +143,27 @@ impl RedisStore {
     }
 
     /// The Redis key of a bucket at `now` (windows are keyed by their start).
-    pub fn key_for(&self, key: &str, algo: &Algorithm, now: Nanos) -> String {
+    fn key_arg<'a>(&'a self, key: &'a str, algo: &Algorithm, now: Nanos) -> KeyArg<'a> {
         match algo {
             Algorithm::Window { window, tz, .. } => {
                 let (start, _) = calendar::bounds(*window, *tz, now);
-                format!("{}{}:w{}", self.prefix, key, start / 1_000_000_000)
+                KeyArg {
+                    prefix: &self.prefix,
+                    key,
+                    window_start_s: Some(start / 1_000_000_000),
+                }
             }
             // Already `leaky:bal:{org}`: the account outlives prefixes and policy versions.
-            Algorithm::Balance { .. } => key.to_string(),
-            _ => format!("{}{}", self.prefix, key),
+            Algorithm::Balance { .. } => KeyArg {
+                prefix: "",
+                key,
+                window_start_s: None,
+            },
+            _ => KeyArg {
+                prefix: &self.prefix,
+                key,
+                window_start_s: None,
+            },
         }
     }
 
@@ -172,16 +184,16 @@ impl RedisStore {
         if adjusts.is_empty() {
             return Ok(true);
         }
-        let mut inv = self.adjust.prepare_invoke();
-        inv.arg(self.now_arg(now));
-        for a in &adjusts {
-            self.push_bucket(&mut inv, &a.key, &a.algo, now, a.delta, 0);
-        }
-        inv.key(mark);
+        let buckets = adjusts.iter().map(|a| Bucket {
+            key: &a.key,
+            algo: &a.algo,
+            amount: a.delta,
+            reserve: 0,
+        });
+        let cmd = self.script_cmd(&self.adjust, now, buckets, Some(mark));
         let mut tries = 0;
         loop {
-            let mut conn = self.conn();
-            match inv.invoke_async::<i64>(&mut conn).await.map_err(map_err) {
+            match self.eval::<i64>(&self.adjust, &cmd).await.map_err(map_err) {
                 Ok(n) => return Ok(n >= 0),
                 Err(StoreError::Unavailable(_)) if tries + 1 < ADJUST_TRIES => {
                     // The first retry waits for the reconnect only; then Redis gets time.
@@ -207,62 +219,137 @@ impl RedisStore {
         }
     }
 
-    /// Pushes one bucket's key and its 7 script fields.
-    fn push_bucket(
+    /// The `EVALSHA` of `script` over `buckets`: their keys (then `mark`, if any), then `now` and
+    /// each bucket's 7 fields, written straight into one command buffer. A `ScriptInvocation`
+    /// would keep every key and field in a `Vec` of its own, then copy them all into a `Cmd`.
+    fn script_cmd<'a, I>(
         &self,
-        inv: &mut redis::ScriptInvocation<'_>,
-        key: &str,
-        algo: &Algorithm,
+        script: &redis::Script,
         now: Nanos,
-        amount: i64,
-        reserve: u32,
-    ) {
-        inv.key(self.key_for(key, algo, now));
-        let us = |ns: u64| ns as f64 / 1000.0;
-        let (kind, p1, p2, p3, p4): (u8, f64, f64, f64, f64) = match algo {
-            Algorithm::Leaky {
-                rate,
-                period_ns,
-                burst,
-                shape_max_wait_ns,
-            } => (
-                1,
-                *rate as f64,
-                us(*period_ns),
-                *burst as f64,
-                shape_max_wait_ns.map_or(-1.0, us),
-            ),
-            Algorithm::Token {
-                capacity,
-                rate,
-                period_ns,
-            } => (2, *capacity as f64, *rate as f64, us(*period_ns), 0.0),
-            Algorithm::Window {
-                limit,
-                window,
-                tz,
-                soft,
-            } => {
-                let (_, end) = calendar::bounds(*window, *tz, now);
-                (
-                    3,
-                    *limit as f64,
-                    if *soft { 1.0 } else { 0.0 },
-                    (end / 1000) as f64,
-                    0.0,
-                )
+        buckets: I,
+        mark: Option<&str>,
+    ) -> redis::Cmd
+    where
+        I: ExactSizeIterator<Item = Bucket<'a>> + Clone,
+    {
+        let keys = buckets.len() + usize::from(mark.is_some());
+        let mut cmd = redis::Cmd::with_capacity(
+            4 + keys + 7 * buckets.len(),
+            96 + buckets.len() * (self.prefix.len() + 128),
+        );
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+        for b in buckets.clone() {
+            cmd.arg(self.key_arg(b.key, b.algo, now));
+        }
+        if let Some(mark) = mark {
+            cmd.arg(mark);
+        }
+        cmd.arg(self.now_arg(now));
+        for b in buckets {
+            push_fields(&mut cmd, b, now);
+        }
+        cmd
+    }
+
+    /// Runs a script's command on the calling thread's connection, loading the script first
+    /// when Redis does not know it (`NOSCRIPT`: first use, or after a restart or `SCRIPT FLUSH`).
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let mut conn = self.conn();
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                script.load_async(&mut conn).await?;
+                cmd.query_async(&mut conn).await
             }
-            Algorithm::Concurrency { limit } => (4, *limit as f64, 0.0, 0.0, 0.0),
-            // `credited` lives in the account's hash, written by the control plane.
-            Algorithm::Balance { .. } => (5, 0.0, 0.0, 0.0, 0.0),
-        };
-        inv.arg(kind)
-            .arg(Num(p1))
-            .arg(Num(p2))
-            .arg(Num(p3))
-            .arg(Num(p4))
-            .arg(amount)
-            .arg(reserve.min(1000));
+            reply => reply,
+        }
+    }
+}
+
+/// One bucket of a script call.
+#[derive(Clone, Copy)]
+struct Bucket<'a> {
+    key: &'a str,
+    algo: &'a Algorithm,
+    amount: i64,
+    reserve: u32,
+}
+
+/// Pushes one bucket's 7 script fields.
+fn push_fields(cmd: &mut redis::Cmd, b: Bucket<'_>, now: Nanos) {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let (kind, p1, p2, p3, p4): (u8, f64, f64, f64, f64) = match b.algo {
+        Algorithm::Leaky {
+            rate,
+            period_ns,
+            burst,
+            shape_max_wait_ns,
+        } => (
+            1,
+            *rate as f64,
+            us(*period_ns),
+            *burst as f64,
+            shape_max_wait_ns.map_or(-1.0, us),
+        ),
+        Algorithm::Token {
+            capacity,
+            rate,
+            period_ns,
+        } => (2, *capacity as f64, *rate as f64, us(*period_ns), 0.0),
+        Algorithm::Window {
+            limit,
+            window,
+            tz,
+            soft,
+        } => {
+            let (_, end) = calendar::bounds(*window, *tz, now);
+            (
+                3,
+                *limit as f64,
+                if *soft { 1.0 } else { 0.0 },
+                (end / 1000) as f64,
+                0.0,
+            )
+        }
+        Algorithm::Concurrency { limit } => (4, *limit as f64, 0.0, 0.0, 0.0),
+        // `credited` lives in the account's hash, written by the control plane.
+        Algorithm::Balance { .. } => (5, 0.0, 0.0, 0.0, 0.0),
+    };
+    cmd.arg(kind)
+        .arg(Num(p1))
+        .arg(Num(p2))
+        .arg(Num(p3))
+        .arg(Num(p4))
+        .arg(b.amount)
+        .arg(b.reserve.min(1000));
+}
+
+/// A bucket's Redis key, `{prefix}{key}` and for a window `:w{start_secs}`, written straight into
+/// the command rather than formatted into a `String` of its own.
+struct KeyArg<'a> {
+    prefix: &'a str,
+    key: &'a str,
+    window_start_s: Option<u64>,
+}
+
+impl redis::ToRedisArgs for KeyArg<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        use std::io::Write;
+        let mut w = out.writer_for_next_arg();
+        // Writes into the command's own buffer, which cannot fail.
+        let _ = w
+            .write_all(self.prefix.as_bytes())
+            .and_then(|()| w.write_all(self.key.as_bytes()))
+            .and_then(|()| match self.window_start_s {
+                Some(start) => write!(w, ":w{start}"),
+                None => Ok(()),
+            });
     }
 }
 
@@ -383,13 +470,14 @@ impl Store for RedisStore {
         if charges.is_empty() {
             return Ok(Taken::Admitted(Vec::new()));
         }
-        let mut inv = self.take.prepare_invoke();
-        inv.arg(self.now_arg(now));
-        for c in charges {
-            self.push_bucket(&mut inv, &c.key, &c.algo, now, amount(c.cost), c.reserve);
-        }
-        let mut conn = self.conn();
-        let reply: Vec<u8> = inv.invoke_async(&mut conn).await.map_err(map_err)?;
+        let buckets = charges.iter().map(|c| Bucket {
+            key: &c.key,
+            algo: &c.algo,
+            amount: amount(c.cost),
+            reserve: c.reserve,
+        });
+        let cmd = self.script_cmd(&self.take, now, buckets, None);
+        let reply: Vec<u8> = self.eval(&self.take, &cmd).await.map_err(map_err)?;
         parse_take(&unpack(&reply)?, charges)
     }
 
@@ -403,7 +491,7 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::Num;
+    use super::{KeyArg, Num};
     use redis::ToRedisArgs;
 
     fn encoded(x: f64) -> String {
@@ -421,6 +509,25 @@ mod tests {
         assert_eq!(super::unpack(&bytes).ok(), Some(values.to_vec()));
         assert_eq!(super::unpack(&[]).ok(), Some(Vec::new()));
         assert!(super::unpack(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// A key is one argument: prefix, key and a window's start.
+    #[test]
+    fn keys_are_one_argument() {
+        let key = |prefix, window_start_s| {
+            KeyArg {
+                prefix,
+                key: "t:acme",
+                window_start_s,
+            }
+            .to_redis_args()
+        };
+        assert_eq!(key("lt:{lt}:", None), vec![b"lt:{lt}:t:acme".to_vec()]);
+        assert_eq!(
+            key("lt:{lt}:", Some(1_715_940_000)),
+            vec![b"lt:{lt}:t:acme:w1715940000".to_vec()]
+        );
+        assert_eq!(key("", None), vec![b"t:acme".to_vec()]);
     }
 
     /// Whole values go as integers; the rest exactly as `f64` would go (Lua reads both alike).

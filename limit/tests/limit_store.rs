@@ -540,6 +540,33 @@ async fn redis_server_clock_ignores_the_callers() {
     assert!(d.retry_after_ns > 3_500 * S && d.retry_after_ns <= 3_600 * S);
 }
 
+/// A script Redis no longer knows (`SCRIPT FLUSH`; a restart or a failover to a replica that never
+/// ran it) is loaded again on its next use: the take and the settlement after a flush both apply.
+#[tokio::test]
+async fn flushed_scripts_are_loaded_again() {
+    let (url, _server) = redis_url();
+    let store = RedisStore::connect(&url, caller_clock(unique_prefix()))
+        .await
+        .unwrap();
+    let mut r = raw(&url).await;
+    let w = Arc::new(hourly(10, false));
+    assert_eq!(admit(&store, T0, &[ch("k", &w, 1)]).await, vec![9]);
+    for _ in 0..2 {
+        let () = ::redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        store.adjust(T0, &[adj("k", &w, 2)]).await.unwrap();
+    }
+    let () = ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(admit(&store, T0, &[ch("k", &w, 1)]).await, vec![4]);
+}
+
 /// Counts the calls that reach the inner store.
 struct Counting {
     inner: Arc<dyn Store>,
