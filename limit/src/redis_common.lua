@@ -7,7 +7,8 @@
 --   concurrency  "inflight"       requests in flight
 -- except a prepaid balance (kind 5): a hash {credited, credited_version, debited} with no TTL, whose
 -- key (leaky:bal:{org}) the caller passes as is; the scripts write only `debited`.
--- ARGV[1]: the caller's now in µs, or -1 to use the server's TIME. Then FIELDS values per bucket:
+-- ARGV[1]: the caller's now in µs, or -1 to use the server's TIME. ARGV[2]: FIELDS numbers per
+-- bucket, packed as little-endian doubles (struct.pack '<d'), bucket after bucket:
 --   kind (1 leaky, 2 token, 3 window, 4 concurrency, 5 balance), p1, p2, p3, p4, amount,
 --   reserve_permille (a balance uses no p* and no reserve)
 --   leaky:  p1 rate, p2 period_us, p3 burst, p4 shape_max_wait_us (-1: no shaping)
@@ -31,17 +32,11 @@ local function clock()
   return now
 end
 
+local SPEC = '<' .. string.rep('d', FIELDS)
+
 local function spec(i)
-  local b = 1 + (i - 1) * FIELDS
-  return {
-    kind = tonumber(ARGV[b + 1]),
-    p1 = tonumber(ARGV[b + 2]),
-    p2 = tonumber(ARGV[b + 3]),
-    p3 = tonumber(ARGV[b + 4]),
-    p4 = tonumber(ARGV[b + 5]),
-    amount = tonumber(ARGV[b + 6]),
-    reserve = tonumber(ARGV[b + 7]),
-  }
+  local kind, p1, p2, p3, p4, amount, reserve = struct.unpack(SPEC, ARGV[2], 1 + (i - 1) * FIELDS * 8)
+  return { kind = kind, p1 = p1, p2 = p2, p3 = p3, p4 = p4, amount = amount, reserve = reserve }
 end
 
 -- The bucket's raw value: a string (false when absent), or a balance's {credited, debited}.
