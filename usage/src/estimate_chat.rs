@@ -427,7 +427,7 @@ impl Content<'_> {
 /// it; `None` when the body is not a JSON object or carries tools or tool calls (the general
 /// path decides then).
 pub(crate) fn estimate(vendor: Vendor, model: &str, body: &[u8]) -> Option<RequestCost> {
-    let chat: Chat<'_> = serde_json::from_slice(body).ok()?;
+    let chat: Chat<'_> = super::extract::from_json(body).ok()?;
     let tk = vendor.tokenizer(model);
     let mut prompt = REPLY_PRIMING;
     for m in &chat.messages {

@@ -263,3 +263,37 @@ fn classify_surfaces() {
         5
     );
 }
+
+/// `from_json` (UTF-8 checked once, then `from_str`) reads exactly what `from_slice` reads and
+/// refuses exactly what it refuses, with the same error: valid documents, non-ASCII and escaped
+/// text, and bytes that are not UTF-8 inside and outside strings.
+#[test]
+fn from_json_reads_and_refuses_as_from_slice() {
+    let docs: &[&[u8]] = &[
+        br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#,
+        "{\"content\":\"h\u{e9}llo w\u{f6}rld \u{4f60}\u{597d} \u{1f600}\"}".as_bytes(),
+        br#"{"a":"line \"two\" \u00e9\ud83d\ude00","b":[1,-2.5e+3,true,null]}"#,
+        b"{\"content\":\"caf\xe9\"}",
+        b"{\"content\":\"ok\"}\xff",
+        b"{\"content\":\"\xf0\x9f\x98\"}",
+        b"",
+        b"not json",
+        br#"{"truncated":"#,
+    ];
+    for doc in docs {
+        let ours = crate::extract::from_json::<serde_json::Value>(doc);
+        let theirs = serde_json::from_slice::<serde_json::Value>(doc);
+        assert_eq!(
+            ours.as_ref().ok(),
+            theirs.as_ref().ok(),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+        assert_eq!(
+            ours.err().map(|e| e.to_string()),
+            theirs.err().map(|e| e.to_string()),
+            "{}",
+            String::from_utf8_lossy(doc)
+        );
+    }
+}
