@@ -28,10 +28,16 @@ def fr(x, digits=2):
 
 def versions(bin_, oha, py):
     v = {}
-    v["leaky-tokens"] = sh(f"git -C {os.path.dirname(bin_)}/../.. rev-parse --short HEAD 2>/dev/null || git rev-parse --short HEAD")
-    dirty = subprocess.run("git status --porcelain --untracked-files=no", shell=True, capture_output=True, text=True).stdout
-    dirty = [l[3:] for l in dirty.splitlines() if not l[3:].startswith("loadtests/")]
-    v["dirty"] = dirty
+    # BENCH_COMMIT names the commit a binary built elsewhere (or earlier) came from: this
+    # checkout's state then says nothing about it
+    if os.environ.get("BENCH_COMMIT"):
+        v["leaky-tokens"], v["dirty"] = os.environ["BENCH_COMMIT"], []
+    else:
+        v["leaky-tokens"] = sh(f"git -C {os.path.dirname(bin_)}/../.. rev-parse --short HEAD 2>/dev/null "
+                               "|| git rev-parse --short HEAD")
+        dirty = subprocess.run("git status --porcelain --untracked-files=no", shell=True, capture_output=True,
+                               text=True).stdout
+        v["dirty"] = [l[3:] for l in dirty.splitlines() if not l[3:].startswith("loadtests/")]
     v["rustc"] = sh("rustc --version")
     v["nginx"] = sh("nginx -v 2>&1")
     v["redis"] = sh("redis-server --version")
