@@ -136,7 +136,8 @@ pub(super) fn read(surface: Surface, incremental: bool, acc: &mut Accum, data: &
     }
     let ok = match surface {
         Surface::ChatCompletions(_) | Surface::Completions(_) => {
-            if let Some(chunk) = super::fast::openai_chunk(data) {
+            let mut chunk = super::fast::Chunk::default();
+            if super::fast::openai_chunk(data, &mut chunk) {
                 return openai_fast(acc, &chunk);
             }
             return openai_serde(acc, data);

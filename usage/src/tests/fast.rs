@@ -3,7 +3,7 @@
 //! is unsure of it must leave to serde).
 
 use crate::extract::{openai_fast, openai_serde, Accum, Doc};
-use crate::fast::openai_chunk;
+use crate::fast::{openai_chunk, Chunk};
 
 /// Real chunk shapes: the stubs' (and OpenAI's) members and values, escapes, non-ASCII text,
 /// several choices, legacy completions, reasoning, tool calls and usage chunks (the last two are
@@ -31,7 +31,8 @@ const SAMPLES: &[&str] = &[
 fn both(data: &[u8]) -> ((Doc, String), Option<(Doc, String)>) {
     let mut slow = Accum::default();
     let d = openai_serde(&mut slow, data);
-    let fast = openai_chunk(data).map(|c| {
+    let mut c = Chunk::default();
+    let fast = openai_chunk(data, &mut c).then(|| {
         let mut acc = Accum::default();
         (openai_fast(&mut acc, &c), format!("{acc:?}"))
     });
