@@ -521,6 +521,11 @@ mod tests {
             vec![b"lt:{lt}:t:acme:w1715940000".to_vec()]
         );
         assert_eq!(key("", None), vec![b"t:acme".to_vec()]);
+        assert_eq!(key("", Some(0)), vec![b"t:acme:w0".to_vec()]);
+        assert_eq!(
+            key("", Some(u64::MAX)),
+            vec![format!("t:acme:w{}", u64::MAX).into_bytes()]
+        );
     }
 
     /// Every bucket's fields go as one argument of little-endian doubles, bucket after bucket,
