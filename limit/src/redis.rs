@@ -144,25 +144,18 @@ impl RedisStore {
 
     /// The Redis key of a bucket at `now` (windows are keyed by their start).
     fn key_arg<'a>(&'a self, key: &'a str, algo: &Algorithm, now: Nanos) -> KeyArg<'a> {
-        match algo {
-            Algorithm::Window { window, tz, .. } => {
-                let (start, _) = calendar::bounds(*window, *tz, now);
-                KeyArg {
-                    prefix: &self.prefix,
-                    key,
-                    window_start_s: Some(start / 1_000_000_000),
-                }
-            }
+        KeyArg {
             // Already `leaky:bal:{org}`: the account outlives prefixes and policy versions.
-            Algorithm::Balance { .. } => KeyArg {
-                prefix: "",
-                key,
-                window_start_s: None,
+            prefix: match algo {
+                Algorithm::Balance { .. } => "",
+                _ => &self.prefix,
             },
-            _ => KeyArg {
-                prefix: &self.prefix,
-                key,
-                window_start_s: None,
+            key,
+            window_start_s: match algo {
+                Algorithm::Window { window, tz, .. } => {
+                    Some(calendar::bounds(*window, *tz, now).0 / 1_000_000_000)
+                }
+                _ => None,
             },
         }
     }

@@ -548,22 +548,24 @@ async fn flushed_scripts_are_loaded_again() {
     let store = RedisStore::connect(&url, caller_clock(unique_prefix()))
         .await
         .unwrap();
-    let mut r = raw(&url).await;
+    let r = raw(&url).await;
+    let flush = || {
+        let mut r = r.clone();
+        async move {
+            let () = ::redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut r)
+                .await
+                .unwrap();
+        }
+    };
     let w = Arc::new(hourly(10, false));
     assert_eq!(admit(&store, T0, &[ch("k", &w, 1)]).await, vec![9]);
     for _ in 0..2 {
-        let () = ::redis::cmd("SCRIPT")
-            .arg("FLUSH")
-            .query_async(&mut r)
-            .await
-            .unwrap();
+        flush().await;
         store.adjust(T0, &[adj("k", &w, 2)]).await.unwrap();
     }
-    let () = ::redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    flush().await;
     assert_eq!(admit(&store, T0, &[ch("k", &w, 1)]).await, vec![4]);
 }
 
