@@ -2,9 +2,9 @@
 //! alias bomb, a file caught mid-write), against the real binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;

@@ -2,12 +2,8 @@
 //! `/metrics`, exact usage totals, and a SIGKILL followed by a restart and a full redelivery that
 //! leaves the totals where they were.
 
-#[allow(dead_code)]
-#[path = "../analytics/tests/common/cassandra.rs"]
-mod cassandra;
-#[allow(dead_code)]
-#[path = "../control-plane/tests/common/kafka.rs"]
-mod kafka;
+use crate::cassandra;
+use crate::pg::kafka;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -8,9 +8,7 @@
 //! refusal: nothing was reserved, and the in-process store settles inline before the response ends).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -6,9 +6,7 @@
 //! (503 in the caller's dialect) and, Redis back, nothing was lost.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use leaky_limit::balance;
 use leaky_limit::redis_server::{self, RedisServer};
 use serde_json::{json, Value};

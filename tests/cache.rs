@@ -4,9 +4,9 @@
 //! `leaky_cache_stored_total` (stores are written off the request), never on a sleep.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
-use common::{chat, eventually, sha256_hex, Gateway, Upstreams, PRO_KEY};
+use crate::common::{chat, eventually, sha256_hex, Gateway, Upstreams, PRO_KEY};
 use leaky_limit::redis_server::RedisServer;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

@@ -2,10 +2,10 @@
 //! the cap is refused with 429 in the route's dialect, and a slot comes back when its request ends.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
+use crate::common::{chat, eventually, sha256_hex, Gateway, PRO_KEY};
 use axum::routing::post;
-use common::{chat, eventually, sha256_hex, Gateway, PRO_KEY};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -10,15 +10,14 @@
     clippy::print_stdout
 )]
 
-mod common;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod pg;
+use crate::common;
+use crate::pg;
 
 use std::ffi::OsString;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{chat, free_port, Gateway, Upstreams};
+use crate::common::{chat, free_port, Gateway, Upstreams};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "lt-test-push-token";

@@ -4,9 +4,9 @@
 //! close), never on sleeps standing in for logic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
-use common::{Gateway, Upstreams, PRO_KEY};
+use crate::common::{Gateway, Upstreams, PRO_KEY};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

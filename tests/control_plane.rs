@@ -2,8 +2,7 @@
 //! done), creates an org and a key through the admin API, and refuses an unknown role; without
 //! `LEAKY_ADMIN_TOKEN` it has no bootstrap token at all, unless in dev mode.
 
-#[path = "../control-plane/tests/common/mod.rs"]
-mod common;
+use crate::pg as common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

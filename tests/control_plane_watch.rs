@@ -4,14 +4,12 @@
 //! `docs/config-protocol.md` (the proof against the real control plane is `tests/control_plane.rs`'s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
+use crate::common::*;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use common::*;
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::net::SocketAddr;

@@ -7,12 +7,12 @@
 //! the flag's rollout (on). Usage records are read from the gateway's JSON log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
+use crate::common::{chat, eventually, sha256_hex, Gateway};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
-use common::{chat, eventually, sha256_hex, Gateway};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -6,9 +6,7 @@
 //! log keeps one line per event.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{eventually, sha256_hex, Gateway, Upstreams, PRO_KEY};
+use crate::common::{eventually, sha256_hex, Gateway, Upstreams, PRO_KEY};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

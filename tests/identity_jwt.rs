@@ -4,14 +4,12 @@
 //! refused; a flood of unknown `kid`s does not make the proxy hammer the JWKS endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod pg;
+use crate::pg;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{Gateway, Upstreams};
+use crate::common::{Gateway, Upstreams};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use leaky_control_plane::http::{AdminToken, ApiState};
 use leaky_control_plane::identity::{self, keys, Alg, Identity, MasterKeys, Settings};

@@ -9,15 +9,13 @@
     clippy::print_stdout
 )]
 
-mod common;
-mod identity_stack;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod pg;
+use crate::common;
+use crate::identity_stack;
 
 use std::time::{Duration, Instant};
 
-use common::eventually;
-use identity_stack::{call, Stack};
+use crate::common::eventually;
+use crate::identity_stack::{call, Stack};
 
 #[tokio::test]
 async fn a_revoked_token_is_refused_by_every_proxy_within_a_second() {

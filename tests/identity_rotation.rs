@@ -7,14 +7,12 @@
 //! one once they refreshed a JWKS without its key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod pg;
+use crate::pg;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, Gateway, Upstreams};
+use crate::common::{eventually, Gateway, Upstreams};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use leaky_control_plane::http::{AdminToken, ApiState};
 use leaky_control_plane::identity::{self, keys, Alg, Identity, MasterKeys, Settings};

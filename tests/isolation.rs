@@ -4,13 +4,13 @@
 //! requests, and a fixed answer for requests whose prompt says `poison`) and counts what arrives.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
+use crate::common::{chat, eventually, sha256_hex, Gateway};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use common::{chat, eventually, sha256_hex, Gateway};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,9 +1,7 @@
 //! JWT authentication through the real binary: a JWKS file, an RS256 token, claims as the principal.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 

@@ -3,9 +3,7 @@
 //! bounds a request's latency while the keys already fetched keep working.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

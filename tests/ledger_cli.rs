@@ -3,8 +3,7 @@
 //! `--org`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../control-plane/tests/common/mod.rs"]
-mod common;
+use crate::pg as common;
 
 use std::process::Command;
 

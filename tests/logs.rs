@@ -8,13 +8,12 @@
 //! absorbs, so it writes the retry warning, the access line and the usage line.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod cp_common;
+use crate::common;
+use crate::pg as cp_common;
 
+use crate::common::{chat, eventually, sha256_hex, Gateway};
 use axum::extract::Request;
 use axum::middleware::Next;
-use common::{chat, eventually, sha256_hex, Gateway};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,13 +7,13 @@
 //! in the next response's `RateLimit` header; usage records are read from the gateway's JSON log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
+use crate::common::{chat, eventually, sha256_hex, Gateway, PRO_KEY};
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use common::{chat, eventually, sha256_hex, Gateway, PRO_KEY};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;

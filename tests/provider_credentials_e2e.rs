@@ -10,15 +10,12 @@
     clippy::print_stdout
 )]
 
-mod common;
-mod identity_stack;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod pg;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{chat, eventually, PRO_KEY};
-use identity_stack::{Stack, ADMIN};
+use crate::common::{chat, eventually, PRO_KEY};
+use crate::identity_stack::{Stack, ADMIN};
 use serde_json::Value;
 
 const FIRST: &str = "sk-vault-first-7d2e91c4";

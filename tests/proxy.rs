@@ -1,9 +1,7 @@
 //! The request path, end to end: the real binary between a real HTTP client and real upstreams.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn setup() -> (Upstreams, Gateway) {

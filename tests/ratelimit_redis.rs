@@ -10,9 +10,7 @@
 // The figures this test measures are printed for the record.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use leaky_limit::redis_server::RedisServer;
 use std::time::{Duration, Instant};
 

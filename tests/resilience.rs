@@ -5,11 +5,11 @@
 //! saw, not only against what the gateway reports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
+use crate::common::{chat, eventually, sha256_hex, Gateway};
 use axum::extract::Request;
 use axum::middleware::Next;
-use common::{chat, eventually, sha256_hex, Gateway};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -4,10 +4,10 @@
 //! go over a raw socket, because HTTP clients resolve dot segments themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
+use crate::common::*;
 use axum::http::{Method, Uri};
-use common::*;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -8,15 +8,10 @@
 //! captured log line and every admin output is searched for each secret. None may appear.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod identity_stack;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod pg;
-
 use std::time::Duration;
 
-use common::{chat, eventually, OPENAI_CREDENTIAL};
-use identity_stack::{call, Stack, ADMIN};
+use crate::common::{chat, eventually, OPENAI_CREDENTIAL};
+use crate::identity_stack::{call, Stack, ADMIN};
 use serde_json::{json, Value};
 
 /// 32 bytes, base64: the control plane's master key (`v1:<key>`).

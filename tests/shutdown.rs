@@ -2,9 +2,7 @@
 //! queued, instead of losing those of the last drain interval with the process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{chat, Gateway, Upstreams, PRO_KEY};
+use crate::common::{chat, Gateway, Upstreams, PRO_KEY};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -10,12 +10,12 @@
 //! added it (the usage event is held back and stripped, every other event still passes at once).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
+use crate::common::{sha256_hex, Gateway, PRO_KEY};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::Response;
-use common::{sha256_hex, Gateway, PRO_KEY};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -5,13 +5,12 @@
 //! rotated on `SIGHUP` without a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod tls_pki;
+use crate::common;
 
-use common::{chat, eventually, Gateway, Upstreams, PRO_KEY};
+use crate::common::{chat, eventually, Gateway, Upstreams, PRO_KEY};
+use crate::tls_pki::{connect, Issued, Pki};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tls_pki::{connect, Issued, Pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Longest any test waits for the server to do something.

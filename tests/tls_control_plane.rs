@@ -5,16 +5,14 @@
 //! at the handshake and cannot start (no last-good cache); a plain client cannot even read the status.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod pg;
-mod tls_pki;
+use crate::common;
+use crate::pg;
 
-use common::{chat, free_port, Gateway, Upstreams, PRO_KEY};
+use crate::common::{chat, free_port, Gateway, Upstreams, PRO_KEY};
+use crate::tls_pki::{Issued, Pki};
 use std::ffi::OsString;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tls_pki::{Issued, Pki};
 
 const TOKEN: &str = "lt-test-tls-token";
 

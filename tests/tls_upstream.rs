@@ -5,13 +5,10 @@
 //! one the gateway is configured with, and refuses a gateway without one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod tls_pki;
-
-use common::{chat, Gateway, Upstreams, PRO_KEY};
+use crate::common::{chat, Gateway, Upstreams, PRO_KEY};
+use crate::tls_pki::{Issued, Pki};
 use leaky_control_plane::tls::{server_config, TlsFiles, TlsListener};
 use std::net::SocketAddr;
-use tls_pki::{Issued, Pki};
 
 /// The OpenAI stub over HTTPS with `cert`, requiring a client certificate from `client_ca` if set.
 async fn tls_stub(cert: &Issued, client_ca: Option<&std::path::Path>) -> SocketAddr {

@@ -4,12 +4,9 @@
 //! sampling ratio of 0 while successful unsampled ones are not, and that the drop counter exists.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod tracing_support;
-
-use common::{chat, Gateway, Upstreams, PRO_KEY};
+use crate::common::{chat, Gateway, Upstreams, PRO_KEY};
+use crate::tracing_support::{parent_of, service, span, spans, tag, Jaeger};
 use serde_json::Value;
-use tracing_support::{parent_of, service, span, spans, tag, Jaeger};
 
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";

@@ -7,23 +7,17 @@
 //! of 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod tracing_support;
-
-#[allow(dead_code)]
-#[path = "../analytics/tests/common/cassandra.rs"]
-mod cassandra;
-#[path = "../control-plane/tests/common/mod.rs"]
-mod cp;
+use crate::cassandra;
+use crate::pg as cp;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{chat, free_port, sha256_hex, Gateway, Upstreams, PRO_KEY};
+use crate::common::{chat, free_port, sha256_hex, Gateway, Upstreams, PRO_KEY};
+use crate::tracing_support::{parent_of, service, spans_of, tag, Admin, Caller, Jaeger};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tracing_support::{parent_of, service, spans_of, tag, Admin, Caller, Jaeger};
 
 /// A Kafka broker of this test's own (`scripts/lib/kafka.sh`): the control plane's consumer groups
 /// have fixed names, which another test's control plane on a shared broker would join.

@@ -7,9 +7,7 @@
 //! since they stop and restart them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{chat, eventually, free_port, sha256_hex, Gateway, Upstreams, PRO_KEY};
+use crate::common::{chat, eventually, free_port, sha256_hex, Gateway, Upstreams, PRO_KEY};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};

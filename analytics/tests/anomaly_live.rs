@@ -5,12 +5,10 @@
 //! of every event adds nothing; a fresh group replaying the topic writes the same rows and
 //! publishes events with the same ids.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{cassandra, consumer_config, eventually, kafka, produce_events, Ev, Role};
+use crate::common::{cassandra, consumer_config, eventually, kafka, produce_events, Ev, Role};
 use leaky_analytics::anomaly::live::{AnomalyRecord, Live};
 use leaky_analytics::anomaly::synthetic::{generate, SynthConfig};
 use leaky_analytics::anomaly::Config;

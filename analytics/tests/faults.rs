@@ -1,10 +1,8 @@
 //! Cassandra stopped under traffic: the consumer stops committing, retries with backoff, and once
 //! the node is back every event counts exactly once. Runs on a node of its own (it stops it).
 
-mod common;
-
-use common::cassandra::PrivateNode;
-use common::{consumer_config, eventually, kafka, produce_events, Ev, Role};
+use crate::common::cassandra::PrivateNode;
+use crate::common::{consumer_config, eventually, kafka, produce_events, Ev, Role};
 use leaky_analytics::buckets::HOUR_MS;
 
 fn ev(i: usize, ts: i64) -> Ev {

@@ -7,8 +7,7 @@
 //! verified against (`control-plane/tests/pact_domain_events.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../contracts/support/pacts.rs"]
-mod pacts;
+use crate::pacts;
 
 use leaky_analytics::zones::{decode, ZoneChange};
 use pact_consumer::prelude::*;

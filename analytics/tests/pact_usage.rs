@@ -6,8 +6,7 @@
 //! (`proxy/tests/pact_usage_provider.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../contracts/support/pacts.rs"]
-mod pacts;
+use crate::pacts;
 
 use leaky_analytics::event::decode;
 use pact_consumer::prelude::*;

@@ -2,12 +2,12 @@
 //! and the same totals after a forced redelivery of every event, a replay by a new group, a
 //! consumer killed mid-batch, poison messages and late events.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{cassandra, consumer_config, eventually, kafka, produce, produce_events, Ev, Role};
+use crate::common::{
+    cassandra, consumer_config, eventually, kafka, produce, produce_events, Ev, Role,
+};
 use leaky_analytics::buckets::{DAY_MS, HOUR_MS, MINUTE_MS};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::{Headers, Message};

@@ -2,9 +2,7 @@
 //! written last, must not win. On a real Cassandra: rollup rows carry the newest write time of the
 //! rows they were computed from, and Cassandra keeps the cell with the highest timestamp.
 
-mod common;
-
-use common::cassandra;
+use crate::common::cassandra;
 use leaky_analytics::buckets::{Level, Totals, MINUTE_MS};
 use leaky_analytics::event::UsageRow;
 use leaky_analytics::store::{Dim, StoreConfig};

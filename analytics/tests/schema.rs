@@ -1,9 +1,7 @@
 //! Versioned CQL migrations on a real Cassandra: concurrent starters apply each version once, and a
 //! second start changes nothing.
 
-mod common;
-
-use common::cassandra;
+use crate::common::cassandra;
 use leaky_analytics::schema::{applied_versions, migrate, MIGRATIONS};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;

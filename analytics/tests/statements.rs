@@ -6,16 +6,14 @@
 //! statement, exactly once (also after the late event is redelivered).
 //!
 //! Regenerate the golden file with `LEAKY_UPDATE_GOLDEN=1 cargo test -p leaky-analytics --test
-//! statements`.
-
-mod common;
+//! integration -- statements::`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{cassandra, consumer_config, eventually, kafka, produce_events, Ev, Role};
 use chrono_tz::Tz;
-use common::{cassandra, consumer_config, eventually, kafka, produce_events, Ev, Role};
 use leaky_analytics::prices::{self, PriceVersion};
 use leaky_analytics::reports::job::{Clock, Closer, CloserConfig};
 use leaky_analytics::reports::period::Period;

@@ -6,14 +6,14 @@
 //! starts where its last Kolkata day ended, so no event is billed twice. A stale `org.created`
 //! arriving after the update, and a redelivery of every tenancy event, change nothing.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{
+    cassandra, consumer_config, eventually, kafka, produce, produce_events, Ev, Role,
+};
 use chrono_tz::Tz;
-use common::{cassandra, consumer_config, eventually, kafka, produce, produce_events, Ev, Role};
 use leaky_analytics::reports::job::{Clock, Closer, CloserConfig};
 use leaky_analytics::zones::{self, ZoneChange, ZoneConfig, ZoneConsumer};
 use leaky_wire::event::Envelope;

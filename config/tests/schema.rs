@@ -1,5 +1,5 @@
 //! `config/schema.json` is `leaky_config::json_schema()`, committed. Regenerate it with
-//! `LEAKY_UPDATE_SCHEMA=1 cargo test -p leaky-config --test schema`.
+//! `LEAKY_UPDATE_SCHEMA=1 cargo test -p leaky-config --test integration -- schema::`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ fn committed_schema_matches_the_code() {
     assert!(
         committed == generated,
         "{} is out of date with the schema types in config/src/spec/; regenerate it with\n\
-         \n    LEAKY_UPDATE_SCHEMA=1 cargo test -p leaky-config --test schema\n",
+         \n    LEAKY_UPDATE_SCHEMA=1 cargo test -p leaky-config --test integration -- schema::\n",
         path.display()
     );
 }

@@ -1,9 +1,9 @@
 //! Bad input and missing credentials: every one a 4xx problem+json naming the field, and nothing
 //! written (the audit table, written with every change, stays as it was).
 
-mod common;
+use crate::common;
 
-use common::{fields, problem};
+use crate::common::{fields, problem};
 use reqwest::Method;
 use serde_json::json;
 

@@ -5,7 +5,7 @@
 //! change's event is checked to exist, with its aggregate and topic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -2,12 +2,12 @@
 //! renew, lease expiry to `DOWN`, cancel, full and delta fetches in JSON and XML, gateway instances
 //! registered through `/v1` under the `LEAKY-*` apps, status overrides, Basic auth, and bad input.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
+use crate::common::{problem, TestApp};
 use chrono::{Duration, TimeZone, Utc};
-use common::{problem, TestApp};
 use leaky_control_plane::clock::ManualClock;
 use leaky_control_plane::db;
 use leaky_control_plane::http::{AdminToken, ApiState};

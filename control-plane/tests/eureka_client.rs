@@ -7,7 +7,7 @@
 //! it), else a venv this test provisions under `target/` the same way. No Python, no venv or no PyPI
 //! is a failure, never a skip. The script is `tests/py/eureka_client.py`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -15,8 +15,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::TestApp;
 use anyhow::{bail, Context};
-use common::TestApp;
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -1,11 +1,11 @@
 //! Postgres unreachable: the API answers 503 problem+json within the pool's acquire timeout, and
 //! recovers by itself once the database is back (a real server stopped and restarted).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::problem;
+use crate::common::problem;
 use leaky_control_plane::http::{AdminToken, ApiState};
 use leaky_control_plane::{app, db};
 use serde_json::json;

@@ -2,11 +2,11 @@
 //! ETag/If-Match, per-org overrides, evaluation (the proxies' own code), bad input refused with
 //! nothing written, the config server's wake-up, and the snapshot the config server pushes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{fields, problem, TestApp};
+use crate::common::{fields, problem, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -4,7 +4,7 @@
 //! secrets at rest (ciphertext in the rows, tamper detection, rewrap), and the admin routes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

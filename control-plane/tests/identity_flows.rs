@@ -7,7 +7,7 @@
 //! per-IP counter — plus sessions surviving a control-plane restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

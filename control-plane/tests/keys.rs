@@ -2,10 +2,10 @@
 //! idempotent revocation, pagination and the state filter, and PATCH of a key's expiry (pushed to a
 //! watch stream) and name.
 
-mod common;
-mod watch;
+use crate::common;
+use crate::watch;
 
-use common::problem;
+use crate::common::problem;
 use leaky_control_plane::tenancy::keys;
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //! test ends by checking the accounting invariant and that the live projection equals the replay.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 //! the distinct requests exactly, and the accounting invariant must hold at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! else a venv this test provisions under `target/`. No Python or no PyPI is a failure, never a skip.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
+use crate::common::TestApp;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Duration, Utc};
-use common::TestApp;
 use leaky_control_plane::clock::{Clock, ManualClock};
 use leaky_control_plane::notify::{self, expiring, triggers, Notification, Policy, Worker};
 use leaky_control_plane::{ledger, notify::Mailer};

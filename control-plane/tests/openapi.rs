@@ -2,7 +2,7 @@
 //! `/v1` request here is refused by the auth extractor before a handler runs.
 //!
 //! `control-plane/openapi.json` is the served `/openapi.json`, committed. Regenerate it with
-//! `LEAKY_UPDATE_OPENAPI=1 cargo test -p leaky-control-plane --test openapi`.
+//! `LEAKY_UPDATE_OPENAPI=1 cargo test -p leaky-control-plane --test integration -- openapi::`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -158,7 +158,7 @@ async fn committed_spec_matches_the_served_one() {
     assert!(
         committed == served,
         "{} is out of date with the handlers' #[utoipa::path] attributes; regenerate it with\n\
-         \n    LEAKY_UPDATE_OPENAPI=1 cargo test -p leaky-control-plane --test openapi\n",
+         \n    LEAKY_UPDATE_OPENAPI=1 cargo test -p leaky-control-plane --test integration -- openapi::\n",
         path.display()
     );
     assert!(

@@ -1,10 +1,10 @@
 //! Orgs, users, tiers and the audit trail through the admin API over a real socket; deleting an org
 //! revokes its keys all the way to a watch stream.
 
-mod common;
-mod watch;
+use crate::common;
+use crate::watch;
 
-use common::problem;
+use crate::common::problem;
 use reqwest::Method;
 use serde_json::{json, Value};
 

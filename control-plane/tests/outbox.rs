@@ -6,7 +6,7 @@
 //! The broker: `common::kafka` (`LEAKY_TEST_KAFKA`, or one per test process). Each test publishes to a topic of its own through the relay's topic override.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -10,16 +10,15 @@
 //! publish.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
-#[path = "../../contracts/support/pacts.rs"]
-mod pacts;
-#[path = "../../contracts/support/verify.rs"]
-mod verify;
+use crate::pacts;
+use crate::verify;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::verify::{Provider, States};
 use leaky_control_plane::billing::payments_http::{HttpPayments, HttpPaymentsConfig};
 use leaky_control_plane::billing::store::{self, NewPurchase};
 use leaky_control_plane::billing::{adapters, Engine, Policy, Settings};
@@ -30,7 +29,6 @@ use leaky_control_plane::{db, ledger, tenancy};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
-use verify::{Provider, States};
 
 const PROVIDER: &str = "leaky-control-plane";
 

@@ -7,10 +7,9 @@
 //! against (`proxy/tests/pact_usage_provider.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
-#[path = "../../contracts/support/pacts.rs"]
-mod pacts;
+use crate::pacts;
 
 use leaky_control_plane::consume::{self, Handler};
 use leaky_control_plane::ledger::{self, usage};

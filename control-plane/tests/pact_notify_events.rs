@@ -8,10 +8,9 @@
 //! ledger are verified against (`control-plane/tests/pact_domain_events.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
-#[path = "../../contracts/support/pacts.rs"]
-mod pacts;
+use crate::pacts;
 
 use chrono::Utc;
 use leaky_control_plane::consume::{self, Handler};

@@ -9,17 +9,16 @@
 //! untouched except that it ends a stream after its first line (the snapshot the pact describes).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
-#[path = "../../contracts/support/pacts.rs"]
-mod pacts;
-#[path = "../../contracts/support/verify.rs"]
-mod verify;
+use crate::pacts;
+use crate::verify;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::verify::{Provider, States};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -31,7 +30,6 @@ use leaky_control_plane::db;
 use leaky_control_plane::http::{AdminToken, ApiState};
 use leaky_control_plane::identity::{self, Alg, Identity, MasterKeys};
 use serde_json::json;
-use verify::{Provider, States};
 
 /// The token the proxy's pact examples carry.
 const TOKEN: &str = "pact-proxy-token";

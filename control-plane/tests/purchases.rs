@@ -5,7 +5,7 @@
 //! the client against the real payment stub is proven after the merge.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;

@@ -11,7 +11,7 @@
 //! exactly those of the completed purchases (no capture without credit, no credit without capture).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};

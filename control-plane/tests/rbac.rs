@@ -6,7 +6,7 @@
 //! an injected clock), Redis down (503, fail closed); nested ids stay inside their `{org}`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! explicitly (the timer only calls `pass`), so nothing waits on wall time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -3,12 +3,12 @@
 //! the refusals (unknown id, bad input, no token), the expiry sweep (concurrent replicas, and its
 //! background loop), and the control plane registering itself and cancelling on shutdown.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
+use crate::common::{problem, TestApp};
 use chrono::{Duration, TimeZone, Utc};
-use common::{problem, TestApp};
 use leaky_control_plane::clock::Clock;
 use leaky_control_plane::clock::ManualClock;
 use leaky_control_plane::http::{AdminToken, ApiState};

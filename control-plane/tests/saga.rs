@@ -5,12 +5,12 @@
 //! leases move only when a test advances it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod saga_fakes;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
+use crate::saga_fakes::{Fakes, Fault};
 use chrono::{Duration, Utc};
 use leaky_control_plane::billing::purchase::{COMPENSATIONS, FORWARD};
 use leaky_control_plane::billing::saga::SagaError;
@@ -18,7 +18,6 @@ use leaky_control_plane::billing::{self, Engine, KillPoint, KillWhen, Policy};
 use leaky_control_plane::clock::{Clock, ManualClock};
 use leaky_control_plane::db;
 use leaky_control_plane::http::{AdminToken, ApiState};
-use saga_fakes::{Fakes, Fault};
 use serde_json::{json, Value};
 use uuid::Uuid;
 

@@ -9,7 +9,7 @@
 //! the completed sagas (no charge without its grant, no grant without its charge).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

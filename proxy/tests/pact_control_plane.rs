@@ -8,8 +8,7 @@
 //! against (`control-plane/tests/pact_provider.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../contracts/support/pacts.rs"]
-mod pacts;
+use crate::pacts;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -4,17 +4,15 @@
 //! Each provider state names the request whose record the encoder turns into the message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../../contracts/support/pacts.rs"]
-mod pacts;
-#[path = "../../contracts/support/verify.rs"]
-mod verify;
+use crate::pacts;
+use crate::verify;
 
 use std::sync::Arc;
 
+use crate::verify::{Provider, States};
 use leaky_proxy::events::encode::Encoder;
 use leaky_wire::UsageRecord;
 use serde_json::{json, Value};
-use verify::{Provider, States};
 
 const PROVIDER: &str = "leaky-proxy";
 

@@ -1,7 +1,7 @@
 //! Golden fixtures: the exact JSON of one representative response per surface and dialect, success
 //! and error, with only the volatile values (ids, timestamps) masked. A change to any field name,
 //! nesting, type or fixed value shows up as a diff against `stubs/tests/golden/*.json`.
-//! Regenerate deliberately with `LEAKY_UPDATE_GOLDEN=1 cargo test -p leaky-stubs --test golden`.
+//! Regenerate deliberately with `LEAKY_UPDATE_GOLDEN=1 cargo test -p leaky-stubs --test integration -- golden::`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use leaky_stubs::{bind, Latency, StubsConfig};
