@@ -107,6 +107,15 @@ kafka_pid() {
   [[ $cmd == *"kafka.Kafka $dir/server.properties"* ]] && echo "$pid"
 }
 
+# Whether the process kafka_start started is still alive (not yet exec'd counts: right after the
+# fork, its command line is still the shell's, so kafka_pid would call a starting broker exited — a
+# fresh-clone run lost a test's broker to exactly that, "kafka exited" with empty logs).
+kafka_alive() {
+  local pid state
+  pid=$(cat "$1/kafka.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
+  state=$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null) && [ "$state" != Z ]
+}
+
 kafka_start() {
   local dir=$1 port=$2 cport java=${JAVA:-java} pid
   if pid=$(kafka_pid "$dir"); then echo "kafka already running in $dir (pid $pid)" >&2; return 0; fi
@@ -116,11 +125,15 @@ kafka_start() {
   cport=$(cat "$dir/controller.port")
   kafka_write_config "$dir" "$port" "$cport"
   if [ ! -f "$dir/data/meta.properties" ]; then
-    local id
-    id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    # A random cluster id: 16 bytes, base64url. Not one that starts with `-` (1 in 64): the storage
+    # tool's argument parser takes it for an option, formats nothing, and the broker then dies with
+    # "No readable meta.properties files found" (a fresh-clone run lost a test's broker to it).
+    local id=-
+    while [[ $id == -* ]]; do id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '='); done
     # shellcheck disable=SC2086
     "$java" $KAFKA_HEAP_OPTS -cp "$KAFKA_LIB/*" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
-      kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1
+      kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1 ||
+      { echo "kafka storage format failed; see $dir/logs/format.log" >&2; tail -5 "$dir/logs/format.log" >&2; return 1; }
   fi
   local from=0
   [ -f "$dir/logs/server.log" ] && from=$(wc -c <"$dir/logs/server.log")
@@ -133,7 +146,12 @@ kafka_start() {
     if [ "$(tail -c +"$((from + 1))" "$dir/logs/server.log" 2>/dev/null | grep -c "Kafka Server started")" -gt 0 ]; then
       return 0
     fi
-    kafka_pid "$dir" >/dev/null || { echo "kafka exited; see $dir/logs" >&2; tail -20 "$dir/logs/stdout.log" >&2; return 1; }
+    kafka_alive "$dir" || {
+      echo "kafka exited; see $dir/logs" >&2
+      tail -20 "$dir/logs/stdout.log" >&2
+      tail -c +"$((from + 1))" "$dir/logs/server.log" 2>/dev/null | grep -E "ERROR|FATAL|Exception" | tail -10 >&2
+      return 1
+    }
     sleep 0.1
   done
   echo "kafka did not start within 60 s; see $dir/logs" >&2
