@@ -23,6 +23,8 @@ CASSANDRA_GC_OPTS=${CASSANDRA_GC_OPTS:--XX:+UseSerialGC}
 
 # shellcheck source=scripts/lib/ports.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+# shellcheck source=scripts/lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 cassandra_free_port() { free_port; }
 
 cassandra_install_tools() {
@@ -177,8 +179,7 @@ cassandra_start() {
     if [ "$(tail -c +"$((from + 1))" "$dir/logs/system.log" 2>/dev/null | grep -c "Starting listening for CQL clients")" -gt 0 ]; then
       return 0
     fi
-    # Liveness by /proc alone here: until the forked shell has exec'd java its cmdline is the shell's.
-    [ -d "/proc/$started" ] || { echo "cassandra exited; see $dir/logs" >&2; tail -20 "$dir/logs/stdout.log" >&2; return 1; }
+    started_alive "$started" || { echo "cassandra exited; see $dir/logs" >&2; tail -20 "$dir/logs/stdout.log" >&2; return 1; }
     sleep 0.1
   done
   echo "cassandra did not start within 120 s; see $dir/logs" >&2

@@ -18,6 +18,8 @@ JAEGER_CONFIG=${JAEGER_CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pw
 
 # shellcheck source=scripts/lib/ports.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+# shellcheck source=scripts/lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 jaeger_free_port() { free_port; }
 
 jaeger_fetch() {
@@ -47,13 +49,6 @@ jaeger_pid() {
   [[ $cmd == *"$JAEGER_BIN --config"* ]] && echo "$pid"
 }
 
-# Whether the process started by jaeger_start is still alive (not yet exec'd counts: right after the
-# fork, its command line is still the shell's, so jaeger_pid would call a starting jaeger exited).
-jaeger_alive() {
-  local state
-  state=$(cut -d' ' -f3 "/proc/$(cat "$1/jaeger.pid" 2>/dev/null)/stat" 2>/dev/null) && [ "$state" != Z ]
-}
-
 jaeger_start() {
   local dir=$1 query=$2 grpc=$3 http=$4 pid
   if pid=$(jaeger_pid "$dir"); then echo "jaeger already running in $dir (pid $pid)" >&2; return 0; fi
@@ -63,11 +58,12 @@ jaeger_start() {
   JAEGER_QUERY_PORT=$query JAEGER_OTLP_GRPC_PORT=$grpc JAEGER_OTLP_HTTP_PORT=$http \
     JAEGER_QUERY_GRPC_PORT=$(cat "$dir/query-grpc.port") JAEGER_MAX_TRACES=${JAEGER_MAX_TRACES:-100000} \
     nohup "$JAEGER_BIN" --config "$JAEGER_CONFIG" >"$dir/jaeger.log" 2>&1 &
-  echo $! >"$dir/jaeger.pid"
+  local started=$!
+  echo "$started" >"$dir/jaeger.pid"
   # Ready when the query API answers (it starts after the receivers).
   for _ in $(seq 300); do
     if curl -fsS -o /dev/null "http://127.0.0.1:$query/api/services" 2>/dev/null; then return 0; fi
-    jaeger_alive "$dir" || { echo "jaeger exited; see $dir/jaeger.log" >&2; tail -20 "$dir/jaeger.log" >&2; return 1; }
+    started_alive "$started" || { echo "jaeger exited; see $dir/jaeger.log" >&2; tail -20 "$dir/jaeger.log" >&2; return 1; }
     sleep 0.1
   done
   echo "jaeger did not start within 30 s; see $dir/jaeger.log" >&2

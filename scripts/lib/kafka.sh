@@ -19,6 +19,8 @@ KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:Re
 
 # shellcheck source=scripts/lib/ports.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
+# shellcheck source=scripts/lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 kafka_free_port() { free_port; }
 
 kafka_install_tools() {
@@ -107,15 +109,6 @@ kafka_pid() {
   [[ $cmd == *"kafka.Kafka $dir/server.properties"* ]] && echo "$pid"
 }
 
-# Whether the process kafka_start started is still alive (not yet exec'd counts: right after the
-# fork, its command line is still the shell's, so kafka_pid would call a starting broker exited — a
-# fresh-clone run lost a test's broker to exactly that, "kafka exited" with empty logs).
-kafka_alive() {
-  local pid state
-  pid=$(cat "$1/kafka.pid" 2>/dev/null) && [ -n "$pid" ] || return 1
-  state=$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null) && [ "$state" != Z ]
-}
-
 kafka_start() {
   local dir=$1 port=$2 cport java=${JAVA:-java} pid
   if pid=$(kafka_pid "$dir"); then echo "kafka already running in $dir (pid $pid)" >&2; return 0; fi
@@ -140,13 +133,14 @@ kafka_start() {
   # shellcheck disable=SC2086
   nohup "$java" $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS -Dlog4j2.configurationFile="$dir/log4j2.properties" \
     -cp "$KAFKA_LIB/*" kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
-  echo $! >"$dir/kafka.pid"
+  local started=$!
+  echo "$started" >"$dir/kafka.pid"
   # Ready when this start's part of the log says so (60 s: a cold JVM on a busy 2-core box).
   for _ in $(seq 600); do
     if [ "$(tail -c +"$((from + 1))" "$dir/logs/server.log" 2>/dev/null | grep -c "Kafka Server started")" -gt 0 ]; then
       return 0
     fi
-    kafka_alive "$dir" || {
+    started_alive "$started" || {
       echo "kafka exited; see $dir/logs" >&2
       tail -20 "$dir/logs/stdout.log" >&2
       tail -c +"$((from + 1))" "$dir/logs/server.log" 2>/dev/null | grep -E "ERROR|FATAL|Exception" | tail -10 >&2

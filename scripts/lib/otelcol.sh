@@ -18,6 +18,8 @@ OTELCOL_VERSION=${OTELCOL_VERSION:-0.140.1}
 # The builder's release line matches the collector core the manifest names (v0.140.0 / v1.46.0).
 OTELCOL_BUILDER_VERSION=${OTELCOL_BUILDER_VERSION:-v0.140.0}
 OTELCOL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 OTELCOL_GOBIN="${INFRA_CACHE:-$HOME/.cache/leaky-infra}/go-bin/otelcol-leaky-$OTELCOL_VERSION"
 OTELCOL_BIN="$OTELCOL_GOBIN/otelcol-leaky"
 OTELCOL_MANIFEST="$OTELCOL_ROOT/observability/otel/otelcol-builder.yaml"
@@ -57,13 +59,6 @@ otelcol_pid() {
   [[ $cmd == *"$OTELCOL_BIN --config"* ]] && echo "$pid"
 }
 
-# Whether the process started by otelcol_start is still alive (not yet exec'd counts: right after the
-# fork, its command line is still the shell's, so otelcol_pid would call a starting otelcol exited).
-otelcol_alive() {
-  local state
-  state=$(cut -d' ' -f3 "/proc/$(cat "$1/otelcol.pid" 2>/dev/null)/stat" 2>/dev/null) && [ "$state" != Z ]
-}
-
 otelcol_start() {
   local dir=$1 output=$2 pid include
   shift 2
@@ -75,11 +70,12 @@ otelcol_start() {
   include="[${include%,}]"
   OTELCOL_INCLUDE=$include OTELCOL_OUTPUT=$output \
     nohup "$OTELCOL_BIN" --config "$OTELCOL_CONFIG" >"$dir/otelcol.log" 2>&1 &
-  echo $! >"$dir/otelcol.pid"
+  local started=$!
+  echo "$started" >"$dir/otelcol.pid"
   # Ready when the service says so (the collector has no HTTP endpoint in this build).
   for _ in $(seq 300); do
     if grep -q 'Everything is ready' "$dir/otelcol.log" 2>/dev/null; then return 0; fi
-    otelcol_alive "$dir" || { echo "otelcol exited; see $dir/otelcol.log" >&2; tail -20 "$dir/otelcol.log" >&2; return 1; }
+    started_alive "$started" || { echo "otelcol exited; see $dir/otelcol.log" >&2; tail -20 "$dir/otelcol.log" >&2; return 1; }
     sleep 0.1
   done
   echo "otelcol did not start within 30 s; see $dir/otelcol.log" >&2
