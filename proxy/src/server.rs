@@ -207,6 +207,12 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
         grace_period_seconds: Some(boot.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(boot.grace_period_seconds),
         upstream_keepalive_pool_size: 1024,
+        // One proxy thread has no one to steal from: each service then runs on a current-thread
+        // runtime instead of tokio's multi-thread scheduler, whose per-task bookkeeping (run-queue
+        // atomics, park/unpark, the poll-time EWMA's `powf`) was ~800 instructions a request
+        // (issue 19). With more threads, work stealing stays on: a busy connection's neighbours
+        // move to an idle thread rather than wait behind it.
+        work_stealing: boot.threads > 1,
         upgrade_sock: opts
             .upgrade_sock
             .clone()
