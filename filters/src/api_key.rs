@@ -25,6 +25,10 @@ impl ApiKeyFilter {
     }
 }
 
+// Constants: a lookup by `&str` parses the name on every request.
+const X_GOOG_API_KEY: http::HeaderName = http::HeaderName::from_static("x-goog-api-key");
+const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 /// The presented credential, from the first place that has one.
 pub(crate) fn presented_key<'a>(req: &'a RequestInfo<'_>) -> Option<&'a [u8]> {
     if let Some(v) = req.headers.get(http::header::AUTHORIZATION) {
@@ -33,10 +37,10 @@ pub(crate) fn presented_key<'a>(req: &'a RequestInfo<'_>) -> Option<&'a [u8]> {
             return Some(trim(&v[7..]));
         }
     }
-    if let Some(v) = req.headers.get("x-goog-api-key") {
+    if let Some(v) = req.headers.get(&X_GOOG_API_KEY) {
         return Some(trim(v.as_bytes()));
     }
-    if let Some(v) = req.headers.get("x-api-key") {
+    if let Some(v) = req.headers.get(&X_API_KEY) {
         return Some(trim(v.as_bytes()));
     }
     req.query_param("key").map(str::as_bytes)

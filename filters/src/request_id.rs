@@ -7,6 +7,9 @@ use crate::Rejection;
 use async_trait::async_trait;
 use leaky_config::RequestIdConfig;
 
+/// A constant: a lookup by `&str` parses the name on every request.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 pub struct RequestIdFilter {
     trust_incoming: bool,
 }
@@ -46,10 +49,7 @@ impl Filter for RequestIdFilter {
         req: &RequestInfo<'_>,
         ctx: &mut RequestCtx,
     ) -> Result<(), Rejection> {
-        let incoming = req
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok());
+        let incoming = req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok());
         ctx.request_id = match incoming {
             Some(id) if self.trust_incoming && Self::acceptable(id) => id.to_string(),
             _ => Self::mint(),

@@ -98,7 +98,10 @@ pub fn end_trace(session: &Session, e: Option<&Error>, ctx: &mut Ctx, status: u1
 
 /// The caller's W3C `traceparent`, for the usage event's Kafka header (copied only when present).
 fn traceparent(session: &Session) -> Option<String> {
-    let v = session.req_header().headers.get("traceparent")?;
+    let v = session
+        .req_header()
+        .headers
+        .get(&crate::trace::TRACEPARENT)?;
     v.to_str().ok().map(str::to_owned)
 }
 

@@ -43,6 +43,9 @@ pub struct Metering {
 /// estimate pool ([`crate::offload`]), lower bound first.
 const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;
 
+/// DashScope's stream switch; a constant so the lookup does not parse the name.
+const DASHSCOPE_SSE: http::HeaderName = http::HeaderName::from_static("x-dashscope-sse");
+
 /// Estimates the request's cost into `req.cost` and returns the body to send upstream with the
 /// request's meter (`None` when its endpoint carries no tokens). A large
 /// body is estimated off the request workers: first a lower bound from the byte length of its texts
@@ -65,7 +68,7 @@ pub async fn prepare(
     }
     let sse_requested = head
         .headers
-        .get("x-dashscope-sse")
+        .get(&DASHSCOPE_SSE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enable"))
         || head
             .headers

@@ -64,7 +64,8 @@ pub fn model_from_body(body: &[u8]) -> Result<Option<String>, Rejection> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    match serde_json::from_slice::<Peek<'_>>(body) {
+    // The document's UTF-8 checked once, not string by string (`leaky_usage::from_json`).
+    match leaky_usage::from_json::<Peek<'_>>(body) {
         Ok(p) => Ok(p.model.map(Cow::into_owned)),
         Err(e) => Err(Rejection::new(
             RejectKind::InvalidRequest,

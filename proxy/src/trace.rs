@@ -125,12 +125,15 @@ impl AttemptStart {
     }
 }
 
+/// The W3C trace context header, a constant so a lookup does not parse the name (issue 19).
+pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// A new request's trace: `None` when tracing is off. Continues the caller's valid `traceparent`.
 pub(crate) fn begin(head: &RequestHeader) -> Option<Box<RequestTrace>> {
     let pipe = PIPE.get()?;
     let caller = head
         .headers
-        .get("traceparent")
+        .get(&TRACEPARENT)
         .and_then(|v| parse_traceparent(v.as_bytes()));
     let (trace_id, parent, sampled) = match caller {
         Some(c) => (c.trace_id, Some(c.span_id), c.sampled),
