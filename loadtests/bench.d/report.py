@@ -121,6 +121,11 @@ def charts(res, out):
     return files
 
 
+def rounds_us(x):
+    """Every round's CPU µs/request, in run order (a result from before rounds: its one figure)."""
+    return ", ".join(f"{v:.1f}" for v in x.get("rounds_us", [x["us_per_req"]]))
+
+
 def targets(res):
     """[(target, measured, ok)] from this run's figures (ratios within the run only)."""
     t = []
@@ -240,28 +245,33 @@ def write(res, commands, out, bin_, oha, py):
             L.append(f"| {LABEL[n]} | {m[5]:,} | {m[10]:,} | {'–' if vs is None else f'{vs:.0%}'} | {fr(vl, 1)} | {tried} |")
         L.append("")
     if cpu:
-        L += [f"## 3. CPU per request at a fixed rate (`oha -q RATE --latency-correction -c 64 -z {Q['cpu_dur']}`)", "",
+        rounds = Q.get("cpu_rounds", 1)
+        L += [f"## 3. CPU per request at a fixed rate (`oha -q RATE --latency-correction -c 64 -z {Q['cpu_dur']}`, "
+              f"{rounds} interleaved round(s))", "",
               "utime + stime of the contender's whole process tree (`/proc/<pid>/stat`, LiteLLM's workers included) "
-              "over the run, divided by the requests completed. The stub's own cost is the *direct* row. LiteLLM runs "
+              "over a run, divided by the requests completed; each contender's median round is shown (every round's "
+              "figure in the last column: one run moves 15–30% on this shared VM). "
+              "The stub's own cost is the *direct* row. LiteLLM runs "
               "at its highest sustained sweep rate when that is below the others' rate (its lowest sweep rate if none "
               "was sustained; then *achieved* shows what it managed).", "",
-              "| contender | offered | achieved | requests | CPU | CPU µs/request | ÷ nginx | LiteLLM ÷ this | RSS after |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| contender | offered | achieved | requests | CPU | CPU µs/request | ÷ nginx | LiteLLM ÷ this | RSS after | rounds (µs/request) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for n in CONTENDERS:
             x = cpu[n]
             L.append(f"| {LABEL[n]} | {x['rate']:,} | {x['achieved']:,.0f} | {x['requests']:,} | {x['cpu_s']:.2f} s | "
                      f"{x['us_per_req']:.1f} | {fr(ratio(x['us_per_req'], cpu['nginx']['us_per_req']))} | "
-                     f"{fr(ratio(cpu['litellm']['us_per_req'], x['us_per_req']), 1)} | {res['rss_load'][n]:.0f} MiB |")
+                     f"{fr(ratio(cpu['litellm']['us_per_req'], x['us_per_req']), 1)} | {res['rss_load'][n]:.0f} MiB | {rounds_us(x)} |")
         L.append("")
     closed = res.get("closed")
     if closed:
-        L += [f"### Closed loop: as fast as each answers (`oha -c {Q['closed_conc']} -z {Q['closed_dur']}`, no rate)", "",
+        L += [f"### Closed loop: as fast as each answers (`oha -c {Q['closed_conc']} -z {Q['closed_dur']}`, no rate, "
+              f"{Q.get('cpu_rounds', 1)} interleaved round(s), the median shown)", "",
               "Each server on CPU 0 (with the stub), oha on CPU 1; CPU as above. At saturation a server batches more "
               "per wake-up than at a fixed rate, so this is its best case per request.", "",
-              "| contender | req/s | p99 | CPU | CPU µs/request | ÷ nginx |", "|---|---|---|---|---|---|"]
+              "| contender | req/s | p99 | CPU | CPU µs/request | ÷ nginx | rounds (µs/request) |", "|---|---|---|---|---|---|---|"]
         for n, x in closed.items():
             L.append(f"| {LABEL[n]} | {x['rps']:,.0f} | {fmt_ms(x['p99'])} | {x['cpu_s']:.2f} s | {x['us_per_req']:.1f} | "
-                     f"{fr(ratio(x['us_per_req'], closed['nginx']['us_per_req']))} |")
+                     f"{fr(ratio(x['us_per_req'], closed['nginx']['us_per_req']))} | {rounds_us(x)} |")
         L.append("")
     if st:
         L += [f"## 4. Streaming: {st['leaky']['streams']:,} concurrent SSE streams", "",
