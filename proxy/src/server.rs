@@ -192,17 +192,9 @@ pub struct Built {
     pub background: Background,
 }
 
-/// Loads the config and builds the server; `extra` adds services (e.g. the stubs of `leaky-tokens up`).
-pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built, StartError> {
-    let background = Background::start()?;
-    let (source, state) = load(opts, &background)?;
-    let boot = state.bootstrap().clone();
-    let events = &state.snapshot().config.events;
-    background.start_events(
-        events.kafka.as_ref(),
-        format!("/leaky-tokens/proxy/{}", boot.listen),
-    )?;
-    let conf = ServerConf {
+/// Pingora's server settings for this bootstrap: threads, graceful shutdown, upstream pool, upgrade socket.
+fn server_conf(opts: &RunOptions, boot: &Bootstrap) -> ServerConf {
+    ServerConf {
         threads: boot.threads,
         grace_period_seconds: Some(boot.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(boot.grace_period_seconds),
@@ -220,7 +212,20 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
             .to_string_lossy()
             .into_owned(),
         ..ServerConf::default()
-    };
+    }
+}
+
+/// Loads the config and builds the server; `extra` adds services (e.g. the stubs of `leaky-tokens up`).
+pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built, StartError> {
+    let background = Background::start()?;
+    let (source, state) = load(opts, &background)?;
+    let boot = state.bootstrap().clone();
+    let events = &state.snapshot().config.events;
+    background.start_events(
+        events.kafka.as_ref(),
+        format!("/leaky-tokens/proxy/{}", boot.listen),
+    )?;
+    let conf = server_conf(opts, &boot);
     let opt = opts.upgrade.then(|| pingora::server::configuration::Opt {
         upgrade: true,
         ..Default::default()
