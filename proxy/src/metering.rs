@@ -41,7 +41,37 @@ pub struct Metering {
 /// Bodies up to this size are estimated inline, on the request's worker: their exact count takes
 /// well under a millisecond (at worst a few, for adversarial text). Larger ones go to the bounded
 /// estimate pool ([`crate::offload`]), lower bound first.
-const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;
+pub(crate) const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;
+
+/// What the routing step learnt of a metered request for its estimate: the surface its upstream
+/// path names and, when the body was read as a plain chat request there (its `model` from the
+/// same parse), that request's cost: [`prepare`] then does not parse the body again.
+#[derive(Clone, Copy)]
+pub struct Early {
+    surface: Surface,
+    cost: Option<usage::RequestCost>,
+}
+
+impl Early {
+    /// `read`: the body read by [`usage::ChatRead`] when it took it; `model` the routed model.
+    pub fn new(
+        route: &CompiledRoute,
+        up: &Upstream,
+        rest: &str,
+        read: Option<&usage::ChatRead<'_>>,
+        model: &str,
+    ) -> Self {
+        let mut path = String::with_capacity(up.path_prefix.len() + rest.len());
+        path.push_str(&up.path_prefix);
+        path.push_str(rest);
+        let surface = Surface::classify(route.dialect, &path);
+        let cost = match (surface, read) {
+            (Surface::ChatCompletions(vendor), Some(read)) => Some(read.estimate(vendor, model)),
+            _ => None,
+        };
+        Early { surface, cost }
+    }
+}
 
 /// DashScope's stream switch; a constant so the lookup does not parse the name.
 const DASHSCOPE_SSE: http::HeaderName = http::HeaderName::from_static("x-dashscope-sse");
@@ -55,14 +85,10 @@ pub async fn prepare(
     head: &RequestHeader,
     req: &mut RequestCtx,
     route: &CompiledRoute,
-    up: &Upstream,
-    rest: &str,
+    early: Early,
     body: Bytes,
 ) -> Result<(Bytes, Option<Metering>), Rejection> {
-    let mut path = String::with_capacity(up.path_prefix.len() + rest.len());
-    path.push_str(&up.path_prefix);
-    path.push_str(rest);
-    let surface = Surface::classify(route.dialect, &path);
+    let surface = early.surface;
     if !surface.is_metered() {
         return Ok((body, None));
     }
@@ -80,7 +106,10 @@ pub async fn prepare(
     let org = req.principal.as_ref().and_then(|p| p.org.as_deref());
     let inject = route.usage_injection.is_on(org);
     let (cost, rewritten) = if body.len() <= INLINE_ESTIMATE_BYTES {
-        let cost = usage::estimate(surface, &model, &body, sse_requested);
+        let cost = match early.cost {
+            Some(cost) => cost,
+            None => usage::estimate(surface, &model, &body, sse_requested),
+        };
         check_choices(surface, &cost)?;
         let rewritten = include_usage(inject, surface, &cost, &body);
         (cost, rewritten)

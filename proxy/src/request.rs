@@ -12,7 +12,6 @@ use leaky_config::{Cidr, Dialect};
 use leaky_filters::{RejectKind, Rejection, RequestCtx};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
-use serde::Deserialize;
 use std::borrow::Cow;
 
 /// The declared body length, checked against the maximum. Also refuses both framings on one request
@@ -52,21 +51,14 @@ pub fn too_large(max_body: u64) -> Rejection {
     )
 }
 
-/// The only fields the gateway reads from a JSON body; everything else is skipped without allocating.
-#[derive(Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-}
-
 /// The body's `model`. `Ok(None)` for an empty body; an error for a body that is not a JSON object.
+/// (Only `model` is read, everything else skipped without allocating: `leaky_usage::peek_model`.)
 pub fn model_from_body(body: &[u8]) -> Result<Option<String>, Rejection> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    // The document's UTF-8 checked once, not string by string (`leaky_usage::from_json`).
-    match leaky_usage::from_json::<Peek<'_>>(body) {
-        Ok(p) => Ok(p.model.map(Cow::into_owned)),
+    match leaky_usage::peek_model(body) {
+        Ok(m) => Ok(m.map(Cow::into_owned)),
         Err(e) => Err(Rejection::new(
             RejectKind::InvalidRequest,
             format!("We could not parse the JSON body of your request: {e}."),

@@ -7,6 +7,7 @@ use crate::balancer::Deployment;
 use crate::capture::Capture;
 use crate::ctx::{Ctx, Fail};
 use crate::exchange::{exchange, Plan, SystemClock, Tenant};
+use crate::metering;
 use crate::relay::{self, respond_json};
 use crate::reload::ConfigState;
 use crate::request::{self, BodyBuf};
@@ -162,12 +163,12 @@ impl Gateway {
             }
         }
         let body = read_body(session, ctx, at.expected_len, snap.max_body_bytes).await?;
-        let up = resolve(ctx, route, &body, at.rest())?;
+        let (up, early) = resolve(ctx, route, &body, at.rest())?;
         // The cache key is made of the caller's body; admission may rewrite the one sent upstream.
         // (A `Bytes` clone is a reference count, no copy.)
         let original = route.cache.as_ref().map(|_| body.clone());
         let reserve = trace::mark(&ctx.trace);
-        let admitted = admit(session, ctx, route, &up, at.rest(), body).await;
+        let admitted = admit(session, ctx, route, early, body).await;
         trace::phase(&mut ctx.trace, "limit.reserve", reserve);
         let body = admitted?;
         let out = Outbound {
@@ -316,18 +317,29 @@ async fn authenticate(
     Ok(())
 }
 
-/// The model (JSON body or path), its upstream, and the chain's body phase (model allow-list …).
+/// The model (JSON body or path), its upstream, and the chain's body phase (model allow-list …);
+/// on a metered route also what the estimate needs ([`metering::Early`]: `None` elsewhere).
+///
+/// A metered route's small body is read once as a plain chat request ([`leaky_usage::ChatRead`]),
+/// for its model now and its estimate once the upstream names the provider; a body that reader does
+/// not take is read as before (the model peek, then the general estimate).
 fn resolve(
     ctx: &mut Ctx,
     route: &CompiledRoute,
     body: &Bytes,
     rest: &str,
-) -> std::result::Result<Arc<Upstream>, Fail> {
+) -> std::result::Result<(Arc<Upstream>, Option<metering::Early>), Fail> {
+    let read = (route.meters
+        && route.model_source == ModelSource::Body
+        && body.len() <= metering::INLINE_ESTIMATE_BYTES)
+        .then(|| leaky_usage::ChatRead::parse(body))
+        .flatten();
     let model = match route.model_source {
-        ModelSource::Body => match request::model_from_body(body)? {
-            Some(m) => Some(m),
-            None => request::model_from_path(rest),
-        },
+        ModelSource::Body => match &read {
+            Some(read) => read.model().map(str::to_owned),
+            None => request::model_from_body(body)?,
+        }
+        .or_else(|| request::model_from_path(rest)),
         ModelSource::Path => request::model_from_path(rest),
         ModelSource::None => None,
     };
@@ -337,10 +349,14 @@ fn resolve(
     let up = pick(route, model.as_deref())?.clone();
     ctx.req.model = model;
     route.chain.on_request_body(body, &mut ctx.req)?;
+    let early = route.meters.then(|| {
+        let model = ctx.req.model.as_deref().unwrap_or_default();
+        metering::Early::new(route, &up, rest, read.as_ref(), model)
+    });
     ctx.exchange.upstream = Some(up.clone());
     ctx.req.route = Some(route.name.clone());
     ctx.req.provider = Some(up.provider.clone());
-    Ok(up)
+    Ok((up, early))
 }
 
 /// Metering (the cost estimate) where the route needs it, the chain's admission and the tenant's
@@ -349,14 +365,12 @@ async fn admit(
     session: &Session,
     ctx: &mut Ctx,
     route: &CompiledRoute,
-    up: &Upstream,
-    rest: &str,
+    early: Option<metering::Early>,
     body: Bytes,
 ) -> std::result::Result<Bytes, Fail> {
-    let body = if route.meters {
+    let body = if let Some(early) = early {
         let head = session.req_header();
-        let (body, meter) =
-            crate::metering::prepare(head, &mut ctx.req, route, up, rest, body).await?;
+        let (body, meter) = metering::prepare(head, &mut ctx.req, route, early, body).await?;
         if let Some(m) = meter {
             ctx.ledger.meter(m);
         }

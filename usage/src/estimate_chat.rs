@@ -20,9 +20,11 @@ use serde::Deserialize;
 
 use super::estimate::RequestCost;
 
-/// What the estimate reads of a chat request.
+/// What the estimate reads of a chat request, and its `model` for routing.
 #[derive(Default)]
 struct Chat<'a> {
+    /// A string `model` (`None`: absent or `null`, as the gateway's model peek reads it).
+    model: Option<Cow<'a, str>>,
     messages: Vec<Message<'a>>,
     max_tokens: Scalar,
     max_completion_tokens: Scalar,
@@ -270,6 +272,33 @@ impl<'de> Deserialize<'de> for Null {
     }
 }
 
+/// The top-level `model`: a string, or `null` for none; any other value ends the read (an error),
+/// so the gateway's model peek decides, with its own error.
+struct Model<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Model<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Model<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or null")
+            }
+            text!(Model::some);
+            fn visit_unit<E: de::Error>(self) -> Result<Model<'de>, E> {
+                Ok(Model(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'a> Model<'a> {
+    fn some(t: Cow<'a, str>) -> Self {
+        Model(Some(t))
+    }
+}
+
 /// `messages`: an array of messages, anything else none.
 struct Messages<'a>(Vec<Message<'a>>);
 
@@ -376,7 +405,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Chat<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Chat<'de>, A::Error> {
                 let mut c = Chat::default();
+                let mut model_seen = false;
                 const NAMES: &[&str] = &[
+                    "model",
                     "messages",
                     "tools",
                     "max_tokens",
@@ -387,6 +418,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Chat<'a> {
                 ];
                 while let Some(key) = map.next_key_seed(Name(NAMES))? {
                     match key {
+                        // A repeated `model` is an error to the model peek: leave it to that.
+                        Some("model") if std::mem::replace(&mut model_seen, true) => {
+                            return Err(de::Error::custom("duplicate field `model`"));
+                        }
+                        Some("model") => c.model = map.next_value::<Model<'de>>()?.0,
                         Some("messages") => c.messages = map.next_value::<Messages<'de>>()?.0,
                         Some("tools") => map.next_value::<Null>().map(drop)?,
                         Some("max_tokens") => c.max_tokens = map.next_value()?,
@@ -424,30 +460,70 @@ impl Content<'_> {
 }
 
 /// The estimate of a chat request on `vendor`'s chat surface, exactly as the general path gives
-/// it; `None` when the body is not a JSON object or carries tools or tool calls (the general
-/// path decides then).
+/// it; `None` when the body is not a JSON object, carries tools or tool calls, or has a `model`
+/// that is neither a string nor `null`, or more than one (the general path decides then).
 pub(crate) fn estimate(vendor: Vendor, model: &str, body: &[u8]) -> Option<RequestCost> {
-    let chat: Chat<'_> = super::extract::from_json(body).ok()?;
-    let tk = vendor.tokenizer(model);
-    let mut prompt = REPLY_PRIMING;
-    for m in &chat.messages {
-        prompt += PER_MESSAGE + m.content.tokens(tk);
-        // The BPE recipe counts the role; the approximation does not.
-        if let Some(role) = m.role.as_deref().filter(|_| tk.is_bpe()) {
-            prompt += tk.text(role);
+    ChatRead::parse(body).map(|read| read.estimate(vendor, model))
+}
+
+/// A plain chat request read once, for both its `model` (the gateway routes by it before it knows
+/// the provider, and so the tokenizer) and then its estimate: one parse of the body instead of a
+/// model peek and then the estimate's own.
+pub struct ChatRead<'a> {
+    chat: Chat<'a>,
+}
+
+impl<'a> ChatRead<'a> {
+    /// `None` when the body is not a plain chat request this reader takes (see [`estimate`]); the
+    /// caller then reads the model and the estimate the general way, as if this had not run.
+    pub fn parse(body: &'a [u8]) -> Option<Self> {
+        let chat: Chat<'_> = super::extract::from_json(body).ok()?;
+        Some(ChatRead { chat })
+    }
+
+    /// The top-level `model` when it is a string (`None` when absent or `null`), as the
+    /// gateway's model peek reads it.
+    pub fn model(&self) -> Option<&str> {
+        self.chat.model.as_deref()
+    }
+
+    /// The estimate on `vendor`'s chat surface for `model`: what [`crate::estimate`] gives for
+    /// the same body.
+    pub fn estimate(&self, vendor: Vendor, model: &str) -> RequestCost {
+        let chat = &self.chat;
+        let tk = vendor.tokenizer(model);
+        let mut prompt = REPLY_PRIMING;
+        for m in &chat.messages {
+            prompt += PER_MESSAGE + m.content.tokens(tk);
+            // The BPE recipe counts the role; the approximation does not.
+            if let Some(role) = m.role.as_deref().filter(|_| tk.is_bpe()) {
+                prompt += tk.text(role);
+            }
+            if let Some(name) = &m.name {
+                prompt += PER_NAME + tk.text(name);
+            }
         }
-        if let Some(name) = &m.name {
-            prompt += PER_NAME + tk.text(name);
+        let choices = chat.n.uint().unwrap_or(1).max(1);
+        let cap = (chat.max_completion_tokens.uint()).or_else(|| chat.max_tokens.uint());
+        RequestCost {
+            prompt_tokens: prompt,
+            max_completion: cap.map(|c| c.saturating_mul(choices)),
+            choices,
+            stream: chat.stream.is_true(),
+            wants_usage: chat.include_usage.is_true(),
+            incremental: false,
         }
     }
-    let choices = chat.n.uint().unwrap_or(1).max(1);
-    let cap = (chat.max_completion_tokens.uint()).or_else(|| chat.max_tokens.uint());
-    Some(RequestCost {
-        prompt_tokens: prompt,
-        max_completion: cap.map(|c| c.saturating_mul(choices)),
-        choices,
-        stream: chat.stream.is_true(),
-        wants_usage: chat.include_usage.is_true(),
-        incremental: false,
-    })
+}
+
+/// The body's top-level `model` as the gateway's model peek reads it, the reference [`ChatRead`]
+/// matches: a string or `null`/absent; an error for any other value, a repeated `model`, or a
+/// body that is not a JSON object (or array: serde reads a struct from either).
+pub fn peek_model(body: &[u8]) -> serde_json::Result<Option<Cow<'_, str>>> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow, default)]
+        model: Option<Cow<'a, str>>,
+    }
+    super::extract::from_json::<Peek<'_>>(body).map(|p| p.model)
 }

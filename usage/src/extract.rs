@@ -281,7 +281,7 @@ pub(super) fn message(gen: &mut Generated, choice: u32, d: &OaDelta<'_>, cumulat
 /// `from_slice` validates each string it reads on its own (about 100 instructions each, a dozen in
 /// a small chat request), `from_str` trusts a `str`. A document that is not UTF-8 goes to
 /// `from_slice`, for its error.
-pub fn from_json<'a, T: serde::Deserialize<'a>>(data: &'a [u8]) -> serde_json::Result<T> {
+pub(super) fn from_json<'a, T: serde::Deserialize<'a>>(data: &'a [u8]) -> serde_json::Result<T> {
     match std::str::from_utf8(data) {
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_slice(data),

@@ -35,7 +35,7 @@ pub use estimate::{
     choices_field, estimate, estimate_floor, estimate_floor_parsed, estimate_parsed,
     with_completion_cap, with_include_usage, ParsedBody, RequestCost, MAX_CHOICES,
 };
-pub use extract::from_json;
+pub use estimate_chat::{peek_model, ChatRead};
 pub use leaky_tokenize::Vendor;
 pub use tracker::{Chunk, UsageTracker};
 

@@ -5,7 +5,7 @@
 
 use super::fast::fuzz;
 use crate::estimate_chat;
-use crate::{estimate_parsed, ParsedBody, Surface};
+use crate::{estimate_parsed, peek_model, ChatRead, ParsedBody, Surface};
 use leaky_tokenize::Vendor;
 
 const SAMPLES: &[&str] = &[
@@ -102,4 +102,84 @@ fn json_the_general_parse_refuses_is_refused() {
         );
         assert!(estimate_chat::estimate(Vendor::OpenAi, "gpt-4o", body).is_none());
     }
+}
+
+/// Bodies whose `model` the routing step reads: strings (escaped too), `null`, absent, repeated,
+/// of other types, nested where it is not the request's.
+const MODEL_SAMPLES: &[&str] = &[
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":16}"#,
+    r#"{"messages":[{"role":"user","content":"hi","model":"inner"}],"model":"g\u0070t-4o"}"#,
+    r#"{"model":null,"messages":[]}"#,
+    r#"{"messages":[],"stream":true}"#,
+    r#"{"model":"a","messages":[],"model":"b"}"#,
+    r#"{"model":5,"messages":[]}"#,
+    r#"{"model":["gpt-4o"],"messages":[]}"#,
+    r#"{"model":{"id":"gpt-4o"},"messages":[]}"#,
+    r#"{"metadata":{"model":"x"},"model":"qwen-plus","messages":[{"role":"user","content":[{"type":"text","text":"t"}]}]}"#,
+    r#"["gpt-4o",[]]"#,
+];
+
+/// Members a mutation inserts to move, repeat or retype `model`.
+const MODEL_PIECES: &[&[u8]] = &[
+    b"\"model\":\"m2\",",
+    b"\"model\":null,",
+    b"\"model\":7,",
+    b"\"model\":\"e\\u0073c\",",
+    b"\"mod\\u0065l\":\"k\",",
+    b"\"messages\":[],",
+    b"\"tools\":[],",
+];
+
+/// Whether [`ChatRead`] took `body`; where it did, the model peek must take it too and read the
+/// same `model` (panics where not).
+fn check_model(body: &[u8]) -> bool {
+    let Some(read) = ChatRead::parse(body) else {
+        return false;
+    };
+    let text = || String::from_utf8_lossy(body).into_owned();
+    let peek = peek_model(body);
+    assert!(
+        peek.is_ok(),
+        "the peek refuses ({:?}) what the chat read took: {:?}",
+        peek.as_ref().err(),
+        text()
+    );
+    let peek = peek.ok().flatten();
+    assert_eq!(
+        read.model(),
+        peek.as_deref(),
+        "the model differs on {:?}",
+        text()
+    );
+    true
+}
+
+#[test]
+fn the_chat_read_gives_the_model_peeks_model() {
+    let taken: Vec<bool> = MODEL_SAMPLES
+        .iter()
+        .map(|s| check_model(s.as_bytes()))
+        .collect();
+    // A repeated model (5th), one of another type (6th to 8th) and an array body (10th) are left
+    // to the peek, which refuses them.
+    assert_eq!(
+        taken,
+        [true, true, true, true, false, false, false, false, true, false]
+    );
+    for (s, took) in MODEL_SAMPLES.iter().zip(&taken) {
+        if !took && !s.starts_with('[') {
+            assert!(peek_model(s.as_bytes()).is_err(), "{s}");
+        }
+    }
+}
+
+#[test]
+fn mutated_requests_read_once_give_the_model_peeks_model() {
+    fuzz(
+        0x5851_F42D_4C95_7F2D,
+        20_000,
+        MODEL_SAMPLES,
+        MODEL_PIECES,
+        check_model,
+    );
 }
