@@ -147,9 +147,14 @@ def targets(res):
     if c1:
         for q in ("p50", "p99"):
             a, b = c1[FULL][f"added_{q}"], c1["nginx"][f"added_{q}"]
-            # A negative added figure (the full chain's percentile below direct's) is below what
-            # the run resolves: neither a pass nor a miss.
-            ok = None if a is not None and a < 0 else (a <= 1.3 * max(b, 0)) if a is not None else False
+            if a is None:
+                ok = False
+            elif a < 0:
+                # The full chain's percentile below direct's: below what the run resolves, neither
+                # a pass nor a miss.
+                ok = None
+            else:
+                ok = a <= 1.3 * max(b, 0)
             t.append((f"full chain added latency at c1, {q} ≤ 1.3× nginx's", f"{fmt_ms(a)} vs nginx {fmt_ms(b)} "
                       f"({fr(ratio(a, b))})", ok))
     if st:

@@ -45,31 +45,25 @@ pub(crate) const INLINE_ESTIMATE_BYTES: usize = 16 * 1024;
 
 /// What the routing step learnt of a metered request for its estimate: the surface its upstream
 /// path names and, when the body was read as a plain chat request there (its `model` from the
-/// same parse), that request's cost: [`prepare`] then does not parse the body again.
-#[derive(Clone, Copy)]
-pub struct Early {
+/// same parse), that read: [`prepare`] then counts its tokens without parsing the body again.
+pub struct Early<'a> {
     surface: Surface,
-    cost: Option<usage::RequestCost>,
+    read: Option<usage::ChatRead<'a>>,
 }
 
-impl Early {
-    /// `read`: the body read by [`usage::ChatRead`] when it took it; `model` the routed model.
+impl<'a> Early<'a> {
+    /// `read`: the body read by [`usage::ChatRead`] when it took it.
     pub fn new(
         route: &CompiledRoute,
         up: &Upstream,
         rest: &str,
-        read: Option<&usage::ChatRead<'_>>,
-        model: &str,
+        read: Option<usage::ChatRead<'a>>,
     ) -> Self {
         let mut path = String::with_capacity(up.path_prefix.len() + rest.len());
         path.push_str(&up.path_prefix);
         path.push_str(rest);
         let surface = Surface::classify(route.dialect, &path);
-        let cost = match (surface, read) {
-            (Surface::ChatCompletions(vendor), Some(read)) => Some(read.estimate(vendor, model)),
-            _ => None,
-        };
-        Early { surface, cost }
+        Early { surface, read }
     }
 }
 
@@ -85,7 +79,7 @@ pub async fn prepare(
     head: &RequestHeader,
     req: &mut RequestCtx,
     route: &CompiledRoute,
-    early: Early,
+    early: Early<'_>,
     body: Bytes,
 ) -> Result<(Bytes, Option<Metering>), Rejection> {
     let surface = early.surface;
@@ -106,9 +100,9 @@ pub async fn prepare(
     let org = req.principal.as_ref().and_then(|p| p.org.as_deref());
     let inject = route.usage_injection.is_on(org);
     let (cost, rewritten) = if body.len() <= INLINE_ESTIMATE_BYTES {
-        let cost = match early.cost {
-            Some(cost) => cost,
-            None => usage::estimate(surface, &model, &body, sse_requested),
+        let cost = match (surface, &early.read) {
+            (Surface::ChatCompletions(vendor), Some(read)) => read.estimate(vendor, &model),
+            _ => usage::estimate(surface, &model, &body, sse_requested),
         };
         check_choices(surface, &cost)?;
         let rewritten = include_usage(inject, surface, &cost, &body);

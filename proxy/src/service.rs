@@ -168,7 +168,8 @@ impl Gateway {
         // (A `Bytes` clone is a reference count, no copy.)
         let original = route.cache.as_ref().map(|_| body.clone());
         let reserve = trace::mark(&ctx.trace);
-        let admitted = admit(session, ctx, route, early, body).await;
+        // `early` borrows the caller's body (its chat read); admission takes a handle to it.
+        let admitted = admit(session, ctx, route, early, body.clone()).await;
         trace::phase(&mut ctx.trace, "limit.reserve", reserve);
         let body = admitted?;
         let out = Outbound {
@@ -321,14 +322,14 @@ async fn authenticate(
 /// on a metered route also what the estimate needs ([`metering::Early`]: `None` elsewhere).
 ///
 /// A metered route's small body is read once as a plain chat request ([`leaky_usage::ChatRead`]),
-/// for its model now and its estimate once the upstream names the provider; a body that reader does
+/// for its model now and its token count in admission, once the upstream names the provider; a body that reader does
 /// not take is read as before (the model peek, then the general estimate).
-fn resolve(
+fn resolve<'b>(
     ctx: &mut Ctx,
     route: &CompiledRoute,
-    body: &Bytes,
+    body: &'b Bytes,
     rest: &str,
-) -> std::result::Result<(Arc<Upstream>, Option<metering::Early>), Fail> {
+) -> std::result::Result<(Arc<Upstream>, Option<metering::Early<'b>>), Fail> {
     let read = (route.meters
         && route.model_source == ModelSource::Body
         && body.len() <= metering::INLINE_ESTIMATE_BYTES)
@@ -349,10 +350,9 @@ fn resolve(
     let up = pick(route, model.as_deref())?.clone();
     ctx.req.model = model;
     route.chain.on_request_body(body, &mut ctx.req)?;
-    let early = route.meters.then(|| {
-        let model = ctx.req.model.as_deref().unwrap_or_default();
-        metering::Early::new(route, &up, rest, read.as_ref(), model)
-    });
+    let early = route
+        .meters
+        .then(|| metering::Early::new(route, &up, rest, read));
     ctx.exchange.upstream = Some(up.clone());
     ctx.req.route = Some(route.name.clone());
     ctx.req.provider = Some(up.provider.clone());
@@ -365,7 +365,7 @@ async fn admit(
     session: &Session,
     ctx: &mut Ctx,
     route: &CompiledRoute,
-    early: Option<metering::Early>,
+    early: Option<metering::Early<'_>>,
     body: Bytes,
 ) -> std::result::Result<Bytes, Fail> {
     let body = if let Some(early) = early {
