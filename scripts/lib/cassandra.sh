@@ -3,7 +3,7 @@
 # it defines:
 #   cassandra_fetch           the Cassandra classpath in $CASSANDRA_LIB (a no-op once the jars are there)
 #   cassandra_start DIR PORT  start a node with DIR as its storage and CQL on 127.0.0.1:PORT; waits for
-#                             "Starting listening for CQL clients" (idempotent: prints the running pid)
+#                             "Startup complete" (idempotent: prints the running pid)
 #   cassandra_stop DIR        stop DIR's node (SIGTERM, drain in the shutdown hook); a no-op when none runs
 #   cassandra_pid DIR         the pid of DIR's node if it runs (checked through /proc/PID/cmdline)
 #   cassandra_nodetool DIR ARGS...  nodetool against DIR's node (JMX on a loopback-only port of its own,
@@ -174,12 +174,19 @@ cassandra_start() {
     >"$dir/logs/stdout.log" 2>&1 &
   local started=$!
   echo "$started" >"$dir/cassandra.pid"
-  # Ready when this start's part of the log says so (120 s: a cold JVM on a busy 2-core box takes 6–9).
+  # Ready when this start's part of the log says "Startup complete" (120 s: a cold JVM on a busy 2-core
+  # box takes 6–9). Not "Starting listening for CQL clients": Cassandra logs that before it binds the
+  # port, and a bind that fails ("Failed to bind port") then ends the node after the line was seen.
+  local log
   for _ in $(seq 1200); do
-    if [ "$(tail -c +"$((from + 1))" "$dir/logs/system.log" 2>/dev/null | grep -c "Starting listening for CQL clients")" -gt 0 ]; then
-      return 0
+    log=$(tail -c +"$((from + 1))" "$dir/logs/system.log" 2>/dev/null)
+    [[ $log == *"Startup complete"* ]] && return 0
+    if [[ $log == *"Exception encountered during startup"* ]] || ! started_alive "$started"; then
+      echo "cassandra failed to start; see $dir/logs" >&2
+      grep -A3 "Exception encountered during startup" <<<"$log" | head -8 >&2
+      tail -20 "$dir/logs/stdout.log" >&2
+      return 1
     fi
-    started_alive "$started" || { echo "cassandra exited; see $dir/logs" >&2; tail -20 "$dir/logs/stdout.log" >&2; return 1; }
     sleep 0.1
   done
   echo "cassandra did not start within 120 s; see $dir/logs" >&2

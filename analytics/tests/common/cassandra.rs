@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+#[path = "../../../control-plane/tests/common/ports.rs"]
+mod ports;
+use ports::{free_port, script};
+
 fn cassandra_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
     let script = script("cassandra.sh");
     let out = Command::new("bash")
@@ -21,24 +25,6 @@ fn cassandra_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-/// `scripts/lib/NAME` of the repository, from a member crate or from the root package (whose tests
-/// include this file too).
-fn script(name: &str) -> std::path::PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let here = manifest.join("scripts/lib").join(name);
-    if here.exists() {
-        here
-    } else {
-        manifest.join("../scripts/lib").join(name)
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A node in its own directory, stopped (and its directory removed) by a watchdog when this process

@@ -12,6 +12,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
+#[path = "ports.rs"]
+mod ports;
+use ports::{free_port, script};
+
 fn kafka_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
     let script = script("kafka.sh");
     let out = Command::new("bash")
@@ -26,24 +30,6 @@ fn kafka_sh(cmd: &str, dir: &Path, port: u16) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-/// `scripts/lib/NAME` of the repository, from a member crate or from the root package (whose tests
-/// include this file too).
-fn script(name: &str) -> std::path::PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let here = manifest.join("scripts/lib").join(name);
-    if here.exists() {
-        here
-    } else {
-        manifest.join("../scripts/lib").join(name)
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Starts a broker in a fresh directory with a watchdog that stops it when this process ends (its

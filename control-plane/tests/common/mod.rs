@@ -17,8 +17,9 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+mod ports;
+use ports::free_port;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -83,10 +84,6 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
         bail!("{what} failed: {status}");
     }
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Cluster {
