@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+// Also loaded by the other shared harnesses a test binary may include (each its own copy).
+#[allow(clippy::duplicate_mod)]
 #[path = "../../../control-plane/tests/common/ports.rs"]
 mod ports;
 use ports::{free_port, script};

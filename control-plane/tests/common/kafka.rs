@@ -12,6 +12,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
+// Also loaded by the other shared harnesses a test binary may include (each its own copy).
+#[allow(clippy::duplicate_mod)]
 #[path = "ports.rs"]
 mod ports;
 use ports::{free_port, script};

@@ -17,6 +17,8 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+// Also loaded by the other shared harnesses a test binary may include (each its own copy).
+#[allow(clippy::duplicate_mod)]
 mod ports;
 use ports::free_port;
 
