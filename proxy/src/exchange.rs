@@ -35,12 +35,12 @@ use crate::balancer::{Choice, Deployment, Outcome};
 use crate::metrics::bump;
 use crate::request;
 use crate::snapshot::{CompiledRoute, Upstream};
+use crate::wire::UpstreamHead;
 use bytes::Bytes;
 use leaky_config::resilience::Retry;
 use leaky_config::ModelSource;
 use leaky_filters::{RejectKind, Rejection};
 use leaky_resilience::{backoff_ms, provider_exhausted, retry_after_ms, BulkheadPermit};
-use pingora::http::RequestHeader;
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -369,7 +369,7 @@ async fn attempt<T, C, B>(
     env: &Env<'_, '_, T, C, B>,
     s: &Stage<'_>,
     d: &Deployment,
-    head: &RequestHeader,
+    head: &UpstreamHead,
     run: &mut Run,
 ) -> (Outcome, Result<T::Response, Rejection>)
 where

@@ -127,6 +127,7 @@ mod transport;
 mod upstream;
 pub mod usage_log;
 pub mod watch;
+mod wire;
 
 pub use document::{ConfigDocument, Origin, SourceError};
 pub use reload::{ApplyError, ConfigState};

@@ -5,12 +5,12 @@
 use crate::balancer::Deployment;
 use crate::headers::{self, ConnectionNamed};
 use crate::snapshot::Upstream;
+use crate::wire::UpstreamHead;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue, MaxSizeReached};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 use leaky_config::{Cidr, Dialect};
 use leaky_filters::{RejectKind, Rejection, RequestCtx};
-use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::borrow::Cow;
 
@@ -169,26 +169,6 @@ pub fn stream_error_event(dialect: Dialect, request_id: &str, message: &str) -> 
     Bytes::from(out)
 }
 
-/// `X-Forwarded-For` and `Forwarded` naming the connecting peer (see `headers::forwarded_for`).
-fn forwarded_for(
-    session: &Session,
-    trusted: &[Cidr],
-    out: &mut HeaderMap,
-) -> Result<(), MaxSizeReached> {
-    let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
-        return Ok(());
-    };
-    let client = &session.req_header().headers;
-    let (xff, fwd) = headers::forwarded_for(client, peer.ip(), trusted);
-    let names = [headers::X_FORWARDED_FOR, header::FORWARDED];
-    for (name, value) in names.into_iter().zip([xff, fwd]) {
-        if let Some(v) = value {
-            out.try_insert(name, v)?;
-        }
-    }
-    Ok(())
-}
-
 /// What the upstream request head is built from on the caller's side.
 pub struct Caller<'a> {
     pub session: &'a Session,
@@ -204,14 +184,16 @@ pub struct Caller<'a> {
 /// credential and account, `X-Forwarded-For` / `Forwarded`, the framing of the (whole) body, the
 /// request id, and what the chain asked for.
 ///
-/// The map is filled directly and handed over whole (`headers::request_head`).
+/// Written straight into its bytes (`wire.rs`). What the gateway sets replaces what the caller sent
+/// of the same name, and of two the gateway sets the later wins (the chain's over the credential),
+/// as `HeaderMap::insert` did when this was a map.
 pub fn upstream_head(
     caller: &Caller<'_>,
     up: &Upstream,
     d: &Deployment,
     rest: &str,
     body_len: usize,
-) -> Result<RequestHeader, Rejection> {
+) -> Result<UpstreamHead, Rejection> {
     let Caller {
         session,
         req: rcx,
@@ -225,30 +207,56 @@ pub fn upstream_head(
             format!("building the upstream request: {e}"),
         )
     };
-    let full = |e: MaxSizeReached| internal(&e);
-    let mut h = HeaderMap::try_with_capacity(head.headers.len() + 4).map_err(full)?;
-    let hop = ConnectionNamed::of(&head.headers);
-    for (name, value) in head.headers.iter() {
-        if up.headers.forwards(name) && !hop.contains(name) {
-            h.try_append(name, value.clone()).map_err(full)?;
+    let (xff, fwd) = match session.client_addr().and_then(|a| a.as_inet()) {
+        Some(peer) => headers::forwarded_for(&head.headers, peer.ip(), trusted),
+        None => (None, None),
+    };
+    let length = (body_len > 0
+        || matches!(head.method, Method::POST | Method::PUT | Method::PATCH))
+    .then(|| HeaderValue::from(body_len));
+    let id = HeaderValue::from_str(&rcx.request_id).map_err(|e| internal(&e))?;
+    let names = [
+        header::HOST,
+        headers::X_FORWARDED_FOR,
+        header::FORWARDED,
+        header::CONTENT_LENGTH,
+        headers::X_REQUEST_ID,
+    ];
+    let [host, xff_name, fwd_name, cl, rid] = &names;
+    let mut set: Vec<(&HeaderName, &HeaderValue)> =
+        Vec::with_capacity(8 + d.account.len() + rcx.upstream_headers.len());
+    let mut put = |name, value| match set.iter_mut().find(|(n, _)| *n == name) {
+        Some(slot) => slot.1 = value,
+        None => set.push((name, value)),
+    };
+    put(host, &d.host);
+    for (name, value) in d.auth.iter().chain(d.account.iter()) {
+        put(name, value);
+    }
+    let optional = [(xff_name, &xff), (fwd_name, &fwd), (cl, &length)];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            put(name, v);
         }
     }
-    h.try_insert(header::HOST, d.host.clone()).map_err(full)?;
-    for (name, value) in d.auth.iter().chain(d.account.iter()) {
-        h.try_insert(name, value.clone()).map_err(full)?;
-    }
-    forwarded_for(session, trusted, &mut h).map_err(full)?;
-    if body_len > 0 || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
-        h.try_insert(header::CONTENT_LENGTH, HeaderValue::from(body_len))
-            .map_err(full)?;
-    }
-    let id = HeaderValue::from_str(&rcx.request_id).map_err(|e| internal(&e))?;
-    h.try_insert(headers::X_REQUEST_ID, id).map_err(full)?;
+    put(rid, &id);
     for (name, value) in &rcx.upstream_headers {
-        h.try_insert(name, value.clone()).map_err(full)?;
+        put(name, value);
     }
     let path = upstream_path(&up.path_prefix, rest, query);
-    headers::request_head(head.method.clone(), path.as_bytes(), h).map_err(|e| internal(&e))
+    let mut out =
+        UpstreamHead::new(head.method.clone(), path.as_bytes(), 512).map_err(|e| internal(&e))?;
+    let hop = ConnectionNamed::of(&head.headers);
+    for (name, value) in head.headers.iter() {
+        if up.headers.forwards(name) && !hop.contains(name) && !set.iter().any(|(n, _)| *n == name)
+        {
+            out.append(name, value);
+        }
+    }
+    for (name, value) in set {
+        out.append(name, value);
+    }
+    Ok(out)
 }
 
 /// The client's IP address (the TCP peer), when the connection is over IP.

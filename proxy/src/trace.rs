@@ -15,6 +15,7 @@
 //! **Off costs nothing.** Without [`init`], [`begin`] is one `OnceLock` load returning `None`: no
 //! allocation, no clock read, and every hook is an `if let Some` on that `None`.
 
+use crate::wire::UpstreamHead;
 use http::HeaderValue;
 use leaky_telemetry::export::Pipeline;
 use leaky_wire::trace_context::{
@@ -100,11 +101,11 @@ pub struct AttemptStart {
 
 impl Parent {
     /// Starts an attempt span and puts its `traceparent` on the upstream request `head`.
-    pub fn attempt(&self, head: &mut RequestHeader) -> AttemptStart {
+    pub fn attempt(&self, head: &mut UpstreamHead) -> AttemptStart {
         let span_id = new_span_id();
         let tp = traceparent(self.trace_id, span_id, self.sampled);
         if let Ok(v) = HeaderValue::from_str(&tp) {
-            let _ = head.insert_header("traceparent", v);
+            head.insert(&TRACEPARENT, &v);
         }
         AttemptStart {
             span_id,

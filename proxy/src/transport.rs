@@ -5,9 +5,10 @@
 
 use crate::balancer::{Deployment, Outcome};
 use crate::headers::Returned;
+use crate::wire::UpstreamHead;
 use bytes::Bytes;
 use leaky_filters::Rejection;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use std::future::Future;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ pub struct Attempt<'a> {
     pub connect: Option<Duration>,
     /// From request sent to response header, already capped by the time left.
     pub first_byte: Duration,
-    pub head: &'a RequestHeader,
+    pub head: &'a UpstreamHead,
     pub body: &'a Bytes,
     /// The answer's headers that go back to the caller: a successful answer's others are not read.
     pub returned: Returned<'a>,

@@ -22,12 +22,13 @@ use crate::balancer::{Deployment, Outcome, Probe};
 use crate::headers::Returned;
 use crate::metrics::count_retry;
 use crate::transport::{Attempt, Failed, Transport};
+use crate::wire::UpstreamHead;
 use bytes::Bytes;
 use http::Method;
 use leaky_filters::{RejectKind, Rejection};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession};
+use pingora::protocols::http::v1::client::HttpSession;
 use pingora::protocols::Stream;
 use pingora::{ErrorType, OrErr};
 use std::time::Duration;
@@ -118,20 +119,12 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 async fn exchange(
     mut stream: Stream,
     up: &Deployment,
-    req: &RequestHeader,
+    req: &UpstreamHead,
     body: &Bytes,
     returned: Returned<'_>,
 ) -> pingora::Result<h1::Response<Stream>> {
-    let mut wire = http_req_header_to_wire(req).ok_or_else(|| {
-        pingora::Error::explain(
-            ErrorType::InvalidHTTPHeader,
-            "request header cannot be serialized",
-        )
-    })?;
     let coalesce = body.len() <= COALESCE_LIMIT;
-    if coalesce {
-        wire.extend_from_slice(body);
-    }
+    let wire = req.wire(if coalesce { body } else { &[] });
     let write = async {
         stream.write_all(&wire).await?;
         if !coalesce {
@@ -147,7 +140,7 @@ async fn exchange(
     };
     written.or_err(ErrorType::WriteError, "writing the upstream request")?;
     let dropped = |name: &[u8]| returned.drops(name);
-    h1::Response::read(stream, req.method == Method::HEAD, dropped).await
+    h1::Response::read(stream, *req.method() == Method::HEAD, dropped).await
 }
 
 /// Failures that mean "the pooled connection was already dead", not "the upstream is slow or broken".

@@ -89,11 +89,19 @@ async fn handle(
     // What a provider may set that only concerns the gateway: a cookie for its own origin, the
     // account it billed, and stub diagnostics (one echoing the credential it received).
     let provider_only = uri.path() == "/echo/cookies";
+    // Names sent more than once: the map above keeps the last value only.
+    let mut repeated: Vec<&str> = headers
+        .keys()
+        .filter(|k| headers.get_all(*k).iter().count() > 1)
+        .map(|k| k.as_str())
+        .collect();
+    repeated.sort_unstable();
     let report = serde_json::json!({
         "method": method.as_str(),
         "path": uri.path(),
         "query": uri.query(),
         "headers": hdrs,
+        "repeated": repeated,
         "body_len": body.len(),
         "body_sha256": super::sha256_hex(&body),
     });

@@ -4,9 +4,9 @@
 
 use crate::balancer::Deployment;
 use crate::snapshot::Upstream;
+use crate::wire::UpstreamHead;
 use leaky_filters::{Principal, Rejection};
 use leaky_resilience::jitter_seed;
-use pingora::http::RequestHeader;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -47,12 +47,12 @@ impl Clock for SystemClock {
 /// (a fallback may have rewritten it) and the body's length. The caller's closure, so the exchange
 /// needs neither the Pingora session nor the request context.
 pub trait BuildHead:
-    Fn(&Upstream, &Deployment, &str, usize) -> Result<RequestHeader, Rejection> + Sync
+    Fn(&Upstream, &Deployment, &str, usize) -> Result<UpstreamHead, Rejection> + Sync
 {
 }
 
 impl<F> BuildHead for F where
-    F: Fn(&Upstream, &Deployment, &str, usize) -> Result<RequestHeader, Rejection> + Sync
+    F: Fn(&Upstream, &Deployment, &str, usize) -> Result<UpstreamHead, Rejection> + Sync
 {
 }
 

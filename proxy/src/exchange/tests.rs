@@ -116,7 +116,7 @@ impl Transport for Fake {
         self.calls.lock().unwrap().push(Call {
             to: a.deployment.label.to_string(),
             at_ms: self.elapsed_ms(),
-            path: a.head.uri.path().to_string(),
+            path: a.head.path().to_string(),
             model,
         });
         let step = self.script.lock().unwrap().pop_front();
@@ -206,9 +206,9 @@ fn head(
     _d: &Deployment,
     rest: &str,
     _len: usize,
-) -> Result<RequestHeader, Rejection> {
+) -> Result<UpstreamHead, Rejection> {
     let path = format!("{}{rest}", up.path_prefix);
-    RequestHeader::build("POST", path.as_bytes(), None)
+    UpstreamHead::new(http::Method::POST, path.as_bytes(), 0)
         .map_err(|e| Rejection::new(RejectKind::Internal, e.to_string()))
 }
 
