@@ -179,6 +179,15 @@ pub struct Caller<'a> {
     pub query: Option<&'a str>,
 }
 
+/// Names of headers the gateway sets on the upstream request (a `static`: the set borrows them).
+static SET_NAMES: [HeaderName; 5] = [
+    header::HOST,
+    headers::X_FORWARDED_FOR,
+    header::FORWARDED,
+    header::CONTENT_LENGTH,
+    headers::X_REQUEST_ID,
+];
+
 /// The upstream request's head for deployment `d` of `up`: the caller's method, the upstream path,
 /// the headers the route's policy forwards (never hop-by-hop ones), the deployment's host,
 /// credential and account, `X-Forwarded-For` / `Forwarded`, the framing of the (whole) body, the
@@ -215,14 +224,7 @@ pub fn upstream_head(
         || matches!(head.method, Method::POST | Method::PUT | Method::PATCH))
     .then(|| HeaderValue::from(body_len));
     let id = HeaderValue::from_str(&rcx.request_id).map_err(|e| internal(&e))?;
-    let names = [
-        header::HOST,
-        headers::X_FORWARDED_FOR,
-        header::FORWARDED,
-        header::CONTENT_LENGTH,
-        headers::X_REQUEST_ID,
-    ];
-    let [host, xff_name, fwd_name, cl, rid] = &names;
+    let [host, xff_name, fwd_name, cl, rid] = &SET_NAMES;
     let mut set: Vec<(&HeaderName, &HeaderValue)> =
         Vec::with_capacity(8 + d.account.len() + rcx.upstream_headers.len());
     let mut put = |name, value| match set.iter_mut().find(|(n, _)| *n == name) {
@@ -246,8 +248,20 @@ pub fn upstream_head(
     let path = upstream_path(&up.path_prefix, rest, query);
     let mut out =
         UpstreamHead::new(head.method.clone(), path.as_bytes(), 512).map_err(|e| internal(&e))?;
-    let hop = ConnectionNamed::of(&head.headers);
-    for (name, value) in head.headers.iter() {
+    write_headers(&mut out, &head.headers, up, &set);
+    Ok(out)
+}
+
+/// The caller's headers the route's policy forwards (never hop-by-hop ones, nor one that `set`
+/// replaces), then `set`: what the gateway sets.
+fn write_headers(
+    out: &mut UpstreamHead,
+    client: &HeaderMap,
+    up: &Upstream,
+    set: &[(&HeaderName, &HeaderValue)],
+) {
+    let hop = ConnectionNamed::of(client);
+    for (name, value) in client.iter() {
         if up.headers.forwards(name) && !hop.contains(name) && !set.iter().any(|(n, _)| *n == name)
         {
             out.append(name, value);
@@ -256,7 +270,6 @@ pub fn upstream_head(
     for (name, value) in set {
         out.append(name, value);
     }
-    Ok(out)
 }
 
 /// The client's IP address (the TCP peer), when the connection is over IP.
