@@ -179,7 +179,8 @@ cassandra_start() {
   # port, and a bind that fails ("Failed to bind port") then ends the node after the line was seen.
   local log
   for _ in $(seq 1200); do
-    log=$(tail -c +"$((from + 1))" "$dir/logs/system.log" 2>/dev/null)
+    # `|| true`: callers may run with `set -e`, and the log does not exist at first.
+    log=$(tail -c +"$((from + 1))" "$dir/logs/system.log" 2>/dev/null || true)
     [[ $log == *"Startup complete"* ]] && return 0
     if [[ $log == *"Exception encountered during startup"* ]] || ! started_alive "$started"; then
       echo "cassandra failed to start; see $dir/logs" >&2
