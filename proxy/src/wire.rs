@@ -57,11 +57,7 @@ impl UpstreamHead {
 
     /// Adds a `name: value` line (after any of the same name).
     pub fn append(&mut self, name: &HeaderName, value: &HeaderValue) {
-        self.line(name, value.as_bytes());
-    }
-
-    /// [`UpstreamHead::append`] of a value already known to be a valid header value.
-    pub(crate) fn line(&mut self, name: &HeaderName, value: &[u8]) {
+        let value = value.as_bytes();
         let n = titled(name).unwrap_or(name.as_str()).as_bytes();
         self.buf.reserve(n.len() + value.len() + 4);
         self.buf.extend_from_slice(n);
@@ -98,6 +94,40 @@ impl UpstreamHead {
         &self.method
     }
 
+    /// The head as sent, with its closing blank line, then `body` (pass an empty one to send the
+    /// body apart).
+    pub fn wire(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.buf.len() + 2 + body.len());
+        out.extend_from_slice(&self.buf);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        out
+    }
+}
+
+/// Pingora's titled spelling of the common names (`pingora_http`'s `titled_header_name_str`), so the
+/// bytes on the wire stay what they were.
+fn titled(name: &HeaderName) -> Option<&'static str> {
+    Some(match *name {
+        header::ACCEPT_RANGES => "Accept-Ranges",
+        header::AGE => "Age",
+        header::CACHE_CONTROL => "Cache-Control",
+        header::CONNECTION => "Connection",
+        header::CONTENT_TYPE => "Content-Type",
+        header::CONTENT_ENCODING => "Content-Encoding",
+        header::CONTENT_LENGTH => "Content-Length",
+        header::DATE => "Date",
+        header::TRANSFER_ENCODING => "Transfer-Encoding",
+        header::HOST => "Host",
+        header::SERVER => "Server",
+        header::SET_COOKIE => "Set-Cookie",
+        _ => return None,
+    })
+}
+
+/// Reading a head back: what the tests check.
+#[cfg(test)]
+impl UpstreamHead {
     /// The request target: the path and the query.
     pub fn target(&self) -> &[u8] {
         &self.buf[self.target.0..self.target.1]
@@ -129,42 +159,13 @@ impl UpstreamHead {
             .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
-
-    /// The head as sent, with its closing blank line, then `body` (pass an empty one to send the
-    /// body apart).
-    pub fn wire(&self, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.buf.len() + 2 + body.len());
-        out.extend_from_slice(&self.buf);
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
-        out
-    }
 }
 
+#[cfg(test)]
 /// The name of a header line (`name: value`).
 fn line_name(line: &[u8]) -> &[u8] {
     let end = line.iter().position(|b| *b == b':').unwrap_or(line.len());
     &line[..end]
-}
-
-/// Pingora's titled spelling of the common names (`pingora_http`'s `titled_header_name_str`), so the
-/// bytes on the wire stay what they were.
-fn titled(name: &HeaderName) -> Option<&'static str> {
-    Some(match *name {
-        header::ACCEPT_RANGES => "Accept-Ranges",
-        header::AGE => "Age",
-        header::CACHE_CONTROL => "Cache-Control",
-        header::CONNECTION => "Connection",
-        header::CONTENT_TYPE => "Content-Type",
-        header::CONTENT_ENCODING => "Content-Encoding",
-        header::CONTENT_LENGTH => "Content-Length",
-        header::DATE => "Date",
-        header::TRANSFER_ENCODING => "Transfer-Encoding",
-        header::HOST => "Host",
-        header::SERVER => "Server",
-        header::SET_COOKIE => "Set-Cookie",
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
