@@ -22,7 +22,7 @@ pub use common::Throttle;
 pub use control::{Clock, FaultPlan, Hang, ManualClock, RateLimits, SystemClock};
 
 use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 /// Whether the stubs simulate model latency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -200,10 +200,24 @@ async fn bind_one(
         addr,
         source,
     };
-    let l = TcpListener::bind(addr).await.map_err(err)?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let l = socket.listen(ACCEPT_BACKLOG).map_err(err)?;
     let local = l.local_addr().map_err(err)?;
     Ok((l, local))
 }
+
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`). tokio's `TcpListener::bind`
+/// asks for 1,024: 1,000 clients connecting at once (the bench's streams) overflowed the queue, and
+/// the dropped SYNs came back a second later, so the direct baseline started its streams a second
+/// late and spread out. Pingora's listeners ask for 65,535.
+const ACCEPT_BACKLOG: u32 = 65_535;
 
 struct Listeners {
     openai: TcpListener,
