@@ -97,15 +97,48 @@ async fn a_chunked_body_is_decoded_at_every_split() {
 #[tokio::test]
 async fn the_body_ends_with_its_last_data_when_the_last_chunk_came_with_it() {
     let mut r = read(CHUNKED, CHUNKED.len()).await;
-    assert_eq!(&r.read_body_bytes().await.unwrap().unwrap()[..], b"data: a");
-    assert!(!r.is_body_done());
-    let last = r.read_body_bytes().await.unwrap().unwrap();
-    assert_eq!(&last[..], b"data: {\"k\":\"bb\"}\r\n\r\n");
+    // Both chunks were read together: their data comes as one piece, and the body has ended.
+    let all = r.read_body_bytes().await.unwrap().unwrap();
+    assert_eq!(&all[..], CHUNKED_BODY);
     assert!(
         r.is_body_done(),
         "the caller settles before sending the last bytes"
     );
     assert!(r.read_body_bytes().await.unwrap().is_none());
+}
+
+/// The head and its chunks cut where `cuts` say (byte offsets into `CHUNKED`).
+fn cut_at(cuts: &[usize]) -> Pieces {
+    let mut at = 0;
+    let mut pieces = Vec::new();
+    for &c in cuts.iter().chain([&CHUNKED.len()]) {
+        pieces.push(CHUNKED[at..c].to_vec());
+        at = c;
+    }
+    Pieces::new(pieces)
+}
+
+#[tokio::test]
+async fn chunks_read_apart_come_apart_and_nothing_waits_for_more() {
+    let second = memchr::memmem::find(CHUNKED, b"14;").unwrap();
+    let mut r = Response::read(cut_at(&[second]), false, |_| false)
+        .await
+        .unwrap();
+    assert_eq!(&r.read_body_bytes().await.unwrap().unwrap()[..], b"data: a");
+    assert!(!r.is_body_done());
+    let last = r.read_body_bytes().await.unwrap().unwrap();
+    assert_eq!(&last[..], b"data: {\"k\":\"bb\"}\r\n\r\n");
+    assert!(r.is_body_done());
+}
+
+#[tokio::test]
+async fn data_before_a_framing_error_still_comes_out_first() {
+    let mut wire = CHUNKED[..memchr::memmem::find(CHUNKED, b"14;").unwrap()].to_vec();
+    wire.extend_from_slice(b"zz\r\nnot a chunk\r\n");
+    let mut r = read(&wire, wire.len()).await;
+    assert_eq!(&r.read_body_bytes().await.unwrap().unwrap()[..], b"data: a");
+    let err = r.read_body_bytes().await.unwrap_err();
+    assert_eq!(err.etype(), &ErrorType::InvalidHTTPHeader);
 }
 
 #[tokio::test]
