@@ -378,15 +378,19 @@ def write(res, commands, out, bin_, oha, py):
     sc = res.get("scaling")
     if sc:
         L += [f"## 8. Scaling: a second thread (`oha -c {Q['scaling_conc']} -z {Q['scaling_dur']}`, closed loop)", "",
-              "nginx with `worker_processes` 1 and 2, the full chain (memory) with `server.threads` 1 and 2, each in "
-              "front of its own stub. Nothing is pinned here: server, stub and oha share the machine's two cores, so a "
+              "nginx with `worker_processes` 1 and 2, the full chain (memory) with `server.threads` 1 and 2, all in "
+              "front of one stub of their own. Nothing is pinned here: server, stub and oha share the machine's two cores, so a "
               "second thread competes with the stub and the load generator; the same holds for nginx, which makes "
-              "the ratios comparable, not the absolute figures.", "",
-              "| contender | 1 thread/worker req/s | 2 req/s | ratio | p99 at 1 / 2 |", "|---|---|---|---|---|"]
+              "the ratios comparable, not the absolute figures. The four servers run side by side and each round "
+              "drives them in turn; each figure is the configuration's median round (every round in the last "
+              "column).", "",
+              "| contender | 1 thread/worker req/s | 2 req/s | ratio | p99 at 1 / 2 | rounds, req/s (1 / 2) |",
+              "|---|---|---|---|---|---|"]
         for n in ("nginx", FULL):
             a, b = sc[f"{n}/1"], sc[f"{n}/2"]
+            rounds = " / ".join(", ".join(f"{v:,.0f}" for v in x.get("rounds", [x["rps"]])) for x in (a, b))
             L.append(f"| {LABEL[n]} | {a['rps']:,.0f} | {b['rps']:,.0f} | {fr(ratio(b['rps'], a['rps']))} | "
-                     f"{fmt_ms(a['p99'])} / {fmt_ms(b['p99'])} |")
+                     f"{fmt_ms(a['p99'])} / {fmt_ms(b['p99'])} | {rounds} |")
         L.append("")
     L += ["## LiteLLM notes", "",
           "- Installed with `pip install 'litellm[proxy]==1.106.12'` in `~/.cache/leaky-bench/litellm-venv` (newer "
