@@ -202,6 +202,10 @@ def verdict(ok):
 # contender slows, and not alike, so such a run's ratios say nothing about the gateway.
 QUIET_DIRECT_C1_P50_MS = 0.118
 QUIET_NGINX_CPU_US = 90
+# nginx closed loop at c32 on one core: 17-21 µs a request in quiet rounds; 29.6 in the 14:22 run of
+# 2026-12-03, whose other references looked quiet and in which the same gateway build took twice its
+# 14:03 figure.
+QUIET_NGINX_CLOSED_US = 25
 
 
 def host_warning(res):
@@ -213,6 +217,10 @@ def host_warning(res):
     if cpu and cpu["nginx"]["us_per_req"] > QUIET_NGINX_CPU_US:
         why.append(f"nginx spent {cpu['nginx']['us_per_req']:.0f} µs of CPU a request at the fixed rate "
                    "(quiet: 55-64 µs)")
+    closed = res.get("closed")
+    if closed and closed["nginx"]["us_per_req"] > QUIET_NGINX_CLOSED_US:
+        why.append(f"nginx spent {closed['nginx']['us_per_req']:.1f} µs of CPU a request in the closed loop "
+                   "(quiet: 17-21 µs)")
     if not why:
         return []
     return ["> **The host was loaded during this run**: " + "; ".join(why) + ". Wall-clock figures and their "
