@@ -371,26 +371,29 @@ general_settings:
 
 
 NGINX = """worker_processes {workers};
-error_log {work}/nginx-error.log warn;
-pid {work}/nginx.pid;
+error_log {work}/{name}-error.log warn;
+pid {work}/{name}.pid;
 daemon off;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
   upstream stub {{ server 127.0.0.1:{stub}; keepalive 128; }}
   server {{
-    listen 127.0.0.1:{port};
-    location / {{ proxy_pass http://stub; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    listen 127.0.0.1:{port}{listen_opts};
+    location / {{ proxy_pass http://stub; proxy_http_version 1.1; proxy_set_header Connection "";{proxy_opts} }}
   }}
 }}
 """
 
-# nginx in front of the realistic stub for the streams: unbuffered (`proxy_buffering off`, how nginx is
-# set up for SSE) and with a listen backlog that takes 1,000 connections opened at once (its default,
-# 511, drops SYNs that come back a second later).
-NGINX_STREAM = NGINX.replace("nginx.pid", "nginx-stream.pid").replace("nginx-error.log", "nginx-stream-error.log") \
-    .replace("listen 127.0.0.1:{port};", "listen 127.0.0.1:{port} backlog=4096;") \
-    .replace('proxy_set_header Connection ""; }}', 'proxy_set_header Connection ""; proxy_buffering off; }}')
+
+def nginx_conf(work, name, stub, port, workers=1, stream=False):
+    """nginx as a keep-alive reverse proxy of `stub` (its pid and error log named `name`). `stream`: set
+    up for 1,000 SSE streams opened at once: unbuffered (`proxy_buffering off`, how nginx is set up
+    for SSE) and with a listen backlog that takes them all (its default, 511, drops SYNs that come
+    back a second later)."""
+    return NGINX.format(work=work, name=name, stub=stub, port=port, workers=workers,
+                        listen_opts=" backlog=4096" if stream else "",
+                        proxy_opts=" proxy_buffering off;" if stream else "")
 
 
 # ---------- scenarios ----------
@@ -483,7 +486,7 @@ def main():
                             "--appendonly", "no", "--loglevel", "warning"])
     wait_port(P_STUB, stub, name="stub")
     wait_port(redis_port, redis, name="redis")
-    open(f"{LOG_DIR}/nginx.conf", "w").write(NGINX.format(work=LOG_DIR, stub=P_STUB, port=P["nginx"], workers=1))
+    open(f"{LOG_DIR}/nginx.conf", "w").write(nginx_conf(LOG_DIR, "nginx", P_STUB, P["nginx"]))
     srv = {"direct": stub}
     srv["nginx"] = start("nginx", ["nginx", "-c", f"{LOG_DIR}/nginx.conf", "-p", LOG_DIR])
     cfgs = {"leaky-none": leaky_yaml(P["leaky-none"], 19190, filters=False),
@@ -628,7 +631,7 @@ def main():
         open(f"{LOG_DIR}/leaky-stream.yaml", "w").write(leaky_yaml(P_STREAM, 19193, stub=P_STUB_RT))
         gw = start("leaky-stream", [BIN, "--log", "warn", "proxy", "--config", f"{LOG_DIR}/leaky-stream.yaml"])
         open(f"{LOG_DIR}/nginx-stream.conf", "w").write(
-            NGINX_STREAM.format(work=LOG_DIR, stub=P_STUB_RT, port=P_STREAM_NGINX, workers=1))
+            nginx_conf(LOG_DIR, "nginx-stream", P_STUB_RT, P_STREAM_NGINX, stream=True))
         ng = start("nginx-stream", ["nginx", "-c", f"{LOG_DIR}/nginx-stream.conf", "-p", LOG_DIR])
         wait_port(P_STUB_RT, stub_rt, name="stub-realistic")
         wait_port(P_STREAM, gw, name="leaky-stream")
@@ -751,9 +754,7 @@ def scaling(Q, bin_):
     for i, (n, k) in enumerate(configs):
         tag, port = f"scaling-{n}-{k}", P_SCALE + i
         if n == "nginx":
-            conf = NGINX.format(work=LOG_DIR, stub=P_SCALE_STUB, port=port, workers=k)
-            conf = conf.replace("nginx.pid", f"{tag}.pid").replace("nginx-error.log", f"{tag}-error.log")
-            open(f"{LOG_DIR}/{tag}.conf", "w").write(conf)
+            open(f"{LOG_DIR}/{tag}.conf", "w").write(nginx_conf(LOG_DIR, tag, P_SCALE_STUB, port, workers=k))
             p = start(tag, ["nginx", "-c", f"{LOG_DIR}/{tag}.conf", "-p", LOG_DIR], cpu="0,1")
         else:
             yaml = leaky_yaml(port, P_SCALE_ADMIN + i, stub=P_SCALE_STUB, threads=k)

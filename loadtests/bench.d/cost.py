@@ -56,7 +56,7 @@ def server_argv(name, bin_, work):
     if name == "direct":
         return stub_argv(bin_)
     if name == "nginx":
-        conf = bench.NGINX.format(work=work, stub=P_STUB, port=PORTS["nginx"], workers=1)
+        conf = bench.nginx_conf(work, "nginx", P_STUB, PORTS["nginx"])
         conf = conf.replace("daemon off;", "daemon off;\nmaster_process off;")
         open(f"{work}/cost-nginx.conf", "w").write(conf)
         return ["nginx", "-c", f"{work}/cost-nginx.conf", "-p", work]

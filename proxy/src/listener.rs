@@ -159,6 +159,11 @@ impl<A> Listener<A> {
         self
     }
 
+    /// Whether the listener speaks TLS.
+    pub fn speaks_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     fn count_refused(&self, reason: usize) {
         if let Some(m) = &self.metrics {
             m.refused[reason].inc();

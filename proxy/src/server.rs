@@ -254,9 +254,9 @@ pub fn build(opts: &RunOptions, extra: impl FnOnce(&mut Server)) -> Result<Built
     let listener = with_tls(Listener::new("proxy", gateway, limits), &state, |t| {
         &t.proxy
     });
+    let buffers = l4_buffer(listener.speaks_tls());
     let mut proxy = Service::new("proxy".to_string(), listener);
-    let tls = state.snapshot().tls.proxy.is_some();
-    proxy.add_listener(ListenerConfig::tcp(boot.listen.to_string()).l4_buffer(l4_buffer(tls)));
+    proxy.add_listener(ListenerConfig::tcp(boot.listen.to_string()).l4_buffer(buffers));
     proxy.threads = Some(boot.threads);
 
     let admin = admin_service(&state, &source, limits);

@@ -161,8 +161,8 @@ impl UpstreamHead {
     }
 }
 
-#[cfg(test)]
 /// The name of a header line (`name: value`).
+#[cfg(test)]
 fn line_name(line: &[u8]) -> &[u8] {
     let end = line.iter().position(|b| *b == b':').unwrap_or(line.len());
     &line[..end]

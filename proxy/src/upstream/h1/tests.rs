@@ -107,6 +107,18 @@ async fn the_body_ends_with_its_last_data_when_the_last_chunk_came_with_it() {
     assert!(r.read_body_bytes().await.unwrap().is_none());
 }
 
+#[tokio::test]
+async fn every_chunk_read_together_comes_in_one_piece() {
+    let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+3\r\nab\n\r\n3\r\ncd\n\r\n3\r\nef\n\r\n3\r\ngh\n\r\n";
+    let mut r = read(wire, wire.len()).await;
+    assert_eq!(
+        &r.read_body_bytes().await.unwrap().unwrap()[..],
+        b"ab\ncd\nef\ngh\n"
+    );
+    assert!(!r.is_body_done(), "the last chunk has not come");
+}
+
 /// The head and its chunks cut where `cuts` say (byte offsets into `CHUNKED`).
 fn cut_at(cuts: &[usize]) -> Pieces {
     let mut at = 0;
