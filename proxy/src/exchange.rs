@@ -281,11 +281,7 @@ async fn run_stage<T: Transport, C: Clock, B: BuildHead>(
 
 /// A traced attempt's span, finished with its outcome.
 fn record_span(run: &mut Run, span: crate::trace::AttemptStart, d: &Deployment, outcome: Outcome) {
-    let label = match outcome {
-        Outcome::Status(code) => code.to_string(),
-        o => o.label().to_string(),
-    };
-    run.attempts.spans.push(span.finish(&d.label, label));
+    run.attempts.spans.push(span.finish(&d.label, outcome));
 }
 
 /// Which deployments a stage tried: untried ones first; once every eligible one was tried and an

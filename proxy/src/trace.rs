@@ -15,6 +15,7 @@
 //! **Off costs nothing.** Without [`init`], [`begin`] is one `OnceLock` load returning `None`: no
 //! allocation, no clock read, and every hook is an `if let Some` on that `None`.
 
+use crate::balancer::Outcome;
 use crate::wire::UpstreamHead;
 use http::HeaderValue;
 use leaky_telemetry::export::Pipeline;
@@ -67,10 +68,9 @@ pub(crate) struct RequestTrace {
     pub(crate) attempts: Vec<AttemptSpan>,
 }
 
-/// One phase's child span.
+/// One phase's child span (its id is drawn only if the trace is kept: `record.rs`).
 pub(crate) struct Phase {
     pub(crate) name: &'static str,
-    pub(crate) span_id: u64,
     pub(crate) start: Instant,
     pub(crate) end: Instant,
 }
@@ -82,8 +82,8 @@ pub struct AttemptSpan {
     pub(crate) start: Instant,
     pub(crate) end: Instant,
     pub(crate) deployment: Arc<str>,
-    /// `200`, `503` … or the failure (`connect`, `timeout`).
-    pub(crate) outcome: String,
+    /// The status, or the failure (`connect`, `timeout`); spelled out only if the trace is kept.
+    pub(crate) outcome: Outcome,
 }
 
 /// The trace context the exchange needs to start attempt spans and tell the upstream.
@@ -103,8 +103,13 @@ impl Parent {
     /// Starts an attempt span and puts its `traceparent` on the upstream request `head`.
     pub fn attempt(&self, head: &mut UpstreamHead) -> AttemptStart {
         let span_id = new_span_id();
-        let tp = traceparent(self.trace_id, span_id, self.sampled);
-        if let Ok(v) = HeaderValue::from_str(&tp) {
+        let tp = SpanContext {
+            trace_id: self.trace_id,
+            span_id,
+            sampled: self.sampled,
+        }
+        .traceparent_bytes();
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
             head.insert(&TRACEPARENT, &v);
         }
         AttemptStart {
@@ -115,7 +120,7 @@ impl Parent {
 }
 
 impl AttemptStart {
-    pub fn finish(self, deployment: &Arc<str>, outcome: String) -> AttemptSpan {
+    pub fn finish(self, deployment: &Arc<str>, outcome: Outcome) -> AttemptSpan {
         AttemptSpan {
             span_id: self.span_id,
             start: self.start,
@@ -165,16 +170,25 @@ impl RequestTrace {
 
     /// The `traceparent` naming this request's server span (for the usage event's Kafka header).
     pub(crate) fn traceparent(&self) -> String {
-        traceparent(self.trace_id, self.span_id, self.sampled)
+        self.context().traceparent()
     }
 
     pub(crate) fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        self.context().trace_id_hex()
     }
 
     /// The server span's id, as logs and Jaeger show it.
     pub(crate) fn span_id_hex(&self) -> String {
-        format!("{:016x}", self.span_id)
+        self.context().span_id_hex()
+    }
+
+    /// This request's server span as it crosses a process boundary.
+    fn context(&self) -> SpanContext {
+        SpanContext {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            sampled: self.sampled,
+        }
     }
 }
 
@@ -199,7 +213,6 @@ pub(crate) fn phase(
     if let (Some(t), Some(start)) = (trace.as_mut(), since) {
         t.phases.push(Phase {
             name,
-            span_id: new_span_id(),
             start,
             end: Instant::now(),
         });
@@ -234,14 +247,4 @@ pub(crate) fn finish(trace: Box<RequestTrace>, end: End) {
     if let Some(pipe) = PIPE.get() {
         pipe.push(record::Record { trace, end });
     }
-}
-
-/// `00-<trace>-<span>-<flags>` for a span of this trace.
-fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> String {
-    SpanContext {
-        trace_id,
-        span_id,
-        sampled,
-    }
-    .traceparent()
 }

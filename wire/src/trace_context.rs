@@ -12,26 +12,53 @@ pub struct SpanContext {
     pub sampled: bool,
 }
 
+/// Length of a version-00 `traceparent`: `00-` + 32 + `-` + 16 + `-` + 2.
+pub const TRACEPARENT_LEN: usize = 55;
+
 impl SpanContext {
     /// `00-<trace>-<span>-<flags>`.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+        ascii(&self.traceparent_bytes())
+    }
+
+    /// [`Self::traceparent`] on the stack, written without `fmt` (a request's hot path sends one
+    /// upstream and one with its usage event).
+    pub fn traceparent_bytes(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut b = [b'-'; TRACEPARENT_LEN];
+        b[..2].copy_from_slice(b"00");
+        hex_into(&mut b[3..35], self.trace_id);
+        hex_into(&mut b[36..52], u128::from(self.span_id));
+        hex_into(&mut b[53..55], u128::from(self.sampled));
+        b
     }
 
     /// The trace id in lower-case hex (32 digits).
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        let mut b = [0; 32];
+        hex_into(&mut b, self.trace_id);
+        ascii(&b)
     }
 
     /// The span id in lower-case hex (16 digits).
     pub fn span_id_hex(&self) -> String {
-        format!("{:016x}", self.span_id)
+        let mut b = [0; 16];
+        hex_into(&mut b, u128::from(self.span_id));
+        ascii(&b)
     }
+}
+
+/// The low `out.len()` nibbles of `n`, most significant first, in lower-case hex.
+fn hex_into(out: &mut [u8], mut n: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for d in out.iter_mut().rev() {
+        *d = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
+/// Bytes this module wrote (hex digits and dashes) as a `String`.
+fn ascii(b: &[u8]) -> String {
+    b.iter().map(|&c| char::from(c)).collect()
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids and version `ff` are invalid, and a later version may
@@ -104,6 +131,39 @@ mod tests {
         assert_eq!(c.span_id_hex(), "00f067aa0ba902b7");
         let off = parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         assert!(!off.unwrap().sampled);
+    }
+
+    #[test]
+    fn hex_forms_match_formatting_them() {
+        let mut x: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        let edges = [
+            (1, 1),
+            (u128::MAX, u64::MAX),
+            (1 << 124, 1 << 60),
+            (0xf, 0xf0),
+        ];
+        let walk = (0..2000).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x, (x >> 3) as u64)
+        });
+        for (i, (trace_id, span_id)) in edges.into_iter().chain(walk).enumerate() {
+            let c = SpanContext {
+                trace_id,
+                span_id,
+                sampled: i % 2 == 0,
+            };
+            let expected = format!(
+                "00-{trace_id:032x}-{span_id:016x}-{:02x}",
+                u8::from(c.sampled)
+            );
+            assert_eq!(c.traceparent(), expected);
+            assert_eq!(&c.traceparent_bytes()[..], expected.as_bytes());
+            assert_eq!(c.trace_id_hex(), format!("{trace_id:032x}"));
+            assert_eq!(c.span_id_hex(), format!("{span_id:016x}"));
+            assert_eq!(parse_traceparent(expected.as_bytes()), Some(c));
+        }
     }
 
     #[test]

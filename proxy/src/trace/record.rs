@@ -2,10 +2,13 @@
 //! how the request ended), and its spans: the server span with the HTTP and GenAI attributes, a
 //! child per phase, a client span per upstream attempt. The queue and the exporter thread are
 //! `leaky-telemetry`'s ([`leaky_telemetry::export::Pipeline`]); the attribute strings are built
-//! there, on the exporter thread, never on the request path.
+//! there, on the exporter thread, never on the request path, and so are the phase spans' ids and
+//! each attempt's outcome label (an unsampled request that ends well draws and spells neither).
 
 use super::{AttemptSpan, Phase, RequestTrace};
+use crate::balancer::Outcome;
 use leaky_telemetry::export::Unit;
+use leaky_wire::trace_context::new_span_id;
 use opentelemetry::trace::{
     Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
@@ -108,7 +111,7 @@ fn phase_span(
     let mut s = span(
         t,
         scope,
-        p.span_id,
+        new_span_id(),
         t.span_id,
         p.name.into(),
         SpanKind::Internal,
@@ -133,19 +136,25 @@ fn attempt_span(
     let ttfb_ms = end
         .duration_since(start)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    // `200`, `503` … or the failure (`connect`, `timeout`).
+    let outcome = match a.outcome {
+        Outcome::Status(code) => code.to_string(),
+        o => o.label().to_string(),
+    };
     s.attributes = vec![
         KeyValue::new("leaky.deployment", a.deployment.to_string()),
-        KeyValue::new("leaky.upstream.outcome", a.outcome.clone()),
+        KeyValue::new("leaky.upstream.outcome", outcome.clone()),
         KeyValue::new("leaky.upstream.ttft_ms", ttfb_ms),
     ];
-    if let Ok(code) = a.outcome.parse::<i64>() {
-        s.attributes
-            .push(KeyValue::new("http.response.status_code", code));
-        if code >= 500 {
-            s.status = Status::error(a.outcome.clone());
+    match a.outcome {
+        Outcome::Status(code) => {
+            s.attributes
+                .push(KeyValue::new("http.response.status_code", i64::from(code)));
+            if code >= 500 {
+                s.status = Status::error(outcome);
+            }
         }
-    } else {
-        s.status = Status::error(a.outcome.clone());
+        _ => s.status = Status::error(outcome),
     }
     let mut events = SpanEvents::default();
     events
@@ -183,5 +192,111 @@ fn span(
         links: SpanLinks::default(),
         status: Status::Unset,
         instrumentation_scope: scope.clone(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::End;
+    use super::*;
+    use std::sync::Arc;
+
+    fn record(attempts: &[Outcome]) -> Record {
+        let start = Instant::now();
+        let trace = RequestTrace {
+            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            span_id: 7,
+            parent: None,
+            sampled: true,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            start,
+            phases: ["auth", "limit.reserve", "settle"]
+                .into_iter()
+                .map(|name| Phase {
+                    name,
+                    start,
+                    end: start,
+                })
+                .collect(),
+            attempts: attempts
+                .iter()
+                .enumerate()
+                .map(|(i, &outcome)| AttemptSpan {
+                    span_id: 100 + i as u64,
+                    start,
+                    end: start + Duration::from_millis(5),
+                    deployment: Arc::from("openai/primary"),
+                    outcome,
+                })
+                .collect(),
+        };
+        let end = End {
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            status: 200,
+            error: false,
+            route: None,
+            provider: None,
+            model: None,
+            served_model: None,
+            usage: None,
+            request_id: "r1".into(),
+            org: None,
+            reject: None,
+        };
+        Record {
+            trace: Box::new(trace),
+            end,
+        }
+    }
+
+    fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    #[test]
+    fn phases_draw_their_own_ids_and_attempts_spell_their_outcome_at_export() {
+        let outcomes = [
+            Outcome::Connect,
+            Outcome::Timeout,
+            Outcome::Status(503),
+            Outcome::Status(429),
+            Outcome::Status(200),
+        ];
+        let mut out = Vec::new();
+        record(&outcomes).spans(&InstrumentationScope::builder("t").build(), &mut out);
+        assert_eq!(out.len(), 1 + 3 + outcomes.len());
+        let root = out[0].span_context.span_id();
+        assert_eq!(root, SpanId::from_bytes(7u64.to_be_bytes()));
+        let mut ids: Vec<SpanId> = out.iter().map(|s| s.span_context.span_id()).collect();
+        ids.sort_by_key(|id| id.to_bytes());
+        ids.dedup();
+        assert_eq!(ids.len(), out.len(), "every span has its own id");
+        assert!(!ids.contains(&SpanId::INVALID));
+        for s in &out[1..] {
+            assert_eq!(s.parent_span_id, root, "{} is the request's child", s.name);
+        }
+        let expect = [
+            ("connect", None, true),
+            ("timeout", None, true),
+            ("503", Some(503), true),
+            ("429", Some(429), false),
+            ("200", Some(200), false),
+        ];
+        for (s, (label, code, failed)) in out[4..].iter().zip(expect) {
+            let outcome = attr(s, "leaky.upstream.outcome").map(|v| v.as_str().into_owned());
+            assert_eq!(outcome.as_deref(), Some(label));
+            let status = attr(s, "http.response.status_code");
+            assert_eq!(status, code.map(opentelemetry::Value::I64).as_ref());
+            let error = match &s.status {
+                Status::Error { description } => Some(description.to_string()),
+                _ => None,
+            };
+            assert_eq!(error.as_deref(), failed.then_some(label), "{label}");
+        }
     }
 }
