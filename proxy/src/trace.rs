@@ -57,11 +57,10 @@ pub fn enabled() -> bool {
 
 /// What one request's trace holds until the completion phase decides to keep it.
 pub(crate) struct RequestTrace {
-    pub(crate) trace_id: u128,
-    pub(crate) span_id: u64,
+    /// The server span: the trace id (continued or new), this request's span id, the head decision.
+    pub(crate) span: SpanContext,
     /// The caller's span, when its `traceparent` was valid.
     pub(crate) parent: Option<u64>,
-    pub(crate) sampled: bool,
     pub(crate) wall: SystemTime,
     pub(crate) start: Instant,
     pub(crate) phases: Vec<Phase>,
@@ -86,12 +85,10 @@ pub struct AttemptSpan {
     pub(crate) outcome: Outcome,
 }
 
-/// The trace context the exchange needs to start attempt spans and tell the upstream.
+/// The trace context the exchange needs to start attempt spans and tell the upstream: the
+/// request's server span, whose span id each attempt replaces with its own.
 #[derive(Clone, Copy)]
-pub struct Parent {
-    trace_id: u128,
-    sampled: bool,
-}
+pub struct Parent(SpanContext);
 
 /// An attempt span started by [`Parent::attempt`], finished by [`AttemptStart::finish`].
 pub struct AttemptStart {
@@ -103,12 +100,7 @@ impl Parent {
     /// Starts an attempt span and puts its `traceparent` on the upstream request `head`.
     pub fn attempt(&self, head: &mut UpstreamHead) -> AttemptStart {
         let span_id = new_span_id();
-        let tp = SpanContext {
-            trace_id: self.trace_id,
-            span_id,
-            sampled: self.sampled,
-        }
-        .traceparent_bytes();
+        let tp = SpanContext { span_id, ..self.0 }.traceparent_bytes();
         if let Ok(v) = HeaderValue::from_bytes(&tp) {
             head.insert(&TRACEPARENT, &v);
         }
@@ -149,10 +141,12 @@ pub(crate) fn begin(head: &RequestHeader) -> Option<Box<RequestTrace>> {
         }
     };
     Some(Box::new(RequestTrace {
-        trace_id,
-        span_id: new_span_id(),
+        span: SpanContext {
+            trace_id,
+            span_id: new_span_id(),
+            sampled,
+        },
         parent,
-        sampled,
         wall: SystemTime::now(),
         start: Instant::now(),
         phases: Vec::with_capacity(3),
@@ -162,33 +156,21 @@ pub(crate) fn begin(head: &RequestHeader) -> Option<Box<RequestTrace>> {
 
 impl RequestTrace {
     pub(crate) fn parent(&self) -> Parent {
-        Parent {
-            trace_id: self.trace_id,
-            sampled: self.sampled,
-        }
+        Parent(self.span)
     }
 
     /// The `traceparent` naming this request's server span (for the usage event's Kafka header).
     pub(crate) fn traceparent(&self) -> String {
-        self.context().traceparent()
+        self.span.traceparent()
     }
 
     pub(crate) fn trace_id_hex(&self) -> String {
-        self.context().trace_id_hex()
+        self.span.trace_id_hex()
     }
 
     /// The server span's id, as logs and Jaeger show it.
     pub(crate) fn span_id_hex(&self) -> String {
-        self.context().span_id_hex()
-    }
-
-    /// This request's server span as it crosses a process boundary.
-    fn context(&self) -> SpanContext {
-        SpanContext {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            sampled: self.sampled,
-        }
+        self.span.span_id_hex()
     }
 }
 
@@ -239,7 +221,7 @@ pub(crate) struct End {
 
 /// Whether a finished request's trace is kept: head-sampled, or ended in an error.
 pub(crate) fn keeps(trace: &RequestTrace, error: bool) -> bool {
-    trace.sampled || error
+    trace.span.sampled || error
 }
 
 /// Queues a kept request's trace for export (never waits; a full queue drops and counts it).

@@ -18,7 +18,7 @@ pub const TRACEPARENT_LEN: usize = 55;
 impl SpanContext {
     /// `00-<trace>-<span>-<flags>`.
     pub fn traceparent(&self) -> String {
-        ascii(&self.traceparent_bytes())
+        String::from_utf8_lossy(&self.traceparent_bytes()).into_owned()
     }
 
     /// [`Self::traceparent`] on the stack, written without `fmt` (a request's hot path sends one
@@ -36,14 +36,14 @@ impl SpanContext {
     pub fn trace_id_hex(&self) -> String {
         let mut b = [0; 32];
         hex_into(&mut b, self.trace_id);
-        ascii(&b)
+        String::from_utf8_lossy(&b).into_owned()
     }
 
     /// The span id in lower-case hex (16 digits).
     pub fn span_id_hex(&self) -> String {
         let mut b = [0; 16];
         hex_into(&mut b, u128::from(self.span_id));
-        ascii(&b)
+        String::from_utf8_lossy(&b).into_owned()
     }
 }
 
@@ -54,11 +54,6 @@ fn hex_into(out: &mut [u8], mut n: u128) {
         *d = DIGITS[(n & 0xf) as usize];
         n >>= 4;
     }
-}
-
-/// Bytes this module wrote (hex digits and dashes) as a `String`.
-fn ascii(b: &[u8]) -> String {
-    b.iter().map(|&c| char::from(c)).collect()
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids and version `ff` are invalid, and a later version may

@@ -47,7 +47,14 @@ impl Unit for Record {
             self.end.method,
             self.end.route.as_deref().unwrap_or("none")
         );
-        let mut root = span(t, scope, t.span_id, root_parent, name, SpanKind::Server);
+        let mut root = span(
+            t,
+            scope,
+            t.span.span_id,
+            root_parent,
+            name,
+            SpanKind::Server,
+        );
         root.parent_span_is_remote = t.parent.is_some();
         root.start_time = t.wall;
         root.end_time = end;
@@ -112,7 +119,7 @@ fn phase_span(
         t,
         scope,
         new_span_id(),
-        t.span_id,
+        t.span.span_id,
         p.name.into(),
         SpanKind::Internal,
     );
@@ -130,7 +137,7 @@ fn attempt_span(
     end: SystemTime,
 ) -> SpanData {
     let name = "upstream.attempt".to_string();
-    let mut s = span(t, scope, a.span_id, t.span_id, name, SpanKind::Client);
+    let mut s = span(t, scope, a.span_id, t.span.span_id, name, SpanKind::Client);
     s.start_time = start;
     s.end_time = end;
     let ttfb_ms = end
@@ -174,7 +181,7 @@ fn span(
 ) -> SpanData {
     SpanData {
         span_context: SpanContext::new(
-            TraceId::from_bytes(t.trace_id.to_be_bytes()),
+            TraceId::from_bytes(t.span.trace_id.to_be_bytes()),
             SpanId::from_bytes(id.to_be_bytes()),
             TraceFlags::SAMPLED,
             false,
@@ -205,10 +212,12 @@ mod tests {
     fn record(attempts: &[Outcome]) -> Record {
         let start = Instant::now();
         let trace = RequestTrace {
-            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
-            span_id: 7,
+            span: leaky_wire::trace_context::SpanContext {
+                trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+                span_id: 7,
+                sampled: true,
+            },
             parent: None,
-            sampled: true,
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             start,
             phases: ["auth", "limit.reserve", "settle"]
