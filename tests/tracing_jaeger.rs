@@ -115,12 +115,22 @@ async fn the_upstream_receives_the_attempt_spans_traceparent() {
         .post(gw.url("/capture/things"))
         .header("x-goog-api-key", PRO_KEY)
         .header("x-request-id", &rid)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
         .json(&serde_json::json!({"model": "capture-1"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let echoed: Value = r.json().await.unwrap();
+    // One `traceparent` upstream: the attempt's, in place of the caller's.
+    assert!(
+        !echoed["repeated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "traceparent"),
+        "{echoed:#}"
+    );
     let tp = echoed["headers"]["traceparent"]
         .as_str()
         .unwrap()
@@ -129,11 +139,13 @@ async fn the_upstream_receives_the_attempt_spans_traceparent() {
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts.len(), 4, "{tp}");
     assert_eq!(parts[0], "00");
+    assert_eq!(parts[1], CALLER_TRACE, "the caller's trace goes upstream");
     assert_eq!(
         parts[1],
         trace["traceID"].as_str().unwrap(),
         "same trace upstream"
     );
+    assert_ne!(parts[2], CALLER_SPAN, "not the caller's span");
     assert_eq!(parts[3], "01", "sampled at ratio 1");
     let attempt = span(&trace, "upstream.attempt");
     assert_eq!(

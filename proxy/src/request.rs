@@ -3,7 +3,7 @@
 //! request's path and head.
 
 use crate::balancer::Deployment;
-use crate::headers::{self, ConnectionNamed};
+use crate::headers::{self, ConnectionNamed, HeaderPolicy};
 use crate::snapshot::Upstream;
 use crate::wire::UpstreamHead;
 use bytes::Bytes;
@@ -177,6 +177,9 @@ pub struct Caller<'a> {
     /// `server.trusted_proxies` of the request's config version.
     pub trusted: &'a [Cidr],
     pub query: Option<&'a str>,
+    /// The request is traced: each attempt appends its own `traceparent`
+    /// (`trace::Parent::attempt`), so the caller's is not forwarded.
+    pub traced: bool,
 }
 
 /// Names of headers the gateway sets on the upstream request (a `static`: the set borrows them).
@@ -208,6 +211,7 @@ pub fn upstream_head(
         req: rcx,
         trusted,
         query,
+        traced,
     } = *caller;
     let head = session.req_header();
     let internal = |e: &dyn std::fmt::Display| {
@@ -248,21 +252,26 @@ pub fn upstream_head(
     let path = upstream_path(&up.path_prefix, rest, query);
     let mut out =
         UpstreamHead::new(head.method.clone(), path.as_bytes(), 512).map_err(|e| internal(&e))?;
-    write_headers(&mut out, &head.headers, up, &set);
+    write_headers(&mut out, &head.headers, &up.headers, &set, traced);
     Ok(out)
 }
 
 /// The caller's headers the route's policy forwards (never hop-by-hop ones, nor one that `set`
-/// replaces), then `set`: what the gateway sets.
+/// replaces, nor the caller's `traceparent` when the request is `traced`: each attempt adds its
+/// own), then `set`: what the gateway sets.
 fn write_headers(
     out: &mut UpstreamHead,
     client: &HeaderMap,
-    up: &Upstream,
+    policy: &HeaderPolicy,
     set: &[(&HeaderName, &HeaderValue)],
+    traced: bool,
 ) {
     let hop = ConnectionNamed::of(client);
     for (name, value) in client.iter() {
-        if up.headers.forwards(name) && !hop.contains(name) && !set.iter().any(|(n, _)| *n == name)
+        if policy.forwards(name)
+            && !hop.contains(name)
+            && !set.iter().any(|(n, _)| *n == name)
+            && !(traced && *name == crate::trace::TRACEPARENT)
         {
             out.append(name, value);
         }
@@ -281,6 +290,32 @@ pub fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_traced_requests_head_leaves_the_callers_traceparent_to_the_attempt() {
+        let policy = HeaderPolicy::new(Dialect::Openai, &[], &[]);
+        let mut client = HeaderMap::new();
+        let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        client.insert(crate::trace::TRACEPARENT, caller.parse().unwrap());
+        client.insert("tracestate", "k=v".parse().unwrap());
+        client.insert(header::ACCEPT, "*/*".parse().unwrap());
+        let host = HeaderValue::from_static("api.example.com");
+        let set = [(&header::HOST, &host)];
+        let head = |traced| {
+            let mut out = UpstreamHead::new(Method::POST, b"/v1/chat", 0).unwrap();
+            write_headers(&mut out, &client, &policy, &set, traced);
+            out
+        };
+        let untraced = head(false);
+        assert_eq!(untraced.get("traceparent"), Some(caller.as_bytes()));
+        let traced = head(true);
+        assert_eq!(traced.get("traceparent"), None);
+        // The rest of the trace context and every other header go on either way.
+        assert_eq!(traced.get("tracestate"), Some(&b"k=v"[..]));
+        assert_eq!(traced.get("accept"), Some(&b"*/*"[..]));
+        assert_eq!(traced.get("host"), Some(&b"api.example.com"[..]));
+        assert_eq!(traced.headers().count(), untraced.headers().count() - 1);
+    }
 
     #[test]
     fn refuses_double_framing_and_oversized_length() {

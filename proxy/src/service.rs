@@ -223,6 +223,7 @@ impl Gateway {
                 .as_ref()
                 .map_or(&[][..], |s| &s.config.server.trusted_proxies),
             query: at.query.as_deref(),
+            traced: plan.trace.is_some(),
         };
         let head = |up: &Upstream, d: &Deployment, rest: &str, len: usize| {
             request::upstream_head(&caller, up, d, rest, len)

@@ -17,7 +17,6 @@
 
 use crate::balancer::Outcome;
 use crate::wire::UpstreamHead;
-use http::HeaderValue;
 use leaky_telemetry::export::Pipeline;
 use leaky_wire::trace_context::{
     new_span_id, new_trace_id, parse_traceparent, sampled_by_ratio, SpanContext,
@@ -97,13 +96,11 @@ pub struct AttemptStart {
 }
 
 impl Parent {
-    /// Starts an attempt span and puts its `traceparent` on the upstream request `head`.
+    /// Starts an attempt span and puts its `traceparent` on the upstream request `head` (built
+    /// without the caller's: `request::upstream_head` of a traced request).
     pub fn attempt(&self, head: &mut UpstreamHead) -> AttemptStart {
         let span_id = new_span_id();
-        let tp = SpanContext { span_id, ..self.0 }.traceparent_bytes();
-        if let Ok(v) = HeaderValue::from_bytes(&tp) {
-            head.insert(&TRACEPARENT, &v);
-        }
+        head.append_traceparent(&SpanContext { span_id, ..self.0 }.traceparent_bytes());
         AttemptStart {
             span_id,
             start: Instant::now(),
