@@ -10,7 +10,7 @@
 use crate::capture::Capture;
 use crate::ctx::{Ctx, Fail};
 use crate::exchange::Tenant;
-use crate::headers::{self, ConnectionNamed};
+use crate::headers::{self, ConnectionNamed, Returned};
 use crate::request;
 use crate::response_cache::{Outcome, CACHE_HEADER};
 use crate::snapshot::{CompiledRoute, Upstream};
@@ -41,10 +41,11 @@ pub(crate) async fn relay(
     resp: &mut upstream::Response,
     mut capture: Option<&mut Capture>,
 ) -> Result<bool, Fail> {
-    let out = response_head(ctx, route, up, resp)?;
-    if let (Some(c), Some(h)) = (capture.as_deref_mut(), resp.session.resp_header()) {
+    if let Some(c) = capture.as_deref_mut() {
+        let h = resp.session.head();
         c.on_head(h.status.as_u16(), &h.headers);
     }
+    let out = response_head(ctx, route, up, resp)?;
     let deadline = ctx
         .exchange
         .deadline
@@ -113,21 +114,16 @@ fn on_read(
 /// The client's response header: the upstream's, filtered, plus the gateway's own. Tells the ledger
 /// the upstream's status (its meter starts tracking usage on a success).
 ///
-/// The map is filled directly and handed over whole (`headers::response_head`).
+/// The upstream's header map is taken and filtered in place (a successful answer's map already
+/// lacks what `Returned::drops` names, `upstream/h1.rs`), then handed over whole
+/// (`headers::response_head`): the kept headers are not hashed into a second map.
 fn response_head(
     ctx: &mut Ctx,
     route: &CompiledRoute,
     up: &Upstream,
-    resp: &upstream::Response,
+    resp: &mut upstream::Response,
 ) -> Result<ResponseHeader, Fail> {
-    let Some(up_head) = resp.session.resp_header() else {
-        return Err(Rejection::new(
-            RejectKind::BadGateway,
-            "The upstream sent no response header.",
-        )
-        .into());
-    };
-    let status = up_head.status;
+    let status = resp.session.head().status;
     let bad = |e: &dyn std::fmt::Display| {
         Fail::Reject(Rejection::new(
             RejectKind::BadGateway,
@@ -135,14 +131,10 @@ fn response_head(
         ))
     };
     let full = |e: MaxSizeReached| bad(&e);
-    // Room for the gateway's own headers too (limits, request id, served model): no regrowth.
-    let mut h = HeaderMap::try_with_capacity(up_head.headers.len() + 12).map_err(full)?;
-    let hop = ConnectionNamed::of(&up_head.headers);
-    let returned = up.returned(route);
-    for (name, value) in up_head.headers.iter() {
-        if returned.keeps(name) && !hop.contains(name) {
-            h.try_append(name, value.clone()).map_err(full)?;
-        }
+    let mut h = resp.session.take_headers();
+    let gone = not_returned(&h, up.returned(route));
+    for name in &gone {
+        h.remove(name);
     }
     if !h.contains_key(header::CONTENT_LENGTH)
         && status != StatusCode::NO_CONTENT
@@ -169,6 +161,16 @@ fn response_head(
     }
     ctx.response.status = status.as_u16();
     Ok(headers::response_head(status, h))
+}
+
+/// The names in the upstream's headers `h` that do not go back to the client: those the route's
+/// policy does not return and those the answer's own `Connection` lists (hop-by-hop).
+fn not_returned(h: &HeaderMap, returned: Returned<'_>) -> Vec<HeaderName> {
+    let hop = ConnectionNamed::of(h);
+    h.keys()
+        .filter(|name| !returned.keeps(name) || hop.contains(name))
+        .cloned()
+        .collect()
 }
 
 /// A write to the client failed (it left). A non-streamed answer is still read to its end
@@ -314,4 +316,80 @@ async fn settle(ctx: &mut Ctx) -> Bytes {
     let tail = ctx.ledger.settle().await;
     crate::trace::phase(&mut ctx.trace, "settle", since);
     tail
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstreams_map_loses_what_the_client_does_not_get() {
+        let policy = headers::HeaderPolicy::new(Dialect::Openai, &[], &[]);
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("openai-organization", "org"),
+            ("x-stub-provider", "openai"),
+            ("x-ratelimit-remaining-tokens", "9"),
+            ("x-request-id", "up-1"),
+            ("openai-processing-ms", "12"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let gone = |own_limits| {
+            let mut names: Vec<String> = not_returned(
+                &h,
+                Returned {
+                    policy: &policy,
+                    own_limits,
+                },
+            )
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+            names.sort();
+            names
+        };
+        let always = [
+            "connection",
+            "openai-organization",
+            "set-cookie",
+            "transfer-encoding",
+            "x-hop",
+            "x-stub-provider",
+        ];
+        assert_eq!(gone(false), always);
+        let mut with_limits = always.to_vec();
+        with_limits.push("x-ratelimit-remaining-tokens");
+        with_limits.sort();
+        assert_eq!(gone(true), with_limits);
+        // Removing them leaves exactly the rest, in the map the client's head is built from.
+        for name in not_returned(
+            &h,
+            Returned {
+                policy: &policy,
+                own_limits: true,
+            },
+        ) {
+            h.remove(&name);
+        }
+        let mut left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "content-length",
+                "content-type",
+                "openai-processing-ms",
+                "x-request-id"
+            ]
+        );
+    }
 }

@@ -8,7 +8,6 @@ use crate::headers::Returned;
 use crate::wire::UpstreamHead;
 use bytes::Bytes;
 use leaky_filters::Rejection;
-use pingora::http::ResponseHeader;
 use std::future::Future;
 use std::time::Duration;
 
@@ -42,6 +41,6 @@ pub trait Transport: Sync {
         attempt: Attempt<'_>,
     ) -> impl Future<Output = Result<Self::Response, Failed>> + Send;
 
-    /// The response header (`None`: the upstream sent none; counted as a 502).
-    fn head(response: &Self::Response) -> Option<&ResponseHeader>;
+    /// The response's status and headers (`None`: the upstream sent none; counted as a 502).
+    fn head(response: &Self::Response) -> Option<&http::response::Parts>;
 }

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use http::Method;
 use leaky_filters::{RejectKind, Rejection};
 use pingora::connectors::TransportConnector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::v1::client::HttpSession;
 use pingora::protocols::Stream;
 use pingora::{ErrorType, OrErr};
@@ -53,8 +53,8 @@ impl Transport for TransportConnector {
         send(self, a)
     }
 
-    fn head(response: &Response) -> Option<&ResponseHeader> {
-        response.session.resp_header()
+    fn head(response: &Response) -> Option<&http::response::Parts> {
+        Some(response.session.head())
     }
 }
 

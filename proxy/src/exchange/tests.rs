@@ -145,8 +145,8 @@ impl Transport for Fake {
         }
     }
 
-    fn head(response: &ResponseHeader) -> Option<&ResponseHeader> {
-        Some(response)
+    fn head(response: &ResponseHeader) -> Option<&http::response::Parts> {
+        Some(response.as_ref())
     }
 }
 

@@ -20,8 +20,8 @@
 //! came after it.
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::response::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
-use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 use std::mem::MaybeUninit;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -32,6 +32,9 @@ const MAX_HEADERS: usize = 256;
 const MAX_HEAD: usize = 1 << 20;
 /// Largest trailer section skipped after a chunked body.
 const MAX_TRAILERS: usize = 64 * 1024;
+/// Room in a head's map for the headers the gateway adds when it becomes the client's: the request
+/// id, the served model, eight rate-limit fields, `Transfer-Encoding`, the cache's.
+const OWN_HEADERS: usize = 12;
 /// What one read asks for at least.
 const READ: usize = 16 * 1024;
 
@@ -40,9 +43,11 @@ pub struct Response<S> {
     stream: S,
     /// Read but not yet handed out.
     buf: BytesMut,
-    /// Boxed: the response is moved a dozen times through the exchange's stages and results, and
-    /// with the head inline (about 300 bytes) each move was a `memcpy` call.
-    head: Box<ResponseHeader>,
+    /// Status, version and headers. Boxed: the response is moved a dozen times through the
+    /// exchange's stages and results, and with the head inline each move was a `memcpy` call. Not a
+    /// Pingora `ResponseHeader`: the relay takes the headers out to become the client's
+    /// ([`Response::take_headers`]), which a `ResponseHeader` cannot give up without a copy.
+    head: Box<Parts>,
     body: Body,
     /// The answer lets the connection carry another request (once its body has ended).
     keepalive: bool,
@@ -118,8 +123,15 @@ impl<S: AsyncRead + Unpin> Response<S> {
         }
     }
 
-    pub fn resp_header(&self) -> Option<&ResponseHeader> {
-        Some(&*self.head)
+    /// The response's status, version and headers (no headers after [`Response::take_headers`]).
+    pub fn head(&self) -> &Parts {
+        &self.head
+    }
+
+    /// The headers, moved out (the head keeps its status): the relay filters them in place into
+    /// the client's rather than copy the kept ones into another map.
+    pub fn take_headers(&mut self) -> HeaderMap {
+        std::mem::take(&mut self.head.headers)
     }
 
     /// The body has ended (nothing more will be read).
@@ -277,7 +289,7 @@ fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
     dropped: &dyn Fn(&[u8]) -> bool,
-) -> Result<Option<(Box<ResponseHeader>, Body, bool)>> {
+) -> Result<Option<(Box<Parts>, Body, bool)>> {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     // As lenient as Pingora's client: spaces after a name, obsolete line folding (RFC 9112 §5.2).
@@ -306,11 +318,7 @@ fn parse_head(
     let (mut headers, framing) = read_headers(resp.headers, &buf[..len], skip)?;
     let status = StatusCode::from_u16(code)
         .or_err(ErrorType::InvalidHTTPHeader, "the upstream's status code")?;
-    // Kept (and allocated) only when it is not the status's usual phrase.
-    let reason = resp
-        .reason
-        .filter(|r| status.canonical_reason() != Some(*r))
-        .map(str::to_owned);
+    // The reason phrase is not kept: the client's head is the gateway's, with the status's own.
     buf.advance(len);
     if framing.coded {
         headers.remove(http::header::CONTENT_LENGTH);
@@ -320,8 +328,7 @@ fn parse_head(
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
-    let mut head = Box::new(ResponseHeader::from(parts));
-    head.set_reason_phrase(reason.as_deref())?;
+    let head = Box::new(parts);
     let body = framing.body(status, head_request);
     let keepalive = match version {
         Version::HTTP_11 => !framing.close,
@@ -348,7 +355,8 @@ fn read_headers(
     head: &[u8],
     skip: impl Fn(&[u8]) -> bool,
 ) -> Result<(HeaderMap, Framing)> {
-    let mut map = HeaderMap::with_capacity(headers.len());
+    // With room for the gateway's own headers: this map becomes the client's (`relay.rs`).
+    let mut map = HeaderMap::with_capacity(headers.len() + OWN_HEADERS);
     // The head's bytes, shared by the header values (one copy of the head, none of each value).
     let raw = Bytes::copy_from_slice(head);
     let base = head.as_ptr() as usize;
