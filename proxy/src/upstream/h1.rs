@@ -5,7 +5,8 @@
 //! never sends an upstream's header casing on (it builds the client's head from an allow-list,
 //! `headers.rs`), and that double map was the largest single cost of a request (issue 19: 23,000
 //! instructions to read the stubs' 13-header answer, more than the request's own rate limiting,
-//! usage read and settlement together). Here each header is parsed once, straight into the map.
+//! usage read and settlement together). Here each header is parsed once, straight into the map,
+//! and that map, filtered in place, becomes the client's (`relay.rs`).
 //!
 //! Framing follows RFC 9112 §6.3: no body after `HEAD`, `1xx`, `204` and `304`;
 //! `Transfer-Encoding` ending in `chunked` is read chunk by chunk (extensions and trailers
