@@ -13,8 +13,9 @@ use dashmap::DashMap;
 use leaky_config::{ConcurrencyConfig, ConcurrencyScope};
 use std::sync::Arc;
 
-/// Requests in flight per scope value.
-type Inflight = DashMap<Arc<str>, u32>;
+/// Requests in flight per scope value. aHash, keyed per process like SipHash at a fraction of its
+/// cost: looked up twice a request.
+type Inflight = DashMap<Arc<str>, u32, ahash::RandomState>;
 
 pub struct ConcurrencyFilter {
     max: u32,

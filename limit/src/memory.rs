@@ -35,7 +35,9 @@ type Slot = Arc<Mutex<Entry>>;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    buckets: DashMap<Arc<str>, Slot>,
+    /// Hashed with aHash: a request looks up each of its buckets, and SipHash made that about 320
+    /// instructions a lookup (issue 19). Keyed per process, as keys hold caller-chosen parts.
+    buckets: DashMap<Arc<str>, Slot, ahash::RandomState>,
 }
 
 impl MemoryStore {

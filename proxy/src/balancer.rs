@@ -361,14 +361,15 @@ pub struct Probe {
 /// Per-tenant bulkheads of one route, shared by every config version with the same settings.
 pub struct TenantBulkheads {
     settings: leaky_config::resilience::Bulkhead,
-    by_tenant: dashmap::DashMap<Arc<str>, Arc<Bulkhead>>,
+    /// aHash, keyed per process (tenants can be client addresses): a lookup a request.
+    by_tenant: dashmap::DashMap<Arc<str>, Arc<Bulkhead>, ahash::RandomState>,
 }
 
 impl TenantBulkheads {
     pub fn new(settings: leaky_config::resilience::Bulkhead) -> Self {
         TenantBulkheads {
             settings,
-            by_tenant: dashmap::DashMap::new(),
+            by_tenant: dashmap::DashMap::default(),
         }
     }
 
