@@ -267,12 +267,12 @@ fn write_headers(
     traced: bool,
 ) {
     let hop = ConnectionNamed::of(client);
+    // The gateway writes its own line of this name.
+    let replaced = |name: &HeaderName| {
+        set.iter().any(|(n, _)| *n == name) || (traced && *name == crate::trace::TRACEPARENT)
+    };
     for (name, value) in client.iter() {
-        if policy.forwards(name)
-            && !hop.contains(name)
-            && !set.iter().any(|(n, _)| *n == name)
-            && !(traced && *name == crate::trace::TRACEPARENT)
-        {
+        if policy.forwards(name) && !hop.contains(name) && !replaced(name) {
             out.append(name, value);
         }
     }
