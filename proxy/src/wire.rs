@@ -8,8 +8,9 @@
 //! The bytes are the ones Pingora wrote: `METHOD SP target SP HTTP/1.1`, then a `name: value` line a
 //! header, the common names titled as Pingora titles them (`Host`, `Content-Length`, ...), the rest
 //! as `http` spells them (lower case). The blank line that ends the head is added when it is sent
-//! ([`UpstreamHead::wire`]). Names and values come as `http` types, so each is already valid; the
-//! request target is checked as Pingora checks it.
+//! ([`UpstreamHead::wire`]). Names and values come as `http` types, so each is already valid (but
+//! for an attempt's `traceparent`, bytes the gateway wrote itself); the request target is checked
+//! as Pingora checks it.
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::Method;

@@ -249,12 +249,17 @@ async fn dropped_headers_are_left_out_of_a_successful_head() {
     assert_eq!(names, ["content-type", "connection", "transfer-encoding"]);
     assert_eq!(body(r).await, (b"ok".to_vec(), true));
     let wire = head("429 Too Many Requests");
-    let r = Response::read(Pieces::split(wire.as_bytes(), 5), false, dropped)
+    let mut r = Response::read(Pieces::split(wire.as_bytes(), 5), false, dropped)
         .await
         .unwrap();
     let h = &r.head().headers;
     assert_eq!(h.len(), 5);
     assert!(h.contains_key("x-ratelimit-remaining-tokens"));
+    // The relay takes the map whole; the status stays and the body still reads to its end.
+    let taken = r.take_headers();
+    assert_eq!(taken.len(), 5);
+    assert!(r.head().headers.is_empty());
+    assert_eq!(r.head().status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body(r).await, (b"ok".to_vec(), true));
 }
 
