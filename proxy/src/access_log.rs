@@ -31,7 +31,7 @@ pub fn complete(session: &Session, e: Option<&Error>, ctx: &Ctx) -> u16 {
     }
     // A traced request's usage event names its own span; otherwise the caller's context goes on.
     let tp = match &ctx.trace {
-        Some(t) => Some(t.traceparent()),
+        Some(t) => Some(t.span.traceparent()),
         None => traceparent(session),
     };
     account(ctx, status, seconds, tp);

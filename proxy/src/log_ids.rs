@@ -18,12 +18,12 @@ use crate::ctx::Ctx;
 impl Ctx {
     /// `trace_id` of this request's lines (`None`, so no field, when tracing is off).
     pub(crate) fn log_trace_id(&self) -> Option<String> {
-        self.trace.as_ref().map(|t| t.trace_id_hex())
+        self.trace.as_ref().map(|t| t.span.trace_id_hex())
     }
 
     /// `span_id` of this request's lines: its server span.
     pub(crate) fn log_span_id(&self) -> Option<String> {
-        self.trace.as_ref().map(|t| t.span_id_hex())
+        self.trace.as_ref().map(|t| t.span.span_id_hex())
     }
 }
 

@@ -155,20 +155,6 @@ impl RequestTrace {
     pub(crate) fn parent(&self) -> Parent {
         Parent(self.span)
     }
-
-    /// The `traceparent` naming this request's server span (for the usage event's Kafka header).
-    pub(crate) fn traceparent(&self) -> String {
-        self.span.traceparent()
-    }
-
-    pub(crate) fn trace_id_hex(&self) -> String {
-        self.span.trace_id_hex()
-    }
-
-    /// The server span's id, as logs and Jaeger show it.
-    pub(crate) fn span_id_hex(&self) -> String {
-        self.span.span_id_hex()
-    }
 }
 
 /// The start of a phase, read only when the request is traced.

@@ -26,33 +26,21 @@ impl SpanContext {
     pub fn traceparent_bytes(&self) -> [u8; TRACEPARENT_LEN] {
         let mut b = [b'-'; TRACEPARENT_LEN];
         b[..2].copy_from_slice(b"00");
-        hex_into(&mut b[3..35], self.trace_id);
-        hex_into(&mut b[36..52], u128::from(self.span_id));
-        hex_into(&mut b[53..55], u128::from(self.sampled));
+        // Each slice is exactly twice its id's bytes, the one thing `encode_to_slice` checks.
+        let _ = hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut b[3..35]);
+        let _ = hex::encode_to_slice(self.span_id.to_be_bytes(), &mut b[36..52]);
+        b[53..55].copy_from_slice(if self.sampled { b"01" } else { b"00" });
         b
     }
 
     /// The trace id in lower-case hex (32 digits).
     pub fn trace_id_hex(&self) -> String {
-        let mut b = [0; 32];
-        hex_into(&mut b, self.trace_id);
-        String::from_utf8_lossy(&b).into_owned()
+        hex::encode(self.trace_id.to_be_bytes())
     }
 
     /// The span id in lower-case hex (16 digits).
     pub fn span_id_hex(&self) -> String {
-        let mut b = [0; 16];
-        hex_into(&mut b, u128::from(self.span_id));
-        String::from_utf8_lossy(&b).into_owned()
-    }
-}
-
-/// The low `out.len()` nibbles of `n`, most significant first, in lower-case hex.
-fn hex_into(out: &mut [u8], mut n: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for d in out.iter_mut().rev() {
-        *d = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
+        hex::encode(self.span_id.to_be_bytes())
     }
 }
 
