@@ -5,11 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common::{chat, Gateway, Upstreams, PRO_KEY};
-use crate::tracing_support::{parent_of, service, span, spans, tag, Jaeger};
+use crate::tracing_support::{parent_of, service, span, spans, tag, Caller, Jaeger};
 use serde_json::Value;
-
-const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
 /// A gateway tracing into `jaeger` as `service`, head sampling at `ratio`.
 async fn gateway(up: &Upstreams, jaeger: &Jaeger, service: &str, ratio: &str) -> Gateway {
@@ -39,22 +36,25 @@ async fn a_request_continues_the_callers_trace_with_phase_spans_and_genai_attrib
     let svc = service("phases");
     // Ratio 0: the caller's sampled flag alone keeps this trace (parent-based head sampling).
     let gw = gateway(&up, &jaeger, &svc, "0").await;
+    // A trace of its own: the tests share one Jaeger, and a trace id two tests sent would gather
+    // both tests' spans into one trace.
+    let caller = Caller::new();
     let rid = unique("trace-ok");
     let r = gw
         .client
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(PRO_KEY)
         .header("x-request-id", &rid)
-        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("traceparent", caller.traceparent())
         .json(&chat("gpt-4o-mini", "hello there"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let trace = jaeger.trace_of(&svc, &rid).await;
-    assert_eq!(trace["traceID"], CALLER_TRACE, "the caller's trace goes on");
+    assert_eq!(trace["traceID"], caller.trace, "the caller's trace goes on");
     let root = span(&trace, "POST v1");
-    assert_eq!(parent_of(root), Some(CALLER_SPAN), "{root:#}");
+    assert_eq!(parent_of(root), Some(caller.span.as_str()), "{root:#}");
     let root_id = root["spanID"].as_str().unwrap();
     for phase in ["auth", "limit.reserve", "upstream.attempt", "settle"] {
         let s = span(&trace, phase);
@@ -99,7 +99,7 @@ async fn a_request_continues_the_callers_trace_with_phase_spans_and_genai_attrib
         .find(|l| l.contains(&rid) && l.contains("\"target\":\"access\""))
         .unwrap_or_else(|| panic!("no access line for {rid}:\n{log}"));
     let v: Value = serde_json::from_str(line).unwrap();
-    assert_eq!(v["trace_id"], CALLER_TRACE);
+    assert_eq!(v["trace_id"], caller.trace);
     assert_eq!(v["span_id"], root_id);
 }
 
@@ -109,13 +109,14 @@ async fn the_upstream_receives_the_attempt_spans_traceparent() {
     let up = Upstreams::start().await;
     let svc = service("propagate");
     let gw = gateway(&up, &jaeger, &svc, "1").await;
+    let caller = Caller::new();
     let rid = unique("trace-up");
     let r = gw
         .client
         .post(gw.url("/capture/things"))
         .header("x-goog-api-key", PRO_KEY)
         .header("x-request-id", &rid)
-        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("traceparent", caller.traceparent())
         .json(&serde_json::json!({"model": "capture-1"}))
         .send()
         .await
@@ -139,15 +140,18 @@ async fn the_upstream_receives_the_attempt_spans_traceparent() {
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts.len(), 4, "{tp}");
     assert_eq!(parts[0], "00");
-    assert_eq!(parts[1], CALLER_TRACE, "the caller's trace goes upstream");
+    assert_eq!(parts[1], caller.trace, "the caller's trace goes upstream");
     assert_eq!(
         parts[1],
         trace["traceID"].as_str().unwrap(),
         "same trace upstream"
     );
-    assert_ne!(parts[2], CALLER_SPAN, "not the caller's span");
+    assert_ne!(parts[2], caller.span, "not the caller's span");
     assert_eq!(parts[3], "01", "sampled at ratio 1");
-    let attempt = span(&trace, "upstream.attempt");
+    // One attempt in the trace: its spans are this request's alone.
+    let attempts = spans(&trace, "upstream.attempt");
+    assert_eq!(attempts.len(), 1, "{trace:#}");
+    let attempt = attempts[0];
     assert_eq!(
         parts[2],
         attempt["spanID"].as_str().unwrap(),
